@@ -1,0 +1,59 @@
+// Small helpers shared by the CPU engine files: float16 storage and a thread pool-free parallel_for.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+namespace llsh {
+
+// IEEE half stored as uint16 (numpy float16).  Conversion by bit manipulation so the engine
+// needs no compiler-specific half type on the CPU.
+inline float half_to_float(uint16_t h) {
+  const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1Fu;
+  uint32_t mant = h & 0x3FFu;
+  uint32_t bits;
+  if (exp == 0) {
+    if (mant == 0) {
+      bits = sign;
+    } else {  // subnormal: renormalise
+      exp = 127 - 15 + 1;
+      while ((mant & 0x400u) == 0) { mant <<= 1; --exp; }
+      mant &= 0x3FFu;
+      bits = sign | (exp << 23) | (mant << 13);
+    }
+  } else if (exp == 0x1F) {
+    bits = sign | 0x7F800000u | (mant << 13);
+  } else {
+    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+inline float load_code(float v) { return v; }
+inline float load_code(uint16_t v) { return half_to_float(v); }
+
+// Runs fn(begin, end) over [0, n) split into contiguous chunks on up to n_threads threads.
+// Chunks are static so results never depend on scheduling (determinism).
+template <typename Fn>
+void parallel_for(int64_t n, int n_threads, Fn&& fn) {
+  if (n <= 0) return;
+  if (n_threads <= 0) n_threads = (int)std::max(1u, std::thread::hardware_concurrency());
+  const int64_t workers = std::min<int64_t>(n_threads, n);
+  if (workers <= 1) { fn(int64_t(0), n); return; }
+  std::vector<std::thread> pool;
+  pool.reserve(workers);
+  const int64_t chunk = (n + workers - 1) / workers;
+  for (int64_t w = 0; w < workers; ++w) {
+    const int64_t b = w * chunk, e = std::min(n, b + chunk);
+    if (b >= e) break;
+    pool.emplace_back([&fn, b, e] { fn(b, e); });
+  }
+  for (auto& t : pool) t.join();
+}
+
+}  // namespace llsh

@@ -1,0 +1,39 @@
+"""llsh_index: learnable locality-sensitive hashing (LLSH) for video anomaly detection.
+
+    from llsh_index import LearnableLSHIndex
+    index = LearnableLSHIndex(n_tables=8, n_bits=32).fit(train, video_ids=vids).add(train)
+    scores = index.score(test)
+"""
+from __future__ import annotations
+
+from typing import Tuple, Union
+
+from . import _C
+from .errors import (ConfigError, CudaUnavailableError, DeviceMismatchError, IndexFormatError, IndexStateError,
+                     InvalidDTypeError, InvalidInputError, LLSHError, NotFittedError)
+from .index import LearnableLSHIndex
+
+__version__ = "0.1.0"
+
+
+def cuda_available(verbose: bool = False) -> Union[bool, Tuple[bool, str]]:
+    """Whether the CUDA engine can run here: built with CUDA, and a device is present.
+
+    With verbose=True returns (ok, reason), the reason saying why not when it cannot.
+    """
+    built, n_devices, why = _C.cuda_status()
+    ok = bool(built and n_devices > 0)
+    if ok:
+        try:
+            import torch
+
+            if not torch.cuda.is_available():
+                ok, why = False, "CUDA backend built and a device is present, but this torch build has no CUDA"
+        except ImportError:
+            ok, why = False, "torch is not installed"
+    return (ok, why) if verbose else ok
+
+
+__all__ = ["LearnableLSHIndex", "cuda_available", "LLSHError", "InvalidInputError", "InvalidDTypeError",
+           "DeviceMismatchError", "NotFittedError", "ConfigError", "IndexFormatError", "IndexStateError",
+           "CudaUnavailableError", "__version__"]

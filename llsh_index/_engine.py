@@ -1,0 +1,58 @@
+"""The one small dispatcher: numpy arrays go to the C++ engine, CUDA tensors to the CUDA engine.
+
+Tables are a dict of the six arrays of csrc/include/llsh/sorted_tables.h plus "ids" and
+"n_items"; on the CPU they are numpy arrays, on a GPU torch tensors.
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+import numpy as np
+
+from . import _C
+
+MODES = {"mean": 0, "light": 1, "squared": 2}
+
+
+def _is_cuda(x) -> bool:
+    return hasattr(x, "is_cuda") and x.is_cuda
+
+
+def binarize(codes):
+    """(M, b, r) float32 codes -> (M, b) uint64 keys (bit i = code_i >= 0.5)."""
+    if _is_cuda(codes):
+        from . import _cuda_engine
+
+        return _cuda_engine.binarize(codes, from_logits=False)[1]
+    return _C.binarize_cpu(np.ascontiguousarray(codes, dtype=np.float32))
+
+
+def build_tables(keys, codes, ids, keep_codes: bool = True, n_threads: int = 0) -> Dict:
+    """keys (b, n) uint64, codes (b, n, r) float32|float16, ids (b, n) int64 -> sorted tables."""
+    if _is_cuda(codes):
+        from . import _cuda_engine
+
+        tables = _cuda_engine.build_tables(keys, codes, ids, keep_codes=keep_codes)
+    else:
+        half = codes.dtype == np.float16
+        tables = _C.build_tables_cpu(keys, codes.view(np.uint16) if half else codes, ids,
+                                     keep_codes=keep_codes, n_threads=n_threads)
+        if half and tables["codes"] is not None:
+            tables["codes"] = tables["codes"].view(np.float16)
+    tables["n_items"] = int(keys.shape[1])
+    return tables
+
+
+def lookup(tables: Dict, query_codes, query_keys, mode: int, miss_value: float, n_threads: int = 0):
+    """Distances (M, b) float32 and the number of stored codes (or bucket means) visited."""
+    if _is_cuda(query_codes):
+        from . import _cuda_engine
+
+        out = _cuda_engine.lookup(tables, tables["n_items"], query_codes, query_keys, mode, miss_value)
+        return out, None
+    codes = tables["codes"]
+    if codes is not None and codes.dtype == np.float16:
+        codes = codes.view(np.uint16)
+    return _C.lookup_cpu(tables["keys"], tables["table_start"], tables["offsets"], codes, tables["bucket_sum"],
+                         tables["bucket_sqnorm"], tables["n_items"], query_codes, query_keys, mode,
+                         float(miss_value), n_threads)

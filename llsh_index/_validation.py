@@ -1,0 +1,108 @@
+"""Input checks shared by the index, the baselines and the CLI.
+
+Every check raises a typed error (llsh_index.errors) naming what was expected and what came.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+
+from .errors import ConfigError, DeviceMismatchError, InvalidDTypeError, InvalidInputError
+
+_FLOAT_KINDS = ("float16", "float32", "float64", "bfloat16")
+
+
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.startswith("torch") and hasattr(x, "detach")
+
+
+def _is_cupy(x: Any) -> bool:
+    return type(x).__module__.startswith("cupy")
+
+
+def array_device(x: Any) -> str:
+    """'cpu' or 'cuda:N' for numpy arrays, torch tensors and cupy arrays."""
+    if _is_torch(x):
+        return "cpu" if x.device.type == "cpu" else str(x.device)
+    if _is_cupy(x):
+        return f"cuda:{x.device.id}"
+    return "cpu"
+
+
+def check_features(x: Any, name: str = "features", dim: Optional[int] = None, device: str = "cpu"):
+    """Validate a 2-D float feature batch and return it as a torch tensor on `device`.
+
+    numpy arrays, torch tensors and cupy arrays are accepted, float16/32/64 (and bfloat16
+    for torch), any memory order.  The result is float32 and C-contiguous.  Finiteness is
+    checked by the caller on the projected codes, which is cheaper and catches the same rows
+    (a NaN or Inf anywhere in a row makes its normalised codes NaN).
+    """
+    import torch
+
+    if _is_torch(x):
+        if x.requires_grad:
+            raise InvalidInputError(
+                f"{name}: expected a tensor that does not require grad, got requires_grad=True "
+                "(call .detach() first)")
+        dtype = str(x.dtype).replace("torch.", "")
+        shape = tuple(x.shape)
+        src_device = array_device(x)
+    elif _is_cupy(x):
+        dtype = str(x.dtype)
+        shape = tuple(x.shape)
+        src_device = array_device(x)
+    else:
+        if not isinstance(x, np.ndarray):
+            try:
+                x = np.asarray(x)
+            except Exception as exc:  # ragged lists and the like
+                raise InvalidInputError(f"{name}: expected a 2-D float array, got {type(x).__name__}") from exc
+        dtype = str(x.dtype)
+        shape = x.shape
+        src_device = "cpu"
+    if dtype not in _FLOAT_KINDS:
+        raise InvalidDTypeError(f"{name}: expected a float16/float32/float64 array, got dtype {dtype}")
+    if len(shape) != 2:
+        raise InvalidInputError(f"{name}: expected a 2-D array (n, dim), got shape {shape}")
+    if shape[0] == 0:
+        raise InvalidInputError(f"{name}: expected at least one row, got shape {shape}")
+    if shape[1] == 0 or (dim is not None and shape[1] != dim):
+        raise InvalidInputError(f"{name}: expected dimension {dim}, got shape {shape}")
+    want_cuda = device.startswith("cuda")
+    if want_cuda != src_device.startswith("cuda"):
+        raise DeviceMismatchError(f"{name}: expected data on {device}, got data on {src_device} "
+                                  f"(move the data, or the index with index.to(...))")
+    if _is_torch(x):
+        t = x.detach()
+    elif _is_cupy(x):
+        t = torch.from_dlpack(x)  # zero copy, stays on the device
+    else:
+        if x.dtype.byteorder == ">" or x.dtype.byteorder not in ("=", "|", "<"):
+            x = x.astype(x.dtype.newbyteorder("="))
+        t = torch.from_numpy(np.ascontiguousarray(x))
+    if want_cuda and str(t.device) != device and device != "cuda":
+        raise DeviceMismatchError(f"{name}: expected data on {device}, got data on {t.device}")
+    return t.to(dtype=torch.float32).contiguous()
+
+
+def check_int_range(value: Any, name: str, low: int, high: Optional[int] = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ConfigError(f"{name}: expected an integer, got {type(value).__name__} {value!r}")
+    if value < low or (high is not None and value > high):
+        rng = f"{low}..{high}" if high is not None else f">= {low}"
+        raise ConfigError(f"{name}: expected {rng}, got {value}")
+    return int(value)
+
+
+def check_video_ids(video_ids: Any, n: int) -> np.ndarray:
+    """Per-row video labels -> int64 group ids (0..n_videos-1) in order of first appearance."""
+    ids = np.asarray(video_ids)
+    if ids.ndim != 1 or ids.shape[0] != n:
+        raise InvalidInputError(f"video_ids: expected {n} labels (one per feature row), got shape {ids.shape}")
+    _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    # renumber by first appearance so ids do not depend on how labels sort
+    order = np.argsort(first, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    return rank[inverse].astype(np.int64)

@@ -1,0 +1,34 @@
+"""The hash encoder of the paper: LayerNorm without affine, then b parallel Linear(d, r) + sigmoid.
+
+The b hash layers are stored as one (b*r, d) weight so hashing is a single GEMM.  Each block of
+r rows is initialised Xavier-uniform exactly as nn.Linear(d, r) would be in the authors' code
+(bound sqrt(6 / (d + r))); untrained layers are plain LSH (random hyperplanes through the mean).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class HashEncoder(nn.Module):
+    """x (M, d) -> real-valued codes (M, n_tables, n_bits) in (0, 1)."""
+
+    def __init__(self, dim: int, n_tables: int = 8, n_bits: int = 32, seed: int = 0):
+        super().__init__()
+        self.dim, self.n_tables, self.n_bits = int(dim), int(n_tables), int(n_bits)
+        weight = torch.empty(self.n_tables * self.n_bits, self.dim)
+        gen = torch.Generator().manual_seed(int(seed))
+        bound = math.sqrt(6.0 / (self.dim + self.n_bits))  # xavier_uniform_ of one Linear(d, r)
+        with torch.no_grad():
+            weight.uniform_(-bound, bound, generator=gen)
+        self.weight = nn.Parameter(weight)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.layer_norm(x, (self.dim,))  # LayerNorm without affine, eps 1e-5 as in nn.LayerNorm
+        return F.linear(x, self.weight)  # (M, b*r)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(x)).view(-1, self.n_tables, self.n_bits)

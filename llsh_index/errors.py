@@ -1,0 +1,37 @@
+"""Typed errors.  Each one also derives from the built-in exception a caller would expect."""
+
+
+class LLSHError(Exception):
+    """Base class of every error raised by llsh_index."""
+
+
+class InvalidInputError(LLSHError, ValueError):
+    """An array has the wrong shape, dimension or size, contains NaN/Inf, or is empty."""
+
+
+class InvalidDTypeError(LLSHError, TypeError):
+    """An array has a dtype the index cannot use (integer, bool, complex, object...)."""
+
+
+class DeviceMismatchError(LLSHError, ValueError):
+    """An input lives on another device than the index."""
+
+
+class NotFittedError(LLSHError, RuntimeError):
+    """The index has no hash layers yet, or nothing has been added to it."""
+
+
+class ConfigError(LLSHError, ValueError):
+    """A constructor or method argument is out of range."""
+
+
+class IndexFormatError(LLSHError, ValueError):
+    """A saved file is damaged, truncated, of a future version, or not an llsh_index file."""
+
+
+class CudaUnavailableError(LLSHError, RuntimeError):
+    """The CUDA backend was asked for but is not built or no device is present."""
+
+
+class IndexStateError(LLSHError, RuntimeError):
+    """The call does not fit the index's state (e.g. fit() on an index that already holds items)."""

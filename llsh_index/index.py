@@ -1,0 +1,497 @@
+"""LearnableLSHIndex: the paper's LSH / LLSH / light-LLSH as a reusable index.
+
+    index = LearnableLSHIndex(n_tables=8, n_bits=32)
+    index.fit(train_features, video_ids=train_video_ids)   # MoCo training (skip it for plain LSH)
+    index.add(train_features)                               # hash + build the sorted tables
+    scores = index.score(test_features)                     # (M,) anomaly scores, higher = more anomalous
+
+Scoring modes (per table j, q = the query's real-valued code, B = its bucket in table j):
+    "mean"     LLSH: mean over c in B of ||q - c||   (the paper; needs the stored codes)
+    "light"    light-LLSH: ||q - mean(B)||
+    "squared"  exact mean over c in B of ||q - c||^2, from per-bucket sums in O(r)
+The anomaly score is the minimum over tables; a query whose key is absent from table j gets
+`miss_value` there.  The default miss value is sqrt(n_bits) (n_bits for "squared"): no
+distance between two codes in [0, 1]^r can reach it, so a query that misses every table ranks
+above any query that hits one, without the 1e10 of the authors' code wrecking min-max
+normalisation.  Pass miss_value=1e10 to reproduce the reference exactly.
+"""
+from __future__ import annotations
+
+import math
+import threading
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+
+from . import _engine
+from ._validation import check_features, check_int_range, check_video_ids
+from .encoder import HashEncoder
+from .errors import ConfigError, CudaUnavailableError, IndexFormatError, IndexStateError, InvalidInputError, \
+    NotFittedError
+from .io import read_container, write_container
+from .training import TrainingConfig, TrainingLog, train_moco
+
+_FILE_KIND = "LearnableLSHIndex"
+_CHUNK_BYTES = 64 << 20  # input bytes hashed per chunk: bounds the memory of add() and score()
+
+
+class LearnableLSHIndex:
+    """Learnable LSH index over (N, dim) features; see the module docstring.
+
+    Parameters
+    ----------
+    dim : feature dimension; inferred from the first fit()/add() when None.
+    n_tables : b, the number of hash tables (paper: 8).
+    n_bits : r, bits per key, 1..64 (paper: 32).
+    mode : default scoring mode, "mean" (LLSH), "light" (light-LLSH) or "squared".
+    miss_value : score of a table where the query's bucket is missing (default above).
+    code_dtype : "float32" or "float16" storage of the per-item codes.
+    store_codes : keep per-item codes (needed by "mean"); False keeps only per-bucket statistics,
+        which is all "light" and "squared" need (light-LLSH's memory and disk footprint).
+    seed : seeds the Xavier init and the training sampler.
+    batch_size : rows hashed per chunk in add()/score(); default from a 64 MiB input budget.
+    n_threads : native threads (0 = all cores).
+    device : "cpu" or "cuda[:N]".
+    """
+
+    def __init__(self, dim: Optional[int] = None, n_tables: int = 8, n_bits: int = 32, *, mode: str = "mean",
+                 miss_value: Optional[float] = None, code_dtype: str = "float32", store_codes: bool = True,
+                 seed: int = 0, batch_size: Optional[int] = None, n_threads: int = 0, device: str = "cpu"):
+        self.n_tables = check_int_range(n_tables, "n_tables", 1)
+        self.n_bits = check_int_range(n_bits, "n_bits", 1, 64)
+        self.dim = None if dim is None else check_int_range(dim, "dim", 1)
+        if mode not in _engine.MODES:
+            raise ConfigError(f"mode: expected one of {sorted(_engine.MODES)}, got {mode!r}")
+        if mode == "mean" and not store_codes:
+            raise ConfigError("mode: 'mean' needs store_codes=True; use 'light' or 'squared' for a "
+                              "statistics-only index")
+        if code_dtype not in ("float32", "float16"):
+            raise ConfigError(f"code_dtype: expected 'float32' or 'float16', got {code_dtype!r}")
+        if miss_value is not None and not (isinstance(miss_value, (int, float)) and math.isfinite(miss_value)):
+            raise ConfigError(f"miss_value: expected a finite number, got {miss_value!r}")
+        self.mode = mode
+        self.miss_value = None if miss_value is None else float(miss_value)
+        self.code_dtype = code_dtype
+        self.store_codes = bool(store_codes)
+        self.seed = int(seed)
+        self.batch_size = None if batch_size is None else check_int_range(batch_size, "batch_size", 1)
+        self.n_threads = check_int_range(n_threads, "n_threads", 0)
+        self.device = _normalise_device(device)
+        self.encoder: Optional[HashEncoder] = None
+        self.training_log_: Optional[TrainingLog] = None
+        self.last_n_compared: Optional[int] = None
+        self._tables: Optional[Dict] = None
+        self._write_lock = threading.Lock()
+        if self.dim is not None:
+            self._make_encoder(self.dim)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def ntotal(self) -> int:
+        """Number of items added."""
+        t = self._tables
+        return 0 if t is None else int(t["n_items"])
+
+    @property
+    def is_trained(self) -> bool:
+        return self.training_log_ is not None
+
+    def default_miss_value(self, mode: Optional[str] = None) -> float:
+        mode = mode or self.mode
+        if self.miss_value is not None:
+            return self.miss_value
+        return float(self.n_bits) if mode == "squared" else math.sqrt(self.n_bits)
+
+    def _make_encoder(self, dim: int) -> None:
+        self.dim = dim
+        self.encoder = HashEncoder(dim, self.n_tables, self.n_bits, seed=self.seed).to(self.device)
+        self.encoder.eval()
+
+    def _features(self, x, name: str) -> torch.Tensor:
+        t = check_features(x, name, self.dim, self.device)
+        if self.encoder is None:
+            self._make_encoder(int(t.shape[1]))
+        return t
+
+    def _chunk_rows(self) -> int:
+        if self.batch_size is not None:
+            return self.batch_size
+        return max(256, _CHUNK_BYTES // (4 * max(1, self.dim or 1)))
+
+    def reset(self) -> None:
+        """Drops every added item; the hash layers stay."""
+        with self._write_lock:
+            self._tables = None
+
+    # ------------------------------------------------------------------ hashing
+    @torch.no_grad()
+    def _encode_chunk(self, x: torch.Tensor, name: str, row0: int) -> torch.Tensor:
+        codes = self.encoder(x.to(torch.float32))
+        bad = torch.isnan(codes).flatten(1).any(dim=1)
+        if bool(bad.any()):
+            row = row0 + int(torch.nonzero(bad)[0, 0])
+            raise InvalidInputError(f"{name}: expected finite values, got NaN or Inf in row {row}")
+        return codes
+
+    def _chunks(self, t: torch.Tensor):
+        step = self._chunk_rows()
+        for i in range(0, t.shape[0], step):
+            yield i, t[i:i + step]
+
+    def encode(self, features) -> np.ndarray:
+        """Real-valued codes (M, n_tables, n_bits): sigmoid outputs of the hash layers."""
+        t = self._features(features, "features")
+        out = [self._encode_chunk(c, "features", i) for i, c in self._chunks(t)]
+        res = torch.cat(out)
+        return res if res.is_cuda else res.numpy()
+
+    def hash_keys(self, features) -> np.ndarray:
+        """Packed keys (M, n_tables) uint64: bit i of table j's key is code[:, j, i] >= 0.5."""
+        codes = self.encode(features)
+        return _engine.binarize(codes)
+
+    # ------------------------------------------------------------------ training
+    def fit(self, features, video_ids=None, *, iterations: int = 60, epochs: int = 1, batch_size: int = 256,
+            lr: float = 1e-3, sgd_momentum: float = 0.9, weight_decay: float = 1e-4, temperature: float = 0.2,
+            queue_size: int = 8192, momentum: float = 0.999, max_offset: int = 150, n_neighbors: int = 10,
+            progress: bool = True, seed: Optional[int] = None) -> "LearnableLSHIndex":
+        """Trains the hash layers with MoCo (see llsh_index.training).
+
+        features: (N, dim), grouped by video and in time order within each video.
+        video_ids: one label per row; the positive of a snippet is a snippet of the same video
+            within +-max_offset rows.  Without video_ids the positive is one of the n_neighbors
+            nearest rows in cosine similarity of the normalised features (static data).
+        One epoch is n_videos * iterations pairs (rows * iterations without video_ids).
+        """
+        if self._tables is not None:
+            raise IndexStateError(f"fit: the index already holds {self.ntotal} items hashed with the current "
+                                  "layers; call reset() first, then fit() and add() again")
+        t = self._features(features, "features")
+        vid = None if video_ids is None else check_video_ids(video_ids, t.shape[0])
+        cfg = TrainingConfig(
+            iterations=check_int_range(iterations, "iterations", 1), epochs=check_int_range(epochs, "epochs", 1),
+            batch_size=check_int_range(batch_size, "batch_size", 1), lr=float(lr), sgd_momentum=float(sgd_momentum),
+            weight_decay=float(weight_decay), temperature=float(temperature),
+            queue_size=check_int_range(queue_size, "queue_size", 1), momentum=float(momentum),
+            max_offset=check_int_range(max_offset, "max_offset", 0),
+            n_neighbors=check_int_range(n_neighbors, "n_neighbors", 1),
+            seed=self.seed if seed is None else int(seed), progress=progress)
+        if not 0.0 <= cfg.momentum <= 1.0:
+            raise ConfigError(f"momentum: expected 0..1, got {momentum}")
+        if cfg.temperature <= 0:
+            raise ConfigError(f"temperature: expected > 0, got {temperature}")
+        if vid is not None:
+            counts = np.bincount(vid)
+            if counts.min() < 2:
+                short = int(np.argmin(counts))
+                raise InvalidInputError(f"video_ids: every training video needs at least 2 snippets to draw a "
+                                        f"positive, got a video with {counts.min()} (video #{short} in order of "
+                                        f"appearance)")
+        elif t.shape[0] < 2:
+            raise InvalidInputError(f"features: training needs at least 2 rows, got {t.shape[0]}")
+        # training reads random rows: one float32 copy on the index's device
+        feats = t.to(torch.float32)
+        if torch.isnan(feats).any() or torch.isinf(feats).any():
+            bad = int(torch.nonzero(~torch.isfinite(feats).all(dim=1))[0, 0])
+            raise InvalidInputError(f"features: expected finite values, got NaN or Inf in row {bad}")
+        self.training_log_ = train_moco(self.encoder, feats, vid, cfg)
+        return self
+
+    # ------------------------------------------------------------------ indexing
+    @torch.no_grad()
+    def add(self, features, progress: bool = False) -> "LearnableLSHIndex":
+        """Hashes `features` in bounded chunks and merges them into the sorted tables.
+
+        Repeated add() calls give exactly the tables of one add() of all the data: rows are
+        ordered by (key, item id) whatever the batching.
+        """
+        from tqdm.auto import tqdm
+
+        t = self._features(features, "features")
+        n, b, r = int(t.shape[0]), self.n_tables, self.n_bits
+        on_gpu = t.is_cuda
+        store = torch.float16 if self.code_dtype == "float16" else torch.float32
+        with self._write_lock:
+            old = self._tables
+            n_old = 0 if old is None else int(old["n_items"])
+            if on_gpu:
+                keys = torch.empty((b, n), dtype=torch.uint64, device=t.device)
+                codes = torch.empty((b, n, r), dtype=store, device=t.device)
+            else:
+                keys = np.empty((b, n), dtype=np.uint64)
+                codes = np.empty((b, n, r), dtype=np.float16 if self.code_dtype == "float16" else np.float32)
+            bar = tqdm(total=n, desc="LLSH indexing", unit="row", disable=not progress, leave=False)
+            for i, chunk in self._chunks(t):
+                c = self._encode_chunk(chunk, "features", i)
+                k = _engine.binarize(c if on_gpu else c.numpy())
+                rows = slice(i, i + c.shape[0])
+                if on_gpu:
+                    keys[:, rows] = k.T
+                    codes[:, rows] = c.transpose(0, 1).to(store)
+                else:
+                    keys[:, rows] = k.T
+                    codes[:, rows] = c.numpy().transpose(1, 0, 2)
+                bar.update(c.shape[0])
+            bar.close()
+            if on_gpu:
+                ids = torch.arange(n_old, n_old + n, dtype=torch.int64, device=t.device).expand(b, n).contiguous()
+            else:
+                ids = np.broadcast_to(np.arange(n_old, n_old + n, dtype=np.int64), (b, n)).copy()
+            if old is not None and self.store_codes:
+                keys, codes, ids = _concat_rows(old, keys, codes, ids)
+            new = _engine.build_tables(keys, codes, ids, keep_codes=self.store_codes, n_threads=self.n_threads)
+            if old is not None and not self.store_codes:
+                new = _merge_statistics(old, new)
+            self._tables = new  # one reference swap: concurrent score() sees old or new, never a mix
+        return self
+
+    # ------------------------------------------------------------------ scoring
+    @torch.no_grad()
+    def table_distances(self, queries, mode: Optional[str] = None) -> np.ndarray:
+        """(M, n_tables) distances of each query to its bucket in each table."""
+        tables = self._tables  # snapshot: an add() running meanwhile swaps in a new dict
+        if self.encoder is None or tables is None:
+            raise NotFittedError("score: the index is empty; call add(features) first")
+        mode = mode or self.mode
+        if mode not in _engine.MODES:
+            raise ConfigError(f"mode: expected one of {sorted(_engine.MODES)}, got {mode!r}")
+        if mode == "mean" and tables["codes"] is None:
+            raise ConfigError("mode: 'mean' needs the per-item codes, but this index keeps bucket statistics "
+                              "only (store_codes=False); use 'light' or 'squared'")
+        t = self._features(queries, "queries")
+        miss = self.default_miss_value(mode)
+        out, compared = [], 0
+        for i, chunk in self._chunks(t):
+            c = self._encode_chunk(chunk, "queries", i)
+            if c.is_cuda:
+                k = _engine.binarize(c)
+                d, _ = _engine.lookup(tables, c, k, _engine.MODES[mode], miss)
+            else:
+                cn = c.numpy()
+                d, n_cmp = _engine.lookup(tables, cn, _engine.binarize(cn), _engine.MODES[mode], miss,
+                                          self.n_threads)
+                compared += n_cmp
+            out.append(d)
+        self.last_n_compared = compared if not t.is_cuda else None
+        return torch.cat(out) if t.is_cuda else np.concatenate(out)
+
+    def score(self, queries, mode: Optional[str] = None) -> np.ndarray:
+        """(M,) anomaly scores: the minimum over tables of table_distances()."""
+        d = self.table_distances(queries, mode)
+        return d.min(dim=1).values if hasattr(d, "is_cuda") else d.min(axis=1)
+
+    # ------------------------------------------------------------------ inspection
+    def bucket_sizes(self, table: int = 0) -> np.ndarray:
+        """Sizes of the buckets of one table, in key order."""
+        tables = self._require_tables()
+        check_int_range(table, "table", 0, self.n_tables - 1)
+        ts = _to_numpy(tables["table_start"])
+        off = _to_numpy(tables["offsets"])
+        return np.diff(off[ts[table]:ts[table + 1] + 1])
+
+    def stats(self) -> dict:
+        tables = self._require_tables()
+        ts = _to_numpy(tables["table_start"])
+        sizes = [self.bucket_sizes(j) for j in range(self.n_tables)]
+        return {"n_items": self.ntotal, "n_buckets": np.diff(ts).tolist(),
+                "largest_bucket": [int(s.max()) for s in sizes],
+                "mean_bucket_seen_by_item": [float((s.astype(np.float64) ** 2).sum() / s.sum()) for s in sizes]}
+
+    def _require_tables(self) -> Dict:
+        if self._tables is None:
+            raise NotFittedError("the index is empty; call add(features) first")
+        return self._tables
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the tables (not counting the hash layers)."""
+        t = self._tables
+        if t is None:
+            return 0
+        return sum(int(v.nbytes) if isinstance(v, np.ndarray) else int(v.numel() * v.element_size())
+                   for k, v in t.items() if k != "n_items" and v is not None)
+
+    # ------------------------------------------------------------------ devices
+    def to(self, device: str) -> "LearnableLSHIndex":
+        """Moves the hash layers and the tables to `device` ("cpu" or "cuda[:N]"); returns self."""
+        device = _normalise_device(device)
+        if device.startswith("cuda"):
+            from . import cuda_available
+
+            ok, why = cuda_available(verbose=True)
+            if not ok:
+                raise CudaUnavailableError(f"to({device!r}): {why}")
+        with self._write_lock:
+            if self.encoder is not None:
+                self.encoder.to(device)
+            if self._tables is not None:
+                self._tables = {k: _move(v, device) for k, v in self._tables.items()}
+            self.device = device
+        return self
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str) -> int:
+        """Saves hash layers, tables and settings (no pickle, atomic).  Returns the file size."""
+        if self.encoder is None:
+            raise NotFittedError("save: the index has no hash layers yet (no fit() or add())")
+        meta = {"dim": self.dim, "n_tables": self.n_tables, "n_bits": self.n_bits, "mode": self.mode,
+                "miss_value": self.miss_value, "code_dtype": self.code_dtype, "store_codes": self.store_codes,
+                "seed": self.seed, "batch_size": self.batch_size, "n_threads": self.n_threads,
+                "trained": self.is_trained, "training_steps": 0 if self.training_log_ is None else
+                self.training_log_.steps, "positives": None if self.training_log_ is None else
+                self.training_log_.positives, "has_tables": self._tables is not None}
+        arrays = {"weight": self.encoder.weight.detach().cpu().numpy()}
+        if self.training_log_ is not None:
+            arrays["losses"] = np.asarray(self.training_log_.losses, dtype=np.float64)
+        tables = self._tables
+        if tables is not None:
+            meta["n_items"] = int(tables["n_items"])
+            for k, v in tables.items():
+                if k != "n_items" and v is not None:
+                    arrays["t_" + k] = _to_numpy(v)
+        return write_container(path, _FILE_KIND, meta, arrays)
+
+    @classmethod
+    def load(cls, path: str, device: str = "cpu") -> "LearnableLSHIndex":
+        """Loads a file written by save(), on either device."""
+        meta, arrays = read_container(path, _FILE_KIND)
+        try:
+            index = cls(meta["dim"], meta["n_tables"], meta["n_bits"], mode=meta["mode"],
+                        miss_value=meta["miss_value"], code_dtype=meta["code_dtype"],
+                        store_codes=meta["store_codes"], seed=meta["seed"], batch_size=meta["batch_size"],
+                        n_threads=meta["n_threads"])
+            weight = arrays["weight"]
+            if weight.shape != (index.n_tables * index.n_bits, index.dim):
+                raise IndexFormatError(f"{path}: hash weight of shape {weight.shape} does not match the settings")
+            index.encoder.weight.data.copy_(torch.from_numpy(weight))
+            if meta.get("trained"):
+                index.training_log_ = TrainingLog(losses=arrays.get("losses", np.zeros(0)).tolist(),
+                                                  steps=int(meta.get("training_steps", 0)),
+                                                  positives=meta.get("positives") or "temporal")
+            if meta.get("has_tables"):
+                tables = {k[2:]: v for k, v in arrays.items() if k.startswith("t_")}
+                tables.setdefault("codes", None)
+                tables.setdefault("ids", None)
+                tables["n_items"] = int(meta["n_items"])
+                _check_tables(tables, index, path)
+                index._tables = tables
+        except (KeyError, TypeError, ConfigError) as exc:
+            raise IndexFormatError(f"{path}: inconsistent index file ({exc})") from exc
+        return index.to(device) if device != "cpu" else index
+
+    def __repr__(self) -> str:
+        return (f"LearnableLSHIndex(dim={self.dim}, n_tables={self.n_tables}, n_bits={self.n_bits}, "
+                f"mode={self.mode!r}, ntotal={self.ntotal}, trained={self.is_trained}, device={self.device!r})")
+
+
+# ---------------------------------------------------------------------- helpers
+def _normalise_device(device) -> str:
+    device = str(device)
+    if device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
+        return device
+    raise ConfigError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+
+
+def _to_numpy(v):
+    return v.cpu().numpy() if isinstance(v, torch.Tensor) else v
+
+
+def _move(v, device: str):
+    if v is None or isinstance(v, int):
+        return v
+    if device == "cpu":
+        return _to_numpy(v)
+    t = v if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(v))
+    return t.to(device)
+
+
+def _rows_of(tables: Dict, b: int):
+    """Expands sorted tables back to per-row (keys, codes, ids), table-major."""
+    n = int(tables["n_items"])
+    ts = _to_numpy(tables["table_start"])
+    off = _to_numpy(tables["offsets"])
+    keys = _to_numpy(tables["keys"])
+    row_keys = np.empty((b, n), dtype=np.uint64)
+    for j in range(b):
+        u0, u1 = ts[j], ts[j + 1]
+        row_keys[j] = np.repeat(keys[u0:u1], np.diff(off[u0:u1 + 1]))
+    return row_keys
+
+
+def _concat_rows(old: Dict, keys, codes, ids):
+    b = keys.shape[0]
+    n_old = int(old["n_items"])
+    r = codes.shape[2]
+    old_keys = _rows_of(old, b)
+    if isinstance(codes, torch.Tensor):
+        dev = codes.device
+        return (torch.cat([torch.from_numpy(old_keys).to(dev), keys], dim=1),
+                torch.cat([old["codes"].view(b, n_old, r), codes], dim=1),
+                torch.cat([old["ids"].view(b, n_old), ids], dim=1))
+    return (np.concatenate([old_keys, keys], axis=1),
+            np.concatenate([old["codes"].reshape(b, n_old, r), codes], axis=1),
+            np.concatenate([old["ids"].reshape(b, n_old), ids], axis=1))
+
+
+def _merge_statistics(old: Dict, new: Dict) -> Dict:
+    """Union of two statistics-only tables: counts, sums and squared norms add per key."""
+    if isinstance(new["keys"], torch.Tensor):
+        device = new["keys"].device
+        merged = _merge_statistics({k: _to_numpy(v) for k, v in old.items()},
+                                   {k: _to_numpy(v) for k, v in new.items()})
+        return {k: _move(v, str(device)) for k, v in merged.items()}
+    b = len(new["table_start"]) - 1
+    out_keys, out_counts, out_sum, out_sq, starts = [], [], [], [], [0]
+    for j in range(b):
+        parts = []
+        for t in (old, new):
+            u0, u1 = t["table_start"][j], t["table_start"][j + 1]
+            parts.append((t["keys"][u0:u1], np.diff(t["offsets"][u0:u1 + 1]), t["bucket_sum"][u0:u1],
+                          t["bucket_sqnorm"][u0:u1]))
+        k = np.concatenate([p[0] for p in parts])
+        uniq, inv = np.unique(k, return_inverse=True)
+        cnt = np.zeros(len(uniq), np.int64)
+        sm = np.zeros((len(uniq), old["bucket_sum"].shape[1]), np.float64)
+        sq = np.zeros(len(uniq), np.float64)
+        np.add.at(cnt, inv, np.concatenate([p[1] for p in parts]))
+        np.add.at(sm, inv, np.concatenate([p[2] for p in parts]))
+        np.add.at(sq, inv, np.concatenate([p[3] for p in parts]))
+        out_keys.append(uniq)
+        out_counts.append(cnt)
+        out_sum.append(sm)
+        out_sq.append(sq)
+        starts.append(starts[-1] + len(uniq))
+    n_total = int(old["n_items"]) + int(new["n_items"])
+    counts = np.concatenate(out_counts)
+    # offsets keep the row arithmetic of the layout (table j's rows are j*N..(j+1)*N)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return {"keys": np.concatenate(out_keys).astype(np.uint64), "table_start": np.asarray(starts, np.int64),
+            "offsets": offsets, "ids": None, "codes": None, "bucket_sum": np.concatenate(out_sum),
+            "bucket_sqnorm": np.concatenate(out_sq), "n_items": n_total}
+
+
+def _check_tables(t: Dict, index: LearnableLSHIndex, path: str) -> None:
+    """Structural checks of loaded tables, so a crafted file cannot make the engine read out of bounds."""
+    b, r, n = index.n_tables, index.n_bits, int(t["n_items"])
+    try:
+        keys, ts, off = t["keys"], t["table_start"], t["offsets"]
+        U = keys.shape[0]
+        ok = (keys.dtype == np.uint64 and ts.dtype == np.int64 and off.dtype == np.int64 and ts.shape == (b + 1,)
+              and ts[0] == 0 and ts[-1] == U and np.all(np.diff(ts) >= 0) and off.shape == (U + 1,)
+              and off[0] == 0 and off[-1] == b * n and np.all(np.diff(off) > 0)
+              and t["bucket_sum"].shape == (U, r) and t["bucket_sum"].dtype == np.float64
+              and t["bucket_sqnorm"].shape == (U,) and t["bucket_sqnorm"].dtype == np.float64 and n >= 1)
+        if ok:
+            for j in range(b):  # strictly ascending keys per table, each table exactly N rows
+                k = keys[ts[j]:ts[j + 1]]
+                ok &= bool(np.all(k[1:] > k[:-1])) and off[ts[j + 1]] - off[ts[j]] == n
+                if r < 64:
+                    ok &= bool(np.all(k < (np.uint64(1) << np.uint64(r))))
+        if ok and t["codes"] is not None:
+            ok = t["codes"].shape == (b * n, r) and t["codes"].dtype in (np.float32, np.float16)
+        if ok and t["ids"] is not None:
+            ok = t["ids"].shape == (b * n,) and t["ids"].dtype == np.int64
+    except (KeyError, AttributeError, IndexError) as exc:
+        raise IndexFormatError(f"{path}: inconsistent tables ({exc})") from exc
+    if not ok:
+        raise IndexFormatError(f"{path}: inconsistent tables (sizes, order or dtypes do not match the settings)")

@@ -1,0 +1,151 @@
+"""MoCo training of the hash layers (the paper's Sec. 3.2, following the authors' code).
+
+A query encoder and a momentum key encoder; the flattened b*r code is L2-normalised; InfoNCE at
+temperature tau against a FIFO queue of recent keys.  A training pair is a snippet and another
+snippet of the same video within +-max_offset positions.  One epoch is n_videos * iterations
+pairs, each drawn as in the reference: video = index mod n_videos, then a uniform snippet in it.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .encoder import HashEncoder
+
+
+@dataclass
+class TrainingConfig:
+    iterations: int = 60          # epoch length = n_videos * iterations (reference: ST 60, Corridor 10)
+    epochs: int = 1
+    batch_size: int = 256
+    lr: float = 1e-3
+    sgd_momentum: float = 0.9
+    weight_decay: float = 1e-4
+    temperature: float = 0.2
+    queue_size: int = 8192
+    momentum: float = 0.999       # key-encoder EMA
+    max_offset: int = 150         # positives within +-max_offset snippets of the same video
+    n_neighbors: int = 10         # fallback without video_ids: positives among feature-space neighbours
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass
+class TrainingLog:
+    losses: List[float] = field(default_factory=list)   # mean InfoNCE loss per step
+    steps: int = 0
+    positives: str = "temporal"
+
+
+class PairSampler:
+    """Draws (anchor, positive) row indices.
+
+    temporal: positive = uniform snippet of the same video within +-max_offset (clipped to the
+    video).  neighbors: for features with no time order, positive = one of the n_neighbors
+    nearest rows in cosine similarity (computed once with faiss, exact inner product).
+    """
+
+    def __init__(self, n_rows: int, video_ids: Optional[np.ndarray], cfg: TrainingConfig,
+                 features: Optional[torch.Tensor] = None):
+        self.rng = np.random.default_rng(cfg.seed)
+        self.cfg = cfg
+        if video_ids is not None:
+            self.mode = "temporal"
+            order = np.argsort(video_ids, kind="stable")  # rows of each video, in time order
+            counts = np.bincount(video_ids)
+            self.starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+            self.counts = counts
+            self.rows = order
+            self.n_groups = counts.size
+        else:
+            self.mode = "neighbors"
+            self.neighbors = _cosine_neighbors(features, cfg.n_neighbors)
+            self.n_groups = n_rows
+
+    def epoch(self) -> np.ndarray:
+        """(n_pairs, 2) anchor/positive row indices for one shuffled epoch."""
+        # The reference's dataset length: groups x iterations, a group being a video (or, with
+        # no video ids, a row).
+        n_pairs = self.n_groups * self.cfg.iterations
+        group = self.rng.permutation(n_pairs) % self.n_groups
+        if self.mode == "temporal":
+            length = self.counts[group]
+            t = (self.rng.random(n_pairs) * length).astype(np.int64)
+            lo = np.maximum(t - self.cfg.max_offset, 0)
+            hi = np.minimum(t + self.cfg.max_offset, length - 1)
+            t_pos = lo + (self.rng.random(n_pairs) * (hi - lo + 1)).astype(np.int64)
+            base = self.starts[group]
+            return np.stack([self.rows[base + t], self.rows[base + t_pos]], axis=1)
+        k = self.neighbors.shape[1]
+        pick = self.neighbors[group, (self.rng.random(n_pairs) * k).astype(np.int64)]
+        return np.stack([group, pick], axis=1)
+
+
+def _cosine_neighbors(features: torch.Tensor, k: int) -> np.ndarray:
+    import faiss
+
+    x = F.normalize(F.layer_norm(features, (features.shape[1],)), dim=1).cpu().numpy().astype(np.float32)
+    k = int(min(k + 1, x.shape[0]))
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    _, nn_idx = index.search(x, k)
+    # drop the row itself where it came first; keep k-1 true neighbours (or itself when alone)
+    return nn_idx[:, 1:] if k > 1 else nn_idx
+
+
+def train_moco(encoder: HashEncoder, features: torch.Tensor, video_ids: Optional[np.ndarray],
+               cfg: TrainingConfig) -> TrainingLog:
+    """Trains `encoder` in place (it is the query encoder) and returns the loss log."""
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    device = encoder.weight.device
+    sampler = PairSampler(features.shape[0], video_ids, cfg, features)
+    key_encoder = copy.deepcopy(encoder)
+    for p in key_encoder.parameters():
+        p.requires_grad_(False)
+    code_len = encoder.n_tables * encoder.n_bits
+    queue = F.normalize(torch.randn(cfg.queue_size, code_len, generator=gen), dim=1).to(device)
+    ptr = 0
+    opt = torch.optim.SGD(encoder.parameters(), lr=cfg.lr, momentum=cfg.sgd_momentum,
+                          weight_decay=cfg.weight_decay)
+    log = TrainingLog(positives=sampler.mode)
+    encoder.train()
+    for epoch in range(cfg.epochs):
+        pairs = sampler.epoch()
+        batch = min(cfg.batch_size, len(pairs))
+        n_steps = len(pairs) // batch  # drop_last, as the reference's loader
+        bar = tqdm(range(n_steps), desc=f"LLSH training {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
+                   leave=False)
+        for step in bar:
+            idx = pairs[step * batch:(step + 1) * batch]
+            x_q = features[torch.from_numpy(idx[:, 0])].to(device)
+            x_k = features[torch.from_numpy(idx[:, 1])].to(device)
+            z_q = F.normalize(encoder(x_q).flatten(1), dim=1)
+            with torch.no_grad():
+                for p_q, p_k in zip(encoder.parameters(), key_encoder.parameters()):
+                    p_k.mul_(cfg.momentum).add_(p_q.detach(), alpha=1.0 - cfg.momentum)
+                z_k = F.normalize(key_encoder(x_k).flatten(1), dim=1)
+            l_pos = (z_q * z_k).sum(dim=1, keepdim=True)
+            l_neg = z_q @ queue.T
+            logits = torch.cat([l_pos, l_neg], dim=1) / cfg.temperature
+            loss = F.cross_entropy(logits, torch.zeros(len(idx), dtype=torch.long, device=device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():  # FIFO queue
+                pos = (ptr + torch.arange(len(idx), device=device)) % cfg.queue_size
+                queue[pos] = z_k
+                ptr = (ptr + len(idx)) % cfg.queue_size
+            log.losses.append(float(loss.detach()))
+            log.steps += 1
+            bar.set_postfix(loss=f"{log.losses[-1]:.4f}")
+        bar.close()
+    encoder.eval()
+    return log
