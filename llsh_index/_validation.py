@@ -70,7 +70,7 @@ def check_features(x: Any, name: str = "features", dim: Optional[int] = None, de
     if shape[1] == 0 or (dim is not None and shape[1] != dim):
         raise InvalidInputError(f"{name}: expected dimension {dim}, got shape {shape}")
     want_cuda = device.startswith("cuda")
-    if want_cuda != src_device.startswith("cuda"):
+    if want_cuda != src_device.startswith("cuda") or (not want_cuda and src_device != "cpu"):
         raise DeviceMismatchError(f"{name}: expected data on {device}, got data on {src_device} "
                                   f"(move the data, or the index with index.to(...))")
     if _is_torch(x):

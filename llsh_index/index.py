@@ -34,6 +34,7 @@ from .training import TrainingConfig, TrainingLog, train_moco
 
 _FILE_KIND = "LearnableLSHIndex"
 _CHUNK_BYTES = 64 << 20  # input bytes hashed per chunk: bounds the memory of add() and score()
+_MIN_GEMM_ROWS = 16
 
 
 class LearnableLSHIndex:
@@ -127,7 +128,13 @@ class LearnableLSHIndex:
     # ------------------------------------------------------------------ hashing
     @torch.no_grad()
     def _encode_chunk(self, x: torch.Tensor, name: str, row0: int) -> torch.Tensor:
-        codes = self.encoder(x.to(torch.float32))
+        x = x.to(torch.float32)
+        n = x.shape[0]
+        if n < _MIN_GEMM_ROWS:
+            # BLAS takes another kernel (gemv) for a handful of rows, whose rounding differs; padding
+            # keeps every row's code bit-identical however the data is batched.
+            x = torch.cat([x, x.new_zeros((_MIN_GEMM_ROWS - n, x.shape[1]))])
+        codes = self.encoder(x)[:n]
         bad = torch.isnan(codes).flatten(1).any(dim=1)
         if bool(bad.any()):
             row = row0 + int(torch.nonzero(bad)[0, 0])

@@ -1,0 +1,387 @@
+"""Tests of llsh_index.baselines against brute-force NumPy oracles."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("faiss", reason="faiss is not installed (optional dependency, extra 'baselines')")
+
+from llsh_index import baselines as B  # noqa: E402
+from llsh_index.errors import LLSHError  # noqa: E402
+
+# ----------------------------------------------------------------------------- oracles
+
+
+def knn_oracle(train, queries, k, metric="cosine"):
+    """Full M x N distance matrix in float64, mean of the k smallest distances per row."""
+    x = np.asarray(train, dtype=np.float64)
+    q = np.asarray(queries, dtype=np.float64)
+    if metric == "cosine":
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+        dist = 1.0 - q @ x.T
+    else:
+        dist = np.sqrt(((q[:, None, :] - x[None, :, :]) ** 2).sum(-1))
+    return np.sort(dist, axis=1)[:, :k].mean(axis=1)
+
+
+def min_dist_oracle(queries, centres):
+    q = np.asarray(queries, dtype=np.float64)
+    c = np.asarray(centres, dtype=np.float64)
+    d = np.sqrt(((q[:, None, :] - c[None, :, :]) ** 2).sum(-1))
+    return d.min(axis=1), d.argmin(axis=1)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(1500, 24)).astype(np.float32) + 0.5
+    queries = rng.normal(size=(300, 24)).astype(np.float32) + 0.5
+    return train, queries
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    """Four well separated clusters (unequal sizes) + queries around them."""
+    rng = np.random.default_rng(1)
+    means = np.array([[10, 0, 0, 0, 0, 0], [0, 10, 0, 0, 0, 0], [0, 0, 10, 0, 0, 0], [0, 0, 0, -10, 0, 0]], float)
+    sizes = [150, 100, 120, 80]
+    x = np.concatenate([m + rng.normal(scale=0.5, size=(n, 6)) for m, n in zip(means, sizes)]).astype(np.float32)
+    q = (rng.normal(scale=4.0, size=(200, 6))).astype(np.float32)
+    return x, q, means, sizes
+
+
+# ----------------------------------------------------------------------------- KNN
+
+
+@pytest.mark.parametrize("k", [1, 16, 512, 1500])
+def test_knn_cosine_matches_bruteforce(data, k):
+    train, queries = data
+    s = B.KNNScorer(k=k, batch_size=128).fit(train)
+    out = s.score(queries)
+    assert out.dtype == np.float32 and out.shape == (len(queries),)
+    np.testing.assert_allclose(out, knn_oracle(train, queries, k), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [1, 40])
+def test_knn_l2_matches_bruteforce(data, k):
+    train, queries = data
+    out = B.KNNScorer(k=k, metric="l2").fit(train).score(queries)
+    np.testing.assert_allclose(out, knn_oracle(train, queries, k, "l2"), rtol=1e-5, atol=1e-5)
+
+
+def test_knn_large_k_2048(data):
+    rng = np.random.default_rng(5)
+    train = rng.normal(size=(2600, 8)).astype(np.float32)
+    q = data[1][:40, :8]
+    out = B.KNNScorer(k=2048, batch_size=16).fit(train).score(q)
+    np.testing.assert_allclose(out, knn_oracle(train, q, 2048), rtol=0, atol=1e-5)
+
+
+def test_knn_streaming_batches_identical(data):
+    train, queries = data
+    full = B.KNNScorer(k=32, batch_size=len(queries)).fit(train).score(queries)
+    for bs in (32, 100, 299, 10_000):
+        out = B.KNNScorer(k=32, batch_size=bs).fit(train).score(queries)
+        np.testing.assert_array_equal(out, full)
+    # below 20 queries per call faiss switches from BLAS to its direct kernels, so the last
+    # bits may differ from the BLAS path on some builds: compare to float32 precision there
+    for bs in (1, 7):
+        out = B.KNNScorer(k=32, batch_size=bs).fit(train).score(queries)
+        np.testing.assert_allclose(out, full, rtol=0, atol=1e-6)
+
+
+def test_knn_searches_in_batches_never_full_matrix(data):
+    train, queries = data
+    s = B.KNNScorer(k=8, batch_size=64).fit(train)
+    calls = []
+
+    class Spy:
+        def __init__(self, inner):
+            self.inner = inner
+            self.ntotal = inner.ntotal
+
+        def search(self, x, k):
+            calls.append((x.shape, k))
+            return self.inner.search(x, k)
+
+    s._index = Spy(s._index)
+    out = s.score(queries)
+    assert [c[0][0] for c in calls] == [64, 64, 64, 64, 44]
+    assert all(c[1] == 8 for c in calls)
+    np.testing.assert_allclose(out, knn_oracle(train, queries, 8), atol=1e-5)
+
+
+def test_knn_add_equals_fit_on_concatenation(data):
+    train, queries = data
+    a = B.KNNScorer(k=20).fit(train[:700])
+    a.add(train[700:])
+    b = B.KNNScorer(k=20).fit(train)
+    assert a.n_train == b.n_train == len(train)
+    np.testing.assert_array_equal(a.score(queries), b.score(queries))
+    c = B.KNNScorer(k=20)
+    c.add(train)  # add on an empty scorer behaves as fit
+    np.testing.assert_array_equal(c.score(queries), b.score(queries))
+
+
+def test_knn_accepts_float64_int_lists_and_video_ids(data):
+    train, queries = data
+    s = B.KNNScorer(k=5).fit(train.astype(np.float64), video_ids=np.zeros(len(train)))
+    ref = s.score(queries)
+    np.testing.assert_array_equal(s.score(queries.astype(np.float64)), ref)
+    ints = np.arange(1, 61).reshape(20, 3)
+    s2 = B.KNNScorer(k=2).fit(ints)
+    np.testing.assert_allclose(s2.score(ints.tolist()), knn_oracle(ints, ints, 2), atol=1e-5)
+
+
+def test_knn_accepts_torch_tensors(data):
+    torch = pytest.importorskip("torch")
+    train, queries = data
+    ref = B.KNNScorer(k=10).fit(train).score(queries)
+    t = torch.from_numpy(train).requires_grad_(True)  # detach() must be applied
+    s = B.KNNScorer(k=10).fit(t)
+    np.testing.assert_array_equal(s.score(torch.from_numpy(queries)), ref)
+
+
+def test_knn_multiplication_count(data):
+    train, _ = data
+    n, d = train.shape
+    s = B.KNNScorer(k=4).fit(train)
+    assert s.n_multiplications_per_query == n * d + 2 * d
+    assert s.count_multiplications(300) == 300 * (n * d + 2 * d)
+    s = B.KNNScorer(k=4, metric="l2").fit(train)
+    assert s.count_multiplications(7) == 7 * n * d
+    assert s.count_multiplications(0) == 0
+
+
+# ----------------------------------------------------------------------------- K-means
+
+
+def test_kmeans_score_is_min_distance_to_centres(blobs):
+    x, q, means, sizes = blobs
+    km = B.KMeansScorer(n_clusters=4, n_iter=20, seed=0, batch_size=64).fit(x)
+    c = km.centroids
+    assert c.shape == (4, 6) and c.dtype == np.float32
+    dmin, amin = min_dist_oracle(q, c)
+    out = km.score(q)
+    assert out.dtype == np.float32 and out.shape == (len(q),)
+    np.testing.assert_allclose(out, dmin, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(km.assign(q), amin)
+    # the clustering recovers the four blobs: each centre is near one blob mean,
+    # and the per-centre counts are the blob sizes
+    order = np.argmin(((c[:, None, :] - means[None]) ** 2).sum(-1), axis=1)
+    assert sorted(order.tolist()) == [0, 1, 2, 3]
+    np.testing.assert_allclose(c, means[order], atol=0.2)
+    np.testing.assert_array_equal(km.counts, np.array(sizes)[order])
+    assert km.n_train == len(x)
+    # training points score low, far queries score high (L2, not squared, not cosine)
+    np.testing.assert_allclose(km.score(means.astype(np.float32)), min_dist_oracle(means, c)[0], atol=1e-6)
+
+
+def test_kmeans_deterministic_for_seed(blobs):
+    x = blobs[0]
+    a = B.KMeansScorer(n_clusters=5, n_iter=10, seed=3).fit(x).centroids
+    b = B.KMeansScorer(n_clusters=5, n_iter=10, seed=3).fit(x).centroids
+    np.testing.assert_array_equal(a, b)
+
+
+def test_kmeans_add_running_mean(blobs):
+    x, q, _, _ = blobs
+    km = B.KMeansScorer(n_clusters=4, n_iter=10).fit(x)
+    c0, n0 = km.centroids.astype(np.float64), km.counts
+    rng = np.random.default_rng(7)
+    new = (x[rng.choice(len(x), 60)] + rng.normal(scale=0.3, size=(60, 6))).astype(np.float32)
+    _, a = min_dist_oracle(new, c0)
+    expected = c0.copy()
+    for j in range(4):
+        m = a == j
+        if m.any():
+            expected[j] = (n0[j] * c0[j] + new[m].astype(np.float64).sum(0)) / (n0[j] + m.sum())
+    km.add(new)
+    np.testing.assert_allclose(km.centroids, expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(km.counts, n0 + np.bincount(a, minlength=4))
+    np.testing.assert_allclose(km.score(q), min_dist_oracle(q, km.centroids)[0], atol=1e-5)
+
+
+def test_kmeans_multiplication_count(blobs):
+    km = B.KMeansScorer(n_clusters=4, n_iter=5).fit(blobs[0])
+    assert km.n_multiplications_per_query == 4 * 6 + 6
+    assert km.count_multiplications(10) == 10 * 30
+
+
+# ----------------------------------------------------------------------------- interface
+
+
+def test_protocol():
+    assert isinstance(B.KNNScorer(k=3), B.AnomalyScorer)
+    assert isinstance(B.KMeansScorer(), B.AnomalyScorer)
+    assert not isinstance(object(), B.AnomalyScorer)
+
+
+# ----------------------------------------------------------------------------- persistence
+
+
+def test_knn_save_load_roundtrip(tmp_path, data):
+    train, queries = data
+    for metric in ("cosine", "l2"):
+        s = B.KNNScorer(k=12, metric=metric, batch_size=77).fit(train)
+        p = tmp_path / f"knn_{metric}.bin"
+        s.save(p)
+        assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]  # no temp files left
+        t = B.KNNScorer.load(p)
+        assert (t.k, t.metric, t.batch_size, t.n_train, t.dim) == (12, metric, 77, len(train), train.shape[1])
+        np.testing.assert_array_equal(t.score(queries), s.score(queries))
+        u = B.load_scorer(p)
+        assert isinstance(u, B.KNNScorer)
+        # a plain npz, readable without pickle, with a versioned JSON header
+        with np.load(p, allow_pickle=False) as z:
+            header = json.loads(str(z["header"]))
+            assert set(z.files) == {"header", "features"}
+        assert header["format"] == B.FORMAT_NAME and header["format_version"] == B.FORMAT_VERSION
+        assert header["scorer"] == "KNNScorer"
+
+
+def test_kmeans_save_load_roundtrip(tmp_path, blobs):
+    x, q, _, _ = blobs
+    km = B.KMeansScorer(n_clusters=4, n_iter=8, seed=2, n_redo=2).fit(x)
+    p = tmp_path / "km.npz"
+    km.save(p)
+    t = B.KMeansScorer.load(p)
+    np.testing.assert_array_equal(t.centroids, km.centroids)
+    np.testing.assert_array_equal(t.counts, km.counts)
+    np.testing.assert_array_equal(t.score(q), km.score(q))
+    assert (t.n_clusters, t.n_iter, t.seed, t.n_redo) == (4, 8, 2, 2)
+    assert isinstance(B.load_scorer(p), B.KMeansScorer)
+    with pytest.raises(B.ScorerFormatError, match="expected a KNNScorer file, got 'KMeansScorer'"):
+        B.KNNScorer.load(p)
+
+
+def test_save_overwrites_and_keeps_old_file_on_failure(tmp_path, data):
+    train, _ = data
+    p = tmp_path / "model.npz"
+    B.KNNScorer(k=3).fit(train[:100]).save(p)
+    B.KNNScorer(k=4).fit(train).save(p)  # overwrite
+    assert B.KNNScorer.load(p).k == 4
+    before = p.read_bytes()
+    with pytest.raises(B.NotFittedError):
+        B.KNNScorer(k=4).save(p)
+    assert p.read_bytes() == before
+    assert os.listdir(tmp_path) == ["model.npz"]  # no temporary files left
+
+
+def test_atomic_write_removes_temp_file_when_writing_fails(tmp_path, monkeypatch):
+    p = tmp_path / "m.npz"
+    p.write_bytes(b"old")
+
+    def boom(*a, **k):
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(B.np, "savez", boom)
+    with pytest.raises(OSError, match="no space"):
+        B._atomic_savez(p, {"a": np.zeros(2)})
+    assert p.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["m.npz"]
+
+
+def test_load_rejects_bad_files(tmp_path, data):
+    train, _ = data
+    np.savez(tmp_path / "noheader.npz", features=train)
+    with pytest.raises(B.ScorerFormatError, match="expected a 'header' entry"):
+        B.KNNScorer.load(tmp_path / "noheader.npz")
+    header = {"format": B.FORMAT_NAME, "format_version": B.FORMAT_VERSION + 1, "scorer": "KNNScorer", "params": {}}
+    np.savez(tmp_path / "future.npz", header=np.array(json.dumps(header)), features=train)
+    with pytest.raises(B.ScorerFormatError, match=f"format_version 1..{B.FORMAT_VERSION}, got {B.FORMAT_VERSION + 1}"):
+        B.KNNScorer.load(tmp_path / "future.npz")
+    header = {"format": "something-else", "format_version": 1}
+    np.savez(tmp_path / "other.npz", header=np.array(json.dumps(header)))
+    with pytest.raises(B.ScorerFormatError, match="something-else"):
+        B.load_scorer(tmp_path / "other.npz")
+    s = B.KNNScorer(k=3).fit(train)
+    s.save(tmp_path / "ok.npz")
+    with np.load(tmp_path / "ok.npz") as z:
+        arrays = dict(z)
+    np.savez(tmp_path / "f64.npz", header=arrays["header"], features=arrays["features"].astype(np.float64))
+    with pytest.raises(B.ScorerFormatError, match="expected float32 with 2 dims, got float64"):
+        B.KNNScorer.load(tmp_path / "f64.npz")
+    np.savez(tmp_path / "short.npz", header=arrays["header"], features=arrays["features"][:10])
+    with pytest.raises(B.ScorerFormatError, match=r"expected features of shape \(1500, 24\), got \(10, 24\)"):
+        B.KNNScorer.load(tmp_path / "short.npz")
+    np.savez(tmp_path / "pickled.npz", header=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(B.ScorerFormatError):
+        B.KNNScorer.load(tmp_path / "pickled.npz")
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("make", [lambda: B.KNNScorer(k=3), lambda: B.KMeansScorer(n_clusters=3, n_iter=3)])
+def test_bad_inputs(make, data):
+    train, queries = data
+    s = make()
+    with pytest.raises(B.NotFittedError, match="call fit first"):
+        s.score(queries)
+    with pytest.raises(B.NotFittedError):
+        s.n_multiplications_per_query  # noqa: B018
+    with pytest.raises(B.ShapeError, match=r"2-D array \(n, d\), got shape \(24,\)"):
+        s.fit(train[0])
+    with pytest.raises(B.ShapeError, match="got shape"):
+        s.fit(train[None])
+    with pytest.raises(B.EmptyInputError, match=r"got shape \(0, 24\)"):
+        s.fit(train[:0])
+    with pytest.raises(B.EmptyInputError, match=r"got shape \(5, 0\)"):
+        s.fit(np.zeros((5, 0), np.float32))
+    bad = train.copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(B.NonFiniteInputError, match="1 non-finite value.*row 3"):
+        s.fit(bad)
+    bad[3, 2] = np.inf
+    with pytest.raises(B.NonFiniteInputError):
+        s.fit(bad)
+    with pytest.raises(B.NonFiniteInputError, match="in float32"):
+        s.fit(np.full((10, 2), 1e300))  # overflows float32
+    with pytest.raises(B.InvalidDTypeError, match="dtype"):
+        s.fit(np.array([["a", "b"]] * 5))
+    with pytest.raises(B.InvalidDTypeError, match="dtype, got bool"):
+        s.fit(np.ones((5, 2), dtype=bool))
+    with pytest.raises(B.InvalidDTypeError, match="numpy array or torch tensor, got str"):
+        s.fit("features")
+    with pytest.raises(B.ShapeError, match=f"video_ids: expected length {len(train)}.*got 3"):
+        s.fit(train, video_ids=[0, 1, 2])
+    s.fit(train)
+    with pytest.raises(B.DimensionMismatchError, match="expected dimension 24, got 23"):
+        s.score(queries[:, :23])
+    with pytest.raises(B.DimensionMismatchError, match="expected dimension 24, got 25"):
+        s.add(np.ones((3, 25), np.float32))
+    nanq = queries.copy()
+    nanq[7, 0] = np.nan
+    with pytest.raises(B.NonFiniteInputError, match="queries.*row 7"):
+        s.score(nanq)
+    with pytest.raises(B.EmptyInputError):
+        s.score(queries[:0])
+    # the error hierarchy: built on llsh_index.errors
+    for cls in (B.EmptyInputError, B.ShapeError, B.DimensionMismatchError, B.NonFiniteInputError,
+                B.ScorerFormatError, B.ConfigError):
+        assert issubclass(cls, LLSHError) and issubclass(cls, ValueError)
+    assert issubclass(B.InvalidDTypeError, TypeError) and issubclass(B.NotFittedError, LLSHError)
+
+
+def test_knn_specific_errors(data):
+    train, _ = data
+    with pytest.raises(B.ConfigError, match="at least k=1024 rows, got 100"):
+        B.KNNScorer(k=1024).fit(train[:100])
+    with pytest.raises(B.ConfigError, match=r"metric: expected one of \['cosine', 'l2'\], got 'ip'"):
+        B.KNNScorer(metric="ip")
+    with pytest.raises(B.ConfigError, match="k: expected >= 1, got 0"):
+        B.KNNScorer(k=0)
+    with pytest.raises(B.ConfigError, match="k: expected an int, got float"):
+        B.KNNScorer(k=2.5)
+    z = train[:50].copy()
+    z[4] = 0
+    with pytest.raises(B.NonFiniteInputError, match="non-zero vectors, got a zero vector in row 4"):
+        B.KNNScorer(k=3).fit(z)
+    with pytest.raises(B.ConfigError, match="at least n_clusters=32 rows, got 10"):
+        B.KMeansScorer().fit(train[:10])

@@ -1,0 +1,151 @@
+"""LearnableLSHIndex end to end against the NumPy oracle of the paper."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import oracle
+from llsh_index import LearnableLSHIndex
+
+MODES = ["mean", "light", "squared"]
+
+
+def clustered(rng, n, d, n_clusters=5, noise=0.3):
+    centres = rng.standard_normal((n_clusters, d)) * 2
+    return (centres[rng.integers(0, n_clusters, n)] + noise * rng.standard_normal((n, d))).astype(np.float32)
+
+
+def test_encoder_matches_numpy_definition(rng):
+    x = rng.standard_normal((64, 48)).astype(np.float32) * 3 + 1
+    index = LearnableLSHIndex(48, n_tables=3, n_bits=10, seed=7)
+    w = index.encoder.weight.detach().numpy()
+    expected = oracle.encode(x, w, 3, 10)
+    np.testing.assert_allclose(index.encode(x), expected, atol=1e-5)
+    # Xavier-uniform bound of one Linear(d, r), and the full range used
+    bound = math.sqrt(6 / (48 + 10))
+    assert np.abs(w).max() <= bound and np.abs(w).max() > 0.9 * bound
+    assert abs(w.std() - bound / math.sqrt(3)) < 0.05 * bound
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("b,r", [(8, 32), (1, 16), (2, 1), (3, 64)])
+def test_scores_match_oracle(rng, mode, b, r):
+    train = clustered(rng, 600, 40)
+    test = np.concatenate([train[:20], clustered(rng, 20, 40, noise=1.0)])
+    index = LearnableLSHIndex(n_tables=b, n_bits=r, mode=mode, miss_value=1e10).add(train)
+    tables = oracle.build(index.encode(train))
+    expected = oracle.table_distances(tables, index.encode(test), mode, 1e10)
+    np.testing.assert_allclose(index.table_distances(test), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(index.score(test), expected.min(axis=1), rtol=1e-5, atol=1e-5)
+    assert index.score(test).shape == (40,) and index.table_distances(test).shape == (40, b)
+
+
+def test_default_miss_value_is_largest_possible_distance(rng):
+    train = 0.0 * rng.standard_normal((50, 8)).astype(np.float32)
+    train[:, 0] = 1.0  # every row identical -> one bucket per table
+    index = LearnableLSHIndex(n_tables=4, n_bits=16).add(train)
+    far = -train  # flips every logit -> complementary key, a guaranteed miss
+    assert np.all(index.table_distances(far) == np.float32(math.sqrt(16)))
+    assert np.all(index.score(far, mode="squared") == 16.0)
+    assert index.score(train[:3]).max() < math.sqrt(16)
+
+
+def test_repeated_add_equals_one_add(rng):
+    x = clustered(rng, 3000, 32)
+    one = LearnableLSHIndex(n_tables=4, n_bits=12, batch_size=512).add(x)
+    many = LearnableLSHIndex(n_tables=4, n_bits=12, batch_size=512)
+    for part in np.split(x, [700, 701, 702, 1900]):  # includes 1-row batches
+        many.add(part)
+    assert many.ntotal == one.ntotal == 3000
+    for k in ("keys", "table_start", "offsets", "ids", "codes", "bucket_sum", "bucket_sqnorm"):
+        np.testing.assert_array_equal(many._tables[k], one._tables[k], err_msg=k)
+    np.testing.assert_array_equal(many.score(x[:100]), one.score(x[:100]))
+
+
+def test_repeated_add_statistics_only(rng):
+    x = clustered(rng, 2000, 32)
+    one = LearnableLSHIndex(n_tables=4, n_bits=12, mode="light", store_codes=False).add(x)
+    many = LearnableLSHIndex(n_tables=4, n_bits=12, mode="light", store_codes=False)
+    many.add(x[:777]).add(x[777:])
+    for k in ("keys", "table_start", "offsets"):
+        np.testing.assert_array_equal(many._tables[k], one._tables[k])
+    np.testing.assert_allclose(many._tables["bucket_sum"], one._tables["bucket_sum"], rtol=1e-12)
+    for mode in ("light", "squared"):
+        np.testing.assert_allclose(many.score(x[:50], mode), one.score(x[:50], mode), rtol=1e-6)
+    full = LearnableLSHIndex(n_tables=4, n_bits=12).add(x)
+    np.testing.assert_allclose(one.score(x[:50], "light"), full.score(x[:50], "light"), rtol=1e-6)
+
+
+def test_chunking_does_not_change_results(rng):
+    x = clustered(rng, 1500, 24)
+    a = LearnableLSHIndex(n_tables=4, n_bits=16, batch_size=97).add(x)
+    b = LearnableLSHIndex(n_tables=4, n_bits=16).add(x)
+    np.testing.assert_allclose(a.score(x[:300]), b.score(x[:300]), atol=1e-6)
+    np.testing.assert_array_equal(a._tables["keys"], b._tables["keys"])
+
+
+@pytest.mark.parametrize("code_dtype", ["float32", "float16"])
+def test_save_load_identical_scores(rng, tmp_path, code_dtype):
+    x = clustered(rng, 800, 20)
+    index = LearnableLSHIndex(n_tables=4, n_bits=16, code_dtype=code_dtype, seed=3)
+    index.fit(x, video_ids=np.repeat(np.arange(8), 100), iterations=4, batch_size=64, queue_size=256,
+              progress=False)
+    index.add(x)
+    path = tmp_path / "index.llsh"
+    size = index.save(str(path))
+    assert size == path.stat().st_size
+    loaded = LearnableLSHIndex.load(str(path))
+    assert loaded.is_trained and loaded.ntotal == 800 and loaded.code_dtype == code_dtype
+    assert loaded.training_log_.losses == index.training_log_.losses
+    for mode in MODES:
+        np.testing.assert_array_equal(loaded.score(x[:100], mode), index.score(x[:100], mode))
+    assert not list(tmp_path.glob(".llsh-*"))  # no temp file left behind
+
+
+def test_save_load_statistics_only_and_empty(rng, tmp_path):
+    x = clustered(rng, 300, 16)
+    index = LearnableLSHIndex(n_tables=2, n_bits=8, mode="squared", store_codes=False).add(x)
+    index.save(str(tmp_path / "a"))
+    loaded = LearnableLSHIndex.load(str(tmp_path / "a"))
+    np.testing.assert_array_equal(loaded.score(x), index.score(x))
+    empty = LearnableLSHIndex(16, n_tables=2, n_bits=8)
+    empty.save(str(tmp_path / "b"))
+    e = LearnableLSHIndex.load(str(tmp_path / "b"))
+    assert e.ntotal == 0
+    np.testing.assert_array_equal(e.encoder.weight.detach().numpy(), empty.encoder.weight.detach().numpy())
+
+
+def test_float16_storage_is_close_to_float32(rng):
+    x = clustered(rng, 1000, 32)
+    a = LearnableLSHIndex(n_tables=4, n_bits=16).add(x)
+    b = LearnableLSHIndex(n_tables=4, n_bits=16, code_dtype="float16").add(x)
+    assert b.memory_bytes() < a.memory_bytes()
+    np.testing.assert_allclose(b.score(x[:200]), a.score(x[:200]), atol=2e-3)
+
+
+@pytest.mark.parametrize("convert", [
+    lambda x: x.astype(np.float64),
+    lambda x: x.astype(np.float16),
+    lambda x: np.asfortranarray(x),
+    lambda x: np.repeat(x, 2, axis=1)[:, ::2],              # non-contiguous view of the same values
+    lambda x: torch.from_numpy(x),
+    lambda x: torch.from_numpy(x).to(torch.float64),
+    lambda x: torch.from_numpy(x).T.contiguous().T,       # transposed-strided tensor
+])
+def test_accepts_numpy_and_torch_in_any_layout(rng, convert):
+    x = clustered(rng, 300, 16)
+    index = LearnableLSHIndex(n_tables=4, n_bits=16).add(x)
+    ref = index.score(x[:50])
+    got = index.score(convert(x[:50]))
+    tol = 5e-3 if "float16" in str(getattr(convert(x[:1]), "dtype", "")) else 1e-6
+    np.testing.assert_allclose(got, ref, atol=tol)
+
+
+def test_stats_and_reset(rng):
+    x = np.tile(rng.standard_normal((1, 8)).astype(np.float32), (10, 1))
+    index = LearnableLSHIndex(n_tables=3, n_bits=8).add(x)
+    st = index.stats()
+    assert st["n_buckets"] == [1, 1, 1] and st["largest_bucket"] == [10, 10, 10]
+    index.reset()
+    assert index.ntotal == 0

@@ -1,0 +1,420 @@
+"""Tests of llsh_index.metrics against independent oracles (hand-computed values, a
+rank-sum AUC, an explicit Gaussian convolution) and the real label files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import rankdata
+
+from llsh_index import metrics as M
+from llsh_index.errors import LLSHError
+
+DATA = Path(os.environ.get("LLSH_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+GT_DIR = DATA / "vad_groundtruth"
+PED2 = DATA / "ped2"
+
+# From shared/data/README.md: videos, frames, anomalous frames.
+GT_TABLE = {
+    "Avenue": (21, 15_324, 3_867),
+    "ST": (107, 40_791, 17_326),
+    "Corridor": (150, 181_567, 108_278),
+}
+
+
+def _gt_path(name: str) -> Path:
+    p = GT_DIR / f"{name}_gt.npz"
+    if not p.exists():
+        pytest.skip(f"real label file {p} is absent (shared data not available here)")
+    return p
+
+
+@pytest.fixture(scope="module", params=sorted(GT_TABLE))
+def real_labels(request):
+    return request.param, M.load_labels(_gt_path(request.param))
+
+
+# ----------------------------------------------------------------------------- oracles
+
+
+def auc_oracle(labels, scores) -> float:
+    """Mann-Whitney AUC from average ranks (ties count 1/2); independent of sklearn."""
+    labels = np.asarray(labels).astype(bool)
+    ranks = rankdata(np.asarray(scores, dtype=np.float64))
+    n_pos, n_neg = labels.sum(), (~labels).sum()
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def gaussian_oracle(x, sigma, truncate=4.0):
+    """Explicit convolution with a normalised Gaussian, mirror ('reflect') boundaries."""
+    x = np.asarray(x, dtype=np.float64)
+    r = int(truncate * sigma + 0.5)
+    t = np.arange(-r, r + 1)
+    w = np.exp(-0.5 * (t / sigma) ** 2)
+    w /= w.sum()
+    xp = np.pad(x, r, mode="symmetric")  # numpy 'symmetric' == scipy.ndimage 'reflect'
+    return np.array([np.dot(w, xp[i : i + 2 * r + 1]) for i in range(x.size)])
+
+
+def reference_place(snippet, n_frames):
+    """The reference placement, written out: zeros, snippet j at frame j + (N - n)//2 + 1."""
+    out = np.zeros(n_frames)
+    off = (n_frames - len(snippet)) // 2 + 1
+    for j, v in enumerate(snippet):
+        out[j + off] = v
+    return out
+
+
+# ----------------------------------------------------------------------------- hand-checked
+
+
+def test_six_frame_video_hand_checked():
+    # positives 0.35, 0.8; negatives 0.1, 0.4, 0.2, 0.3: 0.35 beats 3 of 4, 0.8 beats 4 -> 7/8
+    labels = {"v": np.array([0, 0, 1, 1, 0, 0], dtype=np.uint8)}
+    scores = {"v": np.array([0.1, 0.4, 0.35, 0.8, 0.2, 0.3])}
+    r = M.macro_auc(scores, labels, sigma=0)
+    assert r.auc == pytest.approx(0.875, abs=1e-12)
+    assert r.per_video == {"v": pytest.approx(0.875)}
+    assert (r.kind, r.n_videos, r.n_single_class, r.n_frames) == ("macro", 1, 0, 6)
+    # one video: micro (normalisation is monotone) equals macro
+    assert M.micro_auc(scores, labels, sigma=0).auc == pytest.approx(0.875, abs=1e-12)
+    # sigma=None is also "no smoothing"
+    assert M.macro_auc(scores, labels, sigma=None).auc == pytest.approx(0.875, abs=1e-12)
+
+
+def test_ties_count_half():
+    labels = {"v": [0, 1, 0, 1]}
+    assert M.macro_auc({"v": [1.0, 1.0, 1.0, 1.0]}, labels, sigma=0).auc == 0.5
+    # pos {2, 1}, neg {1, 0}: 2>1, 2>0, 1=1 (1/2), 1>0 -> 3.5/4
+    assert M.macro_auc({"v": [1.0, 2.0, 0.0, 1.0]}, labels, sigma=0).auc == pytest.approx(0.875)
+
+
+def test_macro_is_unweighted_mean_of_videos():
+    labels = {"a": [0, 1], "b": [0, 0, 0, 1, 1, 1, 1, 1]}
+    scores = {"a": [1.0, 0.0], "b": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]}
+    r = M.macro_auc(scores, labels, sigma=0)
+    assert r.per_video == {"a": 0.0, "b": 1.0}
+    assert r.auc == 0.5
+
+
+def test_micro_normalises_each_video():
+    # after min-max per video both become [0, 1/3, 2/3, 1]; pooled labels
+    # A: 0 0 1 1 and B: 0 1 1 1 -> positives {2/3, 1, 1/3, 2/3, 1}, negatives {0, 1/3, 0}
+    # wins: 3 + 3 + (2 + 1/2) + 3 + 3 = 14.5 of 15
+    labels = {"A": [0, 0, 1, 1], "B": [0, 1, 1, 1]}
+    scores = {"A": [0.0, 1.0, 2.0, 3.0], "B": [10.0, 20.0, 30.0, 40.0]}
+    r = M.micro_auc(scores, labels, sigma=0)
+    assert r.auc == pytest.approx(14.5 / 15, abs=1e-12)
+    assert (r.kind, r.n_videos, r.n_frames, r.n_constant) == ("micro", 2, 8, 0)
+    # without the per-video normalisation the pooled AUC would be 13/15
+    raw = auc_oracle(np.r_[labels["A"], labels["B"]], np.r_[scores["A"], scores["B"]])
+    assert raw == pytest.approx(13 / 15)
+    assert r.auc != pytest.approx(raw)
+
+
+def test_micro_constant_video_policy():
+    labels = {"A": [0, 1, 0, 1], "B": [1, 1, 0, 0]}
+    scores = {"A": [0.0, 1.0, 0.0, 1.0], "B": [0.7, 0.7, 0.7, 0.7]}
+    # default (reference): B keeps its constant 0.7 -> its positives beat A's negatives (0)
+    # and tie B's negatives; A's positives (1.0) beat every negative.
+    # positives {1, 1, .7, .7}, negatives {0, 0, .7, .7}: 4 + 4 + 2*(2 + 2*0.5) = 14 of 16
+    r = M.micro_auc(scores, labels, sigma=0)
+    assert r.n_constant == 1
+    assert r.auc == pytest.approx(14 / 16)
+    # constant_fill=0: B ties with A's negatives: 4 + 4 + 2 * (4 * 0.5) = 12 of 16
+    assert M.micro_auc(scores, labels, sigma=0, constant_fill=0.0).auc == pytest.approx(12 / 16)
+
+
+# ----------------------------------------------------------------------------- smoothing
+
+
+@pytest.mark.parametrize("sigma", [1, 3.5, 12])
+def test_smooth_scores_matches_explicit_gaussian(sigma):
+    rng = np.random.default_rng(1)
+    x = rng.random(200)
+    np.testing.assert_allclose(M.smooth_scores(x, sigma), gaussian_oracle(x, sigma), rtol=0, atol=1e-12)
+
+
+def test_smooth_scores_zero_sigma_and_no_mutation():
+    x = np.array([0.0, 1.0, 0.0])
+    out = M.smooth_scores(x, 0)
+    np.testing.assert_array_equal(out, x)
+    out[0] = 5
+    assert x[0] == 0.0
+
+
+def test_macro_with_smoothing_matches_oracle():
+    rng = np.random.default_rng(2)
+    labels, scores = {}, {}
+    for i, n in enumerate([60, 137, 300]):
+        lab = np.zeros(n, dtype=np.uint8)
+        lab[n // 3 : n // 3 + n // 4] = 1
+        labels[f"v{i}"] = lab
+        scores[f"v{i}"] = rng.random(n) + 0.5 * lab
+    r = M.macro_auc(scores, labels)  # sigma=12
+    expected = {k: auc_oracle(labels[k], gaussian_oracle(scores[k], 12)) for k in labels}
+    for k in labels:
+        assert r.per_video[k] == pytest.approx(expected[k], abs=1e-12)
+    assert r.auc == pytest.approx(np.mean(list(expected.values())), abs=1e-12)
+
+
+# ----------------------------------------------------------------------------- alignment
+
+
+def test_snippet_to_frame_hand_cases():
+    s = np.arange(1, 8, dtype=float)  # 7 snippets
+    # d = 3: offset 3 // 2 + 1 = 2, trailing pad 1
+    np.testing.assert_array_equal(M.snippet_to_frame_scores(s, 10), [0, 0, 1, 2, 3, 4, 5, 6, 7, 0])
+    # d = 1: offset 1, no trailing pad
+    np.testing.assert_array_equal(M.snippet_to_frame_scores(s, 8), [0, 1, 2, 3, 4, 5, 6, 7])
+    # d = 2: offset 2, no trailing pad
+    np.testing.assert_array_equal(M.snippet_to_frame_scores([5.0, 6.0, 7.0], 5), [0, 0, 5, 6, 7])
+    # d = 4: offset 3, trailing 1
+    np.testing.assert_array_equal(M.snippet_to_frame_scores([5.0, 6.0], 6), [0, 0, 0, 5, 6, 0])
+    # padding options
+    np.testing.assert_array_equal(
+        M.snippet_to_frame_scores(s, 10, pad_value=-1.0), [-1, -1, 1, 2, 3, 4, 5, 6, 7, -1]
+    )
+    np.testing.assert_array_equal(M.snippet_to_frame_scores(s, 10, pad="edge"), [1, 1, 1, 2, 3, 4, 5, 6, 7, 7])
+    # same length: unchanged
+    np.testing.assert_array_equal(M.snippet_to_frame_scores(s, 7), s)
+    with pytest.raises(M.LengthMismatchError, match="at most n_frames=6.*got 7"):
+        M.snippet_to_frame_scores(s, 6)
+
+
+@pytest.mark.parametrize("d", [1, 2, 15, 62])
+def test_snippet_to_frame_matches_reference_placement(d):
+    rng = np.random.default_rng(d)
+    n_frames = 120
+    s = rng.random(n_frames - d) + 0.1
+    np.testing.assert_array_equal(M.snippet_to_frame_scores(s, n_frames), reference_place(s, n_frames))
+
+
+def test_centre_alignment_and_flip_reproduce_reference_on_real_labels():
+    labels = M.load_labels(_gt_path("ST"))
+    rng = np.random.default_rng(3)
+    d = 15  # e.g. 16-frame snippets at stride 1
+    scores = {k: rng.random(v.size - d) + 0.3 * v[d // 2 + 1 : d // 2 + 1 + v.size - d] for k, v in labels.items()}
+    macro = M.macro_auc(scores, labels, align="centre", single_class="flip")
+    micro = M.micro_auc(scores, labels, align="centre")
+    # reference algorithm written out with the rank-sum oracle
+    per, cat_l, cat_s = {}, [], []
+    for k in sorted(scores):
+        sm = gaussian_oracle(scores[k], 12)
+        lab = labels[k].copy()
+        fs = reference_place(sm, lab.size)
+        if np.all(lab == lab[0]):
+            lab[0] = 1 - lab[0]
+        per[k] = auc_oracle(lab, fs)
+        cat_l.append(labels[k])
+        cat_s.append(reference_place((sm - sm.min()) / (sm.max() - sm.min()), lab.size))
+    assert macro.auc == pytest.approx(np.mean(list(per.values())), abs=1e-9)
+    assert macro.n_single_class == 1 and macro.single_class_videos == ("04_0011",)
+    assert "04_0011" in macro.per_video and len(macro.per_video) == 107
+    assert micro.auc == pytest.approx(auc_oracle(np.concatenate(cat_l), np.concatenate(cat_s)), abs=1e-9)
+
+
+# ----------------------------------------------------------------------------- single class
+
+
+def test_single_class_policies():
+    labels = {
+        "mixed": np.array([0, 0, 1, 1, 0, 0], dtype=np.uint8),
+        "all1": np.ones(3, dtype=np.uint8),
+        "all0": np.zeros(3, dtype=np.uint8),
+    }
+    scores = {
+        "mixed": np.array([0.1, 0.4, 0.35, 0.8, 0.2, 0.3]),
+        "all1": np.array([0.2, 0.5, 0.9]),
+        "all0": np.array([0.2, 0.5, 0.9]),
+    }
+    skip = M.macro_auc(scores, labels, sigma=0)
+    assert skip.single_class == "skip"
+    assert (skip.n_videos, skip.n_single_class) == (3, 2)
+    assert skip.single_class_videos == ("all0", "all1")
+    assert set(skip.per_video) == {"mixed"}
+    assert skip.auc == pytest.approx(0.875)
+    assert skip.n_frames == 6
+
+    # flip (reference): all1 -> labels [0,1,1]: 0.5, 0.9 > 0.2 -> 1.0
+    #                   all0 -> labels [1,0,0]: 0.2 < 0.5, 0.9 -> 0.0
+    flip = M.macro_auc(scores, labels, sigma=0, single_class="flip")
+    assert flip.per_video == {"all0": 0.0, "all1": 1.0, "mixed": pytest.approx(0.875)}
+    assert flip.auc == pytest.approx((0.875 + 1.0 + 0.0) / 3)
+    assert flip.n_single_class == 2
+    # the caller's labels are not modified by the flip
+    assert labels["all1"].tolist() == [1, 1, 1] and labels["all0"].tolist() == [0, 0, 0]
+
+    with pytest.raises(M.SingleClassError, match="all0.*only label 0 in 3 frames"):
+        M.macro_auc(scores, labels, sigma=0, single_class="error")
+
+    micro = M.micro_auc(scores, labels, sigma=0)
+    assert (micro.n_videos, micro.n_single_class, micro.single_class) == (3, 2, "include")
+
+
+def test_only_single_class_videos():
+    labels = {"a": [1, 1, 1], "b": [1, 1]}
+    scores = {"a": [0.1, 0.2, 0.3], "b": [0.5, 0.5]}
+    with pytest.raises(M.EmptyInputError, match="0 of 2.*2 single-class"):
+        M.macro_auc(scores, labels, sigma=0)
+    with pytest.raises(M.SingleClassError, match="only label 1"):
+        M.micro_auc(scores, labels, sigma=0)
+
+
+# ----------------------------------------------------------------------------- real labels
+
+
+def test_load_labels_matches_readme(real_labels):
+    name, labels = real_labels
+    n_videos, n_frames, n_anom = GT_TABLE[name]
+    assert len(labels) == n_videos
+    assert sum(v.size for v in labels.values()) == n_frames
+    assert sum(int(v.sum()) for v in labels.values()) == n_anom
+    assert all(v.dtype == np.uint8 and v.ndim == 1 for v in labels.values())
+    assert list(labels) == sorted(labels)
+
+
+def test_real_labels_perfect_inverted_constant(real_labels):
+    name, labels = real_labels
+    single = sorted(k for k, v in labels.items() if np.unique(v).size == 1)
+    assert len(single) == {"Avenue": 0, "ST": 1, "Corridor": 16}[name]
+
+    perfect = {k: v.astype(np.float64) for k, v in labels.items()}
+    r = M.evaluate(perfect, labels, sigma=0)
+    assert r.macro.auc == 1.0 and r.micro.auc == 1.0
+    assert r.macro.n_single_class == r.micro.n_single_class == len(single)
+    assert list(r.macro.single_class_videos) == single
+    assert len(r.macro.per_video) == len(labels) - len(single)
+    assert r.micro.n_frames == GT_TABLE[name][1]
+    assert r.micro.n_constant == len(single)
+
+    inverted = {k: 1.0 - v for k, v in perfect.items()}
+    r = M.evaluate(inverted, labels, sigma=0)
+    assert r.macro.auc == 0.0 and r.micro.auc == 0.0
+
+    const = {k: np.full(v.size, 0.25) for k, v in labels.items()}
+    r = M.evaluate(const, labels)  # sigma=12: still constant
+    assert r.macro.auc == 0.5 and r.micro.auc == 0.5
+    assert r.micro.n_constant == len(labels)
+
+
+# ----------------------------------------------------------------------------- ped2
+
+
+def _ped2_paths():
+    mat = PED2 / "ped2.mat"
+    frames = PED2 / "testing" / "frames"
+    if not mat.exists() or not frames.is_dir():
+        pytest.skip(f"UCSD Ped2 data ({mat}, {frames}) is absent (shared data not available here)")
+    return mat, frames
+
+
+def test_load_ped2_labels_real():
+    mat, frames = _ped2_paths()
+    counts = M.ped2_frame_counts(frames)
+    assert list(counts) == [f"{i:02d}" for i in range(1, 13)]
+    labels = M.load_ped2_labels(mat, counts)
+    assert sum(v.size for v in labels.values()) == 2010
+    assert sum(int(v.sum()) for v in labels.values()) == 1648
+    # video 01: anomalous frames 61..180 (1-based, inclusive) of 180
+    v1 = labels["01"]
+    assert v1.size == 180 and v1[:60].sum() == 0 and v1[60:].all()
+    single = [k for k, v in labels.items() if v.min() == v.max()]
+    assert single == ["08", "09", "10", "11"]
+    # sequence form gives the same, with generated names
+    seq = M.load_ped2_labels(mat, [counts[k] for k in sorted(counts)])
+    assert all(np.array_equal(seq[k], labels[k]) for k in labels)
+    # a perfect detector on ped2: macro skips the 4 single-class videos
+    r = M.evaluate({k: v.astype(float) for k, v in labels.items()}, labels, sigma=0)
+    assert (r.macro.auc, r.micro.auc, r.macro.n_single_class) == (1.0, 1.0, 4)
+
+
+def test_load_ped2_labels_synthetic_and_errors(tmp_path):
+    import scipy.io
+
+    gt = np.empty((1, 2), dtype=object)
+    gt[0, 0] = np.array([[2], [4]], dtype=np.uint8)
+    gt[0, 1] = np.array([[1, 5], [2, 6]], dtype=np.uint8)  # two ranges
+    p = tmp_path / "gt.mat"
+    scipy.io.savemat(p, {"gt": gt})
+    labels = M.load_ped2_labels(p, [5, 6])
+    assert labels["01"].tolist() == [0, 1, 1, 1, 0]
+    assert labels["02"].tolist() == [1, 1, 0, 0, 1, 1]
+    with pytest.raises(M.LengthMismatchError, match="expected frame counts for 2 videos, got 3"):
+        M.load_ped2_labels(p, [5, 6, 7])
+    with pytest.raises(M.LengthMismatchError, match=r"\[2, 4\].*3 frames"):
+        M.load_ped2_labels(p, [3, 6])
+    scipy.io.savemat(tmp_path / "x.mat", {"other": np.zeros(3)})
+    with pytest.raises(M.LabelFileError, match="expected a variable 'gt'"):
+        M.load_ped2_labels(tmp_path / "x.mat", [1])
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_load_labels_errors(tmp_path):
+    np.savez(tmp_path / "bad.npz", a=np.array([0, 2, 1]))
+    with pytest.raises(M.InvalidLabelError, match=r"\{0, 1\}, got value\(s\) \[2\]"):
+        M.load_labels(tmp_path / "bad.npz")
+    np.savez(tmp_path / "obj.npz", a=np.array([[0], [0, 1]], dtype=object))
+    with pytest.raises(M.LabelFileError):
+        M.load_labels(tmp_path / "obj.npz")
+    np.save(tmp_path / "single.npy", np.zeros(3))
+    with pytest.raises(M.LabelFileError, match="expected an .npz archive"):
+        M.load_labels(tmp_path / "single.npy")
+    np.savez(tmp_path / "ok.npz", b=np.array([0.0, 1.0]), a=np.array([1, 0], dtype=np.int64))
+    ok = M.load_labels(tmp_path / "ok.npz")
+    assert list(ok) == ["a", "b"] and ok["b"].dtype == np.uint8 and ok["b"].tolist() == [0, 1]
+
+
+def test_input_errors():
+    labels = {"a": [0, 1, 0, 1], "b": [1, 0, 0, 0]}
+    good = {"a": [0.1, 0.9, 0.2, 0.8], "b": [0.9, 0.1, 0.2, 0.3]}
+    for f in (M.macro_auc, M.micro_auc):
+        with pytest.raises(M.MissingVideoError, match=r"no labels: \['c'\]"):
+            f({**good, "c": [0.1, 0.2]}, labels, sigma=0)
+        with pytest.raises(M.MissingVideoError, match=r"expected scores for all 2 labelled videos, got 1.*\['b'\]"):
+            f({"a": good["a"]}, labels, sigma=0)
+        assert f({"a": good["a"]}, labels, sigma=0, allow_subset=True).n_videos == 1
+        with pytest.raises(M.LengthMismatchError, match="'a'.*expected 4 scores.*got 3"):
+            f({**good, "a": [0.1, 0.2, 0.3]}, labels, sigma=0)
+        with pytest.raises(M.LengthMismatchError, match="'a'.*at most 4.*got 5"):
+            f({**good, "a": [0.1] * 5}, labels, sigma=0, align="centre")
+        with pytest.raises(M.NonFiniteScoreError, match="'b'.*1 non-finite.*index 2"):
+            f({**good, "b": [0.1, 0.2, np.nan, 0.3]}, labels, sigma=0)
+        with pytest.raises(M.NonFiniteScoreError):
+            f({**good, "b": [0.1, 0.2, np.inf, 0.3]}, labels, sigma=0)
+        with pytest.raises(M.EmptyInputError, match="at least 1 video, got 0"):
+            f({}, labels, sigma=0)
+        with pytest.raises(M.EmptyInputError, match="at least 1 score, got 0"):
+            f({**good, "a": []}, labels, sigma=0)
+        with pytest.raises(M.InvalidLabelError, match=r"got value\(s\) \[3\]"):
+            f(good, {**labels, "a": [0, 3, 0, 1]}, sigma=0)
+        with pytest.raises(M.MetricsError, match="1-D"):
+            f({**good, "a": [[0.1, 0.2], [0.3, 0.4]]}, labels, sigma=0)
+        with pytest.raises(M.MetricsTypeError, match="mapping"):
+            f([0.1, 0.2], labels, sigma=0)
+        with pytest.raises(M.MetricsTypeError, match="dtype"):
+            f({**good, "a": ["x", "y", "z", "w"]}, labels, sigma=0)
+        with pytest.raises(M.MetricsError, match="sigma"):
+            f(good, labels, sigma=-1)
+        with pytest.raises(M.MetricsError, match="align"):
+            f(good, labels, align="middle")
+    with pytest.raises(M.MetricsError, match=r"single_class: expected one of \['skip', 'flip', 'error'\], got 'drop'"):
+        M.macro_auc(good, labels, single_class="drop")
+    # the error hierarchy: value errors are ValueError, type errors TypeError
+    assert issubclass(M.MetricsError, ValueError) and issubclass(M.MetricsTypeError, TypeError)
+    assert issubclass(M.MetricsError, LLSHError) and issubclass(M.MetricsTypeError, LLSHError)
+    for cls in (M.MissingVideoError, M.LengthMismatchError, M.NonFiniteScoreError, M.EmptyInputError,
+                M.InvalidLabelError, M.SingleClassError, M.LabelFileError):
+        assert issubclass(cls, M.MetricsError)
+
+
+def test_accepts_npz_like_label_mapping(tmp_path):
+    np.savez(tmp_path / "gt.npz", a=np.array([0, 1, 1, 0], dtype=np.uint8))
+    with np.load(tmp_path / "gt.npz") as z:
+        r = M.macro_auc({"a": [0.0, 1.0, 1.0, 0.0]}, z, sigma=0)
+    assert r.auc == 1.0
