@@ -1,0 +1,728 @@
+"""Exhaustive baselines of the LLSH paper, through faiss: K-nearest-neighbours and K-means.
+
+Both follow the authors' public code (``wayson20/LLSHforVAD``):
+
+* ``2-KNN``: distance ``1 - cos(x, y)`` computed as ``1 - <x / |x|, y / |y|>`` between a
+  test feature and *every* training feature; the anomaly score of a test feature is the
+  mean of its ``K`` smallest distances (``sort`` then ``[:, :K].mean()``).
+  :class:`KNNScorer` with ``metric="cosine"`` does exactly this, with faiss
+  ``IndexFlatIP`` on L2-normalised features (top-``k`` inner products = ``k`` smallest
+  cosine distances).
+* ``3-KMeans``: ``sklearn.cluster.KMeans`` on the raw (not normalised) training features;
+  the anomaly score is the Euclidean (not squared) distance ``torch.norm(x - c, p=2)`` to
+  the nearest centre.  :class:`KMeansScorer` trains with ``faiss.Kmeans`` instead (see its
+  docstring for the differences) and scores with the same Euclidean distance.
+
+In the reference every snippet has several spatial crops and the snippet score is the mean
+of the crops' scores.  The scorers here score one feature row at a time; averaging the
+crops of a snippet is left to the caller (``scores.reshape(-1, n_crops).mean(1)``).
+
+Both scorers satisfy :class:`AnomalyScorer`, the interface shared with the LSH index.
+Persistence uses no pickle: an ``.npz`` of plain arrays plus a JSON header (format name
+and version) stored as a unicode array, written atomically.
+
+faiss-gpu is used when the installed faiss has GPU support and a GPU is visible
+(``use_gpu=None``), faiss-cpu otherwise; the code path is the same apart from the index
+constructor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+try:
+    import faiss
+except ImportError as exc:  # faiss is an optional dependency (extra "baselines")
+    raise ImportError(
+        "llsh_index.baselines needs faiss: pip install faiss-cpu (or faiss-gpu), "
+        "or pip install 'llsh_index[baselines]'"
+    ) from exc
+
+from .errors import (ConfigError, CudaUnavailableError, IndexFormatError, IndexStateError, InvalidDTypeError,
+                     InvalidInputError, LLSHError, NotFittedError)
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "GPU_MAX_K",
+    "LLSHError",
+    "ConfigError",
+    "CudaUnavailableError",
+    "InvalidDTypeError",
+    "InvalidInputError",
+    "EmptyInputError",
+    "ShapeError",
+    "DimensionMismatchError",
+    "NonFiniteInputError",
+    "NotFittedError",
+    "ScorerFormatError",
+    "AnomalyScorer",
+    "KNNScorer",
+    "KMeansScorer",
+    "load_scorer",
+    "faiss_gpu_available",
+]
+
+FORMAT_NAME = "llsh_index.baselines"
+FORMAT_VERSION = 1
+#: Largest k that faiss GPU brute-force search supports (faiss-cpu has no such limit).
+GPU_MAX_K = 2048
+
+_NORMALISE_CHUNK = 65536
+
+
+# --------------------------------------------------------------------------- errors
+# Built on llsh_index.errors, so ``except LLSHError`` / ``except ValueError`` catch them.
+# Also raised unchanged from there: ConfigError (bad constructor argument, k or n_clusters
+# larger than the training set), InvalidDTypeError (a TypeError: not an array, non-numeric
+# dtype), NotFittedError (a RuntimeError) and CudaUnavailableError (use_gpu=True, no GPU).
+
+
+class EmptyInputError(InvalidInputError):
+    """A feature matrix with no rows or no columns."""
+
+
+class ShapeError(InvalidInputError):
+    """A feature matrix that is not 2-D, or ``video_ids`` of the wrong length."""
+
+
+class DimensionMismatchError(InvalidInputError):
+    """Feature dimension differs from the one the scorer was fitted with."""
+
+
+class NonFiniteInputError(InvalidInputError):
+    """Features contain NaN / inf (or zero vectors where cosine needs a direction)."""
+
+
+class ScorerFormatError(IndexFormatError):
+    """A saved file is not a scorer file of the expected kind / version."""
+
+
+# --------------------------------------------------------------------------- interface
+
+
+@runtime_checkable
+class AnomalyScorer(Protocol):
+    """Interface shared by the baselines and the learnable LSH index.
+
+    Higher score = more anomalous.  ``fit`` replaces the reference (training) set, ``add``
+    extends it, ``score`` returns one float32 score per query row.
+    """
+
+    def fit(self, features: Any, video_ids: Any = None) -> "AnomalyScorer":
+        """Build the model from normal training features ``(N, d)``; returns ``self``."""
+        ...
+
+    def add(self, features: Any) -> Any:
+        """Add more normal training features ``(n, d)`` (the return value is not used)."""
+        ...
+
+    def score(self, queries: Any) -> np.ndarray:
+        """Anomaly scores of ``queries`` ``(M, d)``: float32 array ``(M,)``."""
+        ...
+
+    def save(self, path: str | os.PathLike) -> Any:
+        """Write the fitted model to ``path`` (no pickle, atomic; the return value is not used)."""
+        ...
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "AnomalyScorer":
+        """Read a model written by :meth:`save`."""
+        ...
+
+    def count_multiplications(self, n_queries: int) -> int:
+        """Scalar multiplications done to score ``n_queries`` queries (testing phase).
+
+        The baselines' cost is the same for every query, so this is ``n_queries`` times
+        their ``n_multiplications_per_query`` property.  (That property is deliberately
+        not part of the protocol: ``isinstance(x, AnomalyScorer)`` evaluates protocol
+        properties on Python 3.11, which would fail on unfitted scorers.)
+        """
+        ...
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def faiss_gpu_available() -> bool:
+    """True when the installed faiss has GPU support and at least one GPU is visible."""
+    if not hasattr(faiss, "StandardGpuResources"):
+        return False
+    try:
+        return faiss.get_num_gpus() > 0
+    except Exception:  # pragma: no cover - broken driver
+        return False
+
+
+def _resolve_use_gpu(use_gpu: bool | None) -> bool:
+    if use_gpu is None:
+        return faiss_gpu_available()
+    if use_gpu and not faiss_gpu_available():
+        raise CudaUnavailableError("use_gpu=True: expected faiss with GPU support and a visible GPU, got none")
+    return bool(use_gpu)
+
+
+def _as_features(x: Any, what: str, dim: int | None = None) -> np.ndarray:
+    """Validate and convert to a C-contiguous float32 ``(n, d)`` matrix (numpy or torch)."""
+    if hasattr(x, "detach") and type(x).__module__.split(".")[0] == "torch":
+        x = x.detach().cpu()
+        if str(x.dtype) == "torch.bfloat16":  # numpy has no bfloat16
+            x = x.float()
+        x = x.numpy()
+    if not isinstance(x, np.ndarray):
+        if isinstance(x, (list, tuple)):
+            try:
+                x = np.asarray(x)
+            except ValueError as exc:  # ragged nested lists
+                raise ShapeError(f"{what}: expected a 2-D array (n, d), got a ragged {type(x).__name__}") from exc
+        else:
+            raise InvalidDTypeError(
+                f"{what}: expected a numpy array or torch tensor, got {type(x).__name__}"
+            )
+    if x.dtype == np.bool_ or not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise InvalidDTypeError(f"{what}: expected a real float or integer dtype, got {x.dtype}")
+    if x.ndim != 2:
+        raise ShapeError(f"{what}: expected a 2-D array (n, d), got shape {x.shape}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise EmptyInputError(f"{what}: expected at least 1 row and 1 column, got shape {x.shape}")
+    if dim is not None and x.shape[1] != dim:
+        raise DimensionMismatchError(f"{what}: expected dimension {dim}, got {x.shape[1]}")
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow -> inf, reported below
+        out = np.ascontiguousarray(x, dtype=np.float32)
+    finite = np.isfinite(out)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite.all(axis=1))[0])
+        n_bad = int((~finite).sum())
+        raise NonFiniteInputError(
+            f"{what}: expected finite values (in float32), got {n_bad} non-finite value(s), first in row {row}"
+        )
+    return out
+
+
+def _l2_normalise(x: np.ndarray, what: str) -> np.ndarray:
+    """Row-wise L2 normalisation (computed in float64), float32 output; zero rows are an error."""
+    out = np.empty_like(x, dtype=np.float32)
+    for s in range(0, x.shape[0], _NORMALISE_CHUNK):
+        chunk = x[s : s + _NORMALISE_CHUNK].astype(np.float64)
+        norms = np.sqrt(np.einsum("ij,ij->i", chunk, chunk))
+        zero = norms == 0
+        if zero.any():
+            row = s + int(np.flatnonzero(zero)[0])
+            raise NonFiniteInputError(
+                f"{what}: cosine distance needs non-zero vectors, got a zero vector in row {row}"
+            )
+        out[s : s + _NORMALISE_CHUNK] = chunk / norms[:, None]
+    return out
+
+
+def _check_video_ids(video_ids: Any, n: int) -> None:
+    if video_ids is None:
+        return
+    try:
+        m = len(video_ids)
+    except TypeError as exc:
+        raise ShapeError(f"video_ids: expected a sequence of length {n}, got {type(video_ids).__name__}") from exc
+    if m != n:
+        raise ShapeError(f"video_ids: expected length {n} (one per feature row), got {m}")
+
+
+def _check_positive_int(value: Any, what: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ConfigError(f"{what}: expected an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ConfigError(f"{what}: expected >= {minimum}, got {value}")
+    return int(value)
+
+
+def _make_flat_index(dim: int, inner_product: bool, use_gpu: bool) -> tuple[Any, Any]:
+    """(index, gpu resources or None); the resources must live as long as the index."""
+    if use_gpu:
+        res = faiss.StandardGpuResources()
+        cls = faiss.GpuIndexFlatIP if inner_product else faiss.GpuIndexFlatL2
+        return cls(res, dim), res
+    cls = faiss.IndexFlatIP if inner_product else faiss.IndexFlatL2
+    return cls(dim), None
+
+
+def _atomic_savez(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez`` to a temporary file in the target directory, fsync, ``os.replace``.
+
+    The file is written at exactly ``path`` (no ``.npz`` suffix is appended).
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename durable; not possible on every platform / filesystem
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def _header_array(scorer: str, params: dict, **extra: Any) -> np.ndarray:
+    header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "scorer": scorer, "params": params}
+    header.update(extra)
+    return np.array(json.dumps(header, sort_keys=True))
+
+
+def _read_file(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
+    path = os.fspath(path)
+    try:
+        z = np.load(path, allow_pickle=False)
+    except ValueError as exc:  # object arrays, corrupt archives
+        raise ScorerFormatError(f"{path}: not a scorer file ({exc})") from exc
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ScorerFormatError(f"{path}: expected an .npz archive, got a single array")
+    with z:
+        try:
+            arrays = {k: z[k] for k in z.files}
+        except ValueError as exc:
+            raise ScorerFormatError(f"{path}: unreadable array ({exc})") from exc
+    if "header" not in arrays:
+        raise ScorerFormatError(f"{path}: expected a 'header' entry, got entries {sorted(arrays)}")
+    raw = arrays.pop("header")
+    if raw.dtype.kind != "U" or raw.ndim != 0:
+        raise ScorerFormatError(f"{path}: expected a 0-d unicode header, got {raw.dtype} {raw.shape}")
+    try:
+        header = json.loads(str(raw))
+    except json.JSONDecodeError as exc:
+        raise ScorerFormatError(f"{path}: header is not valid JSON ({exc})") from exc
+    if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
+        got = header.get("format") if isinstance(header, dict) else type(header).__name__
+        raise ScorerFormatError(f"{path}: expected format {FORMAT_NAME!r}, got {got!r}")
+    version = header.get("format_version")
+    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise ScorerFormatError(
+            f"{path}: expected format_version 1..{FORMAT_VERSION}, got {version!r}"
+        )
+    return header, arrays
+
+
+def _expect_array(arrays: dict, key: str, path: str, dtype: np.dtype, ndim: int) -> np.ndarray:
+    if key not in arrays:
+        raise ScorerFormatError(f"{path}: expected an array {key!r}, got entries {sorted(arrays)}")
+    a = arrays[key]
+    if a.dtype != dtype or a.ndim != ndim:
+        raise ScorerFormatError(
+            f"{path}: array {key!r}: expected {np.dtype(dtype)} with {ndim} dims, got {a.dtype} {a.shape}"
+        )
+    return a
+
+
+# --------------------------------------------------------------------------- KNN
+
+
+class KNNScorer:
+    """Anomaly score = mean distance to the ``k`` nearest training features (exhaustive).
+
+    Args:
+        k: number of neighbours (the reference evaluates 1, 32, ..., 1024, 2048).  Must not
+            exceed the number of training features; with the GPU backend at most
+            :data:`GPU_MAX_K` (faiss-cpu has no such limit).
+        metric: ``"cosine"`` (reference): distance ``1 - <x/|x|, y/|y|>`` in [0, 2], via
+            ``IndexFlatIP`` on L2-normalised features (zero vectors are rejected);
+            ``"l2"``: Euclidean distance (not squared), via ``IndexFlatL2``.
+        batch_size: queries are searched ``batch_size`` rows at a time, so memory is
+            ``O(batch_size * k)`` on top of the index; the ``M x N`` distance matrix is never
+            formed (faiss itself works in blocks of queries x database rows).
+        use_gpu: ``None`` = faiss GPU if available, else CPU.
+
+    Multiplication count (testing phase, per query): ``N * d`` for the distances to the
+    ``N`` training features, plus ``2 * d`` for normalising the query (cosine).  BLAS
+    internals (e.g. the squared norms faiss computes for the L2 expansion) are not counted.
+    """
+
+    _SCORER = "KNNScorer"
+    _METRICS = ("cosine", "l2")
+
+    def __init__(self, k: int = 1024, metric: str = "cosine", batch_size: int = 1024, *, use_gpu: bool | None = None):
+        self.k = _check_positive_int(k, "k")
+        if metric not in self._METRICS:
+            raise ConfigError(f"metric: expected one of {list(self._METRICS)}, got {metric!r}")
+        self.metric = metric
+        self.batch_size = _check_positive_int(batch_size, "batch_size")
+        self._use_gpu = _resolve_use_gpu(use_gpu)
+        if self._use_gpu and self.k > GPU_MAX_K:
+            raise ConfigError(f"k: expected <= {GPU_MAX_K} with the faiss GPU backend, got {self.k}")
+        self._index = None
+        self._res = None
+        self._dim: int | None = None
+
+    # -- properties
+    @property
+    def dim(self) -> int | None:
+        """Feature dimension (``None`` before fitting)."""
+        return self._dim
+
+    @property
+    def n_train(self) -> int:
+        """Number of training features held."""
+        return 0 if self._index is None else int(self._index.ntotal)
+
+    @property
+    def uses_gpu(self) -> bool:
+        return self._use_gpu
+
+    def __repr__(self) -> str:
+        return (
+            f"KNNScorer(k={self.k}, metric={self.metric!r}, batch_size={self.batch_size}, "
+            f"n_train={self.n_train}, dim={self._dim}, gpu={self._use_gpu})"
+        )
+
+    # -- building
+    def _prepare(self, x: np.ndarray, what: str) -> np.ndarray:
+        return _l2_normalise(x, what) if self.metric == "cosine" else x
+
+    def fit(self, features: Any, video_ids: Any = None) -> "KNNScorer":
+        """Use ``features`` ``(N, d)`` as the training set (replacing any previous one).
+
+        ``video_ids`` is accepted for the shared interface and only length-checked: the
+        KNN baseline does not use it.
+        """
+        x = _as_features(features, "features")
+        _check_video_ids(video_ids, x.shape[0])
+        if x.shape[0] < self.k:
+            raise ConfigError(f"features: expected at least k={self.k} rows, got {x.shape[0]}")
+        x = self._prepare(x, "features")
+        index, res = _make_flat_index(x.shape[1], self.metric == "cosine", self._use_gpu)
+        index.add(x)
+        self._index, self._res, self._dim = index, res, x.shape[1]
+        return self
+
+    def add(self, features: Any) -> None:
+        """Append training features (``fit`` if nothing is held yet)."""
+        if self._index is None:
+            self.fit(features)
+            return
+        x = _as_features(features, "features", self._dim)
+        self._index.add(self._prepare(x, "features"))
+
+    def _require_fitted(self) -> None:
+        if self._index is None:
+            raise NotFittedError("KNNScorer: expected a fitted scorer (call fit first), got an empty one")
+
+    # -- scoring
+    def score(self, queries: Any) -> np.ndarray:
+        """Mean distance of every query row to its ``k`` nearest training features, float32 ``(M,)``."""
+        self._require_fitted()
+        q = _as_features(queries, "queries", self._dim)
+        out = np.empty(q.shape[0], dtype=np.float32)
+        for s in range(0, q.shape[0], self.batch_size):
+            batch = self._prepare(q[s : s + self.batch_size], "queries")
+            dist, idx = self._index.search(batch, self.k)
+            if (idx < 0).any():  # pragma: no cover - cannot happen with k <= ntotal
+                raise IndexStateError(f"faiss returned fewer than k={self.k} neighbours")
+            dist = dist.astype(np.float64)
+            if self.metric == "cosine":
+                dist = 1.0 - dist
+            else:
+                dist = np.sqrt(np.maximum(dist, 0.0))
+            out[s : s + batch.shape[0]] = dist.mean(axis=1)
+        return out
+
+    @property
+    def n_multiplications_per_query(self) -> int:
+        self._require_fitted()
+        per = self.n_train * self._dim
+        if self.metric == "cosine":
+            per += 2 * self._dim
+        return per
+
+    def count_multiplications(self, n_queries: int) -> int:
+        n = _check_positive_int(n_queries, "n_queries", minimum=0)
+        return n * self.n_multiplications_per_query
+
+    # -- persistence
+    def _features(self) -> np.ndarray:
+        return np.ascontiguousarray(self._index.reconstruct_n(0, self._index.ntotal), dtype=np.float32)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write params + training features (normalised for cosine) to ``path`` atomically."""
+        self._require_fitted()
+        params = {"k": self.k, "metric": self.metric, "batch_size": self.batch_size}
+        _atomic_savez(
+            path,
+            {"header": _header_array(self._SCORER, params, dim=self._dim, n_train=self.n_train),
+             "features": self._features()},
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, use_gpu: bool | None = None) -> "KNNScorer":
+        header, arrays = _read_file(path)
+        p = os.fspath(path)
+        if header.get("scorer") != cls._SCORER:
+            raise ScorerFormatError(f"{p}: expected a {cls._SCORER} file, got {header.get('scorer')!r}")
+        feats = _expect_array(arrays, "features", p, np.dtype(np.float32), 2)
+        params = header.get("params", {})
+        try:
+            obj = cls(k=params["k"], metric=params["metric"], batch_size=params["batch_size"], use_gpu=use_gpu)
+        except (KeyError, TypeError) as exc:
+            raise ScorerFormatError(f"{p}: bad params {params!r} ({exc})") from exc
+        if feats.shape != (header.get("n_train"), header.get("dim")):
+            raise ScorerFormatError(
+                f"{p}: expected features of shape ({header.get('n_train')}, {header.get('dim')}), got {feats.shape}"
+            )
+        feats = _as_features(feats, f"{p}: features")
+        index, res = _make_flat_index(feats.shape[1], obj.metric == "cosine", obj._use_gpu)
+        index.add(feats)  # stored already normalised for cosine
+        obj._index, obj._res, obj._dim = index, res, feats.shape[1]
+        return obj
+
+
+# --------------------------------------------------------------------------- K-means
+
+
+class KMeansScorer:
+    """Anomaly score = Euclidean distance to the nearest of ``n_clusters`` K-means centres.
+
+    Follows ``3-KMeans`` of the reference: clustering on the raw (not normalised) training
+    features, score ``min_c |x - c|_2`` (not squared, not cosine).
+
+    Training uses ``faiss.Kmeans`` (``niter=n_iter``, ``seed``, ``nredo=n_redo``), not the
+    reference's ``sklearn.cluster.KMeans(init="k-means++", n_init=10, max_iter=300,
+    tol=1e-4, random_state=2021)``: faiss initialises with random training points and runs
+    exactly ``n_iter`` iterations (no tolerance stop), so centres differ from the
+    reference's even on the same data.  faiss subsamples to ``max_points_per_centroid *
+    n_clusters`` training points by default; here ``max_points_per_centroid=None`` (default)
+    uses every point, like sklearn.
+
+    Scoring: faiss ``IndexFlatL2`` finds the nearest centre, then the distance to that
+    centre is recomputed exactly as ``sqrt(sum((x - c)**2))`` in float64 (avoids the
+    cancellation of faiss's ``|x|^2 + |c|^2 - 2<x, c>`` expansion).
+
+    ``add`` updates the centres incrementally (each new point is assigned to its nearest
+    current centre, and every centre becomes the running mean of its points:
+    ``c <- (n_c * c + sum(new)) / (n_c + m_c)``) without re-running K-means.
+
+    Multiplication count (testing phase, per query): ``n_clusters * d`` for the distances to
+    the centres plus ``d`` for the exact recomputation.
+    """
+
+    _SCORER = "KMeansScorer"
+
+    def __init__(
+        self,
+        n_clusters: int = 32,
+        n_iter: int = 300,
+        seed: int = 0,
+        *,
+        n_redo: int = 1,
+        max_points_per_centroid: int | None = None,
+        batch_size: int = 4096,
+        use_gpu: bool | None = None,
+    ):
+        self.n_clusters = _check_positive_int(n_clusters, "n_clusters")
+        self.n_iter = _check_positive_int(n_iter, "n_iter")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise ConfigError(f"seed: expected an int, got {type(seed).__name__}")
+        self.seed = int(seed)
+        self.n_redo = _check_positive_int(n_redo, "n_redo")
+        self.max_points_per_centroid = (
+            None if max_points_per_centroid is None
+            else _check_positive_int(max_points_per_centroid, "max_points_per_centroid")
+        )
+        self.batch_size = _check_positive_int(batch_size, "batch_size")
+        self._use_gpu = _resolve_use_gpu(use_gpu)
+        self._centroids: np.ndarray | None = None
+        self._counts: np.ndarray | None = None
+        self._index = None
+        self._res = None
+
+    @property
+    def dim(self) -> int | None:
+        return None if self._centroids is None else int(self._centroids.shape[1])
+
+    @property
+    def centroids(self) -> np.ndarray:
+        """Copy of the centres, float32 ``(n_clusters, d)``."""
+        self._require_fitted()
+        return self._centroids.copy()
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Number of training points assigned to each centre, int64 ``(n_clusters,)``."""
+        self._require_fitted()
+        return self._counts.copy()
+
+    @property
+    def n_train(self) -> int:
+        return 0 if self._counts is None else int(self._counts.sum())
+
+    @property
+    def uses_gpu(self) -> bool:
+        return self._use_gpu
+
+    def __repr__(self) -> str:
+        return (
+            f"KMeansScorer(n_clusters={self.n_clusters}, n_iter={self.n_iter}, seed={self.seed}, "
+            f"n_train={self.n_train}, dim={self.dim}, gpu={self._use_gpu})"
+        )
+
+    def _require_fitted(self) -> None:
+        if self._centroids is None:
+            raise NotFittedError("KMeansScorer: expected a fitted scorer (call fit first), got an empty one")
+
+    def _set_centroids(self, centroids: np.ndarray, counts: np.ndarray) -> None:
+        centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        index, res = _make_flat_index(centroids.shape[1], False, self._use_gpu)
+        index.add(centroids)
+        self._centroids, self._counts, self._index, self._res = centroids, counts.astype(np.int64), index, res
+
+    def _nearest(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(index of nearest centre, exact Euclidean distance in float64), batched."""
+        idx = np.empty(x.shape[0], dtype=np.int64)
+        dist = np.empty(x.shape[0], dtype=np.float64)
+        for s in range(0, x.shape[0], self.batch_size):
+            batch = x[s : s + self.batch_size]
+            _, nn = self._index.search(batch, 1)
+            nn = nn[:, 0]
+            diff = batch.astype(np.float64) - self._centroids[nn].astype(np.float64)
+            idx[s : s + batch.shape[0]] = nn
+            dist[s : s + batch.shape[0]] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+        return idx, dist
+
+    def fit(self, features: Any, video_ids: Any = None) -> "KMeansScorer":
+        """Cluster ``features`` ``(N, d)`` (``N >= n_clusters``); ``video_ids`` is only length-checked."""
+        x = _as_features(features, "features")
+        _check_video_ids(video_ids, x.shape[0])
+        n, d = x.shape
+        if n < self.n_clusters:
+            raise ConfigError(f"features: expected at least n_clusters={self.n_clusters} rows, got {n}")
+        mppc = self.max_points_per_centroid
+        if mppc is None:
+            mppc = max(256, -(-n // self.n_clusters))  # ceil: never subsample
+        km = faiss.Kmeans(
+            d,
+            self.n_clusters,
+            niter=self.n_iter,
+            seed=self.seed,
+            nredo=self.n_redo,
+            max_points_per_centroid=mppc,
+            min_points_per_centroid=1,  # only silences faiss's "too few points" warning
+            verbose=False,
+            gpu=self._use_gpu,
+        )
+        km.train(x)
+        centroids = np.ascontiguousarray(km.centroids, dtype=np.float32).reshape(self.n_clusters, d)
+        self._set_centroids(centroids, np.zeros(self.n_clusters, dtype=np.int64))
+        assign, _ = self._nearest(x)
+        self._counts = np.bincount(assign, minlength=self.n_clusters).astype(np.int64)
+        return self
+
+    def add(self, features: Any) -> None:
+        """Incremental update of the centres with more training points (``fit`` if empty)."""
+        if self._centroids is None:
+            self.fit(features)
+            return
+        x = _as_features(features, "features", self.dim)
+        assign, _ = self._nearest(x)
+        m = np.bincount(assign, minlength=self.n_clusters).astype(np.int64)
+        sums = np.zeros(self._centroids.shape, dtype=np.float64)
+        np.add.at(sums, assign, x.astype(np.float64))
+        total = self._counts + m
+        upd = m > 0
+        new = self._centroids.astype(np.float64)
+        new[upd] = (self._counts[upd, None] * new[upd] + sums[upd]) / total[upd, None]
+        self._set_centroids(new, total)
+
+    def score(self, queries: Any) -> np.ndarray:
+        """Euclidean distance of every query row to its nearest centre, float32 ``(M,)``."""
+        self._require_fitted()
+        q = _as_features(queries, "queries", self.dim)
+        _, dist = self._nearest(q)
+        return dist.astype(np.float32)
+
+    def assign(self, queries: Any) -> np.ndarray:
+        """Index of the nearest centre of every query row, int64 ``(M,)``."""
+        self._require_fitted()
+        idx, _ = self._nearest(_as_features(queries, "queries", self.dim))
+        return idx
+
+    @property
+    def n_multiplications_per_query(self) -> int:
+        self._require_fitted()
+        return self.n_clusters * self.dim + self.dim
+
+    def count_multiplications(self, n_queries: int) -> int:
+        n = _check_positive_int(n_queries, "n_queries", minimum=0)
+        return n * self.n_multiplications_per_query
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write params, centres and per-centre counts to ``path`` atomically."""
+        self._require_fitted()
+        params = {
+            "n_clusters": self.n_clusters,
+            "n_iter": self.n_iter,
+            "seed": self.seed,
+            "n_redo": self.n_redo,
+            "max_points_per_centroid": self.max_points_per_centroid,
+            "batch_size": self.batch_size,
+        }
+        _atomic_savez(
+            path,
+            {"header": _header_array(self._SCORER, params, dim=self.dim),
+             "centroids": self._centroids, "counts": self._counts},
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, use_gpu: bool | None = None) -> "KMeansScorer":
+        header, arrays = _read_file(path)
+        p = os.fspath(path)
+        if header.get("scorer") != cls._SCORER:
+            raise ScorerFormatError(f"{p}: expected a {cls._SCORER} file, got {header.get('scorer')!r}")
+        params = header.get("params", {})
+        try:
+            obj = cls(
+                n_clusters=params["n_clusters"], n_iter=params["n_iter"], seed=params["seed"],
+                n_redo=params["n_redo"], max_points_per_centroid=params["max_points_per_centroid"],
+                batch_size=params["batch_size"], use_gpu=use_gpu,
+            )
+        except (KeyError, TypeError) as exc:
+            raise ScorerFormatError(f"{p}: bad params {params!r} ({exc})") from exc
+        cents = _expect_array(arrays, "centroids", p, np.dtype(np.float32), 2)
+        counts = _expect_array(arrays, "counts", p, np.dtype(np.int64), 1)
+        if cents.shape != (obj.n_clusters, header.get("dim")) or counts.shape != (obj.n_clusters,):
+            raise ScorerFormatError(
+                f"{p}: expected centroids ({obj.n_clusters}, {header.get('dim')}) and counts ({obj.n_clusters},), "
+                f"got {cents.shape} and {counts.shape}"
+            )
+        if (counts < 0).any():
+            raise ScorerFormatError(f"{p}: expected non-negative counts")
+        cents = _as_features(cents, f"{p}: centroids")
+        obj._set_centroids(cents, counts)
+        return obj
+
+
+_SCORERS = {KNNScorer._SCORER: KNNScorer, KMeansScorer._SCORER: KMeansScorer}
+
+
+def load_scorer(path: str | os.PathLike, *, use_gpu: bool | None = None) -> KNNScorer | KMeansScorer:
+    """Load a file written by :meth:`KNNScorer.save` or :meth:`KMeansScorer.save`."""
+    header, _ = _read_file(path)
+    cls = _SCORERS.get(header.get("scorer"))
+    if cls is None:
+        raise ScorerFormatError(
+            f"{os.fspath(path)}: expected scorer one of {sorted(_SCORERS)}, got {header.get('scorer')!r}"
+        )
+    return cls.load(path, use_gpu=use_gpu)

@@ -1,0 +1,662 @@
+"""Frame-level evaluation protocol for video anomaly detection (VAD).
+
+This module re-implements the evaluation used with the LLSH paper's public code
+(``wayson20/LLSHforVAD``, files ``2-KNN/metrics.py`` and ``3-KMeans/metrics.py``,
+called from ``1-LLSH/test.py``), with the reference's undocumented corner cases
+made explicit and configurable.
+
+Reference protocol, per test video (what ``cal_macro_auc`` / ``cal_micro_auc`` do):
+
+1. The per-snippet anomaly scores are smoothed with
+   ``scipy.ndimage.gaussian_filter1d(scores, sigma=12)`` (default ``mode="reflect"``,
+   ``truncate=4.0``).  Smoothing happens *before* the scores are put on frames, so
+   ``sigma`` is measured in snippets (one snippet per frame position in the reference,
+   so in practice also in frames).
+2. Micro only: the smoothed scores of each video are min-max normalised to [0, 1].
+3. The (fewer) snippet scores are placed on the video's frames; frames not covered keep
+   the value 0 (see :func:`snippet_to_frame_scores` for the exact offset).
+4. Macro-AUC: ``roc_auc_score`` per video, then the unweighted mean over videos.
+   Micro-AUC: all videos' frames are concatenated and one ``roc_auc_score`` is computed.
+
+Differences from the reference, all deliberate and documented:
+
+* Single-class videos (all frames normal or all anomalous) have no AUC.  The reference
+  silently flips the label of frame 0 (``single_class="flip"`` here).  The default here
+  is ``single_class="skip"``: such videos are left out of the macro mean, and every
+  result reports how many there were (``AUCResult.n_single_class``).
+* The reference places snippet scores on frames whenever the lengths differ, silently.
+  Here the default ``align="exact"`` requires one score per frame and raises
+  :class:`LengthMismatchError` otherwise; ``align="centre"`` opts in to the reference
+  placement.
+* Micro: a video whose smoothed scores are constant cannot be min-max normalised.  The
+  reference then falls back to the raw, unsmoothed scores (``3-KMeans``; the ``2-KNN``
+  copy of the code indexes a dict there and would fail), i.e. in practice the video keeps
+  its constant value.  Here the default ``constant_fill=None`` keeps the smoothed constant
+  value (equal to the raw one for a constant series); a number replaces it instead.  The
+  count is reported (``AUCResult.n_constant``).
+* Bad input (missing videos, length mismatches, NaN/inf scores, labels other than 0/1,
+  empty input) raises typed errors instead of ``assert``/``KeyError``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from scipy.ndimage import gaussian_filter1d
+from sklearn.metrics import roc_auc_score
+
+from .errors import InvalidDTypeError, InvalidInputError
+
+__all__ = [
+    "MetricsError",
+    "MetricsTypeError",
+    "EmptyInputError",
+    "MissingVideoError",
+    "LengthMismatchError",
+    "NonFiniteScoreError",
+    "InvalidLabelError",
+    "SingleClassError",
+    "LabelFileError",
+    "AUCResult",
+    "EvaluationResult",
+    "smooth_scores",
+    "snippet_to_frame_scores",
+    "macro_auc",
+    "micro_auc",
+    "evaluate",
+    "load_labels",
+    "load_ped2_labels",
+    "ped2_frame_counts",
+]
+
+SingleClassPolicy = Literal["skip", "flip", "error"]
+AlignPolicy = Literal["exact", "centre"]
+PadMode = Literal["constant", "edge"]
+
+_SINGLE_CLASS_POLICIES = ("skip", "flip", "error")
+_ALIGN_POLICIES = ("exact", "centre")
+_PAD_MODES = ("constant", "edge")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class MetricsError(InvalidInputError):
+    """Base class of the value errors raised by :mod:`llsh_index.metrics`.
+
+    A subclass of :class:`llsh_index.errors.InvalidInputError` (so of ``LLSHError`` and
+    ``ValueError``).
+    """
+
+
+class MetricsTypeError(InvalidDTypeError):
+    """An argument has the wrong type (e.g. not a mapping, non-numeric array); a ``TypeError``."""
+
+
+class EmptyInputError(MetricsError):
+    """No videos, or a video with no scores/frames."""
+
+
+class MissingVideoError(MetricsError):
+    """A video has scores but no labels (or labels but no scores)."""
+
+
+class LengthMismatchError(MetricsError):
+    """A video's score count does not fit its frame count."""
+
+
+class NonFiniteScoreError(MetricsError):
+    """Scores contain NaN or +-inf."""
+
+
+class InvalidLabelError(MetricsError):
+    """Labels are not a 1-D array of 0/1 values."""
+
+
+class SingleClassError(MetricsError):
+    """An AUC is undefined because only one class is present (with ``single_class="error"``)."""
+
+
+class LabelFileError(MetricsError):
+    """A label file does not have the expected layout."""
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class AUCResult:
+    """Outcome of :func:`macro_auc` or :func:`micro_auc`.
+
+    Attributes:
+        auc: the AUC in [0, 1].
+        kind: ``"macro"`` or ``"micro"``.
+        n_videos: number of videos evaluated (all videos given, including single-class ones).
+        n_single_class: how many of them have a single label class (all 0 or all 1).
+        single_class: the single-class policy used (macro); ``"include"`` for micro, where a
+            single-class video simply contributes its frames to the pooled AUC.
+        single_class_videos: names of the single-class videos, sorted.
+        per_video: macro: AUC of every video that entered the mean (skipped videos are
+            absent); micro: empty.
+        n_constant: micro only: videos whose smoothed scores were constant (not normalised,
+            see ``constant_fill``).
+        n_frames: number of frames that entered the AUC(s).
+    """
+
+    auc: float
+    kind: str
+    n_videos: int
+    n_single_class: int
+    single_class: str
+    single_class_videos: tuple[str, ...] = ()
+    per_video: dict[str, float] = field(default_factory=dict)
+    n_constant: int = 0
+    n_frames: int = 0
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """Both AUCs of :func:`evaluate`."""
+
+    macro: AUCResult
+    micro: AUCResult
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _to_numpy(x: Any, what: str) -> np.ndarray:
+    """numpy array from numpy / torch tensor / sequence, without importing torch."""
+    if hasattr(x, "detach") and type(x).__module__.split(".")[0] == "torch":
+        x = x.detach().cpu().numpy()
+    try:
+        arr = np.asarray(x)
+    except (TypeError, ValueError) as exc:  # ragged lists and the like
+        raise MetricsTypeError(f"{what}: expected a 1-D array-like, got {type(x).__name__}") from exc
+    return arr
+
+
+def _as_score_array(x: Any, what: str) -> np.ndarray:
+    arr = _to_numpy(x, what)
+    if arr.dtype == object or not (
+        np.issubdtype(arr.dtype, np.floating)
+        or np.issubdtype(arr.dtype, np.integer)
+        or arr.dtype == np.bool_
+    ):
+        raise MetricsTypeError(f"{what}: expected a real numeric array, got dtype {arr.dtype}")
+    if arr.ndim != 1:
+        raise MetricsError(f"{what}: expected a 1-D array, got shape {arr.shape}")
+    if arr.size == 0:
+        raise EmptyInputError(f"{what}: expected at least 1 score, got 0")
+    arr = arr.astype(np.float64, copy=True)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        idx = np.flatnonzero(bad)
+        raise NonFiniteScoreError(
+            f"{what}: expected finite scores, got {idx.size} non-finite value(s) "
+            f"(first at index {int(idx[0])}: {arr[idx[0]]!r})"
+        )
+    return arr
+
+
+def _as_label_array(x: Any, what: str) -> np.ndarray:
+    arr = _to_numpy(x, what)
+    if arr.dtype == object or not (
+        np.issubdtype(arr.dtype, np.floating)
+        or np.issubdtype(arr.dtype, np.integer)
+        or arr.dtype == np.bool_
+    ):
+        raise MetricsTypeError(f"{what}: expected a numeric 0/1 array, got dtype {arr.dtype}")
+    if arr.ndim != 1:
+        raise InvalidLabelError(f"{what}: expected a 1-D label array, got shape {arr.shape}")
+    if arr.size == 0:
+        raise EmptyInputError(f"{what}: expected at least 1 frame label, got 0")
+    ok = (arr == 0) | (arr == 1)
+    if not ok.all():
+        vals = np.unique(arr[~ok])[:5]
+        raise InvalidLabelError(f"{what}: expected labels in {{0, 1}}, got value(s) {vals.tolist()}")
+    return arr.astype(np.uint8)
+
+
+def _check_mapping(x: Any, what: str) -> Mapping:
+    if not isinstance(x, Mapping) and not hasattr(x, "files"):
+        raise MetricsTypeError(f"{what}: expected a mapping video name -> array, got {type(x).__name__}")
+    return x
+
+
+def _keys(x: Any) -> list[str]:
+    return list(x.files) if hasattr(x, "files") and not isinstance(x, Mapping) else list(x.keys())
+
+
+def _match_videos(scores_by_video: Any, labels_by_video: Any, allow_subset: bool) -> list[str]:
+    _check_mapping(scores_by_video, "scores_by_video")
+    _check_mapping(labels_by_video, "labels_by_video")
+    score_keys = _keys(scores_by_video)
+    label_keys = set(_keys(labels_by_video))
+    if not score_keys:
+        raise EmptyInputError("scores_by_video: expected at least 1 video, got 0")
+    missing = sorted(k for k in score_keys if k not in label_keys)
+    if missing:
+        raise MissingVideoError(
+            f"{len(missing)} scored video(s) have no labels: {missing[:5]}"
+            f"{' ...' if len(missing) > 5 else ''} (labels cover {len(label_keys)} videos)"
+        )
+    if not allow_subset:
+        extra = sorted(label_keys.difference(score_keys))
+        if extra:
+            raise MissingVideoError(
+                f"expected scores for all {len(label_keys)} labelled videos, got {len(score_keys)}; "
+                f"missing scores for {extra[:5]}{' ...' if len(extra) > 5 else ''} "
+                "(pass allow_subset=True to evaluate only the scored videos)"
+            )
+    return sorted(score_keys)
+
+
+def _check_sigma(sigma: float | None) -> float:
+    if sigma is None:
+        return 0.0
+    try:
+        s = float(sigma)
+    except (TypeError, ValueError) as exc:
+        raise MetricsTypeError(f"sigma: expected a number >= 0 or None, got {sigma!r}") from exc
+    if not math.isfinite(s) or s < 0:
+        raise MetricsError(f"sigma: expected a finite number >= 0, got {sigma!r}")
+    return s
+
+
+def _check_choice(value: str, allowed: tuple[str, ...], what: str) -> str:
+    if value not in allowed:
+        raise MetricsError(f"{what}: expected one of {list(allowed)}, got {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def smooth_scores(scores: Any, sigma: float | None = 12) -> np.ndarray:
+    """Gaussian temporal smoothing, as in the reference protocol.
+
+    ``scipy.ndimage.gaussian_filter1d(scores, sigma)`` with scipy's defaults
+    (``mode="reflect"``, ``truncate=4.0``), computed in float64.  ``sigma=0`` or ``None``
+    means no smoothing (scipy itself fails on ``sigma=0``).
+
+    Returns a new float64 array of the same length.
+    """
+    arr = _as_score_array(scores, "scores")
+    s = _check_sigma(sigma)
+    if s == 0.0:
+        return arr
+    return gaussian_filter1d(arr, sigma=s)
+
+
+def snippet_to_frame_scores(
+    snippet_scores: Any,
+    n_frames: int,
+    *,
+    pad: PadMode = "constant",
+    pad_value: float = 0.0,
+) -> np.ndarray:
+    """Place per-snippet scores on the frames of a video, as the reference does.
+
+    With ``n = len(snippet_scores)`` and ``d = n_frames - n`` (``d >= 1``), snippet ``j``
+    is written to frame ``j + d // 2 + 1``, i.e. the scores occupy frames
+    ``[d // 2 + 1, d // 2 + 1 + n)``; ``d // 2 + 1`` frames before them and
+    ``d - d // 2 - 1`` frames after them are padding.  This is the reference's
+    ``offset = dif_len // 2 + 1; vid_scores[offset:offset + len(val_score)] = val_score``.
+
+    In the reference a snippet starting at frame ``s`` spans frames ``s .. s + d``
+    (``d = (L - 1) * interval`` for ``L`` frames sampled every ``interval`` frames, hence
+    ``n = n_frames - d`` snippets), so its exact centre is ``s + d / 2``: the reference
+    placement is the centre rounded down, plus one frame.  It is kept as is so that
+    numbers are comparable with the paper.
+
+    Padding: ``pad="constant"`` (default, the reference) fills uncovered frames with
+    ``pad_value`` (reference: 0, which ranks them as most normal when scores are
+    non-negative distances); ``pad="edge"`` repeats the first/last snippet score.
+
+    ``n == n_frames`` returns the scores unchanged (the reference's slice would overrun
+    here and fail); ``n > n_frames`` raises :class:`LengthMismatchError`.
+
+    Returns a new float64 array of length ``n_frames``.
+    """
+    arr = _as_score_array(snippet_scores, "snippet_scores")
+    if isinstance(n_frames, bool) or not isinstance(n_frames, (int, np.integer)):
+        raise MetricsTypeError(f"n_frames: expected an int, got {type(n_frames).__name__}")
+    n_frames = int(n_frames)
+    _check_choice(pad, _PAD_MODES, "pad")
+    n = arr.size
+    if n_frames < 1:
+        raise EmptyInputError(f"n_frames: expected >= 1, got {n_frames}")
+    if n > n_frames:
+        raise LengthMismatchError(
+            f"expected at most n_frames={n_frames} snippet scores, got {n}"
+        )
+    if n == n_frames:
+        return arr
+    d = n_frames - n
+    offset = d // 2 + 1
+    if pad == "constant":
+        pv = float(pad_value)
+        if not math.isfinite(pv):
+            raise NonFiniteScoreError(f"pad_value: expected a finite number, got {pad_value!r}")
+        out = np.full(n_frames, pv, dtype=np.float64)
+    else:
+        out = np.empty(n_frames, dtype=np.float64)
+        out[:offset] = arr[0]
+        out[offset + n :] = arr[-1]
+    out[offset : offset + n] = arr
+    return out
+
+
+def _frame_scores(
+    name: str,
+    raw: Any,
+    labels: np.ndarray,
+    sigma: float,
+    align: str,
+    pad: str,
+    pad_value: float,
+    normalise: bool,
+    constant_fill: float | None = None,
+) -> tuple[np.ndarray, bool]:
+    """Smooth (-> normalise) -> align one video's scores; returns (frame scores, was_constant)."""
+    scores = _as_score_array(raw, f"scores of video {name!r}")
+    n_frames = labels.size
+    if align == "exact" and scores.size != n_frames:
+        raise LengthMismatchError(
+            f"video {name!r}: expected {n_frames} scores (one per labelled frame), got {scores.size}"
+            " (pass align='centre' to place fewer snippet scores on the frames as the reference does)"
+        )
+    if scores.size > n_frames:
+        raise LengthMismatchError(
+            f"video {name!r}: expected at most {n_frames} scores (labelled frames), got {scores.size}"
+        )
+    smoothed = gaussian_filter1d(scores, sigma=sigma) if sigma > 0 else scores
+    constant = False
+    if normalise:
+        lo, hi = smoothed.min(), smoothed.max()
+        if hi > lo:
+            smoothed = (smoothed - lo) / (hi - lo)
+        else:
+            constant = True
+            if constant_fill is not None:
+                smoothed = np.full_like(smoothed, constant_fill)
+    return snippet_to_frame_scores(smoothed, n_frames, pad=pad, pad_value=pad_value), constant
+
+
+def macro_auc(
+    scores_by_video: Mapping[str, Any],
+    labels_by_video: Mapping[str, Any],
+    sigma: float | None = 12,
+    *,
+    single_class: SingleClassPolicy = "skip",
+    align: AlignPolicy = "exact",
+    pad: PadMode = "constant",
+    pad_value: float = 0.0,
+    allow_subset: bool = False,
+) -> AUCResult:
+    """Macro-AUC: ``roc_auc_score`` of every video, then the unweighted mean.
+
+    Each video's scores are smoothed (:func:`smooth_scores`), then placed on its frames
+    (``align="exact"``: one score per frame required; ``align="centre"``:
+    :func:`snippet_to_frame_scores` with ``pad``/``pad_value``).
+
+    Single-class videos (every frame 0, or every frame 1) have no AUC of their own:
+
+    * ``"skip"`` (default): left out of the mean.
+    * ``"flip"``: the reference behaviour: the label of frame 0 is flipped (on a copy)
+      and the AUC computed anyway.  Beware: the result then depends only on how the score
+      of frame 0 ranks, which with ``align="centre"`` is always a padded frame (score
+      ``pad_value``); e.g. an all-anomalous video with positive scores and zero padding
+      gets an AUC close to 1.0 whatever the detector does.
+    * ``"error"``: raise :class:`SingleClassError`.
+
+    Videos: every key of ``scores_by_video`` must be in ``labels_by_video``; unless
+    ``allow_subset=True`` the converse is required as well (the reference evaluates the
+    scored videos only).
+
+    Raises :class:`EmptyInputError` when no video is left to average.
+    """
+    s = _check_sigma(sigma)
+    _check_choice(single_class, _SINGLE_CLASS_POLICIES, "single_class")
+    _check_choice(align, _ALIGN_POLICIES, "align")
+    _check_choice(pad, _PAD_MODES, "pad")
+    names = _match_videos(scores_by_video, labels_by_video, allow_subset)
+
+    per_video: dict[str, float] = {}
+    single: list[str] = []
+    n_frames = 0
+    for name in names:
+        labels = _as_label_array(labels_by_video[name], f"labels of video {name!r}")
+        frame_scores, _ = _frame_scores(
+            name, scores_by_video[name], labels, s, align, pad, pad_value, normalise=False
+        )
+        if labels.min() == labels.max():
+            single.append(name)
+            if single_class == "skip":
+                continue
+            if single_class == "error":
+                raise SingleClassError(
+                    f"video {name!r}: expected both normal (0) and anomalous (1) frames, got only "
+                    f"label {int(labels[0])} in {labels.size} frames (use single_class='skip' or 'flip')"
+                )
+            labels = labels.copy()
+            labels[0] = 1 - labels[0]
+        per_video[name] = float(roc_auc_score(labels, frame_scores))
+        n_frames += labels.size
+
+    if not per_video:
+        raise EmptyInputError(
+            f"macro-AUC: expected at least 1 video with both classes, got 0 of {len(names)} "
+            f"({len(single)} single-class video(s) skipped)"
+        )
+    return AUCResult(
+        auc=float(np.mean(list(per_video.values()))),
+        kind="macro",
+        n_videos=len(names),
+        n_single_class=len(single),
+        single_class=single_class,
+        single_class_videos=tuple(single),
+        per_video=per_video,
+        n_frames=n_frames,
+    )
+
+
+def micro_auc(
+    scores_by_video: Mapping[str, Any],
+    labels_by_video: Mapping[str, Any],
+    sigma: float | None = 12,
+    *,
+    align: AlignPolicy = "exact",
+    pad: PadMode = "constant",
+    pad_value: float = 0.0,
+    constant_fill: float | None = None,
+    allow_subset: bool = False,
+) -> AUCResult:
+    """Micro-AUC: one ``roc_auc_score`` over all frames of all videos.
+
+    Per video: smooth (:func:`smooth_scores`) -> min-max normalise to [0, 1] -> place on
+    frames (``align``, padding with ``pad_value`` *after* normalisation, as the reference).
+    A video whose smoothed scores are constant cannot be normalised: with
+    ``constant_fill=None`` (default, as the reference) it keeps its constant value, else
+    all its scores become ``constant_fill``; such videos are counted in ``n_constant``.
+    Videos are concatenated in sorted name order.
+
+    Single-class videos are included (they contribute frames); their number is reported.
+    Raises :class:`SingleClassError` if the pooled frames contain a single class.
+    """
+    s = _check_sigma(sigma)
+    _check_choice(align, _ALIGN_POLICIES, "align")
+    _check_choice(pad, _PAD_MODES, "pad")
+    if constant_fill is not None:
+        constant_fill = float(constant_fill)
+        if not math.isfinite(constant_fill):
+            raise NonFiniteScoreError(f"constant_fill: expected a finite number or None, got {constant_fill!r}")
+    names = _match_videos(scores_by_video, labels_by_video, allow_subset)
+
+    all_scores: list[np.ndarray] = []
+    all_labels: list[np.ndarray] = []
+    single: list[str] = []
+    n_constant = 0
+    for name in names:
+        labels = _as_label_array(labels_by_video[name], f"labels of video {name!r}")
+        frame_scores, constant = _frame_scores(
+            name, scores_by_video[name], labels, s, align, pad, pad_value, normalise=True,
+            constant_fill=constant_fill,
+        )
+        n_constant += int(constant)
+        if labels.min() == labels.max():
+            single.append(name)
+        all_scores.append(frame_scores)
+        all_labels.append(labels)
+
+    cat_labels = np.concatenate(all_labels)
+    if cat_labels.min() == cat_labels.max():
+        raise SingleClassError(
+            f"micro-AUC: expected both classes among the {cat_labels.size} pooled frames, "
+            f"got only label {int(cat_labels[0])}"
+        )
+    auc = float(roc_auc_score(cat_labels, np.concatenate(all_scores)))
+    return AUCResult(
+        auc=auc,
+        kind="micro",
+        n_videos=len(names),
+        n_single_class=len(single),
+        single_class="include",
+        single_class_videos=tuple(single),
+        per_video={},
+        n_constant=n_constant,
+        n_frames=int(cat_labels.size),
+    )
+
+
+def evaluate(
+    scores_by_video: Mapping[str, Any],
+    labels_by_video: Mapping[str, Any],
+    sigma: float | None = 12,
+    *,
+    single_class: SingleClassPolicy = "skip",
+    align: AlignPolicy = "exact",
+    pad: PadMode = "constant",
+    pad_value: float = 0.0,
+    constant_fill: float | None = None,
+    allow_subset: bool = False,
+) -> EvaluationResult:
+    """Macro- and micro-AUC with the same settings (see :func:`macro_auc`, :func:`micro_auc`)."""
+    common = dict(align=align, pad=pad, pad_value=pad_value, allow_subset=allow_subset)
+    return EvaluationResult(
+        macro=macro_auc(scores_by_video, labels_by_video, sigma, single_class=single_class, **common),
+        micro=micro_auc(scores_by_video, labels_by_video, sigma, constant_fill=constant_fill, **common),
+    )
+
+
+# --------------------------------------------------------------------------- label files
+
+
+def load_labels(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read a frame-label ``.npz`` (video name -> per-frame 0/1 array), without pickle.
+
+    This is the format of the label files published with the LLSH code
+    (``Avenue_gt.npz``, ``ST_gt.npz``, ``Corridor_gt.npz``).  The stored dtype varies
+    between files (uint8, int64, float64); every array is checked to be 1-D with values
+    in {0, 1} and returned as ``uint8``.  Keys are returned in sorted order.
+    """
+    try:
+        z = np.load(os.fspath(path), allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise LabelFileError(f"{os.fspath(path)}: expected an .npz archive, got a single array")
+        with z:
+            names = sorted(z.files)
+            if not names:
+                raise EmptyInputError(f"{os.fspath(path)}: expected at least 1 video, got 0")
+            return {k: _as_label_array(z[k], f"{os.fspath(path)}[{k!r}]") for k in names}
+    except ValueError as exc:
+        if isinstance(exc, MetricsError):
+            raise
+        # np.load raises ValueError for object arrays with allow_pickle=False
+        raise LabelFileError(f"{os.fspath(path)}: not a readable label npz ({exc})") from exc
+
+
+def ped2_frame_counts(frames_dir: str | os.PathLike, ext: str = ".jpg") -> dict[str, int]:
+    """Frame count of every video folder of a UCSD Ped2 split (e.g. ``ped2/testing/frames``)."""
+    root = os.fspath(frames_dir)
+    counts = {}
+    for name in sorted(os.listdir(root)):
+        p = os.path.join(root, name)
+        if os.path.isdir(p):
+            counts[name] = sum(1 for f in os.listdir(p) if f.lower().endswith(ext))
+    if not counts:
+        raise EmptyInputError(f"{root}: expected video folders, got none")
+    return counts
+
+
+def load_ped2_labels(
+    mat_path: str | os.PathLike,
+    frame_counts: Sequence[int] | Mapping[str, int],
+) -> dict[str, np.ndarray]:
+    """Frame labels of UCSD Ped2 test videos from ``ped2.mat``.
+
+    ``scipy.io.loadmat(mat_path)["gt"]`` is a (1, V) cell array; entry ``i`` is a
+    ``2 x R`` array whose columns are ``[first; last]`` anomalous frame ranges of test
+    video ``i + 1``, 1-based and inclusive (Ped2 has R = 1).  Frame ``f`` (0-based, i.e.
+    file ``f:03d.jpg``) is anomalous iff ``first - 1 <= f <= last - 1``.
+
+    ``frame_counts``: the number of frames of each test video, either a sequence in video
+    order (names become ``"01"``, ``"02"``, ...) or a mapping name -> count whose sorted
+    names are taken in video order (e.g. from :func:`ped2_frame_counts`).
+
+    Returns ``{name: uint8 array of length frame_count}``.
+    """
+    import scipy.io
+
+    mat_path = os.fspath(mat_path)
+    try:
+        mat = scipy.io.loadmat(mat_path)
+    except Exception as exc:
+        raise LabelFileError(f"{mat_path}: cannot be read as a MATLAB file ({exc})") from exc
+    if "gt" not in mat:
+        keys = sorted(k for k in mat if not k.startswith("__"))
+        raise LabelFileError(f"{mat_path}: expected a variable 'gt', got {keys}")
+    gt = np.asarray(mat["gt"])
+    if gt.dtype != object or gt.ndim != 2 or 1 not in gt.shape:
+        raise LabelFileError(f"{mat_path}: expected 'gt' to be a (1, V) cell array, got {gt.dtype} {gt.shape}")
+    entries = list(gt.ravel())
+
+    if isinstance(frame_counts, Mapping):
+        names = sorted(frame_counts)
+        counts = [frame_counts[n] for n in names]
+    elif isinstance(frame_counts, (Sequence, np.ndarray)) and not isinstance(frame_counts, str):
+        counts = list(frame_counts)
+        names = [f"{i + 1:02d}" for i in range(len(counts))]
+    else:
+        raise MetricsTypeError(
+            f"frame_counts: expected a sequence of ints or a mapping name -> int, got {type(frame_counts).__name__}"
+        )
+    if len(counts) != len(entries):
+        raise LengthMismatchError(
+            f"{mat_path}: expected frame counts for {len(entries)} videos, got {len(counts)}"
+        )
+
+    out: dict[str, np.ndarray] = {}
+    for name, count, entry in zip(names, counts, entries):
+        if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+            raise MetricsTypeError(f"frame count of video {name!r}: expected an int >= 1, got {count!r}")
+        count = int(count)
+        ranges = np.asarray(entry).astype(np.int64)  # stored as uint8 in ped2.mat
+        if ranges.ndim != 2 or ranges.shape[0] != 2:
+            raise LabelFileError(f"{mat_path}: video {name!r}: expected a 2 x R range array, got {ranges.shape}")
+        labels = np.zeros(count, dtype=np.uint8)
+        for first, last in ranges.T:
+            if not 1 <= first <= last <= count:
+                raise LengthMismatchError(
+                    f"video {name!r}: anomalous range [{first}, {last}] (1-based) does not fit "
+                    f"{count} frames"
+                )
+            labels[first - 1 : last] = 1
+        out[name] = labels
+    return out
