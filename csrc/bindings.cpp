@@ -13,6 +13,8 @@
 
 #ifdef LLSH_WITH_CUDA
 #include <cuda_runtime.h>
+
+#include <tuple>
 #endif
 
 namespace py = pybind11;
@@ -41,18 +43,20 @@ py::array_t<T> to_numpy(std::vector<T>&& v, std::vector<py::ssize_t> shape) {
   return py::array_t<T>(shape, heap->data(), owner);
 }
 
-py::array binarize_cpu_py(const py::array& codes, int n_threads) {
+py::array binarize_cpu_py(py::array codes, bool from_logits, int n_threads) {
   require(codes.ndim() >= 1, "codes: expected at least 1-D");
-  const float* c = cptr<float>(codes, "codes", (int)codes.ndim());
   const int64_t r = codes.shape(codes.ndim() - 1);
+  cptr<float>(codes, "codes", (int)codes.ndim());
   require(r >= 1 && r <= 64, "codes: n_bits must be 1..64, got " + std::to_string(r));
+  require(!from_logits || codes.writeable(), "codes: from_logits needs a writeable array (sigmoid in place)");
+  float* c = static_cast<float*>(from_logits ? codes.mutable_data() : const_cast<void*>(codes.data()));
   std::vector<py::ssize_t> shape(codes.shape(), codes.shape() + codes.ndim() - 1);
   py::array_t<uint64_t> keys(shape);
   const int64_t rows = r ? codes.size() / r : 0;
   uint64_t* k = keys.mutable_data();
   {
     py::gil_scoped_release nogil;
-    binarize_cpu(c, rows, r, k, n_threads);
+    binarize_cpu(c, rows, r, k, from_logits, n_threads);
   }
   return keys;
 }
@@ -171,14 +175,192 @@ py::tuple cuda_status() {
 
 #ifdef LLSH_WITH_CUDA
 namespace {
-// CUDA bindings: device pointers arrive as integers; `stream` is the caller's cudaStream_t.
-void register_cuda_bindings(py::module_& m) {}
+// CUDA bindings: device pointers arrive as integers; `stream` is the caller's cudaStream_t (an
+// integer, e.g. torch.cuda.current_stream().cuda_stream); `device` is the CUDA device ordinal the
+// pointers live on (this module's runtime is static, so its current device is set per call).
+// The calls release the GIL; the only host synchronisations are the two inside
+// build_tables_cuda_sort (validation flag and the bucket count).
+template <typename T>
+T* dev(uintptr_t p) {
+  return reinterpret_cast<T*>(p);
+}
+
+void* as_stream(uintptr_t s) { return reinterpret_cast<void*>(s); }
+
+// Makes `device` current for the call and restores the previous one after: cudaSetDevice here
+// switches the thread's driver context, which the caller's own CUDA runtime (torch's) would see.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    if (device < 0) return;
+    int cur = -1;
+    cudaError_t err = cudaGetDevice(&cur);
+    if (err == cudaSuccess && cur == device) return;
+    err = cudaSetDevice(device);
+    if (err != cudaSuccess) {
+      cudaGetLastError();
+      throw std::runtime_error("llsh: cudaSetDevice(" + std::to_string(device) + "): " + cudaGetErrorString(err));
+    }
+    prev_ = cur;
+  }
+  ~DeviceGuard() {
+    if (prev_ >= 0) cudaSetDevice(prev_);
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int prev_ = -1;
+};
+
+template <typename CodeT>
+CudaBuildArgs<CodeT> make_build_args(uintptr_t keys, uintptr_t codes, uintptr_t ids, int64_t n_tables, int64_t n,
+                                     int64_t n_bits, uintptr_t temp, uint64_t temp_bytes) {
+  CudaBuildArgs<CodeT> a;
+  a.keys_in = dev<const uint64_t>(keys);
+  a.codes_in = dev<const CodeT>(codes);
+  a.ids_in = dev<const int64_t>(ids);
+  a.n_tables = n_tables;
+  a.n = n;
+  a.n_bits = n_bits;
+  a.temp = dev<void>(temp);
+  a.temp_bytes = temp_bytes;
+  return a;
+}
+
+std::tuple<int64_t, int, int> build_sort_py(uintptr_t keys, uintptr_t codes, uintptr_t ids, int64_t n_tables,
+                                            int64_t n, int64_t n_bits, bool half, uintptr_t temp, uint64_t temp_bytes,
+                                            uintptr_t stream, int device) {
+  DeviceGuard guard(device);
+  CudaBuildState st;
+  if (half)
+    st = build_tables_cuda_sort(make_build_args<uint16_t>(keys, codes, ids, n_tables, n, n_bits, temp, temp_bytes),
+                                as_stream(stream));
+  else
+    st = build_tables_cuda_sort(make_build_args<float>(keys, codes, ids, n_tables, n, n_bits, temp, temp_bytes),
+                                as_stream(stream));
+  return std::make_tuple(st.n_unique, st.perm_buffer, st.key_buffer);
+}
+
+template <typename CodeT>
+void build_finish_impl(CudaBuildArgs<CodeT> a, const CudaBuildState& st, uintptr_t keys_out,
+                       uintptr_t table_start_out, uintptr_t offsets_out, uintptr_t codes_out, uintptr_t ids_out,
+                       uintptr_t sum_out, uintptr_t sqnorm_out, uintptr_t stream) {
+  a.keys_out = dev<uint64_t>(keys_out);
+  a.table_start_out = dev<int64_t>(table_start_out);
+  a.offsets_out = dev<int64_t>(offsets_out);
+  a.codes_out = dev<CodeT>(codes_out);
+  a.ids_out = dev<int64_t>(ids_out);
+  a.bucket_sum_out = dev<double>(sum_out);
+  a.bucket_sqnorm_out = dev<double>(sqnorm_out);
+  build_tables_cuda_finish(a, st, as_stream(stream));
+}
+
+void build_finish_py(uintptr_t keys, uintptr_t codes, uintptr_t ids, int64_t n_tables, int64_t n, int64_t n_bits,
+                     bool half, int64_t n_unique, int perm_buffer, int key_buffer, uintptr_t keys_out,
+                     uintptr_t table_start_out, uintptr_t offsets_out, uintptr_t codes_out, uintptr_t ids_out,
+                     uintptr_t sum_out, uintptr_t sqnorm_out, uintptr_t temp, uint64_t temp_bytes, uintptr_t stream,
+                     int device) {
+  DeviceGuard guard(device);
+  CudaBuildState st;
+  st.n_unique = n_unique;
+  st.perm_buffer = perm_buffer;
+  st.key_buffer = key_buffer;
+  if (half)
+    build_finish_impl(make_build_args<uint16_t>(keys, codes, ids, n_tables, n, n_bits, temp, temp_bytes), st, keys_out,
+                      table_start_out, offsets_out, codes_out, ids_out, sum_out, sqnorm_out, stream);
+  else
+    build_finish_impl(make_build_args<float>(keys, codes, ids, n_tables, n, n_bits, temp, temp_bytes), st, keys_out,
+                      table_start_out, offsets_out, codes_out, ids_out, sum_out, sqnorm_out, stream);
+}
+
+template <typename CodeT>
+void lookup_impl_cuda(uintptr_t keys, uintptr_t table_start, uintptr_t offsets, uintptr_t codes, uintptr_t bucket_sum,
+                      uintptr_t bucket_sqnorm, int64_t n_tables, int64_t n_bits, int64_t n_items,
+                      uintptr_t query_codes, uintptr_t query_keys, int64_t n_queries, int mode, float miss_value,
+                      uintptr_t out, uintptr_t out_min, uintptr_t visited, uintptr_t temp, uint64_t temp_bytes,
+                      uintptr_t stream) {
+  TablesView<CodeT> t;
+  t.n_tables = n_tables;
+  t.n_bits = n_bits;
+  t.n_items = n_items;
+  t.keys = dev<const uint64_t>(keys);
+  t.table_start = dev<const int64_t>(table_start);
+  t.offsets = dev<const int64_t>(offsets);
+  t.codes = dev<const CodeT>(codes);
+  t.bucket_sum = dev<const double>(bucket_sum);
+  t.bucket_sqnorm = dev<const double>(bucket_sqnorm);
+  lookup_cuda<CodeT>(t, dev<const float>(query_codes), dev<const uint64_t>(query_keys), n_queries,
+                     static_cast<Mode>(mode), miss_value, dev<float>(out), dev<float>(out_min), dev<int64_t>(visited),
+                     dev<void>(temp), temp_bytes, as_stream(stream));
+}
+
+void lookup_cuda_py(uintptr_t keys, uintptr_t table_start, uintptr_t offsets, uintptr_t codes, bool half,
+                    uintptr_t bucket_sum, uintptr_t bucket_sqnorm, int64_t n_tables, int64_t n_bits, int64_t n_items,
+                    uintptr_t query_codes, uintptr_t query_keys, int64_t n_queries, int mode, float miss_value,
+                    uintptr_t out, uintptr_t out_min, uintptr_t visited, uintptr_t temp, uint64_t temp_bytes,
+                    uintptr_t stream, int device) {
+  require(mode >= 0 && mode <= 2, "mode must be 0 (mean), 1 (light) or 2 (squared)");
+  DeviceGuard guard(device);
+  if (half)
+    lookup_impl_cuda<uint16_t>(keys, table_start, offsets, codes, bucket_sum, bucket_sqnorm, n_tables, n_bits, n_items,
+                               query_codes, query_keys, n_queries, mode, miss_value, out, out_min, visited, temp,
+                               temp_bytes, stream);
+  else
+    lookup_impl_cuda<float>(keys, table_start, offsets, codes, bucket_sum, bucket_sqnorm, n_tables, n_bits, n_items,
+                            query_codes, query_keys, n_queries, mode, miss_value, out, out_min, visited, temp,
+                            temp_bytes, stream);
+}
+
+void register_cuda_bindings(py::module_& m) {
+  using nogil = py::call_guard<py::gil_scoped_release>;
+  m.def(
+      "binarize_cuda",
+      [](uintptr_t in, int64_t n_rows, int64_t n_bits, bool from_logits, uintptr_t codes_out, uintptr_t keys,
+         uintptr_t stream, int device) {
+        DeviceGuard guard(device);
+        binarize_cuda(dev<const float>(in), n_rows, n_bits, from_logits, dev<float>(codes_out), dev<uint64_t>(keys),
+                      as_stream(stream));
+      },
+      py::arg("in_ptr"), py::arg("n_rows"), py::arg("n_bits"), py::arg("from_logits"), py::arg("codes_out_ptr"),
+      py::arg("keys_ptr"), py::arg("stream"), py::arg("device"), nogil(),
+      "Device binarize: [n_rows, n_bits] float32 codes (or logits) -> [n_rows] uint64 keys (+ sigmoid codes).");
+  m.def(
+      "build_tables_cuda_temp_bytes",
+      [](int64_t n_tables, int64_t n, int64_t n_bits, int device) {
+        DeviceGuard guard(device);
+        return build_tables_cuda_temp_bytes(n_tables, n, n_bits);
+      },
+      py::arg("n_tables"), py::arg("n"), py::arg("n_bits"), py::arg("device"), nogil(),
+      "Scratch bytes build_tables_cuda_sort/finish need.");
+  m.def("build_tables_cuda_sort", &build_sort_py, py::arg("keys_ptr"), py::arg("codes_ptr"), py::arg("ids_ptr"),
+        py::arg("n_tables"), py::arg("n"), py::arg("n_bits"), py::arg("half"), py::arg("temp_ptr"),
+        py::arg("temp_bytes"), py::arg("stream"), py::arg("device"), nogil(),
+        "Phase 1 of the device build: sort + segment.  Returns (n_unique, perm_buffer, key_buffer); syncs the stream.");
+  m.def("build_tables_cuda_finish", &build_finish_py, py::arg("keys_ptr"), py::arg("codes_ptr"), py::arg("ids_ptr"),
+        py::arg("n_tables"), py::arg("n"), py::arg("n_bits"), py::arg("half"), py::arg("n_unique"),
+        py::arg("perm_buffer"), py::arg("key_buffer"), py::arg("keys_out_ptr"), py::arg("table_start_out_ptr"),
+        py::arg("offsets_out_ptr"), py::arg("codes_out_ptr"), py::arg("ids_out_ptr"), py::arg("bucket_sum_out_ptr"),
+        py::arg("bucket_sqnorm_out_ptr"), py::arg("temp_ptr"), py::arg("temp_bytes"), py::arg("stream"),
+        py::arg("device"), nogil(), "Phase 2 of the device build: writes the outputs sized for n_unique buckets.");
+  m.def(
+      "lookup_cuda_temp_bytes",
+      [](int64_t n_queries, int64_t n_tables) { return lookup_cuda_temp_bytes(n_queries, n_tables); },
+      py::arg("n_queries"), py::arg("n_tables"), "Scratch bytes lookup_cuda needs.");
+  m.def("lookup_cuda", &lookup_cuda_py, py::arg("keys_ptr"), py::arg("table_start_ptr"), py::arg("offsets_ptr"),
+        py::arg("codes_ptr"), py::arg("half"), py::arg("bucket_sum_ptr"), py::arg("bucket_sqnorm_ptr"),
+        py::arg("n_tables"), py::arg("n_bits"), py::arg("n_items"), py::arg("query_codes_ptr"),
+        py::arg("query_keys_ptr"), py::arg("n_queries"), py::arg("mode"), py::arg("miss_value"), py::arg("out_ptr"),
+        py::arg("out_min_ptr"), py::arg("visited_ptr"), py::arg("temp_ptr"), py::arg("temp_bytes"),
+        py::arg("stream"), py::arg("device"), nogil(),
+        "Device lookup: [M, b] float32 distances (+ optional [M] min over tables, [M, b] int64 rows visited).");
+}
 }  // namespace
 #endif
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "llsh_index native engine: binarize, build_tables (sort + segment), lookup";
-  m.def("binarize_cpu", &binarize_cpu_py, py::arg("codes"), py::arg("n_threads") = 0);
+  m.def("binarize_cpu", &binarize_cpu_py, py::arg("codes"), py::arg("from_logits") = false, py::arg("n_threads") = 0);
   m.def("build_tables_cpu", &build_tables_cpu_py, py::arg("keys"), py::arg("codes"), py::arg("ids"),
         py::arg("keep_codes") = true, py::arg("n_threads") = 0);
   m.def("lookup_cpu", &lookup_cpu_py, py::arg("keys"), py::arg("table_start"), py::arg("offsets"), py::arg("codes"),

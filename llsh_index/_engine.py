@@ -24,7 +24,18 @@ def binarize(codes):
         from . import _cuda_engine
 
         return _cuda_engine.binarize(codes, from_logits=False)[1]
-    return _C.binarize_cpu(np.ascontiguousarray(codes, dtype=np.float32))
+    return _C.binarize_cpu(np.ascontiguousarray(codes, dtype=np.float32), from_logits=False)
+
+
+def sigmoid_binarize(logits):
+    """In place: (M, b, r) float32 logits -> sigmoid codes; returns (codes, keys (M, b) uint64)."""
+    if _is_cuda(logits):
+        from . import _cuda_engine
+
+        return _cuda_engine.binarize(logits, from_logits=True, inplace=True)
+    arr = logits.numpy() if hasattr(logits, "numpy") else logits
+    keys = _C.binarize_cpu(arr, from_logits=True)
+    return logits, keys
 
 
 def build_tables(keys, codes, ids, keep_codes: bool = True, n_threads: int = 0) -> Dict:
@@ -48,8 +59,7 @@ def lookup(tables: Dict, query_codes, query_keys, mode: int, miss_value: float, 
     if _is_cuda(query_codes):
         from . import _cuda_engine
 
-        out = _cuda_engine.lookup(tables, tables["n_items"], query_codes, query_keys, mode, miss_value)
-        return out, None
+        return _cuda_engine.lookup(tables, tables["n_items"], query_codes, query_keys, mode, miss_value), None
     codes = tables["codes"]
     if codes is not None and codes.dtype == np.float16:
         codes = codes.view(np.uint16)

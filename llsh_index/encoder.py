@@ -32,3 +32,27 @@ class HashEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logits(x)).view(-1, self.n_tables, self.n_bits)
+
+    @torch.no_grad()
+    def hash_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (M, b, r) for indexing and scoring, with the LayerNorm folded into the GEMM epilogue.
+
+        The engine applies the sigmoid fused with binarize (_engine.sigmoid_binarize).
+
+        LN(x) W^T = (x W^T - mu * W 1) / sigma, so the normalised copy of x is never written: one
+        read of x for (mu, sigma) and the GEMM itself, instead of LayerNorm's extra passes, which
+        cost half a GEMM on a CPU.  The fold subtracts two large terms when |mu| >> sigma; rows with
+        |mu| > FOLD_MAX_MEAN_RATIO * sigma take the explicit LayerNorm instead (a per-row choice, so
+        a row's code never depends on the other rows of its batch).
+        """
+        var, mean = torch.var_mean(x, dim=1, unbiased=False, keepdim=True)
+        rstd = torch.rsqrt(var + 1e-5)
+        logits = torch.addmm(mean * -self.weight.sum(dim=1), x, self.weight.t())
+        logits.mul_(rstd)
+        far = (mean.abs() * rstd > self.FOLD_MAX_MEAN_RATIO).flatten()
+        if bool(far.any()):
+            rows = torch.nonzero(far).flatten()
+            logits[rows] = self.logits(x[rows])
+        return logits.view(-1, self.n_tables, self.n_bits)
+
+    FOLD_MAX_MEAN_RATIO = 4.0

@@ -127,36 +127,40 @@ class LearnableLSHIndex:
 
     # ------------------------------------------------------------------ hashing
     @torch.no_grad()
-    def _encode_chunk(self, x: torch.Tensor, name: str, row0: int) -> torch.Tensor:
+    def _encode_chunk(self, x: torch.Tensor, name: str, row0: int):
+        """One chunk -> (codes (n, b, r) float32, keys (n, b) uint64), numpy on the CPU."""
         x = x.to(torch.float32)
         n = x.shape[0]
         if n < _MIN_GEMM_ROWS:
             # BLAS takes another kernel (gemv) for a handful of rows, whose rounding differs; padding
             # keeps every row's code bit-identical however the data is batched.
             x = torch.cat([x, x.new_zeros((_MIN_GEMM_ROWS - n, x.shape[1]))])
-        codes = self.encoder(x)[:n]
-        bad = torch.isnan(codes).flatten(1).any(dim=1)
+        logits = self.encoder.hash_logits(x)[:n].contiguous()
+        bad = torch.isnan(logits).flatten(1).any(dim=1)  # a NaN/Inf anywhere in a row reaches its logits
         if bool(bad.any()):
             row = row0 + int(torch.nonzero(bad)[0, 0])
             raise InvalidInputError(f"{name}: expected finite values, got NaN or Inf in row {row}")
-        return codes
+        codes, keys = _engine.sigmoid_binarize(logits if logits.is_cuda else logits.numpy())
+        return codes, keys
 
     def _chunks(self, t: torch.Tensor):
         step = self._chunk_rows()
         for i in range(0, t.shape[0], step):
             yield i, t[i:i + step]
 
+    def _encode_all(self, features):
+        t = self._features(features, "features")
+        parts = [self._encode_chunk(c, "features", i) for i, c in self._chunks(t)]
+        cat = torch.cat if t.is_cuda else np.concatenate
+        return cat([p[0] for p in parts]), cat([p[1] for p in parts])
+
     def encode(self, features) -> np.ndarray:
         """Real-valued codes (M, n_tables, n_bits): sigmoid outputs of the hash layers."""
-        t = self._features(features, "features")
-        out = [self._encode_chunk(c, "features", i) for i, c in self._chunks(t)]
-        res = torch.cat(out)
-        return res if res.is_cuda else res.numpy()
+        return self._encode_all(features)[0]
 
     def hash_keys(self, features) -> np.ndarray:
         """Packed keys (M, n_tables) uint64: bit i of table j's key is code[:, j, i] >= 0.5."""
-        codes = self.encode(features)
-        return _engine.binarize(codes)
+        return self._encode_all(features)[1]
 
     # ------------------------------------------------------------------ training
     def fit(self, features, video_ids=None, *, iterations: int = 60, epochs: int = 1, batch_size: int = 256,
@@ -230,15 +234,10 @@ class LearnableLSHIndex:
                 codes = np.empty((b, n, r), dtype=np.float16 if self.code_dtype == "float16" else np.float32)
             bar = tqdm(total=n, desc="LLSH indexing", unit="row", disable=not progress, leave=False)
             for i, chunk in self._chunks(t):
-                c = self._encode_chunk(chunk, "features", i)
-                k = _engine.binarize(c if on_gpu else c.numpy())
+                c, k = self._encode_chunk(chunk, "features", i)
                 rows = slice(i, i + c.shape[0])
-                if on_gpu:
-                    keys[:, rows] = k.T
-                    codes[:, rows] = c.transpose(0, 1).to(store)
-                else:
-                    keys[:, rows] = k.T
-                    codes[:, rows] = c.numpy().transpose(1, 0, 2)
+                keys[:, rows] = k.T
+                codes[:, rows] = c.transpose(0, 1).to(store) if on_gpu else c.transpose(1, 0, 2)
                 bar.update(c.shape[0])
             bar.close()
             if on_gpu:
@@ -270,14 +269,9 @@ class LearnableLSHIndex:
         miss = self.default_miss_value(mode)
         out, compared = [], 0
         for i, chunk in self._chunks(t):
-            c = self._encode_chunk(chunk, "queries", i)
-            if c.is_cuda:
-                k = _engine.binarize(c)
-                d, _ = _engine.lookup(tables, c, k, _engine.MODES[mode], miss)
-            else:
-                cn = c.numpy()
-                d, n_cmp = _engine.lookup(tables, cn, _engine.binarize(cn), _engine.MODES[mode], miss,
-                                          self.n_threads)
+            c, k = self._encode_chunk(chunk, "queries", i)
+            d, n_cmp = _engine.lookup(tables, c, k, _engine.MODES[mode], miss, self.n_threads)
+            if n_cmp is not None:
                 compared += n_cmp
             out.append(d)
         self.last_n_compared = compared if not t.is_cuda else None

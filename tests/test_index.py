@@ -149,3 +149,16 @@ def test_stats_and_reset(rng):
     assert st["n_buckets"] == [1, 1, 1] and st["largest_bucket"] == [10, 10, 10]
     index.reset()
     assert index.ntotal == 0
+
+
+@pytest.mark.parametrize("offset", [0.0, 3.0, 1000.0])
+def test_folded_layernorm_matches_definition(rng, offset):
+    """hash_logits() folds LayerNorm into the GEMM; rows far from zero mean take the explicit path."""
+    x = (rng.standard_normal((300, 64)) * rng.uniform(0.1, 10, (300, 1)) + offset).astype(np.float32)
+    index = LearnableLSHIndex(64, n_tables=4, n_bits=16, seed=2)
+    w = index.encoder.weight.detach().numpy()
+    if offset < 100:  # at |mean| / std ~ 1e4 float32 input itself (and torch's LayerNorm) loses 1e-4
+        np.testing.assert_allclose(index.encode(x), oracle.encode(x, w, 4, 16), atol=1e-5)
+    with torch.no_grad():
+        np.testing.assert_allclose(torch.sigmoid(index.encoder.hash_logits(torch.from_numpy(x))).numpy(),
+                                   index.encoder(torch.from_numpy(x)).numpy(), atol=2e-6)

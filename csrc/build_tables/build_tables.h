@@ -28,27 +28,50 @@ void build_tables_cpu(const uint64_t* keys, const CodeT* codes, const int64_t* i
                       int64_t n, int64_t n_bits, bool keep_codes, int n_threads, BuiltTables<CodeT>& out);
 
 #ifdef LLSH_WITH_CUDA
-// Device build.  The caller allocates everything (its allocator): the sizes come from
-// build_tables_cuda_temp_bytes and, for the unique-key arrays, n_tables * n (an upper bound).
-// Returns the number of unique keys U through *n_unique_host after a stream sync.
+// Device build, on `stream` (a cudaStream_t), in two phases so that the caller allocates every
+// output at its exact size from its own allocator (no cudaMalloc, no managed memory here):
+//   1. build_tables_cuda_sort   validates the input, sorts each table's rows by (key, id) with CUB
+//                               radix sorts over key bits [0, n_bits) (stable, after a stable sort by
+//                               id when ids are not already ascending), run-length encodes the
+//                               (table, key) runs, and returns U = the number of buckets (it
+//                               synchronises the stream twice: a validation flag, then U);
+//   2. build_tables_cuda_finish writes keys/table_start/offsets/ids/codes/bucket stats for that U.
+// Both phases share the scratch buffer `temp` (build_tables_cuda_temp_bytes), which carries the
+// sorted permutation from 1 to 2: keep it alive and use the same stream for both calls.
+// Limits: b * n < 2^31 rows (CUB run-length encode counts with int); 1 <= n_bits <= 64; keys must
+// have no bit >= n_bits set (checked: std::invalid_argument).  float16 codes are CodeT = uint16_t.
+template <typename CodeT>
 struct CudaBuildArgs {
-  const uint64_t* keys_in;  // [b, n]
-  const float* codes_in;    // [b, n, r] float32
-  const int64_t* ids_in;    // [b, n]
-  int64_t n_tables, n, n_bits;
-  // outputs (capacity b*n where relevant)
-  uint64_t* keys_out;        // [<= b*n] unique keys
-  int64_t* table_start_out;  // [b + 1]
-  int64_t* offsets_out;      // [<= b*n + 1]
-  float* codes_out;          // [b*n, r] (may be null: statistics only)
-  int64_t* ids_out;          // [b*n]
-  double* bucket_sum_out;    // [<= b*n, r]
-  double* bucket_sqnorm_out; // [<= b*n]
-  void* temp;                // scratch of build_tables_cuda_temp_bytes
-  size_t temp_bytes;
+  const uint64_t* keys_in = nullptr;  // [b, n]
+  const CodeT* codes_in = nullptr;    // [b, n, r]
+  const int64_t* ids_in = nullptr;    // [b, n], unique within a table
+  int64_t n_tables = 0, n = 0, n_bits = 0;
+  // outputs (phase 2), sized for U = n_unique
+  uint64_t* keys_out = nullptr;          // [U]
+  int64_t* table_start_out = nullptr;    // [b + 1]
+  int64_t* offsets_out = nullptr;        // [U + 1]
+  CodeT* codes_out = nullptr;            // [b*n, r] (null: statistics-only index)
+  int64_t* ids_out = nullptr;            // [b*n]
+  double* bucket_sum_out = nullptr;      // [U, r]
+  double* bucket_sqnorm_out = nullptr;   // [U]
+  void* temp = nullptr;                  // scratch of build_tables_cuda_temp_bytes(b, n, r) bytes
+  uint64_t temp_bytes = 0;
 };
-size_t build_tables_cuda_temp_bytes(int64_t n_tables, int64_t n, int64_t n_bits);
-int64_t build_tables_cuda(const CudaBuildArgs& args, void* stream);
+// What phase 1 hands to phase 2: U and where in `temp` the sorted permutation and unique keys are.
+struct CudaBuildState {
+  int64_t n_unique = 0;
+  int perm_buffer = 0;  // which of the two permutation buffers holds the sorted order
+  int key_buffer = 0;   // which of the two key buffers holds the unique keys
+};
+uint64_t build_tables_cuda_temp_bytes(int64_t n_tables, int64_t n, int64_t n_bits);
+template <typename CodeT>
+CudaBuildState build_tables_cuda_sort(const CudaBuildArgs<CodeT>& args, void* stream);
+template <typename CodeT>
+void build_tables_cuda_finish(const CudaBuildArgs<CodeT>& args, const CudaBuildState& state, void* stream);
+// Both phases in one call, for C++ callers whose outputs have capacity b*n (keys, offsets (+1),
+// bucket_sum, bucket_sqnorm): returns U.
+template <typename CodeT>
+int64_t build_tables_cuda(const CudaBuildArgs<CodeT>& args, void* stream);
 #endif
 
 }  // namespace llsh

@@ -1,0 +1,130 @@
+"""CPU benchmark of issue 2: LearnableLSHIndex against the projection GEMM and faiss exact KNN.
+
+Clustered float32 data (N=200,000 train, M=20,000 queries, d=2304, b=8, r=32 by default).
+Every ratio is against a baseline measured in the same run, on the same machine:
+  score() / GEMM(M x d x b*r)      target <= 1.25
+  add()   / GEMM(N x d x b*r)      target <= 1.5
+  faiss KNN (k=1024 mean) / score() target >= 300 (KNN timed on a query subset, scaled linearly)
+  peak RSS of add() and index size against the raw features
+
+    python benchmarks/bench_cpu.py            # full size (a few minutes, ~4 GB RAM)
+    python benchmarks/bench_cpu.py --quick    # small shapes, seconds
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import time
+
+import numpy as np
+import torch
+
+
+def clustered(rng, n, d, centres, spread):
+    out = np.empty((n, d), np.float32)
+    step = 20000
+    for i in range(0, n, step):
+        m = min(step, n - i)
+        c = centres[rng.integers(0, len(centres), m)]
+        out[i:i + m] = c + spread * rng.standard_normal((m, d), dtype=np.float32)
+    return out
+
+
+def best_of(fn, repeat):
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=200_000)
+    ap.add_argument("--m", type=int, default=20_000)
+    ap.add_argument("--d", type=int, default=2304)
+    ap.add_argument("--n-tables", type=int, default=8)
+    ap.add_argument("--n-bits", type=int, default=32)
+    ap.add_argument("--clusters", type=int, default=200)
+    ap.add_argument("--spread", type=float, default=1.0, help="within-cluster noise (centres have unit-scale coordinates)")
+    ap.add_argument("--knn-queries", type=int, default=500, help="query subset for faiss KNN, scaled to M")
+    ap.add_argument("--knn-k", type=int, default=1024)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    if args.quick:
+        args.n, args.m, args.d, args.knn_queries, args.repeat = 20_000, 2_000, 512, 200, 2
+
+    from llsh_index import LearnableLSHIndex
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((args.clusters, args.d), dtype=np.float32)
+    train = clustered(rng, args.n, args.d, centres, args.spread)
+    test = clustered(rng, args.m, args.d, centres, args.spread)
+    rss_data = peak_rss_mb()
+    b, r, threads = args.n_tables, args.n_bits, torch.get_num_threads()
+    print(f"N={args.n} M={args.m} d={args.d} b={b} r={r} torch threads={threads}", flush=True)
+
+    w = torch.randn(b * r, args.d)
+    tt, tq = torch.from_numpy(train), torch.from_numpy(test)
+    gemm_q = best_of(lambda: tq @ w.T, args.repeat)
+    gemm_n = best_of(lambda: tt @ w.T, args.repeat)
+
+    index = LearnableLSHIndex(args.d, n_tables=b, n_bits=r)
+    rss_before = peak_rss_mb()
+    t_add = best_of(lambda: (index.reset(), index.add(train)), args.repeat)
+    rss_add = peak_rss_mb()
+    res = {}
+    for mode in ("mean", "light", "squared"):
+        t = best_of(lambda: index.score(test, mode=mode), args.repeat)
+        res[mode] = {"score_s": t, "ratio_to_gemm": t / gemm_q, "codes_compared": index.last_n_compared}
+    st = index.stats()
+
+    import faiss
+
+    sub = test[: args.knn_queries]
+    knn_index = faiss.IndexFlatIP(args.d)
+    norm = train / np.linalg.norm(train, axis=1, keepdims=True)
+    knn_index.add(norm)
+    qn = sub / np.linalg.norm(sub, axis=1, keepdims=True)
+    t0 = time.perf_counter()
+    sims, _ = knn_index.search(qn, args.knn_k)
+    knn_scores = (1 - sims).mean(axis=1)
+    t_knn = (time.perf_counter() - t0) * (args.m / len(sub))
+    del knn_index, norm
+
+    out = {
+        "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} {os.cpu_count()} cores, no GPU",
+        "shape": {"N": args.n, "M": args.m, "d": args.d, "b": b, "r": r},
+        "gemm_queries_s": gemm_q, "gemm_train_s": gemm_n, "add_s": t_add, "add_ratio_to_gemm": t_add / gemm_n,
+        "score": res, "knn_s_scaled": t_knn, "knn_over_score": t_knn / res["mean"]["score_s"],
+        "raw_features_mb": train.nbytes / 2**20, "index_mb": index.memory_bytes() / 2**20,
+        "peak_rss_add_delta_mb": rss_add - rss_before, "rss_data_mb": rss_data,
+        "buckets_per_table": st["n_buckets"], "largest_bucket": st["largest_bucket"],
+        "mean_bucket_seen_by_item": [round(v, 1) for v in st["mean_bucket_seen_by_item"]],
+    }
+    print(json.dumps(out, indent=1))
+    print("\n| measure | value | target |\n|---|---|---|")
+    print(f"| score() mean / GEMM(M) | {res['mean']['score_s']:.3f}s / {gemm_q:.3f}s = {res['mean']['ratio_to_gemm']:.2f}x | <= 1.25x |")
+    print(f"| score() light / GEMM(M) | {res['light']['ratio_to_gemm']:.2f}x | |")
+    print(f"| score() squared / GEMM(M) | {res['squared']['ratio_to_gemm']:.2f}x | |")
+    print(f"| add() / GEMM(N) | {t_add:.3f}s / {gemm_n:.3f}s = {t_add / gemm_n:.2f}x | <= 1.5x |")
+    print(f"| faiss KNN k={args.knn_k} / score() mean | {t_knn:.1f}s / {res['mean']['score_s']:.3f}s = {out['knn_over_score']:.0f}x | >= 300x |")
+    print(f"| index / raw features | {out['index_mb']:.0f} MB / {out['raw_features_mb']:.0f} MB | |")
+    print(f"| peak RSS growth during add() | {out['peak_rss_add_delta_mb']:.0f} MB | |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
