@@ -98,7 +98,7 @@ py::dict build_tables_cpu_py(const py::array& keys, const py::array& codes, cons
 
 template <typename CodeT>
 py::tuple lookup_impl(TablesView<CodeT> t, const py::array& query_codes, const py::array& query_keys, int mode,
-                      float miss_value, int n_threads) {
+                      float miss_value, int n_threads, bool partial) {
   const float* q = cptr<float>(query_codes, "query_codes", 3);
   const uint64_t* qk = cptr<uint64_t>(query_keys, "query_keys", 2);
   const int64_t m = query_codes.shape(0);
@@ -110,17 +110,24 @@ py::tuple lookup_impl(TablesView<CodeT> t, const py::array& query_codes, const p
   py::array_t<float> out({(py::ssize_t)m, (py::ssize_t)t.n_tables});
   float* o = out.mutable_data();
   int64_t visited = 0;
+  py::array_t<double> sums(partial ? std::vector<py::ssize_t>{(py::ssize_t)m, (py::ssize_t)t.n_tables}
+                                   : std::vector<py::ssize_t>{0});
+  py::array_t<int64_t> counts(partial ? std::vector<py::ssize_t>{(py::ssize_t)m, (py::ssize_t)t.n_tables}
+                                      : std::vector<py::ssize_t>{0});
+  double* ps = partial ? sums.mutable_data() : nullptr;
+  int64_t* pc = partial ? counts.mutable_data() : nullptr;
   {
     py::gil_scoped_release nogil;
-    lookup_cpu<CodeT>(t, q, qk, m, static_cast<Mode>(mode), miss_value, o, &visited, n_threads);
+    lookup_cpu<CodeT>(t, q, qk, m, static_cast<Mode>(mode), miss_value, o, &visited, n_threads, ps, pc);
   }
+  if (partial) return py::make_tuple(out, visited, sums, counts);
   return py::make_tuple(out, visited);
 }
 
 py::tuple lookup_cpu_py(const py::array& keys, const py::array& table_start, const py::array& offsets,
                         const py::object& codes, const py::array& bucket_sum, const py::array& bucket_sqnorm,
                         int64_t n_items, const py::array& query_codes, const py::array& query_keys, int mode,
-                        float miss_value, int n_threads) {
+                        float miss_value, int n_threads, bool partial) {
   const int64_t b = table_start.size() - 1;
   const int64_t r = bucket_sum.ndim() == 2 ? bucket_sum.shape(1) : 0;
   auto fill = [&](auto& t) {
@@ -143,16 +150,16 @@ py::tuple lookup_cpu_py(const py::array& keys, const py::array& table_start, con
       TablesView<uint16_t> t;
       fill(t);
       t.codes = cptr<uint16_t>(c, "codes", 2);
-      return lookup_impl(t, query_codes, query_keys, mode, miss_value, n_threads);
+      return lookup_impl(t, query_codes, query_keys, mode, miss_value, n_threads, partial);
     }
     TablesView<float> t;
     fill(t);
     t.codes = cptr<float>(c, "codes", 2);
-    return lookup_impl(t, query_codes, query_keys, mode, miss_value, n_threads);
+    return lookup_impl(t, query_codes, query_keys, mode, miss_value, n_threads, partial);
   }
   TablesView<float> t;
   fill(t);
-  return lookup_impl(t, query_codes, query_keys, mode, miss_value, n_threads);
+  return lookup_impl(t, query_codes, query_keys, mode, miss_value, n_threads, partial);
 }
 
 // (built, device_count, reason): why the CUDA backend can or cannot run here.
@@ -365,7 +372,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("keep_codes") = true, py::arg("n_threads") = 0);
   m.def("lookup_cpu", &lookup_cpu_py, py::arg("keys"), py::arg("table_start"), py::arg("offsets"), py::arg("codes"),
         py::arg("bucket_sum"), py::arg("bucket_sqnorm"), py::arg("n_items"), py::arg("query_codes"),
-        py::arg("query_keys"), py::arg("mode"), py::arg("miss_value"), py::arg("n_threads") = 0);
+        py::arg("query_keys"), py::arg("mode"), py::arg("miss_value"), py::arg("n_threads") = 0,
+        py::arg("partial") = false);
   m.def("cuda_status", &cuda_status);
 #ifdef LLSH_WITH_CUDA
   register_cuda_bindings(m);

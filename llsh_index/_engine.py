@@ -54,8 +54,12 @@ def build_tables(keys, codes, ids, keep_codes: bool = True, n_threads: int = 0) 
     return tables
 
 
-def lookup(tables: Dict, query_codes, query_keys, mode: int, miss_value: float, n_threads: int = 0):
-    """Distances (M, b) float32 and the number of stored codes (or bucket means) visited."""
+def lookup(tables: Dict, query_codes, query_keys, mode: int, miss_value: float, n_threads: int = 0,
+           partial: bool = False):
+    """Distances (M, b) float32 and the number of stored codes (or bucket means) visited.
+
+    partial=True (CPU) also returns the shard partial sums: float64 sums and int64 counts (M, b).
+    """
     if _is_cuda(query_codes):
         from . import _cuda_engine
 
@@ -65,4 +69,4 @@ def lookup(tables: Dict, query_codes, query_keys, mode: int, miss_value: float, 
         codes = codes.view(np.uint16)
     return _C.lookup_cpu(tables["keys"], tables["table_start"], tables["offsets"], codes, tables["bucket_sum"],
                          tables["bucket_sqnorm"], tables["n_items"], query_codes, query_keys, mode,
-                         float(miss_value), n_threads)
+                         float(miss_value), n_threads, partial)

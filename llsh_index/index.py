@@ -27,8 +27,8 @@ import torch
 from . import _engine
 from ._validation import check_features, check_int_range, check_video_ids
 from .encoder import HashEncoder
-from .errors import ConfigError, CudaUnavailableError, IndexFormatError, IndexStateError, InvalidInputError, \
-    NotFittedError
+from .errors import ConfigError, CudaUnavailableError, DeviceMismatchError, IndexFormatError, IndexStateError, \
+    InvalidInputError, NotFittedError
 from .io import read_container, write_container
 from .training import TrainingConfig, TrainingLog, train_moco
 
@@ -282,6 +282,125 @@ class LearnableLSHIndex:
         d = self.table_distances(queries, mode)
         return d.min(dim=1).values if hasattr(d, "is_cuda") else d.min(axis=1)
 
+    # ------------------------------------------------------------------ shards
+    def _check_same_layers(self, other: "LearnableLSHIndex") -> None:
+        if not isinstance(other, LearnableLSHIndex):
+            raise ConfigError(f"merge: expected a LearnableLSHIndex, got {type(other).__name__}")
+        mine = (self.dim, self.n_tables, self.n_bits, self.code_dtype, self.store_codes)
+        theirs = (other.dim, other.n_tables, other.n_bits, other.code_dtype, other.store_codes)
+        if mine != theirs:
+            raise ConfigError(f"merge: expected an index with (dim, n_tables, n_bits, code_dtype, store_codes) = "
+                              f"{mine}, got {theirs}")
+        if self.encoder is None or other.encoder is None or not torch.equal(
+                self.encoder.weight.detach().cpu(), other.encoder.weight.detach().cpu()):
+            raise ConfigError("merge: the indexes must share the same hash layers (train once, then copy the "
+                              "layers to every shard, e.g. with save()/load() before add())")
+
+    def merge(self, other: "LearnableLSHIndex") -> "LearnableLSHIndex":
+        """Appends the items of `other` (same hash layers) after this index's items, in place.
+
+        The result is exactly the index that one add() of this index's data followed by other's
+        would give: other's item ids are shifted by self.ntotal and rows are re-sorted by (key, id).
+        """
+        self._check_same_layers(other)
+        theirs = other._tables
+        if theirs is None:
+            return self
+        with self._write_lock:
+            mine = self._tables
+            if mine is None:
+                self._tables = {k: (v.copy() if hasattr(v, "copy") else v.clone() if isinstance(v, torch.Tensor)
+                                    else v) for k, v in theirs.items()}
+                return self
+            if not self.store_codes:
+                self._tables = _merge_statistics(mine, theirs)
+                return self
+            b, r = self.n_tables, self.n_bits
+            keys, codes, ids = _table_rows(theirs, b, r)
+            keys, codes, ids = _concat_rows(mine, keys, codes, ids + int(mine["n_items"]))
+            self._tables = _engine.build_tables(keys, codes, ids, keep_codes=True, n_threads=self.n_threads)
+        return self
+
+    @classmethod
+    def merge_all(cls, indexes) -> "LearnableLSHIndex":
+        """A new index holding the items of every index in order (all share the same hash layers)."""
+        indexes = list(indexes)
+        if not indexes:
+            raise ConfigError("merge_all: expected at least one index, got none")
+        first = indexes[0]
+        out = cls(first.dim, first.n_tables, first.n_bits, mode=first.mode, miss_value=first.miss_value,
+                  code_dtype=first.code_dtype, store_codes=first.store_codes, seed=first.seed,
+                  batch_size=first.batch_size, n_threads=first.n_threads)
+        if first.encoder is None:
+            raise NotFittedError("merge_all: the first index has no hash layers")
+        out.encoder.weight.data.copy_(first.encoder.weight.detach().cpu())
+        out.training_log_ = first.training_log_
+        for index in indexes:
+            out.merge(index)
+        return out
+
+    @torch.no_grad()
+    def partial_scores(self, queries, mode: Optional[str] = None) -> Dict[str, np.ndarray]:
+        """This shard's partial sums per (query, table), to be combined by combine_partial_scores().
+
+        Returns {"count": (M, b) int64 bucket sizes (0 on a miss), "sum": (M, b) float64 sums of
+        distances ("mean") or squared distances ("squared")}; for "light", "sum" is the (M, b, r)
+        float64 sum of the bucket's codes, from which the combiner forms the mean code.
+        """
+        tables = self._tables
+        if self.encoder is None or tables is None:
+            raise NotFittedError("partial_scores: the index is empty; call add(features) first")
+        mode = mode or self.mode
+        if mode not in _engine.MODES:
+            raise ConfigError(f"mode: expected one of {sorted(_engine.MODES)}, got {mode!r}")
+        if tables["codes"] is None and mode == "mean":
+            raise ConfigError("mode: 'mean' needs the per-item codes (store_codes=True)")
+        if self.device != "cpu":
+            raise DeviceMismatchError("partial_scores runs on the CPU engine; call .to('cpu') on the shard")
+        t = self._features(queries, "queries")
+        counts, sums, codes_all = [], [], []
+        host = {k: _to_numpy(v) for k, v in tables.items()}
+        for i, chunk in self._chunks(t):
+            c, k = self._encode_chunk(chunk, "queries", i)
+            if mode == "light":
+                cnt, s = _bucket_code_sums(host, k)
+                codes_all.append(c)
+            else:
+                _, _, s, cnt = _engine.lookup(host, c, k, _engine.MODES[mode], 0.0, self.n_threads, partial=True)
+            counts.append(cnt)
+            sums.append(s)
+        out = {"count": np.concatenate(counts), "sum": np.concatenate(sums), "mode": mode}
+        if mode == "light":
+            out["query_codes"] = np.concatenate(codes_all)
+        return out
+
+    def combine_partial_scores(self, parts, mode: Optional[str] = None, return_distances: bool = False):
+        """Scores from the partial sums of several shards (same queries, same hash layers).
+
+        Per (query, table): distance = sum of sums / sum of counts, the exact value one index over
+        all shards' items gives; a miss (zero count in every shard) gives miss_value.
+        """
+        parts = list(parts)
+        if not parts:
+            raise ConfigError("combine_partial_scores: expected partial scores of at least one shard")
+        mode = mode or parts[0]["mode"]
+        if any(p["mode"] != mode for p in parts):
+            raise ConfigError(f"combine_partial_scores: every shard must use mode {mode!r}")
+        count = sum(p["count"] for p in parts)
+        total = sum(p["sum"] for p in parts)
+        hit = count > 0
+        dist = np.full(count.shape, self.default_miss_value(mode), dtype=np.float64)
+        if mode == "light":
+            q = parts[0]["query_codes"].astype(np.float64)
+            mean_code = total[hit] / count[hit][:, None]
+            dist[hit] = np.sqrt(((q[hit] - mean_code) ** 2).sum(axis=1))
+        else:
+            dist[hit] = total[hit] / count[hit]
+            if mode == "squared":
+                dist[hit] = np.maximum(dist[hit], 0.0)
+        dist = dist.astype(np.float32)
+        return dist if return_distances else dist.min(axis=1)
+
     # ------------------------------------------------------------------ inspection
     def bucket_sizes(self, table: int = 0) -> np.ndarray:
         """Sizes of the buckets of one table, in key order."""
@@ -417,6 +536,30 @@ def _rows_of(tables: Dict, b: int):
         u0, u1 = ts[j], ts[j + 1]
         row_keys[j] = np.repeat(keys[u0:u1], np.diff(off[u0:u1 + 1]))
     return row_keys
+
+
+def _table_rows(tables: Dict, b: int, r: int):
+    """(keys, codes, ids) rows of sorted tables, table-major, as numpy arrays."""
+    n = int(tables["n_items"])
+    return (_rows_of(tables, b), _to_numpy(tables["codes"]).reshape(b, n, r),
+            _to_numpy(tables["ids"]).reshape(b, n))
+
+
+def _bucket_code_sums(tables: Dict, query_keys: np.ndarray):
+    """Per (query, table): the bucket size and its float64 code sum (zeros on a miss)."""
+    ts, off, keys, bsum = tables["table_start"], tables["offsets"], tables["keys"], tables["bucket_sum"]
+    m, b = query_keys.shape
+    count = np.zeros((m, b), np.int64)
+    total = np.zeros((m, b, bsum.shape[1]), np.float64)
+    for j in range(b):
+        kj = keys[ts[j]:ts[j + 1]]
+        pos = np.searchsorted(kj, query_keys[:, j])
+        hit = pos < len(kj)
+        hit[hit] = kj[pos[hit]] == query_keys[hit, j]
+        u = ts[j] + pos[hit]
+        count[hit, j] = off[u + 1] - off[u]
+        total[hit, j] = bsum[u]
+    return count, total
 
 
 def _concat_rows(old: Dict, keys, codes, ids):

@@ -11,10 +11,13 @@ namespace llsh {
 // query_codes: [M, b, r] float32; query_keys: [M, b]; out: [M, b] float32.
 // n_compared (may be null): receives the number of stored codes visited, summed over queries,
 // which is the multiplication count the benchmarks report.
+// out_sum / out_count (may be null): the un-normalised partial sums of a shard, [M, b] each:
+// count = bucket size (0 on a miss) and sum = count * distance in float64, so shards of one
+// bucket combine exactly as sum(sums) / sum(counts).
 template <typename CodeT>
 void lookup_cpu(const TablesView<CodeT>& tables, const float* query_codes, const uint64_t* query_keys,
                 int64_t n_queries, Mode mode, float miss_value, float* out, int64_t* n_compared,
-                int n_threads);
+                int n_threads, double* out_sum = nullptr, int64_t* out_count = nullptr);
 
 #ifdef LLSH_WITH_CUDA
 // Device lookup on `stream` (a cudaStream_t); every pointer is device memory.  One warp per

@@ -55,7 +55,7 @@ double bucket_distance(const TablesView<CodeT>& t, int64_t u, const float* q, Mo
 template <typename CodeT>
 void lookup_cpu(const TablesView<CodeT>& t, const float* query_codes, const uint64_t* query_keys,
                 int64_t n_queries, Mode mode, float miss_value, float* out, int64_t* n_compared,
-                int n_threads) {
+                int n_threads, double* out_sum, int64_t* out_count) {
   const int64_t b = t.n_tables, r = t.n_bits;
   std::atomic<int64_t> visited{0};
   parallel_for(n_queries, n_threads, [&](int64_t begin, int64_t end) {
@@ -66,9 +66,15 @@ void lookup_cpu(const TablesView<CodeT>& t, const float* query_codes, const uint
         const int64_t u = find_key(t.keys, t.table_start[j], t.table_start[j + 1], query_keys[m * b + j]);
         if (u < 0) {
           out[m * b + j] = miss_value;
+          if (out_sum) out_sum[m * b + j] = 0.0;
+          if (out_count) out_count[m * b + j] = 0;
           continue;
         }
-        out[m * b + j] = (float)bucket_distance(t, u, q, mode);
+        const double dist = bucket_distance(t, u, q, mode);
+        out[m * b + j] = (float)dist;
+        const int64_t count = t.offsets[u + 1] - t.offsets[u];
+        if (out_sum) out_sum[m * b + j] = dist * (double)count;
+        if (out_count) out_count[m * b + j] = count;
         local += mode == Mode::kMean ? t.offsets[u + 1] - t.offsets[u] : 1;
       }
     }
@@ -78,8 +84,8 @@ void lookup_cpu(const TablesView<CodeT>& t, const float* query_codes, const uint
 }
 
 template void lookup_cpu<float>(const TablesView<float>&, const float*, const uint64_t*, int64_t, Mode, float,
-                                float*, int64_t*, int);
+                                float*, int64_t*, int, double*, int64_t*);
 template void lookup_cpu<uint16_t>(const TablesView<uint16_t>&, const float*, const uint64_t*, int64_t, Mode,
-                                   float, float*, int64_t*, int);
+                                   float, float*, int64_t*, int, double*, int64_t*);
 
 }  // namespace llsh

@@ -1,0 +1,64 @@
+"""Mergeable shards: merged tables equal one add(), partial sums combine to the single-index scores."""
+import numpy as np
+import pytest
+
+from llsh_index import ConfigError, LearnableLSHIndex
+
+
+def shards_of(x, cuts, **kw):
+    base = LearnableLSHIndex(x.shape[1], n_tables=4, n_bits=10, seed=5, **kw)
+    out = []
+    for part in np.split(x, cuts):
+        s = LearnableLSHIndex.merge_all([base])  # same layers, empty
+        out.append(s.add(part))
+    return base, out
+
+
+@pytest.fixture
+def data(rng):
+    centres = rng.standard_normal((6, 24)) * 2
+    x = (centres[rng.integers(0, 6, 2500)] + 0.4 * rng.standard_normal((2500, 24))).astype(np.float32)
+    q = np.concatenate([x[:50], (rng.standard_normal((50, 24)) * 3).astype(np.float32)])
+    return x, q
+
+
+def test_merge_equals_one_add(data):
+    x, q = data
+    base, shards = shards_of(x, [900, 901, 2000])
+    merged = LearnableLSHIndex.merge_all(shards)
+    single = LearnableLSHIndex.merge_all([base]).add(x)
+    for k in ("keys", "table_start", "offsets", "ids", "codes", "bucket_sum", "bucket_sqnorm"):
+        np.testing.assert_array_equal(merged._tables[k], single._tables[k], err_msg=k)
+    np.testing.assert_array_equal(merged.score(q), single.score(q))
+
+
+@pytest.mark.parametrize("mode", ["mean", "light", "squared"])
+def test_partial_scores_combine_exactly(data, mode):
+    x, q = data
+    base, shards = shards_of(x, [1200, 1900])
+    single = LearnableLSHIndex.merge_all([base]).add(x)
+    parts = [s.partial_scores(q, mode) for s in shards]
+    combined = single.combine_partial_scores(parts, return_distances=True)
+    np.testing.assert_allclose(combined, single.table_distances(q, mode), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(single.combine_partial_scores(parts), single.score(q, mode), rtol=1e-6, atol=1e-6)
+    # a (query, table) answered by exactly one shard, and a miss everywhere, both occur
+    hits = np.stack([p["count"] > 0 for p in parts])
+    assert np.any(hits.sum(axis=0) == 1) and np.any(hits.sum(axis=0) == 0)
+
+
+def test_merge_statistics_only(data):
+    x, q = data
+    base, shards = shards_of(x, [1000], mode="light", store_codes=False)
+    merged = LearnableLSHIndex.merge_all(shards)
+    single = LearnableLSHIndex.merge_all([base]).add(x)
+    np.testing.assert_allclose(merged.score(q, "light"), single.score(q, "light"), rtol=1e-6)
+
+
+def test_merge_refuses_other_layers(data):
+    x, _ = data
+    a = LearnableLSHIndex(24, n_tables=4, n_bits=10, seed=1).add(x[:10])
+    b = LearnableLSHIndex(24, n_tables=4, n_bits=10, seed=2).add(x[:10])
+    with pytest.raises(ConfigError, match="same hash layers"):
+        a.merge(b)
+    with pytest.raises(ConfigError, match="n_tables"):
+        a.merge(LearnableLSHIndex(24, n_tables=2, n_bits=10, seed=1))
