@@ -14,13 +14,16 @@ from . import _C
 MODES = {"mean": 0, "light": 1, "squared": 2}
 
 
-def _is_cuda(x) -> bool:
+def on_device(x) -> bool:
+    """True for data the CUDA engine handles (torch CUDA tensors); the one place the path is chosen."""
     return hasattr(x, "is_cuda") and x.is_cuda
+
+
 
 
 def binarize(codes):
     """(M, b, r) float32 codes -> (M, b) uint64 keys (bit i = code_i >= 0.5)."""
-    if _is_cuda(codes):
+    if on_device(codes):
         from . import _cuda_engine
 
         return _cuda_engine.binarize(codes, from_logits=False)[1]
@@ -29,7 +32,7 @@ def binarize(codes):
 
 def sigmoid_binarize(logits):
     """In place: (M, b, r) float32 logits -> sigmoid codes; returns (codes, keys (M, b) uint64)."""
-    if _is_cuda(logits):
+    if on_device(logits):
         from . import _cuda_engine
 
         return _cuda_engine.binarize(logits, from_logits=True, inplace=True)
@@ -40,7 +43,7 @@ def sigmoid_binarize(logits):
 
 def build_tables(keys, codes, ids, keep_codes: bool = True, n_threads: int = 0) -> Dict:
     """keys (b, n) uint64, codes (b, n, r) float32|float16, ids (b, n) int64 -> sorted tables."""
-    if _is_cuda(codes):
+    if on_device(codes):
         from . import _cuda_engine
 
         tables = _cuda_engine.build_tables(keys, codes, ids, keep_codes=keep_codes)
@@ -60,7 +63,7 @@ def lookup(tables: Dict, query_codes, query_keys, mode: int, miss_value: float, 
 
     partial=True (CPU) also returns the shard partial sums: float64 sums and int64 counts (M, b).
     """
-    if _is_cuda(query_codes):
+    if on_device(query_codes):
         from . import _cuda_engine
 
         return _cuda_engine.lookup(tables, tables["n_items"], query_codes, query_keys, mode, miss_value), None

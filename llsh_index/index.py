@@ -140,7 +140,7 @@ class LearnableLSHIndex:
         if bool(bad.any()):
             row = row0 + int(torch.nonzero(bad)[0, 0])
             raise InvalidInputError(f"{name}: expected finite values, got NaN or Inf in row {row}")
-        codes, keys = _engine.sigmoid_binarize(logits if logits.is_cuda else logits.numpy())
+        codes, keys = _engine.sigmoid_binarize(logits if _engine.on_device(logits) else logits.numpy())
         return codes, keys
 
     def _chunks(self, t: torch.Tensor):
@@ -151,7 +151,7 @@ class LearnableLSHIndex:
     def _encode_all(self, features):
         t = self._features(features, "features")
         parts = [self._encode_chunk(c, "features", i) for i, c in self._chunks(t)]
-        cat = torch.cat if t.is_cuda else np.concatenate
+        cat = torch.cat if _engine.on_device(t) else np.concatenate
         return cat([p[0] for p in parts]), cat([p[1] for p in parts])
 
     def encode(self, features) -> np.ndarray:
@@ -221,7 +221,7 @@ class LearnableLSHIndex:
 
         t = self._features(features, "features")
         n, b, r = int(t.shape[0]), self.n_tables, self.n_bits
-        on_gpu = t.is_cuda
+        on_gpu = _engine.on_device(t)
         store = torch.float16 if self.code_dtype == "float16" else torch.float32
         with self._write_lock:
             old = self._tables
@@ -274,13 +274,13 @@ class LearnableLSHIndex:
             if n_cmp is not None:
                 compared += n_cmp
             out.append(d)
-        self.last_n_compared = compared if not t.is_cuda else None
-        return torch.cat(out) if t.is_cuda else np.concatenate(out)
+        self.last_n_compared = None if _engine.on_device(t) else compared
+        return torch.cat(out) if _engine.on_device(t) else np.concatenate(out)
 
     def score(self, queries, mode: Optional[str] = None) -> np.ndarray:
         """(M,) anomaly scores: the minimum over tables of table_distances()."""
         d = self.table_distances(queries, mode)
-        return d.min(dim=1).values if hasattr(d, "is_cuda") else d.min(axis=1)
+        return d.min(dim=1).values if isinstance(d, torch.Tensor) else d.min(axis=1)
 
     # ------------------------------------------------------------------ shards
     def _check_same_layers(self, other: "LearnableLSHIndex") -> None:
@@ -315,10 +315,13 @@ class LearnableLSHIndex:
             if not self.store_codes:
                 self._tables = _merge_statistics(mine, theirs)
                 return self
+            # merging is not a hot path: rebuild on the host, then place the tables on this index's device
             b, r = self.n_tables, self.n_bits
+            host = {k: _to_numpy(v) for k, v in mine.items()}
             keys, codes, ids = _table_rows(theirs, b, r)
-            keys, codes, ids = _concat_rows(mine, keys, codes, ids + int(mine["n_items"]))
-            self._tables = _engine.build_tables(keys, codes, ids, keep_codes=True, n_threads=self.n_threads)
+            keys, codes, ids = _concat_rows(host, keys, codes, ids + int(mine["n_items"]))
+            merged = _engine.build_tables(keys, codes, ids, keep_codes=True, n_threads=self.n_threads)
+            self._tables = {k: _move(v, self.device) for k, v in merged.items()}
         return self
 
     @classmethod
@@ -583,7 +586,7 @@ def _merge_statistics(old: Dict, new: Dict) -> Dict:
         device = new["keys"].device
         merged = _merge_statistics({k: _to_numpy(v) for k, v in old.items()},
                                    {k: _to_numpy(v) for k, v in new.items()})
-        return {k: _move(v, str(device)) for k, v in merged.items()}
+        return {k: (torch.from_numpy(v).to(device) if isinstance(v, np.ndarray) else v) for k, v in merged.items()}
     b = len(new["table_start"]) - 1
     out_keys, out_counts, out_sum, out_sq, starts = [], [], [], [], [0]
     for j in range(b):
