@@ -34,9 +34,10 @@ def check_features(x: Any, name: str = "features", dim: Optional[int] = None, de
     """Validate a 2-D float feature batch and return it as a torch tensor on `device`.
 
     numpy arrays, torch tensors and cupy arrays are accepted, float16/32/64 (and bfloat16
-    for torch), any memory order.  The result is float32 and C-contiguous.  Finiteness is
+    for torch), any memory order.  Finiteness is
     checked by the caller on the projected codes, which is cheaper and catches the same rows
-    (a NaN or Inf anywhere in a row makes its normalised codes NaN).
+    (a NaN or Inf anywhere in a row makes its normalised codes NaN).  The tensor keeps the
+    input's dtype and strides (a view): callers convert chunk by chunk.
     """
     import torch
 
@@ -58,7 +59,7 @@ def check_features(x: Any, name: str = "features", dim: Optional[int] = None, de
                 x = np.asarray(x)
             except Exception as exc:  # ragged lists and the like
                 raise InvalidInputError(f"{name}: expected a 2-D float array, got {type(x).__name__}") from exc
-        dtype = str(x.dtype)
+        dtype = x.dtype.name  # the name ignores byte order: big-endian floats are swapped below
         shape = x.shape
         src_device = "cpu"
     if dtype not in _FLOAT_KINDS:
@@ -80,10 +81,14 @@ def check_features(x: Any, name: str = "features", dim: Optional[int] = None, de
     else:
         if x.dtype.byteorder == ">" or x.dtype.byteorder not in ("=", "|", "<"):
             x = x.astype(x.dtype.newbyteorder("="))
-        t = torch.from_numpy(np.ascontiguousarray(x))
+        if any(st < 0 for st in x.strides) or any(st % x.itemsize for st in x.strides):
+            x = np.ascontiguousarray(x)  # the strides torch cannot view: the only whole copy
+        t = torch.from_numpy(x)
     if want_cuda and str(t.device) != device and device != "cuda":
         raise DeviceMismatchError(f"{name}: expected data on {device}, got data on {t.device}")
-    return t.to(dtype=torch.float32).contiguous()
+    # No dtype conversion or copy here: the index converts chunk by chunk, so a float64 or strided
+    # input never costs a full float32 copy.
+    return t
 
 
 def check_int_range(value: Any, name: str, low: int, high: Optional[int] = None) -> int:

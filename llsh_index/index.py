@@ -69,8 +69,10 @@ class LearnableLSHIndex:
                               "statistics-only index")
         if code_dtype not in ("float32", "float16"):
             raise ConfigError(f"code_dtype: expected 'float32' or 'float16', got {code_dtype!r}")
-        if miss_value is not None and not (isinstance(miss_value, (int, float)) and math.isfinite(miss_value)):
-            raise ConfigError(f"miss_value: expected a finite number, got {miss_value!r}")
+        if miss_value is not None and not (isinstance(miss_value, (int, float)) and not isinstance(miss_value, bool)
+                                           and math.isfinite(miss_value)
+                                           and abs(miss_value) <= float(np.finfo(np.float32).max)):
+            raise ConfigError(f"miss_value: expected a finite number within float32 range, got {miss_value!r}")
         self.mode = mode
         self.miss_value = None if miss_value is None else float(miss_value)
         self.code_dtype = code_dtype
@@ -99,7 +101,7 @@ class LearnableLSHIndex:
         return self.training_log_ is not None
 
     def default_miss_value(self, mode: Optional[str] = None) -> float:
-        mode = mode or self.mode
+        mode = self.mode if mode is None else mode
         if self.miss_value is not None:
             return self.miss_value
         return float(self.n_bits) if mode == "squared" else math.sqrt(self.n_bits)
@@ -129,7 +131,7 @@ class LearnableLSHIndex:
     @torch.no_grad()
     def _encode_chunk(self, x: torch.Tensor, name: str, row0: int):
         """One chunk -> (codes (n, b, r) float32, keys (n, b) uint64), numpy on the CPU."""
-        x = x.to(torch.float32)
+        x = x.to(torch.float32).contiguous()
         n = x.shape[0]
         if n < _MIN_GEMM_ROWS:
             # BLAS takes another kernel (gemv) for a handful of rows, whose rounding differs; padding
@@ -188,10 +190,14 @@ class LearnableLSHIndex:
             max_offset=check_int_range(max_offset, "max_offset", 0),
             n_neighbors=check_int_range(n_neighbors, "n_neighbors", 1),
             seed=self.seed if seed is None else int(seed), progress=progress)
-        if not 0.0 <= cfg.momentum <= 1.0:
-            raise ConfigError(f"momentum: expected 0..1, got {momentum}")
-        if cfg.temperature <= 0:
-            raise ConfigError(f"temperature: expected > 0, got {temperature}")
+        checks = [("momentum", cfg.momentum, 0.0 <= cfg.momentum <= 1.0, "0..1"),
+                  ("temperature", cfg.temperature, cfg.temperature > 0, "> 0"),
+                  ("lr", cfg.lr, cfg.lr > 0, "> 0"),
+                  ("weight_decay", cfg.weight_decay, cfg.weight_decay >= 0, ">= 0"),
+                  ("sgd_momentum", cfg.sgd_momentum, 0.0 <= cfg.sgd_momentum < 1.0, "0 <= x < 1")]
+        for name, value, ok, want in checks:
+            if not (math.isfinite(value) and ok):
+                raise ConfigError(f"{name}: expected a finite number {want}, got {value}")
         if vid is not None:
             counts = np.bincount(vid)
             if counts.min() < 2:
@@ -259,7 +265,7 @@ class LearnableLSHIndex:
         tables = self._tables  # snapshot: an add() running meanwhile swaps in a new dict
         if self.encoder is None or tables is None:
             raise NotFittedError("score: the index is empty; call add(features) first")
-        mode = mode or self.mode
+        mode = self.mode if mode is None else mode
         if mode not in _engine.MODES:
             raise ConfigError(f"mode: expected one of {sorted(_engine.MODES)}, got {mode!r}")
         if mode == "mean" and tables["codes"] is None:
@@ -353,7 +359,7 @@ class LearnableLSHIndex:
         tables = self._tables
         if self.encoder is None or tables is None:
             raise NotFittedError("partial_scores: the index is empty; call add(features) first")
-        mode = mode or self.mode
+        mode = self.mode if mode is None else mode
         if mode not in _engine.MODES:
             raise ConfigError(f"mode: expected one of {sorted(_engine.MODES)}, got {mode!r}")
         if tables["codes"] is None and mode == "mean":
@@ -386,7 +392,7 @@ class LearnableLSHIndex:
         parts = list(parts)
         if not parts:
             raise ConfigError("combine_partial_scores: expected partial scores of at least one shard")
-        mode = mode or parts[0]["mode"]
+        mode = parts[0]["mode"] if mode is None else mode
         if any(p["mode"] != mode for p in parts):
             raise ConfigError(f"combine_partial_scores: every shard must use mode {mode!r}")
         count = sum(p["count"] for p in parts)
@@ -479,6 +485,11 @@ class LearnableLSHIndex:
         """Loads a file written by save(), on either device."""
         meta, arrays = read_container(path, _FILE_KIND)
         try:
+            # the stored weight must match the settings before anything is allocated from them
+            shape = (int(meta["n_tables"]) * int(meta["n_bits"]), int(meta["dim"]))
+            if "weight" not in arrays or arrays["weight"].shape != shape:
+                raise IndexFormatError(f"{path}: hash weight of shape {arrays.get('weight', np.zeros(0)).shape} "
+                                       f"does not match the settings {shape}")
             index = cls(meta["dim"], meta["n_tables"], meta["n_bits"], mode=meta["mode"],
                         miss_value=meta["miss_value"], code_dtype=meta["code_dtype"],
                         store_codes=meta["store_codes"], seed=meta["seed"], batch_size=meta["batch_size"],
@@ -498,7 +509,9 @@ class LearnableLSHIndex:
                 tables["n_items"] = int(meta["n_items"])
                 _check_tables(tables, index, path)
                 index._tables = tables
-        except (KeyError, TypeError, ConfigError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            if isinstance(exc, IndexFormatError):
+                raise
             raise IndexFormatError(f"{path}: inconsistent index file ({exc})") from exc
         return index.to(device) if device != "cpu" else index
 
@@ -623,7 +636,7 @@ def _check_tables(t: Dict, index: LearnableLSHIndex, path: str) -> None:
     try:
         keys, ts, off = t["keys"], t["table_start"], t["offsets"]
         U = keys.shape[0]
-        ok = (keys.dtype == np.uint64 and ts.dtype == np.int64 and off.dtype == np.int64 and ts.shape == (b + 1,)
+        ok = (keys.ndim == 1 and keys.dtype == np.uint64 and ts.dtype == np.int64 and off.dtype == np.int64 and ts.shape == (b + 1,)
               and ts[0] == 0 and ts[-1] == U and np.all(np.diff(ts) >= 0) and off.shape == (U + 1,)
               and off[0] == 0 and off[-1] == b * n and np.all(np.diff(off) > 0)
               and t["bucket_sum"].shape == (U, r) and t["bucket_sum"].dtype == np.float64

@@ -9,16 +9,21 @@ Layout (little-endian):
                           "payload_bytes", "payload_crc32"}
     payload    raw array bytes, each array 64-byte aligned, offsets relative to the payload start
 
-Files are written to a temporary file in the same folder, fsynced, then renamed over the
-target, so a crash mid-save leaves the old file intact.  Reading checks every length and
-checksum before building any array, so a damaged file raises IndexFormatError and loads nothing.
+Files are written to a temporary file in the same folder (created with the process umask, like
+any new file), fsynced, then renamed over the target and the folder fsynced, so a crash mid-save
+leaves the old file intact (and at worst a stray ".llsh-*.tmp" file next to it).  Reading checks
+the magic, version, every length and checksum and the structure of the header before building any
+array, so a damaged, truncated or foreign file raises IndexFormatError and loads nothing; nothing in
+the file is ever executed (no pickle).  Only the bytes the header announces are read, so pointing
+load() at a large foreign file costs one 24-byte read.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
+import secrets
 import struct
-import tempfile
 import zlib
 from typing import Dict, Tuple
 
@@ -32,6 +37,7 @@ _PREFIX = struct.Struct("<8sIQI")
 _ALIGN = 64
 _DTYPES = {"float16", "float32", "float64", "int64", "uint64", "uint16", "uint8", "int32"}
 _MAX_HEADER = 64 << 20
+_MAX_NDIM = 32
 
 
 def _crc(buf) -> int:
@@ -61,7 +67,15 @@ def write_container(path: str, kind: str, meta: dict, arrays: Dict[str, np.ndarr
     header = json.dumps({"kind": kind, "meta": meta, "arrays": entries, "payload_bytes": offset,
                          "payload_crc32": payload_crc & 0xFFFFFFFF}).encode("utf-8")
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".llsh-", suffix=".tmp", dir=folder)
+    # O_EXCL with a random name instead of tempfile.mkstemp: mkstemp creates the file 0600, which
+    # the rename would then give to the saved index; os.open applies the umask like any new file.
+    while True:
+        tmp = os.path.join(folder, f".llsh-{secrets.token_hex(8)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(_PREFIX.pack(MAGIC, FORMAT_VERSION, len(header), _crc(header)))
@@ -88,55 +102,106 @@ def write_container(path: str, kind: str, meta: dict, arrays: Dict[str, np.ndarr
     return os.path.getsize(path)
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _read_exact(f, n: int, path: str, what: str) -> bytes:
+    buf = f.read(n)
+    if len(buf) != n:
+        raise IndexFormatError(f"{path}: truncated file ({what}: expected {n} bytes, got {len(buf)})")
+    return buf
+
+
 def read_container(path: str, kind: str) -> Tuple[dict, Dict[str, np.ndarray]]:
-    """Reads a file written by write_container; returns (meta, arrays) or raises IndexFormatError."""
+    """Reads a file written by write_container; returns (meta, arrays) or raises IndexFormatError.
+
+    A missing file raises FileNotFoundError; anything else that is not a complete, undamaged
+    container of this `kind` (a folder, an empty, truncated or byte-flipped file, a future format
+    version, a pickle or .npz) raises IndexFormatError.
+    """
     try:
         with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
+            size = os.fstat(f.fileno()).st_size
+            prefix = f.read(_PREFIX.size)
+            if len(prefix) == 0:
+                raise IndexFormatError(f"{path}: empty file, not an llsh_index file")
+            if prefix[:len(MAGIC)] != MAGIC:
+                if MAGIC.startswith(prefix):
+                    raise IndexFormatError(f"{path}: truncated file ({len(prefix)} bytes)")
+                raise IndexFormatError(f"{path}: not an llsh_index file (expected magic {MAGIC!r}, "
+                                       f"got {prefix[:8]!r})")
+            if len(prefix) < _PREFIX.size:
+                raise IndexFormatError(f"{path}: truncated file ({len(prefix)} bytes, the fixed header alone "
+                                       f"is {_PREFIX.size})")
+            _, version, hdr_len, hdr_crc = _PREFIX.unpack(prefix)
+            if version > FORMAT_VERSION:
+                raise IndexFormatError(f"{path}: format version {version} was written by a newer llsh_index; "
+                                       f"this one reads versions up to {FORMAT_VERSION}")
+            if version < 1:
+                raise IndexFormatError(f"{path}: invalid format version {version}")
+            if hdr_len > _MAX_HEADER or _PREFIX.size + hdr_len > size:
+                raise IndexFormatError(f"{path}: truncated file (header of {hdr_len} bytes, file of {size} bytes)")
+            header_bytes = _read_exact(f, hdr_len, path, "header")
+            if _crc(header_bytes) != hdr_crc:
+                raise IndexFormatError(f"{path}: header checksum mismatch (damaged file)")
+            header = _parse_header(header_bytes, path, kind)
+            payload_bytes = header["payload_bytes"]
+            have = size - _PREFIX.size - hdr_len
+            if have != payload_bytes:
+                raise IndexFormatError(f"{path}: truncated or padded payload: expected {payload_bytes} bytes, "
+                                       f"got {have}")
+            raw = _read_exact(f, payload_bytes, path, "payload")
+            if f.read(1):
+                raise IndexFormatError(f"{path}: trailing bytes after the payload (file changed while reading?)")
+    except (FileNotFoundError, IndexFormatError):
         raise
-    except OSError as exc:
+    except (OSError, MemoryError, OverflowError) as exc:
         raise IndexFormatError(f"{path}: cannot read ({exc})") from exc
-    if len(raw) < _PREFIX.size or raw[:8] != MAGIC:
-        raise IndexFormatError(f"{path}: not an llsh_index file (expected magic {MAGIC!r}, "
-                               f"got {raw[:8]!r})")
-    _, version, hdr_len, hdr_crc = _PREFIX.unpack_from(raw)
-    if version > FORMAT_VERSION:
-        raise IndexFormatError(f"{path}: format version {version} was written by a newer llsh_index; "
-                               f"this one reads versions up to {FORMAT_VERSION}")
-    if version < 1:
-        raise IndexFormatError(f"{path}: invalid format version {version}")
-    start = _PREFIX.size
-    if hdr_len > _MAX_HEADER or start + hdr_len > len(raw):
-        raise IndexFormatError(f"{path}: truncated file (header of {hdr_len} bytes, file of {len(raw)} bytes)")
-    header_bytes = raw[start:start + hdr_len]
-    if _crc(header_bytes) != hdr_crc:
-        raise IndexFormatError(f"{path}: header checksum mismatch (damaged file)")
-    try:
-        header = json.loads(header_bytes.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise IndexFormatError(f"{path}: unreadable header ({exc})") from exc
-    if header.get("kind") != kind:
-        raise IndexFormatError(f"{path}: expected a {kind!r} file, got {header.get('kind')!r}")
-    payload = memoryview(raw)[start + hdr_len:]
-    if len(payload) != header.get("payload_bytes"):
-        raise IndexFormatError(f"{path}: truncated or padded payload: expected {header.get('payload_bytes')} "
-                               f"bytes, got {len(payload)}")
-    if _crc(payload) != header.get("payload_crc32"):
+    payload = memoryview(raw)
+    if _crc(payload) != header["payload_crc32"]:
         raise IndexFormatError(f"{path}: payload checksum mismatch (damaged file)")
     arrays = {}
-    for e in header.get("arrays", []):
-        try:
-            dtype = np.dtype(e["dtype"]).newbyteorder("<")
-            shape = tuple(int(s) for s in e["shape"])
-            off, nbytes = int(e["offset"]), int(e["nbytes"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise IndexFormatError(f"{path}: malformed array entry {e!r}") from exc
-        if e["dtype"] not in _DTYPES or any(s < 0 for s in shape) or \
-                int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != nbytes or off < 0 or off + nbytes > len(payload):
-            raise IndexFormatError(f"{path}: inconsistent array entry {e.get('name')!r}")
+    for e in header["arrays"]:
+        dtype = np.dtype(e["dtype"]).newbyteorder("<")
+        off, nbytes = e["offset"], e["nbytes"]
         blob = payload[off:off + nbytes]
-        if _crc(blob) != e.get("crc32"):
-            raise IndexFormatError(f"{path}: checksum mismatch in array {e.get('name')!r}")
-        arrays[e["name"]] = np.frombuffer(blob, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
-    return header.get("meta", {}), arrays
+        if _crc(blob) != e["crc32"]:
+            raise IndexFormatError(f"{path}: checksum mismatch in array {e['name']!r}")
+        arrays[e["name"]] = np.frombuffer(blob, dtype=dtype).reshape(e["shape"]).astype(dtype.newbyteorder("="))
+    return header["meta"], arrays
+
+
+def _parse_header(header_bytes: bytes, path: str, kind: str) -> dict:
+    """Decodes the JSON header and checks its structure; every field read later is validated here."""
+    try:
+        header = json.loads(header_bytes.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        raise IndexFormatError(f"{path}: unreadable header ({type(exc).__name__}: {exc})") from None
+    if not isinstance(header, dict):
+        raise IndexFormatError(f"{path}: malformed header (expected a JSON object, got {type(header).__name__})")
+    if header.get("kind") != kind:
+        raise IndexFormatError(f"{path}: expected a {kind!r} file, got {header.get('kind')!r}")
+    payload_bytes, payload_crc = header.get("payload_bytes"), header.get("payload_crc32")
+    if not (_is_int(payload_bytes) and payload_bytes >= 0 and _is_int(payload_crc)):
+        raise IndexFormatError(f"{path}: malformed header (payload size or checksum)")
+    if not isinstance(header.get("meta", {}), dict):
+        raise IndexFormatError(f"{path}: malformed header (meta is not a JSON object)")
+    header.setdefault("meta", {})
+    entries = header.get("arrays", [])
+    if not isinstance(entries, list):
+        raise IndexFormatError(f"{path}: malformed header (arrays is not a list)")
+    seen = set()
+    for e in entries:
+        if not isinstance(e, dict):
+            raise IndexFormatError(f"{path}: malformed array entry {e!r}")
+        name, dt, shape, off, nbytes = e.get("name"), e.get("dtype"), e.get("shape"), e.get("offset"), e.get("nbytes")
+        ok = (isinstance(name, str) and name not in seen and isinstance(dt, str) and dt in _DTYPES
+              and isinstance(shape, list)
+              and len(shape) <= _MAX_NDIM and all(_is_int(s) and s >= 0 for s in shape)
+              and _is_int(off) and _is_int(nbytes) and _is_int(e.get("crc32")) and off >= 0 and nbytes >= 0)
+        # sizes in Python integers: no int64 wrap-around can make a huge shape look small
+        if not ok or math.prod(shape) * np.dtype(dt).itemsize != nbytes or off + nbytes > payload_bytes:
+            raise IndexFormatError(f"{path}: inconsistent array entry {name!r}")
+        seen.add(name)
+    return header

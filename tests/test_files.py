@@ -1,0 +1,507 @@
+"""Saved files: atomic saves that survive SIGKILL, and damaged, foreign or crafted files that load nothing.
+
+Every damaged file must raise IndexFormatError (FileNotFoundError for a missing one), never another
+exception, never a crash, never a half-loaded index.  The crafted files at the end have valid
+checksums but inconsistent contents: they are what an attacker, or a bug in another writer, would
+produce, and they are written with io.write_container directly.
+"""
+import copy
+import json
+import os
+import pickle
+import stat
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+import tracemalloc
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llsh_index import IndexFormatError, LearnableLSHIndex
+from llsh_index import io as llsh_io
+
+ROOT = Path(__file__).resolve().parents[1]
+KIND = "LearnableLSHIndex"
+TABLE_KEYS = ("keys", "table_start", "offsets", "ids", "codes", "bucket_sum", "bucket_sqnorm")
+
+
+@pytest.fixture
+def scratch(tmp_path):
+    """A folder for the damage loops: tmpfs when there is one (truncating a file on a disk mounted
+    with `discard` costs milliseconds, and these tests write ~2000 files), else tmp_path."""
+    if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
+        import shutil
+        import tempfile
+
+        d = tempfile.mkdtemp(prefix="llsh-test-", dir="/dev/shm")
+        try:
+            yield Path(d)
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+    else:
+        yield tmp_path
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A small trained index with every kind of array (weight, losses, the seven table arrays)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((300, 16)).astype(np.float32)
+    index = LearnableLSHIndex(n_tables=3, n_bits=8, seed=1)
+    index.fit(x, video_ids=np.repeat(np.arange(10), 30), iterations=2, batch_size=16, queue_size=32, progress=False)
+    index.add(x)
+    path = tmp_path_factory.mktemp("saved") / "index.llsh"
+    index.save(str(path))
+    return path, path.read_bytes(), index, x
+
+
+def header_end(raw: bytes) -> int:
+    _, _, hdr_len, _ = llsh_io._PREFIX.unpack_from(raw)
+    return llsh_io._PREFIX.size + hdr_len
+
+
+def must_reject(path, raw: bytes, what: str) -> str:
+    path.write_bytes(raw)
+    try:
+        LearnableLSHIndex.load(str(path))
+    except IndexFormatError as exc:
+        return str(exc)
+    except Exception as exc:  # noqa: BLE001 - the point: nothing but IndexFormatError
+        raise AssertionError(f"{what}: {type(exc).__name__} instead of IndexFormatError: {exc}") from exc
+    raise AssertionError(f"{what}: the damaged file loaded")
+
+
+# ---------------------------------------------------------------------- atomic save under SIGKILL
+KILL_SCRIPT = textwrap.dedent(r"""
+    import hashlib, json, os, signal, sys, time
+    import numpy as np
+    from llsh_index import LearnableLSHIndex
+
+    target, fractions = sys.argv[1], [float(f) for f in sys.argv[2].split(",")]
+    sha = lambda p: hashlib.sha256(open(p, "rb").read()).hexdigest()
+    rng = np.random.default_rng(0)
+    old = LearnableLSHIndex(n_tables=2, n_bits=8, seed=1).add(rng.standard_normal((500, 32)).astype(np.float32))
+    new = LearnableLSHIndex(n_tables=8, n_bits=16, seed=2).add(rng.standard_normal((40000, 32)).astype(np.float32))
+    new.save(target + ".reference")          # the complete new file, for its hash
+    t0 = time.perf_counter(); new.save(target + ".reference"); t_save = time.perf_counter() - t0
+    new_hash = sha(target + ".reference")
+    os.unlink(target + ".reference")
+    results = []
+    for f in fractions:
+        old.save(target)
+        old_hash = sha(target)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:                         # the saver: save the big index over the target forever
+            os.close(r)
+            os.write(w, b"s")
+            while True:
+                new.save(target)
+        os.close(w)
+        os.read(r, 1)                        # the saver is about to start its first save
+        time.sleep(f * t_save)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(r)
+        folder = os.path.dirname(target)
+        temps = sorted(n for n in os.listdir(folder) if n.startswith(".llsh-"))
+        now = sha(target)
+        results.append({"fraction": f, "state": "old" if now == old_hash else "new" if now == new_hash else "BAD",
+                        "temps": temps, "size": os.path.getsize(target)})
+        for n in temps:
+            os.unlink(os.path.join(folder, n))
+    print(json.dumps({"t_save": t_save, "new_hash": new_hash, "results": results}))
+""")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork and SIGKILL")
+def test_sigkill_mid_save_leaves_the_old_file_intact(tmp_path):
+    """A process saving a ~50 MB index over an existing file is SIGKILLed at 10 points spread over
+    one save (and one after two saves); the target is always the complete old file or the complete
+    new one, never a partial file, and at least two kills land while the temp file is half-written."""
+    target = tmp_path / "index.llsh"
+    fractions = [0.05, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.85, 1.0, 2.5]  # of one save's duration; 2.5 = after 2 saves
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(target), ",".join(map(str, fractions))],
+                         capture_output=True, text=True, timeout=300, env=env, cwd=str(ROOT))
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    states = [r["state"] for r in report["results"]]
+    assert "BAD" not in states, report
+    assert len(states) == len(fractions)
+    # the kills really landed mid-save: the old file was still in place with the new one half-written
+    mid_save = [r for r in report["results"] if r["state"] == "old" and r["temps"]]
+    assert len(mid_save) >= 2, report
+    assert all(n.startswith(".llsh-") and n.endswith(".tmp") for r in report["results"] for n in r["temps"])
+    # the last state of the target loads and is a complete index (whichever version it is)
+    loaded = LearnableLSHIndex.load(str(target))
+    assert loaded.ntotal in (500, 40000)
+
+
+def test_save_replaces_atomically_and_leaves_no_temp(tmp_path, saved):
+    _, raw, index, _ = saved
+    target = tmp_path / "a.llsh"
+    target.write_bytes(b"previous contents")
+    index.save(str(target))
+    assert target.read_bytes() == raw  # bit-identical to the first save of the same index
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.llsh"]
+
+
+def test_saved_file_gets_the_umask_permissions(tmp_path, saved):
+    """Saved like any new file (0666 & ~umask), not 0600 as a mkstemp temp file would leave it."""
+    _, _, index, _ = saved
+    old = os.umask(0o022)
+    try:
+        index.save(str(tmp_path / "p.llsh"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "p.llsh").stat().st_mode) == 0o644
+
+
+def test_failed_save_leaves_the_target_and_no_temp(tmp_path, saved, monkeypatch):
+    _, raw, index, _ = saved
+    target = tmp_path / "a.llsh"
+    target.write_bytes(raw)
+
+    def broken_fsync(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(llsh_io.os, "fsync", broken_fsync)
+    with pytest.raises(OSError):
+        index.save(str(target))
+    assert target.read_bytes() == raw
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.llsh"]
+
+
+def test_a_stray_temp_file_does_not_disturb_loading(tmp_path, saved):
+    _, raw, index, x = saved
+    (tmp_path / "i.llsh").write_bytes(raw)
+    (tmp_path / ".llsh-0123456789abcdef.tmp").write_bytes(raw[:1000])  # what a SIGKILL leaves
+    np.testing.assert_array_equal(LearnableLSHIndex.load(str(tmp_path / "i.llsh")).score(x[:20]), index.score(x[:20]))
+
+
+# ---------------------------------------------------------------------- header
+def test_header_has_magic_version_and_checksums(saved):
+    _, raw, _, _ = saved
+    magic, version, hdr_len, hdr_crc = llsh_io._PREFIX.unpack_from(raw)
+    assert magic == b"LLSHIDX\0" and version == llsh_io.FORMAT_VERSION == 1
+    header = json.loads(raw[24:24 + hdr_len])
+    assert zlib.crc32(raw[24:24 + hdr_len]) == hdr_crc
+    payload = raw[24 + hdr_len:]
+    assert header["kind"] == KIND and header["payload_bytes"] == len(payload)
+    assert zlib.crc32(payload) == header["payload_crc32"]
+    names = {e["name"] for e in header["arrays"]}
+    assert {"weight", "losses"} | {"t_" + k for k in TABLE_KEYS} == names
+    for e in header["arrays"]:
+        assert e["offset"] % 64 == 0
+        assert zlib.crc32(payload[e["offset"]:e["offset"] + e["nbytes"]]) == e["crc32"]
+
+
+# ---------------------------------------------------------------------- damaged files
+def test_truncated_at_every_header_offset_and_50_payload_offsets(scratch, saved):
+    _, raw, _, _ = saved
+    end = header_end(raw)
+    cuts = list(range(0, end + 1)) + [int(c) for c in np.linspace(end + 1, len(raw) - 1, 50)]
+    assert len(cuts) > 500
+    for cut in cuts:
+        must_reject(scratch / "t.llsh", raw[:cut], f"truncated at {cut} of {len(raw)}")
+
+
+def test_padded_file_is_rejected(scratch, saved):
+    _, raw, _, _ = saved
+    for extra in (b"\0", b"x" * 1000):
+        msg = must_reject(scratch / "p.llsh", raw + extra, "padded")
+        assert "payload" in msg
+
+
+def test_byte_flips_everywhere(scratch, saved):
+    """Every byte of the fixed header and the JSON header, 200 payload bytes (with the alignment
+    padding) flipped whole, and 64 single-bit flips: each one is caught."""
+    _, raw, _, _ = saved
+    end = header_end(raw)
+    rng = np.random.default_rng(7)
+    positions = [(p, 0xFF) for p in range(end)]
+    positions += [(int(p), 0xFF) for p in np.linspace(end, len(raw) - 1, 200)]
+    positions += [(int(p), 1 << int(rng.integers(8))) for p in rng.integers(0, len(raw), 64)]
+    for pos, mask in positions:
+        damaged = bytearray(raw)
+        damaged[pos] ^= mask
+        must_reject(scratch / "f.llsh", bytes(damaged), f"byte {pos} ^ {mask:#x}")
+
+
+def test_future_and_invalid_versions(scratch, saved):
+    _, raw, _, _ = saved
+    for version, words in ((2, "newer"), (2 ** 32 - 1, "newer"), (0, "invalid")):
+        damaged = raw[:8] + struct.pack("<I", version) + raw[12:]
+        msg = must_reject(scratch / "v.llsh", damaged, f"version {version}")
+        assert words in msg and str(version) in msg
+
+
+def test_empty_missing_and_directory(tmp_path):
+    assert "empty" in must_reject(tmp_path / "empty.llsh", b"", "empty")
+    assert "truncated" in must_reject(tmp_path / "magic.llsh", b"LLSHI", "magic prefix only")
+    with pytest.raises(FileNotFoundError):
+        LearnableLSHIndex.load(str(tmp_path / "missing.llsh"))
+    (tmp_path / "folder.llsh").mkdir()
+    with pytest.raises(IndexFormatError):
+        LearnableLSHIndex.load(str(tmp_path / "folder.llsh"))
+
+
+def test_foreign_files(tmp_path, saved):
+    _, raw, index, _ = saved
+    buf = tmp_path / "a.npz"
+    np.savez(buf, weight=index.encoder.weight.detach().numpy())
+    must_reject(tmp_path / "x.llsh", buf.read_bytes(), ".npz")
+    np.save(tmp_path / "a.npy", np.zeros(10))
+    must_reject(tmp_path / "x.llsh", (tmp_path / "a.npy").read_bytes(), ".npy")
+    import torch
+
+    torch.save({"weight": index.encoder.weight.detach()}, tmp_path / "a.pt")
+    must_reject(tmp_path / "x.llsh", (tmp_path / "a.pt").read_bytes(), "torch.save")
+    must_reject(tmp_path / "x.llsh", b"\x89PNG\r\n\x1a\n" + bytes(100), "png")
+    must_reject(tmp_path / "x.llsh", Path(__file__).read_bytes(), "python source")
+    # another kind of container (e.g. a baseline scorer's file) is not an index
+    llsh_io.write_container(str(tmp_path / "k.llsh"), "KNNScorer", {}, {"a": np.zeros(3)})
+    assert "KNNScorer" in must_reject(tmp_path / "x.llsh", (tmp_path / "k.llsh").read_bytes(), "other kind")
+
+
+class _Marker:
+    """Unpickling this creates the marker file: proof that the loader ran code from the file."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_pickle_never_runs(tmp_path):
+    marker = tmp_path / "PWNED"
+    payload = pickle.dumps({"index": _Marker(str(marker))}, protocol=2)
+    for name, data in (("p.llsh", payload), ("p.pkl", payload),
+                       ("magic-then-pickle.llsh", llsh_io.MAGIC + struct.pack("<IQI", 1, len(payload),
+                                                                               zlib.crc32(payload)) + payload)):
+        must_reject(tmp_path / name, data, name)
+        assert not marker.exists(), f"loading {name} ran code from the file"
+    # the payload is live: unpickling it does create the marker (so its absence above means something)
+    pickle.loads(payload)["index"].close()
+    assert marker.exists()
+
+
+def test_a_large_foreign_file_costs_one_small_read(tmp_path):
+    big = tmp_path / "video.mp4"
+    with open(big, "wb") as f:
+        f.write(b"\0\0\0\x18ftypmp42")
+        f.truncate(8 << 30)  # 8 GiB, sparse
+    tracemalloc.start()
+    try:
+        t0 = time.perf_counter()
+        with pytest.raises(IndexFormatError):
+            LearnableLSHIndex.load(str(big))
+        elapsed = time.perf_counter() - t0
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20 and elapsed < 5
+    # and a valid prefix announcing a huge header or payload does not allocate it either
+    hdr = json.dumps({"kind": KIND, "meta": {}, "arrays": [], "payload_bytes": 1 << 40,
+                      "payload_crc32": 0}).encode()
+    (tmp_path / "h.llsh").write_bytes(struct.pack("<8sIQI", llsh_io.MAGIC, 1, len(hdr), zlib.crc32(hdr)) + hdr)
+    assert "payload" in must_reject(tmp_path / "h.llsh", (tmp_path / "h.llsh").read_bytes(), "huge payload")
+    (tmp_path / "h.llsh").write_bytes(struct.pack("<8sIQI", llsh_io.MAGIC, 1, 1 << 62, 0))
+    assert "truncated" in must_reject(tmp_path / "h.llsh", (tmp_path / "h.llsh").read_bytes(), "huge header")
+
+
+# ---------------------------------------------------------------------- crafted: valid checksums, bad contents
+def raw_container(header, payload=b"") -> bytes:
+    """A container with any JSON value as header (valid checksums), for io-level structure checks."""
+    h = json.dumps(header).encode() if not isinstance(header, bytes) else header
+    return struct.pack("<8sIQI", llsh_io.MAGIC, 1, len(h), zlib.crc32(h)) + h + payload
+
+
+def _entry(name="a", dtype="float32", shape=(2,), offset=0, nbytes=8, crc=None, payload=bytes(8)):
+    return {"name": name, "dtype": dtype, "shape": list(shape), "offset": offset, "nbytes": nbytes,
+            "crc32": zlib.crc32(payload[offset:offset + nbytes]) if crc is None else crc}
+
+
+def _hdr(arrays, payload=bytes(8), **kw):
+    h = {"kind": KIND, "meta": {}, "arrays": arrays, "payload_bytes": len(payload),
+         "payload_crc32": zlib.crc32(payload)}
+    h.update(kw)
+    return h
+
+
+IO_STRUCTURE = [
+    ("header-is-a-list", raw_container([1, 2, 3])),
+    ("header-is-a-string", raw_container("LearnableLSHIndex")),
+    ("header-not-json", raw_container(b"{kind: 1")),
+    ("header-not-utf8", raw_container(b"\xff\xfe{}")),
+    ("header-deeply-nested", raw_container(b"[" * 100000 + b"]" * 100000)),
+    ("header-huge-integer", raw_container(b'{"kind": "LearnableLSHIndex", "payload_bytes": ' + b"9" * 5000 + b"}")),
+    ("meta-is-a-list", raw_container(_hdr([], meta=[1]), bytes(8))),
+    ("arrays-is-a-dict", raw_container(_hdr({"a": 1}), bytes(8))),
+    ("array-entry-is-a-string", raw_container(_hdr(["weight"]), bytes(8))),
+    ("payload-bytes-missing", raw_container({"kind": KIND, "arrays": []})),
+    ("payload-bytes-string", raw_container(_hdr([], payload_bytes="8"), bytes(8))),
+    ("payload-bytes-negative", raw_container(_hdr([], payload_bytes=-1), b"")),
+    ("dtype-object", raw_container(_hdr([_entry(dtype="object")]), bytes(8))),
+    ("dtype-unknown", raw_container(_hdr([_entry(dtype="float99")]), bytes(8))),
+    ("dtype-not-a-string", raw_container(_hdr([_entry(dtype=["f4"])]), bytes(8))),
+    ("shape-negative", raw_container(_hdr([_entry(shape=(-2,))]), bytes(8))),
+    ("shape-float", raw_container(_hdr([_entry(shape=(2.0,))]), bytes(8))),
+    ("shape-overflows-int64", raw_container(_hdr([_entry(dtype="float64", shape=(2 ** 62, 4), nbytes=0)]),
+                                            bytes(8))),
+    ("shape-too-many-dims", raw_container(_hdr([_entry(shape=[1] * 40 + [2])]), bytes(8))),
+    ("nbytes-mismatch", raw_container(_hdr([_entry(nbytes=4)]), bytes(8))),
+    ("offset-negative", raw_container(_hdr([_entry(offset=-8)]), bytes(8))),
+    ("offset-beyond-payload", raw_container(_hdr([_entry(offset=8)]), bytes(8))),
+    ("array-crc-wrong", raw_container(_hdr([_entry(crc=12345)]), bytes(8))),
+    ("duplicate-array-name", raw_container(_hdr([_entry(), _entry()]), bytes(8))),
+    ("name-not-a-string", raw_container(_hdr([_entry(name=7)]), bytes(8))),
+]
+
+
+@pytest.mark.parametrize("raw", [pytest.param(c[1], id=c[0]) for c in IO_STRUCTURE])
+def test_crafted_header_structure(scratch, raw):
+    must_reject(scratch / "c.llsh", raw, "crafted header")
+    with pytest.raises(IndexFormatError):
+        llsh_io.read_container(str(scratch / "c.llsh"), KIND)
+
+
+def _set(key, value):
+    return lambda m, a: m.__setitem__(key, value)
+
+
+def _arr(key, fn):
+    def edit(m, a):
+        a[key] = fn(a[key].copy())
+    return edit
+
+
+def _keys_unsorted(k):
+    k[[0, 1]] = k[[1, 0]]
+    return k
+
+
+def _dup_key(k):
+    k[1] = k[0]
+    return k
+
+
+def _empty_bucket(off):
+    off[2] = off[1]
+    return off
+
+
+def _ts(values):
+    return lambda ts: np.asarray(values(ts), np.int64)
+
+
+# (id, edit(meta, arrays)) -- all must raise IndexFormatError at load
+CRAFTED = [
+    ("offsets-beyond-codes", _arr("t_offsets", lambda o: np.r_[o[:-1], o[-1] + 5])),
+    ("offsets-negative", _arr("t_offsets", lambda o: np.r_[-1, o[1:]])),
+    ("offsets-decreasing", _arr("t_offsets", lambda o: np.r_[o[0], o[2], o[1], o[3:]])),
+    ("offsets-empty-bucket", _arr("t_offsets", _empty_bucket)),
+    ("offsets-short", _arr("t_offsets", lambda o: o[:-1])),
+    ("offsets-int32", _arr("t_offsets", lambda o: o.astype(np.int32))),
+    ("keys-unsorted", _arr("t_keys", _keys_unsorted)),
+    ("keys-duplicate", _arr("t_keys", _dup_key)),
+    ("keys-beyond-n-bits", _arr("t_keys", lambda k: np.r_[k[:-1], np.uint64(1 << 40)].astype(np.uint64))),
+    ("keys-int64", _arr("t_keys", lambda k: k.astype(np.int64))),
+    ("keys-one-short", _arr("t_keys", lambda k: k[:-1])),
+    ("table-start-not-zero", _arr("t_table_start", _ts(lambda t: np.r_[1, t[1:]]))),
+    ("table-start-wrong-end", _arr("t_table_start", _ts(lambda t: np.r_[t[:-1], t[-1] - 1]))),
+    ("table-start-beyond-keys", _arr("t_table_start", _ts(lambda t: np.r_[t[:-1], t[-1] + 10]))),
+    ("table-start-decreasing", _arr("t_table_start", _ts(lambda t: np.r_[0, t[2], t[1], t[3:]]))),
+    ("table-start-shifted", _arr("t_table_start", _ts(lambda t: np.r_[0, t[1] + 1, t[2:]]))),
+    ("table-start-too-few-tables", _arr("t_table_start", lambda t: t[:-1])),
+    ("table-start-2d", _arr("t_table_start", lambda t: t[:, None])),
+    ("codes-too-few-rows", _arr("t_codes", lambda c: c[:-1])),
+    ("codes-wrong-width", _arr("t_codes", lambda c: c[:, :-1])),
+    ("codes-float64", _arr("t_codes", lambda c: c.astype(np.float64))),
+    ("codes-as-uint16", _arr("t_codes", lambda c: c.astype(np.float16).view(np.uint16))),
+    ("ids-too-short", _arr("t_ids", lambda i: i[:-1])),
+    ("ids-float", _arr("t_ids", lambda i: i.astype(np.float64))),
+    ("bucket-sum-wrong-width", _arr("t_bucket_sum", lambda s: s[:, :4])),
+    ("bucket-sum-float32", _arr("t_bucket_sum", lambda s: s.astype(np.float32))),
+    ("bucket-sqnorm-short", _arr("t_bucket_sqnorm", lambda s: s[:-1])),
+    ("missing-keys", lambda m, a: a.pop("t_keys")),
+    ("missing-bucket-sum", lambda m, a: a.pop("t_bucket_sum")),
+    ("missing-weight", lambda m, a: a.pop("weight")),
+    ("weight-wrong-shape", _arr("weight", lambda w: w[:, :-1])),
+    ("weight-flat", _arr("weight", lambda w: w.ravel())),
+    ("n-items-larger", _set("n_items", 301)),
+    ("n-items-zero", _set("n_items", 0)),
+    ("n-items-negative", _set("n_items", -300)),
+    ("n-items-missing", lambda m, a: m.pop("n_items")),
+    ("n-items-null", _set("n_items", None)),
+    ("n-bits-mismatch", _set("n_bits", 9)),
+    ("n-bits-65", _set("n_bits", 65)),
+    ("n-tables-mismatch", _set("n_tables", 2)),
+    ("n-tables-zero", _set("n_tables", 0)),
+    ("dim-mismatch", _set("dim", 17)),
+    ("dim-string", _set("dim", "16")),
+    ("dim-null", _set("dim", None)),
+    ("mode-unknown", _set("mode", "median")),
+    ("code-dtype-unknown", _set("code_dtype", "int8")),
+    ("miss-value-string", _set("miss_value", "big")),
+    ("store-codes-false-with-mean", _set("store_codes", False)),
+    ("meta-empty", lambda m, a: m.clear()),
+    # once bugs (escaped as another exception, or loaded and failed later), fixed in index.py
+    ("seed-not-a-number", _set("seed", "x")),
+    ("n-items-string", _set("n_items", "many")),
+    ("training-steps-string", lambda m, a: m.update(trained=True, training_steps="x")),
+    ("huge-dim", lambda m, a: m.update(dim=2 ** 40)),
+    ("keys-2d", _arr("t_keys", lambda k: k[:, None])),
+]
+
+
+@pytest.fixture(scope="module")
+def parts(saved):
+    path, _, _, _ = saved
+    return llsh_io.read_container(str(path), KIND)
+
+
+def _crafted_params():
+    out = []
+    for c in CRAFTED:
+        marks = [pytest.mark.xfail(strict=True, reason=c[2])] if len(c) > 2 else []
+        out.append(pytest.param(c[1], id=c[0], marks=marks))
+    return out
+
+
+def test_crafted_ids_are_unique():
+    ids = [c[0] for c in CRAFTED] + [c[0] for c in IO_STRUCTURE]
+    assert len(ids) == len(set(ids))
+
+
+@pytest.mark.parametrize("edit", _crafted_params())
+def test_crafted_inconsistent_tables(scratch, parts, saved, edit):
+    meta, arrays = copy.deepcopy(parts[0]), {k: v.copy() for k, v in parts[1].items()}
+    edit(meta, arrays)
+    path = scratch / "crafted.llsh"
+    llsh_io.write_container(str(path), KIND, meta, arrays)  # valid magic, version and checksums
+    llsh_io.read_container(str(path), KIND)  # the container itself is fine
+    try:
+        index = LearnableLSHIndex.load(str(path))
+    except IndexFormatError:
+        return
+    # it loaded: it must then behave (the xfail entries end here, with the exception that escapes)
+    index.score(saved[3][:10])
+    raise AssertionError("an inconsistent file loaded")
+
+
+def test_crafted_edits_are_the_only_difference(tmp_path, parts, saved):
+    """Control for the table above: the unedited arrays, written the same way, load and score."""
+    meta, arrays = parts
+    path = tmp_path / "same.llsh"
+    llsh_io.write_container(str(path), KIND, meta, arrays)
+    _, raw, index, x = saved
+    assert path.read_bytes() == raw
+    np.testing.assert_array_equal(LearnableLSHIndex.load(str(path)).score(x), index.score(x))

@@ -1,0 +1,270 @@
+"""Smoke test of benchmarks/table2.py and tests of llsh_index/synthetic.py (fast: well under 60 s)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import shared_path
+from llsh_index import synthetic as S
+
+pytest.importorskip("faiss", reason="faiss is not installed (the KNN and K-means rows need it)")
+pytest.importorskip("matplotlib", reason="matplotlib is not installed (the benchmark draws a PNG)")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_table2():
+    spec = importlib.util.spec_from_file_location("table2", ROOT / "benchmarks" / "table2.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+T2 = _load_table2()
+
+
+def toy_labels():
+    """Six test videos of two 'scenes': anomalies in the middle, at the start, two runs, none, all."""
+    lab = {}
+    for i, (n, runs) in enumerate([(160, [(60, 100)]), (140, [(0, 30)]), (200, [(20, 50), (120, 170)]),
+                                   (120, []), (150, [(70, 149)]), (110, [(0, 110)])]):
+        a = np.zeros(n, np.uint8)
+        for s, e in runs:
+            a[s:e] = 1
+        lab[f"{1 + i % 2:02d}_{i:04d}"] = a
+    return lab
+
+
+def tiny_config(**kw):
+    base = dict(scale=1500 / S.ST_TRAIN_SNIPPETS, dim=32, n_train_videos=12, snippet_span=5, latent_shared=4,
+                latent_scene=2, seed=3)
+    base.update(kw)
+    return S.SyntheticConfig(**base)
+
+
+# ----------------------------------------------------------------------------- synthetic
+
+
+def test_synthetic_shapes_labels_and_memmaps(tmp_path):
+    labels = toy_labels()
+    cfg = tiny_config()
+    b = S.generate(str(tmp_path / "b"), labels, cfg)
+    assert isinstance(b.train, np.memmap) and isinstance(b.test, np.memmap)
+    assert b.train.dtype == np.float32 and b.train.shape == (cfg.n_train, 32)
+    expected_m = sum(v.size - cfg.snippet_span for v in labels.values())
+    assert b.test.shape == (expected_m, 32)
+    assert np.isfinite(np.asarray(b.train)).all() and np.isfinite(np.asarray(b.test)).all()
+    # training videos: ids contiguous, 12 videos, each >= 2 snippets, in manifest order
+    counts = np.bincount(b.train_video_ids)
+    assert counts.size == 12 and counts.min() >= 2
+    assert [v["count"] for v in b.manifest["train_videos"]] == counts.tolist()
+    # test snippets: the label of the frame where metrics' centred placement puts the score
+    snip = np.load(tmp_path / "b" / "test_snippet_labels.npy")
+    for v in b.test_videos:
+        lab = labels[v["name"]]
+        assert v["n_frames"] == lab.size and v["count"] == lab.size - cfg.snippet_span
+        off = cfg.snippet_span // 2 + 1
+        np.testing.assert_array_equal(snip[v["start"]:v["start"] + v["count"]], lab[off:off + v["count"]])
+        np.testing.assert_array_equal(b.labels[v["name"]], lab)
+    # split_scores inverts the concatenation
+    parts = b.split_scores(np.arange(b.n_test, dtype=np.float32))
+    assert [p[0] for p in parts.values()] == [v["start"] for v in b.test_videos]
+
+
+def test_snippet_labels_match_metrics_placement():
+    from llsh_index.metrics import snippet_to_frame_scores
+
+    frames = (np.arange(50) % 7 == 0).astype(np.uint8)
+    for span in (0, 1, 4, 15):
+        s = S.snippet_labels(frames, span)
+        placed = snippet_to_frame_scores(s.astype(float) + 10, frames.size)  # padding stays 0
+        covered = placed > 0
+        np.testing.assert_array_equal(placed[covered] - 10, frames[covered])
+
+
+def test_synthetic_anomalies_are_off_distribution(tmp_path):
+    labels = toy_labels()
+    b = S.generate(str(tmp_path / "b"), labels, tiny_config(nuisance_prob=0.0))
+    snip = np.load(tmp_path / "b" / "test_snippet_labels.npy")
+    train = np.asarray(b.train, dtype=np.float64)
+    test = np.asarray(b.test, dtype=np.float64)
+    d2 = (test ** 2).sum(1)[:, None] + (train ** 2).sum(1)[None, :] - 2 * test @ train.T
+    nn = np.sqrt(np.maximum(d2, 0).min(1))
+    from sklearn.metrics import roc_auc_score
+
+    auc = roc_auc_score(snip, nn)  # realistic difficulty: clearly informative, far from perfect
+    assert 0.58 < auc < 0.99, auc
+    events = json.loads((tmp_path / "b" / "events.json").read_text())
+    assert len(events) == 6  # one per maximal anomalous snippet run (video 3 has two, video 4 none)
+
+
+def test_synthetic_deterministic_and_seeded(tmp_path):
+    labels = toy_labels()
+    a = S.generate(str(tmp_path / "a"), labels, tiny_config())
+    b = S.generate(str(tmp_path / "b"), labels, tiny_config())
+    c = S.generate(str(tmp_path / "c"), labels, tiny_config(seed=4))
+    for name in ("train_features.npy", "test_features.npy", "train_video_ids.npy", "test_snippet_labels.npy"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    assert not np.array_equal(np.asarray(a.train), np.asarray(c.train))
+    assert not np.array_equal(np.asarray(a.test), np.asarray(c.test))
+    # an existing bundle with the same configuration is reused, not rewritten
+    mtime = os.path.getmtime(tmp_path / "a" / "train_features.npy")
+    S.generate(str(tmp_path / "a"), labels, tiny_config())
+    assert os.path.getmtime(tmp_path / "a" / "train_features.npy") == mtime
+
+
+def test_synthetic_streams_without_holding_n_by_d(tmp_path):
+    labels = toy_labels()
+    cfg = tiny_config(scale=60000 / S.ST_TRAIN_SNIPPETS, dim=64, n_train_videos=100)
+    tracemalloc.start()
+    try:
+        S.generate(str(tmp_path / "b"), labels, cfg)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    full = cfg.n_train * cfg.dim * 4
+    assert peak < full / 4, f"generate() traced {peak} bytes at peak, the training matrix is {full}"
+
+
+def test_synthetic_real_st_layout(tmp_path):
+    path = shared_path("vad_groundtruth", "ST_gt.npz")
+    labels = S.load_st_layout(str(path))
+    assert len(labels) == 107 and sum(v.size for v in labels.values()) == 40791
+    names = ("01_0014", "03_0059", "12_0175", "04_0011")
+    cfg = tiny_config(test_videos=names, snippet_span=15)
+    b = S.generate(str(tmp_path / "st"), labels, cfg)
+    assert [v["name"] for v in b.test_videos] == list(names)
+    snip = np.load(tmp_path / "st" / "test_snippet_labels.npy")
+    for v in b.test_videos:
+        gt = labels[v["name"]]
+        assert v["n_frames"] == gt.size and v["count"] == gt.size - 15
+        np.testing.assert_array_equal(snip[v["start"]:v["start"] + v["count"]], gt[8:8 + v["count"]])
+        np.testing.assert_array_equal(b.labels[v["name"]], gt)
+
+
+# ----------------------------------------------------------------------------- benchmark
+
+
+def tiny_settings(**kw):
+    base = dict(knn_k=64, kmeans_ks=(4, 16), kmeans_iter=5, n_tables=4, n_bits=8, iterations=4, batch_size=32,
+                queue_size=128, max_offset=20, isolate=False)
+    base.update(kw)
+    return T2.Settings(**base)
+
+
+def test_run_table2_smoke(tmp_path):
+    labels = toy_labels()
+    cfg = tiny_config()
+    S.generate(str(tmp_path / "data"), labels, cfg)
+    s = tiny_settings()
+    res = T2.run_table2(str(tmp_path / "data"), str(tmp_path / "out"), s, command="pytest", dataset="tiny",
+                        progress=False, log=lambda *a, **k: None)
+    keys = [r["key"] for r in res["rows"]]
+    assert keys == ["knn", "kmeans4", "kmeans16", "lsh", "llsh", "light", "squared"]
+    n, m, d, b, r = cfg.n_train, res["data"]["n_test"], 32, 4, 8
+    assert res["data"]["n_train"] == n and m == sum(v.size - cfg.snippet_span for v in labels.values())
+    rows = {r_["key"]: r_ for r_ in res["rows"]}
+    for row in res["rows"]:
+        assert 0.0 <= row["macro_auc"] <= 1.0 and 0.0 <= row["micro_auc"] <= 1.0
+        assert row["n_single_class"] == 2  # the all-normal and the all-anomalous toy videos
+        assert row["disk_bytes"] == os.path.getsize(row["model_path"]) > 0
+        assert row["build_s"] >= 0 and row["score_s"] > 0
+        assert set(row["build_mem"]) >= {"peak_rss_mb", "peak_anon_mb"}
+    # formulas
+    assert rows["knn"]["mults_formula_per_query"] == n * d
+    assert rows["knn"]["mults_counted_total"] == m * (n * d + 2 * d)
+    for k in (4, 16):
+        assert rows[f"kmeans{k}"]["mults_formula_per_query"] == k * d
+        assert rows[f"kmeans{k}"]["mults_counted_total"] == m * (k * d + d)
+    for key in ("lsh", "llsh"):
+        nc = rows[key]["n_compared"]
+        assert 0 < nc <= m * b * n
+        assert rows[key]["mults_formula_per_query"] == pytest.approx(d * b * r + nc / m * r)
+        assert rows[key]["mults_counted_total"] == m * (d * b * r + 2 * d) + nc * r
+    for key, per in (("light", 2 * r), ("squared", 2 * r + 3)):
+        nc = rows[key]["n_compared"]
+        assert 0 < nc <= m * b  # one bucket statistic per hit table
+        assert rows[key]["mults_counted_total"] == m * (d * b * r + 2 * d) + nc * per
+    assert rows["light"]["mults_formula_per_query"] == d * b * r + b * r
+    assert rows["squared"]["mults_formula_per_query"] == d * b * r + 2 * b * r
+    # trained rows share the trained layers; light/squared files hold bucket statistics only
+    assert rows["llsh"]["train_s"] == rows["light"]["train_s"] > 0 and rows["lsh"]["train_s"] == 0
+    assert rows["light"]["disk_bytes"] < rows["llsh"]["disk_bytes"]
+    assert rows["light"]["n_compared"] == rows["squared"]["n_compared"]
+    # files
+    out = tmp_path / "out"
+    for f in ("table2.md", "table2.json", "table2.png"):
+        assert (out / f).stat().st_size > 0
+    assert (out / "table2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    js = json.loads((out / "table2.json").read_text())
+    assert [r_["key"] for r_ in js["rows"]] == keys and js["settings"]["knn_k"] == 64
+    md = (out / "table2.md").read_text()
+    for row in res["rows"]:
+        assert f"| {row['name']} |" in md
+    assert {t["target"].split()[0] for t in res["targets"]} >= {"LLSH", "disk"}
+
+
+def test_run_table2_isolated_worker(tmp_path):
+    """The subprocess path (one worker per method, peak RSS reset per phase)."""
+    S.generate(str(tmp_path / "data"), toy_labels(), tiny_config())
+    res = T2.run_table2(str(tmp_path / "data"), str(tmp_path / "out"),
+                        tiny_settings(isolate=True, methods=("kmeans4",), kmeans_ks=(4,)), progress=False,
+                        log=lambda *a, **k: None)
+    (row,) = res["rows"]
+    assert row["key"] == "kmeans4" and 0 <= row["macro_auc"] <= 1
+    assert (tmp_path / "out" / "jobs" / "kmeans4.result.json").exists()
+    assert row["build_mem"]["peak_rss_mb"] >= 0
+
+
+def test_features_dir_layout_converts(tmp_path):
+    rng = np.random.default_rng(0)
+    src = tmp_path / "feats"
+    (src / "train").mkdir(parents=True)
+    (src / "test").mkdir()
+    train = [rng.standard_normal((n, 8)).astype(np.float32) for n in (30, 5, 12)]
+    for i, a in enumerate(train):
+        np.save(src / "train" / f"v{i + 1}.npy", a)
+    labels = {"t1": np.r_[np.zeros(10), np.ones(5)].astype(np.uint8), "t2": np.zeros(9, np.uint8)}
+    tests = {"t1": rng.standard_normal((12, 8)), "t2": rng.standard_normal((9, 8)).astype(np.float32)}
+    for k, a in tests.items():
+        np.save(src / "test" / f"{k}.npy", a)
+    np.savez(src / "labels.npz", **labels)
+    root = T2.prepare_features_dir(str(src), str(tmp_path / "bundle"))
+    b = S.open_bundle(root)
+    np.testing.assert_array_equal(np.asarray(b.train), np.concatenate(train))
+    assert np.bincount(b.train_video_ids).tolist() == [30, 5, 12]
+    np.testing.assert_allclose(np.asarray(b.test), np.concatenate([tests["t1"], tests["t2"]]).astype(np.float32))
+    assert [(v["name"], v["count"], v["n_frames"]) for v in b.test_videos] == [("t1", 12, 15), ("t2", 9, 9)]
+    assert T2.prepare_features_dir(root, "unused") == root  # a bundle is used as is
+
+
+def test_ped2_option_fails_clearly_when_absent(tmp_path):
+    missing = tmp_path / "ped2_demo.npz"
+    with pytest.raises(SystemExit, match="does not exist"):
+        T2.prepare_ped2(str(missing), str(tmp_path / "cache"))
+
+
+def test_ped2_demo_features_convert(tmp_path):
+    path = ROOT / "llsh_index" / "data" / "ped2_demo.npz"
+    if not path.exists():
+        pytest.skip(f"Ped2 demo features not found at {path} (made by scripts/make_demo_features.py)")
+    datasets = pytest.importorskip("llsh_index.datasets")
+    if not hasattr(datasets, "load_ped2_demo"):
+        pytest.skip("llsh_index.datasets.load_ped2_demo is not available")
+    demo = datasets.load_ped2_demo(path)
+    b = S.open_bundle(T2.prepare_ped2(str(path), str(tmp_path / "ped2")))
+    assert b.dim == demo.dim
+    assert b.n_train == sum(a.shape[0] for a in demo.train.values())
+    assert len(b.manifest["train_videos"]) == len(demo.train)
+    assert [v["name"] for v in b.test_videos] == sorted(demo.test)
+    for v in b.test_videos:
+        np.testing.assert_array_equal(b.labels[v["name"]], demo.test_labels[v["name"]])
+        np.testing.assert_allclose(b.test[v["start"]:v["start"] + v["count"]], demo.test[v["name"]], rtol=1e-6)
