@@ -330,20 +330,34 @@ class LearnableLSHIndex:
             self._tables = {k: _move(v, self.device) for k, v in merged.items()}
         return self
 
+    def empty_like(self, **overrides) -> "LearnableLSHIndex":
+        """A new, empty index with the same (trained) hash layers and settings, some overridden.
+
+        E.g. index.empty_like(mode="light", store_codes=False) for light-LLSH on the same layers,
+        or one empty shard per worker.  Overridable: mode, miss_value, code_dtype, store_codes,
+        batch_size, n_threads.
+        """
+        allowed = {"mode", "miss_value", "code_dtype", "store_codes", "batch_size", "n_threads"}
+        bad = sorted(set(overrides) - allowed)
+        if bad:
+            raise ConfigError(f"empty_like: expected overrides among {sorted(allowed)}, got {bad}")
+        if self.encoder is None:
+            raise NotFittedError("empty_like: the index has no hash layers yet (no fit() or add())")
+        settings = dict(mode=self.mode, miss_value=self.miss_value, code_dtype=self.code_dtype,
+                        store_codes=self.store_codes, batch_size=self.batch_size, n_threads=self.n_threads)
+        settings.update(overrides)
+        out = type(self)(self.dim, self.n_tables, self.n_bits, seed=self.seed, **settings)
+        out.encoder.weight.data.copy_(self.encoder.weight.detach().cpu())
+        out.training_log_ = self.training_log_
+        return out.to(self.device) if self.device != "cpu" else out
+
     @classmethod
     def merge_all(cls, indexes) -> "LearnableLSHIndex":
         """A new index holding the items of every index in order (all share the same hash layers)."""
         indexes = list(indexes)
         if not indexes:
             raise ConfigError("merge_all: expected at least one index, got none")
-        first = indexes[0]
-        out = cls(first.dim, first.n_tables, first.n_bits, mode=first.mode, miss_value=first.miss_value,
-                  code_dtype=first.code_dtype, store_codes=first.store_codes, seed=first.seed,
-                  batch_size=first.batch_size, n_threads=first.n_threads)
-        if first.encoder is None:
-            raise NotFittedError("merge_all: the first index has no hash layers")
-        out.encoder.weight.data.copy_(first.encoder.weight.detach().cpu())
-        out.training_log_ = first.training_log_
+        out = indexes[0].empty_like()
         for index in indexes:
             out.merge(index)
         return out

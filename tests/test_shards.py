@@ -9,7 +9,7 @@ def shards_of(x, cuts, **kw):
     base = LearnableLSHIndex(x.shape[1], n_tables=4, n_bits=10, seed=5, **kw)
     out = []
     for part in np.split(x, cuts):
-        s = LearnableLSHIndex.merge_all([base])  # same layers, empty
+        s = base.empty_like()
         out.append(s.add(part))
     return base, out
 

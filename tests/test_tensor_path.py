@@ -82,7 +82,7 @@ def test_tensor_path_matches_numpy_path(rng, fake_device, tmp_path, code_dtype, 
 def test_tensor_path_merge(rng, fake_device):
     x = data(rng)
     a = LearnableLSHIndex(24, n_tables=3, n_bits=10).add(torch.from_numpy(x[:700]))
-    b = LearnableLSHIndex.merge_all([LearnableLSHIndex(24, n_tables=3, n_bits=10)])
+    b = a.empty_like()
     b.add(torch.from_numpy(x[700:]))
     merged = LearnableLSHIndex.merge_all([a, b])
     single = LearnableLSHIndex(24, n_tables=3, n_bits=10).add(x)

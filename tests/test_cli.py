@@ -1,0 +1,74 @@
+"""The llsh-index command line: the fit -> build -> score -> evaluate -> plot chain, and the demo."""
+import json
+
+import numpy as np
+import pytest
+
+from llsh_index import metrics
+from llsh_index.cli import frame_scores, main
+
+
+@pytest.fixture
+def feature_files(tmp_path, rng):
+    from llsh_index.video import save_features
+
+    d = 32
+    base = rng.standard_normal(d)
+    train = {f"v{i}": (base + 0.3 * rng.standard_normal((80, d))).astype(np.float32) for i in range(4)}
+    test, labels, fidx = {}, {}, {}
+    for i in range(3):
+        x = (base + 0.3 * rng.standard_normal((60, d))).astype(np.float32)
+        x[30:45] += 3.0 * rng.standard_normal(d).astype(np.float32)  # an anomalous stretch
+        test[f"t{i}"] = x[::2]                                        # one snippet every 2 frames
+        fidx[f"t{i}"] = np.arange(0, 60, 2)
+        labels[f"t{i}"] = np.r_[np.zeros(30), np.ones(15), np.zeros(15)].astype(np.uint8)
+    save_features(tmp_path / "train.npz", train, {"extractor": "test"})
+    save_features(tmp_path / "test.npz", test, {"extractor": "test"}, labels_by_video=labels,
+                  frame_index_by_video=fidx, n_frames_by_video={k: 60 for k in test})
+    return tmp_path, labels
+
+
+def test_frame_scores_interpolates_between_aligned_snippets():
+    s = frame_scores(np.array([0.0, 2.0, 4.0]), np.array([1, 3, 5]), 7)
+    np.testing.assert_allclose(s, [0, 0, 1, 2, 3, 4, 4])
+    np.testing.assert_allclose(frame_scores(np.array([1.0, 2.0]), None, None), [1, 2])
+
+
+def test_fit_build_score_evaluate_plot(feature_files, capsys):
+    tmp, labels = feature_files
+    p = lambda name: str(tmp / name)  # noqa: E731
+    assert main(["fit", "--features", p("train.npz"), "--out", p("layers.llsh"), "--n-tables", "4",
+                 "--n-bits", "8", "--iterations", "20", "--batch-size", "32", "--queue-size", "64",
+                 "--max-offset", "10", "--quiet"]) == 0
+    assert main(["build", "--model", p("layers.llsh"), "--features", p("train.npz"), "--out", p("index.llsh"),
+                 "--quiet"]) == 0
+    assert main(["score", "--index", p("index.llsh"), "--features", p("test.npz"), "--out", p("scores.npz"),
+                 "--csv", p("scores.csv")]) == 0
+    with np.load(p("scores.npz")) as z:
+        scores = {k: z[k] for k in z.files if k != "__meta__"}
+    assert set(scores) == {"t0", "t1", "t2"} and all(len(v) == 60 for v in scores.values())
+    assert open(p("scores.csv")).read().count("\n") == 1 + 3 * 60
+    assert main(["evaluate", "--scores", p("scores.npz"), "--labels", p("test.npz"), "--json", p("auc.json")]) == 0
+    got = json.load(open(p("auc.json")))
+    expected = metrics.evaluate(scores, labels, sigma=12)
+    assert got["micro_auc"] == pytest.approx(expected.micro.auc) and got["micro_auc"] > 0.8
+    assert main(["plot", "--scores", p("scores.npz"), "--labels", p("test.npz"), "--out", p("curves.png")]) == 0
+    assert (tmp / "curves.png").stat().st_size > 10_000
+    assert "micro-AUC" in capsys.readouterr().out
+
+
+def test_errors_are_reported_not_raised(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="score file not found"):
+        main(["evaluate", "--scores", str(tmp_path / "missing.npz"), "--labels", str(tmp_path / "nope.npz")])
+    assert main(["score", "--index", __file__, "--features", __file__, "--out", str(tmp_path / "s.npz")]) == 2
+    assert "not an llsh_index file" in capsys.readouterr().err
+
+
+def test_demo_runs_on_the_bundled_features(tmp_path):
+    from llsh_index.cli import run_demo
+
+    summary = run_demo(str(tmp_path), training={"iterations": 100}, quiet=True)
+    names = [r["method"] for r in summary["rows"]]
+    assert names[:3] == ["LSH", "LLSH", "light-LLSH"] and any(n.startswith("KNN") for n in names)
+    assert all(0.0 <= r["micro_auc"] <= 1.0 for r in summary["rows"])
+    assert (tmp_path / "ped2_scores.png").exists() and (tmp_path / "ped2_llsh.llsh").exists()
