@@ -16,6 +16,15 @@ from .index import LearnableLSHIndex
 __version__ = "0.1.0"
 
 
+def __getattr__(name):
+    # scikit-learn is only imported when the detector is asked for
+    if name == "LLSHDetector":
+        from .sklearn import LLSHDetector
+
+        return LLSHDetector
+    raise AttributeError(f"module 'llsh_index' has no attribute {name!r}")
+
+
 def cuda_available(verbose: bool = False) -> Union[bool, Tuple[bool, str]]:
     """Whether the CUDA engine can run here: built with CUDA, and a device is present.
 
@@ -34,6 +43,6 @@ def cuda_available(verbose: bool = False) -> Union[bool, Tuple[bool, str]]:
     return (ok, why) if verbose else ok
 
 
-__all__ = ["LearnableLSHIndex", "cuda_available", "LLSHError", "InvalidInputError", "InvalidDTypeError",
+__all__ = ["LearnableLSHIndex", "LLSHDetector", "cuda_available", "LLSHError", "InvalidInputError", "InvalidDTypeError",
            "DeviceMismatchError", "NotFittedError", "ConfigError", "IndexFormatError", "IndexStateError",
            "CudaUnavailableError", "__version__"]

@@ -4,6 +4,7 @@ Every check raises a typed error (llsh_index.errors) naming what was expected an
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Optional
 
 import numpy as np
@@ -83,7 +84,9 @@ def check_features(x: Any, name: str = "features", dim: Optional[int] = None, de
             x = x.astype(x.dtype.newbyteorder("="))
         if any(st < 0 for st in x.strides) or any(st % x.itemsize for st in x.strides):
             x = np.ascontiguousarray(x)  # the strides torch cannot view: the only whole copy
-        t = torch.from_numpy(x)
+        with warnings.catch_warnings():  # read-only arrays (memmaps) are fine: the index never writes to them
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            t = torch.from_numpy(x)
     if want_cuda and str(t.device) != device and device != "cuda":
         raise DeviceMismatchError(f"{name}: expected data on {device}, got data on {t.device}")
     # No dtype conversion or copy here: the index converts chunk by chunk, so a float64 or strided

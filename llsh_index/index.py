@@ -90,6 +90,16 @@ class LearnableLSHIndex:
             self._make_encoder(self.dim)
 
     # ------------------------------------------------------------------ state
+    def __getstate__(self):
+        # in-memory pickling (multiprocessing, joblib, Ray); files use save(), which never pickles
+        state = self.__dict__.copy()
+        del state["_write_lock"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._write_lock = threading.Lock()
+
     @property
     def ntotal(self) -> int:
         """Number of items added."""

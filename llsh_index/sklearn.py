@@ -1,0 +1,103 @@
+"""LLSHDetector: the index as a scikit-learn outlier detector (and so a PyOD-style component).
+
+    from llsh_index.sklearn import LLSHDetector
+    det = LLSHDetector(contamination=0.05).fit(X_normal)
+    det.predict(X_new)            # +1 inlier, -1 outlier
+    det.score_samples(X_new)      # higher = more normal (scikit-learn's convention)
+
+Follows scikit-learn's outlier-detector API: score_samples is the negated anomaly score,
+decision_function = score_samples - offset_, and offset_ is the `contamination` quantile of the
+training scores, so about that fraction of the training data is flagged.
+"""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from .index import LearnableLSHIndex
+
+
+class LLSHDetector(OutlierMixin, BaseEstimator):
+    """Learnable-LSH outlier detector.
+
+    Parameters
+    ----------
+    n_tables, n_bits, mode, miss_value, seed : as LearnableLSHIndex.
+    contamination : expected fraction of outliers in the training data, in (0, 0.5].
+    train : train the hash layers with MoCo before indexing (False = plain LSH).
+    iterations, lr, batch_size, queue_size, max_offset, n_neighbors : as LearnableLSHIndex.fit.
+    fit(X, y=None, video_ids=None): video_ids give temporal positives; without them positives are
+    feature-space neighbours.
+    """
+
+    def __init__(self, n_tables=8, n_bits=32, mode="mean", miss_value=None, contamination=0.1, train=True,
+                 iterations=60, lr=1e-3, batch_size=256, queue_size=8192, max_offset=150, n_neighbors=10, seed=0):
+        self.n_tables = n_tables
+        self.n_bits = n_bits
+        self.mode = mode
+        self.miss_value = miss_value
+        self.contamination = contamination
+        self.train = train
+        self.iterations = iterations
+        self.lr = lr
+        self.batch_size = batch_size
+        self.queue_size = queue_size
+        self.max_offset = max_offset
+        self.n_neighbors = n_neighbors
+        self.seed = seed
+
+    def fit(self, X, y=None, video_ids=None):
+        X = validate_data(self, X, dtype=[np.float32, np.float64], ensure_min_samples=2)
+        if not (isinstance(self.contamination, (int, float)) and 0.0 < self.contamination <= 0.5):
+            raise ValueError(f"contamination: expected a number in (0, 0.5], got {self.contamination!r}")
+        index = LearnableLSHIndex(X.shape[1], n_tables=self.n_tables, n_bits=self.n_bits, mode=self.mode,
+                                  miss_value=self.miss_value, store_codes=self.mode == "mean", seed=self.seed)
+        if self.train:
+            index.fit(X, video_ids=video_ids, iterations=self.iterations, lr=self.lr, batch_size=self.batch_size,
+                      queue_size=self.queue_size, max_offset=self.max_offset, n_neighbors=self.n_neighbors,
+                      progress=False)
+        index.add(X)
+        self.index_ = index
+        self.offset_ = float(np.percentile(-self._leave_one_out_scores(X), 100.0 * self.contamination))
+        return self
+
+    def _leave_one_out_scores(self, X) -> np.ndarray:
+        """Anomaly scores of the training rows with each row left out of its own buckets.
+
+        A training row sits in its own bucket at distance 0, so its plain score is biased low and
+        a threshold taken on it would flag far more than `contamination` of new normal data.  The
+        shards' partial sums give the exact leave-one-out value: remove one item at distance 0.
+        """
+        index = self.index_
+        mode = index.mode
+        part = index.partial_scores(X, mode)
+        count = part["count"] - 1
+        hit = count > 0
+        dist = np.full(count.shape, index.default_miss_value(mode))
+        if mode == "light":
+            q = part["query_codes"].astype(np.float64)
+            mean_code = (part["sum"][hit] - q[hit]) / count[hit][:, None]
+            dist[hit] = np.sqrt(((q[hit] - mean_code) ** 2).sum(axis=1))
+        else:
+            dist[hit] = part["sum"][hit] / count[hit]
+        return dist.min(axis=1)
+
+    def score_samples(self, X):
+        """Negated anomaly score (higher = more normal), as scikit-learn detectors return."""
+        check_is_fitted(self, "index_")
+        X = validate_data(self, X, dtype=[np.float32, np.float64], reset=False)
+        return -np.asarray(self.index_.score(X), dtype=np.float64)
+
+    def decision_function(self, X):
+        """score_samples - offset_: negative for outliers."""
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X):
+        """+1 for inliers, -1 for outliers."""
+        return np.where(self.decision_function(X) >= 0, 1, -1)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        return tags

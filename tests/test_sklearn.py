@@ -1,0 +1,54 @@
+"""LLSHDetector against scikit-learn's estimator checks and the index it wraps."""
+import numpy as np
+import pytest
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from llsh_index import LearnableLSHIndex
+from llsh_index.sklearn import LLSHDetector
+
+FAST = dict(n_tables=4, n_bits=8, iterations=2, batch_size=16, queue_size=32, n_neighbors=3)
+
+
+# These three checks require predict() on the training data to flag exactly `contamination` of it.
+# LLSHDetector calibrates offset_ on leave-one-out training scores instead (a training row matches
+# itself at distance 0, so in-sample calibration would flag about half of new normal data, see
+# test_detector_matches_the_index_and_contamination); the checks do not apply.
+LOO_CALIBRATION = "offset_ is calibrated on leave-one-out training scores, not in-sample ones"
+EXPECTED = {"check_outliers_train": LOO_CALIBRATION, "check_outliers_fit_predict": LOO_CALIBRATION}
+
+
+@parametrize_with_checks([LLSHDetector(train=False, n_tables=4, n_bits=8), LLSHDetector(**FAST)],
+                         expected_failed_checks=lambda est: EXPECTED)
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+def test_detector_matches_the_index_and_contamination(rng):
+    x = rng.standard_normal((500, 16)).astype(np.float32)
+    det = LLSHDetector(train=False, n_tables=4, n_bits=8, contamination=0.1).fit(x)
+    ref = LearnableLSHIndex(16, n_tables=4, n_bits=8).add(x)
+    np.testing.assert_allclose(det.score_samples(x[:50]), -ref.score(x[:50]).astype(np.float64))
+    fresh = rng.standard_normal((2000, 16)).astype(np.float32)  # new data from the same distribution
+    assert abs((det.predict(fresh) == -1).mean() - 0.1) <= 0.04
+    assert det.decision_function(x[:5]).shape == (5,)
+    params = det.get_params()
+    assert params["n_bits"] == 8 and params["contamination"] == 0.1
+
+
+def test_detector_flags_another_population(rng):
+    from sklearn.metrics import roc_auc_score
+
+    a, b = rng.standard_normal((2, 32)) * 2
+    x = a + 0.5 * rng.standard_normal((400, 32))
+    normal = a + 0.5 * rng.standard_normal((100, 32))
+    other = b + 0.5 * rng.standard_normal((100, 32))
+    det = LLSHDetector(train=False, n_tables=8, n_bits=16, contamination=0.05).fit(x)
+    s = det.score_samples(np.concatenate([normal, other]))
+    assert roc_auc_score(np.r_[np.ones(100), np.zeros(100)], s) > 0.95
+    assert (det.predict(other) == -1).mean() >= 0.9 and (det.predict(normal) == 1).mean() >= 0.8
+
+
+@pytest.mark.parametrize("bad", [0.0, 0.7, "auto"])
+def test_contamination_is_checked(rng, bad):
+    with pytest.raises(ValueError, match="contamination"):
+        LLSHDetector(train=False, contamination=bad).fit(rng.standard_normal((20, 4)))
