@@ -1,7 +1,6 @@
 #include "build_tables.h"
 
 #include <algorithm>
-#include <numeric>
 
 #include "llsh/common.h"
 
@@ -9,44 +8,55 @@ namespace llsh {
 
 namespace {
 
-// One table: its unique keys, bucket sizes and stats, gathered rows.
-template <typename CodeT>
-struct OneTable {
-  std::vector<uint64_t> keys;
-  std::vector<int64_t> sizes;
-  std::vector<double> sum, sqnorm;
+// A row of one table while sorting: sorting these records, rather than an index array, makes the
+// comparisons read contiguous memory instead of chasing keys[] at random.
+struct Record {
+  uint64_t key;
+  int64_t id;
+  int64_t row;
 };
 
-template <typename CodeT>
-void build_one(const uint64_t* keys, const CodeT* codes, const int64_t* ids, int64_t n, int64_t r,
-               bool keep_codes, OneTable<CodeT>& t, int64_t* ids_out, CodeT* codes_out) {
-  std::vector<int64_t> perm(n);
-  std::iota(perm.begin(), perm.end(), int64_t(0));
-  // (key, id) order: ids are unique, so the order is total and independent of input order.
-  std::sort(perm.begin(), perm.end(), [&](int64_t a, int64_t b) {
-    return keys[a] != keys[b] ? keys[a] < keys[b] : ids[a] < ids[b];
+// Sorts one table's rows by (key, id) and returns its number of distinct keys.  ids are unique,
+// so the order is total and independent of the input order.
+int64_t sort_table(const uint64_t* keys, const int64_t* ids, int64_t n, std::vector<Record>& rec) {
+  rec.resize(n);
+  for (int64_t i = 0; i < n; ++i) rec[i] = {keys[i], ids[i], i};
+  std::sort(rec.begin(), rec.end(), [](const Record& a, const Record& b) {
+    return a.key != b.key ? a.key < b.key : a.id < b.id;
   });
-  std::vector<double> acc(r);
+  int64_t unique = 0;
+  for (int64_t i = 0; i < n; ++i) unique += (i == 0 || rec[i].key != rec[i - 1].key);
+  return unique;
+}
+
+// Segments one sorted table straight into the output arrays: bucket u0.. of the table, rows
+// row0.. of `codes`/`ids`; gathers the codes and reduces the per-bucket statistics in float64.
+template <typename CodeT>
+void fill_table(const std::vector<Record>& rec, const CodeT* codes, const int64_t* ids, int64_t r, bool keep_codes,
+                int64_t u0, int64_t row0, BuiltTables<CodeT>& out) {
+  const int64_t n = (int64_t)rec.size();
+  int64_t u = u0;
   for (int64_t i = 0; i < n;) {
-    const uint64_t key = keys[perm[i]];
-    int64_t j = i;
-    std::fill(acc.begin(), acc.end(), 0.0);
+    const uint64_t key = rec[i].key;
+    double* acc = out.bucket_sum.data() + u * r;
+    std::fill(acc, acc + r, 0.0);
     double sq = 0.0;
-    for (; j < n && keys[perm[j]] == key; ++j) {
-      const int64_t src = perm[j];
+    int64_t j = i;
+    for (; j < n && rec[j].key == key; ++j) {
+      const int64_t src = rec[j].row;
       const CodeT* c = codes + src * r;
-      ids_out[j] = ids[src];
-      if (keep_codes) std::copy(c, c + r, codes_out + j * r);
+      out.ids[row0 + j] = ids[src];
+      if (keep_codes) std::copy(c, c + r, out.codes.data() + (row0 + j) * r);
       for (int64_t k = 0; k < r; ++k) {
         const double v = load_code(c[k]);
         acc[k] += v;
         sq += v * v;
       }
     }
-    t.keys.push_back(key);
-    t.sizes.push_back(j - i);
-    t.sum.insert(t.sum.end(), acc.begin(), acc.end());
-    t.sqnorm.push_back(sq);
+    out.keys[u] = key;
+    out.offsets[u] = row0 + i;
+    out.bucket_sqnorm[u] = sq;
+    ++u;
     i = j;
   }
 }
@@ -56,29 +66,30 @@ void build_one(const uint64_t* keys, const CodeT* codes, const int64_t* ids, int
 template <typename CodeT>
 void build_tables_cpu(const uint64_t* keys, const CodeT* codes, const int64_t* ids, int64_t n_tables,
                       int64_t n, int64_t n_bits, bool keep_codes, int n_threads, BuiltTables<CodeT>& out) {
-  std::vector<OneTable<CodeT>> tables(n_tables);
-  out.ids.assign(n_tables * n, 0);
-  out.codes.assign(keep_codes ? n_tables * n * n_bits : 0, CodeT());
+  // Pass 1: sort each table and count its buckets; pass 2: fill preallocated outputs in place
+  // (no per-table buffers to concatenate afterwards).
+  std::vector<std::vector<Record>> sorted(n_tables);
+  std::vector<int64_t> n_unique(n_tables);
+  parallel_for(n_tables, n_threads, [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) n_unique[j] = sort_table(keys + j * n, ids + j * n, n, sorted[j]);
+  });
+  out.table_start.assign(n_tables + 1, 0);
+  for (int64_t j = 0; j < n_tables; ++j) out.table_start[j + 1] = out.table_start[j] + n_unique[j];
+  const int64_t U = out.table_start[n_tables];
+  out.keys.resize(U);
+  out.offsets.resize(U + 1);
+  out.offsets[U] = n_tables * n;
+  out.bucket_sum.resize(U * n_bits);
+  out.bucket_sqnorm.resize(U);
+  out.ids.resize(n_tables * n);
+  out.codes.resize(keep_codes ? n_tables * n * n_bits : 0);
   parallel_for(n_tables, n_threads, [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) {
-      build_one<CodeT>(keys + j * n, codes + j * n * n_bits, ids + j * n, n, n_bits, keep_codes, tables[j],
-                       out.ids.data() + j * n, keep_codes ? out.codes.data() + j * n * n_bits : nullptr);
+      fill_table<CodeT>(sorted[j], codes + j * n * n_bits, ids + j * n, n_bits, keep_codes, out.table_start[j],
+                        j * n, out);
+      std::vector<Record>().swap(sorted[j]);  // free as we go
     }
   });
-  out.keys.clear();
-  out.offsets.clear();
-  out.bucket_sum.clear();
-  out.bucket_sqnorm.clear();
-  out.table_start.assign(1, 0);
-  int64_t row = 0;
-  for (auto& t : tables) {
-    out.keys.insert(out.keys.end(), t.keys.begin(), t.keys.end());
-    for (int64_t s : t.sizes) { out.offsets.push_back(row); row += s; }
-    out.bucket_sum.insert(out.bucket_sum.end(), t.sum.begin(), t.sum.end());
-    out.bucket_sqnorm.insert(out.bucket_sqnorm.end(), t.sqnorm.begin(), t.sqnorm.end());
-    out.table_start.push_back((int64_t)out.keys.size());
-  }
-  out.offsets.push_back(row);
 }
 
 template void build_tables_cpu<float>(const uint64_t*, const float*, const int64_t*, int64_t, int64_t, int64_t,
