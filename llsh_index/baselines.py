@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -250,34 +249,11 @@ def _make_flat_index(dim: int, inner_product: bool, use_gpu: bool) -> tuple[Any,
 
 
 def _atomic_savez(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
-    """``np.savez`` to a temporary file in the target directory, fsync, ``os.replace``.
+    """``np.savez`` written atomically (llsh_index.io.atomic_write), at exactly ``path``."""
+    from .io import atomic_write
 
-    The file is written at exactly ``path`` (no ``.npz`` suffix is appended).
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename durable; not possible on every platform / filesystem
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    with atomic_write(path) as f:
+        np.savez(f, **arrays)
 
 
 def _header_array(scorer: str, params: dict, **extra: Any) -> np.ndarray:

@@ -66,16 +66,10 @@ def frame_scores(snippet_scores: np.ndarray, frame_index: Optional[np.ndarray], 
 
 
 def _save_scores(path: str, scores: Dict[str, np.ndarray], meta: dict) -> None:
-    import tempfile
+    from .io import atomic_write
 
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".scores-", suffix=".npz", dir=folder)
-    with os.fdopen(fd, "wb") as f:
-        np.savez(f, __meta__=np.array(json.dumps(meta)), **{k: v for k, v in scores.items()})
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        np.savez(f, __meta__=np.array(json.dumps(meta)), **scores)
 
 
 def _load_scores(path: str) -> Dict[str, np.ndarray]:

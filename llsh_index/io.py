@@ -19,13 +19,14 @@ load() at a large foreign file costs one 24-byte read.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import secrets
 import struct
 import zlib
-from typing import Dict, Tuple
+from typing import BinaryIO, Iterator, Dict, Tuple
 
 import numpy as np
 
@@ -42,6 +43,48 @@ _MAX_NDIM = 32
 
 def _crc(buf) -> int:
     return zlib.crc32(buf) & 0xFFFFFFFF
+
+
+@contextlib.contextmanager
+def atomic_write(path) -> Iterator[BinaryIO]:
+    """Opens a temporary file beside `path` for binary writing; on success fsyncs it, renames it
+    over `path` and fsyncs the folder, so a crash at any point leaves the old file or the new one,
+    never a mix.  On an exception the temporary file is removed and `path` is untouched.
+
+    Every writer of the package goes through here (indexes, scorers, feature and score files).
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    # O_EXCL with a random name instead of tempfile.mkstemp: mkstemp creates the file 0600, which
+    # the rename would then give to the saved file; os.open applies the umask like any new file.
+    while True:
+        tmp = os.path.join(folder, f".llsh-{secrets.token_hex(8)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            break
+        except FileExistsError:
+            continue
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
 
 
 def write_container(path: str, kind: str, meta: dict, arrays: Dict[str, np.ndarray]) -> int:
@@ -66,39 +109,11 @@ def write_container(path: str, kind: str, meta: dict, arrays: Dict[str, np.ndarr
         payload_crc = zlib.crc32(blob, payload_crc)
     header = json.dumps({"kind": kind, "meta": meta, "arrays": entries, "payload_bytes": offset,
                          "payload_crc32": payload_crc & 0xFFFFFFFF}).encode("utf-8")
-    folder = os.path.dirname(os.path.abspath(path))
-    # O_EXCL with a random name instead of tempfile.mkstemp: mkstemp creates the file 0600, which
-    # the rename would then give to the saved index; os.open applies the umask like any new file.
-    while True:
-        tmp = os.path.join(folder, f".llsh-{secrets.token_hex(8)}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-            break
-        except FileExistsError:
-            continue
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(_PREFIX.pack(MAGIC, FORMAT_VERSION, len(header), _crc(header)))
-            f.write(header)
-            for blob in blobs:
-                f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+    with atomic_write(path) as f:
+        f.write(_PREFIX.pack(MAGIC, FORMAT_VERSION, len(header), _crc(header)))
+        f.write(header)
+        for blob in blobs:
+            f.write(blob)
     return os.path.getsize(path)
 
 

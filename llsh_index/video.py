@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from collections import deque
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
@@ -884,45 +883,11 @@ def save_features(path: Union[str, os.PathLike], features_by_video: Mapping[str,
                      n_frames=n_frames, dim=int(dims.pop()) if dims else int(full_meta.get("dim", 0)), dtype=dtype)
     arrays["meta"] = np.array(json.dumps(full_meta))
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".features-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            (np.savez_compressed if compress else np.savez)(fh, **arrays)
-            fh.flush()
-            os.chmod(tmp, _new_file_mode(path))  # mkstemp makes it 0600
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename durable
-        dfd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    from .io import atomic_write
+
+    with atomic_write(path) as fh:
+        (np.savez_compressed if compress else np.savez)(fh, **arrays)
     return os.path.getsize(path)
-
-
-def _new_file_mode(path: str) -> int:
-    """Mode of the file being replaced, else what open() would give (0o666 minus the umask)."""
-    try:
-        return os.stat(path).st_mode & 0o7777
-    except OSError:
-        pass
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return 0o666 & ~int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)  # not thread-safe, only where /proc is missing
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 def load_feature_file(path: Union[str, os.PathLike]) -> FeatureFile:
