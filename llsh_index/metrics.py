@@ -181,18 +181,25 @@ def _to_numpy(x: Any, what: str) -> np.ndarray:
     return arr
 
 
-def _as_score_array(x: Any, what: str) -> np.ndarray:
+def _as_1d_numeric(x: Any, what: str, kind: str, empty: str, shape_error: type) -> np.ndarray:
+    """The checks scores and labels share: a real numeric, 1-D, non-empty array."""
     arr = _to_numpy(x, what)
     if arr.dtype == object or not (
         np.issubdtype(arr.dtype, np.floating)
         or np.issubdtype(arr.dtype, np.integer)
         or arr.dtype == np.bool_
     ):
-        raise MetricsTypeError(f"{what}: expected a real numeric array, got dtype {arr.dtype}")
+        raise MetricsTypeError(f"{what}: expected a {kind}, got dtype {arr.dtype}")
     if arr.ndim != 1:
-        raise MetricsError(f"{what}: expected a 1-D array, got shape {arr.shape}")
+        raise shape_error(f"{what}: expected a 1-D {'label ' if shape_error is InvalidLabelError else ''}array, "
+                          f"got shape {arr.shape}")
     if arr.size == 0:
-        raise EmptyInputError(f"{what}: expected at least 1 score, got 0")
+        raise EmptyInputError(f"{what}: expected at least 1 {empty}, got 0")
+    return arr
+
+
+def _as_score_array(x: Any, what: str) -> np.ndarray:
+    arr = _as_1d_numeric(x, what, "real numeric array", "score", MetricsError)
     arr = arr.astype(np.float64, copy=True)
     bad = ~np.isfinite(arr)
     if bad.any():
@@ -205,17 +212,7 @@ def _as_score_array(x: Any, what: str) -> np.ndarray:
 
 
 def _as_label_array(x: Any, what: str) -> np.ndarray:
-    arr = _to_numpy(x, what)
-    if arr.dtype == object or not (
-        np.issubdtype(arr.dtype, np.floating)
-        or np.issubdtype(arr.dtype, np.integer)
-        or arr.dtype == np.bool_
-    ):
-        raise MetricsTypeError(f"{what}: expected a numeric 0/1 array, got dtype {arr.dtype}")
-    if arr.ndim != 1:
-        raise InvalidLabelError(f"{what}: expected a 1-D label array, got shape {arr.shape}")
-    if arr.size == 0:
-        raise EmptyInputError(f"{what}: expected at least 1 frame label, got 0")
+    arr = _as_1d_numeric(x, what, "numeric 0/1 array", "frame label", InvalidLabelError)
     ok = (arr == 0) | (arr == 1)
     if not ok.all():
         vals = np.unique(arr[~ok])[:5]

@@ -1,5 +1,4 @@
 """Dataset layouts and label files (llsh_index.datasets)."""
-import os
 from pathlib import Path
 
 import numpy as np
@@ -7,14 +6,7 @@ import pytest
 
 from llsh_index import datasets as D
 
-SHARED = Path(os.environ.get("LLSH_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
-
-
-def shared(*parts) -> Path:
-    p = SHARED.joinpath(*parts)
-    if not p.exists():
-        pytest.skip(f"real data not found at {p} (../shared/data is only present on development machines and CI)")
-    return p
+from conftest import shared_path as shared
 
 
 def _touch_frames(folder: Path, n: int, fmt="{:03d}.jpg"):
