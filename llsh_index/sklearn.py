@@ -70,18 +70,11 @@ class LLSHDetector(OutlierMixin, BaseEstimator):
         shards' partial sums give the exact leave-one-out value: remove one item at distance 0.
         """
         index = self.index_
-        mode = index.mode
-        part = index.partial_scores(X, mode)
-        count = part["count"] - 1
-        hit = count > 0
-        dist = np.full(count.shape, index.default_miss_value(mode))
-        if mode == "light":
-            q = part["query_codes"].astype(np.float64)
-            mean_code = (part["sum"][hit] - q[hit]) / count[hit][:, None]
-            dist[hit] = np.sqrt(((q[hit] - mean_code) ** 2).sum(axis=1))
-        else:
-            dist[hit] = part["sum"][hit] / count[hit]
-        return dist.min(axis=1)
+        part = index.partial_scores(X)
+        part["count"] = part["count"] - 1  # this row, at distance 0, leaves its bucket
+        if part["mode"] == "light":
+            part["sum"] = part["sum"] - part["query_codes"]  # and its code leaves the bucket's sum
+        return index.combine_partial_scores([part])
 
     def score_samples(self, X):
         """Negated anomaly score (higher = more normal), as scikit-learn detectors return."""

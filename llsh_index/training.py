@@ -103,8 +103,7 @@ def train_moco(encoder: HashEncoder, features: torch.Tensor, video_ids: Optional
     """Trains `encoder` in place (it is the query encoder) and returns the loss log."""
     from tqdm.auto import tqdm
 
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)  # the only torch randomness: no global seeding
     device = encoder.weight.device
     sampler = PairSampler(features.shape[0], video_ids, cfg, features)
     key_encoder = copy.deepcopy(encoder)
