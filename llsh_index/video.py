@@ -106,9 +106,15 @@ def _iter_video_file(path: str) -> Iterator[np.ndarray]:
     except ImportError:
         av = None
     if av is not None:
-        with av.open(path) as container:
-            for frame in container.decode(video=0):
-                yield frame.to_ndarray(format="rgb24")
+        # a damaged or foreign file must name itself, not surface as an FFmpeg internal error
+        try:
+            with av.open(path) as container:
+                if not container.streams.video:
+                    raise DatasetFormatError(f"video file {path} has no video stream")
+                for frame in container.decode(video=0):
+                    yield frame.to_ndarray(format="rgb24")
+        except av.FFmpegError as e:
+            raise DatasetFormatError(f"PyAV cannot decode video file {path}: {e}") from e
         return
     try:
         import cv2
