@@ -107,8 +107,26 @@ def _scratch(nbytes: int, dev) -> torch.Tensor:
     return _poison_(torch.empty(max(int(nbytes), 1), dtype=torch.uint8, device=dev))
 
 
+_NONNULL: Dict[torch.device, torch.Tensor] = {}
+
+
 def _ptr(t: Optional[torch.Tensor]) -> int:
-    return 0 if t is None else int(t.data_ptr())
+    """Device address of t; 0 only when t is None.
+
+    The native code reads a null pointer as "absent" (no stored codes, no optional output) and
+    rejects null where an array is required, but torch gives an empty CUDA tensor data_ptr() 0.
+    An empty tensor therefore gets the address of a small live buffer on its device instead: it
+    has no elements, so nothing ever reads or writes there.
+    """
+    if t is None:
+        return 0
+    p = int(t.data_ptr())
+    if p == 0 and t.numel() == 0:
+        buf = _NONNULL.get(t.device)
+        if buf is None:
+            buf = _NONNULL.setdefault(t.device, torch.empty(256, dtype=torch.uint8, device=t.device))
+        p = int(buf.data_ptr())
+    return p
 
 
 def _stream(dev: torch.device) -> int:

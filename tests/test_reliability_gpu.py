@@ -1,5 +1,13 @@
 """GPU variants of the reliability tests: inputs on the wrong device, concurrent scoring, files
-saved on the GPU, determinism.  Marked `gpu`; skipped where no CUDA device and backend exist."""
+saved on the GPU, determinism, and the index's GPU code paths (several add() calls, float16
+codes, statistics-only tables, merges) against the same index on the CPU.  Marked `gpu`;
+skipped where no CUDA device and backend exist.
+
+CPU and GPU indexes are compared on "exact" data: small integer features and hash weights on a
+1/256 grid make every logit exact in float32 whatever the GEMM's summation order (TF32 too), so
+both devices give the same keys bit for bit.  On real-valued data a logit within rounding of 0
+can flip one key bit between devices and move an item to another bucket.
+"""
 import threading
 
 import numpy as np
@@ -13,43 +21,103 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not llsh_index.cuda_available(),
                                  reason=f"no CUDA engine here: {llsh_index.cuda_available(verbose=True)[1]}")]
 
+DIM = 64  # a power of 2: the row mean of integer features is exact
+
 
 @pytest.fixture
 def data():
     rng = np.random.default_rng(0)
-    return rng.standard_normal((3000, 64)).astype(np.float32), rng.standard_normal((500, 64)).astype(np.float32)
+    return (rng.integers(-8, 9, (3000, DIM)).astype(np.float32),
+            rng.integers(-8, 9, (500, DIM)).astype(np.float32))
+
+
+def exact_index(**kw) -> LearnableLSHIndex:
+    """A CPU index whose hash weights are rounded to multiples of 1/256 (see the module docstring)."""
+    kw.setdefault("n_tables", 4)
+    kw.setdefault("n_bits", 16)
+    index = LearnableLSHIndex(DIM, **kw)
+    w = index.encoder.weight.data
+    w.copy_(torch.round(w * 256) / 256)
+    return index
+
+
+def cuda(x):
+    return torch.from_numpy(x).cuda()
 
 
 def test_wrong_device_inputs_raise(data):
     x, q = data
-    gpu = LearnableLSHIndex(64, n_tables=4, n_bits=16).to("cuda")
+    gpu = exact_index().to("cuda")
     with pytest.raises(DeviceMismatchError, match="cuda"):
         gpu.add(x)  # numpy input to a GPU index
-    gpu.add(torch.from_numpy(x).cuda())
-    cpu = LearnableLSHIndex(64, n_tables=4, n_bits=16).add(x)
+    gpu.add(cuda(x))
+    cpu = exact_index().add(x)
     with pytest.raises(DeviceMismatchError, match="cpu"):
-        cpu.score(torch.from_numpy(q).cuda())
+        cpu.score(cuda(q))
 
 
 def test_gpu_scores_equal_cpu_and_survive_save(data, tmp_path):
     x, q = data
-    cpu = LearnableLSHIndex(64, n_tables=4, n_bits=16).add(x)
-    gpu = LearnableLSHIndex(64, n_tables=4, n_bits=16).to("cuda").add(torch.from_numpy(x).cuda())
+    cpu = exact_index().add(x)
+    gpu = exact_index().to("cuda").add(cuda(x))
+    np.testing.assert_array_equal(gpu.hash_keys(cuda(q)).cpu().numpy(), cpu.hash_keys(q))
     for mode in ("mean", "light", "squared"):
-        got = gpu.score(torch.from_numpy(q).cuda(), mode=mode).cpu().numpy()
+        got = gpu.score(cuda(q), mode=mode).cpu().numpy()
         np.testing.assert_allclose(got, cpu.score(q, mode=mode), rtol=1e-5, atol=1e-5)
     gpu.save(str(tmp_path / "g.llsh"))
     back = LearnableLSHIndex.load(str(tmp_path / "g.llsh"))
     np.testing.assert_allclose(back.score(q), cpu.score(q), rtol=1e-5, atol=1e-5)
     on_gpu = LearnableLSHIndex.load(str(tmp_path / "g.llsh"), device="cuda")
-    np.testing.assert_allclose(on_gpu.score(torch.from_numpy(q).cuda()).cpu().numpy(), cpu.score(q),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(on_gpu.score(cuda(q)).cpu().numpy(), cpu.score(q), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("code_dtype", ["float32", "float16"])
+@pytest.mark.parametrize("store_codes", [True, False])
+def test_gpu_index_paths_match_cpu(data, code_dtype, store_codes):
+    """Two add() calls (GPU row concatenation, or the statistics merge), float16 storage, a merge of
+    two GPU shards, and .to() both ways, against the same calls on the CPU."""
+    x, q = data
+    # codes agree to float32 rounding (the devices' sigmoid and rsqrt differ in the last bit), so
+    # about 1 in 10^4 float16 codes rounds to the neighbouring float16 (2^-11 away near 0.5)
+    tol = 1e-5 if code_dtype == "float32" else 2e-3
+    mode = "mean" if store_codes else "light"
+    kw = dict(code_dtype=code_dtype, store_codes=store_codes, mode=mode, batch_size=700)
+    cpu = exact_index(**kw).add(x[:1800]).add(x[1800:])
+    gpu = exact_index(**kw).to("cuda").add(cuda(x[:1800])).add(cuda(x[1800:]))
+    for k, v in cpu._tables.items():
+        if k == "n_items" or v is None:
+            assert gpu._tables[k] == v, k
+            continue
+        got = gpu._tables[k]
+        assert isinstance(got, torch.Tensor) and got.is_cuda, k
+        got = got.cpu().numpy()
+        assert got.dtype == v.dtype and got.shape == v.shape, k
+        if k in ("codes", "bucket_sum", "bucket_sqnorm"):
+            np.testing.assert_allclose(got.astype(np.float64), v.astype(np.float64), rtol=tol, atol=tol, err_msg=k)
+        else:
+            np.testing.assert_array_equal(got, v, err_msg=k)
+    modes = (["mean"] if store_codes else []) + ["light", "squared"]
+    for m in modes:
+        np.testing.assert_allclose(gpu.score(cuda(q), mode=m).cpu().numpy(), cpu.score(q, mode=m),
+                                   rtol=tol, atol=tol, err_msg=m)
+    a = exact_index(**kw).to("cuda").add(cuda(x[:1000]))
+    b = a.empty_like()
+    b.add(cuda(x[1000:]))
+    merged = LearnableLSHIndex.merge_all([a, b])
+    assert merged.device == "cuda" and isinstance(merged._tables["keys"], torch.Tensor)
+    single = exact_index(**kw).add(x)
+    for m in modes:
+        np.testing.assert_allclose(merged.score(cuda(q), mode=m).cpu().numpy(), single.score(q, mode=m),
+                                   rtol=tol, atol=tol, err_msg=f"merged, {m}")
+    back = gpu.to("cpu")
+    assert isinstance(back._tables["keys"], np.ndarray)
+    np.testing.assert_allclose(back.score(q), cpu.score(q), rtol=tol, atol=tol)
 
 
 def test_concurrent_gpu_scores_equal_serial(data):
     x, q = data
-    gpu = LearnableLSHIndex(64, n_tables=4, n_bits=16).to("cuda").add(torch.from_numpy(x).cuda())
-    qt = torch.from_numpy(q).cuda()
+    gpu = exact_index().to("cuda").add(cuda(x))
+    qt = cuda(q)
     serial = gpu.score(qt).cpu().numpy()
     out = [None] * 4
 
@@ -67,7 +135,7 @@ def test_concurrent_gpu_scores_equal_serial(data):
 
 def test_gpu_build_is_deterministic(data):
     x, _ = data
-    a = LearnableLSHIndex(64, n_tables=4, n_bits=16).to("cuda").add(torch.from_numpy(x).cuda())
-    b = LearnableLSHIndex(64, n_tables=4, n_bits=16).to("cuda").add(torch.from_numpy(x).cuda())
-    for k in ("keys", "offsets", "ids", "codes", "bucket_sum"):
-        assert torch.equal(a._tables[k], b._tables[k]), k
+    a = exact_index().to("cuda").add(cuda(x))
+    b = exact_index().to("cuda").add(cuda(x))
+    for k in ("keys", "table_start", "offsets", "ids", "codes", "bucket_sum", "bucket_sqnorm"):
+        assert torch.equal(a._tables[k].cpu(), b._tables[k].cpu()), k
