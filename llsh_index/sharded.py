@@ -144,7 +144,7 @@ class ShardedIndex:
         for s, d in zip(self.shards, self.devices):
             _place(s, d)
         self._hashers: Dict[str, LearnableLSHIndex] = {}
-        self._executor: Optional[ThreadPoolExecutor] = None
+        self._threads: Optional[Dict[str, ThreadPoolExecutor]] = None
         # device -> its shards, in shard order; the reduction is always in shard order
         self._groups: Dict[str, List[int]] = {}
         for i, d in enumerate(self.devices):
@@ -173,22 +173,23 @@ class ShardedIndex:
 
     # ------------------------------------------------------------------ threads
     def _start(self, fn):
-        """Starts fn(device, shard indices) for every device, one thread each; returns a function that
-        waits and gives the results in device order.  With one device it runs here, at once."""
+        """Starts fn(device, shard indices) for every device, each on that device's own thread;
+        returns a function that waits and gives the results in device order.  With one device it
+        runs here, at once."""
         groups = list(self._groups.items())
         if len(groups) == 1:  # one device: no thread to hop to
             result = [fn(*groups[0])]
             return lambda: result
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="llsh-shard")
-        futures = [self._executor.submit(fn, d, idx) for d, idx in groups]
+        if self._threads is None:  # one single-worker executor per device: a device's work never overlaps itself
+            self._threads = {d: ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llsh-{d}") for d, _ in groups}
+        futures = [self._threads[d].submit(fn, d, idx) for d, idx in groups]
         return lambda: [f.result() for f in futures]
 
     def close(self) -> None:
         """Stops the per-device threads (the shards stay usable; threads restart when needed)."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        threads, self._threads = self._threads, None
+        for t in (threads or {}).values():
+            t.shutdown(wait=True)
 
     def __enter__(self):
         return self
