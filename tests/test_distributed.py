@@ -153,7 +153,7 @@ def test_pool_reuses_warm_actors(data, tmp_path):
         assert pool.size == 3 and pool.n_free == 3
         a = build_distributed(layers, np.split(x, CUTS[2]), pool=pool)
         assert pool.n_free == 1 and {h._actor_id for h in a._actors} <= ids
-        with pytest.raises(ConfigError, match=r"expected at most 1 shards \(1 of the pool's 3 actors are free\), got 3"):
+        with pytest.raises(ConfigError, match=r"at most 1 shards \(1 of the pool's 3 actors are free\), got 3"):
             build_distributed(layers, np.split(x, CUTS[3]), pool=pool)
         assert pool.n_free == 1
         np.testing.assert_allclose(a.score(q), single.score(q), rtol=1e-6, atol=1e-6)
