@@ -7,7 +7,9 @@ run, on the same data:
   ray warm    the same build on the warm actors of a ShardPool (started once, reused: the steady state)
   ray score   DistributedIndex.score() of the same queries: the driver hashes them once, the shards
               get the codes + keys and answer partial sums, reduced on the driver
-Both are timed after a warm-up call; the distributed scores are checked against the local ones.
+Local and Ray are timed in alternation after a warm-up (best of --repeat builds, --score-repeat
+scores), so both see the same load from other jobs; the distributed scores are checked against the
+local ones.
 The 1-worker ratios (warm build, score) are the overhead of the distributed path (target <= 1.3x).
 Then a paper model of 100 million snippets over 16 GPUs from the measured per-shard rates.
 
@@ -52,7 +54,8 @@ def markdown(out) -> str:
              f"(`ray.init(num_cpus={out['cores']})`), load average {out['load_avg_1min']['start']:.1f} at the start "
              f"and {out['load_avg_1min']['end']:.1f} at the end (1 min, other jobs on the machine). Weak scaling: "
              f"{out['rows_per_worker']:,} rows per worker, d={out['dim']}, b={out['n_tables']}, r={out['n_bits']}, "
-             f"{out['queries']:,} queries, mode \"mean\", best of {out['repeat']} after a warm-up.", "",
+             f"{out['queries']:,} queries, mode \"mean\", after a warm-up; best of {out['repeat']} builds and "
+             f"{out['score_repeat']} scores, local and Ray timed in alternation.", "",
              "| workers | N | local build s | ray cold build s (fresh actors) | pool start s | ray warm build s (pool) "
              "| warm / local | in-worker s | local score s | ray score s | ray / local score | ray q/s | max abs diff |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -99,13 +102,14 @@ def main():
     ap.add_argument("--n-tables", type=int, default=8)
     ap.add_argument("--n-bits", type=int, default=32)
     ap.add_argument("--workers", default="1,2,4")
-    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=2, help="builds timed per configuration")
+    ap.add_argument("--score-repeat", type=int, default=5, help="scores timed per configuration")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--markdown", help="write the RESULTS.md tables here")
     a = ap.parse_args()
     if a.quick:
-        a.rows, a.queries, a.repeat = 5_000, 2_000, 1
+        a.rows, a.queries, a.repeat, a.score_repeat = 5_000, 2_000, 1, 2
     import ray
 
     cores = os.cpu_count()
@@ -128,12 +132,7 @@ def main():
     rows = []
     for k in workers:
         data = np.concatenate([np.load(p) for p in paths[:k]])
-        # local engine: one process, all cores
-        layers.empty_like().add(data[:1000])  # warm-up
-        build_local, local = best_of(lambda: layers.empty_like().add(data), a.repeat)
-        local.score(q[:1000])
-        score_local, s_local = best_of(lambda: local.score(q), a.repeat)
-        local = data = None  # free before the Ray run
+        layers.empty_like().add(data[:1000])  # warm-up of the local engine
         # Ray: k actors; CPUs split evenly (k=4 on 2 cores oversubscribes: 0.5 CPU, 1 thread each)
         cpus = cores / k
         threads = max(1, int(cpus))
@@ -154,20 +153,32 @@ def main():
         dist = build_distributed(layers, paths[:k], pool=pool)  # warm-up of the pool's actors
         dist.score(q[:1000])
         dist.shutdown()
-        builds, inner = [], []
+        # local (one process, all cores) and warm Ray builds, then scores, timed in alternation so
+        # that both see the same load from other jobs; best of each
+        local_builds, builds, inner, local = [], [], [], None
         for i in range(a.repeat):
+            t0 = time.perf_counter()
+            local = layers.empty_like().add(data)
+            local_builds.append(time.perf_counter() - t0)
+            if i:
+                dist.shutdown()  # hands the actors back for the next build
             t0 = time.perf_counter()
             dist = build_distributed(layers, paths[:k], pool=pool)
             builds.append(time.perf_counter() - t0)
             inner.append(max(dist.build_seconds))  # slowest worker's load + hash + build
-            if i + 1 < a.repeat:
-                dist.shutdown()
-        build_ray, build_shard = min(builds), min(inner)
+        build_local, build_ray, build_shard = min(local_builds), min(builds), min(inner)
+        local.score(q[:1000])
         dist.score(q[:1000])
-        score_ray, s_ray = best_of(lambda: dist.score(q), a.repeat)
+        score_local = score_ray = float("inf")
+        for _ in range(a.score_repeat):
+            t, s_local = best_of(lambda: local.score(q), 1)
+            score_local = min(score_local, t)
+            t, s_ray = best_of(lambda: dist.score(q), 1)
+            score_ray = min(score_ray, t)
         shard_bytes = dist.memory_bytes()
         dist.shutdown()
         pool.shutdown()
+        local = data = None
         err = float(np.abs(s_ray - s_local).max())
         rows.append(dict(workers=k, n=k * a.rows, build_local_s=build_local, build_ray_cold_s=min(cold),
                          pool_start_s=pool_start, build_ray_s=build_ray, build_shard_s=build_shard,
@@ -216,7 +227,7 @@ def main():
     out = dict(machine=f"{platform.machine()} {cores} cores, {platform.python_version()}",
                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                load_avg_1min=dict(start=load_start[0], end=os.getloadavg()[0]), cores=cores, ray=ray.__version__,
-               repeat=a.repeat, rows_per_worker=a.rows, dim=d, queries=a.queries, n_tables=b,
+               repeat=a.repeat, score_repeat=a.score_repeat, rows_per_worker=a.rows, dim=d, queries=a.queries, n_tables=b,
                n_bits=r, results=rows, model=model)
     print(json.dumps(model, indent=1))
     if a.json:
