@@ -182,3 +182,15 @@ def test_pool_reuses_warm_actors(data, tmp_path):
         build_distributed(layers, [x], pool=pool)
     with pytest.raises(ConfigError, match="size expected an integer >= 1, got 0"):
         ShardPool(0)
+
+
+def test_bad_queries_fail_on_the_driver(built):
+    from llsh_index import InvalidInputError
+
+    dist = built[2]
+    with pytest.raises(InvalidInputError, match="expected dimension 24, got shape \\(3, 5\\)"):
+        dist.score(np.zeros((3, 5), np.float32))
+    with pytest.raises(InvalidInputError, match="at least one row"):
+        dist.score(np.zeros((0, 24), np.float32))
+    with pytest.raises(ConfigError, match="query_batch: expected an integer >= 1"):
+        dist.score(np.zeros((3, 24), np.float32), query_batch=0)

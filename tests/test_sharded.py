@@ -76,6 +76,18 @@ def test_statistics_only_shards_and_repeated_adds(data):
         sh.score(q, "mean")
 
 
+def test_empty_shard_at_score_time_and_float16_codes(data):
+    x, q, layers, _ = data
+    tiny = ShardedIndex(layers, devices="cpu", n_shards=3).add(x[:2])
+    assert tiny.shard_sizes == [1, 0, 1]  # the empty shard answers nothing: all its counts would be 0
+    assert_equal_to(tiny, layers.empty_like().add(x[:2]), np.concatenate([x[:2], q]))
+    half = ShardedIndex(LearnableLSHIndex(DIM, n_tables=B, n_bits=R, seed=11, code_dtype="float16"),
+                        devices="cpu", n_shards=3).add(x)
+    assert half.shards[0]._tables["codes"].dtype == np.float16
+    single = LearnableLSHIndex(DIM, n_tables=B, n_bits=R, seed=11, code_dtype="float16").add(x)
+    assert_equal_to(half, single, q)
+
+
 def test_from_shards_save_load_and_gather(data, tmp_path):
     x, q, layers, single = data
     parts = [layers.empty_like().add(p) for p in np.split(x, [700, 2500])]
