@@ -395,7 +395,7 @@ class LearnableLSHIndex:
         for name, x, dtypes in (("query_codes", codes, ("float32",)), ("query_keys", keys, ("uint64",))):
             if isinstance(x, torch.Tensor):
                 got = "cpu" if x.device.type == "cpu" else str(x.device)
-                if on_dev and x.device != tables["keys"].device or not on_dev and x.device.type != "cpu":
+                if (on_dev and x.device != tables["keys"].device) or (not on_dev and x.device.type != "cpu"):
                     raise DeviceMismatchError(f"{name}: expected data on {where} (the shard's tables), got data on "
                                               f"{got}")
                 dtype = str(x.dtype).replace("torch.", "")
