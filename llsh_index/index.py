@@ -383,8 +383,12 @@ class LearnableLSHIndex:
             raise NotFittedError("hash_queries: the index has no hash layers yet (no fit() or add())")
         t = self._features(queries, "queries")
         parts = [self._encode_chunk(c, "queries", i) for i, c in self._chunks(t)]
-        cat = torch.cat if _engine.on_device(t) else np.concatenate
-        return cat([p[0] for p in parts]), cat([p[1] for p in parts])
+        if len(parts) == 1:
+            return parts[0]
+        if _engine.on_device(t):  # keys joined as int64 bits: torch's uint64 support is limited to a few ops
+            return (torch.cat([p[0] for p in parts]),
+                    torch.cat([p[1].view(torch.int64) for p in parts]).view(torch.uint64))
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def _check_query_codes(self, codes, keys, tables):
         """Pre-hashed queries as the engine takes them: on the tables' device, float32 / uint64, shapes."""

@@ -252,7 +252,7 @@ def test_fake_device_light_with_64_bit_keys(fake):
     """Light mode on device shards gathers bucket sums by a searchsorted over uint64 keys; r = 64 puts
     keys with the top bit set in every table (their int64 view is negative)."""
     x, q = make_data(seed=7, n=1500, n_queries=60)
-    layers = LearnableLSHIndex(DIM, n_tables=3, n_bits=64, seed=3)
+    layers = LearnableLSHIndex(DIM, n_tables=3, n_bits=64, seed=3, batch_size=40)  # several chunks per call
     single = layers.empty_like().add(x)
     assert (single._tables["keys"] >= np.uint64(1 << 63)).any()
     fake(2)
