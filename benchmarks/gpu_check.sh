@@ -99,6 +99,18 @@ if [[ -z "$TESTS" ]]; then
 fi
 TESTS="$TESTS [$((SECONDS - t0)) s]"
 
+# ShardedIndex over the visible GPUs (two shards on one GPU on a single-GPU machine): a short run,
+# capped at 60 s, before the main benchmark so the total budget stays as it was.
+echo "== sharded (benchmarks/bench_sharded.py)"
+SHARD="skipped (no time left)"
+if (( $(left) > 260 )); then
+  t0=$SECONDS
+  timeout "$(cap 60 200)" $PY benchmarks/bench_sharded.py > "$LOGS/sharded.log" 2>&1
+  SRC=$?
+  SHARD="rc=$SRC [$((SECONDS - t0)) s] $(tail -1 "$LOGS/sharded.log")"
+fi
+echo "$SHARD"
+
 echo "== benchmark"
 t0=$SECONDS
 BENCH_OUT=${OUT:+$OUT/gpu_results.json}
@@ -150,6 +162,7 @@ echo "== summary (total $SECONDS s)"
 echo "build : $BUILD"
 echo "_C    : $STATUS"
 echo "tests : $TESTS"
+echo "shard : $SHARD"
 echo "sanit : ${SANIT# }"
 echo "bench : $BENCH"
 # the benchmark's own table: from its first line "N=..." to the end

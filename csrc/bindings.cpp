@@ -285,8 +285,8 @@ template <typename CodeT>
 void lookup_impl_cuda(uintptr_t keys, uintptr_t table_start, uintptr_t offsets, uintptr_t codes, uintptr_t bucket_sum,
                       uintptr_t bucket_sqnorm, int64_t n_tables, int64_t n_bits, int64_t n_items,
                       uintptr_t query_codes, uintptr_t query_keys, int64_t n_queries, int mode, float miss_value,
-                      uintptr_t out, uintptr_t out_min, uintptr_t visited, uintptr_t temp, uint64_t temp_bytes,
-                      uintptr_t stream) {
+                      uintptr_t out, uintptr_t out_min, uintptr_t visited, uintptr_t out_sum, uintptr_t out_count,
+                      uintptr_t temp, uint64_t temp_bytes, uintptr_t stream) {
   TablesView<CodeT> t;
   t.n_tables = n_tables;
   t.n_bits = n_bits;
@@ -299,24 +299,24 @@ void lookup_impl_cuda(uintptr_t keys, uintptr_t table_start, uintptr_t offsets, 
   t.bucket_sqnorm = dev<const double>(bucket_sqnorm);
   lookup_cuda<CodeT>(t, dev<const float>(query_codes), dev<const uint64_t>(query_keys), n_queries,
                      static_cast<Mode>(mode), miss_value, dev<float>(out), dev<float>(out_min), dev<int64_t>(visited),
-                     dev<void>(temp), temp_bytes, as_stream(stream));
+                     dev<double>(out_sum), dev<int64_t>(out_count), dev<void>(temp), temp_bytes, as_stream(stream));
 }
 
 void lookup_cuda_py(uintptr_t keys, uintptr_t table_start, uintptr_t offsets, uintptr_t codes, bool half,
                     uintptr_t bucket_sum, uintptr_t bucket_sqnorm, int64_t n_tables, int64_t n_bits, int64_t n_items,
                     uintptr_t query_codes, uintptr_t query_keys, int64_t n_queries, int mode, float miss_value,
-                    uintptr_t out, uintptr_t out_min, uintptr_t visited, uintptr_t temp, uint64_t temp_bytes,
-                    uintptr_t stream, int device) {
+                    uintptr_t out, uintptr_t out_min, uintptr_t visited, uintptr_t out_sum, uintptr_t out_count,
+                    uintptr_t temp, uint64_t temp_bytes, uintptr_t stream, int device) {
   require(mode >= 0 && mode <= 2, "mode must be 0 (mean), 1 (light) or 2 (squared)");
   DeviceGuard guard(device);
   if (half)
     lookup_impl_cuda<uint16_t>(keys, table_start, offsets, codes, bucket_sum, bucket_sqnorm, n_tables, n_bits, n_items,
-                               query_codes, query_keys, n_queries, mode, miss_value, out, out_min, visited, temp,
-                               temp_bytes, stream);
+                               query_codes, query_keys, n_queries, mode, miss_value, out, out_min, visited, out_sum,
+                               out_count, temp, temp_bytes, stream);
   else
     lookup_impl_cuda<float>(keys, table_start, offsets, codes, bucket_sum, bucket_sqnorm, n_tables, n_bits, n_items,
-                            query_codes, query_keys, n_queries, mode, miss_value, out, out_min, visited, temp,
-                            temp_bytes, stream);
+                            query_codes, query_keys, n_queries, mode, miss_value, out, out_min, visited, out_sum,
+                            out_count, temp, temp_bytes, stream);
 }
 
 void register_cuda_bindings(py::module_& m) {
@@ -358,9 +358,10 @@ void register_cuda_bindings(py::module_& m) {
         py::arg("codes_ptr"), py::arg("half"), py::arg("bucket_sum_ptr"), py::arg("bucket_sqnorm_ptr"),
         py::arg("n_tables"), py::arg("n_bits"), py::arg("n_items"), py::arg("query_codes_ptr"),
         py::arg("query_keys_ptr"), py::arg("n_queries"), py::arg("mode"), py::arg("miss_value"), py::arg("out_ptr"),
-        py::arg("out_min_ptr"), py::arg("visited_ptr"), py::arg("temp_ptr"), py::arg("temp_bytes"),
-        py::arg("stream"), py::arg("device"), nogil(),
-        "Device lookup: [M, b] float32 distances (+ optional [M] min over tables, [M, b] int64 rows visited).");
+        py::arg("out_min_ptr"), py::arg("visited_ptr"), py::arg("out_sum_ptr"), py::arg("out_count_ptr"),
+        py::arg("temp_ptr"), py::arg("temp_bytes"), py::arg("stream"), py::arg("device"), nogil(),
+        "Device lookup: [M, b] float32 distances (+ optional [M] min over tables, [M, b] int64 rows visited, "
+        "[M, b] float64 partial sums and int64 bucket sizes).");
 }
 }  // namespace
 #endif

@@ -12,6 +12,7 @@ from . import _C
 from .errors import (ConfigError, CudaUnavailableError, DeviceMismatchError, IndexFormatError, IndexStateError,
                      InvalidDTypeError, InvalidInputError, LLSHError, NotFittedError)
 from .index import LearnableLSHIndex
+from .sharded import ShardedIndex
 
 __version__ = "0.1.0"
 
@@ -43,6 +44,6 @@ def cuda_available(verbose: bool = False) -> Union[bool, Tuple[bool, str]]:
     return (ok, why) if verbose else ok
 
 
-__all__ = ["LearnableLSHIndex", "LLSHDetector", "cuda_available", "LLSHError", "InvalidInputError", "InvalidDTypeError",
+__all__ = ["LearnableLSHIndex", "ShardedIndex", "LLSHDetector", "cuda_available", "LLSHError", "InvalidInputError", "InvalidDTypeError",
            "DeviceMismatchError", "NotFittedError", "ConfigError", "IndexFormatError", "IndexStateError",
            "CudaUnavailableError", "__version__"]

@@ -230,14 +230,18 @@ def build_tables(keys, codes, ids, keep_codes: bool = True) -> Dict[str, Optiona
 
 
 def lookup(tables: Dict, n_items: int, query_codes, query_keys, mode: Union[int, str] = 0,
-           miss_value: float = float("inf"), *, return_min: bool = False, return_visited: bool = False):
+           miss_value: float = float("inf"), *, return_min: bool = False, return_visited: bool = False,
+           return_partial: bool = False):
     """Distances [M, b] float32 of each query to its bucket in each table (miss_value on a miss).
 
     tables: the dict of build_tables (CUDA tensors; see tables_to_device for numpy tables),
     query_codes [M, b, r] float32, query_keys [M, b] uint64 (or int64 bits), mode 0 'mean'
     (mean L2), 1 'light' (L2 to the bucket mean), 2 'squared' (mean squared L2).
     return_min adds the [M] min over tables; return_visited adds the [M, b] int64 rows visited
-    (lookup_cpu's count).  Returns the distances alone, or a tuple with the extras in that order.
+    (lookup_cpu's count); return_partial adds the shard partial sums of lookup_cpu(partial=True):
+    [M, b] float64 sums of the distances and [M, b] int64 bucket sizes (0 and 0 on a miss), which
+    combine across shards as sum(sums) / sum(counts).  Returns the distances alone, or a tuple with
+    the extras in that order.
     """
     C = _native()
     m = _mode(mode)
@@ -290,17 +294,20 @@ def lookup(tables: Dict, n_items: int, query_codes, query_keys, mode: Union[int,
         out = _empty((M, b), torch.float32, dev)
         out_min = _empty((M,), torch.float32, dev) if return_min else None
         visited = _empty((M, b), torch.int64, dev) if return_visited else None
+        psum = _empty((M, b), torch.float64, dev) if return_partial else None
+        pcount = _empty((M, b), torch.int64, dev) if return_partial else None
         if M:
             temp_bytes = int(C.lookup_cuda_temp_bytes(M, b))
             temp = _scratch(temp_bytes, dev)
             C.lookup_cuda(_ptr(tc["keys"]), _ptr(tc["table_start"]), _ptr(tc["offsets"]), _ptr(tc["codes"]),
                           codes is not None and codes.dtype == torch.float16, _ptr(tc["bucket_sum"]),
                           _ptr(tc["bucket_sqnorm"]), b, r, n_items, _ptr(q), _ptr(qk), M, m, float(miss_value),
-                          _ptr(out), _ptr(out_min), _ptr(visited), _ptr(temp), temp_bytes, _stream(dev), dev.index)
-    if not (return_min or return_visited):
+                          _ptr(out), _ptr(out_min), _ptr(visited), _ptr(psum), _ptr(pcount), _ptr(temp), temp_bytes,
+                          _stream(dev), dev.index)
+    if not (return_min or return_visited or return_partial):
         return out
     extra = tuple(x for x, want in ((out_min, return_min), (visited, return_visited)) if want)
-    return (out,) + extra
+    return (out,) + extra + ((psum, pcount) if return_partial else ())
 
 
 def tables_to_device(tables: Dict, device: Union[str, torch.device] = "cuda") -> Dict:

@@ -61,11 +61,16 @@ def lookup(tables: Dict, query_codes, query_keys, mode: int, miss_value: float, 
            partial: bool = False):
     """Distances (M, b) float32 and the number of stored codes (or bucket means) visited.
 
-    partial=True (CPU) also returns the shard partial sums: float64 sums and int64 counts (M, b).
+    partial=True also returns the shard partial sums: float64 sums and int64 counts (M, b), as
+    (distances, visited, sums, counts); the CUDA engine reports no visited count (None).
     """
     if on_device(query_codes):
         from . import _cuda_engine
 
+        if partial:
+            out, sums, counts = _cuda_engine.lookup(tables, tables["n_items"], query_codes, query_keys, mode,
+                                                    miss_value, return_partial=True)
+            return out, None, sums, counts
         return _cuda_engine.lookup(tables, tables["n_items"], query_codes, query_keys, mode, miss_value), None
     codes = tables["codes"]
     if codes is not None and codes.dtype == np.float16:

@@ -13,13 +13,23 @@ How it works.  The hash layers (``layers.empty_like()``, no tables) are put in t
 once (``ray.put``) and every shard actor gets that reference.  A shard actor obtains its partition
 itself - a numpy array, a Ray ObjectRef, a ``.npy`` path (``np.load(mmap_mode="r")`` on the worker)
 or any picklable zero-argument callable returning an array - and builds its shard with ``add()``.
-The shard lives in the actor's memory; the driver never holds the codes.  ``score()`` puts the
-queries in the object store once, each shard answers ``partial_scores()`` (per query and table:
-bucket size and sum of distances, or the bucket's code sum for "light"), and the driver reduces
-with ``combine_partial_scores()``.  The result equals the single-machine index built from the
-concatenated partitions: per (query, table) the distance is sum(sums) / sum(counts) in float64.
+The shard lives in the actor's memory; the driver never holds the codes.  ``score()`` hashes the
+queries once on the driver (in rounds of ``query_batch`` rows, the next round hashed while the
+shards work on the current one) and puts each round's codes and keys in the object store once:
+b*r*4 + b*8 bytes per query instead of d*4, and no shard repeats the hashing.  Each shard answers
+``partial_scores()`` on those codes (per query and table: bucket size and sum of distances, or the
+bucket's code sum for "light"), and the driver reduces with ``combine_partial_scores()``.  The
+result equals the single-machine index built from the concatenated partitions: per (query, table)
+the distance is sum(sums) / sum(counts) in float64.  Queries passed as an ObjectRef are hashed by
+the first shard's worker, so they never pass through the driver.
+
 Shard i's items come after the items of shards < i, so ``gather()`` (``merge_all`` of the shards,
 for tests and small data) is bit-identical to one ``add()`` of the concatenation.
+
+Actor pool.  Starting an actor starts a Python process that imports torch (~3 s); a ``ShardPool``
+starts its actors once and ``build_distributed(..., pool=pool)`` / ``load_distributed(...,
+pool=pool)`` reuse them (``DistributedIndex.shutdown()`` hands them back, ``pool.shutdown()`` ends
+them).
 
 Running on a cluster.  Start Ray on every machine (``ray start --head`` on one, ``ray start
 --address=HEAD:6379`` on the others, with this package installed in the same environment on each),
@@ -46,8 +56,8 @@ reference training is not bit-reproducible under that change of batch compositio
 implemented here.
 
 Ray is an optional dependency (``pip install ray``), imported only when this module is used.
-Shards run the CPU engine (``partial_scores`` is CPU-only); placing one shard per GPU is not
-implemented.
+Ray shards run the CPU engine; for the GPUs of one host, ``llsh_index.ShardedIndex`` places shards
+on the devices and scores them from one process.
 """
 from __future__ import annotations
 
@@ -62,7 +72,7 @@ import numpy as np
 from .errors import ConfigError
 from .index import LearnableLSHIndex
 
-__all__ = ["build_distributed", "load_distributed", "DistributedIndex", "main"]
+__all__ = ["build_distributed", "load_distributed", "DistributedIndex", "ShardPool", "main"]
 
 Partition = Union[np.ndarray, Any, str, os.PathLike, Callable[[], Any]]  # Any: a ray.ObjectRef
 
@@ -85,20 +95,32 @@ def _load_partition(part):
 
 
 class _Shard:
-    """Body of the shard actor: one LearnableLSHIndex kept in the worker's memory."""
+    """Body of the shard actor: one LearnableLSHIndex kept in the worker's memory (none while idle in a pool)."""
 
-    def __init__(self, layers, n_threads: Optional[int] = None):
+    def __init__(self, n_threads: Optional[int] = None):
         import torch
 
         if n_threads:
             torch.set_num_threads(int(n_threads))
-        # `layers` arrives resolved from the object store; copy so shards never share state
-        self.index = layers.empty_like() if n_threads is None else layers.empty_like(n_threads=int(n_threads))
+        self.n_threads = n_threads
+        self.index: Optional[LearnableLSHIndex] = None
 
-    def build(self, part):
+    def ready(self) -> int:
+        """Warms the process (torch's GEMM, the native engine) with a tiny index; returns its pid."""
+        LearnableLSHIndex(8, n_tables=1, n_bits=4).add(np.zeros((16, 8), np.float32)).score(np.ones((1, 8), np.float32))
+        return os.getpid()
+
+    def reset(self) -> bool:
+        self.index = None  # back in the pool: the shard's memory is released
+        return True
+
+    def build(self, layers, part):
         import time
 
         t0 = time.perf_counter()
+        # `layers` arrives resolved from the object store; copy so shards never share state
+        n = self.n_threads
+        self.index = layers.empty_like() if n is None else layers.empty_like(n_threads=int(n))
         x = _load_partition(part)
         self.index.add(x)
         return self.index.ntotal, time.perf_counter() - t0
@@ -110,11 +132,11 @@ class _Shard:
     def ntotal(self) -> int:
         return self.index.ntotal
 
-    def partial_scores(self, queries, mode: Optional[str], keep_query_codes: bool):
-        out = self.index.partial_scores(queries, mode)
-        if not keep_query_codes:
-            out.pop("query_codes", None)  # "light": the driver needs one copy of the query codes, not one per shard
-        return out
+    def hash_queries(self, queries):
+        return self.index.hash_queries(queries)
+
+    def partial_scores(self, codes, keys, mode: Optional[str]):
+        return self.index.partial_scores(mode=mode, query_codes=codes, query_keys=keys)
 
     def save(self, path: str) -> int:
         return self.index.save(path)
@@ -139,6 +161,79 @@ def _actor_class():
     return _actor_classes["shard"]
 
 
+class ShardPool:
+    """Warm shard actors that successive builds and loads reuse.
+
+    Starting an actor starts a Python process that imports torch (about 3 s here), which a build
+    on fresh actors pays every time.  A pool starts `size` actors once (and warms them); then
+    ``build_distributed(..., pool=pool)`` / ``load_distributed(..., pool=pool)`` take free actors
+    from it, and ``DistributedIndex.shutdown()`` drops the shards and hands the actors back.
+    ``pool.shutdown()`` ends every actor, including those of indexes still using them.
+
+        with ShardPool(4, num_cpus_per_shard=1) as pool:
+            for parts in days:
+                dist = build_distributed(layers, parts, pool=pool)
+                ...
+                dist.shutdown()          # back to the pool, not killed
+
+    num_cpus_per_shard, n_threads, resources: as for build_distributed, fixed for the pool's actors.
+    """
+
+    def __init__(self, size: int, *, num_cpus_per_shard: Optional[float] = None, n_threads: Optional[int] = None,
+                 resources: Optional[dict] = None):
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+            raise ConfigError(f"ShardPool: size expected an integer >= 1, got {size!r}")
+        ray = _ray()
+        if not ray.is_initialized():
+            ray.init()
+        self.n_threads = n_threads
+        Shard = _actor_class().options(**_actor_options(num_cpus_per_shard, resources))
+        self._actors = [Shard.remote(n_threads) for _ in range(int(size))]
+        ray.get([a.ready.remote() for a in self._actors])  # wait until every process is up and warm
+        self._free = list(self._actors)
+        self._closed = False
+
+    @property
+    def size(self) -> int:
+        return len(self._actors)
+
+    @property
+    def n_free(self) -> int:
+        return len(self._free)
+
+    def _acquire(self, k: int, what: str) -> list:
+        if self._closed:
+            raise ConfigError(f"{what}: the ShardPool is shut down; make a new one")
+        if k > len(self._free):
+            raise ConfigError(f"{what}: expected at most {len(self._free)} shards ({len(self._free)} of the pool's "
+                              f"{self.size} actors are free), got {k}; shut down an index built on this pool, or "
+                              "make a bigger pool")
+        taken, self._free = self._free[:k], self._free[k:]
+        return taken
+
+    def _release(self, actors: list) -> None:
+        if self._closed:
+            return
+        _ray().get([a.reset.remote() for a in actors])
+        self._free.extend(actors)
+
+    def shutdown(self) -> None:
+        """Ends every actor of the pool (indexes built on it become unusable)."""
+        ray = _ray()
+        for a in self._actors:
+            ray.kill(a)
+        self._actors, self._free, self._closed = [], [], True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.shutdown()
+
+    def __repr__(self) -> str:
+        return f"ShardPool(size={self.size}, free={self.n_free}, closed={self._closed})"
+
+
 class DistributedIndex:
     """Shards of one index held by Ray actors; see the module docstring.
 
@@ -147,8 +242,9 @@ class DistributedIndex:
     """
 
     def __init__(self, template: LearnableLSHIndex, actors: list, counts: Sequence[int],
-                 build_seconds: Optional[Sequence[float]] = None):
-        self._template = template  # the hash layers and settings, no tables: used to combine
+                 build_seconds: Optional[Sequence[float]] = None, pool: Optional[ShardPool] = None):
+        self._template = template  # the hash layers and settings, no tables: hashes the queries, combines
+        self._pool = pool
         self._actors = list(actors)
         self._counts = [int(c) for c in counts]
         #: per shard, seconds its worker spent loading + hashing + building (not the actor start)
@@ -176,26 +272,45 @@ class DistributedIndex:
         return _ray().get([a.memory_bytes.remote() for a in self._actors])
 
     # ------------------------------------------------------------------ scoring
-    def _partials(self, queries, mode):
+    def _submit(self, codes, keys, mode):
+        """Every shard on one batch of hashed queries: the codes and keys go to the object store once."""
         ray = _ray()
-        q = queries if isinstance(queries, ray.ObjectRef) else ray.put(np.ascontiguousarray(queries))
-        futures = [a.partial_scores.remote(q, mode, i == 0) for i, a in enumerate(self._actors)]
-        parts = ray.get(futures)
-        if parts and "query_codes" in parts[0]:
-            for p in parts[1:]:
-                p["query_codes"] = parts[0]["query_codes"]
-        return parts
+        c = codes if isinstance(codes, ray.ObjectRef) else ray.put(codes)
+        k = keys if isinstance(keys, ray.ObjectRef) else ray.put(keys)
+        return [a.partial_scores.remote(c, k, mode) for a in self._actors]
+
+    def _combine(self, futures, codes, mode, return_distances):
+        parts = _ray().get(futures)
+        return self._template.combine_partial_scores(parts, mode, return_distances,
+                                                     query_codes=codes if mode == "light" else None)
 
     def _run(self, queries, mode, return_distances, query_batch):
+        if not self._actors:
+            raise ConfigError("score: this DistributedIndex is shut down")
         mode = self._template.mode if mode is None else mode
         ray = _ray()
-        if isinstance(queries, ray.ObjectRef) or query_batch is None or len(queries) <= query_batch:
-            return self._template.combine_partial_scores(self._partials(queries, mode), mode,
-                                                         return_distances=return_distances)
-        out = [self._template.combine_partial_scores(self._partials(queries[i:i + query_batch], mode), mode,
-                                                     return_distances=return_distances)
-               for i in range(0, len(queries), query_batch)]
-        return np.concatenate(out)
+        if isinstance(queries, ray.ObjectRef):
+            # queries already in the object store: shard 0 hashes them, the codes never pass the driver
+            codes, keys = self._actors[0].hash_queries.options(num_returns=2).remote(queries)
+            futures = self._submit(codes, keys, mode)
+            return self._combine(futures, ray.get(codes) if mode == "light" else None, mode, return_distances)
+        if not hasattr(queries, "shape"):
+            queries = np.asarray(queries)
+        n = int(queries.shape[0]) if len(queries.shape) else 0
+        step = max(n, 1) if query_batch is None else int(query_batch)
+        if step < 1:
+            raise ConfigError(f"query_batch: expected an integer >= 1 or None, got {query_batch!r}")
+        # the driver hashes each round once (shards receive b*r floats + b keys per query, not d
+        # features), and hashes round k + 1 while the shards work on round k
+        hashed = self._template.hash_queries(queries[0:step])
+        out = []
+        for i in range(0, n, step):
+            codes, keys = hashed
+            futures = self._submit(codes, keys, mode)
+            if i + step < n:
+                hashed = self._template.hash_queries(queries[i + step:i + 2 * step])
+            out.append(self._combine(futures, codes, mode, return_distances))
+        return out[0] if len(out) == 1 else np.concatenate(out)
 
     def table_distances(self, queries, mode: Optional[str] = None, *, query_batch: Optional[int] = 100_000):
         """(M, n_tables) float32 distances, equal to the single index's table_distances()."""
@@ -204,8 +319,10 @@ class DistributedIndex:
     def score(self, queries, mode: Optional[str] = None, *, query_batch: Optional[int] = 100_000) -> np.ndarray:
         """(M,) float32 anomaly scores (minimum over tables), equal to the single index's score().
 
-        Queries are sent in rounds of `query_batch` rows (each put in the object store once), which
-        bounds the partial sums the driver receives per round.
+        The driver hashes the queries in rounds of `query_batch` rows and puts each round's codes
+        and keys in the object store once (b*r*4 + b*8 bytes per query, whatever d is), which also
+        bounds the partial sums the driver receives per round.  Queries given as a Ray ObjectRef are
+        hashed by the first shard's worker instead.
         """
         return self._run(queries, mode, False, query_batch)
 
@@ -227,12 +344,14 @@ class DistributedIndex:
         return LearnableLSHIndex.merge_all(shards)
 
     def shutdown(self) -> None:
-        """Ends the shard actors (the shards are lost unless saved)."""
+        """Ends the shard actors, or hands them back to their ShardPool (the shards are lost unless saved)."""
+        actors, self._actors, self._counts = self._actors, [], []
+        if self._pool is not None:
+            self._pool._release(actors)
+            return
         ray = _ray()
-        for a in self._actors:
+        for a in actors:
             ray.kill(a)
-        self._actors = []
-        self._counts = []
 
     def __repr__(self) -> str:
         return (f"DistributedIndex(n_shards={self.n_shards}, ntotal={self.ntotal}, dim={self._template.dim}, "
@@ -248,9 +367,39 @@ def _actor_options(num_cpus: Optional[float], resources: Optional[dict]):
     return opts
 
 
+def _take_actors(k: int, pool: Optional[ShardPool], what: str, num_cpus: Optional[float], n_threads: Optional[int],
+                 resources: Optional[dict]) -> list:
+    """k shard actors: free ones of `pool`, or fresh ones started with these options."""
+    if pool is None:
+        Shard = _actor_class().options(**_actor_options(num_cpus, resources))
+        return [Shard.remote(n_threads) for _ in range(k)]
+    if not isinstance(pool, ShardPool):
+        raise ConfigError(f"{what}: pool expected a ShardPool, got {type(pool).__name__}")
+    given = [n for n, v in (("num_cpus_per_shard", num_cpus), ("n_threads", n_threads), ("resources", resources))
+             if v is not None]
+    if given:
+        raise ConfigError(f"{what}: with a pool, expected no {', '.join(given)} (the pool's actors were started with "
+                          "their own; pass them to ShardPool)")
+    return pool._acquire(k, what)
+
+
+def _give_back(actors: list, pool: Optional[ShardPool]) -> None:
+    """After a failed build or load: actors go back to the pool, or are ended."""
+    if pool is not None:
+        try:
+            pool._release(actors)
+        except Exception:  # a dead actor: the caller's own error is the one to report
+            pass
+    else:
+        ray = _ray()
+        for a in actors:
+            ray.kill(a)
+
+
 def build_distributed(layers: LearnableLSHIndex, partitions: Sequence[Partition], *, mode: Optional[str] = None,
                       store_codes: Optional[bool] = None, num_cpus_per_shard: Optional[float] = None,
-                      n_threads: Optional[int] = None, resources: Optional[dict] = None) -> DistributedIndex:
+                      n_threads: Optional[int] = None, resources: Optional[dict] = None,
+                      pool: Optional[ShardPool] = None) -> DistributedIndex:
     """Builds one shard per partition on Ray actors with the hash layers of `layers`.
 
     layers: a LearnableLSHIndex with hash layers (trained or not); its tables, if any, are ignored.
@@ -260,6 +409,8 @@ def build_distributed(layers: LearnableLSHIndex, partitions: Sequence[Partition]
     num_cpus_per_shard: CPUs Ray reserves per actor (None: Ray's default, which lets more actors
         than CPUs coexist); n_threads: torch and engine threads per shard (None: the defaults).
     resources: custom Ray resources per actor (e.g. {"node:10.0.0.2": 0.01} to pin a node).
+    pool: a ShardPool whose warm actors hold the shards (no actor start-up); the three options
+        above are then the pool's.
     Ray must be initialised (ray.init) or it is started locally.
     """
     ray = _ray()
@@ -276,16 +427,20 @@ def build_distributed(layers: LearnableLSHIndex, partitions: Sequence[Partition]
     template = layers.empty_like(**overrides)
     if not ray.is_initialized():
         ray.init()
+    actors = _take_actors(len(partitions), pool, "build_distributed", num_cpus_per_shard, n_threads, resources)
     layers_ref = ray.put(template)  # broadcast once; every actor receives the same object
-    Shard = _actor_class().options(**_actor_options(num_cpus_per_shard, resources))
-    actors = [Shard.remote(layers_ref, n_threads) for _ in partitions]
-    built = ray.get([a.build.remote(p) for a, p in zip(actors, partitions)])
-    return DistributedIndex(template, actors, [c for c, _ in built], [t for _, t in built])
+    try:
+        built = ray.get([a.build.remote(layers_ref, p) for a, p in zip(actors, partitions)])
+    except BaseException:
+        _give_back(actors, pool)
+        raise
+    return DistributedIndex(template, actors, [c for c, _ in built], [t for _, t in built], pool=pool)
 
 
 def load_distributed(paths: Sequence[str], *, num_cpus_per_shard: Optional[float] = None,
-                     resources: Optional[dict] = None) -> DistributedIndex:
-    """Shard actors that each load one file written by save_shards() (paths readable by the workers)."""
+                     resources: Optional[dict] = None, pool: Optional[ShardPool] = None) -> DistributedIndex:
+    """Shard actors that each load one file written by save_shards() (paths readable by the workers);
+    with `pool`, free actors of that ShardPool load them."""
     ray = _ray()
     paths = [os.fspath(p) for p in paths]
     if not paths:
@@ -295,16 +450,17 @@ def load_distributed(paths: Sequence[str], *, num_cpus_per_shard: Optional[float
     head = LearnableLSHIndex.load(paths[0])  # the driver keeps the layers only
     template = head.empty_like()
     del head
-    Shard = _actor_class().options(**_actor_options(num_cpus_per_shard, resources))
-    layers_ref = ray.put(template)
-    actors = [Shard.remote(layers_ref) for _ in paths]
-    counts = ray.get([a.load.remote(p) for a, p in zip(actors, paths)])
-    weights = ray.get([a.weight.remote() for a in actors])
+    actors = _take_actors(len(paths), pool, "load_distributed", num_cpus_per_shard, None, resources)
+    try:
+        counts = ray.get([a.load.remote(p) for a, p in zip(actors, paths)])
+        weights = ray.get([a.weight.remote() for a in actors])
+    except BaseException:
+        _give_back(actors, pool)
+        raise
     if any(not np.array_equal(w, weights[0]) for w in weights[1:]):
-        for a in actors:
-            ray.kill(a)
+        _give_back(actors, pool)
         raise ConfigError("load_distributed: the shard files do not share the same hash layers")
-    return DistributedIndex(template, actors, counts)
+    return DistributedIndex(template, actors, counts, pool=pool)
 
 
 # ---------------------------------------------------------------------- entry point

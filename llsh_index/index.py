@@ -28,7 +28,7 @@ from . import _engine
 from ._validation import check_features, check_int_range, check_video_ids
 from .encoder import HashEncoder
 from .errors import ConfigError, CudaUnavailableError, DeviceMismatchError, IndexFormatError, IndexStateError, \
-    InvalidInputError, NotFittedError
+    InvalidDTypeError, InvalidInputError, NotFittedError
 from .io import read_container, write_container
 from .training import TrainingConfig, TrainingLog, train_moco
 
@@ -373,12 +373,78 @@ class LearnableLSHIndex:
         return out
 
     @torch.no_grad()
-    def partial_scores(self, queries, mode: Optional[str] = None) -> Dict[str, np.ndarray]:
+    def hash_queries(self, queries):
+        """(codes (M, b, r) float32, keys (M, b) uint64) of `queries`, on this index's device.
+
+        The hashed form partial_scores(query_codes=..., query_keys=...) takes: hash once, then send
+        b*r floats + b keys per query to every shard instead of the d features.
+        """
+        if self.encoder is None:
+            raise NotFittedError("hash_queries: the index has no hash layers yet (no fit() or add())")
+        t = self._features(queries, "queries")
+        parts = [self._encode_chunk(c, "queries", i) for i, c in self._chunks(t)]
+        if len(parts) == 1:
+            return parts[0]
+        if _engine.on_device(t):  # keys joined as int64 bits: torch's uint64 support is limited to a few ops
+            return (torch.cat([p[0] for p in parts]),
+                    torch.cat([p[1].view(torch.int64) for p in parts]).view(torch.uint64))
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def _check_query_codes(self, codes, keys, tables):
+        """Pre-hashed queries as the engine takes them: on the tables' device, float32 / uint64, shapes."""
+        b, r = self.n_tables, self.n_bits
+        on_dev = _engine.on_device(tables["keys"])
+        where = str(tables["keys"].device) if on_dev else "cpu"
+        out = []
+        for name, x, dtypes in (("query_codes", codes, ("float32",)), ("query_keys", keys, ("uint64",))):
+            if isinstance(x, torch.Tensor):
+                got = "cpu" if x.device.type == "cpu" else str(x.device)
+                if (on_dev and x.device != tables["keys"].device) or (not on_dev and x.device.type != "cpu"):
+                    raise DeviceMismatchError(f"{name}: expected data on {where} (the shard's tables), got data on "
+                                              f"{got}")
+                dtype = str(x.dtype).replace("torch.", "")
+            elif isinstance(x, np.ndarray):
+                if on_dev:
+                    raise DeviceMismatchError(f"{name}: expected a tensor on {where} (the shard's tables), got a "
+                                              "numpy array on cpu")
+                dtype = x.dtype.name
+            else:
+                raise InvalidDTypeError(f"{name}: expected a numpy array or a torch tensor, got {type(x).__name__}")
+            if dtype not in dtypes:
+                raise InvalidDTypeError(f"{name}: expected {dtypes[0]} (as hash_queries() returns), got {dtype}")
+            out.append(x)
+        codes, keys = out
+        m = int(codes.shape[0]) if codes.ndim == 3 else -1
+        if codes.ndim != 3 or tuple(codes.shape[1:]) != (b, r) or m < 1:
+            raise InvalidInputError(f"query_codes: expected shape (M >= 1, {b}, {r}), got {tuple(codes.shape)}")
+        if tuple(keys.shape) != (m, b):
+            raise InvalidInputError(f"query_keys: expected shape ({m}, {b}), got {tuple(keys.shape)}")
+        if isinstance(codes, torch.Tensor):
+            finite = bool(torch.isfinite(codes).all())
+            if not on_dev:  # a CPU tensor: the CPU engine takes numpy
+                codes, keys = codes.numpy(), keys.numpy()
+        else:
+            finite = bool(np.isfinite(codes).all())
+        if not finite:
+            raise InvalidInputError("query_codes: expected finite values, got NaN or Inf")
+        if isinstance(codes, torch.Tensor):
+            return codes.contiguous(), keys.contiguous()
+        return np.ascontiguousarray(codes), np.ascontiguousarray(keys)
+
+    @torch.no_grad()
+    def partial_scores(self, queries=None, mode: Optional[str] = None, *, query_codes=None,
+                       query_keys=None) -> Dict[str, np.ndarray]:
         """This shard's partial sums per (query, table), to be combined by combine_partial_scores().
 
         Returns {"count": (M, b) int64 bucket sizes (0 on a miss), "sum": (M, b) float64 sums of
         distances ("mean") or squared distances ("squared")}; for "light", "sum" is the (M, b, r)
-        float64 sum of the bucket's codes, from which the combiner forms the mean code.
+        float64 sum of the bucket's codes, from which the combiner forms the mean code.  The arrays
+        are numpy on the host, whichever device holds the tables (CPU or GPU).
+
+        Either `queries` (features, hashed here; "light" then also returns their "query_codes"), or
+        the pre-hashed `query_codes` and `query_keys` of hash_queries(), on this shard's device: a
+        sharded index hashes once and sends the codes to every shard (pass the codes to the combiner
+        for "light").
         """
         tables = self._tables
         if self.encoder is None or tables is None:
@@ -388,43 +454,67 @@ class LearnableLSHIndex:
             raise ConfigError(f"mode: expected one of {sorted(_engine.MODES)}, got {mode!r}")
         if tables["codes"] is None and mode == "mean":
             raise ConfigError("mode: 'mean' needs the per-item codes (store_codes=True)")
-        if self.device != "cpu":
-            raise DeviceMismatchError("partial_scores runs on the CPU engine; call .to('cpu') on the shard")
-        t = self._features(queries, "queries")
+        hashed = query_codes is not None or query_keys is not None
+        if hashed == (queries is not None) or hashed and (query_codes is None or query_keys is None):
+            raise ConfigError("partial_scores: expected either queries, or both query_codes and query_keys "
+                              f"(got queries={queries is not None}, query_codes={query_codes is not None}, "
+                              f"query_keys={query_keys is not None})")
+        on_dev = _engine.on_device(tables["keys"])
+        if hashed:
+            batches = [self._check_query_codes(query_codes, query_keys, tables)]
+        else:
+            t = self._features(queries, "queries")
+            batches = (self._encode_chunk(c, "queries", i) for i, c in self._chunks(t))
+        src = tables if on_dev else {k: _to_numpy(v) for k, v in tables.items()}
         counts, sums, codes_all = [], [], []
-        host = {k: _to_numpy(v) for k, v in tables.items()}
-        for i, chunk in self._chunks(t):
-            c, k = self._encode_chunk(chunk, "queries", i)
+        for c, k in batches:
             if mode == "light":
-                cnt, s = _bucket_code_sums(host, k)
+                cnt, s = _bucket_code_sums_tensor(src, k) if on_dev else _bucket_code_sums(src, k)
                 codes_all.append(c)
             else:
-                _, _, s, cnt = _engine.lookup(host, c, k, _engine.MODES[mode], 0.0, self.n_threads, partial=True)
+                _, _, s, cnt = _engine.lookup(src, c, k, _engine.MODES[mode], 0.0, self.n_threads, partial=True)
             counts.append(cnt)
             sums.append(s)
-        out = {"count": np.concatenate(counts), "sum": np.concatenate(sums), "mode": mode}
-        if mode == "light":
-            out["query_codes"] = np.concatenate(codes_all)
+        cat = (lambda xs: _to_numpy(torch.cat(xs))) if on_dev else np.concatenate  # one device-to-host copy
+        out = {"count": cat(counts), "sum": cat(sums), "mode": mode}
+        if mode == "light" and not hashed:
+            out["query_codes"] = cat(codes_all)
         return out
 
-    def combine_partial_scores(self, parts, mode: Optional[str] = None, return_distances: bool = False):
+    def combine_partial_scores(self, parts, mode: Optional[str] = None, return_distances: bool = False, *,
+                               query_codes=None):
         """Scores from the partial sums of several shards (same queries, same hash layers).
 
         Per (query, table): distance = sum of sums / sum of counts, the exact value one index over
-        all shards' items gives; a miss (zero count in every shard) gives miss_value.
+        all shards' items gives; a miss (zero count in every shard) gives miss_value.  "light" needs
+        the (M, b, r) query codes: `query_codes`, else the first part's "query_codes".
         """
         parts = list(parts)
         if not parts:
             raise ConfigError("combine_partial_scores: expected partial scores of at least one shard")
         mode = parts[0]["mode"] if mode is None else mode
         if any(p["mode"] != mode for p in parts):
-            raise ConfigError(f"combine_partial_scores: every shard must use mode {mode!r}")
-        count = sum(p["count"] for p in parts)
-        total = sum(p["sum"] for p in parts)
+            raise ConfigError(f"combine_partial_scores: every shard must use mode {mode!r}, got "
+                              f"{[p['mode'] for p in parts]}")
+        shape = np.shape(parts[0]["count"])
+        for i, p in enumerate(parts):
+            if np.shape(p["count"]) != shape or np.shape(p["sum"])[:2] != shape:
+                raise InvalidInputError(f"combine_partial_scores: shard {i} answered count {np.shape(p['count'])} "
+                                        f"and sum {np.shape(p['sum'])}, expected count {shape} like shard 0 (the "
+                                        "same queries)")
+        count = sum(_to_numpy(p["count"]) for p in parts)
+        total = sum(_to_numpy(p["sum"]) for p in parts)
         hit = count > 0
         dist = np.full(count.shape, self.default_miss_value(mode), dtype=np.float64)
         if mode == "light":
-            q = parts[0]["query_codes"].astype(np.float64)
+            q = parts[0].get("query_codes") if query_codes is None else query_codes
+            if q is None:
+                raise ConfigError("combine_partial_scores: 'light' needs the query codes (pass query_codes=, "
+                                  "e.g. from hash_queries())")
+            q = _to_numpy(q).astype(np.float64)
+            if q.shape != total.shape:
+                raise InvalidInputError(f"combine_partial_scores: query_codes of shape {q.shape}, expected "
+                                        f"{total.shape}")
             mean_code = total[hit] / count[hit][:, None]
             dist[hit] = np.sqrt(((q[hit] - mean_code) ** 2).sum(axis=1))
         else:
@@ -599,6 +689,29 @@ def _bucket_code_sums(tables: Dict, query_keys: np.ndarray):
         u = ts[j] + pos[hit]
         count[hit, j] = off[u + 1] - off[u]
         total[hit, j] = bsum[u]
+    return count, total
+
+
+def _bucket_code_sums_tensor(tables: Dict, query_keys):
+    """_bucket_code_sums for tables held as tensors (a GPU shard): one searchsorted per table."""
+    flip = torch.iinfo(torch.int64).min  # uint64 order == int64 order after flipping the top bit
+    keys = tables["keys"].view(torch.int64) ^ flip
+    qk = query_keys.view(torch.int64) ^ flip
+    ts = _to_numpy(tables["table_start"]).tolist()
+    off, bsum = tables["offsets"], tables["bucket_sum"]
+    m, b = qk.shape
+    count = torch.zeros((m, b), dtype=torch.int64, device=qk.device)
+    total = torch.zeros((m, b, bsum.shape[1]), dtype=torch.float64, device=qk.device)
+    for j in range(b):
+        kj = keys[ts[j]:ts[j + 1]]
+        if kj.numel() == 0:
+            continue
+        col = qk[:, j].contiguous()
+        pos = torch.searchsorted(kj, col).clamp_(max=kj.numel() - 1)
+        hit = kj[pos] == col
+        u = ts[j] + pos
+        count[:, j] = torch.where(hit, off[u + 1] - off[u], 0)
+        total[:, j] = torch.where(hit[:, None], bsum[u], 0.0)
     return count, total
 
 

@@ -247,6 +247,43 @@ def test_build_and_lookup_match_cpu_and_oracle(case):
         np.testing.assert_allclose(host(ce.lookup(ref_d, n, qc_d, qk_d, mode, miss)), want_cpu, rtol=TOL, atol=TOL)
 
 
+@pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
+def test_partial_output_matches_cpu(case):
+    """return_partial: the shard partial sums of lookup_cpu(partial=True), every element written
+    (outputs are poisoned), big buckets included; with and without the other extras."""
+    b, n, r, kind, dtype, ids_kind = case
+    keys, codes, ids, qc, qk = make_case(b, n, r, kind, dtype, ids_kind, seed=zlib.crc32(_id(case).encode()) + 1)
+    ref = cpu_build(keys, codes, ids)
+    g = ce.build_tables(to_dev(keys), to_dev(codes), to_dev(ids))
+    gs = ce.build_tables(to_dev(keys), to_dev(codes), to_dev(ids), keep_codes=False)
+    qc_d, qk_d = to_dev(qc), to_dev(qk)
+    half = codes.dtype == np.float16
+    for mode in (0, 1, 2):
+        c = ref["codes"].view(np.uint16) if half else ref["codes"]
+        want, _, want_sum, want_count = _C.lookup_cpu(ref["keys"], ref["table_start"], ref["offsets"], c,
+                                                      ref["bucket_sum"], ref["bucket_sqnorm"], n, qc, qk, mode,
+                                                      3.0, 0, True)
+        out, psum, pcount = ce.lookup(g, n, qc_d, qk_d, mode, 3.0, return_partial=True)
+        assert psum.dtype == torch.float64 and pcount.dtype == torch.int64 and psum.shape == (qc.shape[0], b)
+        np.testing.assert_array_equal(host(pcount), want_count, err_msg=f"mode {mode} counts")
+        np.testing.assert_allclose(host(psum), want_sum, rtol=TOL, atol=TOL, err_msg=f"mode {mode} sums")
+        np.testing.assert_allclose(host(out), want, rtol=TOL, atol=TOL, err_msg=f"mode {mode} distances")
+        miss = want_count == 0
+        assert (host(psum)[miss] == 0).all()
+        # the sum over a bucket divided by its size is the distance the same call returns
+        hit = ~miss
+        np.testing.assert_allclose(host(psum)[hit] / host(pcount)[hit], host(out)[hit], rtol=1e-6, atol=1e-6)
+        out2, mn, vis, psum2, pcount2 = ce.lookup(g, n, qc_d, qk_d, mode, 3.0, return_min=True, return_visited=True,
+                                                  return_partial=True)
+        assert torch.equal(psum2, psum) and torch.equal(pcount2, pcount) and torch.equal(out2, out)
+        if mode:
+            _, ps, pc = ce.lookup(gs, n, qc_d, qk_d, mode, 3.0, return_partial=True)
+            np.testing.assert_array_equal(host(pc), want_count)
+            np.testing.assert_allclose(host(ps), want_sum, rtol=TOL, atol=TOL)
+    if kind == "giant":  # the big-bucket kernel wrote these sums
+        assert (want_count > 2048).any()
+
+
 def test_input_order_does_not_matter():
     keys, codes, ids, _, _ = make_case(3, 2000, 12, "proto", np.float32, "arange", seed=7)
     perm = np.random.default_rng(1).permutation(2000)
@@ -270,6 +307,8 @@ def test_empty_tables_and_queries():
     empty = ce.lookup(g, 0, torch.zeros((0, 3, 8), device=DEV), torch.empty((0, 3), dtype=torch.uint64, device=DEV),
                       0, 7.0)
     assert empty.shape == (0, 3)
+    _, psum, pcount = ce.lookup(g, 0, to_dev(qc), to_dev(keys_of(qc)), 0, 7.0, return_partial=True)
+    assert (host(psum) == 0).all() and (host(pcount) == 0).all()
 
 
 @pytest.mark.parametrize("r", [1, 3, 7, 16, 31, 32, 33, 50, 64])

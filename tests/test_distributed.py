@@ -4,8 +4,9 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from llsh_index import LearnableLSHIndex  # noqa: E402
-from llsh_index.distributed import build_distributed, load_distributed, main  # noqa: E402
+from llsh_index import ConfigError, LearnableLSHIndex  # noqa: E402
+from llsh_index.distributed import (DistributedIndex, ShardPool, build_distributed, load_distributed,  # noqa: E402
+                                    main)
 
 CUTS = {1: [], 2: [1200], 3: [900, 1900]}
 TABLE_KEYS = ("keys", "table_start", "offsets", "ids", "codes", "bucket_sum", "bucket_sqnorm")
@@ -117,3 +118,79 @@ def test_entry_point(data, tmp_path):
     assert main(["--address", "local", "--train", ",".join(parts), "--test", str(tmp_path / "q.npy"),
                  "--out", str(tmp_path / "s.npy"), "--layers", str(tmp_path / "layers.llsh")]) == 0
     np.testing.assert_allclose(np.load(tmp_path / "s.npy"), single.score(q), rtol=1e-6, atol=1e-6)
+
+
+def test_shards_receive_codes_hashed_once(data, built, monkeypatch):
+    """The driver hashes each round of queries once; the shards get (M, b, r) float32 codes and
+    (M, b) uint64 keys, never the (M, d) features."""
+    x, q, layers, single = data
+    dist = built[2]
+    seen = []
+    submit = DistributedIndex._submit
+
+    def record(self, codes, keys, mode):
+        if isinstance(codes, ray.ObjectRef):
+            seen.append(("ObjectRef",))
+        else:
+            seen.append((codes.dtype, codes.shape, keys.dtype, keys.shape))
+        return submit(self, codes, keys, mode)
+
+    monkeypatch.setattr(DistributedIndex, "_submit", record)
+    for mode in ("mean", "light"):
+        np.testing.assert_allclose(dist.score(q, mode, query_batch=40), single.score(q, mode), rtol=1e-6, atol=1e-6)
+    rounds = [(np.float32, (m, 4, 10), np.uint64, (m, 4)) for m in (40, 40, 20)]
+    assert seen == rounds * 2
+    # queries already in the object store are hashed by a worker: the driver never fetches them
+    seen.clear()
+    np.testing.assert_allclose(dist.score(ray.put(q), "light"), single.score(q, "light"), rtol=1e-6, atol=1e-6)
+    assert len(seen) == 1 and seen[0][0] == "ObjectRef"
+
+
+def test_pool_reuses_warm_actors(data, tmp_path):
+    x, q, layers, single = data
+    with ShardPool(3) as pool:
+        ids = {h._actor_id for h in pool._actors}
+        assert pool.size == 3 and pool.n_free == 3
+        a = build_distributed(layers, np.split(x, CUTS[2]), pool=pool)
+        assert pool.n_free == 1 and {h._actor_id for h in a._actors} <= ids
+        with pytest.raises(ConfigError, match=r"at most 1 shards \(1 of the pool's 3 actors are free\), got 3"):
+            build_distributed(layers, np.split(x, CUTS[3]), pool=pool)
+        assert pool.n_free == 1
+        np.testing.assert_allclose(a.score(q), single.score(q), rtol=1e-6, atol=1e-6)
+        paths = a.save_shards(tmp_path / "shards")
+        a.shutdown()  # back to the pool, not killed
+        assert pool.n_free == 3
+        with pytest.raises(ConfigError, match="shut down"):
+            a.score(q)
+        b = build_distributed(layers, np.split(x, CUTS[3]), pool=pool, mode="squared", store_codes=False)
+        assert {h._actor_id for h in b._actors} == ids  # the same processes, a new shard each
+        np.testing.assert_allclose(b.score(q), single.score(q, "squared"), rtol=1e-6, atol=1e-6)
+        b.shutdown()
+        c = load_distributed(paths, pool=pool)
+        np.testing.assert_allclose(c.score(q, "light"), single.score(q, "light"), rtol=1e-6, atol=1e-6)
+        c.shutdown()
+        # a failed build hands its actors back
+        with pytest.raises(Exception, match="missing.npy"):
+            build_distributed(layers, [str(tmp_path / "missing.npy"), x[:10]], pool=pool)
+        assert pool.n_free == 3
+        with pytest.raises(ConfigError, match="with a pool, expected no n_threads, resources"):
+            build_distributed(layers, [x], pool=pool, n_threads=1, resources={"CPU": 1})
+        with pytest.raises(ConfigError, match="pool expected a ShardPool, got str"):
+            build_distributed(layers, [x], pool="warm")
+    assert pool.size == 0
+    with pytest.raises(ConfigError, match="the ShardPool is shut down"):
+        build_distributed(layers, [x], pool=pool)
+    with pytest.raises(ConfigError, match="size expected an integer >= 1, got 0"):
+        ShardPool(0)
+
+
+def test_bad_queries_fail_on_the_driver(built):
+    from llsh_index import InvalidInputError
+
+    dist = built[2]
+    with pytest.raises(InvalidInputError, match="expected dimension 24, got shape \\(3, 5\\)"):
+        dist.score(np.zeros((3, 5), np.float32))
+    with pytest.raises(InvalidInputError, match="at least one row"):
+        dist.score(np.zeros((0, 24), np.float32))
+    with pytest.raises(ConfigError, match="query_batch: expected an integer >= 1"):
+        dist.score(np.zeros((3, 24), np.float32), query_batch=0)

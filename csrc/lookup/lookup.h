@@ -25,13 +25,15 @@ void lookup_cpu(const TablesView<CodeT>& tables, const float* query_codes, const
 // kMean, buckets of more than kLookupBigBucket rows are queued and reduced by a whole block.
 // out: [M, b] float32.  out_min (may be null): [M] min over the b columns.  visited (may be null):
 // [M, b] int64, rows visited per (query, table) as counted by lookup_cpu (0 on a miss).
+// out_sum / out_count (may be null): the shard partial sums of lookup_cpu, [M, b] each (float64 sum
+// of the distances, int64 bucket size; 0 and 0 on a miss), for an exact merge across shards.
 // temp: scratch of lookup_cuda_temp_bytes(M, b) bytes.  No allocation, no synchronisation.
 constexpr int64_t kLookupBigBucket = 2048;
 uint64_t lookup_cuda_temp_bytes(int64_t n_queries, int64_t n_tables);
 template <typename CodeT>
 void lookup_cuda(const TablesView<CodeT>& tables, const float* query_codes, const uint64_t* query_keys,
                  int64_t n_queries, Mode mode, float miss_value, float* out, float* out_min, int64_t* visited,
-                 void* temp, uint64_t temp_bytes, void* stream);
+                 double* out_sum, int64_t* out_count, void* temp, uint64_t temp_bytes, void* stream);
 #endif
 
 }  // namespace llsh

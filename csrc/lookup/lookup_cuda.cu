@@ -13,6 +13,8 @@
 // lookup_big_kernel    one block per queued (query, big bucket): the same row loop split over the
 //                      block's warps, then a fixed-order reduction (deterministic).
 // lookup_min_kernel    optional min over the b tables of each query.
+// Optional partial outputs (out_sum, out_count) get what lookup_cpu's do: per (query, table) the float64
+// sum of the distances (the mean mode's accumulator itself) and the bucket size, 0 and 0 on a miss.
 #include "lookup.h"
 
 #include <cuda_fp16.h>
@@ -58,6 +60,8 @@ struct Params {
   float miss = 0.f;
   float* out = nullptr;           // [n_pairs]
   int64_t* visited = nullptr;     // [n_pairs] or null
+  double* psum = nullptr;         // [n_pairs] or null: count * distance (float64)
+  int64_t* pcount = nullptr;      // [n_pairs] or null: bucket size (0 on a miss)
   unsigned long long* big_count = nullptr;
   int64_t* big_list = nullptr;    // [2 * n_pairs]: (pair, bucket)
 };
@@ -126,6 +130,8 @@ __global__ void __launch_bounds__(kThreads) lookup_warp_kernel(const Params<Code
       if (lane == 0) {
         p.out[pair] = p.miss;
         if (p.visited) p.visited[pair] = 0;
+        if (p.psum) p.psum[pair] = 0.0;
+        if (p.pcount) p.pcount[pair] = 0;
       }
       continue;
     }
@@ -147,6 +153,8 @@ __global__ void __launch_bounds__(kThreads) lookup_warp_kernel(const Params<Code
       if (lane == 0) {
         p.out[pair] = (float)(acc / (double)count);
         if (p.visited) p.visited[pair] = count;
+        if (p.psum) p.psum[pair] = acc;  // the sum itself: no divide-then-multiply rounding
+        if (p.pcount) p.pcount[pair] = count;
       }
     } else {
       const double* sum = p.t.bucket_sum + u * r;
@@ -165,15 +173,17 @@ __global__ void __launch_bounds__(kThreads) lookup_warp_kernel(const Params<Code
       a = warp_sum(a);
       c = warp_sum(c);
       if (lane == 0) {
-        float v;
+        double v;
         if (p.mode == 1) {
-          v = (float)sqrt(a);
+          v = sqrt(a);
         } else {
           const double m = a - 2.0 * c / cnt + p.t.bucket_sqnorm[u] / cnt;
-          v = (float)(m > 0.0 ? m : 0.0);
+          v = m > 0.0 ? m : 0.0;
         }
-        p.out[pair] = v;
+        p.out[pair] = (float)v;
         if (p.visited) p.visited[pair] = 1;
+        if (p.psum) p.psum[pair] = v * cnt;  // as lookup_cpu: count * the float64 distance
+        if (p.pcount) p.pcount[pair] = count;
       }
     }
   }
@@ -198,6 +208,8 @@ __global__ void __launch_bounds__(kBigThreads) lookup_big_kernel(const Params<Co
       for (int i = 0; i < nw; ++i) total += sh[i];
       p.out[pair] = (float)(total / (double)(row1 - row0));
       if (p.visited) p.visited[pair] = row1 - row0;
+      if (p.psum) p.psum[pair] = total;
+      if (p.pcount) p.pcount[pair] = row1 - row0;
     }
     __syncthreads();  // sh is reused by the next pair
   }
@@ -234,8 +246,8 @@ uint64_t lookup_cuda_temp_bytes(int64_t n_queries, int64_t n_tables) {
 
 template <typename CodeT>
 void lookup_cuda(const TablesView<CodeT>& t, const float* query_codes, const uint64_t* query_keys, int64_t n_queries,
-                 Mode mode, float miss_value, float* out, float* out_min, int64_t* visited, void* temp,
-                 uint64_t temp_bytes, void* stream) {
+                 Mode mode, float miss_value, float* out, float* out_min, int64_t* visited, double* out_sum,
+                 int64_t* out_count, void* temp, uint64_t temp_bytes, void* stream) {
   const int m = static_cast<int>(mode);
   if (m < 0 || m > 2) throw std::invalid_argument("lookup_cuda: mode must be 0 (mean), 1 (light) or 2 (squared)");
   if (t.n_bits < 1 || t.n_bits > 64) throw std::invalid_argument("lookup_cuda: n_bits must be 1..64");
@@ -266,6 +278,8 @@ void lookup_cuda(const TablesView<CodeT>& t, const float* query_codes, const uin
   p.miss = miss_value;
   p.out = out;
   p.visited = visited;
+  p.psum = out_sum;
+  p.pcount = out_count;
   p.big_count = static_cast<unsigned long long*>(temp);
   p.big_list = reinterpret_cast<int64_t*>(static_cast<char*>(temp) + kListOffset);
   check(cudaMemsetAsync(p.big_count, 0, sizeof(unsigned long long), s), "cudaMemsetAsync");
@@ -285,8 +299,8 @@ void lookup_cuda(const TablesView<CodeT>& t, const float* query_codes, const uin
 }
 
 template void lookup_cuda<float>(const TablesView<float>&, const float*, const uint64_t*, int64_t, Mode, float, float*,
-                                 float*, int64_t*, void*, uint64_t, void*);
+                                 float*, int64_t*, double*, int64_t*, void*, uint64_t, void*);
 template void lookup_cuda<uint16_t>(const TablesView<uint16_t>&, const float*, const uint64_t*, int64_t, Mode, float,
-                                    float*, float*, int64_t*, void*, uint64_t, void*);
+                                    float*, float*, int64_t*, double*, int64_t*, void*, uint64_t, void*);
 
 }  // namespace llsh

@@ -1,0 +1,316 @@
+"""Several devices on one host: shards of one index on the visible GPUs, scored at once, combined exactly.
+
+    from llsh_index import LearnableLSHIndex, ShardedIndex
+    layers = LearnableLSHIndex(d, n_tables=8, n_bits=32).fit(sample, video_ids=vids)
+    sharded = ShardedIndex(layers)          # one shard per visible GPU (one CPU shard when there is none)
+    sharded.add(train)                      # rows split into contiguous parts, one per shard
+    scores = sharded.score(test)            # == layers.empty_like().add(train).score(test), to 1e-6
+
+Placement.  Shard i lives on ``devices[i % len(devices)]``: by default every visible GPU
+(``cuda:0``, ``cuda:1``, ...), or ``["cpu"]`` when none is visible; pass ``devices=["cuda:0",
+"cuda:0"]`` (or ``n_shards=2``) for two shards on one GPU.  ``from_shards()`` takes indexes that
+already hold items (e.g. loaded from shard files) and moves them to the devices in place.
+
+Scoring.  The queries are hashed once, on the first shard's device (or on the device a CUDA query
+tensor already lives on, when a shard lives there too), and only the codes travel: b*r float32 +
+b uint64 keys per query to each device, not the d features.  One thread per device then runs that
+device's shards (``partial_scores`` with the pre-hashed codes: a native lookup that releases the GIL,
+on the device's current stream, asynchronous until its partial sums are copied to the host), all
+devices at once, while the main thread hashes the next round of queries.  The partial sums
+(per query and table: bucket size and float64 sum of distances, or the bucket's code sum for
+"light") are added on the host in shard order, so the scores equal those of one index over all
+shards' items (``combine_partial_scores``: a miss only where every shard misses).
+
+``add()`` hashes each shard's rows on that shard's device, all devices at once.  A shard with no
+items yet answers nothing (all its counts are 0).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ._validation import _is_cupy, _is_torch, check_features
+from .errors import ConfigError, CudaUnavailableError, NotFittedError
+from .index import LearnableLSHIndex, _normalise_device, _to_numpy
+
+__all__ = ["ShardedIndex"]
+
+
+# ---------------------------------------------------------------------- device helpers
+# The few places that touch a real device; tests/test_sharded.py stands them in for fake devices
+# (torch CPU tensors behind the CUDA engine's API) to test the placement logic without a GPU.
+def _visible_gpus() -> int:
+    """Number of CUDA devices this process can use with the CUDA engine (0 without one)."""
+    from . import cuda_available
+
+    return torch.cuda.device_count() if cuda_available() else 0
+
+
+def _place(index: LearnableLSHIndex, device: str) -> LearnableLSHIndex:
+    """Moves an index (hash layers and tables) to `device`."""
+    return index.to(device)
+
+
+def _send(x, device: str):
+    """Copies a host or device array to `device` (a torch tensor there; unchanged when already there)."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    if device == "cpu":
+        return x.cpu()
+    if x.dtype == torch.uint64:  # copy the bits as int64: every torch copies int64 across devices
+        return x.view(torch.int64).to(device, non_blocking=True).view(torch.uint64)
+    return x.to(device, non_blocking=True)
+
+
+def _device_scope(device: str):
+    """Makes `device` the thread's current CUDA device (a no-op for the CPU)."""
+    return torch.cuda.device(device) if device.startswith("cuda") else contextlib.nullcontext()
+
+
+def _resolve_devices(devices) -> List[str]:
+    n_gpus = _visible_gpus()
+    if devices is None:
+        return [f"cuda:{i}" for i in range(n_gpus)] or ["cpu"]
+    if isinstance(devices, (str, torch.device)):
+        devices = [devices]
+    out = []
+    for d in devices:
+        d = _normalise_device(d)
+        if d == "cuda":
+            d = f"cuda:{torch.cuda.current_device()}" if n_gpus else "cuda:0"
+        if d.startswith("cuda") and int(d[5:]) >= n_gpus:
+            raise CudaUnavailableError(f"devices: {d} was asked for, but {n_gpus} CUDA device(s) are visible to "
+                                       "the CUDA engine")
+        out.append(d)
+    if not out:
+        raise ConfigError("devices: expected at least one device ('cpu' or 'cuda:N'), got an empty list")
+    return out
+
+
+class ShardedIndex:
+    """Shards of one index on the devices of this host; see the module docstring.
+
+    Parameters
+    ----------
+    layers : a LearnableLSHIndex with hash layers (trained or not); its tables, if any, are not used.
+    devices : None (every visible GPU, or "cpu" without one), or a list of "cpu" / "cuda:N".
+    n_shards : number of shards (default: one per device); shard i goes to devices[i % len(devices)].
+    mode, store_codes : overrides of the layers' settings for every shard (e.g. "light", False).
+    """
+
+    def __init__(self, layers: LearnableLSHIndex, devices: Optional[Sequence[str]] = None,
+                 n_shards: Optional[int] = None, *, mode: Optional[str] = None, store_codes: Optional[bool] = None):
+        if not isinstance(layers, LearnableLSHIndex):
+            raise ConfigError(f"layers: expected a LearnableLSHIndex, got {type(layers).__name__}")
+        if layers.encoder is None:
+            raise NotFittedError("layers: the index has no hash layers yet (no fit(), or dim unknown)")
+        devs = _resolve_devices(devices)
+        if n_shards is None:
+            n_shards = len(devs)
+        if isinstance(n_shards, bool) or not isinstance(n_shards, (int, np.integer)) or n_shards < 1:
+            raise ConfigError(f"n_shards: expected an integer >= 1, got {n_shards!r}")
+        overrides = {k: v for k, v in (("mode", mode), ("store_codes", store_codes)) if v is not None}
+        host = layers.empty_like(**overrides).to("cpu")
+        self._init(host, [host.empty_like() for _ in range(int(n_shards))], devs)
+
+    @classmethod
+    def from_shards(cls, shards: Sequence[LearnableLSHIndex], devices: Optional[Sequence[str]] = None
+                    ) -> "ShardedIndex":
+        """A sharded index over existing indexes (same hash layers), moved in place to the devices."""
+        shards = list(shards)
+        if not shards:
+            raise ConfigError("from_shards: expected at least one index, got none")
+        for s in shards[1:]:
+            shards[0]._check_same_layers(s)
+        out = cls.__new__(cls)
+        out._init(shards[0].empty_like().to("cpu"), shards, _resolve_devices(devices))
+        return out
+
+    @classmethod
+    def load(cls, paths: Sequence[str], devices: Optional[Sequence[str]] = None) -> "ShardedIndex":
+        """Shard files written by save_shards() (or any index files sharing their hash layers)."""
+        return cls.from_shards([LearnableLSHIndex.load(os.fspath(p)) for p in paths], devices)
+
+    def _init(self, host: LearnableLSHIndex, shards: List[LearnableLSHIndex], devs: List[str]) -> None:
+        self._host = host  # hash layers and settings, on the CPU, no tables: combines the partial sums
+        self.shards = shards
+        self.devices = [devs[i % len(devs)] for i in range(len(shards))]
+        for s, d in zip(self.shards, self.devices):
+            _place(s, d)
+        self._hashers: Dict[str, LearnableLSHIndex] = {}
+        self._threads: Optional[Dict[str, ThreadPoolExecutor]] = None
+        # device -> its shards, in shard order; the reduction is always in shard order
+        self._groups: Dict[str, List[int]] = {}
+        for i, d in enumerate(self.devices):
+            self._groups.setdefault(d, []).append(i)
+
+    # ------------------------------------------------------------------ info
+    @property
+    def n_shards(self) -> int:
+        return len(self.shards)
+
+    @property
+    def ntotal(self) -> int:
+        return sum(s.ntotal for s in self.shards)
+
+    @property
+    def shard_sizes(self) -> List[int]:
+        return [s.ntotal for s in self.shards]
+
+    @property
+    def mode(self) -> str:
+        return self._host.mode
+
+    def memory_bytes(self) -> List[int]:
+        """Bytes of the tables of each shard, on its device."""
+        return [s.memory_bytes() for s in self.shards]
+
+    # ------------------------------------------------------------------ threads
+    def _start(self, fn):
+        """Starts fn(device, shard indices) for every device, each on that device's own thread;
+        returns a function that waits and gives the results in device order.  With one device it
+        runs here, at once."""
+        groups = list(self._groups.items())
+        if len(groups) == 1:  # one device: no thread to hop to
+            result = [fn(*groups[0])]
+            return lambda: result
+        if self._threads is None:  # one single-worker executor per device: a device's work never overlaps itself
+            self._threads = {d: ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llsh-{d}") for d, _ in groups}
+        futures = [self._threads[d].submit(fn, d, idx) for d, idx in groups]
+        return lambda: [f.result() for f in futures]
+
+    def close(self) -> None:
+        """Stops the per-device threads (the shards stay usable; threads restart when needed)."""
+        threads, self._threads = self._threads, None
+        for t in (threads or {}).values():
+            t.shutdown(wait=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ------------------------------------------------------------------ building
+    def _host_rows(self, x, name: str):
+        """Validated features as a torch tensor: a view of host data, or the CUDA tensor as given."""
+        if (_is_torch(x) and x.is_cuda) or _is_cupy(x):
+            from ._validation import array_device
+
+            dev = array_device(x)
+            return check_features(x, name, self._host.dim, dev)
+        return check_features(x, name, self._host.dim, "cpu")
+
+    def add(self, features) -> "ShardedIndex":
+        """Splits the rows into n_shards contiguous parts (sizes differ by at most 1) and adds part i
+        to shard i, every device at once; each part is hashed on its shard's device."""
+        t = self._host_rows(features, "features")
+        bounds = np.linspace(0, t.shape[0], self.n_shards + 1).round().astype(np.int64)
+
+        def run(dev, idx):
+            with _device_scope(dev):
+                for i in idx:
+                    if bounds[i + 1] > bounds[i]:
+                        self.shards[i].add(_send(t[bounds[i]:bounds[i + 1]], dev))
+
+        self._start(run)()
+        return self
+
+    # ------------------------------------------------------------------ scoring
+    def _hasher(self, device: str) -> LearnableLSHIndex:
+        if device not in self._hashers:
+            self._hashers[device] = _place(self._host.empty_like(), device)
+        return self._hashers[device]
+
+    def _hash(self, q: torch.Tensor):
+        """(codes, keys) of a batch of validated queries, hashed once on one shard device."""
+        src = "cpu" if q.device.type == "cpu" else str(q.device)
+        dev = src if src in self._groups else self.devices[0]
+        return self._hasher(dev).hash_queries(_send(q, dev))
+
+    def _start_partials(self, codes, keys, mode: str):
+        """Starts every shard on pre-hashed queries; the returned function waits and gives the partial
+        sums in shard order (none for an empty shard)."""
+        def run(dev, idx):
+            with _device_scope(dev):
+                qc, qk = _send(codes, dev), _send(keys, dev)  # one copy per device, shared by its shards
+                return [(i, self.shards[i].partial_scores(mode=mode, query_codes=qc, query_keys=qk))
+                        for i in idx if self.shards[i].ntotal]
+
+        wait = self._start(run)
+
+        def parts():
+            by_shard = dict(p for group in wait() for p in group)
+            return [by_shard[i] for i in sorted(by_shard)]
+
+        return parts
+
+    def _combine(self, parts, codes, mode, return_distances):
+        return self._host.combine_partial_scores(parts, mode, return_distances,
+                                                 query_codes=_to_numpy(codes) if mode == "light" else None)
+
+    def _run(self, queries, mode, return_distances, query_batch):
+        if self.ntotal == 0:
+            raise NotFittedError("score: the sharded index is empty; call add(features) first")
+        mode = self._host.mode if mode is None else mode
+        if mode == "mean" and not self._host.store_codes:
+            raise ConfigError("mode: 'mean' needs the per-item codes, but these shards keep bucket statistics "
+                              "only (store_codes=False); use 'light' or 'squared'")
+        t = self._host_rows(queries, "queries")
+        step = t.shape[0] if query_batch is None else int(query_batch)
+        if step < 1:
+            raise ConfigError(f"query_batch: expected an integer >= 1 or None, got {query_batch!r}")
+        rounds = [t[i:i + step] for i in range(0, t.shape[0], step)]
+        out = []
+        hashed = self._hash(rounds[0])
+        for k in range(len(rounds)):
+            codes, keys = hashed
+            wait = self._start_partials(codes, keys, mode)
+            if k + 1 < len(rounds):
+                hashed = self._hash(rounds[k + 1])  # while the devices work on round k
+            out.append(self._combine(wait(), codes, mode, return_distances))
+        return out[0] if len(out) == 1 else np.concatenate(out)
+
+    def table_distances(self, queries, mode: Optional[str] = None, *, query_batch: Optional[int] = 65_536
+                        ) -> np.ndarray:
+        """(M, n_tables) float32 distances, equal to one index over all shards' items."""
+        return self._run(queries, mode, True, query_batch)
+
+    def score(self, queries, mode: Optional[str] = None, *, query_batch: Optional[int] = 65_536) -> np.ndarray:
+        """(M,) float32 anomaly scores (min over tables), equal to one index over all shards' items.
+
+        queries: numpy, torch (CPU or CUDA) or cupy; hashed once per round of `query_batch` rows.
+        """
+        return self._run(queries, mode, False, query_batch)
+
+    # ------------------------------------------------------------------ persistence
+    def save_shards(self, folder) -> List[str]:
+        """Saves shard i to folder/shard_00000.llsh, ...; returns the paths (ShardedIndex.load reads them)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for i, s in enumerate(self.shards):
+            paths.append(str(folder / f"shard_{i:05d}.llsh"))
+            s.save(paths[-1])
+        return paths
+
+    def gather(self) -> LearnableLSHIndex:
+        """One CPU index holding every shard's items (merge_all in shard order): tests and small data."""
+        out = self._host.empty_like()
+        for s in self.shards:
+            if s._tables is not None:
+                host = self._host.empty_like()
+                host._tables = {k: _to_numpy(v) for k, v in s._tables.items()}  # a host copy of a device shard
+                out.merge(host)
+        return out
+
+    def __repr__(self) -> str:
+        return (f"ShardedIndex(n_shards={self.n_shards}, devices={self.devices}, ntotal={self.ntotal}, "
+                f"dim={self._host.dim}, n_tables={self._host.n_tables}, n_bits={self._host.n_bits}, "
+                f"mode={self.mode!r})")

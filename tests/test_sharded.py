@@ -1,0 +1,443 @@
+"""ShardedIndex: shards on the devices of one host give the scores of one index over all their items.
+
+CPU shards are compared with a single index directly (the CPU hashing is bit-identical however
+the rows are batched).  The device placement logic (round-robin over the visible GPUs, one thread
+per device, queries hashed once and only their codes sent) runs on the CPU through fake devices:
+torch CPU tensors behind the CUDA engine's API, as in tests/test_tensor_path.py.  The `gpu` tests
+at the end run the same paths on real devices (two shards on one GPU; several GPUs when present).
+"""
+import contextlib
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import llsh_index.sharded as sharded_mod
+from llsh_index import (ConfigError, CudaUnavailableError, DeviceMismatchError, InvalidDTypeError, InvalidInputError,
+                        LearnableLSHIndex, NotFittedError, ShardedIndex, _C, _engine)
+
+DIM, B, R = 20, 5, 9
+
+
+def make_data(seed=2027, n=3000, n_queries=120, dim=DIM):
+    """Clustered rows; queries near the data (hits, some in one shard only) and far from it (misses)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((8, dim)) * 2.5
+    x = (centres[rng.integers(0, 8, n)] + 0.45 * rng.standard_normal((n, dim))).astype(np.float32)
+    x[100:130] = x[100]  # a bucket of identical rows that lands in the first shard only
+    near = x[rng.integers(0, n, n_queries // 2)] + 0.05 * rng.standard_normal((n_queries // 2, dim))
+    far = rng.standard_normal((n_queries - n_queries // 2, dim)) * 6
+    q = np.concatenate([x[100:102], near[2:], far]).astype(np.float32)
+    return x, q
+
+
+@pytest.fixture(scope="module")
+def data():
+    x, q = make_data()
+    layers = LearnableLSHIndex(DIM, n_tables=B, n_bits=R, seed=11)
+    return x, q, layers, layers.empty_like().add(x)
+
+
+def assert_equal_to(sharded, single, q, modes=("mean", "light", "squared"), **kw):
+    for mode in modes:
+        np.testing.assert_allclose(sharded.table_distances(q, mode, **kw), single.table_distances(q, mode),
+                                   rtol=1e-6, atol=1e-6, err_msg=mode)
+        np.testing.assert_allclose(sharded.score(q, mode, **kw), single.score(q, mode), rtol=1e-6, atol=1e-6,
+                                   err_msg=mode)
+
+
+# ------------------------------------------------------------------------------ CPU shards
+@pytest.mark.parametrize("n_shards", [1, 2, 3, 5])
+def test_cpu_shards_equal_single_index(data, n_shards):
+    x, q, layers, single = data
+    sh = ShardedIndex(layers, devices=["cpu"], n_shards=n_shards).add(x)
+    assert sh.devices == ["cpu"] * n_shards and sh.ntotal == len(x)
+    assert max(sh.shard_sizes) - min(sh.shard_sizes) <= 1
+    assert_equal_to(sh, single, q)
+    assert_equal_to(sh, single, q, query_batch=17)  # several rounds
+    if n_shards > 1:  # the edge cases occur: a (query, table) in one shard only, and a query missing everywhere
+        codes, keys = single.hash_queries(q)
+        hits = np.stack([s.partial_scores(query_codes=codes, query_keys=keys)["count"] > 0 for s in sh.shards])
+        assert np.any(hits.sum(axis=0) == 1)
+        assert np.any((hits.sum(axis=0) == 0).all(axis=1))
+
+
+def test_statistics_only_shards_and_repeated_adds(data):
+    x, q, layers, _ = data
+    single = layers.empty_like(mode="light", store_codes=False).add(x)
+    sh = ShardedIndex(layers, devices="cpu", n_shards=4, mode="light", store_codes=False)
+    sh.add(x[:3])  # fewer rows than shards: one shard stays empty for now
+    assert sorted(sh.shard_sizes) == [0, 1, 1, 1]
+    sh.add(x[3:1000]).add(x[1000:])
+    assert sh.mode == "light" and sh.ntotal == len(x)
+    assert_equal_to(sh, single, q, modes=("light", "squared"))
+    with pytest.raises(ConfigError, match="store_codes=False"):
+        sh.score(q, "mean")
+
+
+def test_empty_shard_at_score_time_and_float16_codes(data):
+    x, q, layers, _ = data
+    tiny = ShardedIndex(layers, devices="cpu", n_shards=3).add(x[:2])
+    assert tiny.shard_sizes == [1, 0, 1]  # the empty shard answers nothing: all its counts would be 0
+    assert_equal_to(tiny, layers.empty_like().add(x[:2]), np.concatenate([x[:2], q]))
+    half = ShardedIndex(LearnableLSHIndex(DIM, n_tables=B, n_bits=R, seed=11, code_dtype="float16"),
+                        devices="cpu", n_shards=3).add(x)
+    assert half.shards[0]._tables["codes"].dtype == np.float16
+    single = LearnableLSHIndex(DIM, n_tables=B, n_bits=R, seed=11, code_dtype="float16").add(x)
+    assert_equal_to(half, single, q)
+
+
+def test_from_shards_save_load_and_gather(data, tmp_path):
+    x, q, layers, single = data
+    parts = [layers.empty_like().add(p) for p in np.split(x, [700, 2500])]
+    sh = ShardedIndex.from_shards(parts, devices=["cpu"])
+    assert sh.shard_sizes == [700, 1800, 500]
+    assert_equal_to(sh, single, q, modes=("mean",))
+    merged = sh.gather()
+    for k in ("keys", "table_start", "offsets", "ids", "codes", "bucket_sum", "bucket_sqnorm"):
+        np.testing.assert_array_equal(merged._tables[k], single._tables[k], err_msg=k)
+    loaded = ShardedIndex.load(sh.save_shards(tmp_path / "shards"))
+    assert loaded.shard_sizes == sh.shard_sizes
+    np.testing.assert_array_equal(loaded.score(q), sh.score(q))
+
+
+@pytest.mark.parametrize("mode", ["mean", "light", "squared"])
+def test_partial_scores_from_codes_equal_from_features(data, mode):
+    x, q, layers, single = data
+    codes, keys = single.hash_queries(q)
+    a = single.partial_scores(q, mode)
+    b = single.partial_scores(mode=mode, query_codes=codes, query_keys=keys)
+    np.testing.assert_array_equal(a["count"], b["count"])
+    np.testing.assert_array_equal(a["sum"], b["sum"])
+    if mode == "light":  # pre-hashed queries: the caller already holds the codes, so none come back
+        assert "query_codes" not in b and np.array_equal(a["query_codes"], codes)
+    got = single.combine_partial_scores([b], query_codes=codes if mode == "light" else None)
+    np.testing.assert_array_equal(got, single.combine_partial_scores([a]))
+    # torch CPU tensors are taken too
+    c = single.partial_scores(mode=mode, query_codes=torch.from_numpy(codes), query_keys=torch.from_numpy(keys))
+    np.testing.assert_array_equal(c["sum"], b["sum"])
+
+
+# ------------------------------------------------------------------------------ fake devices
+class FakeDevices:
+    """n fake GPUs: the index's tensor path on torch CPU tensors, the C++ engine behind _cuda_engine's
+    API; records where shards are placed and what is sent to which device from which thread."""
+
+    def __init__(self, n):
+        self.n = n
+        self.placed = {}   # id(index) -> device
+        self.sent = []     # (device, dtype, shape, thread id)
+
+    @staticmethod
+    def binarize(x, from_logits=False, inplace=False):
+        codes = x if inplace else x.clone()
+        return codes, torch.from_numpy(_C.binarize_cpu(codes.numpy(), from_logits=from_logits))
+
+    @staticmethod
+    def build_tables(keys, codes, ids, keep_codes=True):
+        half = codes.dtype == torch.float16
+        c = codes.numpy().view(np.uint16) if half else codes.numpy()
+        t = _C.build_tables_cpu(keys.numpy(), c, ids.numpy(), keep_codes=keep_codes)
+        out = {k: (None if v is None else torch.from_numpy(v)) for k, v in t.items()}
+        if half and out["codes"] is not None:
+            out["codes"] = out["codes"].view(torch.float16)
+        return out
+
+    @staticmethod
+    def lookup(tables, n_items, query_codes, query_keys, mode=0, miss_value=float("inf"), *, return_min=False,
+               return_visited=False, return_partial=False):
+        assert not (return_min or return_visited)
+        host = {k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in tables.items()}
+        host["n_items"] = n_items
+        out, _, sums, counts = _engine.lookup(host, query_codes.numpy(), query_keys.numpy(), mode, miss_value,
+                                              partial=True)
+        if return_partial:
+            return torch.from_numpy(out), torch.from_numpy(sums), torch.from_numpy(counts)
+        return torch.from_numpy(out)
+
+    def place(self, index, device):
+        if index._tables is not None:
+            index._tables = {k: (torch.from_numpy(v) if isinstance(v, np.ndarray) else v)
+                             for k, v in index._tables.items()}
+        self.placed[id(index)] = device
+        return index
+
+    def send(self, x, device):
+        t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
+        self.sent.append((device, t.dtype, tuple(t.shape), threading.get_ident()))
+        return t
+
+    @staticmethod
+    def scope(device):
+        return contextlib.nullcontext()
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    import llsh_index._cuda_engine as ce
+
+    def install(n):
+        f = FakeDevices(n)
+        monkeypatch.setattr(_engine, "on_device", lambda x: isinstance(x, torch.Tensor))
+        for name in ("binarize", "build_tables", "lookup"):
+            monkeypatch.setattr(ce, name, getattr(f, name))
+        monkeypatch.setattr(sharded_mod, "_visible_gpus", lambda: n)
+        monkeypatch.setattr(sharded_mod, "_place", f.place)
+        monkeypatch.setattr(sharded_mod, "_send", f.send)
+        monkeypatch.setattr(sharded_mod, "_device_scope", f.scope)
+        return f
+
+    return install
+
+
+def test_fake_gpus_round_robin_threads_and_codes_only(data, fake, monkeypatch):
+    x, q, layers, single = data
+    f = fake(3)
+    sh = ShardedIndex(layers, n_shards=5)
+    assert sh.devices == ["cuda:0", "cuda:1", "cuda:2", "cuda:0", "cuda:1"]
+    assert [f.placed[id(s)] for s in sh.shards] == sh.devices
+    sh.add(x)
+    assert all(isinstance(s._tables["keys"], torch.Tensor) for s in sh.shards)  # the shards' tensor path ran
+    # count the hashing done by each index during scoring
+    calls = {}
+    encode = LearnableLSHIndex._encode_chunk
+
+    def counting(self, x, name, row0):
+        calls[id(self)] = calls.get(id(self), 0) + x.shape[0]
+        return encode(self, x, name, row0)
+
+    want = {mode: single.table_distances(q, mode) for mode in ("mean", "light", "squared")}
+    monkeypatch.setattr(LearnableLSHIndex, "_encode_chunk", counting)
+    f.sent.clear()
+    for mode in ("mean", "light", "squared"):
+        np.testing.assert_allclose(sh.table_distances(q, mode, query_batch=50), want[mode], rtol=1e-6, atol=1e-6,
+                                   err_msg=mode)
+    # hashed once: only the hasher of cuda:0 hashed, every query once per mode; no shard hashed
+    assert calls == {id(sh._hashers["cuda:0"]): 3 * len(q)}
+    # features went to the hash device only; every device got codes (M, b, r) float32 + keys (M, b) uint64
+    feats = [s for s in f.sent if s[2][-1] == DIM and len(s[2]) == 2]
+    assert {s[0] for s in feats} == {"cuda:0"} and sum(s[2][0] for s in feats) == 3 * len(q)
+    codes = [s for s in f.sent if s[1] == torch.float32 and len(s[2]) == 3]
+    keys = [s for s in f.sent if s[1] == torch.uint64]
+    assert len(f.sent) == len(feats) + len(codes) + len(keys)
+    assert all(s[2][1:] == (B, R) for s in codes) and all(s[2][1] == B for s in keys)
+    rounds = 3 * -(-len(q) // 50)
+    assert len(codes) == len(keys) == 3 * rounds  # one copy per device per round, not one per shard
+    assert {s[0] for s in codes} == {"cuda:0", "cuda:1", "cuda:2"}
+    # one thread per device, each device on its own thread, none of them this one
+    threads = {d: {s[3] for s in codes if s[0] == d} for d in ("cuda:0", "cuda:1", "cuda:2")}
+    assert all(len(t) == 1 for t in threads.values())
+    assert len(set().union(*threads.values())) == 3 and threading.get_ident() not in set().union(*threads.values())
+    sh.close()
+
+
+def test_fake_gpus_device_list_and_cpu_fallback(data, fake):
+    x, q, layers, single = data
+    fake(2)
+    sh = ShardedIndex(layers, devices=["cuda:1", "cuda:1", "cpu"], n_shards=4)
+    assert sh.devices == ["cuda:1", "cuda:1", "cpu", "cuda:1"]
+    sh.add(x)
+    assert_equal_to(sh, single, q)
+    with pytest.raises(CudaUnavailableError, match="cuda:2 was asked for, but 2"):
+        ShardedIndex(layers, devices=["cuda:0", "cuda:2"])
+    fake(0)
+    assert ShardedIndex(layers).devices == ["cpu"]
+    assert ShardedIndex(layers, n_shards=3).devices == ["cpu"] * 3
+    with pytest.raises(CudaUnavailableError, match="0 CUDA device"):
+        ShardedIndex(layers, devices=["cuda:0"])
+
+
+def test_fake_device_light_with_64_bit_keys(fake):
+    """Light mode on device shards gathers bucket sums by a searchsorted over uint64 keys; r = 64 puts
+    keys with the top bit set in every table (their int64 view is negative)."""
+    x, q = make_data(seed=7, n=1500, n_queries=60)
+    layers = LearnableLSHIndex(DIM, n_tables=3, n_bits=64, seed=3, batch_size=40)  # several chunks per call
+    single = layers.empty_like().add(x)
+    assert (single._tables["keys"] >= np.uint64(1 << 63)).any()
+    fake(2)
+    sh = ShardedIndex(layers, n_shards=3).add(x)
+    assert_equal_to(sh, single, np.concatenate([x[:30], q]), modes=("light", "squared"))
+
+
+def test_fake_device_shard_rejects_host_codes(data, fake):
+    x, q, layers, _ = data
+    fake(1)
+    shard = LearnableLSHIndex.merge_all([layers]).add(torch.from_numpy(x))
+    assert isinstance(shard._tables["keys"], torch.Tensor)
+    codes, keys = shard.hash_queries(torch.from_numpy(q))
+    with pytest.raises(DeviceMismatchError, match="got a numpy array on cpu"):
+        shard.partial_scores(query_codes=codes.numpy(), query_keys=keys.numpy())
+    got = shard.partial_scores(query_codes=codes, query_keys=keys)
+    assert isinstance(got["count"], np.ndarray) and got["count"].shape == (len(q), B)
+
+
+# ------------------------------------------------------------------------------ bad input
+def test_errors(data):
+    x, q, layers, single = data
+    with pytest.raises(ConfigError, match="empty list"):
+        ShardedIndex(layers, devices=[])
+    with pytest.raises(ConfigError, match="'gpu0'"):
+        ShardedIndex(layers, devices=["gpu0"])
+    with pytest.raises(ConfigError, match="n_shards: expected an integer >= 1, got 0"):
+        ShardedIndex(layers, devices="cpu", n_shards=0)
+    with pytest.raises(ConfigError, match="expected a LearnableLSHIndex, got ndarray"):
+        ShardedIndex(x)
+    with pytest.raises(NotFittedError, match="no hash layers"):
+        ShardedIndex(LearnableLSHIndex(n_tables=2, n_bits=4), devices="cpu")
+    with pytest.raises(ConfigError, match="expected at least one index"):
+        ShardedIndex.from_shards([])
+    other = LearnableLSHIndex(DIM, n_tables=B, n_bits=R, seed=12).add(x[:10])
+    with pytest.raises(ConfigError, match="same hash layers"):
+        ShardedIndex.from_shards([single, other], devices="cpu")
+    sh = ShardedIndex(layers, devices="cpu", n_shards=2)
+    with pytest.raises(NotFittedError, match="empty"):
+        sh.score(q)
+    sh.add(x)
+    with pytest.raises(InvalidInputError, match=f"expected dimension {DIM}, got shape \\(5, 3\\)"):
+        sh.score(np.zeros((5, 3), np.float32))
+    with pytest.raises(InvalidInputError, match=f"expected dimension {DIM}"):
+        sh.add(np.zeros((5, 3), np.float32))
+    with pytest.raises(InvalidDTypeError, match="int64"):
+        sh.score(np.zeros((5, DIM), np.int64))
+    with pytest.raises(ConfigError, match="query_batch"):
+        sh.score(q, query_batch=0)
+    with pytest.raises(ConfigError, match="mode"):
+        sh.score(q, "median")
+
+
+def test_partial_scores_errors(data):
+    x, q, layers, single = data
+    codes, keys = single.hash_queries(q)
+    with pytest.raises(ConfigError, match="either queries, or both"):
+        single.partial_scores(q, query_codes=codes, query_keys=keys)
+    with pytest.raises(ConfigError, match="query_keys=False"):
+        single.partial_scores(query_codes=codes)
+    with pytest.raises(ConfigError, match="either queries"):
+        single.partial_scores()
+    with pytest.raises(InvalidDTypeError, match="query_codes: expected float32 .*got float64"):
+        single.partial_scores(query_codes=codes.astype(np.float64), query_keys=keys)
+    with pytest.raises(InvalidDTypeError, match="query_keys: expected uint64 .*got int64"):
+        single.partial_scores(query_codes=codes, query_keys=keys.astype(np.int64))
+    with pytest.raises(InvalidDTypeError, match="got list"):
+        single.partial_scores(query_codes=codes.tolist(), query_keys=keys)
+    with pytest.raises(InvalidInputError, match=f"query_codes: expected shape \\(M >= 1, {B}, {R}\\), got"):
+        single.partial_scores(query_codes=codes[:, :2], query_keys=keys)
+    with pytest.raises(InvalidInputError, match=f"query_keys: expected shape \\({len(q)}, {B}\\), got \\(3, {B}\\)"):
+        single.partial_scores(query_codes=codes, query_keys=keys[:3])
+    bad = codes.copy()
+    bad[3, 1, 2] = np.nan
+    with pytest.raises(InvalidInputError, match="NaN or Inf"):
+        single.partial_scores(query_codes=bad, query_keys=keys)
+    with pytest.raises(NotFittedError):
+        layers.empty_like().partial_scores(query_codes=codes, query_keys=keys)
+    a = single.partial_scores(q[:10], "light")
+    b = single.partial_scores(q[:11], "light")
+    with pytest.raises(InvalidInputError, match="shard 1 answered count \\(11, 5\\)"):
+        single.combine_partial_scores([a, b])
+    a.pop("query_codes")
+    with pytest.raises(ConfigError, match="needs the query codes"):
+        single.combine_partial_scores([a])
+    with pytest.raises(InvalidInputError, match="query_codes of shape"):
+        single.combine_partial_scores([a], query_codes=codes)
+    with pytest.raises(ConfigError, match="every shard must use mode 'light'"):
+        single.combine_partial_scores([a, single.partial_scores(q[:10], "mean")])
+
+
+# ------------------------------------------------------------------------------ real GPUs
+def _gpu_skip_reason(n_needed):
+    import llsh_index
+
+    ok, why = llsh_index.cuda_available(verbose=True)
+    if not ok:
+        return why
+    if torch.cuda.device_count() < n_needed:
+        return f"needs {n_needed} GPUs, {torch.cuda.device_count()} visible"
+    return None
+
+
+@pytest.fixture
+def poisoned():
+    from llsh_index import _cuda_engine as ce
+
+    old = ce.set_poison(True)  # NaN / 0xFF in every output: an element a kernel skips fails the comparison
+    yield
+    ce.set_poison(old)
+
+
+def _host_twin(index):
+    """A CPU index with exactly the tables of a device index (same codes and keys, no re-hashing):
+    GPU and CPU hashing may round differently, which could move a code across a key bit."""
+    twin = index.empty_like().to("cpu")
+    twin._tables = {k: (v.cpu().numpy() if isinstance(v, torch.Tensor) else v) for k, v in index._tables.items()}
+    return twin
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_gpu_skip_reason(1) is not None, reason=str(_gpu_skip_reason(1)))
+def test_gpu_partial_scores_match_cpu(data, poisoned):
+    x, q, layers, _ = data
+    dev = layers.empty_like().to("cuda:0").add(torch.from_numpy(x).cuda())
+    twin = _host_twin(dev)
+    qd = torch.from_numpy(q).cuda()
+    codes, keys = dev.hash_queries(qd)
+    assert codes.is_cuda and keys.dtype == torch.uint64 and codes.shape == (len(q), B, R)
+    hc, hk = codes.cpu().numpy(), keys.cpu().numpy()
+    for mode in ("mean", "light", "squared"):
+        want = twin.partial_scores(mode=mode, query_codes=hc, query_keys=hk)
+        for got in (dev.partial_scores(qd, mode), dev.partial_scores(mode=mode, query_codes=codes, query_keys=keys)):
+            assert isinstance(got["count"], np.ndarray) and isinstance(got["sum"], np.ndarray)
+            np.testing.assert_array_equal(got["count"], want["count"], err_msg=mode)
+            np.testing.assert_allclose(got["sum"], want["sum"], rtol=1e-5, atol=1e-5, err_msg=mode)
+        light = mode == "light"
+        np.testing.assert_allclose(dev.combine_partial_scores([got], query_codes=codes if light else None),
+                                   twin.combine_partial_scores([want], query_codes=hc if light else None),
+                                   rtol=1e-5, atol=1e-5, err_msg=mode)
+    with pytest.raises(DeviceMismatchError, match="got a numpy array"):
+        dev.partial_scores(query_codes=hc, query_keys=hk)
+    with pytest.raises(DeviceMismatchError, match="got data on cpu"):
+        dev.partial_scores(query_codes=torch.from_numpy(hc), query_keys=keys)
+
+
+def _gpu_reference(sh, q, modes):
+    """One index on shard 0's device holding exactly the shards' items (their merge), hashing the
+    queries with the same kernels: the sharded scores must equal its scores to 1e-6."""
+    ref = sh.gather().to(sh.devices[0])
+    qd = torch.from_numpy(q).to(sh.devices[0])
+    for mode in modes:
+        np.testing.assert_allclose(sh.table_distances(q, mode), ref.table_distances(qd, mode).cpu().numpy(),
+                                   rtol=1e-6, atol=1e-6, err_msg=mode)
+        np.testing.assert_allclose(sh.score(qd, mode), ref.score(qd, mode).cpu().numpy(), rtol=1e-6, atol=1e-6,
+                                   err_msg=mode)
+    hits = np.stack([s.partial_scores(qd)["count"] > 0 for s in sh.shards if s.ntotal]).sum(axis=0)
+    return hits
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_gpu_skip_reason(1) is not None, reason=str(_gpu_skip_reason(1)))
+def test_gpu_two_shards_on_one_device(data, poisoned):
+    x, q, layers, _ = data
+    sh = ShardedIndex(layers, devices=["cuda:0", "cuda:0"]).add(x)
+    assert sh.devices == ["cuda:0", "cuda:0"] and sh.shard_sizes == [1500, 1500]
+    assert all(s._tables["keys"].is_cuda for s in sh.shards)
+    hits = _gpu_reference(sh, q, ("mean", "light", "squared"))
+    assert np.any(hits == 1) and np.any((hits == 0).all(axis=1))  # one-shard buckets and global misses
+    light = ShardedIndex(layers, devices=["cuda:0"], n_shards=3, mode="light", store_codes=False).add(
+        torch.from_numpy(x).cuda())
+    _gpu_reference(light, q, ("light", "squared"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_gpu_skip_reason(2) is not None, reason=str(_gpu_skip_reason(2)))
+def test_multi_gpu_shards(data, poisoned):
+    x, q, layers, _ = data
+    n = torch.cuda.device_count()
+    sh = ShardedIndex(layers, n_shards=2 * n).add(x)
+    assert sh.devices == [f"cuda:{i % n}" for i in range(2 * n)]
+    assert [str(s._tables["keys"].device) for s in sh.shards] == sh.devices
+    _gpu_reference(sh, q, ("mean", "light", "squared"))
+    # queries already on the second GPU are hashed there, with the same result
+    q1 = torch.from_numpy(q).to("cuda:1")
+    np.testing.assert_allclose(sh.score(q1), sh.score(q), rtol=1e-6, atol=1e-6)
+    assert "cuda:1" in sh._hashers
+    sh.close()
