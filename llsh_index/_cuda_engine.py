@@ -288,7 +288,8 @@ def lookup(tables: Dict, n_items: int, query_codes, query_keys, mode: Union[int,
     M = int(q.shape[0])
     if tuple(qk.shape) != (M, b):
         raise InvalidInputError(f"query_keys: expected [{M}, {b}], got {tuple(qk.shape)}")
-    tc = {k: (v.contiguous() if v is not None else None) for k, v in t.items()}
+    # ids are not read by the lookup (and may still be a numpy array): leave them out
+    tc = {k: (v.contiguous() if v is not None else None) for k, v in t.items() if k != "ids"}
     q, qk = q.contiguous(), qk.contiguous()
     with torch.cuda.device(dev):
         out = _empty((M, b), torch.float32, dev)
