@@ -61,6 +61,52 @@ py::array binarize_cpu_py(py::array codes, bool from_logits, int n_threads) {
   return keys;
 }
 
+// (mean, rstd) float32 [n] of x [n, dim] float32: the LayerNorm statistics of hash_logits.
+py::tuple row_moments_cpu_py(const py::array& x, double eps, int n_threads) {
+  const float* p = cptr<float>(x, "x", 2);
+  const int64_t n = x.shape(0), dim = x.shape(1);
+  require(dim >= 1, "x: expected at least one column");
+  py::array_t<float> mean(n), rstd(n);
+  float* pm = mean.mutable_data();
+  float* pr = rstd.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    row_moments_cpu(p, n, dim, eps, pm, pr, n_threads);
+  }
+  return py::make_tuple(mean, rstd);
+}
+
+// In place on raw [n, n_tables * n_bits] float32: the folded LayerNorm, then (with_sigmoid) the
+// sigmoid and the keys.  Returns (keys [n, n_tables] uint64 or None, first row with a NaN logit or -1).
+py::tuple hash_epilogue_cpu_py(py::array raw, const py::array& mean, const py::array& rstd, const py::array& wsum,
+                               int64_t n_tables, bool with_sigmoid, int n_threads) {
+  cptr<float>(raw, "raw", 2);
+  require(raw.writeable(), "raw: expected a writeable array (the epilogue runs in place)");
+  const int64_t n = raw.shape(0), width = raw.shape(1);
+  require(n_tables >= 1 && width % n_tables == 0, "raw: width must be a multiple of n_tables");
+  const int64_t r = width / n_tables;
+  require(r >= 1 && r <= 64, "raw: n_bits must be 1..64, got " + std::to_string(r));
+  const float* pm = cptr<float>(mean, "mean", 1);
+  const float* pr = cptr<float>(rstd, "rstd", 1);
+  const float* pw = cptr<float>(wsum, "wsum", 1);
+  require(mean.shape(0) == n && rstd.shape(0) == n, "mean/rstd: expected one value per row");
+  require(wsum.shape(0) == width, "wsum: expected one value per column");
+  float* p = static_cast<float*>(raw.mutable_data());
+  py::object keys = py::none();
+  uint64_t* pk = nullptr;
+  if (with_sigmoid) {
+    py::array_t<uint64_t> k({(py::ssize_t)n, (py::ssize_t)n_tables});
+    pk = k.mutable_data();
+    keys = k;
+  }
+  int64_t bad;
+  {
+    py::gil_scoped_release nogil;
+    bad = hash_epilogue_cpu(p, n, n_tables, r, pm, pr, pw, with_sigmoid, pk, n_threads);
+  }
+  return py::make_tuple(keys, bad);
+}
+
 template <typename CodeT>
 py::dict build_impl(const py::array& keys, const py::array& codes, const py::array& ids, bool keep_codes,
                     int n_threads) {
@@ -368,6 +414,9 @@ void register_cuda_bindings(py::module_& m) {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "llsh_index native engine: binarize, build_tables (sort + segment), lookup";
   m.def("binarize_cpu", &binarize_cpu_py, py::arg("codes"), py::arg("from_logits") = false, py::arg("n_threads") = 0);
+  m.def("row_moments_cpu", &row_moments_cpu_py, py::arg("x"), py::arg("eps"), py::arg("n_threads") = 0);
+  m.def("hash_epilogue_cpu", &hash_epilogue_cpu_py, py::arg("raw"), py::arg("mean"), py::arg("rstd"), py::arg("wsum"),
+        py::arg("n_tables"), py::arg("with_sigmoid"), py::arg("n_threads") = 0);
   m.def("build_tables_cpu", &build_tables_cpu_py, py::arg("keys"), py::arg("codes"), py::arg("ids"),
         py::arg("keep_codes") = true, py::arg("n_threads") = 0);
   m.def("lookup_cpu", &lookup_cpu_py, py::arg("keys"), py::arg("table_start"), py::arg("offsets"), py::arg("codes"),

@@ -147,13 +147,19 @@ class LearnableLSHIndex:
             # BLAS takes another kernel (gemv) for a handful of rows, whose rounding differs; padding
             # keeps every row's code bit-identical however the data is batched.
             x = torch.cat([x, x.new_zeros((_MIN_GEMM_ROWS - n, x.shape[1]))])
+        if not _engine.on_device(x):
+            # one native epilogue: fold, sigmoid, keys and the NaN check (a NaN/Inf anywhere in a row
+            # reaches its logits) in a single pass over the GEMM output
+            codes, keys, bad = self.encoder.hash_codes_cpu(x, self.n_threads)
+            if 0 <= bad < n:
+                raise InvalidInputError(f"{name}: expected finite values, got NaN or Inf in row {row0 + bad}")
+            return codes[:n], keys[:n]
         logits = self.encoder.hash_logits(x)[:n].contiguous()
         bad = torch.isnan(logits).flatten(1).any(dim=1)  # a NaN/Inf anywhere in a row reaches its logits
         if bool(bad.any()):
             row = row0 + int(torch.nonzero(bad)[0, 0])
             raise InvalidInputError(f"{name}: expected finite values, got NaN or Inf in row {row}")
-        codes, keys = _engine.sigmoid_binarize(logits if _engine.on_device(logits) else logits.numpy())
-        return codes, keys
+        return _engine.sigmoid_binarize(logits)
 
     def _chunks(self, t: torch.Tensor):
         step = self._chunk_rows()
