@@ -36,10 +36,10 @@ const T* cptr(const py::array& a, const char* name, int ndim) {
   return static_cast<const T*>(a.data());
 }
 
-template <typename T>
-py::array_t<T> to_numpy(std::vector<T>&& v, std::vector<py::ssize_t> shape) {
-  auto* heap = new std::vector<T>(std::move(v));
-  py::capsule owner(heap, [](void* p) { delete static_cast<std::vector<T>*>(p); });
+template <typename T, typename A>
+py::array_t<T> to_numpy(std::vector<T, A>&& v, std::vector<py::ssize_t> shape) {
+  auto* heap = new std::vector<T, A>(std::move(v));
+  py::capsule owner(heap, [](void* p) { delete static_cast<std::vector<T, A>*>(p); });
   return py::array_t<T>(shape, heap->data(), owner);
 }
 
@@ -108,18 +108,21 @@ py::tuple hash_epilogue_cpu_py(py::array raw, const py::array& mean, const py::a
 }
 
 template <typename CodeT>
-py::dict build_impl(const py::array& keys, const py::array& codes, const py::array& ids, bool keep_codes,
-                    int n_threads) {
+py::dict build_impl(const py::array& keys, py::array codes, const py::array& ids, bool keep_codes,
+                    int n_threads, bool in_place) {
   const uint64_t* k = cptr<uint64_t>(keys, "keys", 2);
   const CodeT* c = cptr<CodeT>(codes, "codes", 3);
   const int64_t* i = cptr<int64_t>(ids, "ids", 2);
   const int64_t b = keys.shape(0), n = keys.shape(1), r = codes.shape(2);
   require(codes.shape(0) == b && codes.shape(1) == n, "codes: shape must be [b, n, r] matching keys [b, n]");
   require(ids.shape(0) == b && ids.shape(1) == n, "ids: shape must match keys [b, n]");
+  in_place = in_place && keep_codes;
+  require(!in_place || codes.writeable(), "codes: in_place needs a writeable array");
+  CodeT* sorted_in_place = in_place ? static_cast<CodeT*>(codes.mutable_data()) : nullptr;
   BuiltTables<CodeT> out;
   {
     py::gil_scoped_release nogil;
-    build_tables_cpu<CodeT>(k, c, i, b, n, r, keep_codes, n_threads, out);
+    build_tables_cpu<CodeT>(k, c, i, b, n, r, keep_codes, n_threads, out, sorted_in_place);
   }
   const auto U = (py::ssize_t)out.keys.size();
   py::dict d;
@@ -127,19 +130,22 @@ py::dict build_impl(const py::array& keys, const py::array& codes, const py::arr
   d["table_start"] = to_numpy(std::move(out.table_start), {(py::ssize_t)b + 1});
   d["offsets"] = to_numpy(std::move(out.offsets), {U + 1});
   d["ids"] = to_numpy(std::move(out.ids), {(py::ssize_t)(b * n)});
-  if (keep_codes) d["codes"] = to_numpy(std::move(out.codes), {(py::ssize_t)(b * n), (py::ssize_t)r});
+  if (in_place) d["codes"] = codes.reshape({(py::ssize_t)(b * n), (py::ssize_t)r});
+  else if (keep_codes) d["codes"] = to_numpy(std::move(out.codes), {(py::ssize_t)(b * n), (py::ssize_t)r});
   else d["codes"] = py::none();
   d["bucket_sum"] = to_numpy(std::move(out.bucket_sum), {U, (py::ssize_t)r});
   d["bucket_sqnorm"] = to_numpy(std::move(out.bucket_sqnorm), {U});
   return d;
 }
 
+// in_place: the caller hands `codes` over; its rows are sorted in place and it is returned as the
+// tables' codes (no second copy).  Callers that keep using their array leave it false.
 py::dict build_tables_cpu_py(const py::array& keys, const py::array& codes, const py::array& ids, bool keep_codes,
-                             int n_threads) {
+                             int n_threads, bool in_place) {
   // float16 codes arrive viewed as uint16 (the dispatcher does the view).
   if (py::isinstance<py::array_t<uint16_t>>(codes))
-    return build_impl<uint16_t>(keys, codes, ids, keep_codes, n_threads);
-  return build_impl<float>(keys, codes, ids, keep_codes, n_threads);
+    return build_impl<uint16_t>(keys, codes, ids, keep_codes, n_threads, in_place);
+  return build_impl<float>(keys, codes, ids, keep_codes, n_threads, in_place);
 }
 
 template <typename CodeT>
@@ -418,7 +424,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("hash_epilogue_cpu", &hash_epilogue_cpu_py, py::arg("raw"), py::arg("mean"), py::arg("rstd"), py::arg("wsum"),
         py::arg("n_tables"), py::arg("with_sigmoid"), py::arg("n_threads") = 0);
   m.def("build_tables_cpu", &build_tables_cpu_py, py::arg("keys"), py::arg("codes"), py::arg("ids"),
-        py::arg("keep_codes") = true, py::arg("n_threads") = 0);
+        py::arg("keep_codes") = true, py::arg("n_threads") = 0, py::arg("in_place") = false);
   m.def("lookup_cpu", &lookup_cpu_py, py::arg("keys"), py::arg("table_start"), py::arg("offsets"), py::arg("codes"),
         py::arg("bucket_sum"), py::arg("bucket_sqnorm"), py::arg("n_items"), py::arg("query_codes"),
         py::arg("query_keys"), py::arg("mode"), py::arg("miss_value"), py::arg("n_threads") = 0,

@@ -41,8 +41,12 @@ def sigmoid_binarize(logits):
     return logits, keys
 
 
-def build_tables(keys, codes, ids, keep_codes: bool = True, n_threads: int = 0) -> Dict:
-    """keys (b, n) uint64, codes (b, n, r) float32|float16, ids (b, n) int64 -> sorted tables."""
+def build_tables(keys, codes, ids, keep_codes: bool = True, n_threads: int = 0, in_place: bool = False) -> Dict:
+    """keys (b, n) uint64, codes (b, n, r) float32|float16, ids (b, n) int64 -> sorted tables.
+
+    in_place (CPU): the caller hands `codes` over; the engine sorts its rows in place and returns
+    it as the tables' codes instead of allocating a second copy.
+    """
     if on_device(codes):
         from . import _cuda_engine
 
@@ -50,7 +54,7 @@ def build_tables(keys, codes, ids, keep_codes: bool = True, n_threads: int = 0) 
     else:
         half = codes.dtype == np.float16
         tables = _C.build_tables_cpu(keys, codes.view(np.uint16) if half else codes, ids,
-                                     keep_codes=keep_codes, n_threads=n_threads)
+                                     keep_codes=keep_codes, n_threads=n_threads, in_place=in_place)
         if half and tables["codes"] is not None:
             tables["codes"] = tables["codes"].view(np.float16)
     tables["n_items"] = int(keys.shape[1])

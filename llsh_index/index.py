@@ -268,7 +268,9 @@ class LearnableLSHIndex:
                 ids = np.broadcast_to(np.arange(n_old, n_old + n, dtype=np.int64), (b, n)).copy()
             if old is not None and self.store_codes:
                 keys, codes, ids = _concat_rows(old, keys, codes, ids)
-            new = _engine.build_tables(keys, codes, ids, keep_codes=self.store_codes, n_threads=self.n_threads)
+            # keys/codes/ids are this call's own buffers: the engine may sort the codes in place
+            new = _engine.build_tables(keys, codes, ids, keep_codes=self.store_codes, n_threads=self.n_threads,
+                                       in_place=True)
             if old is not None and not self.store_codes:
                 new = _merge_statistics(old, new)
             self._tables = new  # one reference swap: concurrent score() sees old or new, never a mix
