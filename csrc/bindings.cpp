@@ -109,7 +109,7 @@ py::tuple hash_epilogue_cpu_py(py::array raw, const py::array& mean, const py::a
 
 template <typename CodeT>
 py::dict build_impl(const py::array& keys, py::array codes, const py::array& ids, bool keep_codes,
-                    int n_threads, bool in_place) {
+                    int n_threads, bool in_place, bool with_stats) {
   const uint64_t* k = cptr<uint64_t>(keys, "keys", 2);
   const CodeT* c = cptr<CodeT>(codes, "codes", 3);
   const int64_t* i = cptr<int64_t>(ids, "ids", 2);
@@ -122,7 +122,7 @@ py::dict build_impl(const py::array& keys, py::array codes, const py::array& ids
   BuiltTables<CodeT> out;
   {
     py::gil_scoped_release nogil;
-    build_tables_cpu<CodeT>(k, c, i, b, n, r, keep_codes, n_threads, out, sorted_in_place);
+    build_tables_cpu<CodeT>(k, c, i, b, n, r, keep_codes, n_threads, out, sorted_in_place, with_stats);
   }
   const auto U = (py::ssize_t)out.keys.size();
   py::dict d;
@@ -133,19 +133,48 @@ py::dict build_impl(const py::array& keys, py::array codes, const py::array& ids
   if (in_place) d["codes"] = codes.reshape({(py::ssize_t)(b * n), (py::ssize_t)r});
   else if (keep_codes) d["codes"] = to_numpy(std::move(out.codes), {(py::ssize_t)(b * n), (py::ssize_t)r});
   else d["codes"] = py::none();
-  d["bucket_sum"] = to_numpy(std::move(out.bucket_sum), {U, (py::ssize_t)r});
-  d["bucket_sqnorm"] = to_numpy(std::move(out.bucket_sqnorm), {U});
+  if (with_stats || !keep_codes) {
+    d["bucket_sum"] = to_numpy(std::move(out.bucket_sum), {U, (py::ssize_t)r});
+    d["bucket_sqnorm"] = to_numpy(std::move(out.bucket_sqnorm), {U});
+  } else {
+    d["bucket_sum"] = py::none();
+    d["bucket_sqnorm"] = py::none();
+  }
   return d;
 }
 
 // in_place: the caller hands `codes` over; its rows are sorted in place and it is returned as the
 // tables' codes (no second copy).  Callers that keep using their array leave it false.
 py::dict build_tables_cpu_py(const py::array& keys, const py::array& codes, const py::array& ids, bool keep_codes,
-                             int n_threads, bool in_place) {
+                             int n_threads, bool in_place, bool with_stats) {
   // float16 codes arrive viewed as uint16 (the dispatcher does the view).
   if (py::isinstance<py::array_t<uint16_t>>(codes))
-    return build_impl<uint16_t>(keys, codes, ids, keep_codes, n_threads, in_place);
-  return build_impl<float>(keys, codes, ids, keep_codes, n_threads, in_place);
+    return build_impl<uint16_t>(keys, codes, ids, keep_codes, n_threads, in_place, with_stats);
+  return build_impl<float>(keys, codes, ids, keep_codes, n_threads, in_place, with_stats);
+}
+
+// (bucket_sum [U, r], bucket_sqnorm [U]) float64 of built tables, from offsets [U + 1] and the codes
+// [offsets[U], r] (float32, or float16 viewed as uint16).
+py::tuple bucket_stats_cpu_py(const py::array& offsets, const py::array& codes, int n_threads) {
+  const int64_t* off = cptr<int64_t>(offsets, "offsets", 1);
+  require(offsets.shape(0) >= 1, "offsets: expected U + 1 >= 1 entries");
+  require(codes.ndim() == 2, "codes: expected a 2-D array");
+  const int64_t U = offsets.shape(0) - 1, r = codes.shape(1);
+  require(off[0] == 0 && off[U] == codes.shape(0), "offsets: must run from 0 to the number of code rows");
+  for (int64_t u = 0; u < U; ++u) require(off[u] <= off[u + 1], "offsets: must be non-decreasing");
+  py::array_t<double> sum({(py::ssize_t)U, (py::ssize_t)r}), sq((py::ssize_t)U);
+  double* ps = sum.mutable_data();
+  double* pq = sq.mutable_data();
+  if (py::isinstance<py::array_t<uint16_t>>(codes)) {
+    const uint16_t* c = cptr<uint16_t>(codes, "codes", 2);
+    py::gil_scoped_release nogil;
+    bucket_stats_cpu<uint16_t>(c, off, U, r, ps, pq, n_threads);
+  } else {
+    const float* c = cptr<float>(codes, "codes", 2);
+    py::gil_scoped_release nogil;
+    bucket_stats_cpu<float>(c, off, U, r, ps, pq, n_threads);
+  }
+  return py::make_tuple(sum, sq);
 }
 
 template <typename CodeT>
@@ -176,12 +205,24 @@ py::tuple lookup_impl(TablesView<CodeT> t, const py::array& query_codes, const p
   return py::make_tuple(out, visited);
 }
 
+// bucket_sum / bucket_sqnorm may be None in mode 0 (mean) when codes are given: tables built
+// without statistics (they are derived on demand, see build_tables_cpu's with_stats).
 py::tuple lookup_cpu_py(const py::array& keys, const py::array& table_start, const py::array& offsets,
-                        const py::object& codes, const py::array& bucket_sum, const py::array& bucket_sqnorm,
+                        const py::object& codes, const py::object& bucket_sum_obj, const py::object& bucket_sqnorm_obj,
                         int64_t n_items, const py::array& query_codes, const py::array& query_keys, int mode,
                         float miss_value, int n_threads, bool partial) {
   const int64_t b = table_start.size() - 1;
-  const int64_t r = bucket_sum.ndim() == 2 ? bucket_sum.shape(1) : 0;
+  const bool has_stats = !bucket_sum_obj.is_none() && !bucket_sqnorm_obj.is_none();
+  require(has_stats || (mode == 0 && !codes.is_none()),
+          "tables: bucket_sum / bucket_sqnorm are needed for modes 'light' and 'squared' and without codes");
+  int64_t r = 0;
+  if (has_stats) {
+    const py::array bs = bucket_sum_obj.cast<py::array>();
+    r = bs.ndim() == 2 ? bs.shape(1) : 0;
+  } else {
+    const py::array c = codes.cast<py::array>();
+    r = c.ndim() == 2 ? c.shape(1) : 0;
+  }
   auto fill = [&](auto& t) {
     t.n_tables = b;
     t.n_bits = r;
@@ -189,11 +230,14 @@ py::tuple lookup_cpu_py(const py::array& keys, const py::array& table_start, con
     t.keys = cptr<uint64_t>(keys, "keys", 1);
     t.table_start = cptr<int64_t>(table_start, "table_start", 1);
     t.offsets = cptr<int64_t>(offsets, "offsets", 1);
-    t.bucket_sum = cptr<double>(bucket_sum, "bucket_sum", 2);
-    t.bucket_sqnorm = cptr<double>(bucket_sqnorm, "bucket_sqnorm", 1);
-    require(offsets.size() == keys.size() + 1 && bucket_sum.shape(0) == keys.size() &&
-                bucket_sqnorm.size() == keys.size(),
-            "tables: inconsistent array sizes");
+    require(offsets.size() == keys.size() + 1, "tables: inconsistent array sizes");
+    if (has_stats) {
+      const py::array bucket_sum = bucket_sum_obj.cast<py::array>(), bucket_sqnorm = bucket_sqnorm_obj.cast<py::array>();
+      t.bucket_sum = cptr<double>(bucket_sum, "bucket_sum", 2);
+      t.bucket_sqnorm = cptr<double>(bucket_sqnorm, "bucket_sqnorm", 1);
+      require(bucket_sum.shape(0) == keys.size() && bucket_sqnorm.size() == keys.size(),
+              "tables: inconsistent array sizes");
+    }
   };
   if (!codes.is_none()) {
     py::array c = codes.cast<py::array>();
@@ -424,7 +468,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("hash_epilogue_cpu", &hash_epilogue_cpu_py, py::arg("raw"), py::arg("mean"), py::arg("rstd"), py::arg("wsum"),
         py::arg("n_tables"), py::arg("with_sigmoid"), py::arg("n_threads") = 0);
   m.def("build_tables_cpu", &build_tables_cpu_py, py::arg("keys"), py::arg("codes"), py::arg("ids"),
-        py::arg("keep_codes") = true, py::arg("n_threads") = 0, py::arg("in_place") = false);
+        py::arg("keep_codes") = true, py::arg("n_threads") = 0, py::arg("in_place") = false,
+        py::arg("with_stats") = true);
+  m.def("bucket_stats_cpu", &bucket_stats_cpu_py, py::arg("offsets"), py::arg("codes"), py::arg("n_threads") = 0);
   m.def("lookup_cpu", &lookup_cpu_py, py::arg("keys"), py::arg("table_start"), py::arg("offsets"), py::arg("codes"),
         py::arg("bucket_sum"), py::arg("bucket_sqnorm"), py::arg("n_items"), py::arg("query_codes"),
         py::arg("query_keys"), py::arg("mode"), py::arg("miss_value"), py::arg("n_threads") = 0,

@@ -268,9 +268,11 @@ class LearnableLSHIndex:
                 ids = np.broadcast_to(np.arange(n_old, n_old + n, dtype=np.int64), (b, n)).copy()
             if old is not None and self.store_codes:
                 keys, codes, ids = _concat_rows(old, keys, codes, ids)
-            # keys/codes/ids are this call's own buffers: the engine may sort the codes in place
+            # keys/codes/ids are this call's own buffers: the engine may sort the codes in place.  With
+            # codes stored, the bucket statistics wait until a "light"/"squared" lookup, save() or
+            # to() needs them (_engine.ensure_statistics): they double the memory add() writes.
             new = _engine.build_tables(keys, codes, ids, keep_codes=self.store_codes, n_threads=self.n_threads,
-                                       in_place=True)
+                                       in_place=True, with_stats=not self.store_codes)
             if old is not None and not self.store_codes:
                 new = _merge_statistics(old, new)
             self._tables = new  # one reference swap: concurrent score() sees old or new, never a mix
@@ -344,7 +346,10 @@ class LearnableLSHIndex:
             host = {k: _to_numpy(v) for k, v in mine.items()}
             keys, codes, ids = _table_rows(theirs, b, r)
             keys, codes, ids = _concat_rows(host, keys, codes, ids + int(mine["n_items"]))
-            merged = _engine.build_tables(keys, codes, ids, keep_codes=True, n_threads=self.n_threads)
+            merged = _engine.build_tables(keys, codes, ids, keep_codes=True, n_threads=self.n_threads,
+                                          in_place=True, with_stats=False)  # statistics as after add()
+            if self.device != "cpu":
+                _engine.ensure_statistics(merged, self.n_threads)
             self._tables = {k: _move(v, self.device) for k, v in merged.items()}
         return self
 
@@ -486,6 +491,7 @@ class LearnableLSHIndex:
             if self.encoder is not None:
                 self.encoder.to(device)
             if self._tables is not None:
+                _engine.ensure_statistics(self._tables, self.n_threads)  # every engine expects them
                 self._tables = {k: _move(v, device) for k, v in self._tables.items()}
             self.device = device
         return self
@@ -506,6 +512,7 @@ class LearnableLSHIndex:
             arrays["losses"] = np.asarray(self.training_log_.losses, dtype=np.float64)
         tables = self._tables
         if tables is not None:
+            _engine.ensure_statistics(tables, self.n_threads)  # files always hold them (format unchanged)
             meta["n_items"] = int(tables["n_items"])
             for k, v in tables.items():
                 if k != "n_items" and v is not None:
@@ -595,6 +602,7 @@ def _table_rows(tables: Dict, b: int, r: int):
 
 def _bucket_code_sums(tables: Dict, query_keys: np.ndarray):
     """Per (query, table): the bucket size and its float64 code sum (zeros on a miss)."""
+    _engine.ensure_statistics(tables)
     ts, off, keys, bsum = tables["table_start"], tables["offsets"], tables["keys"], tables["bucket_sum"]
     m, b = query_keys.shape
     count = np.zeros((m, b), np.int64)

@@ -53,10 +53,18 @@ struct BuiltTables {
 // codes_in_place (optional, with keep_codes): the same buffer as `codes`, which the caller gives
 // up: its rows are permuted into bucket order in place and it becomes the output codes
 // (out.codes stays empty), which saves allocating and faulting in a second b*n*r array.
+// with_stats=false (only with keep_codes): skip bucket_sum / bucket_sqnorm, which the codes
+// determine; bucket_stats_cpu derives them later, bit for bit the values the build would give.
 template <typename CodeT>
 void build_tables_cpu(const uint64_t* keys, const CodeT* codes, const int64_t* ids, int64_t n_tables,
                       int64_t n, int64_t n_bits, bool keep_codes, int n_threads, BuiltTables<CodeT>& out,
-                      CodeT* codes_in_place = nullptr);
+                      CodeT* codes_in_place = nullptr, bool with_stats = true);
+
+// Per-bucket statistics of built tables from their codes [offsets[U], r] in bucket order:
+// sum [U, r] and sqnorm [U] in float64, accumulated row by row in bucket order (as the build does).
+template <typename CodeT>
+void bucket_stats_cpu(const CodeT* codes, const int64_t* offsets, int64_t n_buckets, int64_t n_bits, double* sum,
+                      double* sqnorm, int n_threads);
 
 #ifdef LLSH_WITH_CUDA
 // Device build, on `stream` (a cudaStream_t), in two phases so that the caller allocates every

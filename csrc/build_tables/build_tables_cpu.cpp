@@ -87,18 +87,29 @@ void permute_rows(CodeT* rows, const std::vector<Record>& rec, int64_t r) {
   }
 }
 
+// Adds one code to a bucket's float64 statistics; the one accumulation order of the engine.
+template <typename CodeT>
+inline void accumulate(const CodeT* c, int64_t r, double* acc, double& sq) {
+  for (int64_t k = 0; k < r; ++k) {
+    const double v = load_code(c[k]);
+    acc[k] += v;
+    sq += v * v;
+  }
+}
+
 // Segments one sorted table straight into the output arrays: bucket u0.. of the table, rows
 // row0.. of `codes`/`ids`; places the codes (gathered, or already permuted in place when
-// `sorted_codes` is given) and reduces the per-bucket statistics in float64, in (key, id) order.
+// `sorted_codes` is given) and, with_stats, reduces the per-bucket statistics in float64, in
+// (key, id) order.
 template <typename CodeT>
 void fill_table(const std::vector<Record>& rec, const CodeT* codes, const CodeT* sorted_codes, const int64_t* ids,
-                int64_t r, bool keep_codes, int64_t u0, int64_t row0, BuiltTables<CodeT>& out) {
+                int64_t r, bool keep_codes, bool with_stats, int64_t u0, int64_t row0, BuiltTables<CodeT>& out) {
   const int64_t n = (int64_t)rec.size();
   int64_t u = u0;
   for (int64_t i = 0; i < n;) {
     const uint64_t key = rec[i].key;
-    double* acc = out.bucket_sum.data() + u * r;
-    std::fill(acc, acc + r, 0.0);
+    double* acc = with_stats ? out.bucket_sum.data() + u * r : nullptr;
+    if (with_stats) std::fill(acc, acc + r, 0.0);
     double sq = 0.0;
     int64_t j = i;
     for (; j < n && rec[j].key == key; ++j) {
@@ -106,15 +117,11 @@ void fill_table(const std::vector<Record>& rec, const CodeT* codes, const CodeT*
       const CodeT* c = sorted_codes ? sorted_codes + j * r : codes + src * r;
       out.ids[row0 + j] = ids[src];
       if (keep_codes && !sorted_codes) std::copy(c, c + r, out.codes.data() + (row0 + j) * r);
-      for (int64_t k = 0; k < r; ++k) {
-        const double v = load_code(c[k]);
-        acc[k] += v;
-        sq += v * v;
-      }
+      if (with_stats) accumulate(c, r, acc, sq);
     }
     out.keys[u] = key;
     out.offsets[u] = row0 + i;
-    out.bucket_sqnorm[u] = sq;
+    if (with_stats) out.bucket_sqnorm[u] = sq;
     ++u;
     i = j;
   }
@@ -125,7 +132,8 @@ void fill_table(const std::vector<Record>& rec, const CodeT* codes, const CodeT*
 template <typename CodeT>
 void build_tables_cpu(const uint64_t* keys, const CodeT* codes, const int64_t* ids, int64_t n_tables,
                       int64_t n, int64_t n_bits, bool keep_codes, int n_threads, BuiltTables<CodeT>& out,
-                      CodeT* codes_in_place) {
+                      CodeT* codes_in_place, bool with_stats) {
+  with_stats = with_stats || !keep_codes;  // a statistics-only index has nothing else
   // Pass 1: sort each table and count its buckets; pass 2: fill preallocated outputs in place
   // (no per-table buffers to concatenate afterwards).  The outputs are left uninitialised
   // (DefaultInit): every element is written in pass 2, by the worker that owns the table, so the
@@ -142,8 +150,8 @@ void build_tables_cpu(const uint64_t* keys, const CodeT* codes, const int64_t* i
   out.keys.resize(U);
   out.offsets.resize(U + 1);
   out.offsets[U] = n_tables * n;
-  out.bucket_sum.resize(U * n_bits);
-  out.bucket_sqnorm.resize(U);
+  out.bucket_sum.resize(with_stats ? U * n_bits : 0);
+  out.bucket_sqnorm.resize(with_stats ? U : 0);
   out.ids.resize(n_tables * n);
   out.codes.resize(keep_codes && !codes_in_place ? n_tables * n * n_bits : 0);
   parallel_for(n_tables, n_threads, [&](int64_t begin, int64_t end) {
@@ -151,15 +159,32 @@ void build_tables_cpu(const uint64_t* keys, const CodeT* codes, const int64_t* i
       CodeT* table_codes = codes_in_place ? codes_in_place + j * n * n_bits : nullptr;
       if (table_codes) permute_rows(table_codes, sorted[j], n_bits);
       fill_table<CodeT>(sorted[j], codes + j * n * n_bits, table_codes, ids + j * n, n_bits, keep_codes,
-                        out.table_start[j], j * n, out);
+                        with_stats, out.table_start[j], j * n, out);
       std::vector<Record>().swap(sorted[j]);  // free as we go
     }
   });
 }
 
+template <typename CodeT>
+void bucket_stats_cpu(const CodeT* codes, const int64_t* offsets, int64_t n_buckets, int64_t n_bits, double* sum,
+                      double* sqnorm, int n_threads) {
+  parallel_for(n_buckets, n_threads, [&](int64_t begin, int64_t end) {
+    for (int64_t u = begin; u < end; ++u) {
+      double* acc = sum + u * n_bits;
+      std::fill(acc, acc + n_bits, 0.0);
+      double sq = 0.0;
+      for (int64_t row = offsets[u]; row < offsets[u + 1]; ++row) accumulate(codes + row * n_bits, n_bits, acc, sq);
+      sqnorm[u] = sq;
+    }
+  });
+}
+
+template void bucket_stats_cpu<float>(const float*, const int64_t*, int64_t, int64_t, double*, double*, int);
+template void bucket_stats_cpu<uint16_t>(const uint16_t*, const int64_t*, int64_t, int64_t, double*, double*, int);
+
 template void build_tables_cpu<float>(const uint64_t*, const float*, const int64_t*, int64_t, int64_t, int64_t,
-                                      bool, int, BuiltTables<float>&, float*);
+                                      bool, int, BuiltTables<float>&, float*, bool);
 template void build_tables_cpu<uint16_t>(const uint64_t*, const uint16_t*, const int64_t*, int64_t, int64_t,
-                                         int64_t, bool, int, BuiltTables<uint16_t>&, uint16_t*);
+                                         int64_t, bool, int, BuiltTables<uint16_t>&, uint16_t*, bool);
 
 }  // namespace llsh
