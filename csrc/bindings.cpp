@@ -78,8 +78,11 @@ py::tuple row_moments_cpu_py(const py::array& x, double eps, int n_threads) {
 
 // In place on raw [n, n_tables * n_bits] float32: the folded LayerNorm, then (with_sigmoid) the
 // sigmoid and the keys.  Returns (keys [n, n_tables] uint64 or None, first row with a NaN logit or -1).
+// table_codes [b, n_total, r] float32 / table_keys [b, n_total] uint64 (optional, with_sigmoid): also
+// receive rows row0 .. row0 + n table-major (add()'s staging arrays), with no second pass.
 py::tuple hash_epilogue_cpu_py(py::array raw, const py::array& mean, const py::array& rstd, const py::array& wsum,
-                               int64_t n_tables, bool with_sigmoid, int n_threads) {
+                               int64_t n_tables, bool with_sigmoid, int n_threads, const py::object& table_codes,
+                               const py::object& table_keys, int64_t row0) {
   cptr<float>(raw, "raw", 2);
   require(raw.writeable(), "raw: expected a writeable array (the epilogue runs in place)");
   const int64_t n = raw.shape(0), width = raw.shape(1);
@@ -99,10 +102,27 @@ py::tuple hash_epilogue_cpu_py(py::array raw, const py::array& mean, const py::a
     pk = k.mutable_data();
     keys = k;
   }
+  float* tc = nullptr;
+  uint64_t* tk = nullptr;
+  int64_t n_total = 0;
+  if (!table_codes.is_none() || !table_keys.is_none()) {
+    require(with_sigmoid && !table_codes.is_none() && !table_keys.is_none(),
+            "table_codes/table_keys: expected both, with with_sigmoid");
+    py::array c = table_codes.cast<py::array>(), k = table_keys.cast<py::array>();
+    cptr<float>(c, "table_codes", 3);
+    cptr<uint64_t>(k, "table_keys", 2);
+    require(c.writeable() && k.writeable(), "table_codes/table_keys: expected writeable arrays");
+    n_total = c.shape(1);
+    require(c.shape(0) == n_tables && c.shape(2) == r && k.shape(0) == n_tables && k.shape(1) == n_total,
+            "table_codes/table_keys: expected [n_tables, n_total, n_bits] and [n_tables, n_total]");
+    require(row0 >= 0 && row0 + n <= n_total, "row0: rows out of range of the table-major arrays");
+    tc = static_cast<float*>(c.mutable_data());
+    tk = static_cast<uint64_t*>(k.mutable_data());
+  }
   int64_t bad;
   {
     py::gil_scoped_release nogil;
-    bad = hash_epilogue_cpu(p, n, n_tables, r, pm, pr, pw, with_sigmoid, pk, n_threads);
+    bad = hash_epilogue_cpu(p, n, n_tables, r, pm, pr, pw, with_sigmoid, pk, n_threads, tc, tk, n_total, row0);
   }
   return py::make_tuple(keys, bad);
 }
@@ -466,7 +486,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("binarize_cpu", &binarize_cpu_py, py::arg("codes"), py::arg("from_logits") = false, py::arg("n_threads") = 0);
   m.def("row_moments_cpu", &row_moments_cpu_py, py::arg("x"), py::arg("eps"), py::arg("n_threads") = 0);
   m.def("hash_epilogue_cpu", &hash_epilogue_cpu_py, py::arg("raw"), py::arg("mean"), py::arg("rstd"), py::arg("wsum"),
-        py::arg("n_tables"), py::arg("with_sigmoid"), py::arg("n_threads") = 0);
+        py::arg("n_tables"), py::arg("with_sigmoid"), py::arg("n_threads") = 0, py::arg("table_codes") = py::none(),
+        py::arg("table_keys") = py::none(), py::arg("row0") = 0);
   m.def("build_tables_cpu", &build_tables_cpu_py, py::arg("keys"), py::arg("codes"), py::arg("ids"),
         py::arg("keep_codes") = true, py::arg("n_threads") = 0, py::arg("in_place") = false,
         py::arg("with_stats") = true);

@@ -139,21 +139,32 @@ class LearnableLSHIndex:
 
     # ------------------------------------------------------------------ hashing
     @torch.no_grad()
-    def _encode_chunk(self, x: torch.Tensor, name: str, row0: int):
-        """One chunk -> (codes (n, b, r) float32, keys (n, b) uint64), numpy on the CPU."""
+    def _encode_chunk(self, x: torch.Tensor, name: str, row0: int, stage=None):
+        """One chunk -> (codes (n, b, r) float32, keys (n, b) uint64), numpy on the CPU.
+
+        stage (CPU): (keys (b, n_total) uint64, codes (b, n_total, r) float32, row) staging arrays
+        of add(); the chunk's keys and codes are also written there at `row`, table-major, by the
+        native epilogue.  Returns whether it did (it does not for padded chunks).
+        """
         x = x.to(torch.float32).contiguous()
         n = x.shape[0]
         if n < _MIN_GEMM_ROWS:
             # BLAS takes another kernel (gemv) for a handful of rows, whose rounding differs; padding
             # keeps every row's code bit-identical however the data is batched.
             x = torch.cat([x, x.new_zeros((_MIN_GEMM_ROWS - n, x.shape[1]))])
+            stage = None
         if not _engine.on_device(x):
             # one native epilogue: fold, sigmoid, keys and the NaN check (a NaN/Inf anywhere in a row
             # reaches its logits) in a single pass over the GEMM output
-            codes, keys, bad = self.encoder.hash_codes_cpu(x, self.n_threads)
+            table_keys, table_codes, stage_row = stage if stage is not None else (None, None, 0)
+            codes, keys, bad = self.encoder.hash_codes_cpu(x, self.n_threads, table_codes, table_keys, stage_row)
             if 0 <= bad < n:
                 raise InvalidInputError(f"{name}: expected finite values, got NaN or Inf in row {row0 + bad}")
+            if stage is not None:
+                return None
             return codes[:n], keys[:n]
+        if stage is not None:
+            raise ValueError("_encode_chunk: stage is for the CPU engine")
         logits = self.encoder.hash_logits(x)[:n].contiguous()
         bad = torch.isnan(logits).flatten(1).any(dim=1)  # a NaN/Inf anywhere in a row reaches its logits
         if bool(bad.any()):
@@ -255,12 +266,16 @@ class LearnableLSHIndex:
                 keys = np.empty((b, n), dtype=np.uint64)
                 codes = np.empty((b, n, r), dtype=np.float16 if self.code_dtype == "float16" else np.float32)
             bar = tqdm(total=n, desc="LLSH indexing", unit="row", disable=not progress, leave=False)
+            # float32 on the CPU: the epilogue writes the staging arrays itself (no transposing copy)
+            stage_direct = not on_gpu and codes.dtype == np.float32
             for i, chunk in self._chunks(t):
-                c, k = self._encode_chunk(chunk, "features", i)
-                rows = slice(i, i + c.shape[0])
-                keys[:, rows] = k.T
-                codes[:, rows] = c.transpose(0, 1).to(store) if on_gpu else c.transpose(1, 0, 2)
-                bar.update(c.shape[0])
+                out = self._encode_chunk(chunk, "features", i, stage=(keys, codes, i) if stage_direct else None)
+                if out is not None:
+                    c, k = out
+                    rows = slice(i, i + c.shape[0])
+                    keys[:, rows] = k.T
+                    codes[:, rows] = c.transpose(0, 1).to(store) if on_gpu else c.transpose(1, 0, 2)
+                bar.update(chunk.shape[0])
             bar.close()
             if on_gpu:
                 ids = torch.arange(n_old, n_old + n, dtype=torch.int64, device=t.device).expand(b, n).contiguous()

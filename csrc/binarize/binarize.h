@@ -30,8 +30,12 @@ void row_moments_cpu(const float* x, int64_t n_rows, int64_t dim, double eps, fl
 // then, when with_sigmoid, code = sigmoid(logit) and keys [n_rows, n_tables] as in binarize_cpu.
 // Returns the first row with a NaN logit, or -1.  The fold and the sigmoid are the same
 // per-element code as row by row fold + binarize_cpu(from_logits), so both give identical bits.
+// table_codes / table_keys (optional, with_sigmoid): also write each row's codes and keys table-major,
+// into [n_tables, n_total, n_bits] / [n_tables, n_total] at rows row0.., as add() stages them.
 int64_t hash_epilogue_cpu(float* raw, int64_t n_rows, int64_t n_tables, int64_t n_bits, const float* mean,
-                          const float* rstd, const float* wsum, bool with_sigmoid, uint64_t* keys, int n_threads);
+                          const float* rstd, const float* wsum, bool with_sigmoid, uint64_t* keys, int n_threads,
+                          float* table_codes = nullptr, uint64_t* table_keys = nullptr, int64_t n_total = 0,
+                          int64_t row0 = 0);
 
 #ifdef LLSH_WITH_CUDA
 // Same on device memory, on `stream` (a cudaStream_t).  in: [n_rows, n_bits] float32, codes when

@@ -119,7 +119,7 @@ void binarize_cpu(float* codes, int64_t n_rows, int64_t n_bits, uint64_t* keys, 
       if (from_logits) sigmoid_inplace(codes + row * n_bits, (stop - row) * n_bits);
       for (int64_t i = row; i < stop; ++i) keys[i] = pack_key(codes + i * n_bits, n_bits);
     }
-  });
+  }, kMinElementsPerThread / n_bits);
 }
 
 void row_moments_cpu(const float* x, int64_t n_rows, int64_t dim, double eps, float* mean, float* rstd,
@@ -160,11 +160,12 @@ void row_moments_cpu(const float* x, int64_t n_rows, int64_t dim, double eps, fl
       mean[row] = (float)mu;
       rstd[row] = (float)(1.0 / std::sqrt(var + eps));
     }
-  });
+  }, kMinElementsPerThread / dim);
 }
 
 int64_t hash_epilogue_cpu(float* raw, int64_t n_rows, int64_t n_tables, int64_t n_bits, const float* mean,
-                          const float* rstd, const float* wsum, bool with_sigmoid, uint64_t* keys, int n_threads) {
+                          const float* rstd, const float* wsum, bool with_sigmoid, uint64_t* keys, int n_threads,
+                          float* table_codes, uint64_t* table_keys, int64_t n_total, int64_t row0) {
   const int64_t width = n_tables * n_bits;
   std::atomic<int64_t> first_bad{-1};
   parallel_for(n_rows, n_threads, [&](int64_t begin, int64_t end) {
@@ -201,14 +202,20 @@ int64_t hash_epilogue_cpu(float* raw, int64_t n_rows, int64_t n_tables, int64_t 
 #endif
       if (nan_row && bad < 0) bad = row;
       if (with_sigmoid)
-        for (int64_t j = 0; j < n_tables; ++j) keys[row * n_tables + j] = pack_key(v + j * n_bits, n_bits);
+        for (int64_t j = 0; j < n_tables; ++j) {
+          const uint64_t key = pack_key(v + j * n_bits, n_bits);
+          keys[row * n_tables + j] = key;
+          if (table_keys) table_keys[j * n_total + row0 + row] = key;
+          if (table_codes)
+            std::memcpy(table_codes + (j * n_total + row0 + row) * n_bits, v + j * n_bits, n_bits * sizeof(float));
+        }
     }
     if (bad >= 0) {  // keep the smallest bad row over all workers
       int64_t cur = first_bad.load();
       while ((cur < 0 || bad < cur) && !first_bad.compare_exchange_weak(cur, bad)) {
       }
     }
-  });
+  }, kMinElementsPerThread / width);
   return first_bad.load();
 }
 

@@ -57,13 +57,13 @@ double bucket_distance(const TablesView<CodeT>& t, int64_t u, const float* q, Mo
 // the same answer as find_key, but the searches run in lockstep, kGroup at a time, branch-free, so
 // the cache misses of different searches overlap (one binary search alone waits on each probe).
 void find_keys(const uint64_t* keys, int64_t lo, int64_t hi, const uint64_t* q, int64_t stride, int64_t count,
-               int64_t* out) {
+               int64_t* out, int64_t out_stride) {
   constexpr int64_t kGroup = 16;
   const int64_t len = hi - lo;
   for (int64_t g0 = 0; g0 < count; g0 += kGroup) {
     const int64_t g1 = std::min(count, g0 + kGroup);
     if (len == 0) {
-      for (int64_t g = g0; g < g1; ++g) out[g] = -1;
+      for (int64_t g = g0; g < g1; ++g) out[g * out_stride] = -1;
       continue;
     }
     int64_t base[kGroup];
@@ -80,12 +80,15 @@ void find_keys(const uint64_t* keys, int64_t lo, int64_t hi, const uint64_t* q, 
     }
     for (int64_t g = 0; g < g1 - g0; ++g) {
       const int64_t pos = base[g] + (int64_t)(keys[base[g]] < key[g]);
-      out[g0 + g] = (pos < hi && keys[pos] == key[g]) ? pos : -1;
+      out[(g0 + g) * out_stride] = (pos < hi && keys[pos] == key[g]) ? pos : -1;
     }
   }
 }
 
 }  // namespace
+
+// A worker's share of queries worth starting a thread for (each costs b binary searches).
+constexpr int64_t kMinQueriesPerThread = 2048;
 
 template <typename CodeT>
 void lookup_cpu(const TablesView<CodeT>& t, const float* query_codes, const uint64_t* query_keys,
@@ -93,14 +96,19 @@ void lookup_cpu(const TablesView<CodeT>& t, const float* query_codes, const uint
                 int n_threads, double* out_sum, int64_t* out_count) {
   const int64_t b = t.n_tables, r = t.n_bits;
   std::atomic<int64_t> visited{0};
+  // Scratch for every worker, allocated here: worker threads allocate nothing (a thread's first
+  // malloc ties it to a glibc arena, whose pages outlive the thread and inflate the peak RSS).
+  std::vector<int64_t> bucket_all(n_queries * b);
+  std::vector<std::pair<int64_t, int64_t>> by_bucket_all(mode == Mode::kMean ? n_queries * b : 0);
+  std::vector<int64_t> order_all(mode == Mode::kMean ? n_queries * b : 0);
   parallel_for(n_queries, n_threads, [&](int64_t begin, int64_t end) {
     const int64_t n_pairs = (end - begin) * b;  // (query, table) pairs of this worker, query-major
-    std::vector<int64_t> bucket(n_pairs);
+    int64_t* bucket = bucket_all.data() + begin * b;
     for (int64_t j = 0; j < b; ++j)
       find_keys(t.keys, t.table_start[j], t.table_start[j + 1], query_keys + begin * b + j, b, end - begin,
-                bucket.data() + j * (end - begin));
-    // pair p = (query begin + p / b, table p % b) has its bucket at bucket[(p % b) * (end - begin) + p / b]
-    auto bucket_of = [&](int64_t p) { return bucket[(p % b) * (end - begin) + p / b]; };
+                bucket + j, b);
+    // pair p = (query begin + p / b, table p % b)
+    auto bucket_of = [&](int64_t p) { return bucket[p]; };
     int64_t local = 0, hits = 0, rows = 0;
     for (int64_t p = 0; p < n_pairs; ++p) {
       const int64_t u = bucket_of(p);
@@ -111,22 +119,23 @@ void lookup_cpu(const TablesView<CodeT>& t, const float* query_codes, const uint
     // kMean reads every code of the bucket: when buckets are shared (several rows per hit on
     // average), visiting the pairs in bucket order reads each bucket from memory once.  Each
     // pair's distance is computed by the same code in any order, so the results do not change.
-    std::vector<int64_t> order;
+    const int64_t* order = nullptr;
     if (mode == Mode::kMean && rows >= 4 * hits && hits > 1) {
-      std::vector<std::pair<int64_t, int64_t>> by_bucket;
-      by_bucket.reserve(hits);
+      std::pair<int64_t, int64_t>* by_bucket = by_bucket_all.data() + begin * b;
+      int64_t* ord = order_all.data() + begin * b;
+      int64_t n_hit = 0, n_ord = 0;
       for (int64_t p = 0; p < n_pairs; ++p)
-        if (bucket_of(p) >= 0) by_bucket.emplace_back(bucket_of(p), p);
-      std::sort(by_bucket.begin(), by_bucket.end());
-      order.reserve(n_pairs);
-      for (const auto& e : by_bucket) order.push_back(e.second);
+        if (bucket_of(p) >= 0) by_bucket[n_hit++] = {bucket_of(p), p};
+      std::sort(by_bucket, by_bucket + n_hit);
+      for (int64_t i = 0; i < n_hit; ++i) ord[n_ord++] = by_bucket[i].second;
       for (int64_t p = 0; p < n_pairs; ++p)
-        if (bucket_of(p) < 0) order.push_back(p);
+        if (bucket_of(p) < 0) ord[n_ord++] = p;
+      order = ord;
     }
     // Pairs are independent, but each one's bucket is a cache miss (offsets, then its codes or
     // statistics) that the long distance loops keep the CPU from overlapping: prefetch ahead.
     constexpr int64_t kAhead = 8;
-    auto pair_at = [&](int64_t i) { return order.empty() ? i : order[i]; };
+    auto pair_at = [&](int64_t i) { return order ? order[i] : i; };
     auto prefetch_offsets = [&](int64_t i) {
       if (i >= n_pairs) return;
       const int64_t u = bucket_of(pair_at(i));
@@ -169,7 +178,7 @@ void lookup_cpu(const TablesView<CodeT>& t, const float* query_codes, const uint
       local += mode == Mode::kMean ? count : 1;
     }
     visited += local;
-  });
+  }, kMinQueriesPerThread);
   if (n_compared) *n_compared = visited.load();
 }
 
