@@ -160,3 +160,15 @@ def test_ids_in_any_order_sort_like_ascending_ids(rng):
         for u in range(ts[j], ts[j + 1]):
             assert np.all(np.diff(t["ids"][off[u]:off[u + 1]]) > 0)
     assert sorted(t["ids"][:1500].tolist()) == sorted(ids[0].tolist())
+
+
+def test_row_moments_match_float64(rng):
+    from llsh_index import _C
+
+    x = (rng.standard_normal((300, 37)) * rng.uniform(0.1, 10, (300, 1)) + 2).astype(np.float32)
+    x[5] = np.inf
+    mean, rstd = _C.row_moments_cpu(x, 1e-5)
+    ref = x[6:].astype(np.float64)
+    np.testing.assert_allclose(mean[6:], ref.mean(1), rtol=1e-6)
+    np.testing.assert_allclose(rstd[6:], 1 / np.sqrt(ref.var(1) + 1e-5), rtol=1e-5)
+    assert np.isnan(mean[5]) and np.isnan(rstd[5])  # rejected downstream as a non-finite row
