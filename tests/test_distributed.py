@@ -4,7 +4,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from llsh_index import LearnableLSHIndex  # noqa: E402
+from llsh_index import LearnableLSHIndex, _engine  # noqa: E402
 from llsh_index.distributed import build_distributed, load_distributed, main  # noqa: E402
 
 CUTS = {1: [], 2: [1200], 3: [900, 1900]}
@@ -60,6 +60,8 @@ def assert_same_tables(merged, single):
     processes whose BLAS runs with another thread count, and a GEMM's last bit can depend on it."""
     for k in ("keys", "table_start", "offsets", "ids"):
         np.testing.assert_array_equal(merged._tables[k], single._tables[k], err_msg=k)
+    for index in (merged, single):  # statistics an index with codes derives on first use
+        _engine.ensure_statistics(index._tables)
     for k in ("codes", "bucket_sum", "bucket_sqnorm"):
         if single._tables[k] is not None:
             np.testing.assert_allclose(merged._tables[k], single._tables[k], rtol=1e-6, atol=1e-6, err_msg=k)
