@@ -57,6 +57,7 @@ def main():
     ap.add_argument("--spread", type=float, default=1.0, help="within-cluster noise (centres have unit-scale coordinates)")
     ap.add_argument("--knn-queries", type=int, default=500, help="query subset for faiss KNN, scaled to M")
     ap.add_argument("--knn-k", type=int, default=1024)
+    ap.add_argument("--no-knn", action="store_true", help="skip the faiss KNN part (quicker iterations)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", default=None)
@@ -83,29 +84,45 @@ def main():
     rss_before = peak_rss_mb()
     t_add = best_of(lambda: (index.reset(), index.add(train)), args.repeat)
     rss_add = peak_rss_mb()
+    # add() leaves the float64 bucket statistics to the first "light"/"squared" lookup (or save);
+    # timed here once, separately, so that cost is reported and not hidden in best_of
+    from llsh_index import _engine
+
+    t0 = time.perf_counter()
+    _engine.ensure_statistics(index._tables)
+    t_stats = time.perf_counter() - t0
     res = {}
     for mode in ("mean", "light", "squared"):
         t = best_of(lambda: index.score(test, mode=mode), args.repeat)
         res[mode] = {"score_s": t, "ratio_to_gemm": t / gemm_q, "codes_compared": index.last_n_compared}
     st = index.stats()
+    # the baselines again, after the timed calls: the lower of the two (a busy machine only slows
+    # a measurement down, so the minimum is the fair and conservative denominator)
+    gemm_q = min(gemm_q, best_of(lambda: tq @ w.T, args.repeat))
+    gemm_n = min(gemm_n, best_of(lambda: tt @ w.T, args.repeat))
+    for mode in res:
+        res[mode]["ratio_to_gemm"] = res[mode]["score_s"] / gemm_q
 
-    import faiss
+    t_knn = float("nan")
+    if not args.no_knn:
+        import faiss
 
-    sub = test[: args.knn_queries]
-    knn_index = faiss.IndexFlatIP(args.d)
-    norm = train / np.linalg.norm(train, axis=1, keepdims=True)
-    knn_index.add(norm)
-    qn = sub / np.linalg.norm(sub, axis=1, keepdims=True)
-    t0 = time.perf_counter()
-    sims, _ = knn_index.search(qn, args.knn_k)
-    knn_scores = (1 - sims).mean(axis=1)
-    t_knn = (time.perf_counter() - t0) * (args.m / len(sub))
-    del knn_index, norm
+        sub = test[: args.knn_queries]
+        knn_index = faiss.IndexFlatIP(args.d)
+        norm = train / np.linalg.norm(train, axis=1, keepdims=True)
+        knn_index.add(norm)
+        qn = sub / np.linalg.norm(sub, axis=1, keepdims=True)
+        t0 = time.perf_counter()
+        sims, _ = knn_index.search(qn, args.knn_k)
+        knn_scores = (1 - sims).mean(axis=1)
+        t_knn = (time.perf_counter() - t0) * (args.m / len(sub))
+        del knn_index, norm
 
     out = {
         "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} {os.cpu_count()} cores, no GPU",
         "shape": {"N": args.n, "M": args.m, "d": args.d, "b": b, "r": r},
         "gemm_queries_s": gemm_q, "gemm_train_s": gemm_n, "add_s": t_add, "add_ratio_to_gemm": t_add / gemm_n,
+        "deferred_stats_s": t_stats,
         "score": res, "knn_s_scaled": t_knn, "knn_over_score": t_knn / res["mean"]["score_s"],
         "raw_features_mb": train.nbytes / 2**20, "index_mb": index.memory_bytes() / 2**20,
         "peak_rss_add_delta_mb": rss_add - rss_before, "rss_data_mb": rss_data,
@@ -118,6 +135,7 @@ def main():
     print(f"| score() light / GEMM(M) | {res['light']['ratio_to_gemm']:.2f}x | |")
     print(f"| score() squared / GEMM(M) | {res['squared']['ratio_to_gemm']:.2f}x | |")
     print(f"| add() / GEMM(N) | {t_add:.3f}s / {gemm_n:.3f}s = {t_add / gemm_n:.2f}x | <= 1.5x |")
+    print(f"| deferred bucket statistics (once, first light/squared lookup) | {t_stats:.3f}s | |")
     print(f"| faiss KNN k={args.knn_k} / score() mean | {t_knn:.1f}s / {res['mean']['score_s']:.3f}s = {out['knn_over_score']:.0f}x | >= 300x |")
     print(f"| index / raw features | {out['index_mb']:.0f} MB / {out['raw_features_mb']:.0f} MB | |")
     print(f"| peak RSS growth during add() | {out['peak_rss_add_delta_mb']:.0f} MB | |")

@@ -36,10 +36,10 @@ const T* cptr(const py::array& a, const char* name, int ndim) {
   return static_cast<const T*>(a.data());
 }
 
-template <typename T>
-py::array_t<T> to_numpy(std::vector<T>&& v, std::vector<py::ssize_t> shape) {
-  auto* heap = new std::vector<T>(std::move(v));
-  py::capsule owner(heap, [](void* p) { delete static_cast<std::vector<T>*>(p); });
+template <typename T, typename A>
+py::array_t<T> to_numpy(std::vector<T, A>&& v, std::vector<py::ssize_t> shape) {
+  auto* heap = new std::vector<T, A>(std::move(v));
+  py::capsule owner(heap, [](void* p) { delete static_cast<std::vector<T, A>*>(p); });
   return py::array_t<T>(shape, heap->data(), owner);
 }
 
@@ -61,19 +61,88 @@ py::array binarize_cpu_py(py::array codes, bool from_logits, int n_threads) {
   return keys;
 }
 
+// (mean, rstd) float32 [n] of x [n, dim] float32: the LayerNorm statistics of hash_logits.
+py::tuple row_moments_cpu_py(const py::array& x, double eps, int n_threads) {
+  const float* p = cptr<float>(x, "x", 2);
+  const int64_t n = x.shape(0), dim = x.shape(1);
+  require(dim >= 1, "x: expected at least one column");
+  py::array_t<float> mean(n), rstd(n);
+  float* pm = mean.mutable_data();
+  float* pr = rstd.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    row_moments_cpu(p, n, dim, eps, pm, pr, n_threads);
+  }
+  return py::make_tuple(mean, rstd);
+}
+
+// In place on raw [n, n_tables * n_bits] float32: the folded LayerNorm, then (with_sigmoid) the
+// sigmoid and the keys.  Returns (keys [n, n_tables] uint64 or None, first row with a NaN logit or -1).
+// table_codes [b, n_total, r] float32 / table_keys [b, n_total] uint64 (optional, with_sigmoid): also
+// receive rows row0 .. row0 + n table-major (add()'s staging arrays), with no second pass.
+py::tuple hash_epilogue_cpu_py(py::array raw, const py::array& mean, const py::array& rstd, const py::array& wsum,
+                               int64_t n_tables, bool with_sigmoid, int n_threads, const py::object& table_codes,
+                               const py::object& table_keys, int64_t row0) {
+  cptr<float>(raw, "raw", 2);
+  require(raw.writeable(), "raw: expected a writeable array (the epilogue runs in place)");
+  const int64_t n = raw.shape(0), width = raw.shape(1);
+  require(n_tables >= 1 && width % n_tables == 0, "raw: width must be a multiple of n_tables");
+  const int64_t r = width / n_tables;
+  require(r >= 1 && r <= 64, "raw: n_bits must be 1..64, got " + std::to_string(r));
+  const float* pm = cptr<float>(mean, "mean", 1);
+  const float* pr = cptr<float>(rstd, "rstd", 1);
+  const float* pw = cptr<float>(wsum, "wsum", 1);
+  require(mean.shape(0) == n && rstd.shape(0) == n, "mean/rstd: expected one value per row");
+  require(wsum.shape(0) == width, "wsum: expected one value per column");
+  float* p = static_cast<float*>(raw.mutable_data());
+  py::object keys = py::none();
+  uint64_t* pk = nullptr;
+  if (with_sigmoid) {
+    py::array_t<uint64_t> k({(py::ssize_t)n, (py::ssize_t)n_tables});
+    pk = k.mutable_data();
+    keys = k;
+  }
+  float* tc = nullptr;
+  uint64_t* tk = nullptr;
+  int64_t n_total = 0;
+  if (!table_codes.is_none() || !table_keys.is_none()) {
+    require(with_sigmoid && !table_codes.is_none() && !table_keys.is_none(),
+            "table_codes/table_keys: expected both, with with_sigmoid");
+    py::array c = table_codes.cast<py::array>(), k = table_keys.cast<py::array>();
+    cptr<float>(c, "table_codes", 3);
+    cptr<uint64_t>(k, "table_keys", 2);
+    require(c.writeable() && k.writeable(), "table_codes/table_keys: expected writeable arrays");
+    n_total = c.shape(1);
+    require(c.shape(0) == n_tables && c.shape(2) == r && k.shape(0) == n_tables && k.shape(1) == n_total,
+            "table_codes/table_keys: expected [n_tables, n_total, n_bits] and [n_tables, n_total]");
+    require(row0 >= 0 && row0 + n <= n_total, "row0: rows out of range of the table-major arrays");
+    tc = static_cast<float*>(c.mutable_data());
+    tk = static_cast<uint64_t*>(k.mutable_data());
+  }
+  int64_t bad;
+  {
+    py::gil_scoped_release nogil;
+    bad = hash_epilogue_cpu(p, n, n_tables, r, pm, pr, pw, with_sigmoid, pk, n_threads, tc, tk, n_total, row0);
+  }
+  return py::make_tuple(keys, bad);
+}
+
 template <typename CodeT>
-py::dict build_impl(const py::array& keys, const py::array& codes, const py::array& ids, bool keep_codes,
-                    int n_threads) {
+py::dict build_impl(const py::array& keys, py::array codes, const py::array& ids, bool keep_codes,
+                    int n_threads, bool in_place, bool with_stats) {
   const uint64_t* k = cptr<uint64_t>(keys, "keys", 2);
   const CodeT* c = cptr<CodeT>(codes, "codes", 3);
   const int64_t* i = cptr<int64_t>(ids, "ids", 2);
   const int64_t b = keys.shape(0), n = keys.shape(1), r = codes.shape(2);
   require(codes.shape(0) == b && codes.shape(1) == n, "codes: shape must be [b, n, r] matching keys [b, n]");
   require(ids.shape(0) == b && ids.shape(1) == n, "ids: shape must match keys [b, n]");
+  in_place = in_place && keep_codes;
+  require(!in_place || codes.writeable(), "codes: in_place needs a writeable array");
+  CodeT* sorted_in_place = in_place ? static_cast<CodeT*>(codes.mutable_data()) : nullptr;
   BuiltTables<CodeT> out;
   {
     py::gil_scoped_release nogil;
-    build_tables_cpu<CodeT>(k, c, i, b, n, r, keep_codes, n_threads, out);
+    build_tables_cpu<CodeT>(k, c, i, b, n, r, keep_codes, n_threads, out, sorted_in_place, with_stats);
   }
   const auto U = (py::ssize_t)out.keys.size();
   py::dict d;
@@ -81,19 +150,51 @@ py::dict build_impl(const py::array& keys, const py::array& codes, const py::arr
   d["table_start"] = to_numpy(std::move(out.table_start), {(py::ssize_t)b + 1});
   d["offsets"] = to_numpy(std::move(out.offsets), {U + 1});
   d["ids"] = to_numpy(std::move(out.ids), {(py::ssize_t)(b * n)});
-  if (keep_codes) d["codes"] = to_numpy(std::move(out.codes), {(py::ssize_t)(b * n), (py::ssize_t)r});
+  if (in_place) d["codes"] = codes.reshape({(py::ssize_t)(b * n), (py::ssize_t)r});
+  else if (keep_codes) d["codes"] = to_numpy(std::move(out.codes), {(py::ssize_t)(b * n), (py::ssize_t)r});
   else d["codes"] = py::none();
-  d["bucket_sum"] = to_numpy(std::move(out.bucket_sum), {U, (py::ssize_t)r});
-  d["bucket_sqnorm"] = to_numpy(std::move(out.bucket_sqnorm), {U});
+  if (with_stats || !keep_codes) {
+    d["bucket_sum"] = to_numpy(std::move(out.bucket_sum), {U, (py::ssize_t)r});
+    d["bucket_sqnorm"] = to_numpy(std::move(out.bucket_sqnorm), {U});
+  } else {
+    d["bucket_sum"] = py::none();
+    d["bucket_sqnorm"] = py::none();
+  }
   return d;
 }
 
+// in_place: the caller hands `codes` over; its rows are sorted in place and it is returned as the
+// tables' codes (no second copy).  Callers that keep using their array leave it false.
 py::dict build_tables_cpu_py(const py::array& keys, const py::array& codes, const py::array& ids, bool keep_codes,
-                             int n_threads) {
+                             int n_threads, bool in_place, bool with_stats) {
   // float16 codes arrive viewed as uint16 (the dispatcher does the view).
   if (py::isinstance<py::array_t<uint16_t>>(codes))
-    return build_impl<uint16_t>(keys, codes, ids, keep_codes, n_threads);
-  return build_impl<float>(keys, codes, ids, keep_codes, n_threads);
+    return build_impl<uint16_t>(keys, codes, ids, keep_codes, n_threads, in_place, with_stats);
+  return build_impl<float>(keys, codes, ids, keep_codes, n_threads, in_place, with_stats);
+}
+
+// (bucket_sum [U, r], bucket_sqnorm [U]) float64 of built tables, from offsets [U + 1] and the codes
+// [offsets[U], r] (float32, or float16 viewed as uint16).
+py::tuple bucket_stats_cpu_py(const py::array& offsets, const py::array& codes, int n_threads) {
+  const int64_t* off = cptr<int64_t>(offsets, "offsets", 1);
+  require(offsets.shape(0) >= 1, "offsets: expected U + 1 >= 1 entries");
+  require(codes.ndim() == 2, "codes: expected a 2-D array");
+  const int64_t U = offsets.shape(0) - 1, r = codes.shape(1);
+  require(off[0] == 0 && off[U] == codes.shape(0), "offsets: must run from 0 to the number of code rows");
+  for (int64_t u = 0; u < U; ++u) require(off[u] <= off[u + 1], "offsets: must be non-decreasing");
+  py::array_t<double> sum({(py::ssize_t)U, (py::ssize_t)r}), sq((py::ssize_t)U);
+  double* ps = sum.mutable_data();
+  double* pq = sq.mutable_data();
+  if (py::isinstance<py::array_t<uint16_t>>(codes)) {
+    const uint16_t* c = cptr<uint16_t>(codes, "codes", 2);
+    py::gil_scoped_release nogil;
+    bucket_stats_cpu<uint16_t>(c, off, U, r, ps, pq, n_threads);
+  } else {
+    const float* c = cptr<float>(codes, "codes", 2);
+    py::gil_scoped_release nogil;
+    bucket_stats_cpu<float>(c, off, U, r, ps, pq, n_threads);
+  }
+  return py::make_tuple(sum, sq);
 }
 
 template <typename CodeT>
@@ -124,12 +225,24 @@ py::tuple lookup_impl(TablesView<CodeT> t, const py::array& query_codes, const p
   return py::make_tuple(out, visited);
 }
 
+// bucket_sum / bucket_sqnorm may be None in mode 0 (mean) when codes are given: tables built
+// without statistics (they are derived on demand, see build_tables_cpu's with_stats).
 py::tuple lookup_cpu_py(const py::array& keys, const py::array& table_start, const py::array& offsets,
-                        const py::object& codes, const py::array& bucket_sum, const py::array& bucket_sqnorm,
+                        const py::object& codes, const py::object& bucket_sum_obj, const py::object& bucket_sqnorm_obj,
                         int64_t n_items, const py::array& query_codes, const py::array& query_keys, int mode,
                         float miss_value, int n_threads, bool partial) {
   const int64_t b = table_start.size() - 1;
-  const int64_t r = bucket_sum.ndim() == 2 ? bucket_sum.shape(1) : 0;
+  const bool has_stats = !bucket_sum_obj.is_none() && !bucket_sqnorm_obj.is_none();
+  require(has_stats || (mode == 0 && !codes.is_none()),
+          "tables: bucket_sum / bucket_sqnorm are needed for modes 'light' and 'squared' and without codes");
+  int64_t r = 0;
+  if (has_stats) {
+    const py::array bs = bucket_sum_obj.cast<py::array>();
+    r = bs.ndim() == 2 ? bs.shape(1) : 0;
+  } else {
+    const py::array c = codes.cast<py::array>();
+    r = c.ndim() == 2 ? c.shape(1) : 0;
+  }
   auto fill = [&](auto& t) {
     t.n_tables = b;
     t.n_bits = r;
@@ -137,11 +250,14 @@ py::tuple lookup_cpu_py(const py::array& keys, const py::array& table_start, con
     t.keys = cptr<uint64_t>(keys, "keys", 1);
     t.table_start = cptr<int64_t>(table_start, "table_start", 1);
     t.offsets = cptr<int64_t>(offsets, "offsets", 1);
-    t.bucket_sum = cptr<double>(bucket_sum, "bucket_sum", 2);
-    t.bucket_sqnorm = cptr<double>(bucket_sqnorm, "bucket_sqnorm", 1);
-    require(offsets.size() == keys.size() + 1 && bucket_sum.shape(0) == keys.size() &&
-                bucket_sqnorm.size() == keys.size(),
-            "tables: inconsistent array sizes");
+    require(offsets.size() == keys.size() + 1, "tables: inconsistent array sizes");
+    if (has_stats) {
+      const py::array bucket_sum = bucket_sum_obj.cast<py::array>(), bucket_sqnorm = bucket_sqnorm_obj.cast<py::array>();
+      t.bucket_sum = cptr<double>(bucket_sum, "bucket_sum", 2);
+      t.bucket_sqnorm = cptr<double>(bucket_sqnorm, "bucket_sqnorm", 1);
+      require(bucket_sum.shape(0) == keys.size() && bucket_sqnorm.size() == keys.size(),
+              "tables: inconsistent array sizes");
+    }
   };
   if (!codes.is_none()) {
     py::array c = codes.cast<py::array>();
@@ -369,8 +485,14 @@ void register_cuda_bindings(py::module_& m) {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "llsh_index native engine: binarize, build_tables (sort + segment), lookup";
   m.def("binarize_cpu", &binarize_cpu_py, py::arg("codes"), py::arg("from_logits") = false, py::arg("n_threads") = 0);
+  m.def("row_moments_cpu", &row_moments_cpu_py, py::arg("x"), py::arg("eps"), py::arg("n_threads") = 0);
+  m.def("hash_epilogue_cpu", &hash_epilogue_cpu_py, py::arg("raw"), py::arg("mean"), py::arg("rstd"), py::arg("wsum"),
+        py::arg("n_tables"), py::arg("with_sigmoid"), py::arg("n_threads") = 0, py::arg("table_codes") = py::none(),
+        py::arg("table_keys") = py::none(), py::arg("row0") = 0);
   m.def("build_tables_cpu", &build_tables_cpu_py, py::arg("keys"), py::arg("codes"), py::arg("ids"),
-        py::arg("keep_codes") = true, py::arg("n_threads") = 0);
+        py::arg("keep_codes") = true, py::arg("n_threads") = 0, py::arg("in_place") = false,
+        py::arg("with_stats") = true);
+  m.def("bucket_stats_cpu", &bucket_stats_cpu_py, py::arg("offsets"), py::arg("codes"), py::arg("n_threads") = 0);
   m.def("lookup_cpu", &lookup_cpu_py, py::arg("keys"), py::arg("table_start"), py::arg("offsets"), py::arg("codes"),
         py::arg("bucket_sum"), py::arg("bucket_sqnorm"), py::arg("n_items"), py::arg("query_codes"),
         py::arg("query_keys"), py::arg("mode"), py::arg("miss_value"), py::arg("n_threads") = 0,

@@ -41,8 +41,16 @@ def sigmoid_binarize(logits):
     return logits, keys
 
 
-def build_tables(keys, codes, ids, keep_codes: bool = True, n_threads: int = 0) -> Dict:
-    """keys (b, n) uint64, codes (b, n, r) float32|float16, ids (b, n) int64 -> sorted tables."""
+def build_tables(keys, codes, ids, keep_codes: bool = True, n_threads: int = 0, in_place: bool = False,
+                 with_stats: bool = True) -> Dict:
+    """keys (b, n) uint64, codes (b, n, r) float32|float16, ids (b, n) int64 -> sorted tables.
+
+    in_place (CPU): the caller hands `codes` over; the engine sorts its rows in place and returns
+    it as the tables' codes instead of allocating a second copy.
+    with_stats=False (CPU, with keep_codes): bucket_sum / bucket_sqnorm are left None, to be
+    derived from the codes by ensure_statistics() when first needed (they are as large as the
+    codes again, and only the "light" and "squared" modes read them).
+    """
     if on_device(codes):
         from . import _cuda_engine
 
@@ -50,10 +58,33 @@ def build_tables(keys, codes, ids, keep_codes: bool = True, n_threads: int = 0) 
     else:
         half = codes.dtype == np.float16
         tables = _C.build_tables_cpu(keys, codes.view(np.uint16) if half else codes, ids,
-                                     keep_codes=keep_codes, n_threads=n_threads)
+                                     keep_codes=keep_codes, n_threads=n_threads, in_place=in_place,
+                                     with_stats=with_stats)
         if half and tables["codes"] is not None:
             tables["codes"] = tables["codes"].view(np.float16)
     tables["n_items"] = int(keys.shape[1])
+    return tables
+
+
+def ensure_statistics(tables: Dict, n_threads: int = 0) -> Dict:
+    """Fills in bucket_sum / bucket_sqnorm from the codes when the build skipped them (in place,
+    once: the dict keeps them).  The values are bit for bit those an eager build computes."""
+    if tables.get("bucket_sum") is not None or tables.get("codes") is None:
+        return tables
+    codes, offsets = tables["codes"], tables["offsets"]
+    device = codes.device if hasattr(codes, "device") and not isinstance(codes, np.ndarray) else None
+    if device is not None:
+        codes, offsets = codes.cpu().numpy(), offsets.cpu().numpy()
+    if codes.dtype == np.float16:
+        codes = codes.view(np.uint16)
+    bsum, bsq = _C.bucket_stats_cpu(offsets, codes, n_threads)
+    if device is not None:
+        import torch
+
+        bsum, bsq = torch.from_numpy(bsum).to(device), torch.from_numpy(bsq).to(device)
+    # sqnorm first: a concurrent reader that sees bucket_sum set finds bucket_sqnorm set too
+    tables["bucket_sqnorm"] = bsq
+    tables["bucket_sum"] = bsum
     return tables
 
 
@@ -64,6 +95,8 @@ def lookup(tables: Dict, query_codes, query_keys, mode: int, miss_value: float, 
     partial=True also returns the shard partial sums: float64 sums and int64 counts (M, b), as
     (distances, visited, sums, counts); the CUDA engine reports no visited count (None).
     """
+    if mode != MODES["mean"]:
+        ensure_statistics(tables, n_threads)
     if on_device(query_codes):
         from . import _cuda_engine
 

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from . import _C
 
 
 class HashEncoder(nn.Module):
@@ -37,7 +40,8 @@ class HashEncoder(nn.Module):
     def hash_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (M, b, r) for indexing and scoring, with the LayerNorm folded into the GEMM epilogue.
 
-        The engine applies the sigmoid fused with binarize (_engine.sigmoid_binarize).
+        The engine applies the sigmoid fused with binarize (_engine.sigmoid_binarize), or on the CPU
+        the whole epilogue at once (hash_codes_cpu).
 
         LN(x) W^T = (x W^T - mu * W 1) / sigma, so the normalised copy of x is never written: one
         read of x for (mu, sigma) and the GEMM itself, instead of LayerNorm's extra passes, which
@@ -45,8 +49,12 @@ class HashEncoder(nn.Module):
         |mu| > FOLD_MAX_MEAN_RATIO * sigma take the explicit LayerNorm instead (a per-row choice, so
         a row's code never depends on the other rows of its batch).
         """
+        if x.device.type == "cpu":
+            raw, mean, rstd, wsum = self._fold_inputs_cpu(x, 0)
+            _C.hash_epilogue_cpu(raw.numpy(), mean, rstd, wsum, self.n_tables, False)
+            return raw.view(-1, self.n_tables, self.n_bits)
         # var = E[x^2] - mu^2 from two vectorised reductions (torch's var_mean, a Welford pass, costs
-        # most of a GEMM on a CPU); the cancellation is bounded by the |mu| / sigma cut-off below.
+        # most of a GEMM); the cancellation is bounded by the |mu| / sigma cut-off below.
         mean = x.mean(dim=1, keepdim=True)
         mean_sq = torch.linalg.vector_norm(x, dim=1, keepdim=True).square_().div_(x.shape[1])
         var = (mean_sq - mean * mean).clamp_(min=0.0)
@@ -58,5 +66,43 @@ class HashEncoder(nn.Module):
             rows = torch.nonzero(far).flatten()
             logits[rows] = self.logits(x[rows])
         return logits.view(-1, self.n_tables, self.n_bits)
+
+    @torch.no_grad()
+    def hash_codes_cpu(self, x: torch.Tensor, n_threads: int = 0, table_codes=None, table_keys=None, row0: int = 0):
+        """CPU: x (M, d) float32 contiguous -> (codes (M, b, r), keys (M, b) uint64, first NaN row or -1).
+
+        Bit for bit sigmoid(hash_logits(x)) and its keys, with the fold, the sigmoid and the keys in
+        one native pass over the GEMM output (and the LayerNorm statistics in one pass over x).
+        table_codes (b, n_total, r) float32 / table_keys (b, n_total): also receive the rows at
+        row0.. table-major, in the same pass (add()'s staging arrays).
+        """
+        raw, mean, rstd, wsum = self._fold_inputs_cpu(x, n_threads)
+        codes = raw.numpy()
+        keys, bad = _C.hash_epilogue_cpu(codes, mean, rstd, wsum, self.n_tables, True, n_threads, table_codes,
+                                         table_keys, row0)
+        return codes.reshape(-1, self.n_tables, self.n_bits), keys, bad
+
+    def _fold_inputs_cpu(self, x: torch.Tensor, n_threads: int):
+        """(x W^T - mu W 1, zeros, rstd, W 1) for the native epilogue; far rows already hold their logits.
+
+        The -mu W 1 term enters as addmm's bias, the GEMM call of the torch path below (and its
+        memory behaviour: other call forms make MKL/oneDNN keep MBs of buffers between calls), so
+        the epilogue's fold only scales: (raw - 0 * wsum) * rstd.
+        """
+        x = x.to(torch.float32).contiguous()
+        # the statistics of the torch path (a native float64 one-pass version, _C.row_moments_cpu,
+        # measured a little faster but made the scoring peak-RSS test of test_reliability flaky)
+        mean_t = x.mean(dim=1)
+        var = (torch.linalg.vector_norm(x, dim=1).square_().div_(x.shape[1]) - mean_t * mean_t).clamp_(min=0.0)
+        mean, rstd = mean_t.numpy(), torch.rsqrt(var + 1e-5).numpy()
+        wsum = self.weight.sum(dim=1)
+        with np.errstate(over="ignore", invalid="ignore"):
+            far = np.abs(mean) * rstd > self.FOLD_MAX_MEAN_RATIO  # NaN rows stay on the fold: NaN logits
+        raw = torch.addmm(torch.from_numpy(mean).unsqueeze(1) * -wsum, x, self.weight.t())
+        if far.any():
+            rows = torch.from_numpy(np.flatnonzero(far))
+            raw[rows] = self.logits(x[rows])
+            rstd[far] = 1.0  # (raw - 0 * wsum) * 1 == raw: the epilogue keeps these logits
+        return raw, np.zeros_like(mean), rstd, wsum.numpy()
 
     FOLD_MAX_MEAN_RATIO = 4.0

@@ -139,21 +139,38 @@ class LearnableLSHIndex:
 
     # ------------------------------------------------------------------ hashing
     @torch.no_grad()
-    def _encode_chunk(self, x: torch.Tensor, name: str, row0: int):
-        """One chunk -> (codes (n, b, r) float32, keys (n, b) uint64), numpy on the CPU."""
+    def _encode_chunk(self, x: torch.Tensor, name: str, row0: int, stage=None):
+        """One chunk -> (codes (n, b, r) float32, keys (n, b) uint64), numpy on the CPU.
+
+        stage (CPU): (keys (b, n_total) uint64, codes (b, n_total, r) float32, row) staging arrays
+        of add(); the chunk's keys and codes are also written there at `row`, table-major, by the
+        native epilogue.  Returns whether it did (it does not for padded chunks).
+        """
         x = x.to(torch.float32).contiguous()
         n = x.shape[0]
         if n < _MIN_GEMM_ROWS:
             # BLAS takes another kernel (gemv) for a handful of rows, whose rounding differs; padding
             # keeps every row's code bit-identical however the data is batched.
             x = torch.cat([x, x.new_zeros((_MIN_GEMM_ROWS - n, x.shape[1]))])
+            stage = None
+        if not _engine.on_device(x):
+            # one native epilogue: fold, sigmoid, keys and the NaN check (a NaN/Inf anywhere in a row
+            # reaches its logits) in a single pass over the GEMM output
+            table_keys, table_codes, stage_row = stage if stage is not None else (None, None, 0)
+            codes, keys, bad = self.encoder.hash_codes_cpu(x, self.n_threads, table_codes, table_keys, stage_row)
+            if 0 <= bad < n:
+                raise InvalidInputError(f"{name}: expected finite values, got NaN or Inf in row {row0 + bad}")
+            if stage is not None:
+                return None
+            return codes[:n], keys[:n]
+        if stage is not None:
+            raise ValueError("_encode_chunk: stage is for the CPU engine")
         logits = self.encoder.hash_logits(x)[:n].contiguous()
         bad = torch.isnan(logits).flatten(1).any(dim=1)  # a NaN/Inf anywhere in a row reaches its logits
         if bool(bad.any()):
             row = row0 + int(torch.nonzero(bad)[0, 0])
             raise InvalidInputError(f"{name}: expected finite values, got NaN or Inf in row {row}")
-        codes, keys = _engine.sigmoid_binarize(logits if _engine.on_device(logits) else logits.numpy())
-        return codes, keys
+        return _engine.sigmoid_binarize(logits)
 
     def _chunks(self, t: torch.Tensor):
         step = self._chunk_rows()
@@ -249,12 +266,16 @@ class LearnableLSHIndex:
                 keys = np.empty((b, n), dtype=np.uint64)
                 codes = np.empty((b, n, r), dtype=np.float16 if self.code_dtype == "float16" else np.float32)
             bar = tqdm(total=n, desc="LLSH indexing", unit="row", disable=not progress, leave=False)
+            # float32 on the CPU: the epilogue writes the staging arrays itself (no transposing copy)
+            stage_direct = not on_gpu and codes.dtype == np.float32
             for i, chunk in self._chunks(t):
-                c, k = self._encode_chunk(chunk, "features", i)
-                rows = slice(i, i + c.shape[0])
-                keys[:, rows] = k.T
-                codes[:, rows] = c.transpose(0, 1).to(store) if on_gpu else c.transpose(1, 0, 2)
-                bar.update(c.shape[0])
+                out = self._encode_chunk(chunk, "features", i, stage=(keys, codes, i) if stage_direct else None)
+                if out is not None:
+                    c, k = out
+                    rows = slice(i, i + c.shape[0])
+                    keys[:, rows] = k.T
+                    codes[:, rows] = c.transpose(0, 1).to(store) if on_gpu else c.transpose(1, 0, 2)
+                bar.update(chunk.shape[0])
             bar.close()
             if on_gpu:
                 ids = torch.arange(n_old, n_old + n, dtype=torch.int64, device=t.device).expand(b, n).contiguous()
@@ -262,7 +283,11 @@ class LearnableLSHIndex:
                 ids = np.broadcast_to(np.arange(n_old, n_old + n, dtype=np.int64), (b, n)).copy()
             if old is not None and self.store_codes:
                 keys, codes, ids = _concat_rows(old, keys, codes, ids)
-            new = _engine.build_tables(keys, codes, ids, keep_codes=self.store_codes, n_threads=self.n_threads)
+            # keys/codes/ids are this call's own buffers: the engine may sort the codes in place.  With
+            # codes stored, the bucket statistics wait until a "light"/"squared" lookup, save() or
+            # to() needs them (_engine.ensure_statistics): they double the memory add() writes.
+            new = _engine.build_tables(keys, codes, ids, keep_codes=self.store_codes, n_threads=self.n_threads,
+                                       in_place=True, with_stats=not self.store_codes)
             if old is not None and not self.store_codes:
                 new = _merge_statistics(old, new)
             self._tables = new  # one reference swap: concurrent score() sees old or new, never a mix
@@ -336,7 +361,10 @@ class LearnableLSHIndex:
             host = {k: _to_numpy(v) for k, v in mine.items()}
             keys, codes, ids = _table_rows(theirs, b, r)
             keys, codes, ids = _concat_rows(host, keys, codes, ids + int(mine["n_items"]))
-            merged = _engine.build_tables(keys, codes, ids, keep_codes=True, n_threads=self.n_threads)
+            merged = _engine.build_tables(keys, codes, ids, keep_codes=True, n_threads=self.n_threads,
+                                          in_place=True, with_stats=False)  # statistics as after add()
+            if self.device != "cpu":
+                _engine.ensure_statistics(merged, self.n_threads)
             self._tables = {k: _move(v, self.device) for k, v in merged.items()}
         return self
 
@@ -568,6 +596,7 @@ class LearnableLSHIndex:
             if self.encoder is not None:
                 self.encoder.to(device)
             if self._tables is not None:
+                _engine.ensure_statistics(self._tables, self.n_threads)  # every engine expects them
                 self._tables = {k: _move(v, device) for k, v in self._tables.items()}
             self.device = device
         return self
@@ -588,6 +617,7 @@ class LearnableLSHIndex:
             arrays["losses"] = np.asarray(self.training_log_.losses, dtype=np.float64)
         tables = self._tables
         if tables is not None:
+            _engine.ensure_statistics(tables, self.n_threads)  # files always hold them (format unchanged)
             meta["n_items"] = int(tables["n_items"])
             for k, v in tables.items():
                 if k != "n_items" and v is not None:
@@ -677,6 +707,7 @@ def _table_rows(tables: Dict, b: int, r: int):
 
 def _bucket_code_sums(tables: Dict, query_keys: np.ndarray):
     """Per (query, table): the bucket size and its float64 code sum (zeros on a miss)."""
+    _engine.ensure_statistics(tables)
     ts, off, keys, bsum = tables["table_start"], tables["offsets"], tables["keys"], tables["bucket_sum"]
     m, b = query_keys.shape
     count = np.zeros((m, b), np.int64)

@@ -4,7 +4,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from llsh_index import ConfigError, LearnableLSHIndex  # noqa: E402
+from llsh_index import ConfigError, LearnableLSHIndex, _engine  # noqa: E402
 from llsh_index.distributed import (DistributedIndex, ShardPool, build_distributed, load_distributed,  # noqa: E402
                                     main)
 
@@ -61,6 +61,8 @@ def assert_same_tables(merged, single):
     processes whose BLAS runs with another thread count, and a GEMM's last bit can depend on it."""
     for k in ("keys", "table_start", "offsets", "ids"):
         np.testing.assert_array_equal(merged._tables[k], single._tables[k], err_msg=k)
+    for index in (merged, single):  # statistics an index with codes derives on first use
+        _engine.ensure_statistics(index._tables)
     for k in ("codes", "bucket_sum", "bucket_sqnorm"):
         if single._tables[k] is not None:
             np.testing.assert_allclose(merged._tables[k], single._tables[k], rtol=1e-6, atol=1e-6, err_msg=k)

@@ -124,3 +124,51 @@ def test_threads_do_not_change_results(rng):
     a = _engine.lookup(t1, q, keys[:300], 0, 1e10, n_threads=1)[0]
     b = _engine.lookup(t4, q, keys[:300], 0, 1e10, n_threads=3)[0]
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_in_place_and_deferred_statistics_equal_the_plain_build(rng, dtype):
+    """add() hands its codes over (sorted in place) and leaves the bucket statistics for later:
+    both give bit for bit the tables of the plain build, and the derived statistics equal the eager ones."""
+    codes = random_codes(rng, 3000, 3, 20, spread=0.3).astype(np.float32)
+    keys = np.ascontiguousarray(_engine.binarize(codes).T)
+    stored = codes.astype(dtype).transpose(1, 0, 2).copy()
+    ids = np.broadcast_to(np.arange(3000, dtype=np.int64), (3, 3000)).copy()
+    plain = _engine.build_tables(keys, stored.copy(), ids)
+    lazy = _engine.build_tables(keys, stored, ids, in_place=True, with_stats=False)
+    assert lazy["bucket_sum"] is None and lazy["bucket_sqnorm"] is None
+    assert np.shares_memory(lazy["codes"], stored)  # no second copy of the codes
+    for k in ("keys", "table_start", "offsets", "ids", "codes"):
+        np.testing.assert_array_equal(lazy[k], plain[k], err_msg=k)
+    q = codes[:200]
+    for mode in MODES:  # "mean" needs no statistics; the others derive them once
+        got = _engine.lookup(lazy, q, _engine.binarize(q), _engine.MODES[mode], 1e10)[0]
+        np.testing.assert_array_equal(got, _engine.lookup(plain, q, _engine.binarize(q), _engine.MODES[mode], 1e10)[0])
+    for k in ("bucket_sum", "bucket_sqnorm"):
+        np.testing.assert_array_equal(lazy[k], plain[k], err_msg=k)
+
+
+def test_ids_in_any_order_sort_like_ascending_ids(rng):
+    """The radix sort orders by (key, id) for ids in any order, negative ones included."""
+    codes = random_codes(rng, 1500, 2, 6, spread=0.3).astype(np.float32)  # 6 bits: large buckets
+    keys = np.ascontiguousarray(_engine.binarize(codes).T)
+    stored = codes.transpose(1, 0, 2).copy()
+    ids = np.stack([rng.permutation(1500) - 700, rng.permutation(1500) * 3]).astype(np.int64)
+    t = _engine.build_tables(keys, stored, ids)
+    off, ts = t["offsets"], t["table_start"]
+    for j in range(2):
+        for u in range(ts[j], ts[j + 1]):
+            assert np.all(np.diff(t["ids"][off[u]:off[u + 1]]) > 0)
+    assert sorted(t["ids"][:1500].tolist()) == sorted(ids[0].tolist())
+
+
+def test_row_moments_match_float64(rng):
+    from llsh_index import _C
+
+    x = (rng.standard_normal((300, 37)) * rng.uniform(0.1, 10, (300, 1)) + 2).astype(np.float32)
+    x[5] = np.inf
+    mean, rstd = _C.row_moments_cpu(x, 1e-5)
+    ref = x[6:].astype(np.float64)
+    np.testing.assert_allclose(mean[6:], ref.mean(1), rtol=1e-6)
+    np.testing.assert_allclose(rstd[6:], 1 / np.sqrt(ref.var(1) + 1e-5), rtol=1e-5)
+    assert np.isnan(mean[5]) and np.isnan(rstd[5])  # rejected downstream as a non-finite row

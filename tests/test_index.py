@@ -162,3 +162,22 @@ def test_folded_layernorm_matches_definition(rng, offset):
     with torch.no_grad():
         np.testing.assert_allclose(torch.sigmoid(index.encoder.hash_logits(torch.from_numpy(x))).numpy(),
                                    index.encoder(torch.from_numpy(x)).numpy(), atol=2e-6)
+
+
+def test_native_epilogue_is_hash_logits_then_sigmoid(rng):
+    """The CPU hashing epilogue (fold + sigmoid + keys in one pass) gives bit for bit the codes of
+    hash_logits() followed by the engine's sigmoid, within 1e-6 of torch's sigmoid, whatever the
+    length of the rows (the vectorised sigmoid's tail)."""
+    from llsh_index import _engine
+
+    for r in (5, 32):
+        x = (rng.standard_normal((200, 40)) * rng.uniform(0.1, 10, (200, 1))).astype(np.float32)
+        x[:10] += 100.0  # far rows: the explicit LayerNorm path
+        index = LearnableLSHIndex(40, n_tables=3, n_bits=r, seed=1)
+        codes, keys = index._encode_chunk(torch.from_numpy(x), "x", 0)
+        with torch.no_grad():
+            logits = index.encoder.hash_logits(torch.from_numpy(x)).numpy().copy()
+        ref_codes, ref_keys = _engine.sigmoid_binarize(logits.copy())
+        np.testing.assert_array_equal(codes, ref_codes)
+        np.testing.assert_array_equal(keys, ref_keys)
+        np.testing.assert_allclose(codes, torch.sigmoid(torch.from_numpy(logits)).numpy(), rtol=0, atol=1e-6)

@@ -319,7 +319,7 @@ def test_big_endian_floats_are_accepted(reference):
 
 def test_failed_add_leaves_the_index_unchanged():
     index = LearnableLSHIndex(n_tables=2, n_bits=8, batch_size=32).add(X[:100])
-    before = {k: index._tables[k].copy() for k in TABLE_KEYS}
+    before = {k: None if index._tables[k] is None else index._tables[k].copy() for k in TABLE_KEYS}
     with pytest.raises(InvalidInputError):
         index.add(put(X, 150, 0, np.nan))  # fails in the 5th chunk, after 4 chunks were hashed
     assert index.ntotal == 100

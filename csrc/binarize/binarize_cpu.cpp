@@ -1,22 +1,222 @@
 #include "binarize.h"
 
+#include <atomic>
+#include <cfloat>
 #include <cmath>
+#include <cstring>
 
 #include "llsh/common.h"
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 namespace llsh {
+
+namespace {
+
+// Cephes expf: exp(z) = 2^n * p(z - n ln2), Cody-Waite reduction, degree-7 polynomial.  Clamping z
+// to [-87, 88] keeps 2^n a normal float; sigmoid only loses values below 1e-38 from it.
+constexpr float kExpLo = -87.0f, kExpHi = 88.0f;
+constexpr float kLog2e = 1.44269504088896341f;
+constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds a float below 2^22 to an integer
+constexpr float kP0 = 1.9875691500e-4f, kP1 = 1.3981999507e-3f, kP2 = 8.3334519073e-3f, kP3 = 4.1665795894e-2f,
+                kP4 = 1.6666665459e-1f, kP5 = 5.0000001201e-1f;
+
+#if defined(__SSE2__)
+// sigmoid of four logits.  NaN stays NaN: minps/maxps return their second operand when either is NaN.
+inline __m128 sigmoid4(__m128 logit) {
+  const __m128 sign = _mm_set1_ps(-0.0f);
+  __m128 z = _mm_xor_ps(logit, sign);  // exp(-logit)
+  z = _mm_min_ps(_mm_set1_ps(kExpHi), z);
+  z = _mm_max_ps(_mm_set1_ps(kExpLo), z);
+  const __m128 t = _mm_add_ps(_mm_mul_ps(z, _mm_set1_ps(kLog2e)), _mm_set1_ps(kRound));
+  const __m128 n = _mm_sub_ps(t, _mm_set1_ps(kRound));
+  __m128 r = _mm_sub_ps(z, _mm_mul_ps(n, _mm_set1_ps(kLn2Hi)));
+  r = _mm_sub_ps(r, _mm_mul_ps(n, _mm_set1_ps(kLn2Lo)));
+  __m128 p = _mm_set1_ps(kP0);
+  p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(kP1));
+  p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(kP2));
+  p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(kP3));
+  p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(kP4));
+  p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(kP5));
+  __m128 y = _mm_add_ps(_mm_add_ps(_mm_mul_ps(p, _mm_mul_ps(r, r)), r), _mm_set1_ps(1.0f));
+  const __m128i e = _mm_slli_epi32(
+      _mm_add_epi32(_mm_sub_epi32(_mm_castps_si128(t), _mm_castps_si128(_mm_set1_ps(kRound))), _mm_set1_epi32(127)),
+      23);
+  y = _mm_mul_ps(y, _mm_castsi128_ps(e));
+  return _mm_div_ps(_mm_set1_ps(1.0f), _mm_add_ps(_mm_set1_ps(1.0f), y));
+}
+#else
+// Portable fallback: the same operations in the same order, one element at a time.
+inline float sigmoid1(float logit) {
+  float z = -logit;
+  z = kExpHi < z ? kExpHi : z;
+  z = kExpLo > z ? kExpLo : z;
+  const float t = z * kLog2e + kRound;
+  const float n = t - kRound;
+  float r = z - n * kLn2Hi;
+  r = r - n * kLn2Lo;
+  float p = kP0;
+  p = p * r + kP1;
+  p = p * r + kP2;
+  p = p * r + kP3;
+  p = p * r + kP4;
+  p = p * r + kP5;
+  float y = (p * (r * r) + r) + 1.0f;
+  int32_t ti, ri;
+  const float round = kRound;
+  std::memcpy(&ti, &t, 4);
+  std::memcpy(&ri, &round, 4);
+  const uint32_t bits = (uint32_t)(ti - ri + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, 4);
+  return 1.0f / (1.0f + y * scale);
+}
+#endif
+
+// Packs bit i = (c[i] >= 0.5f), four bits per compare + movemask.
+inline uint64_t pack_key(const float* c, int64_t n_bits) {
+  uint64_t key = 0;
+  int64_t i = 0;
+#if defined(__SSE2__)
+  const __m128 half = _mm_set1_ps(0.5f);
+  for (; i + 4 <= n_bits; i += 4)
+    key |= (uint64_t)_mm_movemask_ps(_mm_cmpge_ps(_mm_loadu_ps(c + i), half)) << i;
+#endif
+  for (; i < n_bits; ++i) key |= (uint64_t)(c[i] >= 0.5f) << i;
+  return key;
+}
+
+// The fold of one element; shared by the SSE and the tail path (same rounding).
+inline float fold1(float raw, float mean, float wsum, float rstd) { return (raw - mean * wsum) * rstd; }
+
+}  // namespace
+
+void sigmoid_inplace(float* v, int64_t n) {
+#if defined(__SSE2__)
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) _mm_storeu_ps(v + i, sigmoid4(_mm_loadu_ps(v + i)));
+  if (i < n) {  // tail through a padded block: the same instructions as every other element
+    float buf[4] = {0.f, 0.f, 0.f, 0.f};
+    std::memcpy(buf, v + i, (n - i) * sizeof(float));
+    _mm_storeu_ps(buf, sigmoid4(_mm_loadu_ps(buf)));
+    std::memcpy(v + i, buf, (n - i) * sizeof(float));
+  }
+#else
+  for (int64_t i = 0; i < n; ++i) v[i] = sigmoid1(v[i]);
+#endif
+}
 
 void binarize_cpu(float* codes, int64_t n_rows, int64_t n_bits, uint64_t* keys, bool from_logits, int n_threads) {
   parallel_for(n_rows, n_threads, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      float* c = codes + row * n_bits;
-      if (from_logits)
-        for (int64_t i = 0; i < n_bits; ++i) c[i] = 1.0f / (1.0f + std::exp(-c[i]));
-      uint64_t key = 0;
-      for (int64_t i = 0; i < n_bits; ++i) key |= (uint64_t)(c[i] >= 0.5f) << i;
-      keys[row] = key;
+    // a block of rows is contiguous: the sigmoid runs over it in one call (element-wise, so
+    // identical to row by row), then the keys are packed while the block is in cache
+    constexpr int64_t kBlock = 256;
+    for (int64_t row = begin; row < end; row += kBlock) {
+      const int64_t stop = std::min(end, row + kBlock);
+      if (from_logits) sigmoid_inplace(codes + row * n_bits, (stop - row) * n_bits);
+      for (int64_t i = row; i < stop; ++i) keys[i] = pack_key(codes + i * n_bits, n_bits);
     }
-  });
+  }, kMinElementsPerThread / n_bits);
+}
+
+void row_moments_cpu(const float* x, int64_t n_rows, int64_t dim, double eps, float* mean, float* rstd,
+                     int n_threads) {
+  parallel_for(n_rows, n_threads, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const float* v = x + row * dim;
+      double s = 0.0, q = 0.0;
+      int64_t k = 0;
+#if defined(__SSE2__)
+      __m128d s0 = _mm_setzero_pd(), s1 = _mm_setzero_pd(), q0 = _mm_setzero_pd(), q1 = _mm_setzero_pd();
+      for (; k + 4 <= dim; k += 4) {
+        const __m128 f = _mm_loadu_ps(v + k);
+        const __m128d lo = _mm_cvtps_pd(f), hi = _mm_cvtps_pd(_mm_movehl_ps(f, f));
+        s0 = _mm_add_pd(s0, lo);
+        s1 = _mm_add_pd(s1, hi);
+        q0 = _mm_add_pd(q0, _mm_mul_pd(lo, lo));
+        q1 = _mm_add_pd(q1, _mm_mul_pd(hi, hi));
+      }
+      double sb[2], qb[2];
+      _mm_storeu_pd(sb, _mm_add_pd(s0, s1));
+      _mm_storeu_pd(qb, _mm_add_pd(q0, q1));
+      s = sb[0] + sb[1];
+      q = qb[0] + qb[1];
+#endif
+      for (; k < dim; ++k) {
+        const double f = v[k];
+        s += f;
+        q += f * f;
+      }
+      if (!(q <= (double)FLT_MAX)) {  // NaN/Inf, or a float32 LayerNorm variance would overflow
+        mean[row] = rstd[row] = NAN;
+        continue;
+      }
+      const double mu = s / (double)dim;
+      double var = q / (double)dim - mu * mu;
+      var = var > 0.0 ? var : 0.0;
+      mean[row] = (float)mu;
+      rstd[row] = (float)(1.0 / std::sqrt(var + eps));
+    }
+  }, kMinElementsPerThread / dim);
+}
+
+int64_t hash_epilogue_cpu(float* raw, int64_t n_rows, int64_t n_tables, int64_t n_bits, const float* mean,
+                          const float* rstd, const float* wsum, bool with_sigmoid, uint64_t* keys, int n_threads,
+                          float* table_codes, uint64_t* table_keys, int64_t n_total, int64_t row0) {
+  const int64_t width = n_tables * n_bits;
+  std::atomic<int64_t> first_bad{-1};
+  parallel_for(n_rows, n_threads, [&](int64_t begin, int64_t end) {
+    int64_t bad = -1;
+    for (int64_t row = begin; row < end; ++row) {
+      float* v = raw + row * width;
+      const float mu = mean[row], rs = rstd[row];
+      bool nan_row = false;
+      int64_t k = 0;
+#if defined(__SSE2__)
+      const __m128 vmu = _mm_set1_ps(mu), vrs = _mm_set1_ps(rs);
+      __m128 unord = _mm_setzero_ps();
+      for (; k + 4 <= width; k += 4) {
+        const __m128 l = _mm_mul_ps(_mm_sub_ps(_mm_loadu_ps(v + k), _mm_mul_ps(vmu, _mm_loadu_ps(wsum + k))), vrs);
+        unord = _mm_or_ps(unord, _mm_cmpunord_ps(l, l));
+        _mm_storeu_ps(v + k, with_sigmoid ? sigmoid4(l) : l);
+      }
+      nan_row = _mm_movemask_ps(unord) != 0;
+      if (k < width) {  // tail through a padded block, as in sigmoid_inplace
+        float buf[4] = {0.f, 0.f, 0.f, 0.f};
+        for (int64_t i = k; i < width; ++i) {
+          buf[i - k] = fold1(v[i], mu, wsum[i], rs);
+          nan_row |= std::isnan(buf[i - k]);
+        }
+        if (with_sigmoid) _mm_storeu_ps(buf, sigmoid4(_mm_loadu_ps(buf)));
+        std::memcpy(v + k, buf, (width - k) * sizeof(float));
+      }
+#else
+      for (; k < width; ++k) {
+        const float l = fold1(v[k], mu, wsum[k], rs);
+        nan_row |= std::isnan(l);
+        v[k] = with_sigmoid ? sigmoid1(l) : l;
+      }
+#endif
+      if (nan_row && bad < 0) bad = row;
+      if (with_sigmoid)
+        for (int64_t j = 0; j < n_tables; ++j) {
+          const uint64_t key = pack_key(v + j * n_bits, n_bits);
+          keys[row * n_tables + j] = key;
+          if (table_keys) table_keys[j * n_total + row0 + row] = key;
+          if (table_codes)
+            std::memcpy(table_codes + (j * n_total + row0 + row) * n_bits, v + j * n_bits, n_bits * sizeof(float));
+        }
+    }
+    if (bad >= 0) {  // keep the smallest bad row over all workers
+      int64_t cur = first_bad.load();
+      while ((cur < 0 || bad < cur) && !first_bad.compare_exchange_weak(cur, bad)) {
+      }
+    }
+  }, kMinElementsPerThread / width);
+  return first_bad.load();
 }
 
 }  // namespace llsh

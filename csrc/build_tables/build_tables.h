@@ -3,29 +3,68 @@
 // and reduce per-bucket sufficient statistics (sum of codes, sum of squared norms).
 #pragma once
 #include <cstdint>
+#include <memory>
+#include <new>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "llsh/sorted_tables.h"
 
 namespace llsh {
 
+// An allocator whose resize() leaves new elements uninitialised (no zero fill): the build writes
+// every output element exactly once, from the thread that owns its table.
+template <typename T>
+struct DefaultInitAllocator : std::allocator<T> {
+  template <typename U>
+  struct rebind {
+    using other = DefaultInitAllocator<U>;
+  };
+  DefaultInitAllocator() = default;
+  template <typename U>
+  DefaultInitAllocator(const DefaultInitAllocator<U>&) noexcept {}
+  template <typename U>
+  void construct(U* p) noexcept(std::is_nothrow_default_constructible<U>::value) {
+    ::new (static_cast<void*>(p)) U;
+  }
+  template <typename U, typename... Args>
+  void construct(U* p, Args&&... args) {
+    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
+};
+template <typename T>
+using OutVector = std::vector<T, DefaultInitAllocator<T>>;
+
 template <typename CodeT>
 struct BuiltTables {
-  std::vector<uint64_t> keys;
-  std::vector<int64_t> table_start;
-  std::vector<int64_t> offsets;
-  std::vector<int64_t> ids;        // item ids in bucket order, [b * n]
-  std::vector<CodeT> codes;        // [b * n, r], empty when keep_codes is false
-  std::vector<double> bucket_sum;  // [U, r]
-  std::vector<double> bucket_sqnorm;
+  OutVector<uint64_t> keys;
+  OutVector<int64_t> table_start;
+  OutVector<int64_t> offsets;
+  OutVector<int64_t> ids;        // item ids in bucket order, [b * n]
+  OutVector<CodeT> codes;        // [b * n, r], empty when keep_codes is false or the codes were sorted in place
+  OutVector<double> bucket_sum;  // [U, r]
+  OutVector<double> bucket_sqnorm;
 };
 
 // keys: [b, n] uint64; codes: [b, n, r]; ids: [b, n] int64 (unique within a table).
 // Rows may come in any order: the output is ordered by (key, id), so adding data in several
 // batches and rebuilding gives exactly the tables of one batch.
+// codes_in_place (optional, with keep_codes): the same buffer as `codes`, which the caller gives
+// up: its rows are permuted into bucket order in place and it becomes the output codes
+// (out.codes stays empty), which saves allocating and faulting in a second b*n*r array.
+// with_stats=false (only with keep_codes): skip bucket_sum / bucket_sqnorm, which the codes
+// determine; bucket_stats_cpu derives them later, bit for bit the values the build would give.
 template <typename CodeT>
 void build_tables_cpu(const uint64_t* keys, const CodeT* codes, const int64_t* ids, int64_t n_tables,
-                      int64_t n, int64_t n_bits, bool keep_codes, int n_threads, BuiltTables<CodeT>& out);
+                      int64_t n, int64_t n_bits, bool keep_codes, int n_threads, BuiltTables<CodeT>& out,
+                      CodeT* codes_in_place = nullptr, bool with_stats = true);
+
+// Per-bucket statistics of built tables from their codes [offsets[U], r] in bucket order:
+// sum [U, r] and sqnorm [U] in float64, accumulated row by row in bucket order (as the build does).
+template <typename CodeT>
+void bucket_stats_cpu(const CodeT* codes, const int64_t* offsets, int64_t n_buckets, int64_t n_bits, double* sum,
+                      double* sqnorm, int n_threads);
 
 #ifdef LLSH_WITH_CUDA
 // Device build, on `stream` (a cudaStream_t), in two phases so that the caller allocates every

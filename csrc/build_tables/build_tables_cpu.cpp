@@ -1,6 +1,7 @@
 #include "build_tables.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "llsh/common.h"
 
@@ -9,53 +10,118 @@ namespace llsh {
 namespace {
 
 // A row of one table while sorting: sorting these records, rather than an index array, makes the
-// comparisons read contiguous memory instead of chasing keys[] at random.
+// passes read contiguous memory instead of chasing keys[] at random.
 struct Record {
   uint64_t key;
   int64_t id;
   int64_t row;
 };
 
+// Stable LSD radix pass over byte `shift / 8` of digit(rec): src -> dst.
+template <typename Digit>
+void radix_pass(const Record* src, Record* dst, int64_t n, int shift, Digit digit) {
+  int64_t count[257] = {0};
+  for (int64_t i = 0; i < n; ++i) ++count[((digit(src[i]) >> shift) & 0xFF) + 1];
+  for (int k = 0; k < 256; ++k) count[k + 1] += count[k];
+  for (int64_t i = 0; i < n; ++i) dst[count[(digit(src[i]) >> shift) & 0xFF]++] = src[i];
+}
+
+// Stable LSD radix sort of rec by digit(rec) (64 bits), skipping the bytes every record shares.
+template <typename Digit>
+void radix_sort(std::vector<Record>& rec, std::vector<Record>& tmp, Digit digit) {
+  const int64_t n = (int64_t)rec.size();
+  if (n < 2) return;
+  uint64_t all_or = 0, all_and = ~uint64_t(0);
+  for (const Record& r : rec) {
+    all_or |= digit(r);
+    all_and &= digit(r);
+  }
+  const uint64_t varying = all_or ^ all_and;  // bits that differ between some records
+  tmp.resize(n);
+  for (int shift = 0; shift < 64; shift += 8) {
+    if (((varying >> shift) & 0xFF) == 0) continue;
+    radix_pass(rec.data(), tmp.data(), n, shift, digit);
+    rec.swap(tmp);
+  }
+}
+
 // Sorts one table's rows by (key, id) and returns its number of distinct keys.  ids are unique,
-// so the order is total and independent of the input order.
-int64_t sort_table(const uint64_t* keys, const int64_t* ids, int64_t n, std::vector<Record>& rec) {
+// so the order is total and independent of the input order.  Radix passes (stable): by id first
+// unless the ids already ascend (the usual case: add() numbers its rows in order), then by key.
+int64_t sort_table(const uint64_t* keys, const int64_t* ids, int64_t n, std::vector<Record>& rec,
+                   std::vector<Record>& tmp) {
   rec.resize(n);
-  for (int64_t i = 0; i < n; ++i) rec[i] = {keys[i], ids[i], i};
-  std::sort(rec.begin(), rec.end(), [](const Record& a, const Record& b) {
-    return a.key != b.key ? a.key < b.key : a.id < b.id;
-  });
+  bool ascending = true;
+  for (int64_t i = 0; i < n; ++i) {
+    rec[i] = {keys[i], ids[i], i};
+    ascending &= (i == 0 || ids[i - 1] < ids[i]);
+  }
+  if (!ascending)  // flipping the sign bit orders signed ids as unsigned integers
+    radix_sort(rec, tmp, [](const Record& r) { return (uint64_t)r.id ^ (uint64_t(1) << 63); });
+  radix_sort(rec, tmp, [](const Record& r) { return r.key; });
   int64_t unique = 0;
   for (int64_t i = 0; i < n; ++i) unique += (i == 0 || rec[i].key != rec[i - 1].key);
   return unique;
 }
 
-// Segments one sorted table straight into the output arrays: bucket u0.. of the table, rows
-// row0.. of `codes`/`ids`; gathers the codes and reduces the per-bucket statistics in float64.
+// Moves table rows into sorted order in place: row i of the result is row rec[i].row of the
+// input (cycle by cycle, one row of scratch), so no second copy of the codes is allocated.
 template <typename CodeT>
-void fill_table(const std::vector<Record>& rec, const CodeT* codes, const int64_t* ids, int64_t r, bool keep_codes,
-                int64_t u0, int64_t row0, BuiltTables<CodeT>& out) {
+void permute_rows(CodeT* rows, const std::vector<Record>& rec, int64_t r) {
+  const int64_t n = (int64_t)rec.size();
+  std::vector<char> done(n, 0);
+  std::vector<CodeT> hold(r);
+  for (int64_t i = 0; i < n; ++i) {
+    if (done[i]) continue;
+    done[i] = 1;
+    if (rec[i].row == i) continue;
+    std::memcpy(hold.data(), rows + i * r, r * sizeof(CodeT));
+    int64_t k = i;
+    while (rec[k].row != i) {
+      const int64_t src = rec[k].row;
+      std::memcpy(rows + k * r, rows + src * r, r * sizeof(CodeT));
+      done[src] = 1;
+      k = src;
+    }
+    std::memcpy(rows + k * r, hold.data(), r * sizeof(CodeT));
+  }
+}
+
+// Adds one code to a bucket's float64 statistics; the one accumulation order of the engine.
+template <typename CodeT>
+inline void accumulate(const CodeT* c, int64_t r, double* acc, double& sq) {
+  for (int64_t k = 0; k < r; ++k) {
+    const double v = load_code(c[k]);
+    acc[k] += v;
+    sq += v * v;
+  }
+}
+
+// Segments one sorted table straight into the output arrays: bucket u0.. of the table, rows
+// row0.. of `codes`/`ids`; places the codes (gathered, or already permuted in place when
+// `sorted_codes` is given) and, with_stats, reduces the per-bucket statistics in float64, in
+// (key, id) order.
+template <typename CodeT>
+void fill_table(const std::vector<Record>& rec, const CodeT* codes, const CodeT* sorted_codes, const int64_t* ids,
+                int64_t r, bool keep_codes, bool with_stats, int64_t u0, int64_t row0, BuiltTables<CodeT>& out) {
   const int64_t n = (int64_t)rec.size();
   int64_t u = u0;
   for (int64_t i = 0; i < n;) {
     const uint64_t key = rec[i].key;
-    double* acc = out.bucket_sum.data() + u * r;
-    std::fill(acc, acc + r, 0.0);
+    double* acc = with_stats ? out.bucket_sum.data() + u * r : nullptr;
+    if (with_stats) std::fill(acc, acc + r, 0.0);
     double sq = 0.0;
     int64_t j = i;
     for (; j < n && rec[j].key == key; ++j) {
       const int64_t src = rec[j].row;
-      const CodeT* c = codes + src * r;
+      const CodeT* c = sorted_codes ? sorted_codes + j * r : codes + src * r;
       out.ids[row0 + j] = ids[src];
-      if (keep_codes) std::copy(c, c + r, out.codes.data() + (row0 + j) * r);
-      for (int64_t k = 0; k < r; ++k) {
-        const double v = load_code(c[k]);
-        acc[k] += v;
-        sq += v * v;
-      }
+      if (keep_codes && !sorted_codes) std::copy(c, c + r, out.codes.data() + (row0 + j) * r);
+      if (with_stats) accumulate(c, r, acc, sq);
     }
     out.keys[u] = key;
     out.offsets[u] = row0 + i;
-    out.bucket_sqnorm[u] = sq;
+    if (with_stats) out.bucket_sqnorm[u] = sq;
     ++u;
     i = j;
   }
@@ -65,13 +131,18 @@ void fill_table(const std::vector<Record>& rec, const CodeT* codes, const int64_
 
 template <typename CodeT>
 void build_tables_cpu(const uint64_t* keys, const CodeT* codes, const int64_t* ids, int64_t n_tables,
-                      int64_t n, int64_t n_bits, bool keep_codes, int n_threads, BuiltTables<CodeT>& out) {
+                      int64_t n, int64_t n_bits, bool keep_codes, int n_threads, BuiltTables<CodeT>& out,
+                      CodeT* codes_in_place, bool with_stats) {
+  with_stats = with_stats || !keep_codes;  // a statistics-only index has nothing else
   // Pass 1: sort each table and count its buckets; pass 2: fill preallocated outputs in place
-  // (no per-table buffers to concatenate afterwards).
+  // (no per-table buffers to concatenate afterwards).  The outputs are left uninitialised
+  // (DefaultInit): every element is written in pass 2, by the worker that owns the table, so the
+  // first touch of their pages happens on all threads instead of in one zero-filling loop.
   std::vector<std::vector<Record>> sorted(n_tables);
   std::vector<int64_t> n_unique(n_tables);
   parallel_for(n_tables, n_threads, [&](int64_t begin, int64_t end) {
-    for (int64_t j = begin; j < end; ++j) n_unique[j] = sort_table(keys + j * n, ids + j * n, n, sorted[j]);
+    std::vector<Record> tmp;
+    for (int64_t j = begin; j < end; ++j) n_unique[j] = sort_table(keys + j * n, ids + j * n, n, sorted[j], tmp);
   });
   out.table_start.assign(n_tables + 1, 0);
   for (int64_t j = 0; j < n_tables; ++j) out.table_start[j + 1] = out.table_start[j] + n_unique[j];
@@ -79,22 +150,41 @@ void build_tables_cpu(const uint64_t* keys, const CodeT* codes, const int64_t* i
   out.keys.resize(U);
   out.offsets.resize(U + 1);
   out.offsets[U] = n_tables * n;
-  out.bucket_sum.resize(U * n_bits);
-  out.bucket_sqnorm.resize(U);
+  out.bucket_sum.resize(with_stats ? U * n_bits : 0);
+  out.bucket_sqnorm.resize(with_stats ? U : 0);
   out.ids.resize(n_tables * n);
-  out.codes.resize(keep_codes ? n_tables * n * n_bits : 0);
+  out.codes.resize(keep_codes && !codes_in_place ? n_tables * n * n_bits : 0);
   parallel_for(n_tables, n_threads, [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) {
-      fill_table<CodeT>(sorted[j], codes + j * n * n_bits, ids + j * n, n_bits, keep_codes, out.table_start[j],
-                        j * n, out);
+      CodeT* table_codes = codes_in_place ? codes_in_place + j * n * n_bits : nullptr;
+      if (table_codes) permute_rows(table_codes, sorted[j], n_bits);
+      fill_table<CodeT>(sorted[j], codes + j * n * n_bits, table_codes, ids + j * n, n_bits, keep_codes,
+                        with_stats, out.table_start[j], j * n, out);
       std::vector<Record>().swap(sorted[j]);  // free as we go
     }
   });
 }
 
+template <typename CodeT>
+void bucket_stats_cpu(const CodeT* codes, const int64_t* offsets, int64_t n_buckets, int64_t n_bits, double* sum,
+                      double* sqnorm, int n_threads) {
+  parallel_for(n_buckets, n_threads, [&](int64_t begin, int64_t end) {
+    for (int64_t u = begin; u < end; ++u) {
+      double* acc = sum + u * n_bits;
+      std::fill(acc, acc + n_bits, 0.0);
+      double sq = 0.0;
+      for (int64_t row = offsets[u]; row < offsets[u + 1]; ++row) accumulate(codes + row * n_bits, n_bits, acc, sq);
+      sqnorm[u] = sq;
+    }
+  });
+}
+
+template void bucket_stats_cpu<float>(const float*, const int64_t*, int64_t, int64_t, double*, double*, int);
+template void bucket_stats_cpu<uint16_t>(const uint16_t*, const int64_t*, int64_t, int64_t, double*, double*, int);
+
 template void build_tables_cpu<float>(const uint64_t*, const float*, const int64_t*, int64_t, int64_t, int64_t,
-                                      bool, int, BuiltTables<float>&);
+                                      bool, int, BuiltTables<float>&, float*, bool);
 template void build_tables_cpu<uint16_t>(const uint64_t*, const uint16_t*, const int64_t*, int64_t, int64_t,
-                                         int64_t, bool, int, BuiltTables<uint16_t>&);
+                                         int64_t, bool, int, BuiltTables<uint16_t>&, uint16_t*, bool);
 
 }  // namespace llsh

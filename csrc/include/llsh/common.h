@@ -34,16 +34,21 @@ inline float half_to_float(uint16_t h) {
   return f;
 }
 
+// Elements of streaming work (a float read and a few flops each) that make one thread worth starting.
+constexpr int64_t kMinElementsPerThread = int64_t(1) << 18;
+
 inline float load_code(float v) { return v; }
 inline float load_code(uint16_t v) { return half_to_float(v); }
 
 // Runs fn(begin, end) over [0, n) split into contiguous chunks on up to n_threads threads.
-// Chunks are static so results never depend on scheduling (determinism).
+// Chunks are static so results never depend on scheduling (determinism).  min_per_worker: the
+// fewest items worth a thread of their own; a thread costs tens of microseconds to start and
+// its first touch of thread-local storage, so small calls stay on the calling thread.
 template <typename Fn>
-void parallel_for(int64_t n, int n_threads, Fn&& fn) {
+void parallel_for(int64_t n, int n_threads, Fn&& fn, int64_t min_per_worker = 1) {
   if (n <= 0) return;
   if (n_threads <= 0) n_threads = (int)std::max(1u, std::thread::hardware_concurrency());
-  const int64_t workers = std::min<int64_t>(n_threads, n);
+  const int64_t workers = std::min<int64_t>(n_threads, std::max<int64_t>(1, n / std::max<int64_t>(1, min_per_worker)));
   if (workers <= 1) { fn(int64_t(0), n); return; }
   std::vector<std::thread> pool;
   pool.reserve(workers);

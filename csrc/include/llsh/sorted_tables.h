@@ -15,6 +15,10 @@
 //   bucket_sum    float64 [U, r]     per-bucket sum of codes     (light-LLSH mean = sum / count)
 //   bucket_sqnorm float64 [U]        per-bucket sum of ||code||^2 (exact mean squared L2)
 //
+// bucket_sum / bucket_sqnorm are a function of the codes: an index that stores the codes builds
+// them lazily on the CPU (llsh_index._engine.ensure_statistics, bit for bit the eager values) the
+// first time a "light"/"squared" lookup, save() or a move to another device needs them.
+//
 // Key bit i of item x in table j is  code[x, j, i] >= 0.5  (i.e. logit >= 0), packed little-endian
 // into a uint64: bit i of the key is code component i.  n_bits (r) is 1..64.
 #pragma once
