@@ -350,8 +350,12 @@ class LearnableLSHIndex:
         with self._write_lock:
             mine = self._tables
             if mine is None:
-                self._tables = {k: (v.copy() if hasattr(v, "copy") else v.clone() if isinstance(v, torch.Tensor)
-                                    else v) for k, v in theirs.items()}
+                if _normalise_device(other.device) != self.device:
+                    _engine.ensure_statistics(theirs, other.n_threads)  # every engine off the CPU expects them
+                    self._tables = {k: _move(v, self.device) for k, v in theirs.items()}  # a copy on our device
+                else:
+                    self._tables = {k: (v.copy() if hasattr(v, "copy") else v.clone() if isinstance(v, torch.Tensor)
+                                        else v) for k, v in theirs.items()}
                 return self
             if not self.store_codes:
                 self._tables = _merge_statistics(mine, theirs)
@@ -493,6 +497,8 @@ class LearnableLSHIndex:
         else:
             t = self._features(queries, "queries")
             batches = (self._encode_chunk(c, "queries", i) for i, c in self._chunks(t))
+        if mode != "mean":
+            _engine.ensure_statistics(tables, self.n_threads)  # once, into the index (not into a host copy)
         src = tables if on_dev else {k: _to_numpy(v) for k, v in tables.items()}
         counts, sums, codes_all = [], [], []
         for c, k in batches:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import llsh_index
-from llsh_index import DeviceMismatchError, LearnableLSHIndex
+from llsh_index import DeviceMismatchError, LearnableLSHIndex, _engine
 
 torch = pytest.importorskip("torch")
 pytestmark = [pytest.mark.gpu,
@@ -84,6 +84,7 @@ def test_gpu_index_paths_match_cpu(data, code_dtype, store_codes):
     kw = dict(code_dtype=code_dtype, store_codes=store_codes, mode=mode, batch_size=700)
     cpu = exact_index(**kw).add(x[:1800]).add(x[1800:])
     gpu = exact_index(**kw).to("cuda").add(cuda(x[:1800])).add(cuda(x[1800:]))
+    _engine.ensure_statistics(cpu._tables)  # the CPU add() defers them; the GPU build computes them
     for k, v in cpu._tables.items():
         if k == "n_items" or v is None:
             assert gpu._tables[k] == v, k
@@ -109,6 +110,13 @@ def test_gpu_index_paths_match_cpu(data, code_dtype, store_codes):
     for m in modes:
         np.testing.assert_allclose(merged.score(cuda(q), mode=m).cpu().numpy(), single.score(q, mode=m),
                                    rtol=tol, atol=tol, err_msg=f"merged, {m}")
+    # merging into an empty index on the other device moves the tables onto that device
+    onto_cpu = exact_index(**kw).merge(gpu)
+    assert isinstance(onto_cpu._tables["keys"], np.ndarray)
+    onto_gpu = exact_index(**kw).to("cuda").merge(cpu)
+    assert onto_gpu._tables["keys"].is_cuda
+    np.testing.assert_allclose(onto_cpu.score(q), cpu.score(q), rtol=tol, atol=tol)
+    np.testing.assert_allclose(onto_gpu.score(cuda(q)).cpu().numpy(), cpu.score(q), rtol=tol, atol=tol)
     back = gpu.to("cpu")
     assert isinstance(back._tables["keys"], np.ndarray)
     np.testing.assert_allclose(back.score(q), cpu.score(q), rtol=tol, atol=tol)
