@@ -41,7 +41,7 @@ def run_category(path, args):
         if fit:
             index.fit(train, iterations=args.iterations, batch_size=args.batch_size, queue_size=args.queue_size,
                       lr=args.lr, momentum=args.momentum, n_neighbors=args.n_neighbors, progress=False,
-                      lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps, project_mean=args.project_mean)
+                      temperature=args.temperature, lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps, project_mean=args.project_mean)
         index.add(train)
         for mode in ("mean", "squared"):
             out[f"{name}_{mode}"] = roc_auc_score(labels, index.score(test, mode=mode))
@@ -59,6 +59,7 @@ def main():
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--momentum", type=float, default=0.99)
     ap.add_argument("--n-neighbors", type=int, default=5)
+    ap.add_argument("--temperature", type=float, default=0.2)
     ap.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine", "linear"])
     ap.add_argument("--warmup-steps", type=int, default=0)
     ap.add_argument("--project-mean", action="store_true", help="drop the gradient along the data's mean direction")
