@@ -4,7 +4,8 @@ ADBench's ResNet-18 embeddings of the 15 MVTec-AD categories (../shared/data/adb
 per category, half of the normal images (seeded) train and index, the other half plus every
 anomalous image are scored; the AUC is image-level.  Both indexes share seed, b and r.
 
-    python benchmarks/adbench_static.py [--iterations 30] [--n-tables 8] [--n-bits 32]
+    python benchmarks/adbench_static.py [--iterations 30] [--n-tables 8] [--n-bits 32] [--seed 0]
+    python benchmarks/adbench_static.py --project-mean --lr 0.003 --seed 0   # ... seeds 0-4 (RESULTS.md)
 """
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ def run_category(path, args):
         index = LearnableLSHIndex(n_tables=args.n_tables, n_bits=args.n_bits, seed=args.seed)
         if fit:
             index.fit(train, iterations=args.iterations, batch_size=args.batch_size, queue_size=args.queue_size,
-                      lr=args.lr, momentum=args.momentum, n_neighbors=args.n_neighbors, progress=False)
+                      lr=args.lr, momentum=args.momentum, n_neighbors=args.n_neighbors, progress=False,
+                      temperature=args.temperature, lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps, project_mean=args.project_mean)
         index.add(train)
         for mode in ("mean", "squared"):
             out[f"{name}_{mode}"] = roc_auc_score(labels, index.score(test, mode=mode))
@@ -57,7 +59,11 @@ def main():
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--momentum", type=float, default=0.99)
     ap.add_argument("--n-neighbors", type=int, default=5)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--temperature", type=float, default=0.2)
+    ap.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine", "linear"])
+    ap.add_argument("--warmup-steps", type=int, default=0)
+    ap.add_argument("--project-mean", action="store_true", help="drop the gradient along the data's mean direction")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the split, the layers and training")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     files = sorted(glob.glob(os.path.join(args.data, "*.npz")))

@@ -262,7 +262,7 @@ def cmd_plot(args) -> int:
 
 
 def run_demo(out_dir: str, features: Optional[str] = None, training: Optional[dict] = None,
-             quiet: bool = False) -> dict:
+             quiet: bool = False, seed: int = 0) -> dict:
     """LSH / LLSH / light-LLSH / KNN / K-means on the bundled Ped2 features; returns the table."""
     from . import LearnableLSHIndex, metrics
     from .datasets import load_ped2_demo
@@ -295,14 +295,14 @@ def run_demo(out_dir: str, features: Optional[str] = None, training: Optional[di
     if not quiet:
         print(f"Ped2 demo features: {len(x)} training snippets of {len(train_names)} videos, "
               f"{sum(n_frames.values())} test frames of {len(test_names)} videos, dim {x.shape[1]}")
-    lsh = LearnableLSHIndex(x.shape[1], seed=0)
+    lsh = LearnableLSHIndex(x.shape[1], seed=seed)  # the LSH and LLSH indexes share their initial layers
     t0 = time.perf_counter()
     lsh.add(x)
     build = time.perf_counter() - t0
     s, t = per_video(lsh.score)
     record("LSH", 0.0, build, s, t)
 
-    llsh = LearnableLSHIndex(x.shape[1], seed=0)
+    llsh = LearnableLSHIndex(x.shape[1], seed=seed)
     t0 = time.perf_counter()
     llsh.fit(x, video_ids=vids, progress=not quiet, **training)
     train_s = time.perf_counter() - t0
@@ -345,7 +345,7 @@ def run_demo(out_dir: str, features: Optional[str] = None, training: Optional[di
                     title="Ped2 test videos: anomaly score (smoothed, min-max normalised)")
     except ImportError:
         plot_path = None
-    summary = {"rows": rows, "training": training, "plot": plot_path, "n_train": int(len(x)),
+    summary = {"rows": rows, "training": training, "seed": int(seed), "plot": plot_path, "n_train": int(len(x)),
                "extractor": demo.meta.get("extractor"), "dim": int(x.shape[1])}
     with open(os.path.join(out_dir, "ped2_demo.json"), "w") as f:
         json.dump(summary, f, indent=1)
@@ -356,7 +356,7 @@ def run_demo(out_dir: str, features: Optional[str] = None, training: Optional[di
 def cmd_demo(args) -> int:
     t0 = time.time()
     training = {"iterations": args.iterations} if args.iterations else None
-    summary = run_demo(args.out, args.features, training, quiet=args.quiet)
+    summary = run_demo(args.out, args.features, training, quiet=args.quiet, seed=args.seed)
     print()
     print(summary["table"])
     print(f"\nscore curves: {summary['plot']}   table: {os.path.join(args.out, 'ped2_demo.json')}   "
@@ -374,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="llsh_demo", help="folder for the plot, table and index (default llsh_demo)")
     p.add_argument("--features", default=None, help="another feature file in the demo layout")
     p.add_argument("--iterations", type=int, default=None, help="override the demo's training length")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the LSH / LLSH layers and of training (default 0; the AUCs vary with it, "
+                        "see benchmarks/RESULTS.md)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_demo)
 

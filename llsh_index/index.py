@@ -30,7 +30,7 @@ from .encoder import HashEncoder
 from .errors import ConfigError, CudaUnavailableError, DeviceMismatchError, IndexFormatError, IndexStateError, \
     InvalidDTypeError, InvalidInputError, NotFittedError
 from .io import read_container, write_container
-from .training import TrainingConfig, TrainingLog, train_moco
+from .training import LR_SCHEDULES, TrainingConfig, TrainingLog, train_moco
 
 _FILE_KIND = "LearnableLSHIndex"
 _CHUNK_BYTES = 64 << 20  # input bytes hashed per chunk: bounds the memory of add() and score()
@@ -195,7 +195,8 @@ class LearnableLSHIndex:
     def fit(self, features, video_ids=None, *, iterations: int = 60, epochs: int = 1, batch_size: int = 256,
             lr: float = 1e-3, sgd_momentum: float = 0.9, weight_decay: float = 1e-4, temperature: float = 0.2,
             queue_size: int = 8192, momentum: float = 0.999, max_offset: int = 150, n_neighbors: int = 10,
-            progress: bool = True, seed: Optional[int] = None) -> "LearnableLSHIndex":
+            progress: bool = True, seed: Optional[int] = None, lr_schedule: str = "constant",
+            warmup_steps: int = 0, grad_clip: float = 0.0, project_mean: bool = False) -> "LearnableLSHIndex":
         """Trains the hash layers with MoCo (see llsh_index.training).
 
         features: (N, dim), grouped by video and in time order within each video.
@@ -203,6 +204,11 @@ class LearnableLSHIndex:
             within +-max_offset rows.  Without video_ids the positive is one of the n_neighbors
             nearest rows in cosine similarity of the normalised features (static data).
         One epoch is n_videos * iterations pairs (rows * iterations without video_ids).
+        Opt-in, off by default (the defaults are the paper's): lr_schedule "cosine" / "linear"
+        decays the lr to 0 over all steps after warmup_steps of linear warm-up
+        (llsh_index.training.lr_at); grad_clip > 0 clips the gradient norm; project_mean drops the
+        gradient along the mean direction of the layer-normalised training rows, which dominates
+        the gradient when the features share a large common component (benchmarks/RESULTS.md).
         """
         if self._tables is not None:
             raise IndexStateError(f"fit: the index already holds {self.ntotal} items hashed with the current "
@@ -216,12 +222,18 @@ class LearnableLSHIndex:
             queue_size=check_int_range(queue_size, "queue_size", 1), momentum=float(momentum),
             max_offset=check_int_range(max_offset, "max_offset", 0),
             n_neighbors=check_int_range(n_neighbors, "n_neighbors", 1),
-            seed=self.seed if seed is None else int(seed), progress=progress)
+            seed=self.seed if seed is None else int(seed), progress=progress,
+            lr_schedule=lr_schedule,
+            warmup_steps=check_int_range(warmup_steps, "warmup_steps", 0), grad_clip=float(grad_clip),
+            project_mean=bool(project_mean))
+        if cfg.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule: expected one of {', '.join(LR_SCHEDULES)}, got {cfg.lr_schedule!r}")
         checks = [("momentum", cfg.momentum, 0.0 <= cfg.momentum <= 1.0, "0..1"),
                   ("temperature", cfg.temperature, cfg.temperature > 0, "> 0"),
                   ("lr", cfg.lr, cfg.lr > 0, "> 0"),
                   ("weight_decay", cfg.weight_decay, cfg.weight_decay >= 0, ">= 0"),
-                  ("sgd_momentum", cfg.sgd_momentum, 0.0 <= cfg.sgd_momentum < 1.0, "0 <= x < 1")]
+                  ("sgd_momentum", cfg.sgd_momentum, 0.0 <= cfg.sgd_momentum < 1.0, "0 <= x < 1"),
+                  ("grad_clip", cfg.grad_clip, cfg.grad_clip >= 0, ">= 0 (0: no clipping)")]
         for name, value, ok, want in checks:
             if not (math.isfinite(value) and ok):
                 raise ConfigError(f"{name}: expected a finite number {want}, got {value}")

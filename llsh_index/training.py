@@ -8,6 +8,7 @@ pairs, each drawn as in the reference: video = index mod n_videos, then a unifor
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -33,11 +34,37 @@ class TrainingConfig:
     n_neighbors: int = 10         # fallback without video_ids: positives among feature-space neighbours
     seed: int = 0
     progress: bool = True
+    # Opt-in additions (the defaults are the paper's: a constant lr, no clipping).
+    lr_schedule: str = "constant"  # "constant", "cosine" or "linear" decay to 0 over all steps
+    warmup_steps: int = 0          # linear warm-up from lr / warmup_steps to lr over the first steps
+    grad_clip: float = 0.0         # > 0: clip the gradient's L2 norm to this before each step
+    project_mean: bool = False     # drop the gradient along the training data's mean direction
+
+
+LR_SCHEDULES = ("constant", "cosine", "linear")
+
+
+def lr_at(step: int, total_steps: int, cfg: TrainingConfig) -> float:
+    """The learning rate of step `step` (0-based) out of `total_steps`.
+
+    Warm-up: steps 0..W-1 take lr * (step + 1) / W.  After it, with p = (step - W) / (total - W)
+    in [0, 1): constant lr; cosine lr * (1 + cos(pi p)) / 2; linear lr * (1 - p).
+    """
+    w = cfg.warmup_steps
+    if step < w:
+        return cfg.lr * (step + 1) / w
+    if cfg.lr_schedule == "constant" or total_steps <= w:
+        return cfg.lr
+    p = (step - w) / (total_steps - w)
+    if cfg.lr_schedule == "cosine":
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * p))
+    return cfg.lr * (1.0 - p)
 
 
 @dataclass
 class TrainingLog:
     losses: List[float] = field(default_factory=list)   # mean InfoNCE loss per step
+    lrs: List[float] = field(default_factory=list)      # learning rate of each step
     steps: int = 0
     positives: str = "temporal"
 
@@ -112,14 +139,19 @@ def train_moco(encoder: HashEncoder, features: torch.Tensor, video_ids: Optional
     code_len = encoder.n_tables * encoder.n_bits
     queue = F.normalize(torch.randn(cfg.queue_size, code_len, generator=gen), dim=1).to(device)
     ptr = 0
+    mean_dir = None
+    if cfg.project_mean:  # unit mean of the layer-normalised training rows
+        mean_dir = F.normalize(F.layer_norm(features, (features.shape[1],)).mean(dim=0), dim=0).to(device)
     opt = torch.optim.SGD(encoder.parameters(), lr=cfg.lr, momentum=cfg.sgd_momentum,
                           weight_decay=cfg.weight_decay)
     log = TrainingLog(positives=sampler.mode)
     encoder.train()
+    n_pairs = sampler.n_groups * cfg.iterations
+    batch = min(cfg.batch_size, n_pairs)
+    n_steps = n_pairs // batch  # drop_last, as the reference's loader
+    total_steps = n_steps * cfg.epochs
     for epoch in range(cfg.epochs):
         pairs = sampler.epoch()
-        batch = min(cfg.batch_size, len(pairs))
-        n_steps = len(pairs) // batch  # drop_last, as the reference's loader
         bar = tqdm(range(n_steps), desc=f"LLSH training {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
                    leave=False)
         for step in bar:
@@ -137,12 +169,22 @@ def train_moco(encoder: HashEncoder, features: torch.Tensor, video_ids: Optional
             loss = F.cross_entropy(logits, torch.zeros(len(idx), dtype=torch.long, device=device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if mean_dir is not None:
+                with torch.no_grad():
+                    g = encoder.weight.grad
+                    g.sub_(torch.outer(g @ mean_dir, mean_dir))
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(encoder.parameters(), cfg.grad_clip)
+            lr = lr_at(log.steps, total_steps, cfg)
+            for group in opt.param_groups:
+                group["lr"] = lr
             opt.step()
             with torch.no_grad():  # FIFO queue
                 pos = (ptr + torch.arange(len(idx), device=device)) % cfg.queue_size
                 queue[pos] = z_k
                 ptr = (ptr + len(idx)) % cfg.queue_size
             log.losses.append(float(loss.detach()))
+            log.lrs.append(lr)
             log.steps += 1
             bar.set_postfix(loss=f"{log.losses[-1]:.4f}")
         bar.close()

@@ -67,10 +67,22 @@ def test_errors_are_reported_not_raised(tmp_path, capsys):
 def test_demo_runs_on_the_bundled_features(tmp_path):
     from llsh_index.cli import run_demo
 
-    summary = run_demo(str(tmp_path), training={"iterations": 100}, quiet=True)
+    summary = run_demo(str(tmp_path), training={"iterations": 100}, quiet=True, seed=1)
     names = [r["method"] for r in summary["rows"]]
     assert names[:3] == ["LSH", "LLSH", "light-LLSH"] and any(n.startswith("KNN") for n in names)
     assert all(0.0 <= r["micro_auc"] <= 1.0 for r in summary["rows"])
+    # the seed reaches the layers: the demo's LSH row is an untrained seed-1 index, recomputed here
+    from llsh_index import LearnableLSHIndex, metrics
+    from llsh_index.cli import frame_scores
+    from llsh_index.datasets import load_ped2_demo
+
+    demo = load_ped2_demo(None)
+    x = np.concatenate([demo.train[v] for v in sorted(demo.train)]).astype(np.float32)
+    lsh = LearnableLSHIndex(x.shape[1], seed=1).add(x)
+    scores = {v: frame_scores(lsh.score(demo.test[v]), demo.frame_index["test"].get(v), len(demo.test_labels[v]))
+              for v in demo.test}
+    want = metrics.evaluate(scores, dict(demo.test_labels), sigma=12).micro.auc
+    assert summary["seed"] == 1 and summary["rows"][0]["micro_auc"] == pytest.approx(want, abs=1e-12)
     assert (tmp_path / "ped2_scores.png").exists() and (tmp_path / "ped2_llsh.llsh").exists()
 
 

@@ -94,3 +94,74 @@ def test_neighbour_fallback_without_video_ids(data):
     index = LearnableLSHIndex(n_tables=2, n_bits=8).fit(train[:500], iterations=2, batch_size=64,
                                                         queue_size=256, progress=False)
     assert index.training_log_.positives == "neighbors" and index.training_log_.steps == (500 * 2) // 64
+
+
+def test_lr_schedule_follows_the_formula(data):
+    """Warm-up then cosine / linear decay, checked step by step against the written-out formula."""
+    import math
+
+    train, vids, _, _ = data
+    n_steps = (12 * 40) // 64  # 7 steps
+    for schedule, decay in (("cosine", lambda p: 0.5 * (1 + math.cos(math.pi * p))), ("linear", lambda p: 1 - p),
+                            ("constant", lambda p: 1.0)):
+        index = fit_index(train, vids, iterations=40, batch_size=64, queue_size=256, lr=0.3,
+                          lr_schedule=schedule, warmup_steps=2)
+        want = [0.3 * 1 / 2, 0.3 * 2 / 2] + [0.3 * decay((s - 2) / (n_steps - 2)) for s in range(2, n_steps)]
+        np.testing.assert_allclose(index.training_log_.lrs, want, rtol=0, atol=1e-15)
+    # the paper's default: a constant lr, bit-identical to a run that never heard of schedules
+    a = fit_index(train, vids, iterations=40, batch_size=64, queue_size=256)
+    b = fit_index(train, vids, iterations=40, batch_size=64, queue_size=256, lr_schedule="constant", warmup_steps=0,
+                  grad_clip=0.0, project_mean=False)
+    assert a.training_log_.lrs == [1e-3] * n_steps
+    assert torch.equal(a.encoder.weight, b.encoder.weight)
+
+
+def test_lr_schedule_spans_all_epochs():
+    from llsh_index.training import TrainingConfig, lr_at
+
+    cfg = TrainingConfig(lr=1.0, lr_schedule="linear", warmup_steps=0)
+    assert [lr_at(s, 4, cfg) for s in range(4)] == [1.0, 0.75, 0.5, 0.25]
+    cfg = TrainingConfig(lr=2.0, lr_schedule="cosine", warmup_steps=10)
+    assert lr_at(3, 5, cfg) == 2.0 * 4 / 10  # warm-up longer than the run: warm-up only
+
+
+def test_project_mean_keeps_the_weight_along_the_data_mean(data):
+    """With project_mean the weight's component along the mean of the layer-normalised rows only
+    decays (SGD weight decay); without it, it moves with the gradient."""
+    from torch.nn import functional as F
+
+    train, vids, _, _ = data
+    train = train + 3.0 * np.linspace(-1, 1, train.shape[1], dtype=np.float32)  # a common direction
+    mean_dir = F.normalize(F.layer_norm(torch.from_numpy(train), (train.shape[1],)).mean(0), dim=0)
+    kw = dict(iterations=40, batch_size=64, queue_size=256, lr=0.5, weight_decay=0.0)
+    w0 = fit_index(train, False).encoder.weight.detach() @ mean_dir
+    proj = fit_index(train, vids, project_mean=True, **kw).encoder.weight.detach() @ mean_dir
+    free = fit_index(train, vids, **kw).encoder.weight.detach() @ mean_dir
+    torch.testing.assert_close(proj, w0, rtol=0, atol=1e-5)
+    assert (free - w0).abs().max() > 1e-3
+
+
+def test_grad_clip_bounds_each_step():
+    """One step from the same start: with momentum 0, ||W1 - W0|| = lr * min(||g||, clip)."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((64, 16)).astype(np.float32)
+    vids = np.repeat(np.arange(4), 16)
+    kw = dict(iterations=16, batch_size=64, queue_size=64, lr=1.0, sgd_momentum=0.0, weight_decay=0.0)
+    w0 = LearnableLSHIndex(16, n_tables=2, n_bits=4, seed=0).encoder.weight.detach().clone()
+    free = LearnableLSHIndex(16, n_tables=2, n_bits=4, seed=0).fit(x, video_ids=vids, progress=False, **kw)
+    step = float((free.encoder.weight.detach() - w0).norm())
+    assert step > 1e-4
+    clipped = LearnableLSHIndex(16, n_tables=2, n_bits=4, seed=0).fit(x, video_ids=vids, progress=False,
+                                                                    grad_clip=step / 4, **kw)
+    assert float((clipped.encoder.weight.detach() - w0).norm()) == pytest.approx(step / 4, rel=1e-5)
+
+
+@pytest.mark.parametrize("kw, match", [({"lr_schedule": "step"}, "lr_schedule"), ({"warmup_steps": -1}, "warmup_steps"),
+                                       ({"warmup_steps": 1.5}, "warmup_steps"), ({"grad_clip": -1.0}, "grad_clip"),
+                                       ({"grad_clip": float("nan")}, "grad_clip")])
+def test_new_training_options_are_validated(data, kw, match):
+    from llsh_index.errors import ConfigError
+
+    train, vids, _, _ = data
+    with pytest.raises(ConfigError, match=match):
+        LearnableLSHIndex(n_tables=2, n_bits=8).fit(train[:100], video_ids=vids[:100], progress=False, **kw)
