@@ -14,8 +14,9 @@ import pytest
 import torch
 
 import llsh_index.sharded as sharded_mod
+from fake_device import FakeDeviceEngine
 from llsh_index import (ConfigError, CudaUnavailableError, DeviceMismatchError, InvalidDTypeError, InvalidInputError,
-                        LearnableLSHIndex, NotFittedError, ShardedIndex, _C, _engine)
+                        LearnableLSHIndex, NotFittedError, ShardedIndex, _engine)
 
 DIM, B, R = 20, 5, 9
 
@@ -122,7 +123,7 @@ def test_partial_scores_from_codes_equal_from_features(data, mode):
 
 
 # ------------------------------------------------------------------------------ fake devices
-class FakeDevices:
+class FakeDevices(FakeDeviceEngine):
     """n fake GPUs: the index's tensor path on torch CPU tensors, the C++ engine behind _cuda_engine's
     API; records where shards are placed and what is sent to which device from which thread."""
 
@@ -130,33 +131,6 @@ class FakeDevices:
         self.n = n
         self.placed = {}   # id(index) -> device
         self.sent = []     # (device, dtype, shape, thread id)
-
-    @staticmethod
-    def binarize(x, from_logits=False, inplace=False):
-        codes = x if inplace else x.clone()
-        return codes, torch.from_numpy(_C.binarize_cpu(codes.numpy(), from_logits=from_logits))
-
-    @staticmethod
-    def build_tables(keys, codes, ids, keep_codes=True):
-        half = codes.dtype == torch.float16
-        c = codes.numpy().view(np.uint16) if half else codes.numpy()
-        t = _C.build_tables_cpu(keys.numpy(), c, ids.numpy(), keep_codes=keep_codes)
-        out = {k: (None if v is None else torch.from_numpy(v)) for k, v in t.items()}
-        if half and out["codes"] is not None:
-            out["codes"] = out["codes"].view(torch.float16)
-        return out
-
-    @staticmethod
-    def lookup(tables, n_items, query_codes, query_keys, mode=0, miss_value=float("inf"), *, return_min=False,
-               return_visited=False, return_partial=False):
-        assert not (return_min or return_visited)
-        host = {k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in tables.items()}
-        host["n_items"] = n_items
-        out, _, sums, counts = _engine.lookup(host, query_codes.numpy(), query_keys.numpy(), mode, miss_value,
-                                              partial=True)
-        if return_partial:
-            return torch.from_numpy(out), torch.from_numpy(sums), torch.from_numpy(counts)
-        return torch.from_numpy(out)
 
     def place(self, index, device):
         if index._tables is not None:

@@ -10,34 +10,8 @@ import pytest
 import torch
 
 import llsh_index
-from llsh_index import LearnableLSHIndex, _C, _engine
-
-
-class FakeDeviceEngine:
-    """_cuda_engine's API over torch CPU tensors, computed by the CPU engine."""
-
-    @staticmethod
-    def binarize(x, from_logits=False, inplace=False):
-        codes = x if inplace else x.clone()
-        keys = _C.binarize_cpu(codes.numpy(), from_logits=from_logits)
-        return codes, torch.from_numpy(keys)
-
-    @staticmethod
-    def build_tables(keys, codes, ids, keep_codes=True):
-        half = codes.dtype == torch.float16
-        c = codes.numpy().view(np.uint16) if half else codes.numpy()
-        t = _C.build_tables_cpu(keys.numpy(), c, ids.numpy(), keep_codes=keep_codes)
-        out = {k: (None if v is None else torch.from_numpy(v)) for k, v in t.items()}
-        if half and out["codes"] is not None:
-            out["codes"] = out["codes"].view(torch.float16)
-        return out
-
-    @staticmethod
-    def lookup(tables, n_items, query_codes, query_keys, mode=0, miss_value=float("inf")):
-        host = {k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in tables.items()}
-        host["n_items"] = n_items
-        out, _ = _engine.lookup(host, query_codes.numpy(), query_keys.numpy(), mode, miss_value)
-        return torch.from_numpy(out)
+from fake_device import FakeDeviceEngine
+from llsh_index import LearnableLSHIndex, _engine
 
 
 @pytest.fixture
