@@ -515,7 +515,7 @@ class LearnableLSHIndex:
         counts, sums, codes_all = [], [], []
         for c, k in batches:
             if mode == "light":
-                cnt, s = _bucket_code_sums_tensor(src, k) if on_dev else _bucket_code_sums(src, k)
+                cnt, s = _bucket_code_sums(src, k)
                 codes_all.append(c)
             else:
                 _, _, s, cnt = _engine.lookup(src, c, k, _engine.MODES[mode], 0.0, self.n_threads, partial=True)
@@ -723,31 +723,17 @@ def _table_rows(tables: Dict, b: int, r: int):
             _to_numpy(tables["ids"]).reshape(b, n))
 
 
-def _bucket_code_sums(tables: Dict, query_keys: np.ndarray):
-    """Per (query, table): the bucket size and its float64 code sum (zeros on a miss)."""
-    _engine.ensure_statistics(tables)
-    ts, off, keys, bsum = tables["table_start"], tables["offsets"], tables["keys"], tables["bucket_sum"]
-    m, b = query_keys.shape
-    count = np.zeros((m, b), np.int64)
-    total = np.zeros((m, b, bsum.shape[1]), np.float64)
-    for j in range(b):
-        kj = keys[ts[j]:ts[j + 1]]
-        pos = np.searchsorted(kj, query_keys[:, j])
-        hit = pos < len(kj)
-        hit[hit] = kj[pos[hit]] == query_keys[hit, j]
-        u = ts[j] + pos[hit]
-        count[hit, j] = off[u + 1] - off[u]
-        total[hit, j] = bsum[u]
-    return count, total
-
-
-def _bucket_code_sums_tensor(tables: Dict, query_keys):
-    """_bucket_code_sums for tables held as tensors (a GPU shard): one searchsorted per table."""
+def _bucket_code_sums(tables: Dict, query_keys):
+    """Per (query, table): the bucket size and its float64 code sum (zeros on a miss), from tables
+    whose statistics exist.  Numpy tables and keys give numpy; tensors (a GPU shard) give tensors on
+    their device.  One searchsorted per table."""
+    as_numpy = isinstance(query_keys, np.ndarray)
+    tensor = (lambda a: torch.from_numpy(np.ascontiguousarray(a))) if as_numpy else (lambda a: a)
     flip = torch.iinfo(torch.int64).min  # uint64 order == int64 order after flipping the top bit
-    keys = tables["keys"].view(torch.int64) ^ flip
-    qk = query_keys.view(torch.int64) ^ flip
+    keys = tensor(tables["keys"]).view(torch.int64) ^ flip
+    qk = tensor(query_keys).view(torch.int64) ^ flip
     ts = _to_numpy(tables["table_start"]).tolist()
-    off, bsum = tables["offsets"], tables["bucket_sum"]
+    off, bsum = tensor(tables["offsets"]), tensor(tables["bucket_sum"])
     m, b = qk.shape
     count = torch.zeros((m, b), dtype=torch.int64, device=qk.device)
     total = torch.zeros((m, b, bsum.shape[1]), dtype=torch.float64, device=qk.device)
@@ -761,7 +747,7 @@ def _bucket_code_sums_tensor(tables: Dict, query_keys):
         u = ts[j] + pos
         count[:, j] = torch.where(hit, off[u + 1] - off[u], 0)
         total[:, j] = torch.where(hit[:, None], bsum[u], 0.0)
-    return count, total
+    return (count.numpy(), total.numpy()) if as_numpy else (count, total)
 
 
 def _concat_rows(old: Dict, keys, codes, ids):
