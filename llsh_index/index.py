@@ -766,11 +766,14 @@ def _concat_rows(old: Dict, keys, codes, ids):
 
 
 def _merge_statistics(old: Dict, new: Dict) -> Dict:
-    """Union of two statistics-only tables: counts, sums and squared norms add per key."""
-    if isinstance(new["keys"], torch.Tensor):
-        device = new["keys"].device
+    """Union of two statistics-only tables: counts, sums and squared norms add per key.  Computed on
+    the host; the result is placed like `old` (the index merged into), wherever `new` lives."""
+    if isinstance(old["keys"], torch.Tensor) or isinstance(new["keys"], torch.Tensor):
         merged = _merge_statistics({k: _to_numpy(v) for k, v in old.items()},
                                    {k: _to_numpy(v) for k, v in new.items()})
+        if not isinstance(old["keys"], torch.Tensor):
+            return merged
+        device = old["keys"].device
         return {k: (torch.from_numpy(v).to(device) if isinstance(v, np.ndarray) else v) for k, v in merged.items()}
     b = len(new["table_start"]) - 1
     out_keys, out_counts, out_sum, out_sq, starts = [], [], [], [], [0]

@@ -304,10 +304,7 @@ class ShardedIndex:
         """One CPU index holding every shard's items (merge_all in shard order): tests and small data."""
         out = self._host.empty_like()
         for s in self.shards:
-            if s._tables is not None:
-                host = self._host.empty_like()
-                host._tables = {k: _to_numpy(v) for k, v in s._tables.items()}  # a host copy of a device shard
-                out.merge(host)
+            out.merge(s)  # merge() brings a device shard's rows onto this CPU index
         return out
 
     def __repr__(self) -> str:
