@@ -187,10 +187,10 @@ def cmd_score(args) -> int:
     names = _select(ff, args.prefix)
     out, t0 = {}, time.time()
     for v in names:
-        s = index.score(ff.features[v], mode=args.mode_override)
+        s = index.score(ff.features[v], mode=args.mode_override, n_probes=args.probes)
         out[v] = frame_scores(s, ff.frame_index.get(v), ff.n_frames.get(v))
     _save_scores(args.out, out, {"index": os.path.abspath(args.index), "features": os.path.abspath(args.features),
-                                 "mode": args.mode_override or index.mode})
+                                 "mode": args.mode_override or index.mode, "n_probes": args.probes})
     print(f"scored {len(names)} videos in {time.time() - t0:.2f}s -> {args.out}")
     if args.csv:
         with open(args.csv, "w") as f:
@@ -415,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", required=True)
     p.add_argument("--prefix", default=None)
     p.add_argument("--mode", dest="mode_override", choices=["mean", "light", "squared"], default=None)
+    p.add_argument("--probes", type=int, default=1,
+                   help="buckets probed per table (default 1, the paper; more also probe the keys with one or two "
+                        "of the query's least confident bits flipped)")
     p.add_argument("--out", required=True)
     p.add_argument("--csv", default=None)
     p.set_defaults(fn=cmd_score)

@@ -14,6 +14,10 @@ The anomaly score is the minimum over tables; a query whose key is absent from t
 distance between two codes in [0, 1]^r can reach it, so a query that misses every table ranks
 above any query that hits one, without the 1e10 of the authors' code wrecking min-max
 normalisation.  Pass miss_value=1e10 to reproduce the reference exactly.
+
+score(queries, n_probes=P) (an extension; P = 1 is the paper) also probes, per table, the buckets
+of the query's key with one or two of its least confident bits flipped, and keeps the smallest
+distance over the buckets that exist (llsh_index.probing).
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
-from . import _engine
+from . import _engine, probing
 from ._validation import check_features, check_int_range, check_video_ids
 from .encoder import HashEncoder
 from .errors import ConfigError, CudaUnavailableError, DeviceMismatchError, IndexFormatError, IndexStateError, \
@@ -307,8 +311,14 @@ class LearnableLSHIndex:
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
-    def table_distances(self, queries, mode: Optional[str] = None) -> np.ndarray:
-        """(M, n_tables) distances of each query to its bucket in each table."""
+    def table_distances(self, queries, mode: Optional[str] = None, *, n_probes: int = 1) -> np.ndarray:
+        """(M, n_tables) distances of each query to its bucket in each table.
+
+        n_probes > 1 (an extension; 1 is the paper): per table, also probe the buckets of the
+        query's key with one or two of its least confident bits flipped, and take the smallest
+        distance over the probed buckets that exist (llsh_index.probing).
+        """
+        n_probes = check_int_range(n_probes, "n_probes", 1)
         tables = self._tables  # snapshot: an add() running meanwhile swaps in a new dict
         if self.encoder is None or tables is None:
             raise NotFittedError("score: the index is empty; call add(features) first")
@@ -323,16 +333,19 @@ class LearnableLSHIndex:
         out, compared = [], 0
         for i, chunk in self._chunks(t):
             c, k = self._encode_chunk(chunk, "queries", i)
-            d, n_cmp = _engine.lookup(tables, c, k, _engine.MODES[mode], miss, self.n_threads)
+            if n_probes == 1:
+                d, n_cmp = _engine.lookup(tables, c, k, _engine.MODES[mode], miss, self.n_threads)
+            else:
+                d, n_cmp = _probe_lookup(tables, c, k, _engine.MODES[mode], miss, n_probes, self.n_threads)
             if n_cmp is not None:
                 compared += n_cmp
             out.append(d)
         self.last_n_compared = None if _engine.on_device(t) else compared
         return torch.cat(out) if _engine.on_device(t) else np.concatenate(out)
 
-    def score(self, queries, mode: Optional[str] = None) -> np.ndarray:
-        """(M,) anomaly scores: the minimum over tables of table_distances()."""
-        d = self.table_distances(queries, mode)
+    def score(self, queries, mode: Optional[str] = None, *, n_probes: int = 1) -> np.ndarray:
+        """(M,) anomaly scores: the minimum over tables of table_distances() (n_probes: see there)."""
+        d = self.table_distances(queries, mode, n_probes=n_probes)
         return d.min(dim=1).values if isinstance(d, torch.Tensor) else d.min(axis=1)
 
     # ------------------------------------------------------------------ shards
@@ -683,6 +696,21 @@ class LearnableLSHIndex:
 
 
 # ---------------------------------------------------------------------- helpers
+def _probe_lookup(tables: Dict, codes, keys, mode: int, miss: float, n_probes: int, n_threads: int):
+    """table distances with multi-probe: one engine lookup per probe rank, the minimum over hits."""
+    masks = probing.probe_masks(codes, n_probes)
+    best, compared = None, 0
+    for p in range(masks.shape[2]):
+        k = probing.xor_keys(keys, masks[:, :, p].contiguous())
+        d, n_cmp = _engine.lookup(tables, codes, k, mode, math.inf, n_threads)  # a miss stays +inf
+        compared = None if n_cmp is None else compared + n_cmp
+        best = d if best is None else (torch.minimum(best, d) if isinstance(d, torch.Tensor) else np.minimum(best, d))
+    if isinstance(best, torch.Tensor):
+        return best.masked_fill_(torch.isinf(best), miss), compared
+    best[np.isinf(best)] = miss
+    return best, compared
+
+
 def _normalise_device(device) -> str:
     device = str(device)
     if device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):

@@ -66,3 +66,48 @@ def table_distances(tables, query_codes, mode="mean", miss_value=1e10):
 
 def scores(tables, query_codes, mode="mean", miss_value=1e10):
     return table_distances(tables, query_codes, mode, miss_value).min(axis=1)
+
+
+def probe_keys(code, n_probes):
+    """The multi-probe sequence of one (query, table), written from its definition: the query's own
+    key, then its keys with one or two bits flipped, cheapest first by the float32 sum of the
+    flipped bits' |code - 0.5|; ties keep the order no flip, singles by rank, pairs (i < j) of ranks
+    lexicographically, and bits of equal confidence rank by bit index."""
+    code = np.asarray(code, np.float32)
+    conf = np.abs(code - np.float32(0.5))
+    rank = sorted(range(code.size), key=lambda i: (conf[i], i))
+    cands = [((), np.float32(0))]
+    cands += [((rank[a],), conf[rank[a]]) for a in range(code.size)]
+    cands += [((rank[a], rank[c]), np.float32(conf[rank[a]] + conf[rank[c]]))
+              for a in range(code.size) for c in range(a + 1, code.size)]
+    cands = sorted(cands, key=lambda t: t[1])  # stable: ties keep the enumeration order
+    base = key_of(code)
+    out = []
+    for flips, _ in cands[:n_probes]:
+        k = list(base)
+        for i in flips:
+            k[i] ^= 1
+        out.append(tuple(k))
+    return out
+
+
+def probe_table_distances(tables, query_codes, n_probes, mode="mean", miss_value=1e10):
+    """Per (query, table): the smallest distance over the probed buckets that exist."""
+    m, b, r = query_codes.shape
+    out = np.full((m, b), np.inf)
+    for i in range(m):
+        for j in range(b):
+            q64 = np.asarray(query_codes[i, j], np.float64)
+            for key in probe_keys(query_codes[i, j], n_probes):
+                bucket = tables[j].get(key)
+                if bucket is None:
+                    continue
+                if mode == "mean":
+                    v = np.mean(np.sqrt(((bucket - q64) ** 2).sum(axis=1)))
+                elif mode == "light":
+                    v = np.sqrt(((bucket.mean(axis=0) - q64) ** 2).sum())
+                else:
+                    v = np.mean(((bucket - q64) ** 2).sum(axis=1))
+                out[i, j] = min(out[i, j], v)
+    out[np.isinf(out)] = miss_value
+    return out

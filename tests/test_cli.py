@@ -57,6 +57,28 @@ def test_fit_build_score_evaluate_plot(feature_files, capsys):
     assert "micro-AUC" in capsys.readouterr().out
 
 
+def test_score_with_probes(feature_files, capsys):
+    from llsh_index import LearnableLSHIndex
+    from llsh_index.video import load_feature_file
+
+    tmp, _ = feature_files
+    p = lambda name: str(tmp / name)  # noqa: E731
+    assert main(["build", "--features", p("train.npz"), "--out", p("lsh.llsh"), "--n-tables", "4", "--n-bits", "12",
+                 "--quiet"]) == 0
+    assert main(["score", "--index", p("lsh.llsh"), "--features", p("test.npz"), "--out", p("s.npz"),
+                 "--probes", "9"]) == 0
+    index, ff = LearnableLSHIndex.load(p("lsh.llsh")), load_feature_file(p("test.npz"))
+    with np.load(p("s.npz")) as z:
+        assert json.loads(str(z["__meta__"]))["n_probes"] == 9
+        for v in ("t0", "t1", "t2"):
+            want = frame_scores(index.score(ff.features[v], n_probes=9), ff.frame_index[v], 60)
+            np.testing.assert_array_equal(z[v], want)
+    capsys.readouterr()
+    assert main(["score", "--index", p("lsh.llsh"), "--features", p("test.npz"), "--out", p("s.npz"),
+                 "--probes", "0"]) == 2
+    assert "n_probes: expected >= 1, got 0" in capsys.readouterr().err
+
+
 def test_errors_are_reported_not_raised(tmp_path, capsys):
     with pytest.raises(SystemExit, match="score file not found"):
         main(["evaluate", "--scores", str(tmp_path / "missing.npz"), "--labels", str(tmp_path / "nope.npz")])

@@ -47,6 +47,13 @@ def test_tensor_path_matches_numpy_path(rng, fake_device, tmp_path, code_dtype, 
         got = dev.score(torch.from_numpy(x[:200]), mode=m)
         assert isinstance(got, torch.Tensor)
         np.testing.assert_array_equal(got.numpy(), ref.score(x[:200], mode=m))
+        # multi-probe: torch keys XOR their masks, minimum and miss fill on tensors
+        q = x[1400:] + rng.standard_normal(x[1400:].shape).astype(np.float32)  # some miss every probe
+        got = dev.table_distances(torch.from_numpy(q), mode=m, n_probes=6)
+        assert isinstance(got, torch.Tensor)
+        want = ref.table_distances(q, mode=m, n_probes=6)
+        np.testing.assert_array_equal(got.numpy(), want)
+        assert (want == ref.default_miss_value(m)).any() and (want < ref.default_miss_value(m)).any()
     # a file saved from tensor tables loads as numpy tables with the same scores
     dev.save(str(tmp_path / "dev.llsh"))
     loaded = LearnableLSHIndex.load(str(tmp_path / "dev.llsh"))

@@ -1,0 +1,66 @@
+"""Query-directed multi-probe lookups: an extension, off by default (the paper probes one bucket).
+
+A bit whose real-valued code lies near 0.5 is the bit a near neighbour most likely has the other
+way round (Lv et al., "Multi-Probe LSH", VLDB 2007), and LLSH's codes say how near each bit is.
+The probe sequence of one (query, table) is its own key, then its keys with one or two bits
+flipped, ranked by the summed confidence |code - 0.5| of the flipped bits; the n_probes cheapest
+are probed.  Ties keep the enumeration order: no flip, single flips by confidence rank, then pairs
+(i < j) of ranks in lexicographic order; bits of equal confidence rank by bit index.  A table's
+distance is the smallest over the probed buckets that exist, and a miss only if none does.
+
+At most 1 + r + r(r - 1) / 2 distinct probes exist (flips of one or two bits); a larger
+n_probes probes them all.  The probes go through the engine's ordinary lookup (CPU or CUDA), one
+call per probe rank, so the tables and kernels are those of the single-bucket path.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+# Candidate (query, table, flip-set) entries built at once: bounds the memory of the ranking.
+_RANK_BLOCK = 1 << 22
+
+
+def n_candidates(n_bits: int, n_probes: int) -> int:
+    """Flip sets ranked for n_probes: no flip, the singles and pairs of the n_probes - 1 least
+    confident bits (a flip of any other bit has more than n_probes - 1 cheaper candidates)."""
+    f = min(int(n_bits), int(n_probes) - 1)
+    return 1 + f + f * (f - 1) // 2
+
+
+def probe_masks(codes, n_probes: int) -> torch.Tensor:
+    """(M, b, P) int64 XOR masks, probe rank last, P = min(n_probes, candidates).
+
+    codes: (M, b, r) float32 numpy array or torch tensor; the masks are a torch tensor on the
+    codes' device (bit i of a key is code position i; bit 63 is the int64 sign bit, which XOR
+    treats like any other).
+    """
+    c = torch.from_numpy(codes) if isinstance(codes, np.ndarray) else codes
+    m, b, r = c.shape
+    f = min(r, int(n_probes) - 1)
+    n_cand = n_candidates(r, n_probes)
+    p = min(int(n_probes), n_cand)
+    out = torch.empty((m, b, p), dtype=torch.int64, device=c.device)
+    if f == 0:
+        out.zero_()
+        return out
+    ii, jj = torch.triu_indices(f, f, offset=1, device=c.device)  # pairs of confidence ranks, i < j
+    step = max(1, _RANK_BLOCK // max(1, b * n_cand))
+    one = torch.ones((), dtype=torch.int64, device=c.device)
+    for s in range(0, m, step):
+        conf, bit = torch.sort((c[s:s + step] - 0.5).abs(), dim=2, stable=True)  # ties by bit index
+        conf, bit = conf[..., :f], bit[..., :f]
+        single = torch.bitwise_left_shift(one, bit)                       # (n, b, f)
+        cost = torch.cat([torch.zeros_like(conf[..., :1]), conf, conf[..., ii] + conf[..., jj]], dim=2)
+        mask = torch.cat([torch.zeros_like(single[..., :1]), single, single[..., ii] | single[..., jj]], dim=2)
+        order = torch.sort(cost, dim=2, stable=True).indices[..., :p]
+        out[s:s + step] = torch.gather(mask, 2, order)
+    return out
+
+
+def xor_keys(keys, mask: torch.Tensor):
+    """keys (M, b) uint64 (numpy or torch) XOR an int64 mask (M, b) -> same kind as keys."""
+    if isinstance(keys, np.ndarray):
+        return np.bitwise_xor(keys, mask.numpy().view(np.uint64))
+    # torch's uint64 has few ops: XOR on the int64 view of the same bits
+    return torch.bitwise_xor(keys.view(torch.int64), mask).view(torch.uint64)
