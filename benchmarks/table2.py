@@ -22,6 +22,8 @@ Rows (b = 8 tables, r = 32 bits; MoCo as the paper's ShanghaiTech setting: batch
   light-LLSH          same trained layers, mode light, statistics-only index (store_codes=False):
                       the file holds the hash layers and per-bucket sums only
   LLSH squared (ours) same trained layers, mode squared (exact mean squared L2), statistics-only
+  with --probes P     LSH and LLSH again, scored with P probes per table (llsh_index.probing, ours);
+                      their n counts the codes of every probed bucket
 
 Multiplications per query
   paper formulas (as stated in our issue; the paper's text itself was not available to check):
@@ -112,6 +114,7 @@ class Settings:
     single_class: str = "skip"
     isolate: bool = True
     methods: Optional[Sequence[str]] = None  # keys of method_specs(); None = all
+    probes: int = 0  # > 1: also LSH and LLSH rows scored with this many probes per table (ours)
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -133,6 +136,11 @@ def method_specs(s: Settings) -> List[dict]:
         {"key": "squared", "name": "LLSH squared (ours, exact)", "kind": "lsh", "trained": True,
          "mode": "squared", "store_codes": False},
     ]
+    if s.probes > 1:  # multi-probe (llsh_index.probing): the same indexes, more buckets per table
+        rows += [{"key": "lsh_probes", "name": f"LSH, {s.probes} probes (ours)", "kind": "lsh", "trained": False,
+                  "mode": "mean", "store_codes": True, "n_probes": s.probes},
+                 {"key": "llsh_probes", "name": f"LLSH, {s.probes} probes (ours)", "kind": "lsh", "trained": True,
+                  "mode": "mean", "store_codes": True, "n_probes": s.probes}]
     if s.methods is not None:
         unknown = sorted(set(s.methods) - {r["key"] for r in rows})
         if unknown:
@@ -313,7 +321,7 @@ def _job_method(job: dict) -> dict:
     # ---- score
     mem.start()
     t0 = time.perf_counter()
-    scores = scorer.score(b.test)
+    scores = scorer.score(b.test) if kind in ("knn", "kmeans") else scorer.score(b.test, n_probes=spec.get("n_probes", 1))
     score_s = time.perf_counter() - t0
     score_mem = mem.stop()
     scores = np.asarray(scores, dtype=np.float32)
@@ -791,7 +799,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     ap.add_argument("--knn-k", type=int, default=1024)
     ap.add_argument("--kmeans-ks", default="32,256")
     ap.add_argument("--kmeans-iter", type=int, default=None, help="K-means iterations (default 25; quick 10)")
-    ap.add_argument("--methods", default=None, help="comma-separated subset of: knn,kmeans<K>,lsh,llsh,light,squared")
+    ap.add_argument("--methods", default=None,
+                    help="comma-separated subset of: knn,kmeans<K>,lsh,llsh,light,squared (with --probes also "
+                         "lsh_probes,llsh_probes)")
+    ap.add_argument("--probes", type=int, default=0,
+                    help="> 1: add LSH and LLSH rows scored with this many probes per table (multi-probe, ours)")
     iso = ap.add_mutually_exclusive_group()
     iso.add_argument("--no-isolate", action="store_true",
                      help="run every method in this process (faster; peak memory less clean; default with --quick)")
@@ -816,7 +828,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                  batch_size=args.batch_size or (32 if args.ped2_features else 256),
                  queue_size=args.queue_size or (2048 if args.ped2_features else 8192),
                  isolate=args.isolate or not (args.no_isolate or quick),
-                 methods=None if args.methods is None else args.methods.split(","))
+                 methods=None if args.methods is None else args.methods.split(","), probes=args.probes)
     progress = not args.no_progress
     if args.features:
         bundle = prepare_features_dir(args.features, args.data_dir or os.path.join(out, "data", "features"),

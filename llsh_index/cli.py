@@ -29,6 +29,7 @@ import numpy as np
 DEMO_TRAINING = dict(iterations=2000, lr=0.2, momentum=0.99, queue_size=2048, batch_size=256, max_offset=150,
                      temperature=0.1)
 DEMO_KNN_K = 1
+DEMO_PROBES = 32  # the multi-probe rows (ours): buckets probed per table
 DEMO_KMEANS_K = 32
 
 
@@ -320,6 +321,9 @@ def run_demo(out_dir: str, features: Optional[str] = None, training: Optional[di
     build = time.perf_counter() - t0
     s, t = per_video(light.score)
     record("light-LLSH", train_s, build, s, t)
+    for name, index in (("LSH", lsh), ("LLSH", llsh)):  # the same indexes, multi-probe (llsh_index.probing)
+        s, t = per_video(lambda q: index.score(q, n_probes=DEMO_PROBES))
+        record(f"{name}, {DEMO_PROBES} probes", train_s if index is llsh else 0.0, 0.0, s, t)
 
     try:
         from .baselines import KMeansScorer, KNNScorer

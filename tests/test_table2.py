@@ -212,6 +212,24 @@ def test_run_table2_smoke(tmp_path):
     assert {t["target"].split()[0] for t in res["targets"]} >= {"LLSH", "disk"}
 
 
+def test_run_table2_probe_rows(tmp_path):
+    from llsh_index import LearnableLSHIndex
+
+    S.generate(str(tmp_path / "data"), toy_labels(), tiny_config())
+    res = T2.run_table2(str(tmp_path / "data"), str(tmp_path / "out"),
+                        tiny_settings(methods=("lsh", "llsh", "lsh_probes", "llsh_probes"), probes=5),
+                        progress=False, log=lambda *a, **k: None)
+    rows = {r["key"]: r for r in res["rows"]}
+    assert set(rows) == {"lsh", "llsh", "lsh_probes", "llsh_probes"}
+    assert rows["lsh_probes"]["name"] == "LSH, 5 probes (ours)"
+    bundle = S.open_bundle(str(tmp_path / "data"))
+    for key in ("lsh", "llsh"):
+        assert rows[f"{key}_probes"]["n_compared"] >= rows[key]["n_compared"]  # more buckets visited
+        index = LearnableLSHIndex.load(rows[f"{key}_probes"]["model_path"])
+        got = np.load(tmp_path / "out" / "scores" / f"{key}_probes.npy")
+        np.testing.assert_array_equal(got, index.score(np.asarray(bundle.test), n_probes=5))
+
+
 def test_run_table2_isolated_worker(tmp_path):
     """The subprocess path (one worker per method, peak RSS reset per phase)."""
     S.generate(str(tmp_path / "data"), toy_labels(), tiny_config())
