@@ -220,7 +220,8 @@ class LearnableLSHIndex:
         gradient norm; project_mean drops the gradient along the mean direction of the
         layer-normalised training rows, which dominates the gradient when the features share a
         large common component (benchmarks/RESULTS.md); project_pcs = k > 0 removes the top-k
-        principal directions of the layer-normalised training rows (at most N-1 of them) from the
+        principal directions of the layer-normalised training rows (at most N - 1 and (dim - 1) // 2 of
+        them; training_log_.projected_pcs says how many) from the
         layers before training and from every gradient, so the codes ignore the main modes of the
         normal data's variation (an anomaly then shows in the directions the normal data keeps
         small; on ADBench's MVTec-AD embeddings this is where the gain over LSH comes from).

@@ -84,6 +84,7 @@ class TrainingLog:
     lrs: List[float] = field(default_factory=list)      # learning rate of each step
     steps: int = 0
     positives: str = "temporal"
+    projected_pcs: int = 0    # principal directions removed from the layers (project_pcs, capped)
 
 
 class PairSampler:
@@ -183,8 +184,11 @@ def train_moco(encoder: HashEncoder, features: torch.Tensor, video_ids: Optional
     if cfg.project_mean:  # unit mean of the layer-normalised training rows
         mean_dir = F.normalize(F.layer_norm(features, (features.shape[1],)).mean(dim=0), dim=0).to(device)
     pcs = None
-    if cfg.project_pcs > 0:  # (k, d) orthonormal: the main directions of the normal data's variation
-        pcs = principal_directions(features, cfg.project_pcs).to(device=device, dtype=encoder.weight.dtype)
+    # at most half of the d - 1 directions a layer-normalised row can take (and N - 1, all the
+    # training rows span): small d keeps codes that still vary
+    k = min(cfg.project_pcs, (features.shape[1] - 1) // 2)
+    if k > 0:  # (k, d) orthonormal: the main directions of the normal data's variation
+        pcs = principal_directions(features, k).to(device=device, dtype=encoder.weight.dtype)
         with torch.no_grad():  # the codes stop depending on them; training may not bring them back
             encoder.weight.sub_((encoder.weight @ pcs.T) @ pcs)
         if mean_dir is not None:  # its part outside them: the two projections then commute
@@ -192,7 +196,7 @@ def train_moco(encoder: HashEncoder, features: torch.Tensor, video_ids: Optional
             mean_dir = F.normalize(mean_dir, dim=0) if float(mean_dir.norm()) > 1e-6 else None
     opt = torch.optim.SGD(encoder.parameters(), lr=cfg.lr, momentum=cfg.sgd_momentum,
                           weight_decay=cfg.weight_decay)
-    log = TrainingLog(positives=sampler.mode)
+    log = TrainingLog(positives=sampler.mode, projected_pcs=0 if pcs is None else pcs.shape[0])
     encoder.train()
     n_pairs = sampler.n_groups * cfg.iterations
     batch = min(cfg.batch_size, n_pairs)

@@ -246,6 +246,16 @@ def test_fallback_training_moves_the_layers_off_the_main_directions(static_data)
     torch.testing.assert_close(w @ mean_dir, w0 @ mean_part, rtol=0, atol=1e-5)
 
 
+def test_project_pcs_is_capped_by_rows_and_dimension():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 5)).astype(np.float32)
+    index = LearnableLSHIndex(n_tables=2, n_bits=4).fit(x, progress=False, iterations=2).add(x)
+    assert index.training_log_.projected_pcs == 2  # (5 - 1) // 2: the codes still vary
+    assert np.ptp(index.score(rng.standard_normal((50, 5)).astype(np.float32))) > 1e-3
+    x = rng.standard_normal((6, 64)).astype(np.float32)
+    assert LearnableLSHIndex(n_tables=2, n_bits=4).fit(x, progress=False).training_log_.projected_pcs == 5
+
+
 def test_fallback_is_reproducible(static_data):
     train, _, _ = static_data
     a, b, c = (LearnableLSHIndex(n_tables=4, n_bits=16, seed=s).fit(train[:100], progress=False, iterations=5)
