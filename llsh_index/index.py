@@ -34,7 +34,7 @@ from .encoder import HashEncoder
 from .errors import ConfigError, CudaUnavailableError, DeviceMismatchError, IndexFormatError, IndexStateError, \
     InvalidDTypeError, InvalidInputError, NotFittedError
 from .io import read_container, write_container
-from .training import LR_SCHEDULES, TrainingConfig, TrainingLog, train_moco
+from .training import FALLBACK_DEFAULTS, LR_SCHEDULES, PAPER_DEFAULTS, TrainingConfig, TrainingLog, train_moco
 
 _FILE_KIND = "LearnableLSHIndex"
 _CHUNK_BYTES = 64 << 20  # input bytes hashed per chunk: bounds the memory of add() and score()
@@ -196,29 +196,53 @@ class LearnableLSHIndex:
         return self._encode_all(features)[1]
 
     # ------------------------------------------------------------------ training
-    def fit(self, features, video_ids=None, *, iterations: int = 60, epochs: int = 1, batch_size: int = 256,
-            lr: float = 1e-3, sgd_momentum: float = 0.9, weight_decay: float = 1e-4, temperature: float = 0.2,
-            queue_size: int = 8192, momentum: float = 0.999, max_offset: int = 150, n_neighbors: int = 10,
+    def fit(self, features, video_ids=None, *, iterations: Optional[int] = None, epochs: int = 1,
+            batch_size: Optional[int] = None, lr: Optional[float] = None, sgd_momentum: float = 0.9,
+            weight_decay: float = 1e-4, temperature: Optional[float] = None, queue_size: Optional[int] = None,
+            momentum: Optional[float] = None, max_offset: int = 150, n_neighbors: Optional[int] = None,
             progress: bool = True, seed: Optional[int] = None, lr_schedule: str = "constant",
-            warmup_steps: int = 0, grad_clip: float = 0.0, project_mean: bool = False) -> "LearnableLSHIndex":
+            warmup_steps: int = 0, grad_clip: float = 0.0, project_mean: Optional[bool] = None,
+            project_pcs: Optional[int] = None) -> "LearnableLSHIndex":
         """Trains the hash layers with MoCo (see llsh_index.training).
 
         features: (N, dim), grouped by video and in time order within each video.
         video_ids: one label per row; the positive of a snippet is a snippet of the same video
-            within +-max_offset rows.  Without video_ids the positive is one of the n_neighbors
-            nearest rows in cosine similarity of the normalised features (static data).
+            within +-max_offset rows.  Without video_ids (static data) the positive is one of the
+            n_neighbors nearest rows in cosine similarity of the normalised features, and the
+            layers first lose their components along the project_pcs main directions of the
+            training rows' variation (see project_pcs).
         One epoch is n_videos * iterations pairs (rows * iterations without video_ids).
-        Opt-in, off by default (the defaults are the paper's): lr_schedule "cosine" / "linear"
-        decays the lr to 0 over all steps after warmup_steps of linear warm-up
-        (llsh_index.training.lr_at); grad_clip > 0 clips the gradient norm; project_mean drops the
-        gradient along the mean direction of the layer-normalised training rows, which dominates
-        the gradient when the features share a large common component (benchmarks/RESULTS.md).
+
+        Defaults: a setting left at None takes the paper's value when video_ids are given
+        (training.PAPER_DEFAULTS: iterations 60, batch_size 256, lr 1e-3, temperature 0.2,
+        queue_size 8192, momentum 0.999, project_mean False, project_pcs 0) and the static-data
+        fallback's without them (training.FALLBACK_DEFAULTS: iterations 30, batch_size 32,
+        lr 1e-2, temperature 0.5, queue_size 64, momentum 0.99, n_neighbors 5, project_mean True,
+        project_pcs 30); a value passed explicitly is always used as given.
+        Opt-in with video_ids: lr_schedule "cosine" / "linear" decays the lr to 0 over all steps
+        after warmup_steps of linear warm-up (llsh_index.training.lr_at); grad_clip > 0 clips the
+        gradient norm; project_mean drops the gradient along the mean direction of the
+        layer-normalised training rows, which dominates the gradient when the features share a
+        large common component (benchmarks/RESULTS.md); project_pcs = k > 0 removes the top-k
+        principal directions of the layer-normalised training rows (at most N - 1 and (dim - 1) // 2 of
+        them; training_log_.projected_pcs says how many) from the
+        layers before training and from every gradient, so the codes ignore the main modes of the
+        normal data's variation (an anomaly then shows in the directions the normal data keeps
+        small; on ADBench's MVTec-AD embeddings this is where the gain over LSH comes from).
         """
         if self._tables is not None:
             raise IndexStateError(f"fit: the index already holds {self.ntotal} items hashed with the current "
                                   "layers; call reset() first, then fit() and add() again")
         t = self._features(features, "features")
         vid = None if video_ids is None else check_video_ids(video_ids, t.shape[0])
+        given = dict(iterations=iterations, batch_size=batch_size, lr=lr, temperature=temperature,
+                     queue_size=queue_size, momentum=momentum, n_neighbors=n_neighbors, project_mean=project_mean,
+                     project_pcs=project_pcs)
+        defaults = PAPER_DEFAULTS if vid is not None else FALLBACK_DEFAULTS
+        chosen = {k: defaults[k] if v is None else v for k, v in given.items()}
+        iterations, batch_size, lr, temperature = (chosen[k] for k in ("iterations", "batch_size", "lr", "temperature"))
+        queue_size, momentum, n_neighbors = (chosen[k] for k in ("queue_size", "momentum", "n_neighbors"))
+        project_mean, project_pcs = chosen["project_mean"], chosen["project_pcs"]
         cfg = TrainingConfig(
             iterations=check_int_range(iterations, "iterations", 1), epochs=check_int_range(epochs, "epochs", 1),
             batch_size=check_int_range(batch_size, "batch_size", 1), lr=float(lr), sgd_momentum=float(sgd_momentum),
@@ -229,7 +253,7 @@ class LearnableLSHIndex:
             seed=self.seed if seed is None else int(seed), progress=progress,
             lr_schedule=lr_schedule,
             warmup_steps=check_int_range(warmup_steps, "warmup_steps", 0), grad_clip=float(grad_clip),
-            project_mean=bool(project_mean))
+            project_mean=bool(project_mean), project_pcs=check_int_range(project_pcs, "project_pcs", 0))
         if cfg.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"lr_schedule: expected one of {', '.join(LR_SCHEDULES)}, got {cfg.lr_schedule!r}")
         checks = [("momentum", cfg.momentum, 0.0 <= cfg.momentum <= 1.0, "0..1"),
@@ -255,6 +279,7 @@ class LearnableLSHIndex:
         if torch.isnan(feats).any() or torch.isinf(feats).any():
             bad = int(torch.nonzero(~torch.isfinite(feats).all(dim=1))[0, 0])
             raise InvalidInputError(f"features: expected finite values, got NaN or Inf in row {bad}")
+        self.training_config_ = cfg  # the settings used, defaults resolved
         self.training_log_ = train_moco(self.encoder, feats, vid, cfg)
         return self
 

@@ -26,13 +26,16 @@ class LLSHDetector(OutlierMixin, BaseEstimator):
     n_tables, n_bits, mode, miss_value, seed : as LearnableLSHIndex.
     contamination : expected fraction of outliers in the training data, in (0, 0.5].
     train : train the hash layers with MoCo before indexing (False = plain LSH).
-    iterations, lr, batch_size, queue_size, max_offset, n_neighbors : as LearnableLSHIndex.fit.
+    iterations, lr, batch_size, queue_size, max_offset, n_neighbors : as LearnableLSHIndex.fit;
+        None (the default) takes fit()'s default: the paper's with video_ids, the static-data
+        fallback's (training.FALLBACK_DEFAULTS) without them.
     fit(X, y=None, video_ids=None): video_ids give temporal positives; without them positives are
     feature-space neighbours.
     """
 
     def __init__(self, n_tables=8, n_bits=32, mode="mean", miss_value=None, contamination=0.1, train=True,
-                 iterations=60, lr=1e-3, batch_size=256, queue_size=8192, max_offset=150, n_neighbors=10, seed=0):
+                 iterations=None, lr=None, batch_size=None, queue_size=None, max_offset=150, n_neighbors=None,
+                 seed=0):
         self.n_tables = n_tables
         self.n_bits = n_bits
         self.mode = mode

@@ -4,6 +4,11 @@ A query encoder and a momentum key encoder; the flattened b*r code is L2-normali
 temperature tau against a FIFO queue of recent keys.  A training pair is a snippet and another
 snippet of the same video within +-max_offset positions.  One epoch is n_videos * iterations
 pairs, each drawn as in the reference: video = index mod n_videos, then a uniform snippet in it.
+
+Static data (no video ids): the positive is one of a row's n_neighbors nearest rows, and with
+project_pcs = k the layers first lose their components along the top-k principal directions of
+the layer-normalised rows, which the gradient then never re-enters (LearnableLSHIndex.fit picks
+FALLBACK_DEFAULTS for this case).
 """
 from __future__ import annotations
 
@@ -39,9 +44,21 @@ class TrainingConfig:
     warmup_steps: int = 0          # linear warm-up from lr / warmup_steps to lr over the first steps
     grad_clip: float = 0.0         # > 0: clip the gradient's L2 norm to this before each step
     project_mean: bool = False     # drop the gradient along the training data's mean direction
+    project_pcs: int = 0           # remove the top-k principal directions of the data from the layers
 
 
 LR_SCHEDULES = ("constant", "cosine", "linear")
+
+# LearnableLSHIndex.fit's defaults for the settings below that the caller leaves out (None):
+# with video_ids the paper's (TrainingConfig's), without them the static-data fallback's.  The
+# fallback's were chosen on 7 of the 15 ADBench MVTec-AD categories and measured on the other 8
+# (benchmarks/RESULTS.md, "Static data").  project_pcs: the codes stop depending on the 30 main
+# directions of the normal data's variation (an anomaly detector wants them to: the untrained
+# layers spend most of their variance there); the MoCo steps then train the rest.
+PAPER_DEFAULTS = dict(iterations=60, batch_size=256, lr=1e-3, temperature=0.2, queue_size=8192, momentum=0.999,
+                      n_neighbors=10, project_mean=False, project_pcs=0)
+FALLBACK_DEFAULTS = dict(iterations=30, batch_size=32, lr=1e-2, temperature=0.5, queue_size=64, momentum=0.99,
+                         n_neighbors=5, project_mean=True, project_pcs=30)
 
 
 def lr_at(step: int, total_steps: int, cfg: TrainingConfig) -> float:
@@ -67,6 +84,7 @@ class TrainingLog:
     lrs: List[float] = field(default_factory=list)      # learning rate of each step
     steps: int = 0
     positives: str = "temporal"
+    projected_pcs: int = 0    # principal directions removed from the layers (project_pcs, capped)
 
 
 class PairSampler:
@@ -125,6 +143,29 @@ def _cosine_neighbors(features: torch.Tensor, k: int) -> np.ndarray:
     return nn_idx[:, 1:] if k > 1 else nn_idx
 
 
+def principal_directions(features: torch.Tensor, k: int, chunk_rows: int = 65536) -> torch.Tensor:
+    """(min(k, N-1, d), d) float64: the top principal directions of the layer-normalised rows.
+
+    Eigenvectors of the covariance, accumulated in float64 over chunks of rows (no float64 copy
+    of the features), on the features' device; each direction's sign is fixed (largest |entry|
+    positive) so the result does not depend on the eigensolver's sign choice.
+    """
+    n, d = features.shape
+    k = int(min(k, n - 1, d))
+    mean = torch.zeros(d, dtype=torch.float64, device=features.device)
+    gram = torch.zeros(d, d, dtype=torch.float64, device=features.device)
+    for i in range(0, n, chunk_rows):
+        x = F.layer_norm(features[i:i + chunk_rows].to(torch.float32), (d,)).to(torch.float64)
+        mean += x.sum(dim=0)
+        gram += x.T @ x
+    mean /= n
+    cov = gram / n - torch.outer(mean, mean)
+    _, vecs = torch.linalg.eigh(cov)  # ascending eigenvalues
+    top = vecs[:, -k:].flip(1).T.contiguous() if k > 0 else vecs[:, :0].T
+    sign = torch.sign(top.gather(1, top.abs().argmax(dim=1, keepdim=True)))
+    return (top * sign).cpu()
+
+
 def train_moco(encoder: HashEncoder, features: torch.Tensor, video_ids: Optional[np.ndarray],
                cfg: TrainingConfig) -> TrainingLog:
     """Trains `encoder` in place (it is the query encoder) and returns the loss log."""
@@ -142,9 +183,20 @@ def train_moco(encoder: HashEncoder, features: torch.Tensor, video_ids: Optional
     mean_dir = None
     if cfg.project_mean:  # unit mean of the layer-normalised training rows
         mean_dir = F.normalize(F.layer_norm(features, (features.shape[1],)).mean(dim=0), dim=0).to(device)
+    pcs = None
+    # at most half of the d - 1 directions a layer-normalised row can take (and N - 1, all the
+    # training rows span): small d keeps codes that still vary
+    k = min(cfg.project_pcs, (features.shape[1] - 1) // 2)
+    if k > 0:  # (k, d) orthonormal: the main directions of the normal data's variation
+        pcs = principal_directions(features, k).to(device=device, dtype=encoder.weight.dtype)
+        with torch.no_grad():  # the codes stop depending on them; training may not bring them back
+            encoder.weight.sub_((encoder.weight @ pcs.T) @ pcs)
+        if mean_dir is not None:  # its part outside them: the two projections then commute
+            mean_dir = mean_dir - pcs.T @ (pcs @ mean_dir)
+            mean_dir = F.normalize(mean_dir, dim=0) if float(mean_dir.norm()) > 1e-6 else None
     opt = torch.optim.SGD(encoder.parameters(), lr=cfg.lr, momentum=cfg.sgd_momentum,
                           weight_decay=cfg.weight_decay)
-    log = TrainingLog(positives=sampler.mode)
+    log = TrainingLog(positives=sampler.mode, projected_pcs=0 if pcs is None else pcs.shape[0])
     encoder.train()
     n_pairs = sampler.n_groups * cfg.iterations
     batch = min(cfg.batch_size, n_pairs)
@@ -173,6 +225,10 @@ def train_moco(encoder: HashEncoder, features: torch.Tensor, video_ids: Optional
                 with torch.no_grad():
                     g = encoder.weight.grad
                     g.sub_(torch.outer(g @ mean_dir, mean_dir))
+            if pcs is not None:
+                with torch.no_grad():
+                    g = encoder.weight.grad
+                    g.sub_((g @ pcs.T) @ pcs)
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(encoder.parameters(), cfg.grad_clip)
             lr = lr_at(log.steps, total_steps, cfg)
