@@ -22,6 +22,8 @@ Rows (b = 8 tables, r = 32 bits; MoCo as the paper's ShanghaiTech setting: batch
   light-LLSH          same trained layers, mode light, statistics-only index (store_codes=False):
                       the file holds the hash layers and per-bucket sums only
   LLSH squared (ours) same trained layers, mode squared (exact mean squared L2), statistics-only
+  with --project-pcs K  LLSH, light-LLSH and squared train with project_pcs=K, project_mean (ours:
+                      the layers lose the data's top-K principal directions; names say so)
   with --probes P     LSH and LLSH again, scored with P probes per table (llsh_index.probing, ours);
                       their n counts the codes of every probed bucket
 
@@ -115,6 +117,7 @@ class Settings:
     isolate: bool = True
     methods: Optional[Sequence[str]] = None  # keys of method_specs(); None = all
     probes: int = 0  # > 1: also LSH and LLSH rows scored with this many probes per table (ours)
+    project_pcs: int = 0  # > 0: LLSH training removes the data's top principal directions (ours; 0 = paper)
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -136,6 +139,10 @@ def method_specs(s: Settings) -> List[dict]:
         {"key": "squared", "name": "LLSH squared (ours, exact)", "kind": "lsh", "trained": True,
          "mode": "squared", "store_codes": False},
     ]
+    if s.project_pcs > 0:  # the trained rows are ours then, and say so
+        for row in rows:
+            if row.get("trained"):
+                row["name"] += f" [{s.project_pcs} PCs projected]"
     if s.probes > 1:  # multi-probe (llsh_index.probing): the same indexes, more buckets per table
         rows += [{"key": "lsh_probes", "name": f"LSH, {s.probes} probes (ours)", "kind": "lsh", "trained": False,
                   "mode": "mean", "store_codes": True, "n_probes": s.probes},
@@ -258,7 +265,7 @@ def _job_train(job: dict) -> dict:
     t0 = time.perf_counter()
     idx.fit(b.train, video_ids=b.train_video_ids, iterations=s.iterations, epochs=s.epochs,
             batch_size=s.batch_size, queue_size=s.queue_size, max_offset=s.max_offset,
-            progress=job.get("progress", False))
+            project_pcs=s.project_pcs, project_mean=s.project_pcs > 0, progress=job.get("progress", False))
     train_s = time.perf_counter() - t0
     m = mem.stop()
     idx.save(job["layers"])  # hash layers only (no tables yet)
@@ -802,6 +809,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     ap.add_argument("--methods", default=None,
                     help="comma-separated subset of: knn,kmeans<K>,lsh,llsh,light,squared (with --probes also "
                          "lsh_probes,llsh_probes)")
+    ap.add_argument("--project-pcs", type=int, default=0,
+                    help="> 0: train LLSH with project_pcs=K and project_mean (ours; the static-data fallback's "
+                         "projection, llsh_index.training); 0 = the paper")
     ap.add_argument("--probes", type=int, default=0,
                     help="> 1: add LSH and LLSH rows scored with this many probes per table (multi-probe, ours)")
     iso = ap.add_mutually_exclusive_group()
@@ -828,7 +838,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                  batch_size=args.batch_size or (32 if args.ped2_features else 256),
                  queue_size=args.queue_size or (2048 if args.ped2_features else 8192),
                  isolate=args.isolate or not (args.no_isolate or quick),
-                 methods=None if args.methods is None else args.methods.split(","), probes=args.probes)
+                 methods=None if args.methods is None else args.methods.split(","), probes=args.probes,
+                 project_pcs=args.project_pcs)
     progress = not args.no_progress
     if args.features:
         bundle = prepare_features_dir(args.features, args.data_dir or os.path.join(out, "data", "features"),
