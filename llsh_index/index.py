@@ -132,10 +132,10 @@ class LearnableLSHIndex:
             return self.batch_size
         if t is not None and t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous():
             # hashed in place (no float32 copy of the chunk): its working set is the GEMM output,
-            # the keys and the lookup's scratch, ~4*b*r + 48*b bytes a row.  Few large GEMM calls
+            # the keys and the lookup's scratch, ~4*b*r + 64*b bytes a row.  Few large GEMM calls
             # run well below the cost of many small ones on the CPU (25-40% less time hashing 200,000
             # rows in 5 chunks than in 28, benchmarks/RESULTS.md); the rows' results do not change.
-            return max(256, _CHUNK_BYTES // (4 * self.n_tables * self.n_bits + 48 * self.n_tables))
+            return max(256, _CHUNK_BYTES // (4 * self.n_tables * self.n_bits + 64 * self.n_tables))
         return max(256, _CHUNK_BYTES // (4 * max(1, self.dim or 1)))
 
     def reset(self) -> None:
