@@ -24,9 +24,10 @@ namespace {
 // ---- mean mode: ||q - c|| for every row c of a bucket ------------------------------------------
 // The one definition every instruction set computes bit for bit: ||q - c||^2 in float32 as eight
 // lane sums p[l] = sum of (q_k - c_k)^2 over k = l mod 8 in ascending k, reduced as
-// ((p0+p4) + (p2+p6)) + ((p1+p5) + (p3+p7)); its square root in float64.  A bucket's mean adds
-// these float64 roots row by row in bucket order.  The vector kernels need r % 8 == 0 (whole 8-lane
-// blocks, every r the engine is used with in practice); other r take the portable loop.
+// t_l = p_l + p_{l+4}, then (t0 + t1) + (t2 + t3) (the order of AVX's horizontal adds); its square
+// root in float64.  A bucket's mean adds these float64 roots row by row in bucket order.  The
+// vector kernels need r % 8 == 0 (whole 8-lane blocks, every r the engine is used with in
+// practice); other r take the portable loop.
 
 // Portable reference (also the build without SSE2).
 inline float sqdist_scalar(const float* q, const float* c, int64_t r) {
@@ -35,7 +36,7 @@ inline float sqdist_scalar(const float* q, const float* c, int64_t r) {
     const float d = q[k] - c[k];
     p[k & 7] += d * d;
   }
-  return ((p[0] + p[4]) + (p[2] + p[6])) + ((p[1] + p[5]) + (p[3] + p[7]));
+  return ((p[0] + p[4]) + (p[1] + p[5])) + ((p[2] + p[6]) + (p[3] + p[7]));
 }
 
 // rows: n contiguous rows of r floats; out[i] = ||q - rows[i]|| in float64.
@@ -44,31 +45,29 @@ void row_dists_scalar(const float* q, const float* rows, int64_t n, int64_t r, d
 }
 
 #if defined(__SSE2__)
-// Lane sums of one row (lanes 0-3 in lo, 4-7 in hi) -> (p0+p4)+(p2+p6), (p1+p5)+(p3+p7) in lanes 0, 1.
-inline __m128 fold_lanes(__m128 lo, __m128 hi) {
-  const __m128 s = _mm_add_ps(lo, hi);
-  return _mm_add_ps(s, _mm_movehl_ps(s, s));
+// Four rows' t vectors (t_l = p_l + p_{l+4}, lanes 0-3) -> their ||q - c||^2 (transposed, then
+// (t0 + t1) + (t2 + t3)) -> float64 roots into out[0..n), n <= 4.
+inline void finish4(__m128 t0, __m128 t1, __m128 t2, __m128 t3, int64_t n, double* out) {
+  _MM_TRANSPOSE4_PS(t0, t1, t2, t3);  // t0 now holds lane 0 of the four rows, t1 lane 1, ...
+  const __m128 d = _mm_add_ps(_mm_add_ps(t0, t1), _mm_add_ps(t2, t3));
+  double s[4];
+  _mm_storeu_pd(s, _mm_sqrt_pd(_mm_cvtps_pd(d)));
+  _mm_storeu_pd(s + 2, _mm_sqrt_pd(_mm_cvtps_pd(_mm_movehl_ps(d, d))));
+  std::memcpy(out, s, n * sizeof(double));
 }
 
-// Four rows' folded lanes -> their four ||q - c||^2, then the float64 roots into out[0..3].
-inline void finish4(__m128 t0, __m128 t1, __m128 t2, __m128 t3, double* out) {
-  const __m128 ab = _mm_movelh_ps(t0, t1), cd = _mm_movelh_ps(t2, t3);
-  const __m128 d = _mm_add_ps(_mm_shuffle_ps(ab, cd, _MM_SHUFFLE(2, 0, 2, 0)), _mm_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 1, 3, 1)));
-  _mm_storeu_pd(out, _mm_sqrt_pd(_mm_cvtps_pd(d)));
-  _mm_storeu_pd(out + 2, _mm_sqrt_pd(_mm_cvtps_pd(_mm_movehl_ps(d, d))));
+// Row pointers of a block of `width` rows from row i: a short last block repeats its last row
+// (its results are not kept).
+inline void block_rows(const float* rows, int64_t i, int64_t n, int64_t r, int width, const float** c) {
+  for (int j = 0; j < width; ++j) c[j] = rows + std::min<int64_t>(i + j, n - 1) * r;
 }
 
-// Row pointers of a block of four: a short last block repeats its last row (results not kept).
-inline void block_rows(const float* rows, int64_t i, int64_t n, int64_t r, const float** c) {
-  for (int j = 0; j < 4; ++j) c[j] = rows + std::min<int64_t>(i + j, n - 1) * r;
-}
-
-#define LLSH_SSE2_STEP(lo, hi, row)                                   \
-  do {                                                                \
-    const __m128 dl = _mm_sub_ps(qlo, _mm_loadu_ps((row) + k));       \
-    const __m128 dh = _mm_sub_ps(qhi, _mm_loadu_ps((row) + k + 4));   \
-    lo = _mm_add_ps(lo, _mm_mul_ps(dl, dl));                          \
-    hi = _mm_add_ps(hi, _mm_mul_ps(dh, dh));                          \
+#define LLSH_SSE2_STEP(lo, hi, row)                                 \
+  do {                                                              \
+    const __m128 dl = _mm_sub_ps(qlo, _mm_loadu_ps((row) + k));     \
+    const __m128 dh = _mm_sub_ps(qhi, _mm_loadu_ps((row) + k + 4)); \
+    lo = _mm_add_ps(lo, _mm_mul_ps(dl, dl));                        \
+    hi = _mm_add_ps(hi, _mm_mul_ps(dh, dh));                        \
   } while (0)
 
 // Four rows at a time, independent accumulators, so the rows' dependency chains overlap.
@@ -76,7 +75,7 @@ void row_dists_sse2(const float* q, const float* rows, int64_t n, int64_t r, dou
   if (r & 7) return row_dists_scalar(q, rows, n, r, out);
   for (int64_t i = 0; i < n; i += 4) {
     const float* c[4];
-    block_rows(rows, i, n, r, c);
+    block_rows(rows, i, n, r, 4, c);
     __m128 l0 = _mm_setzero_ps(), l1 = l0, l2 = l0, l3 = l0, h0 = l0, h1 = l0, h2 = l0, h3 = l0;
     for (int64_t k = 0; k < r; k += 8) {
       const __m128 qlo = _mm_loadu_ps(q + k), qhi = _mm_loadu_ps(q + k + 4);
@@ -85,31 +84,58 @@ void row_dists_sse2(const float* q, const float* rows, int64_t n, int64_t r, dou
       LLSH_SSE2_STEP(l2, h2, c[2]);
       LLSH_SSE2_STEP(l3, h3, c[3]);
     }
-    double d[4];
-    finish4(fold_lanes(l0, h0), fold_lanes(l1, h1), fold_lanes(l2, h2), fold_lanes(l3, h3), d);
-    std::memcpy(out + i, d, std::min<int64_t>(4, n - i) * sizeof(double));
+    finish4(_mm_add_ps(l0, h0), _mm_add_ps(l1, h1), _mm_add_ps(l2, h2), _mm_add_ps(l3, h3),
+            std::min<int64_t>(4, n - i), out + i);
   }
 }
 #undef LLSH_SSE2_STEP
 #endif
 
 #if defined(LLSH_HAVE_AVX2_KERNELS)
-#define LLSH_AVX2_STEP(a, row)                                 \
-  do {                                                         \
-    const __m256 dv = _mm256_sub_ps(qv, _mm256_loadu_ps((row) + k)); \
-    a = _mm256_add_ps(a, _mm256_mul_ps(dv, dv));               \
+#define LLSH_AVX2_STEP(a, row)                                         \
+  do {                                                                 \
+    const __m256 dv = _mm256_sub_ps(qv, _mm256_loadu_ps((row) + k));   \
+    a = _mm256_add_ps(a, _mm256_mul_ps(dv, dv));                       \
   } while (0)
 
-LLSH_TARGET_AVX2 inline __m128 fold_lanes256(__m256 a) {
-  return fold_lanes(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+// t vectors of rows a and b side by side: [t(a) | t(b)], t_l = p_l + p_{l+4}.
+LLSH_TARGET_AVX2 inline __m256 pair_t(__m256 a, __m256 b) {
+  return _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
 }
 
-// row_dists_sse2 with 8-lane registers: the same lanes, operations and reduction tree.
+LLSH_TARGET_AVX2 inline __m128 t_of(__m256 a) {
+  return _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+}
+
+// Eight rows at a time: the lane sums reduced for all eight together by two rounds of horizontal
+// adds (the tree of sqdist_scalar); a tail of 1-7 rows goes four at a time, as row_dists_sse2.
 LLSH_TARGET_AVX2 void row_dists_avx2(const float* q, const float* rows, int64_t n, int64_t r, double* out) {
   if (r & 7) return row_dists_scalar(q, rows, n, r, out);
-  for (int64_t i = 0; i < n; i += 4) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const float* c = rows + i * r;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+    for (int64_t k = 0; k < r; k += 8) {
+      const __m256 qv = _mm256_loadu_ps(q + k);
+      LLSH_AVX2_STEP(a0, c);
+      LLSH_AVX2_STEP(a1, c + r);
+      LLSH_AVX2_STEP(a2, c + 2 * r);
+      LLSH_AVX2_STEP(a3, c + 3 * r);
+      LLSH_AVX2_STEP(a4, c + 4 * r);
+      LLSH_AVX2_STEP(a5, c + 5 * r);
+      LLSH_AVX2_STEP(a6, c + 6 * r);
+      LLSH_AVX2_STEP(a7, c + 7 * r);
+    }
+    // hadd(hadd(S01, S23), hadd(S45, S67)) = rows [0 2 4 6 | 1 3 5 7], each (t0 + t1) + (t2 + t3)
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(pair_t(a0, a1), pair_t(a2, a3)),
+                                    _mm256_hadd_ps(pair_t(a4, a5), pair_t(a6, a7)));
+    const __m256 d = _mm256_permutevar8x32_ps(h, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_pd(out + i, _mm256_sqrt_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(d))));
+    _mm256_storeu_pd(out + i + 4, _mm256_sqrt_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(d, 1))));
+  }
+  for (; i < n; i += 4) {
     const float* c[4];
-    block_rows(rows, i, n, r, c);
+    block_rows(rows, i, n, r, 4, c);
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     for (int64_t k = 0; k < r; k += 8) {
       const __m256 qv = _mm256_loadu_ps(q + k);
@@ -118,9 +144,7 @@ LLSH_TARGET_AVX2 void row_dists_avx2(const float* q, const float* rows, int64_t 
       LLSH_AVX2_STEP(a2, c[2]);
       LLSH_AVX2_STEP(a3, c[3]);
     }
-    double d[4];
-    finish4(fold_lanes256(a0), fold_lanes256(a1), fold_lanes256(a2), fold_lanes256(a3), d);
-    std::memcpy(out + i, d, std::min<int64_t>(4, n - i) * sizeof(double));
+    finish4(t_of(a0), t_of(a1), t_of(a2), t_of(a3), std::min<int64_t>(4, n - i), out + i);
   }
 }
 #undef LLSH_AVX2_STEP
