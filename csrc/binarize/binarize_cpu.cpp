@@ -55,7 +55,8 @@ inline __m128 sigmoid4(__m128 logit) {
 #endif
 #if defined(LLSH_HAVE_AVX2_KERNELS)
 // sigmoid4 on eight lanes: the same operations in the same order (no FMA), so bit for bit the same
-// values; the AVX2 epilogue mixes both freely.
+// values; the AVX2 epilogue mixes both freely.  A copy rather than one template: this one must be
+// compiled for AVX2 and sigmoid4 must not (it runs on any x86-64).
 LLSH_TARGET_AVX2 inline __m256 sigmoid8(__m256 logit) {
   const __m256 sign = _mm256_set1_ps(-0.0f);
   __m256 z = _mm256_xor_ps(logit, sign);
