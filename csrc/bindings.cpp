@@ -4,11 +4,13 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
 #include "binarize/binarize.h"
 #include "build_tables/build_tables.h"
+#include "llsh/isa.h"
 #include "lookup/lookup.h"
 
 #ifdef LLSH_WITH_CUDA
@@ -227,10 +229,11 @@ py::tuple lookup_impl(TablesView<CodeT> t, const py::array& query_codes, const p
 
 // bucket_sum / bucket_sqnorm may be None in mode 0 (mean) when codes are given: tables built
 // without statistics (they are derived on demand, see build_tables_cpu's with_stats).
+// directory (optional): build_directory_cpu's array for these keys.
 py::tuple lookup_cpu_py(const py::array& keys, const py::array& table_start, const py::array& offsets,
                         const py::object& codes, const py::object& bucket_sum_obj, const py::object& bucket_sqnorm_obj,
                         int64_t n_items, const py::array& query_codes, const py::array& query_keys, int mode,
-                        float miss_value, int n_threads, bool partial) {
+                        float miss_value, int n_threads, bool partial, const py::object& directory) {
   const int64_t b = table_start.size() - 1;
   const bool has_stats = !bucket_sum_obj.is_none() && !bucket_sqnorm_obj.is_none();
   require(has_stats || (mode == 0 && !codes.is_none()),
@@ -251,6 +254,16 @@ py::tuple lookup_cpu_py(const py::array& keys, const py::array& table_start, con
     t.table_start = cptr<int64_t>(table_start, "table_start", 1);
     t.offsets = cptr<int64_t>(offsets, "offsets", 1);
     require(offsets.size() == keys.size() + 1, "tables: inconsistent array sizes");
+    if (!directory.is_none()) {
+      const py::array dir = directory.cast<py::array>();
+      t.directory = cptr<int64_t>(dir, "directory", 2);
+      const int64_t slots = dir.shape(1) - 1;
+      int bits = 0;
+      while (bits < 20 && (int64_t(1) << bits) < slots) ++bits;
+      require(dir.shape(0) == b && slots >= 2 && (int64_t(1) << bits) == slots && bits <= r,
+              "directory: expected [n_tables, 2^bits + 1] with 1 <= bits <= n_bits");
+      t.dir_bits = bits;
+    }
     if (has_stats) {
       const py::array bucket_sum = bucket_sum_obj.cast<py::array>(), bucket_sqnorm = bucket_sqnorm_obj.cast<py::array>();
       t.bucket_sum = cptr<double>(bucket_sum, "bucket_sum", 2);
@@ -276,6 +289,30 @@ py::tuple lookup_cpu_py(const py::array& keys, const py::array& table_start, con
   TablesView<float> t;
   fill(t);
   return lookup_impl(t, query_codes, query_keys, mode, miss_value, n_threads, partial);
+}
+
+// The lookup directory of sorted tables (lookup.h): int64 [b, 2^bits + 1], or None when the tables
+// are too small for one (a plain binary search is as fast).
+py::object build_directory_cpu_py(const py::array& keys, const py::array& table_start, int64_t n_bits,
+                                  int n_threads) {
+  const uint64_t* k = cptr<uint64_t>(keys, "keys", 1);
+  const int64_t* ts = cptr<int64_t>(table_start, "table_start", 1);
+  const int64_t b = table_start.size() - 1;
+  require(b >= 1 && n_bits >= 1 && n_bits <= 64, "build_directory_cpu: expected b >= 1 and n_bits in 1..64");
+  int64_t max_unique = 0;
+  for (int64_t j = 0; j < b; ++j) {
+    require(ts[j] <= ts[j + 1] && ts[j + 1] <= keys.size() && ts[0] == 0, "table_start: out of range");
+    max_unique = std::max(max_unique, ts[j + 1] - ts[j]);
+  }
+  const int bits = directory_bits(max_unique, n_bits);
+  if (bits == 0) return py::none();
+  py::array_t<int64_t> dir({(py::ssize_t)b, (py::ssize_t)((int64_t(1) << bits) + 1)});
+  int64_t* d = dir.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    build_directory(k, ts, b, n_bits, bits, d, n_threads);
+  }
+  return dir;
 }
 
 // (built, device_count, reason): why the CUDA backend can or cannot run here.
@@ -496,7 +533,15 @@ PYBIND11_MODULE(_C, m) {
   m.def("lookup_cpu", &lookup_cpu_py, py::arg("keys"), py::arg("table_start"), py::arg("offsets"), py::arg("codes"),
         py::arg("bucket_sum"), py::arg("bucket_sqnorm"), py::arg("n_items"), py::arg("query_codes"),
         py::arg("query_keys"), py::arg("mode"), py::arg("miss_value"), py::arg("n_threads") = 0,
-        py::arg("partial") = false);
+        py::arg("partial") = false, py::arg("directory") = py::none());
+  m.def("build_directory_cpu", &build_directory_cpu_py, py::arg("keys"), py::arg("table_start"), py::arg("n_bits"),
+        py::arg("n_threads") = 0);
+  m.def(
+      "isa_level", [] { return isa_level(); },
+      "Instruction set of the CPU kernels now: 2 = AVX2, 1 = SSE2, 0 = portable (same results at every level).");
+  m.def(
+      "set_isa_cap", [](int level) { isa_cap().store(std::max(0, std::min(level, (int)kIsaAvx2))); },
+      py::arg("level"), "Caps the CPU kernels' instruction set (tests compare the levels); 2 = no cap.");
   m.def("cuda_status", &cuda_status);
 #ifdef LLSH_WITH_CUDA
   register_cuda_bindings(m);

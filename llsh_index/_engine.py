@@ -5,6 +5,7 @@ Tables are a dict of the six arrays of csrc/include/llsh/sorted_tables.h plus "i
 """
 from __future__ import annotations
 
+import weakref
 from typing import Dict
 
 import numpy as np
@@ -63,7 +64,33 @@ def build_tables(keys, codes, ids, keep_codes: bool = True, n_threads: int = 0, 
         if half and tables["codes"] is not None:
             tables["codes"] = tables["codes"].view(np.float16)
     tables["n_items"] = int(keys.shape[1])
+    if not on_device(codes):
+        directory(tables, int(codes.shape[2]), n_threads)  # with the build, not on the first lookup
     return tables
+
+
+# id(keys array) -> (weak reference to it, its lookup directory).  The directory is derived from the
+# keys (build_directory in csrc/lookup/lookup.h), so it lives beside the tables rather than in their
+# dict: files, copies to a device and memory_bytes() see the six arrays of the layout only.  Tables
+# are never modified in place (add() swaps in a new dict), so a keys array keeps one directory.
+_DIRECTORIES: Dict[int, tuple] = {}
+
+
+def directory(tables: Dict, n_bits: int, n_threads: int = 0):
+    """The lookup directory of CPU tables (int64 [b, 2^bits + 1]), or None for small tables."""
+    keys = tables["keys"]
+    entry = _DIRECTORIES.get(id(keys))
+    if entry is not None and entry[0]() is keys:
+        return entry[1]
+    built = _C.build_directory_cpu(keys, tables["table_start"], n_bits, n_threads)
+    key = id(keys)
+
+    def forget(ref):
+        if _DIRECTORIES.get(key, (None,))[0] is ref:
+            _DIRECTORIES.pop(key, None)
+
+    _DIRECTORIES[key] = (weakref.ref(keys, forget), built)
+    return built
 
 
 def ensure_statistics(tables: Dict, n_threads: int = 0) -> Dict:
@@ -106,8 +133,9 @@ def lookup(tables: Dict, query_codes, query_keys, mode: int, miss_value: float, 
             return out, None, sums, counts
         return _cuda_engine.lookup(tables, tables["n_items"], query_codes, query_keys, mode, miss_value), None
     codes = tables["codes"]
+    n_bits = int((codes if codes is not None else tables["bucket_sum"]).shape[1])
     if codes is not None and codes.dtype == np.float16:
         codes = codes.view(np.uint16)
     return _C.lookup_cpu(tables["keys"], tables["table_start"], tables["offsets"], codes, tables["bucket_sum"],
                          tables["bucket_sqnorm"], tables["n_items"], query_codes, query_keys, mode,
-                         float(miss_value), n_threads, partial)
+                         float(miss_value), n_threads, partial, directory(tables, n_bits, n_threads))

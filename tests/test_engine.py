@@ -172,3 +172,165 @@ def test_row_moments_match_float64(rng):
     np.testing.assert_allclose(mean[6:], ref.mean(1), rtol=1e-6)
     np.testing.assert_allclose(rstd[6:], 1 / np.sqrt(ref.var(1) + 1e-5), rtol=1e-5)
     assert np.isnan(mean[5]) and np.isnan(rstd[5])  # rejected downstream as a non-finite row
+
+
+# ---------------------------------------------------------------------- lookup directory
+def _lookup(t, q, qk, mode, directory, r):
+    from llsh_index import _C
+
+    codes = t["codes"]
+    return _C.lookup_cpu(t["keys"], t["table_start"], t["offsets"], codes, t["bucket_sum"], t["bucket_sqnorm"],
+                         t["n_items"], q, qk, _engine.MODES[mode], 1e10, 0, True, directory)
+
+
+def _tables_with_keys(rng, keys, r):
+    """Tables over explicit keys (b, n) with random codes: the directory only depends on the keys."""
+    b, n = keys.shape
+    codes = rng.random((b, n, r)).astype(np.float32)
+    ids = np.broadcast_to(np.arange(n, dtype=np.int64), (b, n)).copy()
+    return _engine.build_tables(keys.astype(np.uint64), codes, ids, with_stats=True)
+
+
+def _boundary_keys(r, n, rng):
+    """Keys at the directory's slot boundaries (first and last key of a slot), 0 and 2^r - 1."""
+    from llsh_index import _C
+
+    top = 2 ** r - 1
+    bits = min(r, 16)
+    shift = r - bits
+    edges = [0, top] + [(s << shift) for s in (1, 2, 2 ** bits - 1)] + [(s << shift) - 1 for s in (1, 2, 2 ** bits - 1)]
+    rand = rng.integers(0, 2 ** min(r, 62), n, dtype=np.int64).astype(np.uint64) if r > 1 else rng.integers(0, 2, n).astype(np.uint64)
+    return np.array([e for e in edges if 0 <= e <= top] + list(rand[:n]), dtype=np.uint64)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case", ["one-bucket", "all-unique", "r1", "r64", "boundaries", "clustered"])
+def test_directory_lookup_equals_plain_binary_search(rng, mode, case):
+    b, n, r = 3, 3000, 32
+    if case == "one-bucket":
+        keys = np.full((b, n), 7, np.uint64)
+    elif case == "all-unique":
+        keys = np.stack([rng.permutation(n).astype(np.uint64) * 1_000_003 for _ in range(b)])
+    elif case == "r1":
+        r, keys = 1, rng.integers(0, 2, (b, n)).astype(np.uint64)
+    elif case == "r64":
+        r, keys = 64, rng.integers(0, 2 ** 63, (b, n), dtype=np.int64).astype(np.uint64) * np.uint64(2)
+        keys[:, :5] = np.array([0, 2 ** 64 - 1, 2 ** 48, 2 ** 48 - 1, 2 ** 63], dtype=np.uint64)
+    elif case == "boundaries":
+        keys = np.stack([_boundary_keys(r, n, rng)[:n] for _ in range(b)])
+        n = keys.shape[1]
+    else:  # a few crowded slots (trained or clustered data): long searches inside a slot
+        keys = (rng.integers(0, 5, (b, n)).astype(np.uint64) << np.uint64(27)) | rng.integers(0, 2 ** 12, (b, n)).astype(np.uint64)
+    t = _tables_with_keys(rng, keys, r)
+    directory = _engine.directory(t, r)
+    if case not in ("one-bucket", "r1"):
+        assert directory is not None and directory.shape[0] == b
+    # queries: every stored key, keys next to them (mostly absent) and random keys
+    stored = keys.T[: n // 2]
+    near = stored + np.uint64(1)
+    rand = rng.integers(0, 2 ** min(r, 62), (n // 2, b), dtype=np.int64).astype(np.uint64)
+    qk = np.ascontiguousarray(np.concatenate([stored, near, rand]))
+    if r < 64:
+        qk &= np.uint64(2 ** r - 1)
+    q = rng.random((len(qk), b, r)).astype(np.float32)
+    plain, with_dir = _lookup(t, q, qk, mode, None, r), _lookup(t, q, qk, mode, directory, r)
+    for a, c in zip(plain, with_dir):
+        np.testing.assert_array_equal(a, c)
+    assert (plain[0][: n // 2] < 1e10).all()  # stored keys always hit
+
+
+def test_directory_of_an_empty_table_and_foreign_key_bits(rng):
+    """Hand-made tables: table 1 has no keys; query keys with bits above n_bits (only reachable
+    through the native call) miss instead of reading outside the directory."""
+    from llsh_index import _C
+
+    r = 8
+    keys = np.array([1, 5, 9, 200, 255], np.uint64)
+    t = {"keys": keys, "table_start": np.array([0, 5, 5], np.int64), "offsets": np.arange(6, dtype=np.int64),
+         "codes": rng.random((10, r)).astype(np.float32), "bucket_sum": None, "bucket_sqnorm": None, "n_items": 5}
+    directory = _C.build_directory_cpu(keys, t["table_start"], r)
+    assert directory.shape == (2, 5) and (directory[1] == 5).all()
+    qk = np.array([[1, 1], [255, 9], [256, 5], [2 ** 63 + 5, 0], [4, 255]], np.uint64)
+    q = rng.random((5, 2, r)).astype(np.float32)
+    plain, with_dir = _lookup(t, q, qk, "mean", None, r), _lookup(t, q, qk, "mean", directory, r)
+    for a, c in zip(plain, with_dir):
+        np.testing.assert_array_equal(a, c)
+    assert (with_dir[0][:, 1] == 1e10).all() and list(with_dir[0][:, 0] < 1e10) == [True, True, False, False, False]
+
+
+def test_directory_is_cached_per_keys_array_and_never_saved(rng, tmp_path):
+    from llsh_index import LearnableLSHIndex
+
+    x = rng.standard_normal((5000, 16)).astype(np.float32)
+    index = LearnableLSHIndex(n_tables=2, n_bits=16).add(x)
+    t = index._tables
+    d = _engine.directory(t, 16)
+    most = int(np.diff(t["table_start"]).max())
+    assert d is _engine.directory(t, 16) and d.shape == (2, 2 ** int(np.log2(most)) + 1)  # ~1 key a slot
+    index.save(tmp_path / "i.llsh")
+    loaded = LearnableLSHIndex.load(tmp_path / "i.llsh")
+    assert "directory" not in loaded._tables and not any("dir" in k for k in t)
+    np.testing.assert_array_equal(loaded.score(x[:100]), index.score(x[:100]))
+
+
+# ---------------------------------------------------------------------- instruction sets
+@pytest.fixture
+def isa_cap():
+    from llsh_index import _C
+
+    yield _C.set_isa_cap
+    _C.set_isa_cap(2)
+
+
+@pytest.mark.parametrize("r", [32, 8, 64, 5, 12])
+def test_every_instruction_set_gives_identical_distances(rng, isa_cap, r):
+    """AVX2, SSE2 and the portable loops compute the same operations in the same order: the
+    distances agree bit for bit (and with the oracle), whatever the CPU picks."""
+    n, b = 2000, 3
+    codes = random_codes(rng, n, b, r, spread=0.3).astype(np.float32)  # few bits set apart: shared buckets
+    queries = np.concatenate([codes[:300], random_codes(rng, 300, b, r, spread=0.3).astype(np.float32)])
+    results = []
+    for level in (2, 1, 0):
+        isa_cap(level)
+        _, got, visited = run_engine(codes, queries, "mean")
+        results.append((got, visited))
+    for got, visited in results[1:]:
+        np.testing.assert_array_equal(got, results[0][0])
+        assert visited == results[0][1]
+    expected = oracle.table_distances(oracle.build(codes), queries, "mean", 1e10)
+    np.testing.assert_allclose(results[0][0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_grouped_and_per_query_lookups_agree(rng):
+    """Queries sharing buckets are reduced bucket by bucket for all of them at once; one query at a
+    time takes the per-pair path.  The sums are the same, bit for bit."""
+    codes = random_codes(rng, 3000, 2, 16, spread=0.2).astype(np.float32)
+    keys = _engine.binarize(codes)
+    tables = _engine.build_tables(np.ascontiguousarray(keys.T), codes.transpose(1, 0, 2).copy(),
+                                  np.broadcast_to(np.arange(3000, dtype=np.int64), (2, 3000)).copy())
+    q = codes[:200]
+    qk = _engine.binarize(q)
+    together, _ = _engine.lookup(tables, q, qk, 0, 1e10)
+    alone = np.concatenate([_engine.lookup(tables, q[i:i + 1], qk[i:i + 1], 0, 1e10)[0] for i in range(200)])
+    np.testing.assert_array_equal(together, alone)
+
+
+@pytest.mark.parametrize("width", [(8, 32), (3, 5), (1, 12), (2, 64)])
+def test_every_instruction_set_gives_identical_codes_and_keys(rng, isa_cap, width):
+    from llsh_index import _C
+
+    b, r = width
+    raw = (rng.standard_normal((500, b * r)) * 4).astype(np.float32)
+    raw[7, 3] = np.nan
+    mean = rng.standard_normal(500).astype(np.float32)
+    rstd = rng.uniform(0.5, 2, 500).astype(np.float32)
+    wsum = rng.standard_normal(b * r).astype(np.float32)
+    outs = []
+    for level in (2, 1):
+        isa_cap(level)
+        codes = raw.copy()
+        keys, bad = _C.hash_epilogue_cpu(codes, mean, rstd, wsum, b, True)
+        outs.append((codes, keys, bad))
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+    np.testing.assert_array_equal(outs[0][1], outs[1][1])
+    assert outs[0][2] == outs[1][2] == 7

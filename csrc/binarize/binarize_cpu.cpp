@@ -6,9 +6,13 @@
 #include <cstring>
 
 #include "llsh/common.h"
+#include "llsh/isa.h"
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
+#endif
+#if defined(LLSH_HAVE_AVX2_KERNELS)
+#include <immintrin.h>
 #endif
 
 namespace llsh {
@@ -48,7 +52,36 @@ inline __m128 sigmoid4(__m128 logit) {
   y = _mm_mul_ps(y, _mm_castsi128_ps(e));
   return _mm_div_ps(_mm_set1_ps(1.0f), _mm_add_ps(_mm_set1_ps(1.0f), y));
 }
-#else
+#endif
+#if defined(LLSH_HAVE_AVX2_KERNELS)
+// sigmoid4 on eight lanes: the same operations in the same order (no FMA), so bit for bit the same
+// values; the AVX2 epilogue mixes both freely.  A copy rather than one template: this one must be
+// compiled for AVX2 and sigmoid4 must not (it runs on any x86-64).
+LLSH_TARGET_AVX2 inline __m256 sigmoid8(__m256 logit) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 z = _mm256_xor_ps(logit, sign);
+  z = _mm256_min_ps(_mm256_set1_ps(kExpHi), z);
+  z = _mm256_max_ps(_mm256_set1_ps(kExpLo), z);
+  const __m256 t = _mm256_add_ps(_mm256_mul_ps(z, _mm256_set1_ps(kLog2e)), _mm256_set1_ps(kRound));
+  const __m256 n = _mm256_sub_ps(t, _mm256_set1_ps(kRound));
+  __m256 r = _mm256_sub_ps(z, _mm256_mul_ps(n, _mm256_set1_ps(kLn2Hi)));
+  r = _mm256_sub_ps(r, _mm256_mul_ps(n, _mm256_set1_ps(kLn2Lo)));
+  __m256 p = _mm256_set1_ps(kP0);
+  p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(kP1));
+  p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(kP2));
+  p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(kP3));
+  p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(kP4));
+  p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(kP5));
+  __m256 y = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(p, _mm256_mul_ps(r, r)), r), _mm256_set1_ps(1.0f));
+  const __m256i e = _mm256_slli_epi32(
+      _mm256_add_epi32(_mm256_sub_epi32(_mm256_castps_si256(t), _mm256_castps_si256(_mm256_set1_ps(kRound))),
+                       _mm256_set1_epi32(127)),
+      23);
+  y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+  return _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(_mm256_set1_ps(1.0f), y));
+}
+#endif
+#if !defined(__SSE2__)
 // Portable fallback: the same operations in the same order, one element at a time.
 inline float sigmoid1(float logit) {
   float z = -logit;
@@ -91,6 +124,50 @@ inline uint64_t pack_key(const float* c, int64_t n_bits) {
 
 // The fold of one element; shared by the SSE and the tail path (same rounding).
 inline float fold1(float raw, float mean, float wsum, float rstd) { return (raw - mean * wsum) * rstd; }
+
+#if defined(__SSE2__)
+// The epilogue of one row from element k on (see hash_epilogue_cpu): fold, then the sigmoid, in
+// place; four at a time, the tail through a padded block as in sigmoid_inplace.  Returns whether a
+// logit was NaN.
+bool fold_row_sse2(float* v, int64_t k, int64_t width, float mu, float rs, const float* wsum, bool with_sigmoid) {
+  const __m128 vmu = _mm_set1_ps(mu), vrs = _mm_set1_ps(rs);
+  __m128 unord = _mm_setzero_ps();
+  for (; k + 4 <= width; k += 4) {
+    const __m128 l = _mm_mul_ps(_mm_sub_ps(_mm_loadu_ps(v + k), _mm_mul_ps(vmu, _mm_loadu_ps(wsum + k))), vrs);
+    unord = _mm_or_ps(unord, _mm_cmpunord_ps(l, l));
+    _mm_storeu_ps(v + k, with_sigmoid ? sigmoid4(l) : l);
+  }
+  bool nan_row = _mm_movemask_ps(unord) != 0;
+  if (k < width) {
+    float buf[4] = {0.f, 0.f, 0.f, 0.f};
+    for (int64_t i = k; i < width; ++i) {
+      buf[i - k] = fold1(v[i], mu, wsum[i], rs);
+      nan_row |= std::isnan(buf[i - k]);
+    }
+    if (with_sigmoid) _mm_storeu_ps(buf, sigmoid4(_mm_loadu_ps(buf)));
+    std::memcpy(v + k, buf, (width - k) * sizeof(float));
+  }
+  return nan_row;
+}
+#endif
+
+#if defined(LLSH_HAVE_AVX2_KERNELS)
+// fold_row_sse2 eight at a time, the rest (< 8) through fold_row_sse2: the same values.
+LLSH_TARGET_AVX2 bool fold_row_avx2(float* v, int64_t width, float mu, float rs, const float* wsum,
+                                    bool with_sigmoid) {
+  const __m256 vmu = _mm256_set1_ps(mu), vrs = _mm256_set1_ps(rs);
+  __m256 unord = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 <= width; k += 8) {
+    const __m256 l =
+        _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(v + k), _mm256_mul_ps(vmu, _mm256_loadu_ps(wsum + k))), vrs);
+    unord = _mm256_or_ps(unord, _mm256_cmp_ps(l, l, _CMP_UNORD_Q));
+    _mm256_storeu_ps(v + k, with_sigmoid ? sigmoid8(l) : l);
+  }
+  const bool nan_row = _mm256_movemask_ps(unord) != 0;
+  return fold_row_sse2(v, k, width, mu, rs, wsum, with_sigmoid) || nan_row;
+}
+#endif
 
 }  // namespace
 
@@ -168,33 +245,22 @@ int64_t hash_epilogue_cpu(float* raw, int64_t n_rows, int64_t n_tables, int64_t 
                           float* table_codes, uint64_t* table_keys, int64_t n_total, int64_t row0) {
   const int64_t width = n_tables * n_bits;
   std::atomic<int64_t> first_bad{-1};
+  const bool avx2 = isa_level() >= kIsaAvx2;
+  (void)avx2;
   parallel_for(n_rows, n_threads, [&](int64_t begin, int64_t end) {
     int64_t bad = -1;
     for (int64_t row = begin; row < end; ++row) {
       float* v = raw + row * width;
       const float mu = mean[row], rs = rstd[row];
       bool nan_row = false;
-      int64_t k = 0;
+#if defined(LLSH_HAVE_AVX2_KERNELS)
+      if (avx2) nan_row = fold_row_avx2(v, width, mu, rs, wsum, with_sigmoid);
+      else
+#endif
 #if defined(__SSE2__)
-      const __m128 vmu = _mm_set1_ps(mu), vrs = _mm_set1_ps(rs);
-      __m128 unord = _mm_setzero_ps();
-      for (; k + 4 <= width; k += 4) {
-        const __m128 l = _mm_mul_ps(_mm_sub_ps(_mm_loadu_ps(v + k), _mm_mul_ps(vmu, _mm_loadu_ps(wsum + k))), vrs);
-        unord = _mm_or_ps(unord, _mm_cmpunord_ps(l, l));
-        _mm_storeu_ps(v + k, with_sigmoid ? sigmoid4(l) : l);
-      }
-      nan_row = _mm_movemask_ps(unord) != 0;
-      if (k < width) {  // tail through a padded block, as in sigmoid_inplace
-        float buf[4] = {0.f, 0.f, 0.f, 0.f};
-        for (int64_t i = k; i < width; ++i) {
-          buf[i - k] = fold1(v[i], mu, wsum[i], rs);
-          nan_row |= std::isnan(buf[i - k]);
-        }
-        if (with_sigmoid) _mm_storeu_ps(buf, sigmoid4(_mm_loadu_ps(buf)));
-        std::memcpy(v + k, buf, (width - k) * sizeof(float));
-      }
+        nan_row = fold_row_sse2(v, 0, width, mu, rs, wsum, with_sigmoid);
 #else
-      for (; k < width; ++k) {
+      for (int64_t k = 0; k < width; ++k) {
         const float l = fold1(v[k], mu, wsum[k], rs);
         nan_row |= std::isnan(l);
         v[k] = with_sigmoid ? sigmoid1(l) : l;

@@ -19,6 +19,18 @@ void lookup_cpu(const TablesView<CodeT>& tables, const float* query_codes, const
                 int64_t n_queries, Mode mode, float miss_value, float* out, int64_t* n_compared,
                 int n_threads, double* out_sum = nullptr, int64_t* out_count = nullptr);
 
+// The lookup directory: slot s of table j covers the keys whose top dir_bits bits (of n_bits) are
+// s, i.e. min(key >> (n_bits - dir_bits), 2^dir_bits - 1) == s (keys above n_bits bits fall in the
+// last slot), and dir[j * (2^dir_bits + 1) + s] is the position in `keys` of the first such key
+// (the next slot's entry ends it; entry 2^dir_bits is table_start[j + 1]).  A lookup then
+// binary-searches a slot of a few keys instead of the whole table: one or two cache misses
+// instead of ~log2(U).
+// directory_bits: the width used for tables of at most max_unique keys: about one key per slot,
+// at most 16 bits (a 0.5 MiB directory per table), at most n_bits; 0 = no directory.
+int directory_bits(int64_t max_unique, int64_t n_bits);
+void build_directory(const uint64_t* keys, const int64_t* table_start, int64_t n_tables, int64_t n_bits,
+                     int dir_bits, int64_t* dir, int n_threads);
+
 #ifdef LLSH_WITH_CUDA
 // Device lookup on `stream` (a cudaStream_t); every pointer is device memory.  One warp per
 // (query, table) binary-searches the table (llsh::find_key) and reduces the bucket; in mode

@@ -45,6 +45,11 @@ struct TablesView {
   const CodeT* codes = nullptr;         // may be null in a statistics-only index
   const double* bucket_sum = nullptr;
   const double* bucket_sqnorm = nullptr;
+  // Optional, CPU lookup only: a directory of each table's keys on their top dir_bits bits
+  // (build_directory in lookup/lookup.h), [n_tables, 2^dir_bits + 1].  Derived from the keys,
+  // never stored; null (dir_bits 0) means plain binary search over the whole table.
+  const int64_t* directory = nullptr;
+  int dir_bits = 0;
 };
 
 // Index of `key` in the ascending array keys[lo, hi), or -1.  Written by hand (no
