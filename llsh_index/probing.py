@@ -64,3 +64,19 @@ def xor_keys(keys, mask: torch.Tensor):
         return np.bitwise_xor(keys, mask.numpy().view(np.uint64))
     # torch's uint64 has few ops: XOR on the int64 view of the same bits
     return torch.bitwise_xor(keys.view(torch.int64), mask).view(torch.uint64)
+
+
+def min_over_probes(codes, keys, n_probes: int, distances_and_hits, miss_value: float) -> np.ndarray:
+    """(M, b) float32: per (query, table) the smallest distance over the probed buckets that exist.
+
+    distances_and_hits(keys) -> ((M, b) distances, (M, b) bool hits) as numpy for one probe rank's
+    keys: how a sharded index asks its shards (partial sums combined exactly, per probe rank).
+    """
+    masks = probe_masks(codes, n_probes)
+    best = None
+    for p in range(masks.shape[2]):
+        d, hit = distances_and_hits(xor_keys(keys, masks[:, :, p].contiguous()))
+        d = np.where(hit, np.asarray(d, np.float64), np.inf)
+        best = d if best is None else np.minimum(best, d)
+    best[np.isinf(best)] = miss_value
+    return best.astype(np.float32)

@@ -35,7 +35,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from ._validation import _is_cupy, _is_torch, check_features
+from . import probing
+from ._validation import _is_cupy, _is_torch, check_features, check_int_range
 from .errors import ConfigError, CudaUnavailableError, NotFittedError
 from .index import LearnableLSHIndex, _normalise_device, _to_numpy
 
@@ -255,7 +256,19 @@ class ShardedIndex:
         return self._host.combine_partial_scores(parts, mode, return_distances,
                                                  query_codes=_to_numpy(codes) if mode == "light" else None)
 
-    def _run(self, queries, mode, return_distances, query_batch):
+    def _probed(self, codes, keys, mode, return_distances, n_probes):
+        """Multi-probe (llsh_index.probing): the shards' partial sums per probe rank, combined exactly,
+        then the minimum over the probed buckets that exist."""
+        def distances_and_hits(k):
+            parts = self._start_partials(codes, k, mode)()
+            hit = sum(_to_numpy(p["count"]) for p in parts) > 0
+            return self._combine(parts, codes, mode, True), hit
+
+        d = probing.min_over_probes(codes, keys, n_probes, distances_and_hits, self._host.default_miss_value(mode))
+        return d if return_distances else d.min(axis=1)
+
+    def _run(self, queries, mode, return_distances, query_batch, n_probes=1):
+        n_probes = check_int_range(n_probes, "n_probes", 1)
         if self.ntotal == 0:
             raise NotFittedError("score: the sharded index is empty; call add(features) first")
         mode = self._host.mode if mode is None else mode
@@ -271,23 +284,30 @@ class ShardedIndex:
         hashed = self._hash(rounds[0])
         for k in range(len(rounds)):
             codes, keys = hashed
+            if n_probes > 1:
+                out.append(self._probed(codes, keys, mode, return_distances, n_probes))
+                if k + 1 < len(rounds):
+                    hashed = self._hash(rounds[k + 1])
+                continue
             wait = self._start_partials(codes, keys, mode)
             if k + 1 < len(rounds):
                 hashed = self._hash(rounds[k + 1])  # while the devices work on round k
             out.append(self._combine(wait(), codes, mode, return_distances))
         return out[0] if len(out) == 1 else np.concatenate(out)
 
-    def table_distances(self, queries, mode: Optional[str] = None, *, query_batch: Optional[int] = 65_536
-                        ) -> np.ndarray:
+    def table_distances(self, queries, mode: Optional[str] = None, *, query_batch: Optional[int] = 65_536,
+                        n_probes: int = 1) -> np.ndarray:
         """(M, n_tables) float32 distances, equal to one index over all shards' items."""
-        return self._run(queries, mode, True, query_batch)
+        return self._run(queries, mode, True, query_batch, n_probes)
 
-    def score(self, queries, mode: Optional[str] = None, *, query_batch: Optional[int] = 65_536) -> np.ndarray:
+    def score(self, queries, mode: Optional[str] = None, *, query_batch: Optional[int] = 65_536,
+              n_probes: int = 1) -> np.ndarray:
         """(M,) float32 anomaly scores (min over tables), equal to one index over all shards' items.
 
         queries: numpy, torch (CPU or CUDA) or cupy; hashed once per round of `query_batch` rows.
+        n_probes: as LearnableLSHIndex.score (multi-probe; 1 is the paper).
         """
-        return self._run(queries, mode, False, query_batch)
+        return self._run(queries, mode, False, query_batch, n_probes)
 
     # ------------------------------------------------------------------ persistence
     def save_shards(self, folder) -> List[str]:

@@ -64,6 +64,32 @@ def test_cpu_shards_equal_single_index(data, n_shards):
         assert np.any((hits.sum(axis=0) == 0).all(axis=1))
 
 
+@pytest.mark.parametrize("n_shards", [1, 3])
+def test_cpu_shards_with_probes_equal_single_index(data, n_shards):
+    x, q, layers, single = data
+    sh = ShardedIndex(layers, devices=["cpu"], n_shards=n_shards).add(x)
+    for p in (4, 12):
+        for mode in ("mean", "light", "squared"):
+            want = single.table_distances(q, mode, n_probes=p)
+            assert (want < single.table_distances(q, mode)).any()  # the probes reach other buckets here
+            for batch in (None, 17):
+                np.testing.assert_allclose(sh.table_distances(q, mode, query_batch=batch, n_probes=p), want,
+                                           rtol=1e-6, atol=1e-6, err_msg=mode)
+            np.testing.assert_allclose(sh.score(q, mode, n_probes=p), want.min(axis=1), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ConfigError, match="n_probes"):
+        sh.score(q, n_probes=0)
+
+
+def test_fake_gpus_with_probes_equal_single_index(data, fake):
+    x, q, layers, single = data
+    fake(2)
+    sh = ShardedIndex(layers, n_shards=3).add(x)
+    for mode in ("mean", "light", "squared"):
+        np.testing.assert_allclose(sh.table_distances(q, mode, n_probes=6), single.table_distances(q, mode, n_probes=6),
+                                   rtol=1e-6, atol=1e-6, err_msg=mode)
+    sh.close()
+
+
 def test_statistics_only_shards_and_repeated_adds(data):
     x, q, layers, _ = data
     single = layers.empty_like(mode="light", store_codes=False).add(x)
