@@ -69,6 +69,8 @@ from typing import Any, Callable, List, Optional, Sequence, Union
 
 import numpy as np
 
+from . import probing
+from ._validation import check_int_range
 from .errors import ConfigError
 from .index import LearnableLSHIndex
 
@@ -284,11 +286,31 @@ class DistributedIndex:
         return self._template.combine_partial_scores(parts, mode, return_distances,
                                                      query_codes=codes if mode == "light" else None)
 
-    def _run(self, queries, mode, return_distances, query_batch):
+    def _probed(self, codes, keys, mode, return_distances, n_probes):
+        """Multi-probe (llsh_index.probing): every shard's partial sums per probe rank, combined exactly,
+        then the minimum over the probed buckets that exist."""
+        ray = _ray()
+
+        def distances_and_hits(k):
+            parts = ray.get(self._submit(codes, k, mode))
+            hit = sum(np.asarray(p["count"]) for p in parts) > 0
+            return self._template.combine_partial_scores(parts, mode, True,
+                                                          query_codes=codes if mode == "light" else None), hit
+
+        d = probing.min_over_probes(codes, keys, n_probes, distances_and_hits,
+                                    self._template.default_miss_value(mode))
+        return d if return_distances else d.min(axis=1)
+
+    def _run(self, queries, mode, return_distances, query_batch, n_probes=1):
+        n_probes = check_int_range(n_probes, "n_probes", 1)
         if not self._actors:
             raise ConfigError("score: this DistributedIndex is shut down")
         mode = self._template.mode if mode is None else mode
         ray = _ray()
+        if isinstance(queries, ray.ObjectRef) and n_probes > 1:
+            # the probe keys are made from the codes: shard 0 hashes, the driver takes the codes back
+            codes, keys = ray.get(list(self._actors[0].hash_queries.options(num_returns=2).remote(queries)))
+            return self._probed(codes, keys, mode, return_distances, n_probes)
         if isinstance(queries, ray.ObjectRef):
             # queries already in the object store: shard 0 hashes them, the codes never pass the driver
             codes, keys = self._actors[0].hash_queries.options(num_returns=2).remote(queries)
@@ -306,25 +328,33 @@ class DistributedIndex:
         out = []
         for i in range(0, n, step):
             codes, keys = hashed
+            if n_probes > 1:
+                out.append(self._probed(codes, keys, mode, return_distances, n_probes))
+                if i + step < n:
+                    hashed = self._template.hash_queries(queries[i + step:i + 2 * step])
+                continue
             futures = self._submit(codes, keys, mode)
             if i + step < n:
                 hashed = self._template.hash_queries(queries[i + step:i + 2 * step])
             out.append(self._combine(futures, codes, mode, return_distances))
         return out[0] if len(out) == 1 else np.concatenate(out)
 
-    def table_distances(self, queries, mode: Optional[str] = None, *, query_batch: Optional[int] = 100_000):
+    def table_distances(self, queries, mode: Optional[str] = None, *, query_batch: Optional[int] = 100_000,
+                        n_probes: int = 1):
         """(M, n_tables) float32 distances, equal to the single index's table_distances()."""
-        return self._run(queries, mode, True, query_batch)
+        return self._run(queries, mode, True, query_batch, n_probes)
 
-    def score(self, queries, mode: Optional[str] = None, *, query_batch: Optional[int] = 100_000) -> np.ndarray:
+    def score(self, queries, mode: Optional[str] = None, *, query_batch: Optional[int] = 100_000,
+              n_probes: int = 1) -> np.ndarray:
         """(M,) float32 anomaly scores (minimum over tables), equal to the single index's score().
 
         The driver hashes the queries in rounds of `query_batch` rows and puts each round's codes
         and keys in the object store once (b*r*4 + b*8 bytes per query, whatever d is), which also
         bounds the partial sums the driver receives per round.  Queries given as a Ray ObjectRef are
-        hashed by the first shard's worker instead.
+        hashed by the first shard's worker instead.  n_probes: as LearnableLSHIndex.score (multi-probe;
+        one round trip to the shards per probe rank).
         """
-        return self._run(queries, mode, False, query_batch)
+        return self._run(queries, mode, False, query_batch, n_probes)
 
     # ------------------------------------------------------------------ persistence
     def save_shards(self, folder) -> List[str]:

@@ -56,6 +56,22 @@ def test_scores_equal_single_index(data, built, n_shards, mode):
         assert np.any((hits == 0).all(axis=1))  # a query missing every table of every shard
 
 
+@pytest.mark.parametrize("mode", ["mean", "light", "squared"])
+def test_probes_equal_single_index(data, built, mode):
+    import ray
+
+    x, q, layers, single = data
+    dist = built[3]
+    want = single.table_distances(q, mode, n_probes=7)
+    assert (want < single.table_distances(q, mode)).any()  # the probes reach other buckets here
+    np.testing.assert_allclose(dist.table_distances(q, mode, n_probes=7), want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dist.score(q, mode, n_probes=7, query_batch=9), want.min(axis=1), rtol=1e-6,
+                               atol=1e-6)
+    np.testing.assert_allclose(dist.score(ray.put(q), mode, n_probes=7), want.min(axis=1), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ConfigError, match="n_probes"):
+        dist.score(q, mode, n_probes=0)
+
+
 def assert_same_tables(merged, single):
     """Layout exactly equal; codes and statistics to float32 rounding.  Shards hash in Ray worker
     processes whose BLAS runs with another thread count, and a GEMM's last bit can depend on it."""
