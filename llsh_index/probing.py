@@ -35,7 +35,10 @@ def probe_masks(codes, n_probes: int) -> torch.Tensor:
     codes' device (bit i of a key is code position i; bit 63 is the int64 sign bit, which XOR
     treats like any other).
     """
-    c = torch.from_numpy(codes) if isinstance(codes, np.ndarray) else codes
+    if isinstance(codes, np.ndarray):  # read only; torch wraps read-only arrays (e.g. from ray.get) with a warning
+        c = torch.from_numpy(codes if codes.flags.writeable else codes.copy())
+    else:
+        c = codes
     m, b, r = c.shape
     f = min(r, int(n_probes) - 1)
     n_cand = n_candidates(r, n_probes)
