@@ -25,10 +25,9 @@ import numpy as np
 
 # The demo's training schedule.  The paper's (lr 1e-3, 60 iterations per video) is sized for
 # ShanghaiTech's 330 long training videos; Ped2 has 16 short ones, so the bundled demo trains longer
-# with a larger step and a faster key encoder.  Chosen by measured micro-AUC on Ped2 (README).
-# The paper's schedule barely moves the layers on Ped2's 16 short videos, hence the larger step; the
-# projection of the 30 main principal directions (and the mean's) is the static-data fallback's, chosen
-# on ADBench categories (benchmarks/RESULTS.md), not on Ped2.
+# with a larger step and a faster key encoder (chosen by measured micro-AUC on Ped2, README).  The
+# projection of the 30 main principal directions (and the mean's) is the static-data fallback's,
+# chosen on ADBench categories (benchmarks/RESULTS.md), not on Ped2.
 DEMO_TRAINING = dict(iterations=2000, lr=0.2, momentum=0.99, queue_size=2048, batch_size=256, max_offset=150,
                      temperature=0.1, project_pcs=30, project_mean=True)
 DEMO_KNN_K = 1

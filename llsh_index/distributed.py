@@ -291,14 +291,14 @@ class DistributedIndex:
         then the minimum over the probed buckets that exist."""
         ray = _ray()
 
-        def distances_and_hits(k):
+        def distances(k):
             parts = ray.get(self._submit(codes, k, mode))
             hit = sum(np.asarray(p["count"]) for p in parts) > 0
-            return self._template.combine_partial_scores(parts, mode, True,
-                                                          query_codes=codes if mode == "light" else None), hit
+            d = self._template.combine_partial_scores(parts, mode, True,
+                                                      query_codes=codes if mode == "light" else None)
+            return np.where(hit, d, np.float32(np.inf))
 
-        d = probing.min_over_probes(codes, keys, n_probes, distances_and_hits,
-                                    self._template.default_miss_value(mode))
+        d = probing.min_over_probes(codes, keys, n_probes, distances, self._template.default_miss_value(mode))
         return d if return_distances else d.min(axis=1)
 
     def _run(self, queries, mode, return_distances, query_batch, n_probes=1):
@@ -328,15 +328,11 @@ class DistributedIndex:
         out = []
         for i in range(0, n, step):
             codes, keys = hashed
-            if n_probes > 1:
-                out.append(self._probed(codes, keys, mode, return_distances, n_probes))
-                if i + step < n:
-                    hashed = self._template.hash_queries(queries[i + step:i + 2 * step])
-                continue
-            futures = self._submit(codes, keys, mode)
+            futures = self._submit(codes, keys, mode) if n_probes == 1 else None
             if i + step < n:
                 hashed = self._template.hash_queries(queries[i + step:i + 2 * step])
-            out.append(self._combine(futures, codes, mode, return_distances))
+            out.append(self._combine(futures, codes, mode, return_distances) if futures is not None
+                       else self._probed(codes, keys, mode, return_distances, n_probes))
         return out[0] if len(out) == 1 else np.concatenate(out)
 
     def table_distances(self, queries, mode: Optional[str] = None, *, query_batch: Optional[int] = 100_000,

@@ -53,12 +53,7 @@ class HashEncoder(nn.Module):
             raw, mean, rstd, wsum = self._fold_inputs_cpu(x, 0)
             _C.hash_epilogue_cpu(raw.numpy(), mean, rstd, wsum, self.n_tables, False)
             return raw.view(-1, self.n_tables, self.n_bits)
-        # var = E[x^2] - mu^2 from two vectorised reductions (torch's var_mean, a Welford pass, costs
-        # most of a GEMM); the cancellation is bounded by the |mu| / sigma cut-off below.
-        mean = x.mean(dim=1, keepdim=True)
-        mean_sq = torch.linalg.vector_norm(x, dim=1, keepdim=True).square_().div_(x.shape[1])
-        var = (mean_sq - mean * mean).clamp_(min=0.0)
-        rstd = torch.rsqrt(var + 1e-5)
+        mean, rstd = (s.unsqueeze(1) for s in self._row_moments(x))
         logits = torch.addmm(mean * -self.weight.sum(dim=1), x, self.weight.t())
         logits.mul_(rstd)
         far = (mean.abs() * rstd > self.FOLD_MAX_MEAN_RATIO).flatten()
@@ -82,6 +77,18 @@ class HashEncoder(nn.Module):
                                          table_keys, row0)
         return codes.reshape(-1, self.n_tables, self.n_bits), keys, bad
 
+    @staticmethod
+    def _row_moments(x: torch.Tensor):
+        """(mean (M,), 1 / sqrt(var + eps) (M,)) of the rows: LayerNorm's statistics for the fold.
+
+        var = E[x^2] - mu^2 from two vectorised reductions (torch's var_mean, a Welford pass, costs
+        most of a GEMM; the native float64 one-pass _C.row_moments_cpu was no faster in an
+        interleaved A/B on 2 cores); the cancellation is bounded by the |mu| / sigma cut-off.
+        """
+        mean = x.mean(dim=1)
+        var = (torch.linalg.vector_norm(x, dim=1).square_().div_(x.shape[1]) - mean * mean).clamp_(min=0.0)
+        return mean, torch.rsqrt(var + 1e-5)
+
     def _fold_inputs_cpu(self, x: torch.Tensor, n_threads: int):
         """(x W^T - mu W 1, zeros, rstd, W 1) for the native epilogue; far rows already hold their logits.
 
@@ -90,12 +97,7 @@ class HashEncoder(nn.Module):
         the epilogue's fold only scales: (raw - 0 * wsum) * rstd.
         """
         x = x.to(torch.float32).contiguous()
-        # the statistics of the torch path (the native float64 one-pass version, _C.row_moments_cpu,
-        # was no faster in an interleaved A/B on 2 cores: 0.287-0.353 s against 0.275-0.341 s to score
-        # 20,000 x 2304)
-        mean_t = x.mean(dim=1)
-        var = (torch.linalg.vector_norm(x, dim=1).square_().div_(x.shape[1]) - mean_t * mean_t).clamp_(min=0.0)
-        mean, rstd = mean_t.numpy(), torch.rsqrt(var + 1e-5).numpy()
+        mean, rstd = (s.numpy() for s in self._row_moments(x))
         wsum = self.weight.sum(dim=1)
         with np.errstate(over="ignore", invalid="ignore"):
             far = np.abs(mean) * rstd > self.FOLD_MAX_MEAN_RATIO  # NaN rows stay on the fold: NaN logits

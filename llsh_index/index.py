@@ -729,17 +729,14 @@ class LearnableLSHIndex:
 # ---------------------------------------------------------------------- helpers
 def _probe_lookup(tables: Dict, codes, keys, mode: int, miss: float, n_probes: int, n_threads: int):
     """table distances with multi-probe: one engine lookup per probe rank, the minimum over hits."""
-    masks = probing.probe_masks(codes, n_probes)
-    best, compared = None, 0
-    for p in range(masks.shape[2]):
-        k = probing.xor_keys(keys, masks[:, :, p].contiguous())
+    compared = [0]
+
+    def distances(k):
         d, n_cmp = _engine.lookup(tables, codes, k, mode, math.inf, n_threads)  # a miss stays +inf
-        compared = None if n_cmp is None else compared + n_cmp
-        best = d if best is None else (torch.minimum(best, d) if isinstance(d, torch.Tensor) else np.minimum(best, d))
-    if isinstance(best, torch.Tensor):
-        return best.masked_fill_(torch.isinf(best), miss), compared
-    best[np.isinf(best)] = miss
-    return best, compared
+        compared[0] = None if n_cmp is None or compared[0] is None else compared[0] + n_cmp
+        return d
+
+    return probing.min_over_probes(codes, keys, n_probes, distances, miss), compared[0]
 
 
 def _normalise_device(device) -> str:

@@ -69,17 +69,19 @@ def xor_keys(keys, mask: torch.Tensor):
     return torch.bitwise_xor(keys.view(torch.int64), mask).view(torch.uint64)
 
 
-def min_over_probes(codes, keys, n_probes: int, distances_and_hits, miss_value: float) -> np.ndarray:
-    """(M, b) float32: per (query, table) the smallest distance over the probed buckets that exist.
+def min_over_probes(codes, keys, n_probes: int, distances, miss_value: float):
+    """(M, b): per (query, table) the smallest distance over the probed buckets that exist.
 
-    distances_and_hits(keys) -> ((M, b) distances, (M, b) bool hits) as numpy for one probe rank's
-    keys: how a sharded index asks its shards (partial sums combined exactly, per probe rank).
+    distances(keys) -> (M, b) distances of one probe rank's keys, +inf where the bucket is absent
+    (numpy, or a tensor on the codes' device): the engine's lookup for one index, the shards' partial
+    sums combined exactly for a sharded one.  The result is of the same kind, misses -> miss_value.
     """
     masks = probe_masks(codes, n_probes)
     best = None
     for p in range(masks.shape[2]):
-        d, hit = distances_and_hits(xor_keys(keys, masks[:, :, p].contiguous()))
-        d = np.where(hit, np.asarray(d, np.float64), np.inf)
-        best = d if best is None else np.minimum(best, d)
+        d = distances(xor_keys(keys, masks[:, :, p].contiguous()))
+        best = d if best is None else (torch.minimum(best, d) if isinstance(d, torch.Tensor) else np.minimum(best, d))
+    if isinstance(best, torch.Tensor):
+        return best.masked_fill_(torch.isinf(best), miss_value)
     best[np.isinf(best)] = miss_value
-    return best.astype(np.float32)
+    return best

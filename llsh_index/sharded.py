@@ -259,12 +259,12 @@ class ShardedIndex:
     def _probed(self, codes, keys, mode, return_distances, n_probes):
         """Multi-probe (llsh_index.probing): the shards' partial sums per probe rank, combined exactly,
         then the minimum over the probed buckets that exist."""
-        def distances_and_hits(k):
+        def distances(k):
             parts = self._start_partials(codes, k, mode)()
             hit = sum(_to_numpy(p["count"]) for p in parts) > 0
-            return self._combine(parts, codes, mode, True), hit
+            return np.where(hit, self._combine(parts, codes, mode, True), np.float32(np.inf))
 
-        d = probing.min_over_probes(codes, keys, n_probes, distances_and_hits, self._host.default_miss_value(mode))
+        d = probing.min_over_probes(codes, keys, n_probes, distances, self._host.default_miss_value(mode))
         return d if return_distances else d.min(axis=1)
 
     def _run(self, queries, mode, return_distances, query_batch, n_probes=1):
@@ -284,15 +284,11 @@ class ShardedIndex:
         hashed = self._hash(rounds[0])
         for k in range(len(rounds)):
             codes, keys = hashed
-            if n_probes > 1:
-                out.append(self._probed(codes, keys, mode, return_distances, n_probes))
-                if k + 1 < len(rounds):
-                    hashed = self._hash(rounds[k + 1])
-                continue
-            wait = self._start_partials(codes, keys, mode)
+            wait = self._start_partials(codes, keys, mode) if n_probes == 1 else None
             if k + 1 < len(rounds):
                 hashed = self._hash(rounds[k + 1])  # while the devices work on round k
-            out.append(self._combine(wait(), codes, mode, return_distances))
+            out.append(self._combine(wait(), codes, mode, return_distances) if wait is not None
+                       else self._probed(codes, keys, mode, return_distances, n_probes))
         return out[0] if len(out) == 1 else np.concatenate(out)
 
     def table_distances(self, queries, mode: Optional[str] = None, *, query_batch: Optional[int] = 65_536,

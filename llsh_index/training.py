@@ -55,10 +55,9 @@ LR_SCHEDULES = ("constant", "cosine", "linear")
 # (benchmarks/RESULTS.md, "Static data").  project_pcs: the codes stop depending on the 30 main
 # directions of the normal data's variation (an anomaly detector wants them to: the untrained
 # layers spend most of their variance there); the MoCo steps then train the rest.
-PAPER_DEFAULTS = dict(iterations=60, batch_size=256, lr=1e-3, temperature=0.2, queue_size=8192, momentum=0.999,
-                      n_neighbors=10, project_mean=False, project_pcs=0)
 FALLBACK_DEFAULTS = dict(iterations=30, batch_size=32, lr=1e-2, temperature=0.5, queue_size=64, momentum=0.99,
                          n_neighbors=5, project_mean=True, project_pcs=30)
+PAPER_DEFAULTS = {k: getattr(TrainingConfig, k) for k in FALLBACK_DEFAULTS}
 
 
 def lr_at(step: int, total_steps: int, cfg: TrainingConfig) -> float:
