@@ -33,13 +33,18 @@ def clustered(rng, n, d, centres, spread):
     return out
 
 
-def best_of(fn, repeat):
-    times = []
+def paired(baseline, fn, repeat):
+    """(baseline times, fn times), each fn call right after its own baseline call."""
+    tb, tf = [], []
     for _ in range(repeat):
         t0 = time.perf_counter()
+        baseline()
+        t1 = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+        t2 = time.perf_counter()
+        tb.append(t1 - t0)
+        tf.append(t2 - t1)
+    return tb, tf
 
 
 def peak_rss_mb():
@@ -77,15 +82,22 @@ def main():
 
     w = torch.randn(b * r, args.d)
     tt, tq = torch.from_numpy(train), torch.from_numpy(test)
-    gemm_q = best_of(lambda: tq @ w.T, args.repeat)
-    gemm_n = best_of(lambda: tt @ w.T, args.repeat)
-
     index = LearnableLSHIndex(args.d, n_tables=b, n_bits=r)
+
+    def add():
+        index.reset()
+        index.add(train)
+
+    # Each call is timed right after its own GEMM baseline, alternating, `repeat` times: on this
+    # shared VM the GEMM alone drifts by 30% between minutes, so a baseline taken minutes apart
+    # from the call it normalises is not comparable.  Reported: the best call over the best GEMM
+    # (best-of, the usual figure) and the median of the per-pair ratios (robust to drift).
+    tt @ w.T, tq @ w.T  # the baselines' own peak memory comes before add()'s is measured
     rss_before = peak_rss_mb()
-    t_add = best_of(lambda: (index.reset(), index.add(train)), args.repeat)
+    gemm_n, t_adds = paired(lambda: tt @ w.T, add, args.repeat)
     rss_add = peak_rss_mb()
     # add() leaves the float64 bucket statistics to the first "light"/"squared" lookup (or save);
-    # timed here once, separately, so that cost is reported and not hidden in best_of
+    # timed here once, separately, so that cost is reported and not hidden in the best-of
     from llsh_index import _engine
 
     t0 = time.perf_counter()
@@ -93,15 +105,15 @@ def main():
     t_stats = time.perf_counter() - t0
     res = {}
     for mode in ("mean", "light", "squared"):
-        t = best_of(lambda: index.score(test, mode=mode), args.repeat)
-        res[mode] = {"score_s": t, "ratio_to_gemm": t / gemm_q, "codes_compared": index.last_n_compared}
+        gemm_q, t_score = paired(lambda: tq @ w.T, lambda: index.score(test, mode=mode), args.repeat)
+        res[mode] = {"score_s": min(t_score), "gemm_s": min(gemm_q), "ratio_to_gemm": min(t_score) / min(gemm_q),
+                     "median_pair_ratio": float(np.median(np.array(t_score) / np.array(gemm_q))),
+                     "codes_compared": index.last_n_compared}
     st = index.stats()
-    # the baselines again, after the timed calls: the lower of the two (a busy machine only slows
-    # a measurement down, so the minimum is the fair and conservative denominator)
-    gemm_q = min(gemm_q, best_of(lambda: tq @ w.T, args.repeat))
-    gemm_n = min(gemm_n, best_of(lambda: tt @ w.T, args.repeat))
-    for mode in res:
-        res[mode]["ratio_to_gemm"] = res[mode]["score_s"] / gemm_q
+    gemm_q = min(res["mean"]["gemm_s"], res["light"]["gemm_s"], res["squared"]["gemm_s"])
+    t_add = min(t_adds)
+    add_pair = float(np.median(np.array(t_adds) / np.array(gemm_n)))
+    gemm_n = min(gemm_n)
 
     t_knn = float("nan")
     if not args.no_knn:
@@ -122,6 +134,7 @@ def main():
         "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} {os.cpu_count()} cores, no GPU",
         "shape": {"N": args.n, "M": args.m, "d": args.d, "b": b, "r": r},
         "gemm_queries_s": gemm_q, "gemm_train_s": gemm_n, "add_s": t_add, "add_ratio_to_gemm": t_add / gemm_n,
+        "add_median_pair_ratio": add_pair,
         "deferred_stats_s": t_stats,
         "score": res, "knn_s_scaled": t_knn, "knn_over_score": t_knn / res["mean"]["score_s"],
         "raw_features_mb": train.nbytes / 2**20, "index_mb": index.memory_bytes() / 2**20,
@@ -131,10 +144,14 @@ def main():
     }
     print(json.dumps(out, indent=1))
     print("\n| measure | value | target |\n|---|---|---|")
-    print(f"| score() mean / GEMM(M) | {res['mean']['score_s']:.3f}s / {gemm_q:.3f}s = {res['mean']['ratio_to_gemm']:.2f}x | <= 1.25x |")
-    print(f"| score() light / GEMM(M) | {res['light']['ratio_to_gemm']:.2f}x | |")
-    print(f"| score() squared / GEMM(M) | {res['squared']['ratio_to_gemm']:.2f}x | |")
-    print(f"| add() / GEMM(N) | {t_add:.3f}s / {gemm_n:.3f}s = {t_add / gemm_n:.2f}x | <= 1.5x |")
+    m = res["mean"]
+    print(f"| score() mean / GEMM(M), best of {args.repeat} each | {m['score_s']:.3f}s / {m['gemm_s']:.3f}s = "
+          f"{m['ratio_to_gemm']:.2f}x (median pair {m['median_pair_ratio']:.2f}x) | <= 1.25x |")
+    for mode in ("light", "squared"):
+        print(f"| score() {mode} / GEMM(M) | {res[mode]['ratio_to_gemm']:.2f}x (median pair "
+              f"{res[mode]['median_pair_ratio']:.2f}x) | |")
+    print(f"| add() / GEMM(N) | {t_add:.3f}s / {gemm_n:.3f}s = {t_add / gemm_n:.2f}x (median pair {add_pair:.2f}x) "
+          f"| <= 1.5x |")
     print(f"| deferred bucket statistics (once, first light/squared lookup) | {t_stats:.3f}s | |")
     print(f"| faiss KNN k={args.knn_k} / score() mean | {t_knn:.1f}s / {res['mean']['score_s']:.3f}s = {out['knn_over_score']:.0f}x | >= 300x |")
     print(f"| index / raw features | {out['index_mb']:.0f} MB / {out['raw_features_mb']:.0f} MB | |")

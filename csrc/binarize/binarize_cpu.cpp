@@ -199,42 +199,103 @@ void binarize_cpu(float* codes, int64_t n_rows, int64_t n_bits, uint64_t* keys, 
   }, kMinElementsPerThread / n_bits);
 }
 
+// The row is summed in kLanes float32 lanes (element k of the first dim - dim % kLanes goes to lane
+// k % kLanes), shifted by the row's first element so E[x^2] - mean^2 does not cancel; the lanes and
+// the tail are then added in float64 in a fixed order.  One read of x, at memory speed: float32
+// lanes keep up with it where float64 conversions did not.  Every ISA level runs the same lane
+// arithmetic (add, mul, no FMA), so the statistics are bit-identical whichever level runs.
+namespace {
+
+constexpr int64_t kLanes = 16;
+
+struct LaneSums {
+  alignas(32) float sum[kLanes];
+  alignas(32) float sq[kLanes];
+};
+
+#if defined(LLSH_HAVE_AVX2_KERNELS)
+LLSH_TARGET_AVX2 void lane_sums_avx2(const float* v, int64_t n, float shift, LaneSums& out) {
+  const __m256 c = _mm256_set1_ps(shift);
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), q0 = _mm256_setzero_ps(), q1 = _mm256_setzero_ps();
+  for (int64_t k = 0; k < n; k += kLanes) {
+    const __m256 a = _mm256_sub_ps(_mm256_loadu_ps(v + k), c), b = _mm256_sub_ps(_mm256_loadu_ps(v + k + 8), c);
+    s0 = _mm256_add_ps(s0, a);
+    s1 = _mm256_add_ps(s1, b);
+    q0 = _mm256_add_ps(q0, _mm256_mul_ps(a, a));
+    q1 = _mm256_add_ps(q1, _mm256_mul_ps(b, b));
+  }
+  _mm256_store_ps(out.sum, s0);
+  _mm256_store_ps(out.sum + 8, s1);
+  _mm256_store_ps(out.sq, q0);
+  _mm256_store_ps(out.sq + 8, q1);
+}
+#endif
+
+void lane_sums(const float* v, int64_t n, float shift, LaneSums& out) {
+#if defined(__SSE2__)
+  const __m128 c = _mm_set1_ps(shift);
+  __m128 s[4], q[4];
+  for (int j = 0; j < 4; ++j) s[j] = q[j] = _mm_setzero_ps();
+  for (int64_t k = 0; k < n; k += kLanes)
+    for (int j = 0; j < 4; ++j) {
+      const __m128 a = _mm_sub_ps(_mm_loadu_ps(v + k + 4 * j), c);
+      s[j] = _mm_add_ps(s[j], a);
+      q[j] = _mm_add_ps(q[j], _mm_mul_ps(a, a));
+    }
+  for (int j = 0; j < 4; ++j) {
+    _mm_store_ps(out.sum + 4 * j, s[j]);
+    _mm_store_ps(out.sq + 4 * j, q[j]);
+  }
+#else
+  for (int64_t j = 0; j < kLanes; ++j) out.sum[j] = out.sq[j] = 0.0f;
+  for (int64_t k = 0; k < n; k += kLanes)
+    for (int64_t j = 0; j < kLanes; ++j) {
+      const float a = v[k + j] - shift;
+      out.sum[j] += a;
+      out.sq[j] += a * a;
+    }
+#endif
+}
+
+}  // namespace
+
 void row_moments_cpu(const float* x, int64_t n_rows, int64_t dim, double eps, float* mean, float* rstd,
                      int n_threads) {
+  const int64_t body = dim - dim % kLanes;
+#if defined(LLSH_HAVE_AVX2_KERNELS)
+  const bool avx2 = isa_level() >= kIsaAvx2;
+#endif
   parallel_for(n_rows, n_threads, [&](int64_t begin, int64_t end) {
+    LaneSums lanes;
     for (int64_t row = begin; row < end; ++row) {
       const float* v = x + row * dim;
-      double s = 0.0, q = 0.0;
-      int64_t k = 0;
-#if defined(__SSE2__)
-      __m128d s0 = _mm_setzero_pd(), s1 = _mm_setzero_pd(), q0 = _mm_setzero_pd(), q1 = _mm_setzero_pd();
-      for (; k + 4 <= dim; k += 4) {
-        const __m128 f = _mm_loadu_ps(v + k);
-        const __m128d lo = _mm_cvtps_pd(f), hi = _mm_cvtps_pd(_mm_movehl_ps(f, f));
-        s0 = _mm_add_pd(s0, lo);
-        s1 = _mm_add_pd(s1, hi);
-        q0 = _mm_add_pd(q0, _mm_mul_pd(lo, lo));
-        q1 = _mm_add_pd(q1, _mm_mul_pd(hi, hi));
-      }
-      double sb[2], qb[2];
-      _mm_storeu_pd(sb, _mm_add_pd(s0, s1));
-      _mm_storeu_pd(qb, _mm_add_pd(q0, q1));
-      s = sb[0] + sb[1];
-      q = qb[0] + qb[1];
+      const float shift = v[0];
+#if defined(LLSH_HAVE_AVX2_KERNELS)
+      if (avx2) lane_sums_avx2(v, body, shift, lanes);
+      else
 #endif
-      for (; k < dim; ++k) {
-        const double f = v[k];
-        s += f;
-        q += f * f;
+        lane_sums(v, body, shift, lanes);
+      double s = 0.0, q = 0.0;
+      for (int64_t j = 0; j < kLanes; ++j) {
+        s += lanes.sum[j];
+        q += lanes.sq[j];
       }
-      if (!(q <= (double)FLT_MAX)) {  // NaN/Inf, or a float32 LayerNorm variance would overflow
+      for (int64_t k = body; k < dim; ++k) {
+        const double a = (double)v[k] - (double)shift;
+        s += a;
+        q += a * a;
+      }
+      const double mu = s / (double)dim;  // of the shifted row
+      double var = q / (double)dim - mu * mu;
+      const double mean_row = mu + (double)shift;
+      // NaN/Inf anywhere, or a float32 LayerNorm variance that would overflow: NaN statistics, so
+      // the row's logits are NaN and the caller rejects it
+      if (!(std::fabs(mean_row) <= (double)FLT_MAX && q <= (double)FLT_MAX && std::isfinite(s))) {
         mean[row] = rstd[row] = NAN;
         continue;
       }
-      const double mu = s / (double)dim;
-      double var = q / (double)dim - mu * mu;
       var = var > 0.0 ? var : 0.0;
-      mean[row] = (float)mu;
+      mean[row] = (float)mean_row;
       rstd[row] = (float)(1.0 / std::sqrt(var + eps));
     }
   }, kMinElementsPerThread / dim);
