@@ -71,7 +71,7 @@ def build_tables(keys, codes, ids, keep_codes: bool = True, n_threads: int = 0, 
 
 # id(keys array) -> (weak reference to it, its lookup directory).  The directory is derived from the
 # keys (build_directory in csrc/lookup/lookup.h), so it lives beside the tables rather than in their
-# dict: files, copies to a device and memory_bytes() see the six arrays of the layout only.  Tables
+# dict: files and copies to a device see the six arrays of the layout only (memory_bytes() adds it).  Tables
 # are never modified in place (add() swaps in a new dict), so a keys array keeps one directory.
 _DIRECTORIES: Dict[int, tuple] = {}
 
@@ -91,6 +91,14 @@ def directory(tables: Dict, n_bits: int, n_threads: int = 0):
 
     _DIRECTORIES[key] = (weakref.ref(keys, forget), built)
     return built
+
+
+def directory_nbytes(tables: Dict) -> int:
+    """Bytes of the lookup directory cached for these tables (0 when none was built)."""
+    entry = _DIRECTORIES.get(id(tables["keys"]))
+    if entry is None or entry[0]() is not tables["keys"] or entry[1] is None:
+        return 0
+    return int(entry[1].nbytes)
 
 
 def ensure_statistics(tables: Dict, n_threads: int = 0) -> Dict:

@@ -637,12 +637,14 @@ class LearnableLSHIndex:
         return self._tables
 
     def memory_bytes(self) -> int:
-        """Bytes held by the tables (not counting the hash layers)."""
+        """Bytes held by the tables (not counting the hash layers), with the CPU lookup directory
+        derived from the keys (built with the tables, or on the first lookup after load())."""
         t = self._tables
         if t is None:
             return 0
-        return sum(int(v.nbytes) if isinstance(v, np.ndarray) else int(v.numel() * v.element_size())
-                   for k, v in t.items() if k != "n_items" and v is not None)
+        return _engine.directory_nbytes(t) + sum(
+            int(v.nbytes) if isinstance(v, np.ndarray) else int(v.numel() * v.element_size())
+            for k, v in t.items() if k != "n_items" and v is not None)
 
     # ------------------------------------------------------------------ devices
     def to(self, device: str) -> "LearnableLSHIndex":

@@ -296,6 +296,10 @@ def test_directory_is_cached_per_keys_array_and_never_saved(rng, tmp_path):
     loaded = LearnableLSHIndex.load(tmp_path / "i.llsh")
     assert "directory" not in loaded._tables and not any("dir" in k for k in t)
     np.testing.assert_array_equal(loaded.score(x[:100]), index.score(x[:100]))
+    # memory_bytes() counts the six layout arrays and the directory actually held beside them
+    layout = sum(v.nbytes for k, v in t.items() if isinstance(v, np.ndarray))
+    assert index.memory_bytes() == layout + d.nbytes
+    assert loaded.memory_bytes() == index.memory_bytes()  # its directory was built by the score() above
 
 
 # ---------------------------------------------------------------------- instruction sets
