@@ -80,9 +80,10 @@ def must_reject(path, raw: bytes, what: str) -> str:
 KILL_SCRIPT = textwrap.dedent(r"""
     import hashlib, json, os, signal, sys, time
     import numpy as np
+    import llsh_index.io as lio
     from llsh_index import LearnableLSHIndex
 
-    target, fractions = sys.argv[1], [float(f) for f in sys.argv[2].split(",")]
+    target, points = sys.argv[1], sys.argv[2].split(",")
     sha = lambda p: hashlib.sha256(open(p, "rb").read()).hexdigest()
     rng = np.random.default_rng(0)
     old = LearnableLSHIndex(n_tables=2, n_bits=8, seed=1).add(rng.standard_normal((500, 32)).astype(np.float32))
@@ -90,29 +91,71 @@ KILL_SCRIPT = textwrap.dedent(r"""
     new.save(target + ".reference")          # the complete new file, for its hash
     t0 = time.perf_counter(); new.save(target + ".reference"); t_save = time.perf_counter() - t0
     new_hash = sha(target + ".reference")
+    new_size = os.path.getsize(target + ".reference")
     os.unlink(target + ".reference")
+
+    def hold(w):                             # tell the parent where the save is, then wait for the kill
+        os.write(w, b"h")
+        while True:
+            time.sleep(60)
+
+    def hook(point, w):
+        # deterministic kill points: half-way through writing the temp file, and with the temp file
+        # complete but not yet renamed (the saver's os.fsync of it)
+        if point == "mid-write":
+            real = os.fdopen
+
+            class Half:
+                def __init__(self, f):
+                    self.f, self.n = f, 0
+                def write(self, b):
+                    self.n += self.f.write(b)
+                    if self.n >= new_size // 2:
+                        self.f.flush()
+                        hold(w)
+                def __enter__(self):
+                    return self
+                def __exit__(self, *exc):
+                    return self.f.__exit__(*exc)
+                def __getattr__(self, name):
+                    return getattr(self.f, name)
+
+            lio.os.fdopen = lambda *a, **k: Half(real(*a, **k))
+        elif point == "before-rename":
+            real_fsync = os.fsync
+            def fsync(fd):
+                real_fsync(fd)
+                hold(w)
+            lio.os.fsync = fsync
+
     results = []
-    for f in fractions:
+    for point in points:
         old.save(target)
         old_hash = sha(target)
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:                         # the saver: save the big index over the target forever
             os.close(r)
+            if not point[0].isdigit():
+                hook(point, w)
             os.write(w, b"s")
             while True:
                 new.save(target)
         os.close(w)
         os.read(r, 1)                        # the saver is about to start its first save
-        time.sleep(f * t_save)
+        if point[0].isdigit():
+            time.sleep(float(point) * t_save)
+        else:
+            assert os.read(r, 1) == b"h"     # the saver reached the hooked point and waits there
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         os.close(r)
         folder = os.path.dirname(target)
         temps = sorted(n for n in os.listdir(folder) if n.startswith(".llsh-"))
         now = sha(target)
-        results.append({"fraction": f, "state": "old" if now == old_hash else "new" if now == new_hash else "BAD",
-                        "temps": temps, "size": os.path.getsize(target)})
+        results.append({"point": point, "state": "old" if now == old_hash else "new" if now == new_hash else "BAD",
+                        "temps": temps, "temp_sizes": [os.path.getsize(os.path.join(folder, n)) for n in temps],
+                        "new_size": new_size})
         for n in temps:
             os.unlink(os.path.join(folder, n))
     print(json.dumps({"t_save": t_save, "new_hash": new_hash, "results": results}))
@@ -121,22 +164,27 @@ KILL_SCRIPT = textwrap.dedent(r"""
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork and SIGKILL")
 def test_sigkill_mid_save_leaves_the_old_file_intact(tmp_path):
-    """A process saving a ~50 MB index over an existing file is SIGKILLed at 10 points spread over
-    one save (and one after two saves); the target is always the complete old file or the complete
-    new one, never a partial file, and at least two kills land while the temp file is half-written."""
+    """A process saving a ~50 MB index over an existing file is SIGKILLed at 10 moments spread over
+    one save (and one after two saves), and at two points reached deterministically through hooks
+    (half of the temp file written; the temp file complete but not renamed): the target is always
+    the complete old file or the complete new one, never a partial file."""
     target = tmp_path / "index.llsh"
-    fractions = [0.05, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.85, 1.0, 2.5]  # of one save's duration; 2.5 = after 2 saves
+    points = ["mid-write", "before-rename", "0.05", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.85", "1.0", "2.5"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    out = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(target), ",".join(map(str, fractions))],
+    out = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(target), ",".join(points)],
                          capture_output=True, text=True, timeout=300, env=env, cwd=str(ROOT))
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])
     states = [r["state"] for r in report["results"]]
     assert "BAD" not in states, report
-    assert len(states) == len(fractions)
-    # the kills really landed mid-save: the old file was still in place with the new one half-written
-    mid_save = [r for r in report["results"] if r["state"] == "old" and r["temps"]]
-    assert len(mid_save) >= 2, report
+    assert len(states) == len(points)
+    # the hooked kills landed mid-save, whatever the machine's load: the old file in place, the new
+    # one half-written or complete in a temp file beside it
+    hooked = {r["point"]: r for r in report["results"][:2]}
+    assert hooked["mid-write"]["state"] == "old" and len(hooked["mid-write"]["temps"]) == 1, report
+    assert 0 < hooked["mid-write"]["temp_sizes"][0] < hooked["mid-write"]["new_size"], report
+    assert hooked["before-rename"]["state"] == "old", report
+    assert hooked["before-rename"]["temp_sizes"] == [hooked["before-rename"]["new_size"]], report
     assert all(n.startswith(".llsh-") and n.endswith(".tmp") for r in report["results"] for n in r["temps"])
     # the last state of the target loads and is a complete index (whichever version it is)
     loaded = LearnableLSHIndex.load(str(target))
