@@ -222,7 +222,7 @@ class LearnableLSHIndex:
         Defaults: a setting left at None takes the paper's value when video_ids are given
         (training.PAPER_DEFAULTS: iterations 60, batch_size 256, lr 1e-3, temperature 0.2,
         queue_size 8192, momentum 0.999, project_mean False, project_pcs 0) and the static-data
-        fallback's without them (training.FALLBACK_DEFAULTS: iterations 30, batch_size 32,
+        fallback's without them (training.FALLBACK_DEFAULTS: iterations 3, batch_size 32,
         lr 1e-2, temperature 0.5, queue_size 64, momentum 0.99, n_neighbors 5, project_mean True,
         project_pcs 30); a value passed explicitly is always used as given.
         Opt-in with video_ids: lr_schedule "cosine" / "linear" decays the lr to 0 over all steps

@@ -55,7 +55,7 @@ LR_SCHEDULES = ("constant", "cosine", "linear")
 # (benchmarks/RESULTS.md, "Static data").  project_pcs: the codes stop depending on the 30 main
 # directions of the normal data's variation (an anomaly detector wants them to: the untrained
 # layers spend most of their variance there); the MoCo steps then train the rest.
-FALLBACK_DEFAULTS = dict(iterations=30, batch_size=32, lr=1e-2, temperature=0.5, queue_size=64, momentum=0.99,
+FALLBACK_DEFAULTS = dict(iterations=3, batch_size=32, lr=1e-2, temperature=0.5, queue_size=64, momentum=0.99,
                          n_neighbors=5, project_mean=True, project_pcs=30)
 PAPER_DEFAULTS = {k: getattr(TrainingConfig, k) for k in FALLBACK_DEFAULTS}
 
