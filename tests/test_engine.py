@@ -164,9 +164,9 @@ def test_ids_in_any_order_sort_like_ascending_ids(rng):
 
 @pytest.mark.parametrize("dim", [37, 16, 1, 2304])
 def test_row_moments_match_float64(rng, dim):
-    """One-pass float32 lanes against NumPy's float64 two-pass mean and variance: the error is
-    relative to the row's spread, which is what LayerNorm divides by (rows with |mean| up to
-    20 sigma: the shift by the row's first element keeps E[x^2] - mean^2 from cancelling)."""
+    """float32 lanes against NumPy's float64 two-pass mean and variance: the error is relative to
+    the row's spread, which is what LayerNorm divides by (rows with |mean| up to 20 sigma, and
+    rows with one huge outlier, first or last)."""
     from llsh_index import _C
 
     n = 300
@@ -175,6 +175,8 @@ def test_row_moments_match_float64(rng, dim):
     x = (rng.standard_normal((n, dim)) * scale + offset).astype(np.float32)
     x[5, -1] = np.inf
     x[9, 0] = np.nan
+    x[11, 0] = 1e6 * scale[11, 0]  # one outlier, where the shift of a one-pass E[x^2] - mean^2 sits
+    x[12, -1] = -3e5 * scale[12, 0]
     mean, rstd = _C.row_moments_cpu(x, 1e-5)
     ok = np.setdiff1d(np.arange(n), [5, 9])
     ref = x[ok].astype(np.float64)

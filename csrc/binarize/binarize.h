@@ -18,11 +18,12 @@ void binarize_cpu(float* codes, int64_t n_rows, int64_t n_bits, uint64_t* keys, 
 // on its value only (never on the array length or its position in it).
 void sigmoid_inplace(float* v, int64_t n);
 
-// LayerNorm statistics of x [n_rows, dim] float32 (no affine): mean and rstd = 1 / sqrt(var + eps), in
-// one read of x: float32 lanes of the row shifted by its first element (so var = E[x^2] - mean^2
-// does not cancel), combined in float64; bit-identical at every ISA level.  A row whose sum of
-// squares overflows float32 (as LayerNorm's float32 variance would) or holds a NaN/Inf gets NaN
-// mean and rstd, so its logits are NaN and the caller rejects it.
+// LayerNorm statistics of x [n_rows, dim] float32 (no affine): mean and rstd = 1 / sqrt(var + eps),
+// reading x once from memory: per row a mean pass, then the squares about that mean while the row
+// is still in cache (no E[x^2] - mean^2 cancellation), in float32 lanes combined in float64;
+// bit-identical at every ISA level.  A row whose sum of squares overflows float32 (as LayerNorm's
+// float32 variance would) or holds a NaN/Inf gets NaN mean and rstd, so its logits are NaN and
+// the caller rejects it.
 void row_moments_cpu(const float* x, int64_t n_rows, int64_t dim, double eps, float* mean, float* rstd,
                      int n_threads);
 

@@ -200,10 +200,10 @@ void binarize_cpu(float* codes, int64_t n_rows, int64_t n_bits, uint64_t* keys, 
 }
 
 // The row is summed in kLanes float32 lanes (element k of the first dim - dim % kLanes goes to lane
-// k % kLanes), shifted by the row's first element so E[x^2] - mean^2 does not cancel; the lanes and
-// the tail are then added in float64 in a fixed order.  One read of x, at memory speed: float32
-// lanes keep up with it where float64 conversions did not.  Every ISA level runs the same lane
-// arithmetic (add, mul, no FMA), so the statistics are bit-identical whichever level runs.
+// k % kLanes) about a shift; the lanes and the tail are then added in float64 in a fixed order.
+// At memory speed: float32 lanes keep up with the read where float64 conversions did not.  Every
+// ISA level runs the same lane arithmetic (add, mul, no FMA), so the statistics are bit-identical
+// whichever level runs.
 namespace {
 
 constexpr int64_t kLanes = 16;
@@ -267,15 +267,14 @@ void row_moments_cpu(const float* x, int64_t n_rows, int64_t dim, double eps, fl
 #endif
   parallel_for(n_rows, n_threads, [&](int64_t begin, int64_t end) {
     LaneSums lanes;
-    for (int64_t row = begin; row < end; ++row) {
-      const float* v = x + row * dim;
-      const float shift = v[0];
+    // sums of (v - shift) and (v - shift)^2 over the row, lanes then tail, in float64
+    auto sums = [&](const float* v, float shift, double& s, double& q) {
 #if defined(LLSH_HAVE_AVX2_KERNELS)
       if (avx2) lane_sums_avx2(v, body, shift, lanes);
       else
 #endif
         lane_sums(v, body, shift, lanes);
-      double s = 0.0, q = 0.0;
+      s = q = 0.0;
       for (int64_t j = 0; j < kLanes; ++j) {
         s += lanes.sum[j];
         q += lanes.sq[j];
@@ -285,9 +284,20 @@ void row_moments_cpu(const float* x, int64_t n_rows, int64_t dim, double eps, fl
         s += a;
         q += a * a;
       }
-      const double mu = s / (double)dim;  // of the shifted row
+    };
+    for (int64_t row = begin; row < end; ++row) {
+      const float* v = x + row * dim;
+      // Two passes, the second over a row still in cache (one read of x from memory): the mean
+      // of the row shifted by its first element, then the squares about that mean, so the
+      // variance never comes from the difference of two large sums (an outlier at v[0] or a
+      // large common offset would otherwise cost precision).
+      double s, q;
+      sums(v, v[0], s, q);
+      const float centre = (float)((double)v[0] + s / (double)dim);
+      sums(v, centre, s, q);
+      const double mu = s / (double)dim;  // of the row about `centre`: small
       double var = q / (double)dim - mu * mu;
-      const double mean_row = mu + (double)shift;
+      const double mean_row = (double)centre + mu;
       // NaN/Inf anywhere, or a float32 LayerNorm variance that would overflow: NaN statistics, so
       // the row's logits are NaN and the caller rejects it
       if (!(std::fabs(mean_row) <= (double)FLT_MAX && q <= (double)FLT_MAX && std::isfinite(s))) {
