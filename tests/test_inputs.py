@@ -244,6 +244,16 @@ def test_to_cuda_without_a_gpu_says_why():
     assert "CUDA" in str(info.value)
 
 
+@pytest.mark.skipif(llsh_index.cuda_available(), reason="a CUDA device is present")
+@pytest.mark.parametrize("device", ["cuda", "cuda:0"])
+def test_constructing_on_cuda_without_a_gpu_says_why(device):
+    # as to("cuda"): a typed error, not torch's AssertionError from moving the hash layers
+    with pytest.raises(CudaUnavailableError, match="CUDA"):
+        LearnableLSHIndex(8, n_tables=2, n_bits=4, device=device)
+    with pytest.raises(CudaUnavailableError, match="CUDA"):
+        LearnableLSHIndex(device=device)
+
+
 def _readonly(a):
     a.flags.writeable = False
     return a
