@@ -70,6 +70,15 @@ def _as_tensor(x, name: str) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         t = x
     elif hasattr(x, "__cuda_array_interface__") or (hasattr(x, "__dlpack__") and hasattr(x, "__dlpack_device__")):
+        # Where the data lives, asked before any conversion: torch.from_dlpack aborts the process on
+        # a negatively strided host array and raises a bare BufferError on a byte-swapped one.
+        kind = _dlpack_device_type(x)
+        if kind is not None and kind not in _DLPACK_CUDA:
+            raise DeviceMismatchError(f"{name}: expected a CUDA tensor or CuPy array, got a {type(x).__name__} "
+                                      "in host memory (use the CPU engine, or move it to the GPU)")
+        strides = getattr(x, "strides", None)
+        if strides is not None and any(s < 0 for s in strides) and hasattr(x, "copy"):
+            x = x.copy()  # negative strides (e.g. a[::-1]): a C-ordered copy on the same device
         try:
             t = torch.from_dlpack(x)  # CuPy: zero copy, synchronised with torch's current stream
         except Exception:
@@ -82,6 +91,19 @@ def _as_tensor(x, name: str) -> torch.Tensor:
         raise DeviceMismatchError(f"{name}: expected a CUDA tensor, got one on {t.device} "
                                   "(use the CPU engine, or move it with .cuda())")
     return t
+
+
+_DLPACK_CUDA = (2, 13)  # DLPack device types kDLCUDA and kDLCUDAManaged
+
+
+def _dlpack_device_type(x) -> Optional[int]:
+    """DLPack device type of x (1 = host memory, 2 = CUDA, ...), or None when x does not say."""
+    if not hasattr(x, "__dlpack_device__"):
+        return None
+    try:
+        return int(x.__dlpack_device__()[0])
+    except Exception:
+        return None
 
 
 def _same_device(dev: torch.device, **tensors) -> None:

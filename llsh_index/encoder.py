@@ -87,7 +87,12 @@ class HashEncoder(nn.Module):
         """
         mean = x.mean(dim=1)
         var = (torch.linalg.vector_norm(x, dim=1).square_().div_(x.shape[1]) - mean * mean).clamp_(min=0.0)
-        return mean, torch.rsqrt(var + 1e-5)
+        rstd = torch.rsqrt(var + 1e-5)
+        # A finite row whose float32 sum of squares overflows would get var = inf, rstd = 0 and all-zero
+        # logits (a silent score): NaN statistics instead, so its logits are NaN and the caller rejects
+        # the row, as the CPU's row_moments_cpu does.
+        bad = ~torch.isfinite(var)
+        return mean.masked_fill(bad, float("nan")), rstd.masked_fill_(bad, float("nan"))
 
     def _fold_inputs_cpu(self, x: torch.Tensor, n_threads: int):
         """(x W^T - mu W 1, zeros, rstd, W 1) for the native epilogue; far rows already hold their logits.

@@ -85,6 +85,7 @@ class LearnableLSHIndex:
         self.batch_size = None if batch_size is None else check_int_range(batch_size, "batch_size", 1)
         self.n_threads = check_int_range(n_threads, "n_threads", 0)
         self.device = _normalise_device(device)
+        _require_cuda(self.device, f"device={self.device!r}")
         self.encoder: Optional[HashEncoder] = None
         self.training_log_: Optional[TrainingLog] = None
         self.last_n_compared: Optional[int] = None
@@ -650,12 +651,7 @@ class LearnableLSHIndex:
     def to(self, device: str) -> "LearnableLSHIndex":
         """Moves the hash layers and the tables to `device` ("cpu" or "cuda[:N]"); returns self."""
         device = _normalise_device(device)
-        if device.startswith("cuda"):
-            from . import cuda_available
-
-            ok, why = cuda_available(verbose=True)
-            if not ok:
-                raise CudaUnavailableError(f"to({device!r}): {why}")
+        _require_cuda(device, f"to({device!r})")
         with self._write_lock:
             if self.encoder is not None:
                 self.encoder.to(device)
@@ -746,6 +742,21 @@ def _normalise_device(device) -> str:
     if device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
         return device
     raise ConfigError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+
+
+def _require_cuda(device: str, what: str) -> None:
+    """CudaUnavailableError, instead of torch's untyped error at the first .to(device), when `device` is
+    a CUDA device the CUDA engine cannot use here (no CUDA build or device, or an ordinal not visible)."""
+    if not device.startswith("cuda"):
+        return
+    from . import cuda_available
+
+    ok, why = cuda_available(verbose=True)
+    if not ok:
+        raise CudaUnavailableError(f"{what}: {why}")
+    n = torch.cuda.device_count()
+    if device != "cuda" and int(device[5:]) >= n:
+        raise CudaUnavailableError(f"{what}: {device} was asked for, but {n} CUDA device(s) are visible")
 
 
 def _to_numpy(v):

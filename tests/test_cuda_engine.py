@@ -29,7 +29,7 @@ _REASON = _skip_reason()
 if _REASON:
     pytest.skip(_REASON, allow_module_level=True)
 
-from llsh_index import _C  # noqa: E402
+from llsh_index import DeviceMismatchError, _C  # noqa: E402
 from llsh_index import _cuda_engine as ce  # noqa: E402
 
 pytestmark = pytest.mark.gpu
@@ -331,6 +331,20 @@ def test_binarize(r):
     assert torch.equal(codes2, codes) and torch.equal(keys2.cpu(), keys.cpu())
 
 
+def test_min_over_tables_propagates_nan():
+    """return_min is the min over the [M, b] output as torch.min and numpy's min take it: a NaN distance
+    (a NaN query code) makes the row's min NaN instead of another table's distance (fminf)."""
+    keys, codes, ids, qc, qk = make_case(4, 500, 16, "proto", np.float32, "arange", seed=13)
+    g = ce.build_tables(to_dev(keys), to_dev(codes), to_dev(ids))
+    qc = qc.copy()
+    qc[::3, 1, 0] = np.nan  # table 1 of every third query
+    for mode in (0, 1):
+        out, mn = ce.lookup(g, 500, to_dev(qc), to_dev(qk), mode, 1e6, return_min=True)
+        want = out.min(dim=1).values
+        assert bool(torch.isnan(mn).any()) and not bool(torch.isnan(mn[1::3]).any())
+        np.testing.assert_array_equal(host(mn), host(want), err_msg=f"mode {mode}")  # NaN where want is NaN
+
+
 def test_non_default_stream():
     keys, codes, ids, qc, qk = make_case(4, 3000, 32, "proto", np.float32, "shuffled", seed=3)
     ref = host(ce.lookup(ce.build_tables(to_dev(keys), to_dev(codes), to_dev(ids)), 3000, to_dev(qc), to_dev(qk),
@@ -371,6 +385,13 @@ def test_cupy_inputs():
     np.testing.assert_allclose(host(out), want, rtol=TOL, atol=TOL)
     c, k = ce.binarize(cp.asarray(qc), from_logits=False)
     np.testing.assert_array_equal(host(k), keys_of(qc))
+    # non-contiguous and negatively strided CuPy views: copied, never handed to DLPack as they are
+    d = cp.asarray(qc)
+    for sl in ((slice(None, None, -1),), (slice(None), slice(None, None, -1)), (slice(None, None, 2), slice(1, None))):
+        c, k = ce.binarize(d[sl], from_logits=False)
+        np.testing.assert_array_equal(host(k), keys_of(np.ascontiguousarray(qc[sl])))
+    with pytest.raises(DeviceMismatchError):
+        ce.binarize(qc[::-1])  # host data, negatively strided: a typed error, not an abort
 
 
 @pytest.mark.slow

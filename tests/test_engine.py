@@ -201,6 +201,27 @@ def test_row_moments_overflowing_variance_is_rejected():
     assert mean[1] == 1.0 and rstd[1] == np.float32(1 / np.sqrt(1e-5))
 
 
+def test_device_row_moments_overflowing_variance_is_rejected():
+    """The device fold's statistics (HashEncoder._row_moments, torch ops, run here on CPU tensors) give
+    NaN, as row_moments_cpu does, for a finite row whose float32 sum of squares overflows: not
+    var = inf, rstd = 0 and all-zero logits, which would score the row silently on a GPU."""
+    import torch
+
+    from llsh_index import _C
+    from llsh_index.encoder import HashEncoder
+
+    x = np.zeros((3, 64), np.float32)
+    x[0, ::2], x[0, 1::2] = 1e20, -1e20  # mean 0, sum of squares beyond float32
+    x[1] = 1.0
+    x[2] = np.arange(64)
+    mean, rstd = HashEncoder._row_moments(torch.from_numpy(x))
+    assert torch.isnan(mean[0]) and torch.isnan(rstd[0])
+    cpu_mean, cpu_rstd = _C.row_moments_cpu(x, 1e-5)
+    assert np.isnan(cpu_mean[0]) and np.isnan(cpu_rstd[0])
+    np.testing.assert_allclose(mean[1:].numpy(), cpu_mean[1:], rtol=1e-6)
+    np.testing.assert_allclose(rstd[1:].numpy(), cpu_rstd[1:], rtol=1e-5)
+
+
 # ---------------------------------------------------------------------- lookup directory
 def _lookup(t, q, qk, mode, directory, r):
     from llsh_index import _C

@@ -244,6 +244,62 @@ def test_to_cuda_without_a_gpu_says_why():
     assert "CUDA" in str(info.value)
 
 
+@pytest.mark.skipif(llsh_index.cuda_available(), reason="a CUDA device is present")
+@pytest.mark.parametrize("device", ["cuda", "cuda:0"])
+def test_constructing_on_cuda_without_a_gpu_says_why(device):
+    # as to("cuda"): a typed error, not torch's AssertionError from moving the hash layers
+    with pytest.raises(CudaUnavailableError, match="CUDA"):
+        LearnableLSHIndex(8, n_tables=2, n_bits=4, device=device)
+    with pytest.raises(CudaUnavailableError, match="CUDA"):
+        LearnableLSHIndex(device=device)
+
+
+def _readonly(a):
+    a.flags.writeable = False
+    return a
+
+
+@pytest.mark.parametrize("host", [
+    lambda: np.arange(8.0, dtype=np.float32),
+    lambda: np.arange(8.0, dtype=np.float32)[::-1],          # torch.from_dlpack aborts the process on these
+    lambda: np.arange(16.0, dtype=np.float32).reshape(4, 4)[::-1, ::2],
+    lambda: np.arange(8.0).astype(">f4"),                     # from_dlpack: a bare BufferError
+    lambda: _readonly(np.arange(8.0, dtype=np.float32)),
+    lambda: torch.arange(8.0),
+], ids=["plain", "negative-stride", "negative-stride-2d", "big-endian", "read-only", "torch-cpu"])
+def test_cuda_engine_rejects_host_arrays_with_a_typed_error(host):
+    """Host data handed to the CUDA engine: DeviceMismatchError before any conversion, whatever its layout."""
+    from llsh_index import _cuda_engine as ce
+
+    with pytest.raises(DeviceMismatchError, match="x:"):
+        ce._as_tensor(host(), "x")
+
+
+def test_cuda_engine_copies_negatively_strided_device_arrays(monkeypatch):
+    """A device array with negative strides (cupy's a[::-1]) is copied C-ordered before DLPack sees it."""
+    from llsh_index import _cuda_engine as ce
+
+    class FakeDeviceArray:  # the parts of a cupy array _as_tensor looks at
+        def __init__(self, a):
+            self.a = a
+            self.strides = a.strides
+
+        def __dlpack_device__(self):
+            return (2, 0)
+
+        def __dlpack__(self, **kw):
+            return self.a.__dlpack__(**kw)
+
+        def copy(self):
+            return FakeDeviceArray(self.a.copy())
+
+    seen = []
+    monkeypatch.setattr(torch, "from_dlpack", lambda x: seen.append(x.strides) or torch.from_numpy(x.a))
+    with pytest.raises(DeviceMismatchError):  # the stand-in's tensor is on the CPU
+        ce._as_tensor(FakeDeviceArray(np.arange(8.0, dtype=np.float32)[::-1]), "x")
+    assert seen == [(4,)]
+
+
 def test_errors_are_also_builtin_types():
     assert issubclass(InvalidInputError, ValueError) and issubclass(InvalidDTypeError, TypeError)
     assert issubclass(NotFittedError, RuntimeError) and issubclass(IndexFormatError, ValueError)

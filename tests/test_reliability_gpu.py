@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import llsh_index
-from llsh_index import DeviceMismatchError, LearnableLSHIndex, _engine
+from llsh_index import DeviceMismatchError, InvalidInputError, LearnableLSHIndex, _engine
 
 torch = pytest.importorskip("torch")
 pytestmark = [pytest.mark.gpu,
@@ -54,6 +54,18 @@ def test_wrong_device_inputs_raise(data):
     cpu = exact_index().add(x)
     with pytest.raises(DeviceMismatchError, match="cpu"):
         cpu.score(cuda(q))
+
+
+def test_gpu_rejects_rows_whose_variance_overflows(data):
+    """A finite row whose float32 sum of squares overflows is rejected on the GPU as on the CPU, not
+    hashed with rstd = 0 into all-zero logits (a silent score)."""
+    x, q = data
+    bad = q[:10].copy()
+    bad[4, ::2], bad[4, 1::2] = 1e20, -1e20
+    with pytest.raises(InvalidInputError, match="row 4"):
+        exact_index().add(x).score(bad)
+    with pytest.raises(InvalidInputError, match="row 4"):
+        exact_index().to("cuda").add(cuda(x)).score(cuda(bad))
 
 
 def test_gpu_scores_equal_cpu_and_survive_save(data, tmp_path):

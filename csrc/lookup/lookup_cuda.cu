@@ -215,11 +215,16 @@ __global__ void __launch_bounds__(kBigThreads) lookup_big_kernel(const Params<Co
   }
 }
 
+// A NaN distance (a NaN query code) makes the row's min NaN, as numpy's min and torch.min over the
+// [M, b] output do (fminf would skip it and return another table's distance).
 __global__ void lookup_min_kernel(const float* __restrict__ out, int64_t m, int64_t b, float* __restrict__ out_min) {
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < m; i += (int64_t)gridDim.x * blockDim.x) {
     const float* row = out + i * b;
     float v = row[0];
-    for (int64_t j = 1; j < b; ++j) v = fminf(v, row[j]);
+    for (int64_t j = 1; j < b && !isnan(v); ++j) {
+      const float x = row[j];
+      if (x < v || isnan(x)) v = x;
+    }
     out_min[i] = v;
   }
 }
