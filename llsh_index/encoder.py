@@ -63,15 +63,17 @@ class HashEncoder(nn.Module):
         return logits.view(-1, self.n_tables, self.n_bits)
 
     @torch.no_grad()
-    def hash_codes_cpu(self, x: torch.Tensor, n_threads: int = 0, table_codes=None, table_keys=None, row0: int = 0):
+    def hash_codes_cpu(self, x: torch.Tensor, n_threads: int = 0, table_codes=None, table_keys=None, row0: int = 0,
+                       out=None):
         """CPU: x (M, d) float32 contiguous -> (codes (M, b, r), keys (M, b) uint64, first NaN row or -1).
 
         Bit for bit sigmoid(hash_logits(x)) and its keys, with the fold, the sigmoid and the keys in
         one native pass over the GEMM output (and the LayerNorm statistics in one pass over x).
         table_codes (b, n_total, r) float32 / table_keys (b, n_total): also receive the rows at
         row0.. table-major, in the same pass (add()'s staging arrays).
+        out: a float32 tensor of at least (M, b*r) for the GEMM output, which the codes returned are.
         """
-        raw, mean, rstd, wsum = self._fold_inputs_cpu(x, n_threads)
+        raw, mean, rstd, wsum = self._fold_inputs_cpu(x, n_threads, out)
         codes = raw.numpy()
         keys, bad = _C.hash_epilogue_cpu(codes, mean, rstd, wsum, self.n_tables, True, n_threads, table_codes,
                                          table_keys, row0)
@@ -94,7 +96,7 @@ class HashEncoder(nn.Module):
         bad = ~torch.isfinite(var)
         return mean.masked_fill(bad, float("nan")), rstd.masked_fill_(bad, float("nan"))
 
-    def _fold_inputs_cpu(self, x: torch.Tensor, n_threads: int):
+    def _fold_inputs_cpu(self, x: torch.Tensor, n_threads: int, out=None):
         """(x W^T - mu W 1, zeros, rstd, W 1) for the native epilogue; far rows already hold their logits.
 
         The statistics come from one native pass over x (_C.row_moments_cpu: NaN for a row with a
@@ -111,7 +113,9 @@ class HashEncoder(nn.Module):
             far = np.abs(mean) * rstd > self.FOLD_MAX_MEAN_RATIO  # NaN rows stay on the fold: NaN logits
         # in place into the bias (the same addmm kernel, bit for bit): no second (M, b*r) array to fault in
         # and copy the bias into (~4% of the GEMM's time at M = 20,000)
-        raw = (torch.from_numpy(mean).unsqueeze(1) * -wsum).addmm_(x, self.weight.t())
+        bias = torch.from_numpy(mean).unsqueeze(1) * -wsum if out is None else \
+            torch.mul(torch.from_numpy(mean).unsqueeze(1), -wsum, out=out[:x.shape[0]])
+        raw = bias.addmm_(x, self.weight.t())
         if far.any():
             rows = torch.from_numpy(np.flatnonzero(far))
             raw[rows] = self.logits(x[rows])
