@@ -62,12 +62,13 @@ print('sanitize.sh: instrumented engine', c.__file__)"
 # load() would reject) must be reported, or the sanitizer is not live and a green run means nothing.
 canary=$(env LD_PRELOAD="$LIBASAN $LIBUBSAN" ASAN_OPTIONS=detect_leaks=0 PYTHONPATH="$WORK" "$PY" -c "
 import numpy as np
-from llsh_index import _engine
+from llsh_index import _C
 U = 4096  # keys 0..U-1, but table 0 claims U + 2 of them: the binary search for a larger key reads keys[U]
-t = {'keys': np.arange(U, dtype=np.uint64), 'table_start': np.array([0, U + 2], np.int64),
-     'offsets': np.arange(U + 1, dtype=np.int64), 'codes': np.zeros((U, 1), np.float32), 'ids': None,
-     'bucket_sum': np.zeros((U, 1)), 'bucket_sqnorm': np.zeros(U), 'n_items': U}
-_engine.lookup(t, np.zeros((1, 1, 1), np.float32), np.array([[U + 10]], np.uint64), 0, 1.0, 1)
+# straight to the native lookup without a directory (_engine.lookup would first build one, and its
+# builder rejects this table_start before any read)
+_C.lookup_cpu(np.arange(U, dtype=np.uint64), np.array([0, U + 2], np.int64), np.arange(U + 1, dtype=np.int64),
+              np.zeros((U, 1), np.float32), np.zeros((U, 1)), np.zeros(U), U, np.zeros((1, 1, 1), np.float32),
+              np.array([[U + 10]], np.uint64), 0, 1.0, 1, True, None)
 " 2>&1 || true)
 if ! grep -q "AddressSanitizer: heap-buffer-overflow" <<<"$canary"; then
   echo "sanitize.sh: the canary out-of-bounds read was not reported; is ASan active?" >&2
