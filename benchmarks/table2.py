@@ -24,6 +24,8 @@ Rows (b = 8 tables, r = 32 bits; MoCo as the paper's ShanghaiTech setting: batch
   LLSH squared (ours) same trained layers, mode squared (exact mean squared L2), statistics-only
   with --project-pcs K  LLSH, light-LLSH and squared train with project_pcs=K, project_mean (ours:
                       the layers lose the data's top-K principal directions; names say so)
+  with --centre-layers  ... and with centre_layers (ours: the mean direction leaves the layers too)
+  with --n-bits R     r = R bits per table for every LSH-family row (default 32, the paper's)
   with --probes P     LSH and LLSH again, scored with P probes per table (llsh_index.probing, ours);
                       their n counts the codes of every probed bucket
 
@@ -118,6 +120,7 @@ class Settings:
     methods: Optional[Sequence[str]] = None  # keys of method_specs(); None = all
     probes: int = 0  # > 1: also LSH and LLSH rows scored with this many probes per table (ours)
     project_pcs: int = 0  # > 0: LLSH training removes the data's top principal directions (ours; 0 = paper)
+    centre_layers: bool = False  # LLSH training also removes the data's mean direction (ours)
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -139,10 +142,12 @@ def method_specs(s: Settings) -> List[dict]:
         {"key": "squared", "name": "LLSH squared (ours, exact)", "kind": "lsh", "trained": True,
          "mode": "squared", "store_codes": False},
     ]
-    if s.project_pcs > 0:  # the trained rows are ours then, and say so
+    if s.project_pcs > 0 or s.centre_layers:  # the trained rows are ours then, and say so
+        tag = ", ".join(([f"{s.project_pcs} PCs projected"] if s.project_pcs > 0 else [])
+                        + (["centred"] if s.centre_layers else []))
         for row in rows:
             if row.get("trained"):
-                row["name"] += f" [{s.project_pcs} PCs projected]"
+                row["name"] += f" [{tag}]"
     if s.probes > 1:  # multi-probe (llsh_index.probing): the same indexes, more buckets per table
         rows += [{"key": "lsh_probes", "name": f"LSH, {s.probes} probes (ours)", "kind": "lsh", "trained": False,
                   "mode": "mean", "store_codes": True, "n_probes": s.probes},
@@ -265,7 +270,8 @@ def _job_train(job: dict) -> dict:
     t0 = time.perf_counter()
     idx.fit(b.train, video_ids=b.train_video_ids, iterations=s.iterations, epochs=s.epochs,
             batch_size=s.batch_size, queue_size=s.queue_size, max_offset=s.max_offset,
-            project_pcs=s.project_pcs, project_mean=s.project_pcs > 0, progress=job.get("progress", False))
+            project_pcs=s.project_pcs, project_mean=s.project_pcs > 0, centre_layers=s.centre_layers,
+            progress=job.get("progress", False))
     train_s = time.perf_counter() - t0
     m = mem.stop()
     idx.save(job["layers"])  # hash layers only (no tables yet)
@@ -812,6 +818,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     ap.add_argument("--project-pcs", type=int, default=0,
                     help="> 0: train LLSH with project_pcs=K and project_mean (ours; the static-data fallback's "
                          "projection, llsh_index.training); 0 = the paper")
+    ap.add_argument("--centre-layers", action="store_true",
+                    help="train LLSH with centre_layers (ours: the hyperplanes pass through the data's mean, so "
+                         "every bit splits the normal data; with --project-pcs it keeps the buckets small)")
+    ap.add_argument("--n-bits", type=int, default=32, help="r, bits per table (default 32, the paper's)")
     ap.add_argument("--probes", type=int, default=0,
                     help="> 1: add LSH and LLSH rows scored with this many probes per table (multi-probe, ours)")
     iso = ap.add_mutually_exclusive_group()
@@ -839,7 +849,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                  queue_size=args.queue_size or (2048 if args.ped2_features else 8192),
                  isolate=args.isolate or not (args.no_isolate or quick),
                  methods=None if args.methods is None else args.methods.split(","), probes=args.probes,
-                 project_pcs=args.project_pcs)
+                 project_pcs=args.project_pcs, centre_layers=args.centre_layers, n_bits=args.n_bits)
     progress = not args.no_progress
     if args.features:
         bundle = prepare_features_dir(args.features, args.data_dir or os.path.join(out, "data", "features"),

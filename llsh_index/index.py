@@ -221,7 +221,7 @@ class LearnableLSHIndex:
             momentum: Optional[float] = None, max_offset: int = 150, n_neighbors: Optional[int] = None,
             progress: bool = True, seed: Optional[int] = None, lr_schedule: str = "constant",
             warmup_steps: int = 0, grad_clip: float = 0.0, project_mean: Optional[bool] = None,
-            project_pcs: Optional[int] = None) -> "LearnableLSHIndex":
+            project_pcs: Optional[int] = None, centre_layers: bool = False) -> "LearnableLSHIndex":
         """Trains the hash layers with MoCo (see llsh_index.training).
 
         features: (N, dim), grouped by video and in time order within each video.
@@ -248,6 +248,10 @@ class LearnableLSHIndex:
         layers before training and from every gradient, so the codes ignore the main modes of the
         normal data's variation (an anomaly then shows in the directions the normal data keeps
         small; on ADBench's MVTec-AD embeddings this is where the gain over LSH comes from).
+        centre_layers (ours, off by default): the layers also lose the mean direction of the
+        layer-normalised rows (outside the projected PCs), and the gradient stays off it, so each
+        hyperplane passes through the data's mean and every bit splits the normal data; with
+        project_pcs it keeps the buckets small (benchmarks/RESULTS.md, Table 2 with fewer bits).
         """
         if self._tables is not None:
             raise IndexStateError(f"fit: the index already holds {self.ntotal} items hashed with the current "
@@ -272,7 +276,8 @@ class LearnableLSHIndex:
             seed=self.seed if seed is None else int(seed), progress=progress,
             lr_schedule=lr_schedule,
             warmup_steps=check_int_range(warmup_steps, "warmup_steps", 0), grad_clip=float(grad_clip),
-            project_mean=bool(project_mean), project_pcs=check_int_range(project_pcs, "project_pcs", 0))
+            project_mean=bool(project_mean), project_pcs=check_int_range(project_pcs, "project_pcs", 0),
+            centre_layers=bool(centre_layers))
         if cfg.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"lr_schedule: expected one of {', '.join(LR_SCHEDULES)}, got {cfg.lr_schedule!r}")
         checks = [("momentum", cfg.momentum, 0.0 <= cfg.momentum <= 1.0, "0..1"),

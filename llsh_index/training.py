@@ -45,6 +45,7 @@ class TrainingConfig:
     grad_clip: float = 0.0         # > 0: clip the gradient's L2 norm to this before each step
     project_mean: bool = False     # drop the gradient along the training data's mean direction
     project_pcs: int = 0           # remove the top-k principal directions of the data from the layers
+    centre_layers: bool = False    # remove the data's mean direction from the layers (and their gradient)
 
 
 LR_SCHEDULES = ("constant", "cosine", "linear")
@@ -180,7 +181,7 @@ def train_moco(encoder: HashEncoder, features: torch.Tensor, video_ids: Optional
     queue = F.normalize(torch.randn(cfg.queue_size, code_len, generator=gen), dim=1).to(device)
     ptr = 0
     mean_dir = None
-    if cfg.project_mean:  # unit mean of the layer-normalised training rows
+    if cfg.project_mean or cfg.centre_layers:  # unit mean of the layer-normalised training rows
         mean_dir = F.normalize(F.layer_norm(features, (features.shape[1],)).mean(dim=0), dim=0).to(device)
     pcs = None
     # at most half of the d - 1 directions a layer-normalised row can take (and N - 1, all the
@@ -193,6 +194,13 @@ def train_moco(encoder: HashEncoder, features: torch.Tensor, video_ids: Optional
         if mean_dir is not None:  # its part outside them: the two projections then commute
             mean_dir = mean_dir - pcs.T @ (pcs @ mean_dir)
             mean_dir = F.normalize(mean_dir, dim=0) if float(mean_dir.norm()) > 1e-6 else None
+    if cfg.centre_layers and mean_dir is not None:
+        # Each hyperplane then passes through the training rows' mean: w . LN(x) has no constant
+        # part, so every bit splits the normal data instead of being the same for nearly all of
+        # it (after the projection the constant part dominates what is left, and the buckets
+        # collapse into a few huge ones).  The gradient stays off the direction (as project_mean).
+        with torch.no_grad():
+            encoder.weight.sub_(torch.outer(encoder.weight @ mean_dir.to(encoder.weight.dtype), mean_dir))
     opt = torch.optim.SGD(encoder.parameters(), lr=cfg.lr, momentum=cfg.sgd_momentum,
                           weight_decay=cfg.weight_decay)
     log = TrainingLog(positives=sampler.mode, projected_pcs=0 if pcs is None else pcs.shape[0])

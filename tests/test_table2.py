@@ -9,6 +9,7 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 from conftest import shared_path
@@ -228,6 +229,27 @@ def test_run_table2_probe_rows(tmp_path):
         index = LearnableLSHIndex.load(rows[f"{key}_probes"]["model_path"])
         got = np.load(tmp_path / "out" / "scores" / f"{key}_probes.npy")
         np.testing.assert_array_equal(got, index.score(np.asarray(bundle.test), n_probes=5))
+
+
+def test_run_table2_centred_projection_and_bits(tmp_path):
+    """--project-pcs / --centre-layers / --n-bits reach the trained layers and the saved models,
+    and the rows say what they are."""
+    from torch.nn import functional as F
+
+    from llsh_index import LearnableLSHIndex
+
+    S.generate(str(tmp_path / "data"), toy_labels(), tiny_config())
+    res = T2.run_table2(str(tmp_path / "data"), str(tmp_path / "out"),
+                        tiny_settings(methods=("lsh", "llsh"), project_pcs=3, centre_layers=True, n_bits=6),
+                        progress=False, log=lambda *a, **k: None)
+    rows = {r["key"]: r for r in res["rows"]}
+    assert rows["llsh"]["name"] == "LLSH [3 PCs projected, centred]" and rows["lsh"]["name"] == "LSH (untrained)"
+    llsh = LearnableLSHIndex.load(rows["llsh"]["model_path"])
+    assert llsh.n_bits == LearnableLSHIndex.load(rows["lsh"]["model_path"]).n_bits == 6
+    train = np.asarray(S.open_bundle(str(tmp_path / "data")).train)
+    x = F.layer_norm(torch.from_numpy(train), (train.shape[1],)).double()
+    mean_dir = F.normalize(x.mean(0), dim=0)
+    assert float((llsh.encoder.weight.detach().double() @ mean_dir).abs().max()) < 1e-5
 
 
 def test_run_table2_isolated_worker(tmp_path):

@@ -246,6 +246,30 @@ def test_fallback_training_moves_the_layers_off_the_main_directions(static_data)
     torch.testing.assert_close(w @ mean_dir, w0 @ mean_part, rtol=0, atol=1e-5)
 
 
+def test_centre_layers_puts_every_hyperplane_through_the_mean(static_data):
+    """centre_layers: the layers lose the mean direction of the layer-normalised rows (outside the
+    projected PCs) and training keeps them off it, so each bit splits the training rows (NumPy
+    check of the bits' balance) instead of being constant for most of them."""
+    from torch.nn import functional as F
+
+    train, _, _ = static_data
+    x = F.layer_norm(torch.from_numpy(train), (train.shape[1],)).double()
+    kw = dict(progress=False, weight_decay=0.0, project_pcs=10)
+    plain = LearnableLSHIndex(n_tables=4, n_bits=16, seed=0).fit(train, **kw)
+    centred = LearnableLSHIndex(n_tables=4, n_bits=16, seed=0).fit(train, centre_layers=True, **kw)
+    assert centred.training_config_.centre_layers and not plain.training_config_.centre_layers
+    w = centred.encoder.weight.detach().double()
+    mean_dir = F.normalize(x.mean(0), dim=0)
+    assert float((w @ mean_dir).abs().max()) < 1e-5  # the PCs' part of it left with the projection
+    # logits = w . LN(x): with no constant part, each bit is on for a sizeable share of the rows
+    share = lambda index: ((x @ index.encoder.weight.detach().double().T) >= 0).double().mean(0).numpy()
+    balance_plain, balance_centred = (np.abs(share(i) - 0.5) for i in (plain, centred))
+    assert balance_centred.mean() < 0.5 * balance_plain.mean()
+    assert np.median(balance_centred) < 0.2
+    # more distinct keys, so smaller buckets
+    assert np.mean(centred.add(train).stats()["n_buckets"]) > np.mean(plain.add(train).stats()["n_buckets"])
+
+
 def test_project_pcs_is_capped_by_rows_and_dimension():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((40, 5)).astype(np.float32)
