@@ -123,12 +123,20 @@ def _add_training_args(p: argparse.ArgumentParser, defaults: dict) -> None:
     p.add_argument("--batch-size", type=int, default=defaults["batch_size"])
     p.add_argument("--max-offset", type=int, default=defaults["max_offset"], help="positives within +-this")
     p.add_argument("--temperature", type=float, default=defaults["temperature"])
+    p.add_argument("--project-pcs", type=int, default=0,
+                   help="ours: the layers lose the data's top-K principal directions (the demo uses 30; 0 = paper)")
+    p.add_argument("--project-mean", action="store_true",
+                   help="ours: keep the gradient off the data's mean direction (the demo uses it)")
+    p.add_argument("--centre-layers", action="store_true",
+                   help="ours: remove the data's mean direction from the layers too, so every bit splits the "
+                        "training data (for large training sets; see benchmarks/RESULTS.md, Table 2)")
 
 
 def _training_kwargs(args) -> dict:
     return dict(iterations=args.iterations, epochs=args.epochs, lr=args.lr, momentum=args.momentum,
                 queue_size=args.queue_size, batch_size=args.batch_size, max_offset=args.max_offset,
-                temperature=args.temperature)
+                temperature=args.temperature, project_pcs=args.project_pcs, project_mean=args.project_mean,
+                centre_layers=args.centre_layers)
 
 
 # ---------------------------------------------------------------------- subcommands

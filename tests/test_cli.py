@@ -57,6 +57,29 @@ def test_fit_build_score_evaluate_plot(feature_files, capsys):
     assert "micro-AUC" in capsys.readouterr().out
 
 
+def test_fit_with_projection_options(feature_files):
+    """fit --project-pcs / --project-mean / --centre-layers reach the trained layers: no component
+    left along the training rows' top principal directions nor their mean direction."""
+    import torch
+    from torch.nn import functional as F
+
+    from llsh_index import LearnableLSHIndex
+    from llsh_index.training import principal_directions
+    from llsh_index.video import load_feature_file
+
+    tmp, _ = feature_files
+    p = lambda name: str(tmp / name)  # noqa: E731
+    assert main(["fit", "--features", p("train.npz"), "--out", p("proj.llsh"), "--n-tables", "4", "--n-bits", "8",
+                 "--iterations", "5", "--batch-size", "32", "--queue-size", "64", "--project-pcs", "3",
+                 "--project-mean", "--centre-layers", "--quiet"]) == 0
+    ff = load_feature_file(p("train.npz"))
+    x = torch.from_numpy(np.concatenate([ff.features[v] for v in sorted(ff.features)]).astype(np.float32))
+    w = LearnableLSHIndex.load(p("proj.llsh")).encoder.weight.detach().double()
+    pcs = principal_directions(x, 3)
+    mean_dir = F.normalize(F.layer_norm(x, (x.shape[1],)).double().mean(0), dim=0)
+    assert float((w @ pcs.T).abs().max()) < 1e-5 and float((w @ mean_dir).abs().max()) < 1e-5
+
+
 def test_score_with_probes(feature_files, capsys):
     from llsh_index import LearnableLSHIndex
     from llsh_index.video import load_feature_file
