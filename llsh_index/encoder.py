@@ -113,9 +113,8 @@ class HashEncoder(nn.Module):
             far = np.abs(mean) * rstd > self.FOLD_MAX_MEAN_RATIO  # NaN rows stay on the fold: NaN logits
         # in place into the bias (the same addmm kernel, bit for bit): no second (M, b*r) array to fault in
         # and copy the bias into (~4% of the GEMM's time at M = 20,000)
-        bias = torch.from_numpy(mean).unsqueeze(1) * -wsum if out is None else \
-            torch.mul(torch.from_numpy(mean).unsqueeze(1), -wsum, out=out[:x.shape[0]])
-        raw = bias.addmm_(x, self.weight.t())
+        out = torch.empty((x.shape[0], wsum.shape[0])) if out is None else out[:x.shape[0]]
+        raw = torch.mul(torch.from_numpy(mean).unsqueeze(1), -wsum, out=out).addmm_(x, self.weight.t())
         if far.any():
             rows = torch.from_numpy(np.flatnonzero(far))
             raw[rows] = self.logits(x[rows])
