@@ -697,11 +697,19 @@ class LearnableLSHIndex:
             arrays["losses"] = np.asarray(self.training_log_.losses, dtype=np.float64)
         tables = self._tables
         if tables is not None:
-            _engine.ensure_statistics(tables, self.n_threads)  # files always hold them (format unchanged)
             meta["n_items"] = int(tables["n_items"])
+            narrowed = {}
             for k, v in tables.items():
-                if k != "n_items" and v is not None:
-                    arrays["t_" + k] = _to_numpy(v)
+                if k == "n_items" or v is None:
+                    continue
+                if k in _STATISTICS and tables.get("codes") is not None:
+                    continue  # derived again from the codes when first needed, bit for bit (format 2)
+                a = _to_numpy(v)
+                small = _narrow(k, a, self.n_bits)
+                if small.dtype != a.dtype:
+                    narrowed["t_" + k] = a.dtype.name
+                arrays["t_" + k] = small
+            meta["narrowed"] = narrowed
         return write_container(path, _FILE_KIND, meta, arrays)
 
     @classmethod
@@ -727,9 +735,10 @@ class LearnableLSHIndex:
                                                   steps=int(meta.get("training_steps", 0)),
                                                   positives=meta.get("positives") or "temporal")
             if meta.get("has_tables"):
+                _widen(arrays, meta.get("narrowed") or {}, path)
                 tables = {k[2:]: v for k, v in arrays.items() if k.startswith("t_")}
-                tables.setdefault("codes", None)
-                tables.setdefault("ids", None)
+                for k in ("codes", "ids") + _STATISTICS:
+                    tables.setdefault(k, None)
                 tables["n_items"] = int(meta["n_items"])
                 _check_tables(tables, index, path)
                 index._tables = tables
@@ -894,6 +903,36 @@ def _merge_statistics(old: Dict, new: Dict) -> Dict:
             "bucket_sqnorm": np.concatenate(out_sq), "n_items": n_total}
 
 
+_STATISTICS = ("bucket_sum", "bucket_sqnorm")
+# arrays save() may store in a narrower dtype (format 2): name -> (stored, in memory)
+_NARROW = {"ids": ("int32", "int64"), "offsets": ("int32", "int64"), "table_start": ("int32", "int64"),
+           "keys": ("uint32", "uint64")}
+
+
+def _narrow(name: str, a: np.ndarray, n_bits: int) -> np.ndarray:
+    """The array as save() stores it: ids, offsets and table starts in int32 while they fit, keys in
+    uint32 up to 32 bits.  For the paper's r = 32 this halves the 8 ids per item (64 -> 32 bytes)."""
+    if name not in _NARROW or a.dtype.name != _NARROW[name][1]:
+        return a
+    if name == "keys":
+        return a.astype(np.uint32) if n_bits <= 32 else a
+    fits = a.size == 0 or (int(a.min()) >= 0 and int(a.max()) < 2 ** 31)
+    return a.astype(np.int32) if fits else a
+
+
+def _widen(arrays: Dict[str, np.ndarray], narrowed: dict, path: str) -> None:
+    """Undoes _narrow on loaded arrays (in place); anything else in `narrowed` is a damaged file."""
+    if not isinstance(narrowed, dict):
+        raise IndexFormatError(f"{path}: inconsistent index file (narrowed: expected a mapping, got {narrowed!r})")
+    for name, dtype in narrowed.items():
+        stored, wide = _NARROW.get(str(name)[2:], (None, None))
+        a = arrays.get(name)
+        if not str(name).startswith("t_") or stored is None or dtype != wide or a is None or a.dtype.name != stored:
+            raise IndexFormatError(f"{path}: inconsistent index file (array {name!r} marked narrowed from "
+                                   f"{dtype!r}, stored as {None if a is None else a.dtype.name})")
+        arrays[name] = a.astype(wide)
+
+
 def _check_tables(t: Dict, index: LearnableLSHIndex, path: str) -> None:
     """Structural checks of loaded tables, so a crafted file cannot make the engine read out of bounds."""
     b, r, n = index.n_tables, index.n_bits, int(t["n_items"])
@@ -902,9 +941,13 @@ def _check_tables(t: Dict, index: LearnableLSHIndex, path: str) -> None:
         U = keys.shape[0]
         ok = (keys.ndim == 1 and keys.dtype == np.uint64 and ts.dtype == np.int64 and off.dtype == np.int64 and ts.shape == (b + 1,)
               and ts[0] == 0 and ts[-1] == U and np.all(np.diff(ts) >= 0) and off.shape == (U + 1,)
-              and off[0] == 0 and off[-1] == b * n and np.all(np.diff(off) > 0)
-              and t["bucket_sum"].shape == (U, r) and t["bucket_sum"].dtype == np.float64
-              and t["bucket_sqnorm"].shape == (U,) and t["bucket_sqnorm"].dtype == np.float64 and n >= 1)
+              and off[0] == 0 and off[-1] == b * n and np.all(np.diff(off) > 0) and n >= 1)
+        if t["bucket_sum"] is None or t["bucket_sqnorm"] is None:
+            # format 2 leaves them out when the codes are stored (they are derived from them)
+            ok &= t["bucket_sum"] is None and t["bucket_sqnorm"] is None and t["codes"] is not None
+        else:
+            ok &= (t["bucket_sum"].shape == (U, r) and t["bucket_sum"].dtype == np.float64
+                   and t["bucket_sqnorm"].shape == (U,) and t["bucket_sqnorm"].dtype == np.float64)
         if ok:
             for j in range(b):  # strictly ascending keys per table, each table exactly N rows
                 k = keys[ts[j]:ts[j + 1]]

@@ -33,10 +33,12 @@ import numpy as np
 from .errors import IndexFormatError
 
 MAGIC = b"LLSHIDX\0"
-FORMAT_VERSION = 1
+# 2: index files may store ids / offsets / keys narrowed and leave out the bucket statistics
+# when they hold the codes (llsh_index.index.save); version 1 files still load
+FORMAT_VERSION = 2
 _PREFIX = struct.Struct("<8sIQI")
 _ALIGN = 64
-_DTYPES = {"float16", "float32", "float64", "int64", "uint64", "uint16", "uint8", "int32"}
+_DTYPES = {"float16", "float32", "float64", "int64", "uint64", "uint32", "uint16", "uint8", "int32"}
 _MAX_HEADER = 64 << 20
 _MAX_NDIM = 32
 

@@ -143,27 +143,72 @@ def _cosine_neighbors(features: torch.Tensor, k: int) -> np.ndarray:
     return nn_idx[:, 1:] if k > 1 else nn_idx
 
 
-def principal_directions(features: torch.Tensor, k: int, chunk_rows: int = 65536) -> torch.Tensor:
+# Above this width the d x d covariance (N*d^2 multiplications in float64, then a d^3 eigensolver)
+# costs minutes to hours (the paper's d = 9216, N = 792,855: ~7e13), so the top directions come from
+# a randomized block power iteration instead: a few passes of N*d*(k + oversampling).
+EXACT_PCA_MAX_DIM = 4096
+
+
+def principal_directions(features: torch.Tensor, k: int, chunk_rows: int = 65536,
+                         method: str = "auto") -> torch.Tensor:
     """(min(k, N-1, d), d) float64: the top principal directions of the layer-normalised rows.
 
-    Eigenvectors of the covariance, accumulated in float64 over chunks of rows (no float64 copy
-    of the features), on the features' device; each direction's sign is fixed (largest |entry|
-    positive) so the result does not depend on the eigensolver's sign choice.
+    method "exact" (the default up to EXACT_PCA_MAX_DIM features): eigenvectors of the covariance,
+    accumulated in float64 over chunks of rows (no float64 copy of the features).  "randomized"
+    (the default above): block power iteration with k/2 + 10 extra directions, 8 passes, then
+    Rayleigh-Ritz (Halko, Martinsson, Tropp 2011, Alg. 4.4), deterministic (its start is seeded).
+    Both run on the features' device; each direction's sign is fixed (largest |entry| positive) so
+    the result does not depend on the solver's sign choice.
     """
     n, d = features.shape
     k = int(min(k, n - 1, d))
-    mean = torch.zeros(d, dtype=torch.float64, device=features.device)
-    gram = torch.zeros(d, d, dtype=torch.float64, device=features.device)
-    for i in range(0, n, chunk_rows):
-        x = F.layer_norm(features[i:i + chunk_rows].to(torch.float32), (d,)).to(torch.float64)
-        mean += x.sum(dim=0)
-        gram += x.T @ x
-    mean /= n
-    cov = gram / n - torch.outer(mean, mean)
-    _, vecs = torch.linalg.eigh(cov)  # ascending eigenvalues
-    top = vecs[:, -k:].flip(1).T.contiguous() if k > 0 else vecs[:, :0].T
+    if method not in ("auto", "exact", "randomized"):
+        raise ValueError(f"method: expected 'auto', 'exact' or 'randomized', got {method!r}")
+    width = min(d, k + k // 2 + 10)
+    if method == "exact" or (method == "auto" and (d <= EXACT_PCA_MAX_DIM or 2 * width >= d)) or k == 0:
+        mean = torch.zeros(d, dtype=torch.float64, device=features.device)
+        gram = torch.zeros(d, d, dtype=torch.float64, device=features.device)
+        for x in _layer_normed_chunks(features, chunk_rows, torch.float64):
+            mean += x.sum(dim=0)
+            gram += x.T @ x
+        mean /= n
+        _, vecs = torch.linalg.eigh(gram / n - torch.outer(mean, mean))  # ascending eigenvalues
+        top = vecs[:, -k:].flip(1).T.contiguous() if k > 0 else vecs[:, :0].T
+    else:
+        top = _randomized_directions(features, k, width, chunk_rows)
     sign = torch.sign(top.gather(1, top.abs().argmax(dim=1, keepdim=True)))
     return (top * sign).cpu()
+
+
+def _layer_normed_chunks(features: torch.Tensor, chunk_rows: int, dtype=torch.float32):
+    d = features.shape[1]
+    for i in range(0, features.shape[0], chunk_rows):
+        yield F.layer_norm(features[i:i + chunk_rows].to(torch.float32), (d,)).to(dtype)
+
+
+def _randomized_directions(features: torch.Tensor, k: int, width: int, chunk_rows: int,
+                           n_passes: int = 8) -> torch.Tensor:
+    n, d = features.shape
+    dev = features.device
+    mean = torch.zeros(d, dtype=torch.float64, device=dev)
+    for x in _layer_normed_chunks(features, chunk_rows):
+        mean += x.sum(dim=0, dtype=torch.float64)
+    mean = (mean / n).to(torch.float32)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(d, width, generator=gen, dtype=torch.float64).to(dev))[0]
+    for it in range(n_passes + 1):
+        last = it == n_passes
+        q32 = basis.to(torch.float32)
+        acc = torch.zeros(width, width, dtype=torch.float64, device=dev) if last else \
+            torch.zeros(d, width, dtype=torch.float64, device=dev)
+        for x in _layer_normed_chunks(features, chunk_rows):
+            z = (x - mean) @ q32  # float32 products, float64 sums over chunks
+            acc += (z.T @ z if last else (x - mean).T @ z).to(torch.float64)
+        if not last:  # the covariance applied to the basis, re-orthonormalised
+            basis = torch.linalg.qr(acc)[0]
+    vals, vecs = torch.linalg.eigh(acc / n)  # Rayleigh-Ritz in the final basis
+    top = basis @ vecs[:, -k:].flip(1)
+    return top.T.contiguous()
 
 
 def train_moco(encoder: HashEncoder, features: torch.Tensor, video_ids: Optional[np.ndarray],
@@ -182,7 +227,8 @@ def train_moco(encoder: HashEncoder, features: torch.Tensor, video_ids: Optional
     ptr = 0
     mean_dir = None
     if cfg.project_mean or cfg.centre_layers:  # unit mean of the layer-normalised training rows
-        mean_dir = F.normalize(F.layer_norm(features, (features.shape[1],)).mean(dim=0), dim=0).to(device)
+        total = sum(x.sum(dim=0, dtype=torch.float64) for x in _layer_normed_chunks(features, 65536))
+        mean_dir = F.normalize((total / features.shape[0]).to(torch.float32), dim=0).to(device)
     pcs = None
     # at most half of the d - 1 directions a layer-normalised row can take (and N - 1, all the
     # training rows span): small d keeps codes that still vary

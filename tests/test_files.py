@@ -109,10 +109,14 @@ KILL_SCRIPT = textwrap.dedent(r"""
                 def __init__(self, f):
                     self.f, self.n = f, 0
                 def write(self, b):
-                    self.n += self.f.write(b)
-                    if self.n >= new_size // 2:
+                    b = memoryview(b).cast("B")
+                    if self.n < new_size // 2 <= self.n + len(b):  # stop inside the blob that crosses half
+                        cut = new_size // 2 - self.n
+                        self.n += self.f.write(b[:cut])
                         self.f.flush()
                         hold(w)
+                        b = b[cut:]
+                    self.n += self.f.write(b)
                 def __enter__(self):
                     return self
                 def __exit__(self, *exc):
@@ -237,14 +241,18 @@ def test_a_stray_temp_file_does_not_disturb_loading(tmp_path, saved):
 def test_header_has_magic_version_and_checksums(saved):
     _, raw, _, _ = saved
     magic, version, hdr_len, hdr_crc = llsh_io._PREFIX.unpack_from(raw)
-    assert magic == b"LLSHIDX\0" and version == llsh_io.FORMAT_VERSION == 1
+    assert magic == b"LLSHIDX\0" and version == llsh_io.FORMAT_VERSION == 2
     header = json.loads(raw[24:24 + hdr_len])
     assert zlib.crc32(raw[24:24 + hdr_len]) == hdr_crc
     payload = raw[24 + hdr_len:]
     assert header["kind"] == KIND and header["payload_bytes"] == len(payload)
     assert zlib.crc32(payload) == header["payload_crc32"]
     names = {e["name"] for e in header["arrays"]}
-    assert {"weight", "losses"} | {"t_" + k for k in TABLE_KEYS} == names
+    # format 2: with the codes stored, the bucket statistics are derived on load, not saved
+    assert {"weight", "losses"} | {"t_" + k for k in TABLE_KEYS if not k.startswith("bucket_")} == names
+    dtypes = {e["name"]: e["dtype"] for e in header["arrays"]}
+    assert dtypes["t_ids"] == dtypes["t_offsets"] == dtypes["t_table_start"] == "int32"
+    assert dtypes["t_keys"] == "uint32" and header["meta"]["narrowed"]["t_ids"] == "int64"
     for e in header["arrays"]:
         assert e["offset"] % 64 == 0
         assert zlib.crc32(payload[e["offset"]:e["offset"] + e["nbytes"]]) == e["crc32"]
@@ -284,7 +292,7 @@ def test_byte_flips_everywhere(scratch, saved):
 
 def test_future_and_invalid_versions(scratch, saved):
     _, raw, _, _ = saved
-    for version, words in ((2, "newer"), (2 ** 32 - 1, "newer"), (0, "invalid")):
+    for version, words in ((llsh_io.FORMAT_VERSION + 1, "newer"), (2 ** 32 - 1, "newer"), (0, "invalid")):
         damaged = raw[:8] + struct.pack("<I", version) + raw[12:]
         msg = must_reject(scratch / "v.llsh", damaged, f"version {version}")
         assert words in msg and str(version) in msg
@@ -447,7 +455,24 @@ def _empty_bucket(off):
 
 
 def _ts(values):
-    return lambda ts: np.asarray(values(ts), np.int64)
+    return lambda ts: np.asarray(values(ts), ts.dtype)
+
+
+def _with_stats(edit):
+    # format 2 leaves the statistics out when the codes are stored: put well-formed ones back, then damage
+    def apply(m, a):
+        u, r = len(a["t_keys"]), a["t_codes"].shape[1]
+        a["t_bucket_sum"], a["t_bucket_sqnorm"] = np.zeros((u, r)), np.zeros(u)
+        edit(m, a)
+    return apply
+
+
+def _unmarked_int32(name):
+    # stored narrow but not marked as narrowed in the header
+    def apply(m, a):
+        a[name] = a[name].astype(np.int32)
+        m["narrowed"].pop(name, None)
+    return apply
 
 
 # (id, edit(meta, arrays)) -- all must raise IndexFormatError at load
@@ -457,10 +482,11 @@ CRAFTED = [
     ("offsets-decreasing", _arr("t_offsets", lambda o: np.r_[o[0], o[2], o[1], o[3:]])),
     ("offsets-empty-bucket", _arr("t_offsets", _empty_bucket)),
     ("offsets-short", _arr("t_offsets", lambda o: o[:-1])),
-    ("offsets-int32", _arr("t_offsets", lambda o: o.astype(np.int32))),
+    ("offsets-int32", _unmarked_int32("t_offsets")),
+    ("ids-int32", _unmarked_int32("t_ids")),
     ("keys-unsorted", _arr("t_keys", _keys_unsorted)),
     ("keys-duplicate", _arr("t_keys", _dup_key)),
-    ("keys-beyond-n-bits", _arr("t_keys", lambda k: np.r_[k[:-1], np.uint64(1 << 40)].astype(np.uint64))),
+    ("keys-beyond-n-bits", _arr("t_keys", lambda k: np.r_[k[:-1], 1 << 20].astype(k.dtype))),
     ("keys-int64", _arr("t_keys", lambda k: k.astype(np.int64))),
     ("keys-one-short", _arr("t_keys", lambda k: k[:-1])),
     ("table-start-not-zero", _arr("t_table_start", _ts(lambda t: np.r_[1, t[1:]]))),
@@ -476,11 +502,12 @@ CRAFTED = [
     ("codes-as-uint16", _arr("t_codes", lambda c: c.astype(np.float16).view(np.uint16))),
     ("ids-too-short", _arr("t_ids", lambda i: i[:-1])),
     ("ids-float", _arr("t_ids", lambda i: i.astype(np.float64))),
-    ("bucket-sum-wrong-width", _arr("t_bucket_sum", lambda s: s[:, :4])),
-    ("bucket-sum-float32", _arr("t_bucket_sum", lambda s: s.astype(np.float32))),
-    ("bucket-sqnorm-short", _arr("t_bucket_sqnorm", lambda s: s[:-1])),
+    ("bucket-sum-wrong-width", _with_stats(_arr("t_bucket_sum", lambda s: s[:, :4]))),
+    ("bucket-sum-float32", _with_stats(_arr("t_bucket_sum", lambda s: s.astype(np.float32)))),
+    ("bucket-sqnorm-short", _with_stats(_arr("t_bucket_sqnorm", lambda s: s[:-1]))),
     ("missing-keys", lambda m, a: a.pop("t_keys")),
-    ("missing-bucket-sum", lambda m, a: a.pop("t_bucket_sum")),
+    ("missing-bucket-sum", _with_stats(lambda m, a: a.pop("t_bucket_sum"))),
+    ("missing-codes", lambda m, a: a.pop("t_codes")),
     ("missing-weight", lambda m, a: a.pop("weight")),
     ("weight-wrong-shape", _arr("weight", lambda w: w[:, :-1])),
     ("weight-flat", _arr("weight", lambda w: w.ravel())),
@@ -553,3 +580,98 @@ def test_crafted_edits_are_the_only_difference(tmp_path, parts, saved):
     _, raw, index, x = saved
     assert path.read_bytes() == raw
     np.testing.assert_array_equal(LearnableLSHIndex.load(str(path)).score(x), index.score(x))
+
+
+# ---------------------------------------------------------------------- format 2 (compact tables)
+FIXTURES = Path(__file__).parent / "data"
+
+
+def _fixture_features():
+    # what tests/data/index_v1_*.llsh were built from (written by the format-1 code, commit e35d9f1)
+    return np.random.default_rng(0).normal(size=(60, 16)).astype(np.float32)
+
+
+@pytest.mark.parametrize("name, kwargs", [("float32", {}), ("float16", {"code_dtype": "float16"}),
+                                          ("stats", {"store_codes": False, "mode": "light"})])
+def test_format1_files_still_load_and_score_as_before(name, kwargs, tmp_path):
+    path = FIXTURES / f"index_v1_{name}.llsh"
+    assert llsh_io._PREFIX.unpack_from(path.read_bytes())[1] == 1
+    old = LearnableLSHIndex.load(str(path))
+    fresh = LearnableLSHIndex(16, n_tables=3, n_bits=6, seed=3, **kwargs).add(_fixture_features())
+    q = np.random.default_rng(1).normal(size=(40, 16)).astype(np.float32)
+    modes = ("light", "squared") if name == "stats" else ("mean", "light", "squared")
+    for mode in modes:
+        np.testing.assert_array_equal(old.score(q, mode), fresh.score(q, mode))
+    # and it re-saves in format 2 to the same scores
+    old.save(str(tmp_path / "v2.llsh"))
+    again = LearnableLSHIndex.load(str(tmp_path / "v2.llsh"))
+    for mode in modes:
+        np.testing.assert_array_equal(again.score(q, mode), fresh.score(q, mode))
+
+
+@pytest.mark.parametrize("code_dtype", ["float32", "float16"])
+def test_format2_file_holds_codes_narrow_ids_and_no_statistics(tmp_path, code_dtype):
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(3000, 24)).astype(np.float32)
+    b, r = 4, 10
+    index = LearnableLSHIndex(24, n_tables=b, n_bits=r, seed=2, code_dtype=code_dtype).add(x)
+    q = rng.normal(size=(200, 24)).astype(np.float32)
+    before = {m: index.score(q, m) for m in ("mean", "light", "squared")}  # statistics now in memory
+    path = str(tmp_path / "i.llsh")
+    size = index.save(path)
+    n_buckets = len(index._tables["keys"])
+    itemsize = np.dtype(code_dtype).itemsize
+    # codes + int32 ids per item and table, uint32 key + int32 offset per bucket, the layers, a header
+    budget = b * len(x) * (r * itemsize + 4) + n_buckets * 8 + b * r * 24 * 4 + 16384
+    with_stats = n_buckets * (r * 8 + 8) + b * len(x) * 4  # what format 1 added: float64 sums, int64 ids
+    assert size <= budget < size + with_stats
+    loaded = LearnableLSHIndex.load(path)
+    assert loaded._tables["bucket_sum"] is None and loaded._tables["ids"].dtype == np.int64
+    assert loaded._tables["keys"].dtype == np.uint64 and loaded._tables["offsets"].dtype == np.int64
+    for m, want in before.items():  # the derived statistics are the eager ones, bit for bit
+        np.testing.assert_array_equal(loaded.score(q, m), want)
+    for k in ("keys", "table_start", "offsets", "ids", "codes", "bucket_sum", "bucket_sqnorm"):
+        np.testing.assert_array_equal(loaded._tables[k], index._tables[k])
+
+
+def test_format2_keeps_wide_keys_beyond_32_bits(tmp_path):
+    x = np.random.default_rng(6).normal(size=(500, 40)).astype(np.float32)
+    index = LearnableLSHIndex(40, n_tables=2, n_bits=40, seed=1).add(x)
+    index.save(str(tmp_path / "w.llsh"))
+    meta, arrays = llsh_io.read_container(str(tmp_path / "w.llsh"), KIND)
+    assert arrays["t_keys"].dtype == np.uint64 and "t_keys" not in meta["narrowed"]
+    np.testing.assert_array_equal(LearnableLSHIndex.load(str(tmp_path / "w.llsh")).score(x[:50]), index.score(x[:50]))
+
+
+def test_narrowing_keeps_int64_when_values_do_not_fit():
+    from llsh_index.index import _narrow
+
+    big = np.array([0, 2 ** 31 - 1], np.int64)
+    assert _narrow("ids", big, 32).dtype == np.int32
+    assert _narrow("ids", big + 1, 32).dtype == np.int64
+    assert _narrow("offsets", np.array([-1, 3], np.int64), 32).dtype == np.int64
+    assert _narrow("codes", np.zeros(3, np.float32), 32).dtype == np.float32
+
+
+@pytest.mark.parametrize("tamper", ["foreign name", "wrong wide dtype", "not narrowed", "not a mapping",
+                                    "statistics half missing", "statistics without codes"])
+def test_format2_damaged_table_metadata_is_a_format_error(tmp_path, tamper):
+    x = np.random.default_rng(7).normal(size=(300, 12)).astype(np.float32)
+    path = str(tmp_path / "t.llsh")
+    LearnableLSHIndex(12, n_tables=2, n_bits=8, seed=1).add(x).save(path)
+    meta, arrays = llsh_io.read_container(path, KIND)
+    if tamper == "foreign name":
+        meta["narrowed"]["t_codes"] = "float64"
+    elif tamper == "wrong wide dtype":
+        meta["narrowed"]["t_ids"] = "uint64"
+    elif tamper == "not narrowed":
+        arrays["t_ids"] = arrays["t_ids"].astype(np.int64)
+    elif tamper == "not a mapping":
+        meta["narrowed"] = ["t_ids"]
+    elif tamper == "statistics half missing":
+        arrays["t_bucket_sum"] = np.zeros((len(arrays["t_keys"]), 8))
+    else:
+        del arrays["t_codes"]
+    llsh_io.write_container(path, KIND, meta, arrays)
+    with pytest.raises(IndexFormatError, match="inconsistent"):
+        LearnableLSHIndex.load(path)

@@ -210,7 +210,9 @@ def test_run_table2_smoke(tmp_path):
     md = (out / "table2.md").read_text()
     for row in res["rows"]:
         assert f"| {row['name']} |" in md
-    assert {t["target"].split()[0] for t in res["targets"]} >= {"LLSH", "disk"}
+    (disk,) = [t for t in res["targets"] if "disk" in t["target"]]
+    assert disk["pass"] is bool(rows["llsh"]["disk_bytes"] <= 316e6 / 28e9 * rows["knn"]["disk_bytes"])
+    assert {t["target"].split()[0] for t in res["targets"]} == {"LLSH"}
 
 
 def test_run_table2_probe_rows(tmp_path):
@@ -240,12 +242,15 @@ def test_run_table2_centred_projection_and_bits(tmp_path):
 
     S.generate(str(tmp_path / "data"), toy_labels(), tiny_config())
     res = T2.run_table2(str(tmp_path / "data"), str(tmp_path / "out"),
-                        tiny_settings(methods=("lsh", "llsh"), project_pcs=3, centre_layers=True, n_bits=6),
+                        tiny_settings(methods=("lsh", "llsh"), project_pcs=3, centre_layers=True, n_bits=6,
+                                      code_dtype="float16"),
                         progress=False, log=lambda *a, **k: None)
     rows = {r["key"]: r for r in res["rows"]}
-    assert rows["llsh"]["name"] == "LLSH [3 PCs projected, centred]" and rows["lsh"]["name"] == "LSH (untrained)"
+    assert rows["llsh"]["name"] == "LLSH [3 PCs projected, centred] (float16 codes)"
+    assert rows["lsh"]["name"] == "LSH (untrained) (float16 codes)"
     llsh = LearnableLSHIndex.load(rows["llsh"]["model_path"])
-    assert llsh.n_bits == LearnableLSHIndex.load(rows["lsh"]["model_path"]).n_bits == 6
+    lsh = LearnableLSHIndex.load(rows["lsh"]["model_path"])
+    assert llsh.n_bits == lsh.n_bits == 6 and llsh.code_dtype == lsh.code_dtype == "float16"
     train = np.asarray(S.open_bundle(str(tmp_path / "data")).train)
     x = F.layer_norm(torch.from_numpy(train), (train.shape[1],)).double()
     mean_dir = F.normalize(x.mean(0), dim=0)

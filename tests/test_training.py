@@ -298,3 +298,46 @@ def test_fallback_options_are_validated(static_data, kw, match):
     train, _, _ = static_data
     with pytest.raises(ConfigError, match=match):
         LearnableLSHIndex(n_tables=2, n_bits=8).fit(train[:50], progress=False, **kw)
+
+
+def test_randomized_principal_directions_match_numpy_eigh():
+    """Above EXACT_PCA_MAX_DIM features the top directions come from a randomized block power
+    iteration: on data with a spectral gap it must give the covariance's top eigenvectors (NumPy
+    eigh of the layer-normalised, centred rows, computed here independently), sign included."""
+    from llsh_index import training
+
+    rng = np.random.default_rng(0)
+    n, d, k = 4000, 96, 6
+    scales = np.array([9.0, 7.0, 5.5, 4.0, 3.0, 2.2])  # distinct, well above the unit noise
+    basis = np.linalg.qr(rng.normal(size=(d, k)))[0]
+    x = (rng.normal(size=(n, k)) * scales) @ basis.T + rng.normal(size=(n, d)) + 3.0
+    x = x.astype(np.float32)
+    ln = x.astype(np.float64)
+    ln = (ln - ln.mean(1, keepdims=True)) / np.sqrt(ln.var(1, keepdims=True) + 1e-5)
+    vals, vecs = np.linalg.eigh(np.cov(ln, rowvar=False, bias=True))
+    want = vecs[:, ::-1][:, :k].T
+    want *= np.sign(want[np.arange(k), np.abs(want).argmax(1)])[:, None]
+    got = training.principal_directions(torch.from_numpy(x), k, chunk_rows=700, method="randomized").numpy()
+    assert got.shape == (k, d)
+    np.testing.assert_allclose(got @ got.T, np.eye(k), atol=1e-8)
+    np.testing.assert_allclose(got, want, atol=2e-4)
+    exact = training.principal_directions(torch.from_numpy(x), k, method="exact").numpy()
+    np.testing.assert_allclose(exact, want, atol=1e-6)
+    with pytest.raises(ValueError, match="method"):
+        training.principal_directions(torch.from_numpy(x), k, method="svd")
+
+
+def test_auto_pca_switches_to_randomized_above_the_width_limit(monkeypatch):
+    from llsh_index import training
+
+    x = torch.from_numpy(np.random.default_rng(1).normal(size=(500, 80)).astype(np.float32))
+    called = []
+    real = training._randomized_directions
+    monkeypatch.setattr(training, "_randomized_directions", lambda *a, **k: called.append(a[1]) or real(*a, **k))
+    training.principal_directions(x, 5)
+    assert called == []  # 80 <= EXACT_PCA_MAX_DIM: exact
+    monkeypatch.setattr(training, "EXACT_PCA_MAX_DIM", 64)
+    training.principal_directions(x, 5)
+    assert called == [5]
+    training.principal_directions(x, 40)  # 40 + 30 directions of 80: no saving, exact again
+    assert called == [5]
