@@ -98,18 +98,41 @@ def _load_labels(path: str) -> Dict[str, np.ndarray]:
     return metrics.load_labels(path)
 
 
+_INDEX_DEFAULTS = {"n_tables": 8, "n_bits": 32, "mode": "mean", "code_dtype": "float32"}
+
+
 def _index_from_args(args, dim: Optional[int] = None):
     from . import LearnableLSHIndex
 
-    return LearnableLSHIndex(dim, n_tables=args.n_tables, n_bits=args.n_bits, mode=args.mode, seed=args.seed,
-                             store_codes=args.mode == "mean")
+    a = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in _INDEX_DEFAULTS.items()}
+    return LearnableLSHIndex(dim, n_tables=a["n_tables"], n_bits=a["n_bits"], mode=a["mode"], seed=args.seed,
+                             store_codes=a["mode"] == "mean", code_dtype=a["code_dtype"])
+
+
+def _index_like_model(model, args):
+    """An empty index on the model's layers; --mode / --code-dtype given on the command line apply,
+    --n-tables / --n-bits must agree with the layers (they cannot be changed without refitting)."""
+    for name in ("n_tables", "n_bits"):
+        given = getattr(args, name)
+        if given is not None and given != getattr(model, name):
+            raise SystemExit(f"error: --{name.replace('_', '-')} {given} does not match the model's layers "
+                             f"({name} = {getattr(model, name)}); leave it out or refit")
+    overrides = {}
+    if args.mode is not None:
+        overrides.update(mode=args.mode, store_codes=args.mode == "mean")
+    if args.code_dtype is not None:
+        overrides["code_dtype"] = args.code_dtype
+    return model.empty_like(**overrides)
 
 
 def _add_index_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--n-tables", type=int, default=8, help="b, number of hash tables (default 8)")
-    p.add_argument("--n-bits", type=int, default=32, help="r, bits per key, 1..64 (default 32)")
-    p.add_argument("--mode", choices=["mean", "light", "squared"], default="mean",
-                   help="score: mean L2 to the bucket (LLSH), distance to its mean (light), mean squared L2")
+    p.add_argument("--n-tables", type=int, default=None, help="b, number of hash tables (default 8; build --model: the layers')")
+    p.add_argument("--n-bits", type=int, default=None, help="r, bits per key, 1..64 (default 32; build --model: the layers')")
+    p.add_argument("--mode", choices=["mean", "light", "squared"], default=None,
+                   help="score: mean L2 to the bucket (LLSH, default), distance to its mean (light), mean squared "
+                        "L2; light and squared keep bucket statistics only")
+    p.add_argument("--code-dtype", choices=["float32", "float16"], default=None,
+                   help="stored codes (mean mode): float16 halves the index in memory and on disk (default float32)")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -178,8 +201,7 @@ def cmd_build(args) -> int:
     ff = _load_feature_file(args.features)
     x, _ = _stack(ff, _select(ff, args.prefix))
     if args.model:
-        index = LearnableLSHIndex.load(args.model)
-        index.reset()
+        index = _index_like_model(LearnableLSHIndex.load(args.model), args)
     else:
         index = _index_from_args(args, x.shape[1])
     t0 = time.time()

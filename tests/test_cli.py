@@ -150,3 +150,39 @@ def test_extract_from_frame_folders(tmp_path, capsys):
     assert np.isfinite(ff.features["b"]).all()
     assert main(["extract", "--dataset", "ped2", "--root", str(tmp_path / "nope"), "--out", str(out)]) == 2
     assert "nope" in capsys.readouterr().err  # the missing folder is named
+
+
+def test_build_on_fitted_layers_honours_mode_and_code_dtype(feature_files, capsys):
+    """build --model: --mode and --code-dtype apply to the new index (they were silently ignored
+    before); --n-tables / --n-bits that disagree with the layers are refused, naming both."""
+    from llsh_index import LearnableLSHIndex
+    from llsh_index.cli import _stack, _load_feature_file
+
+    tmp, _ = feature_files
+    p = lambda name: str(tmp / name)  # noqa: E731
+    assert main(["fit", "--features", p("train.npz"), "--out", p("layers.llsh"), "--n-tables", "4",
+                 "--n-bits", "8", "--iterations", "5", "--batch-size", "32", "--queue-size", "64",
+                 "--max-offset", "10", "--quiet"]) == 0
+    layers = LearnableLSHIndex.load(p("layers.llsh"))
+    x, _ = _stack(_load_feature_file(p("train.npz")), sorted(_load_feature_file(p("train.npz")).videos))
+    q = np.random.default_rng(3).standard_normal((50, x.shape[1])).astype(np.float32)
+    for extra, want in ((["--mode", "light"], dict(mode="light", store_codes=False)),
+                        (["--code-dtype", "float16"], dict(code_dtype="float16")),
+                        ([], {})):
+        assert main(["build", "--model", p("layers.llsh"), "--features", p("train.npz"), "--out", p("i.llsh"),
+                     "--quiet"] + extra) == 0
+        built = LearnableLSHIndex.load(p("i.llsh"))
+        ref = layers.empty_like(**want).add(x)
+        assert (built.mode, built.code_dtype, built.store_codes) == (ref.mode, ref.code_dtype, ref.store_codes)
+        np.testing.assert_array_equal(built.score(q), ref.score(q))
+        torch_w = built.encoder.weight.detach().numpy()
+        np.testing.assert_array_equal(torch_w, layers.encoder.weight.detach().numpy())
+    assert LearnableLSHIndex.load(p("i.llsh")).code_dtype == "float32"  # the defaults: the layers' settings
+    with pytest.raises(SystemExit, match="--n-bits 16 does not match the model's layers \\(n_bits = 8\\)"):
+        main(["build", "--model", p("layers.llsh"), "--features", p("train.npz"), "--out", p("j.llsh"),
+              "--n-bits", "16", "--quiet"])
+    # without a model: plain LSH with the given settings
+    assert main(["build", "--features", p("train.npz"), "--out", p("k.llsh"), "--n-tables", "3", "--n-bits", "6",
+                 "--code-dtype", "float16", "--quiet"]) == 0
+    k = LearnableLSHIndex.load(p("k.llsh"))
+    assert (k.n_tables, k.n_bits, k.code_dtype, k.mode, k.is_trained) == (3, 6, "float16", "mean", False)
