@@ -126,8 +126,10 @@ def _index_like_model(model, args):
 
 
 def _add_index_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--n-tables", type=int, default=None, help="b, number of hash tables (default 8; build --model: the layers')")
-    p.add_argument("--n-bits", type=int, default=None, help="r, bits per key, 1..64 (default 32; build --model: the layers')")
+    p.add_argument("--n-tables", type=int, default=None,
+                   help="b, number of hash tables (default 8; build --model: the layers')")
+    p.add_argument("--n-bits", type=int, default=None,
+                   help="r, bits per key, 1..64 (default 32; build --model: the layers')")
     p.add_argument("--mode", choices=["mean", "light", "squared"], default=None,
                    help="score: mean L2 to the bucket (LLSH, default), distance to its mean (light), mean squared "
                         "L2; light and squared keep bucket statistics only")
