@@ -150,7 +150,7 @@ EXACT_PCA_MAX_DIM = 4096
 
 
 def principal_directions(features: torch.Tensor, k: int, chunk_rows: int = 65536,
-                         method: str = "auto") -> torch.Tensor:
+                         method: str = "auto", progress: bool = False) -> torch.Tensor:
     """(min(k, N-1, d), d) float64: the top principal directions of the layer-normalised rows.
 
     method "exact" (the default up to EXACT_PCA_MAX_DIM features): eigenvectors of the covariance,
@@ -164,34 +164,47 @@ def principal_directions(features: torch.Tensor, k: int, chunk_rows: int = 65536
     k = int(min(k, n - 1, d))
     if method not in ("auto", "exact", "randomized"):
         raise ValueError(f"method: expected 'auto', 'exact' or 'randomized', got {method!r}")
+    from tqdm.auto import tqdm
+
     width = min(d, k + k // 2 + 10)
-    if method == "exact" or (method == "auto" and (d <= EXACT_PCA_MAX_DIM or 2 * width >= d)) or k == 0:
+    exact = method == "exact" or (method == "auto" and (d <= EXACT_PCA_MAX_DIM or 2 * width >= d)) or k == 0
+    # rows read: one pass (exact), or the mean, the power passes and Rayleigh-Ritz (randomized)
+    bar = tqdm(total=n * (1 if exact else _RANDOMIZED_PASSES + 2), desc=f"principal directions (k={k})",
+               unit="row", unit_scale=True, disable=not progress, leave=False)
+    if exact:
         mean = torch.zeros(d, dtype=torch.float64, device=features.device)
         gram = torch.zeros(d, d, dtype=torch.float64, device=features.device)
-        for x in _layer_normed_chunks(features, chunk_rows, torch.float64):
+        for x in _layer_normed_chunks(features, chunk_rows, torch.float64, bar):
             mean += x.sum(dim=0)
             gram += x.T @ x
         mean /= n
         _, vecs = torch.linalg.eigh(gram / n - torch.outer(mean, mean))  # ascending eigenvalues
         top = vecs[:, -k:].flip(1).T.contiguous() if k > 0 else vecs[:, :0].T
     else:
-        top = _randomized_directions(features, k, width, chunk_rows)
+        top = _randomized_directions(features, k, width, chunk_rows, bar=bar)
+    bar.close()
     sign = torch.sign(top.gather(1, top.abs().argmax(dim=1, keepdim=True)))
     return (top * sign).cpu()
 
 
-def _layer_normed_chunks(features: torch.Tensor, chunk_rows: int, dtype=torch.float32):
+def _layer_normed_chunks(features: torch.Tensor, chunk_rows: int, dtype=torch.float32, bar=None):
     d = features.shape[1]
     for i in range(0, features.shape[0], chunk_rows):
-        yield F.layer_norm(features[i:i + chunk_rows].to(torch.float32), (d,)).to(dtype)
+        x = F.layer_norm(features[i:i + chunk_rows].to(torch.float32), (d,)).to(dtype)
+        yield x
+        if bar is not None:
+            bar.update(x.shape[0])
+
+
+_RANDOMIZED_PASSES = 8
 
 
 def _randomized_directions(features: torch.Tensor, k: int, width: int, chunk_rows: int,
-                           n_passes: int = 8) -> torch.Tensor:
+                           n_passes: int = _RANDOMIZED_PASSES, bar=None) -> torch.Tensor:
     n, d = features.shape
     dev = features.device
     mean = torch.zeros(d, dtype=torch.float64, device=dev)
-    for x in _layer_normed_chunks(features, chunk_rows):
+    for x in _layer_normed_chunks(features, chunk_rows, bar=bar):
         mean += x.sum(dim=0, dtype=torch.float64)
     mean = (mean / n).to(torch.float32)
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -201,7 +214,7 @@ def _randomized_directions(features: torch.Tensor, k: int, width: int, chunk_row
         q32 = basis.to(torch.float32)
         acc = torch.zeros(width, width, dtype=torch.float64, device=dev) if last else \
             torch.zeros(d, width, dtype=torch.float64, device=dev)
-        for x in _layer_normed_chunks(features, chunk_rows):
+        for x in _layer_normed_chunks(features, chunk_rows, bar=bar):
             z = (x - mean) @ q32  # float32 products, float64 sums over chunks
             acc += (z.T @ z if last else (x - mean).T @ z).to(torch.float64)
         if not last:  # the covariance applied to the basis, re-orthonormalised
@@ -234,7 +247,7 @@ def train_moco(encoder: HashEncoder, features: torch.Tensor, video_ids: Optional
     # training rows span): small d keeps codes that still vary
     k = min(cfg.project_pcs, (features.shape[1] - 1) // 2)
     if k > 0:  # (k, d) orthonormal: the main directions of the normal data's variation
-        pcs = principal_directions(features, k).to(device=device, dtype=encoder.weight.dtype)
+        pcs = principal_directions(features, k, progress=cfg.progress).to(device=device, dtype=encoder.weight.dtype)
         with torch.no_grad():  # the codes stop depending on them; training may not bring them back
             encoder.weight.sub_((encoder.weight @ pcs.T) @ pcs)
         if mean_dir is not None:  # its part outside them: the two projections then commute

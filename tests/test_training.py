@@ -341,3 +341,34 @@ def test_auto_pca_switches_to_randomized_above_the_width_limit(monkeypatch):
     assert called == [5]
     training.principal_directions(x, 40)  # 40 + 30 directions of 80: no saving, exact again
     assert called == [5]
+
+
+@pytest.mark.parametrize("method, passes", [("exact", 1), ("randomized", 10)])
+def test_principal_directions_progress_bar_counts_every_row_read(method, passes, monkeypatch):
+    """Above 4,096 features the PCA reads the training set 10 times (minutes at the paper's size):
+    fit(progress=True) shows it, one tick per row read, with the same result as without."""
+    import tqdm.auto
+
+    from llsh_index import training
+
+    seen = []
+
+    class Bar:
+        def __init__(self, total, disable, **kw):
+            self.total, self.n, self.disable, self.desc = total, 0, disable, kw.get("desc")
+            seen.append(self)
+
+        def update(self, k):
+            self.n += k
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    x = torch.from_numpy(np.random.default_rng(2).normal(size=(900, 60)).astype(np.float32))
+    a = training.principal_directions(x, 4, chunk_rows=200, method=method, progress=True)
+    b = training.principal_directions(x, 4, chunk_rows=200, method=method)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert [(s.total, s.n, s.disable) for s in seen] == [(900 * passes, 900 * passes, False),
+                                                         (900 * passes, 900 * passes, True)]
+    assert seen[0].desc == "principal directions (k=4)"
