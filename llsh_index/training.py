@@ -149,8 +149,12 @@ def _cosine_neighbors(features: torch.Tensor, k: int) -> np.ndarray:
 EXACT_PCA_MAX_DIM = 4096
 
 
-def principal_directions(features: torch.Tensor, k: int, chunk_rows: int = 65536,
-                         method: str = "auto", progress: bool = False) -> torch.Tensor:
+_CHUNK_ROWS = 65536  # rows layer-normalised at a time when reading the whole training set
+
+
+def principal_directions(features: torch.Tensor, k: int, chunk_rows: int = _CHUNK_ROWS,
+                         method: str = "auto", progress: bool = False,
+                         mean: Optional[torch.Tensor] = None) -> torch.Tensor:
     """(min(k, N-1, d), d) float64: the top principal directions of the layer-normalised rows.
 
     method "exact" (the default up to EXACT_PCA_MAX_DIM features): eigenvectors of the covariance,
@@ -158,7 +162,8 @@ def principal_directions(features: torch.Tensor, k: int, chunk_rows: int = 65536
     (the default above): block power iteration with k/2 + 10 extra directions, 8 passes, then
     Rayleigh-Ritz (Halko, Martinsson, Tropp 2011, Alg. 4.4), deterministic (its start is seeded).
     Both run on the features' device; each direction's sign is fixed (largest |entry| positive) so
-    the result does not depend on the solver's sign choice.
+    the result does not depend on the solver's sign choice.  mean: layer_normed_mean(features), when
+    the caller already has it, saves the randomized method its own pass over the rows.
     """
     n, d = features.shape
     k = int(min(k, n - 1, d))
@@ -168,8 +173,9 @@ def principal_directions(features: torch.Tensor, k: int, chunk_rows: int = 65536
 
     width = min(d, k + k // 2 + 10)
     exact = method == "exact" or (method == "auto" and (d <= EXACT_PCA_MAX_DIM or 2 * width >= d)) or k == 0
-    # rows read: one pass (exact), or the mean, the power passes and Rayleigh-Ritz (randomized)
-    bar = tqdm(total=n * (1 if exact else _RANDOMIZED_PASSES + 2), desc=f"principal directions (k={k})",
+    # rows read: one pass (exact), or the mean (unless given), the power passes and Rayleigh-Ritz
+    passes = 1 if exact else _RANDOMIZED_PASSES + 1 + (mean is None)
+    bar = tqdm(total=n * passes, desc=f"principal directions (k={k})",
                unit="row", unit_scale=True, disable=not progress, leave=False)
     if exact:
         mean = torch.zeros(d, dtype=torch.float64, device=features.device)
@@ -181,7 +187,9 @@ def principal_directions(features: torch.Tensor, k: int, chunk_rows: int = 65536
         _, vecs = torch.linalg.eigh(gram / n - torch.outer(mean, mean))  # ascending eigenvalues
         top = vecs[:, -k:].flip(1).T.contiguous() if k > 0 else vecs[:, :0].T
     else:
-        top = _randomized_directions(features, k, width, chunk_rows, bar=bar)
+        if mean is None:
+            mean = layer_normed_mean(features, chunk_rows, bar)
+        top = _randomized_directions(features, mean.to(torch.float32), k, width, chunk_rows, bar=bar)
     bar.close()
     sign = torch.sign(top.gather(1, top.abs().argmax(dim=1, keepdim=True)))
     return (top * sign).cpu()
@@ -196,17 +204,19 @@ def _layer_normed_chunks(features: torch.Tensor, chunk_rows: int, dtype=torch.fl
             bar.update(x.shape[0])
 
 
+def layer_normed_mean(features: torch.Tensor, chunk_rows: int = _CHUNK_ROWS, bar=None) -> torch.Tensor:
+    """(d,) float64: the mean of the layer-normalised rows, one chunk at a time (float64 sums)."""
+    total = sum(x.sum(dim=0, dtype=torch.float64) for x in _layer_normed_chunks(features, chunk_rows, bar=bar))
+    return total / features.shape[0]
+
+
 _RANDOMIZED_PASSES = 8
 
 
-def _randomized_directions(features: torch.Tensor, k: int, width: int, chunk_rows: int,
+def _randomized_directions(features: torch.Tensor, mean: torch.Tensor, k: int, width: int, chunk_rows: int,
                            n_passes: int = _RANDOMIZED_PASSES, bar=None) -> torch.Tensor:
     n, d = features.shape
     dev = features.device
-    mean = torch.zeros(d, dtype=torch.float64, device=dev)
-    for x in _layer_normed_chunks(features, chunk_rows, bar=bar):
-        mean += x.sum(dim=0, dtype=torch.float64)
-    mean = (mean / n).to(torch.float32)
     gen = torch.Generator(device="cpu").manual_seed(0)
     basis = torch.linalg.qr(torch.randn(d, width, generator=gen, dtype=torch.float64).to(dev))[0]
     for it in range(n_passes + 1):
@@ -215,11 +225,12 @@ def _randomized_directions(features: torch.Tensor, k: int, width: int, chunk_row
         acc = torch.zeros(width, width, dtype=torch.float64, device=dev) if last else \
             torch.zeros(d, width, dtype=torch.float64, device=dev)
         for x in _layer_normed_chunks(features, chunk_rows, bar=bar):
-            z = (x - mean) @ q32  # float32 products, float64 sums over chunks
-            acc += (z.T @ z if last else (x - mean).T @ z).to(torch.float64)
+            x -= mean  # centred in place: the chunk is a fresh tensor
+            z = x @ q32  # float32 products, float64 sums over chunks
+            acc += (z.T @ z if last else x.T @ z).to(torch.float64)
         if not last:  # the covariance applied to the basis, re-orthonormalised
             basis = torch.linalg.qr(acc)[0]
-    vals, vecs = torch.linalg.eigh(acc / n)  # Rayleigh-Ritz in the final basis
+    _, vecs = torch.linalg.eigh(acc / n)  # Rayleigh-Ritz in the final basis
     top = basis @ vecs[:, -k:].flip(1)
     return top.T.contiguous()
 
@@ -238,16 +249,17 @@ def train_moco(encoder: HashEncoder, features: torch.Tensor, video_ids: Optional
     code_len = encoder.n_tables * encoder.n_bits
     queue = F.normalize(torch.randn(cfg.queue_size, code_len, generator=gen), dim=1).to(device)
     ptr = 0
-    mean_dir = None
+    mean = mean_dir = None
     if cfg.project_mean or cfg.centre_layers:  # unit mean of the layer-normalised training rows
-        total = sum(x.sum(dim=0, dtype=torch.float64) for x in _layer_normed_chunks(features, 65536))
-        mean_dir = F.normalize((total / features.shape[0]).to(torch.float32), dim=0).to(device)
+        mean = layer_normed_mean(features)
+        mean_dir = F.normalize(mean.to(torch.float32), dim=0).to(device)
     pcs = None
     # at most half of the d - 1 directions a layer-normalised row can take (and N - 1, all the
     # training rows span): small d keeps codes that still vary
     k = min(cfg.project_pcs, (features.shape[1] - 1) // 2)
     if k > 0:  # (k, d) orthonormal: the main directions of the normal data's variation
-        pcs = principal_directions(features, k, progress=cfg.progress).to(device=device, dtype=encoder.weight.dtype)
+        pcs = principal_directions(features, k, progress=cfg.progress, mean=mean)
+        pcs = pcs.to(device=device, dtype=encoder.weight.dtype)
         with torch.no_grad():  # the codes stop depending on them; training may not bring them back
             encoder.weight.sub_((encoder.weight @ pcs.T) @ pcs)
         if mean_dir is not None:  # its part outside them: the two projections then commute

@@ -333,7 +333,12 @@ def test_auto_pca_switches_to_randomized_above_the_width_limit(monkeypatch):
     x = torch.from_numpy(np.random.default_rng(1).normal(size=(500, 80)).astype(np.float32))
     called = []
     real = training._randomized_directions
-    monkeypatch.setattr(training, "_randomized_directions", lambda *a, **k: called.append(a[1]) or real(*a, **k))
+
+    def spy(features, mean, k, *a, **kw):
+        called.append(k)
+        return real(features, mean, k, *a, **kw)
+
+    monkeypatch.setattr(training, "_randomized_directions", spy)
     training.principal_directions(x, 5)
     assert called == []  # 80 <= EXACT_PCA_MAX_DIM: exact
     monkeypatch.setattr(training, "EXACT_PCA_MAX_DIM", 64)
@@ -372,3 +377,8 @@ def test_principal_directions_progress_bar_counts_every_row_read(method, passes,
     assert [(s.total, s.n, s.disable) for s in seen] == [(900 * passes, 900 * passes, False),
                                                          (900 * passes, 900 * passes, True)]
     assert seen[0].desc == "principal directions (k=4)"
+    # fit() hands over the mean it already has: the randomized method then skips its own pass
+    c = training.principal_directions(x, 4, chunk_rows=200, method=method, progress=True,
+                                      mean=training.layer_normed_mean(x, 200))
+    torch.testing.assert_close(c, a, rtol=0, atol=0)
+    assert seen[2].total == seen[2].n == 900 * (passes if method == "exact" else passes - 1)
