@@ -250,21 +250,6 @@ def _quiet_warnings():
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 
-def _copy_trained(src, mode: str, store_codes: bool, seed: int, code_dtype: str = "float32"):
-    """A new index (other mode / statistics-only) with src's trained hash layers.
-
-    LearnableLSHIndex has no public way to do this (e.g. a from_layers() or load(..., store_codes=False)),
-    so the encoder's state and the training log are copied over by hand.
-    """
-    from llsh_index import LearnableLSHIndex
-
-    idx = LearnableLSHIndex(src.dim, src.n_tables, src.n_bits, mode=mode, store_codes=store_codes, seed=seed,
-                            code_dtype=code_dtype)
-    idx.encoder.load_state_dict(src.encoder.state_dict())
-    idx.training_log_ = src.training_log_
-    return idx
-
-
 def _job_train(job: dict) -> dict:
     from llsh_index import LearnableLSHIndex
 
@@ -322,7 +307,9 @@ def _job_method(job: dict) -> dict:
         path = os.path.join(models, f"{spec['key']}.npz")
     else:
         if spec["trained"]:
-            scorer = _copy_trained(trained, spec["mode"], spec["store_codes"], s.seed, s.code_dtype)
+            # the trained layers in a new index (other mode / statistics-only)
+            scorer = trained.empty_like(mode=spec["mode"], store_codes=spec["store_codes"],
+                                        code_dtype=s.code_dtype)
         else:
             scorer = LearnableLSHIndex(d, s.n_tables, s.n_bits, mode=spec["mode"],
                                        store_codes=spec["store_codes"], seed=s.seed, code_dtype=s.code_dtype)

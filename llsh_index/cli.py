@@ -98,31 +98,30 @@ def _load_labels(path: str) -> Dict[str, np.ndarray]:
     return metrics.load_labels(path)
 
 
-_INDEX_DEFAULTS = {"n_tables": 8, "n_bits": 32, "mode": "mean", "code_dtype": "float32"}
+def _given_index_options(args) -> dict:
+    """The index options given on the command line (left out: None, so build --model can tell)."""
+    given = {k: getattr(args, k) for k in ("n_tables", "n_bits", "mode", "code_dtype") if getattr(args, k) is not None}
+    if "mode" in given:  # light and squared keep bucket statistics only
+        given["store_codes"] = given["mode"] == "mean"
+    return given
 
 
 def _index_from_args(args, dim: Optional[int] = None):
     from . import LearnableLSHIndex
 
-    a = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in _INDEX_DEFAULTS.items()}
-    return LearnableLSHIndex(dim, n_tables=a["n_tables"], n_bits=a["n_bits"], mode=a["mode"], seed=args.seed,
-                             store_codes=a["mode"] == "mean", code_dtype=a["code_dtype"])
+    return LearnableLSHIndex(dim, seed=args.seed, **_given_index_options(args))  # the rest: its defaults
 
 
 def _index_like_model(model, args):
     """An empty index on the model's layers; --mode / --code-dtype given on the command line apply,
     --n-tables / --n-bits must agree with the layers (they cannot be changed without refitting)."""
+    given = _given_index_options(args)
     for name in ("n_tables", "n_bits"):
-        given = getattr(args, name)
-        if given is not None and given != getattr(model, name):
-            raise SystemExit(f"error: --{name.replace('_', '-')} {given} does not match the model's layers "
+        value = given.pop(name, None)
+        if value is not None and value != getattr(model, name):
+            raise SystemExit(f"error: --{name.replace('_', '-')} {value} does not match the model's layers "
                              f"({name} = {getattr(model, name)}); leave it out or refit")
-    overrides = {}
-    if args.mode is not None:
-        overrides.update(mode=args.mode, store_codes=args.mode == "mean")
-    if args.code_dtype is not None:
-        overrides["code_dtype"] = args.code_dtype
-    return model.empty_like(**overrides)
+    return model.empty_like(**given)
 
 
 def _add_index_args(p: argparse.ArgumentParser) -> None:
