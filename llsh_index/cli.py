@@ -31,7 +31,7 @@ import numpy as np
 DEMO_TRAINING = dict(iterations=2000, lr=0.2, momentum=0.99, queue_size=2048, batch_size=256, max_offset=150,
                      temperature=0.1, project_pcs=30, project_mean=True)
 DEMO_KNN_K = 1
-DEMO_PROBES = 32  # the multi-probe rows (ours): buckets probed per table
+DEMO_PROBES = 32  # the multi-probe rows (ours): buckets probed per table (on a miss: of every table)
 DEMO_KMEANS_K = 32
 
 
@@ -221,10 +221,11 @@ def cmd_score(args) -> int:
     names = _select(ff, args.prefix)
     out, t0 = {}, time.time()
     for v in names:
-        s = index.score(ff.features[v], mode=args.mode_override, n_probes=args.probes)
+        s = index.score(ff.features[v], mode=args.mode_override, n_probes=args.probes, miss_probes=args.miss_probes)
         out[v] = frame_scores(s, ff.frame_index.get(v), ff.n_frames.get(v))
     _save_scores(args.out, out, {"index": os.path.abspath(args.index), "features": os.path.abspath(args.features),
-                                 "mode": args.mode_override or index.mode, "n_probes": args.probes})
+                                 "mode": args.mode_override or index.mode, "n_probes": args.probes,
+                                 "miss_probes": args.miss_probes})
     print(f"scored {len(names)} videos in {time.time() - t0:.2f}s -> {args.out}")
     if args.csv:
         with open(args.csv, "w") as f:
@@ -357,6 +358,8 @@ def run_demo(out_dir: str, features: Optional[str] = None, training: Optional[di
     for name, index in (("LSH", lsh), ("LLSH", llsh)):  # the same indexes, multi-probe (llsh_index.probing)
         s, t = per_video(lambda q: index.score(q, n_probes=DEMO_PROBES))
         record(f"{name}, {DEMO_PROBES} probes", train_s if index is llsh else 0.0, 0.0, s, t)
+    s, t = per_video(lambda q: llsh.score(q, miss_probes=DEMO_PROBES))  # probes only for snippets missing every table
+    record(f"LLSH, {DEMO_PROBES} probes on a miss", train_s, 0.0, s, t)
 
     try:
         from .baselines import KMeansScorer, KNNScorer
@@ -455,6 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probes", type=int, default=1,
                    help="buckets probed per table (default 1, the paper; more also probe the keys with one or two "
                         "of the query's least confident bits flipped)")
+    p.add_argument("--miss-probes", type=int, default=0,
+                   help="probes per table for a snippet that misses every table (default 0, off: the paper scores "
+                        "it with the miss value; more than --probes re-probes only such snippets)")
     p.add_argument("--out", required=True)
     p.add_argument("--csv", default=None)
     p.set_defaults(fn=cmd_score)

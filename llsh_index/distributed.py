@@ -286,31 +286,35 @@ class DistributedIndex:
         return self._template.combine_partial_scores(parts, mode, return_distances,
                                                      query_codes=codes if mode == "light" else None)
 
-    def _probed(self, codes, keys, mode, return_distances, n_probes):
-        """Multi-probe (llsh_index.probing): every shard's partial sums per probe rank, combined exactly,
-        then the minimum over the probed buckets that exist."""
-        ray = _ray()
+    def _distances(self, codes, keys, mode):
+        """(M, b) distances of one key set, every shard's partial sums combined exactly; +inf where absent."""
+        parts = _ray().get(self._submit(codes, keys, mode))
+        hit = sum(np.asarray(p["count"]) for p in parts) > 0
+        d = self._template.combine_partial_scores(parts, mode, True, query_codes=codes if mode == "light" else None)
+        return np.where(hit, d, np.float32(np.inf))
 
-        def distances(k):
-            parts = ray.get(self._submit(codes, k, mode))
-            hit = sum(np.asarray(p["count"]) for p in parts) > 0
-            d = self._template.combine_partial_scores(parts, mode, True,
-                                                      query_codes=codes if mode == "light" else None)
-            return np.where(hit, d, np.float32(np.inf))
-
-        d = probing.min_over_probes(codes, keys, n_probes, distances, self._template.default_miss_value(mode))
+    def _probed(self, codes, keys, mode, return_distances, n_probes, miss_probes=0):
+        """Multi-probe and probing on a miss (llsh_index.probing): one round of partial sums per
+        probe rank, then the minimum over the probed buckets that exist."""
+        miss = self._template.default_miss_value(mode)
+        first_miss = np.inf if miss_probes else miss
+        d = probing.min_over_probes(codes, keys, n_probes, lambda k: self._distances(codes, k, mode), first_miss)
+        if miss_probes:
+            d, _ = probing.probe_missed(codes, keys, d, miss_probes, lambda c, k: self._distances(c, k, mode), miss)
         return d if return_distances else d.min(axis=1)
 
-    def _run(self, queries, mode, return_distances, query_batch, n_probes=1):
+    def _run(self, queries, mode, return_distances, query_batch, n_probes=1, miss_probes=0):
         n_probes = check_int_range(n_probes, "n_probes", 1)
+        miss_probes = probing.check_miss_probes(miss_probes, n_probes)
+        plain = n_probes == 1 and not miss_probes  # one pipelined round of partial sums, no probing
         if not self._actors:
             raise ConfigError("score: this DistributedIndex is shut down")
         mode = self._template.mode if mode is None else mode
         ray = _ray()
-        if isinstance(queries, ray.ObjectRef) and n_probes > 1:
+        if isinstance(queries, ray.ObjectRef) and not plain:
             # the probe keys are made from the codes: shard 0 hashes, the driver takes the codes back
             codes, keys = ray.get(list(self._actors[0].hash_queries.options(num_returns=2).remote(queries)))
-            return self._probed(codes, keys, mode, return_distances, n_probes)
+            return self._probed(codes, keys, mode, return_distances, n_probes, miss_probes)
         if isinstance(queries, ray.ObjectRef):
             # queries already in the object store: shard 0 hashes them, the codes never pass the driver
             codes, keys = self._actors[0].hash_queries.options(num_returns=2).remote(queries)
@@ -328,29 +332,29 @@ class DistributedIndex:
         out = []
         for i in range(0, n, step):
             codes, keys = hashed
-            futures = self._submit(codes, keys, mode) if n_probes == 1 else None
+            futures = self._submit(codes, keys, mode) if plain else None
             if i + step < n:
                 hashed = self._template.hash_queries(queries[i + step:i + 2 * step])
             out.append(self._combine(futures, codes, mode, return_distances) if futures is not None
-                       else self._probed(codes, keys, mode, return_distances, n_probes))
+                       else self._probed(codes, keys, mode, return_distances, n_probes, miss_probes))
         return out[0] if len(out) == 1 else np.concatenate(out)
 
     def table_distances(self, queries, mode: Optional[str] = None, *, query_batch: Optional[int] = 100_000,
-                        n_probes: int = 1):
+                        n_probes: int = 1, miss_probes: int = 0):
         """(M, n_tables) float32 distances, equal to the single index's table_distances()."""
-        return self._run(queries, mode, True, query_batch, n_probes)
+        return self._run(queries, mode, True, query_batch, n_probes, miss_probes)
 
     def score(self, queries, mode: Optional[str] = None, *, query_batch: Optional[int] = 100_000,
-              n_probes: int = 1) -> np.ndarray:
+              n_probes: int = 1, miss_probes: int = 0) -> np.ndarray:
         """(M,) float32 anomaly scores (minimum over tables), equal to the single index's score().
 
         The driver hashes the queries in rounds of `query_batch` rows and puts each round's codes
         and keys in the object store once (b*r*4 + b*8 bytes per query, whatever d is), which also
         bounds the partial sums the driver receives per round.  Queries given as a Ray ObjectRef are
-        hashed by the first shard's worker instead.  n_probes: as LearnableLSHIndex.score (multi-probe;
-        one round trip to the shards per probe rank).
+        hashed by the first shard's worker instead.  n_probes, miss_probes: as LearnableLSHIndex.score
+        (multi-probe, probing on a miss; one round trip to the shards per probe rank).
         """
-        return self._run(queries, mode, False, query_batch, n_probes)
+        return self._run(queries, mode, False, query_batch, n_probes, miss_probes)
 
     # ------------------------------------------------------------------ persistence
     def save_shards(self, folder) -> List[str]:

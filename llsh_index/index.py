@@ -362,14 +362,19 @@ class LearnableLSHIndex:
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
-    def table_distances(self, queries, mode: Optional[str] = None, *, n_probes: int = 1) -> np.ndarray:
+    def table_distances(self, queries, mode: Optional[str] = None, *, n_probes: int = 1,
+                        miss_probes: int = 0) -> np.ndarray:
         """(M, n_tables) distances of each query to its bucket in each table.
 
         n_probes > 1 (an extension; 1 is the paper): per table, also probe the buckets of the
         query's key with one or two of its least confident bits flipped, and take the smallest
         distance over the probed buckets that exist (llsh_index.probing).
+        miss_probes = P > n_probes (an extension; 0, off, is the paper): a query that misses every
+        table is looked up again with P probes per table, and only such a query; its row then
+        holds those distances.  The paper gives it miss_value in every table.
         """
         n_probes = check_int_range(n_probes, "n_probes", 1)
+        miss_probes = probing.check_miss_probes(miss_probes, n_probes)
         tables = self._tables  # snapshot: an add() running meanwhile swaps in a new dict
         if self.encoder is None or tables is None:
             raise NotFittedError("score: the index is empty; call add(features) first")
@@ -381,23 +386,32 @@ class LearnableLSHIndex:
                               "only (store_codes=False); use 'light' or 'squared'")
         t = self._features(queries, "queries")
         miss = self.default_miss_value(mode)
-        out, compared = [], 0
+        # with miss_probes a miss stays +inf until the rows that missed every table are re-probed
+        first_miss = math.inf if miss_probes else miss
+        out, compared = [], [0]
+
+        def lookup(c, k, p, miss_value):
+            if p == 1:
+                d, n_cmp = _engine.lookup(tables, c, k, _engine.MODES[mode], miss_value, self.n_threads)
+            else:
+                d, n_cmp = _probe_lookup(tables, c, k, _engine.MODES[mode], miss_value, p, self.n_threads)
+            compared[0] = None if n_cmp is None or compared[0] is None else compared[0] + n_cmp
+            return d
+
         buf = self._chunk_buffer(t)  # a chunk's codes are looked up before the next overwrites them
         for i, chunk in self._chunks(t):
             c, k = self._encode_chunk(chunk, "queries", i, buf=buf)
-            if n_probes == 1:
-                d, n_cmp = _engine.lookup(tables, c, k, _engine.MODES[mode], miss, self.n_threads)
-            else:
-                d, n_cmp = _probe_lookup(tables, c, k, _engine.MODES[mode], miss, n_probes, self.n_threads)
-            if n_cmp is not None:
-                compared += n_cmp
+            d = lookup(c, k, n_probes, first_miss)
+            if miss_probes:
+                d, _ = probing.probe_missed(c, k, d, miss_probes, lambda cc, kk: lookup(cc, kk, 1, math.inf), miss)
             out.append(d)
-        self.last_n_compared = None if _engine.on_device(t) else compared
+        self.last_n_compared = None if _engine.on_device(t) else compared[0]
         return torch.cat(out) if _engine.on_device(t) else np.concatenate(out)
 
-    def score(self, queries, mode: Optional[str] = None, *, n_probes: int = 1) -> np.ndarray:
-        """(M,) anomaly scores: the minimum over tables of table_distances() (n_probes: see there)."""
-        d = self.table_distances(queries, mode, n_probes=n_probes)
+    def score(self, queries, mode: Optional[str] = None, *, n_probes: int = 1, miss_probes: int = 0) -> np.ndarray:
+        """(M,) anomaly scores: the minimum over tables of table_distances() (n_probes, miss_probes:
+        see there)."""
+        d = self.table_distances(queries, mode, n_probes=n_probes, miss_probes=miss_probes)
         return d.min(dim=1).values if isinstance(d, torch.Tensor) else d.min(axis=1)
 
     # ------------------------------------------------------------------ shards

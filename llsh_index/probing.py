@@ -8,14 +8,25 @@ are probed.  Ties keep the enumeration order: no flip, single flips by confidenc
 (i < j) of ranks in lexicographic order; bits of equal confidence rank by bit index.  A table's
 distance is the smallest over the probed buckets that exist, and a miss only if none does.
 
+Probing on a miss (``miss_probes``, also ours): a query that misses every table is looked up again
+with ``miss_probes`` probes per table, and only such queries.  The paper scores it with a large
+constant, which makes a spike in the score curve for a query that merely fell across a hyperplane
+in every table; probing finds the nearby buckets instead, at the cost of the probes for those
+queries only.
+
 At most 1 + r + r(r - 1) / 2 distinct probes exist (flips of one or two bits); a larger
 n_probes probes them all.  The probes go through the engine's ordinary lookup (CPU or CUDA), one
 call per probe rank, so the tables and kernels are those of the single-bucket path.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
+
+from ._validation import check_int_range
+from .errors import ConfigError
 
 # Candidate (query, table, flip-set) entries built at once: bounds the memory of the ranking.
 _RANK_BLOCK = 1 << 22
@@ -85,3 +96,38 @@ def min_over_probes(codes, keys, n_probes: int, distances, miss_value: float):
         return best.masked_fill_(torch.isinf(best), miss_value)
     best[np.isinf(best)] = miss_value
     return best
+
+
+def check_miss_probes(miss_probes, n_probes: int) -> int:
+    """0 (off) or an integer above n_probes (fewer probes than the first lookup would find nothing new)."""
+    p = check_int_range(miss_probes, "miss_probes", 0)
+    if 0 < p <= n_probes:
+        raise ConfigError(f"miss_probes: expected 0 (off) or more than n_probes ({n_probes}), got {p}")
+    return p
+
+
+def _take_rows(a, rows):
+    if isinstance(a, np.ndarray):
+        return a[rows]
+    if a.dtype == torch.uint64:  # few ops exist for uint64 tensors: index the int64 view of the same bits
+        return a.view(torch.int64)[rows].view(torch.uint64)
+    return a[rows]
+
+
+def probe_missed(codes, keys, best, miss_probes: int, distances, miss_value: float):
+    """best (M, b) table distances with +inf where a bucket is absent (numpy or a tensor on the codes'
+    device), filled in place: rows that hit no table are looked up again with miss_probes probes
+    (min_over_probes); the misses left then take miss_value.  distances(codes, keys) -> (M', b)
+    distances of the given rows, +inf where absent.  Returns best and the number of rows re-probed."""
+    on_torch = isinstance(best, torch.Tensor)
+    dead = torch.isinf(best).all(dim=1) if on_torch else np.isinf(best).all(axis=1)
+    rows = torch.nonzero(dead).flatten() if on_torch else np.flatnonzero(dead)
+    n = int(rows.numel() if on_torch else rows.size)
+    if miss_probes and n:
+        c, k = _take_rows(codes, rows), _take_rows(keys, rows)
+        best[rows] = min_over_probes(c, k, miss_probes, lambda kk: distances(c, kk), math.inf)
+    if on_torch:
+        best.masked_fill_(torch.isinf(best), miss_value)
+    else:
+        best[np.isinf(best)] = miss_value
+    return best, n if miss_probes else 0

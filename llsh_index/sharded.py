@@ -256,19 +256,26 @@ class ShardedIndex:
         return self._host.combine_partial_scores(parts, mode, return_distances,
                                                  query_codes=_to_numpy(codes) if mode == "light" else None)
 
-    def _probed(self, codes, keys, mode, return_distances, n_probes):
-        """Multi-probe (llsh_index.probing): the shards' partial sums per probe rank, combined exactly,
-        then the minimum over the probed buckets that exist."""
-        def distances(k):
-            parts = self._start_partials(codes, k, mode)()
-            hit = sum(_to_numpy(p["count"]) for p in parts) > 0
-            return np.where(hit, self._combine(parts, codes, mode, True), np.float32(np.inf))
+    def _distances(self, codes, keys, mode):
+        """(M, b) distances of one key set, the shards' partial sums combined exactly; +inf where absent."""
+        parts = self._start_partials(codes, keys, mode)()
+        hit = sum(_to_numpy(p["count"]) for p in parts) > 0
+        return np.where(hit, self._combine(parts, codes, mode, True), np.float32(np.inf))
 
-        d = probing.min_over_probes(codes, keys, n_probes, distances, self._host.default_miss_value(mode))
+    def _probed(self, codes, keys, mode, return_distances, n_probes, miss_probes=0):
+        """Multi-probe and probing on a miss (llsh_index.probing): one round of partial sums per
+        probe rank, then the minimum over the probed buckets that exist."""
+        miss = self._host.default_miss_value(mode)
+        first_miss = np.inf if miss_probes else miss
+        d = probing.min_over_probes(codes, keys, n_probes, lambda k: self._distances(codes, k, mode), first_miss)
+        if miss_probes:
+            d, _ = probing.probe_missed(codes, keys, d, miss_probes, lambda c, k: self._distances(c, k, mode), miss)
         return d if return_distances else d.min(axis=1)
 
-    def _run(self, queries, mode, return_distances, query_batch, n_probes=1):
+    def _run(self, queries, mode, return_distances, query_batch, n_probes=1, miss_probes=0):
         n_probes = check_int_range(n_probes, "n_probes", 1)
+        miss_probes = probing.check_miss_probes(miss_probes, n_probes)
+        plain = n_probes == 1 and not miss_probes  # one pipelined round of partial sums, no probing
         if self.ntotal == 0:
             raise NotFittedError("score: the sharded index is empty; call add(features) first")
         mode = self._host.mode if mode is None else mode
@@ -284,26 +291,27 @@ class ShardedIndex:
         hashed = self._hash(rounds[0])
         for k in range(len(rounds)):
             codes, keys = hashed
-            wait = self._start_partials(codes, keys, mode) if n_probes == 1 else None
+            wait = self._start_partials(codes, keys, mode) if plain else None
             if k + 1 < len(rounds):
                 hashed = self._hash(rounds[k + 1])  # while the devices work on round k
             out.append(self._combine(wait(), codes, mode, return_distances) if wait is not None
-                       else self._probed(codes, keys, mode, return_distances, n_probes))
+                       else self._probed(codes, keys, mode, return_distances, n_probes, miss_probes))
         return out[0] if len(out) == 1 else np.concatenate(out)
 
     def table_distances(self, queries, mode: Optional[str] = None, *, query_batch: Optional[int] = 65_536,
-                        n_probes: int = 1) -> np.ndarray:
+                        n_probes: int = 1, miss_probes: int = 0) -> np.ndarray:
         """(M, n_tables) float32 distances, equal to one index over all shards' items."""
-        return self._run(queries, mode, True, query_batch, n_probes)
+        return self._run(queries, mode, True, query_batch, n_probes, miss_probes)
 
     def score(self, queries, mode: Optional[str] = None, *, query_batch: Optional[int] = 65_536,
-              n_probes: int = 1) -> np.ndarray:
+              n_probes: int = 1, miss_probes: int = 0) -> np.ndarray:
         """(M,) float32 anomaly scores (min over tables), equal to one index over all shards' items.
 
         queries: numpy, torch (CPU or CUDA) or cupy; hashed once per round of `query_batch` rows.
-        n_probes: as LearnableLSHIndex.score (multi-probe; 1 is the paper).
+        n_probes, miss_probes: as LearnableLSHIndex.score (multi-probe, probing on a miss; 1 and 0 are
+        the paper).
         """
-        return self._run(queries, mode, False, query_batch, n_probes)
+        return self._run(queries, mode, False, query_batch, n_probes, miss_probes)
 
     # ------------------------------------------------------------------ persistence
     def save_shards(self, folder) -> List[str]:

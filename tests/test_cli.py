@@ -96,10 +96,20 @@ def test_score_with_probes(feature_files, capsys):
         for v in ("t0", "t1", "t2"):
             want = frame_scores(index.score(ff.features[v], n_probes=9), ff.frame_index[v], 60)
             np.testing.assert_array_equal(z[v], want)
+    assert main(["score", "--index", p("lsh.llsh"), "--features", p("test.npz"), "--out", p("m.npz"),
+                 "--miss-probes", "20"]) == 0
+    with np.load(p("m.npz")) as z:
+        assert json.loads(str(z["__meta__"]))["miss_probes"] == 20
+        for v in ("t0", "t1", "t2"):
+            want = frame_scores(index.score(ff.features[v], miss_probes=20), ff.frame_index[v], 60)
+            np.testing.assert_array_equal(z[v], want)
     capsys.readouterr()
     assert main(["score", "--index", p("lsh.llsh"), "--features", p("test.npz"), "--out", p("s.npz"),
                  "--probes", "0"]) == 2
     assert "n_probes: expected >= 1, got 0" in capsys.readouterr().err
+    assert main(["score", "--index", p("lsh.llsh"), "--features", p("test.npz"), "--out", p("s.npz"),
+                 "--probes", "3", "--miss-probes", "2"]) == 2
+    assert "miss_probes: expected 0 (off) or more than n_probes (3), got 2" in capsys.readouterr().err
 
 
 def test_errors_are_reported_not_raised(tmp_path, capsys):
@@ -115,6 +125,7 @@ def test_demo_runs_on_the_bundled_features(tmp_path):
     summary = run_demo(str(tmp_path), training={"iterations": 100}, quiet=True, seed=1)
     names = [r["method"] for r in summary["rows"]]
     assert names[:3] == ["LSH", "LLSH", "light-LLSH"] and any(n.startswith("KNN") for n in names)
+    assert "LLSH, 32 probes on a miss" in names
     assert all(0.0 <= r["micro_auc"] <= 1.0 for r in summary["rows"])
     # the seed reaches the layers: the demo's LSH row is an untrained seed-1 index, recomputed here
     from llsh_index import LearnableLSHIndex, metrics

@@ -70,6 +70,13 @@ def test_probes_equal_single_index(data, built, mode):
     np.testing.assert_allclose(dist.score(ray.put(q), mode, n_probes=7), want.min(axis=1), rtol=1e-6, atol=1e-6)
     with pytest.raises(ConfigError, match="n_probes"):
         dist.score(q, mode, n_probes=0)
+    # probing on a miss: only the queries that miss every table of every shard are probed again
+    want = single.table_distances(q, mode, miss_probes=12)
+    assert (want < single.table_distances(q, mode)).any()
+    np.testing.assert_allclose(dist.table_distances(q, mode, miss_probes=12, query_batch=9), want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dist.score(ray.put(q), mode, miss_probes=12), want.min(axis=1), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ConfigError, match="miss_probes"):
+        dist.score(q, mode, miss_probes=1)
 
 
 def assert_same_tables(merged, single):

@@ -105,6 +105,61 @@ def test_bad_n_probes_is_a_config_error(rng, bad):
         index.score(test, n_probes=bad)
 
 
+def missed_oracle(tables, codes, n_probes, miss_probes, mode, miss):
+    """The paper's (or n_probes') table distances; a row that missed every table is the oracle's
+    miss_probes lookup instead."""
+    first = oracle.probe_table_distances(tables, codes, n_probes, mode, miss)
+    dead = (first == miss).all(axis=1)
+    again = oracle.probe_table_distances(tables, codes[dead], miss_probes, mode, miss)
+    out = first.copy()
+    out[dead] = again
+    return out, dead
+
+
+@pytest.mark.parametrize("mode", ["mean", "light", "squared"])
+@pytest.mark.parametrize("b,r,n_probes,miss_probes", [(3, 16, 1, 2), (3, 16, 1, 40), (2, 12, 3, 20), (2, 24, 1, 300)])
+def test_miss_probes_match_oracle(rng, mode, b, r, n_probes, miss_probes):
+    train, test = data(rng)
+    index = LearnableLSHIndex(n_tables=b, n_bits=r, mode=mode, miss_value=1e10, seed=3).add(train)
+    tables = oracle.build(index.encode(train))
+    codes, _ = index.hash_queries(test)
+    want, dead = missed_oracle(tables, codes, n_probes, miss_probes, mode, 1e10)
+    # the case must occur: queries that miss every table, and some the extra probes then find
+    assert dead.sum() >= 3 and (want[dead] < 1e10).any()
+    got = index.table_distances(test, n_probes=n_probes, miss_probes=miss_probes)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(index.score(test, n_probes=n_probes, miss_probes=miss_probes), want.min(axis=1),
+                               rtol=1e-5, atol=1e-5)
+    # rows that hit a table are the plain lookup's, bit for bit
+    np.testing.assert_array_equal(got[~dead], index.table_distances(test, n_probes=n_probes)[~dead])
+    got_t = index.table_distances(torch.from_numpy(test), n_probes=n_probes, miss_probes=miss_probes)
+    np.testing.assert_array_equal(got_t, got)
+
+
+def test_miss_probes_without_misses_change_nothing(rng):
+    train, _ = data(rng)
+    index = LearnableLSHIndex(n_tables=4, n_bits=8).add(train)
+    q = train[:50] + 1e-4  # every query's own bucket exists
+    np.testing.assert_array_equal(index.table_distances(q, miss_probes=30), index.table_distances(q))
+
+
+def test_miss_probes_count_the_extra_comparisons(rng):
+    train, test = data(rng)
+    index = LearnableLSHIndex(n_tables=3, n_bits=16, seed=3).add(train)
+    index.table_distances(test)
+    plain = index.last_n_compared
+    index.table_distances(test, miss_probes=40)
+    assert index.last_n_compared > plain
+
+
+@pytest.mark.parametrize("bad,n_probes", [(-1, 1), (1, 1), (3, 3), (2, 5), (1.5, 1), ("8", 1), (None, 1)])
+def test_bad_miss_probes_is_a_config_error(rng, bad, n_probes):
+    train, test = data(rng)
+    index = LearnableLSHIndex(n_tables=2, n_bits=8).add(train)
+    with pytest.raises(ConfigError, match="miss_probes"):
+        index.score(test, n_probes=n_probes, miss_probes=bad)
+
+
 @pytest.mark.gpu
 def test_cuda_probes_equal_cpu(rng):
     if not torch.cuda.is_available():
@@ -124,4 +179,8 @@ def test_cuda_probes_equal_cpu(rng):
         want = oracle.probe_table_distances(tables, codes, 9, mode, 1e10)
         got = gpu.table_distances(q, mode, n_probes=9)
         assert isinstance(got, torch.Tensor) and got.device.type == "cuda"
+        np.testing.assert_allclose(got.cpu().numpy(), want, rtol=1e-5, atol=1e-5)
+        got = gpu.table_distances(q, mode, miss_probes=20)
+        want, dead = missed_oracle(tables, codes, 1, 20, mode, 1e10)
+        assert dead.any()
         np.testing.assert_allclose(got.cpu().numpy(), want, rtol=1e-5, atol=1e-5)

@@ -76,8 +76,20 @@ def test_cpu_shards_with_probes_equal_single_index(data, n_shards):
                 np.testing.assert_allclose(sh.table_distances(q, mode, query_batch=batch, n_probes=p), want,
                                            rtol=1e-6, atol=1e-6, err_msg=mode)
             np.testing.assert_allclose(sh.score(q, mode, n_probes=p), want.min(axis=1), rtol=1e-6, atol=1e-6)
+    # probing on a miss: only the queries that miss every table of every shard are probed again
+    for mode in ("mean", "light", "squared"):
+        plain = single.table_distances(q, mode)
+        want = single.table_distances(q, mode, miss_probes=12)
+        assert (want < plain).any()  # some query missed everywhere and the probes found a bucket
+        for batch in (None, 17):
+            np.testing.assert_allclose(sh.table_distances(q, mode, query_batch=batch, miss_probes=12), want,
+                                       rtol=1e-6, atol=1e-6, err_msg=mode)
+        np.testing.assert_allclose(sh.score(q, mode, n_probes=3, miss_probes=12),
+                                   single.score(q, mode, n_probes=3, miss_probes=12), rtol=1e-6, atol=1e-6)
     with pytest.raises(ConfigError, match="n_probes"):
         sh.score(q, n_probes=0)
+    with pytest.raises(ConfigError, match="miss_probes"):
+        sh.score(q, n_probes=4, miss_probes=4)
 
 
 def test_fake_gpus_with_probes_equal_single_index(data, fake):
