@@ -386,25 +386,21 @@ class LearnableLSHIndex:
                               "only (store_codes=False); use 'light' or 'squared'")
         t = self._features(queries, "queries")
         miss = self.default_miss_value(mode)
-        # with miss_probes a miss stays +inf until the rows that missed every table are re-probed
-        first_miss = math.inf if miss_probes else miss
         out, compared = [], [0]
 
-        def lookup(c, k, p, miss_value):
-            if p == 1:
-                d, n_cmp = _engine.lookup(tables, c, k, _engine.MODES[mode], miss_value, self.n_threads)
-            else:
-                d, n_cmp = _probe_lookup(tables, c, k, _engine.MODES[mode], miss_value, p, self.n_threads)
+        def lookup(c, k, miss_value):
+            d, n_cmp = _engine.lookup(tables, c, k, _engine.MODES[mode], miss_value, self.n_threads)
             compared[0] = None if n_cmp is None or compared[0] is None else compared[0] + n_cmp
             return d
 
         buf = self._chunk_buffer(t)  # a chunk's codes are looked up before the next overwrites them
         for i, chunk in self._chunks(t):
             c, k = self._encode_chunk(chunk, "queries", i, buf=buf)
-            d = lookup(c, k, n_probes, first_miss)
-            if miss_probes:
-                d, _ = probing.probe_missed(c, k, d, miss_probes, lambda cc, kk: lookup(cc, kk, 1, math.inf), miss)
-            out.append(d)
+            if n_probes == 1 and not miss_probes:  # the paper
+                out.append(lookup(c, k, miss))
+            else:  # one engine lookup per probe rank (llsh_index.probing)
+                out.append(probing.probed_distances(c, k, n_probes, miss_probes,
+                                                    lambda cc, kk: lookup(cc, kk, math.inf), miss))
         self.last_n_compared = None if _engine.on_device(t) else compared[0]
         return torch.cat(out) if _engine.on_device(t) else np.concatenate(out)
 
@@ -768,18 +764,6 @@ class LearnableLSHIndex:
 
 
 # ---------------------------------------------------------------------- helpers
-def _probe_lookup(tables: Dict, codes, keys, mode: int, miss: float, n_probes: int, n_threads: int):
-    """table distances with multi-probe: one engine lookup per probe rank, the minimum over hits."""
-    compared = [0]
-
-    def distances(k):
-        d, n_cmp = _engine.lookup(tables, codes, k, mode, math.inf, n_threads)  # a miss stays +inf
-        compared[0] = None if n_cmp is None or compared[0] is None else compared[0] + n_cmp
-        return d
-
-    return probing.min_over_probes(codes, keys, n_probes, distances, miss), compared[0]
-
-
 def _normalise_device(device) -> str:
     device = str(device)
     if device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):

@@ -131,3 +131,15 @@ def probe_missed(codes, keys, best, miss_probes: int, distances, miss_value: flo
     else:
         best[np.isinf(best)] = miss_value
     return best, n if miss_probes else 0
+
+
+def probed_distances(codes, keys, n_probes: int, miss_probes: int, distances, miss_value: float):
+    """(M, b) table distances with n_probes probes per table, then (miss_probes > 0) the rows that
+    missed every table looked up again with miss_probes probes (probe_missed); misses -> miss_value.
+    distances(codes, keys) -> (M', b) distances of the given rows, +inf where the bucket is absent:
+    the engine's lookup for one index, the shards' partial sums combined exactly for a sharded one."""
+    first_miss = math.inf if miss_probes else miss_value  # a miss stays +inf until the re-probe
+    best = min_over_probes(codes, keys, n_probes, lambda k: distances(codes, k), first_miss)
+    if miss_probes:
+        best, _ = probe_missed(codes, keys, best, miss_probes, distances, miss_value)
+    return best

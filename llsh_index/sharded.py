@@ -265,11 +265,8 @@ class ShardedIndex:
     def _probed(self, codes, keys, mode, return_distances, n_probes, miss_probes=0):
         """Multi-probe and probing on a miss (llsh_index.probing): one round of partial sums per
         probe rank, then the minimum over the probed buckets that exist."""
-        miss = self._host.default_miss_value(mode)
-        first_miss = np.inf if miss_probes else miss
-        d = probing.min_over_probes(codes, keys, n_probes, lambda k: self._distances(codes, k, mode), first_miss)
-        if miss_probes:
-            d, _ = probing.probe_missed(codes, keys, d, miss_probes, lambda c, k: self._distances(c, k, mode), miss)
+        d = probing.probed_distances(codes, keys, n_probes, miss_probes, lambda c, k: self._distances(c, k, mode),
+                                     self._host.default_miss_value(mode))
         return d if return_distances else d.min(axis=1)
 
     def _run(self, queries, mode, return_distances, query_batch, n_probes=1, miss_probes=0):
