@@ -116,21 +116,19 @@ def _take_rows(a, rows):
 
 def probe_missed(codes, keys, best, miss_probes: int, distances, miss_value: float):
     """best (M, b) table distances with +inf where a bucket is absent (numpy or a tensor on the codes'
-    device), filled in place: rows that hit no table are looked up again with miss_probes probes
-    (min_over_probes); the misses left then take miss_value.  distances(codes, keys) -> (M', b)
-    distances of the given rows, +inf where absent.  Returns best and the number of rows re-probed."""
+    device), filled in place and returned: rows that hit no table are looked up again with
+    miss_probes probes (min_over_probes); the misses left then take miss_value.
+    distances(codes, keys) -> (M', b) distances of the given rows, +inf where absent."""
     on_torch = isinstance(best, torch.Tensor)
-    dead = torch.isinf(best).all(dim=1) if on_torch else np.isinf(best).all(axis=1)
+    dead = torch.isinf(best).all(dim=1) if on_torch else np.isinf(best).all(axis=1)  # hit no table
     rows = torch.nonzero(dead).flatten() if on_torch else np.flatnonzero(dead)
-    n = int(rows.numel() if on_torch else rows.size)
-    if miss_probes and n:
+    if len(rows):
         c, k = _take_rows(codes, rows), _take_rows(keys, rows)
         best[rows] = min_over_probes(c, k, miss_probes, lambda kk: distances(c, kk), math.inf)
     if on_torch:
-        best.masked_fill_(torch.isinf(best), miss_value)
-    else:
-        best[np.isinf(best)] = miss_value
-    return best, n if miss_probes else 0
+        return best.masked_fill_(torch.isinf(best), miss_value)
+    best[np.isinf(best)] = miss_value
+    return best
 
 
 def probed_distances(codes, keys, n_probes: int, miss_probes: int, distances, miss_value: float):
@@ -141,5 +139,5 @@ def probed_distances(codes, keys, n_probes: int, miss_probes: int, distances, mi
     first_miss = math.inf if miss_probes else miss_value  # a miss stays +inf until the re-probe
     best = min_over_probes(codes, keys, n_probes, lambda k: distances(codes, k), first_miss)
     if miss_probes:
-        best, _ = probe_missed(codes, keys, best, miss_probes, distances, miss_value)
+        best = probe_missed(codes, keys, best, miss_probes, distances, miss_value)
     return best
