@@ -152,6 +152,31 @@ def test_miss_probes_count_the_extra_comparisons(rng):
     assert index.last_n_compared > plain
 
 
+def test_probe_missed_on_torch_equals_numpy(rng):
+    # the CUDA engine hands probing torch tensors (uint64 keys included); the same code runs on CPU tensors here
+    train, test = data(rng)
+    index = LearnableLSHIndex(n_tables=3, n_bits=16, seed=3, miss_value=1e10).add(train)
+    codes, keys = index.hash_queries(test)
+    want = index.table_distances(test, miss_probes=40)
+
+    def lookup(c, k):  # the engine's lookup of numpy rows, +inf where the bucket is absent
+        c, k = np.asarray(c), np.asarray(k.numpy() if isinstance(k, torch.Tensor) else k)
+        d = index.partial_scores(query_codes=c, query_keys=k)
+        return np.where(d["count"] > 0, index.combine_partial_scores([d], return_distances=True), np.inf)
+
+    def lookup_t(c, k):
+        return torch.from_numpy(lookup(c.numpy(), k.view(torch.int64).numpy().view(np.uint64)))
+
+    first = lookup(codes, keys)
+    assert np.isinf(first).all(axis=1).sum() >= 3
+    got = probing.probe_missed(codes, keys, first.copy(), 40, lookup, 1e10)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    tk = torch.from_numpy(keys.view(np.int64)).view(torch.uint64)
+    got_t = probing.probe_missed(torch.from_numpy(codes), tk, torch.from_numpy(first.copy()), 40, lookup_t, 1e10)
+    assert isinstance(got_t, torch.Tensor)
+    np.testing.assert_array_equal(got_t.numpy(), got)
+
+
 @pytest.mark.parametrize("bad,n_probes", [(-1, 1), (1, 1), (3, 3), (2, 5), (1.5, 1), ("8", 1), (None, 1)])
 def test_bad_miss_probes_is_a_config_error(rng, bad, n_probes):
     train, test = data(rng)
