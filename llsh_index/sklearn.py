@@ -15,6 +15,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from . import probing
+from ._validation import check_int_range
 from .index import LearnableLSHIndex
 
 
@@ -24,6 +26,8 @@ class LLSHDetector(OutlierMixin, BaseEstimator):
     Parameters
     ----------
     n_tables, n_bits, mode, miss_value, seed : as LearnableLSHIndex.
+    n_probes, miss_probes : as LearnableLSHIndex.score (multi-probe, probing on a miss; 1 and 0,
+        the defaults, are the paper).  offset_ is calibrated with the same probes.
     contamination : expected fraction of outliers in the training data, in (0, 0.5].
     train : train the hash layers with MoCo before indexing (False = plain LSH).
     iterations, lr, batch_size, queue_size, max_offset, n_neighbors : as LearnableLSHIndex.fit;
@@ -35,7 +39,7 @@ class LLSHDetector(OutlierMixin, BaseEstimator):
 
     def __init__(self, n_tables=8, n_bits=32, mode="mean", miss_value=None, contamination=0.1, train=True,
                  iterations=None, lr=None, batch_size=None, queue_size=None, max_offset=150, n_neighbors=None,
-                 seed=0):
+                 seed=0, n_probes=1, miss_probes=0):
         self.n_tables = n_tables
         self.n_bits = n_bits
         self.mode = mode
@@ -49,11 +53,14 @@ class LLSHDetector(OutlierMixin, BaseEstimator):
         self.max_offset = max_offset
         self.n_neighbors = n_neighbors
         self.seed = seed
+        self.n_probes = n_probes
+        self.miss_probes = miss_probes
 
     def fit(self, X, y=None, video_ids=None):
         X = validate_data(self, X, dtype=[np.float32, np.float64], ensure_min_samples=2)
         if not (isinstance(self.contamination, (int, float)) and 0.0 < self.contamination <= 0.5):
             raise ValueError(f"contamination: expected a number in (0, 0.5], got {self.contamination!r}")
+        probing.check_miss_probes(self.miss_probes, check_int_range(self.n_probes, "n_probes", 1))  # ConfigError
         index = LearnableLSHIndex(X.shape[1], n_tables=self.n_tables, n_bits=self.n_bits, mode=self.mode,
                                   miss_value=self.miss_value, store_codes=self.mode == "mean", seed=self.seed)
         if self.train:
@@ -71,19 +78,44 @@ class LLSHDetector(OutlierMixin, BaseEstimator):
         A training row sits in its own bucket at distance 0, so its plain score is biased low and
         a threshold taken on it would flag far more than `contamination` of new normal data.  The
         shards' partial sums give the exact leave-one-out value: remove one item at distance 0.
+        With probes, only the row's own key changes when it leaves (every other probed bucket
+        never held it), so each probe rank takes the index's distance there and the
+        leave-one-out one at the row's own key.
         """
         index = self.index_
         part = index.partial_scores(X)
         part["count"] = part["count"] - 1  # this row, at distance 0, leaves its bucket
         if part["mode"] == "light":
             part["sum"] = part["sum"] - part["query_codes"]  # and its code leaves the bucket's sum
-        return index.combine_partial_scores([part])
+        if self.n_probes == 1 and not self.miss_probes:
+            return index.combine_partial_scores([part])
+        own = np.where(part["count"] > 0, index.combine_partial_scores([part], return_distances=True), np.inf)
+        codes, keys = index.hash_queries(X)
+
+        def distances(rows, k):  # (len(rows), b) at probe keys k, +inf where the bucket is empty
+            c = codes[rows]
+            p = index.partial_scores(query_codes=c, query_keys=k)
+            d = np.where(p["count"] > 0, index.combine_partial_scores([p], return_distances=True, query_codes=c),
+                         np.inf)
+            return np.where(k == keys[rows], own[rows], d)
+
+        every = np.arange(len(X))
+        miss = index.default_miss_value(index.mode)
+        d = probing.min_over_probes(codes, keys, self.n_probes, lambda k: distances(every, k),
+                                    np.inf if self.miss_probes else miss)
+        dead = np.flatnonzero(np.isinf(d).all(axis=1))
+        if self.miss_probes and dead.size:
+            d[dead] = probing.min_over_probes(codes[dead], keys[dead], self.miss_probes,
+                                              lambda k: distances(dead, k), np.inf)
+        d[np.isinf(d)] = miss
+        return d.min(axis=1)
 
     def score_samples(self, X):
         """Negated anomaly score (higher = more normal), as scikit-learn detectors return."""
         check_is_fitted(self, "index_")
         X = validate_data(self, X, dtype=[np.float32, np.float64], reset=False)
-        return -np.asarray(self.index_.score(X), dtype=np.float64)
+        return -np.asarray(self.index_.score(X, n_probes=self.n_probes, miss_probes=self.miss_probes),
+                           dtype=np.float64)
 
     def decision_function(self, X):
         """score_samples - offset_: negative for outliers."""
