@@ -6,7 +6,7 @@
 
 Seeds 0-4 by default (--seeds); b = 8, r = 32.  Prints one row per method and P.  --on-miss: P
 probes only for the queries that miss every table (`score(..., miss_probes=P)`), the others keep
-their single bucket.
+their single bucket.  --reduce mean: the mean over the tables that hit instead of the minimum.
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 def probe_args(args, p):
     """score() keywords for P probes: per table for every query, or (--on-miss) for the missing ones only."""
     if args.on_miss:
-        return {"miss_probes": p if p > 1 else 0}
-    return {"n_probes": p}
+        return {"miss_probes": p if p > 1 else 0, "reduce": args.reduce}
+    return {"n_probes": p, "reduce": args.reduce}
 
 
 def report(name, probes, rows):
@@ -117,6 +117,7 @@ def main():
     ap.add_argument("--probes", default="1,4,8,16,32", help="comma-separated P values")
     ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--on-miss", action="store_true", help="probe only the queries that miss every table")
+    ap.add_argument("--reduce", choices=["min", "mean"], default="min", help="over the tables (default min, the paper)")
     ap.add_argument("--data", default=None, help="adbench: the folder of the .npz files")
     ap.add_argument("--bundle", help="st: a feature bundle (benchmarks/table2.py writes one under --out/data)")
     ap.add_argument("--lsh", help="st: a saved untrained index (table2's models/lsh.llsh)")

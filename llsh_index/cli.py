@@ -221,11 +221,12 @@ def cmd_score(args) -> int:
     names = _select(ff, args.prefix)
     out, t0 = {}, time.time()
     for v in names:
-        s = index.score(ff.features[v], mode=args.mode_override, n_probes=args.probes, miss_probes=args.miss_probes)
+        s = index.score(ff.features[v], mode=args.mode_override, n_probes=args.probes, miss_probes=args.miss_probes,
+                        reduce=args.reduce)
         out[v] = frame_scores(s, ff.frame_index.get(v), ff.n_frames.get(v))
     _save_scores(args.out, out, {"index": os.path.abspath(args.index), "features": os.path.abspath(args.features),
                                  "mode": args.mode_override or index.mode, "n_probes": args.probes,
-                                 "miss_probes": args.miss_probes})
+                                 "miss_probes": args.miss_probes, "reduce": args.reduce})
     print(f"scored {len(names)} videos in {time.time() - t0:.2f}s -> {args.out}")
     if args.csv:
         with open(args.csv, "w") as f:
@@ -461,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--miss-probes", type=int, default=0,
                    help="probes per table for a snippet that misses every table (default 0, off: the paper scores "
                         "it with the miss value; more than --probes re-probes only such snippets)")
+    p.add_argument("--reduce", choices=["min", "mean"], default="min",
+                   help="over the tables: min (default, the paper) or mean over the tables whose bucket exists (ours)")
     p.add_argument("--out", required=True)
     p.add_argument("--csv", default=None)
     p.set_defaults(fn=cmd_score)

@@ -72,7 +72,7 @@ import numpy as np
 from . import probing
 from ._validation import check_int_range
 from .errors import ConfigError
-from .index import LearnableLSHIndex
+from .index import REDUCTIONS, LearnableLSHIndex, reduce_tables
 
 __all__ = ["build_distributed", "load_distributed", "DistributedIndex", "ShardPool", "main"]
 
@@ -293,17 +293,22 @@ class DistributedIndex:
         d = self._template.combine_partial_scores(parts, mode, True, query_codes=codes if mode == "light" else None)
         return np.where(hit, d, np.float32(np.inf))
 
-    def _probed(self, codes, keys, mode, return_distances, n_probes, miss_probes=0):
-        """Multi-probe and probing on a miss (llsh_index.probing): one round of partial sums per
-        probe rank, then the minimum over the probed buckets that exist."""
+    def _probed(self, codes, keys, mode, return_distances, n_probes, miss_probes=0, reduce="min"):
+        """Multi-probe, probing on a miss and the mean over tables (llsh_index.probing, index.reduce_tables):
+        one round of partial sums per probe rank, then the minimum over the probed buckets that exist."""
+        miss = self._template.default_miss_value(mode)
         d = probing.probed_distances(codes, keys, n_probes, miss_probes, lambda c, k: self._distances(c, k, mode),
-                                     self._template.default_miss_value(mode))
-        return d if return_distances else d.min(axis=1)
+                                     miss if reduce == "min" else np.inf)
+        if return_distances:
+            return d
+        return d.min(axis=1) if reduce == "min" else reduce_tables(d, reduce, miss)
 
-    def _run(self, queries, mode, return_distances, query_batch, n_probes=1, miss_probes=0):
+    def _run(self, queries, mode, return_distances, query_batch, n_probes=1, miss_probes=0, reduce="min"):
         n_probes = check_int_range(n_probes, "n_probes", 1)
         miss_probes = probing.check_miss_probes(miss_probes, n_probes)
-        plain = n_probes == 1 and not miss_probes  # one pipelined round of partial sums, no probing
+        if reduce not in REDUCTIONS:
+            raise ConfigError(f"reduce: expected one of {list(REDUCTIONS)}, got {reduce!r}")
+        plain = n_probes == 1 and not miss_probes and reduce == "min"  # one pipelined round of partial sums
         if not self._actors:
             raise ConfigError("score: this DistributedIndex is shut down")
         mode = self._template.mode if mode is None else mode
@@ -311,7 +316,7 @@ class DistributedIndex:
         if isinstance(queries, ray.ObjectRef) and not plain:
             # the probe keys are made from the codes: shard 0 hashes, the driver takes the codes back
             codes, keys = ray.get(list(self._actors[0].hash_queries.options(num_returns=2).remote(queries)))
-            return self._probed(codes, keys, mode, return_distances, n_probes, miss_probes)
+            return self._probed(codes, keys, mode, return_distances, n_probes, miss_probes, reduce)
         if isinstance(queries, ray.ObjectRef):
             # queries already in the object store: shard 0 hashes them, the codes never pass the driver
             codes, keys = self._actors[0].hash_queries.options(num_returns=2).remote(queries)
@@ -333,7 +338,7 @@ class DistributedIndex:
             if i + step < n:
                 hashed = self._template.hash_queries(queries[i + step:i + 2 * step])
             out.append(self._combine(futures, codes, mode, return_distances) if futures is not None
-                       else self._probed(codes, keys, mode, return_distances, n_probes, miss_probes))
+                       else self._probed(codes, keys, mode, return_distances, n_probes, miss_probes, reduce))
         return out[0] if len(out) == 1 else np.concatenate(out)
 
     def table_distances(self, queries, mode: Optional[str] = None, *, query_batch: Optional[int] = 100_000,
@@ -342,16 +347,17 @@ class DistributedIndex:
         return self._run(queries, mode, True, query_batch, n_probes, miss_probes)
 
     def score(self, queries, mode: Optional[str] = None, *, query_batch: Optional[int] = 100_000,
-              n_probes: int = 1, miss_probes: int = 0) -> np.ndarray:
+              n_probes: int = 1, miss_probes: int = 0, reduce: str = "min") -> np.ndarray:
         """(M,) float32 anomaly scores (minimum over tables), equal to the single index's score().
 
         The driver hashes the queries in rounds of `query_batch` rows and puts each round's codes
         and keys in the object store once (b*r*4 + b*8 bytes per query, whatever d is), which also
         bounds the partial sums the driver receives per round.  Queries given as a Ray ObjectRef are
-        hashed by the first shard's worker instead.  n_probes, miss_probes: as LearnableLSHIndex.score
-        (multi-probe, probing on a miss; one round trip to the shards per probe rank).
+        hashed by the first shard's worker instead.  n_probes, miss_probes, reduce: as
+        LearnableLSHIndex.score (multi-probe, probing on a miss, the mean over tables; one round trip to
+        the shards per probe rank).
         """
-        return self._run(queries, mode, False, query_batch, n_probes, miss_probes)
+        return self._run(queries, mode, False, query_batch, n_probes, miss_probes, reduce)
 
     # ------------------------------------------------------------------ persistence
     def save_shards(self, folder) -> List[str]:

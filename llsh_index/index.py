@@ -373,6 +373,10 @@ class LearnableLSHIndex:
         table is looked up again with P probes per table, and only such a query; its row then
         holds those distances.  The paper gives it miss_value in every table.
         """
+        return self._table_distances(queries, mode, n_probes, miss_probes, None)
+
+    def _table_distances(self, queries, mode, n_probes, miss_probes, miss):
+        """table_distances(), a missing bucket given `miss` (None: the index's miss value)."""
         n_probes = check_int_range(n_probes, "n_probes", 1)
         miss_probes = probing.check_miss_probes(miss_probes, n_probes)
         tables = self._tables  # snapshot: an add() running meanwhile swaps in a new dict
@@ -385,7 +389,7 @@ class LearnableLSHIndex:
             raise ConfigError("mode: 'mean' needs the per-item codes, but this index keeps bucket statistics "
                               "only (store_codes=False); use 'light' or 'squared'")
         t = self._features(queries, "queries")
-        miss = self.default_miss_value(mode)
+        miss = self.default_miss_value(mode) if miss is None else miss
         out, compared = [], [0]
 
         def lookup(c, k, miss_value):
@@ -404,11 +408,18 @@ class LearnableLSHIndex:
         self.last_n_compared = None if _engine.on_device(t) else compared[0]
         return torch.cat(out) if _engine.on_device(t) else np.concatenate(out)
 
-    def score(self, queries, mode: Optional[str] = None, *, n_probes: int = 1, miss_probes: int = 0) -> np.ndarray:
+    def score(self, queries, mode: Optional[str] = None, *, n_probes: int = 1, miss_probes: int = 0,
+              reduce: str = "min") -> np.ndarray:
         """(M,) anomaly scores: the minimum over tables of table_distances() (n_probes, miss_probes:
-        see there)."""
-        d = self.table_distances(queries, mode, n_probes=n_probes, miss_probes=miss_probes)
-        return d.min(dim=1).values if isinstance(d, torch.Tensor) else d.min(axis=1)
+        see there).  reduce="mean" (an extension; "min" is the paper): the mean over the tables whose
+        bucket exists instead, miss_value for a query that hits none (reduce_tables)."""
+        if reduce not in REDUCTIONS:
+            raise ConfigError(f"reduce: expected one of {list(REDUCTIONS)}, got {reduce!r}")
+        if reduce == "min":
+            d = self.table_distances(queries, mode, n_probes=n_probes, miss_probes=miss_probes)
+            return d.min(dim=1).values if isinstance(d, torch.Tensor) else d.min(axis=1)
+        d = self._table_distances(queries, mode, n_probes, miss_probes, math.inf)
+        return reduce_tables(d, reduce, self.default_miss_value(self.mode if mode is None else mode))
 
     # ------------------------------------------------------------------ shards
     def _check_same_layers(self, other: "LearnableLSHIndex") -> None:
@@ -764,6 +775,28 @@ class LearnableLSHIndex:
 
 
 # ---------------------------------------------------------------------- helpers
+REDUCTIONS = ("min", "mean")  # score(reduce=...): the paper's minimum over tables, or (ours) their mean
+
+
+def reduce_tables(d, reduce: str, miss_value: float):
+    """(M,) scores from (M, b) table distances that are +inf where the bucket is absent (numpy, or a
+    tensor on any device): "min" the smallest, "mean" the mean over the tables that hit.  Averaging
+    the b estimates instead of taking the luckiest one lowers their variance (benchmarks/RESULTS.md,
+    "Mean over the tables"); a query that hits no table gets miss_value either way."""
+    if isinstance(d, torch.Tensor):
+        hit = torch.isfinite(d)
+        s = (d.min(dim=1).values if reduce == "min"
+             else torch.where(hit, d, torch.zeros_like(d)).sum(dim=1) / hit.sum(dim=1).clamp_min(1).to(d.dtype))
+        return s.masked_fill_(~hit.any(dim=1), miss_value)
+    hit = np.isfinite(d)
+    if reduce == "min":
+        s = d.min(axis=1)
+    else:
+        s = (np.where(hit, d, 0).sum(axis=1, dtype=np.float64) / np.maximum(hit.sum(axis=1), 1)).astype(d.dtype)
+    s[~hit.any(axis=1)] = miss_value
+    return s
+
+
 def _normalise_device(device) -> str:
     device = str(device)
     if device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):

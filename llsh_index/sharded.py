@@ -38,7 +38,7 @@ import torch
 from . import probing
 from ._validation import _is_cupy, _is_torch, check_features, check_int_range
 from .errors import ConfigError, CudaUnavailableError, NotFittedError
-from .index import LearnableLSHIndex, _normalise_device, _to_numpy
+from .index import REDUCTIONS, LearnableLSHIndex, _normalise_device, _to_numpy, reduce_tables
 
 __all__ = ["ShardedIndex"]
 
@@ -262,17 +262,22 @@ class ShardedIndex:
         hit = sum(_to_numpy(p["count"]) for p in parts) > 0
         return np.where(hit, self._combine(parts, codes, mode, True), np.float32(np.inf))
 
-    def _probed(self, codes, keys, mode, return_distances, n_probes, miss_probes=0):
-        """Multi-probe and probing on a miss (llsh_index.probing): one round of partial sums per
-        probe rank, then the minimum over the probed buckets that exist."""
+    def _probed(self, codes, keys, mode, return_distances, n_probes, miss_probes=0, reduce="min"):
+        """Multi-probe, probing on a miss and the mean over tables (llsh_index.probing, index.reduce_tables):
+        one round of partial sums per probe rank, then the minimum over the probed buckets that exist."""
+        miss = self._host.default_miss_value(mode)
         d = probing.probed_distances(codes, keys, n_probes, miss_probes, lambda c, k: self._distances(c, k, mode),
-                                     self._host.default_miss_value(mode))
-        return d if return_distances else d.min(axis=1)
+                                     miss if reduce == "min" else np.inf)
+        if return_distances:
+            return d
+        return d.min(axis=1) if reduce == "min" else reduce_tables(d, reduce, miss)
 
-    def _run(self, queries, mode, return_distances, query_batch, n_probes=1, miss_probes=0):
+    def _run(self, queries, mode, return_distances, query_batch, n_probes=1, miss_probes=0, reduce="min"):
         n_probes = check_int_range(n_probes, "n_probes", 1)
         miss_probes = probing.check_miss_probes(miss_probes, n_probes)
-        plain = n_probes == 1 and not miss_probes  # one pipelined round of partial sums, no probing
+        if reduce not in REDUCTIONS:
+            raise ConfigError(f"reduce: expected one of {list(REDUCTIONS)}, got {reduce!r}")
+        plain = n_probes == 1 and not miss_probes and reduce == "min"  # one pipelined round of partial sums
         if self.ntotal == 0:
             raise NotFittedError("score: the sharded index is empty; call add(features) first")
         mode = self._host.mode if mode is None else mode
@@ -292,7 +297,7 @@ class ShardedIndex:
             if k + 1 < len(rounds):
                 hashed = self._hash(rounds[k + 1])  # while the devices work on round k
             out.append(self._combine(wait(), codes, mode, return_distances) if wait is not None
-                       else self._probed(codes, keys, mode, return_distances, n_probes, miss_probes))
+                       else self._probed(codes, keys, mode, return_distances, n_probes, miss_probes, reduce))
         return out[0] if len(out) == 1 else np.concatenate(out)
 
     def table_distances(self, queries, mode: Optional[str] = None, *, query_batch: Optional[int] = 65_536,
@@ -301,14 +306,14 @@ class ShardedIndex:
         return self._run(queries, mode, True, query_batch, n_probes, miss_probes)
 
     def score(self, queries, mode: Optional[str] = None, *, query_batch: Optional[int] = 65_536,
-              n_probes: int = 1, miss_probes: int = 0) -> np.ndarray:
+              n_probes: int = 1, miss_probes: int = 0, reduce: str = "min") -> np.ndarray:
         """(M,) float32 anomaly scores (min over tables), equal to one index over all shards' items.
 
         queries: numpy, torch (CPU or CUDA) or cupy; hashed once per round of `query_batch` rows.
-        n_probes, miss_probes: as LearnableLSHIndex.score (multi-probe, probing on a miss; 1 and 0 are
-        the paper).
+        n_probes, miss_probes, reduce: as LearnableLSHIndex.score (multi-probe, probing on a miss, the
+        mean over tables; 1, 0 and "min" are the paper).
         """
-        return self._run(queries, mode, False, query_batch, n_probes, miss_probes)
+        return self._run(queries, mode, False, query_batch, n_probes, miss_probes, reduce)
 
     # ------------------------------------------------------------------ persistence
     def save_shards(self, folder) -> List[str]:

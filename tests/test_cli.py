@@ -97,11 +97,12 @@ def test_score_with_probes(feature_files, capsys):
             want = frame_scores(index.score(ff.features[v], n_probes=9), ff.frame_index[v], 60)
             np.testing.assert_array_equal(z[v], want)
     assert main(["score", "--index", p("lsh.llsh"), "--features", p("test.npz"), "--out", p("m.npz"),
-                 "--miss-probes", "20"]) == 0
+                 "--miss-probes", "20", "--reduce", "mean"]) == 0
     with np.load(p("m.npz")) as z:
-        assert json.loads(str(z["__meta__"]))["miss_probes"] == 20
+        meta = json.loads(str(z["__meta__"]))
+        assert meta["miss_probes"] == 20 and meta["reduce"] == "mean"
         for v in ("t0", "t1", "t2"):
-            want = frame_scores(index.score(ff.features[v], miss_probes=20), ff.frame_index[v], 60)
+            want = frame_scores(index.score(ff.features[v], miss_probes=20, reduce="mean"), ff.frame_index[v], 60)
             np.testing.assert_array_equal(z[v], want)
     capsys.readouterr()
     assert main(["score", "--index", p("lsh.llsh"), "--features", p("test.npz"), "--out", p("s.npz"),

@@ -77,6 +77,13 @@ def test_probes_equal_single_index(data, built, mode):
     np.testing.assert_allclose(dist.score(ray.put(q), mode, miss_probes=12), want.min(axis=1), rtol=1e-6, atol=1e-6)
     with pytest.raises(ConfigError, match="miss_probes"):
         dist.score(q, mode, miss_probes=1)
+    # the mean over the tables that hit (ours), also from queries already in the object store
+    want = single.score(q, mode, reduce="mean")
+    assert not np.allclose(want, single.score(q, mode))
+    np.testing.assert_allclose(dist.score(q, mode, reduce="mean", query_batch=9), want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dist.score(ray.put(q), mode, reduce="mean"), want, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ConfigError, match="reduce"):
+        dist.score(q, mode, reduce="max")
 
 
 def assert_same_tables(merged, single):

@@ -86,10 +86,15 @@ def test_cpu_shards_with_probes_equal_single_index(data, n_shards):
                                        rtol=1e-6, atol=1e-6, err_msg=mode)
         np.testing.assert_allclose(sh.score(q, mode, n_probes=3, miss_probes=12),
                                    single.score(q, mode, n_probes=3, miss_probes=12), rtol=1e-6, atol=1e-6)
+        for kw in ({}, {"miss_probes": 12}):  # the mean over the tables that hit (ours)
+            np.testing.assert_allclose(sh.score(q, mode, query_batch=17, reduce="mean", **kw),
+                                       single.score(q, mode, reduce="mean", **kw), rtol=1e-6, atol=1e-6)
     with pytest.raises(ConfigError, match="n_probes"):
         sh.score(q, n_probes=0)
     with pytest.raises(ConfigError, match="miss_probes"):
         sh.score(q, n_probes=4, miss_probes=4)
+    with pytest.raises(ConfigError, match="reduce"):
+        sh.score(q, reduce="max")
 
 
 def test_fake_gpus_with_probes_equal_single_index(data, fake):
