@@ -17,7 +17,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import probing
 from ._validation import check_int_range
-from .index import LearnableLSHIndex
+from .errors import ConfigError
+from .index import REDUCTIONS, LearnableLSHIndex, reduce_tables
 
 
 class LLSHDetector(OutlierMixin, BaseEstimator):
@@ -26,8 +27,9 @@ class LLSHDetector(OutlierMixin, BaseEstimator):
     Parameters
     ----------
     n_tables, n_bits, mode, miss_value, seed : as LearnableLSHIndex.
-    n_probes, miss_probes : as LearnableLSHIndex.score (multi-probe, probing on a miss; 1 and 0,
-        the defaults, are the paper).  offset_ is calibrated with the same probes.
+    n_probes, miss_probes, reduce : as LearnableLSHIndex.score (multi-probe, probing on a miss, the
+        mean over tables; 1, 0 and "min", the defaults, are the paper).  offset_ is calibrated with
+        the same settings.
     contamination : expected fraction of outliers in the training data, in (0, 0.5].
     train : train the hash layers with MoCo before indexing (False = plain LSH).
     iterations, lr, batch_size, queue_size, max_offset, n_neighbors : as LearnableLSHIndex.fit;
@@ -39,7 +41,7 @@ class LLSHDetector(OutlierMixin, BaseEstimator):
 
     def __init__(self, n_tables=8, n_bits=32, mode="mean", miss_value=None, contamination=0.1, train=True,
                  iterations=None, lr=None, batch_size=None, queue_size=None, max_offset=150, n_neighbors=None,
-                 seed=0, n_probes=1, miss_probes=0):
+                 seed=0, n_probes=1, miss_probes=0, reduce="min"):
         self.n_tables = n_tables
         self.n_bits = n_bits
         self.mode = mode
@@ -55,12 +57,15 @@ class LLSHDetector(OutlierMixin, BaseEstimator):
         self.seed = seed
         self.n_probes = n_probes
         self.miss_probes = miss_probes
+        self.reduce = reduce
 
     def fit(self, X, y=None, video_ids=None):
         X = validate_data(self, X, dtype=[np.float32, np.float64], ensure_min_samples=2)
         if not (isinstance(self.contamination, (int, float)) and 0.0 < self.contamination <= 0.5):
             raise ValueError(f"contamination: expected a number in (0, 0.5], got {self.contamination!r}")
         probing.check_miss_probes(self.miss_probes, check_int_range(self.n_probes, "n_probes", 1))  # ConfigError
+        if self.reduce not in REDUCTIONS:
+            raise ConfigError(f"reduce: expected one of {list(REDUCTIONS)}, got {self.reduce!r}")
         index = LearnableLSHIndex(X.shape[1], n_tables=self.n_tables, n_bits=self.n_bits, mode=self.mode,
                                   miss_value=self.miss_value, store_codes=self.mode == "mean", seed=self.seed)
         if self.train:
@@ -87,7 +92,7 @@ class LLSHDetector(OutlierMixin, BaseEstimator):
         part["count"] = part["count"] - 1  # this row, at distance 0, leaves its bucket
         if part["mode"] == "light":
             part["sum"] = part["sum"] - part["query_codes"]  # and its code leaves the bucket's sum
-        if self.n_probes == 1 and not self.miss_probes:
+        if self.n_probes == 1 and not self.miss_probes and self.reduce == "min":
             return index.combine_partial_scores([part])
         own = np.where(part["count"] > 0, index.combine_partial_scores([part], return_distances=True), np.inf)
         codes, keys = index.hash_queries(X)
@@ -102,11 +107,13 @@ class LLSHDetector(OutlierMixin, BaseEstimator):
         every = np.arange(len(X))
         miss = index.default_miss_value(index.mode)
         d = probing.min_over_probes(codes, keys, self.n_probes, lambda k: distances(every, k),
-                                    np.inf if self.miss_probes else miss)
+                                    np.inf if self.miss_probes or self.reduce != "min" else miss)
         dead = np.flatnonzero(np.isinf(d).all(axis=1))
         if self.miss_probes and dead.size:
             d[dead] = probing.min_over_probes(codes[dead], keys[dead], self.miss_probes,
                                               lambda k: distances(dead, k), np.inf)
+        if self.reduce != "min":
+            return reduce_tables(d, self.reduce, miss)
         d[np.isinf(d)] = miss
         return d.min(axis=1)
 
@@ -114,8 +121,8 @@ class LLSHDetector(OutlierMixin, BaseEstimator):
         """Negated anomaly score (higher = more normal), as scikit-learn detectors return."""
         check_is_fitted(self, "index_")
         X = validate_data(self, X, dtype=[np.float32, np.float64], reset=False)
-        return -np.asarray(self.index_.score(X, n_probes=self.n_probes, miss_probes=self.miss_probes),
-                           dtype=np.float64)
+        return -np.asarray(self.index_.score(X, n_probes=self.n_probes, miss_probes=self.miss_probes,
+                                             reduce=self.reduce), dtype=np.float64)
 
     def decision_function(self, X):
         """score_samples - offset_: negative for outliers."""

@@ -55,30 +55,31 @@ def test_contamination_is_checked(rng, bad):
 
 
 @pytest.mark.parametrize("mode", ["mean", "light", "squared"])
-@pytest.mark.parametrize("n_probes,miss_probes", [(1, 0), (4, 0), (1, 12), (3, 30)])
-def test_leave_one_out_offset_matches_rebuilt_indexes(rng, mode, n_probes, miss_probes):
+@pytest.mark.parametrize("n_probes,miss_probes,reduce", [(1, 0, "min"), (4, 0, "min"), (1, 12, "min"), (3, 30, "min"),
+                                                         (1, 0, "mean"), (1, 12, "mean")])
+def test_leave_one_out_offset_matches_rebuilt_indexes(rng, mode, n_probes, miss_probes, reduce):
     # oracle: for each training row, an index of the other rows (same layers) scores it
     centres = rng.standard_normal((3, 12)) * 2
     x = (centres[rng.integers(0, 3, 70)] + 0.7 * rng.standard_normal((70, 12))).astype(np.float32)
     det = LLSHDetector(train=False, n_tables=3, n_bits=10, mode=mode, n_probes=n_probes, miss_probes=miss_probes,
-                       contamination=0.2).fit(x)
+                       reduce=reduce, contamination=0.2).fit(x)
     want = np.array([det.index_.empty_like().add(np.delete(x, i, axis=0)).score(
-        x[i:i + 1], n_probes=n_probes, miss_probes=miss_probes)[0] for i in range(len(x))])
+        x[i:i + 1], n_probes=n_probes, miss_probes=miss_probes, reduce=reduce)[0] for i in range(len(x))])
     got = det._leave_one_out_scores(x)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     # the cases occur: rows alone in every bucket they sit in (their own key empties when they leave),
     # and rows whose leave-one-out score the probes change
     assert (det.index_.partial_scores(x)["count"] == 1).all(axis=1).any()
-    if n_probes > 1 or miss_probes:
+    if n_probes > 1 or miss_probes or reduce != "min":
         plain = [det.index_.empty_like().add(np.delete(x, i, axis=0)).score(x[i:i + 1])[0] for i in range(len(x))]
         assert (want != np.array(plain)).any()
     assert det.offset_ == pytest.approx(np.percentile(-want, 20.0), rel=1e-5, abs=1e-6)
     np.testing.assert_array_equal(det.score_samples(x[:9]),
-                                  -det.index_.score(x[:9], n_probes=n_probes, miss_probes=miss_probes))
+                                  -det.index_.score(x[:9], n_probes=n_probes, miss_probes=miss_probes, reduce=reduce))
 
 
 @pytest.mark.parametrize("params", [dict(n_probes=0), dict(miss_probes=1), dict(n_probes=4, miss_probes=3),
-                                    dict(miss_probes=-2)])
+                                    dict(miss_probes=-2), dict(reduce="max")])
 def test_probe_settings_are_checked(rng, params):
-    with pytest.raises(ValueError, match="probes"):
+    with pytest.raises(ValueError, match="probes|reduce"):
         LLSHDetector(train=False, **params).fit(rng.standard_normal((20, 4)))
