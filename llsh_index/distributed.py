@@ -72,7 +72,7 @@ import numpy as np
 from . import probing
 from ._validation import check_int_range
 from .errors import ConfigError
-from .index import REDUCTIONS, LearnableLSHIndex, reduce_tables
+from .index import REDUCTIONS, LearnableLSHIndex, probed_scores
 
 __all__ = ["build_distributed", "load_distributed", "DistributedIndex", "ShardPool", "main"]
 
@@ -296,12 +296,8 @@ class DistributedIndex:
     def _probed(self, codes, keys, mode, return_distances, n_probes, miss_probes=0, reduce="min"):
         """Multi-probe, probing on a miss and the mean over tables (llsh_index.probing, index.reduce_tables):
         one round of partial sums per probe rank, then the minimum over the probed buckets that exist."""
-        miss = self._template.default_miss_value(mode)
-        d = probing.probed_distances(codes, keys, n_probes, miss_probes, lambda c, k: self._distances(c, k, mode),
-                                     miss if reduce == "min" else np.inf)
-        if return_distances:
-            return d
-        return d.min(axis=1) if reduce == "min" else reduce_tables(d, reduce, miss)
+        return probed_scores(codes, keys, n_probes, miss_probes, reduce, lambda c, k: self._distances(c, k, mode),
+                             self._template.default_miss_value(mode), return_distances)
 
     def _run(self, queries, mode, return_distances, query_batch, n_probes=1, miss_probes=0, reduce="min"):
         n_probes = check_int_range(n_probes, "n_probes", 1)

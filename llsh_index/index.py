@@ -797,6 +797,17 @@ def reduce_tables(d, reduce: str, miss_value: float):
     return s
 
 
+def probed_scores(codes, keys, n_probes: int, miss_probes: int, reduce: str, distances, miss_value: float,
+                  return_distances: bool):
+    """The sharded indexes' probed path: (M, b) table distances (return_distances) or (M,) scores
+    reduced over the tables, from distances(codes, keys) -> +inf where the bucket is absent."""
+    d = probing.probed_distances(codes, keys, n_probes, miss_probes, distances,
+                                 miss_value if reduce == "min" else math.inf)
+    if return_distances:
+        return d
+    return d.min(axis=1) if reduce == "min" else reduce_tables(d, reduce, miss_value)
+
+
 def _normalise_device(device) -> str:
     device = str(device)
     if device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
