@@ -77,3 +77,20 @@ def test_cuda_mean_over_tables_equals_cpu(rng):
         got = gpu.score(q, mode, n_probes=3, reduce="mean")
         assert isinstance(got, torch.Tensor) and got.device.type == "cuda"
         np.testing.assert_allclose(got.cpu().numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_reduce_tables_on_torch_equals_numpy(rng):
+    # the CUDA engine hands reduce_tables torch tensors; the same code runs on CPU tensors here
+    from llsh_index.index import reduce_tables
+
+    d = rng.random((50, 6)).astype(np.float32)
+    d[rng.random((50, 6)) < 0.4] = np.inf
+    d[:3] = np.inf  # queries that hit no table
+    for reduce in ("min", "mean"):
+        want = reduce_tables(d.copy(), reduce, 7.0)
+        assert (want[:3] == 7.0).all()
+        if reduce == "mean":
+            np.testing.assert_allclose(want, mean_over_hits(d, 7.0), rtol=1e-6)
+        got = reduce_tables(torch.from_numpy(d.copy()), reduce, 7.0)
+        assert isinstance(got, torch.Tensor) and got.dtype == torch.float32
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-6)
