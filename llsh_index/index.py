@@ -17,7 +17,9 @@ normalisation.  Pass miss_value=1e10 to reproduce the reference exactly.
 
 score(queries, n_probes=P) (an extension; P = 1 is the paper) also probes, per table, the buckets
 of the query's key with one or two of its least confident bits flipped, and keeps the smallest
-distance over the buckets that exist (llsh_index.probing).
+distance over the buckets that exist (llsh_index.probing).  miss_probes=P (an extension; 0 is the
+paper) probes so only for the queries that miss every table.  reduce="mean" (an extension; "min"
+is the paper) averages the distances of the tables that hit instead of taking their minimum.
 """
 from __future__ import annotations
 
