@@ -29,6 +29,8 @@ Rows (b = 8 tables, r = 32 bits; MoCo as the paper's ShanghaiTech setting: batch
   with --code-dtype float16  the LSH-family rows store float16 codes (half the file; names say so)
   with --probes P     LSH and LLSH again, scored with P probes per table (llsh_index.probing, ours);
                       their n counts the codes of every probed bucket
+  with --miss-probes P / --reduce mean   LLSH again, scored with P probes for the queries that miss
+                      every table and / or the mean over the tables that hit (both ours)
 
 Multiplications per query
   paper formulas (as stated in our issue; the paper's text itself was not available to check):
@@ -120,6 +122,8 @@ class Settings:
     isolate: bool = True
     methods: Optional[Sequence[str]] = None  # keys of method_specs(); None = all
     probes: int = 0  # > 1: also LSH and LLSH rows scored with this many probes per table (ours)
+    miss_probes: int = 0  # > 1: an LLSH row with probing on a miss (ours)
+    reduce: str = "min"   # "mean": that LLSH row takes the mean over the tables that hit (ours)
     project_pcs: int = 0  # > 0: LLSH training removes the data's top principal directions (ours; 0 = paper)
     centre_layers: bool = False  # LLSH training also removes the data's mean direction (ours)
     code_dtype: str = "float32"  # the stored codes of the LSH-family rows ("float16": half the file and memory)
@@ -159,6 +163,12 @@ def method_specs(s: Settings) -> List[dict]:
                   "mode": "mean", "store_codes": True, "n_probes": s.probes},
                  {"key": "llsh_probes", "name": f"LLSH, {s.probes} probes (ours)", "kind": "lsh", "trained": True,
                   "mode": "mean", "store_codes": True, "n_probes": s.probes}]
+    if s.miss_probes > 1 or s.reduce != "min":  # the same LLSH index, scored with the lookup extensions
+        what = ([f"{s.miss_probes} probes on a miss"] if s.miss_probes > 1 else []) + (
+            [f"{s.reduce} over tables"] if s.reduce != "min" else [])
+        rows.append({"key": "llsh_ours", "name": f"LLSH, {', '.join(what)} (ours)", "kind": "lsh", "trained": True,
+                     "mode": "mean", "store_codes": True, "miss_probes": s.miss_probes if s.miss_probes > 1 else 0,
+                     "reduce": s.reduce})
     if s.methods is not None:
         unknown = sorted(set(s.methods) - {r["key"] for r in rows})
         if unknown:
@@ -328,7 +338,8 @@ def _job_method(job: dict) -> dict:
     # ---- score
     mem.start()
     t0 = time.perf_counter()
-    scores = scorer.score(b.test) if kind in ("knn", "kmeans") else scorer.score(b.test, n_probes=spec.get("n_probes", 1))
+    scores = scorer.score(b.test) if kind in ("knn", "kmeans") else scorer.score(
+        b.test, n_probes=spec.get("n_probes", 1), miss_probes=spec.get("miss_probes", 0), reduce=spec.get("reduce", "min"))
     score_s = time.perf_counter() - t0
     score_mem = mem.stop()
     scores = np.asarray(scores, dtype=np.float32)
@@ -810,7 +821,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     ap.add_argument("--kmeans-iter", type=int, default=None, help="K-means iterations (default 25; quick 10)")
     ap.add_argument("--methods", default=None,
                     help="comma-separated subset of: knn,kmeans<K>,lsh,llsh,light,squared (with --probes also "
-                         "lsh_probes,llsh_probes)")
+                         "lsh_probes,llsh_probes; with --miss-probes or --reduce mean also llsh_ours)")
     ap.add_argument("--project-pcs", type=int, default=0,
                     help="> 0: train LLSH with project_pcs=K and project_mean (ours; the static-data fallback's "
                          "projection, llsh_index.training); 0 = the paper")
@@ -822,6 +833,11 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                     help="stored codes of the LSH-family rows (float16: half the memory and file; ours)")
     ap.add_argument("--probes", type=int, default=0,
                     help="> 1: add LSH and LLSH rows scored with this many probes per table (multi-probe, ours)")
+    ap.add_argument("--miss-probes", type=int, default=0,
+                    help="> 1: add an LLSH row probing this many buckets per table for the queries that miss every "
+                         "table (ours)")
+    ap.add_argument("--reduce", choices=("min", "mean"), default="min",
+                    help="mean: that LLSH row (added) takes the mean over the tables that hit (ours)")
     iso = ap.add_mutually_exclusive_group()
     iso.add_argument("--no-isolate", action="store_true",
                      help="run every method in this process (faster; peak memory less clean; default with --quick)")
@@ -847,6 +863,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                  queue_size=args.queue_size or (2048 if args.ped2_features else 8192),
                  isolate=args.isolate or not (args.no_isolate or quick),
                  methods=None if args.methods is None else args.methods.split(","), probes=args.probes,
+                 miss_probes=args.miss_probes, reduce=args.reduce,
                  project_pcs=args.project_pcs, centre_layers=args.centre_layers, n_bits=args.n_bits,
                  code_dtype=args.code_dtype)
     progress = not args.no_progress

@@ -233,6 +233,22 @@ def test_run_table2_probe_rows(tmp_path):
         np.testing.assert_array_equal(got, index.score(np.asarray(bundle.test), n_probes=5))
 
 
+def test_run_table2_lookup_extension_row(tmp_path):
+    from llsh_index import LearnableLSHIndex
+
+    S.generate(str(tmp_path / "data"), toy_labels(), tiny_config())
+    res = T2.run_table2(str(tmp_path / "data"), str(tmp_path / "out"),
+                        tiny_settings(methods=("llsh", "llsh_ours"), miss_probes=9, reduce="mean"),
+                        progress=False, log=lambda *a, **k: None)
+    rows = {r["key"]: r for r in res["rows"]}
+    assert rows["llsh_ours"]["name"] == "LLSH, 9 probes on a miss, mean over tables (ours)"
+    bundle = S.open_bundle(str(tmp_path / "data"))
+    index = LearnableLSHIndex.load(rows["llsh_ours"]["model_path"])
+    got = np.load(tmp_path / "out" / "scores" / "llsh_ours.npy")
+    np.testing.assert_array_equal(got, index.score(np.asarray(bundle.test), miss_probes=9, reduce="mean"))
+    assert not np.array_equal(got, np.load(tmp_path / "out" / "scores" / "llsh.npy"))
+
+
 def test_run_table2_centred_projection_and_bits(tmp_path):
     """--project-pcs / --centre-layers / --n-bits reach the trained layers and the saved models,
     and the rows say what they are."""
