@@ -461,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "of the query's least confident bits flipped)")
     p.add_argument("--miss-probes", type=int, default=0,
                    help="probes per table for a snippet that misses every table (default 0, off: the paper scores "
-                        "it with the miss value; more than --probes re-probes only such snippets)")
+                        "it with the miss value; otherwise it must exceed --probes)")
     p.add_argument("--reduce", choices=["min", "mean"], default="min",
                    help="over the tables: min (default, the paper) or mean over the tables whose bucket exists (ours)")
     p.add_argument("--out", required=True)

@@ -72,7 +72,7 @@ import numpy as np
 from . import probing
 from ._validation import check_int_range
 from .errors import ConfigError
-from .index import REDUCTIONS, LearnableLSHIndex, probed_scores
+from .index import REDUCTIONS, LearnableLSHIndex, probed_scores, reduce_tables
 
 __all__ = ["build_distributed", "load_distributed", "DistributedIndex", "ShardPool", "main"]
 
@@ -281,17 +281,22 @@ class DistributedIndex:
         k = keys if isinstance(keys, ray.ObjectRef) else ray.put(keys)
         return [a.partial_scores.remote(c, k, mode) for a in self._actors]
 
-    def _combine(self, futures, codes, mode, return_distances):
+    def _combine(self, futures, codes, mode, return_distances, reduce="min"):
         parts = _ray().get(futures)
-        return self._template.combine_partial_scores(parts, mode, return_distances,
-                                                     query_codes=codes if mode == "light" else None)
+        if reduce == "min":
+            return self._template.combine_partial_scores(parts, mode, return_distances,
+                                                         query_codes=codes if mode == "light" else None)
+        return reduce_tables(self._masked(parts, codes, mode), reduce, self._template.default_miss_value(mode))
 
-    def _distances(self, codes, keys, mode):
-        """(M, b) distances of one key set, every shard's partial sums combined exactly; +inf where absent."""
-        parts = _ray().get(self._submit(codes, keys, mode))
+    def _masked(self, parts, codes, mode):
+        """(M, b) distances from every shard's partial sums, combined exactly; +inf where no shard has the bucket."""
         hit = sum(np.asarray(p["count"]) for p in parts) > 0
         d = self._template.combine_partial_scores(parts, mode, True, query_codes=codes if mode == "light" else None)
         return np.where(hit, d, np.float32(np.inf))
+
+    def _distances(self, codes, keys, mode):
+        """(M, b) distances of one key set; +inf where absent."""
+        return self._masked(_ray().get(self._submit(codes, keys, mode)), codes, mode)
 
     def _probed(self, codes, keys, mode, return_distances, n_probes, miss_probes=0, reduce="min"):
         """Multi-probe, probing on a miss and the mean over tables (llsh_index.probing, index.reduce_tables):
@@ -304,7 +309,7 @@ class DistributedIndex:
         miss_probes = probing.check_miss_probes(miss_probes, n_probes)
         if reduce not in REDUCTIONS:
             raise ConfigError(f"reduce: expected one of {list(REDUCTIONS)}, got {reduce!r}")
-        plain = n_probes == 1 and not miss_probes and reduce == "min"  # one pipelined round of partial sums
+        plain = n_probes == 1 and not miss_probes  # one pipelined round of partial sums
         if not self._actors:
             raise ConfigError("score: this DistributedIndex is shut down")
         mode = self._template.mode if mode is None else mode
@@ -317,7 +322,7 @@ class DistributedIndex:
             # queries already in the object store: shard 0 hashes them, the codes never pass the driver
             codes, keys = self._actors[0].hash_queries.options(num_returns=2).remote(queries)
             futures = self._submit(codes, keys, mode)
-            return self._combine(futures, ray.get(codes) if mode == "light" else None, mode, return_distances)
+            return self._combine(futures, ray.get(codes) if mode == "light" else None, mode, return_distances, reduce)
         if not hasattr(queries, "shape"):
             queries = np.asarray(queries)
         n = int(queries.shape[0]) if len(queries.shape) else 0
@@ -333,7 +338,7 @@ class DistributedIndex:
             futures = self._submit(codes, keys, mode) if plain else None
             if i + step < n:
                 hashed = self._template.hash_queries(queries[i + step:i + 2 * step])
-            out.append(self._combine(futures, codes, mode, return_distances) if futures is not None
+            out.append(self._combine(futures, codes, mode, return_distances, reduce) if futures is not None
                        else self._probed(codes, keys, mode, return_distances, n_probes, miss_probes, reduce))
         return out[0] if len(out) == 1 else np.concatenate(out)
 
@@ -344,7 +349,7 @@ class DistributedIndex:
 
     def score(self, queries, mode: Optional[str] = None, *, query_batch: Optional[int] = 100_000,
               n_probes: int = 1, miss_probes: int = 0, reduce: str = "min") -> np.ndarray:
-        """(M,) float32 anomaly scores (minimum over tables), equal to the single index's score().
+        """(M,) float32 anomaly scores (minimum, or mean, over tables), equal to the single index's score().
 
         The driver hashes the queries in rounds of `query_batch` rows and puts each round's codes
         and keys in the object store once (b*r*4 + b*8 bytes per query, whatever d is), which also

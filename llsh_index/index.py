@@ -787,8 +787,9 @@ def reduce_tables(d, reduce: str, miss_value: float):
     "Mean over the tables"); a query that hits no table gets miss_value either way."""
     if isinstance(d, torch.Tensor):
         hit = torch.isfinite(d)
-        s = (d.min(dim=1).values if reduce == "min"
-             else torch.where(hit, d, torch.zeros_like(d)).sum(dim=1) / hit.sum(dim=1).clamp_min(1).to(d.dtype))
+        s = (d.min(dim=1).values if reduce == "min"  # summed in float64 like the numpy branch: same scores
+             else (torch.where(hit, d, torch.zeros_like(d)).sum(dim=1, dtype=torch.float64)
+                   / hit.sum(dim=1).clamp_min(1)).to(d.dtype))
         return s.masked_fill_(~hit.any(dim=1), miss_value)
     hit = np.isfinite(d)
     if reduce == "min":
@@ -805,9 +806,12 @@ def probed_scores(codes, keys, n_probes: int, miss_probes: int, reduce: str, dis
     reduced over the tables, from distances(codes, keys) -> +inf where the bucket is absent."""
     d = probing.probed_distances(codes, keys, n_probes, miss_probes, distances,
                                  miss_value if reduce == "min" else math.inf)
+    if reduce == "min":
+        return d if return_distances else d.min(axis=1)
     if return_distances:
+        d[np.isinf(d)] = miss_value
         return d
-    return d.min(axis=1) if reduce == "min" else reduce_tables(d, reduce, miss_value)
+    return reduce_tables(d, reduce, miss_value)
 
 
 def _normalise_device(device) -> str:

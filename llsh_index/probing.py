@@ -11,8 +11,9 @@ distance is the smallest over the probed buckets that exist, and a miss only if 
 Probing on a miss (``miss_probes``, also ours): a query that misses every table is looked up again
 with ``miss_probes`` probes per table, and only such queries.  The paper scores it with a large
 constant, which makes a spike in the score curve for a query that merely fell across a hyperplane
-in every table; probing finds the nearby buckets instead, at the cost of the probes for those
-queries only.
+in every table; probing finds the nearby buckets instead, at the cost of the further probes for
+those queries only.  (With a miss value below real distances, e.g. 0, and the minimum over tables,
+a re-probed query's score changes only if the probes reach a bucket in every table.)
 
 At most 1 + r + r(r - 1) / 2 distinct probes exist (flips of one or two bits); a larger
 n_probes probes them all.  The probes go through the engine's ordinary lookup (CPU or CUDA), one
@@ -80,18 +81,24 @@ def xor_keys(keys, mask: torch.Tensor):
     return torch.bitwise_xor(keys.view(torch.int64), mask).view(torch.uint64)
 
 
-def min_over_probes(codes, keys, n_probes: int, distances, miss_value: float):
+def min_over_probes(codes, keys, n_probes: int, distances, miss_value: float, first_rank: int = 0):
     """(M, b): per (query, table) the smallest distance over the probed buckets that exist.
 
     distances(keys) -> (M, b) distances of one probe rank's keys, +inf where the bucket is absent
     (numpy, or a tensor on the codes' device): the engine's lookup for one index, the shards' partial
     sums combined exactly for a sharded one.  The result is of the same kind, misses -> miss_value.
+    first_rank: skip the cheapest ranks (the caller knows they miss); None left: all miss_value.
     """
     masks = probe_masks(codes, n_probes)
     best = None
-    for p in range(masks.shape[2]):
+    for p in range(first_rank, masks.shape[2]):
         d = distances(xor_keys(keys, masks[:, :, p].contiguous()))
         best = d if best is None else (torch.minimum(best, d) if isinstance(d, torch.Tensor) else np.minimum(best, d))
+    if best is None:  # every rank skipped
+        m, b = masks.shape[:2]
+        if isinstance(codes, torch.Tensor):
+            return torch.full((m, b), miss_value, dtype=torch.float32, device=codes.device)
+        return np.full((m, b), miss_value, dtype=np.float32)
     if isinstance(best, torch.Tensor):
         return best.masked_fill_(torch.isinf(best), miss_value)
     best[np.isinf(best)] = miss_value
@@ -114,17 +121,18 @@ def _take_rows(a, rows):
     return a[rows]
 
 
-def probe_missed(codes, keys, best, miss_probes: int, distances, miss_value: float):
+def probe_missed(codes, keys, best, miss_probes: int, distances, miss_value: float, done: int = 1):
     """best (M, b) table distances with +inf where a bucket is absent (numpy or a tensor on the codes'
     device), filled in place and returned: rows that hit no table are looked up again with
-    miss_probes probes (min_over_probes); the misses left then take miss_value.
+    miss_probes probes (min_over_probes), from rank `done` on (the `done` cheapest, already looked
+    up, missed); the misses left then take miss_value.
     distances(codes, keys) -> (M', b) distances of the given rows, +inf where absent."""
     on_torch = isinstance(best, torch.Tensor)
     dead = torch.isinf(best).all(dim=1) if on_torch else np.isinf(best).all(axis=1)  # hit no table
     rows = torch.nonzero(dead).flatten() if on_torch else np.flatnonzero(dead)
     if len(rows):
         c, k = _take_rows(codes, rows), _take_rows(keys, rows)
-        best[rows] = min_over_probes(c, k, miss_probes, lambda kk: distances(c, kk), math.inf)
+        best[rows] = min_over_probes(c, k, miss_probes, lambda kk: distances(c, kk), math.inf, first_rank=done)
     if on_torch:
         return best.masked_fill_(torch.isinf(best), miss_value)
     best[np.isinf(best)] = miss_value
@@ -139,5 +147,5 @@ def probed_distances(codes, keys, n_probes: int, miss_probes: int, distances, mi
     first_miss = math.inf if miss_probes else miss_value  # a miss stays +inf until the re-probe
     best = min_over_probes(codes, keys, n_probes, lambda k: distances(codes, k), first_miss)
     if miss_probes:
-        best = probe_missed(codes, keys, best, miss_probes, distances, miss_value)
+        best = probe_missed(codes, keys, best, miss_probes, distances, miss_value, done=n_probes)
     return best

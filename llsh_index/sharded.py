@@ -38,7 +38,7 @@ import torch
 from . import probing
 from ._validation import _is_cupy, _is_torch, check_features, check_int_range
 from .errors import ConfigError, CudaUnavailableError, NotFittedError
-from .index import REDUCTIONS, LearnableLSHIndex, _normalise_device, _to_numpy, probed_scores
+from .index import REDUCTIONS, LearnableLSHIndex, _normalise_device, _to_numpy, probed_scores, reduce_tables
 
 __all__ = ["ShardedIndex"]
 
@@ -252,15 +252,20 @@ class ShardedIndex:
 
         return parts
 
-    def _combine(self, parts, codes, mode, return_distances):
-        return self._host.combine_partial_scores(parts, mode, return_distances,
-                                                 query_codes=_to_numpy(codes) if mode == "light" else None)
+    def _combine(self, parts, codes, mode, return_distances, reduce="min"):
+        if reduce == "min":
+            return self._host.combine_partial_scores(parts, mode, return_distances,
+                                                     query_codes=_to_numpy(codes) if mode == "light" else None)
+        return reduce_tables(self._masked(parts, codes, mode), reduce, self._host.default_miss_value(mode))
 
-    def _distances(self, codes, keys, mode):
-        """(M, b) distances of one key set, the shards' partial sums combined exactly; +inf where absent."""
-        parts = self._start_partials(codes, keys, mode)()
+    def _masked(self, parts, codes, mode):
+        """(M, b) distances from the shards' partial sums, combined exactly; +inf where no shard has the bucket."""
         hit = sum(_to_numpy(p["count"]) for p in parts) > 0
         return np.where(hit, self._combine(parts, codes, mode, True), np.float32(np.inf))
+
+    def _distances(self, codes, keys, mode):
+        """(M, b) distances of one key set; +inf where absent."""
+        return self._masked(self._start_partials(codes, keys, mode)(), codes, mode)
 
     def _probed(self, codes, keys, mode, return_distances, n_probes, miss_probes=0, reduce="min"):
         """Multi-probe, probing on a miss and the mean over tables (llsh_index.probing, index.reduce_tables):
@@ -273,7 +278,7 @@ class ShardedIndex:
         miss_probes = probing.check_miss_probes(miss_probes, n_probes)
         if reduce not in REDUCTIONS:
             raise ConfigError(f"reduce: expected one of {list(REDUCTIONS)}, got {reduce!r}")
-        plain = n_probes == 1 and not miss_probes and reduce == "min"  # one pipelined round of partial sums
+        plain = n_probes == 1 and not miss_probes  # one pipelined round of partial sums
         if self.ntotal == 0:
             raise NotFittedError("score: the sharded index is empty; call add(features) first")
         mode = self._host.mode if mode is None else mode
@@ -292,7 +297,7 @@ class ShardedIndex:
             wait = self._start_partials(codes, keys, mode) if plain else None
             if k + 1 < len(rounds):
                 hashed = self._hash(rounds[k + 1])  # while the devices work on round k
-            out.append(self._combine(wait(), codes, mode, return_distances) if wait is not None
+            out.append(self._combine(wait(), codes, mode, return_distances, reduce) if wait is not None
                        else self._probed(codes, keys, mode, return_distances, n_probes, miss_probes, reduce))
         return out[0] if len(out) == 1 else np.concatenate(out)
 
@@ -303,7 +308,7 @@ class ShardedIndex:
 
     def score(self, queries, mode: Optional[str] = None, *, query_batch: Optional[int] = 65_536,
               n_probes: int = 1, miss_probes: int = 0, reduce: str = "min") -> np.ndarray:
-        """(M,) float32 anomaly scores (min over tables), equal to one index over all shards' items.
+        """(M,) float32 anomaly scores (min, or mean, over tables), equal to one index over all shards' items.
 
         queries: numpy, torch (CPU or CUDA) or cupy; hashed once per round of `query_batch` rows.
         n_probes, miss_probes, reduce: as LearnableLSHIndex.score (multi-probe, probing on a miss, the

@@ -177,6 +177,26 @@ def test_probe_missed_on_torch_equals_numpy(rng):
     np.testing.assert_array_equal(got_t.numpy(), got)
 
 
+def test_miss_probes_skip_the_ranks_already_looked_up(rng):
+    # a query that missed with n_probes probes missed at those ranks: the re-probe starts after them
+    train, test = data(rng)
+    index = LearnableLSHIndex(n_tables=3, n_bits=16, seed=3, miss_value=1e10).add(train)
+    codes, keys = index.hash_queries(test)
+    calls = []
+
+    def lookup(c, k):
+        calls.append(len(c))
+        d = index.partial_scores(query_codes=c, query_keys=k)
+        return np.where(d["count"] > 0, index.combine_partial_scores([d], return_distances=True, query_codes=c),
+                        np.inf)
+
+    got = probing.probed_distances(codes, keys, 3, 20, lookup, 1e10)
+    np.testing.assert_allclose(got, index.table_distances(test, n_probes=3, miss_probes=20), rtol=1e-6, atol=1e-6)
+    dead = int(np.isinf(probing.probed_distances(codes, keys, 3, 0, lookup, np.inf)).all(axis=1).sum())
+    assert dead >= 3
+    assert calls[:20] == [len(test)] * 3 + [dead] * 17  # 3 ranks for all, ranks 3..19 for the missed only
+
+
 @pytest.mark.parametrize("bad,n_probes", [(-1, 1), (1, 1), (3, 3), (2, 5), (1.5, 1), ("8", 1), (None, 1)])
 def test_bad_miss_probes_is_a_config_error(rng, bad, n_probes):
     train, test = data(rng)

@@ -73,7 +73,8 @@ def test_cuda_mean_over_tables_equals_cpu(rng):
     tables = oracle.build(np.asarray(torch.as_tensor(gpu.encode(torch.from_numpy(train).cuda())).cpu()))
     codes = gpu.hash_queries(q)[0].cpu().numpy()
     for mode in ("mean", "light", "squared"):
-        want = mean_over_hits(oracle.probe_table_distances(tables, codes, 3, mode, np.inf), gpu.default_miss_value(mode))
+        want = mean_over_hits(oracle.probe_table_distances(tables, codes, 3, mode, np.inf),
+                              gpu.default_miss_value(mode))
         got = gpu.score(q, mode, n_probes=3, reduce="mean")
         assert isinstance(got, torch.Tensor) and got.device.type == "cuda"
         np.testing.assert_allclose(got.cpu().numpy(), want, rtol=1e-5, atol=1e-5)

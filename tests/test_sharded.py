@@ -104,6 +104,9 @@ def test_fake_gpus_with_probes_equal_single_index(data, fake):
     for mode in ("mean", "light", "squared"):
         np.testing.assert_allclose(sh.table_distances(q, mode, n_probes=6), single.table_distances(q, mode, n_probes=6),
                                    rtol=1e-6, atol=1e-6, err_msg=mode)
+        for kw in ({"miss_probes": 12}, {"reduce": "mean"}, {"n_probes": 2, "miss_probes": 12, "reduce": "mean"}):
+            np.testing.assert_allclose(sh.score(q, mode, **kw), single.score(q, mode, **kw), rtol=1e-6, atol=1e-6,
+                                       err_msg=f"{mode} {kw}")
     sh.close()
 
 
