@@ -72,7 +72,7 @@ import numpy as np
 from . import probing
 from ._validation import check_int_range
 from .errors import ConfigError
-from .index import REDUCTIONS, LearnableLSHIndex, probed_scores, reduce_tables
+from .index import LearnableLSHIndex, check_reduce, probed_scores, reduce_tables
 
 __all__ = ["build_distributed", "load_distributed", "DistributedIndex", "ShardPool", "main"]
 
@@ -301,14 +301,14 @@ class DistributedIndex:
     def _probed(self, codes, keys, mode, return_distances, n_probes, miss_probes=0, reduce="min"):
         """Multi-probe, probing on a miss and the mean over tables (llsh_index.probing, index.reduce_tables):
         one round of partial sums per probe rank, then the minimum over the probed buckets that exist."""
-        return probed_scores(codes, keys, n_probes, miss_probes, reduce, lambda c, k: self._distances(c, k, mode),
-                             self._template.default_miss_value(mode), return_distances)
+        return probed_scores(codes, keys, n_probes, miss_probes, reduce,
+                             lambda c, k, _rows: self._distances(c, k, mode), self._template.default_miss_value(mode),
+                             return_distances)
 
     def _run(self, queries, mode, return_distances, query_batch, n_probes=1, miss_probes=0, reduce="min"):
         n_probes = check_int_range(n_probes, "n_probes", 1)
         miss_probes = probing.check_miss_probes(miss_probes, n_probes)
-        if reduce not in REDUCTIONS:
-            raise ConfigError(f"reduce: expected one of {list(REDUCTIONS)}, got {reduce!r}")
+        check_reduce(reduce)
         plain = n_probes == 1 and not miss_probes  # one pipelined round of partial sums
         if not self._actors:
             raise ConfigError("score: this DistributedIndex is shut down")

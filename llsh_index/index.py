@@ -406,7 +406,7 @@ class LearnableLSHIndex:
                 out.append(lookup(c, k, miss))
             else:  # one engine lookup per probe rank (llsh_index.probing)
                 out.append(probing.probed_distances(c, k, n_probes, miss_probes,
-                                                    lambda cc, kk: lookup(cc, kk, math.inf), miss))
+                                                    lambda cc, kk, _rows: lookup(cc, kk, math.inf), miss))
         self.last_n_compared = None if _engine.on_device(t) else compared[0]
         return torch.cat(out) if _engine.on_device(t) else np.concatenate(out)
 
@@ -415,9 +415,7 @@ class LearnableLSHIndex:
         """(M,) anomaly scores: the minimum over tables of table_distances() (n_probes, miss_probes:
         see there).  reduce="mean" (an extension; "min" is the paper): the mean over the tables whose
         bucket exists instead, miss_value for a query that hits none (reduce_tables)."""
-        if reduce not in REDUCTIONS:
-            raise ConfigError(f"reduce: expected one of {list(REDUCTIONS)}, got {reduce!r}")
-        if reduce == "min":
+        if check_reduce(reduce) == "min":
             d = self.table_distances(queries, mode, n_probes=n_probes, miss_probes=miss_probes)
             return d.min(dim=1).values if isinstance(d, torch.Tensor) else d.min(axis=1)
         d = self._table_distances(queries, mode, n_probes, miss_probes, math.inf)
@@ -780,6 +778,12 @@ class LearnableLSHIndex:
 REDUCTIONS = ("min", "mean")  # score(reduce=...): the paper's minimum over tables, or (ours) their mean
 
 
+def check_reduce(reduce) -> str:
+    if reduce not in REDUCTIONS:
+        raise ConfigError(f"reduce: expected one of {list(REDUCTIONS)}, got {reduce!r}")
+    return reduce
+
+
 def reduce_tables(d, reduce: str, miss_value: float):
     """(M,) scores from (M, b) table distances that are +inf where the bucket is absent (numpy, or a
     tensor on any device): "min" the smallest, "mean" the mean over the tables that hit.  Averaging
@@ -803,7 +807,8 @@ def reduce_tables(d, reduce: str, miss_value: float):
 def probed_scores(codes, keys, n_probes: int, miss_probes: int, reduce: str, distances, miss_value: float,
                   return_distances: bool):
     """The sharded indexes' probed path: (M, b) table distances (return_distances) or (M,) scores
-    reduced over the tables, from distances(codes, keys) -> +inf where the bucket is absent."""
+    reduced over the tables, from distances(codes, keys, rows) -> +inf where the bucket is absent
+    (probing.probed_distances)."""
     d = probing.probed_distances(codes, keys, n_probes, miss_probes, distances,
                                  miss_value if reduce == "min" else math.inf)
     if reduce == "min":

@@ -126,13 +126,15 @@ def probe_missed(codes, keys, best, miss_probes: int, distances, miss_value: flo
     device), filled in place and returned: rows that hit no table are looked up again with
     miss_probes probes (min_over_probes), from rank `done` on (the `done` cheapest, already looked
     up, missed); the misses left then take miss_value.
-    distances(codes, keys) -> (M', b) distances of the given rows, +inf where absent."""
+    distances(codes, keys, rows) -> (M', b) distances of rows `rows` (an index array; None: all M),
+    whose codes are `codes`, at `keys`; +inf where absent."""
     on_torch = isinstance(best, torch.Tensor)
     dead = torch.isinf(best).all(dim=1) if on_torch else np.isinf(best).all(axis=1)  # hit no table
     rows = torch.nonzero(dead).flatten() if on_torch else np.flatnonzero(dead)
     if len(rows):
         c, k = _take_rows(codes, rows), _take_rows(keys, rows)
-        best[rows] = min_over_probes(c, k, miss_probes, lambda kk: distances(c, kk), math.inf, first_rank=done)
+        best[rows] = min_over_probes(c, k, miss_probes, lambda kk: distances(c, kk, rows), math.inf,
+                                     first_rank=done)
     if on_torch:
         return best.masked_fill_(torch.isinf(best), miss_value)
     best[np.isinf(best)] = miss_value
@@ -142,10 +144,11 @@ def probe_missed(codes, keys, best, miss_probes: int, distances, miss_value: flo
 def probed_distances(codes, keys, n_probes: int, miss_probes: int, distances, miss_value: float):
     """(M, b) table distances with n_probes probes per table, then (miss_probes > 0) the rows that
     missed every table looked up again with miss_probes probes (probe_missed); misses -> miss_value.
-    distances(codes, keys) -> (M', b) distances of the given rows, +inf where the bucket is absent:
-    the engine's lookup for one index, the shards' partial sums combined exactly for a sharded one."""
+    distances(codes, keys, rows) -> (M', b) distances, +inf where the bucket is absent (see
+    probe_missed): the engine's lookup for one index, the shards' partial sums combined exactly for a
+    sharded one, the leave-one-out sums for LLSHDetector's calibration (which needs `rows`)."""
     first_miss = math.inf if miss_probes else miss_value  # a miss stays +inf until the re-probe
-    best = min_over_probes(codes, keys, n_probes, lambda k: distances(codes, k), first_miss)
+    best = min_over_probes(codes, keys, n_probes, lambda k: distances(codes, k, None), first_miss)
     if miss_probes:
         best = probe_missed(codes, keys, best, miss_probes, distances, miss_value, done=n_probes)
     return best

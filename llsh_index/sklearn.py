@@ -17,8 +17,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import probing
 from ._validation import check_int_range
-from .errors import ConfigError
-from .index import REDUCTIONS, LearnableLSHIndex, reduce_tables
+from .index import LearnableLSHIndex, check_reduce, reduce_tables
 
 
 class LLSHDetector(OutlierMixin, BaseEstimator):
@@ -64,8 +63,7 @@ class LLSHDetector(OutlierMixin, BaseEstimator):
         if not (isinstance(self.contamination, (int, float)) and 0.0 < self.contamination <= 0.5):
             raise ValueError(f"contamination: expected a number in (0, 0.5], got {self.contamination!r}")
         probing.check_miss_probes(self.miss_probes, check_int_range(self.n_probes, "n_probes", 1))  # ConfigError
-        if self.reduce not in REDUCTIONS:
-            raise ConfigError(f"reduce: expected one of {list(REDUCTIONS)}, got {self.reduce!r}")
+        check_reduce(self.reduce)
         index = LearnableLSHIndex(X.shape[1], n_tables=self.n_tables, n_bits=self.n_bits, mode=self.mode,
                                   miss_value=self.miss_value, store_codes=self.mode == "mean", seed=self.seed)
         if self.train:
@@ -97,21 +95,15 @@ class LLSHDetector(OutlierMixin, BaseEstimator):
         own = np.where(part["count"] > 0, index.combine_partial_scores([part], return_distances=True), np.inf)
         codes, keys = index.hash_queries(X)
 
-        def distances(rows, k):  # (len(rows), b) at probe keys k, +inf where the bucket is empty
-            c = codes[rows]
+        def distances(c, k, rows):  # at probe keys k, +inf where the bucket is empty
+            rows = slice(None) if rows is None else rows
             p = index.partial_scores(query_codes=c, query_keys=k)
             d = np.where(p["count"] > 0, index.combine_partial_scores([p], return_distances=True, query_codes=c),
                          np.inf)
             return np.where(k == keys[rows], own[rows], d)
 
-        every = np.arange(len(X))
         miss = index.default_miss_value(index.mode)
-        d = probing.min_over_probes(codes, keys, self.n_probes, lambda k: distances(every, k),
-                                    np.inf if self.miss_probes or self.reduce != "min" else miss)
-        dead = np.flatnonzero(np.isinf(d).all(axis=1))
-        if self.miss_probes and dead.size:
-            d[dead] = probing.min_over_probes(codes[dead], keys[dead], self.miss_probes,
-                                              lambda k: distances(dead, k), np.inf)
+        d = probing.probed_distances(codes, keys, self.n_probes, self.miss_probes, distances, np.inf)
         if self.reduce != "min":
             return reduce_tables(d, self.reduce, miss)
         d[np.isinf(d)] = miss

@@ -159,12 +159,12 @@ def test_probe_missed_on_torch_equals_numpy(rng):
     codes, keys = index.hash_queries(test)
     want = index.table_distances(test, miss_probes=40)
 
-    def lookup(c, k):  # the engine's lookup of numpy rows, +inf where the bucket is absent
+    def lookup(c, k, rows=None):  # the engine's lookup of numpy rows, +inf where the bucket is absent
         c, k = np.asarray(c), np.asarray(k.numpy() if isinstance(k, torch.Tensor) else k)
         d = index.partial_scores(query_codes=c, query_keys=k)
         return np.where(d["count"] > 0, index.combine_partial_scores([d], return_distances=True), np.inf)
 
-    def lookup_t(c, k):
+    def lookup_t(c, k, rows):
         return torch.from_numpy(lookup(c.numpy(), k.view(torch.int64).numpy().view(np.uint64)))
 
     first = lookup(codes, keys)
@@ -184,8 +184,9 @@ def test_miss_probes_skip_the_ranks_already_looked_up(rng):
     codes, keys = index.hash_queries(test)
     calls = []
 
-    def lookup(c, k):
+    def lookup(c, k, rows):
         calls.append(len(c))
+        assert rows is None or len(rows) == len(c)  # the rows whose codes these are
         d = index.partial_scores(query_codes=c, query_keys=k)
         return np.where(d["count"] > 0, index.combine_partial_scores([d], return_distances=True, query_codes=c),
                         np.inf)
