@@ -2,7 +2,7 @@
 
 Inputs are torch CUDA tensors; CuPy arrays (anything with ``__dlpack__`` or
 ``__cuda_array_interface__`` on a CUDA device) are taken without a copy and without a host round
-trip.  Outputs are torch CUDA tensors with the dtypes and shapes of the CPU engine
+trip, ordered after the stream their producer names (DLPack, or the interface's v3 ``stream``).  Outputs are torch CUDA tensors with the dtypes and shapes of the CPU engine
 (``_C.build_tables_cpu`` / ``_C.lookup_cpu``).  Every kernel runs on torch's current stream of the
 inputs' device; every buffer (outputs and scratch) comes from torch's caching allocator, so the
 native code never allocates.  The only host synchronisations are the two inside
@@ -85,12 +85,27 @@ def _as_tensor(x, name: str) -> torch.Tensor:
             if not hasattr(x, "__cuda_array_interface__"):
                 raise
             t = torch.as_tensor(x)  # __cuda_array_interface__: zero copy on the data's device
+            if t.is_cuda:
+                _wait_for_producer(x.__cuda_array_interface__, t.device)
     else:
         raise InvalidDTypeError(f"{name}: expected a torch CUDA tensor or a CuPy array, got {type(x).__name__}")
     if not t.is_cuda:
         raise DeviceMismatchError(f"{name}: expected a CUDA tensor, got one on {t.device} "
                                   "(use the CPU engine, or move it with .cuda())")
     return t
+
+
+def _wait_for_producer(cai, device: torch.device) -> None:
+    """CUDA Array Interface v3: a consumer orders its work after the producer's stream when the
+    interface names one (DLPack does this itself; a plain __cuda_array_interface__ object, e.g. a
+    Numba device array, leaves it to us).  No stream (None, absent) means the data is ready."""
+    stream = cai.get("stream") if isinstance(cai, dict) else None
+    if stream is None:
+        return
+    if isinstance(stream, bool) or not isinstance(stream, int) or stream <= 0:
+        raise InvalidInputError(f"__cuda_array_interface__: expected 'stream' to be None or a positive "
+                                f"integer (CUDA Array Interface v3), got {stream!r}")
+    torch.cuda.current_stream(device).wait_stream(torch.cuda.ExternalStream(stream, device=device))
 
 
 _DLPACK_CUDA = (2, 13)  # DLPack device types kDLCUDA and kDLCUDAManaged

@@ -393,6 +393,17 @@ def test_cupy_inputs():
     with pytest.raises(DeviceMismatchError):
         ce.binarize(qc[::-1])  # host data, negatively strided: a typed error, not an abort
 
+    class CAIOnly:  # known only through __cuda_array_interface__ (v3, naming its producer's stream)
+        def __init__(self, a):
+            self.a, self.__cuda_array_interface__ = a, a.__cuda_array_interface__
+
+    producer = cp.cuda.Stream(non_blocking=True)
+    with producer:  # written on a side stream; the lookup on torch's stream must wait for it
+        big = cp.asarray(np.repeat(qc, 64, axis=0)) * 1
+        wrapped = CAIOnly(big)
+    c, k = ce.binarize(wrapped, from_logits=False)
+    np.testing.assert_array_equal(host(k), keys_of(np.repeat(qc, 64, axis=0)))
+
 
 @pytest.mark.slow
 def test_more_than_2_31_code_elements():

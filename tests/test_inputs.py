@@ -6,6 +6,8 @@ Inputs that must be ACCEPTED (other layouts, dtypes and containers of the same v
 second table, test_accepted_inputs_score_like_contiguous_float32, and must give bit-identical
 tables and scores.
 """
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -298,6 +300,52 @@ def test_cuda_engine_copies_negatively_strided_device_arrays(monkeypatch):
     with pytest.raises(DeviceMismatchError):  # the stand-in's tensor is on the CPU
         ce._as_tensor(FakeDeviceArray(np.arange(8.0, dtype=np.float32)[::-1]), "x")
     assert seen == [(4,)]
+
+
+class _CAIOnly:
+    """A device array known only through __cuda_array_interface__ (a Numba device array, say)."""
+
+    def __init__(self, stream="absent"):
+        self.__cuda_array_interface__ = {"shape": (2, 3), "typestr": "<f4", "data": (0, False), "version": 3}
+        if stream != "absent":
+            self.__cuda_array_interface__["stream"] = stream
+
+
+@pytest.mark.parametrize("stream, waits", [("absent", None), (None, None), (7, 7), (1, 1)])
+def test_cuda_array_interface_stream_is_waited_for(monkeypatch, stream, waits):
+    """CUDA Array Interface v3: torch's stream waits for the producer's stream before the data is used."""
+    from llsh_index import _cuda_engine as ce
+
+    class FakeCudaTensor:
+        is_cuda, device = True, torch.device("cuda", 0)
+
+    calls = []
+
+    class FakeStream:
+        def wait_stream(self, other):
+            calls.append(("wait", other))
+
+    monkeypatch.setattr(torch, "from_dlpack", lambda x: (_ for _ in ()).throw(TypeError("no DLPack")))
+    monkeypatch.setattr(torch, "as_tensor", lambda x: FakeCudaTensor())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: calls.append(("current", device)) or FakeStream())
+    monkeypatch.setattr(torch.cuda, "ExternalStream", lambda ptr, device: ("external", ptr, device))
+    t = ce._as_tensor(_CAIOnly(stream), "x")
+    assert isinstance(t, FakeCudaTensor)
+    cuda0 = torch.device("cuda", 0)
+    assert calls == ([] if waits is None else [("current", cuda0), ("wait", ("external", waits, cuda0))])
+
+
+@pytest.mark.parametrize("stream", [0, -1, 2.5, True, "7"])
+def test_cuda_array_interface_bad_stream_is_a_typed_error(monkeypatch, stream):
+    from llsh_index import _cuda_engine as ce
+
+    class FakeCudaTensor:
+        is_cuda, device = True, torch.device("cuda", 0)
+
+    monkeypatch.setattr(torch, "from_dlpack", lambda x: (_ for _ in ()).throw(TypeError("no DLPack")))
+    monkeypatch.setattr(torch, "as_tensor", lambda x: FakeCudaTensor())
+    with pytest.raises(InvalidInputError, match=r"'stream' to be None or a positive integer.*got " + re.escape(repr(stream))):
+        ce._as_tensor(_CAIOnly(stream), "x")
 
 
 def test_errors_are_also_builtin_types():
