@@ -70,7 +70,6 @@ from typing import Any, Callable, List, Optional, Sequence, Union
 import numpy as np
 
 from . import probing
-from ._validation import check_int_range
 from .errors import ConfigError
 from .index import LearnableLSHIndex, check_reduce, probed_scores, reduce_tables
 
@@ -306,8 +305,7 @@ class DistributedIndex:
                              return_distances)
 
     def _run(self, queries, mode, return_distances, query_batch, n_probes=1, miss_probes=0, reduce="min"):
-        n_probes = check_int_range(n_probes, "n_probes", 1)
-        miss_probes = probing.check_miss_probes(miss_probes, n_probes)
+        n_probes, miss_probes = probing.check_probes(n_probes, miss_probes)
         check_reduce(reduce)
         plain = n_probes == 1 and not miss_probes  # one pipelined round of partial sums
         if not self._actors:

@@ -379,8 +379,7 @@ class LearnableLSHIndex:
 
     def _table_distances(self, queries, mode, n_probes, miss_probes, miss):
         """table_distances(), a missing bucket given `miss` (None: the index's miss value)."""
-        n_probes = check_int_range(n_probes, "n_probes", 1)
-        miss_probes = probing.check_miss_probes(miss_probes, n_probes)
+        n_probes, miss_probes = probing.check_probes(n_probes, miss_probes)
         tables = self._tables  # snapshot: an add() running meanwhile swaps in a new dict
         if self.encoder is None or tables is None:
             raise NotFittedError("score: the index is empty; call add(features) first")

@@ -105,12 +105,14 @@ def min_over_probes(codes, keys, n_probes: int, distances, miss_value: float, fi
     return best
 
 
-def check_miss_probes(miss_probes, n_probes: int) -> int:
-    """0 (off) or an integer above n_probes (fewer probes than the first lookup would find nothing new)."""
+def check_probes(n_probes, miss_probes):
+    """(n_probes, miss_probes) as ints: n_probes >= 1; miss_probes 0 (off) or above n_probes (fewer
+    probes than the first lookup would find nothing new)."""
+    n_probes = check_int_range(n_probes, "n_probes", 1)
     p = check_int_range(miss_probes, "miss_probes", 0)
     if 0 < p <= n_probes:
         raise ConfigError(f"miss_probes: expected 0 (off) or more than n_probes ({n_probes}), got {p}")
-    return p
+    return n_probes, p
 
 
 def _take_rows(a, rows):

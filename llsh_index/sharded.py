@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from . import probing
-from ._validation import _is_cupy, _is_torch, check_features, check_int_range
+from ._validation import _is_cupy, _is_torch, check_features
 from .errors import ConfigError, CudaUnavailableError, NotFittedError
 from .index import LearnableLSHIndex, _normalise_device, _to_numpy, check_reduce, probed_scores, reduce_tables
 
@@ -275,8 +275,7 @@ class ShardedIndex:
                              return_distances)
 
     def _run(self, queries, mode, return_distances, query_batch, n_probes=1, miss_probes=0, reduce="min"):
-        n_probes = check_int_range(n_probes, "n_probes", 1)
-        miss_probes = probing.check_miss_probes(miss_probes, n_probes)
+        n_probes, miss_probes = probing.check_probes(n_probes, miss_probes)
         check_reduce(reduce)
         plain = n_probes == 1 and not miss_probes  # one pipelined round of partial sums
         if self.ntotal == 0:

@@ -16,7 +16,6 @@ from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import probing
-from ._validation import check_int_range
 from .index import LearnableLSHIndex, check_reduce, reduce_tables
 
 
@@ -62,7 +61,7 @@ class LLSHDetector(OutlierMixin, BaseEstimator):
         X = validate_data(self, X, dtype=[np.float32, np.float64], ensure_min_samples=2)
         if not (isinstance(self.contamination, (int, float)) and 0.0 < self.contamination <= 0.5):
             raise ValueError(f"contamination: expected a number in (0, 0.5], got {self.contamination!r}")
-        probing.check_miss_probes(self.miss_probes, check_int_range(self.n_probes, "n_probes", 1))  # ConfigError
+        probing.check_probes(self.n_probes, self.miss_probes)  # ConfigError
         check_reduce(self.reduce)
         index = LearnableLSHIndex(X.shape[1], n_tables=self.n_tables, n_bits=self.n_bits, mode=self.mode,
                                   miss_value=self.miss_value, store_codes=self.mode == "mean", seed=self.seed)
