@@ -18,6 +18,15 @@ def shared_path(*parts) -> Path:
     return p
 
 
+def need_cuda() -> None:
+    """Skip the test, saying why, unless llsh_index's CUDA engine can run here."""
+    import llsh_index
+
+    ok, why = llsh_index.cuda_available(verbose=True)
+    if not ok:
+        pytest.skip(f"llsh_index CUDA engine unavailable: {why}")
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

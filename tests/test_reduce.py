@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import oracle
+from conftest import need_cuda
 from llsh_index import LearnableLSHIndex
 from llsh_index.errors import ConfigError
 from test_probing import data
@@ -60,12 +61,7 @@ def test_bad_reduce_is_a_config_error(rng, bad):
 
 @pytest.mark.gpu
 def test_cuda_mean_over_tables_equals_cpu(rng):
-    if not torch.cuda.is_available():
-        pytest.skip("torch.cuda is not available (no GPU or a CPU-only torch)")
-    from llsh_index import cuda_available
-
-    if not cuda_available():
-        pytest.skip("llsh_index CUDA engine unavailable")
+    need_cuda()
     train, test = data(rng)
     gpu = LearnableLSHIndex(n_tables=4, n_bits=14, seed=1).to("cuda")
     gpu.add(torch.from_numpy(train).cuda())
