@@ -805,16 +805,15 @@ def reduce_tables(d, reduce: str, miss_value: float):
 
 def probed_scores(codes, keys, n_probes: int, miss_probes: int, reduce: str, distances, miss_value: float,
                   return_distances: bool):
-    """The sharded indexes' probed path: (M, b) table distances (return_distances) or (M,) scores
-    reduced over the tables, from distances(codes, keys, rows) -> +inf where the bucket is absent
-    (probing.probed_distances)."""
+    """The sharded indexes' probed path and LLSHDetector's leave-one-out scores: (M, b) table
+    distances (return_distances) or (M,) scores reduced over the tables, from distances(codes, keys,
+    rows) -> +inf where the bucket is absent (probing.probed_distances)."""
     d = probing.probed_distances(codes, keys, n_probes, miss_probes, distances,
                                  miss_value if reduce == "min" else math.inf)
     if reduce == "min":
         return d if return_distances else d.min(axis=1)
     if return_distances:
-        d[np.isinf(d)] = miss_value
-        return d
+        return probing.fill_misses(d, miss_value)
     return reduce_tables(d, reduce, miss_value)
 
 

@@ -99,10 +99,15 @@ def min_over_probes(codes, keys, n_probes: int, distances, miss_value: float, fi
         if isinstance(codes, torch.Tensor):
             return torch.full((m, b), miss_value, dtype=torch.float32, device=codes.device)
         return np.full((m, b), miss_value, dtype=np.float32)
-    if isinstance(best, torch.Tensor):
-        return best.masked_fill_(torch.isinf(best), miss_value)
-    best[np.isinf(best)] = miss_value
-    return best
+    return fill_misses(best, miss_value)
+
+
+def fill_misses(d, miss_value: float):
+    """d (numpy, or a tensor on any device) with its +inf entries (absent buckets) set to miss_value, in place."""
+    if isinstance(d, torch.Tensor):
+        return d.masked_fill_(torch.isinf(d), miss_value)
+    d[np.isinf(d)] = miss_value
+    return d
 
 
 def check_probes(n_probes, miss_probes):
@@ -137,10 +142,7 @@ def probe_missed(codes, keys, best, miss_probes: int, distances, miss_value: flo
         c, k = _take_rows(codes, rows), _take_rows(keys, rows)
         best[rows] = min_over_probes(c, k, miss_probes, lambda kk: distances(c, kk, rows), math.inf,
                                      first_rank=done)
-    if on_torch:
-        return best.masked_fill_(torch.isinf(best), miss_value)
-    best[np.isinf(best)] = miss_value
-    return best
+    return fill_misses(best, miss_value)
 
 
 def probed_distances(codes, keys, n_probes: int, miss_probes: int, distances, miss_value: float):

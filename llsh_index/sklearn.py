@@ -16,7 +16,7 @@ from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import probing
-from .index import LearnableLSHIndex, check_reduce, reduce_tables
+from .index import LearnableLSHIndex, check_reduce, probed_scores
 
 
 class LLSHDetector(OutlierMixin, BaseEstimator):
@@ -101,12 +101,8 @@ class LLSHDetector(OutlierMixin, BaseEstimator):
                          np.inf)
             return np.where(k == keys[rows], own[rows], d)
 
-        miss = index.default_miss_value(index.mode)
-        d = probing.probed_distances(codes, keys, self.n_probes, self.miss_probes, distances, np.inf)
-        if self.reduce != "min":
-            return reduce_tables(d, self.reduce, miss)
-        d[np.isinf(d)] = miss
-        return d.min(axis=1)
+        return probed_scores(codes, keys, self.n_probes, self.miss_probes, self.reduce, distances,
+                             index.default_miss_value(index.mode), return_distances=False)
 
     def score_samples(self, X):
         """Negated anomaly score (higher = more normal), as scikit-learn detectors return."""
