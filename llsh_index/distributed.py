@@ -62,6 +62,7 @@ on the devices and scores them from one process.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -71,7 +72,7 @@ import numpy as np
 
 from . import probing
 from .errors import ConfigError
-from .index import LearnableLSHIndex, check_reduce, probed_scores, reduce_tables
+from .index import LearnableLSHIndex, check_reduce, probed_scores
 
 __all__ = ["build_distributed", "load_distributed", "DistributedIndex", "ShardPool", "main"]
 
@@ -280,22 +281,14 @@ class DistributedIndex:
         k = keys if isinstance(keys, ray.ObjectRef) else ray.put(keys)
         return [a.partial_scores.remote(c, k, mode) for a in self._actors]
 
-    def _combine(self, futures, codes, mode, return_distances, reduce="min"):
-        parts = _ray().get(futures)
-        if reduce == "min":
-            return self._template.combine_partial_scores(parts, mode, return_distances,
-                                                         query_codes=codes if mode == "light" else None)
-        return reduce_tables(self._masked(parts, codes, mode), reduce, self._template.default_miss_value(mode))
-
-    def _masked(self, parts, codes, mode):
-        """(M, b) distances from every shard's partial sums, combined exactly; +inf where no shard has the bucket."""
-        hit = sum(np.asarray(p["count"]) for p in parts) > 0
-        d = self._template.combine_partial_scores(parts, mode, True, query_codes=codes if mode == "light" else None)
-        return np.where(hit, d, np.float32(np.inf))
+    def _combine(self, futures, codes, mode, return_distances, reduce="min", miss_value=None):
+        return self._template.combine_partial_scores(_ray().get(futures), mode, return_distances, reduce=reduce,
+                                                     miss_value=miss_value,
+                                                     query_codes=codes if mode == "light" else None)
 
     def _distances(self, codes, keys, mode):
-        """(M, b) distances of one key set; +inf where absent."""
-        return self._masked(_ray().get(self._submit(codes, keys, mode)), codes, mode)
+        """(M, b) distances of one key set; +inf where no shard has the bucket."""
+        return self._combine(self._submit(codes, keys, mode), codes, mode, True, miss_value=math.inf)
 
     def _probed(self, codes, keys, mode, return_distances, n_probes, miss_probes=0, reduce="min"):
         """Multi-probe, probing on a miss and the mean over tables (llsh_index.probing, index.reduce_tables):

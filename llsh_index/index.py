@@ -75,12 +75,8 @@ class LearnableLSHIndex:
                               "statistics-only index")
         if code_dtype not in ("float32", "float16"):
             raise ConfigError(f"code_dtype: expected 'float32' or 'float16', got {code_dtype!r}")
-        if miss_value is not None and not (isinstance(miss_value, (int, float)) and not isinstance(miss_value, bool)
-                                           and math.isfinite(miss_value)
-                                           and abs(miss_value) <= float(np.finfo(np.float32).max)):
-            raise ConfigError(f"miss_value: expected a finite number within float32 range, got {miss_value!r}")
         self.mode = mode
-        self.miss_value = None if miss_value is None else float(miss_value)
+        self.miss_value = _check_miss_value(miss_value)
         self.code_dtype = code_dtype
         self.store_codes = bool(store_codes)
         self.seed = int(seed)
@@ -613,13 +609,17 @@ class LearnableLSHIndex:
         return out
 
     def combine_partial_scores(self, parts, mode: Optional[str] = None, return_distances: bool = False, *,
-                               query_codes=None):
+                               query_codes=None, reduce: str = "min", miss_value: Optional[float] = None):
         """Scores from the partial sums of several shards (same queries, same hash layers).
 
         Per (query, table): distance = sum of sums / sum of counts, the exact value one index over
-        all shards' items gives; a miss (zero count in every shard) gives miss_value.  "light" needs
-        the (M, b, r) query codes: `query_codes`, else the first part's "query_codes".
+        all shards' items gives; a miss (zero count in every shard) gives miss_value (None: the
+        index's; math.inf marks the misses, as llsh_index.probing takes table distances).  "light"
+        needs the (M, b, r) query codes: `query_codes`, else the first part's "query_codes".
+        reduce: over the tables, as score() ("mean": over the tables that hit).
         """
+        check_reduce(reduce)
+        miss_value = _check_miss_value(miss_value, allow_inf=True)
         parts = list(parts)
         if not parts:
             raise ConfigError("combine_partial_scores: expected partial scores of at least one shard")
@@ -636,7 +636,9 @@ class LearnableLSHIndex:
         count = sum(_to_numpy(p["count"]) for p in parts)
         total = sum(_to_numpy(p["sum"]) for p in parts)
         hit = count > 0
-        dist = np.full(count.shape, self.default_miss_value(mode), dtype=np.float64)
+        miss = self.default_miss_value(mode) if miss_value is None else miss_value
+        mean_over_hits = reduce == "mean" and not return_distances  # reduce_tables wants the misses at +inf
+        dist = np.full(count.shape, math.inf if mean_over_hits else miss, dtype=np.float64)
         if mode == "light":
             q = parts[0].get("query_codes") if query_codes is None else query_codes
             if q is None:
@@ -653,7 +655,9 @@ class LearnableLSHIndex:
             if mode == "squared":
                 dist[hit] = np.maximum(dist[hit], 0.0)
         dist = dist.astype(np.float32)
-        return dist if return_distances else dist.min(axis=1)
+        if return_distances:
+            return dist
+        return reduce_tables(dist, reduce, miss) if mean_over_hits else dist.min(axis=1)
 
     # ------------------------------------------------------------------ inspection
     def bucket_sizes(self, table: int = 0) -> np.ndarray:
@@ -781,6 +785,19 @@ def check_reduce(reduce) -> str:
     if reduce not in REDUCTIONS:
         raise ConfigError(f"reduce: expected one of {list(REDUCTIONS)}, got {reduce!r}")
     return reduce
+
+
+def _check_miss_value(miss_value, allow_inf: bool = False) -> Optional[float]:
+    """None, or a finite number within float32 range (scores are float32) as a float; allow_inf: also
+    +inf, which marks the misses where table distances are combined (llsh_index.probing)."""
+    if miss_value is None:
+        return None
+    if not (isinstance(miss_value, (int, float)) and not isinstance(miss_value, bool)
+            and ((math.isfinite(miss_value) and abs(miss_value) <= float(np.finfo(np.float32).max))
+                 or (allow_inf and miss_value == math.inf))):
+        raise ConfigError(f"miss_value: expected a finite number within float32 range{' or +inf' if allow_inf else ''}"
+                          f", got {miss_value!r}")
+    return float(miss_value)
 
 
 def reduce_tables(d, reduce: str, miss_value: float):

@@ -27,6 +27,7 @@ items yet answers nothing (all its counts are 0).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -38,7 +39,7 @@ import torch
 from . import probing
 from ._validation import _is_cupy, _is_torch, check_features
 from .errors import ConfigError, CudaUnavailableError, NotFittedError
-from .index import LearnableLSHIndex, _normalise_device, _to_numpy, check_reduce, probed_scores, reduce_tables
+from .index import LearnableLSHIndex, _normalise_device, _to_numpy, check_reduce, probed_scores
 
 __all__ = ["ShardedIndex"]
 
@@ -252,20 +253,13 @@ class ShardedIndex:
 
         return parts
 
-    def _combine(self, parts, codes, mode, return_distances, reduce="min"):
-        if reduce == "min":
-            return self._host.combine_partial_scores(parts, mode, return_distances,
-                                                     query_codes=_to_numpy(codes) if mode == "light" else None)
-        return reduce_tables(self._masked(parts, codes, mode), reduce, self._host.default_miss_value(mode))
-
-    def _masked(self, parts, codes, mode):
-        """(M, b) distances from the shards' partial sums, combined exactly; +inf where no shard has the bucket."""
-        hit = sum(_to_numpy(p["count"]) for p in parts) > 0
-        return np.where(hit, self._combine(parts, codes, mode, True), np.float32(np.inf))
+    def _combine(self, parts, codes, mode, return_distances, reduce="min", miss_value=None):
+        return self._host.combine_partial_scores(parts, mode, return_distances, reduce=reduce, miss_value=miss_value,
+                                                 query_codes=_to_numpy(codes) if mode == "light" else None)
 
     def _distances(self, codes, keys, mode):
-        """(M, b) distances of one key set; +inf where absent."""
-        return self._masked(self._start_partials(codes, keys, mode)(), codes, mode)
+        """(M, b) distances of one key set; +inf where no shard has the bucket."""
+        return self._combine(self._start_partials(codes, keys, mode)(), codes, mode, True, miss_value=math.inf)
 
     def _probed(self, codes, keys, mode, return_distances, n_probes, miss_probes=0, reduce="min"):
         """Multi-probe, probing on a miss and the mean over tables (llsh_index.probing, index.reduce_tables):

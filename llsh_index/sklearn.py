@@ -11,6 +11,8 @@ training scores, so about that fraction of the training data is flagged.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -89,16 +91,15 @@ class LLSHDetector(OutlierMixin, BaseEstimator):
         part["count"] = part["count"] - 1  # this row, at distance 0, leaves its bucket
         if part["mode"] == "light":
             part["sum"] = part["sum"] - part["query_codes"]  # and its code leaves the bucket's sum
-        if self.n_probes == 1 and not self.miss_probes and self.reduce == "min":
-            return index.combine_partial_scores([part])
-        own = np.where(part["count"] > 0, index.combine_partial_scores([part], return_distances=True), np.inf)
+        if self.n_probes == 1 and not self.miss_probes:
+            return index.combine_partial_scores([part], reduce=self.reduce)
+        own = index.combine_partial_scores([part], return_distances=True, miss_value=math.inf)
         codes, keys = index.hash_queries(X)
 
         def distances(c, k, rows):  # at probe keys k, +inf where the bucket is empty
             rows = slice(None) if rows is None else rows
             p = index.partial_scores(query_codes=c, query_keys=k)
-            d = np.where(p["count"] > 0, index.combine_partial_scores([p], return_distances=True, query_codes=c),
-                         np.inf)
+            d = index.combine_partial_scores([p], return_distances=True, query_codes=c, miss_value=math.inf)
             return np.where(k == keys[rows], own[rows], d)
 
         return probed_scores(codes, keys, self.n_probes, self.miss_probes, self.reduce, distances,

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from llsh_index import ConfigError, LearnableLSHIndex
+from test_reduce import mean_over_hits
 
 
 def shards_of(x, cuts, **kw):
@@ -44,6 +45,30 @@ def test_partial_scores_combine_exactly(data, mode):
     # a (query, table) answered by exactly one shard, and a miss everywhere, both occur
     hits = np.stack([p["count"] > 0 for p in parts])
     assert np.any(hits.sum(axis=0) == 1) and np.any(hits.sum(axis=0) == 0)
+    # miss_value=inf marks the misses (as probing takes table distances); reduce="mean" as score()
+    hit = hits.any(axis=0)  # some shard has the bucket
+    want = np.where(hit, single.table_distances(q, mode), np.inf)
+    got = single.combine_partial_scores(parts, return_distances=True, miss_value=np.inf)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    assert (np.isinf(got) == ~hit).all()
+    miss = single.default_miss_value(mode)
+    mean = single.combine_partial_scores(parts, reduce="mean")
+    np.testing.assert_allclose(mean, mean_over_hits(want, miss), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(mean, single.score(q, mode, reduce="mean"), rtol=1e-6, atol=1e-6)
+    assert (~hit.any(axis=1)).any() and (mean[~hit.any(axis=1)] == np.float32(miss)).all()
+    # return_distances ignores reduce: the table distances, misses at the miss value
+    np.testing.assert_array_equal(single.combine_partial_scores(parts, return_distances=True, reduce="mean"),
+                                  combined)
+
+
+@pytest.mark.parametrize("kw", [dict(reduce="max"), dict(reduce=None), dict(miss_value=float("nan")),
+                                dict(miss_value=-np.inf), dict(miss_value=1e39), dict(miss_value="1"),
+                                dict(miss_value=True)])
+def test_combine_partial_scores_bad_reduce_or_miss_value(data, kw):
+    x, q = data
+    base, shards = shards_of(x, [1200])
+    with pytest.raises(ConfigError, match=next(iter(kw))):
+        shards[0].combine_partial_scores([shards[0].partial_scores(q)], **kw)
 
 
 def test_merge_statistics_only(data):
