@@ -62,7 +62,6 @@ on the devices and scores them from one process.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from pathlib import Path
@@ -70,9 +69,9 @@ from typing import Any, Callable, List, Optional, Sequence, Union
 
 import numpy as np
 
-from . import probing
 from .errors import ConfigError
-from .index import LearnableLSHIndex, check_reduce, probed_scores
+from .index import LearnableLSHIndex
+from .sharded import _ShardScoring
 
 __all__ = ["build_distributed", "load_distributed", "DistributedIndex", "ShardPool", "main"]
 
@@ -236,7 +235,7 @@ class ShardPool:
         return f"ShardPool(size={self.size}, free={self.n_free}, closed={self._closed})"
 
 
-class DistributedIndex:
+class DistributedIndex(_ShardScoring):
     """Shards of one index held by Ray actors; see the module docstring.
 
     Build it with build_distributed() or load_distributed().  score()/table_distances() equal the
@@ -274,6 +273,10 @@ class DistributedIndex:
         return _ray().get([a.memory_bytes.remote() for a in self._actors])
 
     # ------------------------------------------------------------------ scoring
+    @property
+    def _combiner(self) -> LearnableLSHIndex:
+        return self._template
+
     def _submit(self, codes, keys, mode):
         """Every shard on one batch of hashed queries: the codes and keys go to the object store once."""
         ray = _ray()
@@ -281,26 +284,12 @@ class DistributedIndex:
         k = keys if isinstance(keys, ray.ObjectRef) else ray.put(keys)
         return [a.partial_scores.remote(c, k, mode) for a in self._actors]
 
-    def _combine(self, futures, codes, mode, return_distances, reduce="min", miss_value=None):
-        return self._template.combine_partial_scores(_ray().get(futures), mode, return_distances, reduce=reduce,
-                                                     miss_value=miss_value,
-                                                     query_codes=codes if mode == "light" else None)
-
-    def _distances(self, codes, keys, mode):
-        """(M, b) distances of one key set; +inf where no shard has the bucket."""
-        return self._combine(self._submit(codes, keys, mode), codes, mode, True, miss_value=math.inf)
-
-    def _probed(self, codes, keys, mode, return_distances, n_probes, miss_probes=0, reduce="min"):
-        """Multi-probe, probing on a miss and the mean over tables (llsh_index.probing, index.reduce_tables):
-        one round of partial sums per probe rank, then the minimum over the probed buckets that exist."""
-        return probed_scores(codes, keys, n_probes, miss_probes, reduce,
-                             lambda c, k, _rows: self._distances(c, k, mode), self._template.default_miss_value(mode),
-                             return_distances)
+    def _start_partials(self, codes, keys, mode):
+        futures = self._submit(codes, keys, mode)
+        return lambda: _ray().get(futures)
 
     def _run(self, queries, mode, return_distances, query_batch, n_probes=1, miss_probes=0, reduce="min"):
-        n_probes, miss_probes = probing.check_probes(n_probes, miss_probes)
-        check_reduce(reduce)
-        plain = n_probes == 1 and not miss_probes  # one pipelined round of partial sums
+        n_probes, miss_probes, plain = self._check_run(n_probes, miss_probes, reduce)
         if not self._actors:
             raise ConfigError("score: this DistributedIndex is shut down")
         mode = self._template.mode if mode is None else mode
@@ -312,8 +301,8 @@ class DistributedIndex:
         if isinstance(queries, ray.ObjectRef):
             # queries already in the object store: shard 0 hashes them, the codes never pass the driver
             codes, keys = self._actors[0].hash_queries.options(num_returns=2).remote(queries)
-            futures = self._submit(codes, keys, mode)
-            return self._combine(futures, ray.get(codes) if mode == "light" else None, mode, return_distances, reduce)
+            parts = ray.get(self._submit(codes, keys, mode))
+            return self._combine(parts, ray.get(codes) if mode == "light" else None, mode, return_distances, reduce)
         if not hasattr(queries, "shape"):
             queries = np.asarray(queries)
         n = int(queries.shape[0]) if len(queries.shape) else 0
@@ -321,17 +310,10 @@ class DistributedIndex:
         if step < 1:
             raise ConfigError(f"query_batch: expected an integer >= 1 or None, got {query_batch!r}")
         # the driver hashes each round once (shards receive b*r floats + b keys per query, not d
-        # features), and hashes round k + 1 while the shards work on round k
-        hashed = self._template.hash_queries(queries[0:step])
-        out = []
-        for i in range(0, n, step):
-            codes, keys = hashed
-            futures = self._submit(codes, keys, mode) if plain else None
-            if i + step < n:
-                hashed = self._template.hash_queries(queries[i + step:i + 2 * step])
-            out.append(self._combine(futures, codes, mode, return_distances, reduce) if futures is not None
-                       else self._probed(codes, keys, mode, return_distances, n_probes, miss_probes, reduce))
-        return out[0] if len(out) == 1 else np.concatenate(out)
+        # features); with no rows, the one empty round makes hash_queries raise its error
+        rounds = [queries[i:i + step] for i in range(0, n, step)] or [queries[0:step]]
+        return self._pipelined(rounds, self._template.hash_queries, mode, return_distances, n_probes, miss_probes,
+                               reduce)
 
     def table_distances(self, queries, mode: Optional[str] = None, *, query_batch: Optional[int] = 100_000,
                         n_probes: int = 1, miss_probes: int = 0):

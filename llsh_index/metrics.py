@@ -386,6 +386,22 @@ def _frame_scores(
     return snippet_to_frame_scores(smoothed, n_frames, pad=pad, pad_value=pad_value), constant
 
 
+def _video_frames(scores_by_video, labels_by_video, sigma, align, pad, pad_value, allow_subset, normalise,
+                  constant_fill=None):
+    """The checks and per-video preparation both AUCs share: (name, labels, frame scores, constant) of
+    every video, in sorted name order (see :func:`_frame_scores`)."""
+    s = _check_sigma(sigma)
+    _check_choice(align, _ALIGN_POLICIES, "align")
+    _check_choice(pad, _PAD_MODES, "pad")
+    out = []
+    for name in _match_videos(scores_by_video, labels_by_video, allow_subset):
+        labels = _as_label_array(labels_by_video[name], f"labels of video {name!r}")
+        frame_scores, constant = _frame_scores(name, scores_by_video[name], labels, s, align, pad, pad_value,
+                                               normalise=normalise, constant_fill=constant_fill)
+        out.append((name, labels, frame_scores, constant))
+    return out
+
+
 def macro_auc(
     scores_by_video: Mapping[str, Any],
     labels_by_video: Mapping[str, Any],
@@ -419,20 +435,14 @@ def macro_auc(
 
     Raises :class:`EmptyInputError` when no video is left to average.
     """
-    s = _check_sigma(sigma)
     _check_choice(single_class, _SINGLE_CLASS_POLICIES, "single_class")
-    _check_choice(align, _ALIGN_POLICIES, "align")
-    _check_choice(pad, _PAD_MODES, "pad")
-    names = _match_videos(scores_by_video, labels_by_video, allow_subset)
+    videos = _video_frames(scores_by_video, labels_by_video, sigma, align, pad, pad_value, allow_subset,
+                           normalise=False)
 
     per_video: dict[str, float] = {}
     single: list[str] = []
     n_frames = 0
-    for name in names:
-        labels = _as_label_array(labels_by_video[name], f"labels of video {name!r}")
-        frame_scores, _ = _frame_scores(
-            name, scores_by_video[name], labels, s, align, pad, pad_value, normalise=False
-        )
+    for name, labels, frame_scores, _ in videos:
         if labels.min() == labels.max():
             single.append(name)
             if single_class == "skip":
@@ -449,13 +459,13 @@ def macro_auc(
 
     if not per_video:
         raise EmptyInputError(
-            f"macro-AUC: expected at least 1 video with both classes, got 0 of {len(names)} "
+            f"macro-AUC: expected at least 1 video with both classes, got 0 of {len(videos)} "
             f"({len(single)} single-class video(s) skipped)"
         )
     return AUCResult(
         auc=float(np.mean(list(per_video.values()))),
         kind="macro",
-        n_videos=len(names),
+        n_videos=len(videos),
         n_single_class=len(single),
         single_class=single_class,
         single_class_videos=tuple(single),
@@ -487,25 +497,18 @@ def micro_auc(
     Single-class videos are included (they contribute frames); their number is reported.
     Raises :class:`SingleClassError` if the pooled frames contain a single class.
     """
-    s = _check_sigma(sigma)
-    _check_choice(align, _ALIGN_POLICIES, "align")
-    _check_choice(pad, _PAD_MODES, "pad")
     if constant_fill is not None:
         constant_fill = float(constant_fill)
         if not math.isfinite(constant_fill):
             raise NonFiniteScoreError(f"constant_fill: expected a finite number or None, got {constant_fill!r}")
-    names = _match_videos(scores_by_video, labels_by_video, allow_subset)
+    videos = _video_frames(scores_by_video, labels_by_video, sigma, align, pad, pad_value, allow_subset,
+                           normalise=True, constant_fill=constant_fill)
 
     all_scores: list[np.ndarray] = []
     all_labels: list[np.ndarray] = []
     single: list[str] = []
     n_constant = 0
-    for name in names:
-        labels = _as_label_array(labels_by_video[name], f"labels of video {name!r}")
-        frame_scores, constant = _frame_scores(
-            name, scores_by_video[name], labels, s, align, pad, pad_value, normalise=True,
-            constant_fill=constant_fill,
-        )
+    for name, labels, frame_scores, constant in videos:
         n_constant += int(constant)
         if labels.min() == labels.max():
             single.append(name)
@@ -522,7 +525,7 @@ def micro_auc(
     return AUCResult(
         auc=auc,
         kind="micro",
-        n_videos=len(names),
+        n_videos=len(videos),
         n_single_class=len(single),
         single_class="include",
         single_class_videos=tuple(single),

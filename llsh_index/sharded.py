@@ -95,7 +95,57 @@ def _resolve_devices(devices) -> List[str]:
     return out
 
 
-class ShardedIndex:
+class _ShardScoring:
+    """The scoring both transports share (ShardedIndex: threads on this host's devices; DistributedIndex:
+    Ray actors): every shard gives partial sums for pre-hashed queries, one host-side index (the hash
+    layers, no tables) adds them in shard order.  A subclass gives ``_combiner`` (that index) and
+    ``_start_partials(codes, keys, mode)``, which starts every shard and returns a function that waits
+    and gives their partial sums in shard order."""
+
+    _combiner: LearnableLSHIndex
+
+    def _start_partials(self, codes, keys, mode: str):  # pragma: no cover - each transport has its own
+        raise NotImplementedError
+
+    @staticmethod
+    def _check_run(n_probes, miss_probes, reduce):
+        """(n_probes, miss_probes, plain); plain: one pipelined round of partial sums per batch."""
+        n_probes, miss_probes = probing.check_probes(n_probes, miss_probes)
+        check_reduce(reduce)
+        return n_probes, miss_probes, n_probes == 1 and not miss_probes
+
+    def _combine(self, parts, codes, mode, return_distances, reduce="min", miss_value=None):
+        return self._combiner.combine_partial_scores(parts, mode, return_distances, reduce=reduce,
+                                                     miss_value=miss_value,
+                                                     query_codes=_to_numpy(codes) if mode == "light" else None)
+
+    def _distances(self, codes, keys, mode):
+        """(M, b) distances of one key set; +inf where no shard has the bucket."""
+        return self._combine(self._start_partials(codes, keys, mode)(), codes, mode, True, miss_value=math.inf)
+
+    def _probed(self, codes, keys, mode, return_distances, n_probes, miss_probes=0, reduce="min"):
+        """Multi-probe, probing on a miss and the mean over tables (llsh_index.probing, index.reduce_tables):
+        one round of partial sums per probe rank, then the minimum over the probed buckets that exist."""
+        return probed_scores(codes, keys, n_probes, miss_probes, reduce,
+                             lambda c, k, _rows: self._distances(c, k, mode), self._combiner.default_miss_value(mode),
+                             return_distances)
+
+    def _pipelined(self, rounds, hash_round, mode, return_distances, n_probes, miss_probes, reduce):
+        """Scores of the query rounds in order; round k + 1 is hashed while the shards work on round k."""
+        plain = n_probes == 1 and not miss_probes
+        out = []
+        hashed = hash_round(rounds[0])
+        for k in range(len(rounds)):
+            codes, keys = hashed
+            wait = self._start_partials(codes, keys, mode) if plain else None
+            if k + 1 < len(rounds):
+                hashed = hash_round(rounds[k + 1])
+            out.append(self._combine(wait(), codes, mode, return_distances, reduce) if wait is not None
+                       else self._probed(codes, keys, mode, return_distances, n_probes, miss_probes, reduce))
+        return out[0] if len(out) == 1 else np.concatenate(out)
+
+
+class ShardedIndex(_ShardScoring):
     """Shards of one index on the devices of this host; see the module docstring.
 
     Parameters
@@ -236,6 +286,10 @@ class ShardedIndex:
         dev = src if src in self._groups else self.devices[0]
         return self._hasher(dev).hash_queries(_send(q, dev))
 
+    @property
+    def _combiner(self) -> LearnableLSHIndex:
+        return self._host
+
     def _start_partials(self, codes, keys, mode: str):
         """Starts every shard on pre-hashed queries; the returned function waits and gives the partial
         sums in shard order (none for an empty shard)."""
@@ -253,25 +307,8 @@ class ShardedIndex:
 
         return parts
 
-    def _combine(self, parts, codes, mode, return_distances, reduce="min", miss_value=None):
-        return self._host.combine_partial_scores(parts, mode, return_distances, reduce=reduce, miss_value=miss_value,
-                                                 query_codes=_to_numpy(codes) if mode == "light" else None)
-
-    def _distances(self, codes, keys, mode):
-        """(M, b) distances of one key set; +inf where no shard has the bucket."""
-        return self._combine(self._start_partials(codes, keys, mode)(), codes, mode, True, miss_value=math.inf)
-
-    def _probed(self, codes, keys, mode, return_distances, n_probes, miss_probes=0, reduce="min"):
-        """Multi-probe, probing on a miss and the mean over tables (llsh_index.probing, index.reduce_tables):
-        one round of partial sums per probe rank, then the minimum over the probed buckets that exist."""
-        return probed_scores(codes, keys, n_probes, miss_probes, reduce,
-                             lambda c, k, _rows: self._distances(c, k, mode), self._host.default_miss_value(mode),
-                             return_distances)
-
     def _run(self, queries, mode, return_distances, query_batch, n_probes=1, miss_probes=0, reduce="min"):
-        n_probes, miss_probes = probing.check_probes(n_probes, miss_probes)
-        check_reduce(reduce)
-        plain = n_probes == 1 and not miss_probes  # one pipelined round of partial sums
+        n_probes, miss_probes, _ = self._check_run(n_probes, miss_probes, reduce)
         if self.ntotal == 0:
             raise NotFittedError("score: the sharded index is empty; call add(features) first")
         mode = self._host.mode if mode is None else mode
@@ -283,16 +320,7 @@ class ShardedIndex:
         if step < 1:
             raise ConfigError(f"query_batch: expected an integer >= 1 or None, got {query_batch!r}")
         rounds = [t[i:i + step] for i in range(0, t.shape[0], step)]
-        out = []
-        hashed = self._hash(rounds[0])
-        for k in range(len(rounds)):
-            codes, keys = hashed
-            wait = self._start_partials(codes, keys, mode) if plain else None
-            if k + 1 < len(rounds):
-                hashed = self._hash(rounds[k + 1])  # while the devices work on round k
-            out.append(self._combine(wait(), codes, mode, return_distances, reduce) if wait is not None
-                       else self._probed(codes, keys, mode, return_distances, n_probes, miss_probes, reduce))
-        return out[0] if len(out) == 1 else np.concatenate(out)
+        return self._pipelined(rounds, self._hash, mode, return_distances, n_probes, miss_probes, reduce)
 
     def table_distances(self, queries, mode: Optional[str] = None, *, query_batch: Optional[int] = 65_536,
                         n_probes: int = 1, miss_probes: int = 0) -> np.ndarray:
