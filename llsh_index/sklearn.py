@@ -87,14 +87,14 @@ class LLSHDetector(OutlierMixin, BaseEstimator):
         leave-one-out one at the row's own key.
         """
         index = self.index_
-        part = index.partial_scores(X)
+        codes, keys = index.hash_queries(X)  # once: the probes below start from the same codes
+        part = index.partial_scores(query_codes=codes, query_keys=keys)
         part["count"] = part["count"] - 1  # this row, at distance 0, leaves its bucket
         if part["mode"] == "light":
-            part["sum"] = part["sum"] - part["query_codes"]  # and its code leaves the bucket's sum
+            part["sum"] = part["sum"] - codes  # and its code leaves the bucket's sum
         if self.n_probes == 1 and not self.miss_probes:
-            return index.combine_partial_scores([part], reduce=self.reduce)
-        own = index.combine_partial_scores([part], return_distances=True, miss_value=math.inf)
-        codes, keys = index.hash_queries(X)
+            return index.combine_partial_scores([part], reduce=self.reduce, query_codes=codes)
+        own = index.combine_partial_scores([part], return_distances=True, miss_value=math.inf, query_codes=codes)
 
         def distances(c, k, rows):  # at probe keys k, +inf where the bucket is empty
             rows = slice(None) if rows is None else rows
