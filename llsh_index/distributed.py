@@ -301,7 +301,7 @@ class DistributedIndex(_ShardScoring):
         if isinstance(queries, ray.ObjectRef):
             # queries already in the object store: shard 0 hashes them, the codes never pass the driver
             codes, keys = self._actors[0].hash_queries.options(num_returns=2).remote(queries)
-            parts = ray.get(self._submit(codes, keys, mode))
+            parts = self._start_partials(codes, keys, mode)()
             return self._combine(parts, ray.get(codes) if mode == "light" else None, mode, return_distances, reduce)
         if not hasattr(queries, "shape"):
             queries = np.asarray(queries)
@@ -313,7 +313,7 @@ class DistributedIndex(_ShardScoring):
         # features); with no rows, the one empty round makes hash_queries raise its error
         rounds = [queries[i:i + step] for i in range(0, n, step)] or [queries[0:step]]
         return self._pipelined(rounds, self._template.hash_queries, mode, return_distances, n_probes, miss_probes,
-                               reduce)
+                               reduce, plain)
 
     def table_distances(self, queries, mode: Optional[str] = None, *, query_batch: Optional[int] = 100_000,
                         n_probes: int = 1, miss_probes: int = 0):

@@ -130,9 +130,9 @@ class _ShardScoring:
                              lambda c, k, _rows: self._distances(c, k, mode), self._combiner.default_miss_value(mode),
                              return_distances)
 
-    def _pipelined(self, rounds, hash_round, mode, return_distances, n_probes, miss_probes, reduce):
-        """Scores of the query rounds in order; round k + 1 is hashed while the shards work on round k."""
-        plain = n_probes == 1 and not miss_probes
+    def _pipelined(self, rounds, hash_round, mode, return_distances, n_probes, miss_probes, reduce, plain):
+        """Scores of the query rounds in order; round k + 1 is hashed while the shards work on round k
+        (plain, from _check_run: no probes; else one round of partial sums per probe rank)."""
         out = []
         hashed = hash_round(rounds[0])
         for k in range(len(rounds)):
@@ -308,7 +308,7 @@ class ShardedIndex(_ShardScoring):
         return parts
 
     def _run(self, queries, mode, return_distances, query_batch, n_probes=1, miss_probes=0, reduce="min"):
-        n_probes, miss_probes, _ = self._check_run(n_probes, miss_probes, reduce)
+        n_probes, miss_probes, plain = self._check_run(n_probes, miss_probes, reduce)
         if self.ntotal == 0:
             raise NotFittedError("score: the sharded index is empty; call add(features) first")
         mode = self._host.mode if mode is None else mode
@@ -320,7 +320,7 @@ class ShardedIndex(_ShardScoring):
         if step < 1:
             raise ConfigError(f"query_batch: expected an integer >= 1 or None, got {query_batch!r}")
         rounds = [t[i:i + step] for i in range(0, t.shape[0], step)]
-        return self._pipelined(rounds, self._hash, mode, return_distances, n_probes, miss_probes, reduce)
+        return self._pipelined(rounds, self._hash, mode, return_distances, n_probes, miss_probes, reduce, plain)
 
     def table_distances(self, queries, mode: Optional[str] = None, *, query_batch: Optional[int] = 65_536,
                         n_probes: int = 1, miss_probes: int = 0) -> np.ndarray:
