@@ -83,6 +83,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
@@ -368,7 +369,12 @@ def _run_job(job: dict) -> dict:
 def _worker_main(job_path: str) -> None:
     with open(job_path) as f:
         job = json.load(f)
-    res = _run_job(job)
+    try:
+        res = _run_job(job)
+    except BaseException:  # the parent reports it: a worker's stderr may be lost in a test's or CI's capture
+        with open(job["result"] + ".error", "w") as f:
+            f.write(traceback.format_exc())
+        raise
     tmp = job["result"] + ".tmp"
     with open(tmp, "w") as f:
         json.dump(res, f)
@@ -384,11 +390,18 @@ def _dispatch(job: dict, name: str, out_dir: str, isolate: bool) -> dict:
     path = os.path.join(jobs, f"{name}.json")
     with open(path, "w") as f:
         json.dump(job, f, indent=1)
-    if os.path.exists(job["result"]):
-        os.remove(job["result"])
+    error = job["result"] + ".error"
+    for stale in (job["result"], error):
+        if os.path.exists(stale):
+            os.remove(stale)
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", path])
     if proc.returncode != 0:
-        raise RuntimeError(f"worker {name} failed with exit status {proc.returncode} (job file {path})")
+        if os.path.exists(error):
+            with open(error) as f:
+                why = "its traceback:\n" + f.read()
+        else:
+            why = "no Python traceback (killed, or died in native code)"
+        raise RuntimeError(f"worker {name} failed with exit status {proc.returncode} (job file {path}); {why}")
     with open(job["result"]) as f:
         return json.load(f)
 

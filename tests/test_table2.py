@@ -285,6 +285,15 @@ def test_run_table2_isolated_worker(tmp_path):
     assert row["build_mem"]["peak_rss_mb"] >= 0
 
 
+def test_isolated_worker_failure_carries_its_traceback(tmp_path):
+    """A failing worker's error names the exception it died of, not only its exit status."""
+    job = {"bundle": str(tmp_path / "no_bundle"), "out_dir": str(tmp_path / "out"), "progress": False,
+           "settings": tiny_settings(isolate=True).to_json(), "layers": "", "task": "method",
+           "spec": {"kind": "kmeans", "key": "kmeans4", "K": 4}}
+    with pytest.raises(RuntimeError, match=r"worker kmeans4 failed with exit status 1 .*traceback:[\s\S]*Error"):
+        T2._dispatch(job, "kmeans4", str(tmp_path / "out"), isolate=True)
+
+
 def test_features_dir_layout_converts(tmp_path):
     rng = np.random.default_rng(0)
     src = tmp_path / "feats"
