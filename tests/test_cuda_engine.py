@@ -405,6 +405,42 @@ def test_cupy_inputs():
     np.testing.assert_array_equal(host(k), keys_of(np.repeat(qc, 64, axis=0)))
 
 
+# Every kernel caps its grid (a few dozen blocks per SM) and loops over the rest; the cases above fit
+# in one pass of each loop on a large GPU.  These sizes make every loop take several passes:
+# ~100k (query, table) pairs, over 528 queued big-bucket pairs, 360k binarized rows, 240k buckets.
+LOOP_CASES = [
+    # b, n, r, kind, dtype, ids, n_queries
+    (4, 60000, 20, "unique", np.float32, "shuffled", 25000),
+    (2, 6000, 8, "giant", np.float16, "arange", 2000),
+]
+
+
+@pytest.mark.parametrize("case", LOOP_CASES, ids=[_id(c[:6]) + f"-m{c[6]}" for c in LOOP_CASES])
+def test_kernel_loops_take_several_passes(case):
+    b, n, r, kind, dtype, ids_kind, m = case
+    keys, codes, ids, qc, qk = make_case(b, n, r, kind, dtype, ids_kind, seed=zlib.crc32(_id(case[:6]).encode()),
+                                         n_queries=m)
+    ref = cpu_build(keys, codes, ids)
+    g = ce.build_tables(to_dev(keys), to_dev(codes), to_dev(ids))
+    assert_tables_equal(g, ref, dtype)
+    qc_d, qk_d = to_dev(qc), to_dev(qk)
+    c = ref["codes"].view(np.uint16) if dtype == np.float16 else ref["codes"]
+    for mode in (0, 1, 2):
+        want, _, want_sum, want_count = _C.lookup_cpu(ref["keys"], ref["table_start"], ref["offsets"], c,
+                                                      ref["bucket_sum"], ref["bucket_sqnorm"], n, qc, qk, mode,
+                                                      7.0, 0, True)
+        out, psum, pcount = ce.lookup(g, n, qc_d, qk_d, mode, 7.0, return_partial=True)
+        np.testing.assert_allclose(host(out), want, rtol=TOL, atol=TOL, err_msg=f"mode {mode}")
+        np.testing.assert_array_equal(host(pcount), want_count, err_msg=f"mode {mode} counts")
+        np.testing.assert_allclose(host(psum), want_sum, rtol=TOL, atol=TOL, err_msg=f"mode {mode} sums")
+    if kind == "giant":
+        assert (want_count > 2048).sum() > 528  # more big-bucket pairs than the big kernel's blocks
+    x = np.random.default_rng(1).normal(0, 2, (120000, 3, 32)).astype(np.float32)
+    codes_d, keys_d = ce.binarize(to_dev(x), from_logits=True)
+    np.testing.assert_array_equal(host(keys_d), keys_of(host(codes_d)))
+    torch.testing.assert_close(codes_d, torch.sigmoid(to_dev(x)), rtol=0, atol=1e-6)
+
+
 @pytest.mark.slow
 def test_more_than_2_31_code_elements():
     """b*N*r > 2^31: codes beyond element 2^31 are gathered, summed and scanned correctly."""

@@ -110,8 +110,8 @@ __device__ __forceinline__ double mean_partial(const CodeT* __restrict__ codes, 
       db += __shfl_xor_sync(kFull, db, o);
     }
     if (sub == 0) {
-      if (va) acc += (double)sqrtf(da);
-      if (vb) acc += (double)sqrtf(db);
+      if (va) acc += sqrt((double)da);  // root in double, as the CPU engine does
+      if (vb) acc += sqrt((double)db);
     }
   }
   return acc;
