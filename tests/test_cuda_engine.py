@@ -435,10 +435,11 @@ def test_kernel_loops_take_several_passes(case):
         np.testing.assert_allclose(host(psum), want_sum, rtol=TOL, atol=TOL, err_msg=f"mode {mode} sums")
     if kind == "giant":
         assert (want_count > 2048).sum() > 528  # more big-bucket pairs than the big kernel's blocks
-    x = np.random.default_rng(1).normal(0, 2, (120000, 3, 32)).astype(np.float32)
-    codes_d, keys_d = ce.binarize(to_dev(x), from_logits=True)
-    np.testing.assert_array_equal(host(keys_d), keys_of(host(codes_d)))
-    torch.testing.assert_close(codes_d, torch.sigmoid(to_dev(x)), rtol=0, atol=1e-6)
+    for r_bin in (32, 50):  # rows packed several to a warp / one row over two ballots
+        x = np.random.default_rng(r_bin).normal(0, 2, (120000, 3, r_bin)).astype(np.float32)
+        codes_d, keys_d = ce.binarize(to_dev(x), from_logits=True)
+        np.testing.assert_array_equal(host(keys_d), keys_of(host(codes_d)))
+        torch.testing.assert_close(codes_d, torch.sigmoid(to_dev(x)), rtol=0, atol=1e-6)
 
 
 @pytest.mark.slow
