@@ -35,3 +35,8 @@ class CudaUnavailableError(LLSHError, RuntimeError):
 
 class IndexStateError(LLSHError, RuntimeError):
     """The call does not fit the index's state (e.g. fit() on an index that already holds items)."""
+
+
+class WritePathError(LLSHError, OSError):
+    """A file cannot be written where asked: the path is a folder, a device or another non-file,
+    a component of its folder is a file, or the folder cannot be created or written."""

@@ -30,7 +30,7 @@ from typing import BinaryIO, Iterator, Dict, Tuple
 
 import numpy as np
 
-from .errors import IndexFormatError
+from .errors import IndexFormatError, WritePathError
 
 MAGIC = b"LLSHIDX\0"
 # 2: index files may store ids / offsets / keys narrowed and leave out the bucket statistics
@@ -55,9 +55,23 @@ def atomic_write(path) -> Iterator[BinaryIO]:
 
     Every writer of the package goes through here (indexes, scorers, feature and score files).
     """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+    given = os.fspath(path)
+    if not isinstance(given, str) or not given:
+        raise WritePathError(f"expected a file path, got {given!r}")
+    # A symlink is followed: the file it names is replaced and the link keeps pointing at it (a
+    # rename over the link itself would cut it off).  Anything else that is not a plain file (a
+    # folder, /dev/null, a FIFO) is refused: the rename would replace it with a file.
+    path = os.path.realpath(given)
+    if os.path.lexists(path) and not os.path.isfile(path):
+        what = "a folder" if os.path.isdir(path) else "not a regular file (a device, FIFO or socket)"
+        raise WritePathError(f"{given}: expected a file path, but it is {what}")
+    folder = os.path.dirname(path)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise WritePathError(f"{given}: cannot create its folder {folder}: a part of that path is a file") from exc
+    except OSError as exc:
+        raise WritePathError(f"{given}: cannot create its folder {folder}: {exc.strerror or exc}") from exc
     # O_EXCL with a random name instead of tempfile.mkstemp: mkstemp creates the file 0600, which
     # the rename would then give to the saved file; os.open applies the umask like any new file.
     while True:
@@ -67,6 +81,8 @@ def atomic_write(path) -> Iterator[BinaryIO]:
             break
         except FileExistsError:
             continue
+        except OSError as exc:  # read-only or full file system, no permission: name the target, not tmp
+            raise WritePathError(f"{given}: cannot write in {folder}: {exc.strerror or exc}") from exc
     try:
         with os.fdopen(fd, "wb") as f:
             yield f

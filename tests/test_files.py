@@ -230,6 +230,66 @@ def test_failed_save_leaves_the_target_and_no_temp(tmp_path, saved, monkeypatch)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.llsh"]
 
 
+def test_save_through_a_symlink_replaces_the_file_it_names(tmp_path, saved):
+    _, raw, index, _ = saved
+    real = tmp_path / "real.llsh"
+    real.write_bytes(b"old")
+    link = tmp_path / "link.llsh"
+    link.symlink_to(real)
+    index.save(str(link))
+    assert link.is_symlink() and real.read_bytes() == raw
+    dangling = tmp_path / "dangling.llsh"
+    dangling.symlink_to(tmp_path / "made.llsh")
+    index.save(str(dangling))
+    assert dangling.is_symlink() and (tmp_path / "made.llsh").read_bytes() == raw
+
+
+def test_save_refuses_targets_that_are_not_files(tmp_path, saved):
+    """A folder, a FIFO or a device is never replaced by the rename, and the error names the path."""
+    from llsh_index import WritePathError
+
+    _, _, index, _ = saved
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    targets = [(folder, "a folder"), (fifo, "not a regular file")]
+    if os.path.exists("/dev/null"):
+        targets.append((Path("/dev/null"), "not a regular file"))
+    for target, what in targets:
+        with pytest.raises(WritePathError, match=what) as info:
+            index.save(str(target))
+        assert str(target) in str(info.value) and isinstance(info.value, OSError)
+    assert folder.is_dir() and stat.S_ISFIFO(fifo.stat().st_mode)
+    if os.path.exists("/dev/null"):
+        assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"x")
+    with pytest.raises(WritePathError, match="a part of that path is a file"):
+        index.save(str(blocker / "sub" / "i.llsh"))
+    with pytest.raises(WritePathError, match="expected a file path"):
+        index.save("")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "file", "folder"]
+
+
+def test_save_into_an_unwritable_folder_names_the_target(tmp_path, saved, monkeypatch):
+    """A read-only file system or folder (simulated: root may write anywhere) is reported against
+    the target path, not the temporary file's name."""
+    from llsh_index import WritePathError
+
+    _, _, index, _ = saved
+    real_open = os.open
+
+    def read_only(path, flags, mode=0o777, **kw):
+        if os.path.basename(path).startswith(".llsh-"):
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, flags, mode, **kw)
+
+    monkeypatch.setattr(llsh_io.os, "open", read_only)
+    with pytest.raises(WritePathError, match=r"ro[/\\]i\.llsh: cannot write in .*Permission denied"):
+        index.save(str(tmp_path / "ro" / "i.llsh"))
+
+
 def test_a_stray_temp_file_does_not_disturb_loading(tmp_path, saved):
     _, raw, index, x = saved
     (tmp_path / "i.llsh").write_bytes(raw)
