@@ -23,6 +23,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .errors import ConfigError, IndexFormatError, InvalidInputError
+
 # The demo's training schedule.  The paper's (lr 1e-3, 60 iterations per video) is sized for
 # ShanghaiTech's 330 long training videos; Ped2 has 16 short ones, so the bundled demo trains longer
 # with a larger step and a faster key encoder (chosen by measured micro-AUC on Ped2, README).  The
@@ -45,7 +47,7 @@ def _load_feature_file(path: str):
 def _select(ff, prefix: Optional[str]) -> List[str]:
     names = [v for v in ff.videos if prefix is None or v.startswith(prefix)]
     if not names:
-        raise SystemExit(f"error: no video in {ff.meta.get('videos', [])[:3]}... matches prefix {prefix!r}")
+        raise InvalidInputError(f"no video in {ff.meta.get('videos', [])[:3]}... matches prefix {prefix!r}")
     return names
 
 
@@ -75,25 +77,52 @@ def _save_scores(path: str, scores: Dict[str, np.ndarray], meta: dict) -> None:
         np.savez(f, __meta__=np.array(json.dumps(meta)), **scores)
 
 
-def _load_scores(path: str) -> Dict[str, np.ndarray]:
+def _write_text(path: str, text: str) -> None:
+    """A CSV / JSON output, written like every other file of the package (atomically, checked path)."""
+    from .io import atomic_write
+
+    with atomic_write(path) as f:
+        f.write(text.encode("utf-8"))
+
+
+def _open_npz(path: str, what: str):
+    """np.load of an .npz the command reads, with a missing, damaged or foreign file named as such."""
+    import zipfile
+
     if not os.path.isfile(path):
-        raise SystemExit(f"error: score file not found: {path}")
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files if k != "__meta__"}
+        raise FileNotFoundError(f"{what} file not found: {path}")
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise IndexFormatError(f"{path}: not a readable {what} file (.npz): {exc}") from exc
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise IndexFormatError(f"{path}: expected an .npz {what} file, got a single .npy array")
+    return z
+
+
+def _load_scores(path: str) -> Dict[str, np.ndarray]:
+    import zipfile
+
+    with _open_npz(path, "score") as z:
+        try:
+            scores = {k: z[k] for k in z.files if k != "__meta__"}
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise IndexFormatError(f"{path}: damaged score file: {exc}") from exc
+    if not scores:
+        raise InvalidInputError(f"{path}: holds no per-video scores")
+    return scores
 
 
 def _load_labels(path: str) -> Dict[str, np.ndarray]:
     """Per-frame labels from a label .npz (vad_groundtruth layout) or a feature file with labels."""
     from . import metrics
 
-    if not os.path.isfile(path):
-        raise SystemExit(f"error: label file not found: {path}")
-    with np.load(path, allow_pickle=False) as z:
+    with _open_npz(path, "label") as z:
         is_feature_file = "meta" in z.files and "features_00000" in z.files
     if is_feature_file:
         ff = _load_feature_file(path)
         if not ff.labels:
-            raise SystemExit(f"error: {path} holds no labels")
+            raise InvalidInputError(f"{path}: a feature file without labels")
         return dict(ff.labels)
     return metrics.load_labels(path)
 
@@ -119,8 +148,8 @@ def _index_like_model(model, args):
     for name in ("n_tables", "n_bits"):
         value = given.pop(name, None)
         if value is not None and value != getattr(model, name):
-            raise SystemExit(f"error: --{name.replace('_', '-')} {value} does not match the model's layers "
-                             f"({name} = {getattr(model, name)}); leave it out or refit")
+            raise ConfigError(f"--{name.replace('_', '-')} {value} does not match the model's layers "
+                              f"({name} = {getattr(model, name)}); leave it out or refit")
     return model.empty_like(**given)
 
 
@@ -229,11 +258,8 @@ def cmd_score(args) -> int:
                                  "miss_probes": args.miss_probes, "reduce": args.reduce})
     print(f"scored {len(names)} videos in {time.time() - t0:.2f}s -> {args.out}")
     if args.csv:
-        with open(args.csv, "w") as f:
-            f.write("video,frame,score\n")
-            for v, s in out.items():
-                for i, val in enumerate(s):
-                    f.write(f"{v},{i},{val:.6g}\n")
+        _write_text(args.csv, "video,frame,score\n" + "".join(
+            f"{v},{i},{val:.6g}\n" for v, s in out.items() for i, val in enumerate(s)))
         print(f"-> {args.csv}")
     return 0
 
@@ -247,9 +273,8 @@ def cmd_evaluate(args) -> int:
     print(f"micro-AUC {res.micro.auc:.4f}  macro-AUC {res.macro.auc:.4f}  "
           f"({res.macro.n_videos} videos, {res.macro.n_single_class} single-class skipped in macro; sigma {args.sigma})")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"micro_auc": res.micro.auc, "macro_auc": res.macro.auc,
-                       "n_single_class": res.macro.n_single_class}, f, indent=1)
+        _write_text(args.json, json.dumps({"micro_auc": res.micro.auc, "macro_auc": res.macro.auc,
+                                           "n_single_class": res.macro.n_single_class}, indent=1))
     return 0
 
 
@@ -263,6 +288,13 @@ def plot_curves(path: str, curves: Dict[str, Dict[str, np.ndarray]], labels: Dic
 
     from .metrics import smooth_scores
 
+    fmt = os.path.splitext(path)[1][1:].lower()
+    from matplotlib.figure import Figure
+
+    formats = Figure().canvas.get_supported_filetypes()  # a detached figure: pyplot's are left alone
+    if fmt not in formats:
+        raise ConfigError(f"plot: {path!r} has no image extension matplotlib writes; expected one of "
+                          f"{', '.join(sorted('.' + k for k in formats))}")
     fig, axes = plt.subplots(len(videos), 1, figsize=(9, 1.9 * len(videos)), squeeze=False)
     for ax, v in zip(axes[:, 0], videos):
         lab = labels[v].astype(bool)
@@ -281,8 +313,13 @@ def plot_curves(path: str, curves: Dict[str, Dict[str, np.ndarray]], labels: Dic
     if title:
         axes[0, 0].set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    from .io import atomic_write
+
+    try:
+        with atomic_write(path) as f:
+            fig.savefig(f, format=fmt, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def cmd_plot(args) -> int:
@@ -291,7 +328,7 @@ def cmd_plot(args) -> int:
     videos = args.videos.split(",") if args.videos else [v for v in scores if v in labels][:6]
     missing = [v for v in videos if v not in scores or v not in labels]
     if missing:
-        raise SystemExit(f"error: no scores or labels for videos {missing}")
+        raise InvalidInputError(f"no scores or labels for videos {missing}")
     plot_curves(args.out, {os.path.basename(args.scores): scores}, labels, videos, args.sigma)
     print(f"-> {args.out}")
     return 0
@@ -388,15 +425,16 @@ def run_demo(out_dir: str, features: Optional[str] = None, training: Optional[di
         plot_path = None
     summary = {"rows": rows, "training": training, "seed": int(seed), "plot": plot_path, "n_train": int(len(x)),
                "extractor": demo.meta.get("extractor"), "dim": int(x.shape[1])}
-    with open(os.path.join(out_dir, "ped2_demo.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    _write_text(os.path.join(out_dir, "ped2_demo.json"), json.dumps(summary, indent=1))
     summary["table"] = "\n".join(table)
     return summary
 
 
 def cmd_demo(args) -> int:
     t0 = time.time()
-    training = {"iterations": args.iterations} if args.iterations else None
+    if args.iterations is not None and args.iterations < 1:  # before the LSH row, not after it
+        raise ConfigError(f"--iterations: expected a positive number of iterations per video, got {args.iterations}")
+    training = {"iterations": args.iterations} if args.iterations is not None else None
     summary = run_demo(args.out, args.features, training, quiet=args.quiet, seed=args.seed)
     print()
     print(summary["table"])
@@ -485,11 +523,22 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _check_outputs(args) -> None:
+    """Output files that can never be written (a folder, a device) fail before the command's work."""
+    from .io import check_write_path
+
+    for name in ("out", "csv", "json"):
+        path = getattr(args, name, None)
+        if path is not None and not (args.command == "demo" and name == "out"):  # demo --out is a folder
+            check_write_path(path)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from .errors import LLSHError
 
     try:
+        _check_outputs(args)
         return args.fn(args)
     except (LLSHError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -47,6 +47,22 @@ def _crc(buf) -> int:
     return zlib.crc32(buf) & 0xFFFFFFFF
 
 
+def check_write_path(path) -> str:
+    """The file a save to `path` will write (symlinks followed), or WritePathError when `path` can
+    never be one: empty, a folder, a device, a FIFO.  Commands call it before their work."""
+    given = os.fspath(path)
+    if not isinstance(given, str) or not given:
+        raise WritePathError(f"expected a file path, got {given!r}")
+    # A symlink is followed: the file it names is replaced and the link keeps pointing at it (a
+    # rename over the link itself would cut it off).  Anything else that is not a plain file (a
+    # folder, /dev/null, a FIFO) is refused: the rename would replace it with a file.
+    resolved = os.path.realpath(given)
+    if os.path.lexists(resolved) and not os.path.isfile(resolved):
+        what = "a folder" if os.path.isdir(resolved) else "not a regular file (a device, FIFO or socket)"
+        raise WritePathError(f"{given}: expected a file path, but it is {what}")
+    return resolved
+
+
 @contextlib.contextmanager
 def atomic_write(path) -> Iterator[BinaryIO]:
     """Opens a temporary file beside `path` for binary writing; on success fsyncs it, renames it
@@ -56,15 +72,7 @@ def atomic_write(path) -> Iterator[BinaryIO]:
     Every writer of the package goes through here (indexes, scorers, feature and score files).
     """
     given = os.fspath(path)
-    if not isinstance(given, str) or not given:
-        raise WritePathError(f"expected a file path, got {given!r}")
-    # A symlink is followed: the file it names is replaced and the link keeps pointing at it (a
-    # rename over the link itself would cut it off).  Anything else that is not a plain file (a
-    # folder, /dev/null, a FIFO) is refused: the rename would replace it with a file.
-    path = os.path.realpath(given)
-    if os.path.lexists(path) and not os.path.isfile(path):
-        what = "a folder" if os.path.isdir(path) else "not a regular file (a device, FIFO or socket)"
-        raise WritePathError(f"{given}: expected a file path, but it is {what}")
+    path = check_write_path(given)
     folder = os.path.dirname(path)
     try:
         os.makedirs(folder, exist_ok=True)

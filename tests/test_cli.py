@@ -114,10 +114,50 @@ def test_score_with_probes(feature_files, capsys):
 
 
 def test_errors_are_reported_not_raised(tmp_path, capsys):
-    with pytest.raises(SystemExit, match="score file not found"):
-        main(["evaluate", "--scores", str(tmp_path / "missing.npz"), "--labels", str(tmp_path / "nope.npz")])
+    assert main(["evaluate", "--scores", str(tmp_path / "missing.npz"), "--labels", str(tmp_path / "nope.npz")]) == 2
+    assert "score file not found" in capsys.readouterr().err
     assert main(["score", "--index", __file__, "--features", __file__, "--out", str(tmp_path / "s.npz")]) == 2
     assert "not an llsh_index file" in capsys.readouterr().err
+
+
+def test_bad_files_and_targets_exit_2_with_one_line(feature_files, capsys):
+    """Damaged or foreign inputs and unwritable outputs: exit status 2 and an 'error:' line naming
+    the file, never a traceback; nothing is written over a folder."""
+    tmp, _ = feature_files
+    p = lambda name: str(tmp / name)  # noqa: E731
+    assert main(["fit", "--features", p("train.npz"), "--out", p("layers.llsh"), "--n-tables", "2", "--n-bits", "8",
+                 "--iterations", "2", "--batch-size", "32", "--queue-size", "64", "--quiet"]) == 0
+    assert main(["build", "--model", p("layers.llsh"), "--features", p("train.npz"), "--out", p("index.llsh"),
+                 "--quiet"]) == 0
+    assert main(["score", "--index", p("index.llsh"), "--features", p("test.npz"), "--out", p("scores.npz")]) == 0
+    capsys.readouterr()
+    (tmp / "garbage.npz").write_bytes(b"not a zip")
+    np.save(tmp / "single.npy", np.zeros(3))
+    (tmp / "folder").mkdir()
+    cases = [
+        (["evaluate", "--scores", p("garbage.npz"), "--labels", p("test.npz")], "garbage.npz: not a readable score"),
+        (["evaluate", "--scores", p("single.npy"), "--labels", p("test.npz")], "single.npy: expected an .npz score"),
+        (["evaluate", "--scores", p("scores.npz"), "--labels", p("index.llsh")], "index.llsh: not a readable label"),
+        (["evaluate", "--scores", p("scores.npz"), "--labels", p("train.npz")], "a feature file without labels"),
+        (["plot", "--scores", p("garbage.npz"), "--labels", p("test.npz"), "--out", p("c.png")], "score"),
+        (["evaluate", "--scores", p("scores.npz"), "--labels", p("test.npz"), "--json", p("folder")], "is a folder"),
+        (["score", "--index", p("index.llsh"), "--features", p("test.npz"), "--out", p("folder")], "is a folder"),
+        (["build", "--model", p("layers.llsh"), "--features", p("train.npz"), "--out", p("folder")], "is a folder"),
+        (["plot", "--scores", p("scores.npz"), "--labels", p("test.npz"), "--out", p("c.xyz")],
+         "no image extension matplotlib writes"),
+        (["plot", "--scores", p("scores.npz"), "--labels", p("test.npz"), "--videos", "t0,zz", "--out", p("c.png")],
+         "no scores or labels for videos ['zz']"),
+        (["build", "--model", p("layers.llsh"), "--features", p("train.npz"), "--out", p("i2.llsh"), "--n-bits", "16"],
+         "--n-bits 16 does not match the model's layers"),
+        (["demo", "--iterations", "0", "--out", p("demo")], "--iterations: expected a positive number"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and "Traceback" not in err, (argv, err)
+        assert err.count("\n") == 1, (argv, err)  # one line: the bad output is found before any work
+    assert (tmp / "folder").is_dir() and not any((tmp / "folder").iterdir())
+    assert not (tmp / "c.png").exists() and not (tmp / "c.xyz").exists() and not (tmp / "demo").exists()
 
 
 def test_demo_runs_on_the_bundled_features(tmp_path):
@@ -190,9 +230,9 @@ def test_build_on_fitted_layers_honours_mode_and_code_dtype(feature_files, capsy
         torch_w = built.encoder.weight.detach().numpy()
         np.testing.assert_array_equal(torch_w, layers.encoder.weight.detach().numpy())
     assert LearnableLSHIndex.load(p("i.llsh")).code_dtype == "float32"  # the defaults: the layers' settings
-    with pytest.raises(SystemExit, match="--n-bits 16 does not match the model's layers \\(n_bits = 8\\)"):
-        main(["build", "--model", p("layers.llsh"), "--features", p("train.npz"), "--out", p("j.llsh"),
-              "--n-bits", "16", "--quiet"])
+    assert main(["build", "--model", p("layers.llsh"), "--features", p("train.npz"), "--out", p("j.llsh"),
+                 "--n-bits", "16", "--quiet"]) == 2
+    assert "--n-bits 16 does not match the model's layers (n_bits = 8)" in capsys.readouterr().err
     # without a model: plain LSH with the given settings
     assert main(["build", "--features", p("train.npz"), "--out", p("k.llsh"), "--n-tables", "3", "--n-bits", "6",
                  "--code-dtype", "float16", "--quiet"]) == 0
