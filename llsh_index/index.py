@@ -753,6 +753,8 @@ class LearnableLSHIndex:
             weight = arrays["weight"]
             if weight.shape != (index.n_tables * index.n_bits, index.dim):
                 raise IndexFormatError(f"{path}: hash weight of shape {weight.shape} does not match the settings")
+            if not np.isfinite(weight).all():  # every score would be NaN, blamed on the queries
+                raise IndexFormatError(f"{path}: the hash weight holds NaN or Inf")
             index.encoder.weight.data.copy_(torch.from_numpy(weight))
             if meta.get("trained"):
                 index.training_log_ = TrainingLog(losses=arrays.get("losses", np.zeros(0)).tolist(),
@@ -1030,3 +1032,11 @@ def _check_tables(t: Dict, index: LearnableLSHIndex, path: str) -> None:
         raise IndexFormatError(f"{path}: inconsistent tables ({exc})") from exc
     if not ok:
         raise IndexFormatError(f"{path}: inconsistent tables (sizes, order or dtypes do not match the settings)")
+    # Values no index can have written (a file whose checksums were recomputed over edited arrays):
+    # sigmoid codes lie in [0, 1] and bucket sums of them are finite and >= 0.  min / max are one
+    # pass each without temporaries, and NaN fails both comparisons.
+    for name, hi in (("codes", 1.0), ("bucket_sum", math.inf), ("bucket_sqnorm", math.inf)):
+        a = t[name]
+        if a is not None and a.size and not (a.min() >= 0 and a.max() <= hi and np.isfinite(a.max())):
+            raise IndexFormatError(f"{path}: stored {name} hold values no index writes (NaN, Inf or outside "
+                                   f"[0, {hi:g}]: min {a.min()}, max {a.max()})")

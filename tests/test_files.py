@@ -594,6 +594,14 @@ CRAFTED = [
     ("training-steps-string", lambda m, a: m.update(trained=True, training_steps="x")),
     ("huge-dim", lambda m, a: m.update(dim=2 ** 40)),
     ("keys-2d", _arr("t_keys", lambda k: k[:, None])),
+    # well-formed but not values the index can have written: scores would be NaN / Inf / garbage
+    ("codes-nan", _arr("t_codes", lambda c: np.where(np.arange(c.size).reshape(c.shape) == 7, np.nan, c))),
+    ("codes-above-one", _arr("t_codes", lambda c: np.r_[c[:-1], np.full((1, c.shape[1]), 1e30, c.dtype)])),
+    ("codes-negative", _arr("t_codes", lambda c: np.r_[np.full((1, c.shape[1]), -0.5, c.dtype), c[1:]])),
+    ("weight-nan", _arr("weight", lambda w: np.where(np.arange(w.size).reshape(w.shape) == 3, np.nan, w))),
+    ("weight-inf", _arr("weight", lambda w: np.r_[w[:-1], np.full((1, w.shape[1]), np.inf, w.dtype)])),
+    ("bucket-sum-nan", _with_stats(_arr("t_bucket_sum", lambda s: np.r_[s[:-1], np.full((1, s.shape[1]), np.nan)]))),
+    ("bucket-sqnorm-negative", _with_stats(_arr("t_bucket_sqnorm", lambda s: np.r_[s[:-1], -1.0]))),
 ]
 
 
