@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 import os
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -254,6 +255,9 @@ def _match_videos(scores_by_video: Any, labels_by_video: Any, allow_subset: bool
     return sorted(score_keys)
 
 
+_MAX_SIGMA = 1e6
+
+
 def _check_sigma(sigma: float | None) -> float:
     if sigma is None:
         return 0.0
@@ -263,7 +267,11 @@ def _check_sigma(sigma: float | None) -> float:
         raise MetricsTypeError(f"sigma: expected a number >= 0 or None, got {sigma!r}") from exc
     if not math.isfinite(s) or s < 0:
         raise MetricsError(f"sigma: expected a finite number >= 0, got {sigma!r}")
-    return s
+    if s > _MAX_SIGMA:  # scipy builds a kernel of 8 sigma + 1 taps
+        raise MetricsError(f"sigma: expected at most {_MAX_SIGMA:g} (a kernel of 8 sigma + 1 taps), got {sigma!r}")
+    # scipy's kernel has one tap (radius int(4 sigma + 0.5) = 0) below 0.125: the identity, which is
+    # returned as such (scipy itself divides by sigma**2, which underflows to 0 for sigma < 1e-154)
+    return 0.0 if s < 0.125 else s
 
 
 def _check_choice(value: str, allowed: tuple[str, ...], what: str) -> str:
@@ -575,11 +583,14 @@ def load_labels(path: str | os.PathLike) -> dict[str, np.ndarray]:
             if not names:
                 raise EmptyInputError(f"{os.fspath(path)}: expected at least 1 video, got 0")
             return {k: _as_label_array(z[k], f"{os.fspath(path)}[{k!r}]") for k in names}
-    except ValueError as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         if isinstance(exc, MetricsError):
             raise
-        # np.load raises ValueError for object arrays with allow_pickle=False
-        raise LabelFileError(f"{os.fspath(path)}: not a readable label npz ({exc})") from exc
+        if isinstance(exc, FileNotFoundError):
+            raise
+        # np.load: ValueError for object arrays with allow_pickle=False or a foreign file, EOFError
+        # for an empty one, BadZipFile for a truncated archive, IsADirectoryError for a folder
+        raise LabelFileError(f"{os.fspath(path)}: not a readable label npz ({type(exc).__name__}: {exc})") from exc
 
 
 def ped2_frame_counts(frames_dir: str | os.PathLike, ext: str = ".jpg") -> dict[str, int]:

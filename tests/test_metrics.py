@@ -146,6 +146,21 @@ def test_smooth_scores_zero_sigma_and_no_mutation():
     assert x[0] == 0.0
 
 
+def test_smooth_scores_sigma_extremes():
+    """Below 0.125 scipy's kernel has one tap: the scores come back unchanged (scipy itself divides
+    by zero for sigma < 1e-154); a kernel of more than 8e6 + 1 taps is refused, not allocated."""
+    x = np.random.default_rng(3).random(40)
+    for sigma in (1e-300, 1e-160, 0.05, 0.1249):
+        np.testing.assert_array_equal(M.smooth_scores(x, sigma), x)
+    np.testing.assert_allclose(M.smooth_scores(x, 0.2), gaussian_oracle(x, 0.2), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(M.smooth_scores(x, 1e6), gaussian_oracle(x, 1e6), rtol=0, atol=1e-9)
+    for sigma in (1e6 * (1 + 1e-9), 1e12):
+        with pytest.raises(M.MetricsError, match="sigma: expected at most 1e\\+06"):
+            M.smooth_scores(x, sigma)
+    labels = {"a": np.r_[np.zeros(20), np.ones(20)]}
+    assert M.evaluate({"a": x}, labels, sigma=1e-300).micro.auc == M.evaluate({"a": x}, labels, sigma=0).micro.auc
+
+
 def test_macro_with_smoothing_matches_oracle():
     rng = np.random.default_rng(2)
     labels, scores = {}, {}
@@ -365,6 +380,16 @@ def test_load_labels_errors(tmp_path):
     np.save(tmp_path / "single.npy", np.zeros(3))
     with pytest.raises(M.LabelFileError, match="expected an .npz archive"):
         M.load_labels(tmp_path / "single.npy")
+    (tmp_path / "empty.npz").write_bytes(b"")
+    (tmp_path / "text.npz").write_bytes(b"frame,label\n")
+    np.savez(tmp_path / "whole.npz", a=np.zeros(100))
+    (tmp_path / "truncated.npz").write_bytes((tmp_path / "whole.npz").read_bytes()[:300])
+    (tmp_path / "folder.npz").mkdir()
+    for name in ("empty.npz", "text.npz", "truncated.npz", "folder.npz"):
+        with pytest.raises(M.LabelFileError, match=f"{name}: not a readable label npz"):
+            M.load_labels(tmp_path / name)
+    with pytest.raises(FileNotFoundError):
+        M.load_labels(tmp_path / "missing.npz")
     np.savez(tmp_path / "ok.npz", b=np.array([0.0, 1.0]), a=np.array([1, 0], dtype=np.int64))
     ok = M.load_labels(tmp_path / "ok.npz")
     assert list(ok) == ["a", "b"] and ok["b"].dtype == np.uint8 and ok["b"].tolist() == [0, 1]
