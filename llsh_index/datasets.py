@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
@@ -223,12 +224,15 @@ def load_npz_labels(path: PathLike) -> Dict[str, np.ndarray]:
     """Reads a label file in the LLSH layout (``np.load``, no pickle): ``{video: uint8 0/1 array}``."""
     path = _require_file(Path(path), "label file")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise DatasetFormatError(f"cannot read label file {path}: expected an .npz archive, got a single array")
+        with z:
             return {k: _as_labels(z[k], k, None, str(path)) for k in z.files}
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         if isinstance(e, DatasetError):
             raise
-        raise DatasetFormatError(f"cannot read label file {path}: {e}") from e
+        raise DatasetFormatError(f"cannot read label file {path}: {type(e).__name__}: {e}") from e
 
 
 def load_frame_folders(root: PathLike, labels: Optional[Mapping[str, np.ndarray]] = None, *,
@@ -290,14 +294,17 @@ def load_ped2_labels(mat_path: PathLike, frame_counts: Sequence[int]) -> List[np
 
     try:
         gt = loadmat(str(mat_path))["gt"]
-    except (KeyError, ValueError, OSError, NotImplementedError) as e:
-        raise DatasetFormatError(f"cannot read 'gt' from {mat_path}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - scipy's MatReadError and friends derive from Exception only
+        raise DatasetFormatError(f"cannot read 'gt' from {mat_path}: {type(e).__name__}: {e}") from e
     cells = list(np.asarray(gt, dtype=object).reshape(-1))
     if len(cells) != len(frame_counts):
         raise DatasetFormatError(f"{mat_path}: labels for {len(cells)} videos, but {len(frame_counts)} test videos")
     out = []
     for i, (cell, n) in enumerate(zip(cells, frame_counts)):
-        ranges = np.asarray(cell, dtype=np.int64)
+        try:
+            ranges = np.asarray(cell, dtype=np.int64)
+        except (TypeError, ValueError) as e:
+            raise DatasetFormatError(f"{mat_path}: entry {i} is not integer frame ranges ({e})") from e
         if ranges.size % 2:
             raise DatasetFormatError(f"{mat_path}: entry {i} has shape {ranges.shape}, expected 2 x k ranges")
         ranges = ranges.reshape(2, -1)

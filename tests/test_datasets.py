@@ -96,6 +96,31 @@ def test_ucsd_label_errors(tmp_path):
         D.load_ped2(root, "testing")
 
 
+def test_damaged_label_files_are_dataset_format_errors(tmp_path):
+    """A corrupt ped2.mat, string ranges, and empty / truncated / single-array / text label npz files:
+    DatasetFormatError naming the file (MatReadError, ValueError, EOFError, BadZipFile and
+    TypeError escaped before)."""
+    root = _fake_ucsd(tmp_path / "a", [10], [[[3], [5]]])
+    (root / "ped2.mat").write_bytes(b"MATLAB 5.0 MAT-file" + bytes(10))
+    with pytest.raises(D.DatasetFormatError, match="cannot read 'gt' from .*ped2.mat"):
+        D.load_ped2(root, "testing")
+    from scipy.io import savemat
+
+    cells = np.empty((1, 1), dtype=object)
+    cells[0, 0] = np.array(["3", "x"])
+    savemat(str(root / "ped2.mat"), {"gt": cells})
+    with pytest.raises(D.DatasetFormatError, match="entry 0 is not integer frame ranges"):
+        D.load_ped2(root, "testing")
+    np.savez(tmp_path / "whole.npz", v=np.zeros(100))
+    files = {"empty.npz": b"", "text.npz": b"video,frame\n", "truncated.npz": (tmp_path / "whole.npz").read_bytes()[:300]}
+    for name, raw in files.items():
+        (tmp_path / name).write_bytes(raw)
+    np.save(tmp_path / "single.npy", np.zeros(3))
+    for name in (*files, "single.npy"):
+        with pytest.raises(D.DatasetFormatError, match=f"cannot read label file .*{name}"):
+            D.load_npz_labels(tmp_path / name)
+
+
 def test_ped2_missing_paths_are_named(tmp_path):
     with pytest.raises(D.DatasetNotFoundError, match="nowhere") as ei:
         D.load_ped2(tmp_path / "nowhere")
