@@ -34,6 +34,7 @@ import numpy as np
 
 from .datasets import (FRAME_EXTENSIONS, DatasetFormatError, DatasetNotFoundError, Video, VideoDataset,
                        list_frame_files)
+from .errors import ConfigError, CudaUnavailableError
 
 try:
     from .errors import LLSHError as _BaseError
@@ -94,8 +95,11 @@ def _read_image(path: str) -> np.ndarray:
         raise ImportError("reading frame images needs Pillow: pip install pillow") from e
     if not os.path.isfile(path):
         raise DatasetNotFoundError(f"frame not found: {path}", path)
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as e:  # UnidentifiedImageError is an OSError
+        raise DatasetFormatError(f"cannot read frame image {path}: {type(e).__name__}: {e}") from e
 
 
 def _iter_video_file(path: str) -> Iterator[np.ndarray]:
@@ -208,7 +212,7 @@ def count_frames(source: FrameSource) -> Optional[int]:
 def _check_ts(T: int, s: int) -> Tuple[int, int]:
     for name, v in (("T", T), ("s", s)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
+            raise ConfigError(f"{name}: expected an int >= 1, got {v!r}")
     return int(T), int(s)
 
 
@@ -220,7 +224,7 @@ def snippet_starts(n_frames: int, T: int, s: int = 1) -> np.ndarray:
     T, s = _check_ts(T, s)
     n = int(n_frames)
     if n < 0:
-        raise ValueError(f"n_frames: expected >= 0, got {n_frames}")
+        raise ConfigError(f"n_frames: expected >= 0, got {n_frames}")
     return np.arange(max(n - (T - 1) * s, 0), dtype=np.int64)
 
 
@@ -253,7 +257,7 @@ def snippet_frame_indices(n_frames: int, T: int, s: int = 1, *, clamp: bool = Fa
     T, s = _check_ts(T, s)
     n = int(n_frames)
     if n < 0:
-        raise ValueError(f"n_frames: expected >= 0, got {n_frames}")
+        raise ConfigError(f"n_frames: expected >= 0, got {n_frames}")
     offs = s * np.arange(T, dtype=np.int64)
     if not clamp:
         return snippet_starts(n, T, s)[:, None] + offs[None, :]
@@ -504,17 +508,17 @@ class EfficientNetLite0Extractor(FeatureExtractor):
                  num_threads: Optional[int] = None, weights_path: Optional[str] = None,
                  cpu_parallel: str = "batches"):
         if cpu_parallel not in ("batches", "intra_op"):
-            raise ValueError(f"cpu_parallel: expected 'batches' or 'intra_op', got {cpu_parallel!r}")
+            raise ConfigError(f"cpu_parallel: expected 'batches' or 'intra_op', got {cpu_parallel!r}")
         self.cpu_parallel = cpu_parallel
         if motion not in (None, "feature_std", "frame_diff"):
-            raise ValueError(f"motion: expected None, 'feature_std' or 'frame_diff', got {motion!r}")
+            raise ConfigError(f"motion: expected None, 'feature_std' or 'frame_diff', got {motion!r}")
         self.grid = (int(grid[0]), int(grid[1]))
         self.motion = motion
         self.motion_grid = (int(motion_grid[0]), int(motion_grid[1]))
         self.motion_weight = float(motion_weight)
         self.resize = None if resize is None else (int(resize[0]), int(resize[1]))
         if min(self.grid) < 1 or min(self.motion_grid) < 1:
-            raise ValueError("grid sizes must be >= 1")
+            raise ConfigError(f"grid sizes must be >= 1, got grid {self.grid}, motion_grid {self.motion_grid}")
         self.batch_size = max(1, int(batch_size))
         self.num_threads = num_threads
         self.weights_path = weights_path
@@ -528,7 +532,16 @@ class EfficientNetLite0Extractor(FeatureExtractor):
         self.dim = self.app_dim + self.mot_dim
         import torch
 
-        self.device = torch.device(device)
+        try:
+            self.device = torch.device(device)
+        except (RuntimeError, TypeError, ValueError) as e:
+            raise ConfigError(f"device: expected a torch device such as 'cpu' or 'cuda', got {device!r} ({e})") from e
+        if self.device.type == "cuda" and not torch.cuda.is_available():  # not at the first batch
+            raise CudaUnavailableError(f"device {device!r}: this torch has no usable CUDA device")
+        if self.device.type == "mps" and not torch.backends.mps.is_available():
+            raise ConfigError(f"device {device!r}: this torch has no usable MPS device")
+        if self.device.type not in ("cpu", "cuda", "mps"):
+            raise ConfigError(f"device: expected 'cpu', 'cuda' or 'mps', got {device!r}")
         self._model = None
 
     # ------------------------------------------------------------------ settings
@@ -656,6 +669,9 @@ class EfficientNetLite0Extractor(FeatureExtractor):
         if frames.ndim != 5 or frames.shape[-1] != 3:
             raise DatasetFormatError(f"expected (T, H, W, 3) or (B, T, H, W, 3) uint8 frames, got {frames.shape}")
         B, T = frames.shape[:2]
+        if min(frames.shape[:4]) < 1:
+            raise DatasetFormatError(f"expected at least one snippet of frames of at least 1 x 1 pixels, "
+                                     f"got {frames.shape}")
         flat = frames.reshape((B * T,) + frames.shape[2:])
         descs = self._descriptors(flat[i:i + self.batch_size] for i in range(0, len(flat), self.batch_size))
         desc = {k: np.concatenate([d[k] for d in descs]) for k in descs[0]}

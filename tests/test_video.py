@@ -58,7 +58,9 @@ def test_short_videos():
 
 @pytest.mark.parametrize("T,s", [(0, 1), (2, 0), (1.5, 1), (True, 1)])
 def test_invalid_snippet_parameters(T, s):
-    with pytest.raises(ValueError):
+    from llsh_index import ConfigError
+
+    with pytest.raises(ConfigError, match="expected an int >= 1"):
         V.snippet_frame_indices(10, T, s)
 
 
@@ -296,6 +298,35 @@ def test_lite0_motion_variants(lite0, motion, extra):
 def test_lite0_rejects_bad_frames(lite0):
     with pytest.raises(DatasetFormatError):
         lite0.extract(np.zeros((2, 8, 8), dtype=np.uint8))
+    for shape in ((0, 48, 72, 3), (2, 0, 0, 3), (1, 0, 4, 48, 3)):  # no frame / no pixel: IndexError, conv errors before
+        with pytest.raises(DatasetFormatError, match="at least one snippet of frames of at least 1 x 1 pixels"):
+            lite0.extract(np.zeros(shape, dtype=np.uint8))
+
+
+def test_lite0_settings_are_checked_at_construction():
+    """A device this machine lacks, or a bad option, fails in the constructor, not at the first batch."""
+    import torch
+
+    from llsh_index import ConfigError, CudaUnavailableError
+
+    if not torch.cuda.is_available():
+        with pytest.raises(CudaUnavailableError, match="'cuda'"):
+            V.EfficientNetLite0Extractor(device="cuda")
+    for kw, message in (({"device": "tpu"}, "device: expected a torch device"), ({"device": "meta"}, "'cpu', 'cuda'"),
+                        ({"grid": (0, 1)}, "grid sizes must be >= 1"), ({"motion": "flow"}, "motion: expected"),
+                        ({"cpu_parallel": "x"}, "cpu_parallel")):
+        with pytest.raises(ConfigError, match=message):
+            V.EfficientNetLite0Extractor(**kw)
+
+
+def test_unreadable_frame_image_names_itself(tmp_path):
+    folder = _write_frames(tmp_path / "v", ["000.png", "001.png"])
+    (folder / "001.png").write_bytes(b"not an image")
+    with pytest.raises(DatasetFormatError, match=r"cannot read frame image .*001\.png: UnidentifiedImageError"):
+        V.read_frames(folder)
+    (folder / "001.png").write_bytes((folder / "000.png").read_bytes()[:40])  # truncated
+    with pytest.raises(DatasetFormatError, match=r"cannot read frame image .*001\.png"):
+        V.read_frames(folder)
 
 
 # ----------------------------------------------------------------------------- feature files
