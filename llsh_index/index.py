@@ -24,11 +24,13 @@ is the paper) averages the distances of the tables that hit instead of taking th
 from __future__ import annotations
 
 import math
+import numbers
 import threading
 from typing import Dict, Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from . import _engine, probing
 from ._validation import check_features, check_int_range, check_video_ids
@@ -41,6 +43,7 @@ from .training import FALLBACK_DEFAULTS, LR_SCHEDULES, PAPER_DEFAULTS, TrainingC
 _FILE_KIND = "LearnableLSHIndex"
 _CHUNK_BYTES = 64 << 20  # working set of one hashed chunk: bounds the memory of add() and score()
 _MIN_GEMM_ROWS = 16
+_MAX_TABLES = 1 << 16
 
 
 class LearnableLSHIndex:
@@ -65,11 +68,14 @@ class LearnableLSHIndex:
     def __init__(self, dim: Optional[int] = None, n_tables: int = 8, n_bits: int = 32, *, mode: str = "mean",
                  miss_value: Optional[float] = None, code_dtype: str = "float32", store_codes: bool = True,
                  seed: int = 0, batch_size: Optional[int] = None, n_threads: int = 0, device: str = "cpu"):
-        self.n_tables = check_int_range(n_tables, "n_tables", 1)
+        self.n_tables = check_int_range(n_tables, "n_tables", 1, _MAX_TABLES)
         self.n_bits = check_int_range(n_bits, "n_bits", 1, 64)
-        self.dim = None if dim is None else check_int_range(dim, "dim", 1)
-        if mode not in _engine.MODES:
+        # LayerNorm of a single feature is 0 whatever it is: every code 0.5, every score equal
+        self.dim = None if dim is None else check_int_range(dim, "dim", 2)
+        if not isinstance(mode, str) or mode not in _engine.MODES:
             raise ConfigError(f"mode: expected one of {sorted(_engine.MODES)}, got {mode!r}")
+        if not isinstance(store_codes, (bool, np.bool_)):
+            raise ConfigError(f"store_codes: expected True or False, got {store_codes!r}")
         if mode == "mean" and not store_codes:
             raise ConfigError("mode: 'mean' needs store_codes=True; use 'light' or 'squared' for a "
                               "statistics-only index")
@@ -79,9 +85,9 @@ class LearnableLSHIndex:
         self.miss_value = _check_miss_value(miss_value)
         self.code_dtype = code_dtype
         self.store_codes = bool(store_codes)
-        self.seed = int(seed)
+        self.seed = check_int_range(seed, "seed", -(2 ** 63), 2 ** 64 - 1)  # what torch.manual_seed takes
         self.batch_size = None if batch_size is None else check_int_range(batch_size, "batch_size", 1)
-        self.n_threads = check_int_range(n_threads, "n_threads", 0)
+        self.n_threads = check_int_range(n_threads, "n_threads", 0, 2 ** 16)
         self.device = _normalise_device(device)
         _require_cuda(self.device, f"device={self.device!r}")
         self.encoder: Optional[HashEncoder] = None
@@ -120,13 +126,22 @@ class LearnableLSHIndex:
         return float(self.n_bits) if mode == "squared" else math.sqrt(self.n_bits)
 
     def _make_encoder(self, dim: int) -> None:
+        try:
+            encoder = HashEncoder(dim, self.n_tables, self.n_bits, seed=self.seed).to(self.device)
+        except RuntimeError as exc:  # torch's allocator: the layers are b*r x dim float32
+            gib = self.n_tables * self.n_bits * dim * 4 / 2 ** 30
+            raise ConfigError(f"hash layers of {self.n_tables * self.n_bits} x {dim} float32 ({gib:.3g} GiB) "
+                              f"cannot be allocated: {exc}") from exc
         self.dim = dim
-        self.encoder = HashEncoder(dim, self.n_tables, self.n_bits, seed=self.seed).to(self.device)
+        self.encoder = encoder
         self.encoder.eval()
 
     def _features(self, x, name: str) -> torch.Tensor:
         t = check_features(x, name, self.dim, self.device)
         if self.encoder is None:
+            if t.shape[1] < 2:
+                raise InvalidInputError(f"{name}: expected at least 2 features per row (LayerNorm of one feature "
+                                        f"is 0 whatever it is), got {t.shape[1]}")
             self._make_encoder(int(t.shape[1]))
         return t
 
@@ -171,7 +186,7 @@ class LearnableLSHIndex:
             codes, keys, bad = self.encoder.hash_codes_cpu(x, self.n_threads, table_codes, table_keys, stage_row,
                                                            out=buf)
             if 0 <= bad < n:
-                raise InvalidInputError(f"{name}: expected finite values, got NaN or Inf in row {row0 + bad}")
+                raise _bad_row_error(name, x[bad], row0 + bad)
             if stage is not None:
                 return None
             return codes[:n], keys[:n]
@@ -180,8 +195,8 @@ class LearnableLSHIndex:
         logits = self.encoder.hash_logits(x)[:n].contiguous()
         bad = torch.isnan(logits).flatten(1).any(dim=1)  # a NaN/Inf anywhere in a row reaches its logits
         if bool(bad.any()):
-            row = row0 + int(torch.nonzero(bad)[0, 0])
-            raise InvalidInputError(f"{name}: expected finite values, got NaN or Inf in row {row}")
+            i = int(torch.nonzero(bad)[0, 0])
+            raise _bad_row_error(name, x[i], row0 + i)
         return _engine.sigmoid_binarize(logits)
 
     def _chunk_buffer(self, t: torch.Tensor):
@@ -298,11 +313,23 @@ class LearnableLSHIndex:
             raise InvalidInputError(f"features: training needs at least 2 rows, got {t.shape[0]}")
         # training reads random rows: one float32 copy on the index's device
         feats = t.to(torch.float32)
-        if torch.isnan(feats).any() or torch.isinf(feats).any():
-            bad = int(torch.nonzero(~torch.isfinite(feats).all(dim=1))[0, 0])
-            raise InvalidInputError(f"features: expected finite values, got NaN or Inf in row {bad}")
+        for r0 in range(0, feats.shape[0], 1 << 16):  # rows whose float32 LayerNorm is NaN: NaN layers
+            with torch.no_grad():
+                ok = torch.isfinite(F.layer_norm(feats[r0:r0 + (1 << 16)], feats.shape[1:])).all(dim=1)
+            if not bool(ok.all()):
+                i = r0 + int(torch.nonzero(~ok)[0, 0])
+                raise _bad_row_error("features", feats[i], i)
+        before = self.encoder.weight.detach().clone()
+        log = train_moco(self.encoder, feats, vid, cfg)
+        if not bool(torch.isfinite(self.encoder.weight).all()):  # diverged: keep the layers it started from
+            with torch.no_grad():
+                self.encoder.weight.copy_(before)
+            step = next((i for i, v in enumerate(log.losses) if not math.isfinite(v)), None)
+            raise ConfigError(f"fit: training diverged (the hash layers became NaN/Inf"
+                              f"{'' if step is None else f'; loss not finite from logged step {step}'}); lower lr "
+                              f"(got {cfg.lr:g}); the layers are left as they were before fit()")
         self.training_config_ = cfg  # the settings used, defaults resolved
-        self.training_log_ = train_moco(self.encoder, feats, vid, cfg)
+        self.training_log_ = log
         return self
 
     # ------------------------------------------------------------------ indexing
@@ -380,7 +407,7 @@ class LearnableLSHIndex:
         if self.encoder is None or tables is None:
             raise NotFittedError("score: the index is empty; call add(features) first")
         mode = self.mode if mode is None else mode
-        if mode not in _engine.MODES:
+        if not isinstance(mode, str) or mode not in _engine.MODES:
             raise ConfigError(f"mode: expected one of {sorted(_engine.MODES)}, got {mode!r}")
         if mode == "mean" and tables["codes"] is None:
             raise ConfigError("mode: 'mean' needs the per-item codes, but this index keeps bucket statistics "
@@ -575,7 +602,7 @@ class LearnableLSHIndex:
         if self.encoder is None or tables is None:
             raise NotFittedError("partial_scores: the index is empty; call add(features) first")
         mode = self.mode if mode is None else mode
-        if mode not in _engine.MODES:
+        if not isinstance(mode, str) or mode not in _engine.MODES:
             raise ConfigError(f"mode: expected one of {sorted(_engine.MODES)}, got {mode!r}")
         if tables["codes"] is None and mode == "mean":
             raise ConfigError("mode: 'mean' needs the per-item codes (store_codes=True)")
@@ -789,12 +816,23 @@ def check_reduce(reduce) -> str:
     return reduce
 
 
+def _bad_row_error(name: str, row: torch.Tensor, index: int) -> InvalidInputError:
+    """The error for a row whose logits came out NaN: a NaN / Inf in it, or finite values too large
+    for the float32 LayerNorm (its variance overflows above ~1.8e19)."""
+    if bool(torch.isfinite(row).all()):
+        big = float(row.abs().max())
+        return InvalidInputError(f"{name}: row {index} is finite but too large to normalise in float32 (|x| up to "
+                                 f"{big:.3g}: its variance overflows); expected values below ~1e18, rescale the "
+                                 f"features")
+    return InvalidInputError(f"{name}: expected finite values, got NaN or Inf in row {index}")
+
+
 def _check_miss_value(miss_value, allow_inf: bool = False) -> Optional[float]:
     """None, or a finite number within float32 range (scores are float32) as a float; allow_inf: also
     +inf, which marks the misses where table distances are combined (llsh_index.probing)."""
     if miss_value is None:
         return None
-    if not (isinstance(miss_value, (int, float)) and not isinstance(miss_value, bool)
+    if not (isinstance(miss_value, numbers.Real) and not isinstance(miss_value, (bool, np.bool_))
             and ((math.isfinite(miss_value) and abs(miss_value) <= float(np.finfo(np.float32).max))
                  or (allow_inf and miss_value == math.inf))):
         raise ConfigError(f"miss_value: expected a finite number within float32 range{' or +inf' if allow_inf else ''}"

@@ -87,7 +87,7 @@ CATALOGUE = [
     ("n-bits-0", lambda: LearnableLSHIndex(n_bits=0), ConfigError, ["n_bits", "1..64", "0"]),
     ("n-bits-65", lambda: LearnableLSHIndex(n_bits=65), ConfigError, ["n_bits", "1..64", "65"]),
     ("n-bits-float", lambda: LearnableLSHIndex(n_bits=8.0), ConfigError, ["n_bits", "integer"]),
-    ("n-tables-0", lambda: LearnableLSHIndex(n_tables=0), ConfigError, ["n_tables", ">= 1", "0"]),
+    ("n-tables-0", lambda: LearnableLSHIndex(n_tables=0), ConfigError, ["n_tables", "1..65536", "0"]),
     ("bad-mode", lambda: LearnableLSHIndex(mode="median"), ConfigError, ["mode", "median"]),
     ("bad-score-mode", lambda: fitted().score(X, mode="max"), ConfigError, ["mode", "max"]),
     ("mean-needs-codes", lambda: LearnableLSHIndex(n_tables=2, n_bits=8, mode="light", store_codes=False)
@@ -173,7 +173,7 @@ CATALOGUE = [
     ("n-bits-none", lambda: LearnableLSHIndex(n_bits=None), ConfigError, ["n_bits", "integer"]),
     ("n-tables-negative", lambda: LearnableLSHIndex(n_tables=-3), ConfigError, ["n_tables", "-3"]),
     ("n-tables-float", lambda: LearnableLSHIndex(n_tables=2.5), ConfigError, ["n_tables", "integer"]),
-    ("dim-0", lambda: LearnableLSHIndex(0), ConfigError, ["dim", ">= 1"]),
+    ("dim-0", lambda: LearnableLSHIndex(0), ConfigError, ["dim", ">= 2"]),
     ("batch-size-0", lambda: LearnableLSHIndex(batch_size=0), ConfigError, ["batch_size"]),
     ("n-threads-negative", lambda: LearnableLSHIndex(n_threads=-1), ConfigError, ["n_threads"]),
     ("inf-miss-value", lambda: LearnableLSHIndex(miss_value=float("inf")), ConfigError, ["miss_value", "inf"]),
@@ -201,6 +201,26 @@ CATALOGUE = [
     ("miss-value-beyond-float32", lambda: LearnableLSHIndex(miss_value=1e300), ConfigError, ["miss_value"]),
     ("nan-learning-rate", lambda: quick_fit(LearnableLSHIndex(n_tables=2, n_bits=8), lr=float("nan")), ConfigError,
      ["lr"]),
+    # LayerNorm of one feature is 0 whatever it is: every score would be equal
+    ("dim-1", lambda: LearnableLSHIndex(1), ConfigError, ["dim", ">= 2", "1"]),
+    ("one-column-first-add", lambda: LearnableLSHIndex().add(X[:, :1]), InvalidInputError,
+     ["at least 2 features", "got 1"]),
+    # finite values whose float32 variance overflows: named as such, not as "NaN or Inf"
+    ("huge-finite-add", lambda: LearnableLSHIndex(n_tables=2, n_bits=8).add(X * np.float32(1e20)), InvalidInputError,
+     ["finite but too large", "rescale"]),
+    ("huge-finite-fit", lambda: quick_fit(LearnableLSHIndex(n_tables=2, n_bits=8), X * np.float32(1e20)),
+     InvalidInputError, ["finite but too large", "row"]),
+    # unbounded sizes reached the allocator (torch RuntimeError / TypeError) or the bindings
+    ("n-tables-huge", lambda: LearnableLSHIndex(16, n_tables=10 ** 9), ConfigError, ["n_tables", "1..65536"]),
+    ("layers-too-big", lambda: LearnableLSHIndex(10 ** 10, n_tables=4096, n_bits=64), ConfigError,
+     ["cannot be allocated", "GiB"]),
+    ("n-threads-huge", lambda: LearnableLSHIndex(n_threads=2 ** 31), ConfigError, ["n_threads", "0..65536"]),
+    ("seed-huge", lambda: LearnableLSHIndex(16, seed=2 ** 70), ConfigError, ["seed"]),
+    ("seed-float", lambda: LearnableLSHIndex(seed=1.5), ConfigError, ["seed", "integer", "1.5"]),
+    ("seed-str", lambda: LearnableLSHIndex(seed="a"), ConfigError, ["seed", "integer"]),
+    ("mode-list", lambda: LearnableLSHIndex(mode=["mean"]), ConfigError, ["mode", "['mean']"]),
+    ("score-mode-list", lambda: fitted().score(X, mode=["mean"]), ConfigError, ["mode", "['mean']"]),
+    ("store-codes-str", lambda: LearnableLSHIndex(store_codes="no"), ConfigError, ["store_codes", "'no'"]),
 ]
 
 
@@ -419,6 +439,36 @@ def test_accepted_inputs_score_like_contiguous_float32(reference, tmp_path, vari
 def test_big_endian_floats_are_accepted(reference):
     x, ref = reference
     np.testing.assert_array_equal(ref.score(x.astype(">f4")), ref.score(x))
+
+
+def test_numpy_scalar_settings_are_accepted():
+    """np.float32 / np.int64 settings are numbers like any other (np.float32 miss_value was refused
+    with 'expected a finite number ..., got np.float32(1.0)')."""
+    a = LearnableLSHIndex(n_tables=np.int64(2), n_bits=np.int32(8), miss_value=np.float32(1.5), seed=np.int64(3))
+    b = LearnableLSHIndex(n_tables=2, n_bits=8, miss_value=1.5, seed=3)
+    assert a.miss_value == 1.5 and type(a.miss_value) is float
+    np.testing.assert_array_equal(a.add(X).score(X[:50] * 3), b.add(X).score(X[:50] * 3))
+    assert LearnableLSHIndex(store_codes=np.bool_(True)).store_codes is True
+    with pytest.raises(ConfigError, match="miss_value"):
+        LearnableLSHIndex(miss_value=np.bool_(True))
+
+
+def test_diverged_training_keeps_the_layers_and_says_so(monkeypatch):
+    """If training ever ends with NaN layers (none of the schedules tried does), fit() raises and
+    leaves the layers as they were instead of an index that scores NaN."""
+    import llsh_index.index as index_module
+
+    def diverging(encoder, feats, vid, cfg):
+        with torch.no_grad():
+            encoder.weight.mul_(float("nan"))
+        return index_module.TrainingLog(losses=[1.0, float("nan")], steps=2, positives="temporal")
+
+    index = LearnableLSHIndex(D, n_tables=2, n_bits=8, seed=4)
+    before = index.encoder.weight.detach().clone()
+    monkeypatch.setattr(index_module, "train_moco", diverging)
+    with pytest.raises(ConfigError, match="training diverged.*logged step 1.*lower lr"):
+        quick_fit(index)
+    assert torch.equal(index.encoder.weight, before) and not index.is_trained
 
 
 def test_failed_add_leaves_the_index_unchanged():
