@@ -108,7 +108,15 @@ def check_video_ids(video_ids: Any, n: int) -> np.ndarray:
     ids = np.asarray(video_ids)
     if ids.ndim != 1 or ids.shape[0] != n:
         raise InvalidInputError(f"video_ids: expected {n} labels (one per feature row), got shape {ids.shape}")
-    _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    if ids.dtype.kind in "fc" and not np.isfinite(ids).all():  # NaN ids would make one silent "video"
+        bad = int(np.flatnonzero(~np.isfinite(ids))[0])
+        raise InvalidInputError(f"video_ids: expected finite labels, got {ids[bad]} at row {bad}")
+    try:
+        _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    except TypeError as exc:  # an object array mixing types (str and int, None)
+        kinds = sorted({type(v).__name__ for v in ids.tolist()})
+        raise InvalidInputError(f"video_ids: expected labels of one sortable type (ints or strings), got a mix of "
+                                f"{', '.join(kinds)}") from exc
     # renumber by first appearance so ids do not depend on how labels sort
     order = np.argsort(first, kind="stable")
     rank = np.empty_like(order)

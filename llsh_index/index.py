@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import numbers
 import threading
+from collections.abc import Iterable, Mapping
 from typing import Dict, Optional
 
 import numpy as np
@@ -516,9 +517,12 @@ class LearnableLSHIndex:
     @classmethod
     def merge_all(cls, indexes) -> "LearnableLSHIndex":
         """A new index holding the items of every index in order (all share the same hash layers)."""
+        if not isinstance(indexes, Iterable) or isinstance(indexes, (str, bytes)):
+            raise ConfigError(f"merge_all: expected an iterable of LearnableLSHIndex, got {type(indexes).__name__}")
         indexes = list(indexes)
         if not indexes:
             raise ConfigError("merge_all: expected at least one index, got none")
+        _check_indexes(indexes, "merge_all")
         out = indexes[0].empty_like()
         for index in indexes:
             out.merge(index)
@@ -647,9 +651,13 @@ class LearnableLSHIndex:
         """
         check_reduce(reduce)
         miss_value = _check_miss_value(miss_value, allow_inf=True)
+        if not isinstance(parts, Iterable) or isinstance(parts, Mapping):
+            raise InvalidInputError(f"combine_partial_scores: expected a list of partial_scores() results, got "
+                                    f"{type(parts).__name__}")
         parts = list(parts)
         if not parts:
             raise ConfigError("combine_partial_scores: expected partial scores of at least one shard")
+        _check_parts(parts)
         mode = parts[0]["mode"] if mode is None else mode
         if any(p["mode"] != mode for p in parts):
             raise ConfigError(f"combine_partial_scores: every shard must use mode {mode!r}, got "
@@ -814,6 +822,35 @@ def check_reduce(reduce) -> str:
     if reduce not in REDUCTIONS:
         raise ConfigError(f"reduce: expected one of {list(REDUCTIONS)}, got {reduce!r}")
     return reduce
+
+
+def _check_parts(parts) -> None:
+    """Each part as partial_scores() returns it: integer counts >= 0, finite sums (NaN sums or
+    negative counts would combine into NaN or negative scores without a word)."""
+    for i, p in enumerate(parts):
+        if not isinstance(p, Mapping):
+            raise InvalidInputError(f"combine_partial_scores: part {i}: expected the mapping partial_scores() "
+                                    f"returns, got {type(p).__name__}")
+        missing = [k for k in ("mode", "sum", "count") if k not in p]
+        if missing:
+            raise InvalidInputError(f"combine_partial_scores: part {i} lacks {missing} (expected partial_scores()' "
+                                    f"keys 'mode', 'sum', 'count')")
+        count, total = np.asarray(_to_numpy(p["count"])), np.asarray(_to_numpy(p["sum"]))
+        if count.ndim != 2 or total.ndim not in (2, 3):
+            raise InvalidInputError(f"combine_partial_scores: part {i}: expected count (M, b) and sum (M, b) or "
+                                    f"(M, b, r), got {count.shape} and {total.shape}")
+        if count.dtype.kind not in "iu" or (count.size and count.min() < 0):
+            raise InvalidInputError(f"combine_partial_scores: part {i}: expected counts that are integers >= 0, got "
+                                    f"{count.dtype}{'' if count.dtype.kind not in 'iu' else f' down to {count.min()}'}")
+        if total.dtype.kind != "f" or not np.isfinite(total).all():
+            raise InvalidInputError(f"combine_partial_scores: part {i}: expected finite float sums, got "
+                                    f"{total.dtype}{' with NaN or Inf' if total.dtype.kind == 'f' else ''}")
+
+
+def _check_indexes(indexes, what: str) -> None:
+    bad = [type(x).__name__ for x in indexes if not isinstance(x, LearnableLSHIndex)]
+    if bad:
+        raise ConfigError(f"{what}: expected LearnableLSHIndex objects, got {', '.join(sorted(set(bad)))}")
 
 
 def _bad_row_error(name: str, row: torch.Tensor, index: int) -> InvalidInputError:

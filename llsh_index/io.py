@@ -30,7 +30,7 @@ from typing import BinaryIO, Iterator, Dict, Tuple
 
 import numpy as np
 
-from .errors import IndexFormatError, WritePathError
+from .errors import IndexFormatError, InvalidInputError, WritePathError
 
 MAGIC = b"LLSHIDX\0"
 # 2: index files may store ids / offsets / keys narrowed and leave out the bucket statistics
@@ -161,6 +161,10 @@ def read_container(path: str, kind: str) -> Tuple[dict, Dict[str, np.ndarray]]:
     container of this `kind` (a folder, an empty, truncated or byte-flipped file, a future format
     version, a pickle or .npz) raises IndexFormatError.
     """
+    if isinstance(path, bool) or not isinstance(path, (str, bytes, os.PathLike)) or not os.fspath(path):
+        # open() would take an int as a file descriptor: read the caller's fd, then close it
+        raise InvalidInputError(f"path: expected a file path (str or os.PathLike), got {type(path).__name__} "
+                                f"{path!r}")
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size

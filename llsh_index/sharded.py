@@ -37,9 +37,9 @@ import numpy as np
 import torch
 
 from . import probing
-from ._validation import _is_cupy, _is_torch, check_features
+from ._validation import _is_cupy, _is_torch, check_features, check_int_range
 from .errors import ConfigError, CudaUnavailableError, NotFittedError
-from .index import LearnableLSHIndex, _normalise_device, _to_numpy, check_reduce, probed_scores
+from .index import LearnableLSHIndex, _check_indexes, _normalise_device, _to_numpy, check_reduce, probed_scores
 
 __all__ = ["ShardedIndex"]
 
@@ -178,6 +178,7 @@ class ShardedIndex(_ShardScoring):
         shards = list(shards)
         if not shards:
             raise ConfigError("from_shards: expected at least one index, got none")
+        _check_indexes(shards, "from_shards")
         for s in shards[1:]:
             shards[0]._check_same_layers(s)
         out = cls.__new__(cls)
@@ -186,7 +187,10 @@ class ShardedIndex(_ShardScoring):
 
     @classmethod
     def load(cls, paths: Sequence[str], devices: Optional[Sequence[str]] = None) -> "ShardedIndex":
-        """Shard files written by save_shards() (or any index files sharing their hash layers)."""
+        """Shard files written by save_shards() (or any index files sharing their hash layers); one
+        path alone is one shard."""
+        if isinstance(paths, (str, bytes, os.PathLike)):  # not a sequence of its characters
+            paths = [paths]
         return cls.from_shards([LearnableLSHIndex.load(os.fspath(p)) for p in paths], devices)
 
     def _init(self, host: LearnableLSHIndex, shards: List[LearnableLSHIndex], devs: List[str]) -> None:
@@ -316,9 +320,7 @@ class ShardedIndex(_ShardScoring):
             raise ConfigError("mode: 'mean' needs the per-item codes, but these shards keep bucket statistics "
                               "only (store_codes=False); use 'light' or 'squared'")
         t = self._host_rows(queries, "queries")
-        step = t.shape[0] if query_batch is None else int(query_batch)
-        if step < 1:
-            raise ConfigError(f"query_batch: expected an integer >= 1 or None, got {query_batch!r}")
+        step = t.shape[0] if query_batch is None else check_int_range(query_batch, "query_batch", 1)
         rounds = [t[i:i + step] for i in range(0, t.shape[0], step)]
         return self._pipelined(rounds, self._hash, mode, return_distances, n_probes, miss_probes, reduce, plain)
 

@@ -12,13 +12,21 @@ training scores, so about that fraction of the training data is flagged.
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import probing
+from .errors import ConfigError, NotFittedError
 from .index import LearnableLSHIndex, check_reduce, probed_scores
+
+
+class DetectorNotFittedError(NotFittedError, _SklearnNotFittedError):
+    """score_samples / decision_function / predict before fit(): the package's NotFittedError and
+    scikit-learn's at once, so either except clause catches it."""
 
 
 class LLSHDetector(OutlierMixin, BaseEstimator):
@@ -60,9 +68,11 @@ class LLSHDetector(OutlierMixin, BaseEstimator):
         self.reduce = reduce
 
     def fit(self, X, y=None, video_ids=None):
-        X = validate_data(self, X, dtype=[np.float32, np.float64], ensure_min_samples=2)
-        if not (isinstance(self.contamination, (int, float)) and 0.0 < self.contamination <= 0.5):
-            raise ValueError(f"contamination: expected a number in (0, 0.5], got {self.contamination!r}")
+        # ensure_min_features: LayerNorm of one feature is 0 whatever it is (LearnableLSHIndex: dim >= 2)
+        X = validate_data(self, X, dtype=[np.float32, np.float64], ensure_min_samples=2, ensure_min_features=2)
+        c = self.contamination
+        if isinstance(c, (bool, np.bool_)) or not isinstance(c, numbers.Real) or not 0.0 < float(c) <= 0.5:
+            raise ConfigError(f"contamination: expected a number in (0, 0.5], got {c!r}")
         probing.check_probes(self.n_probes, self.miss_probes)  # ConfigError
         check_reduce(self.reduce)
         index = LearnableLSHIndex(X.shape[1], n_tables=self.n_tables, n_bits=self.n_bits, mode=self.mode,
@@ -73,7 +83,7 @@ class LLSHDetector(OutlierMixin, BaseEstimator):
                       progress=False)
         index.add(X)
         self.index_ = index
-        self.offset_ = float(np.percentile(-self._leave_one_out_scores(X), 100.0 * self.contamination))
+        self.offset_ = float(np.percentile(-self._leave_one_out_scores(X), 100.0 * float(self.contamination)))
         return self
 
     def _leave_one_out_scores(self, X) -> np.ndarray:
@@ -107,7 +117,10 @@ class LLSHDetector(OutlierMixin, BaseEstimator):
 
     def score_samples(self, X):
         """Negated anomaly score (higher = more normal), as scikit-learn detectors return."""
-        check_is_fitted(self, "index_")
+        try:
+            check_is_fitted(self, "index_")
+        except _SklearnNotFittedError as exc:
+            raise DetectorNotFittedError(str(exc)) from None
         X = validate_data(self, X, dtype=[np.float32, np.float64], reset=False)
         return -np.asarray(self.index_.score(X, n_probes=self.n_probes, miss_probes=self.miss_probes,
                                              reduce=self.reduce), dtype=np.float64)

@@ -221,7 +221,56 @@ CATALOGUE = [
     ("mode-list", lambda: LearnableLSHIndex(mode=["mean"]), ConfigError, ["mode", "['mean']"]),
     ("score-mode-list", lambda: fitted().score(X, mode=["mean"]), ConfigError, ["mode", "['mean']"]),
     ("store-codes-str", lambda: LearnableLSHIndex(store_codes="no"), ConfigError, ["store_codes", "'no'"]),
+    ("video-ids-nan", lambda: LearnableLSHIndex().fit(X, video_ids=np.r_[np.zeros(100), np.full(100, np.nan)]),
+     InvalidInputError, ["video_ids", "finite", "row 100"]),
+    ("video-ids-mixed-types", lambda: LearnableLSHIndex().fit(X, video_ids=np.array([1, "a"] * 100, dtype=object)),
+     InvalidInputError, ["video_ids", "one sortable type", "int, str"]),
+    ("video-ids-none", lambda: LearnableLSHIndex().fit(X, video_ids=[None] * 200), InvalidInputError,
+     ["video_ids", "NoneType"]),
+    # partial sums from elsewhere (Ray, a file): checked before they combine into NaN or negative scores
+    ("combine-empty-part", lambda: fitted().combine_partial_scores([{}]), InvalidInputError,
+     ["part 0 lacks", "'mode', 'sum', 'count'"]),
+    ("combine-not-a-mapping", lambda: fitted().combine_partial_scores([None]), InvalidInputError,
+     ["part 0", "NoneType"]),
+    ("combine-one-part-not-a-list", lambda: fitted().combine_partial_scores(_part()), InvalidInputError,
+     ["list of partial_scores()", "dict"]),
+    ("combine-nan-sum", lambda: fitted().combine_partial_scores([_part(sum=np.nan)]), InvalidInputError,
+     ["part 0", "finite float sums", "NaN"]),
+    ("combine-negative-count", lambda: fitted().combine_partial_scores([_part(count=-1)]), InvalidInputError,
+     ["part 0", "integers >= 0", "-1"]),
+    ("combine-float-count", lambda: fitted().combine_partial_scores([_part(count=0.5)]), InvalidInputError,
+     ["part 0", "integers >= 0", "float64"]),
+    ("combine-1d-parts", lambda: fitted().combine_partial_scores([_part(flat=True)]), InvalidInputError,
+     ["part 0", "count (M, b)"]),
+    # an int path was taken as a file descriptor: load() read the caller's fd and closed it
+    ("load-int-path", lambda: LearnableLSHIndex.load(0), InvalidInputError, ["path", "file path", "int 0"]),
+    ("load-none-path", lambda: LearnableLSHIndex.load(None), InvalidInputError, ["path", "NoneType"]),
+    ("merge-all-not-indexes", lambda: LearnableLSHIndex.merge_all([fitted(), 1]), ConfigError,
+     ["merge_all", "LearnableLSHIndex", "int"]),
+    ("merge-all-none", lambda: LearnableLSHIndex.merge_all(None), ConfigError, ["merge_all", "NoneType"]),
+    ("from-shards-not-indexes", lambda: llsh_index.ShardedIndex.from_shards([1]), ConfigError,
+     ["from_shards", "LearnableLSHIndex", "int"]),
+    ("query-batch-str", lambda: llsh_index.ShardedIndex.from_shards([fitted()]).score(X, query_batch="a"),
+     ConfigError, ["query_batch", "integer", "'a'"]),
+    ("query-batch-float", lambda: llsh_index.ShardedIndex.from_shards([fitted()]).score(X, query_batch=1.5),
+     ConfigError, ["query_batch", "1.5"]),
+    ("query-batch-bool", lambda: llsh_index.ShardedIndex.from_shards([fitted()]).score(X, query_batch=True),
+     ConfigError, ["query_batch", "bool"]),
 ]
+
+
+def _part(sum=None, count=None, flat=False):
+    """partial_scores() of 10 queries with one entry replaced (a shard's answer gone wrong)."""
+    p = dict(fitted().partial_scores(X[:10]))
+    p["sum"], p["count"] = np.array(p["sum"], dtype=np.float64), np.array(p["count"])
+    if sum is not None:
+        p["sum"][3, 1] = sum
+    if count is not None:
+        p["count"] = p["count"].astype(np.asarray(count).dtype)
+        p["count"][2, 0] = count
+    if flat:
+        p["sum"], p["count"] = p["sum"].ravel(), p["count"].ravel()
+    return p
 
 
 def _reset(index):
@@ -439,6 +488,15 @@ def test_accepted_inputs_score_like_contiguous_float32(reference, tmp_path, vari
 def test_big_endian_floats_are_accepted(reference):
     x, ref = reference
     np.testing.assert_array_equal(ref.score(x.astype(">f4")), ref.score(x))
+
+
+def test_sharded_load_of_one_path_is_one_shard(tmp_path):
+    """A single path is one shard file, not a sequence of its characters ('/: cannot read')."""
+    fitted().save(str(tmp_path / "s.llsh"))
+    for path in (str(tmp_path / "s.llsh"), tmp_path / "s.llsh"):
+        sharded = llsh_index.ShardedIndex.load(path)
+        assert len(sharded.shards) == 1
+        np.testing.assert_array_equal(sharded.score(X[:20]), fitted().score(X[:20]))
 
 
 def test_numpy_scalar_settings_are_accepted():

@@ -48,10 +48,31 @@ def test_detector_flags_another_population(rng):
     assert (det.predict(other) == -1).mean() >= 0.9 and (det.predict(normal) == 1).mean() >= 0.8
 
 
-@pytest.mark.parametrize("bad", [0.0, 0.7, "auto"])
+@pytest.mark.parametrize("bad", [0.0, 0.7, -1, float("nan"), True, "auto", None])
 def test_contamination_is_checked(rng, bad):
-    with pytest.raises(ValueError, match="contamination"):
+    from llsh_index import ConfigError
+
+    with pytest.raises(ConfigError, match=r"contamination: expected a number in \(0, 0.5\]"):
         LLSHDetector(train=False, contamination=bad).fit(rng.standard_normal((20, 4)))
+
+
+def test_numpy_contamination_is_a_number(rng):
+    x = rng.standard_normal((60, 4))
+    a = LLSHDetector(train=False, n_tables=4, n_bits=8, contamination=np.float32(0.25)).fit(x)
+    b = LLSHDetector(train=False, n_tables=4, n_bits=8, contamination=0.25).fit(x)
+    assert a.offset_ == b.offset_
+
+
+def test_use_before_fit_is_both_not_fitted_errors(rng):
+    import sklearn.exceptions
+
+    import llsh_index
+
+    det = LLSHDetector()
+    for call in (det.score_samples, det.decision_function, det.predict):
+        with pytest.raises(llsh_index.NotFittedError) as info:
+            call(rng.standard_normal((3, 4)))
+        assert isinstance(info.value, sklearn.exceptions.NotFittedError) and "LLSHDetector" in str(info.value)
 
 
 @pytest.mark.parametrize("mode", ["mean", "light", "squared"])
