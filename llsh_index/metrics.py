@@ -238,24 +238,32 @@ def _match_videos(scores_by_video: Any, labels_by_video: Any, allow_subset: bool
     label_keys = set(_keys(labels_by_video))
     if not score_keys:
         raise EmptyInputError("scores_by_video: expected at least 1 video, got 0")
-    missing = sorted(k for k in score_keys if k not in label_keys)
+    missing = sorted((k for k in score_keys if k not in label_keys), key=str)  # key=str: names of mixed types
     if missing:
         raise MissingVideoError(
             f"{len(missing)} scored video(s) have no labels: {missing[:5]}"
             f"{' ...' if len(missing) > 5 else ''} (labels cover {len(label_keys)} videos)"
         )
     if not allow_subset:
-        extra = sorted(label_keys.difference(score_keys))
+        extra = sorted(label_keys.difference(score_keys), key=str)
         if extra:
             raise MissingVideoError(
                 f"expected scores for all {len(label_keys)} labelled videos, got {len(score_keys)}; "
                 f"missing scores for {extra[:5]}{' ...' if len(extra) > 5 else ''} "
                 "(pass allow_subset=True to evaluate only the scored videos)"
             )
-    return sorted(score_keys)
+    return sorted(score_keys, key=str)
 
 
 _MAX_SIGMA = 1e6
+
+
+def _finite_number(value: Any, what: str) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise MetricsTypeError(f"{what}: expected a number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(float(value)):
+        raise NonFiniteScoreError(f"{what}: expected a finite number, got {value!r}")
+    return float(value)
 
 
 def _check_sigma(sigma: float | None) -> float:
@@ -346,10 +354,7 @@ def snippet_to_frame_scores(
     d = n_frames - n
     offset = d // 2 + 1
     if pad == "constant":
-        pv = float(pad_value)
-        if not math.isfinite(pv):
-            raise NonFiniteScoreError(f"pad_value: expected a finite number, got {pad_value!r}")
-        out = np.full(n_frames, pv, dtype=np.float64)
+        out = np.full(n_frames, _finite_number(pad_value, "pad_value"), dtype=np.float64)
     else:
         out = np.empty(n_frames, dtype=np.float64)
         out[:offset] = arr[0]
@@ -390,7 +395,7 @@ def _frame_scores(
         else:
             constant = True
             if constant_fill is not None:
-                smoothed = np.full_like(smoothed, constant_fill)
+                smoothed = np.full_like(smoothed, constant_fill)  # checked by micro_auc
     return snippet_to_frame_scores(smoothed, n_frames, pad=pad, pad_value=pad_value), constant
 
 
@@ -506,9 +511,7 @@ def micro_auc(
     Raises :class:`SingleClassError` if the pooled frames contain a single class.
     """
     if constant_fill is not None:
-        constant_fill = float(constant_fill)
-        if not math.isfinite(constant_fill):
-            raise NonFiniteScoreError(f"constant_fill: expected a finite number or None, got {constant_fill!r}")
+        constant_fill = _finite_number(constant_fill, "constant_fill")
     videos = _video_frames(scores_by_video, labels_by_video, sigma, align, pad, pad_value, allow_subset,
                            normalise=True, constant_fill=constant_fill)
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from .datasets import (FRAME_EXTENSIONS, DatasetFormatError, DatasetNotFoundError, Video, VideoDataset,
                        list_frame_files)
-from .errors import ConfigError, CudaUnavailableError
+from .errors import ConfigError, CudaUnavailableError, InvalidInputError
 
 try:
     from .errors import LLSHError as _BaseError
@@ -849,6 +849,16 @@ class FeatureFile:
                 f"extractor={self.meta.get('extractor')!r}, labels={'yes' if self.labels else 'no'})")
 
 
+def _str_keyed(mapping: Any, what: str) -> Dict[str, Any]:
+    """Video names are stored as strings: {1: ...} and {"1": ...} name the same video."""
+    if not isinstance(mapping, Mapping):
+        raise InvalidInputError(f"{what}: expected a mapping of video name -> array, got {type(mapping).__name__}")
+    out = {str(k): v for k, v in mapping.items()}
+    if len(out) != len(mapping):
+        raise InvalidInputError(f"{what}: video names collide once written as strings: {sorted(map(repr, mapping))[:6]}")
+    return out
+
+
 def save_features(path: Union[str, os.PathLike], features_by_video: Mapping[str, np.ndarray],
                   meta: Optional[Mapping[str, Any]] = None, *,
                   labels_by_video: Optional[Mapping[str, np.ndarray]] = None,
@@ -870,23 +880,31 @@ def save_features(path: Union[str, os.PathLike], features_by_video: Mapping[str,
     ``path`` (atomic).  Returns the file size in bytes.
     """
     if dtype not in ("float32", "float16"):
-        raise ValueError(f"dtype: expected 'float32' or 'float16', got {dtype!r}")
-    names = [str(n) for n in features_by_video]
+        raise ConfigError(f"dtype: expected 'float32' or 'float16', got {dtype!r}")
+    features_by_video = _str_keyed(features_by_video, "features_by_video")
+    labels_by_video = None if labels_by_video is None else _str_keyed(labels_by_video, "labels_by_video")
+    frame_index_by_video = (None if frame_index_by_video is None
+                            else _str_keyed(frame_index_by_video, "frame_index_by_video"))
+    n_frames_by_video = None if n_frames_by_video is None else _str_keyed(n_frames_by_video, "n_frames_by_video")
+    if not features_by_video:
+        raise InvalidInputError("features_by_video: expected at least one video, got none")
+    names = list(features_by_video)
     arrays: Dict[str, np.ndarray] = {}
     dims = set()
     n_frames: Dict[str, int] = {}
     for i, name in enumerate(names):
         f = np.asarray(features_by_video[name])
         if f.ndim != 2:
-            raise ValueError(f"features of video {name!r}: expected (n_snippets, dim), got {f.shape}")
+            raise InvalidInputError(f"features of video {name!r}: expected (n_snippets, dim), got {f.shape}")
         if f.dtype.kind != "f" or not np.isfinite(f).all():
-            raise ValueError(f"features of video {name!r}: expected finite floats")
+            raise InvalidInputError(f"features of video {name!r}: expected finite floats, got {f.dtype}"
+                                    f"{' with NaN or Inf' if f.dtype.kind == 'f' else ''}")
         dims.add(f.shape[1])
         arrays[f"features_{i:05d}"] = f.astype(dtype)
         if frame_index_by_video is not None and name in frame_index_by_video:
             fi = np.asarray(frame_index_by_video[name], dtype=np.int64)
             if fi.shape != (f.shape[0],):
-                raise ValueError(f"frame index of video {name!r}: expected {f.shape[0]} entries, got {fi.shape}")
+                raise InvalidInputError(f"frame index of video {name!r}: expected {f.shape[0]} entries, got {fi.shape}")
             arrays[f"frame_index_{i:05d}"] = fi.astype(np.int32)
         if labels_by_video is not None and name in labels_by_video:
             arrays[f"labels_{i:05d}"] = np.asarray(labels_by_video[name]).astype(np.uint8)
@@ -895,11 +913,11 @@ def save_features(path: Union[str, os.PathLike], features_by_video: Mapping[str,
         elif f"labels_{i:05d}" in arrays:
             n_frames[name] = int(arrays[f"labels_{i:05d}"].size)
     if len(dims) > 1:
-        raise ValueError(f"all videos must have the same feature dimension, got {sorted(dims)}")
+        raise InvalidInputError(f"all videos must have the same feature dimension, got {sorted(dims)}")
     if labels_by_video is not None:
-        unknown = set(map(str, labels_by_video)) - set(names)
+        unknown = set(labels_by_video) - set(names)
         if unknown:
-            raise ValueError(f"labels for videos without features: {sorted(unknown)[:5]}")
+            raise InvalidInputError(f"labels for videos without features: {sorted(unknown)[:5]}")
     full_meta = dict(meta or {})
     full_meta.update(format=FEATURE_FILE_FORMAT, format_version=FEATURE_FILE_VERSION, videos=names,
                      n_frames=n_frames, dim=int(dims.pop()) if dims else int(full_meta.get("dim", 0)), dtype=dtype)

@@ -395,6 +395,26 @@ def test_load_labels_errors(tmp_path):
     assert list(ok) == ["a", "b"] and ok["b"].dtype == np.uint8 and ok["b"].tolist() == [0, 1]
 
 
+def test_option_types_and_mixed_video_names():
+    """pad_value / constant_fill of the wrong type, and video names of mixed types: typed errors, not
+    numpy's ValueError / TypeError from float() or sorted()."""
+    labels = {"a": [0, 1, 0, 1], "b": [1, 0, 0, 0]}
+    short = {"a": [0.1, 0.9, 0.2], "b": [0.9, 0.1, 0.2]}  # one frame fewer: padded with align="centre"
+    for bad in ("x", None, [1.0], True):
+        with pytest.raises(M.MetricsTypeError, match="pad_value: expected a number"):
+            M.micro_auc(short, labels, sigma=0, align="centre", pad_value=bad)
+    with pytest.raises(M.NonFiniteScoreError, match="pad_value"):
+        M.macro_auc(short, labels, sigma=0, align="centre", pad_value=float("nan"))
+    assert M.micro_auc(short, labels, sigma=0, align="centre", pad_value=np.float32(0.5)).auc == \
+        M.micro_auc(short, labels, sigma=0, align="centre", pad_value=0.5).auc
+    good = {"a": [0.1, 0.9, 0.2, 0.8], "b": [0.9, 0.1, 0.2, 0.3]}
+    for bad in ("x", [0.5]):
+        with pytest.raises(M.MetricsTypeError, match="constant_fill: expected a number"):
+            M.micro_auc(good, labels, sigma=0, constant_fill=bad)
+    with pytest.raises(M.MissingVideoError, match=r"\[1\]"):
+        M.micro_auc({**good, 1: [0.1, 0.2, 0.3, 0.4]}, labels, sigma=0)
+
+
 def test_input_errors():
     labels = {"a": [0, 1, 0, 1], "b": [1, 0, 0, 0]}
     good = {"a": [0.1, 0.9, 0.2, 0.8], "b": [0.9, 0.1, 0.2, 0.3]}

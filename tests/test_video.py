@@ -385,7 +385,25 @@ def test_save_rejects_bad_input(tmp_path):
         V.save_features(tmp_path / "a.npz", {"a": np.full((2, 3), np.nan)}, {})
     with pytest.raises(ValueError):
         V.save_features(tmp_path / "a.npz", {"a": np.zeros(3)}, {})
+    from llsh_index import InvalidInputError
+
+    for features, message in (({}, "at least one video"), ([np.zeros((2, 3))], "expected a mapping"),
+                              ({1: np.zeros((2, 3)), "1": np.zeros((2, 3))}, "collide"),
+                              ({"a": np.zeros((2, 3), np.int64)}, "finite floats, got int64"),
+                              ({"a": np.full((2, 3), np.inf)}, "with NaN or Inf")):
+        with pytest.raises(InvalidInputError, match=message):
+            V.save_features(tmp_path / "a.npz", features, {})
     assert not any(tmp_path.iterdir())
+
+
+def test_save_features_with_non_string_video_names(tmp_path):
+    """Integer video names are written as strings, with their labels and alignment (a KeyError before)."""
+    x = {1: np.ones((3, 4), np.float32), 2: np.zeros((2, 4), np.float32)}
+    V.save_features(tmp_path / "f.npz", x, {}, labels_by_video={1: [0, 1, 1, 0]}, frame_index_by_video={1: [0, 1, 2]})
+    ff = V.load_feature_file(tmp_path / "f.npz")
+    assert ff.videos == ["1", "2"] and ff.labels["1"].tolist() == [0, 1, 1, 0]
+    np.testing.assert_array_equal(ff.features["1"], x[1])
+    np.testing.assert_array_equal(ff.frame_index["1"], [0, 1, 2])
 
 
 def test_damaged_or_foreign_files(tmp_path):
