@@ -40,9 +40,12 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Uni
 import numpy as np
 
 try:  # typed errors of the package when it is importable; plain bases otherwise
-    from .errors import LLSHError as _BaseError
+    from .errors import ConfigError, LLSHError as _BaseError
 except Exception:  # pragma: no cover - only when this file is loaded outside the package
     class _BaseError(Exception):
+        pass
+
+    class ConfigError(_BaseError, ValueError):
         pass
 
 __all__ = [
@@ -125,7 +128,7 @@ def _split_name(split: str) -> str:
         return "training"
     if s in ("test", "testing"):
         return "testing"
-    raise ValueError(f"split: expected 'training'/'train' or 'testing'/'test', got {split!r}")
+    raise ConfigError(f"split: expected 'training'/'train' or 'testing'/'test', got {split!r}")
 
 
 def _as_labels(values, name: str, n_frames: Optional[int], source: str) -> np.ndarray:
