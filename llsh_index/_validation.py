@@ -76,7 +76,12 @@ def check_features(x: Any, name: str = "features", dim: Optional[int] = None, de
         raise DeviceMismatchError(f"{name}: expected data on {device}, got data on {src_device} "
                                   f"(move the data, or the index with index.to(...))")
     if _is_torch(x):
+        if x.layout != torch.strided:  # sparse / mkldnn: the chunked GEMM reads strided memory
+            raise InvalidInputError(f"{name}: expected a dense (strided) tensor, got layout {x.layout} "
+                                    f"(call .to_dense() first)")
         t = x.detach()
+        if t.is_neg() or t.is_conj():  # lazy negation bits (torch._neg_view) that from_numpy-style views lack
+            t = t.resolve_neg().resolve_conj()
     elif _is_cupy(x):
         t = torch.from_dlpack(x)  # zero copy, stays on the device
     else:

@@ -242,6 +242,8 @@ CATALOGUE = [
      ["part 0", "integers >= 0", "float64"]),
     ("combine-1d-parts", lambda: fitted().combine_partial_scores([_part(flat=True)]), InvalidInputError,
      ["part 0", "count (M, b)"]),
+    ("sparse-tensor", lambda: fitted().score(torch.from_numpy(X[:5]).to_sparse()), InvalidInputError,
+     ["dense", "sparse", "to_dense"]),
     # an int path was taken as a file descriptor: load() read the caller's fd and closed it
     ("load-int-path", lambda: LearnableLSHIndex.load(0), InvalidInputError, ["path", "file path", "int 0"]),
     ("load-none-path", lambda: LearnableLSHIndex.load(None), InvalidInputError, ["path", "NoneType"]),
@@ -497,6 +499,14 @@ def test_sharded_load_of_one_path_is_one_shard(tmp_path):
         sharded = llsh_index.ShardedIndex.load(path)
         assert len(sharded.shards) == 1
         np.testing.assert_array_equal(sharded.score(X[:20]), fitted().score(X[:20]))
+
+
+def test_negative_view_tensor_scores_like_its_values():
+    """torch's lazy negation bit (_neg_view) is resolved, not handed to the GEMM (RuntimeError before)."""
+    index = fitted()
+    t = torch._neg_view(torch.from_numpy(-X[:30]))
+    assert t.is_neg()
+    np.testing.assert_array_equal(index.score(t), index.score(X[:30]))
 
 
 def test_numpy_scalar_settings_are_accepted():
