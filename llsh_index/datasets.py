@@ -290,35 +290,16 @@ def load_frame_folders(root: PathLike, labels: Optional[Mapping[str, np.ndarray]
 
 
 def load_ped2_labels(mat_path: PathLike, frame_counts: Sequence[int]) -> List[np.ndarray]:
-    """Per-frame labels from a UCSD ``ped1.mat``/``ped2.mat``: ``loadmat(...)["gt"]`` holds one
-    2 x k array per test video with k ``[first; last]`` anomalous ranges (1-based, inclusive)."""
+    """Per-frame labels from a UCSD ``ped1.mat``/``ped2.mat``, in video order: the parser is
+    :func:`llsh_index.metrics.load_ped2_labels` (``gt`` holds one 2 x k array of 1-based,
+    inclusive ``[first; last]`` ranges per test video); its errors come as DatasetFormatError."""
     mat_path = _require_file(Path(mat_path), "UCSD label file")
-    from scipy.io import loadmat
+    from . import metrics
 
     try:
-        gt = loadmat(str(mat_path))["gt"]
-    except Exception as e:  # noqa: BLE001 - scipy's MatReadError and friends derive from Exception only
-        raise DatasetFormatError(f"cannot read 'gt' from {mat_path}: {type(e).__name__}: {e}") from e
-    cells = list(np.asarray(gt, dtype=object).reshape(-1))
-    if len(cells) != len(frame_counts):
-        raise DatasetFormatError(f"{mat_path}: labels for {len(cells)} videos, but {len(frame_counts)} test videos")
-    out = []
-    for i, (cell, n) in enumerate(zip(cells, frame_counts)):
-        try:
-            ranges = np.asarray(cell, dtype=np.int64)
-        except (TypeError, ValueError) as e:
-            raise DatasetFormatError(f"{mat_path}: entry {i} is not integer frame ranges ({e})") from e
-        if ranges.size % 2:
-            raise DatasetFormatError(f"{mat_path}: entry {i} has shape {ranges.shape}, expected 2 x k ranges")
-        ranges = ranges.reshape(2, -1)
-        lab = np.zeros(n, dtype=np.uint8)
-        for first, last in ranges.T:
-            if not 1 <= first <= last <= n:
-                raise DatasetFormatError(
-                    f"{mat_path}: video {i + 1} range [{first}, {last}] is outside its {n} frames")
-            lab[first - 1:last] = 1
-        out.append(lab)
-    return out
+        return list(metrics.load_ped2_labels(mat_path, list(frame_counts)).values())
+    except (metrics.MetricsError, metrics.MetricsTypeError) as e:
+        raise DatasetFormatError(str(e)) from e
 
 
 def load_ped2(root: PathLike, split: str = "testing", *, mat_path: Optional[PathLike] = None,

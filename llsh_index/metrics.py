@@ -661,14 +661,17 @@ def load_ped2_labels(
         if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
             raise MetricsTypeError(f"frame count of video {name!r}: expected an int >= 1, got {count!r}")
         count = int(count)
-        ranges = np.asarray(entry).astype(np.int64)  # stored as uint8 in ped2.mat
+        try:
+            ranges = np.asarray(entry).astype(np.int64)  # stored as uint8 in ped2.mat
+        except (TypeError, ValueError) as exc:
+            raise LabelFileError(f"{mat_path}: video {name!r}: expected integer frame ranges ({exc})") from exc
         if ranges.ndim != 2 or ranges.shape[0] != 2:
             raise LabelFileError(f"{mat_path}: video {name!r}: expected a 2 x R range array, got {ranges.shape}")
         labels = np.zeros(count, dtype=np.uint8)
         for first, last in ranges.T:
             if not 1 <= first <= last <= count:
                 raise LengthMismatchError(
-                    f"video {name!r}: anomalous range [{first}, {last}] (1-based) does not fit "
+                    f"{mat_path}: video {name!r}: anomalous range [{first}, {last}] (1-based) does not fit "
                     f"{count} frames"
                 )
             labels[first - 1 : last] = 1

@@ -89,7 +89,7 @@ def test_original_ucsd_layout(tmp_path):
 
 def test_ucsd_label_errors(tmp_path):
     root = _fake_ucsd(tmp_path / "a", [10], [[[3], [12]]])  # range beyond the video
-    with pytest.raises(D.DatasetFormatError, match="outside"):
+    with pytest.raises(D.DatasetFormatError, match="ped2.mat: video '01': anomalous range .3, 12. .* does not fit 10"):
         D.load_ped2(root, "testing")
     root = _fake_ucsd(tmp_path / "b", [10, 10], [[[3], [5]]])  # one entry for two videos
     with pytest.raises(D.DatasetFormatError, match="1 videos"):
@@ -102,14 +102,14 @@ def test_damaged_label_files_are_dataset_format_errors(tmp_path):
     TypeError escaped before)."""
     root = _fake_ucsd(tmp_path / "a", [10], [[[3], [5]]])
     (root / "ped2.mat").write_bytes(b"MATLAB 5.0 MAT-file" + bytes(10))
-    with pytest.raises(D.DatasetFormatError, match="cannot read 'gt' from .*ped2.mat"):
+    with pytest.raises(D.DatasetFormatError, match="ped2.mat: cannot be read as a MATLAB file"):
         D.load_ped2(root, "testing")
     from scipy.io import savemat
 
     cells = np.empty((1, 1), dtype=object)
     cells[0, 0] = np.array(["3", "x"])
     savemat(str(root / "ped2.mat"), {"gt": cells})
-    with pytest.raises(D.DatasetFormatError, match="entry 0 is not integer frame ranges"):
+    with pytest.raises(D.DatasetFormatError, match="video '01': expected integer frame ranges"):
         D.load_ped2(root, "testing")
     np.savez(tmp_path / "whole.npz", v=np.zeros(100))
     files = {"empty.npz": b"", "text.npz": b"video,frame\n", "truncated.npz": (tmp_path / "whole.npz").read_bytes()[:300]}
