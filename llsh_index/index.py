@@ -1110,8 +1110,11 @@ def _check_tables(t: Dict, index: LearnableLSHIndex, path: str) -> None:
     # Values no index can have written (a file whose checksums were recomputed over edited arrays):
     # sigmoid codes lie in [0, 1] and bucket sums of them are finite and >= 0.  min / max are one
     # pass each without temporaries, and NaN fails both comparisons.
-    for name, hi in (("codes", 1.0), ("bucket_sum", math.inf), ("bucket_sqnorm", math.inf)):
+    for name, top in (("codes", 1.0), ("bucket_sum", math.inf), ("bucket_sqnorm", math.inf)):
         a = t[name]
-        if a is not None and a.size and not (a.min() >= 0 and a.max() <= hi and np.isfinite(a.max())):
+        if a is None or not a.size:
+            continue
+        lo, hi = a.min(), a.max()
+        if not (lo >= 0 and hi <= top and np.isfinite(hi)):
             raise IndexFormatError(f"{path}: stored {name} hold values no index writes (NaN, Inf or outside "
-                                   f"[0, {hi:g}]: min {a.min()}, max {a.max()})")
+                                   f"[0, {top:g}]: min {lo}, max {hi})")

@@ -50,9 +50,11 @@ def _crc(buf) -> int:
 def check_write_path(path) -> str:
     """The file a save to `path` will write (symlinks followed), or WritePathError when `path` can
     never be one: empty, a folder, a device, a FIFO.  Commands call it before their work."""
-    given = os.fspath(path)
-    if not isinstance(given, str) or not given:
-        raise WritePathError(f"expected a file path, got {given!r}")
+    if isinstance(path, bool) or not isinstance(path, (str, bytes, os.PathLike)):
+        raise WritePathError(f"expected a file path (str or os.PathLike), got {type(path).__name__} {path!r}")
+    given = os.fsdecode(path)
+    if not given:
+        raise WritePathError("expected a file path, got ''")
     # A symlink is followed: the file it names is replaced and the link keeps pointing at it (a
     # rename over the link itself would cut it off).  Anything else that is not a plain file (a
     # folder, /dev/null, a FIFO) is refused: the rename would replace it with a file.
@@ -71,7 +73,7 @@ def atomic_write(path) -> Iterator[BinaryIO]:
 
     Every writer of the package goes through here (indexes, scorers, feature and score files).
     """
-    given = os.fspath(path)
+    given = os.fsdecode(path) if isinstance(path, (str, bytes, os.PathLike)) else path
     path = check_write_path(given)
     folder = os.path.dirname(path)
     try:
