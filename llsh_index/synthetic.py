@@ -72,6 +72,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .errors import WritePathError
+
 __all__ = [
     "ST_TRAIN_SNIPPETS", "ST_TRAIN_VIDEOS", "ST_TRAIN_FRAMES", "BUNDLE_FORMAT", "SyntheticConfig",
     "FeatureBundle", "default_st_labels_path", "load_st_layout", "snippet_labels", "generate",
@@ -346,6 +348,28 @@ def _train_lengths(rng: np.random.Generator, cfg: SyntheticConfig) -> np.ndarray
     return lengths
 
 
+_PARTIAL_MARK = ".llsh-partial-bundle"
+
+
+def _check_replaceable(out_dir: str) -> None:
+    """generate() replaces out_dir only when it is absent, empty, or a feature bundle (its manifest
+    says so): anything else (a user's folder, a file) raises WritePathError and is left alone."""
+    if not os.path.lexists(out_dir):
+        return
+    if not os.path.isdir(out_dir) or os.path.islink(out_dir):
+        raise WritePathError(f"{out_dir}: expected a folder for the bundle, but it is a file or a link")
+    if not os.listdir(out_dir):
+        return
+    try:
+        with open(os.path.join(out_dir, "manifest.json")) as f:
+            ok = json.load(f).get("format") == BUNDLE_FORMAT
+    except (OSError, ValueError, AttributeError):
+        ok = False
+    if not ok:
+        raise WritePathError(f"{out_dir}: exists and is not a feature bundle (no manifest.json of format "
+                             f"{BUNDLE_FORMAT!r}); generate() replaces only bundles: give another folder")
+
+
 def generate(out_dir: str, labels: Optional[Mapping[str, np.ndarray]] = None,
              config: Optional[SyntheticConfig] = None, *, overwrite: bool = False,
              progress: bool = False) -> FeatureBundle:
@@ -367,14 +391,20 @@ def generate(out_dir: str, labels: Optional[Mapping[str, np.ndarray]] = None,
     layout_sig = [[n, int(frame_labels[n].size), int(frame_labels[n].sum())] for n in names]
 
     mpath = os.path.join(out_dir, "manifest.json")
+    _check_replaceable(out_dir)  # before the work: a folder that is not a bundle is never deleted
     if os.path.exists(mpath) and not overwrite:
         with open(mpath) as f:
             old = json.load(f)
         if old.get("config") == {"synthetic": cfg.to_json(), "layout": layout_sig}:
             return open_bundle(out_dir)
     tmp_dir = out_dir.rstrip("/\\") + ".partial"
-    shutil.rmtree(tmp_dir, ignore_errors=True)
+    if os.path.lexists(tmp_dir):
+        if not os.path.isfile(os.path.join(tmp_dir, _PARTIAL_MARK)):
+            raise WritePathError(f"{tmp_dir}: exists and is not an unfinished bundle of this package (no "
+                                 f"{_PARTIAL_MARK}); move it away, generate() builds the bundle there")
+        shutil.rmtree(tmp_dir)
     os.makedirs(tmp_dir)
+    open(os.path.join(tmp_dir, _PARTIAL_MARK), "w").close()
 
     d = cfg.dim
     root_ss = np.random.SeedSequence(cfg.seed)
@@ -470,7 +500,9 @@ def generate(out_dir: str, labels: Optional[Mapping[str, np.ndarray]] = None,
         json.dump(events, f)
     write_bundle_manifest(tmp_dir, dim=d, train_videos=train_videos, test_videos=test_videos, source="synthetic",
                           config={"synthetic": cfg.to_json(), "layout": layout_sig})
+    os.remove(os.path.join(tmp_dir, _PARTIAL_MARK))
     if os.path.exists(out_dir):
+        _check_replaceable(out_dir)  # again: it may have changed during the work
         shutil.rmtree(out_dir)
     os.replace(tmp_dir, out_dir)
     return open_bundle(out_dir)

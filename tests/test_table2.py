@@ -122,6 +122,33 @@ def test_synthetic_deterministic_and_seeded(tmp_path):
     assert os.path.getmtime(tmp_path / "a" / "train_features.npy") == mtime
 
 
+def test_generate_replaces_only_bundles(tmp_path):
+    """A folder that is not a bundle (or a stray '.partial' that is not ours) is refused, never
+    deleted; an empty folder and an older bundle are replaced."""
+    from llsh_index import WritePathError
+
+    labels = toy_labels()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "precious.txt").write_text("keep me")
+    with pytest.raises(WritePathError, match="is not a feature bundle"):
+        S.generate(str(mine), labels, tiny_config())
+    assert (mine / "precious.txt").read_text() == "keep me" and not (tmp_path / "mine.partial").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(WritePathError, match="is a file"):
+        S.generate(str(tmp_path / "file"), labels, tiny_config())
+    (tmp_path / "b.partial").mkdir()
+    (tmp_path / "b.partial" / "notes.txt").write_text("keep me too")
+    with pytest.raises(WritePathError, match="not an unfinished bundle"):
+        S.generate(str(tmp_path / "b"), labels, tiny_config())
+    assert (tmp_path / "b.partial" / "notes.txt").exists()
+    (tmp_path / "empty").mkdir()
+    S.generate(str(tmp_path / "empty"), labels, tiny_config())
+    b = S.generate(str(tmp_path / "empty"), labels, tiny_config(seed=9))  # another bundle: replaced
+    assert b.n_train > 0 and not (tmp_path / "empty.partial").exists()
+    assert not (tmp_path / "empty" / ".llsh-partial-bundle").exists()
+
+
 def test_synthetic_streams_without_holding_n_by_d(tmp_path):
     labels = toy_labels()
     cfg = tiny_config(scale=60000 / S.ST_TRAIN_SNIPPETS, dim=64, n_train_videos=100)
