@@ -29,6 +29,7 @@ constructor.
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any, Protocol, runtime_checkable
 
@@ -203,6 +204,21 @@ def _as_features(x: Any, what: str, dim: int | None = None) -> np.ndarray:
     return out
 
 
+def _check_l2_range(x: np.ndarray, what: str) -> np.ndarray:
+    """Rows faiss can take squared L2 distances of in float32: |x| up to sqrt(float32 max) / (2 sqrt(d)).
+    Beyond it the distances overflow to inf: faiss K-means aborts the process ("invalid cluster
+    assignment"), assignments come back -1 and k-NN finds no neighbour."""
+    limit = math.sqrt(float(np.finfo(np.float32).max)) / (2.0 * math.sqrt(x.shape[1]))
+    peak = np.abs(x).max(axis=1)
+    if not (peak <= limit).all():
+        row = int(np.flatnonzero(~(peak <= limit))[0])
+        raise NonFiniteInputError(
+            f"{what}: row {row} has values up to {peak[row]:.3g}, too large for float32 squared L2 distances "
+            f"(limit {limit:.3g} at d={x.shape[1]}); rescale the features"
+        )
+    return x
+
+
 def _l2_normalise(x: np.ndarray, what: str) -> np.ndarray:
     """Row-wise L2 normalisation (computed in float64), float32 output; zero rows are an error."""
     out = np.empty_like(x, dtype=np.float32)
@@ -262,19 +278,32 @@ def _header_array(scorer: str, params: dict, **extra: Any) -> np.ndarray:
     return np.array(json.dumps(header, sort_keys=True))
 
 
+# np.load and the zip reader raise many things on a damaged or foreign file: BadZipFile, EOFError,
+# OSError, NotImplementedError (a compression method), zlib.error, SyntaxError or tokenize's
+# TokenError from a .npy header that no longer parses, MemoryError from a flipped shape.  Any of
+# them means "not a readable scorer file"; a missing file stays FileNotFoundError, as for indexes.
+_DAMAGED = (Exception,)
+
+
 def _read_file(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
-    path = os.fspath(path)
+    if isinstance(path, bool) or not isinstance(path, (str, bytes, os.PathLike)):
+        # np.load would take an int as an open file descriptor
+        raise ScorerFormatError(f"expected a file path (str or os.PathLike), got {type(path).__name__} {path!r}")
+    path = os.fsdecode(path)
     try:
         z = np.load(path, allow_pickle=False)
-    except ValueError as exc:  # object arrays, corrupt archives
-        raise ScorerFormatError(f"{path}: not a scorer file ({exc})") from exc
+    except FileNotFoundError:
+        raise
+    except _DAMAGED as exc:
+        why = "a pickle or object array" if "pickle" in str(exc) else f"{type(exc).__name__}: {exc}"
+        raise ScorerFormatError(f"{path}: not a scorer file ({why})") from exc
     if not isinstance(z, np.lib.npyio.NpzFile):
         raise ScorerFormatError(f"{path}: expected an .npz archive, got a single array")
     with z:
         try:
             arrays = {k: z[k] for k in z.files}
-        except ValueError as exc:
-            raise ScorerFormatError(f"{path}: unreadable array ({exc})") from exc
+        except _DAMAGED as exc:
+            raise ScorerFormatError(f"{path}: damaged archive ({type(exc).__name__}: {exc})") from exc
     if "header" not in arrays:
         raise ScorerFormatError(f"{path}: expected a 'header' entry, got entries {sorted(arrays)}")
     raw = arrays.pop("header")
@@ -288,7 +317,7 @@ def _read_file(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
         got = header.get("format") if isinstance(header, dict) else type(header).__name__
         raise ScorerFormatError(f"{path}: expected format {FORMAT_NAME!r}, got {got!r}")
     version = header.get("format_version")
-    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
         raise ScorerFormatError(
             f"{path}: expected format_version 1..{FORMAT_VERSION}, got {version!r}"
         )
@@ -370,13 +399,17 @@ class KNNScorer:
     def _prepare(self, x: np.ndarray, what: str) -> np.ndarray:
         return _l2_normalise(x, what) if self.metric == "cosine" else x
 
+    def _rows(self, x: Any, what: str, dim: int | None = None) -> np.ndarray:
+        x = _as_features(x, what, dim)
+        return x if self.metric == "cosine" else _check_l2_range(x, what)  # cosine: normalised in float64
+
     def fit(self, features: Any, video_ids: Any = None) -> "KNNScorer":
         """Use ``features`` ``(N, d)`` as the training set (replacing any previous one).
 
         ``video_ids`` is accepted for the shared interface and only length-checked: the
         KNN baseline does not use it.
         """
-        x = _as_features(features, "features")
+        x = self._rows(features, "features")
         _check_video_ids(video_ids, x.shape[0])
         if x.shape[0] < self.k:
             raise ConfigError(f"features: expected at least k={self.k} rows, got {x.shape[0]}")
@@ -391,7 +424,7 @@ class KNNScorer:
         if self._index is None:
             self.fit(features)
             return
-        x = _as_features(features, "features", self._dim)
+        x = self._rows(features, "features", self._dim)
         self._index.add(self._prepare(x, "features"))
 
     def _require_fitted(self) -> None:
@@ -402,7 +435,7 @@ class KNNScorer:
     def score(self, queries: Any) -> np.ndarray:
         """Mean distance of every query row to its ``k`` nearest training features, float32 ``(M,)``."""
         self._require_fitted()
-        q = _as_features(queries, "queries", self._dim)
+        q = self._rows(queries, "queries", self._dim)
         out = np.empty(q.shape[0], dtype=np.float32)
         for s in range(0, q.shape[0], self.batch_size):
             batch = self._prepare(q[s : s + self.batch_size], "queries")
@@ -580,7 +613,7 @@ class KMeansScorer:
 
     def fit(self, features: Any, video_ids: Any = None) -> "KMeansScorer":
         """Cluster ``features`` ``(N, d)`` (``N >= n_clusters``); ``video_ids`` is only length-checked."""
-        x = _as_features(features, "features")
+        x = _check_l2_range(_as_features(features, "features"), "features")
         _check_video_ids(video_ids, x.shape[0])
         n, d = x.shape
         if n < self.n_clusters:
@@ -611,7 +644,7 @@ class KMeansScorer:
         if self._centroids is None:
             self.fit(features)
             return
-        x = _as_features(features, "features", self.dim)
+        x = _check_l2_range(_as_features(features, "features", self.dim), "features")
         assign, _ = self._nearest(x)
         m = np.bincount(assign, minlength=self.n_clusters).astype(np.int64)
         sums = np.zeros(self._centroids.shape, dtype=np.float64)
@@ -625,14 +658,14 @@ class KMeansScorer:
     def score(self, queries: Any) -> np.ndarray:
         """Euclidean distance of every query row to its nearest centre, float32 ``(M,)``."""
         self._require_fitted()
-        q = _as_features(queries, "queries", self.dim)
+        q = _check_l2_range(_as_features(queries, "queries", self.dim), "queries")
         _, dist = self._nearest(q)
         return dist.astype(np.float32)
 
     def assign(self, queries: Any) -> np.ndarray:
         """Index of the nearest centre of every query row, int64 ``(M,)``."""
         self._require_fitted()
-        idx, _ = self._nearest(_as_features(queries, "queries", self.dim))
+        idx, _ = self._nearest(_check_l2_range(_as_features(queries, "queries", self.dim), "queries"))
         return idx
 
     @property

@@ -315,6 +315,54 @@ def test_load_rejects_bad_files(tmp_path, data):
         B.KNNScorer.load(tmp_path / "pickled.npz")
 
 
+def test_damaged_scorer_files_are_scorer_format_errors(tmp_path, blobs):
+    """Truncated or byte-flipped archives, empty files, folders and non-path arguments: ScorerFormatError
+    (BadZipFile, EOFError, OSError, NotImplementedError escaped); a flip either fails or changes nothing."""
+    x, q = blobs[:2]
+    for scorer in (B.KNNScorer(k=3).fit(x), B.KMeansScorer(n_clusters=4, n_iter=3).fit(x)):
+        path = tmp_path / "s.npz"
+        scorer.save(path)
+        raw = path.read_bytes()
+        want = scorer.score(q)
+        bad = tmp_path / "bad.npz"
+        for cut in range(0, len(raw), max(1, len(raw) // 97)):
+            bad.write_bytes(raw[:cut])
+            with pytest.raises(B.ScorerFormatError):
+                type(scorer).load(bad)
+        rng = np.random.default_rng(0)
+        for i in rng.choice(len(raw), 150, replace=False):
+            b = bytearray(raw)
+            b[i] ^= 0x5A
+            bad.write_bytes(bytes(b))
+            try:
+                loaded = type(scorer).load(bad)
+            except B.ScorerFormatError:
+                continue
+            np.testing.assert_array_equal(loaded.score(q), want)  # a flip that loads is in unused bytes
+    (tmp_path / "folder.npz").mkdir()
+    for arg, message in ((tmp_path / "folder.npz", "IsADirectoryError"), (3, "file path.*int 3"),
+                         (None, "NoneType")):
+        with pytest.raises(B.ScorerFormatError, match=message):
+            B.KNNScorer.load(arg)
+    with pytest.raises(FileNotFoundError):
+        B.KNNScorer.load(tmp_path / "missing.npz")
+
+
+def test_values_too_large_for_float32_l2_are_refused(blobs):
+    """faiss's float32 squared distances overflow above ~sqrt(float32 max) / (2 sqrt(d)): K-means
+    aborted the process, assign returned -1 and k-NN found no neighbour; now a typed error."""
+    x, q = blobs[:2]
+    km = B.KMeansScorer(n_clusters=4, n_iter=3).fit(x)
+    cases = [lambda: B.KMeansScorer(n_clusters=3, n_iter=3).fit(x * 1e19), lambda: km.assign(q * 1e19),
+             lambda: km.score(q * 1e19), lambda: km.add(x * 1e20), lambda: B.KNNScorer(k=3, metric="l2").fit(x * 1e19),
+             lambda: B.KNNScorer(k=3, metric="l2").fit(x).score(q * 1e19)]
+    for case in cases:
+        with pytest.raises(B.NonFiniteInputError, match="too large for float32 squared L2 distances"):
+            case()
+    big = B.KNNScorer(k=3).fit(x * 1e19)  # cosine normalises in float64 first: any finite scale
+    np.testing.assert_allclose(big.score(q * 1e19), B.KNNScorer(k=3).fit(x).score(q), rtol=1e-5, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
