@@ -335,11 +335,12 @@ class LearnableLSHIndex:
 
     # ------------------------------------------------------------------ indexing
     @torch.no_grad()
-    def add(self, features, progress: bool = False) -> "LearnableLSHIndex":
+    def add(self, features, progress: bool = False, *, _first_row: int = 0) -> "LearnableLSHIndex":
         """Hashes `features` in bounded chunks and merges them into the sorted tables.
 
         Repeated add() calls give exactly the tables of one add() of all the data: rows are
-        ordered by (key, item id) whatever the batching.
+        ordered by (key, item id) whatever the batching.  (_first_row: where these rows start in a
+        caller's larger array, for the row numbers of errors; ShardedIndex.add.)
         """
         from tqdm.auto import tqdm
 
@@ -361,8 +362,8 @@ class LearnableLSHIndex:
             stage_direct = not on_gpu and codes.dtype == np.float32
             buf = self._chunk_buffer(t)  # each chunk's codes are staged before the next overwrites them
             for i, chunk in self._chunks(t):
-                out = self._encode_chunk(chunk, "features", i, stage=(keys, codes, i) if stage_direct else None,
-                                         buf=buf)
+                out = self._encode_chunk(chunk, "features", _first_row + i,
+                                         stage=(keys, codes, i) if stage_direct else None, buf=buf)
                 if out is not None:
                     c, k = out
                     rows = slice(i, i + c.shape[0])

@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait as futures_wait
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -239,7 +239,12 @@ class ShardedIndex(_ShardScoring):
         if self._threads is None:  # one single-worker executor per device: a device's work never overlaps itself
             self._threads = {d: ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llsh-{d}") for d, _ in groups}
         futures = [self._threads[d].submit(fn, d, idx) for d, idx in groups]
-        return lambda: [f.result() for f in futures]
+
+        def wait():
+            futures_wait(futures)  # every device done first: an error leaves no work running behind it
+            return [f.result() for f in futures]
+
+        return wait
 
     def close(self) -> None:
         """Stops the per-device threads (the shards stay usable; threads restart when needed)."""
@@ -273,9 +278,17 @@ class ShardedIndex(_ShardScoring):
             with _device_scope(dev):
                 for i in idx:
                     if bounds[i + 1] > bounds[i]:
-                        self.shards[i].add(_send(t[bounds[i]:bounds[i + 1]], dev))
+                        self.shards[i].add(_send(t[bounds[i]:bounds[i + 1]], dev), _first_row=int(bounds[i]))
 
-        self._start(run)()
+        # all or nothing: a bad row in one part must not leave the other parts added (a retry would
+        # add them twice); each shard's add() swaps in new tables, so the old ones are the undo
+        before = [s._tables for s in self.shards]
+        try:
+            self._start(run)()
+        except BaseException:
+            for s, tables in zip(self.shards, before):
+                s._tables = tables
+            raise
         return self
 
     # ------------------------------------------------------------------ scoring

@@ -123,6 +123,24 @@ def test_statistics_only_shards_and_repeated_adds(data):
         sh.score(q, "mean")
 
 
+@pytest.mark.parametrize("kw", [dict(devices=["cpu", "cpu"]), dict(devices="cpu", n_shards=3)])
+def test_failed_add_adds_nothing_and_names_the_row(data, kw):
+    """A bad row in one part leaves every shard as it was (other parts were added before, and a retry
+    added them twice), and the error names the row in the caller's array, not in the part."""
+    x, q, layers, _ = data
+    sh = ShardedIndex(layers, **kw).add(x[:10])
+    before = list(sh.shard_sizes)
+    want = sh.score(q)
+    bad = x[:200].copy()
+    bad[199, 0] = np.nan
+    with pytest.raises(InvalidInputError, match="row 199"):
+        sh.add(bad)
+    assert sh.shard_sizes == before
+    np.testing.assert_array_equal(sh.score(q), want)
+    sh.add(x[10:200])  # the retry, fixed: exactly one index over x[:200]
+    np.testing.assert_array_equal(sh.score(q), layers.empty_like().add(x[:200]).score(q))
+
+
 def test_empty_shard_at_score_time_and_float16_codes(data):
     x, q, layers, _ = data
     tiny = ShardedIndex(layers, devices="cpu", n_shards=3).add(x[:2])
