@@ -454,7 +454,10 @@ class LearnableLSHIndex:
         if mine != theirs:
             raise ConfigError(f"merge: expected an index with (dim, n_tables, n_bits, code_dtype, store_codes) = "
                               f"{mine}, got {theirs}")
-        if self.encoder is None or other.encoder is None or not torch.equal(
+        if self.encoder is None or other.encoder is None:
+            raise NotFittedError("merge: an index without hash layers yet (no fit() or add()) has nothing to share; "
+                                 "give the indexes their layers first")
+        if not torch.equal(
                 self.encoder.weight.detach().cpu(), other.encoder.weight.detach().cpu()):
             raise ConfigError("merge: the indexes must share the same hash layers (train once, then copy the "
                               "layers to every shard, e.g. with save()/load() before add())")

@@ -181,6 +181,11 @@ class ShardedIndex(_ShardScoring):
         _check_indexes(shards, "from_shards")
         for s in shards[1:]:
             shards[0]._check_same_layers(s)
+            # the first shard's settings score for all: shards that differ would make the scores
+            # depend on the order of the list
+            if (s.mode, s.miss_value) != (shards[0].mode, shards[0].miss_value):
+                raise ConfigError(f"from_shards: every shard must have the same mode and miss_value, got "
+                                  f"{[(x.mode, x.miss_value) for x in shards]}")
         out = cls.__new__(cls)
         out._init(shards[0].empty_like().to("cpu"), shards, _resolve_devices(devices))
         return out

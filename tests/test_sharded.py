@@ -123,6 +123,23 @@ def test_statistics_only_shards_and_repeated_adds(data):
         sh.score(q, "mean")
 
 
+def test_from_shards_refuses_shards_that_would_score_by_their_order(data, tmp_path):
+    """The first shard's settings score for all: shards with another miss_value or mode gave scores
+    that depended on the order of the list; unfitted shards are named as such."""
+    x, q, layers, _ = data
+    a = layers.empty_like(miss_value=100.0).add(x[:100])
+    b = layers.empty_like().add(x[100:200])
+    for shards in ([a, b], [b, a]):
+        with pytest.raises(ConfigError, match="same mode and miss_value"):
+            ShardedIndex.from_shards(shards, devices="cpu")
+    with pytest.raises(ConfigError, match="same mode and miss_value"):
+        ShardedIndex.from_shards([b, layers.empty_like(mode="squared").add(x[:5])], devices="cpu")
+    from llsh_index import NotFittedError
+
+    with pytest.raises(NotFittedError, match="without hash layers"):
+        ShardedIndex.from_shards([LearnableLSHIndex(), LearnableLSHIndex()], devices="cpu")
+
+
 @pytest.mark.parametrize("kw", [dict(devices=["cpu", "cpu"]), dict(devices="cpu", n_shards=3)])
 def test_failed_add_adds_nothing_and_names_the_row(data, kw):
     """A bad row in one part leaves every shard as it was (other parts were added before, and a retry
