@@ -38,7 +38,7 @@ import torch
 
 from . import probing
 from ._validation import _is_cupy, _is_torch, check_features, check_int_range
-from .errors import ConfigError, CudaUnavailableError, NotFittedError
+from .errors import ConfigError, CudaUnavailableError, NotFittedError, WritePathError
 from .index import LearnableLSHIndex, _check_indexes, _normalise_device, _to_numpy, check_reduce, probed_scores
 
 __all__ = ["ShardedIndex"]
@@ -359,13 +359,23 @@ class ShardedIndex(_ShardScoring):
 
     # ------------------------------------------------------------------ persistence
     def save_shards(self, folder) -> List[str]:
-        """Saves shard i to folder/shard_00000.llsh, ...; returns the paths (ShardedIndex.load reads them)."""
-        folder = Path(folder)
+        """Saves shard i to folder/shard_00000.llsh, ...; returns the paths (ShardedIndex.load reads them).
+
+        Shard files of an earlier, larger save in the same folder (shard_000NN.llsh beyond this
+        index's count) are removed, so the folder holds this index and nothing else of the kind."""
+        if isinstance(folder, bool) or not isinstance(folder, (str, bytes, os.PathLike)):
+            raise WritePathError(f"save_shards: expected a folder path, got {type(folder).__name__} {folder!r}")
+        folder = Path(os.fsdecode(folder))
+        if folder.exists() and not folder.is_dir():
+            raise WritePathError(f"save_shards: {folder} exists and is not a folder")
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
         for i, s in enumerate(self.shards):
             paths.append(str(folder / f"shard_{i:05d}.llsh"))
             s.save(paths[-1])
+        for stale in folder.glob("shard_[0-9][0-9][0-9][0-9][0-9].llsh"):
+            if int(stale.name[6:11]) >= len(self.shards):
+                stale.unlink()
         return paths
 
     def gather(self) -> LearnableLSHIndex:

@@ -170,6 +170,26 @@ def test_empty_shard_at_score_time_and_float16_codes(data):
     assert_equal_to(half, single, q)
 
 
+def test_save_shards_leaves_only_this_index_in_the_folder(data, tmp_path):
+    """Re-saving a smaller sharded index into a folder removes the earlier save's extra shard files
+    (loading the folder's shard files gave more items than the index holds); bad folders are typed."""
+    from llsh_index import WritePathError
+
+    x, q, layers, _ = data
+    ShardedIndex(layers, devices="cpu", n_shards=3).add(x[:300]).save_shards(tmp_path / "s")
+    (tmp_path / "s" / "notes.txt").write_text("not ours")
+    small = ShardedIndex(layers, devices="cpu", n_shards=2).add(x[:50])
+    paths = small.save_shards(tmp_path / "s")
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["notes.txt", "shard_00000.llsh", "shard_00001.llsh"]
+    loaded = ShardedIndex.load(sorted(str(p) for p in (tmp_path / "s").glob("shard_*.llsh")), devices="cpu")
+    assert loaded.ntotal == 50 and paths == sorted(paths)
+    np.testing.assert_array_equal(loaded.score(q), small.score(q))
+    (tmp_path / "file").write_text("x")
+    for bad, message in ((tmp_path / "file", "is not a folder"), (None, "expected a folder path")):
+        with pytest.raises(WritePathError, match=message):
+            small.save_shards(bad)
+
+
 def test_from_shards_save_load_and_gather(data, tmp_path):
     x, q, layers, single = data
     parts = [layers.empty_like().add(p) for p in np.split(x, [700, 2500])]
