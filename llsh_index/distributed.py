@@ -65,11 +65,13 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any, Callable, List, Optional, Sequence, Union
 
 import numpy as np
 
-from .errors import ConfigError
+from ._validation import check_int_range
+from .errors import ConfigError, NotFittedError
 from .index import LearnableLSHIndex
 from .sharded import _ShardScoring
 
@@ -303,15 +305,11 @@ class DistributedIndex(_ShardScoring):
             codes, keys = self._actors[0].hash_queries.options(num_returns=2).remote(queries)
             parts = self._start_partials(codes, keys, mode)()
             return self._combine(parts, ray.get(codes) if mode == "light" else None, mode, return_distances, reduce)
-        if not hasattr(queries, "shape"):
-            queries = np.asarray(queries)
-        n = int(queries.shape[0]) if len(queries.shape) else 0
-        step = max(n, 1) if query_batch is None else int(query_batch)
-        if step < 1:
-            raise ConfigError(f"query_batch: expected an integer >= 1 or None, got {query_batch!r}")
-        # the driver hashes each round once (shards receive b*r floats + b keys per query, not d
-        # features); with no rows, the one empty round makes hash_queries raise its error
-        rounds = [queries[i:i + step] for i in range(0, n, step)] or [queries[0:step]]
+        queries = self._template._features(queries, "queries")  # typed errors here, not IndexError below
+        n = int(queries.shape[0])
+        step = n if query_batch is None else check_int_range(query_batch, "query_batch", 1)
+        # the driver hashes each round once (shards receive b*r floats + b keys per query, not d features)
+        rounds = [queries[i:i + step] for i in range(0, n, step)]
         return self._pipelined(rounds, self._template.hash_queries, mode, return_distances, n_probes, miss_probes,
                                reduce, plain)
 
@@ -421,11 +419,17 @@ def build_distributed(layers: LearnableLSHIndex, partitions: Sequence[Partition]
     Ray must be initialised (ray.init) or it is started locally.
     """
     ray = _ray()
+    if not isinstance(layers, LearnableLSHIndex):
+        raise ConfigError(f"build_distributed: expected a LearnableLSHIndex as layers, got {type(layers).__name__}")
+    if isinstance(partitions, (str, bytes, os.PathLike)):  # one .npy path is one partition
+        partitions = [partitions]
+    if not isinstance(partitions, Iterable):
+        raise ConfigError(f"build_distributed: expected a list of partitions, got {type(partitions).__name__}")
     partitions = list(partitions)
     if not partitions:
         raise ConfigError("build_distributed: expected at least one partition, got none")
-    if layers.encoder is None:
-        raise ConfigError("build_distributed: the layers have no hash layers yet (no fit(), or dim unknown)")
+    if layers.encoder is None:  # as ShardedIndex: NotFittedError
+        raise NotFittedError("build_distributed: the layers have no hash layers yet (no fit(), or dim unknown)")
     overrides = {}
     if mode is not None:
         overrides["mode"] = mode
@@ -449,6 +453,10 @@ def load_distributed(paths: Sequence[str], *, num_cpus_per_shard: Optional[float
     """Shard actors that each load one file written by save_shards() (paths readable by the workers);
     with `pool`, free actors of that ShardPool load them."""
     ray = _ray()
+    if isinstance(paths, (str, bytes, os.PathLike)):  # one path is one shard, not a sequence of characters
+        paths = [paths]
+    if not isinstance(paths, Iterable):
+        raise ConfigError(f"load_distributed: expected a list of shard files, got {type(paths).__name__}")
     paths = [os.fspath(p) for p in paths]
     if not paths:
         raise ConfigError("load_distributed: expected at least one shard file, got none")

@@ -4,6 +4,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+import llsh_index  # noqa: E402
 from llsh_index import ConfigError, LearnableLSHIndex, _engine  # noqa: E402
 from llsh_index.distributed import (DistributedIndex, ShardPool, build_distributed, load_distributed,  # noqa: E402
                                     main)
@@ -224,5 +225,35 @@ def test_bad_queries_fail_on_the_driver(built):
         dist.score(np.zeros((3, 5), np.float32))
     with pytest.raises(InvalidInputError, match="at least one row"):
         dist.score(np.zeros((0, 24), np.float32))
-    with pytest.raises(ConfigError, match="query_batch: expected an integer >= 1"):
+    with pytest.raises(ConfigError, match="query_batch: expected >= 1, got 0"):
         dist.score(np.zeros((3, 24), np.float32), query_batch=0)
+    # not arrays: typed on the driver (IndexError before), and query_batch an integer (2.5 was truncated)
+    for bad, error, message in ((None, llsh_index.InvalidDTypeError, "float"), ("abc", llsh_index.InvalidDTypeError, "float"),
+                                (np.float32(1), InvalidInputError, "2-D")):
+        with pytest.raises(error, match=message):
+            dist.score(bad)
+    for batch in (2.5, "x", True):
+        with pytest.raises(ConfigError, match="query_batch: expected an integer"):
+            dist.score(np.zeros((3, 24), np.float32), query_batch=batch)
+
+
+def test_build_and_load_arguments_are_checked(data, built, tmp_path):
+    """One path is one shard file (it was iterated by character); non-index layers, missing
+    partitions and unfitted layers are typed."""
+    from llsh_index.distributed import build_distributed, load_distributed
+
+    x, q = data[0], data[1]
+    dist = built[2]
+    path = dist.save_shards(tmp_path / "s")[0]
+    one = load_distributed(path)
+    try:
+        assert one.n_shards == 1
+    finally:
+        one.shutdown()
+    for args, error, message in ((("x", [x]), ConfigError, "LearnableLSHIndex as layers, got str"),
+                                 ((LearnableLSHIndex(24), None), ConfigError, "list of partitions, got NoneType"),
+                                 ((LearnableLSHIndex(), [x]), llsh_index.NotFittedError, "no hash layers")):
+        with pytest.raises(error, match=message):
+            build_distributed(*args)
+    with pytest.raises(ConfigError, match="list of shard files, got NoneType"):
+        load_distributed(None)
