@@ -160,6 +160,8 @@ def faiss_gpu_available() -> bool:
 
 
 def _resolve_use_gpu(use_gpu: bool | None) -> bool:
+    if use_gpu is not None and not isinstance(use_gpu, (bool, np.bool_)):  # "no" would count as True
+        raise ConfigError(f"use_gpu: expected True, False or None, got {use_gpu!r}")
     if use_gpu is None:
         return faiss_gpu_available()
     if use_gpu and not faiss_gpu_available():
@@ -246,12 +248,16 @@ def _check_video_ids(video_ids: Any, n: int) -> None:
         raise ShapeError(f"video_ids: expected length {n} (one per feature row), got {m}")
 
 
-def _check_positive_int(value: Any, what: str, minimum: int = 1) -> int:
+def _check_positive_int(value: Any, what: str, minimum: int = 1, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise ConfigError(f"{what}: expected an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ConfigError(f"{what}: expected >= {minimum}, got {value}")
+    if value < minimum or (maximum is not None and value > maximum):
+        raise ConfigError(f"{what}: expected {f'{minimum}..{maximum}' if maximum is not None else f'>= {minimum}'}"
+                          f", got {value}")
     return int(value)
+
+
+_INT32_MAX = 2 ** 31 - 1  # faiss's ClusteringParameters are C ints: larger values fail in SWIG at fit()
 
 
 def _make_flat_index(dim: int, inner_product: bool, use_gpu: bool) -> tuple[Any, Any]:
@@ -541,15 +547,13 @@ class KMeansScorer:
         batch_size: int = 4096,
         use_gpu: bool | None = None,
     ):
-        self.n_clusters = _check_positive_int(n_clusters, "n_clusters")
-        self.n_iter = _check_positive_int(n_iter, "n_iter")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise ConfigError(f"seed: expected an int, got {type(seed).__name__}")
-        self.seed = int(seed)
-        self.n_redo = _check_positive_int(n_redo, "n_redo")
+        self.n_clusters = _check_positive_int(n_clusters, "n_clusters", maximum=_INT32_MAX)
+        self.n_iter = _check_positive_int(n_iter, "n_iter", maximum=_INT32_MAX)
+        self.seed = _check_positive_int(seed, "seed", minimum=-_INT32_MAX - 1, maximum=_INT32_MAX)
+        self.n_redo = _check_positive_int(n_redo, "n_redo", maximum=_INT32_MAX)
         self.max_points_per_centroid = (
             None if max_points_per_centroid is None
-            else _check_positive_int(max_points_per_centroid, "max_points_per_centroid")
+            else _check_positive_int(max_points_per_centroid, "max_points_per_centroid", maximum=_INT32_MAX)
         )
         self.batch_size = _check_positive_int(batch_size, "batch_size")
         self._use_gpu = _resolve_use_gpu(use_gpu)

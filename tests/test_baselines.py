@@ -348,6 +348,18 @@ def test_damaged_scorer_files_are_scorer_format_errors(tmp_path, blobs):
         B.KNNScorer.load(tmp_path / "missing.npz")
 
 
+def test_settings_beyond_faiss_c_ints_are_refused_at_construction():
+    """faiss's clustering parameters are C ints: 2**40 failed in SWIG at fit(); use_gpu="no" counted as True."""
+    for kw, message in ((dict(seed=2 ** 40), "seed: expected -2147483648..2147483647"),
+                        (dict(n_iter=2 ** 40), "n_iter: expected 1..2147483647"),
+                        (dict(n_redo=2 ** 40), "n_redo"), (dict(max_points_per_centroid=2 ** 40), "max_points"),
+                        (dict(use_gpu="no"), "use_gpu: expected True, False or None")):
+        with pytest.raises(B.ConfigError, match=message):
+            B.KMeansScorer(n_clusters=3, **kw)
+    with pytest.raises(B.ConfigError, match="use_gpu"):
+        B.KNNScorer(k=1, use_gpu="no")
+
+
 def test_values_too_large_for_float32_l2_are_refused(blobs):
     """faiss's float32 squared distances overflow above ~sqrt(float32 max) / (2 sqrt(d)): K-means
     aborted the process, assign returned -1 and k-NN found no neighbour; now a typed error."""
