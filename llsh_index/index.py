@@ -579,14 +579,16 @@ class LearnableLSHIndex:
             raise InvalidInputError(f"query_codes: expected shape (M >= 1, {b}, {r}), got {tuple(codes.shape)}")
         if tuple(keys.shape) != (m, b):
             raise InvalidInputError(f"query_keys: expected shape ({m}, {b}), got {tuple(keys.shape)}")
+        # hash_queries() gives sigmoid outputs, in [0, 1]; anything else (NaN included) is not a code
         if isinstance(codes, torch.Tensor):
-            finite = bool(torch.isfinite(codes).all())
+            valid = bool(((codes >= 0) & (codes <= 1)).all())
             if not on_dev:  # a CPU tensor: the CPU engine takes numpy
                 codes, keys = codes.numpy(), keys.numpy()
         else:
-            finite = bool(np.isfinite(codes).all())
-        if not finite:
-            raise InvalidInputError("query_codes: expected finite values, got NaN or Inf")
+            valid = bool(codes.size == 0 or (codes.min() >= 0 and codes.max() <= 1))
+        if not valid:
+            raise InvalidInputError("query_codes: expected sigmoid codes in [0, 1] (as hash_queries() returns), got "
+                                    "values outside it or NaN")
         if isinstance(codes, torch.Tensor):
             return codes.contiguous(), keys.contiguous()
         return np.ascontiguousarray(codes), np.ascontiguousarray(keys)
@@ -663,6 +665,8 @@ class LearnableLSHIndex:
             raise ConfigError("combine_partial_scores: expected partial scores of at least one shard")
         _check_parts(parts)
         mode = parts[0]["mode"] if mode is None else mode
+        if not isinstance(mode, str) or mode not in _engine.MODES:
+            raise ConfigError(f"combine_partial_scores: mode: expected one of {sorted(_engine.MODES)}, got {mode!r}")
         if any(p["mode"] != mode for p in parts):
             raise ConfigError(f"combine_partial_scores: every shard must use mode {mode!r}, got "
                               f"{[p['mode'] for p in parts]}")
@@ -683,7 +687,11 @@ class LearnableLSHIndex:
             if q is None:
                 raise ConfigError("combine_partial_scores: 'light' needs the query codes (pass query_codes=, "
                                   "e.g. from hash_queries())")
-            q = _to_numpy(q).astype(np.float64)
+            q = np.asarray(_to_numpy(q))
+            if q.dtype.kind != "f":
+                raise InvalidDTypeError(f"combine_partial_scores: query_codes: expected float codes, got "
+                                        f"{type(q).__name__ if q.ndim == 0 else q.dtype}")
+            q = q.astype(np.float64)
             if q.shape != total.shape:
                 raise InvalidInputError(f"combine_partial_scores: query_codes of shape {q.shape}, expected "
                                         f"{total.shape}")
@@ -840,9 +848,11 @@ def _check_parts(parts) -> None:
             raise InvalidInputError(f"combine_partial_scores: part {i} lacks {missing} (expected partial_scores()' "
                                     f"keys 'mode', 'sum', 'count')")
         count, total = np.asarray(_to_numpy(p["count"])), np.asarray(_to_numpy(p["sum"]))
-        if count.ndim != 2 or total.ndim not in (2, 3):
-            raise InvalidInputError(f"combine_partial_scores: part {i}: expected count (M, b) and sum (M, b) or "
-                                    f"(M, b, r), got {count.shape} and {total.shape}")
+        want = 3 if p["mode"] == "light" else 2  # light: the bucket sums of the codes; else of the distances
+        if count.ndim != 2 or total.ndim != want:
+            raise InvalidInputError(f"combine_partial_scores: part {i}: expected count (M, b) and sum "
+                                    f"{'(M, b, r)' if want == 3 else '(M, b)'} for mode {p['mode']!r}, got "
+                                    f"{count.shape} and {total.shape}")
         if count.dtype.kind not in "iu" or (count.size and count.min() < 0):
             raise InvalidInputError(f"combine_partial_scores: part {i}: expected counts that are integers >= 0, got "
                                     f"{count.dtype}{'' if count.dtype.kind not in 'iu' else f' down to {count.min()}'}")

@@ -47,6 +47,8 @@ def probe_masks(codes, n_probes: int) -> torch.Tensor:
     codes' device (bit i of a key is code position i; bit 63 is the int64 sign bit, which XOR
     treats like any other).
     """
+    if isinstance(n_probes, bool) or not isinstance(n_probes, (int, np.integer)) or n_probes < 1:
+        raise ConfigError(f"n_probes: expected an integer >= 1, got {n_probes!r}")
     if isinstance(codes, np.ndarray):  # read only; torch wraps read-only arrays (e.g. from ray.get) with a warning
         c = torch.from_numpy(codes if codes.flags.writeable else codes.copy())
     else:

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import llsh_index
+import llsh_index.probing
 from llsh_index import (ConfigError, CudaUnavailableError, DeviceMismatchError, IndexFormatError, IndexStateError,
                         InvalidDTypeError, InvalidInputError, LearnableLSHIndex, NotFittedError)
 
@@ -244,6 +245,18 @@ CATALOGUE = [
      ["part 0", "count (M, b)"]),
     ("sparse-tensor", lambda: fitted().score(torch.from_numpy(X[:5]).to_sparse()), InvalidInputError,
      ["dense", "sparse", "to_dense"]),
+    ("combine-bogus-mode", lambda: fitted().combine_partial_scores([{**_part(), "mode": "bogus"}]), ConfigError,
+     ["mode", "bogus"]),
+    ("combine-3d-sum-in-mean-mode", lambda: fitted().combine_partial_scores(
+        [{**_part(), "sum": np.zeros((10, 2, 8))}]), InvalidInputError, ["(M, b) for mode 'mean'", "(10, 2, 8)"]),
+    ("combine-light-str-codes", lambda: _light().combine_partial_scores([_light().partial_scores(X[:10], mode="light")],
+                                                                        query_codes="x"), InvalidDTypeError,
+     ["query_codes", "float codes"]),
+    ("partial-codes-out-of-range", lambda: fitted().partial_scores(
+        query_codes=np.full((3, 2, 8), 1e30, np.float32), query_keys=np.zeros((3, 2), np.uint64)), InvalidInputError,
+     ["query_codes", "[0, 1]"]),
+    ("probe-masks-zero", lambda: llsh_index.probing.probe_masks(np.zeros((2, 2, 8), np.float32), 0), ConfigError,
+     ["n_probes", ">= 1", "0"]),
     # an int path was taken as a file descriptor: load() read the caller's fd and closed it
     ("load-int-path", lambda: LearnableLSHIndex.load(0), InvalidInputError, ["path", "file path", "int 0"]),
     ("load-none-path", lambda: LearnableLSHIndex.load(None), InvalidInputError, ["path", "NoneType"]),
@@ -259,6 +272,10 @@ CATALOGUE = [
     ("query-batch-bool", lambda: llsh_index.ShardedIndex.from_shards([fitted()]).score(X, query_batch=True),
      ConfigError, ["query_batch", "bool"]),
 ]
+
+
+def _light():
+    return LearnableLSHIndex(n_tables=2, n_bits=8, mode="light", store_codes=False).add(X)
 
 
 def _part(sum=None, count=None, flat=False):

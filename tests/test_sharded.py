@@ -404,7 +404,7 @@ def test_partial_scores_errors(data):
         single.partial_scores(query_codes=codes, query_keys=keys[:3])
     bad = codes.copy()
     bad[3, 1, 2] = np.nan
-    with pytest.raises(InvalidInputError, match="NaN or Inf"):
+    with pytest.raises(InvalidInputError, match=r"sigmoid codes in \[0, 1\].*or NaN"):
         single.partial_scores(query_codes=bad, query_keys=keys)
     with pytest.raises(NotFittedError):
         layers.empty_like().partial_scores(query_codes=codes, query_keys=keys)
