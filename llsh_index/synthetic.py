@@ -72,7 +72,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import WritePathError
+from .errors import ConfigError, IndexFormatError, InvalidInputError, WritePathError
 
 __all__ = [
     "ST_TRAIN_SNIPPETS", "ST_TRAIN_VIDEOS", "ST_TRAIN_FRAMES", "BUNDLE_FORMAT", "SyntheticConfig",
@@ -119,16 +119,44 @@ class SyntheticConfig:
     test_videos: Optional[Tuple[str, ...]] = None  # subset of the label layout (None = all)
 
     def __post_init__(self):
-        if not (self.scale > 0 and math.isfinite(self.scale)):
-            raise ValueError(f"scale: expected a finite number > 0, got {self.scale!r}")
+        def integer(name, low):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+                raise ConfigError(f"{name}: expected an integer >= {low}, got {v!r}")
+
+        def number(name, low, high=math.inf, low_open=False, high_open=False):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v) \
+                    or (v <= low if low_open else v < low) or (v >= high if high_open else v > high):
+                rng = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open or high == math.inf else ']'}"
+                raise ConfigError(f"{name}: expected a finite number in {rng}, got {v!r}")
+
         for name in ("dim", "n_train_videos", "latent_shared", "n_train_scenes"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)!r}")
-        if self.snippet_span < 0:
-            raise ValueError(f"snippet_span: expected >= 0, got {self.snippet_span}")
+            integer(name, 1)
+        for name in ("latent_scene", "snippet_span", "seed"):
+            integer(name, 0)
+        number("scale", 0, low_open=True)
+        for name in ("mean_scale", "scene_scale", "signal_scale", "noise", "anomaly_spread"):
+            number(name, 0)
+        number("noise_ar", 0, 1, high_open=True)  # an AR(1) coefficient: stationary below 1
+        number("nuisance_prob", 0, 1)
+        for name in ("anomaly_median", "nuisance_median"):  # medians of log-normal amplitudes
+            number(name, 0, low_open=True)
+        for name, positive in (("tau_range", True), ("latent_shift", False)):
+            pair = getattr(self, name)
+            ok = isinstance(pair, (tuple, list)) and len(pair) == 2 and all(
+                not isinstance(v, bool) and isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v)
+                for v in pair)
+            if not ok or pair[0] > pair[1] or (positive and pair[0] <= 0):
+                raise ConfigError(f"{name}: expected two finite numbers low <= high{' > 0' if positive else ''}, "
+                                  f"got {pair!r}")
+        if self.test_videos is not None and (isinstance(self.test_videos, (str, bytes)) or not all(
+                isinstance(v, str) for v in self.test_videos) or not len(self.test_videos)):
+            raise ConfigError(f"test_videos: expected None or a non-empty tuple of video names, got "
+                              f"{self.test_videos!r}")
         if self.latent_shared + self.latent_scene >= self.dim:
-            raise ValueError(f"latent_shared + latent_scene ({self.latent_shared + self.latent_scene}) must be "
-                             f"smaller than dim ({self.dim})")
+            raise ConfigError(f"latent_shared + latent_scene ({self.latent_shared + self.latent_scene}) must be "
+                              f"smaller than dim ({self.dim})")
 
     @property
     def n_train(self) -> int:
@@ -243,21 +271,41 @@ def open_bundle(root: str) -> FeatureBundle:
     mpath = os.path.join(root, "manifest.json")
     if not os.path.exists(mpath):
         raise FileNotFoundError(f"{root}: no manifest.json (not a feature bundle, or an unfinished one)")
-    with open(mpath) as f:
-        manifest = json.load(f)
-    if manifest.get("format") != BUNDLE_FORMAT:
-        raise ValueError(f"{mpath}: expected format {BUNDLE_FORMAT!r}, got {manifest.get('format')!r}")
-    train = np.load(os.path.join(root, "train_features.npy"), mmap_mode="r")
-    test = np.load(os.path.join(root, "test_features.npy"), mmap_mode="r")
-    vids = np.load(os.path.join(root, "train_video_ids.npy"))
-    with np.load(os.path.join(root, "labels.npz")) as z:
-        labels = {k: np.asarray(z[k]).astype(np.uint8) for k in sorted(z.files)}
-    if train.ndim != 2 or test.ndim != 2 or train.shape[1] != manifest["dim"] or test.shape[1] != manifest["dim"]:
-        raise ValueError(f"{root}: feature shapes {train.shape} / {test.shape} do not match dim {manifest['dim']}")
-    if train.shape[0] != manifest["n_train"] or test.shape[0] != manifest["n_test"] or vids.shape != (train.shape[0],):
-        raise ValueError(f"{root}: row counts do not match the manifest")
+    try:
+        with open(mpath) as f:
+            manifest = json.load(f)
+        if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+            got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+            raise IndexFormatError(f"{mpath}: expected format {BUNDLE_FORMAT!r}, got {got!r}")
+        if manifest.get("version") != BUNDLE_VERSION:
+            raise IndexFormatError(f"{mpath}: expected version {BUNDLE_VERSION}, got {manifest.get('version')!r}")
+        train = np.load(os.path.join(root, "train_features.npy"), mmap_mode="r")
+        test = np.load(os.path.join(root, "test_features.npy"), mmap_mode="r")
+        vids = np.load(os.path.join(root, "train_video_ids.npy"))
+        with np.load(os.path.join(root, "labels.npz")) as z:
+            labels = {k: np.asarray(z[k]).astype(np.uint8) for k in sorted(z.files)}
+        dim, n_train, n_test, videos = manifest["dim"], manifest["n_train"], manifest["n_test"], manifest["test_videos"]
+        if train.dtype.kind != "f" or test.dtype.kind != "f":
+            raise IndexFormatError(f"{root}: expected float features, got {train.dtype} / {test.dtype}")
+        if train.ndim != 2 or test.ndim != 2 or train.shape[1] != dim or test.shape[1] != dim:
+            raise IndexFormatError(f"{root}: feature shapes {train.shape} / {test.shape} do not match dim {dim}")
+        if train.shape[0] != n_train or test.shape[0] != n_test or vids.shape != (train.shape[0],):
+            raise IndexFormatError(f"{root}: row counts do not match the manifest")
+        start = 0
+        for v in videos:  # contiguous ranges covering the test rows: split_scores relies on it
+            if v["start"] != start or v["count"] < 0:
+                raise IndexFormatError(f"{root}: test video {v.get('name')!r} starts at {v['start']}, expected {start}")
+            start += v["count"]
+        if start != n_test:
+            raise IndexFormatError(f"{root}: the test videos cover {start} rows, the manifest says {n_test}")
+    except IndexFormatError:
+        raise
+    except FileNotFoundError as exc:
+        raise IndexFormatError(f"{root}: incomplete bundle ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - JSON, numpy and zip errors of a damaged bundle
+        raise IndexFormatError(f"{root}: damaged feature bundle ({type(exc).__name__}: {exc})") from exc
     return FeatureBundle(root=root, manifest=manifest, train=train, train_video_ids=vids, test=test,
-                         labels=labels, test_videos=manifest["test_videos"])
+                         labels=labels, test_videos=videos)
 
 
 # --------------------------------------------------------------------------- generator
@@ -383,11 +431,20 @@ def generate(out_dir: str, labels: Optional[Mapping[str, np.ndarray]] = None,
     cfg = config or SyntheticConfig()
     if labels is None:
         labels = load_st_layout()
+    if not isinstance(labels, Mapping) or not labels:
+        raise InvalidInputError(f"labels: expected a non-empty mapping video -> 0/1 frame labels, got "
+                                f"{type(labels).__name__} of {len(labels) if hasattr(labels, '__len__') else '?'}")
     names = sorted(labels) if cfg.test_videos is None else list(cfg.test_videos)
     missing = [n for n in names if n not in labels]
     if missing:
-        raise KeyError(f"test_videos not in the label layout: {missing[:5]}")
-    frame_labels = {n: np.asarray(labels[n]).astype(np.uint8) for n in names}
+        raise ConfigError(f"test_videos not in the label layout: {missing[:5]}")
+    frame_labels = {}
+    for n in names:
+        lab = np.asarray(labels[n])
+        if lab.ndim != 1 or not lab.size or not np.isin(lab, (0, 1)).all():  # 5 or NaN were cast to uint8
+            raise InvalidInputError(f"labels[{n!r}]: expected a non-empty 1-D array of 0/1 frame labels, got "
+                                    f"shape {lab.shape} with values {np.unique(lab)[:5].tolist()}")
+        frame_labels[n] = lab.astype(np.uint8)
     layout_sig = [[n, int(frame_labels[n].size), int(frame_labels[n].sum())] for n in names]
 
     mpath = os.path.join(out_dir, "manifest.json")

@@ -122,6 +122,52 @@ def test_synthetic_deterministic_and_seeded(tmp_path):
     assert os.path.getmtime(tmp_path / "a" / "train_features.npy") == mtime
 
 
+@pytest.mark.parametrize("kw,message", [
+    (dict(tau_range=(0, 10)), "tau_range"), (dict(noise_ar=1.5), "noise_ar"), (dict(anomaly_median=0), "anomaly_median"),
+    (dict(seed=-1), "seed"), (dict(seed=1.5), "seed"), (dict(dim=40.7), "dim"), (dict(latent_shift=(4, 2)), "latent_shift"),
+    (dict(latent_scene=-1), "latent_scene"), (dict(scale="0.1"), "scale"), (dict(test_videos="01_001"), "test_videos"),
+    (dict(test_videos=()), "test_videos"), (dict(nuisance_prob=2), "nuisance_prob")])
+def test_synthetic_config_is_checked_at_construction(kw, message):
+    """Bad settings fail when the config is made (they failed deep in generate(): math domain errors,
+    numpy TypeErrors, 'Probabilities contain NaN', a test_videos string split into characters)."""
+    from llsh_index import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        tiny_config(**kw)
+
+
+def test_generate_checks_its_labels_and_open_bundle_names_damage(tmp_path):
+    from llsh_index import ConfigError, IndexFormatError, InvalidInputError
+
+    labels = toy_labels()
+    with pytest.raises(InvalidInputError, match="non-empty mapping"):
+        S.generate(str(tmp_path / "a"), {}, tiny_config())
+    bad = dict(labels)
+    name = sorted(bad)[0]
+    bad[name] = np.where(np.asarray(bad[name]) > 0, 5, 0)
+    with pytest.raises(InvalidInputError, match="0/1 frame labels"):
+        S.generate(str(tmp_path / "a"), bad, tiny_config())
+    with pytest.raises(ConfigError, match="not in the label layout"):
+        S.generate(str(tmp_path / "a"), labels, tiny_config(test_videos=("nope",)))
+    S.generate(str(tmp_path / "b"), labels, tiny_config())
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    edits = [("version", dict(manifest, version=99), "expected version 1"),
+             ("list", [1, 2], "expected format"),
+             ("no-dim", {k: v for k, v in manifest.items() if k != "dim"}, "damaged feature bundle .KeyError"),
+             ("ranges", dict(manifest, test_videos=manifest["test_videos"][1:]), "starts at")]
+    for what, m, message in edits:
+        (tmp_path / "b" / "manifest.json").write_text(json.dumps(m))
+        with pytest.raises(IndexFormatError, match=message):
+            S.open_bundle(str(tmp_path / "b"))
+    (tmp_path / "b" / "manifest.json").write_text("{not json")
+    with pytest.raises(IndexFormatError, match="JSONDecodeError"):
+        S.open_bundle(str(tmp_path / "b"))
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "b" / "labels.npz").write_bytes(b"PK\x03\x04broken")
+    with pytest.raises(IndexFormatError, match="damaged feature bundle"):
+        S.open_bundle(str(tmp_path / "b"))
+
+
 def test_generate_replaces_only_bundles(tmp_path):
     """A folder that is not a bundle (or a stray '.partial' that is not ours) is refused, never
     deleted; an empty folder and an older bundle are replaced."""
