@@ -172,6 +172,8 @@ def _resolve_use_gpu(use_gpu: bool | None) -> bool:
 def _as_features(x: Any, what: str, dim: int | None = None) -> np.ndarray:
     """Validate and convert to a C-contiguous float32 ``(n, d)`` matrix (numpy or torch)."""
     if hasattr(x, "detach") and type(x).__module__.split(".")[0] == "torch":
+        if str(x.layout) != "torch.strided":  # sparse: .numpy() raises a bare TypeError
+            raise InvalidDTypeError(f"{what}: expected a dense tensor, got layout {x.layout} (call .to_dense())")
         x = x.detach().cpu()
         if str(x.dtype) == "torch.bfloat16":  # numpy has no bfloat16
             x = x.float()
@@ -492,8 +494,10 @@ class KNNScorer:
         params = header.get("params", {})
         try:
             obj = cls(k=params["k"], metric=params["metric"], batch_size=params["batch_size"], use_gpu=use_gpu)
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ConfigError) as exc:
             raise ScorerFormatError(f"{p}: bad params {params!r} ({exc})") from exc
+        if feats.shape[0] < obj.k:  # fit() refuses it; a crafted file failed only at score()
+            raise ScorerFormatError(f"{p}: k={obj.k} but only {feats.shape[0]} stored training features")
         if feats.shape != (header.get("n_train"), header.get("dim")):
             raise ScorerFormatError(
                 f"{p}: expected features of shape ({header.get('n_train')}, {header.get('dim')}), got {feats.shape}"

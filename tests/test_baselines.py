@@ -348,6 +348,24 @@ def test_damaged_scorer_files_are_scorer_format_errors(tmp_path, blobs):
         B.KNNScorer.load(tmp_path / "missing.npz")
 
 
+def test_sparse_tensors_and_crafted_k_are_typed(tmp_path, blobs):
+    import json
+
+    import torch
+
+    x, q = blobs[:2]
+    with pytest.raises(B.InvalidDTypeError, match="dense tensor.*sparse"):
+        B.KNNScorer(k=2).fit(torch.from_numpy(x).to_sparse())
+    B.KNNScorer(k=3).fit(x[:20]).save(tmp_path / "k.npz")
+    with np.load(tmp_path / "k.npz") as z:
+        arrays = dict(z)
+    header = json.loads(str(arrays["header"]))
+    header["params"]["k"] = 50
+    np.savez(tmp_path / "k50.npz", header=np.array(json.dumps(header)), features=arrays["features"])
+    with pytest.raises(B.ScorerFormatError, match="k=50 but only 20 stored training features"):
+        B.KNNScorer.load(tmp_path / "k50.npz")
+
+
 def test_settings_beyond_faiss_c_ints_are_refused_at_construction():
     """faiss's clustering parameters are C ints: 2**40 failed in SWIG at fit(); use_gpu="no" counted as True."""
     for kw, message in ((dict(seed=2 ** 40), "seed: expected -2147483648..2147483647"),
