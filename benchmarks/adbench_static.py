@@ -20,6 +20,8 @@ import os
 import time
 
 import numpy as np
+
+from llsh_index.cli import nonnegative_int, positive_int  # argparse types
 from sklearn.metrics import roc_auc_score
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "adbench_resnet18")
@@ -58,22 +60,22 @@ def run_category(path, args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=DATA)
-    ap.add_argument("--n-tables", type=int, default=8)
-    ap.add_argument("--n-bits", type=int, default=32)
+    ap.add_argument("--n-tables", type=positive_int, default=8)
+    ap.add_argument("--n-bits", type=positive_int, default=32)
     # training options: None = fit()'s fallback default (training.FALLBACK_DEFAULTS)
-    ap.add_argument("--iterations", type=int, default=None)
-    ap.add_argument("--batch-size", type=int, default=None)
-    ap.add_argument("--queue-size", type=int, default=None)
+    ap.add_argument("--iterations", type=positive_int, default=None)
+    ap.add_argument("--batch-size", type=positive_int, default=None)
+    ap.add_argument("--queue-size", type=positive_int, default=None)
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--momentum", type=float, default=None)
-    ap.add_argument("--n-neighbors", type=int, default=None)
+    ap.add_argument("--n-neighbors", type=positive_int, default=None)
     ap.add_argument("--temperature", type=float, default=None)
     ap.add_argument("--lr-schedule", default=None, choices=["constant", "cosine", "linear"])
-    ap.add_argument("--warmup-steps", type=int, default=None)
+    ap.add_argument("--warmup-steps", type=nonnegative_int, default=None)
     ap.add_argument("--project-mean", type=int, choices=[0, 1], default=None,
                     help="1/0: drop the gradient along the data's mean direction")
-    ap.add_argument("--project-pcs", type=int, default=None, help="top principal directions removed from the layers")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: the runs in RESULTS.md)")
+    ap.add_argument("--project-pcs", type=nonnegative_int, default=None, help="top principal directions removed from the layers")
+    ap.add_argument("--threads", type=positive_int, default=1, help="torch threads (1: the runs in RESULTS.md)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
                     help="seeds of the split, the layers and training (one run each; one seed: per-category table)")
     ap.add_argument("--json", default=None)

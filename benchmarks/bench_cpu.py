@@ -20,6 +20,8 @@ import resource
 import time
 
 import numpy as np
+
+from llsh_index.cli import positive_int  # argparse type
 import torch
 
 
@@ -53,17 +55,17 @@ def peak_rss_mb():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=200_000)
-    ap.add_argument("--m", type=int, default=20_000)
-    ap.add_argument("--d", type=int, default=2304)
-    ap.add_argument("--n-tables", type=int, default=8)
-    ap.add_argument("--n-bits", type=int, default=32)
-    ap.add_argument("--clusters", type=int, default=200)
+    ap.add_argument("--n", type=positive_int, default=200_000)
+    ap.add_argument("--m", type=positive_int, default=20_000)
+    ap.add_argument("--d", type=positive_int, default=2304)
+    ap.add_argument("--n-tables", type=positive_int, default=8)
+    ap.add_argument("--n-bits", type=positive_int, default=32)
+    ap.add_argument("--clusters", type=positive_int, default=200)
     ap.add_argument("--spread", type=float, default=1.0, help="within-cluster noise (centres have unit-scale coordinates)")
-    ap.add_argument("--knn-queries", type=int, default=500, help="query subset for faiss KNN, scaled to M")
-    ap.add_argument("--knn-k", type=int, default=1024)
+    ap.add_argument("--knn-queries", type=positive_int, default=500, help="query subset for faiss KNN, scaled to M")
+    ap.add_argument("--knn-k", type=positive_int, default=1024)
     ap.add_argument("--no-knn", action="store_true", help="skip the faiss KNN part (quicker iterations)")
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=positive_int, default=3)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()

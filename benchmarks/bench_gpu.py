@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from llsh_index.cli import positive_int  # noqa: E402  (argparse type; numpy-only import)
 
 
 # ----------------------------------------------------------------------------------- engines
@@ -400,22 +401,22 @@ def _ok(v, target, le):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--n-train", type=int, default=792855)
-    ap.add_argument("--n-test", type=int, default=112422)
-    ap.add_argument("--dim", type=int, default=9216)
-    ap.add_argument("--tables", type=int, default=8)
-    ap.add_argument("--bits", type=int, default=32)
-    ap.add_argument("--clusters", type=int, default=512)
+    ap.add_argument("--n-train", type=positive_int, default=792855)
+    ap.add_argument("--n-test", type=positive_int, default=112422)
+    ap.add_argument("--dim", type=positive_int, default=9216)
+    ap.add_argument("--tables", type=positive_int, default=8)
+    ap.add_argument("--bits", type=positive_int, default=32)
+    ap.add_argument("--clusters", type=positive_int, default=512)
     ap.add_argument("--drift", type=float, default=0.25, help="amplitude of the smooth within-video drift")
     ap.add_argument("--noise", type=float, default=0.1, help="iid noise per frame")
     ap.add_argument("--anomalous", type=float, default=0.1, help="fraction of anomalous test videos")
     ap.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="tf32",
                     help="features/GEMM: fp32, fp32 with TF32 tensor cores, or bf16 features")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--copy-mib", type=int, default=2048)
-    ap.add_argument("--faiss-queries", type=int, default=2048, help="queries timed by the exact kNN baseline")
-    ap.add_argument("--faiss-k", type=int, default=1024, help="k of the exact kNN baseline")
-    ap.add_argument("--knn-batch", type=int, default=1024, help="queries per similarity block (torch kNN)")
+    ap.add_argument("--repeats", type=positive_int, default=5)
+    ap.add_argument("--copy-mib", type=positive_int, default=2048)
+    ap.add_argument("--faiss-queries", type=positive_int, default=2048, help="queries timed by the exact kNN baseline")
+    ap.add_argument("--faiss-k", type=positive_int, default=1024, help="k of the exact kNN baseline")
+    ap.add_argument("--knn-batch", type=positive_int, default=1024, help="queries per similarity block (torch kNN)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="toy sizes (smoke test)")
     ap.add_argument("--out", default=None, help="JSON output (default $OUT/gpu_results.json if $OUT is set)")

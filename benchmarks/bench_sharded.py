@@ -23,6 +23,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from llsh_index import LearnableLSHIndex, ShardedIndex  # noqa: E402
+from llsh_index.cli import nonnegative_int, positive_int  # noqa: E402
 
 
 def sync_all():
@@ -46,13 +47,13 @@ def best_of(fn, repeats, cuda):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--n-train", type=int, default=1_000_000)
-    ap.add_argument("--n-test", type=int, default=100_000)
-    ap.add_argument("--dim", type=int, default=1024)
-    ap.add_argument("--tables", type=int, default=8)
-    ap.add_argument("--bits", type=int, default=32)
-    ap.add_argument("--shards-per-gpu", type=int, default=0, help="default: 2 on one GPU, else 1")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--n-train", type=positive_int, default=1_000_000)
+    ap.add_argument("--n-test", type=positive_int, default=100_000)
+    ap.add_argument("--dim", type=positive_int, default=1024)
+    ap.add_argument("--tables", type=positive_int, default=8)
+    ap.add_argument("--bits", type=positive_int, default=32)
+    ap.add_argument("--shards-per-gpu", type=nonnegative_int, default=0, help="default: 2 on one GPU, else 1")
+    ap.add_argument("--repeats", type=positive_int, default=3)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)

@@ -32,6 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llsh_index import LearnableLSHIndex  # noqa: E402
+from llsh_index.cli import int_list, positive_int  # noqa: E402
 
 
 def clustered(rng, n, d, centres):
@@ -96,18 +97,20 @@ def markdown(out) -> str:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rows", type=int, default=50_000, help="rows per worker")
-    ap.add_argument("--dim", type=int, default=256)
-    ap.add_argument("--queries", type=int, default=20_000)
-    ap.add_argument("--n-tables", type=int, default=8)
-    ap.add_argument("--n-bits", type=int, default=32)
-    ap.add_argument("--workers", default="1,2,4")
-    ap.add_argument("--repeat", type=int, default=2, help="builds timed per configuration")
-    ap.add_argument("--score-repeat", type=int, default=5, help="scores timed per configuration")
+    ap.add_argument("--rows", type=positive_int, default=50_000, help="rows per worker")
+    ap.add_argument("--dim", type=positive_int, default=256)
+    ap.add_argument("--queries", type=positive_int, default=20_000)
+    ap.add_argument("--n-tables", type=positive_int, default=8)
+    ap.add_argument("--n-bits", type=positive_int, default=32)
+    ap.add_argument("--workers", type=int_list, default=[1, 2, 4])
+    ap.add_argument("--repeat", type=positive_int, default=2, help="builds timed per configuration")
+    ap.add_argument("--score-repeat", type=positive_int, default=5, help="scores timed per configuration")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--markdown", help="write the RESULTS.md tables here")
     a = ap.parse_args()
+    if min(a.workers) < 1:
+        ap.error(f"--workers: expected counts >= 1, got {a.workers}")
     if a.quick:
         a.rows, a.queries, a.repeat, a.score_repeat = 5_000, 2_000, 1, 2
     import ray
@@ -119,7 +122,7 @@ def main():
 
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((64, a.dim)).astype(np.float32) * 2
-    workers = [int(w) for w in a.workers.split(",")]
+    workers = a.workers
     tmp = Path(tempfile.mkdtemp(prefix="llsh_scale_"))
     paths = []
     for i in range(max(workers)):

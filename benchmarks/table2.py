@@ -95,6 +95,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from llsh_index import synthetic  # noqa: E402  (numpy-only import; torch/faiss load in the workers)
+from llsh_index.cli import int_list, nonnegative_int, positive_int  # noqa: E402  (argparse types)
 
 DEFAULT_PED2 = os.path.join(ROOT, "llsh_index", "data", "ped2_demo.npz")
 PAPER = {"llsh_mult_ratio": 0.0026, "llsh_disk": "316 MB", "knn_disk": "28 GB", "disk_ratio": 316e6 / 28e9}
@@ -817,36 +818,36 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                     help="synthetic scale 0.01, every 3rd test video, 20 training iterations per video, 10 K-means "
                          "iterations, methods in-process (< 2 min)")
     ap.add_argument("--scale", type=float, default=None, help="synthetic training size / 792,855 (default 0.1)")
-    ap.add_argument("--dim", type=int, default=512, help="synthetic feature dimension")
+    ap.add_argument("--dim", type=positive_int, default=512, help="synthetic feature dimension")
     ap.add_argument("--labels", help="frame-label npz for --features (default DIR/labels.npz); for --synthetic the "
                                      "test layout (default ../shared/data/vad_groundtruth/ST_gt.npz)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="output folder (default benchmarks/out/table2[_ped2|_features][_quick])")
     ap.add_argument("--data-dir", default=None, help="where the synthetic / converted bundle is cached")
-    ap.add_argument("--iterations", type=int, default=None, help="MoCo iterations per training video (paper: 60)")
-    ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--batch-size", type=int, default=None,
+    ap.add_argument("--iterations", type=positive_int, default=None, help="MoCo iterations per training video (paper: 60)")
+    ap.add_argument("--epochs", type=positive_int, default=1)
+    ap.add_argument("--batch-size", type=positive_int, default=None,
                     help="MoCo batch (paper: ST 256, Avenue 32; default 256, Ped2 32)")
-    ap.add_argument("--queue-size", type=int, default=None,
+    ap.add_argument("--queue-size", type=positive_int, default=None,
                     help="MoCo queue (paper: ST 8192, Avenue 2048; default 8192, Ped2 2048)")
-    ap.add_argument("--knn-k", type=int, default=1024)
-    ap.add_argument("--kmeans-ks", default="32,256")
-    ap.add_argument("--kmeans-iter", type=int, default=None, help="K-means iterations (default 25; quick 10)")
+    ap.add_argument("--knn-k", type=positive_int, default=1024)
+    ap.add_argument("--kmeans-ks", type=int_list, default=[32, 256])
+    ap.add_argument("--kmeans-iter", type=positive_int, default=None, help="K-means iterations (default 25; quick 10)")
     ap.add_argument("--methods", default=None,
                     help="comma-separated subset of: knn,kmeans<K>,lsh,llsh,light,squared (with --probes also "
                          "lsh_probes,llsh_probes; with --miss-probes or --reduce mean also llsh_ours)")
-    ap.add_argument("--project-pcs", type=int, default=0,
+    ap.add_argument("--project-pcs", type=nonnegative_int, default=0,
                     help="> 0: train LLSH with project_pcs=K and project_mean (ours; the static-data fallback's "
                          "projection, llsh_index.training); 0 = the paper")
     ap.add_argument("--centre-layers", action="store_true",
                     help="train LLSH with centre_layers (ours: the hyperplanes pass through the data's mean, so "
                          "every bit splits the normal data; with --project-pcs it keeps the buckets small)")
-    ap.add_argument("--n-bits", type=int, default=32, help="r, bits per table (default 32, the paper's)")
+    ap.add_argument("--n-bits", type=positive_int, default=32, help="r, bits per table (default 32, the paper's)")
     ap.add_argument("--code-dtype", choices=("float32", "float16"), default="float32",
                     help="stored codes of the LSH-family rows (float16: half the memory and file; ours)")
-    ap.add_argument("--probes", type=int, default=0,
+    ap.add_argument("--probes", type=nonnegative_int, default=0,
                     help="> 1: add LSH and LLSH rows scored with this many probes per table (multi-probe, ours)")
-    ap.add_argument("--miss-probes", type=int, default=0,
+    ap.add_argument("--miss-probes", type=nonnegative_int, default=0,
                     help="> 1: add an LLSH row probing this many buckets per table for the queries that miss every "
                          "table (ours)")
     ap.add_argument("--reduce", choices=("min", "mean"), default="min",
@@ -855,7 +856,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     iso.add_argument("--no-isolate", action="store_true",
                      help="run every method in this process (faster; peak memory less clean; default with --quick)")
     iso.add_argument("--isolate", action="store_true", help="one subprocess per method (default without --quick)")
-    ap.add_argument("--test-every", type=int, default=None,
+    ap.add_argument("--test-every", type=positive_int, default=None,
                     help="synthetic: keep every K-th test video of the layout (default 1; quick 3)")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -869,7 +870,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     suffix = "_ped2" if args.ped2_features else "_features" if args.features else ""
     out = args.out or os.path.join(ROOT, "benchmarks", "out", "table2" + suffix + ("_quick" if quick else ""))
     os.makedirs(out, exist_ok=True)
-    s = Settings(knn_k=args.knn_k, kmeans_ks=tuple(int(k) for k in args.kmeans_ks.split(",") if k),
+    s = Settings(knn_k=args.knn_k, kmeans_ks=tuple(args.kmeans_ks),
                  kmeans_iter=args.kmeans_iter or (10 if quick else 25),
                  iterations=args.iterations or (20 if quick else 60), epochs=args.epochs, seed=args.seed,
                  batch_size=args.batch_size or (32 if args.ped2_features else 256),
@@ -889,7 +890,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         dataset = "UCSD Ped2 demo features (llsh_index/data/ped2_demo.npz, EfficientNet-Lite0, d=2560)"
     else:
         scale = args.scale if args.scale is not None else (0.01 if quick else 0.1)
-        every = args.test_every or (3 if quick else 1)
+        every = args.test_every if args.test_every is not None else (3 if quick else 1)
         try:
             labels = synthetic.load_st_layout(args.labels)
         except FileNotFoundError as exc:

@@ -38,6 +38,31 @@ DEMO_KMEANS_K = 32
 
 
 # ---------------------------------------------------------------------- helpers
+def positive_int(text: str) -> int:
+    """argparse type for sizes and counts (the benchmarks use it too): 0 or -5 fail at parsing with
+    argparse's usage message, not as a numpy / torch traceback later."""
+    return _int_at_least(text, 1)
+
+
+def nonnegative_int(text: str) -> int:
+    return _int_at_least(text, 0)
+
+
+def int_list(text: str) -> List[int]:
+    """Comma-separated integers >= 0 (e.g. --probes 1,4,8)."""
+    return [_int_at_least(part, 0) for part in text.split(",") if part.strip()] or _int_at_least("", 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+    return value
+
+
 def _load_feature_file(path: str):
     from .video import load_feature_file
 

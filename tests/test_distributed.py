@@ -242,7 +242,7 @@ def test_build_and_load_arguments_are_checked(data, built, tmp_path):
     partitions and unfitted layers are typed."""
     from llsh_index.distributed import build_distributed, load_distributed
 
-    x, q = data[0], data[1]
+    x = data[0]
     dist = built[2]
     path = dist.save_shards(tmp_path / "s")[0]
     one = load_distributed(path)
