@@ -198,13 +198,14 @@ def _as_features(x: Any, what: str, dim: int | None = None) -> np.ndarray:
         raise DimensionMismatchError(f"{what}: expected dimension {dim}, got {x.shape[1]}")
     with np.errstate(over="ignore", invalid="ignore"):  # overflow -> inf, reported below
         out = np.ascontiguousarray(x, dtype=np.float32)
-    finite = np.isfinite(out)
-    if not finite.all():
-        row = int(np.flatnonzero(~finite.all(axis=1))[0])
-        n_bad = int((~finite).sum())
-        raise NonFiniteInputError(
-            f"{what}: expected finite values (in float32), got {n_bad} non-finite value(s), first in row {row}"
-        )
+    for s in range(0, out.shape[0], _NORMALISE_CHUNK):  # in chunks: no n x d boolean copy of a large (memmapped) set
+        finite = np.isfinite(out[s : s + _NORMALISE_CHUNK])
+        if not finite.all():
+            row = s + int(np.flatnonzero(~finite.all(axis=1))[0])
+            n_bad = int((~np.isfinite(out)).sum())
+            raise NonFiniteInputError(
+                f"{what}: expected finite values (in float32), got {n_bad} non-finite value(s), first in row {row}"
+            )
     return out
 
 
@@ -213,13 +214,15 @@ def _check_l2_range(x: np.ndarray, what: str) -> np.ndarray:
     Beyond it the distances overflow to inf: faiss K-means aborts the process ("invalid cluster
     assignment"), assignments come back -1 and k-NN finds no neighbour."""
     limit = math.sqrt(float(np.finfo(np.float32).max)) / (2.0 * math.sqrt(x.shape[1]))
-    peak = np.abs(x).max(axis=1)
-    if not (peak <= limit).all():
-        row = int(np.flatnonzero(~(peak <= limit))[0])
-        raise NonFiniteInputError(
-            f"{what}: row {row} has values up to {peak[row]:.3g}, too large for float32 squared L2 distances "
-            f"(limit {limit:.3g} at d={x.shape[1]}); rescale the features"
-        )
+    for s in range(0, x.shape[0], _NORMALISE_CHUNK):  # in chunks: no |x| copy of a large training set
+        chunk = x[s : s + _NORMALISE_CHUNK]
+        peak = np.maximum(chunk.max(axis=1), -chunk.min(axis=1))
+        if not (peak <= limit).all():
+            row = int(np.flatnonzero(~(peak <= limit))[0])
+            raise NonFiniteInputError(
+                f"{what}: row {s + row} has values up to {peak[row]:.3g}, too large for float32 squared L2 "
+                f"distances (limit {limit:.3g} at d={x.shape[1]}); rescale the features"
+            )
     return x
 
 
