@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, wait as futures_wait
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -81,6 +82,9 @@ def _resolve_devices(devices) -> List[str]:
         return [f"cuda:{i}" for i in range(n_gpus)] or ["cpu"]
     if isinstance(devices, (str, torch.device)):
         devices = [devices]
+    if not isinstance(devices, Iterable):
+        raise ConfigError(f"devices: expected a device or a list of devices ('cpu', 'cuda:N'), got "
+                          f"{type(devices).__name__} {devices!r}")
     out = []
     for d in devices:
         d = _normalise_device(d)
@@ -196,6 +200,8 @@ class ShardedIndex(_ShardScoring):
         path alone is one shard."""
         if isinstance(paths, (str, bytes, os.PathLike)):  # not a sequence of its characters
             paths = [paths]
+        if not isinstance(paths, Iterable):
+            raise ConfigError(f"load: expected shard file paths, got {type(paths).__name__} {paths!r}")
         return cls.from_shards([LearnableLSHIndex.load(os.fspath(p)) for p in paths], devices)
 
     def _init(self, host: LearnableLSHIndex, shards: List[LearnableLSHIndex], devs: List[str]) -> None:

@@ -257,6 +257,8 @@ CATALOGUE = [
      ["query_codes", "[0, 1]"]),
     ("probe-masks-zero", lambda: llsh_index.probing.probe_masks(np.zeros((2, 2, 8), np.float32), 0), ConfigError,
      ["n_probes", ">= 1", "0"]),
+    ("sharded-devices-int", lambda: llsh_index.ShardedIndex(fitted(), devices=3), ConfigError, ["devices", "int 3"]),
+    ("sharded-load-none", lambda: llsh_index.ShardedIndex.load(None), ConfigError, ["shard file paths", "NoneType"]),
     # an int path was taken as a file descriptor: load() read the caller's fd and closed it
     ("load-int-path", lambda: LearnableLSHIndex.load(0), InvalidInputError, ["path", "file path", "int 0"]),
     ("load-none-path", lambda: LearnableLSHIndex.load(None), InvalidInputError, ["path", "NoneType"]),
