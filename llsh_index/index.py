@@ -266,72 +266,83 @@ class LearnableLSHIndex:
         layer-normalised rows (outside the projected PCs), and the gradient stays off it, so each
         hyperplane passes through the data's mean and every bit splits the normal data; with
         project_pcs it keeps the buckets small (benchmarks/RESULTS.md, Table 2 with fewer bits).
+        A second fit() (or one after reset()) continues from the current layers, as more training
+        steps would; training_log_ then covers every call.  For a fresh start, make a new index with
+        the same seed.
         """
-        if self._tables is not None:
-            raise IndexStateError(f"fit: the index already holds {self.ntotal} items hashed with the current "
-                                  "layers; call reset() first, then fit() and add() again")
-        t = self._features(features, "features")
-        vid = None if video_ids is None else check_video_ids(video_ids, t.shape[0])
-        given = dict(iterations=iterations, batch_size=batch_size, lr=lr, temperature=temperature,
-                     queue_size=queue_size, momentum=momentum, n_neighbors=n_neighbors, project_mean=project_mean,
-                     project_pcs=project_pcs)
-        defaults = PAPER_DEFAULTS if vid is not None else FALLBACK_DEFAULTS
-        chosen = {k: defaults[k] if v is None else v for k, v in given.items()}
-        iterations, batch_size, lr, temperature = (chosen[k] for k in ("iterations", "batch_size", "lr", "temperature"))
-        queue_size, momentum, n_neighbors = (chosen[k] for k in ("queue_size", "momentum", "n_neighbors"))
-        project_mean, project_pcs = chosen["project_mean"], chosen["project_pcs"]
-        cfg = TrainingConfig(
-            iterations=check_int_range(iterations, "iterations", 1), epochs=check_int_range(epochs, "epochs", 1),
-            batch_size=check_int_range(batch_size, "batch_size", 1), lr=float(lr), sgd_momentum=float(sgd_momentum),
-            weight_decay=float(weight_decay), temperature=float(temperature),
-            queue_size=check_int_range(queue_size, "queue_size", 1), momentum=float(momentum),
-            max_offset=check_int_range(max_offset, "max_offset", 0),
-            n_neighbors=check_int_range(n_neighbors, "n_neighbors", 1),
-            seed=self.seed if seed is None else int(seed), progress=progress,
-            lr_schedule=lr_schedule,
-            warmup_steps=check_int_range(warmup_steps, "warmup_steps", 0), grad_clip=float(grad_clip),
-            project_mean=bool(project_mean), project_pcs=check_int_range(project_pcs, "project_pcs", 0),
-            centre_layers=bool(centre_layers))
-        if cfg.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(f"lr_schedule: expected one of {', '.join(LR_SCHEDULES)}, got {cfg.lr_schedule!r}")
-        checks = [("momentum", cfg.momentum, 0.0 <= cfg.momentum <= 1.0, "0..1"),
-                  ("temperature", cfg.temperature, cfg.temperature > 0, "> 0"),
-                  ("lr", cfg.lr, cfg.lr > 0, "> 0"),
-                  ("weight_decay", cfg.weight_decay, cfg.weight_decay >= 0, ">= 0"),
-                  ("sgd_momentum", cfg.sgd_momentum, 0.0 <= cfg.sgd_momentum < 1.0, "0 <= x < 1"),
-                  ("grad_clip", cfg.grad_clip, cfg.grad_clip >= 0, ">= 0 (0: no clipping)")]
-        for name, value, ok, want in checks:
-            if not (math.isfinite(value) and ok):
-                raise ConfigError(f"{name}: expected a finite number {want}, got {value}")
-        if vid is not None:
-            counts = np.bincount(vid)
-            if counts.min() < 2:
-                short = int(np.argmin(counts))
-                raise InvalidInputError(f"video_ids: every training video needs at least 2 snippets to draw a "
-                                        f"positive, got a video with {counts.min()} (video #{short} in order of "
-                                        f"appearance)")
-        elif t.shape[0] < 2:
-            raise InvalidInputError(f"features: training needs at least 2 rows, got {t.shape[0]}")
-        # training reads random rows: one float32 copy on the index's device
-        feats = t.to(torch.float32)
-        for r0 in range(0, feats.shape[0], 1 << 16):  # rows whose float32 LayerNorm is NaN: NaN layers
-            with torch.no_grad():
-                ok = torch.isfinite(F.layer_norm(feats[r0:r0 + (1 << 16)], feats.shape[1:])).all(dim=1)
-            if not bool(ok.all()):
-                i = r0 + int(torch.nonzero(~ok)[0, 0])
-                raise _bad_row_error("features", feats[i], i)
-        before = self.encoder.weight.detach().clone()
-        log = train_moco(self.encoder, feats, vid, cfg)
-        if not bool(torch.isfinite(self.encoder.weight).all()):  # diverged: keep the layers it started from
-            with torch.no_grad():
-                self.encoder.weight.copy_(before)
-            step = next((i for i, v in enumerate(log.losses) if not math.isfinite(v)), None)
-            raise ConfigError(f"fit: training diverged (the hash layers became NaN/Inf"
-                              f"{'' if step is None else f'; loss not finite from logged step {step}'}); lower lr "
-                              f"(got {cfg.lr:g}); the layers are left as they were before fit()")
-        self.training_config_ = cfg  # the settings used, defaults resolved
-        self.training_log_ = log
-        return self
+        # the write lock: add() or another fit() waits, so tables are never hashed with half-trained
+        # layers and two trainings never interleave their steps
+        with self._write_lock:
+            if self._tables is not None:
+                raise IndexStateError(f"fit: the index already holds {self.ntotal} items hashed with the current "
+                                      "layers; call reset() first (it keeps the layers: fit() then trains them "
+                                      "further), then fit() and add() again")
+            t = self._features(features, "features")
+            vid = None if video_ids is None else check_video_ids(video_ids, t.shape[0])
+            given = dict(iterations=iterations, batch_size=batch_size, lr=lr, temperature=temperature,
+                         queue_size=queue_size, momentum=momentum, n_neighbors=n_neighbors, project_mean=project_mean,
+                         project_pcs=project_pcs)
+            defaults = PAPER_DEFAULTS if vid is not None else FALLBACK_DEFAULTS
+            chosen = {k: defaults[k] if v is None else v for k, v in given.items()}
+            iterations, batch_size, lr, temperature = (chosen[k] for k in ("iterations", "batch_size", "lr", "temperature"))
+            queue_size, momentum, n_neighbors = (chosen[k] for k in ("queue_size", "momentum", "n_neighbors"))
+            project_mean, project_pcs = chosen["project_mean"], chosen["project_pcs"]
+            cfg = TrainingConfig(
+                iterations=check_int_range(iterations, "iterations", 1), epochs=check_int_range(epochs, "epochs", 1),
+                batch_size=check_int_range(batch_size, "batch_size", 1), lr=float(lr), sgd_momentum=float(sgd_momentum),
+                weight_decay=float(weight_decay), temperature=float(temperature),
+                queue_size=check_int_range(queue_size, "queue_size", 1), momentum=float(momentum),
+                max_offset=check_int_range(max_offset, "max_offset", 0),
+                n_neighbors=check_int_range(n_neighbors, "n_neighbors", 1),
+                seed=self.seed if seed is None else int(seed), progress=progress,
+                lr_schedule=lr_schedule,
+                warmup_steps=check_int_range(warmup_steps, "warmup_steps", 0), grad_clip=float(grad_clip),
+                project_mean=bool(project_mean), project_pcs=check_int_range(project_pcs, "project_pcs", 0),
+                centre_layers=bool(centre_layers))
+            if cfg.lr_schedule not in LR_SCHEDULES:
+                raise ConfigError(f"lr_schedule: expected one of {', '.join(LR_SCHEDULES)}, got {cfg.lr_schedule!r}")
+            checks = [("momentum", cfg.momentum, 0.0 <= cfg.momentum <= 1.0, "0..1"),
+                      ("temperature", cfg.temperature, cfg.temperature > 0, "> 0"),
+                      ("lr", cfg.lr, cfg.lr > 0, "> 0"),
+                      ("weight_decay", cfg.weight_decay, cfg.weight_decay >= 0, ">= 0"),
+                      ("sgd_momentum", cfg.sgd_momentum, 0.0 <= cfg.sgd_momentum < 1.0, "0 <= x < 1"),
+                      ("grad_clip", cfg.grad_clip, cfg.grad_clip >= 0, ">= 0 (0: no clipping)")]
+            for name, value, ok, want in checks:
+                if not (math.isfinite(value) and ok):
+                    raise ConfigError(f"{name}: expected a finite number {want}, got {value}")
+            if vid is not None:
+                counts = np.bincount(vid)
+                if counts.min() < 2:
+                    short = int(np.argmin(counts))
+                    raise InvalidInputError(f"video_ids: every training video needs at least 2 snippets to draw a "
+                                            f"positive, got a video with {counts.min()} (video #{short} in order of "
+                                            f"appearance)")
+            elif t.shape[0] < 2:
+                raise InvalidInputError(f"features: training needs at least 2 rows, got {t.shape[0]}")
+            # training reads random rows: one float32 copy on the index's device
+            feats = t.to(torch.float32)
+            for r0 in range(0, feats.shape[0], 1 << 16):  # rows whose float32 LayerNorm is NaN: NaN layers
+                with torch.no_grad():
+                    ok = torch.isfinite(F.layer_norm(feats[r0:r0 + (1 << 16)], feats.shape[1:])).all(dim=1)
+                if not bool(ok.all()):
+                    i = r0 + int(torch.nonzero(~ok)[0, 0])
+                    raise _bad_row_error("features", feats[i], i)
+            before = self.encoder.weight.detach().clone()
+            log = train_moco(self.encoder, feats, vid, cfg)
+            if not bool(torch.isfinite(self.encoder.weight).all()):  # diverged: keep the layers it started from
+                with torch.no_grad():
+                    self.encoder.weight.copy_(before)
+                step = next((i for i, v in enumerate(log.losses) if not math.isfinite(v)), None)
+                raise ConfigError(f"fit: training diverged (the hash layers became NaN/Inf"
+                                  f"{'' if step is None else f'; loss not finite from logged step {step}'}); lower lr "
+                                  f"(got {cfg.lr:g}); the layers are left as they were before fit()")
+            self.training_config_ = cfg  # the settings used, defaults resolved
+            old = self.training_log_
+            if old is not None:  # a further fit() continues from the trained layers: the log covers both
+                log = TrainingLog(losses=old.losses + log.losses, lrs=old.lrs + log.lrs, steps=old.steps + log.steps,
+                                  positives=log.positives, projected_pcs=log.projected_pcs)
+            self.training_log_ = log
+            return self
 
     # ------------------------------------------------------------------ indexing
     @torch.no_grad()
@@ -339,7 +350,8 @@ class LearnableLSHIndex:
         """Hashes `features` in bounded chunks and merges them into the sorted tables.
 
         Repeated add() calls give exactly the tables of one add() of all the data: rows are
-        ordered by (key, item id) whatever the batching.  (_first_row: where these rows start in a
+        ordered by (key, item id) whatever the batching (statistics-only indexes: the bucket sums
+        up to float64 summation order).  (_first_row: where these rows start in a
         caller's larger array, for the row numbers of errors; ShardedIndex.add.)
         """
         from tqdm.auto import tqdm
@@ -382,8 +394,12 @@ class LearnableLSHIndex:
             # to() needs them (_engine.ensure_statistics): they double the memory add() writes.
             new = _engine.build_tables(keys, codes, ids, keep_codes=self.store_codes, n_threads=self.n_threads,
                                        in_place=True, with_stats=not self.store_codes)
-            if old is not None and not self.store_codes:
-                new = _merge_statistics(old, new)
+            if not self.store_codes:
+                # statistics only: no per-item ids either (memory and disk of the buckets alone, and
+                # the same tables whether the rows came in one add() or several)
+                new["ids"] = None
+                if old is not None:
+                    new = _merge_statistics(old, new)
             self._tables = new  # one reference swap: concurrent score() sees old or new, never a mix
         return self
 

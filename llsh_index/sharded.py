@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, wait as futures_wait
 from pathlib import Path
@@ -97,6 +98,47 @@ def _resolve_devices(devices) -> List[str]:
     if not out:
         raise ConfigError("devices: expected at least one device ('cpu' or 'cuda:N'), got an empty list")
     return out
+
+
+class _ReadWriteLock:
+    """Scores share, add() is alone: a score sees every shard before an add() or every shard after
+    it, never some shards with the new rows and some without.  A waiting add() goes before new
+    scores (a stream of scores cannot starve it)."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+        self._writers_waiting = 0
+
+    @contextlib.contextmanager
+    def read(self):
+        with self._cond:
+            while self._writing or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def write(self):
+        with self._cond:
+            self._writers_waiting += 1
+            while self._writing or self._readers:
+                self._cond.wait()
+            self._writers_waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
 
 
 class _ShardScoring:
@@ -212,6 +254,7 @@ class ShardedIndex(_ShardScoring):
             _place(s, d)
         self._hashers: Dict[str, LearnableLSHIndex] = {}
         self._threads: Optional[Dict[str, ThreadPoolExecutor]] = None
+        self._lock = _ReadWriteLock()
         # device -> its shards, in shard order; the reduction is always in shard order
         self._groups: Dict[str, List[int]] = {}
         for i, d in enumerate(self.devices):
@@ -257,6 +300,16 @@ class ShardedIndex(_ShardScoring):
 
         return wait
 
+    def __getstate__(self):  # pickling (multiprocessing, copies): threads and locks are made anew
+        state = self.__dict__.copy()
+        state["_threads"] = None
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = _ReadWriteLock()
+
     def close(self) -> None:
         """Stops the per-device threads (the shards stay usable; threads restart when needed)."""
         threads, self._threads = self._threads, None
@@ -292,14 +345,16 @@ class ShardedIndex(_ShardScoring):
                         self.shards[i].add(_send(t[bounds[i]:bounds[i + 1]], dev), _first_row=int(bounds[i]))
 
         # all or nothing: a bad row in one part must not leave the other parts added (a retry would
-        # add them twice); each shard's add() swaps in new tables, so the old ones are the undo
-        before = [s._tables for s in self.shards]
-        try:
-            self._start(run)()
-        except BaseException:
-            for s, tables in zip(self.shards, before):
-                s._tables = tables
-            raise
+        # add them twice); each shard's add() swaps in new tables, so the old ones are the undo.  The
+        # write lock keeps scores and other adds out meanwhile (the undo must not drop their rows).
+        with self._lock.write():
+            before = [s._tables for s in self.shards]
+            try:
+                self._start(run)()
+            except BaseException:
+                for s, tables in zip(self.shards, before):
+                    s._tables = tables
+                raise
         return self
 
     # ------------------------------------------------------------------ scoring
@@ -346,7 +401,8 @@ class ShardedIndex(_ShardScoring):
         t = self._host_rows(queries, "queries")
         step = t.shape[0] if query_batch is None else check_int_range(query_batch, "query_batch", 1)
         rounds = [t[i:i + step] for i in range(0, t.shape[0], step)]
-        return self._pipelined(rounds, self._hash, mode, return_distances, n_probes, miss_probes, reduce, plain)
+        with self._lock.read():
+            return self._pipelined(rounds, self._hash, mode, return_distances, n_probes, miss_probes, reduce, plain)
 
     def table_distances(self, queries, mode: Optional[str] = None, *, query_batch: Optional[int] = 65_536,
                         n_probes: int = 1, miss_probes: int = 0) -> np.ndarray:
@@ -376,9 +432,10 @@ class ShardedIndex(_ShardScoring):
             raise WritePathError(f"save_shards: {folder} exists and is not a folder")
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
-        for i, s in enumerate(self.shards):
-            paths.append(str(folder / f"shard_{i:05d}.llsh"))
-            s.save(paths[-1])
+        with self._lock.read():  # the files of one state, not halfway through an add()
+            for i, s in enumerate(self.shards):
+                paths.append(str(folder / f"shard_{i:05d}.llsh"))
+                s.save(paths[-1])
         for stale in folder.glob("shard_[0-9][0-9][0-9][0-9][0-9].llsh"):
             if int(stale.name[6:11]) >= len(self.shards):
                 stale.unlink()
@@ -387,8 +444,9 @@ class ShardedIndex(_ShardScoring):
     def gather(self) -> LearnableLSHIndex:
         """One CPU index holding every shard's items (merge_all in shard order): tests and small data."""
         out = self._host.empty_like()
-        for s in self.shards:
-            out.merge(s)  # merge() brings a device shard's rows onto this CPU index
+        with self._lock.read():  # every shard as of one moment, not halfway through an add()
+            for s in self.shards:
+                out.merge(s)  # merge() brings a device shard's rows onto this CPU index
         return out
 
     def __repr__(self) -> str:

@@ -68,13 +68,22 @@ class LLSHDetector(OutlierMixin, BaseEstimator):
         self.reduce = reduce
 
     def fit(self, X, y=None, video_ids=None):
-        # ensure_min_features: LayerNorm of one feature is 0 whatever it is (LearnableLSHIndex: dim >= 2)
-        X = validate_data(self, X, dtype=[np.float32, np.float64], ensure_min_samples=2, ensure_min_features=2)
-        c = self.contamination
+        before = self.__dict__.copy()  # a fit that fails leaves the fitted state it found, whole
+        try:
+            return self._fit(X, video_ids)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
+
+    def _fit(self, X, video_ids):
+        c = self.contamination  # the settings first: a bad one fails before validate_data resets n_features_in_
         if isinstance(c, (bool, np.bool_)) or not isinstance(c, numbers.Real) or not 0.0 < float(c) <= 0.5:
             raise ConfigError(f"contamination: expected a number in (0, 0.5], got {c!r}")
         probing.check_probes(self.n_probes, self.miss_probes)  # ConfigError
         check_reduce(self.reduce)
+        # ensure_min_features: LayerNorm of one feature is 0 whatever it is (LearnableLSHIndex: dim >= 2)
+        X = validate_data(self, X, dtype=[np.float32, np.float64], ensure_min_samples=2, ensure_min_features=2)
         index = LearnableLSHIndex(X.shape[1], n_tables=self.n_tables, n_bits=self.n_bits, mode=self.mode,
                                   miss_value=self.miss_value, store_codes=self.mode == "mean", seed=self.seed)
         if self.train:
@@ -83,7 +92,7 @@ class LLSHDetector(OutlierMixin, BaseEstimator):
                       progress=False)
         index.add(X)
         self.index_ = index
-        self.offset_ = float(np.percentile(-self._leave_one_out_scores(X), 100.0 * float(self.contamination)))
+        self.offset_ = float(np.percentile(-self._leave_one_out_scores(X), 100.0 * float(c)))
         return self
 
     def _leave_one_out_scores(self, X) -> np.ndarray:

@@ -169,6 +169,82 @@ def test_concurrent_adds_serialize(store_codes):
                 assert np.array_equal(np.sort(got["ids"][j * 11000:(j + 1) * 11000]), np.arange(11000))
 
 
+def test_add_during_fit_waits_for_the_trained_layers():
+    """fit() holds the write lock: an add() started mid-training hashes with the final layers (it
+    hashed with half-trained ones, and the saved tables no longer matched the layers)."""
+    x = data(11, 600, d=16)
+    vids = np.repeat(np.arange(6), 100)
+    live = LearnableLSHIndex(16, n_tables=4, n_bits=8, seed=2)
+    started = threading.Event()
+    fit = threading.Thread(target=lambda: (started.set(), live.fit(x, video_ids=vids, iterations=300, batch_size=32,
+                                                                    queue_size=64, progress=False)))
+    fit.start()
+    started.wait()
+    time.sleep(0.2)
+    live.add(x)  # waits for fit()
+    fit.join()
+    assert live.is_trained and live.ntotal == 600
+    np.testing.assert_array_equal(live.score(x[:100]), live.empty_like().add(x).score(x[:100]))
+
+
+def test_a_second_fit_continues_and_its_log_covers_both():
+    x = data(12, 400, d=16)
+    vids = np.repeat(np.arange(4), 100)
+    kw = dict(video_ids=vids, batch_size=32, queue_size=64, progress=False)
+    once = LearnableLSHIndex(16, n_tables=2, n_bits=8, seed=5).fit(x, iterations=4, **kw)
+    twice = LearnableLSHIndex(16, n_tables=2, n_bits=8, seed=5).fit(x, iterations=4, **kw)
+    steps = twice.training_log_.steps
+    twice.fit(x, iterations=4, **kw)
+    assert twice.training_log_.steps == 2 * steps == 2 * once.training_log_.steps
+    assert twice.training_log_.losses[:len(once.training_log_.losses)] == once.training_log_.losses
+    assert not torch.equal(twice.encoder.weight, once.encoder.weight)  # trained further, not from the seed
+
+
+def test_sharded_scores_during_adds_see_before_or_after(tmp_path):
+    """A ShardedIndex score never sees some shards with an add()'s rows and some without, and a
+    failing add() running beside a good one neither keeps its own rows nor drops the other's."""
+    from llsh_index import InvalidInputError, ShardedIndex
+
+    x, q = data(13, 9000, d=16), data(14, 60, d=16)
+    layers = LearnableLSHIndex(16, n_tables=4, n_bits=10, seed=3)
+    sh = ShardedIndex(layers, devices="cpu", n_shards=3).add(x[:6000])
+    before = sh.score(q)
+    after = layers.empty_like().add(x).score(q)
+    seen, stop = [], threading.Event()
+
+    def scorer():
+        while not stop.is_set():
+            seen.append(sh.score(q))
+
+    threads = [threading.Thread(target=scorer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.05)
+    sh.add(x[6000:])
+    time.sleep(0.05)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert seen and all(np.array_equal(s, before) or np.array_equal(s, after) for s in seen)
+    bad = x[:3000].copy()
+    bad[-1, 0] = np.nan
+    for _ in range(3):
+        sh2 = ShardedIndex(layers, devices="cpu", n_shards=2).add(x[:100])
+        errors = []
+
+        def failing():
+            try:
+                sh2.add(bad)
+            except InvalidInputError as exc:
+                errors.append(exc)
+
+        t = threading.Thread(target=failing)
+        t.start()
+        sh2.add(x[100:300])
+        t.join()
+        assert len(errors) == 1 and sh2.ntotal == 300
+
+
 def test_save_during_adds_writes_one_consistent_state(tmp_path):
     base, parts = data(6, 2000), [data(7 + i, 4000) for i in range(3)]
     kw = dict(n_tables=4, n_bits=12, batch_size=512)

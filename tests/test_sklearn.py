@@ -104,3 +104,16 @@ def test_leave_one_out_offset_matches_rebuilt_indexes(rng, mode, n_probes, miss_
 def test_probe_settings_are_checked(rng, params):
     with pytest.raises(ValueError, match="probes|reduce"):
         LLSHDetector(train=False, **params).fit(rng.standard_normal((20, 4)))
+
+
+def test_a_failed_refit_leaves_the_fitted_detector_as_it_was(rng):
+    """A bad setting found after validate_data had reset n_features_in_ left a detector that could
+    score nothing (sklearn's 'expecting 17 features' on its own 16-feature data)."""
+    x16, x17 = rng.standard_normal((60, 16)), rng.standard_normal((60, 17))
+    det = LLSHDetector(train=False, n_tables=4, n_bits=8).fit(x16)
+    want = det.score_samples(x16[:10])
+    det.set_params(contamination=0.9)
+    with pytest.raises(ValueError, match="contamination"):
+        det.fit(x17)
+    assert det.n_features_in_ == 16 and det.contamination == 0.9
+    np.testing.assert_array_equal(det.score_samples(x16[:10]), want)
