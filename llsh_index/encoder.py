@@ -56,7 +56,7 @@ class HashEncoder(nn.Module):
         mean, rstd = (s.unsqueeze(1) for s in self._row_moments(x))
         logits = torch.addmm(mean * -self.weight.sum(dim=1), x, self.weight.t())
         logits.mul_(rstd)
-        far = (mean.abs() * rstd > self.FOLD_MAX_MEAN_RATIO).flatten()
+        far = ((mean.abs() * rstd > self.FOLD_MAX_MEAN_RATIO) | (rstd > self.FLAT_ROW_RSTD)).flatten()
         if bool(far.any()):
             rows = torch.nonzero(far).flatten()
             logits[rows] = self.logits(x[rows])
@@ -110,7 +110,7 @@ class HashEncoder(nn.Module):
         mean, rstd = _C.row_moments_cpu(x.numpy(), 1e-5, n_threads)
         wsum = self.weight.sum(dim=1)
         with np.errstate(over="ignore", invalid="ignore"):
-            far = np.abs(mean) * rstd > self.FOLD_MAX_MEAN_RATIO  # NaN rows stay on the fold: NaN logits
+            far = (np.abs(mean) * rstd > self.FOLD_MAX_MEAN_RATIO) | (rstd > self.FLAT_ROW_RSTD)  # NaN: stays
         # in place into the bias (the same addmm kernel, bit for bit): no second (M, b*r) array to fault in
         # and copy the bias into (~4% of the GEMM's time at M = 20,000)
         out = torch.empty((x.shape[0], wsum.shape[0])) if out is None else out[:x.shape[0]]
@@ -122,3 +122,8 @@ class HashEncoder(nn.Module):
         return raw, np.zeros_like(mean), rstd, wsum.numpy()
 
     FOLD_MAX_MEAN_RATIO = 4.0
+    # Rows with variance under 1e-8 (rstd above 1 / sqrt(1e-8 + eps)) also take the explicit
+    # LayerNorm: a constant row normalises to exactly 0, so every logit is exactly 0 and every bit
+    # sits on the sigmoid >= 0.5 edge, where the fold's float32 rounding noise (amplified by rstd
+    # ~ 316) set arbitrary bits; the explicit path gives the exact 0 and all ones, as the oracle.
+    FLAT_ROW_RSTD = float(1.0 / np.sqrt(1e-8 + 1e-5))

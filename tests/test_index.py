@@ -164,6 +164,22 @@ def test_folded_layernorm_matches_definition(rng, offset):
                                    index.encoder(torch.from_numpy(x)).numpy(), atol=2e-6)
 
 
+@pytest.mark.parametrize("d", [16, 100, 2560])
+def test_constant_rows_normalise_to_exactly_zero(d):
+    """LayerNorm of a constant row is exactly 0: every code 0.5, every key all ones, distance 0 to any
+    other constant row.  The fold left float32 rounding noise of either sign on these exactly-0
+    logits (amplified by rstd = 1 / sqrt(eps)), which set arbitrary bits for constants 0.001-0.0126."""
+    values = np.r_[np.linspace(0.001, 0.0126, 25), [0.0, -0.003, 0.5, 7.0, -1e3]].astype(np.float32)
+    rows = np.repeat(values[:, None], d, axis=1)
+    index = LearnableLSHIndex(d, n_tables=4, n_bits=32, seed=1).add(np.full((1, d), 0.05, np.float32))
+    codes = np.asarray(index.encode(rows))
+    assert (codes == 0.5).all()
+    np.testing.assert_array_equal(np.asarray(index.hash_keys(rows)), np.uint64(2 ** 32 - 1))
+    np.testing.assert_array_equal(index.score(rows), 0.0)
+    with torch.no_grad():  # the GPU path's fold (hash_logits on a CPU tensor takes the native one)
+        assert (index.encoder(torch.from_numpy(rows)) == 0.5).all()
+
+
 def test_native_epilogue_is_hash_logits_then_sigmoid(rng):
     """The CPU hashing epilogue (fold + sigmoid + keys in one pass) gives bit for bit the codes of
     hash_logits() followed by the engine's sigmoid, within 1e-6 of torch's sigmoid, whatever the
