@@ -73,8 +73,7 @@ class LearnableLSHIndex:
         self.n_bits = check_int_range(n_bits, "n_bits", 1, 64)
         # LayerNorm of a single feature is 0 whatever it is: every code 0.5, every score equal
         self.dim = None if dim is None else check_int_range(dim, "dim", 2)
-        if not isinstance(mode, str) or mode not in _engine.MODES:
-            raise ConfigError(f"mode: expected one of {sorted(_engine.MODES)}, got {mode!r}")
+        check_mode(mode)
         if not isinstance(store_codes, (bool, np.bool_)):
             raise ConfigError(f"store_codes: expected True or False, got {store_codes!r}")
         if mode == "mean" and not store_codes:
@@ -425,8 +424,7 @@ class LearnableLSHIndex:
         if self.encoder is None or tables is None:
             raise NotFittedError("score: the index is empty; call add(features) first")
         mode = self.mode if mode is None else mode
-        if not isinstance(mode, str) or mode not in _engine.MODES:
-            raise ConfigError(f"mode: expected one of {sorted(_engine.MODES)}, got {mode!r}")
+        check_mode(mode)
         if mode == "mean" and tables["codes"] is None:
             raise ConfigError("mode: 'mean' needs the per-item codes, but this index keeps bucket statistics "
                               "only (store_codes=False); use 'light' or 'squared'")
@@ -628,8 +626,7 @@ class LearnableLSHIndex:
         if self.encoder is None or tables is None:
             raise NotFittedError("partial_scores: the index is empty; call add(features) first")
         mode = self.mode if mode is None else mode
-        if not isinstance(mode, str) or mode not in _engine.MODES:
-            raise ConfigError(f"mode: expected one of {sorted(_engine.MODES)}, got {mode!r}")
+        check_mode(mode)
         if tables["codes"] is None and mode == "mean":
             raise ConfigError("mode: 'mean' needs the per-item codes (store_codes=True)")
         hashed = query_codes is not None or query_keys is not None
@@ -679,21 +676,18 @@ class LearnableLSHIndex:
         parts = list(parts)
         if not parts:
             raise ConfigError("combine_partial_scores: expected partial scores of at least one shard")
-        _check_parts(parts)
-        mode = parts[0]["mode"] if mode is None else mode
-        if not isinstance(mode, str) or mode not in _engine.MODES:
-            raise ConfigError(f"combine_partial_scores: mode: expected one of {sorted(_engine.MODES)}, got {mode!r}")
+        counts, totals = _check_parts(parts)  # as numpy, once: a device shard's parts are copied here
+        mode = check_mode(parts[0]["mode"] if mode is None else mode, "combine_partial_scores: mode")
         if any(p["mode"] != mode for p in parts):
             raise ConfigError(f"combine_partial_scores: every shard must use mode {mode!r}, got "
                               f"{[p['mode'] for p in parts]}")
-        shape = np.shape(parts[0]["count"])
-        for i, p in enumerate(parts):
-            if np.shape(p["count"]) != shape or np.shape(p["sum"])[:2] != shape:
-                raise InvalidInputError(f"combine_partial_scores: shard {i} answered count {np.shape(p['count'])} "
-                                        f"and sum {np.shape(p['sum'])}, expected count {shape} like shard 0 (the "
-                                        "same queries)")
-        count = sum(_to_numpy(p["count"]) for p in parts)
-        total = sum(_to_numpy(p["sum"]) for p in parts)
+        shape = counts[0].shape
+        for i, (c, t) in enumerate(zip(counts, totals)):
+            if c.shape != shape or t.shape[:2] != shape:
+                raise InvalidInputError(f"combine_partial_scores: shard {i} answered count {c.shape} and sum "
+                                        f"{t.shape}, expected count {shape} like shard 0 (the same queries)")
+        count = sum(counts)
+        total = sum(totals)
         hit = count > 0
         miss = self.default_miss_value(mode) if miss_value is None else miss_value
         mean_over_hits = reduce == "mean" and not return_distances  # reduce_tables wants the misses at +inf
@@ -846,15 +840,23 @@ class LearnableLSHIndex:
 REDUCTIONS = ("min", "mean")  # score(reduce=...): the paper's minimum over tables, or (ours) their mean
 
 
+def check_mode(mode, what: str = "mode") -> str:
+    if not isinstance(mode, str) or mode not in _engine.MODES:
+        raise ConfigError(f"{what}: expected one of {sorted(_engine.MODES)}, got {mode!r}")
+    return mode
+
+
 def check_reduce(reduce) -> str:
     if reduce not in REDUCTIONS:
         raise ConfigError(f"reduce: expected one of {list(REDUCTIONS)}, got {reduce!r}")
     return reduce
 
 
-def _check_parts(parts) -> None:
-    """Each part as partial_scores() returns it: integer counts >= 0, finite sums (NaN sums or
-    negative counts would combine into NaN or negative scores without a word)."""
+def _check_parts(parts):
+    """(counts, sums) of the parts as numpy arrays, each part checked as partial_scores() returns it:
+    integer counts >= 0, finite sums (NaN sums or negative counts would combine into NaN or negative
+    scores without a word)."""
+    counts, totals = [], []
     for i, p in enumerate(parts):
         if not isinstance(p, Mapping):
             raise InvalidInputError(f"combine_partial_scores: part {i}: expected the mapping partial_scores() "
@@ -875,6 +877,9 @@ def _check_parts(parts) -> None:
         if total.dtype.kind != "f" or not np.isfinite(total).all():
             raise InvalidInputError(f"combine_partial_scores: part {i}: expected finite float sums, got "
                                     f"{total.dtype}{' with NaN or Inf' if total.dtype.kind == 'f' else ''}")
+        counts.append(count)
+        totals.append(total)
+    return counts, totals
 
 
 def _check_indexes(indexes, what: str) -> None:
