@@ -4,12 +4,26 @@ Every check raises a typed error (llsh_index.errors) naming what was expected an
 """
 from __future__ import annotations
 
+import os
 import warnings
+from collections.abc import Iterable
 from typing import Any, Optional
 
 import numpy as np
 
 from .errors import ConfigError, DeviceMismatchError, InvalidDTypeError, InvalidInputError
+
+# What the package takes as a file path; an int is never one (open() would take it as a descriptor).
+PATH_TYPES = (str, bytes, os.PathLike)
+
+
+def as_list(items: Any, where: str, what: str) -> list:
+    """`items` as a list, where one path alone is one item (not a sequence of its characters)."""
+    if isinstance(items, PATH_TYPES):
+        return [items]
+    if not isinstance(items, Iterable):
+        raise ConfigError(f"{where}: expected a list of {what}, got {type(items).__name__} {items!r}")
+    return list(items)
 
 _FLOAT_KINDS = ("float16", "float32", "float64", "bfloat16")
 

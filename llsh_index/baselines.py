@@ -43,6 +43,7 @@ except ImportError as exc:  # faiss is an optional dependency (extra "baselines"
         "or pip install 'llsh_index[baselines]'"
     ) from exc
 
+from ._validation import PATH_TYPES
 from .errors import (ConfigError, CudaUnavailableError, IndexFormatError, IndexStateError, InvalidDTypeError,
                      InvalidInputError, LLSHError, NotFittedError)
 
@@ -297,8 +298,7 @@ _DAMAGED = (Exception,)
 
 
 def _read_file(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
-    if isinstance(path, bool) or not isinstance(path, (str, bytes, os.PathLike)):
-        # np.load would take an int as an open file descriptor
+    if not isinstance(path, PATH_TYPES):  # np.load would take an int as an open file descriptor
         raise ScorerFormatError(f"expected a file path (str or os.PathLike), got {type(path).__name__} {path!r}")
     path = os.fsdecode(path)
     try:

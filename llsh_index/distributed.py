@@ -65,12 +65,11 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from collections.abc import Iterable
 from typing import Any, Callable, List, Optional, Sequence, Union
 
 import numpy as np
 
-from ._validation import check_int_range
+from ._validation import as_list, check_int_range
 from .errors import ConfigError, NotFittedError
 from .index import LearnableLSHIndex
 from .sharded import _ShardScoring
@@ -421,11 +420,7 @@ def build_distributed(layers: LearnableLSHIndex, partitions: Sequence[Partition]
     ray = _ray()
     if not isinstance(layers, LearnableLSHIndex):
         raise ConfigError(f"build_distributed: expected a LearnableLSHIndex as layers, got {type(layers).__name__}")
-    if isinstance(partitions, (str, bytes, os.PathLike)):  # one .npy path is one partition
-        partitions = [partitions]
-    if not isinstance(partitions, Iterable):
-        raise ConfigError(f"build_distributed: expected a list of partitions, got {type(partitions).__name__}")
-    partitions = list(partitions)
+    partitions = as_list(partitions, "build_distributed", "partitions")  # one .npy path is one partition
     if not partitions:
         raise ConfigError("build_distributed: expected at least one partition, got none")
     if layers.encoder is None:  # as ShardedIndex: NotFittedError
@@ -453,11 +448,7 @@ def load_distributed(paths: Sequence[str], *, num_cpus_per_shard: Optional[float
     """Shard actors that each load one file written by save_shards() (paths readable by the workers);
     with `pool`, free actors of that ShardPool load them."""
     ray = _ray()
-    if isinstance(paths, (str, bytes, os.PathLike)):  # one path is one shard, not a sequence of characters
-        paths = [paths]
-    if not isinstance(paths, Iterable):
-        raise ConfigError(f"load_distributed: expected a list of shard files, got {type(paths).__name__}")
-    paths = [os.fspath(p) for p in paths]
+    paths = [os.fspath(p) for p in as_list(paths, "load_distributed", "shard files")]
     if not paths:
         raise ConfigError("load_distributed: expected at least one shard file, got none")
     if not ray.is_initialized():

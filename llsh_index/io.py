@@ -30,6 +30,7 @@ from typing import BinaryIO, Iterator, Dict, Tuple
 
 import numpy as np
 
+from ._validation import PATH_TYPES
 from .errors import IndexFormatError, InvalidInputError, WritePathError
 
 MAGIC = b"LLSHIDX\0"
@@ -50,7 +51,7 @@ def _crc(buf) -> int:
 def check_write_path(path) -> str:
     """The file a save to `path` will write (symlinks followed), or WritePathError when `path` can
     never be one: empty, a folder, a device, a FIFO.  Commands call it before their work."""
-    if isinstance(path, bool) or not isinstance(path, (str, bytes, os.PathLike)):
+    if not isinstance(path, PATH_TYPES):
         raise WritePathError(f"expected a file path (str or os.PathLike), got {type(path).__name__} {path!r}")
     given = os.fsdecode(path)
     if not given:
@@ -73,9 +74,9 @@ def atomic_write(path) -> Iterator[BinaryIO]:
 
     Every writer of the package goes through here (indexes, scorers, feature and score files).
     """
-    given = os.fsdecode(path) if isinstance(path, (str, bytes, os.PathLike)) else path
-    path = check_write_path(given)
-    folder = os.path.dirname(path)
+    resolved = check_write_path(path)
+    given = os.fsdecode(path)  # the caller's spelling, for the messages
+    folder = os.path.dirname(resolved)
     try:
         os.makedirs(folder, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as exc:
@@ -98,7 +99,7 @@ def atomic_write(path) -> Iterator[BinaryIO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, resolved)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -163,7 +164,7 @@ def read_container(path: str, kind: str) -> Tuple[dict, Dict[str, np.ndarray]]:
     container of this `kind` (a folder, an empty, truncated or byte-flipped file, a future format
     version, a pickle or .npz) raises IndexFormatError.
     """
-    if isinstance(path, bool) or not isinstance(path, (str, bytes, os.PathLike)) or not os.fspath(path):
+    if not isinstance(path, PATH_TYPES) or not os.fspath(path):
         # open() would take an int as a file descriptor: read the caller's fd, then close it
         raise InvalidInputError(f"path: expected a file path (str or os.PathLike), got {type(path).__name__} "
                                 f"{path!r}")

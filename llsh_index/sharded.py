@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from . import probing
-from ._validation import _is_cupy, _is_torch, check_features, check_int_range
+from ._validation import PATH_TYPES, _is_cupy, _is_torch, as_list, check_features, check_int_range
 from .errors import ConfigError, CudaUnavailableError, NotFittedError, WritePathError
 from .index import LearnableLSHIndex, _check_indexes, _normalise_device, _to_numpy, check_reduce, probed_scores
 
@@ -240,11 +240,8 @@ class ShardedIndex(_ShardScoring):
     def load(cls, paths: Sequence[str], devices: Optional[Sequence[str]] = None) -> "ShardedIndex":
         """Shard files written by save_shards() (or any index files sharing their hash layers); one
         path alone is one shard."""
-        if isinstance(paths, (str, bytes, os.PathLike)):  # not a sequence of its characters
-            paths = [paths]
-        if not isinstance(paths, Iterable):
-            raise ConfigError(f"load: expected shard file paths, got {type(paths).__name__} {paths!r}")
-        return cls.from_shards([LearnableLSHIndex.load(os.fspath(p)) for p in paths], devices)
+        return cls.from_shards([LearnableLSHIndex.load(os.fspath(p)) for p in as_list(paths, "load", "shard file paths")],
+                               devices)
 
     def _init(self, host: LearnableLSHIndex, shards: List[LearnableLSHIndex], devs: List[str]) -> None:
         self._host = host  # hash layers and settings, on the CPU, no tables: combines the partial sums
@@ -425,7 +422,7 @@ class ShardedIndex(_ShardScoring):
 
         Shard files of an earlier, larger save in the same folder (shard_000NN.llsh beyond this
         index's count) are removed, so the folder holds this index and nothing else of the kind."""
-        if isinstance(folder, bool) or not isinstance(folder, (str, bytes, os.PathLike)):
+        if not isinstance(folder, PATH_TYPES):
             raise WritePathError(f"save_shards: expected a folder path, got {type(folder).__name__} {folder!r}")
         folder = Path(os.fsdecode(folder))
         if folder.exists() and not folder.is_dir():
