@@ -44,7 +44,7 @@ except ImportError as exc:  # faiss is an optional dependency (extra "baselines"
     ) from exc
 
 from ._validation import PATH_TYPES
-from .errors import (ConfigError, CudaUnavailableError, IndexFormatError, IndexStateError, InvalidDTypeError,
+from .errors import (NPZ_READ_ERRORS, ConfigError, CudaUnavailableError, IndexFormatError, IndexStateError, InvalidDTypeError,
                      InvalidInputError, LLSHError, NotFittedError)
 
 __all__ = [
@@ -290,13 +290,6 @@ def _header_array(scorer: str, params: dict, **extra: Any) -> np.ndarray:
     return np.array(json.dumps(header, sort_keys=True))
 
 
-# np.load and the zip reader raise many things on a damaged or foreign file: BadZipFile, EOFError,
-# OSError, NotImplementedError (a compression method), zlib.error, SyntaxError or tokenize's
-# TokenError from a .npy header that no longer parses, MemoryError from a flipped shape.  Any of
-# them means "not a readable scorer file"; a missing file stays FileNotFoundError, as for indexes.
-_DAMAGED = (Exception,)
-
-
 def _read_file(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
     if not isinstance(path, PATH_TYPES):  # np.load would take an int as an open file descriptor
         raise ScorerFormatError(f"expected a file path (str or os.PathLike), got {type(path).__name__} {path!r}")
@@ -305,7 +298,7 @@ def _read_file(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
         z = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise
-    except _DAMAGED as exc:
+    except NPZ_READ_ERRORS as exc:
         why = "a pickle or object array" if "pickle" in str(exc) else f"{type(exc).__name__}: {exc}"
         raise ScorerFormatError(f"{path}: not a scorer file ({why})") from exc
     if not isinstance(z, np.lib.npyio.NpzFile):
@@ -313,7 +306,7 @@ def _read_file(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
     with z:
         try:
             arrays = {k: z[k] for k in z.files}
-        except _DAMAGED as exc:
+        except NPZ_READ_ERRORS as exc:
             raise ScorerFormatError(f"{path}: damaged archive ({type(exc).__name__}: {exc})") from exc
     if "header" not in arrays:
         raise ScorerFormatError(f"{path}: expected a 'header' entry, got entries {sorted(arrays)}")

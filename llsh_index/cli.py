@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .errors import ConfigError, IndexFormatError, InvalidInputError
+from .errors import NPZ_READ_ERRORS, ConfigError, IndexFormatError, InvalidInputError
 
 # The demo's training schedule.  The paper's (lr 1e-3, 60 iterations per video) is sized for
 # ShanghaiTech's 330 long training videos; Ped2 has 16 short ones, so the bundled demo trains longer
@@ -112,13 +112,13 @@ def _write_text(path: str, text: str) -> None:
 
 def _open_npz(path: str, what: str):
     """np.load of an .npz the command reads, with a missing, damaged or foreign file named as such."""
-    import zipfile
-
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} file not found: {path}")
     try:
         z = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+    except FileNotFoundError:
+        raise
+    except NPZ_READ_ERRORS as exc:
         raise IndexFormatError(f"{path}: not a readable {what} file (.npz): {exc}") from exc
     if not isinstance(z, np.lib.npyio.NpzFile):
         raise IndexFormatError(f"{path}: expected an .npz {what} file, got a single .npy array")
@@ -126,12 +126,10 @@ def _open_npz(path: str, what: str):
 
 
 def _load_scores(path: str) -> Dict[str, np.ndarray]:
-    import zipfile
-
     with _open_npz(path, "score") as z:
         try:
             scores = {k: z[k] for k in z.files if k != "__meta__"}
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        except NPZ_READ_ERRORS as exc:
             raise IndexFormatError(f"{path}: damaged score file: {exc}") from exc
     if not scores:
         raise InvalidInputError(f"{path}: holds no per-video scores")

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import os
 import re
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
@@ -40,8 +39,10 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Uni
 import numpy as np
 
 try:  # typed errors of the package when it is importable; plain bases otherwise
-    from .errors import ConfigError, LLSHError as _BaseError
+    from .errors import NPZ_READ_ERRORS, ConfigError, LLSHError as _BaseError
 except Exception:  # pragma: no cover - only when this file is loaded outside the package
+    NPZ_READ_ERRORS = (Exception,)
+
     class _BaseError(Exception):
         pass
 
@@ -232,8 +233,8 @@ def load_npz_labels(path: PathLike) -> Dict[str, np.ndarray]:
             raise DatasetFormatError(f"cannot read label file {path}: expected an .npz archive, got a single array")
         with z:
             return {k: _as_labels(z[k], k, None, str(path)) for k in z.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        if isinstance(e, DatasetError):
+    except NPZ_READ_ERRORS as e:
+        if isinstance(e, _BaseError):  # the package's own (DatasetFormatError of a bad label...)
             raise
         raise DatasetFormatError(f"cannot read label file {path}: {type(e).__name__}: {e}") from e
 

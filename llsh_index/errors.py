@@ -1,5 +1,12 @@
 """Typed errors.  Each one also derives from the built-in exception a caller would expect."""
 
+# What np.load and the zip reader raise on a damaged, truncated or foreign .npz file has no closed
+# list: BadZipFile, EOFError, OSError, ValueError (pickled data refused), NotImplementedError (a
+# compression method), RuntimeError (a flipped flag bit: "encrypted"), zlib.error, SyntaxError or
+# tokenize's TokenError (a .npy header that no longer parses), MemoryError (a flipped shape)...  The
+# readers catch these, after letting FileNotFoundError and the package's own errors through.
+NPZ_READ_ERRORS = (Exception,)
+
 
 class LLSHError(Exception):
     """Base class of every error raised by llsh_index."""

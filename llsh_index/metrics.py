@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import math
 import os
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -51,7 +50,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 from sklearn.metrics import roc_auc_score
 
-from .errors import InvalidDTypeError, InvalidInputError
+from .errors import NPZ_READ_ERRORS, InvalidDTypeError, InvalidInputError, LLSHError
 
 __all__ = [
     "MetricsError",
@@ -586,13 +585,9 @@ def load_labels(path: str | os.PathLike) -> dict[str, np.ndarray]:
             if not names:
                 raise EmptyInputError(f"{os.fspath(path)}: expected at least 1 video, got 0")
             return {k: _as_label_array(z[k], f"{os.fspath(path)}[{k!r}]") for k in names}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        if isinstance(exc, MetricsError):
+    except NPZ_READ_ERRORS as exc:
+        if isinstance(exc, (LLSHError, FileNotFoundError)):
             raise
-        if isinstance(exc, FileNotFoundError):
-            raise
-        # np.load: ValueError for object arrays with allow_pickle=False or a foreign file, EOFError
-        # for an empty one, BadZipFile for a truncated archive, IsADirectoryError for a folder
         raise LabelFileError(f"{os.fspath(path)}: not a readable label npz ({type(exc).__name__}: {exc})") from exc
 
 
