@@ -72,6 +72,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ._validation import check_int_range
 from .errors import ConfigError, IndexFormatError, InvalidInputError, WritePathError
 
 __all__ = [
@@ -119,11 +120,6 @@ class SyntheticConfig:
     test_videos: Optional[Tuple[str, ...]] = None  # subset of the label layout (None = all)
 
     def __post_init__(self):
-        def integer(name, low):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
-                raise ConfigError(f"{name}: expected an integer >= {low}, got {v!r}")
-
         def number(name, low, high=math.inf, low_open=False, high_open=False):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v) \
@@ -132,9 +128,9 @@ class SyntheticConfig:
                 raise ConfigError(f"{name}: expected a finite number in {rng}, got {v!r}")
 
         for name in ("dim", "n_train_videos", "latent_shared", "n_train_scenes"):
-            integer(name, 1)
+            check_int_range(getattr(self, name), name, 1)
         for name in ("latent_scene", "snippet_span", "seed"):
-            integer(name, 0)
+            check_int_range(getattr(self, name), name, 0)
         number("scale", 0, low_open=True)
         for name in ("mean_scale", "scene_scale", "signal_scale", "noise", "anomaly_spread"):
             number(name, 0)
@@ -399,22 +395,25 @@ def _train_lengths(rng: np.random.Generator, cfg: SyntheticConfig) -> np.ndarray
 _PARTIAL_MARK = ".llsh-partial-bundle"
 
 
-def _check_replaceable(out_dir: str) -> None:
-    """generate() replaces out_dir only when it is absent, empty, or a feature bundle (its manifest
-    says so): anything else (a user's folder, a file) raises WritePathError and is left alone."""
+def _existing_bundle(out_dir: str) -> Optional[dict]:
+    """The manifest of the bundle at out_dir, or None where there is nothing (absent or empty):
+    generate() replaces only those.  Anything else (a user's folder, a file) raises WritePathError
+    and is left alone."""
     if not os.path.lexists(out_dir):
-        return
+        return None
     if not os.path.isdir(out_dir) or os.path.islink(out_dir):
         raise WritePathError(f"{out_dir}: expected a folder for the bundle, but it is a file or a link")
     if not os.listdir(out_dir):
-        return
+        return None
     try:
         with open(os.path.join(out_dir, "manifest.json")) as f:
-            ok = json.load(f).get("format") == BUNDLE_FORMAT
+            manifest = json.load(f)
+        ok = manifest.get("format") == BUNDLE_FORMAT
     except (OSError, ValueError, AttributeError):
         ok = False
-    if not ok:
-        raise WritePathError(f"{out_dir}: exists and is not a feature bundle (no manifest.json of format "
+    if ok:
+        return manifest
+    raise WritePathError(f"{out_dir}: exists and is not a feature bundle (no manifest.json of format "
                              f"{BUNDLE_FORMAT!r}); generate() replaces only bundles: give another folder")
 
 
@@ -447,13 +446,9 @@ def generate(out_dir: str, labels: Optional[Mapping[str, np.ndarray]] = None,
         frame_labels[n] = lab.astype(np.uint8)
     layout_sig = [[n, int(frame_labels[n].size), int(frame_labels[n].sum())] for n in names]
 
-    mpath = os.path.join(out_dir, "manifest.json")
-    _check_replaceable(out_dir)  # before the work: a folder that is not a bundle is never deleted
-    if os.path.exists(mpath) and not overwrite:
-        with open(mpath) as f:
-            old = json.load(f)
-        if old.get("config") == {"synthetic": cfg.to_json(), "layout": layout_sig}:
-            return open_bundle(out_dir)
+    old = _existing_bundle(out_dir)  # before the work: a folder that is not a bundle is never deleted
+    if old is not None and not overwrite and old.get("config") == {"synthetic": cfg.to_json(), "layout": layout_sig}:
+        return open_bundle(out_dir)
     tmp_dir = out_dir.rstrip("/\\") + ".partial"
     if os.path.lexists(tmp_dir):
         if not os.path.isfile(os.path.join(tmp_dir, _PARTIAL_MARK)):
@@ -559,7 +554,7 @@ def generate(out_dir: str, labels: Optional[Mapping[str, np.ndarray]] = None,
                           config={"synthetic": cfg.to_json(), "layout": layout_sig})
     os.remove(os.path.join(tmp_dir, _PARTIAL_MARK))
     if os.path.exists(out_dir):
-        _check_replaceable(out_dir)  # again: it may have changed during the work
+        _existing_bundle(out_dir)  # again: it may have changed during the work
         shutil.rmtree(out_dir)
     os.replace(tmp_dir, out_dir)
     return open_bundle(out_dir)
