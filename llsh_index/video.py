@@ -849,8 +849,10 @@ class FeatureFile:
                 f"extractor={self.meta.get('extractor')!r}, labels={'yes' if self.labels else 'no'})")
 
 
-def _str_keyed(mapping: Any, what: str) -> Dict[str, Any]:
-    """Video names are stored as strings: {1: ...} and {"1": ...} name the same video."""
+def _str_keyed(mapping: Any, what: str) -> Optional[Dict[str, Any]]:
+    """Video names are stored as strings: {1: ...} and {"1": ...} name the same video (None stays None)."""
+    if mapping is None:
+        return None
     if not isinstance(mapping, Mapping):
         raise InvalidInputError(f"{what}: expected a mapping of video name -> array, got {type(mapping).__name__}")
     out = {str(k): v for k, v in mapping.items()}
@@ -881,11 +883,12 @@ def save_features(path: Union[str, os.PathLike], features_by_video: Mapping[str,
     """
     if dtype not in ("float32", "float16"):
         raise ConfigError(f"dtype: expected 'float32' or 'float16', got {dtype!r}")
+    if features_by_video is None:
+        raise InvalidInputError("features_by_video: expected a mapping of video name -> array, got NoneType")
     features_by_video = _str_keyed(features_by_video, "features_by_video")
-    labels_by_video = None if labels_by_video is None else _str_keyed(labels_by_video, "labels_by_video")
-    frame_index_by_video = (None if frame_index_by_video is None
-                            else _str_keyed(frame_index_by_video, "frame_index_by_video"))
-    n_frames_by_video = None if n_frames_by_video is None else _str_keyed(n_frames_by_video, "n_frames_by_video")
+    labels_by_video = _str_keyed(labels_by_video, "labels_by_video")
+    frame_index_by_video = _str_keyed(frame_index_by_video, "frame_index_by_video")
+    n_frames_by_video = _str_keyed(n_frames_by_video, "n_frames_by_video")
     if not features_by_video:
         raise InvalidInputError("features_by_video: expected at least one video, got none")
     names = list(features_by_video)
