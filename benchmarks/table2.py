@@ -831,7 +831,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     ap.add_argument("--queue-size", type=positive_int, default=None,
                     help="MoCo queue (paper: ST 8192, Avenue 2048; default 8192, Ped2 2048)")
     ap.add_argument("--knn-k", type=positive_int, default=1024)
-    ap.add_argument("--kmeans-ks", type=int_list, default=[32, 256])
+    ap.add_argument("--kmeans-ks", type=int_list(0), default=[32, 256])
     ap.add_argument("--kmeans-iter", type=positive_int, default=None, help="K-means iterations (default 25; quick 10)")
     ap.add_argument("--methods", default=None,
                     help="comma-separated subset of: knn,kmeans<K>,lsh,llsh,light,squared (with --probes also "

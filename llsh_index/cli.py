@@ -48,9 +48,14 @@ def nonnegative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
 
-def int_list(text: str) -> List[int]:
-    """Comma-separated integers >= 0 (e.g. --probes 1,4,8)."""
-    return [_int_at_least(part, 0) for part in text.split(",") if part.strip()] or _int_at_least("", 0)
+def int_list(low: int = 0):
+    """argparse type for comma-separated integers >= low (e.g. type=int_list(1) for --probes 1,4,8)."""
+    def parse(text: str) -> List[int]:
+        parts = [p for p in text.split(",") if p.strip()]
+        if not parts:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of integers, got {text!r}")
+        return [_int_at_least(p, low) for p in parts]
+    return parse
 
 
 def _int_at_least(text: str, low: int) -> int:
