@@ -160,12 +160,13 @@ def cpu_build(keys, codes, ids, keep_codes=True):
     return t
 
 
-def cpu_lookup(t, n_items, qc, qk, mode, miss):
+def cpu_lookup(t, n_items, qc, qk, mode, miss, partial=False):
+    """The CPU engine's lookup: (distances, n_visited), or with partial (distances, n_visited, sums, counts)."""
     codes = t["codes"]
     if codes is not None and codes.dtype == np.float16:
         codes = codes.view(np.uint16)
     return _C.lookup_cpu(t["keys"], t["table_start"], t["offsets"], codes, t["bucket_sum"], t["bucket_sqnorm"],
-                         n_items, qc, qk, mode, float(miss))
+                         n_items, qc, qk, mode, float(miss), *((0, True) if partial else ()))
 
 
 def host(t):
@@ -257,12 +258,8 @@ def test_partial_output_matches_cpu(case):
     g = ce.build_tables(to_dev(keys), to_dev(codes), to_dev(ids))
     gs = ce.build_tables(to_dev(keys), to_dev(codes), to_dev(ids), keep_codes=False)
     qc_d, qk_d = to_dev(qc), to_dev(qk)
-    half = codes.dtype == np.float16
     for mode in (0, 1, 2):
-        c = ref["codes"].view(np.uint16) if half else ref["codes"]
-        want, _, want_sum, want_count = _C.lookup_cpu(ref["keys"], ref["table_start"], ref["offsets"], c,
-                                                      ref["bucket_sum"], ref["bucket_sqnorm"], n, qc, qk, mode,
-                                                      3.0, 0, True)
+        want, _, want_sum, want_count = cpu_lookup(ref, n, qc, qk, mode, 3.0, partial=True)
         out, psum, pcount = ce.lookup(g, n, qc_d, qk_d, mode, 3.0, return_partial=True)
         assert psum.dtype == torch.float64 and pcount.dtype == torch.int64 and psum.shape == (qc.shape[0], b)
         np.testing.assert_array_equal(host(pcount), want_count, err_msg=f"mode {mode} counts")
@@ -424,11 +421,8 @@ def test_kernel_loops_take_several_passes(case):
     g = ce.build_tables(to_dev(keys), to_dev(codes), to_dev(ids))
     assert_tables_equal(g, ref, dtype)
     qc_d, qk_d = to_dev(qc), to_dev(qk)
-    c = ref["codes"].view(np.uint16) if dtype == np.float16 else ref["codes"]
     for mode in (0, 1, 2):
-        want, _, want_sum, want_count = _C.lookup_cpu(ref["keys"], ref["table_start"], ref["offsets"], c,
-                                                      ref["bucket_sum"], ref["bucket_sqnorm"], n, qc, qk, mode,
-                                                      7.0, 0, True)
+        want, _, want_sum, want_count = cpu_lookup(ref, n, qc, qk, mode, 7.0, partial=True)
         out, psum, pcount = ce.lookup(g, n, qc_d, qk_d, mode, 7.0, return_partial=True)
         np.testing.assert_allclose(host(out), want, rtol=TOL, atol=TOL, err_msg=f"mode {mode}")
         np.testing.assert_array_equal(host(pcount), want_count, err_msg=f"mode {mode} counts")
