@@ -35,6 +35,10 @@ DEMO_TRAINING = dict(iterations=2000, lr=0.2, momentum=0.99, queue_size=2048, ba
 DEMO_KNN_K = 1
 DEMO_PROBES = 32  # the multi-probe rows (ours): buckets probed per table (on a miss: of every table)
 DEMO_KMEANS_K = 32
+PAPER_TRAINING = dict(iterations=60, epochs=1, lr=1e-3, momentum=0.999, queue_size=8192, batch_size=256,
+                      max_offset=150, temperature=0.2, project_pcs=0, project_mean=False, centre_layers=False)
+SCHEDULES = {"paper": PAPER_TRAINING, "demo": dict(PAPER_TRAINING, **DEMO_TRAINING)}
+FEW_STEPS = 50  # below this many SGD steps the paper's lr 1e-3 leaves the layers where they started
 
 
 # ---------------------------------------------------------------------- helpers
@@ -132,6 +136,8 @@ def _open_npz(path: str, what: str):
 
 def _load_scores(path: str) -> Dict[str, np.ndarray]:
     with _open_npz(path, "score") as z:
+        if "meta" in z.files and "features_00000" in z.files:
+            raise InvalidInputError(f"{path}: a feature file, not a score file; run `llsh-index score` on it first")
         try:
             scores = {k: z[k] for k in z.files if k != "__meta__"}
         except NPZ_READ_ERRORS as exc:
@@ -141,10 +147,17 @@ def _load_scores(path: str) -> Dict[str, np.ndarray]:
     return scores
 
 
-def _load_labels(path: str) -> Dict[str, np.ndarray]:
-    """Per-frame labels from a label .npz (vad_groundtruth layout) or a feature file with labels."""
+def _load_labels(path: str, scores: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
+    """Per-frame labels from a label .npz (vad_groundtruth layout), a feature file with labels, or
+    UCSD's ped2.mat (its ranges need each video's frame count: the per-frame scores' lengths)."""
     from . import metrics
 
+    if path.lower().endswith(".mat"):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"label file not found: {path}")
+        if not scores:
+            raise InvalidInputError(f"{path}: a .mat label file needs per-frame scores to count the frames")
+        return metrics.load_ped2_labels(path, {v: len(scores[v]) for v in sorted(scores)})
     with _open_npz(path, "label") as z:
         is_feature_file = "meta" in z.files and "features_00000" in z.files
     if is_feature_file:
@@ -191,33 +204,41 @@ def _add_index_args(p: argparse.ArgumentParser) -> None:
                         "L2; light and squared keep bucket statistics only")
     p.add_argument("--code-dtype", choices=["float32", "float16"], default=None,
                    help="stored codes (mean mode): float16 halves the index in memory and on disk (default float32)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the hash layers' initialisation and of training (default 0)")
 
 
-def _add_training_args(p: argparse.ArgumentParser, defaults: dict) -> None:
-    p.add_argument("--iterations", type=int, default=defaults["iterations"],
-                   help="one epoch = n_videos x iterations pairs")
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--lr", type=float, default=defaults["lr"])
-    p.add_argument("--momentum", type=float, default=defaults["momentum"], help="key-encoder EMA")
-    p.add_argument("--queue-size", type=int, default=defaults["queue_size"])
-    p.add_argument("--batch-size", type=int, default=defaults["batch_size"])
-    p.add_argument("--max-offset", type=int, default=defaults["max_offset"], help="positives within +-this")
-    p.add_argument("--temperature", type=float, default=defaults["temperature"])
-    p.add_argument("--project-pcs", type=int, default=0,
-                   help="ours: the layers lose the data's top-K principal directions (the demo uses 30; 0 = paper)")
-    p.add_argument("--project-mean", action="store_true",
-                   help="ours: keep the gradient off the data's mean direction (the demo uses it)")
-    p.add_argument("--centre-layers", action="store_true",
+def _add_training_args(p: argparse.ArgumentParser) -> None:
+    """Training options; each left out takes the value of --schedule."""
+    demo = SCHEDULES["demo"]
+    p.add_argument("--schedule", choices=sorted(SCHEDULES), default="paper",
+                   help="the settings every option below defaults to: 'paper' (lr 1e-3, tau 0.2, queue 8192, "
+                        "60 iterations per video: sized for ShanghaiTech's 330 long videos) or 'demo' (lr "
+                        f"{demo['lr']}, tau {demo['temperature']}, queue {demo['queue_size']}, {demo['iterations']} "
+                        f"iterations per video, {demo['project_pcs']} principal directions projected out: the demo's, "
+                        "for a few short videos such as Ped2's 16)")
+    p.add_argument("--iterations", type=int, default=None,
+                   help="pairs per video and epoch (one epoch = n_videos x iterations pairs)")
+    p.add_argument("--epochs", type=int, default=None, help="passes (default 1)")
+    p.add_argument("--lr", type=float, default=None, help="SGD learning rate")
+    p.add_argument("--momentum", type=float, default=None, help="key-encoder EMA")
+    p.add_argument("--queue-size", type=int, default=None, help="negatives kept (FIFO of recent keys)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--max-offset", type=int, default=None, help="positives within +-this many snippets")
+    p.add_argument("--temperature", type=float, default=None, help="InfoNCE tau")
+    p.add_argument("--project-pcs", type=int, default=None,
+                   help="ours: the layers lose the data's top-K principal directions (demo 30; paper 0)")
+    p.add_argument("--project-mean", action=argparse.BooleanOptionalAction, default=None,
+                   help="ours: keep the gradient off the data's mean direction (on in the demo schedule)")
+    p.add_argument("--centre-layers", action=argparse.BooleanOptionalAction, default=None,
                    help="ours: remove the data's mean direction from the layers too, so every bit splits the "
                         "training data (for large training sets; see benchmarks/RESULTS.md, Table 2)")
 
 
 def _training_kwargs(args) -> dict:
-    return dict(iterations=args.iterations, epochs=args.epochs, lr=args.lr, momentum=args.momentum,
-                queue_size=args.queue_size, batch_size=args.batch_size, max_offset=args.max_offset,
-                temperature=args.temperature, project_pcs=args.project_pcs, project_mean=args.project_mean,
-                centre_layers=args.centre_layers)
+    """The schedule's settings, with each option given on the command line in place of its own."""
+    out = dict(SCHEDULES[args.schedule])
+    out.update({k: getattr(args, k) for k in out if getattr(args, k, None) is not None})
+    return out
 
 
 # ---------------------------------------------------------------------- subcommands
@@ -228,9 +249,20 @@ def cmd_extract(args) -> int:
                "shanghaitech": datasets.load_shanghaitech, "folders": datasets.load_frame_folders}
     split = {"train": "training", "test": "testing"}[args.split]
     if args.dataset == "folders":
-        ds = datasets.load_frame_folders(args.root)
-    else:
+        labels = datasets.load_npz_labels(args.labels) if args.labels else None
+        ds = datasets.load_frame_folders(args.root, labels)
+    elif args.labels is None:
         ds = loaders[args.dataset](args.root, split)
+    else:  # the label file lies elsewhere (e.g. ../shared/data/vad_groundtruth)
+        key = "mat_path" if args.dataset == "ped2" else "labels_path"
+        ds = loaders[args.dataset](args.root, split, **{key: args.labels})
+    if args.videos:
+        wanted = [v.strip() for v in args.videos.split(",") if v.strip()]
+        unknown = [v for v in wanted if v not in ds.names]
+        if unknown or not wanted:
+            raise InvalidInputError(f"--videos: expected names from {args.dataset} {split} "
+                                    f"({', '.join(ds.names[:8])}{', ...' if len(ds) > 8 else ''}), got {unknown or wanted}")
+        ds.videos = [v for v in ds.videos if v.name in wanted]
     extractor = video.EfficientNetLite0Extractor(device=args.device) if args.device else None
     t0 = time.time()
     feats, meta = video.extract_dataset(ds, extractor, T=args.T, s=args.s, cache=args.out,
@@ -245,11 +277,15 @@ def cmd_fit(args) -> int:
     names = _select(ff, args.prefix)
     x, vids = _stack(ff, names)
     index = _index_from_args(args, x.shape[1])
-    index.fit(x, video_ids=vids, progress=not args.quiet, **_training_kwargs(args))
+    training = _training_kwargs(args)
+    index.fit(x, video_ids=vids, progress=not args.quiet, **training)
     size = index.save(args.out)
     log = index.training_log_
-    print(f"trained on {len(x)} snippets of {len(names)} videos: {log.steps} steps, loss "
+    print(f"trained on {len(x)} snippets of {len(names)} videos ({args.schedule} schedule): {log.steps} steps, loss "
           f"{log.losses[0]:.3f} -> {np.mean(log.losses[-10:]):.3f}; saved {args.out} ({size} bytes)")
+    if log.steps < FEW_STEPS and training["lr"] < 0.01:
+        print(f"note: {log.steps} SGD steps at lr {training['lr']:g} barely move the layers from plain LSH; "
+              "for a few short videos (such as Ped2) try --schedule demo, or raise --iterations", file=sys.stderr)
     return 0
 
 
@@ -274,6 +310,9 @@ def cmd_score(args) -> int:
     from . import LearnableLSHIndex
 
     index = LearnableLSHIndex.load(args.index)
+    if index.ntotal == 0:
+        raise ConfigError(f"{args.index} holds hash layers but no indexed snippets (a `fit` output); index the "
+                          f"training features first: llsh-index build --model {args.index} --features ... --out ...")
     ff = _load_feature_file(args.features)
     names = _select(ff, args.prefix)
     out, t0 = {}, time.time()
@@ -296,50 +335,65 @@ def cmd_evaluate(args) -> int:
     from . import metrics
 
     scores = _load_scores(args.scores)
-    labels = _load_labels(args.labels)
+    labels = _load_labels(args.labels, scores)
     res = metrics.evaluate(scores, labels, sigma=args.sigma)
     print(f"micro-AUC {res.micro.auc:.4f}  macro-AUC {res.macro.auc:.4f}  "
           f"({res.macro.n_videos} videos, {res.macro.n_single_class} single-class skipped in macro; sigma {args.sigma})")
+    if args.per_video:
+        for v, auc in res.macro.per_video.items():
+            print(f"  {v}  {auc:.4f}")
     if args.json:
-        _write_text(args.json, json.dumps({"micro_auc": res.micro.auc, "macro_auc": res.macro.auc,
-                                           "n_single_class": res.macro.n_single_class}, indent=1))
+        _write_text(args.json, json.dumps({
+            "micro_auc": res.micro.auc, "macro_auc": res.macro.auc, "sigma": args.sigma,
+            "n_videos": res.macro.n_videos, "n_single_class": res.macro.n_single_class,
+            "single_class_videos": list(res.macro.single_class_videos), "n_frames": res.micro.n_frames,
+            "per_video_auc": res.macro.per_video, "scores": os.path.abspath(args.scores),
+            "labels": os.path.abspath(args.labels)}, indent=1))
     return 0
 
 
 def plot_curves(path: str, curves: Dict[str, Dict[str, np.ndarray]], labels: Dict[str, np.ndarray],
                 videos: Sequence[str], sigma: float = 12, title: str = "") -> None:
-    """Per-video score curves (smoothed, min-max normalised) with the anomalous frames shaded."""
+    """Per-video score curves (smoothed, min-max normalised) with the anomalous frames shaded, and
+    each curve's frame-level AUC on that video in the legend (as the micro-AUC sees the curve)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+    from sklearn.metrics import roc_auc_score
 
     from .metrics import smooth_scores
 
     fmt = os.path.splitext(path)[1][1:].lower()
-    from matplotlib.figure import Figure
-
     formats = Figure().canvas.get_supported_filetypes()  # a detached figure: pyplot's are left alone
     if fmt not in formats:
         raise ConfigError(f"plot: {path!r} has no image extension matplotlib writes; expected one of "
                           f"{', '.join(sorted('.' + k for k in formats))}")
-    fig, axes = plt.subplots(len(videos), 1, figsize=(9, 1.9 * len(videos)), squeeze=False)
+    fig, axes = plt.subplots(len(videos), 1, figsize=(9, 1.35 + 1.6 * len(videos)), squeeze=False, sharey=True)
     for ax, v in zip(axes[:, 0], videos):
         lab = labels[v].astype(bool)
         edges = np.flatnonzero(np.diff(np.r_[0, lab.astype(int), 0]))
         for a, b in zip(edges[::2], edges[1::2]):
             ax.axvspan(a, b - 1, color="tab:red", alpha=0.15, lw=0)
-        for name, per_video in curves.items():
+        handles = []
+        for i, (name, per_video) in enumerate(curves.items()):
             s = smooth_scores(per_video[v], sigma)
             rng = s.max() - s.min()
-            ax.plot((s - s.min()) / rng if rng > 0 else s * 0, lw=1.3, label=name)
-        ax.set_ylabel(v, rotation=0, ha="right", va="center")
+            s = (s - s.min()) / rng if rng > 0 else s * 0
+            auc = f"AUC {roc_auc_score(lab, s):.3f}" if lab.any() and not lab.all() else "one class"
+            handles += ax.plot(s, lw=1.3, color=f"C{i}", label=f"{name} ({auc})")
+        if lab.any():
+            handles.append(Patch(color="tab:red", alpha=0.15, label="labelled anomalous"))
+        ax.legend(handles=handles, loc="upper left", fontsize=7, ncol=min(len(handles), 4), framealpha=0.8)
+        ax.set_ylabel(f"video {v}", rotation=0, ha="right", va="center")
         ax.set_xlim(0, len(lab) - 1)
-        ax.set_yticks([])
-    axes[0, 0].legend(loc="upper left", fontsize=8, ncol=len(curves))
-    axes[-1, 0].set_xlabel("frame (shaded: labelled anomalous)")
-    if title:
-        axes[0, 0].set_title(title)
+        ax.set_ylim(-0.05, 1.45)  # headroom for the legend
+        ax.set_yticks([0, 1])
+    axes[-1, 0].set_xlabel("frame")
+    sub = f"scores smoothed (Gaussian, sigma {sigma:g} frames) and min-max normalised per video, as micro-AUC"
+    axes[0, 0].set_title(f"{title}\n{sub}" if title else f"Anomaly score per frame\n{sub}", fontsize=9)
     fig.tight_layout()
     from .io import atomic_write
 
@@ -351,14 +405,29 @@ def plot_curves(path: str, curves: Dict[str, Dict[str, np.ndarray]], labels: Dic
 
 
 def cmd_plot(args) -> int:
-    scores = _load_scores(args.scores)
-    labels = _load_labels(args.labels)
-    videos = args.videos.split(",") if args.videos else [v for v in scores if v in labels][:6]
-    missing = [v for v in videos if v not in scores or v not in labels]
-    if missing:
-        raise InvalidInputError(f"no scores or labels for videos {missing}")
-    plot_curves(args.out, {os.path.basename(args.scores): scores}, labels, videos, args.sigma)
-    print(f"-> {args.out}")
+    files = args.scores
+    curves = {}
+    for path in files:
+        name = os.path.splitext(os.path.basename(path))[0]
+        while name in curves:  # two files of one name from different folders
+            name += "'"
+        curves[name] = _load_scores(path)
+    first = curves[next(iter(curves))]
+    labels = _load_labels(args.labels, first)
+    common = [v for v in first if v in labels and all(v in c for c in curves.values())]
+    if args.videos == "all":
+        videos = common
+    elif args.videos:
+        videos = [v.strip() for v in args.videos.split(",") if v.strip()]
+    else:
+        videos = common[:6]
+    missing = [v for v in videos if v not in labels or any(v not in c for c in curves.values())]
+    if missing or not videos:
+        raise InvalidInputError(f"--videos: expected names with scores and labels ({', '.join(common[:8])}"
+                                f"{', ...' if len(common) > 8 else ''}), got {missing or videos}")
+    plot_curves(args.out, curves, labels, videos, args.sigma, title=args.title)
+    more = "" if args.videos else f" (the first {len(videos)} of {len(common)}; --videos all for every one)"
+    print(f"{len(videos)} videos{more} -> {args.out}")
     return 0
 
 
@@ -391,7 +460,7 @@ def run_demo(out_dir: str, features: Optional[str] = None, training: Optional[di
                      "build_s": build_s, "score_s": score_s})
         curves[name] = scores
         if not quiet:
-            print(f"  {name:<12s} micro {res.micro.auc:.4f}  macro {res.macro.auc:.4f}", flush=True)
+            print(f"  {name:<26s} micro {res.micro.auc:.4f}  macro {res.macro.auc:.4f}", flush=True)
 
     if not quiet:
         print(f"Ped2 demo features: {len(x)} training snippets of {len(train_names)} videos, "
@@ -448,7 +517,7 @@ def run_demo(out_dir: str, features: Optional[str] = None, training: Optional[di
     try:
         keep = [n for n in ("LLSH", f"KNN k={DEMO_KNN_K}", "LSH") if n in curves]
         plot_curves(plot_path, {n: curves[n] for n in keep}, labels, test_names[:6],
-                    title="Ped2 test videos: anomaly score (smoothed, min-max normalised)")
+                    title=f"Ped2 test videos 01-06 (llsh-index demo, seed {seed})")
     except ImportError:
         plot_path = None
     summary = {"rows": rows, "training": training, "seed": int(seed), "plot": plot_path, "n_train": int(len(x)),
@@ -472,6 +541,11 @@ def cmd_demo(args) -> int:
 
 
 # ---------------------------------------------------------------------- parser
+LABELS_HELP = ("per-frame labels: a label .npz (video -> per-frame 0/1, e.g. ../shared/data/vad_groundtruth/"
+               "Avenue_gt.npz), a feature file extracted with labels, or UCSD's ped2.mat")
+PREFIX_HELP = "only the videos whose name starts with this"
+SIGMA_HELP = "Gaussian smoothing of each video's scores, in frames (default 12, the paper's; 0: none)"
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="llsh-index", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -492,36 +566,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", required=True, help="dataset root (for 'folders': a folder of frame folders)")
     p.add_argument("--split", choices=["train", "test"], default="train")
     p.add_argument("--out", required=True, help="feature file to write (reused if it matches)")
-    p.add_argument("--T", type=int, default=16, help="frames per snippet")
-    p.add_argument("--s", type=int, default=1, help="frame step inside a snippet")
+    p.add_argument("--labels", default=None,
+                   help="test labels kept in the feature file: ped2, the ped2.mat file; avenue / shanghaitech / "
+                        "folders, a label .npz (video -> per-frame 0/1, e.g. ../shared/data/vad_groundtruth/"
+                        "Avenue_gt.npz); default: looked for under --root (folders: none)")
+    p.add_argument("--videos", default=None, help="comma-separated video names: extract only these (default: all)")
+    p.add_argument("--T", type=int, default=16, help="frames per snippet (default 16)")
+    p.add_argument("--s", type=int, default=1, help="frame step inside a snippet (default 1)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_extract)
 
     p = sub.add_parser("fit", help="train the hash layers (MoCo) on training features")
-    p.add_argument("--features", required=True)
-    p.add_argument("--prefix", default=None, help="only videos whose name starts with this (e.g. train/)")
-    p.add_argument("--out", required=True, help="file for the trained layers (an empty index)")
+    p.add_argument("--features", required=True, help="training feature file (from `extract`)")
+    p.add_argument("--prefix", default=None, help=PREFIX_HELP)
+    p.add_argument("--out", required=True, help="file for the trained layers (an empty index: `build --model` fills it)")
     _add_index_args(p)
-    _add_training_args(p, dict(iterations=60, lr=1e-3, momentum=0.999, queue_size=8192, batch_size=256,
-                               max_offset=150, temperature=0.2))
+    _add_training_args(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_fit)
 
     p = sub.add_parser("build", help="index training features (with trained layers, or plain LSH)")
-    p.add_argument("--features", required=True)
-    p.add_argument("--prefix", default=None)
+    p.add_argument("--features", required=True, help="training feature file (from `extract`)")
+    p.add_argument("--prefix", default=None, help=PREFIX_HELP)
     p.add_argument("--model", default=None, help="layers from `fit`; without it, untrained LSH layers")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="index file to write")
     _add_index_args(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_build)
 
     p = sub.add_parser("score", help="per-video, per-frame anomaly scores (.npz, optional .csv)")
-    p.add_argument("--index", required=True)
-    p.add_argument("--features", required=True)
-    p.add_argument("--prefix", default=None)
-    p.add_argument("--mode", dest="mode_override", choices=["mean", "light", "squared"], default=None)
+    p.add_argument("--index", required=True, help="index file from `build`")
+    p.add_argument("--features", required=True, help="feature file of the videos to score (from `extract`)")
+    p.add_argument("--prefix", default=None, help=PREFIX_HELP)
+    p.add_argument("--mode", dest="mode_override", choices=["mean", "light", "squared"], default=None,
+                   help="score with another mode than the index's (light / squared from a mean-mode index)")
     p.add_argument("--probes", type=int, default=1,
                    help="buckets probed per table (default 1, the paper; more also probe the keys with one or two "
                         "of the query's least confident bits flipped)")
@@ -530,23 +609,31 @@ def build_parser() -> argparse.ArgumentParser:
                         "it with the miss value; otherwise it must exceed --probes)")
     p.add_argument("--reduce", choices=["min", "mean"], default="min",
                    help="over the tables: min (default, the paper) or mean over the tables whose bucket exists (ours)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--csv", default=None)
+    p.add_argument("--out", required=True, help="score file to write (.npz: video -> per-frame scores)")
+    p.add_argument("--csv", default=None, help="also write the scores as CSV (video,frame,score)")
     p.set_defaults(fn=cmd_score)
 
-    p = sub.add_parser("evaluate", help="frame-level micro/macro AUC with the VAD protocol")
-    p.add_argument("--scores", required=True)
-    p.add_argument("--labels", required=True, help="label .npz (video -> per-frame 0/1) or a feature file")
-    p.add_argument("--sigma", type=float, default=12)
-    p.add_argument("--json", default=None)
+    p = sub.add_parser("evaluate", help="frame-level micro/macro AUC with the VAD protocol",
+                       description="Frame-level AUC as the LLSH paper reports it: each video's scores are smoothed "
+                                   "with a Gaussian (--sigma); macro-AUC is the mean of the per-video AUCs (videos "
+                                   "with one class only are skipped), micro-AUC is one AUC over all frames after "
+                                   "each video's smoothed scores are min-max normalised to [0, 1].")
+    p.add_argument("--scores", required=True, help="score file from `score`")
+    p.add_argument("--labels", required=True, help=LABELS_HELP)
+    p.add_argument("--sigma", type=float, default=12, help=SIGMA_HELP)
+    p.add_argument("--per-video", action="store_true", help="also print every video's AUC")
+    p.add_argument("--json", default=None, help="also write the results (per-video AUCs included) to this file")
     p.set_defaults(fn=cmd_evaluate)
 
     p = sub.add_parser("plot", help="score curves with the labelled anomalous frames shaded (PNG)")
-    p.add_argument("--scores", required=True)
-    p.add_argument("--labels", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--videos", default=None, help="comma-separated video names (default: the first 6)")
-    p.add_argument("--sigma", type=float, default=12)
+    p.add_argument("--scores", required=True, nargs="+",
+                   help="one or more score files (from `score`), drawn as one curve each, named after the file")
+    p.add_argument("--labels", required=True, help=LABELS_HELP)
+    p.add_argument("--out", required=True, help="image file (.png, .pdf, .svg, ...)")
+    p.add_argument("--videos", default=None,
+                   help="comma-separated video names, or 'all' (default: the first 6)")
+    p.add_argument("--sigma", type=float, default=12, help=SIGMA_HELP)
+    p.add_argument("--title", default="", help="a title above the curves")
     p.set_defaults(fn=cmd_plot)
     return ap
 

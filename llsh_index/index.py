@@ -23,6 +23,7 @@ is the paper) averages the distances of the tables that hit instead of taking th
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import threading
@@ -46,6 +47,23 @@ _CHUNK_BYTES = 64 << 20  # working set of one hashed chunk: bounds the memory of
 _MIN_GEMM_ROWS = 16
 _MAX_TABLES = 1 << 16
 
+
+
+def _training_config_from(saved, path) -> TrainingConfig:
+    """The TrainingConfig a file stores (its fields by name; each of the type the field has)."""
+    fields = {f.name: f for f in dataclasses.fields(TrainingConfig)}
+    if not isinstance(saved, dict) or set(saved) - set(fields):
+        raise IndexFormatError(f"{path}: training settings expected a mapping of {sorted(fields)}, got "
+                               f"{sorted(saved) if isinstance(saved, dict) else type(saved).__name__}")
+    default = TrainingConfig()
+    for name, value in saved.items():
+        want = type(getattr(default, name))
+        ok = isinstance(value, want) and not (want is not bool and isinstance(value, bool))
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            ok, saved[name] = True, float(value)  # JSON writes 1.0 as 1.0, but a hand-made 1 is fine
+        if not ok:
+            raise IndexFormatError(f"{path}: training setting {name!r} expected {want.__name__}, got {value!r}")
+    return TrainingConfig(**saved)
 
 class LearnableLSHIndex:
     """Learnable LSH index over (N, dim) features; see the module docstring.
@@ -92,6 +110,7 @@ class LearnableLSHIndex:
         _require_cuda(self.device, f"device={self.device!r}")
         self.encoder: Optional[HashEncoder] = None
         self.training_log_: Optional[TrainingLog] = None
+        self.training_config_: Optional[TrainingConfig] = None  # the last fit()'s settings, defaults resolved
         self.last_n_compared: Optional[int] = None
         self._tables: Optional[Dict] = None
         self._write_lock = threading.Lock()
@@ -530,6 +549,7 @@ class LearnableLSHIndex:
         out = type(self)(self.dim, self.n_tables, self.n_bits, seed=self.seed, **settings)
         out.encoder.weight.data.copy_(self.encoder.weight.detach().cpu())
         out.training_log_ = self.training_log_
+        out.training_config_ = self.training_config_
         return out.to(self.device) if self.device != "cpu" else out
 
     @classmethod
@@ -772,7 +792,8 @@ class LearnableLSHIndex:
                 "seed": self.seed, "batch_size": self.batch_size, "n_threads": self.n_threads,
                 "trained": self.is_trained, "training_steps": 0 if self.training_log_ is None else
                 self.training_log_.steps, "positives": None if self.training_log_ is None else
-                self.training_log_.positives, "has_tables": self._tables is not None}
+                self.training_log_.positives, "has_tables": self._tables is not None,
+                "training_config": None if self.training_config_ is None else dataclasses.asdict(self.training_config_)}
         arrays = {"weight": self.encoder.weight.detach().cpu().numpy()}
         if self.training_log_ is not None:
             arrays["losses"] = np.asarray(self.training_log_.losses, dtype=np.float64)
@@ -817,6 +838,8 @@ class LearnableLSHIndex:
                 index.training_log_ = TrainingLog(losses=arrays.get("losses", np.zeros(0)).tolist(),
                                                   steps=int(meta.get("training_steps", 0)),
                                                   positives=meta.get("positives") or "temporal")
+            if meta.get("training_config") is not None:  # absent from files written before it was saved
+                index.training_config_ = _training_config_from(meta["training_config"], path)
             if meta.get("has_tables"):
                 _widen(arrays, meta.get("narrowed") or {}, path)
                 tables = {k[2:]: v for k, v in arrays.items() if k.startswith("t_")}

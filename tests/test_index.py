@@ -98,6 +98,8 @@ def test_save_load_identical_scores(rng, tmp_path, code_dtype):
     loaded = LearnableLSHIndex.load(str(path))
     assert loaded.is_trained and loaded.ntotal == 800 and loaded.code_dtype == code_dtype
     assert loaded.training_log_.losses == index.training_log_.losses
+    assert loaded.training_config_ == index.training_config_ and loaded.training_config_.iterations == 4
+    assert loaded.empty_like().training_config_ == index.training_config_
     for mode in MODES:
         np.testing.assert_array_equal(loaded.score(x[:100], mode), index.score(x[:100], mode))
     assert not list(tmp_path.glob(".llsh-*"))  # no temp file left behind
