@@ -31,6 +31,16 @@ starts its actors once and ``build_distributed(..., pool=pool)`` / ``load_distri
 pool=pool)`` reuse them (``DistributedIndex.shutdown()`` hands them back, ``pool.shutdown()`` ends
 them).
 
+Resources.  Before it starts actors, a pool, build or load compares what they will hold with what
+the cluster's live nodes have in total (``ray.nodes()``, summed as ``ray.cluster_resources()``):
+shards x ``num_cpus_per_shard`` CPUs and each custom resource of ``resources``, packed node by node
+as Ray places them.  A request the cluster can never satisfy as it stands raises ``ConfigError``
+at once (Ray itself would queue the actors forever, silently).  A cluster whose autoscaler adds
+nodes on demand can grow to fit: pass ``check_resources=False`` there (``--no-resource-check``).
+Then the actors must be up and warm within ``ready_timeout`` seconds (120 by default, None waits
+forever): if not - the resources are held by other actors or tasks, or nodes are slow to come up -
+``ConfigError`` says how many are pending and what they wait for, and the actors are ended.
+
 Running on a cluster.  Start Ray on every machine (``ray start --head`` on one, ``ray start
 --address=HEAD:6379`` on the others, with this package installed in the same environment on each),
 put the partitions where the workers can read them (a shared filesystem, or one local file per
@@ -77,6 +87,9 @@ from .sharded import _ShardScoring
 __all__ = ["build_distributed", "load_distributed", "DistributedIndex", "ShardPool", "main"]
 
 Partition = Union[np.ndarray, Any, str, os.PathLike, Callable[[], Any]]  # Any: a ray.ObjectRef
+
+#: seconds the shard actors get to start and warm up (import torch, ~3 s each) before ConfigError
+READY_TIMEOUT = 120.0
 
 
 def _ray():
@@ -178,20 +191,23 @@ class ShardPool:
                 ...
                 dist.shutdown()          # back to the pool, not killed
 
-    num_cpus_per_shard, n_threads, resources: as for build_distributed, fixed for the pool's actors.
+    num_cpus_per_shard, n_threads, resources, check_resources, ready_timeout: as for
+    build_distributed, fixed for the pool's actors.  ``ShardPool(4, num_cpus_per_shard=1)`` on a
+    2-CPU cluster raises ConfigError (4 CPU asked, 2 in the cluster) instead of waiting forever;
+    ``num_cpus_per_shard=0.5`` fits.
     """
 
     def __init__(self, size: int, *, num_cpus_per_shard: Optional[float] = None, n_threads: Optional[int] = None,
-                 resources: Optional[dict] = None):
+                 resources: Optional[dict] = None, check_resources: bool = True,
+                 ready_timeout: Optional[float] = READY_TIMEOUT):
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
             raise ConfigError(f"ShardPool: size expected an integer >= 1, got {size!r}")
         ray = _ray()
         if not ray.is_initialized():
             ray.init()
         self.n_threads = n_threads
-        Shard = _actor_class().options(**_actor_options(num_cpus_per_shard, resources))
-        self._actors = [Shard.remote(n_threads) for _ in range(int(size))]
-        ray.get([a.ready.remote() for a in self._actors])  # wait until every process is up and warm
+        self._actors = _start_actors(int(size), "ShardPool", num_cpus_per_shard, n_threads, resources,
+                                     check_resources, ready_timeout)  # up and warm, or ConfigError
         self._free = list(self._actors)
         self._closed = False
 
@@ -362,21 +378,162 @@ class DistributedIndex(_ShardScoring):
                 f"n_tables={self._template.n_tables}, n_bits={self._template.n_bits}, mode={self.mode!r})")
 
 
-def _actor_options(num_cpus: Optional[float], resources: Optional[dict]):
+_RESOURCE_UNIT = 10_000  # Ray counts resource quantities in fixed point, to 0.0001
+_RAY_RESERVED = ("CPU", "GPU", "memory", "object_store_memory")
+
+
+def _is_quantity(v) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float, np.integer, np.floating)) and np.isfinite(v) \
+        and v >= 0
+
+
+def _actor_options(num_cpus: Optional[float], resources: Optional[dict], what: str = "build_distributed"):
+    """Ray options of a shard actor; the arguments are checked here (ConfigError), not by Ray."""
     opts = {}
     if num_cpus is not None:
-        opts["num_cpus"] = num_cpus
+        if not _is_quantity(num_cpus):
+            raise ConfigError(f"{what}: num_cpus_per_shard expected a number >= 0 (fractions are allowed) or None, "
+                              f"got {num_cpus!r}")
+        opts["num_cpus"] = float(num_cpus)
+    if resources is not None and not isinstance(resources, dict):
+        raise ConfigError(f"{what}: resources expected a dict of custom resource -> amount, got "
+                          f"{type(resources).__name__}")
     if resources:
-        opts["resources"] = dict(resources)
+        for name, amount in resources.items():
+            if name in _RAY_RESERVED:
+                raise ConfigError(f"{what}: resources expected custom resources only, got {name!r}; CPUs are "
+                                  "num_cpus_per_shard (Ray shards run the CPU engine)")
+            if not isinstance(name, str) or not _is_quantity(amount):
+                raise ConfigError(f"{what}: resources expected str -> number >= 0, got {name!r}: {amount!r}")
+        opts["resources"] = {name: float(amount) for name, amount in resources.items()}
     return opts
 
 
+def _actor_demand(opts: dict):
+    """(held, placement): what one shard actor holds for its life and what a node needs to place it.
+
+    Ray's rules (ray/actor.py): an actor given no resources holds none and needs 1 free CPU only
+    to be placed (so any number of them share a node with a CPU); one given any resource holds
+    num_cpus CPUs (1 when not given) plus those resources.
+    """
+    held = dict(opts.get("resources", {}))
+    if "num_cpus" not in opts and not held:
+        return {}, {"CPU": 1.0}
+    held["CPU"] = opts.get("num_cpus", 1.0)
+    return held, held
+
+
+def _units(x) -> int:
+    return int(round(float(x) * _RESOURCE_UNIT))
+
+
+def _shards_that_fit(held: dict, placement: dict, nodes: List[dict]) -> float:
+    """How many actors demanding `held` (and `placement` to be placed) the nodes' totals can hold."""
+    n = 0
+    for node in nodes:
+        if any(_units(node.get(r, 0)) < _units(q) for r, q in placement.items()):
+            continue
+        per_node = [_units(node.get(r, 0)) // _units(q) for r, q in held.items() if _units(q) > 0]
+        if not per_node:
+            return float("inf")
+        n += min(per_node)
+    return n
+
+
+def _fmt(x) -> str:
+    return f"{float(x):g}"
+
+
+def _amounts(d: dict, keys) -> str:
+    return ", ".join(f"{_fmt(d.get(r, 0))} {r}" for r in keys)
+
+
+def _check_cluster(k: int, what: str, opts: dict) -> None:
+    """ConfigError when k shard actors with these options can never all be placed on the cluster's
+    live nodes as they stand (totals, not what is free now: busy resources are freed eventually)."""
+    ray = _ray()
+    held, placement = _actor_demand(opts)
+    nodes = [dict(n.get("Resources") or {}) for n in ray.nodes() if n.get("Alive")]
+    fit = _shards_that_fit(held, placement, nodes)
+    if fit >= k:
+        return
+    total = ray.cluster_resources()
+    keys = sorted(set(held) | set(placement), key=lambda r: (r != "CPU", r))
+    largest = {r: max([n.get(r, 0) for n in nodes] or [0]) for r in keys}
+    if held:
+        asked = (f"{k} shards x ({_amounts(held, keys)}) ask for {_amounts({r: k * q for r, q in held.items()}, keys)}"
+                 " in all")
+    else:  # Ray's default: nothing held, 1 CPU to place each actor
+        asked = f"{k} shards each need a node with {_amounts(placement, keys)} to be placed (Ray's default)"
+    short = [r for r in keys if _units(k * held.get(r, 0)) > _units(total.get(r, 0))
+             or _units(placement.get(r, 0)) > _units(largest[r])] or keys  # [] when only the packing fails
+    hint = []
+    if "CPU" in short and held.get("CPU", 0) > 0:
+        cpus = np.floor(total.get("CPU", 0) / k * 100) / 100
+        if cpus > 0 and _shards_that_fit(dict(held, CPU=cpus), dict(held, CPU=cpus), nodes) >= k:
+            hint.append(f"a smaller num_cpus_per_shard (fractions are allowed: {_fmt(cpus)} fits {k} shards)")
+        else:
+            hint.append("a smaller num_cpus_per_shard (fractions are allowed)")
+    for r in short:
+        if r != "CPU":
+            hint.append(f"less {r} per shard" if total.get(r, 0) > 0 else f"no {r} (no node has any)")
+    if fit > 0:
+        hint.append(f"at most {int(fit)} shards")
+    elif "CPU" in short and not held:
+        hint.append("num_cpus_per_shard=0 (no CPU to place)")
+    raise ConfigError(f"{what}: {asked}, but the Ray cluster has {_amounts(total, keys)} in total (largest node: "
+                      f"{_amounts(largest, keys)}), so {int(fit)} such shards fit; ask for {' or '.join(hint)}. "
+                      "On a cluster whose autoscaler adds nodes, pass check_resources=False")
+
+
+def _wait_ready(actors: list, what: str, opts: dict, timeout: Optional[float]) -> None:
+    """Waits until every actor is up and warm; ConfigError naming what the pending ones wait for after `timeout` s."""
+    ray = _ray()
+    refs = [a.ready.remote() for a in actors]
+    done, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+    ray.get(done)  # an actor that died at start: its own error first
+    if not pending:
+        return
+    held, placement = _actor_demand(opts)
+    keys = sorted(set(held) | set(placement), key=lambda r: (r != "CPU", r))
+    each = (f"each holds {_amounts(held, keys)}" if held else
+            f"each needs {_amounts(placement, keys)} free to be placed (Ray's default, held while placing only)")
+    nodes = [n.get("Resources") or {} for n in ray.nodes() if n.get("Alive")]
+    if _shards_that_fit(held, placement, nodes) < len(actors):
+        each += ", more than the cluster's live nodes can hold: it must grow"
+    raise ConfigError(f"{what}: {len(pending)} of {len(actors)} shard actors not started after {_fmt(timeout)} s "
+                      f"({each}); the Ray cluster has {_amounts(ray.cluster_resources(), keys)} in total, "
+                      f"{_amounts(ray.available_resources(), keys)} free now. The pending actors wait for resources "
+                      "that other actors or tasks hold, or for nodes still starting; free them, ask for fewer shards "
+                      "or a smaller num_cpus_per_shard, or pass a longer ready_timeout (None waits forever)")
+
+
+def _start_actors(k: int, what: str, num_cpus: Optional[float], n_threads: Optional[int], resources: Optional[dict],
+                  check_resources: bool, ready_timeout: Optional[float]) -> list:
+    """k fresh shard actors, up and warm; ConfigError rather than a silent wait for resources."""
+    if ready_timeout is not None and (not _is_quantity(ready_timeout) or ready_timeout <= 0):
+        raise ConfigError(f"{what}: ready_timeout expected seconds > 0 or None, got {ready_timeout!r}")
+    opts = _actor_options(num_cpus, resources, what)
+    if check_resources:
+        _check_cluster(k, what, opts)
+    ray = _ray()
+    Shard = _actor_class().options(**opts)
+    actors = [Shard.remote(n_threads) for _ in range(k)]
+    try:
+        _wait_ready(actors, what, opts, ready_timeout)
+    except BaseException:
+        for a in actors:  # also cancels those Ray still queues
+            ray.kill(a)
+        raise
+    return actors
+
+
 def _take_actors(k: int, pool: Optional[ShardPool], what: str, num_cpus: Optional[float], n_threads: Optional[int],
-                 resources: Optional[dict]) -> list:
+                 resources: Optional[dict], check_resources: bool = True,
+                 ready_timeout: Optional[float] = READY_TIMEOUT) -> list:
     """k shard actors: free ones of `pool`, or fresh ones started with these options."""
     if pool is None:
-        Shard = _actor_class().options(**_actor_options(num_cpus, resources))
-        return [Shard.remote(n_threads) for _ in range(k)]
+        return _start_actors(k, what, num_cpus, n_threads, resources, check_resources, ready_timeout)
     if not isinstance(pool, ShardPool):
         raise ConfigError(f"{what}: pool expected a ShardPool, got {type(pool).__name__}")
     given = [n for n, v in (("num_cpus_per_shard", num_cpus), ("n_threads", n_threads), ("resources", resources))
@@ -403,18 +560,26 @@ def _give_back(actors: list, pool: Optional[ShardPool]) -> None:
 def build_distributed(layers: LearnableLSHIndex, partitions: Sequence[Partition], *, mode: Optional[str] = None,
                       store_codes: Optional[bool] = None, num_cpus_per_shard: Optional[float] = None,
                       n_threads: Optional[int] = None, resources: Optional[dict] = None,
-                      pool: Optional[ShardPool] = None) -> DistributedIndex:
+                      pool: Optional[ShardPool] = None, check_resources: bool = True,
+                      ready_timeout: Optional[float] = READY_TIMEOUT) -> DistributedIndex:
     """Builds one shard per partition on Ray actors with the hash layers of `layers`.
 
     layers: a LearnableLSHIndex with hash layers (trained or not); its tables, if any, are ignored.
     partitions: numpy arrays, Ray ObjectRefs, .npy paths (loaded on the worker with mmap) or
         picklable callables returning an array; shard i's items come after those of shards < i.
     mode, store_codes: overrides of the layers' settings for every shard (e.g. "light", False).
-    num_cpus_per_shard: CPUs Ray reserves per actor (None: Ray's default, which lets more actors
-        than CPUs coexist); n_threads: torch and engine threads per shard (None: the defaults).
+    num_cpus_per_shard: CPUs Ray reserves per actor, fractions allowed (None: Ray's default - no
+        CPU held, so more actors than CPUs coexist - or 1 CPU when `resources` is given);
+        n_threads: torch and engine threads per shard (None: the defaults).
     resources: custom Ray resources per actor (e.g. {"node:10.0.0.2": 0.01} to pin a node).
     pool: a ShardPool whose warm actors hold the shards (no actor start-up); the three options
-        above are then the pool's.
+        above are then the pool's (and the two below are not used).
+    check_resources: before starting actors, compare what they will hold (shards x
+        num_cpus_per_shard CPUs, each resource of `resources`) with the totals of the cluster's live
+        nodes, and raise ConfigError (what was asked, what the cluster has) if they can never all be
+        placed.  Pass False on a cluster whose autoscaler adds nodes to fit.
+    ready_timeout: seconds the actors get to start (120; None: no limit); ConfigError, naming the
+        pending actors' resources, if some are still waiting after that (the actors are ended).
     Ray must be initialised (ray.init) or it is started locally.
     """
     ray = _ray()
@@ -433,7 +598,8 @@ def build_distributed(layers: LearnableLSHIndex, partitions: Sequence[Partition]
     template = layers.empty_like(**overrides)
     if not ray.is_initialized():
         ray.init()
-    actors = _take_actors(len(partitions), pool, "build_distributed", num_cpus_per_shard, n_threads, resources)
+    actors = _take_actors(len(partitions), pool, "build_distributed", num_cpus_per_shard, n_threads, resources,
+                          check_resources, ready_timeout)
     layers_ref = ray.put(template)  # broadcast once; every actor receives the same object
     try:
         built = ray.get([a.build.remote(layers_ref, p) for a, p in zip(actors, partitions)])
@@ -444,9 +610,11 @@ def build_distributed(layers: LearnableLSHIndex, partitions: Sequence[Partition]
 
 
 def load_distributed(paths: Sequence[str], *, num_cpus_per_shard: Optional[float] = None,
-                     resources: Optional[dict] = None, pool: Optional[ShardPool] = None) -> DistributedIndex:
+                     resources: Optional[dict] = None, pool: Optional[ShardPool] = None,
+                     check_resources: bool = True, ready_timeout: Optional[float] = READY_TIMEOUT) -> DistributedIndex:
     """Shard actors that each load one file written by save_shards() (paths readable by the workers);
-    with `pool`, free actors of that ShardPool load them."""
+    with `pool`, free actors of that ShardPool load them.  num_cpus_per_shard, resources,
+    check_resources, ready_timeout: as for build_distributed."""
     ray = _ray()
     paths = [os.fspath(p) for p in as_list(paths, "load_distributed", "shard files")]
     if not paths:
@@ -456,7 +624,8 @@ def load_distributed(paths: Sequence[str], *, num_cpus_per_shard: Optional[float
     head = LearnableLSHIndex.load(paths[0])  # the driver keeps the layers only
     template = head.empty_like()
     del head
-    actors = _take_actors(len(paths), pool, "load_distributed", num_cpus_per_shard, None, resources)
+    actors = _take_actors(len(paths), pool, "load_distributed", num_cpus_per_shard, None, resources,
+                          check_resources, ready_timeout)
     try:
         counts = ray.get([a.load.remote(p) for a, p in zip(actors, paths)])
         weights = ray.get([a.weight.remote() for a in actors])
@@ -484,7 +653,11 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mode", choices=["mean", "light", "squared"],
                    help="scoring mode; light and squared keep bucket statistics only (store_codes=False)")
-    p.add_argument("--cpus-per-shard", type=float, default=None)
+    p.add_argument("--cpus-per-shard", type=float, default=None, help="CPUs each shard actor holds (fractions allowed)")
+    p.add_argument("--no-resource-check", action="store_true",
+                   help="start the actors even if the cluster as it stands cannot hold them (an autoscaler adds nodes)")
+    p.add_argument("--ready-timeout", type=float, default=READY_TIMEOUT,
+                   help="seconds the shard actors get to start (0: no limit)")
     p.add_argument("--save-shards", help="folder where each worker saves its shard")
     a = p.parse_args(argv)
     ray = _ray()
@@ -500,7 +673,8 @@ def main(argv=None) -> int:
     # absolute paths: the workers may not share the driver's working directory
     stats_only = a.mode in ("light", "squared")
     dist = build_distributed(layers, [os.path.abspath(s) for s in train], mode=a.mode,
-                             store_codes=False if stats_only else None, num_cpus_per_shard=a.cpus_per_shard)
+                             store_codes=False if stats_only else None, num_cpus_per_shard=a.cpus_per_shard,
+                             check_resources=not a.no_resource_check, ready_timeout=a.ready_timeout or None)
     print(f"built {dist}", file=sys.stderr)
     if a.save_shards:
         for path in dist.save_shards(a.save_shards):

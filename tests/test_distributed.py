@@ -181,7 +181,7 @@ def test_shards_receive_codes_hashed_once(data, built, monkeypatch):
 
 def test_pool_reuses_warm_actors(data, tmp_path):
     x, q, layers, single = data
-    with ShardPool(3) as pool:
+    with ShardPool(3, num_cpus_per_shard=0.5) as pool:  # fits 2 CPUs (num_cpus_per_shard=1 does not)
         ids = {h._actor_id for h in pool._actors}
         assert pool.size == 3 and pool.n_free == 3
         a = build_distributed(layers, np.split(x, CUTS[2]), pool=pool)
@@ -257,3 +257,53 @@ def test_build_and_load_arguments_are_checked(data, built, tmp_path):
             build_distributed(*args)
     with pytest.raises(ConfigError, match="list of shard files, got NoneType"):
         load_distributed(None)
+
+
+def _cluster(resource):
+    return f"{ray.cluster_resources().get(resource, 0):g}"
+
+
+def test_request_beyond_the_cluster_raises_at_once(data, built, tmp_path):
+    """Ray would queue actors the cluster cannot hold forever (the pool's ready() never returned):
+    the request is compared with the cluster's totals first."""
+    import time
+
+    x, _, layers, _ = data
+    paths = built[2].save_shards(tmp_path / "s")
+    cpus = ray.cluster_resources()["CPU"]
+    n = int(cpus) + 2
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=rf"ShardPool: {n} shards x \(1 CPU\) ask for {n} CPU in all, but the Ray "
+                                          rf"cluster has {_cluster('CPU')} CPU in total .* num_cpus_per_shard \("
+                                          rf"fractions are allowed: {np.floor(cpus / n * 100) / 100:g} fits {n} shards"
+                                          rf"\) or at most {int(cpus)} shards.*check_resources=False"):
+        ShardPool(n, num_cpus_per_shard=1)
+    with pytest.raises(ConfigError, match=rf"build_distributed: 1 shards x \({cpus + 1:g} CPU\) ask for {cpus + 1:g} "
+                                          rf"CPU in all, but the Ray cluster has {_cluster('CPU')} CPU in total"):
+        build_distributed(layers, [x], num_cpus_per_shard=cpus + 1)
+    # a custom resource the cluster lacks (held with Ray's 1 CPU per actor given resources)
+    with pytest.raises(ConfigError, match=rf"load_distributed: 2 shards x \(1 CPU, 0.5 accel\) ask for 2 CPU, 1 accel "
+                                          rf"in all, but the Ray cluster has {_cluster('CPU')} CPU, "
+                                          rf"{_cluster('accel')} accel in total.*no accel \(no node has any\)"):
+        load_distributed(paths, resources={"accel": 0.5})
+    with pytest.raises(ConfigError, match="resources expected custom resources only, got 'GPU'"):
+        ShardPool(1, resources={"GPU": 1})
+    with pytest.raises(ConfigError, match="num_cpus_per_shard expected a number >= 0"):
+        ShardPool(1, num_cpus_per_shard=-1)
+    assert time.perf_counter() - t0 < 10
+
+
+def test_actors_not_started_in_time_raise(data):
+    """Past the check (an autoscaler may add nodes), a bounded wait: the pending actors are named and ended."""
+    import time
+
+    x, _, layers, _ = data
+    cpus = ray.cluster_resources()["CPU"]
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=rf"build_distributed: 1 of 1 shard actors not started after 0.5 s \(each "
+                                          rf"holds {cpus + 1:g} CPU, more than the cluster's live nodes can hold: "
+                                          rf"it must grow\); the Ray cluster has {cpus:g} CPU in total"):
+        build_distributed(layers, [x], num_cpus_per_shard=cpus + 1, check_resources=False, ready_timeout=0.5)
+    assert time.perf_counter() - t0 < 10
+    with pytest.raises(ConfigError, match="ready_timeout expected seconds > 0 or None, got 0"):
+        ShardPool(1, ready_timeout=0)
