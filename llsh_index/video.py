@@ -327,8 +327,9 @@ class FeatureExtractor:
                     progress.update(1)
             batch = np.stack([np.stack([buf[int(i)] for i in r]) for r in rows])
             feats = np.asarray(self.extract(batch), dtype=np.float32).reshape(len(rows), -1)
-            if feats.shape[1] != self.dim:
-                raise ValueError(f"{self.name}.extract returned {feats.shape[1]} features, dim is {self.dim}")
+            if feats.shape[1] != self.dim:  # typed, and saying what a plug-in extractor must set
+                raise ConfigError(f"{self.name}.extract: expected {self.dim} features per snippet (the extractor's "
+                                  f"dim), got {feats.shape[1]}; a FeatureExtractor sets name, version and dim")
             out[b0:b0 + len(rows)] = feats
             keep_from = int(idx[min(b0 + bs, len(idx) - 1)].min())
             for k in [k for k in buf if k < keep_from]:

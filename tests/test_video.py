@@ -234,6 +234,22 @@ def test_generic_extract_video_matches_snippet_oracle(clamp):
     assert Count.n == 11
 
 
+def test_extractor_with_the_wrong_dim_is_a_typed_error():
+    """A plug-in extractor that forgot to set dim (or returns another width): ConfigError naming both."""
+    from llsh_index import ConfigError
+
+    class NoDim(V.FeatureExtractor):
+        name = "no_dim"
+
+        def extract(self, frames):
+            return np.asarray(frames, np.float32).mean(axis=(-4, -3, -2))  # (B, 3)
+
+    frames = np.zeros((5, 4, 4, 3), np.uint8)
+    with pytest.raises(ConfigError, match=r"no_dim.extract: expected 0 features per snippet .* got 3; .* sets name, "
+                                          r"version and dim"):
+        NoDim().extract_video(iter(frames), 2, n_frames=5)
+
+
 @pytest.fixture(scope="module")
 def lite0():
     pytest.importorskip("torch")
