@@ -6,13 +6,16 @@
     det.score_samples(X_new)      # higher = more normal (scikit-learn's convention)
 
 Follows scikit-learn's outlier-detector API: score_samples is the negated anomaly score,
-decision_function = score_samples - offset_, and offset_ is the `contamination` quantile of the
-training scores, so about that fraction of the training data is flagged.
+decision_function = score_samples - offset_, and offset_ is the `contamination` quantile of
+held-out training scores (each training row scored by an index that does not hold it: leave-one-out
+without video_ids, leave-videos-out with them), so about that fraction of *new* normal data is
+flagged.
 """
 from __future__ import annotations
 
 import math
 import numbers
+import warnings
 
 import numpy as np
 from sklearn.base import BaseEstimator, OutlierMixin
@@ -20,8 +23,13 @@ from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import probing
+from ._validation import check_video_ids
 from .errors import ConfigError, NotFittedError
 from .index import LearnableLSHIndex, check_reduce, probed_scores
+
+# fit(X, video_ids=...): offset_ is calibrated on scores from indexes built without whole videos, in
+# at most this many folds (video i, in order of first appearance, goes to fold i % n_folds)
+CALIBRATION_FOLDS = 10
 
 
 class DetectorNotFittedError(NotFittedError, _SklearnNotFittedError):
@@ -45,6 +53,20 @@ class LLSHDetector(OutlierMixin, BaseEstimator):
         fallback's (training.FALLBACK_DEFAULTS) without them.
     fit(X, y=None, video_ids=None): video_ids give temporal positives; without them positives are
     feature-space neighbours.
+
+    Calibration (offset_): the `contamination` quantile of held-out training scores, so that about
+    that fraction of *new* normal data is flagged.  Without video_ids each training row is scored
+    with itself left out of its buckets (exact leave-one-out).  With video_ids that is not enough:
+    neighbouring snippets of a video are near-duplicates, so a left-out snippet still finds its
+    twin and the training scores sit far below any new video's (on the Ped2 demo features almost
+    every normal test snippet was flagged).  So with video_ids the videos are split into
+    min(CALIBRATION_FOLDS, n_videos) folds (video i, in order of first appearance, into fold
+    i % n_folds); each fold's rows are scored, with the detector's mode, miss_value, n_probes,
+    miss_probes and reduce, by an index on the same hash layers (trained on all the data) that holds
+    only the other folds' rows.  calibration_ says which was used.  A single video leaves nothing to
+    hold out: fit() then falls back to leave-one-out and warns (UserWarning) that offset_ is likely
+    too low for new videos (more than `contamination` of new normal data flagged); fit several
+    videos to avoid it.
     """
 
     def __init__(self, n_tables=8, n_bits=32, mode="mean", miss_value=None, contamination=0.1, train=True,
@@ -84,6 +106,8 @@ class LLSHDetector(OutlierMixin, BaseEstimator):
         check_reduce(self.reduce)
         # ensure_min_features: LayerNorm of one feature is 0 whatever it is (LearnableLSHIndex: dim >= 2)
         X = validate_data(self, X, dtype=[np.float32, np.float64], ensure_min_samples=2, ensure_min_features=2)
+        # checked here too, not only by index.fit: the calibration uses them even when train=False
+        vid = None if video_ids is None else check_video_ids(video_ids, X.shape[0])
         index = LearnableLSHIndex(X.shape[1], n_tables=self.n_tables, n_bits=self.n_bits, mode=self.mode,
                                   miss_value=self.miss_value, store_codes=self.mode == "mean", seed=self.seed)
         if self.train:
@@ -92,8 +116,33 @@ class LLSHDetector(OutlierMixin, BaseEstimator):
                       progress=False)
         index.add(X)
         self.index_ = index
-        self.offset_ = float(np.percentile(-self._leave_one_out_scores(X), 100.0 * float(c)))
+        if vid is not None and vid.max() >= 1:
+            scores, self.calibration_ = self._leave_videos_out_scores(X, vid), "leave-videos-out"
+        else:
+            if vid is not None:
+                warnings.warn("LLSHDetector.fit: video_ids name a single video, so no video can be held out to "
+                              "calibrate offset_; it falls back to leave-one-out scores, which neighbouring "
+                              "near-duplicate snippets bias low: expect more than `contamination` of new normal "
+                              "data to be flagged.  Fit on several videos to calibrate on held-out videos.",
+                              UserWarning, stacklevel=3)
+            scores, self.calibration_ = self._leave_one_out_scores(X), "leave-one-out"
+        self.offset_ = float(np.percentile(-scores, 100.0 * float(c)))
         return self
+
+    def _leave_videos_out_scores(self, X, vid) -> np.ndarray:
+        """Anomaly scores of the training rows, each row scored by an index (same hash layers) that
+        holds none of its fold's videos: video v (0.. in order of first appearance) is in fold
+        v % min(CALIBRATION_FOLDS, n_videos).  Scored as score_samples scores (mode, miss_value,
+        n_probes, miss_probes, reduce)."""
+        n_folds = min(CALIBRATION_FOLDS, int(vid.max()) + 1)
+        fold = vid % n_folds
+        out = np.empty(X.shape[0], dtype=np.float64)
+        for f in range(n_folds):
+            held = fold == f
+            index = self.index_.empty_like().add(X[~held])
+            out[held] = index.score(X[held], n_probes=self.n_probes, miss_probes=self.miss_probes,
+                                    reduce=self.reduce)
+        return out
 
     def _leave_one_out_scores(self, X) -> np.ndarray:
         """Anomaly scores of the training rows with each row left out of its own buckets.
@@ -131,8 +180,22 @@ class LLSHDetector(OutlierMixin, BaseEstimator):
         except _SklearnNotFittedError as exc:
             raise DetectorNotFittedError(str(exc)) from None
         X = validate_data(self, X, dtype=[np.float32, np.float64], reset=False)
-        return -np.asarray(self.index_.score(X, n_probes=self.n_probes, miss_probes=self.miss_probes,
-                                             reduce=self.reduce), dtype=np.float64)
+        index = self.index_
+        scores = np.asarray(index.score(X, n_probes=self.n_probes, miss_probes=self.miss_probes, reduce=self.reduce),
+                            dtype=np.float64)
+        if len(scores) >= 2 and scores.min() == scores.max():  # constant: did every row miss every table?
+            miss = index.default_miss_value()
+            # the distances with +inf where a bucket is absent (after any probing), as score() takes them
+            d = index._table_distances(X, None, self.n_probes, self.miss_probes, math.inf)
+            if np.isinf(np.asarray(d)).all():
+                warnings.warn(f"LLSHDetector.score_samples: all {len(scores)} rows missed every hash table (no "
+                              f"training row shares a bucket with any of them), so every score is the miss value "
+                              f"{miss:g} and the scores carry no ranking (expected only if every row is unlike all "
+                              f"the training data).  Check the feature preprocessing (the rows should be "
+                              f"transformed like the training rows), or set miss_probes (e.g. miss_probes=32) to "
+                              f"probe nearby buckets on a miss, or use fewer n_bits.",
+                              UserWarning, stacklevel=2)
+        return -scores
 
     def decision_function(self, X):
         """score_samples - offset_: negative for outliers."""
