@@ -640,6 +640,9 @@ def load_distributed(paths: Sequence[str], *, num_cpus_per_shard: Optional[float
 
 # ---------------------------------------------------------------------- entry point
 def main(argv=None) -> int:
+    from .cli import nonnegative_int, positive_int
+    from .errors import LLSHError
+
     p = argparse.ArgumentParser(prog="python -m llsh_index.distributed",
                                 description="Build an LLSH index over Ray workers and score queries.")
     p.add_argument("--address", default="local", help="'auto' (existing cluster), 'local' (start Ray here) "
@@ -647,12 +650,19 @@ def main(argv=None) -> int:
     p.add_argument("--train", required=True, help="comma-separated .npy files, one shard each (read by the workers)")
     p.add_argument("--test", required=True, help=".npy of (M, d) queries (read by the driver)")
     p.add_argument("--out", required=True, help="output .npy of (M,) scores")
-    p.add_argument("--layers", help="a .llsh file whose hash layers (trained) are used; else untrained LSH")
-    p.add_argument("--n-tables", type=int, default=8)
-    p.add_argument("--n-bits", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layers", help="a .llsh file whose hash layers (e.g. trained by `llsh-index fit`) are used; "
+                                    "else untrained LSH")
+    p.add_argument("--n-tables", type=positive_int, default=8, help="b, without --layers (default 8)")
+    p.add_argument("--n-bits", type=positive_int, default=32, help="r, without --layers (default 32)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the untrained layers, without --layers (default 0)")
     p.add_argument("--mode", choices=["mean", "light", "squared"],
                    help="scoring mode; light and squared keep bucket statistics only (store_codes=False)")
+    p.add_argument("--probes", type=positive_int, default=1,
+                   help="buckets probed per table (default 1, the paper; as `llsh-index score --probes`)")
+    p.add_argument("--miss-probes", type=nonnegative_int, default=0,
+                   help="probes per table for a query that misses every table (default 0, off)")
+    p.add_argument("--reduce", choices=["min", "mean"], default="min",
+                   help="over the tables: min (default, the paper) or mean over the tables whose bucket exists")
     p.add_argument("--cpus-per-shard", type=float, default=None, help="CPUs each shard actor holds (fractions allowed)")
     p.add_argument("--no-resource-check", action="store_true",
                    help="start the actors even if the cluster as it stands cannot hold them (an autoscaler adds nodes)")
@@ -660,31 +670,51 @@ def main(argv=None) -> int:
                    help="seconds the shard actors get to start (0: no limit)")
     p.add_argument("--save-shards", help="folder where each worker saves its shard")
     a = p.parse_args(argv)
+    try:
+        return _run_main(a)
+    except (LLSHError, FileNotFoundError, ValueError) as exc:  # numpy's own: a .npy that is not one
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run_main(a) -> int:
+    from .io import atomic_write, check_write_path
+
+    check_write_path(a.out)  # before any work: a folder or a device is refused now, not after the build
+    train = [s for s in a.train.split(",") if s]
+    missing = [s for s in train + [a.test] if not os.path.isfile(s)]
+    if missing or not train:
+        raise FileNotFoundError(f"expected .npy files, not found: {missing or '(no --train file)'}")
+    queries = np.load(a.test, allow_pickle=False)
     ray = _ray()
     started = not ray.is_initialized()
     if started:
         ray.init() if a.address == "local" else ray.init(address=a.address)
-    train = [s for s in a.train.split(",") if s]
-    if a.layers:
-        layers = LearnableLSHIndex.load(a.layers).empty_like()
-    else:
-        dim = int(np.load(train[0], mmap_mode="r").shape[1])
-        layers = LearnableLSHIndex(dim, n_tables=a.n_tables, n_bits=a.n_bits, seed=a.seed)
-    # absolute paths: the workers may not share the driver's working directory
-    stats_only = a.mode in ("light", "squared")
-    dist = build_distributed(layers, [os.path.abspath(s) for s in train], mode=a.mode,
-                             store_codes=False if stats_only else None, num_cpus_per_shard=a.cpus_per_shard,
-                             check_resources=not a.no_resource_check, ready_timeout=a.ready_timeout or None)
-    print(f"built {dist}", file=sys.stderr)
-    if a.save_shards:
-        for path in dist.save_shards(a.save_shards):
-            print(f"saved {path}", file=sys.stderr)
-    scores = dist.score(np.load(a.test))
-    np.save(a.out, scores)
-    print(f"wrote {a.out}: {scores.shape[0]} scores", file=sys.stderr)
-    dist.shutdown()
-    if started:
-        ray.shutdown()
+    dist = None
+    try:
+        if a.layers:
+            layers = LearnableLSHIndex.load(a.layers).empty_like()
+        else:
+            dim = int(np.load(train[0], mmap_mode="r").shape[1])
+            layers = LearnableLSHIndex(dim, n_tables=a.n_tables, n_bits=a.n_bits, seed=a.seed)
+        # absolute paths: the workers may not share the driver's working directory
+        stats_only = a.mode in ("light", "squared")
+        dist = build_distributed(layers, [os.path.abspath(s) for s in train], mode=a.mode,
+                                 store_codes=False if stats_only else None, num_cpus_per_shard=a.cpus_per_shard,
+                                 check_resources=not a.no_resource_check, ready_timeout=a.ready_timeout or None)
+        print(f"built {dist}", file=sys.stderr)
+        if a.save_shards:
+            for path in dist.save_shards(a.save_shards):
+                print(f"saved {path}", file=sys.stderr)
+        scores = dist.score(queries, n_probes=a.probes, miss_probes=a.miss_probes, reduce=a.reduce)
+        with atomic_write(a.out) as f:
+            np.save(f, scores)
+        print(f"wrote {a.out}: {scores.shape[0]} scores", file=sys.stderr)
+    finally:
+        if dist is not None:
+            dist.shutdown()
+        if started:
+            ray.shutdown()
     return 0
 
 

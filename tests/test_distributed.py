@@ -151,6 +151,30 @@ def test_entry_point(data, tmp_path):
     assert main(["--address", "local", "--train", ",".join(parts), "--test", str(tmp_path / "q.npy"),
                  "--out", str(tmp_path / "s.npy"), "--layers", str(tmp_path / "layers.llsh")]) == 0
     np.testing.assert_allclose(np.load(tmp_path / "s.npy"), single.score(q), rtol=1e-6, atol=1e-6)
+    assert main(["--address", "local", "--train", ",".join(parts), "--test", str(tmp_path / "q.npy"),
+                 "--out", str(tmp_path / "p.npy"), "--layers", str(tmp_path / "layers.llsh"), "--probes", "3",
+                 "--miss-probes", "9", "--reduce", "mean"]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "p.npy"), single.score(q, n_probes=3, miss_probes=9, reduce="mean"),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_entry_point_errors_are_one_line(tmp_path, capsys):
+    """Missing inputs, an output that is a folder, a file that is not .npy: exit 2 and one error line,
+    before any actor starts."""
+    np.save(tmp_path / "q.npy", np.zeros((3, 4), np.float32))
+    (tmp_path / "bad.npy").write_bytes(b"not an array")
+    (tmp_path / "folder").mkdir()
+    q = str(tmp_path / "q.npy")
+    cases = [(["--train", str(tmp_path / "nope.npy"), "--test", q, "--out", str(tmp_path / "s.npy")], "nope.npy"),
+             (["--train", q, "--test", q, "--out", str(tmp_path / "folder")], "folder"),
+             (["--train", q, "--test", str(tmp_path / "bad.npy"), "--out", str(tmp_path / "s.npy")], "")]
+    for argv, named in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and named in err, err
+    assert not (tmp_path / "s.npy").exists()
+    with pytest.raises(SystemExit):
+        main(["--train", q, "--test", q, "--out", str(tmp_path / "s.npy"), "--probes", "0"])
 
 
 def test_shards_receive_codes_hashed_once(data, built, monkeypatch):
