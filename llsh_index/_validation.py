@@ -4,6 +4,7 @@ Every check raises a typed error (llsh_index.errors) naming what was expected an
 """
 from __future__ import annotations
 
+import numbers
 import os
 import warnings
 from collections.abc import Iterable
@@ -120,6 +121,13 @@ def check_int_range(value: Any, name: str, low: int, high: Optional[int] = None)
         rng = f"{low}..{high}" if high is not None else f">= {low}"
         raise ConfigError(f"{name}: expected {rng}, got {value}")
     return int(value)
+
+
+def as_real(value: Any, name: str) -> float:
+    """A real-valued setting as float: ConfigError for a string, None, bool or complex, not float()'s ValueError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{name}: expected a real number, got {type(value).__name__} {value!r}")
+    return float(value)
 
 
 def check_video_ids(video_ids: Any, n: int) -> np.ndarray:

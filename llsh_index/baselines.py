@@ -17,7 +17,9 @@ In the reference every snippet has several spatial crops and the snippet score i
 of the crops' scores.  The scorers here score one feature row at a time; averaging the
 crops of a snippet is left to the caller (``scores.reshape(-1, n_crops).mean(1)``).
 
-Both scorers satisfy :class:`AnomalyScorer`, the interface shared with the LSH index.
+Both scorers satisfy :class:`AnomalyScorer`, the interface the benchmarks use for the baselines.
+``LearnableLSHIndex`` does not: its ``fit`` trains the hash layers only (``add`` builds the
+tables), and its multiplication count depends on the buckets it visits (``last_n_compared``).
 Persistence uses no pickle: an ``.npz`` of plain arrays plus a JSON header (format name
 and version) stored as a unicode array, written atomically.
 
@@ -43,6 +45,7 @@ except ImportError as exc:  # faiss is an optional dependency (extra "baselines"
         "or pip install 'llsh_index[baselines]'"
     ) from exc
 
+from . import io as llsh_io
 from ._validation import PATH_TYPES
 from .errors import (NPZ_READ_ERRORS, ConfigError, CudaUnavailableError, IndexFormatError, IndexStateError, InvalidDTypeError,
                      InvalidInputError, LLSHError, NotFittedError)
@@ -109,7 +112,7 @@ class ScorerFormatError(IndexFormatError):
 
 @runtime_checkable
 class AnomalyScorer(Protocol):
-    """Interface shared by the baselines and the learnable LSH index.
+    """Interface of the baselines (KNNScorer, KMeansScorer): fit replaces, add extends, score.
 
     Higher score = more anomalous.  ``fit`` replaces the reference (training) set, ``add``
     extends it, ``score`` returns one float32 score per query row.
@@ -290,6 +293,14 @@ def _header_array(scorer: str, params: dict, **extra: Any) -> np.ndarray:
     return np.array(json.dumps(header, sort_keys=True))
 
 
+def _starts_with(path: str, magic: bytes) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(magic)) == magic
+    except OSError:
+        return False
+
+
 def _read_file(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
     if not isinstance(path, PATH_TYPES):  # np.load would take an int as an open file descriptor
         raise ScorerFormatError(f"expected a file path (str or os.PathLike), got {type(path).__name__} {path!r}")
@@ -299,7 +310,12 @@ def _read_file(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
     except FileNotFoundError:
         raise
     except NPZ_READ_ERRORS as exc:
-        why = "a pickle or object array" if "pickle" in str(exc) else f"{type(exc).__name__}: {exc}"
+        if _starts_with(path, llsh_io.MAGIC):
+            why = "an llsh_index index file: load it with LearnableLSHIndex.load"
+        elif "pickle" in str(exc):  # numpy's reading of any file that is not .npy / .npz
+            why = "not an .npz archive, or one holding pickled objects"
+        else:
+            why = f"{type(exc).__name__}: {exc}"
         raise ScorerFormatError(f"{path}: not a scorer file ({why})") from exc
     if not isinstance(z, np.lib.npyio.NpzFile):
         raise ScorerFormatError(f"{path}: expected an .npz archive, got a single array")
@@ -342,6 +358,9 @@ def _expect_array(arrays: dict, key: str, path: str, dtype: np.dtype, ndim: int)
 # --------------------------------------------------------------------------- KNN
 
 
+_EXACT_CHUNK = 1 << 22  # neighbour features gathered at a time for the exact L2 distances (32 MiB in float64)
+
+
 class KNNScorer:
     """Anomaly score = mean distance to the ``k`` nearest training features (exhaustive).
 
@@ -358,8 +377,10 @@ class KNNScorer:
         use_gpu: ``None`` = faiss GPU if available, else CPU.
 
     Multiplication count (testing phase, per query): ``N * d`` for the distances to the
-    ``N`` training features, plus ``2 * d`` for normalising the query (cosine).  BLAS
-    internals (e.g. the squared norms faiss computes for the L2 expansion) are not counted.
+    ``N`` training features, plus ``2 * d`` for normalising the query (cosine) or ``k * d``
+    for the exact recomputation of the ``k`` neighbours' distances (L2: faiss's float32
+    expansion cancels for near-duplicates).  BLAS internals (e.g. the squared norms faiss
+    computes for the L2 expansion) are not counted.
     """
 
     _SCORER = "KNNScorer"
@@ -423,13 +444,13 @@ class KNNScorer:
         self._index, self._res, self._dim = index, res, x.shape[1]
         return self
 
-    def add(self, features: Any) -> None:
-        """Append training features (``fit`` if nothing is held yet)."""
+    def add(self, features: Any) -> "KNNScorer":
+        """Append training features (``fit`` if nothing is held yet); returns self, as fit."""
         if self._index is None:
-            self.fit(features)
-            return
+            return self.fit(features)
         x = self._rows(features, "features", self._dim)
         self._index.add(self._prepare(x, "features"))
+        return self
 
     def _require_fitted(self) -> None:
         if self._index is None:
@@ -446,21 +467,31 @@ class KNNScorer:
             dist, idx = self._index.search(batch, self.k)
             if (idx < 0).any():  # pragma: no cover - cannot happen with k <= ntotal
                 raise IndexStateError(f"faiss returned fewer than k={self.k} neighbours")
-            dist = dist.astype(np.float64)
             if self.metric == "cosine":
-                dist = 1.0 - dist
+                dist = 1.0 - dist.astype(np.float64)
             else:
-                dist = np.sqrt(np.maximum(dist, 0.0))
+                dist = self._exact_l2(batch, idx)
             out[s : s + batch.shape[0]] = dist.mean(axis=1)
+        return out
+
+    def _exact_l2(self, queries: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """||q - x|| in float64 for the neighbours faiss found.  Its float32 expansion
+        |q|^2 + |x|^2 - 2<q, x> cancels for near-duplicates: a training row scored as a query got
+        0.01-0.02 instead of 0 on ResNet features (typical 1-NN distance 0.7)."""
+        out = np.empty(idx.shape, dtype=np.float64)
+        rows = max(1, _EXACT_CHUNK // max(1, idx.shape[1] * queries.shape[1]))  # bounded gather
+        for r in range(0, idx.shape[0], rows):
+            ids = idx[r : r + rows]
+            x = self._index.reconstruct_batch(ids.ravel()).reshape(ids.shape + (queries.shape[1],))
+            diff = x.astype(np.float64) - queries[r : r + rows, None, :].astype(np.float64)
+            out[r : r + rows] = np.sqrt(np.einsum("qkd,qkd->qk", diff, diff))
         return out
 
     @property
     def n_multiplications_per_query(self) -> int:
         self._require_fitted()
         per = self.n_train * self._dim
-        if self.metric == "cosine":
-            per += 2 * self._dim
-        return per
+        return per + (2 * self._dim if self.metric == "cosine" else self.k * self._dim)
 
     def count_multiplications(self, n_queries: int) -> int:
         n = _check_positive_int(n_queries, "n_queries", minimum=0)
@@ -643,11 +674,10 @@ class KMeansScorer:
         self._counts = np.bincount(assign, minlength=self.n_clusters).astype(np.int64)
         return self
 
-    def add(self, features: Any) -> None:
-        """Incremental update of the centres with more training points (``fit`` if empty)."""
+    def add(self, features: Any) -> "KMeansScorer":
+        """Incremental update of the centres with more training points (``fit`` if empty); returns self."""
         if self._centroids is None:
-            self.fit(features)
-            return
+            return self.fit(features)
         x = _check_l2_range(_as_features(features, "features", self.dim), "features")
         assign, _ = self._nearest(x)
         m = np.bincount(assign, minlength=self.n_clusters).astype(np.int64)
@@ -658,6 +688,7 @@ class KMeansScorer:
         new = self._centroids.astype(np.float64)
         new[upd] = (self._counts[upd, None] * new[upd] + sums[upd]) / total[upd, None]
         self._set_centroids(new, total)
+        return self
 
     def score(self, queries: Any) -> np.ndarray:
         """Euclidean distance of every query row to its nearest centre, float32 ``(M,)``."""

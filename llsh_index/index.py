@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _engine, probing
-from ._validation import check_features, check_int_range, check_video_ids
+from ._validation import as_real, check_features, check_int_range, check_video_ids
 from .encoder import HashEncoder
 from .errors import ConfigError, CudaUnavailableError, DeviceMismatchError, IndexFormatError, IndexStateError, \
     InvalidDTypeError, InvalidInputError, NotFittedError
@@ -307,14 +307,15 @@ class LearnableLSHIndex:
             project_mean, project_pcs = chosen["project_mean"], chosen["project_pcs"]
             cfg = TrainingConfig(
                 iterations=check_int_range(iterations, "iterations", 1), epochs=check_int_range(epochs, "epochs", 1),
-                batch_size=check_int_range(batch_size, "batch_size", 1), lr=float(lr), sgd_momentum=float(sgd_momentum),
-                weight_decay=float(weight_decay), temperature=float(temperature),
-                queue_size=check_int_range(queue_size, "queue_size", 1), momentum=float(momentum),
+                batch_size=check_int_range(batch_size, "batch_size", 1), lr=as_real(lr, "lr"), sgd_momentum=as_real(sgd_momentum, "sgd_momentum"),
+                weight_decay=as_real(weight_decay, "weight_decay"), temperature=as_real(temperature, "temperature"),
+                queue_size=check_int_range(queue_size, "queue_size", 1), momentum=as_real(momentum, "momentum"),
                 max_offset=check_int_range(max_offset, "max_offset", 0),
                 n_neighbors=check_int_range(n_neighbors, "n_neighbors", 1),
-                seed=self.seed if seed is None else int(seed), progress=progress,
+                seed=self.seed if seed is None else check_int_range(seed, "seed", -(2 ** 63), 2 ** 64 - 1),
+                progress=progress,
                 lr_schedule=lr_schedule,
-                warmup_steps=check_int_range(warmup_steps, "warmup_steps", 0), grad_clip=float(grad_clip),
+                warmup_steps=check_int_range(warmup_steps, "warmup_steps", 0), grad_clip=as_real(grad_clip, "grad_clip"),
                 project_mean=bool(project_mean), project_pcs=check_int_range(project_pcs, "project_pcs", 0),
                 centre_layers=bool(centre_layers))
             if cfg.lr_schedule not in LR_SCHEDULES:
@@ -441,7 +442,7 @@ class LearnableLSHIndex:
         n_probes, miss_probes = probing.check_probes(n_probes, miss_probes)
         tables = self._tables  # snapshot: an add() running meanwhile swaps in a new dict
         if self.encoder is None or tables is None:
-            raise NotFittedError("score: the index is empty; call add(features) first")
+            raise NotFittedError("score / table_distances: the index is empty; call add(features) first")
         mode = self.mode if mode is None else mode
         check_mode(mode)
         if mode == "mean" and tables["codes"] is None:
@@ -774,10 +775,12 @@ class LearnableLSHIndex:
         device = _normalise_device(device)
         _require_cuda(device, f"to({device!r})")
         with self._write_lock:
+            if device == self.device:  # nothing moves; the CPU engine builds statistics only when a mode needs them
+                return self
             if self.encoder is not None:
                 self.encoder.to(device)
             if self._tables is not None:
-                _engine.ensure_statistics(self._tables, self.n_threads)  # every engine expects them
+                _engine.ensure_statistics(self._tables, self.n_threads)  # the GPU engine expects them
                 self._tables = {k: _move(v, device) for k, v in self._tables.items()}
             self.device = device
         return self

@@ -1,9 +1,18 @@
-"""LLSHDetector: the index as a scikit-learn outlier detector (and so a PyOD-style component).
+"""LLSHDetector: the index as a scikit-learn outlier detector.
 
     from llsh_index.sklearn import LLSHDetector
-    det = LLSHDetector(contamination=0.05).fit(X_normal)
+    det = LLSHDetector(contamination=0.05).fit(X_normal, video_ids=vids)  # video: give the video ids
     det.predict(X_new)            # +1 inlier, -1 outlier
     det.score_samples(X_new)      # higher = more normal (scikit-learn's convention)
+
+Conventions are scikit-learn's, not PyOD's: score_samples and decision_function are higher for
+normal data and predict returns +1 / -1 (PyOD's decision_function is higher for outliers and its
+predict returns 0 / 1: pass -score_samples to PyOD's utilities).  On video features give the video
+ids: without them offset_ comes from leave-one-out scores, which near-duplicate neighbouring
+snippets bias low, so far more than `contamination` of new normal video is flagged.  Two of
+scikit-learn's outlier checks fail by design (check_outliers_train, check_outliers_fit_predict):
+they expect `contamination` of the *training* rows flagged, while offset_ is calibrated on
+held-out scores (a training row scored in-sample matches itself at distance 0).
 
 Follows scikit-learn's outlier-detector API: score_samples is the negated anomaly score,
 decision_function = score_samples - offset_, and offset_ is the `contamination` quantile of

@@ -97,7 +97,7 @@ class PairSampler:
 
     def __init__(self, n_rows: int, video_ids: Optional[np.ndarray], cfg: TrainingConfig,
                  features: Optional[torch.Tensor] = None):
-        self.rng = np.random.default_rng(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed % 2 ** 64)  # numpy takes no negative seed; torch's does
         self.cfg = cfg
         if video_ids is not None:
             self.mode = "temporal"

@@ -119,12 +119,12 @@ def test_knn_searches_in_batches_never_full_matrix(data):
 def test_knn_add_equals_fit_on_concatenation(data):
     train, queries = data
     a = B.KNNScorer(k=20).fit(train[:700])
-    a.add(train[700:])
+    assert a.add(train[700:]) is a  # chains like fit
     b = B.KNNScorer(k=20).fit(train)
     assert a.n_train == b.n_train == len(train)
     np.testing.assert_array_equal(a.score(queries), b.score(queries))
     c = B.KNNScorer(k=20)
-    c.add(train)  # add on an empty scorer behaves as fit
+    assert c.add(train) is c  # add on an empty scorer behaves as fit
     np.testing.assert_array_equal(c.score(queries), b.score(queries))
 
 
@@ -154,7 +154,7 @@ def test_knn_multiplication_count(data):
     assert s.n_multiplications_per_query == n * d + 2 * d
     assert s.count_multiplications(300) == 300 * (n * d + 2 * d)
     s = B.KNNScorer(k=4, metric="l2").fit(train)
-    assert s.count_multiplications(7) == 7 * n * d
+    assert s.count_multiplications(7) == 7 * (n * d + 4 * d)  # + the exact distances of the 4 neighbours
     assert s.count_multiplications(0) == 0
 
 
@@ -201,7 +201,7 @@ def test_kmeans_add_running_mean(blobs):
         m = a == j
         if m.any():
             expected[j] = (n0[j] * c0[j] + new[m].astype(np.float64).sum(0)) / (n0[j] + m.sum())
-    km.add(new)
+    assert km.add(new) is km
     np.testing.assert_allclose(km.centroids, expected, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(km.counts, n0 + np.bincount(a, minlength=4))
     np.testing.assert_allclose(km.score(q), min_dist_oracle(q, km.centroids)[0], atol=1e-5)
@@ -463,3 +463,32 @@ def test_knn_specific_errors(data):
         B.KNNScorer(k=3).fit(z)
     with pytest.raises(B.ConfigError, match="at least n_clusters=32 rows, got 10"):
         B.KMeansScorer().fit(train[:10])
+
+
+def test_knn_l2_is_exact_for_near_duplicates():
+    """L2 distances are recomputed in float64 for the neighbours faiss finds: a training row scored
+    among other queries gets exactly 0, and every score equals a NumPy brute force (faiss's float32
+    expansion |q|^2 + |x|^2 - 2<q, x> gave 0.01-0.02 for such rows at ResNet-feature norms)."""
+    rng = np.random.default_rng(3)
+    train = (30 + 3 * rng.standard_normal((400, 64))).astype(np.float32)  # large norms, small spread
+    queries = np.concatenate([train[:50], train[50:100] + 1e-3, (30 + 3 * rng.standard_normal((50, 64)))]
+                             ).astype(np.float32)
+    for k in (1, 5):
+        got = B.KNNScorer(k=k, metric="l2", batch_size=37).fit(train).score(queries)
+        d = np.sqrt(((queries[:, None, :].astype(np.float64) - train[None].astype(np.float64)) ** 2).sum(-1))
+        want = np.sort(d, axis=1)[:, :k].mean(axis=1)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+        if k == 1:
+            assert (got[:50] == 0).all()
+
+
+def test_loading_an_index_file_as_a_scorer_says_which_it_is(tmp_path):
+    from llsh_index import LearnableLSHIndex
+
+    x = np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)
+    LearnableLSHIndex(8, n_tables=2, n_bits=4).add(x).save(str(tmp_path / "i.llsh"))
+    with pytest.raises(B.ScorerFormatError, match="an llsh_index index file: load it with LearnableLSHIndex.load"):
+        B.KNNScorer.load(tmp_path / "i.llsh")
+    (tmp_path / "t.txt").write_text("hello")
+    with pytest.raises(B.ScorerFormatError, match="not an .npz archive"):
+        B.load_scorer(tmp_path / "t.txt")

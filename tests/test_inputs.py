@@ -197,6 +197,13 @@ CATALOGUE = [
      ConfigError, ["temperature"]),
     ("momentum-above-1", lambda: LearnableLSHIndex().fit(X, video_ids=VIDS, momentum=1.5, progress=False),
      ConfigError, ["momentum"]),
+    ("lr-string", lambda: LearnableLSHIndex().fit(X, video_ids=VIDS, lr="fast"), ConfigError,
+     ["lr: expected a real number", "'fast'"]),
+    ("momentum-none-string", lambda: LearnableLSHIndex().fit(X, video_ids=VIDS, momentum="a"), ConfigError,
+     ["momentum: expected a real number"]),
+    ("grad-clip-complex", lambda: LearnableLSHIndex().fit(X, video_ids=VIDS, grad_clip=1j), ConfigError, ["grad_clip"]),
+    ("fit-seed-float", lambda: LearnableLSHIndex().fit(X, video_ids=VIDS, seed=1.5), ConfigError,
+     ["seed: expected an integer", "1.5"]),
     # --- once bugs, fixed in index.py
     ("empty-mode-string", lambda: fitted().score(X, mode=""), ConfigError, ["mode"]),
     ("miss-value-beyond-float32", lambda: LearnableLSHIndex(miss_value=1e300), ConfigError, ["miss_value"]),
@@ -588,3 +595,25 @@ def test_short_videos_and_a_positive_offset_beyond_them():
     index = LearnableLSHIndex(n_tables=2, n_bits=8).fit(x, video_ids=vids, iterations=2, batch_size=8,
                                                         queue_size=16, max_offset=150, progress=False)
     assert index.is_trained and np.isfinite(index.training_log_.losses).all()
+
+
+def test_negative_seeds_train_and_repeat():
+    """The constructor takes seeds down to -2**63 (torch's range); training with one works (numpy's
+    generator takes no negative seed) and is repeatable, and differs from another seed."""
+    def trained(seed):
+        index = LearnableLSHIndex(16, n_tables=2, n_bits=8, seed=seed)
+        index.fit(X, video_ids=VIDS, iterations=20, batch_size=32, queue_size=64, lr=0.5, progress=False)
+        return index.encoder.weight.detach().numpy().copy()
+
+    a, b = trained(-1), trained(-1)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, trained(-2)) and np.isfinite(a).all()
+
+
+def test_to_the_same_device_changes_nothing():
+    """to("cpu") on a CPU index is a no-op: it does not build the bucket statistics a mean-mode
+    index does not need (which cost more than the codes when buckets are small)."""
+    index = LearnableLSHIndex(16, n_tables=2, n_bits=8).add(X)
+    before, scores = index.memory_bytes(), index.score(X[:20])
+    assert index.to("cpu") is index and index.memory_bytes() == before
+    np.testing.assert_array_equal(index.score(X[:20]), scores)
