@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from llsh_index.cli import nonnegative_int, positive_int  # argparse types
+from llsh_index.cli import int_list, nonnegative_int, output_file, positive_int  # argparse types
 from sklearn.metrics import roc_auc_score
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "adbench_resnet18")
@@ -76,9 +76,10 @@ def main():
                     help="1/0: drop the gradient along the data's mean direction")
     ap.add_argument("--project-pcs", type=nonnegative_int, default=None, help="top principal directions removed from the layers")
     ap.add_argument("--threads", type=positive_int, default=1, help="torch threads (1: the runs in RESULTS.md)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
-                    help="seeds of the split, the layers and training (one run each; one seed: per-category table)")
-    ap.add_argument("--json", default=None)
+    ap.add_argument("--seeds", type=int_list(0), default=[0, 1, 2, 3, 4],
+                    help="comma-separated seeds of the split, the layers and training (one run each; one seed: "
+                         "per-category table)")
+    ap.add_argument("--json", type=output_file, default=None, help="write the results here")
     args = ap.parse_args()
     if args.project_mean is not None:
         args.project_mean = bool(args.project_mean)

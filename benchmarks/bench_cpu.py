@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from llsh_index.cli import positive_int  # argparse type
+from llsh_index.cli import output_file, positive_int  # argparse types
 import torch
 
 
@@ -67,7 +67,7 @@ def main():
     ap.add_argument("--no-knn", action="store_true", help="skip the faiss KNN part (quicker iterations)")
     ap.add_argument("--repeat", type=positive_int, default=3)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--json", default=None)
+    ap.add_argument("--json", type=output_file, default=None, help="also write the results here")
     args = ap.parse_args()
     if args.quick:
         args.n, args.m, args.d, args.knn_queries, args.repeat = 20_000, 2_000, 512, 200, 2
@@ -127,8 +127,7 @@ def main():
         knn_index.add(norm)
         qn = sub / np.linalg.norm(sub, axis=1, keepdims=True)
         t0 = time.perf_counter()
-        sims, _ = knn_index.search(qn, args.knn_k)
-        knn_scores = (1 - sims).mean(axis=1)
+        knn_index.search(qn, args.knn_k)  # the time is what is compared; the scores are the demo's concern
         t_knn = (time.perf_counter() - t0) * (args.m / len(sub))
         del knn_index, norm
 
@@ -155,7 +154,11 @@ def main():
     print(f"| add() / GEMM(N) | {t_add:.3f}s / {gemm_n:.3f}s = {t_add / gemm_n:.2f}x (median pair {add_pair:.2f}x) "
           f"| <= 1.5x |")
     print(f"| deferred bucket statistics (once, first light/squared lookup) | {t_stats:.3f}s | |")
-    print(f"| faiss KNN k={args.knn_k} / score() mean | {t_knn:.1f}s / {res['mean']['score_s']:.3f}s = {out['knn_over_score']:.0f}x | >= 300x |")
+    if args.no_knn:
+        print("| faiss KNN / score() mean | skipped (--no-knn) | >= 300x |")
+    else:
+        print(f"| faiss KNN k={args.knn_k} / score() mean | {t_knn:.1f}s / {res['mean']['score_s']:.3f}s = "
+              f"{out['knn_over_score']:.0f}x | >= 300x |")
     print(f"| index / raw features | {out['index_mb']:.0f} MB / {out['raw_features_mb']:.0f} MB | |")
     print(f"| peak RSS growth during add() | {out['peak_rss_add_delta_mb']:.0f} MB | |")
     if args.json:

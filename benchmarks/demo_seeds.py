@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import sys
 import time
 
@@ -19,7 +20,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from llsh_index.cli import int_list, run_demo  # noqa: E402
+from llsh_index.cli import int_list, output_folder, run_demo  # noqa: E402
 from llsh_index.io import atomic_write  # noqa: E402
 
 
@@ -90,7 +91,7 @@ def plot(per_method, path, seeds):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int_list(0), default=[0, 1, 2, 3, 4], help="comma-separated seeds")
-    ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "out", "demo_seeds"),
+    ap.add_argument("--out", type=output_folder, default=os.path.join(ROOT, "benchmarks", "out", "demo_seeds"),
                     help="output folder (each seed's demo output, demo_seeds.json/.md/.png)")
     args = ap.parse_args(argv)
     t0 = time.time()
@@ -99,7 +100,10 @@ def main(argv=None):
     print()
     print(text)
     result = {"seeds": args.seeds, "per_method": per_method, "wall_s": time.time() - t0,
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.processor() or 'cpu'}, "
+                         f"load {os.getloadavg()[0]:.1f} at the end"}
+    text += f"\n\n{result['date']}, {result['machine']}, {result['wall_s']:.0f} s."
     for name, body in (("demo_seeds.json", json.dumps(result, indent=1)), ("demo_seeds.md", text + "\n")):
         with atomic_write(os.path.join(args.out, name)) as f:
             f.write(body.encode())

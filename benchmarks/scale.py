@@ -32,7 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llsh_index import LearnableLSHIndex  # noqa: E402
-from llsh_index.cli import int_list, positive_int  # noqa: E402
+from llsh_index.cli import int_list, output_file, positive_int  # noqa: E402
 
 
 def clustered(rng, n, d, centres):
@@ -51,9 +51,9 @@ def best_of(fn, repeat):
 def markdown(out) -> str:
     """The tables of RESULTS.md's "Scale (Ray)" section, from this run's results."""
     m, rows = out["model"], out["results"]
-    lines = [f"`python benchmarks/scale.py`, {out['date']}, {out['machine']}, Ray {out['ray']} local "
+    lines = [f"`{out['command'].strip()}`, {out['date']}, {out['machine']}, Ray {out['ray']} local "
              f"(`ray.init(num_cpus={out['cores']})`), load average {out['load_avg_1min']['start']:.1f} at the start "
-             f"and {out['load_avg_1min']['end']:.1f} at the end (1 min, other jobs on the machine). Weak scaling: "
+             f"and {out['load_avg_1min']['end']:.1f} at the end (1 min average, on {out['cores']} cores). Weak scaling: "
              f"{out['rows_per_worker']:,} rows per worker, d={out['dim']}, b={out['n_tables']}, r={out['n_bits']}, "
              f"{out['queries']:,} queries, mode \"mean\", after a warm-up; best of {out['repeat']} builds and "
              f"{out['score_repeat']} scores, local and Ray timed in alternation.", "",
@@ -96,7 +96,7 @@ def markdown(out) -> str:
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=positive_int, default=50_000, help="rows per worker")
     ap.add_argument("--dim", type=positive_int, default=256)
     ap.add_argument("--queries", type=positive_int, default=20_000)
@@ -106,8 +106,8 @@ def main():
     ap.add_argument("--repeat", type=positive_int, default=2, help="builds timed per configuration")
     ap.add_argument("--score-repeat", type=positive_int, default=5, help="scores timed per configuration")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--json", help="write the results here")
-    ap.add_argument("--markdown", help="write the RESULTS.md tables here")
+    ap.add_argument("--json", type=output_file, help="write the results here")
+    ap.add_argument("--markdown", type=output_file, help="write the RESULTS.md tables here")
     a = ap.parse_args()
     if a.quick:
         a.rows, a.queries, a.repeat, a.score_repeat = 5_000, 2_000, 1, 2
@@ -225,7 +225,8 @@ def main():
                  score_s_per_batch_at_measured_rate=batch / score_rate,
                  net_s_per_batch_10gbe=(q_bytes + back_mean) / 1.25e9,
                  net_s_per_batch_100gbe=(q_bytes + back_mean) / 12.5e9)
-    out = dict(machine=f"{platform.machine()} {cores} cores, {platform.python_version()}",
+    out = dict(command="python benchmarks/scale.py " + " ".join(sys.argv[1:]),
+               machine=f"{platform.machine()} {cores} cores, {platform.python_version()}",
                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                load_avg_1min=dict(start=load_start[0], end=os.getloadavg()[0]), cores=cores, ray=ray.__version__,
                repeat=a.repeat, score_repeat=a.score_repeat, rows_per_worker=a.rows, dim=d, queries=a.queries, n_tables=b,

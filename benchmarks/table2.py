@@ -2,7 +2,7 @@
 light-LLSH (and our exact squared-L2 mode), all measured in one run on the same features.
 
     python benchmarks/table2.py --quick                          # synthetic, tiny scale, < 2 min on CPU
-    python benchmarks/table2.py --synthetic --scale 0.2          # the full CPU run (~13 min, 2 cores)
+    python benchmarks/table2.py --synthetic --scale 0.2          # the full CPU run (3-13 min on 2 cores, with the load)
     python benchmarks/table2.py --features DIR [--labels L.npz]  # your own features (layout below)
     python benchmarks/table2.py --ped2-features [PATH]           # Ped2 demo features (llsh_index/data/ped2_demo.npz)
 
@@ -95,7 +95,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from llsh_index import synthetic  # noqa: E402  (numpy-only import; torch/faiss load in the workers)
-from llsh_index.cli import int_list, nonnegative_int, positive_int  # noqa: E402  (argparse types)
+from llsh_index.cli import int_list, nonnegative_int, output_folder, positive_float, positive_int  # noqa: E402
 
 DEFAULT_PED2 = os.path.join(ROOT, "llsh_index", "data", "ped2_demo.npz")
 PAPER = {"llsh_mult_ratio": 0.0026, "llsh_disk": "316 MB", "knn_disk": "28 GB", "disk_ratio": 316e6 / 28e9}
@@ -818,12 +818,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     ap.add_argument("--quick", action="store_true",
                     help="synthetic scale 0.01, every 3rd test video, 20 training iterations per video, 10 K-means "
                          "iterations, methods in-process (< 2 min)")
-    ap.add_argument("--scale", type=float, default=None, help="synthetic training size / 792,855 (default 0.1)")
+    ap.add_argument("--scale", type=positive_float, default=None, help="synthetic training size / 792,855 (default 0.1)")
     ap.add_argument("--dim", type=positive_int, default=512, help="synthetic feature dimension")
     ap.add_argument("--labels", help="frame-label npz for --features (default DIR/labels.npz); for --synthetic the "
                                      "test layout (default ../shared/data/vad_groundtruth/ST_gt.npz)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=None, help="output folder (default benchmarks/out/table2[_ped2|_features][_quick])")
+    ap.add_argument("--out", type=output_folder, default=None, help="output folder (default benchmarks/out/table2[_ped2|_features][_quick])")
     ap.add_argument("--data-dir", default=None, help="where the synthetic / converted bundle is cached")
     ap.add_argument("--iterations", type=positive_int, default=None, help="MoCo iterations per training video (paper: 60)")
     ap.add_argument("--epochs", type=positive_int, default=1)
@@ -832,7 +832,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     ap.add_argument("--queue-size", type=positive_int, default=None,
                     help="MoCo queue (paper: ST 8192, Avenue 2048; default 8192, Ped2 2048)")
     ap.add_argument("--knn-k", type=positive_int, default=1024)
-    ap.add_argument("--kmeans-ks", type=int_list(0), default=[32, 256])
+    ap.add_argument("--kmeans-ks", type=int_list(1), default=[32, 256], help="K of each K-means row")
     ap.add_argument("--kmeans-iter", type=positive_int, default=None, help="K-means iterations (default 25; quick 10)")
     ap.add_argument("--methods", default=None,
                     help="comma-separated subset of: knn,kmeans<K>,lsh,llsh,light,squared (with --probes also "
@@ -904,7 +904,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         synthetic.generate(bundle, labels, cfg, progress=progress)
         print(f"[table2] synthetic bundle ready in {time.perf_counter() - t0:.1f} s: {bundle}")
         dataset = (f"synthetic ShanghaiTech-shaped (llsh_index.synthetic, scale {scale:g} of N=792,855, d={args.dim}, "
-                   f"seed {args.seed}; real ST_gt test layout" + (f", every {every}-th test video" if subset else "")
+                   f"seed {args.seed}; real ST_gt test layout" + (f", one test video in {every}" if subset else "")
                    + ")")
     return run_table2(bundle, out, s, command=command, dataset=dataset, progress=progress)
 

@@ -62,6 +62,35 @@ def int_list(low: int = 0):
     return parse
 
 
+def positive_float(text: str) -> float:
+    """argparse type for a finite number > 0 (scales, sizes in seconds)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value > 0 and np.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return value
+
+
+def output_file(text: str) -> str:
+    """argparse type for a file the command will write: a folder or a device there fails at parsing."""
+    from .io import check_write_path
+
+    try:
+        check_write_path(text)
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def output_folder(text: str) -> str:
+    """argparse type for a folder the command will fill: an existing file there fails at parsing."""
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"expected a folder (or a path to create one), got the file {text!r}")
+    return text
+
+
 def _int_at_least(text: str, low: int) -> int:
     try:
         value = int(text)
@@ -552,7 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="the whole path on the bundled Ped2 features (no data needed)")
-    p.add_argument("--out", default="llsh_demo", help="folder for the plot, table and index (default llsh_demo)")
+    p.add_argument("--out", type=output_folder, default="llsh_demo",
+                   help="folder for the plot, table and index (default llsh_demo)")
     p.add_argument("--features", default=None, help="another feature file in the demo layout")
     p.add_argument("--iterations", type=int, default=None, help="override the demo's training length")
     p.add_argument("--seed", type=int, default=0,

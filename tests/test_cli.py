@@ -367,3 +367,30 @@ def test_evaluate_with_ped2_mat(tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", "--scores", str(tmp_path / "few.npz"), "--labels", str(mat)]) == 2
     assert "12 videos" in capsys.readouterr().err
+
+
+def test_argparse_types_for_scripts(tmp_path):
+    """The shared argparse types the CLI and the benchmarks use for numbers and outputs."""
+    import argparse
+
+    from llsh_index.cli import output_file, output_folder, positive_float
+
+    assert positive_float("0.25") == 0.25
+    for bad in ("0", "-1", "nan", "inf", "x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            positive_float(bad)
+    (tmp_path / "f.txt").write_text("x")
+    assert output_file(str(tmp_path / "new.json")) == str(tmp_path / "new.json")
+    with pytest.raises(argparse.ArgumentTypeError, match="folder"):
+        output_file(str(tmp_path))
+    assert output_folder(str(tmp_path / "new")) == str(tmp_path / "new")
+    assert output_folder(str(tmp_path)) == str(tmp_path)
+    with pytest.raises(argparse.ArgumentTypeError, match="got the file"):
+        output_folder(str(tmp_path / "f.txt"))
+
+
+def test_demo_out_that_is_a_file_exits_2(tmp_path, capsys):
+    (tmp_path / "f.llsh").write_text("x")
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--out", str(tmp_path / "f.llsh")])
+    assert exc.value.code == 2 and "expected a folder" in capsys.readouterr().err
