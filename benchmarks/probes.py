@@ -35,7 +35,8 @@ def report(name, probes, rows):
     rows = np.asarray(rows, dtype=np.float64)  # (seeds, P, n_metrics)
     for i, p in enumerate(probes):
         vals = " ".join(f"{rows[:, i, k].mean():.4f}" for k in range(rows.shape[2]))
-        print(f"{name:5s} P={p:3d}  {vals}   (min over seeds {rows[:, i, 0].min():.4f})", flush=True)
+        spread = f"   (min over seeds {rows[:, i, 0].min():.4f})" if rows.shape[0] > 1 else ""  # one model: none
+        print(f"{name:5s} P={p:3d}  {vals}{spread}", flush=True)
 
 
 def ped2(args):
