@@ -358,7 +358,7 @@ def _expect_array(arrays: dict, key: str, path: str, dtype: np.dtype, ndim: int)
 # --------------------------------------------------------------------------- KNN
 
 
-_EXACT_CHUNK = 1 << 22  # neighbour features gathered at a time for the exact L2 distances (32 MiB in float64)
+_EXACT_CHUNK = 1 << 22  # neighbour feature values gathered at a time for the exact L2 distances (16 MiB)
 
 
 class KNNScorer:
@@ -479,12 +479,16 @@ class KNNScorer:
         |q|^2 + |x|^2 - 2<q, x> cancels for near-duplicates: a training row scored as a query got
         0.01-0.02 instead of 0 on ResNet features (typical 1-NN distance 0.7)."""
         out = np.empty(idx.shape, dtype=np.float64)
-        rows = max(1, _EXACT_CHUNK // max(1, idx.shape[1] * queries.shape[1]))  # bounded gather
+        d = queries.shape[1]
+        cols = max(1, min(idx.shape[1], _EXACT_CHUNK // d))  # bounded gather, along k too
+        rows = max(1, _EXACT_CHUNK // (cols * d))
         for r in range(0, idx.shape[0], rows):
-            ids = idx[r : r + rows]
-            x = self._index.reconstruct_batch(ids.ravel()).reshape(ids.shape + (queries.shape[1],))
-            diff = x.astype(np.float64) - queries[r : r + rows, None, :].astype(np.float64)
-            out[r : r + rows] = np.sqrt(np.einsum("qkd,qkd->qk", diff, diff))
+            q = queries[r : r + rows, None, :]
+            for c in range(0, idx.shape[1], cols):
+                ids = idx[r : r + rows, c : c + cols]
+                # the float32 difference is exact to its own rounding; the sum of squares in float64
+                diff = self._index.reconstruct_batch(ids.ravel()).reshape(ids.shape + (d,)) - q
+                out[r : r + rows, c : c + cols] = np.sqrt(np.einsum("qkd,qkd->qk", diff, diff, dtype=np.float64))
         return out
 
     @property

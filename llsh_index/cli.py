@@ -73,6 +73,18 @@ def positive_float(text: str) -> float:
     return value
 
 
+def nonnegative_float(text: str) -> float:
+    """argparse type for a finite number >= 0 (0 often meaning "no limit")."""
+    return 0.0 if _is_zero(text) else positive_float(text)
+
+
+def _is_zero(text: str) -> bool:
+    try:
+        return float(text) == 0
+    except ValueError:
+        return False
+
+
 def output_file(text: str) -> str:
     """argparse type for a file the command will write: a folder or a device there fails at parsing."""
     from .io import check_write_path
@@ -454,6 +466,11 @@ def cmd_plot(args) -> int:
     if missing or not videos:
         raise InvalidInputError(f"--videos: expected names with scores and labels ({', '.join(common[:8])}"
                                 f"{', ...' if len(common) > 8 else ''}), got {missing or videos}")
+    for name, per_video in curves.items():  # one score per labelled frame, as evaluate requires
+        for v in videos:
+            if np.asarray(per_video[v]).shape != labels[v].shape:
+                raise InvalidInputError(f"{name}: video {v!r}: expected {labels[v].shape[0]} per-frame scores "
+                                        f"(its labels), got shape {np.asarray(per_video[v]).shape}")
     plot_curves(args.out, curves, labels, videos, args.sigma, title=args.title)
     more = "" if args.videos else f" (the first {len(videos)} of {len(common)}; --videos all for every one)"
     print(f"{len(videos)} videos{more} -> {args.out}")

@@ -80,7 +80,7 @@ from typing import Any, Callable, List, Optional, Sequence, Union
 import numpy as np
 
 from ._validation import as_list, check_int_range
-from .errors import ConfigError, NotFittedError
+from .errors import ConfigError, InvalidInputError, NotFittedError
 from .index import LearnableLSHIndex
 from .sharded import _ShardScoring
 
@@ -640,7 +640,7 @@ def load_distributed(paths: Sequence[str], *, num_cpus_per_shard: Optional[float
 
 # ---------------------------------------------------------------------- entry point
 def main(argv=None) -> int:
-    from .cli import nonnegative_int, positive_int
+    from .cli import nonnegative_float, nonnegative_int, positive_float, positive_int
     from .errors import LLSHError
 
     p = argparse.ArgumentParser(prog="python -m llsh_index.distributed",
@@ -663,10 +663,11 @@ def main(argv=None) -> int:
                    help="probes per table for a query that misses every table (default 0, off)")
     p.add_argument("--reduce", choices=["min", "mean"], default="min",
                    help="over the tables: min (default, the paper) or mean over the tables whose bucket exists")
-    p.add_argument("--cpus-per-shard", type=float, default=None, help="CPUs each shard actor holds (fractions allowed)")
+    p.add_argument("--cpus-per-shard", type=positive_float, default=None,
+                   help="CPUs each shard actor holds (fractions allowed)")
     p.add_argument("--no-resource-check", action="store_true",
                    help="start the actors even if the cluster as it stands cannot hold them (an autoscaler adds nodes)")
-    p.add_argument("--ready-timeout", type=float, default=READY_TIMEOUT,
+    p.add_argument("--ready-timeout", type=nonnegative_float, default=READY_TIMEOUT,
                    help="seconds the shard actors get to start (0: no limit)")
     p.add_argument("--save-shards", help="folder where each worker saves its shard")
     a = p.parse_args(argv)
@@ -675,17 +676,27 @@ def main(argv=None) -> int:
     except (LLSHError, FileNotFoundError, ValueError) as exc:  # numpy's own: a .npy that is not one
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # Ray's own (an actor that died at start): one line too
+        if type(exc).__module__.split(".")[0] != "ray":
+            raise
+        print(f"error: Ray: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
 
 
 def _run_main(a) -> int:
     from .io import atomic_write, check_write_path
 
+    if not a.out.endswith(".npy"):  # as np.save names it
+        a.out += ".npy"
     check_write_path(a.out)  # before any work: a folder or a device is refused now, not after the build
     train = [s for s in a.train.split(",") if s]
-    missing = [s for s in train + [a.test] if not os.path.isfile(s)]
+    missing = [s for s in train + [a.test] + ([a.layers] if a.layers else []) if not os.path.isfile(s)]
     if missing or not train:
         raise FileNotFoundError(f"expected .npy files, not found: {missing or '(no --train file)'}")
-    queries = np.load(a.test, allow_pickle=False)
+    try:
+        queries = np.load(a.test, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:  # numpy's words for a file that is no .npy do not name it
+        raise InvalidInputError(f"--test {a.test}: not a readable .npy array ({exc})") from exc
     ray = _ray()
     started = not ray.is_initialized()
     if started:

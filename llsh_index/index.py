@@ -27,6 +27,7 @@ import dataclasses
 import math
 import numbers
 import threading
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Dict, Optional
 
@@ -49,21 +50,33 @@ _MAX_TABLES = 1 << 16
 
 
 
-def _training_config_from(saved, path) -> TrainingConfig:
-    """The TrainingConfig a file stores (its fields by name; each of the type the field has)."""
+def _training_config_from(saved, path) -> Optional[TrainingConfig]:
+    """The TrainingConfig a file stores, or None with a warning when it does not read as one (a
+    file from another version, an edited one): it is a record of the settings, the index loads
+    without it."""
     fields = {f.name: f for f in dataclasses.fields(TrainingConfig)}
-    if not isinstance(saved, dict) or set(saved) - set(fields):
-        raise IndexFormatError(f"{path}: training settings expected a mapping of {sorted(fields)}, got "
-                               f"{sorted(saved) if isinstance(saved, dict) else type(saved).__name__}")
     default = TrainingConfig()
-    for name, value in saved.items():
-        want = type(getattr(default, name))
-        ok = isinstance(value, want) and not (want is not bool and isinstance(value, bool))
-        if want is float and isinstance(value, int) and not isinstance(value, bool):
-            ok, saved[name] = True, float(value)  # JSON writes 1.0 as 1.0, but a hand-made 1 is fine
-        if not ok:
-            raise IndexFormatError(f"{path}: training setting {name!r} expected {want.__name__}, got {value!r}")
+    problem = None
+    if not isinstance(saved, dict):
+        problem = f"expected a mapping, got {type(saved).__name__}"
+    else:
+        unknown = sorted(set(saved) - set(fields))
+        if unknown:
+            problem = f"unknown settings {unknown}"
+        for name, value in saved.items():
+            if problem is not None:
+                break
+            want = type(getattr(default, name))
+            if want is float and isinstance(value, int) and not isinstance(value, bool):
+                saved = dict(saved, **{name: float(value)})
+            elif not isinstance(value, want) or (want is not bool and isinstance(value, bool)):
+                problem = f"setting {name!r} expected {want.__name__}, got {value!r}"
+    if problem is not None:
+        warnings.warn(f"{path}: the saved training settings do not read as this version's ({problem}); "
+                      "training_config_ is None, the index itself loads", UserWarning, stacklevel=3)
+        return None
     return TrainingConfig(**saved)
+
 
 class LearnableLSHIndex:
     """Learnable LSH index over (N, dim) features; see the module docstring.
@@ -313,7 +326,7 @@ class LearnableLSHIndex:
                 max_offset=check_int_range(max_offset, "max_offset", 0),
                 n_neighbors=check_int_range(n_neighbors, "n_neighbors", 1),
                 seed=self.seed if seed is None else check_int_range(seed, "seed", -(2 ** 63), 2 ** 64 - 1),
-                progress=progress,
+                progress=bool(progress),
                 lr_schedule=lr_schedule,
                 warmup_steps=check_int_range(warmup_steps, "warmup_steps", 0), grad_clip=as_real(grad_clip, "grad_clip"),
                 project_mean=bool(project_mean), project_pcs=check_int_range(project_pcs, "project_pcs", 0),

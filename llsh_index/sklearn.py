@@ -136,6 +136,15 @@ class LLSHDetector(OutlierMixin, BaseEstimator):
                               UserWarning, stacklevel=3)
             scores, self.calibration_ = self._leave_one_out_scores(X), "leave-one-out"
         self.offset_ = float(np.percentile(-scores, 100.0 * float(c)))
+        miss = float(np.float32(index.default_miss_value()))  # as the float32 scores carry it
+        if self.offset_ <= -miss:  # the quantile falls on held-out rows that missed every table
+            missed = float(np.mean(scores >= miss))
+            # just above the miss value: a row that misses every table is an outlier, not a tie at 0
+            self.offset_ = float(np.nextafter(-miss, 0.0))
+            warnings.warn(f"LLSHDetector.fit: {missed:.0%} of the held-out training rows miss every hash table "
+                          f"(contamination {float(c):g}), so every row that misses is flagged and more than "
+                          "`contamination` of new normal data will be; fewer n_bits, more videos or miss_probes "
+                          "give finer scores", UserWarning, stacklevel=2)
         return self
 
     def _leave_videos_out_scores(self, X, vid) -> np.ndarray:

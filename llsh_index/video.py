@@ -784,7 +784,16 @@ def extract_dataset(videos: Union[VideoDataset, Iterable[Video], Mapping[str, Fr
         except FeatureFileError:
             ff = None
         if ff is not None and _cache_matches(ff.meta, want, names, counts):
-            return ff.features, ff.meta
+            given = {n: np.asarray(lab, dtype=np.uint8) for n, _, lab in items if lab is not None}
+            held = ff.labels or {}
+            if set(given) == set(held) and all(np.array_equal(given[n], held[n]) for n in given):
+                return ff.features, ff.meta
+            # same features, other labels (a label file given now, or another one): keep the
+            # features, write the labels this call has
+            save_features(cache, ff.features, ff.meta, labels_by_video=given or None,
+                          frame_index_by_video=ff.frame_index, n_frames_by_video=ff.n_frames,
+                          dtype=ff.meta.get("dtype", dtype))
+            return load_features(cache)
     total = None if any(c is None for c in counts.values()) else int(sum(counts.values()))
     bar, close = _make_bar(progress, total, f"{extractor.name} T={T} s={s}")
     feats: Dict[str, np.ndarray] = {}

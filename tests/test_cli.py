@@ -394,3 +394,12 @@ def test_demo_out_that_is_a_file_exits_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["demo", "--out", str(tmp_path / "f.llsh")])
     assert exc.value.code == 2 and "expected a folder" in capsys.readouterr().err
+
+
+def test_plot_refuses_scores_of_another_length(feature_files, capsys):
+    tmp, labels = feature_files
+    np.savez(tmp / "short.npz", **{v: np.zeros(55, np.float32) for v in labels})
+    assert main(["plot", "--scores", str(tmp / "short.npz"), "--labels", str(tmp / "test.npz"),
+                 "--out", str(tmp / "c.png")]) == 2
+    err = capsys.readouterr().err
+    assert "expected 60 per-frame scores" in err and "(55,)" in err and not (tmp / "c.png").exists()

@@ -152,9 +152,9 @@ def test_entry_point(data, tmp_path):
                  "--out", str(tmp_path / "s.npy"), "--layers", str(tmp_path / "layers.llsh")]) == 0
     np.testing.assert_allclose(np.load(tmp_path / "s.npy"), single.score(q), rtol=1e-6, atol=1e-6)
     assert main(["--address", "local", "--train", ",".join(parts), "--test", str(tmp_path / "q.npy"),
-                 "--out", str(tmp_path / "p.npy"), "--layers", str(tmp_path / "layers.llsh"), "--probes", "3",
+                 "--out", str(tmp_path / "p"), "--layers", str(tmp_path / "layers.llsh"), "--probes", "3",
                  "--miss-probes", "9", "--reduce", "mean"]) == 0
-    np.testing.assert_allclose(np.load(tmp_path / "p.npy"), single.score(q, n_probes=3, miss_probes=9, reduce="mean"),
+    np.testing.assert_allclose(np.load(tmp_path / "p.npy"), single.score(q, n_probes=3, miss_probes=9, reduce="mean"),  # .npy added, as np.save
                                rtol=1e-6, atol=1e-6)
 
 
@@ -163,11 +163,13 @@ def test_entry_point_errors_are_one_line(tmp_path, capsys):
     before any actor starts."""
     np.save(tmp_path / "q.npy", np.zeros((3, 4), np.float32))
     (tmp_path / "bad.npy").write_bytes(b"not an array")
-    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder.npy").mkdir()
     q = str(tmp_path / "q.npy")
     cases = [(["--train", str(tmp_path / "nope.npy"), "--test", q, "--out", str(tmp_path / "s.npy")], "nope.npy"),
-             (["--train", q, "--test", q, "--out", str(tmp_path / "folder")], "folder"),
-             (["--train", q, "--test", str(tmp_path / "bad.npy"), "--out", str(tmp_path / "s.npy")], "")]
+             (["--train", q, "--test", q, "--out", str(tmp_path / "folder.npy")], "folder.npy"),
+             (["--train", q, "--test", str(tmp_path / "bad.npy"), "--out", str(tmp_path / "s.npy")], "bad.npy"),
+             (["--train", q, "--test", q, "--out", str(tmp_path / "s.npy"), "--layers", str(tmp_path / "no.llsh")],
+              "no.llsh")]
     for argv, named in cases:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err

@@ -592,11 +592,6 @@ CRAFTED = [
     ("seed-not-a-number", _set("seed", "x")),
     ("n-items-string", _set("n_items", "many")),
     ("training-steps-string", lambda m, a: m.update(trained=True, training_steps="x")),
-    ("training-config-not-a-mapping", _set("training_config", [1, 2])),
-    ("training-config-unknown-setting", lambda m, a: m["training_config"].update(shuffle=True)),
-    ("training-config-lr-string", lambda m, a: m["training_config"].update(lr="fast")),
-    ("training-config-iterations-float", lambda m, a: m["training_config"].update(iterations=2.5)),
-    ("training-config-progress-int", lambda m, a: m["training_config"].update(progress=1)),
     ("huge-dim", lambda m, a: m.update(dim=2 ** 40)),
     ("keys-2d", _arr("t_keys", lambda k: k[:, None])),
     # well-formed but not values the index can have written: scores would be NaN / Inf / garbage
@@ -748,3 +743,32 @@ def test_format2_damaged_table_metadata_is_a_format_error(tmp_path, tamper):
     llsh_io.write_container(path, KIND, meta, arrays)
     with pytest.raises(IndexFormatError, match="inconsistent"):
         LearnableLSHIndex.load(path)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda c: [1, 2], lambda c: dict(c, shuffle=True), lambda c: dict(c, lr="fast"),
+    lambda c: dict(c, iterations=2.5), lambda c: dict(c, progress=1)],
+    ids=["not-a-mapping", "unknown-setting", "lr-string", "iterations-float", "progress-int"])
+def test_unreadable_training_settings_load_without_them(tmp_path, parts, saved, edit):
+    """The saved training settings are a record: a file whose record does not read as this
+    version's (another version's fields, an edit) loads, scores as before, warns and has
+    training_config_ None."""
+    meta, arrays = copy.deepcopy(parts[0]), parts[1]
+    meta["training_config"] = edit(meta["training_config"])
+    path = tmp_path / "c.llsh"
+    llsh_io.write_container(str(path), KIND, meta, arrays)
+    with pytest.warns(UserWarning, match="training_config_ is None"):
+        index = LearnableLSHIndex.load(str(path))
+    assert index.training_config_ is None and index.is_trained
+    _, _, original, x = saved
+    np.testing.assert_array_equal(index.score(x[:20]), original.score(x[:20]))
+
+
+def test_training_settings_given_loosely_still_save_and_load(tmp_path):
+    """fit(progress=0) is a falsy progress, stored as the bool it means, so the file loads."""
+    x = np.random.default_rng(0).standard_normal((120, 8)).astype(np.float32)
+    index = LearnableLSHIndex(8, n_tables=2, n_bits=4).fit(x, video_ids=np.repeat(np.arange(4), 30), iterations=2,
+                                                         batch_size=16, queue_size=32, progress=0)
+    index.save(str(tmp_path / "p.llsh"))
+    loaded = LearnableLSHIndex.load(str(tmp_path / "p.llsh"))
+    assert loaded.training_config_ == index.training_config_ and loaded.training_config_.progress is False

@@ -239,15 +239,15 @@ def test_scores_that_all_miss_warn(rng):
     assert (s == -np.float32(oracle.default_miss_value())).all()
     with pytest.warns(UserWarning, match="missed every hash table"):
         det.predict(far)
+    with pytest.warns(UserWarning, match="held-out training rows miss every hash table"):  # fit's own warning
+        probed = LLSHDetector(train=False, n_tables=4, n_bits=24, miss_probes=200).fit(x)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         det.score_samples(far[:1])  # one row: no ranking to lose
         det.score_samples(np.vstack([far, x[:1]]))  # one row hits
         det.score_samples(np.vstack([x[3], x[3]]))  # equal scores, but they hit
         det.score_samples(x[:20])
-        # probing on a miss finds buckets for the same rows
-        probed = LLSHDetector(train=False, n_tables=4, n_bits=24, miss_probes=200).fit(x)
-        assert np.ptp(probed.score_samples(far)) > 0
+        assert np.ptp(probed.score_samples(far)) > 0  # probing on a miss finds buckets for the same rows
 
 
 def test_a_scaler_pipeline_that_misses_everything_warns():
@@ -287,3 +287,23 @@ def test_a_one_snippet_video_cannot_train_but_can_calibrate(rng):
         LLSHDetector(**FAST).fit(x, video_ids=vids)
     det = LLSHDetector(train=False, n_tables=4, n_bits=8).fit(x, video_ids=vids)
     assert det.calibration_ == "leave-videos-out"
+
+
+def test_held_out_rows_that_miss_put_the_threshold_just_above_the_miss_value():
+    """When at least `contamination` of the held-out rows miss every table, the quantile is the miss
+    value itself; offset_ then sits just above it, so a row that misses is an outlier (it was a tie
+    at decision 0, i.e. an inlier: pure noise was not flagged), and fit warns with the share."""
+    from llsh_index.datasets import load_ped2_demo
+
+    demo = load_ped2_demo(None)
+    names = sorted(demo.train)[:2]
+    x = np.concatenate([demo.train[v] for v in names]).astype(np.float32)
+    vid = np.concatenate([np.full(len(demo.train[v]), i) for i, v in enumerate(names)])
+    with pytest.warns(UserWarning, match=r"of the held-out training rows miss every hash table"):
+        det = LLSHDetector(train=False, contamination=0.1).fit(x, video_ids=vid)
+    miss = float(np.float32(det.index_.default_miss_value()))
+    assert det.offset_ == np.nextafter(-miss, 0.0)
+    noise = np.random.default_rng(0).normal(0, 50, (40, x.shape[1])).astype(np.float32)
+    with pytest.warns(UserWarning, match="missed every hash table"):
+        assert (det.predict(noise) == -1).all()
+    assert (det.decision_function(x) >= 0).mean() > 0.5  # the training rows themselves stay inliers

@@ -462,6 +462,19 @@ def test_extract_dataset_uses_and_invalidates_cache(tmp_path):
     again, _ = V.extract_dataset(ds, ex, T=2, s=1, cache=cache, progress=False)
     assert ex.calls == calls  # served from the cache
     np.testing.assert_array_equal(again["02"], feats["02"])
+    # the same features with other labels (or none): served from the cache, the labels rewritten
+    for labels in ({"01": np.array([1, 1, 0, 0]), "02": np.ones(6)}, None):
+        relabelled = load_frame_folders(tmp_path / "frames", labels)
+        got, _ = V.extract_dataset(relabelled, ex, T=2, s=1, cache=cache, progress=False)
+        assert ex.calls == calls
+        np.testing.assert_array_equal(got["01"], feats["01"])
+        ff = V.load_feature_file(cache)
+        if labels is None:
+            assert not ff.labels
+        else:
+            np.testing.assert_array_equal(ff.labels["01"], [1, 1, 0, 0])
+            np.testing.assert_array_equal(ff.labels["02"], np.ones(6))
+        np.testing.assert_array_equal(ff.frame_index["02"], np.arange(6))
     ex3 = MeanColour(T=3)
     f3, m3 = V.extract_dataset(ds, ex3, T=3, s=1, cache=cache, progress=False, clamp=False)
     assert ex3.calls > 0 and m3["T"] == 3 and f3["01"].shape == (2, 9)
