@@ -293,14 +293,6 @@ def _header_array(scorer: str, params: dict, **extra: Any) -> np.ndarray:
     return np.array(json.dumps(header, sort_keys=True))
 
 
-def _starts_with(path: str, magic: bytes) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(len(magic)) == magic
-    except OSError:
-        return False
-
-
 def _read_file(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
     if not isinstance(path, PATH_TYPES):  # np.load would take an int as an open file descriptor
         raise ScorerFormatError(f"expected a file path (str or os.PathLike), got {type(path).__name__} {path!r}")
@@ -310,7 +302,7 @@ def _read_file(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
     except FileNotFoundError:
         raise
     except NPZ_READ_ERRORS as exc:
-        if _starts_with(path, llsh_io.MAGIC):
+        if llsh_io.is_container(path):
             why = "an llsh_index index file: load it with LearnableLSHIndex.load"
         elif "pickle" in str(exc):  # numpy's reading of any file that is not .npy / .npz
             why = "not an .npz archive, or one holding pickled objects"

@@ -64,25 +64,22 @@ def int_list(low: int = 0):
 
 def positive_float(text: str) -> float:
     """argparse type for a finite number > 0 (scales, sizes in seconds)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (value > 0 and np.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
-    return value
+    return _float_above(text, 0.0, strict=True)
 
 
 def nonnegative_float(text: str) -> float:
     """argparse type for a finite number >= 0 (0 often meaning "no limit")."""
-    return 0.0 if _is_zero(text) else positive_float(text)
+    return _float_above(text, 0.0, strict=False)
 
 
-def _is_zero(text: str) -> bool:
+def _float_above(text: str, low: float, strict: bool) -> float:
     try:
-        return float(text) == 0
+        value = float(text)
     except ValueError:
-        return False
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (np.isfinite(value) and (value > low if strict else value >= low)):
+        raise argparse.ArgumentTypeError(f"expected a finite number {'>' if strict else '>='} {low:g}, got {text}")
+    return value
 
 
 def output_file(text: str) -> str:
@@ -175,9 +172,14 @@ def _open_npz(path: str, what: str):
     return z
 
 
+def _is_feature_file(z) -> bool:
+    """An open .npz written by video.save_features (its meta and first video's features)."""
+    return "meta" in z.files and "features_00000" in z.files
+
+
 def _load_scores(path: str) -> Dict[str, np.ndarray]:
     with _open_npz(path, "score") as z:
-        if "meta" in z.files and "features_00000" in z.files:
+        if _is_feature_file(z):
             raise InvalidInputError(f"{path}: a feature file, not a score file; run `llsh-index score` on it first")
         try:
             scores = {k: z[k] for k in z.files if k != "__meta__"}
@@ -200,7 +202,7 @@ def _load_labels(path: str, scores: Optional[Dict[str, np.ndarray]] = None) -> D
             raise InvalidInputError(f"{path}: a .mat label file needs per-frame scores to count the frames")
         return metrics.load_ped2_labels(path, {v: len(scores[v]) for v in sorted(scores)})
     with _open_npz(path, "label") as z:
-        is_feature_file = "meta" in z.files and "features_00000" in z.files
+        is_feature_file = _is_feature_file(z)
     if is_feature_file:
         ff = _load_feature_file(path)
         if not ff.labels:
@@ -462,7 +464,7 @@ def cmd_plot(args) -> int:
         videos = [v.strip() for v in args.videos.split(",") if v.strip()]
     else:
         videos = common[:6]
-    missing = [v for v in videos if v not in labels or any(v not in c for c in curves.values())]
+    missing = [v for v in videos if v not in common]
     if missing or not videos:
         raise InvalidInputError(f"--videos: expected names with scores and labels ({', '.join(common[:8])}"
                                 f"{', ...' if len(common) > 8 else ''}), got {missing or videos}")

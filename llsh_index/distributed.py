@@ -423,6 +423,16 @@ def _actor_demand(opts: dict):
     return held, held
 
 
+def _demand_keys(held: dict, placement: dict) -> list:
+    """The resources a shard actor asks for, CPU first, as the messages list them."""
+    return sorted(set(held) | set(placement), key=lambda r: (r != "CPU", r))
+
+
+def _live_nodes() -> List[dict]:
+    """Each live node's total resources."""
+    return [dict(n.get("Resources") or {}) for n in _ray().nodes() if n.get("Alive")]
+
+
 def _units(x) -> int:
     return int(round(float(x) * _RESOURCE_UNIT))
 
@@ -453,12 +463,12 @@ def _check_cluster(k: int, what: str, opts: dict) -> None:
     live nodes as they stand (totals, not what is free now: busy resources are freed eventually)."""
     ray = _ray()
     held, placement = _actor_demand(opts)
-    nodes = [dict(n.get("Resources") or {}) for n in ray.nodes() if n.get("Alive")]
+    nodes = _live_nodes()
     fit = _shards_that_fit(held, placement, nodes)
     if fit >= k:
         return
     total = ray.cluster_resources()
-    keys = sorted(set(held) | set(placement), key=lambda r: (r != "CPU", r))
+    keys = _demand_keys(held, placement)
     largest = {r: max([n.get(r, 0) for n in nodes] or [0]) for r in keys}
     if held:
         asked = (f"{k} shards x ({_amounts(held, keys)}) ask for {_amounts({r: k * q for r, q in held.items()}, keys)}"
@@ -495,11 +505,10 @@ def _wait_ready(actors: list, what: str, opts: dict, timeout: Optional[float]) -
     if not pending:
         return
     held, placement = _actor_demand(opts)
-    keys = sorted(set(held) | set(placement), key=lambda r: (r != "CPU", r))
+    keys = _demand_keys(held, placement)
     each = (f"each holds {_amounts(held, keys)}" if held else
             f"each needs {_amounts(placement, keys)} free to be placed (Ray's default, held while placing only)")
-    nodes = [n.get("Resources") or {} for n in ray.nodes() if n.get("Alive")]
-    if _shards_that_fit(held, placement, nodes) < len(actors):
+    if _shards_that_fit(held, placement, _live_nodes()) < len(actors):
         each += ", more than the cluster's live nodes can hold: it must grow"
     raise ConfigError(f"{what}: {len(pending)} of {len(actors)} shard actors not started after {_fmt(timeout)} s "
                       f"({each}); the Ray cluster has {_amounts(ray.cluster_resources(), keys)} in total, "

@@ -146,6 +146,15 @@ def write_container(path: str, kind: str, meta: dict, arrays: Dict[str, np.ndarr
     return os.path.getsize(path)
 
 
+def is_container(path) -> bool:
+    """Whether `path` starts with this format's magic (for telling another reader which file it got)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
