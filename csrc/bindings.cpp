@@ -38,6 +38,14 @@ const T* cptr(const py::array& a, const char* name, int ndim) {
   return static_cast<const T*>(a.data());
 }
 
+// Optional array arguments arrive as py::object.  Only an ndarray is taken: a list would be
+// converted into a temporary whose data is freed while its pointer is still in use.
+py::array array_arg(const py::object& o, const char* name) {
+  require(py::isinstance<py::array>(o), std::string(name) + ": expected a NumPy array, got " +
+                                            py::str(py::type::of(o).attr("__name__")).cast<std::string>());
+  return py::reinterpret_borrow<py::array>(o);
+}
+
 template <typename T, typename A>
 py::array_t<T> to_numpy(std::vector<T, A>&& v, std::vector<py::ssize_t> shape) {
   auto* heap = new std::vector<T, A>(std::move(v));
@@ -110,7 +118,7 @@ py::tuple hash_epilogue_cpu_py(py::array raw, const py::array& mean, const py::a
   if (!table_codes.is_none() || !table_keys.is_none()) {
     require(with_sigmoid && !table_codes.is_none() && !table_keys.is_none(),
             "table_codes/table_keys: expected both, with with_sigmoid");
-    py::array c = table_codes.cast<py::array>(), k = table_keys.cast<py::array>();
+    py::array c = array_arg(table_codes, "table_codes"), k = array_arg(table_keys, "table_keys");
     cptr<float>(c, "table_codes", 3);
     cptr<uint64_t>(k, "table_keys", 2);
     require(c.writeable() && k.writeable(), "table_codes/table_keys: expected writeable arrays");
@@ -137,6 +145,7 @@ py::dict build_impl(const py::array& keys, py::array codes, const py::array& ids
   const int64_t* i = cptr<int64_t>(ids, "ids", 2);
   const int64_t b = keys.shape(0), n = keys.shape(1), r = codes.shape(2);
   require(codes.shape(0) == b && codes.shape(1) == n, "codes: shape must be [b, n, r] matching keys [b, n]");
+  require(r >= 1 && r <= 64, "codes: n_bits must be 1..64, got " + std::to_string(r));  // keys are uint64
   require(ids.shape(0) == b && ids.shape(1) == n, "ids: shape must match keys [b, n]");
   in_place = in_place && keep_codes;
   require(!in_place || codes.writeable(), "codes: in_place needs a writeable array");
@@ -240,12 +249,14 @@ py::tuple lookup_cpu_py(const py::array& keys, const py::array& table_start, con
           "tables: bucket_sum / bucket_sqnorm are needed for modes 'light' and 'squared' and without codes");
   int64_t r = 0;
   if (has_stats) {
-    const py::array bs = bucket_sum_obj.cast<py::array>();
+    const py::array bs = array_arg(bucket_sum_obj, "bucket_sum");
     r = bs.ndim() == 2 ? bs.shape(1) : 0;
   } else {
-    const py::array c = codes.cast<py::array>();
+    const py::array c = array_arg(codes, "codes");
     r = c.ndim() == 2 ? c.shape(1) : 0;
   }
+  // keys are uint64, and the lookup's per-row scratch holds 64 values
+  require(r >= 1 && r <= 64, "tables: n_bits must be 1..64, got " + std::to_string(r));
   auto fill = [&](auto& t) {
     t.n_tables = b;
     t.n_bits = r;
@@ -255,7 +266,7 @@ py::tuple lookup_cpu_py(const py::array& keys, const py::array& table_start, con
     t.offsets = cptr<int64_t>(offsets, "offsets", 1);
     require(offsets.size() == keys.size() + 1, "tables: inconsistent array sizes");
     if (!directory.is_none()) {
-      const py::array dir = directory.cast<py::array>();
+      const py::array dir = array_arg(directory, "directory");
       t.directory = cptr<int64_t>(dir, "directory", 2);
       const int64_t slots = dir.shape(1) - 1;
       int bits = 0;
@@ -265,7 +276,7 @@ py::tuple lookup_cpu_py(const py::array& keys, const py::array& table_start, con
       t.dir_bits = bits;
     }
     if (has_stats) {
-      const py::array bucket_sum = bucket_sum_obj.cast<py::array>(), bucket_sqnorm = bucket_sqnorm_obj.cast<py::array>();
+      const py::array bucket_sum = array_arg(bucket_sum_obj, "bucket_sum"), bucket_sqnorm = array_arg(bucket_sqnorm_obj, "bucket_sqnorm");
       t.bucket_sum = cptr<double>(bucket_sum, "bucket_sum", 2);
       t.bucket_sqnorm = cptr<double>(bucket_sqnorm, "bucket_sqnorm", 1);
       require(bucket_sum.shape(0) == keys.size() && bucket_sqnorm.size() == keys.size(),
@@ -273,7 +284,7 @@ py::tuple lookup_cpu_py(const py::array& keys, const py::array& table_start, con
     }
   };
   if (!codes.is_none()) {
-    py::array c = codes.cast<py::array>();
+    py::array c = array_arg(codes, "codes");
     require(c.ndim() == 2 && c.shape(0) == b * n_items && c.shape(1) == r, "codes: shape must be [b*N, r]");
     if (py::isinstance<py::array_t<uint16_t>>(c)) {  // float16 viewed as uint16
       TablesView<uint16_t> t;

@@ -10,7 +10,8 @@ from typing import Tuple, Union
 
 from . import _C
 from .errors import (ConfigError, CudaUnavailableError, DeviceMismatchError, IndexFormatError, IndexStateError,
-                     InvalidDTypeError, InvalidInputError, LLSHError, NotFittedError, WritePathError)
+                     InvalidDTypeError, InvalidInputError, LLSHError, NotFittedError, UndertrainedWarning,
+                     WritePathError)
 from .index import LearnableLSHIndex
 from .sharded import ShardedIndex
 
@@ -46,4 +47,4 @@ def cuda_available(verbose: bool = False) -> Union[bool, Tuple[bool, str]]:
 
 __all__ = ["LearnableLSHIndex", "ShardedIndex", "LLSHDetector", "cuda_available", "LLSHError", "InvalidInputError", "InvalidDTypeError",
            "DeviceMismatchError", "NotFittedError", "ConfigError", "IndexFormatError", "IndexStateError",
-           "CudaUnavailableError", "WritePathError", "__version__"]
+           "CudaUnavailableError", "WritePathError", "UndertrainedWarning", "__version__"]

@@ -22,10 +22,10 @@ from typing import Dict, Optional, Tuple, Union
 
 import torch
 
+from ._engine import MODES
 from .errors import (ConfigError, CudaUnavailableError, DeviceMismatchError, InvalidDTypeError,
                      InvalidInputError)
 
-MODES = {"mean": 0, "light": 1, "squared": 2}
 TABLE_KEYS = ("keys", "table_start", "offsets", "ids", "codes", "bucket_sum", "bucket_sqnorm")
 _NATIVE = ("binarize_cuda", "build_tables_cuda_temp_bytes", "build_tables_cuda_sort", "build_tables_cuda_finish",
            "lookup_cuda_temp_bytes", "lookup_cuda")

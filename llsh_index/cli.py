@@ -19,11 +19,12 @@ import json
 import os
 import sys
 import time
+import warnings
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .errors import NPZ_READ_ERRORS, ConfigError, IndexFormatError, InvalidInputError
+from .errors import NPZ_READ_ERRORS, ConfigError, IndexFormatError, InvalidInputError, UndertrainedWarning
 
 # The demo's training schedule.  The paper's (lr 1e-3, 60 iterations per video) is sized for
 # ShanghaiTech's 330 long training videos; Ped2 has 16 short ones, so the bundled demo trains longer
@@ -38,7 +39,6 @@ DEMO_KMEANS_K = 32
 PAPER_TRAINING = dict(iterations=60, epochs=1, lr=1e-3, momentum=0.999, queue_size=8192, batch_size=256,
                       max_offset=150, temperature=0.2, project_pcs=0, project_mean=False, centre_layers=False)
 SCHEDULES = {"paper": PAPER_TRAINING, "demo": dict(PAPER_TRAINING, **DEMO_TRAINING)}
-FEW_STEPS = 50  # below this many SGD steps the paper's lr 1e-3 leaves the layers where they started
 
 
 # ---------------------------------------------------------------------- helpers
@@ -316,17 +316,21 @@ def cmd_extract(args) -> int:
 
 
 def cmd_fit(args) -> int:
+    from .training import FEW_STEPS, FEW_STEPS_LR
+
     ff = _load_feature_file(args.features)
     names = _select(ff, args.prefix)
     x, vids = _stack(ff, names)
     index = _index_from_args(args, x.shape[1])
     training = _training_kwargs(args)
-    index.fit(x, video_ids=vids, progress=not args.quiet, **training)
+    with warnings.catch_warnings():  # the library's UndertrainedWarning becomes the one-line note below
+        warnings.simplefilter("ignore", UndertrainedWarning)
+        index.fit(x, video_ids=vids, progress=not args.quiet, **training)
     size = index.save(args.out)
     log = index.training_log_
     print(f"trained on {len(x)} snippets of {len(names)} videos ({args.schedule} schedule): {log.steps} steps, loss "
           f"{log.losses[0]:.3f} -> {np.mean(log.losses[-10:]):.3f}; saved {args.out} ({size} bytes)")
-    if log.steps < FEW_STEPS and training["lr"] < 0.01:
+    if log.steps < FEW_STEPS and training["lr"] < FEW_STEPS_LR:
         print(f"note: {log.steps} SGD steps at lr {training['lr']:g} barely move the layers from plain LSH; "
               "for a few short videos (such as Ped2) try --schedule demo, or raise --iterations", file=sys.stderr)
     return 0

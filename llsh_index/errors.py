@@ -47,3 +47,8 @@ class IndexStateError(LLSHError, RuntimeError):
 class WritePathError(LLSHError, OSError):
     """A file cannot be written where asked: the path is a folder, a device or another non-file,
     a component of its folder is a file, or the folder cannot be created or written."""
+
+
+class UndertrainedWarning(UserWarning):
+    """fit() ran too few SGD steps at a small learning rate to move the hash layers: the index is
+    still close to plain LSH (the paper's lr 1e-3 on a few short videos, such as Ped2's 16)."""

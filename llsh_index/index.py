@@ -39,9 +39,9 @@ from . import _engine, probing
 from ._validation import as_real, check_features, check_int_range, check_video_ids
 from .encoder import HashEncoder
 from .errors import ConfigError, CudaUnavailableError, DeviceMismatchError, IndexFormatError, IndexStateError, \
-    InvalidDTypeError, InvalidInputError, NotFittedError
+    InvalidDTypeError, InvalidInputError, NotFittedError, UndertrainedWarning
 from .io import read_container, write_container
-from .training import FALLBACK_DEFAULTS, LR_SCHEDULES, PAPER_DEFAULTS, TrainingConfig, TrainingLog, train_moco
+from .training import FALLBACK_DEFAULTS, FEW_STEPS, FEW_STEPS_LR, LR_SCHEDULES, PAPER_DEFAULTS, TrainingConfig, TrainingLog, train_moco
 
 _FILE_KIND = "LearnableLSHIndex"
 _CHUNK_BYTES = 64 << 20  # working set of one hashed chunk: bounds the memory of add() and score()
@@ -368,6 +368,13 @@ class LearnableLSHIndex:
                 raise ConfigError(f"fit: training diverged (the hash layers became NaN/Inf"
                                   f"{'' if step is None else f'; loss not finite from logged step {step}'}); lower lr "
                                   f"(got {cfg.lr:g}); the layers are left as they were before fit()")
+            if log.steps < FEW_STEPS and cfg.lr < FEW_STEPS_LR:
+                warnings.warn(UndertrainedWarning(
+                    f"fit: {log.steps} SGD step{'' if log.steps == 1 else 's'} at lr {cfg.lr:g} barely move the hash layers from plain LSH "
+                    f"({len(np.unique(vid)) if vid is not None else t.shape[0]} "
+                    f"{'videos' if vid is not None else 'rows'}, iterations {cfg.iterations}, batch_size "
+                    f"{cfg.batch_size}); for a few short videos (such as Ped2) use llsh_index.cli.DEMO_TRAINING's "
+                    f"settings, or raise iterations / epochs"), stacklevel=2)
             self.training_config_ = cfg  # the settings used, defaults resolved
             old = self.training_log_
             if old is not None:  # a further fit() continues from the trained layers: the log covers both
@@ -422,8 +429,8 @@ class LearnableLSHIndex:
             if old is not None and self.store_codes:
                 keys, codes, ids = _concat_rows(old, keys, codes, ids)
             # keys/codes/ids are this call's own buffers: the engine may sort the codes in place.  With
-            # codes stored, the bucket statistics wait until a "light"/"squared" lookup, save() or
-            # to() needs them (_engine.ensure_statistics): they double the memory add() writes.
+            # codes stored, the bucket statistics wait until a "light"/"squared" lookup or to()
+            # needs them (save() writes the codes only) (_engine.ensure_statistics): they double the memory add() writes.
             new = _engine.build_tables(keys, codes, ids, keep_codes=self.store_codes, n_threads=self.n_threads,
                                        in_place=True, with_stats=not self.store_codes)
             if not self.store_codes:
@@ -1021,7 +1028,8 @@ def _move(v, device: str):
 
 
 def _rows_of(tables: Dict, b: int):
-    """Expands sorted tables back to per-row (keys, codes, ids), table-major."""
+    """The per-row keys (b, n) of sorted tables, in their sorted order (aligned with the stored codes
+    and ids; all three: _table_rows)."""
     n = int(tables["n_items"])
     ts = _to_numpy(tables["table_start"])
     off = _to_numpy(tables["offsets"])

@@ -59,6 +59,8 @@ LR_SCHEDULES = ("constant", "cosine", "linear")
 FALLBACK_DEFAULTS = dict(iterations=3, batch_size=32, lr=1e-2, temperature=0.5, queue_size=64, momentum=0.99,
                          n_neighbors=5, project_mean=True, project_pcs=30)
 PAPER_DEFAULTS = {k: getattr(TrainingConfig, k) for k in FALLBACK_DEFAULTS}
+# below this many SGD steps at lr < FEW_STEPS_LR the layers stay where they started (fit() warns)
+FEW_STEPS, FEW_STEPS_LR = 50, 0.01
 
 
 def lr_at(step: int, total_steps: int, cfg: TrainingConfig) -> float:
@@ -139,8 +141,16 @@ def _cosine_neighbors(features: torch.Tensor, k: int) -> np.ndarray:
     index = faiss.IndexFlatIP(x.shape[1])
     index.add(x)
     _, nn_idx = index.search(x, k)
-    # drop the row itself where it came first; keep k-1 true neighbours (or itself when alone)
-    return nn_idx[:, 1:] if k > 1 else nn_idx
+    if k == 1:  # a single row: its own positive
+        return nn_idx
+    # drop the row itself wherever faiss ranked it (a duplicate row may come first); where it is
+    # not among the k found (k ties), drop the last
+    rows = np.arange(x.shape[0])[:, None]
+    is_self = nn_idx == rows
+    drop = np.where(is_self.any(axis=1), is_self.argmax(axis=1), k - 1)
+    keep = np.ones_like(nn_idx, dtype=bool)
+    keep[np.arange(x.shape[0]), drop] = False
+    return nn_idx[keep].reshape(x.shape[0], k - 1)
 
 
 # Above this width the d x d covariance (N*d^2 multiplications in float64, then a d^3 eigensolver)
@@ -243,9 +253,6 @@ def train_moco(encoder: HashEncoder, features: torch.Tensor, video_ids: Optional
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)  # the only torch randomness: no global seeding
     device = encoder.weight.device
     sampler = PairSampler(features.shape[0], video_ids, cfg, features)
-    key_encoder = copy.deepcopy(encoder)
-    for p in key_encoder.parameters():
-        p.requires_grad_(False)
     code_len = encoder.n_tables * encoder.n_bits
     queue = F.normalize(torch.randn(cfg.queue_size, code_len, generator=gen), dim=1).to(device)
     ptr = 0
@@ -272,6 +279,11 @@ def train_moco(encoder: HashEncoder, features: torch.Tensor, video_ids: Optional
         # collapse into a few huge ones).  The gradient stays off the direction (as project_mean).
         with torch.no_grad():
             encoder.weight.sub_(torch.outer(encoder.weight @ mean_dir.to(encoder.weight.dtype), mean_dir))
+    # the key encoder starts from the projected layers: copied before, it would keep the removed
+    # directions (shrinking only by `momentum` per step) in every key and the queue
+    key_encoder = copy.deepcopy(encoder)
+    for p in key_encoder.parameters():
+        p.requires_grad_(False)
     opt = torch.optim.SGD(encoder.parameters(), lr=cfg.lr, momentum=cfg.sgd_momentum,
                           weight_decay=cfg.weight_decay)
     log = TrainingLog(positives=sampler.mode, projected_pcs=0 if pcs is None else pcs.shape[0])

@@ -400,3 +400,35 @@ def test_every_instruction_set_gives_identical_codes_and_keys(rng, isa_cap, widt
     np.testing.assert_array_equal(outs[0][0], outs[1][0])
     np.testing.assert_array_equal(outs[0][1], outs[1][1])
     assert outs[0][2] == outs[1][2] == 7
+
+
+def test_native_entry_points_refuse_what_they_cannot_hold():
+    """The optional array arguments take ndarrays only (a list was converted into a temporary
+    and freed while its pointer was read: wrong distances), and n_bits above 64 (the uint64 keys,
+    the lookup's 64-value scratch) is a ValueError at both entry points, not a crash."""
+    from llsh_index import _C
+
+    rng = np.random.default_rng(3)
+    keys = rng.integers(0, 4, (2, 50)).astype(np.uint64)
+    t = _tables_with_keys(rng, keys, 8)
+    q = rng.random((5, 2, 8)).astype(np.float32)
+    qk = keys[:, :5].T.copy()
+    want = _lookup(t, q, qk, "light", None, 8)[0]
+    for name in ("bucket_sum", "bucket_sqnorm", "codes"):
+        bad = dict(t, **{name: t[name].tolist()})
+        with pytest.raises(ValueError, match=f"{name}: expected a NumPy array, got list"):
+            _lookup(bad, q, qk, "light", None, 8)
+    with pytest.raises(ValueError, match="directory: expected a NumPy array, got list"):
+        _lookup(t, q, qk, "light", [[0, 1, 2]], 8)
+    np.testing.assert_array_equal(_lookup(t, q, qk, "light", None, 8)[0], want)
+
+    wide = np.zeros((1, 3, 65), np.float32)
+    ids = np.arange(3, dtype=np.int64)[None]
+    with pytest.raises(ValueError, match="n_bits must be 1..64, got 65"):
+        _C.build_tables_cpu(np.zeros((1, 3), np.uint64), wide, ids)
+    with pytest.raises(ValueError, match="n_bits must be 1..64, got 65"):
+        _C.build_tables_cpu(np.zeros((1, 3), np.uint64), np.zeros((1, 3, 65), np.uint16), ids)  # float16
+    one = np.zeros(1, np.uint64)
+    with pytest.raises(ValueError, match="n_bits must be 1..64, got 65"):
+        _C.lookup_cpu(one, np.array([0, 1]), np.array([0, 3]), np.zeros((3, 65), np.float32), None, None, 3,
+                      np.zeros((1, 1, 65), np.float32), np.zeros((1, 1), np.uint64), 0, 1e10, 0, False, None)

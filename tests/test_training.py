@@ -382,3 +382,71 @@ def test_principal_directions_progress_bar_counts_every_row_read(method, passes,
                                       mean=training.layer_normed_mean(x, 200))
     torch.testing.assert_close(c, a, rtol=0, atol=0)
     assert seen[2].total == seen[2].n == 900 * (passes if method == "exact" else passes - 1)
+
+
+def test_fit_warns_when_the_schedule_barely_trains(data):
+    """The paper's lr 1e-3 for a couple of steps leaves the layers at plain LSH: fit() says so (the
+    relative change of the layers is the oracle); 50 steps, or a large lr, train without a warning."""
+    import warnings
+
+    from llsh_index import UndertrainedWarning
+
+    train, vids, _, _ = data
+    before = fit_index(train, False).encoder.weight.detach()  # the same seed's untrained layers
+    index = LearnableLSHIndex(n_tables=4, n_bits=16, seed=0)
+    with pytest.warns(UndertrainedWarning, match=r"2 SGD steps at lr 0\.001 .*12 videos, iterations 60"):
+        index.fit(train, video_ids=vids, progress=False)  # the paper's defaults: 12 x 60 pairs / 256
+    moved = float((index.encoder.weight.detach() - before).norm() / before.norm())
+    assert index.training_log_.steps == 2 and 0 < moved < 1e-3, moved
+    with pytest.warns(UndertrainedWarning, match="49 SGD steps"):
+        LearnableLSHIndex(n_tables=4, n_bits=16, seed=0).fit(train, video_ids=vids, progress=False, iterations=262,
+                                                                batch_size=64, queue_size=256)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UndertrainedWarning)
+        a = LearnableLSHIndex(n_tables=4, n_bits=16, seed=0).fit(train, video_ids=vids, progress=False,
+                                                                 iterations=267, batch_size=64, queue_size=256)
+        assert a.training_log_.steps == 50
+        LearnableLSHIndex(n_tables=4, n_bits=16, seed=0).fit(train, video_ids=vids, progress=False, iterations=10,
+                                                             batch_size=64, queue_size=256, lr=0.5)
+        LearnableLSHIndex(n_tables=4, n_bits=16, seed=0).fit(train, progress=False)  # the fallback: lr 1e-2
+
+
+def test_the_key_encoder_starts_from_the_projected_layers(static_data, monkeypatch):
+    """The momentum key encoder is a copy of the query encoder after the projection: its layers,
+    hence every key in the queue, carry nothing along the removed principal directions (copied
+    before, they kept them, shrinking by `momentum` per step only)."""
+    from torch.nn import functional as F
+
+    import llsh_index.training as training
+
+    train, _, _ = static_data
+    copies = []
+    real = training.copy.deepcopy
+    monkeypatch.setattr(training.copy, "deepcopy", lambda m: copies.append(real(m)) or copies[-1])
+    LearnableLSHIndex(n_tables=4, n_bits=16, seed=0).fit(train, progress=False, iterations=2)
+    key_w = copies[0].weight.detach().double()
+    x = F.layer_norm(torch.from_numpy(train), (train.shape[1],)).double()
+    _, _, vt = torch.linalg.svd(x - x.mean(0), full_matrices=False)  # the oracle's directions
+    along = key_w @ vt[:30].T
+    assert float(along.norm() / key_w.norm()) < 1e-4, float(along.norm() / key_w.norm())
+
+
+def test_a_row_is_never_its_own_neighbour_positive():
+    """With duplicate rows faiss may rank a twin before the row itself: the row must still be the
+    one dropped (NumPy oracle: the other rows by cosine similarity of the layer-normalised rows)."""
+    from llsh_index.training import _cosine_neighbors
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 16)).astype(np.float32)
+    x[1] = x[2] = x[0]
+    x[7] = x[5]
+    nn = _cosine_neighbors(torch.from_numpy(x), 3)
+    assert nn.shape == (40, 3)
+    assert not (nn == np.arange(40)[:, None]).any()
+    ln = (x - x.mean(1, keepdims=True)) / x.std(1, keepdims=True)
+    u = ln / np.linalg.norm(ln, axis=1, keepdims=True)
+    sim = u @ u.T
+    np.fill_diagonal(sim, -np.inf)
+    for i in range(40):  # the same similarities as the 3 best other rows (ties may swap order)
+        np.testing.assert_allclose(np.sort(sim[i, nn[i]]), np.sort(sim[i])[-3:], rtol=0, atol=1e-5)
+    assert set(nn[0]) >= {1, 2} and 5 in nn[7] and 7 in nn[5]

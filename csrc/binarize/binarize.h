@@ -29,6 +29,8 @@ void row_moments_cpu(const float* x, int64_t n_rows, int64_t dim, double eps, fl
 
 // The folded LayerNorm epilogue, in place on raw = x W^T [n_rows, n_tables * n_bits]:
 //   logit[i, k] = (raw[i, k] - mean[i] * wsum[k]) * rstd[i]        (wsum = W 1, the row sums of W)
+// (HashEncoder passes mean = 0 and a raw that already holds x W^T - mean wsum: it folds the mean
+// into the GEMM's bias, so only the rstd scale and the sigmoid are left here.)
 // then, when with_sigmoid, code = sigmoid(logit) and keys [n_rows, n_tables] as in binarize_cpu.
 // Returns the first row with a NaN logit, or -1.  The fold and the sigmoid are the same
 // per-element code as row by row fold + binarize_cpu(from_logits), so both give identical bits.

@@ -9,8 +9,9 @@
 namespace llsh {
 
 // query_codes: [M, b, r] float32; query_keys: [M, b]; out: [M, b] float32.
-// n_compared (may be null): receives the number of stored codes visited, summed over queries,
-// which is the multiplication count the benchmarks report.
+// n_compared (may be null): receives, summed over queries, the number of stored codes visited in
+// mode mean (the multiplication count the benchmarks report) and the number of buckets hit in
+// the light and squared modes (one bucket mean or statistic each).
 // out_sum / out_count (may be null): the un-normalised partial sums of a shard, [M, b] each:
 // count = bucket size (0 on a miss) and sum = count * distance in float64, so shards of one
 // bucket combine exactly as sum(sums) / sum(counts).

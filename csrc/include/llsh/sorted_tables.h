@@ -17,7 +17,8 @@
 //
 // bucket_sum / bucket_sqnorm are a function of the codes: an index that stores the codes builds
 // them lazily on the CPU (llsh_index._engine.ensure_statistics, bit for bit the eager values) the
-// first time a "light"/"squared" lookup, save() or a move to another device needs them.
+// first time a "light"/"squared" lookup or a move to another device needs them (save() writes the
+// codes without them: load() derives them again when needed).
 //
 // Key bit i of item x in table j is  code[x, j, i] >= 0.5  (i.e. logit >= 0), packed little-endian
 // into a uint64: bit i of the key is code component i.  n_bits (r) is 1..64.
@@ -52,8 +53,9 @@ struct TablesView {
   int dir_bits = 0;
 };
 
-// Index of `key` in the ascending array keys[lo, hi), or -1.  Written by hand (no
-// std::lower_bound / thrust::lower_bound) so the CPU and CUDA engines share the exact code.
+// Index of `key` in the ascending array keys[lo, hi), or -1.  Written by hand: a device function
+// (no std::lower_bound) for the CUDA lookup.  The CPU engine searches many sorted query keys at
+// once instead (find_keys / find_keys_dir in lookup_cpu.cpp).
 #if defined(__CUDACC__)
 __host__ __device__
 #endif
