@@ -587,6 +587,7 @@ class KMeansScorer:
         self._centroids: np.ndarray | None = None
         self._counts: np.ndarray | None = None
         self._index = None
+        self._shift = None  # the centres' mean, subtracted before the faiss search (_set_centroids)
         self._res = None
 
     @property
@@ -625,8 +626,12 @@ class KMeansScorer:
 
     def _set_centroids(self, centroids: np.ndarray, counts: np.ndarray) -> None:
         centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        # faiss searches centres and queries moved by the centres' mean: its float32 expansion
+        # |q|^2 + |c|^2 - 2<q, c> cancels when the data sit far from the origin against their spread,
+        # and picked another centre than the nearest (1 query in 6 at an offset of 100 std)
+        self._shift = centroids.mean(axis=0, dtype=np.float64)
         index, res = _make_flat_index(centroids.shape[1], False, self._use_gpu)
-        index.add(centroids)
+        index.add(np.ascontiguousarray(centroids - self._shift, dtype=np.float32))
         self._centroids, self._counts, self._index, self._res = centroids, counts.astype(np.int64), index, res
 
     def _nearest(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -635,7 +640,7 @@ class KMeansScorer:
         dist = np.empty(x.shape[0], dtype=np.float64)
         for s in range(0, x.shape[0], self.batch_size):
             batch = x[s : s + self.batch_size]
-            _, nn = self._index.search(batch, 1)
+            _, nn = self._index.search(np.ascontiguousarray(batch - self._shift, dtype=np.float32), 1)
             nn = nn[:, 0]
             diff = batch.astype(np.float64) - self._centroids[nn].astype(np.float64)
             idx[s : s + batch.shape[0]] = nn

@@ -139,6 +139,13 @@ def frame_scores(snippet_scores: np.ndarray, frame_index: Optional[np.ndarray], 
     s = np.asarray(snippet_scores, dtype=np.float64)
     if frame_index is None or n_frames is None:
         return s.astype(np.float32)
+    if s.size == 0:
+        raise InvalidInputError(f"snippet scores: expected at least one snippet for a video of {n_frames} frames, "
+                                "got none (the video is shorter than one snippet; video.extract_dataset's "
+                                "clamp=True, the default, keeps it)")
+    if len(frame_index) != s.size:
+        raise InvalidInputError(f"snippet scores: expected one per entry of the frame index ({len(frame_index)}), "
+                                f"got {s.size}")
     return np.interp(np.arange(n_frames), np.asarray(frame_index, np.float64), s).astype(np.float32)
 
 

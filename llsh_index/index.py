@@ -287,7 +287,8 @@ class LearnableLSHIndex:
         after warmup_steps of linear warm-up (llsh_index.training.lr_at); grad_clip > 0 clips the
         gradient norm; project_mean drops the gradient along the mean direction of the
         layer-normalised training rows, which dominates the gradient when the features share a
-        large common component (benchmarks/RESULTS.md); project_pcs = k > 0 removes the top-k
+        large common component (benchmarks/RESULTS.md; the layers keep their initial component
+        there, up to weight decay's shrinking of lr * weight_decay per step); project_pcs = k > 0 removes the top-k
         principal directions of the layer-normalised training rows (at most N - 1 and (dim - 1) // 2 of
         them; training_log_.projected_pcs says how many) from the
         layers before training and from every gradient, so the codes ignore the main modes of the
@@ -297,9 +298,10 @@ class LearnableLSHIndex:
         layer-normalised rows (outside the projected PCs), and the gradient stays off it, so each
         hyperplane passes through the data's mean and every bit splits the normal data; with
         project_pcs it keeps the buckets small (benchmarks/RESULTS.md, Table 2 with fewer bits).
-        A second fit() (or one after reset()) continues from the current layers, as more training
-        steps would; training_log_ then covers every call.  For a fresh start, make a new index with
-        the same seed.
+        A second fit() (or one after reset()) continues from the current layers with new pairs and a
+        new initial queue drawn from the same seed (the key encoder restarts as a copy of the layers
+        and SGD's momentum from zero: not bit for bit one longer fit); training_log_ then covers
+        every call.  For a fresh start, make a new index with the same seed.
         """
         # the write lock: add() or another fit() waits, so tables are never hashed with half-trained
         # layers and two trainings never interleave their steps
@@ -360,7 +362,8 @@ class LearnableLSHIndex:
                     i = r0 + int(torch.nonzero(~ok)[0, 0])
                     raise _bad_row_error("features", feats[i], i)
             before = self.encoder.weight.detach().clone()
-            log = train_moco(self.encoder, feats, vid, cfg)
+            old = self.training_log_
+            log = train_moco(self.encoder, feats, vid, cfg, stream=0 if old is None else max(old.steps, 1))
             if not bool(torch.isfinite(self.encoder.weight).all()):  # diverged: keep the layers it started from
                 with torch.no_grad():
                     self.encoder.weight.copy_(before)
@@ -376,7 +379,6 @@ class LearnableLSHIndex:
                     f"{cfg.batch_size}); for a few short videos (such as Ped2) use llsh_index.cli.DEMO_TRAINING's "
                     f"settings, or raise iterations / epochs"), stacklevel=2)
             self.training_config_ = cfg  # the settings used, defaults resolved
-            old = self.training_log_
             if old is not None:  # a further fit() continues from the trained layers: the log covers both
                 log = TrainingLog(losses=old.losses + log.losses, lrs=old.lrs + log.lrs, steps=old.steps + log.steps,
                                   positives=log.positives, projected_pcs=log.projected_pcs)

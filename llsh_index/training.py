@@ -43,7 +43,8 @@ class TrainingConfig:
     lr_schedule: str = "constant"  # "constant", "cosine" or "linear" decay to 0 over all steps
     warmup_steps: int = 0          # linear warm-up from lr / warmup_steps to lr over the first steps
     grad_clip: float = 0.0         # > 0: clip the gradient's L2 norm to this before each step
-    project_mean: bool = False     # drop the gradient along the training data's mean direction
+    project_mean: bool = False     # drop the gradient along the training data's mean direction (weight
+                                   # decay still shrinks the layers' component there, lr * wd per step)
     project_pcs: int = 0           # remove the top-k principal directions of the data from the layers
     centre_layers: bool = False    # remove the data's mean direction from the layers (and their gradient)
 
@@ -98,8 +99,11 @@ class PairSampler:
     """
 
     def __init__(self, n_rows: int, video_ids: Optional[np.ndarray], cfg: TrainingConfig,
-                 features: Optional[torch.Tensor] = None):
-        self.rng = np.random.default_rng(cfg.seed % 2 ** 64)  # numpy takes no negative seed; torch's does
+                 features: Optional[torch.Tensor] = None, stream: int = 0):
+        # numpy takes no negative seed; torch's does.  stream > 0 (a later fit(): the steps already
+        # taken) draws other pairs from the same seed
+        seed = cfg.seed % 2 ** 64
+        self.rng = np.random.default_rng([seed, stream] if stream else seed)
         self.cfg = cfg
         if video_ids is not None:
             self.mode = "temporal"
@@ -246,13 +250,19 @@ def _randomized_directions(features: torch.Tensor, mean: torch.Tensor, k: int, w
 
 
 def train_moco(encoder: HashEncoder, features: torch.Tensor, video_ids: Optional[np.ndarray],
-               cfg: TrainingConfig) -> TrainingLog:
-    """Trains `encoder` in place (it is the query encoder) and returns the loss log."""
+               cfg: TrainingConfig, stream: int = 0) -> TrainingLog:
+    """Trains `encoder` in place (it is the query encoder) and returns the loss log.
+
+    stream: the SGD steps already taken by earlier calls on this encoder (0 on the first): a later
+    call draws new pairs and a new initial queue from the same seed instead of repeating the first.
+    """
     from tqdm.auto import tqdm
 
-    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)  # the only torch randomness: no global seeding
+    torch_seed = cfg.seed if not stream else int(np.random.SeedSequence([cfg.seed % 2 ** 64, stream])
+                                                  .generate_state(1, np.uint64)[0] >> 1)
+    gen = torch.Generator(device="cpu").manual_seed(torch_seed)  # the only torch randomness: no global seeding
     device = encoder.weight.device
-    sampler = PairSampler(features.shape[0], video_ids, cfg, features)
+    sampler = PairSampler(features.shape[0], video_ids, cfg, features, stream=stream)
     code_len = encoder.n_tables * encoder.n_bits
     queue = F.normalize(torch.randn(cfg.queue_size, code_len, generator=gen), dim=1).to(device)
     ptr = 0
@@ -325,9 +335,10 @@ def train_moco(encoder: HashEncoder, features: torch.Tensor, video_ids: Optional
             for group in opt.param_groups:
                 group["lr"] = lr
             opt.step()
-            with torch.no_grad():  # FIFO queue
-                pos = (ptr + torch.arange(len(idx), device=device)) % cfg.queue_size
-                queue[pos] = z_k
+            with torch.no_grad():  # FIFO queue; a batch longer than the queue keeps its last keys
+                m = min(len(idx), cfg.queue_size)  # (unique positions: duplicates have no set winner on a GPU)
+                pos = (ptr + torch.arange(len(idx) - m, len(idx), device=device)) % cfg.queue_size
+                queue[pos] = z_k[len(idx) - m:]
                 ptr = (ptr + len(idx)) % cfg.queue_size
             log.losses.append(float(loss.detach()))
             log.lrs.append(lr)

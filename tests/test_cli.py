@@ -32,6 +32,12 @@ def test_frame_scores_interpolates_between_aligned_snippets():
     s = frame_scores(np.array([0.0, 2.0, 4.0]), np.array([1, 3, 5]), 7)
     np.testing.assert_allclose(s, [0, 0, 1, 2, 3, 4, 4])
     np.testing.assert_allclose(frame_scores(np.array([1.0, 2.0]), None, None), [1, 2])
+    from llsh_index import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="at least one snippet for a video of 7 frames, got none"):
+        frame_scores(np.array([]), np.array([], dtype=np.int64), 7)  # shorter than a snippet, unclamped
+    with pytest.raises(InvalidInputError, match=r"one per entry of the frame index \(3\), got 2"):
+        frame_scores(np.array([0.0, 2.0]), np.array([1, 3, 5]), 7)
 
 
 def test_fit_build_score_evaluate_plot(feature_files, capsys):

@@ -552,7 +552,7 @@ def test_diverged_training_keeps_the_layers_and_says_so(monkeypatch):
     leaves the layers as they were instead of an index that scores NaN."""
     import llsh_index.index as index_module
 
-    def diverging(encoder, feats, vid, cfg):
+    def diverging(encoder, feats, vid, cfg, stream=0):
         with torch.no_grad():
             encoder.weight.mul_(float("nan"))
         return index_module.TrainingLog(losses=[1.0, float("nan")], steps=2, positives="temporal")

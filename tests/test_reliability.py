@@ -200,6 +200,27 @@ def test_a_second_fit_continues_and_its_log_covers_both():
     assert not torch.equal(twice.encoder.weight, once.encoder.weight)  # trained further, not from the seed
 
 
+def test_a_second_fit_draws_new_pairs_reproducibly(monkeypatch):
+    """The second fit() does not replay the first one's pairs (it re-seeded from the same seed and
+    drew them again); two indexes fitted twice the same way stay identical."""
+    from llsh_index import training
+
+    x = data(12, 400, d=16)
+    vids = np.repeat(np.arange(4), 100)
+    kw = dict(video_ids=vids, batch_size=32, queue_size=64, progress=False, iterations=4)
+    drawn = []
+    real = training.PairSampler.epoch
+    monkeypatch.setattr(training.PairSampler, "epoch", lambda self: drawn.append(real(self)) or drawn[-1])
+    a = LearnableLSHIndex(16, n_tables=2, n_bits=8, seed=5).fit(x, **kw).fit(x, **kw)
+    b = LearnableLSHIndex(16, n_tables=2, n_bits=8, seed=5).fit(x, **kw).fit(x, **kw)
+    assert len(drawn) == 4 and drawn[0].shape == drawn[1].shape
+    assert not np.array_equal(drawn[0], drawn[1])
+    np.testing.assert_array_equal(drawn[0], drawn[2])
+    np.testing.assert_array_equal(drawn[1], drawn[3])
+    assert torch.equal(a.encoder.weight, b.encoder.weight)
+    assert a.training_log_.losses == b.training_log_.losses
+
+
 def test_sharded_scores_during_adds_see_before_or_after(tmp_path):
     """A ShardedIndex score never sees some shards with an add()'s rows and some without, and a
     failing add() running beside a good one neither keeps its own rows nor drops the other's."""

@@ -450,3 +450,30 @@ def test_a_row_is_never_its_own_neighbour_positive():
     for i in range(40):  # the same similarities as the 3 best other rows (ties may swap order)
         np.testing.assert_allclose(np.sort(sim[i, nn[i]]), np.sort(sim[i])[-3:], rtol=0, atol=1e-5)
     assert set(nn[0]) >= {1, 2} and 5 in nn[7] and 7 in nn[5]
+
+
+def test_a_queue_shorter_than_the_batch_keeps_the_batch_last_keys(data, monkeypatch):
+    """queue_size < batch_size: the FIFO queue after a step holds the batch's last queue_size keys in
+    FIFO positions (written once each; duplicate positions have no set winner on a GPU)."""
+    import torch.nn.functional as F
+
+    import llsh_index.training as training
+
+    train, vids, _, _ = data
+    seen = {}
+    real_ce = F.cross_entropy
+
+    def spy(logits, target):  # the queue's keys are the logits' negative columns, times 1/tau
+        seen.setdefault("logits", []).append(logits.detach().clone())
+        return real_ce(logits, target)
+
+    monkeypatch.setattr(training.F, "cross_entropy", spy)
+    keys = []
+    real_norm = F.normalize
+    monkeypatch.setattr(training.F, "normalize", lambda t, dim=1: keys.append(real_norm(t, dim=dim)) or keys[-1])
+    LearnableLSHIndex(n_tables=4, n_bits=16, seed=0).fit(train, video_ids=vids, progress=False, iterations=6,
+                                                         batch_size=32, queue_size=8, lr=0.5)
+    # F.normalize calls: the random initial queue, then per step z_q and z_k
+    z_q2, z_k1 = keys[3], keys[2]
+    want = (z_q2 @ z_k1[-8:].roll(shifts=32 % 8, dims=0).T) / 0.2  # positions (0 + 24..31) % 8
+    torch.testing.assert_close(seen["logits"][1][:, 1:], want, rtol=1e-5, atol=1e-5)
