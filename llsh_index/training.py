@@ -103,7 +103,7 @@ class PairSampler:
         # numpy takes no negative seed; torch's does.  stream > 0 (a later fit(): the steps already
         # taken) draws other pairs from the same seed
         seed = cfg.seed % 2 ** 64
-        self.rng = np.random.default_rng([seed, stream] if stream else seed)
+        self.rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(stream,)) if stream else seed)
         self.cfg = cfg
         if video_ids is not None:
             self.mode = "temporal"
@@ -258,8 +258,9 @@ def train_moco(encoder: HashEncoder, features: torch.Tensor, video_ids: Optional
     """
     from tqdm.auto import tqdm
 
-    torch_seed = cfg.seed if not stream else int(np.random.SeedSequence([cfg.seed % 2 ** 64, stream])
-                                                  .generate_state(1, np.uint64)[0] >> 1)
+    # a later call's stream is a spawned child of the seed: never another seed's first stream
+    torch_seed = cfg.seed if not stream else int(np.random.SeedSequence(cfg.seed % 2 ** 64, spawn_key=(stream,))
+                                                  .generate_state(1, np.uint64)[0]) >> 1
     gen = torch.Generator(device="cpu").manual_seed(torch_seed)  # the only torch randomness: no global seeding
     device = encoder.weight.device
     sampler = PairSampler(features.shape[0], video_ids, cfg, features, stream=stream)

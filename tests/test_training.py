@@ -453,18 +453,19 @@ def test_a_row_is_never_its_own_neighbour_positive():
 
 
 def test_a_queue_shorter_than_the_batch_keeps_the_batch_last_keys(data, monkeypatch):
-    """queue_size < batch_size: the FIFO queue after a step holds the batch's last queue_size keys in
-    FIFO positions (written once each; duplicate positions have no set winner on a GPU)."""
+    """queue_size < batch_size: the FIFO queue after a step holds the batch's last queue_size keys at
+    their FIFO positions, each written once (the old write gave duplicate positions, whose winner a
+    GPU does not fix; on the CPU the last write won, so this asserts the semantics, not the old bug)."""
     import torch.nn.functional as F
 
     import llsh_index.training as training
 
     train, vids, _, _ = data
-    seen = {}
+    seen = []
     real_ce = F.cross_entropy
 
     def spy(logits, target):  # the queue's keys are the logits' negative columns, times 1/tau
-        seen.setdefault("logits", []).append(logits.detach().clone())
+        seen.append(logits.detach().clone())
         return real_ce(logits, target)
 
     monkeypatch.setattr(training.F, "cross_entropy", spy)
@@ -472,8 +473,12 @@ def test_a_queue_shorter_than_the_batch_keeps_the_batch_last_keys(data, monkeypa
     real_norm = F.normalize
     monkeypatch.setattr(training.F, "normalize", lambda t, dim=1: keys.append(real_norm(t, dim=dim)) or keys[-1])
     LearnableLSHIndex(n_tables=4, n_bits=16, seed=0).fit(train, video_ids=vids, progress=False, iterations=6,
-                                                         batch_size=32, queue_size=8, lr=0.5)
-    # F.normalize calls: the random initial queue, then per step z_q and z_k
-    z_q2, z_k1 = keys[3], keys[2]
-    want = (z_q2 @ z_k1[-8:].roll(shifts=32 % 8, dims=0).T) / 0.2  # positions (0 + 24..31) % 8
-    torch.testing.assert_close(seen["logits"][1][:, 1:], want, rtol=1e-5, atol=1e-5)
+                                                         batch_size=32, queue_size=5, lr=0.5)
+    # F.normalize calls: the random initial queue, then per step z_q and z_k.  Oracle: a plain FIFO of
+    # the first step's 32 keys through 5 slots from position 0
+    z_k1, z_q2 = keys[2], keys[3]
+    fifo = [None] * 5
+    for i in range(32):
+        fifo[i % 5] = z_k1[i]
+    want = (z_q2 @ torch.stack(fifo).T) / 0.2
+    torch.testing.assert_close(seen[1][:, 1:], want, rtol=1e-5, atol=1e-5)
