@@ -323,7 +323,7 @@ def cmd_extract(args) -> int:
 
 
 def cmd_fit(args) -> int:
-    from .training import FEW_STEPS, FEW_STEPS_LR
+    from .training import barely_trains
 
     ff = _load_feature_file(args.features)
     names = _select(ff, args.prefix)
@@ -337,7 +337,7 @@ def cmd_fit(args) -> int:
     log = index.training_log_
     print(f"trained on {len(x)} snippets of {len(names)} videos ({args.schedule} schedule): {log.steps} steps, loss "
           f"{log.losses[0]:.3f} -> {np.mean(log.losses[-10:]):.3f}; saved {args.out} ({size} bytes)")
-    if log.steps < FEW_STEPS and training["lr"] < FEW_STEPS_LR:
+    if barely_trains(log.steps, training["lr"]):
         print(f"note: {log.steps} SGD steps at lr {training['lr']:g} barely move the layers from plain LSH; "
               "for a few short videos (such as Ped2) try --schedule demo, or raise --iterations", file=sys.stderr)
     return 0

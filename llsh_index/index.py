@@ -41,7 +41,8 @@ from .encoder import HashEncoder
 from .errors import ConfigError, CudaUnavailableError, DeviceMismatchError, IndexFormatError, IndexStateError, \
     InvalidDTypeError, InvalidInputError, NotFittedError, UndertrainedWarning
 from .io import read_container, write_container
-from .training import FALLBACK_DEFAULTS, FEW_STEPS, FEW_STEPS_LR, LR_SCHEDULES, PAPER_DEFAULTS, TrainingConfig, TrainingLog, train_moco
+from .training import FALLBACK_DEFAULTS, LR_SCHEDULES, PAPER_DEFAULTS, TrainingConfig, TrainingLog, barely_trains, \
+    train_moco
 
 _FILE_KIND = "LearnableLSHIndex"
 _CHUNK_BYTES = 64 << 20  # working set of one hashed chunk: bounds the memory of add() and score()
@@ -371,7 +372,7 @@ class LearnableLSHIndex:
                 raise ConfigError(f"fit: training diverged (the hash layers became NaN/Inf"
                                   f"{'' if step is None else f'; loss not finite from logged step {step}'}); lower lr "
                                   f"(got {cfg.lr:g}); the layers are left as they were before fit()")
-            if log.steps < FEW_STEPS and cfg.lr < FEW_STEPS_LR:
+            if barely_trains(log.steps, cfg.lr):
                 warnings.warn(UndertrainedWarning(
                     f"fit: {log.steps} SGD step{'' if log.steps == 1 else 's'} at lr {cfg.lr:g} barely move the hash layers from plain LSH "
                     f"({len(np.unique(vid)) if vid is not None else t.shape[0]} "
@@ -431,8 +432,8 @@ class LearnableLSHIndex:
             if old is not None and self.store_codes:
                 keys, codes, ids = _concat_rows(old, keys, codes, ids)
             # keys/codes/ids are this call's own buffers: the engine may sort the codes in place.  With
-            # codes stored, the bucket statistics wait until a "light"/"squared" lookup or to()
-            # needs them (save() writes the codes only) (_engine.ensure_statistics): they double the memory add() writes.
+            # codes stored, the bucket statistics wait until a "light"/"squared" lookup or to() needs
+            # them (_engine.ensure_statistics; save() writes the codes only): they double the memory add() writes.
             new = _engine.build_tables(keys, codes, ids, keep_codes=self.store_codes, n_threads=self.n_threads,
                                        in_place=True, with_stats=not self.store_codes)
             if not self.store_codes:

@@ -60,8 +60,21 @@ LR_SCHEDULES = ("constant", "cosine", "linear")
 FALLBACK_DEFAULTS = dict(iterations=3, batch_size=32, lr=1e-2, temperature=0.5, queue_size=64, momentum=0.99,
                          n_neighbors=5, project_mean=True, project_pcs=30)
 PAPER_DEFAULTS = {k: getattr(TrainingConfig, k) for k in FALLBACK_DEFAULTS}
-# below this many SGD steps at lr < FEW_STEPS_LR the layers stay where they started (fit() warns)
+# below this many SGD steps at lr < FEW_STEPS_LR the layers stay where they started
 FEW_STEPS, FEW_STEPS_LR = 50, 0.01
+
+
+def barely_trains(steps: int, lr: float) -> bool:
+    """Whether `steps` SGD steps at `lr` leave the layers at plain LSH (fit() warns, the CLI notes it)."""
+    return steps < FEW_STEPS and lr < FEW_STEPS_LR
+
+
+def _stream_seed(seed: int, stream: int):
+    """numpy's seed of a training call: the seed itself for the first (numpy takes no negative
+    seed; torch's does), a spawned child of it for a later one (stream = the steps already taken),
+    so a later fit() draws new pairs and never another seed's first stream."""
+    seed %= 2 ** 64
+    return np.random.SeedSequence(seed, spawn_key=(stream,)) if stream else seed
 
 
 def lr_at(step: int, total_steps: int, cfg: TrainingConfig) -> float:
@@ -100,10 +113,7 @@ class PairSampler:
 
     def __init__(self, n_rows: int, video_ids: Optional[np.ndarray], cfg: TrainingConfig,
                  features: Optional[torch.Tensor] = None, stream: int = 0):
-        # numpy takes no negative seed; torch's does.  stream > 0 (a later fit(): the steps already
-        # taken) draws other pairs from the same seed
-        seed = cfg.seed % 2 ** 64
-        self.rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(stream,)) if stream else seed)
+        self.rng = np.random.default_rng(_stream_seed(cfg.seed, stream))
         self.cfg = cfg
         if video_ids is not None:
             self.mode = "temporal"
@@ -258,9 +268,7 @@ def train_moco(encoder: HashEncoder, features: torch.Tensor, video_ids: Optional
     """
     from tqdm.auto import tqdm
 
-    # a later call's stream is a spawned child of the seed: never another seed's first stream
-    torch_seed = cfg.seed if not stream else int(np.random.SeedSequence(cfg.seed % 2 ** 64, spawn_key=(stream,))
-                                                  .generate_state(1, np.uint64)[0]) >> 1
+    torch_seed = cfg.seed if not stream else int(_stream_seed(cfg.seed, stream).generate_state(1, np.uint64)[0]) >> 1
     gen = torch.Generator(device="cpu").manual_seed(torch_seed)  # the only torch randomness: no global seeding
     device = encoder.weight.device
     sampler = PairSampler(features.shape[0], video_ids, cfg, features, stream=stream)
