@@ -73,11 +73,12 @@ __all__ = [
 ]
 
 FORMAT_NAME = "llsh_index.baselines"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: an l2 KNNScorer file also holds the shift its features were stored minus
 #: Largest k that faiss GPU brute-force search supports (faiss-cpu has no such limit).
 GPU_MAX_K = 2048
 
 _NORMALISE_CHUNK = 65536
+_SHIFT_CHUNK = 1 << 22  # elements per float64 temporary of KNNScorer's l2 shift
 
 
 # --------------------------------------------------------------------------- errors
@@ -362,7 +363,9 @@ class KNNScorer:
             :data:`GPU_MAX_K` (faiss-cpu has no such limit).
         metric: ``"cosine"`` (reference): distance ``1 - <x/|x|, y/|y|>`` in [0, 2], via
             ``IndexFlatIP`` on L2-normalised features (zero vectors are rejected);
-            ``"l2"``: Euclidean distance (not squared), via ``IndexFlatL2``.
+            ``"l2"``: Euclidean distance (not squared), via ``IndexFlatL2`` on the rows minus
+            the first training rows' mean (distances unchanged; faiss's float32 expansion then
+            keeps the neighbours' order when the features share a large offset).
         batch_size: queries are searched ``batch_size`` rows at a time, so memory is
             ``O(batch_size * k)`` on top of the index; the ``M x N`` distance matrix is never
             formed (faiss itself works in blocks of queries x database rows).
@@ -390,6 +393,11 @@ class KNNScorer:
         self._index = None
         self._res = None
         self._dim: int | None = None
+        # l2: the first training rows' mean, subtracted from every row and query before faiss sees
+        # them.  Its float32 expansion |q|^2 + |x|^2 - 2<q, x> loses the neighbours' order when the
+        # features share a large offset (1,000 standard deviations, d = 512: the wrong 1-NN for
+        # every query); the distances themselves do not change with the shift.
+        self._shift: np.ndarray | None = None
 
     # -- properties
     @property
@@ -414,7 +422,13 @@ class KNNScorer:
 
     # -- building
     def _prepare(self, x: np.ndarray, what: str) -> np.ndarray:
-        return _l2_normalise(x, what) if self.metric == "cosine" else x
+        if self.metric == "cosine":
+            return _l2_normalise(x, what)
+        out = np.empty(x.shape, dtype=np.float32)
+        rows = max(1, _SHIFT_CHUNK // max(1, x.shape[1]))  # bounded float64 temporaries
+        for s in range(0, x.shape[0], rows):  # the difference in float64, then rounded once
+            np.subtract(x[s : s + rows], self._shift, out=out[s : s + rows], casting="same_kind")
+        return out
 
     def _rows(self, x: Any, what: str, dim: int | None = None) -> np.ndarray:
         x = _as_features(x, what, dim)
@@ -430,6 +444,7 @@ class KNNScorer:
         _check_video_ids(video_ids, x.shape[0])
         if x.shape[0] < self.k:
             raise ConfigError(f"features: expected at least k={self.k} rows, got {x.shape[0]}")
+        self._shift = None if self.metric == "cosine" else x.mean(axis=0, dtype=np.float64)
         x = self._prepare(x, "features")
         index, res = _make_flat_index(x.shape[1], self.metric == "cosine", self._use_gpu)
         index.add(x)
@@ -498,14 +513,15 @@ class KNNScorer:
         return np.ascontiguousarray(self._index.reconstruct_n(0, self._index.ntotal), dtype=np.float32)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write params + training features (normalised for cosine) to ``path`` atomically."""
+        """Write params + training features as held (normalised for cosine; minus ``shift``, the
+        first training rows' float64 mean, for l2) to ``path`` atomically."""
         self._require_fitted()
         params = {"k": self.k, "metric": self.metric, "batch_size": self.batch_size}
-        _atomic_savez(
-            path,
-            {"header": _header_array(self._SCORER, params, dim=self._dim, n_train=self.n_train),
-             "features": self._features()},
-        )
+        arrays = {"header": _header_array(self._SCORER, params, dim=self._dim, n_train=self.n_train),
+                  "features": self._features()}
+        if self._shift is not None:
+            arrays["shift"] = self._shift
+        _atomic_savez(path, arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, use_gpu: bool | None = None) -> "KNNScorer":
@@ -526,8 +542,16 @@ class KNNScorer:
                 f"{p}: expected features of shape ({header.get('n_train')}, {header.get('dim')}), got {feats.shape}"
             )
         feats = _as_features(feats, f"{p}: features")
+        if obj.metric == "l2":  # format 1 stored the rows themselves: no shift
+            shift = np.zeros(feats.shape[1])
+            if header["format_version"] >= 2:
+                shift = _expect_array(arrays, "shift", p, np.dtype(np.float64), 1)
+                if shift.shape != (feats.shape[1],) or not np.isfinite(shift).all():
+                    raise ScorerFormatError(f"{p}: expected a finite shift of shape ({feats.shape[1]},), "
+                                            f"got shape {shift.shape}")
+            obj._shift = shift
         index, res = _make_flat_index(feats.shape[1], obj.metric == "cosine", obj._use_gpu)
-        index.add(feats)  # stored already normalised for cosine
+        index.add(feats)  # stored as held: normalised for cosine, minus the shift for l2
         obj._index, obj._res, obj._dim = index, res, feats.shape[1]
         return obj
 

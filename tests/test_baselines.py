@@ -255,7 +255,10 @@ def test_knn_save_load_roundtrip(tmp_path, data):
         # a plain npz, readable without pickle, with a versioned JSON header
         with np.load(p, allow_pickle=False) as z:
             header = json.loads(str(z["header"]))
-            assert set(z.files) == {"header", "features"}
+            assert set(z.files) == ({"header", "features"} if metric == "cosine" else {"header", "features", "shift"})
+            if metric == "l2":  # the rows as held: minus the training rows' float64 mean
+                np.testing.assert_allclose(z["shift"], train.astype(np.float64).mean(axis=0), rtol=1e-12)
+                np.testing.assert_allclose(z["features"], train - z["shift"], atol=1e-6)
         assert header["format"] == B.FORMAT_NAME and header["format_version"] == B.FORMAT_VERSION
         assert header["scorer"] == "KNNScorer"
 
@@ -495,6 +498,42 @@ def test_knn_l2_is_exact_for_near_duplicates():
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
         if k == 1:
             assert (got[:50] == 0).all()
+
+
+def test_knn_l2_finds_the_nearest_far_from_the_origin(tmp_path):
+    """Features sharing a large offset (1,000 standard deviations, d 512): faiss's float32 expansion
+    alone picked another row than the nearest for nearly every query (scores 7% too high); the rows
+    and queries are searched minus the training rows' mean, which leaves every distance as it is.
+    Also through add(), a save / load round trip, and a format-1 file (rows stored as they came)."""
+    rng = np.random.default_rng(11)
+    # 300 x 512 query values: faiss takes its BLAS expansion from about 128,000 of them on (1.15)
+    train = (1000 + rng.standard_normal((600, 512))).astype(np.float32)
+    queries = (1000 + rng.standard_normal((300, 512))).astype(np.float32)
+    dist = np.stack([np.sqrt(((train.astype(np.float64) - q) ** 2).sum(axis=1)) for q in queries.astype(np.float64)])
+    dist.sort(axis=1)  # the oracle row by row: knn_oracle's M x N x d difference would take 700 MB here
+    for k in (1, 4):
+        want = dist[:, :k].mean(axis=1)
+        s = B.KNNScorer(k=k, metric="l2").fit(train[:400]).add(train[400:])
+        np.testing.assert_allclose(s.score(queries), want, rtol=1e-6)
+        s.save(tmp_path / "far.npz")
+        np.testing.assert_allclose(B.KNNScorer.load(tmp_path / "far.npz").score(queries), want, rtol=1e-6)
+    with np.load(tmp_path / "far.npz") as z:
+        arrays = dict(z)
+    header = json.loads(str(arrays["header"]))
+    old = dict(header, format_version=1)  # format 1: no shift, the rows themselves
+    np.savez(tmp_path / "v1.npz", header=np.array(json.dumps(old)), features=train)
+    np.testing.assert_allclose(B.KNNScorer.load(tmp_path / "v1.npz").score(queries[:5]), dist[:5, :4].mean(axis=1),
+                               rtol=1e-6)
+    for shift, message in ((None, "expected an array 'shift'"),
+                           (arrays["shift"].astype(np.float32), "expected float64 with 1 dims, got float32"),
+                           (arrays["shift"][:-1], r"expected a finite shift of shape \(512,\), got shape \(511,\)"),
+                           (np.full(512, np.nan), "expected a finite shift")):
+        bad = {"header": arrays["header"], "features": arrays["features"]}
+        if shift is not None:
+            bad["shift"] = shift
+        np.savez(tmp_path / "bad.npz", **bad)
+        with pytest.raises(B.ScorerFormatError, match=message):
+            B.KNNScorer.load(tmp_path / "bad.npz")
 
 
 def test_loading_an_index_file_as_a_scorer_says_which_it_is(tmp_path):
