@@ -78,7 +78,7 @@ FORMAT_VERSION = 2  # 2: an l2 KNNScorer file also holds the shift its features 
 GPU_MAX_K = 2048
 
 _NORMALISE_CHUNK = 65536
-_SHIFT_CHUNK = 1 << 22  # elements per float64 temporary of KNNScorer's l2 shift
+_SHIFT_CHUNK = 1 << 22  # elements per float64 temporary of _minus_shift
 
 
 # --------------------------------------------------------------------------- errors
@@ -211,6 +211,16 @@ def _as_features(x: Any, what: str, dim: int | None = None) -> np.ndarray:
             raise NonFiniteInputError(
                 f"{what}: expected finite values (in float32), got {n_bad} non-finite value(s), first in row {row}"
             )
+    return out
+
+
+def _minus_shift(x: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """float32 x - shift for a faiss L2 search (KNNScorer's rows, KMeansScorer's centres, their
+    queries): the difference in float64, rounded once, in row chunks of bounded float64 temporaries."""
+    out = np.empty(x.shape, dtype=np.float32)
+    rows = max(1, _SHIFT_CHUNK // max(1, x.shape[1]))
+    for s in range(0, x.shape[0], rows):
+        np.subtract(x[s : s + rows], shift, out=out[s : s + rows], casting="same_kind")
     return out
 
 
@@ -422,13 +432,7 @@ class KNNScorer:
 
     # -- building
     def _prepare(self, x: np.ndarray, what: str) -> np.ndarray:
-        if self.metric == "cosine":
-            return _l2_normalise(x, what)
-        out = np.empty(x.shape, dtype=np.float32)
-        rows = max(1, _SHIFT_CHUNK // max(1, x.shape[1]))  # bounded float64 temporaries
-        for s in range(0, x.shape[0], rows):  # the difference in float64, then rounded once
-            np.subtract(x[s : s + rows], self._shift, out=out[s : s + rows], casting="same_kind")
-        return out
+        return _l2_normalise(x, what) if self.metric == "cosine" else _minus_shift(x, self._shift)
 
     def _rows(self, x: Any, what: str, dim: int | None = None) -> np.ndarray:
         x = _as_features(x, what, dim)
@@ -547,8 +551,9 @@ class KNNScorer:
             if header["format_version"] >= 2:
                 shift = _expect_array(arrays, "shift", p, np.dtype(np.float64), 1)
                 if shift.shape != (feats.shape[1],) or not np.isfinite(shift).all():
+                    finite = "" if np.isfinite(shift).all() else " with non-finite values"
                     raise ScorerFormatError(f"{p}: expected a finite shift of shape ({feats.shape[1]},), "
-                                            f"got shape {shift.shape}")
+                                            f"got shape {shift.shape}{finite}")
             obj._shift = shift
         index, res = _make_flat_index(feats.shape[1], obj.metric == "cosine", obj._use_gpu)
         index.add(feats)  # stored as held: normalised for cosine, minus the shift for l2
@@ -655,7 +660,7 @@ class KMeansScorer:
         # and picked another centre than the nearest (1 query in 6 at an offset of 100 std)
         self._shift = centroids.mean(axis=0, dtype=np.float64)
         index, res = _make_flat_index(centroids.shape[1], False, self._use_gpu)
-        index.add(np.ascontiguousarray(centroids - self._shift, dtype=np.float32))
+        index.add(_minus_shift(centroids, self._shift))
         self._centroids, self._counts, self._index, self._res = centroids, counts.astype(np.int64), index, res
 
     def _nearest(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -664,7 +669,7 @@ class KMeansScorer:
         dist = np.empty(x.shape[0], dtype=np.float64)
         for s in range(0, x.shape[0], self.batch_size):
             batch = x[s : s + self.batch_size]
-            _, nn = self._index.search(np.ascontiguousarray(batch - self._shift, dtype=np.float32), 1)
+            _, nn = self._index.search(_minus_shift(batch, self._shift), 1)
             nn = nn[:, 0]
             diff = batch.astype(np.float64) - self._centroids[nn].astype(np.float64)
             idx[s : s + batch.shape[0]] = nn

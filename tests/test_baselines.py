@@ -527,7 +527,7 @@ def test_knn_l2_finds_the_nearest_far_from_the_origin(tmp_path):
     for shift, message in ((None, "expected an array 'shift'"),
                            (arrays["shift"].astype(np.float32), "expected float64 with 1 dims, got float32"),
                            (arrays["shift"][:-1], r"expected a finite shift of shape \(512,\), got shape \(511,\)"),
-                           (np.full(512, np.nan), "expected a finite shift")):
+                           (np.full(512, np.nan), r"expected a finite shift of shape \(512,\), got shape \(512,\) with non-finite values")):
         bad = {"header": arrays["header"], "features": arrays["features"]}
         if shift is not None:
             bad["shift"] = shift
