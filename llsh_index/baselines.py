@@ -79,6 +79,7 @@ GPU_MAX_K = 2048
 
 _NORMALISE_CHUNK = 65536
 _SHIFT_CHUNK = 1 << 22  # elements per float64 temporary of _minus_shift
+_RECENTRE_GAIN = 0.01  # KNNScorer (l2) moves its shift when that cuts the rows' mean squared norm by more
 
 
 # --------------------------------------------------------------------------- errors
@@ -374,8 +375,9 @@ class KNNScorer:
         metric: ``"cosine"`` (reference): distance ``1 - <x/|x|, y/|y|>`` in [0, 2], via
             ``IndexFlatIP`` on L2-normalised features (zero vectors are rejected);
             ``"l2"``: Euclidean distance (not squared), via ``IndexFlatL2`` on the rows minus
-            the first training rows' mean (distances unchanged; faiss's float32 expansion then
-            keeps the neighbours' order when the features share a large offset).
+            the first training rows' mean, moved to the held rows' mean when added rows leave it
+            off-centre (distances unchanged; faiss's float32 expansion then keeps the
+            neighbours' order when the features share a large offset).
         batch_size: queries are searched ``batch_size`` rows at a time, so memory is
             ``O(batch_size * k)`` on top of the index; the ``M x N`` distance matrix is never
             formed (faiss itself works in blocks of queries x database rows).
@@ -406,8 +408,11 @@ class KNNScorer:
         # l2: the first training rows' mean, subtracted from every row and query before faiss sees
         # them.  Its float32 expansion |q|^2 + |x|^2 - 2<q, x> loses the neighbours' order when the
         # features share a large offset (1,000 standard deviations, d = 512: the wrong 1-NN for
-        # every query); the distances themselves do not change with the shift.
+        # every query); the distances themselves do not change with the shift.  It follows the held
+        # rows when rows added later move their mean away from it (_recentre).
         self._shift: np.ndarray | None = None
+        self._held_sum: np.ndarray | None = None  # l2: float64 sum of the held rows minus the shift
+        self._held_sumsq = 0.0  # l2: float64 sum of their squared norms
 
     # -- properties
     @property
@@ -449,10 +454,9 @@ class KNNScorer:
         if x.shape[0] < self.k:
             raise ConfigError(f"features: expected at least k={self.k} rows, got {x.shape[0]}")
         self._shift = None if self.metric == "cosine" else x.mean(axis=0, dtype=np.float64)
-        x = self._prepare(x, "features")
-        index, res = _make_flat_index(x.shape[1], self.metric == "cosine", self._use_gpu)
-        index.add(x)
-        self._index, self._res, self._dim = index, res, x.shape[1]
+        self._index, self._res = _make_flat_index(x.shape[1], self.metric == "cosine", self._use_gpu)
+        self._dim, self._held_sum, self._held_sumsq = x.shape[1], np.zeros(x.shape[1]), 0.0
+        self._hold(self._prepare(x, "features"))
         return self
 
     def add(self, features: Any) -> "KNNScorer":
@@ -460,8 +464,43 @@ class KNNScorer:
         if self._index is None:
             return self.fit(features)
         x = self._rows(features, "features", self._dim)
-        self._index.add(self._prepare(x, "features"))
+        self._hold(self._prepare(x, "features"))
         return self
+
+    def _hold(self, rows: np.ndarray) -> None:
+        """Add rows as held (normalised; minus the shift for l2), then recentre if they moved the mean."""
+        self._index.add(rows)
+        if self.metric == "l2":
+            self._add_sums(rows)
+            self._recentre()
+
+    def _add_sums(self, rows: np.ndarray) -> None:
+        step = max(1, _SHIFT_CHUNK // self._dim)  # bounded float64 temporaries
+        for s in range(0, rows.shape[0], step):
+            chunk = rows[s : s + step].astype(np.float64)
+            self._held_sum += chunk.sum(axis=0)
+            self._held_sumsq += float(np.einsum("nd,nd->", chunk, chunk))
+
+    def _recentre(self) -> None:
+        """Move the shift to the held rows' mean once that cuts their mean squared norm, which
+        faiss's float32 expansion loses the order in proportion to, by more than _RECENTRE_GAIN (rows
+        added later from elsewhere, a format-1 file of unshifted rows).  Rows from the same
+        distribution move the mean by far less, so a stream of adds does not rebuild the index.
+        Rows held before a move are rounded twice: to about their own float32 resolution."""
+        n = self.n_train
+        mean = self._held_sum / n
+        if float(mean @ mean) <= _RECENTRE_GAIN * self._held_sumsq / n:
+            return
+        new_shift = self._shift + mean
+        index, res = _make_flat_index(self._dim, False, self._use_gpu)
+        self._held_sum, self._held_sumsq = np.zeros(self._dim), 0.0
+        rows = max(1, _SHIFT_CHUNK // self._dim)
+        for s in range(0, n, rows):  # held + old shift - new shift, in float64, rounded once
+            held = self._index.reconstruct_n(s, min(rows, n - s)).astype(np.float64) + self._shift
+            moved = _minus_shift(held, new_shift)
+            index.add(moved)
+            self._add_sums(moved)
+        self._index, self._res, self._shift = index, res, new_shift
 
     def _require_fitted(self) -> None:
         if self._index is None:
@@ -518,7 +557,7 @@ class KNNScorer:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write params + training features as held (normalised for cosine; minus ``shift``, the
-        first training rows' float64 mean, for l2) to ``path`` atomically."""
+        held rows' float64 mean as of fit or the last recentring, for l2) to ``path`` atomically."""
         self._require_fitted()
         params = {"k": self.k, "metric": self.metric, "batch_size": self.batch_size}
         arrays = {"header": _header_array(self._SCORER, params, dim=self._dim, n_train=self.n_train),
@@ -555,9 +594,9 @@ class KNNScorer:
                     raise ScorerFormatError(f"{p}: expected a finite shift of shape ({feats.shape[1]},), "
                                             f"got shape {shift.shape}{finite}")
             obj._shift = shift
-        index, res = _make_flat_index(feats.shape[1], obj.metric == "cosine", obj._use_gpu)
-        index.add(feats)  # stored as held: normalised for cosine, minus the shift for l2
-        obj._index, obj._res, obj._dim = index, res, feats.shape[1]
+        obj._index, obj._res = _make_flat_index(feats.shape[1], obj.metric == "cosine", obj._use_gpu)
+        obj._dim, obj._held_sum, obj._held_sumsq = feats.shape[1], np.zeros(feats.shape[1]), 0.0
+        obj._hold(feats)  # stored as held: normalised for cosine, minus the shift for l2
         return obj
 
 
