@@ -871,6 +871,45 @@ def _str_keyed(mapping: Any, what: str) -> Optional[Dict[str, Any]]:
     return out
 
 
+def _check_video_entry(name: str, features: np.ndarray, labels: Optional[np.ndarray], frame_index: Optional[np.ndarray],
+                       n_frames: Any, error: type) -> Optional[int]:
+    """One video of a feature file, as save_features writes it and the CLI reads it (``error``:
+    InvalidInputError when saving, FeatureFileError when loading).  Returns n_frames as an int (or None)."""
+    what = f"video {name!r}"
+    if features.ndim != 2:
+        raise error(f"features of {what}: expected (n_snippets, dim), got shape {features.shape}")
+    if features.dtype.kind != "f" or not np.isfinite(features).all():
+        raise error(f"features of {what}: expected finite floats, got {features.dtype}"
+                    f"{' with NaN or Inf' if features.dtype.kind == 'f' else ''}")
+    if n_frames is not None:
+        if isinstance(n_frames, (bool, np.bool_)) or not isinstance(n_frames, (int, np.integer)) or n_frames < 1:
+            raise error(f"n_frames of {what}: expected an integer >= 1, got {n_frames!r}")
+        n_frames = int(n_frames)
+    if labels is not None:
+        if labels.ndim != 1 or labels.dtype.kind not in "biuf":
+            raise error(f"labels of {what}: expected a 1-D array of 0/1 per frame, got {labels.dtype} of shape {labels.shape}")
+        bad = ~((labels == 0) | (labels == 1))
+        if bad.any():
+            raise error(f"labels of {what}: expected 0/1 per frame, got {labels[bad][:3].tolist()} "
+                        f"({int(bad.sum())} value(s) other than 0 and 1)")
+        if n_frames is not None and labels.size != n_frames:
+            raise error(f"labels of {what}: expected one per frame ({n_frames}), got {labels.size}")
+    if frame_index is not None:
+        if frame_index.shape != (features.shape[0],) or frame_index.dtype.kind not in "iu":
+            raise error(f"frame index of {what}: expected {features.shape[0]} integers (one per snippet), "
+                        f"got {frame_index.dtype} of shape {frame_index.shape}")
+        if (np.diff(frame_index) < 0).any():
+            raise error(f"frame index of {what}: expected the snippets in time order (non-decreasing), got "
+                        f"{frame_index[:5].tolist()}...")
+        if frame_index.size and n_frames is not None and not (0 <= frame_index[0] and frame_index[-1] < n_frames):
+            raise error(f"frame index of {what}: expected frames in [0, {n_frames}), got "
+                        f"[{frame_index[0]}, {frame_index[-1]}]")
+    elif n_frames is not None and n_frames != features.shape[0]:
+        raise error(f"n_frames of {what}: expected one snippet per frame without a frame index "
+                    f"({features.shape[0]} snippets), got {n_frames}")
+    return n_frames
+
+
 def save_features(path: Union[str, os.PathLike], features_by_video: Mapping[str, np.ndarray],
                   meta: Optional[Mapping[str, Any]] = None, *,
                   labels_by_video: Optional[Mapping[str, np.ndarray]] = None,
@@ -907,24 +946,24 @@ def save_features(path: Union[str, os.PathLike], features_by_video: Mapping[str,
     n_frames: Dict[str, int] = {}
     for i, name in enumerate(names):
         f = np.asarray(features_by_video[name])
-        if f.ndim != 2:
-            raise InvalidInputError(f"features of video {name!r}: expected (n_snippets, dim), got {f.shape}")
-        if f.dtype.kind != "f" or not np.isfinite(f).all():
-            raise InvalidInputError(f"features of video {name!r}: expected finite floats, got {f.dtype}"
-                                    f"{' with NaN or Inf' if f.dtype.kind == 'f' else ''}")
+        lab = None if labels_by_video is None or name not in labels_by_video else np.asarray(labels_by_video[name])
+        fi = (None if frame_index_by_video is None or name not in frame_index_by_video
+              else np.asarray(frame_index_by_video[name]))
+        nf = n_frames_by_video.get(name) if n_frames_by_video is not None else None
+        nf = lab.size if nf is None and lab is not None and lab.ndim == 1 else nf
+        nf = _check_video_entry(name, f, lab, fi, nf, InvalidInputError)
         dims.add(f.shape[1])
+        peak, limit = float(np.abs(f).max()) if f.size else 0.0, float(np.finfo(dtype).max)
+        if peak > limit:
+            raise InvalidInputError(f"features of video {name!r}: expected values that fit {dtype}, got "
+                                    f"{peak:.3g} ({dtype} holds up to {limit:.6g}); save as float32")
         arrays[f"features_{i:05d}"] = f.astype(dtype)
-        if frame_index_by_video is not None and name in frame_index_by_video:
-            fi = np.asarray(frame_index_by_video[name], dtype=np.int64)
-            if fi.shape != (f.shape[0],):
-                raise InvalidInputError(f"frame index of video {name!r}: expected {f.shape[0]} entries, got {fi.shape}")
+        if fi is not None:
             arrays[f"frame_index_{i:05d}"] = fi.astype(np.int32)
-        if labels_by_video is not None and name in labels_by_video:
-            arrays[f"labels_{i:05d}"] = np.asarray(labels_by_video[name]).astype(np.uint8)
-        if n_frames_by_video is not None and name in n_frames_by_video:
-            n_frames[name] = int(n_frames_by_video[name])
-        elif f"labels_{i:05d}" in arrays:
-            n_frames[name] = int(arrays[f"labels_{i:05d}"].size)
+        if lab is not None:
+            arrays[f"labels_{i:05d}"] = lab.astype(np.uint8)
+        if nf is not None:
+            n_frames[name] = nf
     if len(dims) > 1:
         raise InvalidInputError(f"all videos must have the same feature dimension, got {sorted(dims)}")
     if labels_by_video is not None:
@@ -961,16 +1000,34 @@ def load_feature_file(path: Union[str, os.PathLike]) -> FeatureFile:
             names = list(meta["videos"])
             feats, labels, fidx = {}, {}, {}
             for i, name in enumerate(names):
-                feats[name] = z[f"features_{i:05d}"].astype(np.float32)
+                feats[name] = z[f"features_{i:05d}"]  # checked as stored below, then cast
                 if f"labels_{i:05d}" in z.files:
-                    labels[name] = z[f"labels_{i:05d}"].astype(np.uint8)
+                    labels[name] = z[f"labels_{i:05d}"]
                 if f"frame_index_{i:05d}" in z.files:
-                    fidx[name] = z[f"frame_index_{i:05d}"].astype(np.int64)
-    except (FeatureFileError, PermissionError):
+                    fidx[name] = z[f"frame_index_{i:05d}"]
+            stored = meta.get("n_frames", {})
+            if not isinstance(stored, dict):
+                raise FeatureFileError(f"{path}: expected meta 'n_frames' to map video names to frame counts, "
+                                       f"got {type(stored).__name__}")
+            n_frames, dims = {}, {f.shape[1] for f in feats.values() if f.ndim == 2}
+            for name in names:
+                nf = _check_video_entry(name, feats[name], labels.get(name), fidx.get(name), stored.get(name),
+                                        FeatureFileError)
+                if nf is not None:
+                    n_frames[name] = nf
+            if len(dims) > 1:
+                raise FeatureFileError(f"{path}: expected one feature dimension for all videos, got {sorted(dims)}")
+            feats = {k: v.astype(np.float32) for k, v in feats.items()}
+            labels = {k: v.astype(np.uint8) for k, v in labels.items()}
+            fidx = {k: v.astype(np.int64) for k, v in fidx.items()}
+    except FeatureFileError as e:
+        if str(e).startswith(path):
+            raise
+        raise FeatureFileError(f"{path}: {e}") from e
+    except PermissionError:
         raise
     except Exception as e:  # BadZipFile, EOFError, KeyError, ValueError, zlib.error, JSON errors...
         raise FeatureFileError(f"{path}: damaged or not a feature file ({type(e).__name__}: {e})") from e
-    n_frames = {k: int(v) for k, v in meta.get("n_frames", {}).items()}
     return FeatureFile(feats, meta, labels or None, fidx, n_frames)
 
 

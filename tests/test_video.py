@@ -412,6 +412,73 @@ def test_save_rejects_bad_input(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_save_rejects_labels_alignment_and_frame_counts_that_do_not_fit(tmp_path):
+    """Labels other than 0/1 were cast to uint8 (0.7 -> 0, -1 -> 255), and a frame count or frame index
+    that does not fit the snippets let `llsh-index score` write scores of the wrong length, all silently."""
+    from llsh_index import InvalidInputError
+
+    f = {"a": np.zeros((4, 3), np.float32)}
+    fi = {"a": [1, 2, 3, 4]}
+    for kwargs, message in (
+        (dict(labels_by_video={"a": [0.7, 1, 0, 0, 1, 1]}, frame_index_by_video=fi), r"expected 0/1 per frame, got \[0.7\]"),
+        (dict(labels_by_video={"a": [0, 2, -1, 0, 1, 1]}, frame_index_by_video=fi), r"got \[2, -1\] \(2 value"),
+        (dict(labels_by_video={"a": [0, np.nan, 0, 0, 1, 1]}, frame_index_by_video=fi), "nan"),
+        (dict(labels_by_video={"a": [[0, 1], [1, 0]]}), r"1-D array of 0/1 per frame, got int64 of shape \(2, 2\)"),
+        (dict(labels_by_video={"a": [0, 1, 1]}, n_frames_by_video={"a": 6}, frame_index_by_video=fi),
+         r"expected one per frame \(6\), got 3"),
+        (dict(n_frames_by_video={"a": 0}, frame_index_by_video=fi), "expected an integer >= 1, got 0"),
+        (dict(n_frames_by_video={"a": -5}, frame_index_by_video=fi), "got -5"),
+        (dict(n_frames_by_video={"a": 3}, frame_index_by_video=fi), r"expected frames in \[0, 3\), got \[1, 4\]"),
+        (dict(n_frames_by_video={"a": 6}, frame_index_by_video={"a": [1, 3, 2, 4]}), "in time order"),
+        (dict(n_frames_by_video={"a": 6}, frame_index_by_video={"a": [1.5, 2, 3, 4]}), "expected 4 integers"),
+        (dict(n_frames_by_video={"a": 6}), r"one snippet per frame without a frame index \(4 snippets\), got 6"),
+        (dict(n_frames_by_video={"a": "6"}, frame_index_by_video=fi), "expected an integer >= 1, got '6'"),
+    ):
+        with pytest.raises(InvalidInputError, match=message):
+            V.save_features(tmp_path / "a.npz", f, {}, **kwargs)
+    with pytest.raises(InvalidInputError, match="expected values that fit float16, got 7e\\+04"):
+        V.save_features(tmp_path / "a.npz", {"a": np.full((2, 3), 7e4, np.float32)}, {}, dtype="float16")
+    assert not any(tmp_path.iterdir())
+    # what fits is written and read back as it came
+    V.save_features(tmp_path / "a.npz", f, {}, labels_by_video={"a": np.array([0.0, 1, 1, 0, 0, 1])},
+                    frame_index_by_video=fi)
+    ff = V.load_feature_file(tmp_path / "a.npz")
+    assert ff.labels["a"].tolist() == [0, 1, 1, 0, 0, 1] and ff.n_frames == {"a": 6}
+
+
+def test_load_rejects_crafted_metadata_and_arrays(tmp_path):
+    """A file whose meta or arrays do not fit (written by hand, or damaged) is a FeatureFileError naming
+    the file and the video: the CLI crashed with a TypeError on a list as a frame count."""
+    good = tmp_path / "good.npz"
+    V.save_features(good, {"a": np.zeros((4, 3), np.float32), "b": np.ones((2, 3), np.float32)}, {},
+                    labels_by_video={"a": [0, 1, 1, 0, 0, 1]}, frame_index_by_video={"a": [1, 2, 3, 4], "b": [0, 1]},
+                    n_frames_by_video={"b": 2})
+    with np.load(good) as z:
+        arrays = dict(z)
+    meta = json.loads(str(arrays["meta"]))
+
+    def crafted(name, meta_changes=None, **array_changes):
+        path = tmp_path / f"{name}.npz"
+        np.savez(path, **dict(arrays, meta=np.array(json.dumps(dict(meta, **(meta_changes or {})))), **array_changes))
+        return path
+
+    for path, message in (
+        (crafted("c1", {"n_frames": {"a": [1], "b": 2}}), "n_frames of video 'a': expected an integer >= 1, got \\[1\\]"),
+        (crafted("c2", {"n_frames": {"a": "x", "b": 2}}), "got 'x'"),
+        (crafted("c3", {"n_frames": [6, 2]}), "expected meta 'n_frames' to map video names"),
+        (crafted("c4", {"n_frames": {"a": 3, "b": 2}}), r"expected one per frame \(3\), got 6"),
+        (crafted("c5", labels_00000=np.array([0, 1, 2, 0, 0, 1], np.uint8)), r"expected 0/1 per frame, got \[2\]"),
+        (crafted("c6", labels_00000=np.array([0, 0.5, 1, 0, 0, 1])), r"got \[0.5\]"),
+        (crafted("c7", frame_index_00001=np.array([1, 0], np.int32)), "video 'b'.*in time order"),
+        (crafted("c8", features_00001=np.ones((2, 4), np.float32)), r"one feature dimension for all videos, got \[3, 4\]"),
+        (crafted("c9", features_00001=np.ones((2, 3), np.int32)), "expected finite floats, got int32"),
+        (crafted("c10", features_00001=np.full((2, 3), np.nan, np.float32)), "with NaN or Inf"),
+    ):
+        with pytest.raises(V.FeatureFileError, match=message) as info:
+            V.load_feature_file(path)
+        assert str(info.value).startswith(str(path))
+
+
 def test_save_features_with_non_string_video_names(tmp_path):
     """Integer video names are written as strings, with their labels and alignment (a KeyError before)."""
     x = {1: np.ones((3, 4), np.float32), 2: np.zeros((2, 4), np.float32)}
