@@ -123,6 +123,13 @@ def check_int_range(value: Any, name: str, low: int, high: Optional[int] = None)
     return int(value)
 
 
+def check_bool(value: Any, name: str) -> bool:
+    """A switch as bool: ConfigError for anything but True / False (bool("no") is True)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ConfigError(f"{name}: expected True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
 def as_real(value: Any, name: str) -> float:
     """A real-valued setting as float: ConfigError for a string, None, bool or complex, not float()'s ValueError."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _engine, probing
-from ._validation import as_real, check_features, check_int_range, check_video_ids
+from ._validation import as_real, check_bool, check_features, check_int_range, check_video_ids
 from .encoder import HashEncoder
 from .errors import ConfigError, CudaUnavailableError, DeviceMismatchError, IndexFormatError, IndexStateError, \
     InvalidDTypeError, InvalidInputError, NotFittedError, UndertrainedWarning
@@ -88,7 +88,8 @@ class LearnableLSHIndex:
     n_tables : b, the number of hash tables (paper: 8).
     n_bits : r, bits per key, 1..64 (paper: 32).
     mode : default scoring mode, "mean" (LLSH), "light" (light-LLSH) or "squared".
-    miss_value : score of a table where the query's bucket is missing (default above).
+    miss_value : score of a table where the query's bucket is missing (default above); >= 0.  A
+        value below sqrt(n_bits) lets a query that misses a table score below some hits.
     code_dtype : "float32" or "float16" storage of the per-item codes.
     store_codes : keep per-item codes (needed by "mean"); False keeps only per-bucket statistics,
         which is all "light" and "squared" need (light-LLSH's memory and disk footprint).
@@ -106,8 +107,7 @@ class LearnableLSHIndex:
         # LayerNorm of a single feature is 0 whatever it is: every code 0.5, every score equal
         self.dim = None if dim is None else check_int_range(dim, "dim", 2)
         check_mode(mode)
-        if not isinstance(store_codes, (bool, np.bool_)):
-            raise ConfigError(f"store_codes: expected True or False, got {store_codes!r}")
+        store_codes = check_bool(store_codes, "store_codes")
         if mode == "mean" and not store_codes:
             raise ConfigError("mode: 'mean' needs store_codes=True; use 'light' or 'squared' for a "
                               "statistics-only index")
@@ -332,8 +332,9 @@ class LearnableLSHIndex:
                 progress=bool(progress),
                 lr_schedule=lr_schedule,
                 warmup_steps=check_int_range(warmup_steps, "warmup_steps", 0), grad_clip=as_real(grad_clip, "grad_clip"),
-                project_mean=bool(project_mean), project_pcs=check_int_range(project_pcs, "project_pcs", 0),
-                centre_layers=bool(centre_layers))
+                project_mean=check_bool(project_mean, "project_mean"),
+                project_pcs=check_int_range(project_pcs, "project_pcs", 0),
+                centre_layers=check_bool(centre_layers, "centre_layers"))
             if cfg.lr_schedule not in LR_SCHEDULES:
                 raise ConfigError(f"lr_schedule: expected one of {', '.join(LR_SCHEDULES)}, got {cfg.lr_schedule!r}")
             checks = [("momentum", cfg.momentum, 0.0 <= cfg.momentum <= 1.0, "0..1"),
@@ -637,6 +638,12 @@ class LearnableLSHIndex:
             raise InvalidInputError(f"query_codes: expected shape (M >= 1, {b}, {r}), got {tuple(codes.shape)}")
         if tuple(keys.shape) != (m, b):
             raise InvalidInputError(f"query_keys: expected shape ({m}, {b}), got {tuple(keys.shape)}")
+        if r < 64:  # a key has n_bits bits: one above them matches no bucket, and every such query would miss
+            # torch has no uint64 shift: the same bits as int64 (the sign bit shifts in, still != 0)
+            high = (keys.view(torch.int64) >> r) != 0 if isinstance(keys, torch.Tensor) else (keys >> np.uint64(r)) != 0
+            if bool(high.any()):
+                raise InvalidInputError(f"query_keys: expected {r}-bit keys (below 2**{r}, as hash_queries() returns), "
+                                        f"got {int(high.sum())} with higher bits set")
         # hash_queries() gives sigmoid outputs, in [0, 1]; anything else (NaN included) is not a code
         if isinstance(codes, torch.Tensor):
             valid = bool(((codes >= 0) & (codes <= 1)).all())
@@ -726,8 +733,12 @@ class LearnableLSHIndex:
             raise ConfigError(f"combine_partial_scores: every shard must use mode {mode!r}, got "
                               f"{[p['mode'] for p in parts]}")
         shape = counts[0].shape
+        if shape[1] != self.n_tables or (mode == "light" and totals[0].shape[2] != self.n_bits):
+            raise InvalidInputError(f"combine_partial_scores: expected count (M, {self.n_tables}) and sum "
+                                    f"{f'(M, {self.n_tables}, {self.n_bits})' if mode == 'light' else f'(M, {self.n_tables})'}"
+                                    f" (this index's tables and bits), got {shape} and {totals[0].shape}")
         for i, (c, t) in enumerate(zip(counts, totals)):
-            if c.shape != shape or t.shape[:2] != shape:
+            if c.shape != shape or t.shape != totals[0].shape:
                 raise InvalidInputError(f"combine_partial_scores: shard {i} answered count {c.shape} and sum "
                                         f"{t.shape}, expected count {shape} like shard 0 (the same queries)")
         count = sum(counts)
@@ -949,15 +960,16 @@ def _bad_row_error(name: str, row: torch.Tensor, index: int) -> InvalidInputErro
 
 
 def _check_miss_value(miss_value, allow_inf: bool = False) -> Optional[float]:
-    """None, or a finite number within float32 range (scores are float32) as a float; allow_inf: also
-    +inf, which marks the misses where table distances are combined (llsh_index.probing)."""
+    """None, or a finite number >= 0 within float32 range (scores are float32) as a float; allow_inf: also
+    +inf, which marks the misses where table distances are combined (llsh_index.probing).  It stands
+    for a distance: a negative one would rank a query that misses a table below every hit."""
     if miss_value is None:
         return None
     if not (isinstance(miss_value, numbers.Real) and not isinstance(miss_value, (bool, np.bool_))
-            and ((math.isfinite(miss_value) and abs(miss_value) <= float(np.finfo(np.float32).max))
+            and ((math.isfinite(miss_value) and 0 <= miss_value <= float(np.finfo(np.float32).max))
                  or (allow_inf and miss_value == math.inf))):
-        raise ConfigError(f"miss_value: expected a finite number within float32 range{' or +inf' if allow_inf else ''}"
-                          f", got {miss_value!r}")
+        raise ConfigError(f"miss_value: expected a finite number >= 0 (a distance) within float32 range"
+                          f"{' or +inf' if allow_inf else ''}, got {miss_value!r}")
     return float(miss_value)
 
 

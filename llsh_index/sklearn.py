@@ -32,8 +32,8 @@ from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import probing
-from ._validation import check_video_ids
-from .errors import ConfigError, NotFittedError
+from ._validation import check_bool, check_video_ids
+from .errors import ConfigError, InvalidDTypeError, InvalidInputError, NotFittedError
 from .index import LearnableLSHIndex, check_reduce, probed_scores
 
 # fit(X, video_ids=...): offset_ is calibrated on scores from indexes built without whole videos, in
@@ -113,8 +113,9 @@ class LLSHDetector(OutlierMixin, BaseEstimator):
             raise ConfigError(f"contamination: expected a number in (0, 0.5], got {c!r}")
         probing.check_probes(self.n_probes, self.miss_probes)  # ConfigError
         check_reduce(self.reduce)
+        check_bool(self.train, "train")
         # ensure_min_features: LayerNorm of one feature is 0 whatever it is (LearnableLSHIndex: dim >= 2)
-        X = validate_data(self, X, dtype=[np.float32, np.float64], ensure_min_samples=2, ensure_min_features=2)
+        X = self._validate(X, ensure_min_samples=2, ensure_min_features=2)
         # checked here too, not only by index.fit: the calibration uses them even when train=False
         vid = None if video_ids is None else check_video_ids(video_ids, X.shape[0])
         index = LearnableLSHIndex(X.shape[1], n_tables=self.n_tables, n_bits=self.n_bits, mode=self.mode,
@@ -191,13 +192,29 @@ class LLSHDetector(OutlierMixin, BaseEstimator):
         return probed_scores(codes, keys, self.n_probes, self.miss_probes, self.reduce, distances,
                              index.default_miss_value(index.mode), return_distances=False)
 
+    def _validate(self, X, **kwargs):
+        """scikit-learn's input checks (and their messages, which its estimator checks match), raised as
+        the package's typed errors: still ValueError / TypeError."""
+        try:
+            return validate_data(self, X, dtype=[np.float32, np.float64], **kwargs)
+        except TypeError as exc:  # sparse input, unsupported dtypes
+            raise InvalidDTypeError(f"X: {exc}") from exc
+        except ValueError as exc:  # NaN / Inf, too few rows or features, 1-D, strings, a feature-count mismatch
+            raise InvalidInputError(f"X: {exc}") from exc
+
+    def set_params(self, **params):
+        try:
+            return super().set_params(**params)
+        except ValueError as exc:  # an unknown parameter
+            raise ConfigError(str(exc)) from exc
+
     def score_samples(self, X):
         """Negated anomaly score (higher = more normal), as scikit-learn detectors return."""
         try:
             check_is_fitted(self, "index_")
         except _SklearnNotFittedError as exc:
             raise DetectorNotFittedError(str(exc)) from None
-        X = validate_data(self, X, dtype=[np.float32, np.float64], reset=False)
+        X = self._validate(X, reset=False)
         index = self.index_
         scores = np.asarray(index.score(X, n_probes=self.n_probes, miss_probes=self.miss_probes, reduce=self.reduce),
                             dtype=np.float64)

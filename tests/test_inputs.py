@@ -207,6 +207,13 @@ CATALOGUE = [
     # --- once bugs, fixed in index.py
     ("empty-mode-string", lambda: fitted().score(X, mode=""), ConfigError, ["mode"]),
     ("miss-value-beyond-float32", lambda: LearnableLSHIndex(miss_value=1e300), ConfigError, ["miss_value"]),
+    # bool("no") is True: the string trained exactly as project_mean=True
+    ("project-mean-string", lambda: LearnableLSHIndex().fit(X, video_ids=VIDS, project_mean="no"), ConfigError,
+     ["project_mean: expected True or False", "'no'"]),
+    ("centre-layers-string", lambda: LearnableLSHIndex().fit(X, video_ids=VIDS, centre_layers="false"), ConfigError,
+     ["centre_layers: expected True or False", "'false'"]),
+    # a negative miss value ranked every query that misses one table as the most normal: [-1, -1, -1, -1, 0.44]
+    ("negative-miss-value", lambda: LearnableLSHIndex(miss_value=-1.0), ConfigError, ["miss_value", ">= 0", "-1.0"]),
     ("nan-learning-rate", lambda: quick_fit(LearnableLSHIndex(n_tables=2, n_bits=8), lr=float("nan")), ConfigError,
      ["lr"]),
     # LayerNorm of one feature is 0 whatever it is: every score would be equal

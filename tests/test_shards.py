@@ -62,7 +62,7 @@ def test_partial_scores_combine_exactly(data, mode):
 
 
 @pytest.mark.parametrize("kw", [dict(reduce="max"), dict(reduce=None), dict(miss_value=float("nan")),
-                                dict(miss_value=-np.inf), dict(miss_value=1e39), dict(miss_value="1"),
+                                dict(miss_value=-np.inf), dict(miss_value=-1.0), dict(miss_value=1e39), dict(miss_value="1"),
                                 dict(miss_value=True)])
 def test_combine_partial_scores_bad_reduce_or_miss_value(data, kw):
     x, q = data
@@ -70,6 +70,34 @@ def test_combine_partial_scores_bad_reduce_or_miss_value(data, kw):
     with pytest.raises(ConfigError, match=next(iter(kw))):
         shards[0].combine_partial_scores([shards[0].partial_scores(q)], **kw)
 
+
+@pytest.mark.parametrize("mode", ["mean", "light"])
+def test_partial_scores_of_another_table_or_bit_count_are_refused(data, mode):
+    """Parts cut to 2 of the 4 tables combined into scores over those 2 (the min over fewer tables),
+    and keys with bits above n_bits made every query miss: both silently."""
+    import torch
+
+    from llsh_index import InvalidInputError
+
+    x, q = data
+    _, shards = shards_of(x, [1200])
+    s = shards[0]
+    p = s.partial_scores(q, mode=mode)
+    cut = dict(p, count=p["count"][:, :2], sum=p["sum"][:, :2])
+    with pytest.raises(InvalidInputError, match=r"expected count \(M, 4\) .* got \(100, 2\)"):
+        s.combine_partial_scores([cut], query_codes=p.get("query_codes"))
+    if mode == "light":
+        with pytest.raises(InvalidInputError, match=r"sum \(M, 4, 10\) .* got \(100, 4\) and \(100, 4, 3\)"):
+            s.combine_partial_scores([dict(p, sum=p["sum"][:, :, :3])])
+    codes, keys = s.hash_queries(q)
+    for k in (keys | np.uint64(1 << 40), torch.from_numpy(keys | np.uint64(1 << 63))):
+        c = codes if isinstance(k, np.ndarray) else torch.from_numpy(codes)
+        with pytest.raises(InvalidInputError, match=r"expected 10-bit keys .* got 400 with higher bits set"):
+            s.partial_scores(query_codes=c, query_keys=k, mode=mode)
+    # the keys as hash_queries() gives them combine to score()'s values (numpy and torch)
+    for c, k in ((codes, keys), (torch.from_numpy(codes), torch.from_numpy(keys))):
+        np.testing.assert_allclose(s.combine_partial_scores([s.partial_scores(query_codes=c, query_keys=k, mode=mode)],
+                                                            query_codes=codes), s.score(q, mode), rtol=1e-6)
 
 def test_merge_statistics_only(data):
     x, q = data

@@ -112,6 +112,34 @@ def test_probe_settings_are_checked(rng, params):
         LLSHDetector(train=False, **params).fit(rng.standard_normal((20, 4)))
 
 
+def test_bad_input_and_settings_are_the_package_typed_errors(rng):
+    """scikit-learn's own checks raised its plain ValueError / TypeError; they are the package's typed
+    errors now (still ValueError / TypeError, with scikit-learn's message), and a string is no switch."""
+    import scipy.sparse
+
+    from llsh_index.errors import ConfigError, InvalidDTypeError, InvalidInputError
+
+    x = rng.standard_normal((30, 6))
+    bad_nan = x.copy()
+    bad_nan[3, 2] = np.nan
+    for X, message in ((bad_nan, "NaN"), (np.full((30, 6), np.inf), "infinity"), (x[:1], "minimum of 2"),
+                       (x[:, :1], "minimum of 2 is required"), (x[:, 0], "Expected 2D array, got 1D"),
+                       (np.array([["a", "b"], ["c", "d"]]), "could not convert|dtype")):
+        with pytest.raises(InvalidInputError, match=message):
+            LLSHDetector(train=False, n_tables=2, n_bits=4).fit(X)
+    with pytest.raises(InvalidDTypeError, match="Sparse data was passed"):
+        LLSHDetector(train=False, n_tables=2, n_bits=4).fit(scipy.sparse.csr_matrix(x))
+    det = LLSHDetector(train=False, n_tables=2, n_bits=4).fit(x)
+    with pytest.raises(InvalidInputError, match="X has 5 features, but LLSHDetector is expecting 6"):
+        det.predict(x[:, :5])
+    with pytest.raises(ConfigError, match="Invalid parameter 'foo'"):
+        det.set_params(foo=1)
+    for value in ("no", 0, None):
+        with pytest.raises(ConfigError, match=f"train: expected True or False, got .*{value!r}"):
+            LLSHDetector(train=value, n_tables=2, n_bits=4).fit(x)
+    with pytest.raises(ConfigError, match=r"miss_value: expected a finite number >= 0 .* got -5"):
+        LLSHDetector(train=False, miss_value=-5).fit(x)
+
 def test_a_failed_refit_leaves_the_fitted_detector_as_it_was(rng):
     """A bad setting found after validate_data had reset n_features_in_ left a detector that could
     score nothing (sklearn's 'expecting 17 features' on its own 16-feature data)."""
