@@ -246,7 +246,9 @@ class LearnableLSHIndex:
         for i in range(0, t.shape[0], step):
             yield i, t[i:i + step]
 
-    def _encode_all(self, features):
+    def _encode_all(self, features, caller: str):
+        if self.encoder is None:  # as hash_queries: the layers come from dim=, fit() or add(), not from a probe
+            raise NotFittedError(f"{caller}: the index has no hash layers yet (give dim=, or call fit() or add())")
         t = self._features(features, "features")
         parts = [self._encode_chunk(c, "features", i) for i, c in self._chunks(t)]
         cat = torch.cat if _engine.on_device(t) else np.concatenate
@@ -254,11 +256,11 @@ class LearnableLSHIndex:
 
     def encode(self, features) -> np.ndarray:
         """Real-valued codes (M, n_tables, n_bits): sigmoid outputs of the hash layers."""
-        return self._encode_all(features)[0]
+        return self._encode_all(features, "encode")[0]
 
     def hash_keys(self, features) -> np.ndarray:
         """Packed keys (M, n_tables) uint64: bit i of table j's key is code[:, j, i] >= 0.5."""
-        return self._encode_all(features)[1]
+        return self._encode_all(features, "hash_keys")[1]
 
     # ------------------------------------------------------------------ training
     def fit(self, features, video_ids=None, *, iterations: Optional[int] = None, epochs: int = 1,
@@ -365,7 +367,12 @@ class LearnableLSHIndex:
                     raise _bad_row_error("features", feats[i], i)
             before = self.encoder.weight.detach().clone()
             old = self.training_log_
-            log = train_moco(self.encoder, feats, vid, cfg, stream=0 if old is None else max(old.steps, 1))
+            try:
+                log = train_moco(self.encoder, feats, vid, cfg, stream=0 if old is None else max(old.steps, 1))
+            except BaseException:  # an allocation refused, an interrupt: the layers as they were (not half-projected)
+                with torch.no_grad():
+                    self.encoder.weight.copy_(before)
+                raise
             if not bool(torch.isfinite(self.encoder.weight).all()):  # diverged: keep the layers it started from
                 with torch.no_grad():
                     self.encoder.weight.copy_(before)

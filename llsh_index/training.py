@@ -22,6 +22,7 @@ import torch
 from torch.nn import functional as F
 
 from .encoder import HashEncoder
+from .errors import ConfigError
 
 
 @dataclass
@@ -273,7 +274,11 @@ def train_moco(encoder: HashEncoder, features: torch.Tensor, video_ids: Optional
     device = encoder.weight.device
     sampler = PairSampler(features.shape[0], video_ids, cfg, features, stream=stream)
     code_len = encoder.n_tables * encoder.n_bits
-    queue = F.normalize(torch.randn(cfg.queue_size, code_len, generator=gen), dim=1).to(device)
+    try:
+        queue = F.normalize(torch.randn(cfg.queue_size, code_len, generator=gen), dim=1).to(device)
+    except (RuntimeError, MemoryError) as exc:  # torch's allocator: the queue is queue_size x b*r float32
+        raise ConfigError(f"queue_size: a queue of {cfg.queue_size} x {code_len} float32 "
+                          f"({cfg.queue_size * code_len * 4 / 2 ** 30:.3g} GiB) cannot be allocated: {exc}") from exc
     ptr = 0
     mean = mean_dir = None
     if cfg.project_mean or cfg.centre_layers:  # unit mean of the layer-normalised training rows
@@ -312,7 +317,11 @@ def train_moco(encoder: HashEncoder, features: torch.Tensor, video_ids: Optional
     n_steps = n_pairs // batch  # drop_last, as the reference's loader
     total_steps = n_steps * cfg.epochs
     for epoch in range(cfg.epochs):
-        pairs = sampler.epoch()
+        try:
+            pairs = sampler.epoch()
+        except MemoryError as exc:  # an epoch's pairs are groups x iterations x 2 int64
+            raise ConfigError(f"iterations: {cfg.iterations} per video (or row) make {n_pairs} training pairs "
+                              f"({n_pairs * 16 / 2 ** 30:.3g} GiB of indices) that cannot be allocated") from exc
         bar = tqdm(range(n_steps), desc=f"LLSH training {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
                    leave=False)
         for step in bar:

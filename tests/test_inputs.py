@@ -85,6 +85,9 @@ CATALOGUE = [
     ("score-before-add", lambda: LearnableLSHIndex(D).score(X), NotFittedError, ["empty", "add"]),
     ("score-untouched", lambda: LearnableLSHIndex().score(X), NotFittedError, ["add"]),
     ("save-unfitted", lambda: LearnableLSHIndex().save("/tmp/never-written.llsh"), NotFittedError, ["fit"]),
+    # they made random layers for the probe's dimension, so a later add() of the real data was refused
+    ("encode-before-layers", lambda: LearnableLSHIndex().encode(X[:, :8]), NotFittedError, ["encode", "no hash layers"]),
+    ("hash-keys-before-layers", lambda: LearnableLSHIndex().hash_keys(X), NotFittedError, ["hash_keys", "dim="]),
     ("n-bits-0", lambda: LearnableLSHIndex(n_bits=0), ConfigError, ["n_bits", "1..64", "0"]),
     ("n-bits-65", lambda: LearnableLSHIndex(n_bits=65), ConfigError, ["n_bits", "1..64", "65"]),
     ("n-bits-float", lambda: LearnableLSHIndex(n_bits=8.0), ConfigError, ["n_bits", "integer"]),
@@ -207,6 +210,11 @@ CATALOGUE = [
     # --- once bugs, fixed in index.py
     ("empty-mode-string", lambda: fitted().score(X, mode=""), ConfigError, ["mode"]),
     ("miss-value-beyond-float32", lambda: LearnableLSHIndex(miss_value=1e300), ConfigError, ["miss_value"]),
+    # torch's / numpy's allocation errors (RuntimeError, MemoryError) before
+    ("queue-too-large", lambda: LearnableLSHIndex().fit(X, video_ids=VIDS, queue_size=2 ** 40), ConfigError,
+     ["queue_size: a queue of 1099511627776 x 256 float32", "GiB) cannot be allocated"]),
+    ("iterations-too-many", lambda: LearnableLSHIndex().fit(X, video_ids=VIDS, iterations=2 ** 40), ConfigError,
+     ["iterations: 1099511627776 per video", "cannot be allocated"]),
     # bool("no") is True: the string trained exactly as project_mean=True
     ("project-mean-string", lambda: LearnableLSHIndex().fit(X, video_ids=VIDS, project_mean="no"), ConfigError,
      ["project_mean: expected True or False", "'no'"]),
@@ -571,6 +579,15 @@ def test_diverged_training_keeps_the_layers_and_says_so(monkeypatch):
         quick_fit(index)
     assert torch.equal(index.encoder.weight, before) and not index.is_trained
 
+
+def test_a_fit_refused_after_the_projection_keeps_the_layers():
+    """project_pcs changes the layers in place before the first step; a fit that then fails (here the
+    epoch's pairs cannot be allocated) left them projected: they are as they were, untrained."""
+    index = LearnableLSHIndex(D, n_tables=2, n_bits=8, seed=4)
+    before = index.encoder.weight.detach().clone()
+    with pytest.raises(ConfigError, match="iterations"):
+        index.fit(X, video_ids=VIDS, iterations=2 ** 40, project_pcs=3, progress=False)
+    assert torch.equal(index.encoder.weight, before) and not index.is_trained
 
 def test_failed_add_leaves_the_index_unchanged():
     index = LearnableLSHIndex(n_tables=2, n_bits=8, batch_size=32).add(X[:100])
