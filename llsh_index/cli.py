@@ -369,18 +369,30 @@ def cmd_score(args) -> int:
                           f"training features first: llsh-index build --model {args.index} --features ... --out ...")
     ff = _load_feature_file(args.features)
     names = _select(ff, args.prefix)
-    out, t0 = {}, time.time()
+    out, t0, all_missed = {}, time.time(), True
+    miss = np.float32(index.default_miss_value(args.mode_override))
     for v in names:
         s = index.score(ff.features[v], mode=args.mode_override, n_probes=args.probes, miss_probes=args.miss_probes,
                         reduce=args.reduce)
+        all_missed = all_missed and bool((np.asarray(s) == miss).all())
         out[v] = frame_scores(s, ff.frame_index.get(v), ff.n_frames.get(v))
     _save_scores(args.out, out, {"index": os.path.abspath(args.index), "features": os.path.abspath(args.features),
                                  "mode": args.mode_override or index.mode, "n_probes": args.probes,
                                  "miss_probes": args.miss_probes, "reduce": args.reduce})
     print(f"scored {len(names)} videos in {time.time() - t0:.2f}s -> {args.out}")
+    if all_missed:  # as LLSHDetector warns: scores that carry no ranking
+        print(f"warning: every snippet missed every hash table, so every score is the miss value {float(miss):g} and "
+              "they carry no ranking; check that the features were made like the training features, or score with "
+              "--miss-probes 32, or build with fewer --n-bits", file=sys.stderr)
     if args.csv:
-        _write_text(args.csv, "video,frame,score\n" + "".join(
-            f"{v},{i},{val:.6g}\n" for v, s in out.items() for i, val in enumerate(s)))
+        import csv
+        import io
+
+        text = io.StringIO(newline="")
+        writer = csv.writer(text, lineterminator="\n")  # quotes names with commas, quotes or newlines
+        writer.writerow(["video", "frame", "score"])
+        writer.writerows((v, i, f"{val:.6g}") for v, s in out.items() for i, val in enumerate(s))
+        _write_text(args.csv, text.getvalue())
         print(f"-> {args.csv}")
     return 0
 

@@ -39,7 +39,7 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Uni
 import numpy as np
 
 try:  # typed errors of the package when it is importable; plain bases otherwise
-    from .errors import NPZ_READ_ERRORS, ConfigError, LLSHError as _BaseError
+    from .errors import NPZ_READ_ERRORS, ConfigError, InvalidDTypeError, LLSHError as _BaseError
 except Exception:  # pragma: no cover - only when this file is loaded outside the package
     NPZ_READ_ERRORS = (Exception,)
 
@@ -49,8 +49,12 @@ except Exception:  # pragma: no cover - only when this file is loaded outside th
     class ConfigError(_BaseError, ValueError):
         pass
 
+    class InvalidDTypeError(_BaseError, TypeError):
+        pass
+
 __all__ = [
     "FRAME_EXTENSIONS", "VIDEO_EXTENSIONS", "DatasetError", "DatasetNotFoundError", "DatasetFormatError",
+    "VideoNotFoundError",
     "Video", "VideoDataset", "natural_key", "list_frame_files", "load_frame_folders", "load_ped2",
     "load_ped2_labels", "load_avenue", "load_shanghaitech", "load_npz_labels", "DemoFeatures", "load_ped2_demo",
     "PED2_DEMO_PATH",
@@ -80,6 +84,14 @@ class DatasetNotFoundError(DatasetError, FileNotFoundError):
 
 class DatasetFormatError(DatasetError, ValueError):
     """Labels or folders exist but do not fit (wrong length, values other than 0/1, no frames...)."""
+
+
+class VideoNotFoundError(DatasetError, KeyError, IndexError):
+    """``dataset[name]`` or ``dataset[i]`` names no video of the dataset (a KeyError / IndexError too,
+    as a mapping or a list raises)."""
+
+    def __str__(self) -> str:  # KeyError would otherwise print the message in quotes
+        return str(self.args[0]) if self.args else ""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -196,7 +208,14 @@ class VideoDataset:
             for v in self.videos:
                 if v.name == key:
                     return v
-            raise KeyError(f"no video named {key!r} in {self.name}/{self.split}")
+            raise VideoNotFoundError(f"no video named {key!r} in {self.name}/{self.split} (it has "
+                                     f"{', '.join(v.name for v in self.videos[:5])}{', ...' if len(self) > 5 else ''})")
+        if isinstance(key, (bool, np.bool_)) or not isinstance(key, (int, np.integer)):
+            raise InvalidDTypeError(f"a video of {self.name}/{self.split}: expected a name (str) or a position (int), "
+                                    f"got {type(key).__name__}")
+        if not -len(self) <= key < len(self):
+            raise VideoNotFoundError(f"video {key} of {self.name}/{self.split}: expected a position in "
+                                     f"[{-len(self)}, {len(self)}), the dataset has {len(self)} videos")
         return self.videos[key]
 
     @property

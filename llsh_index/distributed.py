@@ -658,7 +658,7 @@ def main(argv=None) -> int:
                                                        "or a ray:// / host:port address")
     p.add_argument("--train", required=True, help="comma-separated .npy files, one shard each (read by the workers)")
     p.add_argument("--test", required=True, help=".npy of (M, d) queries (read by the driver)")
-    p.add_argument("--out", required=True, help="output .npy of (M,) scores")
+    p.add_argument("--out", required=True, help="output .npy of (M,) scores (.npy is added if missing, as np.save does)")
     p.add_argument("--layers", help="a .llsh file whose hash layers (e.g. trained by `llsh-index fit`) are used; "
                                     "else untrained LSH")
     p.add_argument("--n-tables", type=positive_int, default=8, help="b, without --layers (default 8)")
@@ -695,17 +695,35 @@ def main(argv=None) -> int:
 def _run_main(a) -> int:
     from .io import atomic_write, check_write_path
 
+    if os.path.isdir(a.out):  # not a sibling "<folder>.npy" written beside it
+        raise InvalidInputError(f"--out {a.out}: is a folder; expected the path of the .npy score file")
     if not a.out.endswith(".npy"):  # as np.save names it
         a.out += ".npy"
     check_write_path(a.out)  # before any work: a folder or a device is refused now, not after the build
     train = [s for s in a.train.split(",") if s]
-    missing = [s for s in train + [a.test] + ([a.layers] if a.layers else []) if not os.path.isfile(s)]
+    if a.layers and not os.path.isfile(a.layers):
+        raise FileNotFoundError(f"--layers: expected a .llsh index file, not found: {a.layers}")
+    missing = [s for s in train + [a.test] if not os.path.isfile(s)]
     if missing or not train:
         raise FileNotFoundError(f"expected .npy files, not found: {missing or '(no --train file)'}")
     try:
         queries = np.load(a.test, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:  # numpy's words for a file that is no .npy do not name it
         raise InvalidInputError(f"--test {a.test}: not a readable .npy array ({exc})") from exc
+    # the partitions' headers, read here: a worker's error would come back as a Ray traceback not naming the file
+    dims = {}
+    for s in train:
+        try:
+            head = np.load(s, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise InvalidInputError(f"--train {s}: not a readable .npy array ({exc})") from exc
+        if head.ndim != 2 or head.dtype.kind != "f":
+            raise InvalidInputError(f"--train {s}: expected a 2-D float array (rows, d), got {head.dtype} of shape "
+                                    f"{head.shape}")
+        dims[s] = int(head.shape[1])
+    if len(set(dims.values())) > 1 or (queries.ndim == 2 and queries.shape[1] not in dims.values()):
+        raise InvalidInputError(f"expected one feature dimension for --train and --test, got "
+                                f"{dims} and --test {a.test} of shape {queries.shape}")
     ray = _ray()
     started = not ray.is_initialized()
     if started:

@@ -268,6 +268,8 @@ def _finite_number(value: Any, what: str) -> float:
 def _check_sigma(sigma: float | None) -> float:
     if sigma is None:
         return 0.0
+    if isinstance(sigma, (bool, np.bool_)):  # float(True) is 1.0: a switch passed for a width
+        raise MetricsTypeError(f"sigma: expected a number >= 0 or None, got {sigma!r}")
     try:
         s = float(sigma)
     except (TypeError, ValueError) as exc:
@@ -303,7 +305,17 @@ def smooth_scores(scores: Any, sigma: float | None = 12) -> np.ndarray:
     s = _check_sigma(sigma)
     if s == 0.0:
         return arr
-    return gaussian_filter1d(arr, sigma=s)
+    return _gaussian(arr, s)
+
+
+def _gaussian(arr: np.ndarray, sigma: float) -> np.ndarray:
+    """scipy's gaussian_filter1d; finite scores near float64's limit are smoothed scaled down (the
+    filter is a weighted mean, so the result is within the scores' range), where the plain sum
+    would overflow to inf."""
+    peak = float(np.abs(arr).max()) if arr.size else 0.0
+    if peak > 1e300:
+        return gaussian_filter1d(arr / peak, sigma=sigma) * peak
+    return gaussian_filter1d(arr, sigma=sigma)
 
 
 def snippet_to_frame_scores(
@@ -385,7 +397,7 @@ def _frame_scores(
         raise LengthMismatchError(
             f"video {name!r}: expected at most {n_frames} scores (labelled frames), got {scores.size}"
         )
-    smoothed = gaussian_filter1d(scores, sigma=sigma) if sigma > 0 else scores
+    smoothed = _gaussian(scores, sigma) if sigma > 0 else scores
     constant = False
     if normalise:
         lo, hi = smoothed.min(), smoothed.max()

@@ -34,7 +34,7 @@ import numpy as np
 
 from .datasets import (FRAME_EXTENSIONS, DatasetFormatError, DatasetNotFoundError, Video, VideoDataset,
                        list_frame_files)
-from .errors import ConfigError, CudaUnavailableError, InvalidInputError
+from .errors import ConfigError, CudaUnavailableError, InvalidDTypeError, InvalidInputError
 
 try:
     from .errors import LLSHError as _BaseError
@@ -160,6 +160,9 @@ def _resolve_source(source: FrameSource) -> Union[List[str], str, np.ndarray]:
                 return [str(p)]
             return str(p)
         raise DatasetNotFoundError(f"frame folder or video file not found: {p}", p)
+    if isinstance(source, (bytes, Mapping)) or not isinstance(source, Iterable):
+        raise InvalidDTypeError(f"frame source: expected a frame folder, a video file, a list of image paths, an "
+                                f"(N, H, W[, C]) array or a Video, got {type(source).__name__} {source!r:.60}")
     paths = [str(x) for x in source]
     if not paths:
         raise DatasetFormatError("empty list of frame paths")
@@ -314,14 +317,19 @@ class FeatureExtractor:
         it = iter(frames)
         next_frame = 0
         bs = max(1, int(self.snippet_batch_size))
+        first_shape = None
         for b0 in range(0, len(idx), bs):
             rows = idx[b0:b0 + bs]
             need_to = int(rows.max())
             while next_frame <= need_to:
                 try:
-                    buf[next_frame] = _to_rgb(next(it))
+                    frame = _to_rgb(next(it))
                 except StopIteration:
                     raise DatasetFormatError(f"expected {n_frames} frames, the source ended after {next_frame}")
+                first_shape = frame.shape if first_shape is None else first_shape
+                if frame.shape != first_shape:  # snippets are stacked: one size per video, as the built-in one
+                    raise DatasetFormatError(f"frame {next_frame} is {frame.shape}, earlier frames are {first_shape}")
+                buf[next_frame] = frame
                 next_frame += 1
                 if progress is not None:
                     progress.update(1)
@@ -744,13 +752,17 @@ def _make_bar(progress, total, desc):
 
 
 def _videos_of(videos: Union[VideoDataset, Iterable[Video], Mapping[str, FrameSource]]) -> List[Tuple[str, Any, Optional[np.ndarray]]]:
-    if isinstance(videos, Mapping):
-        return [(str(k), v, getattr(v, "labels", None)) for k, v in videos.items()]
     out = []
-    for v in videos:
+    for v in videos.items() if isinstance(videos, Mapping) else videos:
+        if isinstance(videos, Mapping):
+            out.append((str(v[0]), v[1], getattr(v[1], "labels", None)))
+            continue
         if not isinstance(v, Video):
-            raise TypeError(f"expected Video entries (or a mapping name -> frame source), got {type(v).__name__}")
+            raise InvalidDTypeError(f"videos: expected Video entries (or a mapping name -> frame source), got "
+                                    f"{type(v).__name__}")
         out.append((v.name, v, v.labels))
+    if not out:  # with a cache it failed when writing; without, it returned nothing
+        raise InvalidInputError("videos: expected at least one video, got none")
     return out
 
 
@@ -775,7 +787,8 @@ def extract_dataset(videos: Union[VideoDataset, Iterable[Video], Mapping[str, Fr
     items = _videos_of(videos)
     names = [n for n, _, _ in items]
     if len(set(names)) != len(names):
-        raise ValueError("video names must be unique")
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise InvalidInputError(f"videos: expected unique video names, got {dup[:5]} more than once")
     counts = {n: count_frames(src) for n, src, _ in items}
     want = dict(extractor.describe(), T=T, s=s, clamp=bool(clamp))
     if cache is not None and os.path.isfile(cache):
@@ -808,7 +821,7 @@ def extract_dataset(videos: Union[VideoDataset, Iterable[Video], Mapping[str, Fr
                 n = len(f) if clamp else len(f) + (T - 1) * s
             n_frames[name] = int(n)
             if lab is not None:
-                labels[name] = np.asarray(lab, dtype=np.uint8)
+                labels[name] = np.asarray(lab)  # as given: save_features checks they are 0/1
     finally:
         if close:
             bar.close()

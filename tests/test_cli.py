@@ -63,6 +63,39 @@ def test_fit_build_score_evaluate_plot(feature_files, capsys):
     assert "micro-AUC" in capsys.readouterr().out
 
 
+def test_score_csv_quotes_names_and_an_all_miss_run_warns(feature_files, capsys, rng):
+    """Video names with a comma, a quote or a newline broke the CSV's columns; a run where every
+    snippet missed every table wrote miss-value scores (AUC 0.5) without a word."""
+    import csv
+
+    from llsh_index.video import save_features
+
+    tmp, _ = feature_files
+    p = lambda name: str(tmp / name)  # noqa: E731
+    assert main(["build", "--features", p("train.npz"), "--out", p("lsh.llsh"), "--n-tables", "4", "--n-bits", "12",
+                 "--quiet"]) == 0
+    with np.load(p("train.npz")) as z:
+        near = z["features_00000"][:5]
+    names = ['a,b', 'say "hi"', "two\nlines"]
+    save_features(tmp / "odd.npz", {n: near for n in names}, {"extractor": "test"})
+    capsys.readouterr()
+    assert main(["score", "--index", p("lsh.llsh"), "--features", p("odd.npz"), "--out", p("odd_scores.npz"),
+                 "--csv", p("odd.csv")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    with open(p("odd.csv"), newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["video", "frame", "score"] and len(rows) == 1 + 3 * 5
+    assert [r[0] for r in rows[1::5]] == names and all(len(r) == 3 for r in rows)
+    with np.load(p("odd_scores.npz")) as z:
+        np.testing.assert_allclose([float(r[2]) for r in rows[1:6]], z["a,b"], rtol=1e-5)
+    # snippets unlike every training one: all twelve bits of every table flip, so every table misses
+    save_features(tmp / "far.npz", {"x": -near}, {"extractor": "test"})
+    assert main(["score", "--index", p("lsh.llsh"), "--features", p("far.npz"), "--out", p("far_scores.npz")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: every snippet missed every hash table" in err and "--miss-probes 32" in err
+    with np.load(p("far_scores.npz")) as z:
+        np.testing.assert_allclose(z["x"], np.sqrt(12), rtol=1e-6)
+
 def test_fit_with_projection_options(feature_files):
     """fit --project-pcs / --project-mean / --centre-layers reach the trained layers: no component
     left along the training rows' top principal directions nor their mean direction."""

@@ -233,3 +233,20 @@ def test_bundled_ped2_demo_features():
                                                           (demo.meta["n_frames"][f"train/{k}"] for k in demo.train))
     x = demo.test["01"]
     np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=2e-3)
+
+
+def test_a_video_not_in_the_dataset_is_a_typed_key_and_index_error(tmp_path):
+    """ds["zz"] and ds[10] were a bare KeyError / IndexError: now VideoNotFoundError, which is both
+    (so `except KeyError` / `except IndexError` still catch it) and names the videos there are."""
+    from llsh_index.datasets import Video, VideoDataset, VideoNotFoundError
+    from llsh_index.errors import InvalidDTypeError, LLSHError
+
+    ds = VideoDataset("toy", "test", str(tmp_path), [Video("01", ("a.png",)), Video("02", ("b.png",))])
+    assert ds["02"].name == "02" and ds[0].name == "01" and ds[-1].name == "02"
+    for key, message in (("zz", "no video named 'zz' in toy/test \\(it has 01, 02\\)"),
+                         (10, "video 10 of toy/test: expected a position in \\[-2, 2\\)"), (-3, "video -3")):
+        with pytest.raises(VideoNotFoundError, match=message) as info:
+            ds[key]
+        assert isinstance(info.value, KeyError) and isinstance(info.value, IndexError) and isinstance(info.value, LLSHError)
+    with pytest.raises(InvalidDTypeError, match="expected a name .* or a position .* got float"):
+        ds[1.0]

@@ -164,17 +164,27 @@ def test_entry_point_errors_are_one_line(tmp_path, capsys):
     np.save(tmp_path / "q.npy", np.zeros((3, 4), np.float32))
     (tmp_path / "bad.npy").write_bytes(b"not an array")
     (tmp_path / "folder.npy").mkdir()
+    (tmp_path / "plain").mkdir()
+    np.save(tmp_path / "d5.npy", np.zeros((3, 5), np.float32))
+    np.save(tmp_path / "ints.npy", np.zeros((3, 4), np.int64))
     q = str(tmp_path / "q.npy")
-    cases = [(["--train", str(tmp_path / "nope.npy"), "--test", q, "--out", str(tmp_path / "s.npy")], "nope.npy"),
+    s = str(tmp_path / "s.npy")
+    cases = [(["--train", str(tmp_path / "nope.npy"), "--test", q, "--out", s], "nope.npy"),
              (["--train", q, "--test", q, "--out", str(tmp_path / "folder.npy")], "folder.npy"),
-             (["--train", q, "--test", str(tmp_path / "bad.npy"), "--out", str(tmp_path / "s.npy")], "bad.npy"),
-             (["--train", q, "--test", q, "--out", str(tmp_path / "s.npy"), "--layers", str(tmp_path / "no.llsh")],
-              "no.llsh")]
+             (["--train", q, "--test", q, "--out", str(tmp_path / "plain")], "plain: is a folder"),
+             (["--train", q, "--test", str(tmp_path / "bad.npy"), "--out", s], "bad.npy"),
+             (["--train", q, "--test", q, "--out", s, "--layers", str(tmp_path / "no.llsh")],
+              "--layers: expected a .llsh index file, not found"),
+             # the workers' errors came back as a multi-line Ray traceback that did not name the file
+             (["--train", f"{q},{tmp_path / 'd5.npy'}", "--test", q, "--out", s], "d5.npy': 5"),
+             (["--train", str(tmp_path / "ints.npy"), "--test", q, "--out", s], "ints.npy: expected a 2-D float array"),
+             (["--train", str(tmp_path / "bad.npy"), "--test", q, "--out", s], "--train"),
+             (["--train", str(tmp_path / "d5.npy"), "--test", q, "--out", s], "--test")]
     for argv, named in cases:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1 and named in err, err
-    assert not (tmp_path / "s.npy").exists()
+    assert not (tmp_path / "s.npy").exists() and not (tmp_path / "plain.npy").exists()
     with pytest.raises(SystemExit):
         main(["--train", q, "--test", q, "--out", str(tmp_path / "s.npy"), "--probes", "0"])
 

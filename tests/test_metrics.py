@@ -463,3 +463,18 @@ def test_accepts_npz_like_label_mapping(tmp_path):
     with np.load(tmp_path / "gt.npz") as z:
         r = M.macro_auc({"a": [0.0, 1.0, 1.0, 0.0]}, z, sigma=0)
     assert r.auc == 1.0
+
+
+def test_sigma_true_and_scores_near_the_float64_limit():
+    """sigma=True ran as sigma 1; finite scores near float64's limit smoothed to inf (and the AUC path
+    then called the finite input non-finite).  Smoothing is a weighted mean: the result stays in range."""
+    from scipy.ndimage import gaussian_filter1d
+
+    with pytest.raises(M.MetricsTypeError, match="sigma: expected a number >= 0 or None, got True"):
+        M.smooth_scores([1.0, 2.0], sigma=True)
+    big = np.array([1e308, 1e308, -1e308, 0.0, 5e307])
+    got = M.smooth_scores(big, sigma=2)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, gaussian_filter1d(big / 1e308, 2) * 1e308, rtol=1e-12)
+    labels = {"a": np.array([1, 1, 0, 0, 0])}
+    assert M.macro_auc({"a": big}, labels, sigma=2).auc == M.macro_auc({"a": big / 1e308}, labels, sigma=2).auc

@@ -250,6 +250,30 @@ def test_extractor_with_the_wrong_dim_is_a_typed_error():
         NoDim().extract_video(iter(frames), 2, n_frames=5)
 
 
+def test_frames_of_another_size_and_bad_sources_are_typed_errors():
+    """A plug-in extractor got numpy's "all input arrays must have the same shape" for a video whose
+    frames differ in size (the built-in one says which frame); a number as a frame source, duplicate
+    names, a non-Video entry and an empty dataset were plain TypeError / ValueError or no error."""
+    from llsh_index import InvalidDTypeError, InvalidInputError
+
+    frames = [np.zeros((4, 5, 3), np.uint8)] * 3 + [np.zeros((6, 5, 3), np.uint8)] * 2
+    with pytest.raises(DatasetFormatError, match=r"frame 3 is \(6, 5, 3\), earlier frames are \(4, 5, 3\)"):
+        MeanColour(T=2).extract_video(iter(frames), 2, n_frames=5)
+    for source in (5, None, b"frames"):
+        with pytest.raises(InvalidDTypeError, match=f"frame source: expected a frame folder.*got {type(source).__name__}"):
+            V.read_frames(source)
+    arr = np.zeros((3, 4, 5, 3), np.uint8)
+    with pytest.raises(InvalidInputError, match=r"expected unique video names, got \['a'\] more than once"):
+        V.extract_dataset([Video("a", ("x.png",)), Video("a", ("y.png",))], MeanColour(T=2), T=2, progress=False)
+    with pytest.raises(InvalidDTypeError, match="videos: expected Video entries .* got ndarray"):
+        V.extract_dataset([arr], MeanColour(T=2), T=2, progress=False)
+    for cache in (None, "never-written.npz"):
+        with pytest.raises(InvalidInputError, match="videos: expected at least one video, got none"):
+            V.extract_dataset({}, MeanColour(T=2), T=2, progress=False, cache=cache)
+    assert not os.path.exists("never-written.npz")
+    feats, _ = V.extract_dataset({"a": arr}, MeanColour(T=2), T=2, progress=False)  # what fits still works
+    assert feats["a"].shape == (3, 6)
+
 @pytest.fixture(scope="module")
 def lite0():
     pytest.importorskip("torch")
