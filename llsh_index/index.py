@@ -178,16 +178,20 @@ class LearnableLSHIndex:
             self._make_encoder(int(t.shape[1]))
         return t
 
-    def _chunk_rows(self, t: Optional[torch.Tensor] = None) -> int:
+    def _chunk_rows(self, t: Optional[torch.Tensor] = None, probes: int = 1) -> int:
         if self.batch_size is not None:
             return self.batch_size
-        if t is not None and t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous():
-            # hashed in place (no float32 copy of the chunk): its working set is the GEMM output,
-            # the keys and the lookup's scratch, ~4*b*r + 64*b bytes a row.  Few large GEMM calls
-            # run well below the cost of many small ones on the CPU (25-40% less time hashing 200,000
-            # rows in 5 chunks than in 28, benchmarks/RESULTS.md); the rows' results do not change.
-            return max(256, _CHUNK_BYTES // (4 * self.n_tables * self.n_bits + 64 * self.n_tables))
-        return max(256, _CHUNK_BYTES // (4 * max(1, self.dim or 1)))
+        # a row's working set: the GEMM output, the keys and the lookup's scratch, ~4*b*r + 64*b
+        # bytes; the float32 copy of an input that needs converting, 4*d more; with P > 1 probes,
+        # the (rows, b, P) int64 probe masks, 8*b*P more.  Few large GEMM calls run well below the
+        # cost of many small ones on the CPU (25-40% less time hashing 200,000 rows in 5 chunks than
+        # in 28, benchmarks/RESULTS.md); the rows' results do not change.
+        per_row = 4 * self.n_tables * self.n_bits + 64 * self.n_tables
+        if not (t is not None and t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous()):
+            per_row += 4 * max(1, self.dim or 1)
+        if probes > 1:
+            per_row += 8 * self.n_tables * probes
+        return max(256, _CHUNK_BYTES // per_row)
 
     def reset(self) -> None:
         """Drops every added item; the hash layers stay."""
@@ -232,17 +236,17 @@ class LearnableLSHIndex:
             raise _bad_row_error(name, x[i], row0 + i)
         return _engine.sigmoid_binarize(logits)
 
-    def _chunk_buffer(self, t: torch.Tensor):
+    def _chunk_buffer(self, t: torch.Tensor, probes: int = 1):
         """One GEMM output buffer reused by every CPU chunk of `t` (None on a GPU): a fresh
         (chunk, b*r) array per chunk would be mapped and first-touched again each time (0.07-0.1 s
         of add() at N = 200,000 on the benchmark VM, 3-5% of its GEMM)."""
         if _engine.on_device(t):
             return None
-        rows = max(_MIN_GEMM_ROWS, min(self._chunk_rows(t), int(t.shape[0])))
+        rows = max(_MIN_GEMM_ROWS, min(self._chunk_rows(t, probes), int(t.shape[0])))
         return torch.empty((rows, self.n_tables * self.n_bits), dtype=torch.float32)
 
-    def _chunks(self, t: torch.Tensor):
-        step = self._chunk_rows(t)
+    def _chunks(self, t: torch.Tensor, probes: int = 1):
+        step = self._chunk_rows(t, probes)
         for i in range(0, t.shape[0], step):
             yield i, t[i:i + step]
 
@@ -488,8 +492,9 @@ class LearnableLSHIndex:
             compared[0] = None if n_cmp is None or compared[0] is None else compared[0] + n_cmp
             return d
 
-        buf = self._chunk_buffer(t)  # a chunk's codes are looked up before the next overwrites them
-        for i, chunk in self._chunks(t):
+        probes = max(n_probes, miss_probes)
+        buf = self._chunk_buffer(t, probes)  # a chunk's codes are looked up before the next overwrites them
+        for i, chunk in self._chunks(t, probes):
             c, k = self._encode_chunk(chunk, "queries", i, buf=buf)
             if n_probes == 1 and not miss_probes:  # the paper
                 out.append(lookup(c, k, miss))

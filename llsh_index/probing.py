@@ -29,8 +29,9 @@ import torch
 from ._validation import check_int_range
 from .errors import ConfigError
 
-# Candidate (query, table, flip-set) entries built at once: bounds the memory of the ranking.
-_RANK_BLOCK = 1 << 22
+# Candidate (query, table, flip-set or bit) entries built at once: bounds the memory of the ranking
+# (each entry has a float32 cost, an int64 mask and sort temporaries: ~20-30 bytes).
+_RANK_BLOCK = 1 << 20
 
 
 def n_candidates(n_bits: int, n_probes: int) -> int:
@@ -62,7 +63,7 @@ def probe_masks(codes, n_probes: int) -> torch.Tensor:
         out.zero_()
         return out
     ii, jj = torch.triu_indices(f, f, offset=1, device=c.device)  # pairs of confidence ranks, i < j
-    step = max(1, _RANK_BLOCK // max(1, b * n_cand))
+    step = max(1, _RANK_BLOCK // max(1, b * max(n_cand, r)))  # the bit sort is (n, b, r) too
     one = torch.ones((), dtype=torch.int64, device=c.device)
     for s in range(0, m, step):
         conf, bit = torch.sort((c[s:s + step] - 0.5).abs(), dim=2, stable=True)  # ties by bit index

@@ -357,6 +357,14 @@ MEMORY_SCRIPT = textwrap.dedent(r"""
         return LearnableLSHIndex(n_tables=2, n_bits=8, batch_size=1024).add(x).memory_bytes()
     res["add_f32"], res["table_bytes"] = growth(add, x, 1024)
     res["add_input_bytes"] = x.nbytes
+    del x
+    # the default chunking (a 64 MiB budget), float64 queries of d 128 at b 8, r 32, with and without
+    # probes: the chunk's float32 copy, GEMM output and probe masks are all inside the budget
+    index = LearnableLSHIndex(n_tables=8, n_bits=32).add(rng.standard_normal((20000, 128)).astype(np.float32))
+    q64 = rng.standard_normal((150000, 128))
+    for probes in (1, 8):
+        res[f"default_p{probes}"], s = growth(lambda q: index.score(q, n_probes=probes), q64, 40000)
+    res["default_result_bytes"] = s.nbytes + len(q64) * 8 * 4
     print(json.dumps(res))
 """)
 
@@ -413,6 +421,13 @@ def test_scoring_other_layouts_stays_within_a_few_chunks(memory, kind):
     6.1-6.3 MiB), never copied whole (a float32 copy alone would be 60 MiB)."""
     assert memory[kind] <= 14 * MiB + memory["result_bytes"], memory
 
+
+@pytest.mark.parametrize("probes", [1, 8])
+def test_default_chunks_stay_within_their_budget(memory, probes):
+    """With the default chunks (a 64 MiB budget), float64 queries of d 128 at b 8, r 32 grew the peak
+    by 201 MiB, and by 401 MiB with 8 probes (the budget counted only the float32 copy, not the GEMM
+    output nor the probe masks; the probe ranking worked in blocks of 4M candidates): 55 / 88 MiB now."""
+    assert memory[f"default_p{probes}"] <= 128 * MiB + memory["default_result_bytes"], memory
 
 # ---------------------------------------------------------------------- determinism
 DETERMINISM_SCRIPT = textwrap.dedent(r"""
