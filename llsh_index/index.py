@@ -335,7 +335,7 @@ class LearnableLSHIndex:
                 max_offset=check_int_range(max_offset, "max_offset", 0),
                 n_neighbors=check_int_range(n_neighbors, "n_neighbors", 1),
                 seed=self.seed if seed is None else check_int_range(seed, "seed", -(2 ** 63), 2 ** 64 - 1),
-                progress=check_bool(progress, "progress"),
+                progress=bool(progress),
                 lr_schedule=lr_schedule,
                 warmup_steps=check_int_range(warmup_steps, "warmup_steps", 0), grad_clip=as_real(grad_clip, "grad_clip"),
                 project_mean=check_bool(project_mean, "project_mean"),
@@ -410,7 +410,6 @@ class LearnableLSHIndex:
         """
         from tqdm.auto import tqdm
 
-        progress = check_bool(progress, "progress")
         t = self._features(features, "features")
         n, b, r = int(t.shape[0]), self.n_tables, self.n_bits
         on_gpu = _engine.on_device(t)

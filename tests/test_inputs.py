@@ -215,10 +215,6 @@ CATALOGUE = [
      ["queue_size: a queue of 1099511627776 x 256 float32", "GiB) cannot be allocated"]),
     ("iterations-too-many", lambda: LearnableLSHIndex().fit(X, video_ids=VIDS, iterations=2 ** 40), ConfigError,
      ["iterations: 1099511627776 per video", "cannot be allocated"]),
-    ("fit-progress-string", lambda: LearnableLSHIndex().fit(X, video_ids=VIDS, progress="no"), ConfigError,
-     ["progress: expected True or False", "'no'"]),
-    ("add-progress-none", lambda: LearnableLSHIndex().add(X, progress=None), ConfigError,
-     ["progress: expected True or False", "None"]),
     # bool("no") is True: the string trained exactly as project_mean=True
     ("project-mean-string", lambda: LearnableLSHIndex().fit(X, video_ids=VIDS, project_mean="no"), ConfigError,
      ["project_mean: expected True or False", "'no'"]),
