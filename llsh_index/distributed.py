@@ -733,8 +733,7 @@ def _run_main(a) -> int:
         if a.layers:
             layers = LearnableLSHIndex.load(a.layers).empty_like()
         else:
-            dim = int(np.load(train[0], mmap_mode="r").shape[1])
-            layers = LearnableLSHIndex(dim, n_tables=a.n_tables, n_bits=a.n_bits, seed=a.seed)
+            layers = LearnableLSHIndex(dims[train[0]], n_tables=a.n_tables, n_bits=a.n_bits, seed=a.seed)
         # absolute paths: the workers may not share the driver's working directory
         stats_only = a.mode in ("light", "squared")
         dist = build_distributed(layers, [os.path.abspath(s) for s in train], mode=a.mode,

@@ -28,7 +28,7 @@ import json
 import os
 from collections import deque
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -752,15 +752,15 @@ def _make_bar(progress, total, desc):
 
 
 def _videos_of(videos: Union[VideoDataset, Iterable[Video], Mapping[str, FrameSource]]) -> List[Tuple[str, Any, Optional[np.ndarray]]]:
-    out = []
-    for v in videos.items() if isinstance(videos, Mapping) else videos:
-        if isinstance(videos, Mapping):
-            out.append((str(v[0]), v[1], getattr(v[1], "labels", None)))
-            continue
-        if not isinstance(v, Video):
-            raise InvalidDTypeError(f"videos: expected Video entries (or a mapping name -> frame source), got "
-                                    f"{type(v).__name__}")
-        out.append((v.name, v, v.labels))
+    if isinstance(videos, Mapping):
+        out = [(str(k), v, getattr(v, "labels", None)) for k, v in videos.items()]
+    else:
+        out = []
+        for v in videos:
+            if not isinstance(v, Video):
+                raise InvalidDTypeError(f"videos: expected Video entries (or a mapping name -> frame source), got "
+                                        f"{type(v).__name__}")
+            out.append((v.name, v, v.labels))
     if not out:  # with a cache it failed when writing; without, it returned nothing
         raise InvalidInputError("videos: expected at least one video, got none")
     return out
@@ -885,9 +885,10 @@ def _str_keyed(mapping: Any, what: str) -> Optional[Dict[str, Any]]:
 
 
 def _check_video_entry(name: str, features: np.ndarray, labels: Optional[np.ndarray], frame_index: Optional[np.ndarray],
-                       n_frames: Any, error: type) -> Optional[int]:
-    """One video of a feature file, as save_features writes it and the CLI reads it (``error``:
-    InvalidInputError when saving, FeatureFileError when loading).  Returns n_frames as an int (or None)."""
+                       n_frames: Any, error: Callable[[str], Exception]) -> Optional[int]:
+    """One video of a feature file, as save_features writes it and the CLI reads it (``error`` makes
+    the exception from a message: InvalidInputError when saving, a FeatureFileError naming the file
+    when loading).  Returns n_frames as an int (or None)."""
     what = f"video {name!r}"
     if features.ndim != 2:
         raise error(f"features of {what}: expected (n_snippets, dim), got shape {features.shape}")
@@ -1025,7 +1026,7 @@ def load_feature_file(path: Union[str, os.PathLike]) -> FeatureFile:
             n_frames, dims = {}, {f.shape[1] for f in feats.values() if f.ndim == 2}
             for name in names:
                 nf = _check_video_entry(name, feats[name], labels.get(name), fidx.get(name), stored.get(name),
-                                        FeatureFileError)
+                                        lambda message: FeatureFileError(f"{path}: {message}"))
                 if nf is not None:
                     n_frames[name] = nf
             if len(dims) > 1:
@@ -1033,11 +1034,7 @@ def load_feature_file(path: Union[str, os.PathLike]) -> FeatureFile:
             feats = {k: v.astype(np.float32) for k, v in feats.items()}
             labels = {k: v.astype(np.uint8) for k, v in labels.items()}
             fidx = {k: v.astype(np.int64) for k, v in fidx.items()}
-    except FeatureFileError as e:
-        if str(e).startswith(path):
-            raise
-        raise FeatureFileError(f"{path}: {e}") from e
-    except PermissionError:
+    except (FeatureFileError, PermissionError):
         raise
     except Exception as e:  # BadZipFile, EOFError, KeyError, ValueError, zlib.error, JSON errors...
         raise FeatureFileError(f"{path}: damaged or not a feature file ({type(e).__name__}: {e})") from e
