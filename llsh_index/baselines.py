@@ -79,6 +79,11 @@ GPU_MAX_K = 2048
 
 _NORMALISE_CHUNK = 65536
 _SHIFT_CHUNK = 1 << 22  # elements per float64 temporary of _minus_shift
+
+
+def _shift_rows(dim: int) -> int:
+    """Rows per float64 temporary of _SHIFT_CHUNK elements (at least one)."""
+    return max(1, _SHIFT_CHUNK // max(1, dim))
 _RECENTRE_GAIN = 0.01  # KNNScorer (l2) moves its shift when that cuts the rows' mean squared norm by more
 
 
@@ -219,7 +224,7 @@ def _minus_shift(x: np.ndarray, shift: np.ndarray) -> np.ndarray:
     """float32 x - shift for a faiss L2 search (KNNScorer's rows, KMeansScorer's centres, their
     queries): the difference in float64, rounded once, in row chunks of bounded float64 temporaries."""
     out = np.empty(x.shape, dtype=np.float32)
-    rows = max(1, _SHIFT_CHUNK // max(1, x.shape[1]))
+    rows = _shift_rows(x.shape[1])
     for s in range(0, x.shape[0], rows):
         np.subtract(x[s : s + rows], shift, out=out[s : s + rows], casting="same_kind")
     return out
@@ -475,7 +480,7 @@ class KNNScorer:
             self._recentre()
 
     def _add_sums(self, rows: np.ndarray) -> None:
-        step = max(1, _SHIFT_CHUNK // self._dim)  # bounded float64 temporaries
+        step = _shift_rows(self._dim)  # bounded float64 temporaries
         for s in range(0, rows.shape[0], step):
             chunk = rows[s : s + step].astype(np.float64)
             self._held_sum += chunk.sum(axis=0)
@@ -494,7 +499,7 @@ class KNNScorer:
         new_shift = self._shift + mean
         index, res = _make_flat_index(self._dim, False, self._use_gpu)
         self._held_sum, self._held_sumsq = np.zeros(self._dim), 0.0
-        rows = max(1, _SHIFT_CHUNK // self._dim)
+        rows = _shift_rows(self._dim)
         for s in range(0, n, rows):  # held + old shift - new shift, in float64, rounded once
             held = self._index.reconstruct_n(s, min(rows, n - s)).astype(np.float64) + self._shift
             moved = _minus_shift(held, new_shift)
