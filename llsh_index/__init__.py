@@ -19,11 +19,15 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    # scikit-learn is only imported when the detector is asked for
+    # scikit-learn is only imported when a detector is asked for
     if name == "LLSHDetector":
         from .sklearn import LLSHDetector
 
         return LLSHDetector
+    if name == "LLSHPyODDetector":  # PyOD, an optional dependency, likewise
+        from .pyod_detector import LLSHPyODDetector
+
+        return LLSHPyODDetector
     raise AttributeError(f"module 'llsh_index' has no attribute {name!r}")
 
 
@@ -45,6 +49,6 @@ def cuda_available(verbose: bool = False) -> Union[bool, Tuple[bool, str]]:
     return (ok, why) if verbose else ok
 
 
-__all__ = ["LearnableLSHIndex", "ShardedIndex", "LLSHDetector", "cuda_available", "LLSHError", "InvalidInputError", "InvalidDTypeError",
+__all__ = ["LearnableLSHIndex", "ShardedIndex", "LLSHDetector", "LLSHPyODDetector", "cuda_available", "LLSHError", "InvalidInputError", "InvalidDTypeError",
            "DeviceMismatchError", "NotFittedError", "ConfigError", "IndexFormatError", "IndexStateError",
            "CudaUnavailableError", "WritePathError", "UndertrainedWarning", "__version__"]

@@ -7,7 +7,8 @@
 
 Conventions are scikit-learn's, not PyOD's: score_samples and decision_function are higher for
 normal data and predict returns +1 / -1 (PyOD's decision_function is higher for outliers and its
-predict returns 0 / 1: pass -score_samples to PyOD's utilities).  On video features give the video
+predict returns 0 / 1: for PyOD's ensembles and utilities use llsh_index.pyod_detector.LLSHPyODDetector,
+the same detector with PyOD's conventions).  On video features give the video
 ids: without them offset_ comes from leave-one-out scores, which near-duplicate neighbouring
 snippets bias low, so far more than `contamination` of new normal video is flagged.  Two of
 scikit-learn's outlier checks fail by design (check_outliers_train, check_outliers_fit_predict):
@@ -72,7 +73,8 @@ class LLSHDetector(OutlierMixin, BaseEstimator):
     min(CALIBRATION_FOLDS, n_videos) folds (video i, in order of first appearance, into fold
     i % n_folds); each fold's rows are scored, with the detector's mode, miss_value, n_probes,
     miss_probes and reduce, by an index on the same hash layers (trained on all the data) that holds
-    only the other folds' rows.  calibration_ says which was used.  A single video leaves nothing to
+    only the other folds' rows.  calibration_ says which was used, held_out_scores_ holds those
+    scores (float64 anomaly scores, higher = more abnormal, in the rows' order).  A single video leaves nothing to
     hold out: fit() then falls back to leave-one-out and warns (UserWarning) that offset_ is likely
     too low for new videos (more than `contamination` of new normal data flagged); fit several
     videos to avoid it.
@@ -136,6 +138,7 @@ class LLSHDetector(OutlierMixin, BaseEstimator):
                               "data to be flagged.  Fit on several videos to calibrate on held-out videos.",
                               UserWarning, stacklevel=3)
             scores, self.calibration_ = self._leave_one_out_scores(X), "leave-one-out"
+        self.held_out_scores_ = scores  # anomaly scores (higher = more abnormal); PyOD's decision_scores_
         self.offset_ = float(np.percentile(-scores, 100.0 * float(c)))
         miss = float(np.float32(index.default_miss_value()))  # as the float32 scores carry it
         if self.offset_ <= -miss:  # the quantile falls on held-out rows that missed every table

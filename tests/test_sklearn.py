@@ -321,16 +321,11 @@ def test_a_one_snippet_video_cannot_train_but_can_calibrate(rng):
     assert det.calibration_ == "leave-videos-out"
 
 
-def test_held_out_rows_that_miss_put_the_threshold_just_above_the_miss_value():
+def test_held_out_rows_that_miss_put_the_threshold_just_above_the_miss_value(two_demo_videos):
     """When at least `contamination` of the held-out rows miss every table, the quantile is the miss
     value itself; offset_ then sits just above it, so a row that misses is an outlier (it was a tie
     at decision 0, i.e. an inlier: pure noise was not flagged), and fit warns with the share."""
-    from llsh_index.datasets import load_ped2_demo
-
-    demo = load_ped2_demo(None)
-    names = sorted(demo.train)[:2]
-    x = np.concatenate([demo.train[v] for v in names]).astype(np.float32)
-    vid = np.concatenate([np.full(len(demo.train[v]), i) for i, v in enumerate(names)])
+    x, vid = two_demo_videos
     with pytest.warns(UserWarning, match=r"of the held-out training rows miss every hash table"):
         det = LLSHDetector(train=False, contamination=0.1).fit(x, video_ids=vid)
     miss = float(np.float32(det.index_.default_miss_value()))

@@ -1,0 +1,130 @@
+"""LLSHPyODDetector: the index as a PyOD outlier detector.
+
+    from llsh_index.pyod_detector import LLSHPyODDetector
+    det = LLSHPyODDetector(contamination=0.05).fit(X_normal, video_ids=vids)  # video: give the video ids
+    det.decision_function(X_new)  # the paper's anomaly score: higher = more abnormal
+    det.predict(X_new)            # 1 outlier, 0 inlier
+    det.predict_proba(X_new)      # PyOD's [P(inlier), P(outlier)]
+
+    from pyod.models.feature_bagging import FeatureBagging
+    FeatureBagging(base_estimator=LLSHPyODDetector(train=False), n_estimators=5).fit(X_normal)
+
+The same detector as llsh_index.sklearn.LLSHDetector (same parameters, same index, same held-out
+calibration), with PyOD's conventions instead of scikit-learn's: decision_function is the anomaly
+score itself, labels are 0 / 1, and it subclasses pyod.models.base.BaseDetector, so PyOD's ensembles
+(FeatureBagging, LSCP), its score combination and its probability / confidence methods take it.
+LLSHDetector's scores are negated (higher = more normal): PyOD's ensembles would combine them
+upside down.
+
+decision_scores_, PyOD's outlier scores of the training data, are *held-out* scores, as PyOD's own
+KNN leaves each training row out of its neighbours: a training row sits in its own bucket at
+distance 0, so its in-sample score says nothing of how new normal data scores.  Without video_ids
+each row is scored with itself left out; with them, by an index holding none of its fold's videos
+(LLSHDetector's calibration: neighbouring snippets of one video are near-duplicates).  threshold_
+is their (1 - contamination) quantile, so about `contamination` of new normal data is flagged;
+when the quantile falls on rows that miss every table it sits just below the miss value, so a row
+that misses is an outlier (fit warns).  contamination is a float in (0, 0.5] (np.float64 too, not
+np.float32: PyOD's methods take any other type for a PyThresh object, and PyThresh is not taken).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+try:
+    from pyod.models.base import BaseDetector
+except ImportError as exc:  # PyOD is an optional dependency (extra "pyod")
+    raise ImportError("llsh_index.pyod_detector needs PyOD: pip install pyod, "
+                      "or pip install 'llsh_index[pyod]'") from exc
+
+from .errors import ConfigError
+from .sklearn import DetectorNotFittedError, LLSHDetector
+
+
+class LLSHPyODDetector(BaseDetector):
+    """Learnable-LSH outlier detector with PyOD's conventions.
+
+    Parameters: as llsh_index.sklearn.LLSHDetector (n_tables, n_bits, mode, miss_value,
+    contamination, train, iterations, lr, batch_size, queue_size, max_offset, n_neighbors, seed,
+    n_probes, miss_probes, reduce).
+    fit(X, y=None, video_ids=None): y is ignored (PyOD warns when it is given); video_ids give
+    temporal positives and leave-videos-out calibration.
+
+    Attributes after fit: decision_scores_ (held-out anomaly scores of the training rows),
+    threshold_, labels_ (0 / 1), detector_ (the LLSHDetector it wraps), index_ (its
+    LearnableLSHIndex, e.g. for index_.save), calibration_ ("leave-one-out" or "leave-videos-out"),
+    n_features_in_.
+    """
+
+    # LLSHDetector's __init__: the same parameters, only stored (scikit-learn's rule, so clone() and
+    # set_params() see them unchanged).  PyOD's BaseDetector.__init__ is not called: it checks
+    # contamination with a plain ValueError at construction; fit checks it, as every other setting,
+    # with ConfigError.
+    __init__ = LLSHDetector.__init__
+
+    def fit(self, X, y=None, video_ids=None):
+        before = self.__dict__.copy()  # a fit that fails leaves the fitted state it found, whole
+        try:
+            return self._fit(X, y, video_ids)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
+
+    def _fit(self, X, y, video_ids):
+        c = self.contamination
+        # PyOD's predict_confidence / predict_with_rejection take anything but a Python float or int for
+        # a PyThresh object (np.float64 is a float; np.float32 is not)
+        if isinstance(c, (bool, np.bool_)) or not isinstance(c, (float, int)):
+            raise ConfigError(f"contamination: expected a float in (0, 0.5], got {type(c).__name__} {c!r}")
+        self._set_n_classes(y)
+        params = {name: getattr(self, name) for name in LLSHDetector._get_param_names()}
+        detector = LLSHDetector(**params).fit(X, video_ids=video_ids)  # every setting and X checked there
+        self.detector_ = detector
+        self.index_ = detector.index_
+        self.calibration_ = detector.calibration_
+        self.n_features_in_ = detector.n_features_in_
+        self.decision_scores_ = np.asarray(detector.held_out_scores_, dtype=np.float64)
+        self.threshold_ = float(np.percentile(self.decision_scores_, 100.0 * (1.0 - float(c))))
+        miss = float(np.float32(detector.index_.default_miss_value()))  # as the float32 scores carry it
+        if self.threshold_ >= miss:  # the quantile falls on rows that missed every table (LLSHDetector warned)
+            self.threshold_ = float(np.nextafter(miss, 0.0))  # a row that misses is an outlier, not a tie
+        self.labels_ = (self.decision_scores_ > self.threshold_).astype(int)
+        self._mu = float(np.mean(self.decision_scores_))  # what PyOD's _process_decision_scores sets
+        self._sigma = float(np.std(self.decision_scores_))
+        return self
+
+    def set_params(self, **params):
+        try:
+            return super().set_params(**params)
+        except ValueError as exc:  # an unknown parameter
+            raise ConfigError(str(exc)) from exc
+
+    def _check_fitted(self):
+        if not hasattr(self, "detector_"):
+            raise DetectorNotFittedError(f"This {type(self).__name__} instance is not fitted yet: call fit(X) "
+                                         f"with normal training data first")
+
+    def decision_function(self, X):
+        """The anomaly score (min over tables of the mean code distance in the query's bucket, with the
+        detector's probing and reduction): higher = more abnormal, as PyOD's detectors return."""
+        self._check_fitted()
+        return -self.detector_.score_samples(X)
+
+    def predict(self, X, return_confidence=False):
+        """1 for outliers (decision_function above threshold_), 0 for inliers; with
+        return_confidence=True also PyOD's confidence in each label."""
+        self._check_fitted()
+        labels = (self.decision_function(X) > self.threshold_).astype(int)
+        return (labels, self.predict_confidence(X)) if return_confidence else labels
+
+    def predict_proba(self, X, method="linear", return_confidence=False):
+        self._check_fitted()
+        return super().predict_proba(X, method=method, return_confidence=return_confidence)
+
+    def predict_confidence(self, X):
+        self._check_fitted()
+        return super().predict_confidence(X)
+
+    def predict_with_rejection(self, X, *args, **kwargs):
+        self._check_fitted()
+        return super().predict_with_rejection(X, *args, **kwargs)
