@@ -189,3 +189,27 @@ def test_the_top_level_name(rng):
 
     assert llsh_index.LLSHPyODDetector is LLSHPyODDetector
     assert isinstance(LearnableLSHIndex, type)
+
+
+def test_adbench_pyod_benchmark_on_one_category():
+    """benchmarks/adbench_pyod.py's per-category run: every detector scored, and its LSH row is the
+    plain index's AUC on the same split."""
+    import sys
+    from pathlib import Path
+
+    from conftest import shared_path
+
+    path = shared_path("adbench_resnet18", "MVTec-AD_toothbrush.npz")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import adbench_pyod
+        from adbench_static import split
+    finally:
+        sys.path.pop(0)
+    out = adbench_pyod.run_category(str(path), seed=1)
+    assert set(out) >= {"LSH", "LLSH", "LLSH bagged", "KNN", "LOF", "IForest", "ECOD"}
+    d = np.load(path)
+    train, test, labels = split(d["X"].astype(np.float32), d["y"].astype(int), 1)
+    index = LearnableLSHIndex(train.shape[1], seed=1).add(train)
+    assert out["LSH"]["auc"] == pytest.approx(roc_auc_score(labels, index.score(test)), abs=1e-12)
+    assert all(0.5 < out[k]["auc"] <= 1.0 for k in ("LLSH", "KNN"))
