@@ -2,6 +2,7 @@
 
     llsh-index demo                                   # the whole path on the bundled Ped2 features
     llsh-index extract --dataset ped2 --root ../shared/data/ped2 --split train --out train.npz
+    llsh-index import --folder i3d_test --labels ST_gt.npz --snippet-frames 16 --out test.npz  # own features
     llsh-index fit --features train.npz --out layers.llsh
     llsh-index build --model layers.llsh --features train.npz --out index.llsh
     llsh-index score --index index.llsh --features test.npz --out scores.npz [--csv scores.csv]
@@ -108,6 +109,11 @@ def _int_at_least(text: str, low: int) -> int:
     if value < low:
         raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
     return value
+
+
+def _crops(text: str):
+    """argparse type of import --crops: 'mean' or a crop index >= 0."""
+    return "mean" if text == "mean" else _int_at_least(text, 0)
 
 
 def _load_feature_file(path: str):
@@ -319,6 +325,23 @@ def cmd_extract(args) -> int:
                                         progress=not args.quiet)
     n = sum(len(v) for v in feats.values())
     print(f"{len(feats)} videos, {n} snippets, dim {meta.get('dim')} -> {args.out} ({time.time() - t0:.1f}s)")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from .feature_arrays import import_feature_arrays
+
+    t0 = time.time()
+    ff = import_feature_arrays(args.folder, args.out, labels=args.labels, snippet_frames=args.snippet_frames,
+                               crops=args.crops, suffix=args.suffix, dtype=args.dtype, progress=not args.quiet)
+    n = sum(len(v) for v in ff.features.values())
+    print(f"{len(ff.features)} videos, {n} snippets, dim {ff.meta.get('dim')} -> {args.out} ({time.time() - t0:.1f}s)")
+    unlabelled, left_out = ff.meta.get("videos_without_labels"), ff.meta.get("labels_left_out", 0)
+    if unlabelled:
+        print(f"note: {len(unlabelled)} videos have no labels in {args.labels} ({', '.join(unlabelled[:5])}"
+              f"{', ...' if len(unlabelled) > 5 else ''})")
+    if left_out:
+        print(f"note: {left_out} videos of {args.labels} have no features in {args.folder} (left out)")
     return 0
 
 
@@ -648,6 +671,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_extract)
+
+    p = sub.add_parser("import", help="pre-extracted per-video .npy features (I3D, ...) -> a feature file",
+                       description="A folder of <video><suffix>.npy arrays, (n_snippets, dim) or (n_snippets, "
+                                   "n_crops, dim), into the feature file the other commands read, with the labels "
+                                   "of a label .npz and each snippet aligned to the middle frame of its "
+                                   "--snippet-frames frames (llsh_index.feature_arrays).")
+    p.add_argument("--folder", required=True, help="folder of per-video .npy feature arrays")
+    p.add_argument("--out", required=True, help="feature file to write")
+    p.add_argument("--labels", default=None,
+                   help="label .npz (video -> per-frame 0/1, e.g. ../shared/data/vad_groundtruth/ST_gt.npz): its "
+                        "videos' frame counts and labels; default: none (training videos)")
+    p.add_argument("--snippet-frames", type=positive_int, default=None,
+                   help="frames per snippet (16 for I3D); default: one snippet per frame")
+    p.add_argument("--crops", type=_crops, default="mean",
+                   help="for (n_snippets, n_crops, dim) arrays: 'mean' over the crops (default) or a crop index")
+    p.add_argument("--suffix", default="",
+                   help="file name ending before .npy that is not part of the video name (e.g. _i3d)")
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32",
+                   help="stored features (float16 halves the file)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=cmd_import)
 
     p = sub.add_parser("fit", help="train the hash layers (MoCo) on training features")
     p.add_argument("--features", required=True, help="training feature file (from `extract`)")
