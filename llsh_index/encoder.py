@@ -16,6 +16,11 @@ from torch.nn import functional as F
 from . import _C
 
 
+# Row count below which a batch is padded before its GEMM: BLAS takes other kernels for a handful of
+# rows (gemv for one), whose rounding differs, and a row's code must not depend on its batch.
+MIN_GEMM_ROWS = 16
+
+
 class HashEncoder(nn.Module):
     """x (M, d) -> real-valued codes (M, n_tables, n_bits) in (0, 1)."""
 
@@ -35,6 +40,15 @@ class HashEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logits(x)).view(-1, self.n_tables, self.n_bits)
+
+    def _explicit_logits(self, rows: torch.Tensor) -> torch.Tensor:
+        """logits() of the rows the fold leaves out, padded (by repeating the first) to MIN_GEMM_ROWS:
+        BLAS rounds a one-row product (gemv) differently, so a far row's code would otherwise depend on
+        how many far rows share its batch."""
+        n = rows.shape[0]
+        if n < MIN_GEMM_ROWS:
+            rows = torch.cat([rows, rows[:1].expand(MIN_GEMM_ROWS - n, rows.shape[1])])
+        return self.logits(rows)[:n]
 
     @torch.no_grad()
     def hash_logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -59,7 +73,7 @@ class HashEncoder(nn.Module):
         far = ((mean.abs() * rstd > self.FOLD_MAX_MEAN_RATIO) | (rstd > self.FLAT_ROW_RSTD)).flatten()
         if bool(far.any()):
             rows = torch.nonzero(far).flatten()
-            logits[rows] = self.logits(x[rows])
+            logits[rows] = self._explicit_logits(x[rows])
         return logits.view(-1, self.n_tables, self.n_bits)
 
     @torch.no_grad()
@@ -117,7 +131,7 @@ class HashEncoder(nn.Module):
         raw = torch.mul(torch.from_numpy(mean).unsqueeze(1), -wsum, out=out).addmm_(x, self.weight.t())
         if far.any():
             rows = torch.from_numpy(np.flatnonzero(far))
-            raw[rows] = self.logits(x[rows])
+            raw[rows] = self._explicit_logits(x[rows])
             rstd[far] = 1.0  # (raw - 0 * wsum) * 1 == raw: the epilogue keeps these logits
         return raw, np.zeros_like(mean), rstd, wsum.numpy()
 

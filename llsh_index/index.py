@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from . import _engine, probing
 from ._validation import as_real, check_bool, check_features, check_int_range, check_video_ids
-from .encoder import HashEncoder
+from .encoder import MIN_GEMM_ROWS, HashEncoder
 from .errors import ConfigError, CudaUnavailableError, DeviceMismatchError, IndexFormatError, IndexStateError, \
     InvalidDTypeError, InvalidInputError, NotFittedError, UndertrainedWarning
 from .io import read_container, write_container
@@ -46,7 +46,6 @@ from .training import FALLBACK_DEFAULTS, LR_SCHEDULES, PAPER_DEFAULTS, TrainingC
 
 _FILE_KIND = "LearnableLSHIndex"
 _CHUNK_BYTES = 64 << 20  # working set of one hashed chunk: bounds the memory of add() and score()
-_MIN_GEMM_ROWS = 16
 _MAX_TABLES = 1 << 16
 
 
@@ -211,10 +210,13 @@ class LearnableLSHIndex:
         """
         x = x.to(torch.float32).contiguous()
         n = x.shape[0]
-        if n < _MIN_GEMM_ROWS:
+        if n < MIN_GEMM_ROWS:
             # BLAS takes another kernel (gemv) for a handful of rows, whose rounding differs; padding
-            # keeps every row's code bit-identical however the data is batched.
-            x = torch.cat([x, x.new_zeros((_MIN_GEMM_ROWS - n, x.shape[1]))])
+            # keeps every row's code bit-identical however the data is batched.  The padding repeats
+            # the first row (a row's GEMM output does not depend on the others): zero rows are flat
+            # rows, which take the explicit LayerNorm path, a second GEMM that cost a one-row score()
+            # more than a 16-row one.
+            x = torch.cat([x, x[:1].expand(MIN_GEMM_ROWS - n, x.shape[1])])
             stage = None
         if not _engine.on_device(x):
             # one native epilogue: fold, sigmoid, keys and the NaN check (a NaN/Inf anywhere in a row
@@ -242,7 +244,7 @@ class LearnableLSHIndex:
         of add() at N = 200,000 on the benchmark VM, 3-5% of its GEMM)."""
         if _engine.on_device(t):
             return None
-        rows = max(_MIN_GEMM_ROWS, min(self._chunk_rows(t, probes), int(t.shape[0])))
+        rows = max(MIN_GEMM_ROWS, min(self._chunk_rows(t, probes), int(t.shape[0])))
         return torch.empty((rows, self.n_tables * self.n_bits), dtype=torch.float32)
 
     def _chunks(self, t: torch.Tensor, probes: int = 1):
