@@ -17,8 +17,8 @@ N i + N // 2 (the last frame of the video if that lies beyond it); `score` then 
 linear interpolation of its two nearest snippets' scores (frames after the last snippet's middle
 take its score, so features that drop a last partial chunk still cover the video).  With labels,
 a video has len(labels) frames, and features that cannot be those frames' snippets (a snippet
-starting after the last frame, or more than one snippet's worth of frames left uncovered: a wrong
-``snippet_frames``) are refused.  Without ``snippet_frames`` every snippet is one frame.
+starting after the last frame, or a whole snippet's worth of frames, N or more, left uncovered: a
+wrong ``snippet_frames``) are refused.  Without ``snippet_frames`` every snippet is one frame.
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from .errors import ConfigError, InvalidInputError
 from .video import FeatureFile, load_feature_file, save_features
 
 PathLike = Union[str, os.PathLike]
+_MAX_FRAMES = np.iinfo(np.int32).max  # frame indexes are stored as int32
 
 __all__ = ["import_feature_arrays", "snippet_frame_index"]
 
@@ -39,6 +40,9 @@ def snippet_frame_index(n_snippets: int, snippet_frames: int, n_frames: int, nam
     """The frame each of ``n_snippets`` consecutive snippets of ``snippet_frames`` frames is aligned
     to (its middle frame, at most the video's last), checked against a video of ``n_frames``."""
     what = f"video {name!r}: " if name else ""
+    if max(n_frames, snippet_frames * n_snippets) > _MAX_FRAMES:
+        raise InvalidInputError(f"{what}{n_snippets} snippets of {snippet_frames} frames in a video of {n_frames} "
+                                f"frames: expected at most {_MAX_FRAMES} frames (the frame index is int32)")
     starts = snippet_frames * np.arange(n_snippets, dtype=np.int64)
     if n_snippets and starts[-1] >= n_frames:
         raise InvalidInputError(f"{what}{n_snippets} snippets of {snippet_frames} frames start up to frame "
@@ -54,13 +58,15 @@ def snippet_frame_index(n_snippets: int, snippet_frames: int, n_frames: int, nam
 def _read_array(path: str, crops: Union[str, int]) -> np.ndarray:
     try:
         a = np.load(path, allow_pickle=False, mmap_mode="r")
-    except (ValueError, OSError, EOFError) as exc:  # pickled object arrays, damaged or truncated files
+    except Exception as exc:  # pickled object arrays, damaged headers (ValueError, TokenError...), truncated files
         raise InvalidInputError(f"{path}: not a readable .npy array ({type(exc).__name__}: {exc})") from exc
     if not isinstance(a, np.ndarray):
         raise InvalidInputError(f"{path}: expected a .npy array, got {type(a).__name__}")
     if a.dtype.kind not in "fiu":
         raise InvalidInputError(f"{path}: expected numeric features, got dtype {a.dtype}")
     if a.ndim == 3:  # (n_snippets, n_crops, dim)
+        if a.shape[1] == 0:
+            raise InvalidInputError(f"{path}: expected at least one crop, got shape {a.shape}")
         if crops == "mean":
             a = a.astype(np.float64).mean(axis=1)
         elif crops >= a.shape[1]:
@@ -70,13 +76,16 @@ def _read_array(path: str, crops: Union[str, int]) -> np.ndarray:
     elif a.ndim != 2:
         raise InvalidInputError(f"{path}: expected (n_snippets, dim) or (n_snippets, n_crops, dim) features, "
                                 f"got shape {a.shape}")
-    a = np.asarray(a, dtype=np.float32)
     if a.shape[0] == 0 or a.shape[1] == 0:
         raise InvalidInputError(f"{path}: expected at least one snippet of at least one feature, got shape {a.shape}")
-    if not np.isfinite(a).all():
+    bad = ~np.isfinite(a)
+    if bad.any():
         raise InvalidInputError(f"{path}: expected finite features, got NaN or Inf "
-                                f"(in {int((~np.isfinite(a)).any(axis=1).sum())} snippets)")
-    return a
+                                f"(in {int(bad.any(axis=1).sum())} snippets)")
+    peak, limit = float(np.abs(a).max()), float(np.finfo(np.float32).max)
+    if peak > limit:
+        raise InvalidInputError(f"{path}: expected values within float32's range ({limit:.6g}), got {peak:.3g}")
+    return np.asarray(a, dtype=np.float32)
 
 
 def import_feature_arrays(folder: PathLike, out: Optional[PathLike] = None, *,
@@ -98,30 +107,49 @@ def import_feature_arrays(folder: PathLike, out: Optional[PathLike] = None, *,
                                                    else isinstance(crops, (int, np.integer)) and crops >= 0):
         raise ConfigError(f"crops: expected 'mean' or a crop index >= 0, got {crops!r}")
     if snippet_frames is not None and (isinstance(snippet_frames, (bool, np.bool_))
-                                       or not isinstance(snippet_frames, (int, np.integer)) or snippet_frames < 1):
-        raise ConfigError(f"snippet_frames: expected an integer >= 1 or None, got {snippet_frames!r}")
+                                       or not isinstance(snippet_frames, (int, np.integer))
+                                       or not 1 <= snippet_frames <= _MAX_FRAMES):
+        raise ConfigError(f"snippet_frames: expected an integer in [1, {_MAX_FRAMES}] or None, got {snippet_frames!r}")
     if not isinstance(suffix, str):
         raise ConfigError(f"suffix: expected a string, got {type(suffix).__name__}")
+    if not isinstance(folder, (str, os.PathLike)) or isinstance(os.fspath(folder), bytes):
+        raise ConfigError(f"folder: expected a str or os.PathLike path, got {type(folder).__name__}")
+    if labels is not None and not isinstance(labels, (str, os.PathLike, Mapping)):
+        raise ConfigError(f"labels: expected None, a label .npz path or a mapping video -> per-frame 0/1, "
+                          f"got {type(labels).__name__}")
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"feature folder not found: {folder}")
     ending = f"{suffix}.npy"
-    files = sorted(f for f in os.listdir(folder) if f.endswith(ending) and len(f) > len(ending)
-                   and os.path.isfile(os.path.join(folder, f)))
+    try:
+        named = sorted(f for f in os.listdir(folder) if f.endswith(ending) and len(f) > len(ending))
+    except OSError as exc:  # a folder this process may not list
+        raise InvalidInputError(f"{folder}: cannot list the feature folder ({type(exc).__name__}: {exc})") from exc
+    # a broken link, a folder or a device named like a video is a missing video, not one to pass over
+    odd = [f for f in named if not os.path.isfile(os.path.join(folder, f))]
+    if odd:
+        raise InvalidInputError(f"{folder}: expected regular files, got {len(odd)} entries named like videos that "
+                                f"are not ({', '.join(odd[:5])}{', ...' if len(odd) > 5 else ''}: broken links, "
+                                f"folders or devices)")
+    files = named
     if not files:
         raise InvalidInputError(f"{folder}: expected files named <video>{ending}, found none")
     if labels is None:
         label_map: Dict[str, np.ndarray] = {}
     elif isinstance(labels, Mapping):
-        label_map = {str(k): np.asarray(v) for k, v in labels.items()}
+        label_map = {str(k): metrics._as_label_array(v, f"labels[{k!r}]") for k, v in labels.items()}
     else:
         label_map = metrics.load_labels(labels)
+    names = [f[: -len(ending)] for f in files]
+    if label_map and not set(label_map) & set(names):
+        raise InvalidInputError(f"labels: expected labels of some of the {len(names)} videos of {folder} "
+                                f"({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}), got labels of "
+                                f"{len(label_map)} others ({', '.join(sorted(label_map)[:3])}, ...): another suffix?")
 
     from tqdm.auto import tqdm
 
     features, frame_index, n_frames, kept = {}, {}, {}, {}
-    for f in tqdm(files, desc="import", unit="video", disable=not progress):
-        name = f[: -len(ending)]
+    for f, name in tqdm(list(zip(files, names)), desc="import", unit="video", disable=not progress):
         x = _read_array(os.path.join(folder, f), crops)
         features[name] = x
         lab = label_map.get(name)

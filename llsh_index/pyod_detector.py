@@ -28,6 +28,9 @@ np.float32: PyOD's methods take any other type for a PyThresh object, and PyThre
 """
 from __future__ import annotations
 
+import math
+import warnings
+
 import numpy as np
 
 try:
@@ -36,8 +39,8 @@ except ImportError as exc:  # PyOD is an optional dependency (extra "pyod")
     raise ImportError("llsh_index.pyod_detector needs PyOD: pip install pyod, "
                       "or pip install 'llsh_index[pyod]'") from exc
 
-from .errors import ConfigError
-from .sklearn import DetectorNotFittedError, LLSHDetector
+from .errors import ConfigError, InvalidInputError
+from .sklearn import DetectorNotFittedError, LLSHDetector, misses_score_above_hits
 
 
 class LLSHPyODDetector(BaseDetector):
@@ -46,7 +49,7 @@ class LLSHPyODDetector(BaseDetector):
     Parameters: as llsh_index.sklearn.LLSHDetector (n_tables, n_bits, mode, miss_value,
     contamination, train, iterations, lr, batch_size, queue_size, max_offset, n_neighbors, seed,
     n_probes, miss_probes, reduce).
-    fit(X, y=None, video_ids=None): y is ignored (PyOD warns when it is given); video_ids give
+    fit(X, y=None, video_ids=None): y is ignored (a warning when it is given); video_ids give
     temporal positives and leave-videos-out calibration.
 
     Attributes after fit: decision_scores_ (held-out anomaly scores of the training rows),
@@ -76,7 +79,10 @@ class LLSHPyODDetector(BaseDetector):
         # a PyThresh object (np.float64 is a float; np.float32 is not)
         if isinstance(c, (bool, np.bool_)) or not isinstance(c, (float, int)):
             raise ConfigError(f"contamination: expected a float in (0, 0.5], got {type(c).__name__} {c!r}")
-        self._set_n_classes(y)
+        if y is not None:  # PyOD's _set_n_classes(y) would size predict_proba's columns by y's classes
+            warnings.warn("LLSHPyODDetector.fit: y is ignored (the detector is unsupervised: fit it on normal data)",
+                          UserWarning, stacklevel=3)
+        self._classes = 2  # predict_proba: [P(inlier), P(outlier)]
         params = {name: getattr(self, name) for name in LLSHDetector._get_param_names()}
         detector = LLSHDetector(**params).fit(X, video_ids=video_ids)  # every setting and X checked there
         self.detector_ = detector
@@ -86,8 +92,10 @@ class LLSHPyODDetector(BaseDetector):
         self.decision_scores_ = np.asarray(detector.held_out_scores_, dtype=np.float64)
         self.threshold_ = float(np.percentile(self.decision_scores_, 100.0 * (1.0 - float(c))))
         miss = float(np.float32(detector.index_.default_miss_value()))  # as the float32 scores carry it
-        if self.threshold_ >= miss:  # the quantile falls on rows that missed every table (LLSHDetector warned)
-            self.threshold_ = float(np.nextafter(miss, 0.0))  # a row that misses is an outlier, not a tie
+        # the quantile falls on rows that missed every table (LLSHDetector warned): a row that misses is
+        # an outlier, not a tie.  Not with a miss value that real distances reach (a score there may hit)
+        if self.threshold_ >= miss and misses_score_above_hits(detector.index_):
+            self.threshold_ = float(np.nextafter(miss, 0.0))
         self.labels_ = (self.decision_scores_ > self.threshold_).astype(int)
         self._mu = float(np.mean(self.decision_scores_))  # what PyOD's _process_decision_scores sets
         self._sigma = float(np.std(self.decision_scores_))
@@ -118,7 +126,17 @@ class LLSHPyODDetector(BaseDetector):
         return (labels, self.predict_confidence(X)) if return_confidence else labels
 
     def predict_proba(self, X, method="linear", return_confidence=False):
+        """PyOD's outlier probability, (n, 2) [P(inlier), P(outlier)]: "linear" scales the score by the
+        training scores' range, "unify" (Kriegel et al.) through their mean and spread (with training
+        scores all equal: 1 above them, 0 at or below)."""
         self._check_fitted()
+        if method not in ("linear", "unify"):
+            raise ConfigError(f"method: expected 'linear' or 'unify', got {method!r}")
+        X = self.detector_._validate(X, reset=False)  # a list has no .shape for PyOD's method
+        if method == "unify" and self._sigma == 0.0:  # PyOD's formula divides 0 by 0 at the mean: NaN
+            p = (self.decision_function(X) > self._mu).astype(np.float64)
+            probs = np.column_stack([1.0 - p, p])
+            return (probs, self.predict_confidence(X)) if return_confidence else probs
         return super().predict_proba(X, method=method, return_confidence=return_confidence)
 
     def predict_confidence(self, X):
@@ -128,3 +146,11 @@ class LLSHPyODDetector(BaseDetector):
     def predict_with_rejection(self, X, *args, **kwargs):
         self._check_fitted()
         return super().predict_with_rejection(X, *args, **kwargs)
+
+    def compute_rejection_stats(self, *args, **kwargs):
+        self._check_fitted()
+        n = len(self.decision_scores_)
+        if int(n * float(self.contamination)) < 1:  # PyOD's bound needs one expected outlier among them
+            raise InvalidInputError(f"rejection statistics: expected at least 1 / contamination = "
+                                    f"{math.ceil(1 / float(self.contamination))} training rows, got {n}")
+        return super().compute_rejection_stats(*args, **kwargs)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import shared_path
-from llsh_index import ConfigError, InvalidInputError, LearnableLSHIndex
+from llsh_index import ConfigError, InvalidDTypeError, InvalidInputError, LearnableLSHIndex
 from llsh_index.cli import main
 from llsh_index.feature_arrays import import_feature_arrays, snippet_frame_index
 from llsh_index.video import load_feature_file
@@ -191,3 +191,83 @@ def test_the_cli_reports_errors_without_a_traceback(rng, tmp_path, capsys):
                "--out", str(tmp_path / "o.npz"), "--quiet"])
     assert rc == 2 and "at least 12 snippets" in capsys.readouterr().err
     assert not (tmp_path / "o.npz").exists()
+
+
+def _header_damaged(folder, name, new_shape):
+    import io
+
+    b = io.BytesIO()
+    np.save(b, np.ones((5, 4), np.float32))
+    raw = b.getvalue()
+    i = raw.index(b"(5, 4)")
+    (folder / name).write_bytes(raw[:i] + new_shape + raw[i + 6:])
+
+
+@pytest.mark.parametrize("shape", [b"(5, 4 ", b"(5.5,4", b"(5,,4)"])
+def test_damaged_headers_name_the_file(tmp_path, shape):
+    folder = tmp_path / "f"
+    folder.mkdir()
+    _header_damaged(folder, "v.npy", shape)
+    with pytest.raises(InvalidInputError, match="v.npy: not a readable .npy array"):
+        import_feature_arrays(folder, progress=False)
+
+
+def test_values_beyond_float32_and_empty_crops_say_so(tmp_path):
+    folder = tmp_path / "f"
+    folder.mkdir()
+    np.save(folder / "v.npy", np.array([[1e300, 0.0], [1.0, 2.0]]))
+    with pytest.raises(InvalidInputError, match="within float32's range"):
+        import_feature_arrays(folder, progress=False)
+    np.save(folder / "v.npy", np.zeros((3, 0, 4), np.float32))
+    with pytest.raises(InvalidInputError, match="at least one crop"):
+        import_feature_arrays(folder, progress=False)
+
+
+def test_entries_named_like_videos_that_are_not_files_are_refused(rng, tmp_path):
+    folder = _write_folder(tmp_path, {"a": rng.standard_normal((3, 4))}, suffix="")
+    (folder / "b.npy").symlink_to(tmp_path / "gone")
+    (folder / "c.npy").mkdir()
+    with pytest.raises(InvalidInputError, match=r"2 entries named like videos.*b\.npy, c\.npy"):
+        import_feature_arrays(folder, progress=False)
+
+
+def test_an_unlistable_folder_is_a_typed_error(rng, tmp_path, monkeypatch, capsys):
+    import os
+
+    folder = _write_folder(tmp_path, {"a": rng.standard_normal((3, 4))}, suffix="")
+
+    def refuse(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(os, "listdir", refuse)
+    with pytest.raises(InvalidInputError, match="cannot list the feature folder"):
+        import_feature_arrays(folder, progress=False)
+    assert main(["import", "--folder", str(folder), "--out", str(tmp_path / "o.npz"), "--quiet"]) == 2
+    assert "cannot list" in capsys.readouterr().err
+
+
+def test_labels_that_match_no_video_are_refused(rng, tmp_path):
+    folder = _write_folder(tmp_path, {"v1": rng.standard_normal((3, 4))})  # v1_i3d.npy
+    with pytest.raises(InvalidInputError, match="labels of 1 others .*another suffix"):
+        import_feature_arrays(folder, labels={"v1_x": np.zeros(40)}, snippet_frames=16, progress=False)
+    ff = import_feature_arrays(folder, labels={"v1": np.zeros(40)}, snippet_frames=16, suffix="_i3d", progress=False)
+    assert ff.n_frames == {"v1": 40}
+
+
+def test_bad_argument_types_are_config_errors(rng, tmp_path, capsys):
+    folder = _write_folder(tmp_path, {"a": rng.standard_normal((3, 4))}, suffix="")
+    for labels in ([("a", np.zeros(3))], 3):
+        with pytest.raises(ConfigError, match="labels: expected None, a label .npz path or a mapping"):
+            import_feature_arrays(folder, labels=labels, progress=False)
+    with pytest.raises(ConfigError, match="folder: expected a str or os.PathLike"):
+        import_feature_arrays(str(folder).encode(), progress=False)
+    with pytest.raises(InvalidDTypeError, match="labels\\['a'\\]: expected a numeric 0/1 array"):
+        import_feature_arrays(folder, labels={"a": None}, progress=False)
+    for huge in (2 ** 31, 2 ** 62, 10 ** 20):
+        with pytest.raises(ConfigError, match="snippet_frames: expected an integer in"):
+            import_feature_arrays(folder, snippet_frames=huge, progress=False)
+    assert main(["import", "--folder", str(folder), "--snippet-frames", "1099511627776", "--out",
+                 str(tmp_path / "o.npz"), "--quiet"]) == 2
+    assert "snippet_frames" in capsys.readouterr().err
+    with pytest.raises(InvalidInputError, match="at most 2147483647 frames"):
+        snippet_frame_index(3, 2 ** 30, 2 ** 31 + 10)

@@ -180,8 +180,10 @@ def test_bad_input_is_typed_and_a_failed_refit_keeps_the_fitted_state(rng):
         det.decision_function(bad)
     np.testing.assert_array_equal(det.decision_scores_, scores)
     assert det.threshold_ == threshold
-    with pytest.warns(UserWarning, match="y should not be presented"):  # PyOD's own warning: unsupervised
-        det.fit(x, y=np.r_[np.zeros(25), np.ones(25)])
+    for y in (np.zeros(50), np.r_[np.zeros(25), np.ones(25)], np.arange(50) % 3, np.linspace(0, 1, 50)):
+        with pytest.warns(UserWarning, match="y is ignored"):  # unsupervised: y sizes nothing
+            det.fit(x, y=y)
+        assert det.predict_proba(x[:4]).shape == (4, 2)
 
 
 def test_the_top_level_name(rng):
@@ -213,3 +215,57 @@ def test_adbench_pyod_benchmark_on_one_category():
     index = LearnableLSHIndex(train.shape[1], seed=1).add(train)
     assert out["LSH"]["auc"] == pytest.approx(roc_auc_score(labels, index.score(test)), abs=1e-12)
     assert all(0.5 < out[k]["auc"] <= 1.0 for k in ("LLSH", "KNN"))
+
+
+def test_predict_proba_inputs_and_methods(rng):
+    x = rng.standard_normal((60, 6)).astype(np.float32)
+    det = LLSHPyODDetector(train=False, n_tables=2, n_bits=6).fit(x)
+    np.testing.assert_array_equal(det.predict_proba(x[:5].tolist()), det.predict_proba(x[:5]))
+    with pytest.raises(ConfigError, match="'linear' or 'unify'"):
+        det.predict_proba(x[:5], method="foo")
+    # unify: PyOD's erf of the score standardised by the training scores' mean and spread
+    from scipy.special import erf
+
+    z = (det.decision_function(x[:5]) - det.decision_scores_.mean()) / (det.decision_scores_.std() * np.sqrt(2))
+    np.testing.assert_allclose(det.predict_proba(x[:5], method="unify")[:, 1], erf(z).clip(0, 1), rtol=1e-12)
+
+
+def test_constant_training_scores_give_unify_probabilities_not_nan():
+    flat = LLSHPyODDetector(train=False, n_tables=2, n_bits=6).fit(np.ones((30, 8), np.float32))
+    assert flat._sigma == 0.0
+    rows = np.vstack([np.ones((2, 8)), np.random.default_rng(0).normal(0, 5, (2, 8))]).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the far rows miss every table
+        p = flat.predict_proba(rows, method="unify")
+        s = flat.decision_function(rows)
+    assert np.isfinite(p).all()
+    np.testing.assert_array_equal(p[:, 1], (s > flat._mu).astype(float))
+    np.testing.assert_array_equal(p.sum(axis=1), 1.0)
+
+
+def test_rejection_statistics_need_one_expected_outlier(rng):
+    x = rng.standard_normal((9, 6)).astype(np.float32)
+    det = LLSHPyODDetector(train=False, n_tables=2, n_bits=6, contamination=0.1).fit(x)
+    with pytest.raises(InvalidInputError, match="at least 1 / contamination = 10 training rows, got 9"):
+        det.predict_with_rejection(x, return_stats=True, c_r=0.1)
+    assert det.predict_with_rejection(x, c_r=0.1).shape == (9,)  # without the statistics it works
+    more = LLSHPyODDetector(train=False, n_tables=2, n_bits=6, contamination=0.1).fit(
+        rng.standard_normal((10, 6)).astype(np.float32))
+    labels, stats = more.predict_with_rejection(x, return_stats=True, c_r=0.1)  # c_r: PyOD warns without
+    assert labels.shape == (9,) and len(stats) == 3 and all(np.isfinite(stats))
+    with pytest.raises(NotFittedError, match="not fitted"):
+        LLSHPyODDetector().compute_rejection_stats()
+
+
+def test_a_miss_value_that_distances_reach_is_not_taken_for_misses(rng):
+    """miss_value 0.2 (allowed, below the in-bucket distances here): scores at it are not misses, so no
+    warning about misses and threshold_ is the plain quantile (the threshold moved below 0.2 flagged
+    95% of the training rows before)."""
+    x = rng.standard_normal((300, 8)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        det = LLSHPyODDetector(train=False, n_tables=4, n_bits=8, miss_value=0.2).fit(x)
+        sk = LLSHDetector(train=False, n_tables=4, n_bits=8, miss_value=0.2).fit(x)
+    assert det.threshold_ == pytest.approx(np.percentile(det.decision_scores_, 90.0))
+    assert sk.offset_ == pytest.approx(np.percentile(-sk.held_out_scores_, 10.0))
+    assert det.labels_.mean() <= 0.1
