@@ -403,7 +403,7 @@ def cmd_score(args) -> int:
                                  "mode": args.mode_override or index.mode, "n_probes": args.probes,
                                  "miss_probes": args.miss_probes, "reduce": args.reduce})
     print(f"scored {len(names)} videos in {time.time() - t0:.2f}s -> {args.out}")
-    if all_missed:  # as LLSHDetector warns: scores that carry no ranking
+    if all_missed and index.misses_score_above_hits(args.mode_override):  # as LLSHDetector warns: no ranking
         print(f"warning: every snippet missed every hash table, so every score is the miss value {float(miss):g} and "
               "they carry no ranking; check that the features were made like the training features, or score with "
               "--miss-probes 32, or build with fewer --n-bits", file=sys.stderr)

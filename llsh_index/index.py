@@ -157,6 +157,14 @@ class LearnableLSHIndex:
             return self.miss_value
         return float(self.n_bits) if mode == "squared" else math.sqrt(self.n_bits)
 
+    def misses_score_above_hits(self, mode: Optional[str] = None) -> bool:
+        """Whether a score at the miss value can only come from a query that missed every table: true for
+        the default miss value (sqrt(n_bits), n_bits for "squared": no distance reaches it) and above; a
+        smaller miss_value (allowed, to rank misses among hits) is also the score of far hits."""
+        mode = self.mode if mode is None else mode
+        default = float(self.n_bits) if mode == "squared" else math.sqrt(self.n_bits)
+        return self.miss_value is None or self.miss_value >= default
+
     def _make_encoder(self, dim: int) -> None:
         try:
             encoder = HashEncoder(dim, self.n_tables, self.n_bits, seed=self.seed).to(self.device)

@@ -40,7 +40,7 @@ except ImportError as exc:  # PyOD is an optional dependency (extra "pyod")
                       "or pip install 'llsh_index[pyod]'") from exc
 
 from .errors import ConfigError, InvalidInputError
-from .sklearn import DetectorNotFittedError, LLSHDetector, misses_score_above_hits
+from .sklearn import DetectorNotFittedError, LLSHDetector
 
 
 class LLSHPyODDetector(BaseDetector):
@@ -94,7 +94,7 @@ class LLSHPyODDetector(BaseDetector):
         miss = float(np.float32(detector.index_.default_miss_value()))  # as the float32 scores carry it
         # the quantile falls on rows that missed every table (LLSHDetector warned): a row that misses is
         # an outlier, not a tie.  Not with a miss value that real distances reach (a score there may hit)
-        if self.threshold_ >= miss and misses_score_above_hits(detector.index_):
+        if self.threshold_ >= miss and detector.index_.misses_score_above_hits():
             self.threshold_ = float(np.nextafter(miss, 0.0))
         self.labels_ = (self.decision_scores_ > self.threshold_).astype(int)
         self._mu = float(np.mean(self.decision_scores_))  # what PyOD's _process_decision_scores sets

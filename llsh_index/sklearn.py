@@ -42,14 +42,6 @@ from .index import LearnableLSHIndex, check_reduce, probed_scores
 CALIBRATION_FOLDS = 10
 
 
-def misses_score_above_hits(index) -> bool:
-    """Whether a score at the index's miss value can only be a row that missed every table: true for the
-    default miss value (sqrt(n_bits), n_bits for "squared": no distance reaches it) and above; a smaller
-    miss value (allowed, to rank misses among hits) is also the score of rows that hit far buckets."""
-    default = float(index.n_bits) if index.mode == "squared" else math.sqrt(index.n_bits)
-    return index.miss_value is None or index.miss_value >= default
-
-
 class DetectorNotFittedError(NotFittedError, _SklearnNotFittedError):
     """score_samples / decision_function / predict before fit(): the package's NotFittedError and
     scikit-learn's at once, so either except clause catches it."""
@@ -150,7 +142,7 @@ class LLSHDetector(OutlierMixin, BaseEstimator):
         self.offset_ = float(np.percentile(-scores, 100.0 * float(c)))
         miss = float(np.float32(index.default_miss_value()))  # as the float32 scores carry it
         # the quantile falls on held-out rows that missed every table
-        if self.offset_ <= -miss and misses_score_above_hits(index):
+        if self.offset_ <= -miss and index.misses_score_above_hits():
             missed = float(np.mean(scores >= miss))
             # just above the miss value: a row that misses every table is an outlier, not a tie at 0
             self.offset_ = float(np.nextafter(-miss, 0.0))

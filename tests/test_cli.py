@@ -93,6 +93,25 @@ def test_score_csv_quotes_names_and_an_all_miss_run_warns(feature_files, capsys,
     assert main(["score", "--index", p("lsh.llsh"), "--features", p("far.npz"), "--out", p("far_scores.npz")]) == 0
     err = capsys.readouterr().err
     assert "warning: every snippet missed every hash table" in err and "--miss-probes 32" in err
+    # an index whose miss value real distances reach (0: a snippet that misses any table scores 0): a score
+    # at it is not a miss, so no warning, though every snippet below scores it and hits some table
+    from llsh_index import LearnableLSHIndex
+
+    lsh = LearnableLSHIndex.load(p("lsh.llsh"))
+    low = lsh.empty_like(miss_value=0.0)
+    with np.load(p("train.npz")) as z:
+        low.add(z["features_00000"])
+        pool = (z["features_00000"].mean(axis=0) + rng.standard_normal((400, near.shape[1]))).astype(np.float32)
+    d = lsh.table_distances(pool)  # the default miss value, sqrt(12) in float32, marks the tables missed
+    hit = d < np.float32(np.sqrt(12))
+    partial = pool[hit.any(axis=1) & ~hit.all(axis=1)][:10]
+    assert len(partial) >= 3
+    low.save(p("low.llsh"))
+    save_features(tmp / "partial.npz", {"x": partial}, {"extractor": "test"})
+    assert main(["score", "--index", p("low.llsh"), "--features", p("partial.npz"), "--out", p("p_scores.npz")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    with np.load(p("p_scores.npz")) as z:
+        assert (z["x"] == 0).all()
     with np.load(p("far_scores.npz")) as z:
         np.testing.assert_allclose(z["x"], np.sqrt(12), rtol=1e-6)
 
