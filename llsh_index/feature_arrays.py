@@ -122,16 +122,15 @@ def import_feature_arrays(folder: PathLike, out: Optional[PathLike] = None, *,
         raise FileNotFoundError(f"feature folder not found: {folder}")
     ending = f"{suffix}.npy"
     try:
-        named = sorted(f for f in os.listdir(folder) if f.endswith(ending) and len(f) > len(ending))
+        files = sorted(f for f in os.listdir(folder) if f.endswith(ending) and len(f) > len(ending))
     except OSError as exc:  # a folder this process may not list
         raise InvalidInputError(f"{folder}: cannot list the feature folder ({type(exc).__name__}: {exc})") from exc
     # a broken link, a folder or a device named like a video is a missing video, not one to pass over
-    odd = [f for f in named if not os.path.isfile(os.path.join(folder, f))]
+    odd = [f for f in files if not os.path.isfile(os.path.join(folder, f))]
     if odd:
         raise InvalidInputError(f"{folder}: expected regular files, got {len(odd)} entries named like videos that "
                                 f"are not ({', '.join(odd[:5])}{', ...' if len(odd) > 5 else ''}: broken links, "
                                 f"folders or devices)")
-    files = named
     if not files:
         raise InvalidInputError(f"{folder}: expected files named <video>{ending}, found none")
     if labels is None:
