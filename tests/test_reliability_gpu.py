@@ -159,3 +159,22 @@ def test_gpu_build_is_deterministic(data):
     b = exact_index().to("cuda").add(cuda(x))
     for k in ("keys", "table_start", "offsets", "ids", "codes", "bucket_sum", "bucket_sqnorm"):
         assert torch.equal(a._tables[k].cpu(), b._tables[k].cpu()), k
+
+
+def test_gpu_codes_do_not_depend_on_the_batch():
+    """On the GPU too, a row's code and key do not depend on its batch: rows alone, in batches of 2-17
+    (padded to the GEMM's 16 rows) and in one batch of 600, on real-valued data, with rows that take
+    the explicit LayerNorm (far from the origin, constant).  cuBLAS may pick other kernels for other
+    row counts; this says whether the ones it picks round alike."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((600, 96)) * rng.uniform(0.1, 10, (600, 1))).astype(np.float32)
+    x[3] += 100.0
+    x[5] = 0.25
+    index = LearnableLSHIndex(96, n_tables=4, n_bits=24, seed=1).to("cuda")
+    t = cuda(x)
+    codes, keys = index.encode(t).cpu().numpy(), index.hash_keys(t).cpu().numpy()
+    for size in (1, 2, 3, 15, 16, 17, 64, 300):
+        for i in [*range(0, 600 - size + 1, 97), 2, 3, 4, 5]:
+            part = t[i:i + size]
+            np.testing.assert_array_equal(index.encode(part).cpu().numpy(), codes[i:i + size], err_msg=f"{size} at {i}")
+            np.testing.assert_array_equal(index.hash_keys(part).cpu().numpy(), keys[i:i + size])
