@@ -13,6 +13,7 @@ Times are fit and decision_function wall seconds summed over the categories, in 
 
     python benchmarks/adbench_pyod.py                # seeds 0-2 (~2 min on 2 cores)
     python benchmarks/adbench_pyod.py --seeds 0      # one seed, with the per-category table
+    python benchmarks/adbench_pyod.py --seeds 0,1,2,3,4 --plot benchmarks/figures/adbench_pyod.png
 """
 from __future__ import annotations
 
@@ -72,6 +73,8 @@ def main():
     ap.add_argument("--seeds", type=int_list(0), default=[0, 1, 2], help="comma-separated seeds (split, layers)")
     ap.add_argument("--threads", type=positive_int, default=1, help="torch threads (1: the runs in RESULTS.md)")
     ap.add_argument("--json", type=output_file, default=None, help="write the results here")
+    ap.add_argument("--plot", type=output_file, default=None,
+                    help="draw the figure here (benchmarks/figures/adbench_pyod.png in RESULTS.md)")
     args = ap.parse_args()
     import torch
 
@@ -100,6 +103,44 @@ def main():
         with open(args.json, "w") as f:
             json.dump({"runs": {str(k): r for k, r in runs.items()}, "seeds": args.seeds, "threads": args.threads}, f,
                       indent=1)
+    if args.plot:
+        plot(runs, args.plot)
+
+
+def plot(runs, path):
+    """Left: each detector's mean AUC over the categories, one dot per seed and the mean; right: per
+    category (mean over seeds), LLSH's AUC minus PyOD's KNN's."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seeds = list(runs)
+    names = list(runs[seeds[0]][0])[3:]
+    cats = [r["category"] for r in runs[seeds[0]]]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1, 1.3]})
+    for i, n in enumerate(names):
+        per_seed = [np.mean([r[n]["auc"] for r in runs[s]]) for s in seeds]
+        left.scatter(per_seed, [i] * len(per_seed), s=26, color="C0", alpha=0.6, zorder=3,
+                     label="one seed" if i == 0 else None)
+        left.scatter([np.mean(per_seed)], [i], s=140, marker="|", color="k", zorder=4,
+                     label="mean over seeds" if i == 0 else None)
+    left.set_yticks(range(len(names)), names)
+    left.invert_yaxis()
+    left.set_xlabel("image AUC, mean over the 15 categories")
+    left.grid(True, axis="x", alpha=0.3)
+    left.legend(fontsize=7, loc="lower right")
+    diff = [np.mean([runs[s][c]["LLSH"]["auc"] - runs[s][c]["KNN"]["auc"] for s in seeds]) for c in range(len(cats))]
+    right.bar(range(len(cats)), diff, color=["C2" if v >= 0 else "C3" for v in diff])
+    right.axhline(0, color="k", lw=0.8)
+    right.set_xticks(range(len(cats)), cats, rotation=60, ha="right", fontsize=8)
+    right.set_ylabel("LLSH AUC - PyOD KNN AUC")
+    right.grid(True, axis="y", alpha=0.3)
+    fig.suptitle(f"ADBench MVTec-AD ResNet-18 embeddings: LLSH among PyOD's detectors (seeds "
+                 f"{','.join(map(str, seeds))})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
 
 
 def print_categories(rows):
