@@ -24,7 +24,8 @@ def __getattr__(name):
         from .sklearn import LLSHDetector
 
         return LLSHDetector
-    if name == "LLSHPyODDetector":  # PyOD, an optional dependency, likewise
+    if name == "LLSHPyODDetector":  # PyOD, an optional dependency, likewise (not in __all__: a star import
+        # without PyOD would fail)
         from .pyod_detector import LLSHPyODDetector
 
         return LLSHPyODDetector
@@ -49,6 +50,6 @@ def cuda_available(verbose: bool = False) -> Union[bool, Tuple[bool, str]]:
     return (ok, why) if verbose else ok
 
 
-__all__ = ["LearnableLSHIndex", "ShardedIndex", "LLSHDetector", "LLSHPyODDetector", "cuda_available", "LLSHError", "InvalidInputError", "InvalidDTypeError",
+__all__ = ["LearnableLSHIndex", "ShardedIndex", "LLSHDetector", "cuda_available", "LLSHError", "InvalidInputError", "InvalidDTypeError",
            "DeviceMismatchError", "NotFittedError", "ConfigError", "IndexFormatError", "IndexStateError",
            "CudaUnavailableError", "WritePathError", "UndertrainedWarning", "__version__"]
