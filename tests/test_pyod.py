@@ -269,3 +269,18 @@ def test_a_miss_value_that_distances_reach_is_not_taken_for_misses(rng):
     assert det.threshold_ == pytest.approx(np.percentile(det.decision_scores_, 90.0))
     assert sk.offset_ == pytest.approx(np.percentile(-sk.held_out_scores_, 10.0))
     assert det.labels_.mean() <= 0.1
+
+
+def test_without_pyod_the_import_error_says_how_to_install(monkeypatch):
+    import importlib
+    import sys
+
+    for name in ("pyod", "pyod.models", "pyod.models.base"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if PyOD were not installed
+    monkeypatch.delitem(sys.modules, "llsh_index.pyod_detector", raising=False)
+    with pytest.raises(ImportError, match=r"pip install pyod, or pip install 'llsh_index\[pyod\]'"):
+        importlib.import_module("llsh_index.pyod_detector")
+    import llsh_index
+
+    with pytest.raises(ImportError, match="needs PyOD"):
+        llsh_index.LLSHPyODDetector
