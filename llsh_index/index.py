@@ -890,15 +890,25 @@ class LearnableLSHIndex:
             weight = arrays["weight"]
             if weight.shape != (index.n_tables * index.n_bits, index.dim):
                 raise IndexFormatError(f"{path}: hash weight of shape {weight.shape} does not match the settings")
+            if weight.dtype != np.float32:  # save() writes float32; an integer weight hashed every row alike
+                raise IndexFormatError(f"{path}: hash weight: expected float32, got {weight.dtype}")
             if not np.isfinite(weight).all():  # every score would be NaN, blamed on the queries
                 raise IndexFormatError(f"{path}: the hash weight holds NaN or Inf")
             index.encoder.weight.data.copy_(torch.from_numpy(weight))
             if meta.get("trained"):
-                index.training_log_ = TrainingLog(losses=arrays.get("losses", np.zeros(0)).tolist(),
-                                                  steps=int(meta.get("training_steps", 0)),
-                                                  positives=meta.get("positives") or "temporal")
+                losses, steps = arrays.get("losses", np.zeros(0)), meta.get("training_steps", 0)
+                positives = meta.get("positives") or "temporal"
+                if losses.ndim != 1 or losses.dtype.kind != "f":
+                    raise IndexFormatError(f"{path}: training losses: expected a 1-D float array, got {losses.dtype} "
+                                           f"of shape {losses.shape}")
+                if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0 or not isinstance(positives, str):
+                    raise IndexFormatError(f"{path}: training record: expected training_steps an integer >= 0 and "
+                                           f"positives a string, got {steps!r} and {positives!r}")
+                index.training_log_ = TrainingLog(losses=losses.tolist(), steps=steps, positives=positives)
             if meta.get("training_config") is not None:  # absent from files written before it was saved
                 index.training_config_ = _training_config_from(meta["training_config"], path)
+            if not meta.get("has_tables") and any(k.startswith("t_") for k in arrays):
+                raise IndexFormatError(f"{path}: inconsistent index file (tables stored, but marked as having none)")
             if meta.get("has_tables"):
                 _widen(arrays, meta.get("narrowed") or {}, path)
                 tables = {k[2:]: v for k, v in arrays.items() if k.startswith("t_")}
@@ -1218,10 +1228,13 @@ def _check_tables(t: Dict, index: LearnableLSHIndex, path: str) -> None:
                 ok &= bool(np.all(k[1:] > k[:-1])) and off[ts[j + 1]] - off[ts[j]] == n
                 if r < 64:
                     ok &= bool(np.all(k < (np.uint64(1) << np.uint64(r))))
+        # the settings say what is stored: codes (store_codes) of code_dtype, or the statistics alone
+        ok &= (t["codes"] is not None) == bool(index.store_codes)
         if ok and t["codes"] is not None:
-            ok = t["codes"].shape == (b * n, r) and t["codes"].dtype in (np.float32, np.float16)
+            ok = t["codes"].shape == (b * n, r) and t["codes"].dtype == np.dtype(index.code_dtype)
         if ok and t["ids"] is not None:
-            ok = t["ids"].shape == (b * n,) and t["ids"].dtype == np.int64
+            ok = (t["ids"].shape == (b * n,) and t["ids"].dtype == np.int64
+                  and (not n or (t["ids"].min() >= 0 and t["ids"].max() < n)))
     except (KeyError, AttributeError, IndexError) as exc:
         raise IndexFormatError(f"{path}: inconsistent tables ({exc})") from exc
     if not ok:
@@ -1237,3 +1250,22 @@ def _check_tables(t: Dict, index: LearnableLSHIndex, path: str) -> None:
         if not (lo >= 0 and hi <= top and np.isfinite(hi)):
             raise IndexFormatError(f"{path}: stored {name} hold values no index writes (NaN, Inf or outside "
                                    f"[0, {top:g}]: min {lo}, max {hi})")
+    # a bucket's sums of codes in [0, 1] are at most its size (squared norms: size * r); beyond, a
+    # light score would exceed the miss value and rank a hit above a miss
+    if t["bucket_sum"] is not None and keys.size:
+        size = np.diff(off).astype(np.float64)
+        if (t["bucket_sum"].max(axis=1) > size).any() or (t["bucket_sqnorm"] > size * r).any():
+            raise IndexFormatError(f"{path}: stored bucket statistics exceed their buckets' sizes (sums of codes "
+                                   f"in [0, 1])")
+    # every stored code lies in the bucket of its own key (codes of another bucket would be scored
+    # there).  A code of exactly 0.5 takes either bit: float16 rounds codes just below 0.5 up to it.
+    if t["codes"] is not None and keys.size:
+        weights = np.uint64(1) << np.arange(r, dtype=np.uint64)
+        owner = np.repeat(keys, np.diff(off))
+        step = max(1, (1 << 22) // max(1, r))
+        for i in range(0, owner.size, step):
+            c = t["codes"][i:i + step]
+            bits = ((c >= 0.5).astype(np.uint64) * weights).sum(axis=1, dtype=np.uint64)
+            either = ((c == 0.5).astype(np.uint64) * weights).sum(axis=1, dtype=np.uint64)
+            if ((bits ^ owner[i:i + step]) & ~either).any():
+                raise IndexFormatError(f"{path}: stored codes do not match the keys of their buckets")

@@ -602,6 +602,21 @@ CRAFTED = [
     ("weight-inf", _arr("weight", lambda w: np.r_[w[:-1], np.full((1, w.shape[1]), np.inf, w.dtype)])),
     ("bucket-sum-nan", _with_stats(_arr("t_bucket_sum", lambda s: np.r_[s[:-1], np.full((1, s.shape[1]), np.nan)]))),
     ("bucket-sqnorm-negative", _with_stats(_arr("t_bucket_sqnorm", lambda s: np.r_[s[:-1], -1.0]))),
+    # found by an audit (fifteenth session): loaded, then crashed in add() / merge() or scored garbage
+    ("codes-with-store-codes-false", lambda m, a: m.update(store_codes=False, mode="light")),
+    ("code-dtype-says-float16", _set("code_dtype", "float16")),
+    ("weight-uint8", _arr("weight", lambda w: w.astype(np.uint8))),
+    ("weight-float64", _arr("weight", lambda w: w.astype(np.float64))),
+    ("tables-marked-absent", _set("has_tables", False)),
+    ("ids-beyond-n-items", _arr("t_ids", lambda i: np.r_[i[:-1], 10 ** 6].astype(i.dtype))),
+    ("ids-negative", _arr("t_ids", lambda i: np.r_[-1, i[1:]].astype(i.dtype))),
+    ("code-in-another-bucket", _arr("t_codes", lambda c: np.r_[np.where(c[:1] < 0.5, 0.9, 0.1).astype(c.dtype),
+                                                                 c[1:]])),
+    ("bucket-sum-above-size", _with_stats(_arr("t_bucket_sum", lambda s: s + 1e3))),
+    ("bucket-sqnorm-above-size", _with_stats(_arr("t_bucket_sqnorm", lambda s: s + 1e6))),
+    ("losses-2d", lambda m, a: (m.update(trained=True), a.__setitem__("losses", np.zeros((2, 2))))),
+    ("training-steps-negative", lambda m, a: m.update(trained=True, training_steps=-3)),
+    ("positives-not-a-string", lambda m, a: m.update(trained=True, positives=5)),
 ]
 
 
