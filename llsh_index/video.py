@@ -935,8 +935,9 @@ def save_features(path: Union[str, os.PathLike], features_by_video: Mapping[str,
     Layout: an ``.npz`` archive (``np.load(path)`` reads it, no pickle):
 
     * ``meta``: 0-d unicode array holding a JSON object: ``format``, ``format_version``,
-      ``videos`` (names, in order), ``n_frames`` (per video), ``dim``, ``dtype`` and the
-      caller's ``meta`` (extractor name/version/config, T, s, clamp...);
+      ``videos`` (names, in order), ``n_frames`` (per video), ``dim``, ``dtype``, ``labelled`` and
+      ``aligned`` (the videos with labels / a frame index; a reader checks them against the entries)
+      and the caller's ``meta`` (extractor name/version/config, T, s, clamp...);
     * ``features_{i:05d}``: (n_snippets, dim) features of video ``i`` (float32 or float16);
     * ``frame_index_{i:05d}``: int32 frame each snippet is aligned to (if given);
     * ``labels_{i:05d}``: uint8 per-frame labels (for the videos that have them).
@@ -986,7 +987,11 @@ def save_features(path: Union[str, os.PathLike], features_by_video: Mapping[str,
             raise InvalidInputError(f"labels for videos without features: {sorted(unknown)[:5]}")
     full_meta = dict(meta or {})
     full_meta.update(format=FEATURE_FILE_FORMAT, format_version=FEATURE_FILE_VERSION, videos=names,
-                     n_frames=n_frames, dim=int(dims.pop()) if dims else int(full_meta.get("dim", 0)), dtype=dtype)
+                     n_frames=n_frames, dim=int(dims.pop()) if dims else int(full_meta.get("dim", 0)), dtype=dtype,
+                     # which videos have labels / a frame index: a member renamed by damage (zip checksums do
+                     # not cover names) is then missing, not silently absent
+                     labelled=[n for i, n in enumerate(names) if f"labels_{i:05d}" in arrays],
+                     aligned=[n for i, n in enumerate(names) if f"frame_index_{i:05d}" in arrays])
     arrays["meta"] = np.array(json.dumps(full_meta))
     path = os.fspath(path)
     from .io import atomic_write
@@ -1008,10 +1013,26 @@ def load_feature_file(path: Union[str, os.PathLike]) -> FeatureFile:
             meta = json.loads(str(z["meta"][()]))
             if meta.get("format") != FEATURE_FILE_FORMAT:
                 raise FeatureFileError(f"{path}: not a feature file (format {meta.get('format')!r})")
-            if int(meta.get("format_version", 0)) > FEATURE_FILE_VERSION:
+            version = meta.get("format_version")
+            if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+                raise FeatureFileError(f"{path}: expected an integer format_version >= 1, got {version!r}")
+            if version > FEATURE_FILE_VERSION:
                 raise FeatureFileError(f"{path}: format version {meta.get('format_version')} is newer than "
                                        f"this reader ({FEATURE_FILE_VERSION})")
-            names = list(meta["videos"])
+            names = meta["videos"]
+            if (not isinstance(names, list) or not all(isinstance(n, str) for n in names)
+                    or len(set(names)) != len(names)):
+                raise FeatureFileError(f"{path}: expected meta 'videos' to be a list of distinct names, got "
+                                       f"{str(names)[:80]}")
+            known = {"meta"} | {f"{kind}_{i:05d}" for i in range(len(names))
+                                for kind in ("features", "labels", "frame_index")}
+            unknown = sorted(set(z.files) - known)
+            if unknown:
+                raise FeatureFileError(f"{path}: damaged feature file (unknown entries {unknown[:3]})")
+            for key, kind in (("labelled", "labels"), ("aligned", "frame_index")):  # files since 2026-11-30
+                if key in meta and set(meta[key]) != {n for i, n in enumerate(names) if f"{kind}_{i:05d}" in z.files}:
+                    raise FeatureFileError(f"{path}: damaged feature file (the {kind} entries do not match the "
+                                           f"videos meta '{key}' names)")
             feats, labels, fidx = {}, {}, {}
             for i, name in enumerate(names):
                 feats[name] = z[f"features_{i:05d}"]  # checked as stored below, then cast
@@ -1031,6 +1052,9 @@ def load_feature_file(path: Union[str, os.PathLike]) -> FeatureFile:
                     n_frames[name] = nf
             if len(dims) > 1:
                 raise FeatureFileError(f"{path}: expected one feature dimension for all videos, got {sorted(dims)}")
+            if dims and "dim" in meta and meta["dim"] != next(iter(dims)):
+                raise FeatureFileError(f"{path}: meta 'dim' {meta['dim']!r} does not match the features' "
+                                       f"{next(iter(dims))}")
             feats = {k: v.astype(np.float32) for k, v in feats.items()}
             labels = {k: v.astype(np.uint8) for k, v in labels.items()}
             fidx = {k: v.astype(np.int64) for k, v in fidx.items()}

@@ -497,10 +497,46 @@ def test_load_rejects_crafted_metadata_and_arrays(tmp_path):
         (crafted("c8", features_00001=np.ones((2, 4), np.float32)), r"one feature dimension for all videos, got \[3, 4\]"),
         (crafted("c9", features_00001=np.ones((2, 3), np.int32)), "expected finite floats, got int32"),
         (crafted("c10", features_00001=np.full((2, 3), np.nan, np.float32)), "with NaN or Inf"),
+        # found by an audit (fifteenth session): loaded, losing rows or labels, or as other videos
+        (crafted("c11", {"videos": ["a", "a"]}), "a list of distinct names"),
+        (crafted("c12", {"videos": "ab"}), "a list of distinct names"),
+        (crafted("c13", {"videos": [1, "b"]}), "a list of distinct names"),
+        (crafted("c14", {"dim": 99}), "meta 'dim' 99 does not match the features' 3"),
+        (crafted("c15", {"format_version": None}), "integer format_version >= 1, got None"),
+        (crafted("c16", {"format_version": -1}), "got -1"),
+        (crafted("c17", {"format_version": True}), "got True"),
+        (crafted("c18", features_00002=np.ones((2, 3), np.float32)), r"unknown entries \['features_00002'\]"),
+        (crafted("c19", {"labelled": []}), "the labels entries do not match"),
+        (crafted("c20", {"aligned": ["a"]}), "the frame_index entries do not match"),
     ):
         with pytest.raises(V.FeatureFileError, match=message) as info:
             V.load_feature_file(path)
         assert str(info.value).startswith(str(path))
+
+
+def test_a_renamed_label_entry_is_damage_not_a_video_without_labels(tmp_path):
+    """Zip checksums do not cover member names: one flipped byte in a name dropped a video's labels
+    without a word.  The meta now lists the labelled and aligned videos; files without those lists
+    (written before) still load."""
+    path = tmp_path / "f.npz"
+    V.save_features(path, {"a": np.zeros((5, 3), np.float32)}, {}, labels_by_video={"a": [0, 1, 0, 0, 1]},
+                    frame_index_by_video={"a": [0, 1, 2, 3, 4]})
+    raw = path.read_bytes()
+    for member in (b"labels_00000.npy", b"frame_index_00000.npy"):
+        i = raw.rindex(member)  # the central directory's copy of the name
+        damaged = tmp_path / "damaged.npz"
+        damaged.write_bytes(raw[:i] + b"x" + raw[i + 1:])
+        with pytest.raises(V.FeatureFileError, match="damaged feature file"):
+            V.load_feature_file(damaged)
+    with np.load(path) as z:
+        arrays = dict(z)
+    meta = json.loads(str(arrays["meta"]))
+    assert meta["labelled"] == ["a"] and meta["aligned"] == ["a"]
+    for key in ("labelled", "aligned"):
+        meta.pop(key)
+    old = tmp_path / "old.npz"
+    np.savez(old, **dict(arrays, meta=np.array(json.dumps(meta))))
+    assert V.load_feature_file(old).labels["a"].tolist() == [0, 1, 0, 0, 1]
 
 
 def test_save_features_with_non_string_video_names(tmp_path):
