@@ -137,7 +137,8 @@ class _Shard:
         n = self.n_threads
         self.index = layers.empty_like() if n is None else layers.empty_like(n_threads=int(n))
         x = _load_partition(part)
-        self.index.add(x)
+        if not (getattr(x, "ndim", None) == 2 and x.shape[0] == 0 and x.shape[1] == self.index.dim):
+            self.index.add(x)  # an empty partition of the right width is an empty shard, as in ShardedIndex
         return self.index.ntotal, time.perf_counter() - t0
 
     def load(self, path: str) -> int:
@@ -164,6 +165,9 @@ class _Shard:
 
     def weight(self) -> np.ndarray:
         return self.index.encoder.weight.detach().cpu().numpy()
+
+    def settings(self) -> tuple:
+        return self.index.mode, self.index.miss_value, self.index.store_codes, self.index.code_dtype
 
 
 _actor_classes = {}
@@ -299,7 +303,8 @@ class DistributedIndex(_ShardScoring):
         ray = _ray()
         c = codes if isinstance(codes, ray.ObjectRef) else ray.put(codes)
         k = keys if isinstance(keys, ray.ObjectRef) else ray.put(keys)
-        return [a.partial_scores.remote(c, k, mode) for a in self._actors]
+        # an empty shard has nothing to add (its partial_scores would be NotFittedError), as in ShardedIndex
+        return [a.partial_scores.remote(c, k, mode) for a, n in zip(self._actors, self._counts) if n]
 
     def _start_partials(self, codes, keys, mode):
         futures = self._submit(codes, keys, mode)
@@ -309,7 +314,12 @@ class DistributedIndex(_ShardScoring):
         n_probes, miss_probes, plain = self._check_run(n_probes, miss_probes, reduce)
         if not self._actors:
             raise ConfigError("score: this DistributedIndex is shut down")
+        if self.ntotal == 0:
+            raise NotFittedError("score: the distributed index is empty; every shard holds no items")
         mode = self._template.mode if mode is None else mode
+        if mode == "mean" and not self._template.store_codes:  # checked here, not as a worker's traceback
+            raise ConfigError("mode: 'mean' needs the per-item codes, but these shards keep bucket statistics "
+                              "only (store_codes=False); use 'light' or 'squared'")
         ray = _ray()
         if isinstance(queries, ray.ObjectRef) and not plain:
             # the probe keys are made from the codes: shard 0 hashes, the driver takes the codes back
@@ -638,12 +648,17 @@ def load_distributed(paths: Sequence[str], *, num_cpus_per_shard: Optional[float
     try:
         counts = ray.get([a.load.remote(p) for a, p in zip(actors, paths)])
         weights = ray.get([a.weight.remote() for a in actors])
+        settings = ray.get([a.settings.remote() for a in actors])
     except BaseException:
         _give_back(actors, pool)
         raise
     if any(not np.array_equal(w, weights[0]) for w in weights[1:]):
         _give_back(actors, pool)
         raise ConfigError("load_distributed: the shard files do not share the same hash layers")
+    if any(st != settings[0] for st in settings[1:]):  # as ShardedIndex.from_shards refuses them
+        _give_back(actors, pool)
+        raise ConfigError(f"load_distributed: every shard must have the same (mode, miss_value, store_codes, "
+                          f"code_dtype), got {settings}")
     return DistributedIndex(template, actors, counts, pool=pool)
 
 

@@ -140,6 +140,44 @@ def test_statistics_only_shards(data):
         dist.shutdown()
 
 
+def test_empty_shards_mixed_settings_and_mean_on_statistics(data, tmp_path):
+    """As ShardedIndex: an empty partition is an empty shard (it failed inside the actor), an empty shard
+    file loads and scores with the others (NotFittedError from the actor before), shard files of other
+    settings are refused at load (they scored, or failed in an actor), 'mean' on statistics-only
+    shards is a ConfigError on the driver, and a distributed index with no items a NotFittedError."""
+    from llsh_index import NotFittedError, ShardedIndex
+
+    x, q, layers, single = data
+    dist = build_distributed(layers, [x[:1200], x[:0], x[1200:]])
+    try:
+        assert dist.shard_sizes == [1200, 0, 1300]
+        np.testing.assert_allclose(dist.score(q), single.score(q), rtol=1e-6, atol=1e-6)
+        paths = dist.save_shards(tmp_path / "with_empty")
+    finally:
+        dist.shutdown()
+    loaded = load_distributed(paths)
+    try:
+        np.testing.assert_allclose(loaded.score(q), ShardedIndex.load(paths).score(q), rtol=1e-6, atol=1e-6)
+    finally:
+        loaded.shutdown()
+    other = layers.empty_like(miss_value=100.0).add(x[:50])
+    other.save(str(tmp_path / "other.llsh"))
+    layers.empty_like(code_dtype="float16").add(x[:50]).save(str(tmp_path / "half.llsh"))
+    for odd in ("other.llsh", "half.llsh"):
+        with pytest.raises(ConfigError, match=r"same \(mode, miss_value, store_codes, code_dtype\)"):
+            load_distributed([paths[0], str(tmp_path / odd)])
+    stats = build_distributed(layers, [x[:100]], mode="light", store_codes=False)
+    empty = build_distributed(layers, [x[:0]])
+    try:
+        with pytest.raises(ConfigError, match="'mean' needs the per-item codes"):
+            stats.score(q, mode="mean")
+        with pytest.raises(NotFittedError, match="empty"):
+            empty.score(q)
+    finally:
+        stats.shutdown()
+        empty.shutdown()
+
+
 def test_entry_point(data, tmp_path):
     x, q, layers, single = data
     parts = []
