@@ -589,7 +589,17 @@ class KNNScorer:
             raise ScorerFormatError(
                 f"{p}: expected features of shape ({header.get('n_train')}, {header.get('dim')}), got {feats.shape}"
             )
-        feats = _as_features(feats, f"{p}: features")
+        try:  # values fit() never holds: NaN / Inf, beyond float32 squared distances, unnormalised cosine rows
+            feats = _as_features(feats, f"{p}: features")
+            if obj.metric == "l2":
+                _check_l2_range(feats, f"{p}: features")
+        except InvalidInputError as exc:
+            raise ScorerFormatError(str(exc)) from exc
+        if obj.metric == "cosine":
+            norms = np.sqrt(np.einsum("nd,nd->n", feats, feats, dtype=np.float64))
+            if np.abs(norms - 1.0).max() > 1e-3:
+                raise ScorerFormatError(f"{p}: a cosine scorer stores unit rows, got norms from {norms.min():.3g} to "
+                                        f"{norms.max():.3g}")
         if obj.metric == "l2":  # format 1 stored the rows themselves: no shift
             shift = np.zeros(feats.shape[1])
             if header["format_version"] >= 2:
@@ -816,7 +826,7 @@ class KMeansScorer:
                 n_redo=params["n_redo"], max_points_per_centroid=params["max_points_per_centroid"],
                 batch_size=params["batch_size"], use_gpu=use_gpu,
             )
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ConfigError) as exc:
             raise ScorerFormatError(f"{p}: bad params {params!r} ({exc})") from exc
         cents = _expect_array(arrays, "centroids", p, np.dtype(np.float32), 2)
         counts = _expect_array(arrays, "counts", p, np.dtype(np.int64), 1)
@@ -827,7 +837,10 @@ class KMeansScorer:
             )
         if (counts < 0).any():
             raise ScorerFormatError(f"{p}: expected non-negative counts")
-        cents = _as_features(cents, f"{p}: centroids")
+        try:  # NaN / Inf or centres beyond float32 squared distances: fit() never makes them
+            cents = _check_l2_range(_as_features(cents, f"{p}: centroids"), f"{p}: centroids")
+        except InvalidInputError as exc:
+            raise ScorerFormatError(str(exc)) from exc
         obj._set_centroids(cents, counts)
         return obj
 

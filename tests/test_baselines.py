@@ -305,6 +305,45 @@ def test_atomic_write_removes_temp_file_when_writing_fails(tmp_path, monkeypatch
     assert os.listdir(tmp_path) == ["m.npz"]
 
 
+def test_load_rejects_values_fit_never_holds(tmp_path, data):
+    """Crafted scorer files (an audit, fifteenth session): parameters, stored values and normalisation
+    that fit() refuses are ScorerFormatError at load (ConfigError / NonFiniteInputError escaped, or the
+    file loaded and failed or scored negative distances later)."""
+    train, q = data
+    for metric in ("l2", "cosine"):
+        B.KNNScorer(k=3, metric=metric).fit(train).save(tmp_path / f"knn_{metric}.npz")
+    B.KMeansScorer(n_clusters=4, n_iter=5).fit(train).save(tmp_path / "km.npz")
+
+    def crafted(name, source, header_changes=None, **arrays_changes):
+        with np.load(tmp_path / source) as z:
+            arrays = dict(z)
+        header = json.loads(str(arrays["header"]))
+        header.update(header_changes or {})
+        path = tmp_path / f"{name}.npz"
+        np.savez(path, **dict(arrays, header=np.array(json.dumps(header)), **arrays_changes))
+        return path
+
+    with np.load(tmp_path / "km.npz") as z:
+        cents = z["centroids"]
+    with np.load(tmp_path / "knn_l2.npz") as z:
+        feats = z["features"]
+    for path, load, message in (
+        (crafted("k0", "km.npz", {"params": dict(json.loads(str(np.load(tmp_path / "km.npz")["header"]))["params"],
+                                                 n_iter="x")}), B.KMeansScorer.load, "bad params"),
+        (crafted("k1", "km.npz", centroids=np.where(np.arange(cents.size).reshape(cents.shape) == 3, np.nan,
+                                                    cents).astype(np.float32)), B.KMeansScorer.load, "finite"),
+        (crafted("k2", "km.npz", centroids=np.full_like(cents, 3e37)), B.KMeansScorer.load, "too large"),
+        (crafted("n1", "knn_l2.npz", features=np.full_like(feats, 3e37)), B.KNNScorer.load, "too large"),
+        (crafted("n2", "knn_l2.npz", features=np.where(np.arange(feats.size).reshape(feats.shape) == 5, np.inf,
+                                                       feats).astype(np.float32)), B.KNNScorer.load, "finite"),
+        (crafted("c1", "knn_cosine.npz", features=feats * 3), B.KNNScorer.load, "stores unit rows"),
+    ):
+        with pytest.raises(B.ScorerFormatError, match=message):
+            load(path)
+    np.testing.assert_allclose(B.KNNScorer.load(tmp_path / "knn_cosine.npz").score(q[:5]),
+                               B.KNNScorer(k=3, metric="cosine").fit(train).score(q[:5]), rtol=1e-6)
+
+
 def test_load_rejects_bad_files(tmp_path, data):
     train, _ = data
     np.savez(tmp_path / "noheader.npz", features=train)
