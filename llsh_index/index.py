@@ -1232,9 +1232,10 @@ def _check_tables(t: Dict, index: LearnableLSHIndex, path: str) -> None:
         ok &= (t["codes"] is not None) == bool(index.store_codes)
         if ok and t["codes"] is not None:
             ok = t["codes"].shape == (b * n, r) and t["codes"].dtype == np.dtype(index.code_dtype)
-        if ok and t["ids"] is not None:
-            ok = (t["ids"].shape == (b * n,) and t["ids"].dtype == np.int64
-                  and (not n or (t["ids"].min() >= 0 and t["ids"].max() < n)))
+        if ok and t["ids"] is not None:  # each table holds every item once
+            ids = t["ids"]
+            ok = (ids.shape == (b * n,) and ids.dtype == np.int64 and (not n or (ids.min() >= 0 and ids.max() < n))
+                  and all(bool((np.bincount(ids[j * n:(j + 1) * n], minlength=n) == 1).all()) for j in range(b)))
     except (KeyError, AttributeError, IndexError) as exc:
         raise IndexFormatError(f"{path}: inconsistent tables ({exc})") from exc
     if not ok:

@@ -610,6 +610,7 @@ CRAFTED = [
     ("tables-marked-absent", _set("has_tables", False)),
     ("ids-beyond-n-items", _arr("t_ids", lambda i: np.r_[i[:-1], 10 ** 6].astype(i.dtype))),
     ("ids-negative", _arr("t_ids", lambda i: np.r_[-1, i[1:]].astype(i.dtype))),
+    ("ids-repeated", _arr("t_ids", lambda i: np.r_[i[1], i[1:]].astype(i.dtype))),
     ("code-in-another-bucket", _arr("t_codes", lambda c: np.r_[np.where(c[:1] < 0.5, 0.9, 0.1).astype(c.dtype),
                                                                  c[1:]])),
     ("bucket-sum-above-size", _with_stats(_arr("t_bucket_sum", lambda s: s + 1e3))),
