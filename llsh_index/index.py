@@ -1261,12 +1261,12 @@ def _check_tables(t: Dict, index: LearnableLSHIndex, path: str) -> None:
     # every stored code lies in the bucket of its own key (codes of another bucket would be scored
     # there).  A code of exactly 0.5 takes either bit: float16 rounds codes just below 0.5 up to it.
     if t["codes"] is not None and keys.size:
-        weights = np.uint64(1) << np.arange(r, dtype=np.uint64)
-        owner = np.repeat(keys, np.diff(off))
+        # bit i of a key is bit i % 8 of its little-endian byte i // 8, as packbits(bitorder="little") packs
+        owner = np.repeat(keys.astype("<u8").view(np.uint8).reshape(-1, 8)[:, :(r + 7) // 8], np.diff(off), axis=0)
         step = max(1, (1 << 22) // max(1, r))
-        for i in range(0, owner.size, step):
+        for i in range(0, owner.shape[0], step):
             c = t["codes"][i:i + step]
-            bits = ((c >= 0.5).astype(np.uint64) * weights).sum(axis=1, dtype=np.uint64)
-            either = ((c == 0.5).astype(np.uint64) * weights).sum(axis=1, dtype=np.uint64)
+            bits = np.packbits(c >= 0.5, axis=1, bitorder="little")
+            either = np.packbits(c == 0.5, axis=1, bitorder="little")
             if ((bits ^ owner[i:i + step]) & ~either).any():
                 raise IndexFormatError(f"{path}: stored codes do not match the keys of their buckets")
