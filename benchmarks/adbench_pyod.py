@@ -18,7 +18,6 @@ Times are fit and decision_function wall seconds summed over the categories, in 
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import time
@@ -27,7 +26,7 @@ import warnings
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from adbench_static import DATA, split  # the same split as the LSH / LLSH benchmark
+from adbench_static import DATA, category_files, split  # the same files and split as the LSH / LLSH benchmark
 from llsh_index.cli import int_list, output_file, positive_int  # argparse types
 
 
@@ -79,9 +78,7 @@ def main():
     import torch
 
     torch.set_num_threads(args.threads)
-    files = sorted(glob.glob(os.path.join(args.data, "*.npz")))
-    if not files:
-        raise SystemExit(f"no ADBench files under {args.data}")
+    files = category_files(args.data)
     runs = {}
     for seed in args.seeds:
         t0 = time.time()

@@ -27,6 +27,14 @@ from sklearn.metrics import roc_auc_score
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "adbench_resnet18")
 
 
+def category_files(data):
+    """The ADBench category files under `data`, sorted by name (exits with a message if none)."""
+    files = sorted(glob.glob(os.path.join(data, "*.npz")))
+    if not files:
+        raise SystemExit(f"no ADBench files under {data}")
+    return files
+
+
 def split(x, y, seed):
     rng = np.random.default_rng(seed)
     normal = np.flatnonzero(y == 0)
@@ -86,9 +94,7 @@ def main():
     import torch
 
     torch.set_num_threads(args.threads)
-    files = sorted(glob.glob(os.path.join(args.data, "*.npz")))
-    if not files:
-        raise SystemExit(f"no ADBench files under {args.data}")
+    files = category_files(args.data)
     runs = {}
     for seed in args.seeds:
         t0 = time.time()
