@@ -134,7 +134,11 @@ def as_real(value: Any, name: str) -> float:
     """A real-valued setting as float: ConfigError for a string, None, bool or complex, not float()'s ValueError."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ConfigError(f"{name}: expected a real number, got {type(value).__name__} {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond float64
+        raise ConfigError(f"{name}: expected a number within float64's range, got an integer of "
+                          f"{len(str(abs(int(value))))} digits") from None
 
 
 def check_video_ids(video_ids: Any, n: int) -> np.ndarray:

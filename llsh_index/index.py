@@ -45,6 +45,7 @@ from .training import FALLBACK_DEFAULTS, LR_SCHEDULES, PAPER_DEFAULTS, TrainingC
     train_moco
 
 _FILE_KIND = "LearnableLSHIndex"
+MIN_TEMPERATURE = 1e-3  # fit(temperature=...): MoCo's are 0.05-1; far smaller ones only saturate the codes
 _CHUNK_BYTES = 64 << 20  # working set of one hashed chunk: bounds the memory of add() and score()
 _MAX_TABLES = 1 << 16
 
@@ -216,7 +217,7 @@ class LearnableLSHIndex:
         buf (CPU): a float32 tensor of at least (rows, b*r) that receives the GEMM output and so the
         returned codes (see _chunk_buffer): valid until the next call with the same buffer.
         """
-        x = x.to(torch.float32).contiguous()
+        source, x = x, x.to(torch.float32).contiguous()
         n = x.shape[0]
         if n < MIN_GEMM_ROWS:
             # BLAS takes another kernel (gemv) for a handful of rows, whose rounding differs; padding
@@ -233,7 +234,7 @@ class LearnableLSHIndex:
             codes, keys, bad = self.encoder.hash_codes_cpu(x, self.n_threads, table_codes, table_keys, stage_row,
                                                            out=buf)
             if 0 <= bad < n:
-                raise _bad_row_error(name, x[bad], row0 + bad)
+                raise _bad_row_error(name, x[bad], row0 + bad, source[bad])
             if stage is not None:
                 return None
             return codes[:n], keys[:n]
@@ -243,7 +244,7 @@ class LearnableLSHIndex:
         bad = torch.isnan(logits).flatten(1).any(dim=1)  # a NaN/Inf anywhere in a row reaches its logits
         if bool(bad.any()):
             i = int(torch.nonzero(bad)[0, 0])
-            raise _bad_row_error(name, x[i], row0 + i)
+            raise _bad_row_error(name, x[i], row0 + i, source[i])
         return _engine.sigmoid_binarize(logits)
 
     def _chunk_buffer(self, t: torch.Tensor, probes: int = 1):
@@ -300,6 +301,8 @@ class LearnableLSHIndex:
         fallback's without them (training.FALLBACK_DEFAULTS: iterations 3, batch_size 32,
         lr 1e-2, temperature 0.5, queue_size 64, momentum 0.99, n_neighbors 5, project_mean True,
         project_pcs 30); a value passed explicitly is always used as given.
+        Bounds: temperature >= MIN_TEMPERATURE (1e-3: smaller ones saturate every code within a step),
+        lr and weight_decay within float32's range, counts below 2**62.
         Opt-in with video_ids: lr_schedule "cosine" / "linear" decays the lr to 0 over all steps
         after warmup_steps of linear warm-up (llsh_index.training.lr_at); grad_clip > 0 clips the
         gradient norm; project_mean drops the gradient along the mean direction of the
@@ -337,26 +340,30 @@ class LearnableLSHIndex:
             iterations, batch_size, lr, temperature = (chosen[k] for k in ("iterations", "batch_size", "lr", "temperature"))
             queue_size, momentum, n_neighbors = (chosen[k] for k in ("queue_size", "momentum", "n_neighbors"))
             project_mean, project_pcs = chosen["project_mean"], chosen["project_pcs"]
+            big = 2 ** 62  # counts beyond int64's reach overflowed numpy / torch with their own errors
             cfg = TrainingConfig(
-                iterations=check_int_range(iterations, "iterations", 1), epochs=check_int_range(epochs, "epochs", 1),
-                batch_size=check_int_range(batch_size, "batch_size", 1), lr=as_real(lr, "lr"), sgd_momentum=as_real(sgd_momentum, "sgd_momentum"),
+                iterations=check_int_range(iterations, "iterations", 1, big),
+                epochs=check_int_range(epochs, "epochs", 1, big),
+                batch_size=check_int_range(batch_size, "batch_size", 1, big), lr=as_real(lr, "lr"), sgd_momentum=as_real(sgd_momentum, "sgd_momentum"),
                 weight_decay=as_real(weight_decay, "weight_decay"), temperature=as_real(temperature, "temperature"),
-                queue_size=check_int_range(queue_size, "queue_size", 1), momentum=as_real(momentum, "momentum"),
-                max_offset=check_int_range(max_offset, "max_offset", 0),
-                n_neighbors=check_int_range(n_neighbors, "n_neighbors", 1),
+                queue_size=check_int_range(queue_size, "queue_size", 1, big), momentum=as_real(momentum, "momentum"),
+                max_offset=check_int_range(max_offset, "max_offset", 0, big),
+                n_neighbors=check_int_range(n_neighbors, "n_neighbors", 1, big),
                 seed=self.seed if seed is None else check_int_range(seed, "seed", -(2 ** 63), 2 ** 64 - 1),
                 progress=bool(progress),
                 lr_schedule=lr_schedule,
-                warmup_steps=check_int_range(warmup_steps, "warmup_steps", 0), grad_clip=as_real(grad_clip, "grad_clip"),
+                warmup_steps=check_int_range(warmup_steps, "warmup_steps", 0, big), grad_clip=as_real(grad_clip, "grad_clip"),
                 project_mean=check_bool(project_mean, "project_mean"),
-                project_pcs=check_int_range(project_pcs, "project_pcs", 0),
+                project_pcs=check_int_range(project_pcs, "project_pcs", 0, big),
                 centre_layers=check_bool(centre_layers, "centre_layers"))
             if cfg.lr_schedule not in LR_SCHEDULES:
                 raise ConfigError(f"lr_schedule: expected one of {', '.join(LR_SCHEDULES)}, got {cfg.lr_schedule!r}")
+            f32 = float(np.finfo(np.float32).max)  # torch's SGD takes lr and weight decay as float32
             checks = [("momentum", cfg.momentum, 0.0 <= cfg.momentum <= 1.0, "0..1"),
-                      ("temperature", cfg.temperature, cfg.temperature > 0, "> 0"),
-                      ("lr", cfg.lr, cfg.lr > 0, "> 0"),
-                      ("weight_decay", cfg.weight_decay, cfg.weight_decay >= 0, ">= 0"),
+                      # below ~1e-3 the logits / tau saturate every code within a step (weights 1e4-1e23)
+                      ("temperature", cfg.temperature, cfg.temperature >= MIN_TEMPERATURE, f">= {MIN_TEMPERATURE:g}"),
+                      ("lr", cfg.lr, 0 < cfg.lr <= f32, "> 0 within float32's range"),
+                      ("weight_decay", cfg.weight_decay, 0 <= cfg.weight_decay <= f32, ">= 0 within float32's range"),
                       ("sgd_momentum", cfg.sgd_momentum, 0.0 <= cfg.sgd_momentum < 1.0, "0 <= x < 1"),
                       ("grad_clip", cfg.grad_clip, cfg.grad_clip >= 0, ">= 0 (0: no clipping)")]
             for name, value, ok, want in checks:
@@ -378,7 +385,7 @@ class LearnableLSHIndex:
                     ok = torch.isfinite(F.layer_norm(feats[r0:r0 + (1 << 16)], feats.shape[1:])).all(dim=1)
                 if not bool(ok.all()):
                     i = r0 + int(torch.nonzero(~ok)[0, 0])
-                    raise _bad_row_error("features", feats[i], i)
+                    raise _bad_row_error("features", feats[i], i, t[i])
             before = self.encoder.weight.detach().clone()
             old = self.training_log_
             try:
@@ -393,7 +400,8 @@ class LearnableLSHIndex:
                 step = next((i for i, v in enumerate(log.losses) if not math.isfinite(v)), None)
                 raise ConfigError(f"fit: training diverged (the hash layers became NaN/Inf"
                                   f"{'' if step is None else f'; loss not finite from logged step {step}'}); lower lr "
-                                  f"(got {cfg.lr:g}); the layers are left as they were before fit()")
+                                  f"(got {cfg.lr:g}) or raise the temperature (got {cfg.temperature:g}); the layers "
+                                  f"are left as they were before fit()")
             if barely_trains(log.steps, cfg.lr):
                 warnings.warn(UndertrainedWarning(
                     f"fit: {log.steps} SGD step{'' if log.steps == 1 else 's'} at lr {cfg.lr:g} barely move the hash layers from plain LSH "
@@ -980,9 +988,16 @@ def _check_indexes(indexes, what: str) -> None:
         raise ConfigError(f"{what}: expected LearnableLSHIndex objects, got {', '.join(sorted(set(bad)))}")
 
 
-def _bad_row_error(name: str, row: torch.Tensor, index: int) -> InvalidInputError:
-    """The error for a row whose logits came out NaN: a NaN / Inf in it, or finite values too large
-    for the float32 LayerNorm (its variance overflows above ~1.8e19)."""
+def _bad_row_error(name: str, row: torch.Tensor, index: int, source: Optional[torch.Tensor] = None
+                   ) -> InvalidInputError:
+    """The error for a row whose logits came out NaN: a NaN / Inf in it, finite values beyond float32
+    (source: the row as given, before its float32 copy), or finite values too large for the float32
+    LayerNorm (its variance overflows above ~1.8e19)."""
+    if source is not None and source.dtype == torch.float64 and bool(torch.isfinite(source).all()):
+        big = float(source.abs().max())
+        if big > float(np.finfo(np.float32).max):
+            return InvalidInputError(f"{name}: row {index} is finite but beyond float32's range (|x| up to "
+                                     f"{big:.3g}); expected values below ~1e18, rescale the features")
     if bool(torch.isfinite(row).all()):
         big = float(row.abs().max())
         return InvalidInputError(f"{name}: row {index} is finite but too large to normalise in float32 (|x| up to "

@@ -300,6 +300,46 @@ def test_fallback_options_are_validated(static_data, kw, match):
         LearnableLSHIndex(n_tables=2, n_bits=8).fit(train[:50], progress=False, **kw)
 
 
+@pytest.mark.parametrize("kw, match", [
+    ({"lr": 1e39}, r"lr: expected a finite number > 0 within float32's range, got 1e\+39"),
+    ({"weight_decay": 1e300}, "weight_decay: expected a finite number >= 0 within float32's range"),
+    ({"lr": 10 ** 400}, "lr: expected a number within float64's range, got an integer of 401 digits"),
+    ({"max_offset": 2 ** 63}, r"max_offset: expected 0\.\.4611686018427387904"),
+    ({"queue_size": 10 ** 30}, "queue_size: expected 1..4611686018427387904"),
+    ({"iterations": 10 ** 30}, "iterations: expected 1..4611686018427387904"),
+    ({"temperature": 1e-30}, "temperature: expected a finite number >= 0.001, got 1e-30"),
+    ({"temperature": 1e-8}, "temperature: expected a finite number >= 0.001"),
+])
+def test_settings_beyond_what_training_can_use_are_config_errors(kw, match):
+    """An audit (fifteenth session): these crashed in torch / numpy with RuntimeError, OverflowError,
+    TypeError or ValueError, or (temperature 1e-8 .. 1e-30) trained layers whose codes all saturate
+    (weights 5,651 .. 2.9e23) without a word."""
+    from llsh_index.errors import ConfigError
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 16)).astype(np.float32)
+    index = LearnableLSHIndex(16, n_tables=4, n_bits=8)
+    before = index.encoder.weight.detach().clone()
+    with pytest.raises(ConfigError, match=match):
+        index.fit(x, np.repeat(np.arange(2), 20), progress=False, **kw)
+    assert torch.equal(index.encoder.weight, before)
+
+
+def test_float64_rows_beyond_float32_say_so():
+    """They were reported as 'NaN or Inf' (their float32 copy is); the rows themselves are finite."""
+    from llsh_index.errors import InvalidInputError
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 16))
+    x[5] = 1e200
+    with pytest.raises(InvalidInputError, match=r"row 5 is finite but beyond float32's range \(\|x\| up to 1e\+200\)"):
+        LearnableLSHIndex(16, n_tables=4, n_bits=8).fit(x, np.repeat(np.arange(2), 20), progress=False)
+    index = LearnableLSHIndex(16, n_tables=4, n_bits=8).add(x[:5])
+    for rows in (x[:8], x[5:6]):  # a chunk, and a padded single row
+        with pytest.raises(InvalidInputError, match="beyond float32's range"):
+            index.score(rows)
+
+
 def test_randomized_principal_directions_match_numpy_eigh():
     """Above EXACT_PCA_MAX_DIM features the top directions come from a randomized block power
     iteration: on data with a spectral gap it must give the covariance's top eigenvectors (NumPy
