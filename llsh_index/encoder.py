@@ -21,6 +21,13 @@ from . import _C
 MIN_GEMM_ROWS = 16
 
 
+def pad_to_gemm_rows(x: torch.Tensor) -> torch.Tensor:
+    """x with rows appended, repeats of its first, up to MIN_GEMM_ROWS (a row's GEMM output does not
+    depend on the others; zero rows would be flat rows, which take the explicit LayerNorm's second GEMM)."""
+    n = x.shape[0]
+    return x if n >= MIN_GEMM_ROWS else torch.cat([x, x[:1].expand(MIN_GEMM_ROWS - n, x.shape[1])])
+
+
 class HashEncoder(nn.Module):
     """x (M, d) -> real-valued codes (M, n_tables, n_bits) in (0, 1)."""
 
@@ -45,10 +52,7 @@ class HashEncoder(nn.Module):
         """logits() of the rows the fold leaves out, padded (by repeating the first) to MIN_GEMM_ROWS:
         BLAS rounds a one-row product (gemv) differently, so a far row's code would otherwise depend on
         how many far rows share its batch."""
-        n = rows.shape[0]
-        if n < MIN_GEMM_ROWS:
-            rows = torch.cat([rows, rows[:1].expand(MIN_GEMM_ROWS - n, rows.shape[1])])
-        return self.logits(rows)[:n]
+        return self.logits(pad_to_gemm_rows(rows))[:rows.shape[0]]
 
     @torch.no_grad()
     def hash_logits(self, x: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from . import _engine, probing
 from ._validation import as_real, check_bool, check_features, check_int_range, check_video_ids
-from .encoder import MIN_GEMM_ROWS, HashEncoder
+from .encoder import MIN_GEMM_ROWS, HashEncoder, pad_to_gemm_rows
 from .errors import ConfigError, CudaUnavailableError, DeviceMismatchError, IndexFormatError, IndexStateError, \
     InvalidDTypeError, InvalidInputError, NotFittedError, UndertrainedWarning
 from .io import read_container, write_container
@@ -153,18 +153,18 @@ class LearnableLSHIndex:
         return self.training_log_ is not None
 
     def default_miss_value(self, mode: Optional[str] = None) -> float:
-        mode = self.mode if mode is None else mode
-        if self.miss_value is not None:
-            return self.miss_value
-        return float(self.n_bits) if mode == "squared" else math.sqrt(self.n_bits)
+        return self._largest_distance(mode) if self.miss_value is None else self.miss_value
 
     def misses_score_above_hits(self, mode: Optional[str] = None) -> bool:
         """Whether a score at the miss value can only come from a query that missed every table: true for
         the default miss value (sqrt(n_bits), n_bits for "squared": no distance reaches it) and above; a
         smaller miss_value (allowed, to rank misses among hits) is also the score of far hits."""
+        return self.miss_value is None or self.miss_value >= self._largest_distance(mode)
+
+    def _largest_distance(self, mode: Optional[str] = None) -> float:
+        """A bound no distance between codes in (0, 1)^r reaches: the default miss value."""
         mode = self.mode if mode is None else mode
-        default = float(self.n_bits) if mode == "squared" else math.sqrt(self.n_bits)
-        return self.miss_value is None or self.miss_value >= default
+        return float(self.n_bits) if mode == "squared" else math.sqrt(self.n_bits)
 
     def _make_encoder(self, dim: int) -> None:
         try:
@@ -221,11 +221,8 @@ class LearnableLSHIndex:
         n = x.shape[0]
         if n < MIN_GEMM_ROWS:
             # BLAS takes another kernel (gemv) for a handful of rows, whose rounding differs; padding
-            # keeps every row's code bit-identical however the data is batched.  The padding repeats
-            # the first row (a row's GEMM output does not depend on the others): zero rows are flat
-            # rows, which take the explicit LayerNorm path, a second GEMM that cost a one-row score()
-            # more than a 16-row one.
-            x = torch.cat([x, x[:1].expand(MIN_GEMM_ROWS - n, x.shape[1])])
+            # keeps every row's code bit-identical however the data is batched
+            x = pad_to_gemm_rows(x)
             stage = None
         if not _engine.on_device(x):
             # one native epilogue: fold, sigmoid, keys and the NaN check (a NaN/Inf anywhere in a row

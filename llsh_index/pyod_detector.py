@@ -40,10 +40,10 @@ except ImportError as exc:  # PyOD is an optional dependency (extra "pyod")
                       "or pip install 'llsh_index[pyod]'") from exc
 
 from .errors import ConfigError, InvalidInputError
-from .sklearn import DetectorNotFittedError, LLSHDetector
+from .sklearn import DetectorNotFittedError, LLSHDetector, _TypedSetParams
 
 
-class LLSHPyODDetector(BaseDetector):
+class LLSHPyODDetector(_TypedSetParams, BaseDetector):
     """Learnable-LSH outlier detector with PyOD's conventions.
 
     Parameters: as llsh_index.sklearn.LLSHDetector (n_tables, n_bits, mode, miss_value,
@@ -100,12 +100,6 @@ class LLSHPyODDetector(BaseDetector):
         self._mu = float(np.mean(self.decision_scores_))  # what PyOD's _process_decision_scores sets
         self._sigma = float(np.std(self.decision_scores_))
         return self
-
-    def set_params(self, **params):
-        try:
-            return super().set_params(**params)
-        except ValueError as exc:  # an unknown parameter
-            raise ConfigError(str(exc)) from exc
 
     def _check_fitted(self):
         if not hasattr(self, "detector_"):

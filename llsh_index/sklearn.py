@@ -47,7 +47,17 @@ class DetectorNotFittedError(NotFittedError, _SklearnNotFittedError):
     scikit-learn's at once, so either except clause catches it."""
 
 
-class LLSHDetector(OutlierMixin, BaseEstimator):
+class _TypedSetParams:
+    """set_params raising the package's ConfigError (still a ValueError) for an unknown parameter."""
+
+    def set_params(self, **params):
+        try:
+            return super().set_params(**params)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+
+
+class LLSHDetector(_TypedSetParams, OutlierMixin, BaseEstimator):
     """Learnable-LSH outlier detector.
 
     Parameters
@@ -205,12 +215,6 @@ class LLSHDetector(OutlierMixin, BaseEstimator):
             raise InvalidDTypeError(f"X: {exc}") from exc
         except ValueError as exc:  # NaN / Inf, too few rows or features, 1-D, strings, a feature-count mismatch
             raise InvalidInputError(f"X: {exc}") from exc
-
-    def set_params(self, **params):
-        try:
-            return super().set_params(**params)
-        except ValueError as exc:  # an unknown parameter
-            raise ConfigError(str(exc)) from exc
 
     def score_samples(self, X):
         """Negated anomaly score (higher = more normal), as scikit-learn detectors return."""
