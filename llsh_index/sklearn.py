@@ -28,6 +28,7 @@ import numbers
 import warnings
 
 import numpy as np
+import torch
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -35,7 +36,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from . import probing
 from ._validation import check_bool, check_video_ids
 from .errors import ConfigError, InvalidDTypeError, InvalidInputError, NotFittedError
-from .index import LearnableLSHIndex, check_reduce, probed_scores
+from .index import LearnableLSHIndex, _normalise_device, _to_numpy, check_reduce, probed_scores
 
 # fit(X, video_ids=...): offset_ is calibrated on scores from indexes built without whole videos, in
 # at most this many folds (video i, in order of first appearance, goes to fold i % n_folds)
@@ -71,6 +72,10 @@ class LLSHDetector(_TypedSetParams, OutlierMixin, BaseEstimator):
     iterations, lr, batch_size, queue_size, max_offset, n_neighbors : as LearnableLSHIndex.fit;
         None (the default) takes fit()'s default: the paper's with video_ids, the static-data
         fallback's (training.FALLBACK_DEFAULTS) without them.
+    device : "cpu" (default), "cuda" or "cuda:N": where the index trains, holds its tables and
+        scores (the CUDA engine; CudaUnavailableError from fit() where there is none).  X stays a
+        numpy array: each call copies it to the device and the scores back.  The fitted index stays
+        where fit() put it; set_params(device=...) takes effect at the next fit().
     fit(X, y=None, video_ids=None): video_ids give temporal positives; without them positives are
     feature-space neighbours.
 
@@ -92,7 +97,7 @@ class LLSHDetector(_TypedSetParams, OutlierMixin, BaseEstimator):
 
     def __init__(self, n_tables=8, n_bits=32, mode="mean", miss_value=None, contamination=0.1, train=True,
                  iterations=None, lr=None, batch_size=None, queue_size=None, max_offset=150, n_neighbors=None,
-                 seed=0, n_probes=1, miss_probes=0, reduce="min"):
+                 seed=0, n_probes=1, miss_probes=0, reduce="min", device="cpu"):
         self.n_tables = n_tables
         self.n_bits = n_bits
         self.mode = mode
@@ -109,6 +114,7 @@ class LLSHDetector(_TypedSetParams, OutlierMixin, BaseEstimator):
         self.n_probes = n_probes
         self.miss_probes = miss_probes
         self.reduce = reduce
+        self.device = device
 
     def fit(self, X, y=None, video_ids=None):
         before = self.__dict__.copy()  # a fit that fails leaves the fitted state it found, whole
@@ -126,17 +132,20 @@ class LLSHDetector(_TypedSetParams, OutlierMixin, BaseEstimator):
         probing.check_probes(self.n_probes, self.miss_probes)  # ConfigError
         check_reduce(self.reduce)
         check_bool(self.train, "train")
+        device = _normalise_device(self.device)  # ConfigError; a CUDA device that is absent: below, at the index
         # ensure_min_features: LayerNorm of one feature is 0 whatever it is (LearnableLSHIndex: dim >= 2)
         X = self._validate(X, ensure_min_samples=2, ensure_min_features=2)
         # checked here too, not only by index.fit: the calibration uses them even when train=False
         vid = None if video_ids is None else check_video_ids(video_ids, X.shape[0])
         index = LearnableLSHIndex(X.shape[1], n_tables=self.n_tables, n_bits=self.n_bits, mode=self.mode,
-                                  miss_value=self.miss_value, store_codes=self.mode == "mean", seed=self.seed)
+                                  miss_value=self.miss_value, store_codes=self.mode == "mean", seed=self.seed,
+                                  device=device)
+        Xd = _on_device(X, device)
         if self.train:
-            index.fit(X, video_ids=video_ids, iterations=self.iterations, lr=self.lr, batch_size=self.batch_size,
+            index.fit(Xd, video_ids=video_ids, iterations=self.iterations, lr=self.lr, batch_size=self.batch_size,
                       queue_size=self.queue_size, max_offset=self.max_offset, n_neighbors=self.n_neighbors,
                       progress=False)
-        index.add(X)
+        index.add(Xd)
         self.index_ = index
         if vid is not None and vid.max() >= 1:
             scores, self.calibration_ = self._leave_videos_out_scores(X, vid), "leave-videos-out"
@@ -147,7 +156,7 @@ class LLSHDetector(_TypedSetParams, OutlierMixin, BaseEstimator):
                               "near-duplicate snippets bias low: expect more than `contamination` of new normal "
                               "data to be flagged.  Fit on several videos to calibrate on held-out videos.",
                               UserWarning, stacklevel=3)
-            scores, self.calibration_ = self._leave_one_out_scores(X), "leave-one-out"
+            scores, self.calibration_ = self._leave_one_out_scores(Xd), "leave-one-out"
         self.held_out_scores_ = scores  # anomaly scores (higher = more abnormal); PyOD's decision_scores_
         self.offset_ = float(np.percentile(-scores, 100.0 * float(c)))
         miss = float(np.float32(index.default_miss_value()))  # as the float32 scores carry it
@@ -172,9 +181,9 @@ class LLSHDetector(_TypedSetParams, OutlierMixin, BaseEstimator):
         out = np.empty(X.shape[0], dtype=np.float64)
         for f in range(n_folds):
             held = fold == f
-            index = self.index_.empty_like().add(X[~held])
-            out[held] = index.score(X[held], n_probes=self.n_probes, miss_probes=self.miss_probes,
-                                    reduce=self.reduce)
+            index = self.index_.empty_like().add(_on_device(X[~held], self.index_.device))
+            out[held] = _to_numpy(index.score(_on_device(X[held], self.index_.device), n_probes=self.n_probes,
+                                              miss_probes=self.miss_probes, reduce=self.reduce))
         return out
 
     def _leave_one_out_scores(self, X) -> np.ndarray:
@@ -188,8 +197,10 @@ class LLSHDetector(_TypedSetParams, OutlierMixin, BaseEstimator):
         leave-one-out one at the row's own key.
         """
         index = self.index_
-        codes, keys = index.hash_queries(X)  # once: the probes below start from the same codes
-        part = index.partial_scores(query_codes=codes, query_keys=keys)
+        X = _on_device(X, index.device)
+        dev_codes, dev_keys = index.hash_queries(X)  # once: the probes below start from the same codes
+        part = index.partial_scores(query_codes=dev_codes, query_keys=dev_keys)  # numpy, on any device
+        codes, keys = _host(dev_codes), _host(dev_keys)  # the leave-one-out arithmetic runs on the host
         part["count"] = part["count"] - 1  # this row, at distance 0, leaves its bucket
         if part["mode"] == "light":
             part["sum"] = part["sum"] - codes  # and its code leaves the bucket's sum
@@ -199,7 +210,7 @@ class LLSHDetector(_TypedSetParams, OutlierMixin, BaseEstimator):
 
         def distances(c, k, rows):  # at probe keys k, +inf where the bucket is empty
             rows = slice(None) if rows is None else rows
-            p = index.partial_scores(query_codes=c, query_keys=k)
+            p = index.partial_scores(query_codes=_to_device_like(c, dev_codes), query_keys=_to_device_like(k, dev_keys))
             d = index.combine_partial_scores([p], return_distances=True, query_codes=c, miss_value=math.inf)
             return np.where(k == keys[rows], own[rows], d)
 
@@ -222,15 +233,15 @@ class LLSHDetector(_TypedSetParams, OutlierMixin, BaseEstimator):
             check_is_fitted(self, "index_")
         except _SklearnNotFittedError as exc:
             raise DetectorNotFittedError(str(exc)) from None
-        X = self._validate(X, reset=False)
+        X = _on_device(self._validate(X, reset=False), self.index_.device)
         index = self.index_
-        scores = np.asarray(index.score(X, n_probes=self.n_probes, miss_probes=self.miss_probes, reduce=self.reduce),
-                            dtype=np.float64)
+        scores = np.asarray(_to_numpy(index.score(X, n_probes=self.n_probes, miss_probes=self.miss_probes,
+                                                  reduce=self.reduce)), dtype=np.float64)
         if len(scores) >= 2 and scores.min() == scores.max():  # constant: did every row miss every table?
             miss = index.default_miss_value()
             # the distances with +inf where a bucket is absent (after any probing), as score() takes them
-            d = index._table_distances(X, None, self.n_probes, self.miss_probes, math.inf)
-            if np.isinf(np.asarray(d)).all():
+            d = _to_numpy(index._table_distances(X, None, self.n_probes, self.miss_probes, math.inf))
+            if np.isinf(d).all():
                 warnings.warn(f"LLSHDetector.score_samples: all {len(scores)} rows missed every hash table (no "
                               f"training row shares a bucket with any of them), so every score is the miss value "
                               f"{miss:g} and the scores carry no ranking (expected only if every row is unlike all "
@@ -252,3 +263,34 @@ class LLSHDetector(_TypedSetParams, OutlierMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
         return tags
+
+
+def _on_device(X, device: str):
+    """Validated rows (numpy, or a tensor already made here) as the index on `device` takes them: a
+    zero-copy CPU tensor (scored as the numpy array would be), or a copy on the CUDA device."""
+    if isinstance(X, torch.Tensor):
+        t = X
+    else:
+        with warnings.catch_warnings():  # read-only arrays (memmaps) are fine: the index never writes to them
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            t = torch.from_numpy(X)
+    return t if device == "cpu" else t.to(device)
+
+
+def _host(t):
+    """A tensor of hash_queries() on the host, as numpy (uint64 keys through their int64 bits: torch's
+    uint64 support is limited to a few ops); numpy passes through."""
+    if not isinstance(t, torch.Tensor):
+        return t
+    if t.dtype == torch.uint64:
+        return t.view(torch.int64).cpu().numpy().view(np.uint64)
+    return t.cpu().numpy()
+
+
+def _to_device_like(a: np.ndarray, like):
+    """Host codes / keys back where `like` (hash_queries()'s output) lives."""
+    if not isinstance(like, torch.Tensor):
+        return a
+    if a.dtype == np.uint64:
+        return torch.from_numpy(np.ascontiguousarray(a).view(np.int64)).to(like.device).view(torch.uint64)
+    return torch.from_numpy(np.ascontiguousarray(a)).to(like.device)

@@ -38,3 +38,13 @@ class FakeDeviceEngine:
         if return_partial:
             return torch.from_numpy(out), torch.from_numpy(sums), torch.from_numpy(counts)
         return torch.from_numpy(out)
+
+
+def install(monkeypatch) -> None:
+    """Put the fake engine behind llsh_index._cuda_engine for one test: every torch tensor takes the
+    index's device path (tables kept as tensors), computed by the C++ CPU engine."""
+    import llsh_index._cuda_engine as ce
+
+    monkeypatch.setattr(_engine, "on_device", lambda x: isinstance(x, torch.Tensor))
+    for name in ("binarize", "build_tables", "lookup"):
+        monkeypatch.setattr(ce, name, getattr(FakeDeviceEngine, name))

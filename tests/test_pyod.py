@@ -284,3 +284,26 @@ def test_without_pyod_the_import_error_says_how_to_install(monkeypatch):
 
     with pytest.raises(ImportError, match="needs PyOD"):
         llsh_index.LLSHPyODDetector
+
+
+def test_device_is_passed_to_the_detector_it_wraps(rng, monkeypatch):
+    import torch
+
+    import fake_device
+    import llsh_index
+
+    x = rng.standard_normal((60, 8)).astype(np.float32)
+    assert LLSHPyODDetector().get_params()["device"] == "cpu"
+    with pytest.raises(ConfigError, match="device: expected 'cpu', 'cuda' or 'cuda:N', got 'gpu'"):
+        LLSHPyODDetector(device="gpu").fit(x)
+    if not llsh_index.cuda_available():
+        with pytest.raises(llsh_index.CudaUnavailableError):
+            LLSHPyODDetector(device="cuda:0").fit(x)
+    ref = LLSHPyODDetector(train=False, n_tables=3, n_bits=8, contamination=0.2).fit(x)
+    fake_device.install(monkeypatch)  # the device (tensor) path on the CPU: the same values
+    dev = LLSHPyODDetector(train=False, n_tables=3, n_bits=8, contamination=0.2).fit(x)
+    assert isinstance(dev.index_._tables["keys"], torch.Tensor)
+    np.testing.assert_array_equal(dev.decision_scores_, ref.decision_scores_)
+    assert dev.threshold_ == ref.threshold_
+    np.testing.assert_array_equal(dev.decision_function(x[:9] + 0.1), ref.decision_function(x[:9] + 0.1))
+    np.testing.assert_array_equal(dev.predict_proba(x[:9] + 0.1), ref.predict_proba(x[:9] + 0.1))

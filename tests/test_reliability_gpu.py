@@ -178,3 +178,39 @@ def test_gpu_codes_do_not_depend_on_the_batch():
             part = t[i:i + size]
             np.testing.assert_array_equal(index.encode(part).cpu().numpy(), codes[i:i + size], err_msg=f"{size} at {i}")
             np.testing.assert_array_equal(index.hash_keys(part).cpu().numpy(), keys[i:i + size])
+
+
+@pytest.mark.parametrize("video", [False, True])
+@pytest.mark.parametrize("mode,probes", [("mean", (1, 0, "min")), ("light", (3, 20, "min")),
+                                         ("squared", (1, 12, "mean"))])
+def test_detector_on_the_gpu_equals_the_cpu(data, monkeypatch, video, mode, probes):
+    """LLSHDetector(device="cuda"): X copied over, tables on the GPU, the leave-one-out arithmetic on
+    the host; the same calibration and scores as on the CPU (hash weights on the exact grid)."""
+    from llsh_index.sklearn import LLSHDetector
+
+    make = LearnableLSHIndex._make_encoder
+
+    def on_the_grid(self, dim):
+        make(self, dim)
+        w = self.encoder.weight.data
+        w.copy_(torch.round(w * 256) / 256)
+
+    monkeypatch.setattr(LearnableLSHIndex, "_make_encoder", on_the_grid)
+    x, q = data
+    x = x[:600]
+    vids = np.repeat(np.arange(6), 100) if video else None
+    n_probes, miss_probes, reduce = probes
+    kw = dict(train=False, n_tables=4, n_bits=16, mode=mode, n_probes=n_probes, miss_probes=miss_probes,
+              reduce=reduce, contamination=0.1)
+    cpu = LLSHDetector(**kw).fit(x, video_ids=vids)
+    gpu = LLSHDetector(device="cuda", **kw).fit(x, video_ids=vids)
+    assert gpu.index_.device == "cuda" and _engine.on_device(gpu.index_._tables["keys"])
+    np.testing.assert_allclose(gpu.held_out_scores_, cpu.held_out_scores_, rtol=1e-5, atol=1e-5)
+    assert gpu.offset_ == pytest.approx(cpu.offset_, rel=1e-5, abs=1e-5)
+    got = gpu.score_samples(q)
+    assert isinstance(got, np.ndarray)
+    np.testing.assert_allclose(got, cpu.score_samples(q), rtol=1e-5, atol=1e-5)
+    # trained on the GPU too (values differ from the CPU's: another RNG stream and GEMM)
+    trained = LLSHDetector(device="cuda", n_tables=4, n_bits=16, iterations=2, batch_size=16, queue_size=32,
+                           max_offset=5).fit(x, video_ids=np.repeat(np.arange(6), 100))
+    assert trained.index_.is_trained and np.isfinite(trained.score_samples(q)).all()

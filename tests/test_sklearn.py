@@ -334,3 +334,76 @@ def test_held_out_rows_that_miss_put_the_threshold_just_above_the_miss_value(two
     with pytest.warns(UserWarning, match="missed every hash table"):
         assert (det.predict(noise) == -1).all()
     assert (det.decision_function(x) >= 0).mean() > 0.5  # the training rows themselves stay inliers
+
+
+# ------------------------------------------------------------------ device
+def test_device_is_a_checked_parameter(rng):
+    import llsh_index
+    from llsh_index import ConfigError, CudaUnavailableError
+
+    x = rng.standard_normal((40, 6)).astype(np.float32)
+    assert LLSHDetector().get_params()["device"] == "cpu"
+    det = LLSHDetector(train=False, n_tables=2, n_bits=6).fit(x)
+    want = det.score_samples(x[:7])
+    for bad in ("gpu", "cuda:x", 3):
+        with pytest.raises(ConfigError, match=f"device: expected 'cpu', 'cuda' or 'cuda:N', got {str(bad)!r}"):
+            det.set_params(device=bad).fit(x)
+    if not llsh_index.cuda_available():
+        with pytest.raises(CudaUnavailableError, match="device='cuda'"):
+            det.set_params(device="cuda").fit(x)
+    # a refit that fails keeps the fitted detector, on its device
+    assert det.index_.device == "cpu"
+    np.testing.assert_array_equal(det.score_samples(x[:7]), want)
+
+
+@pytest.mark.parametrize("video,mode,probes", [(True, "mean", (1, 0, "min")), (True, "light", (3, 20, "mean")),
+                                               (False, "mean", (1, 0, "min")), (False, "light", (1, 0, "min")),
+                                               (False, "squared", (4, 12, "min")), (False, "mean", (1, 12, "mean"))])
+def test_device_path_gives_the_cpu_paths_values(rng, monkeypatch, video, mode, probes):
+    """The detector on a device index: tables as tensors, X copied over, keys and codes brought back for
+    the leave-one-out arithmetic.  The fake engine (tests/fake_device.py) runs that tensor path on the
+    CPU; the values must be the numpy path's, bit for bit (same C++ engine underneath)."""
+    import warnings
+
+    import torch
+
+    import fake_device
+
+    n_probes, miss_probes, reduce = probes
+    x, labels = _videos(rng, 6, lengths=(20, 30))
+    q = np.vstack([x[:15] + 0.05, rng.standard_normal((10, 12)) * 3 + 4]).astype(np.float32)  # the last miss
+    kw = dict(FAST, n_tables=3, n_bits=10, mode=mode, n_probes=n_probes, miss_probes=miss_probes, reduce=reduce,
+              contamination=0.2, train=video)
+    fit_kw = {"video_ids": labels} if video else {}
+    ref = LLSHDetector(**kw).fit(x, **fit_kw)
+    fake_device.install(monkeypatch)
+    dev = LLSHDetector(**kw).fit(x, **fit_kw)
+    assert isinstance(dev.index_._tables["keys"], torch.Tensor)  # the device path was taken
+    assert not isinstance(ref.index_._tables["keys"], torch.Tensor)
+    assert dev.calibration_ == ref.calibration_ == ("leave-videos-out" if video else "leave-one-out")
+    np.testing.assert_array_equal(dev.held_out_scores_, ref.held_out_scores_)
+    assert isinstance(dev.held_out_scores_, np.ndarray) and dev.offset_ == ref.offset_
+    got = dev.score_samples(q)
+    assert isinstance(got, np.ndarray) and got.dtype == np.float64
+    np.testing.assert_array_equal(got, ref.score_samples(q))
+    np.testing.assert_array_equal(dev.predict(q), ref.predict(q))
+    # the oracle of the leave-one-out path, on the device index: rebuilt without each row
+    loo = dev._leave_one_out_scores(x[:12])
+    want = [dev.index_.empty_like().add(torch.from_numpy(np.delete(x, i, axis=0))).score(
+        torch.from_numpy(x[i:i + 1]), n_probes=n_probes, miss_probes=miss_probes, reduce=reduce)[0].item()
+        for i in range(12)]
+    np.testing.assert_allclose(loo, want, rtol=1e-5, atol=1e-6)
+
+
+def test_device_path_warns_when_every_row_misses(rng, monkeypatch):
+    import fake_device
+
+    fake_device.install(monkeypatch)
+    x = rng.standard_normal((200, 16))
+    det = LLSHDetector(train=False, n_tables=4, n_bits=24).fit(x)
+    far = rng.standard_normal((30, 16)) * 3 + 5
+    oracle = LearnableLSHIndex(16, n_tables=4, n_bits=24).add(x)
+    assert (oracle.partial_scores(far)["count"] == 0).all()
+    with pytest.warns(UserWarning, match="all 30 rows missed every hash table"):
+        s = det.score_samples(far)
+    assert (s == -np.float32(oracle.default_miss_value())).all()

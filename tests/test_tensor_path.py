@@ -9,18 +9,14 @@ import numpy as np
 import pytest
 import torch
 
+import fake_device as fake
 import llsh_index
-from fake_device import FakeDeviceEngine
-from llsh_index import LearnableLSHIndex, _engine
+from llsh_index import LearnableLSHIndex
 
 
 @pytest.fixture
 def fake_device(monkeypatch):
-    import llsh_index._cuda_engine as ce
-
-    monkeypatch.setattr(_engine, "on_device", lambda x: isinstance(x, torch.Tensor))
-    for name in ("binarize", "build_tables", "lookup"):
-        monkeypatch.setattr(ce, name, getattr(FakeDeviceEngine, name))
+    fake.install(monkeypatch)
 
 
 def data(rng, n=1500, d=24):
