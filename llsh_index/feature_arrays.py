@@ -136,7 +136,7 @@ def import_feature_arrays(folder: PathLike, out: Optional[PathLike] = None, *,
     if labels is None:
         label_map: Dict[str, np.ndarray] = {}
     elif isinstance(labels, Mapping):
-        label_map = {str(k): metrics._as_label_array(v, f"labels[{k!r}]") for k, v in labels.items()}
+        label_map = {str(k): metrics.check_frame_labels(v, f"labels[{k!r}]") for k, v in labels.items()}
     else:
         label_map = metrics.load_labels(labels)
     names = [f[: -len(ending)] for f in files]

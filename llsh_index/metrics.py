@@ -70,6 +70,7 @@ __all__ = [
     "micro_auc",
     "evaluate",
     "load_labels",
+    "check_frame_labels",
     "load_ped2_labels",
     "ped2_frame_counts",
 ]
@@ -211,7 +212,10 @@ def _as_score_array(x: Any, what: str) -> np.ndarray:
     return arr
 
 
-def _as_label_array(x: Any, what: str) -> np.ndarray:
+def check_frame_labels(x: Any, what: str = "labels") -> np.ndarray:
+    """One video's frame labels (numeric or bool, 1-D) as a uint8 0/1 array.  Errors name `what`:
+    MetricsTypeError for a non-numeric dtype, InvalidLabelError for another shape or a value other
+    than 0 / 1 (NaN included), EmptyInputError for no frames."""
     arr = _as_1d_numeric(x, what, "numeric 0/1 array", "frame label", InvalidLabelError)
     ok = (arr == 0) | (arr == 1)
     if not ok.all():
@@ -419,7 +423,7 @@ def _video_frames(scores_by_video, labels_by_video, sigma, align, pad, pad_value
     _check_choice(pad, _PAD_MODES, "pad")
     out = []
     for name in _match_videos(scores_by_video, labels_by_video, allow_subset):
-        labels = _as_label_array(labels_by_video[name], f"labels of video {name!r}")
+        labels = check_frame_labels(labels_by_video[name], f"labels of video {name!r}")
         frame_scores, constant = _frame_scores(name, scores_by_video[name], labels, s, align, pad, pad_value,
                                                normalise=normalise, constant_fill=constant_fill)
         out.append((name, labels, frame_scores, constant))
@@ -596,7 +600,7 @@ def load_labels(path: str | os.PathLike) -> dict[str, np.ndarray]:
             names = sorted(z.files)
             if not names:
                 raise EmptyInputError(f"{os.fspath(path)}: expected at least 1 video, got 0")
-            return {k: _as_label_array(z[k], f"{os.fspath(path)}[{k!r}]") for k in names}
+            return {k: check_frame_labels(z[k], f"{os.fspath(path)}[{k!r}]") for k in names}
     except NPZ_READ_ERRORS as exc:
         if isinstance(exc, (LLSHError, FileNotFoundError)):
             raise

@@ -478,3 +478,15 @@ def test_sigma_true_and_scores_near_the_float64_limit():
     np.testing.assert_allclose(got, gaussian_filter1d(big / 1e308, 2) * 1e308, rtol=1e-12)
     labels = {"a": np.array([1, 1, 0, 0, 0])}
     assert M.macro_auc({"a": big}, labels, sigma=2).auc == M.macro_auc({"a": big / 1e308}, labels, sigma=2).auc
+
+
+def test_check_frame_labels_is_the_label_check_of_every_reader():
+    np.testing.assert_array_equal(M.check_frame_labels([0, 1, 1.0, True]), np.array([0, 1, 1, 1], np.uint8))
+    assert M.check_frame_labels(np.array([1, 0])).dtype == np.uint8
+    for bad, err, msg in (([0, 2], M.InvalidLabelError, r"clip: expected labels in \{0, 1\}, got value\(s\) \[2\]"),
+                          ([0.0, np.nan], M.InvalidLabelError, "clip: expected labels in"),
+                          ([[0, 1]], M.InvalidLabelError, r"clip: expected a 1-D label array, got shape \(1, 2\)"),
+                          (["0", "1"], M.MetricsTypeError, "clip: expected a numeric 0/1 array"),
+                          ([], M.EmptyInputError, "clip: expected at least 1 frame label, got 0")):
+        with pytest.raises(err, match=msg):
+            M.check_frame_labels(bad, "clip")
