@@ -29,6 +29,10 @@ def __getattr__(name):
         from .pyod_detector import LLSHPyODDetector
 
         return LLSHPyODDetector
+    if name == "StreamScorer":  # scipy and the video readers, when asked for
+        from .stream import StreamScorer
+
+        return StreamScorer
     raise AttributeError(f"module 'llsh_index' has no attribute {name!r}")
 
 
@@ -50,6 +54,6 @@ def cuda_available(verbose: bool = False) -> Union[bool, Tuple[bool, str]]:
     return (ok, why) if verbose else ok
 
 
-__all__ = ["LearnableLSHIndex", "ShardedIndex", "LLSHDetector", "cuda_available", "LLSHError", "InvalidInputError", "InvalidDTypeError",
+__all__ = ["LearnableLSHIndex", "ShardedIndex", "LLSHDetector", "StreamScorer", "cuda_available", "LLSHError", "InvalidInputError", "InvalidDTypeError",
            "DeviceMismatchError", "NotFittedError", "ConfigError", "IndexFormatError", "IndexStateError",
            "CudaUnavailableError", "WritePathError", "UndertrainedWarning", "__version__"]

@@ -8,6 +8,7 @@
     llsh-index score --index index.llsh --features test.npz --out scores.npz [--csv scores.csv]
     llsh-index evaluate --scores scores.npz --labels test.npz
     llsh-index plot --scores scores.npz --labels test.npz --out curves.png
+    llsh-index stream --index index.llsh --video clip.mp4 > live.csv   # frame by frame, as a live feed
 
 Feature files are the pickle-free .npz of llsh_index.video.save_features (per-video arrays, labels
 and the frame each snippet is aligned to).  Score files are .npz with one per-frame float32 array
@@ -290,6 +291,31 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
                         "training data (for large training sets; see benchmarks/RESULTS.md, Table 2)")
 
 
+def _add_scoring_args(p: argparse.ArgumentParser) -> None:
+    """`score` and `stream`: how the index scores (its mode, probes, the reduction over tables)."""
+    p.add_argument("--mode", dest="mode_override", choices=["mean", "light", "squared"], default=None,
+                   help="score with another mode than the index's (light / squared from a mean-mode index)")
+    p.add_argument("--probes", type=int, default=1,
+                   help="buckets probed per table (default 1, the paper; more also probe the keys with one or two "
+                        "of the query's least confident bits flipped)")
+    p.add_argument("--miss-probes", type=int, default=0,
+                   help="probes per table for a snippet that misses every table (default 0, off: the paper scores "
+                        "it with the miss value; otherwise it must exceed --probes)")
+    p.add_argument("--reduce", choices=["min", "mean"], default="min",
+                   help="over the tables: min (default, the paper) or mean over the tables whose bucket exists (ours)")
+
+
+def _load_built_index(path: str, device: str = "cpu"):
+    """An index file from `build` (not the empty layers `fit` writes)."""
+    from . import LearnableLSHIndex
+
+    index = LearnableLSHIndex.load(path, device=device)
+    if index.ntotal == 0:
+        raise ConfigError(f"{path} holds hash layers but no indexed snippets (a `fit` output); index the "
+                          f"training features first: llsh-index build --model {path} --features ... --out ...")
+    return index
+
+
 def _training_kwargs(args) -> dict:
     """The schedule's settings, with each option given on the command line in place of its own."""
     out = dict(SCHEDULES[args.schedule])
@@ -384,12 +410,7 @@ def cmd_build(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from . import LearnableLSHIndex
-
-    index = LearnableLSHIndex.load(args.index)
-    if index.ntotal == 0:
-        raise ConfigError(f"{args.index} holds hash layers but no indexed snippets (a `fit` output); index the "
-                          f"training features first: llsh-index build --model {args.index} --features ... --out ...")
+    index = _load_built_index(args.index)
     ff = _load_feature_file(args.features)
     names = _select(ff, args.prefix)
     out, t0, all_missed = {}, time.time(), True
@@ -417,6 +438,36 @@ def cmd_score(args) -> int:
         writer.writerows((v, i, f"{val:.6g}") for v, s in out.items() for i, val in enumerate(s))
         _write_text(args.csv, text.getvalue())
         print(f"-> {args.csv}")
+    return 0
+
+
+def cmd_stream(args) -> int:
+    from . import video
+    from .stream import StreamScorer
+
+    index = _load_built_index(args.index, args.device or "cpu")
+    extractor = video.EfficientNetLite0Extractor(device=args.device or "cpu")
+    scorer = StreamScorer(index, extractor, T=args.T, s=args.s, sigma=args.sigma,
+                          smoothing="causal" if args.causal else "centred", mode=args.mode_override,
+                          n_probes=args.probes, miss_probes=args.miss_probes, reduce=args.reduce)
+    out = sys.stdout
+    out.write("frame,score,raw\n")
+    t0, n = time.time(), 0
+
+    def write(res) -> None:
+        out.writelines(f"{f},{v:.6g},{r:.6g}\n" for f, v, r in zip(res.frames.tolist(), res.scores, res.raw))
+        out.flush()  # a line as soon as its score is final: the command feeds a pipe
+
+    for frame in video.iter_frames(args.video):
+        write(scorer.push(frame))
+        n += 1
+    if n == 0:
+        raise InvalidInputError(f"--video {args.video}: expected at least one frame, got none")
+    write(scorer.flush())
+    dt = time.time() - t0
+    print(f"{n} frames in {dt:.1f}s ({n / max(dt, 1e-9):.1f} frames/s); each score final {scorer.latency} frames "
+          f"after its frame ({'causal' if args.causal else 'centred'} smoothing, sigma {args.sigma:g})",
+          file=sys.stderr)
     return 0
 
 
@@ -715,19 +766,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", required=True, help="index file from `build`")
     p.add_argument("--features", required=True, help="feature file of the videos to score (from `extract`)")
     p.add_argument("--prefix", default=None, help=PREFIX_HELP)
-    p.add_argument("--mode", dest="mode_override", choices=["mean", "light", "squared"], default=None,
-                   help="score with another mode than the index's (light / squared from a mean-mode index)")
-    p.add_argument("--probes", type=int, default=1,
-                   help="buckets probed per table (default 1, the paper; more also probe the keys with one or two "
-                        "of the query's least confident bits flipped)")
-    p.add_argument("--miss-probes", type=int, default=0,
-                   help="probes per table for a snippet that misses every table (default 0, off: the paper scores "
-                        "it with the miss value; otherwise it must exceed --probes)")
-    p.add_argument("--reduce", choices=["min", "mean"], default="min",
-                   help="over the tables: min (default, the paper) or mean over the tables whose bucket exists (ours)")
+    _add_scoring_args(p)
     p.add_argument("--out", required=True, help="score file to write (.npz: video -> per-frame scores)")
     p.add_argument("--csv", default=None, help="also write the scores as CSV (video,frame,score)")
     p.set_defaults(fn=cmd_score)
+
+    p = sub.add_parser("stream", help="score a video frame by frame, as a live feed (CSV lines on stdout)",
+                       description="Frames in, one CSV line (frame,score,raw) per frame on stdout as soon as its "
+                                   "score is final: the offline pipeline's scores (EfficientNet-Lite0 snippets of "
+                                   "--T frames, the index's score, Gaussian smoothing), each LATENCY frames after "
+                                   "its frame (55 at T 16, sigma 12; --causal: 7) (llsh_index.stream).")
+    p.add_argument("--index", required=True, help="index file from `build`, on features from `extract` (same --T, --s)")
+    p.add_argument("--video", required=True, help="a frame folder or a video file")
+    p.add_argument("--T", type=positive_int, default=16, help="frames per snippet (default 16)")
+    p.add_argument("--s", type=positive_int, default=1, help="frame step inside a snippet (default 1)")
+    p.add_argument("--sigma", type=nonnegative_float, default=12, help=SIGMA_HELP)
+    p.add_argument("--causal", action="store_true",
+                   help="smooth over past frames only (a score is final once its snippet is; not the paper's "
+                        "protocol)")
+    _add_scoring_args(p)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cpu): the CNN and the index")
+    p.set_defaults(fn=cmd_stream)
 
     p = sub.add_parser("evaluate", help="frame-level micro/macro AUC with the VAD protocol",
                        description="Frame-level AUC as the LLSH paper reports it: each video's scores are smoothed "

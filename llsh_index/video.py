@@ -279,6 +279,11 @@ class FeatureExtractor:
     reused) and :meth:`extract_video` (the default slides a window over the frames and calls
     :meth:`extract` on batches of snippets; override it when per-frame work can be shared
     between overlapping snippets, as :class:`EfficientNetLite0Extractor` does).
+    Optional, for extractors whose snippet features pool per-frame work:
+    ``frame_descriptors(frames) -> {name: (N, ...) array}`` of (N, H, W, 3) uint8 frames and
+    ``pool_descriptors(desc, idx) -> (n, dim)`` for (n, T) frame indices into them; with both,
+    :class:`llsh_index.stream.StreamScorer` runs the model once per frame of a live video, not
+    once per snippet.
     """
 
     name: str = "feature_extractor"
@@ -650,8 +655,9 @@ class EfficientNetLite0Extractor(FeatureExtractor):
             out["app"] = F.adaptive_avg_pool2d(fmap, self.grid).flatten(1).float().cpu().numpy()
         return out
 
-    def _pool(self, desc: Dict[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
-        """Snippet features from per-frame descriptors and (n, T) frame indices."""
+    def pool_descriptors(self, desc: Dict[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
+        """(n, dim) snippet features from per-frame descriptors (frame_descriptors' arrays, one row a
+        frame) and (n, T) frame indices into them."""
         app = desc["app"]
         parts = [_l2n(app[idx].mean(1))]
         if self.motion == "feature_std":
@@ -684,7 +690,7 @@ class EfficientNetLite0Extractor(FeatureExtractor):
         flat = frames.reshape((B * T,) + frames.shape[2:])
         descs = self._descriptors(flat[i:i + self.batch_size] for i in range(0, len(flat), self.batch_size))
         desc = {k: np.concatenate([d[k] for d in descs]) for k in descs[0]}
-        feats = self._pool(desc, np.arange(B * T).reshape(B, T))
+        feats = self.pool_descriptors(desc, np.arange(B * T).reshape(B, T))
         return feats[0] if single else feats
 
     def extract_video(self, frames: Iterable[np.ndarray], T: int, s: int = 1, *, clamp: bool = False,
@@ -716,7 +722,7 @@ class EfficientNetLite0Extractor(FeatureExtractor):
         if count == 0 or len(idx) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         desc = {k: np.concatenate([d[k] for d in descs]) for k in descs[0]}
-        return self._pool(desc, idx)
+        return self.pool_descriptors(desc, idx)
 
 
 def _l2n(x: np.ndarray) -> np.ndarray:

@@ -1,0 +1,271 @@
+"""StreamScorer: anomaly scores of a live video, frame by frame.
+
+    from llsh_index import LearnableLSHIndex
+    from llsh_index.stream import StreamScorer
+
+    index = LearnableLSHIndex.load("normal.llsh")   # built on the extractor's features of normal video
+    scorer = StreamScorer(index)                     # EfficientNet-Lite0, T 16, sigma 12: the demo's pipeline
+    for frame in camera:                             # (H, W, 3) uint8 RGB
+        out = scorer.push(frame)                     # the frames whose score became final
+        for f, score in zip(out.frames, out.scores):
+            ...
+    out = scorer.flush()                             # the video ended: the remaining frames
+
+The scores are the offline pipeline's: ``extract_video(frames, T=T, s=s, clamp=True)`` (one snippet
+per frame, centred on it, the video's first frame repeated before it and its last after it), then
+``index.score`` per snippet, then ``metrics.smooth_scores(sigma)`` (scipy's Gaussian, reflected at
+the video's ends), which is what ``llsh-index score`` writes and ``evaluate`` smooths; the
+per-video min-max normalisation of micro-AUC needs the whole video and is an evaluation step, not
+a score.  Frame f's snippet reaches ``floor((T - 1) s / 2)`` frames ahead and the Gaussian
+``int(4 sigma + 0.5)`` frames further, so its score is final that many frames after frame f
+arrives: ``latency`` frames (55 at T 16, s 1, sigma 12: 2.2 s at 25 frames/s).  At the video's end
+``flush()`` repeats the last frame and reflects the scores, as the offline pipeline does.
+
+``smoothing="causal"`` trades the centred Gaussian for a one-sided one over the past scores
+(weights ``exp(-k^2 / (2 sigma^2))`` on the score k frames back, k = 0 .. int(4 sigma + 0.5),
+normalised over the frames that exist), so a score is final as soon as its snippet is complete:
+``floor((T - 1) s / 2)`` frames (7 at T 16).  It is not the paper's protocol (a peak is delayed by
+about 0.8 sigma and flattened), but it is what a monitor that must answer now can compute.
+
+The model runs once per frame when the extractor offers ``frame_descriptors`` and
+``pool_descriptors`` (EfficientNetLite0Extractor does), else once per snippet through
+``extract``; only the frames and scores a future snippet or window needs are kept.
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import NamedTuple, Optional
+
+import numpy as np
+from scipy.ndimage import gaussian_filter1d
+
+from . import metrics, probing
+from .errors import ConfigError, InvalidDTypeError, InvalidInputError, NotFittedError
+from .video import FeatureExtractor, _check_ts, _to_rgb
+
+__all__ = ["StreamScorer", "StreamScores", "SMOOTHINGS"]
+
+SMOOTHINGS = ("centred", "causal")
+
+
+class StreamScores(NamedTuple):
+    """The frames whose scores became final in one push() / flush() call, in order."""
+    frames: np.ndarray  # (k,) int64 frame numbers, counted from the video's first frame
+    scores: np.ndarray  # (k,) float64 smoothed anomaly scores (higher = more abnormal)
+    raw: np.ndarray     # (k,) float64 unsmoothed scores of the same frames' snippets
+
+
+class StreamScorer:
+    """Frame-by-frame anomaly scores of one video at a time (see the module docstring).
+
+    Parameters
+    ----------
+    index : a fitted LearnableLSHIndex (or anything with ``score(features, ...)`` and ``dim``, such
+        as a ShardedIndex), built on features of this extractor with the same T and s.
+    extractor : a FeatureExtractor; None: ``EfficientNetLite0Extractor()``, the demo's features.
+    T, s : frames per snippet and the step between them, as the index's features were extracted.
+    sigma : the Gaussian's width in frames (12, the protocol's); 0 or None: no smoothing.
+    smoothing : "centred" (the offline protocol, exactly) or "causal" (past frames only).
+    mode, n_probes, miss_probes, reduce : as ``index.score``.
+    """
+
+    def __init__(self, index, extractor: Optional[FeatureExtractor] = None, *, T: int = 16, s: int = 1,
+                 sigma: Optional[float] = 12.0, smoothing: str = "centred", mode: Optional[str] = None,
+                 n_probes: int = 1, miss_probes: int = 0, reduce: str = "min"):
+        from .index import check_mode, check_reduce
+
+        if not callable(getattr(index, "score", None)):
+            raise ConfigError(f"index: expected a LearnableLSHIndex (an object with score()), got "
+                              f"{type(index).__name__}")
+        if getattr(index, "ntotal", 1) == 0 or getattr(index, "encoder", True) is None:
+            raise NotFittedError("index: expected an index holding normal video (add() its features first), got an "
+                                 "empty one")
+        if extractor is None:
+            from .video import EfficientNetLite0Extractor
+
+            extractor = EfficientNetLite0Extractor()
+        if not callable(getattr(extractor, "extract", None)) or not isinstance(getattr(extractor, "dim", None), int):
+            raise ConfigError(f"extractor: expected a FeatureExtractor (dim and extract()), got "
+                              f"{type(extractor).__name__}")
+        dim = getattr(index, "dim", None)
+        if dim is not None and dim != extractor.dim:
+            raise ConfigError(f"extractor: its features have dimension {extractor.dim}, the index's {dim}: build "
+                              f"the index on this extractor's features (e.g. llsh-index extract with the same "
+                              f"settings)")
+        self.T, self.s = _check_ts(T, s)
+        self.sigma = metrics._check_sigma(sigma)
+        if smoothing not in SMOOTHINGS:
+            raise ConfigError(f"smoothing: expected one of {SMOOTHINGS}, got {smoothing!r}")
+        if mode is not None:
+            check_mode(mode)
+        probing.check_probes(n_probes, miss_probes)
+        check_reduce(reduce)
+        self.index = index
+        self.extractor = extractor
+        self.smoothing = smoothing
+        self._score_kw = dict(mode=mode, n_probes=n_probes, miss_probes=miss_probes, reduce=reduce)
+        self._per_frame = callable(getattr(extractor, "frame_descriptors", None)) and \
+            callable(getattr(extractor, "pool_descriptors", None))
+        span = (self.T - 1) * self.s
+        self._back = (span + 1) // 2  # frame f's snippet starts this many frames before f (snippet_frame_indices)
+        self._ahead = span - self._back  # ... and ends this many after it
+        self._radius = int(4.0 * self.sigma + 0.5) if self.sigma else 0  # scipy's kernel, truncate 4.0
+        self._weights = np.exp(-0.5 * (np.arange(self._radius + 1) / self.sigma) ** 2) if self.sigma else np.ones(1)
+        self.reset()
+
+    @property
+    def latency(self) -> int:
+        """Frames between a frame's arrival and its final score (until flush())."""
+        return self._ahead + (self._radius if self.smoothing == "centred" else 0)
+
+    @property
+    def frames_seen(self) -> int:
+        """Frames pushed since the video began (reset() / flush())."""
+        return self._n
+
+    def reset(self) -> None:
+        """Forget the current video: the next push() is frame 0 of a new one."""
+        self._n = 0  # frames pushed
+        self._shape = None
+        self._store: deque = deque()  # per-frame descriptors (or the frames), from frame _store_base on
+        self._store_base = 0
+        self._next_snippet = 0  # the first frame whose snippet is not scored yet
+        self._raw: deque = deque()  # raw snippet scores, from frame _raw_base on
+        self._raw_base = 0
+        self._next_emit = 0  # the first frame whose final score is not given yet
+
+    # ------------------------------------------------------------------ frames in
+    def push(self, frames) -> StreamScores:
+        """Add one frame (H, W, 3) or a batch (N, H, W, 3) of uint8 RGB frames (grey (H, W) and RGBA
+        are converted as the offline readers do); returns the frames whose score became final."""
+        batch = self._check_frames(frames)
+        if len(batch):
+            if self._per_frame:
+                desc = self.extractor.frame_descriptors(np.stack(batch))
+                self._store.extend({k: v[i] for k, v in desc.items()} for i in range(len(batch)))
+            else:
+                self._store.extend(batch)
+            self._n += len(batch)
+            self._score_snippets(self._n - self._ahead)
+        return self._emit(end=False)
+
+    def flush(self) -> StreamScores:
+        """The video ended: score the last frames (their snippets repeat the last frame), give every
+        remaining score, and reset for the next video."""
+        try:
+            self._score_snippets(self._n)
+            return self._emit(end=True)
+        finally:
+            self.reset()
+
+    def _check_frames(self, frames) -> list:
+        """The frames as (H, W, 3) uint8 arrays: a list / tuple of frames, one frame ((H, W) grey or
+        (H, W, C), C in 1, 3, 4), or a batch (N, H, W, C)."""
+        if isinstance(frames, (list, tuple)):
+            items = [np.asarray(f) for f in frames]
+        else:
+            arr = np.asarray(frames)
+            if arr.ndim == 4:
+                items = list(arr)
+            elif arr.ndim in (2, 3):
+                items = [arr]
+            else:
+                raise InvalidInputError(f"frames: expected one frame (H, W, 3) or a batch (N, H, W, 3), got shape "
+                                        f"{arr.shape}")
+        out = []
+        for i, f in enumerate(items):
+            where = f"frame {self._n + i}"
+            if f.dtype != np.uint8:
+                raise InvalidDTypeError(f"frames: expected uint8 frames (0..255), got dtype {f.dtype} at {where}")
+            if f.ndim not in (2, 3) or (f.ndim == 3 and f.shape[-1] not in (1, 3, 4)) or min(f.shape[:2]) < 1:
+                raise InvalidInputError(f"frames: expected (H, W, 3) RGB frames (or (H, W) grey, (H, W, 4) RGBA), got "
+                                        f"shape {f.shape} at {where}")
+            f = _to_rgb(f)
+            shape = self._shape if self._shape is not None else (out[0].shape if out else f.shape)
+            if f.shape != shape:
+                raise InvalidInputError(f"frames: {where} is {f.shape}, earlier frames of this video are {shape} (one "
+                                        f"size per video; reset() or flush() starts another)")
+            out.append(f)
+        if out and self._shape is None:
+            self._shape = out[0].shape
+        return out
+
+    # ------------------------------------------------------------------ snippets and scores
+    def _score_snippets(self, stop: int) -> None:
+        """Score the snippets of frames _next_snippet .. stop - 1 (each reaches at most frame _n - 1)."""
+        start = self._next_snippet
+        if stop <= start:
+            return
+        frames = np.arange(start, stop, dtype=np.int64)
+        idx = np.clip(frames[:, None] - self._back + self.s * np.arange(self.T), 0, self._n - 1)
+        local = idx - self._store_base
+        if self._per_frame:
+            keys = self._store[0].keys()
+            desc = {k: np.stack([d[k] for d in self._store]) for k in keys}
+            feats = self.extractor.pool_descriptors(desc, local)
+        else:
+            bs = max(1, int(getattr(self.extractor, "snippet_batch_size", 8)))
+            store = list(self._store)
+            feats = np.concatenate([np.asarray(self.extractor.extract(np.stack([np.stack([store[j] for j in row])
+                                                                                 for row in local[b:b + bs]])),
+                                               dtype=np.float32).reshape(len(local[b:b + bs]), -1)
+                                    for b in range(0, len(local), bs)])
+        feats = np.asarray(feats, dtype=np.float32)
+        if feats.shape != (len(frames), self.extractor.dim):
+            raise ConfigError(f"{getattr(self.extractor, 'name', 'extractor')}: expected ({len(frames)}, "
+                              f"{self.extractor.dim}) snippet features, got {feats.shape}")
+        self._raw.extend(self._score(feats).tolist())
+        self._next_snippet = stop
+        # the earliest frame a later snippet reads
+        keep = max(0, stop - self._back)
+        while self._store_base < keep and self._store:
+            self._store.popleft()
+            self._store_base += 1
+
+    def _score(self, feats: np.ndarray) -> np.ndarray:
+        device = getattr(self.index, "device", "cpu")
+        x = feats
+        if isinstance(device, str) and device.startswith("cuda"):
+            import torch
+
+            x = torch.from_numpy(feats).to(device)
+        out = self.index.score(x, **self._score_kw)
+        if hasattr(out, "detach"):
+            out = out.detach().cpu().numpy()
+        return np.asarray(out, dtype=np.float64)
+
+    def _emit(self, end: bool) -> StreamScores:
+        n_raw = self._raw_base + len(self._raw)  # raw scores exist for frames < n_raw
+        if end:
+            stop = n_raw
+        elif self.smoothing == "centred":
+            stop = n_raw - self._radius
+        else:
+            stop = n_raw
+        first = self._next_emit
+        frames = np.arange(first, max(stop, first), dtype=np.int64)
+        raw = np.asarray(self._raw, dtype=np.float64)  # frames _raw_base ..
+        scores = np.empty(len(frames), dtype=np.float64)
+        for i, f in enumerate(frames):
+            scores[i] = self._smoothed(raw, int(f), n_raw)
+        self._next_emit = int(frames[-1]) + 1 if len(frames) else first
+        # keep the raw scores a later frame's window reads
+        keep = max(0, self._next_emit - self._radius)
+        while self._raw_base < keep and self._raw:
+            self._raw.popleft()
+            self._raw_base += 1
+        return StreamScores(frames, scores, raw[frames - (n_raw - len(raw))] if len(frames) else np.zeros(0))
+
+    def _smoothed(self, raw: np.ndarray, f: int, n_raw: int) -> float:
+        base = n_raw - len(raw)  # the frame raw[0] belongs to
+        r = self._radius
+        if r == 0:
+            return float(raw[f - base])
+        if self.smoothing == "causal":
+            past = raw[max(f - r, base) - base:f - base + 1][::-1]  # the score k frames back at [k]
+            w = self._weights[:len(past)]
+            return float(np.dot(w, past) / w.sum())
+        # scipy's filter on the window around f: where the window is cut, it is cut at the video's
+        # own first or last frame (before the first emit / at flush), where the protocol reflects
+        lo, hi = max(f - r, base), min(f + r + 1, n_raw)
+        return float(gaussian_filter1d(raw[lo - base:hi - base], self.sigma)[f - lo])

