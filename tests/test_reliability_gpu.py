@@ -214,3 +214,30 @@ def test_detector_on_the_gpu_equals_the_cpu(data, monkeypatch, video, mode, prob
     trained = LLSHDetector(device="cuda", n_tables=4, n_bits=16, iterations=2, batch_size=16, queue_size=32,
                            max_offset=5).fit(x, video_ids=np.repeat(np.arange(6), 100))
     assert trained.index_.is_trained and np.isfinite(trained.score_samples(q)).all()
+
+
+def test_stream_scorer_on_the_gpu_equals_the_cpu(data):
+    """StreamScorer over an index on the GPU: the snippet features go to the device, the scores come
+    back; the same smoothed scores as over the CPU index (integer features, weights on the grid)."""
+    from llsh_index.stream import StreamScorer
+    from llsh_index.video import FeatureExtractor
+
+    class Pixels(FeatureExtractor):  # T = 1: a frame's first 64 values as small integers (exact logits)
+        name, version, dim = "pixels", "1", DIM
+
+        def extract(self, frames):
+            f = np.asarray(frames).reshape(len(frames), -1)[:, :DIM].astype(np.int64)
+            return (f % 17 - 8).astype(np.float32)
+
+    x, _ = data
+    cpu = exact_index().add(x)
+    gpu = exact_index().to("cuda").add(cuda(x))
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 256, (120, 8, 8, 3), dtype=np.uint8)
+    got = []
+    for index in (cpu, gpu):
+        scorer = StreamScorer(index, Pixels(), T=1, sigma=4)
+        outs = [scorer.push(frames[i:i + 5]) for i in range(0, 120, 5)] + [scorer.flush()]
+        got.append(np.concatenate([o.scores for o in outs]))
+        assert np.concatenate([o.frames for o in outs]).tolist() == list(range(120))
+    np.testing.assert_allclose(got[1], got[0], rtol=1e-5, atol=1e-5)
