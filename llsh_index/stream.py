@@ -143,8 +143,8 @@ class StreamScorer:
             if self._per_frame:
                 desc = self.extractor.frame_descriptors(np.stack(batch))
                 self._store.extend({k: v[i] for k, v in desc.items()} for i in range(len(batch)))
-            else:
-                self._store.extend(batch)
+            else:  # copies: a camera loop may refill one buffer, and the next T - 1 snippets read this frame
+                self._store.extend(np.array(f) for f in batch)
             self._n += len(batch)
             self._score_snippets(self._n - self._ahead)
         return self._emit(end=False)

@@ -256,3 +256,19 @@ def test_cli_stream_prints_each_frame_once_final(tmp_path, capsys):
     LearnableLSHIndex(24).add(np.random.default_rng(0).standard_normal((30, 24))).save(str(tmp_path / "small.llsh"))
     assert main(["stream", "--index", str(tmp_path / "small.llsh"), "--video", str(folder)]) == 2
     assert "dimension 2560, the index's 24" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extractor", [GridMeans(), GridMeansPerFrame()], ids=["per-snippet", "per-frame"])
+def test_a_camera_that_refills_one_buffer(index, extractor):
+    """A capture loop that decodes every frame into the same array (cv2's cap.read(buf)): the frames a
+    later snippet reads must be the ones pushed, not the buffer's latest contents."""
+    frames = _video(np.random.default_rng(10), 60)
+    scorer = StreamScorer(index, extractor, T=5, sigma=3)
+    buf, outs = np.empty_like(frames[0]), []
+    for f in frames:
+        buf[...] = f
+        outs.append(scorer.push(buf))
+    outs.append(scorer.flush())
+    want, want_raw = oracle(index, GridMeans(), frames, 5, 1, 3)
+    np.testing.assert_array_equal(np.concatenate([o.raw for o in outs]), want_raw)
+    np.testing.assert_allclose(np.concatenate([o.scores for o in outs]), want, rtol=1e-12, atol=1e-12)
