@@ -40,7 +40,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
 from . import metrics, probing
-from .errors import ConfigError, InvalidDTypeError, InvalidInputError, NotFittedError
+from .errors import ConfigError, InvalidDTypeError, InvalidInputError, LLSHError, NotFittedError
 from .video import FeatureExtractor, _check_ts, _to_rgb
 
 __all__ = ["StreamScorer", "StreamScores", "SMOOTHINGS"]
@@ -104,6 +104,13 @@ class StreamScorer:
         self.extractor = extractor
         self.smoothing = smoothing
         self._score_kw = dict(mode=mode, n_probes=n_probes, miss_probes=miss_probes, reduce=reduce)
+        # one score of a blank feature now: an index that cannot score these features with these settings
+        # (a ShardedIndex of another dimension, 'mean' without stored codes) fails here, not mid-video
+        try:
+            self._score(np.zeros((1, extractor.dim), dtype=np.float32))
+        except LLSHError as exc:
+            raise ConfigError(f"index: expected an index that scores the extractor's {extractor.dim}-dimensional "
+                              f"snippet features with {self._score_kw}, got: {exc}") from exc
         self._per_frame = callable(getattr(extractor, "frame_descriptors", None)) and \
             callable(getattr(extractor, "pool_descriptors", None))
         span = (self.T - 1) * self.s

@@ -272,3 +272,24 @@ def test_a_camera_that_refills_one_buffer(index, extractor):
     want, want_raw = oracle(index, GridMeans(), frames, 5, 1, 3)
     np.testing.assert_array_equal(np.concatenate([o.raw for o in outs]), want_raw)
     np.testing.assert_allclose(np.concatenate([o.scores for o in outs]), want, rtol=1e-12, atol=1e-12)
+
+
+def test_an_index_that_cannot_score_the_stream_is_refused_at_once(index):
+    """Settings the index cannot score with fail in the constructor, not after `latency` frames of a
+    live video (and then at every push)."""
+    from llsh_index.sharded import ShardedIndex
+
+    rng = np.random.default_rng(11)
+    light = index.empty_like(mode="light", store_codes=False).add(rng.standard_normal((40, 24)).astype(np.float32))
+    with pytest.raises(ConfigError, match="'mean' needs the per-item codes"):
+        StreamScorer(light, GridMeans(), T=5, mode="mean")
+    other = ShardedIndex.from_shards([LearnableLSHIndex(12, n_tables=2, n_bits=6).add(rng.standard_normal((20, 12)))],
+                                     devices=["cpu"])
+    with pytest.raises(ConfigError, match="expected dimension 12, got shape"):
+        StreamScorer(other, GridMeans(), T=5)
+    # the same light index with its own mode streams the offline scores
+    frames = _video(rng, 40)
+    scores, raw = run(StreamScorer(light, GridMeans(), T=5, sigma=3), frames, [4])
+    want, want_raw = oracle(light, GridMeans(), frames, 5, 1, 3)
+    np.testing.assert_array_equal(raw, want_raw)
+    np.testing.assert_allclose(scores, want, rtol=1e-12, atol=1e-12)
