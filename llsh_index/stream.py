@@ -168,10 +168,17 @@ class StreamScorer:
     def _check_frames(self, frames) -> list:
         """The frames as (H, W, 3) uint8 arrays: a list / tuple of frames, one frame ((H, W) grey or
         (H, W, C), C in 1, 3, 4), or a batch (N, H, W, C)."""
+        def as_array(x, where):
+            try:
+                return np.asarray(x)
+            except Exception as exc:  # a ragged nested list, a CUDA tensor: numpy's / torch's own errors
+                raise InvalidInputError(f"frames: expected uint8 arrays (H, W, 3), got a {type(x).__name__} numpy cannot "
+                                        f"read as one at {where} ({type(exc).__name__}: {exc})") from exc
+
         if isinstance(frames, (list, tuple)):
-            items = [np.asarray(f) for f in frames]
+            items = [as_array(f, f"frame {self._n + i}") for i, f in enumerate(frames)]
         else:
-            arr = np.asarray(frames)
+            arr = as_array(frames, f"frame {self._n}")
             if arr.ndim == 4:
                 items = list(arr)
             elif arr.ndim in (2, 3):

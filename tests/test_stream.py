@@ -179,6 +179,16 @@ def test_bad_input_is_typed(index):
         scorer.push(np.zeros((1, 2, 16, 20, 3), np.uint8))
     with pytest.raises(InvalidInputError, match=r"expected \(H, W, 3\) RGB frames .* got shape \(16, 20, 2\)"):
         scorer.push(np.zeros((16, 20, 2), np.uint8))
+    with pytest.raises(InvalidInputError, match="numpy cannot read as one at frame 4 .*inhomogeneous"):
+        scorer.push([frames[3], [[[0, 0, 0]] * 20, [[0, 0, 0]] * 19]])  # a ragged nested-list frame
+
+    class NotOnHost:  # as a CUDA tensor: np.asarray raises
+        def __array__(self, *args, **kwargs):
+            raise TypeError("can't convert cuda:0 device type tensor to numpy")
+
+    for bad in (NotOnHost(), [NotOnHost()]):
+        with pytest.raises(InvalidInputError, match="got a NotOnHost numpy cannot read as one at frame 3"):
+            scorer.push(bad)
     assert scorer.frames_seen == 3  # refused frames are not counted
     outs += [scorer.push(frames[3:]), scorer.flush()]  # the video goes on as if they never came
     want, _ = oracle(index, GridMeans(), frames, 5, 1, 12)
