@@ -271,6 +271,8 @@ def _on_device(X, device: str):
     if isinstance(X, torch.Tensor):
         t = X
     else:
+        if any(st < 0 for st in X.strides):  # X[::-1]: validate_data keeps the view, torch.from_numpy refuses it
+            X = X.copy()
         with warnings.catch_warnings():  # read-only arrays (memmaps) are fine: the index never writes to them
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             t = torch.from_numpy(X)

@@ -40,7 +40,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
 from . import metrics, probing
-from .errors import ConfigError, InvalidDTypeError, InvalidInputError, NotFittedError
+from .errors import ConfigError, InvalidDTypeError, InvalidInputError, LLSHError, NotFittedError
 from .video import FeatureExtractor, _check_ts, _to_rgb
 
 __all__ = ["StreamScorer", "StreamScores", "SMOOTHINGS"]
@@ -104,6 +104,13 @@ class StreamScorer:
         self.extractor = extractor
         self.smoothing = smoothing
         self._score_kw = dict(mode=mode, n_probes=n_probes, miss_probes=miss_probes, reduce=reduce)
+        # one score of a blank feature now: an index that cannot score these features with these settings
+        # (a ShardedIndex of another dimension, 'mean' without stored codes) fails here, not mid-video
+        try:
+            self._score(np.zeros((1, extractor.dim), dtype=np.float32))
+        except LLSHError as exc:
+            raise ConfigError(f"index: expected an index that scores the extractor's {extractor.dim}-dimensional "
+                              f"snippet features with {self._score_kw}, got: {exc}") from exc
         self._per_frame = callable(getattr(extractor, "frame_descriptors", None)) and \
             callable(getattr(extractor, "pool_descriptors", None))
         span = (self.T - 1) * self.s
@@ -143,8 +150,8 @@ class StreamScorer:
             if self._per_frame:
                 desc = self.extractor.frame_descriptors(np.stack(batch))
                 self._store.extend({k: v[i] for k, v in desc.items()} for i in range(len(batch)))
-            else:
-                self._store.extend(batch)
+            else:  # copies: a camera loop may refill one buffer, and the next T - 1 snippets read this frame
+                self._store.extend(np.array(f) for f in batch)
             self._n += len(batch)
             self._score_snippets(self._n - self._ahead)
         return self._emit(end=False)
@@ -161,10 +168,17 @@ class StreamScorer:
     def _check_frames(self, frames) -> list:
         """The frames as (H, W, 3) uint8 arrays: a list / tuple of frames, one frame ((H, W) grey or
         (H, W, C), C in 1, 3, 4), or a batch (N, H, W, C)."""
+        def as_array(x, where):
+            try:
+                return np.asarray(x)
+            except Exception as exc:  # a ragged nested list, a CUDA tensor: numpy's / torch's own errors
+                raise InvalidInputError(f"frames: expected uint8 arrays (H, W, 3), got a {type(x).__name__} numpy cannot "
+                                        f"read as one at {where} ({type(exc).__name__}: {exc})") from exc
+
         if isinstance(frames, (list, tuple)):
-            items = [np.asarray(f) for f in frames]
+            items = [as_array(f, f"frame {self._n + i}") for i, f in enumerate(frames)]
         else:
-            arr = np.asarray(frames)
+            arr = as_array(frames, f"frame {self._n}")
             if arr.ndim == 4:
                 items = list(arr)
             elif arr.ndim in (2, 3):

@@ -407,3 +407,17 @@ def test_device_path_warns_when_every_row_misses(rng, monkeypatch):
     with pytest.warns(UserWarning, match="all 30 rows missed every hash table"):
         s = det.score_samples(far)
     assert (s == -np.float32(oracle.default_miss_value())).all()
+
+
+def test_reversed_views_are_scored_like_their_copies(rng):
+    """X[::-1] (negative strides, which validate_data passes through and torch.from_numpy refuses): the
+    values of the copy, not torch's bare ValueError."""
+    x = rng.standard_normal((60, 8)).astype(np.float32)
+    rev, cols = x[::-1], x[:, ::-1]
+    det = LLSHDetector(train=False, n_tables=3, n_bits=6).fit(rev)
+    ref = LLSHDetector(train=False, n_tables=3, n_bits=6).fit(rev.copy())
+    np.testing.assert_array_equal(det.held_out_scores_, ref.held_out_scores_)
+    np.testing.assert_array_equal(det.score_samples(cols), ref.score_samples(cols.copy()))
+    # the oracle: an index over the same rows, scored directly
+    index = LearnableLSHIndex(8, n_tables=3, n_bits=6).add(rev.copy())
+    np.testing.assert_array_equal(det.score_samples(x[::-2]), -index.score(x[::-2].copy()).astype(np.float64))

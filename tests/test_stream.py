@@ -179,6 +179,16 @@ def test_bad_input_is_typed(index):
         scorer.push(np.zeros((1, 2, 16, 20, 3), np.uint8))
     with pytest.raises(InvalidInputError, match=r"expected \(H, W, 3\) RGB frames .* got shape \(16, 20, 2\)"):
         scorer.push(np.zeros((16, 20, 2), np.uint8))
+    with pytest.raises(InvalidInputError, match="numpy cannot read as one at frame 4 .*inhomogeneous"):
+        scorer.push([frames[3], [[[0, 0, 0]] * 20, [[0, 0, 0]] * 19]])  # a ragged nested-list frame
+
+    class NotOnHost:  # as a CUDA tensor: np.asarray raises
+        def __array__(self, *args, **kwargs):
+            raise TypeError("can't convert cuda:0 device type tensor to numpy")
+
+    for bad in (NotOnHost(), [NotOnHost()]):
+        with pytest.raises(InvalidInputError, match="got a NotOnHost numpy cannot read as one at frame 3"):
+            scorer.push(bad)
     assert scorer.frames_seen == 3  # refused frames are not counted
     outs += [scorer.push(frames[3:]), scorer.flush()]  # the video goes on as if they never came
     want, _ = oracle(index, GridMeans(), frames, 5, 1, 12)
@@ -256,3 +266,40 @@ def test_cli_stream_prints_each_frame_once_final(tmp_path, capsys):
     LearnableLSHIndex(24).add(np.random.default_rng(0).standard_normal((30, 24))).save(str(tmp_path / "small.llsh"))
     assert main(["stream", "--index", str(tmp_path / "small.llsh"), "--video", str(folder)]) == 2
     assert "dimension 2560, the index's 24" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extractor", [GridMeans(), GridMeansPerFrame()], ids=["per-snippet", "per-frame"])
+def test_a_camera_that_refills_one_buffer(index, extractor):
+    """A capture loop that decodes every frame into the same array (cv2's cap.read(buf)): the frames a
+    later snippet reads must be the ones pushed, not the buffer's latest contents."""
+    frames = _video(np.random.default_rng(10), 60)
+    scorer = StreamScorer(index, extractor, T=5, sigma=3)
+    buf, outs = np.empty_like(frames[0]), []
+    for f in frames:
+        buf[...] = f
+        outs.append(scorer.push(buf))
+    outs.append(scorer.flush())
+    want, want_raw = oracle(index, GridMeans(), frames, 5, 1, 3)
+    np.testing.assert_array_equal(np.concatenate([o.raw for o in outs]), want_raw)
+    np.testing.assert_allclose(np.concatenate([o.scores for o in outs]), want, rtol=1e-12, atol=1e-12)
+
+
+def test_an_index_that_cannot_score_the_stream_is_refused_at_once(index):
+    """Settings the index cannot score with fail in the constructor, not after `latency` frames of a
+    live video (and then at every push)."""
+    from llsh_index.sharded import ShardedIndex
+
+    rng = np.random.default_rng(11)
+    light = index.empty_like(mode="light", store_codes=False).add(rng.standard_normal((40, 24)).astype(np.float32))
+    with pytest.raises(ConfigError, match="'mean' needs the per-item codes"):
+        StreamScorer(light, GridMeans(), T=5, mode="mean")
+    other = ShardedIndex.from_shards([LearnableLSHIndex(12, n_tables=2, n_bits=6).add(rng.standard_normal((20, 12)))],
+                                     devices=["cpu"])
+    with pytest.raises(ConfigError, match="expected dimension 12, got shape"):
+        StreamScorer(other, GridMeans(), T=5)
+    # the same light index with its own mode streams the offline scores
+    frames = _video(rng, 40)
+    scores, raw = run(StreamScorer(light, GridMeans(), T=5, sigma=3), frames, [4])
+    want, want_raw = oracle(light, GridMeans(), frames, 5, 1, 3)
+    np.testing.assert_array_equal(raw, want_raw)
+    np.testing.assert_allclose(scores, want, rtol=1e-12, atol=1e-12)
