@@ -157,6 +157,7 @@ class LLSHDetector(_TypedSetParams, OutlierMixin, BaseEstimator):
                               "data to be flagged.  Fit on several videos to calibrate on held-out videos.",
                               UserWarning, stacklevel=3)
             scores, self.calibration_ = self._leave_one_out_scores(Xd), "leave-one-out"
+        scores = np.asarray(scores, dtype=np.float64)  # the leave-one-out path combines in float32
         self.held_out_scores_ = scores  # anomaly scores (higher = more abnormal); PyOD's decision_scores_
         self.offset_ = float(np.percentile(-scores, 100.0 * float(c)))
         miss = float(np.float32(index.default_miss_value()))  # as the float32 scores carry it

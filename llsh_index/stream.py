@@ -118,6 +118,9 @@ class StreamScorer:
         self._ahead = span - self._back  # ... and ends this many after it
         self._radius = int(4.0 * self.sigma + 0.5) if self.sigma else 0  # scipy's kernel, truncate 4.0
         self._weights = np.exp(-0.5 * (np.arange(self._radius + 1) / self.sigma) ** 2) if self.sigma else np.ones(1)
+        # scipy's gaussian_filter1d kernel (order 0), taps -r .. r: scipy on a whole window costs O(r^2)
+        self._kernel = np.concatenate([self._weights[:0:-1], self._weights])
+        self._kernel /= self._kernel.sum()
         self.reset()
 
     @property
@@ -153,7 +156,15 @@ class StreamScorer:
             else:  # copies: a camera loop may refill one buffer, and the next T - 1 snippets read this frame
                 self._store.extend(np.array(f) for f in batch)
             self._n += len(batch)
-            self._score_snippets(self._n - self._ahead)
+            try:
+                self._score_snippets(self._n - self._ahead)
+            except BaseException:  # the extractor or the index failed: as if these frames never came
+                for _ in batch:
+                    self._store.pop()
+                self._n -= len(batch)
+                if self._n == 0:
+                    self._shape = None
+                raise
         return self._emit(end=False)
 
     def flush(self) -> StreamScores:
@@ -279,7 +290,9 @@ class StreamScorer:
             past = raw[max(f - r, base) - base:f - base + 1][::-1]  # the score k frames back at [k]
             w = self._weights[:len(past)]
             return float(np.dot(w, past) / w.sum())
-        # scipy's filter on the window around f: where the window is cut, it is cut at the video's
-        # own first or last frame (before the first emit / at flush), where the protocol reflects
         lo, hi = max(f - r, base), min(f + r + 1, n_raw)
+        if hi - lo == 2 * r + 1:  # the whole kernel inside the video: one dot product, O(r) per frame
+            return float(np.dot(self._kernel, raw[lo - base:hi - base]))
+        # near an end: scipy's filter on the window, which is cut at the video's own first or last
+        # frame (before the first emit / at flush), where the protocol reflects
         return float(gaussian_filter1d(raw[lo - base:hi - base], self.sigma)[f - lo])

@@ -421,3 +421,10 @@ def test_reversed_views_are_scored_like_their_copies(rng):
     # the oracle: an index over the same rows, scored directly
     index = LearnableLSHIndex(8, n_tables=3, n_bits=6).add(rev.copy())
     np.testing.assert_array_equal(det.score_samples(x[::-2]), -index.score(x[::-2].copy()).astype(np.float64))
+
+
+@pytest.mark.parametrize("video", [False, True])
+def test_held_out_scores_are_float64_on_both_calibrations(rng, video):
+    x, labels = _videos(rng, 4)
+    det = LLSHDetector(train=False, n_tables=3, n_bits=8).fit(x, video_ids=labels if video else None)
+    assert det.held_out_scores_.dtype == np.float64 and det.held_out_scores_.shape == (len(x),)

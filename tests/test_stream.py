@@ -303,3 +303,50 @@ def test_an_index_that_cannot_score_the_stream_is_refused_at_once(index):
     want, want_raw = oracle(light, GridMeans(), frames, 5, 1, 3)
     np.testing.assert_array_equal(raw, want_raw)
     np.testing.assert_allclose(scores, want, rtol=1e-12, atol=1e-12)
+
+
+def test_a_push_that_fails_in_the_extractor_leaves_no_trace(index):
+    """The extractor (or the index) failing on a push: the frames are not counted, so pushing them
+    again continues the video as if the failure never happened."""
+    class Flaky(GridMeansPerFrame):
+        fail = False
+
+        def pool_descriptors(self, desc, idx):
+            if self.fail:
+                raise RuntimeError("model went away")
+            return super().pool_descriptors(desc, idx)
+
+    frames = _video(np.random.default_rng(11), 60)
+    ext = Flaky()
+    scorer = StreamScorer(index, ext, T=5, sigma=3)
+    outs = [scorer.push(frames[:20])]
+    ext.fail = True
+    with pytest.raises(RuntimeError, match="model went away"):
+        scorer.push(frames[20:30])
+    assert scorer.frames_seen == 20
+    ext.fail = False
+    outs += [scorer.push(frames[20:]), scorer.flush()]
+    want, _ = oracle(index, GridMeans(), frames, 5, 1, 3)
+    assert np.concatenate([o.frames for o in outs]).tolist() == list(range(60))
+    np.testing.assert_allclose(np.concatenate([o.scores for o in outs]), want, rtol=1e-12, atol=1e-12)
+
+
+def test_wide_gaussians_are_exact_and_one_dot_product_inside(index, monkeypatch):
+    """Inside the video a frame's score is one dot product with scipy's kernel (O(r), where scipy on
+    the whole window is O(r^2): 0.3 s a frame at sigma 2000); the values stay scipy's."""
+    import llsh_index.stream as stream
+
+    frames = _video(np.random.default_rng(12), 400)
+    for sigma in (30.0, 45.5):
+        scores, _ = run(StreamScorer(index, GridMeans(), T=3, sigma=sigma), frames, [50])
+        want, _ = oracle(index, GridMeans(), frames, 3, 1, sigma)
+        np.testing.assert_allclose(scores, want, rtol=1e-12, atol=1e-12)
+    scorer = StreamScorer(index, GridMeans(), T=3, sigma=2000.0)  # r = 8000
+    raw = np.random.default_rng(0).random(20000)
+    want = gaussian_filter1d(raw, 2000.0)[8000:8100]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("scipy's filter called for a frame whose kernel lies inside the video")
+
+    monkeypatch.setattr(stream, "gaussian_filter1d", refuse)
+    np.testing.assert_allclose([scorer._smoothed(raw, f, len(raw)) for f in range(8000, 8100)], want, rtol=1e-10)
