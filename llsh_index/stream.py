@@ -60,8 +60,9 @@ class StreamScorer:
 
     Parameters
     ----------
-    index : a fitted LearnableLSHIndex (or anything with ``score(features, ...)`` and ``dim``, such
-        as a ShardedIndex), built on features of this extractor with the same T and s.
+    index : a fitted LearnableLSHIndex (or anything with ``score(features, ...)``, such as a
+        ShardedIndex, or the baselines' KNNScorer / KMeansScorer, which take no scoring options),
+        built on features of this extractor with the same T and s.
     extractor : a FeatureExtractor; None: ``EfficientNetLite0Extractor()``, the demo's features.
     T, s : frames per snippet and the step between them, as the index's features were extracted.
     sigma : the Gaussian's width in frames (12, the protocol's); 0 or None: no smoothing.
@@ -103,12 +104,15 @@ class StreamScorer:
         self.index = index
         self.extractor = extractor
         self.smoothing = smoothing
-        self._score_kw = dict(mode=mode, n_probes=n_probes, miss_probes=miss_probes, reduce=reduce)
+        # only the options set away from the paper's: a baseline scorer's score() takes none
+        given = dict(mode=mode, n_probes=n_probes, miss_probes=miss_probes, reduce=reduce)
+        paper = dict(mode=None, n_probes=1, miss_probes=0, reduce="min")
+        self._score_kw = {k: v for k, v in given.items() if v != paper[k]}
         # one score of a blank feature now: an index that cannot score these features with these settings
         # (a ShardedIndex of another dimension, 'mean' without stored codes) fails here, not mid-video
         try:
-            self._score(np.zeros((1, extractor.dim), dtype=np.float32))
-        except LLSHError as exc:
+            self._score(np.ones((1, extractor.dim), dtype=np.float32))
+        except (LLSHError, TypeError) as exc:  # TypeError: a scorer whose score() takes no such option
             raise ConfigError(f"index: expected an index that scores the extractor's {extractor.dim}-dimensional "
                               f"snippet features with {self._score_kw}, got: {exc}") from exc
         self._per_frame = callable(getattr(extractor, "frame_descriptors", None)) and \

@@ -11,6 +11,7 @@ import pytest
 from scipy.ndimage import gaussian_filter1d
 
 from llsh_index import LearnableLSHIndex, metrics
+from llsh_index.baselines import KMeansScorer, KNNScorer
 from llsh_index.errors import ConfigError, InvalidDTypeError, InvalidInputError, NotFittedError
 from llsh_index.stream import StreamScorer
 from llsh_index.video import FeatureExtractor
@@ -350,3 +351,22 @@ def test_wide_gaussians_are_exact_and_one_dot_product_inside(index, monkeypatch)
 
     monkeypatch.setattr(stream, "gaussian_filter1d", refuse)
     np.testing.assert_allclose([scorer._smoothed(raw, f, len(raw)) for f in range(8000, 8100)], want, rtol=1e-10)
+
+
+@pytest.mark.parametrize("make", [lambda: KNNScorer(k=1), lambda: KNNScorer(k=3, metric="cosine"),
+                                  lambda: KMeansScorer(n_clusters=4, seed=0)], ids=["knn", "knn-cosine", "kmeans"])
+def test_the_baselines_stream_too(make):
+    """The demo's baselines (faiss KNN, K-means) take no scoring options: streamed, they give the
+    offline protocol's scores; a scoring option they cannot take is refused at once."""
+    rng = np.random.default_rng(13)
+    normal = _video(rng, 80)[:40]
+    n = len(normal)
+    idx = np.clip(np.arange(n)[:, None] - 2 + np.arange(5), 0, n - 1)
+    scorer_model = make().fit(GridMeans().extract(normal[idx]))
+    frames = _video(rng, 70)
+    scores, raw = run(StreamScorer(scorer_model, GridMeansPerFrame(), T=5, sigma=4), frames, [1, 9])
+    want, want_raw = oracle(scorer_model, GridMeans(), frames, 5, 1, 4)
+    np.testing.assert_array_equal(raw, want_raw)
+    np.testing.assert_allclose(scores, want, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ConfigError, match="n_probes"):
+        StreamScorer(scorer_model, GridMeans(), T=5, n_probes=4)
