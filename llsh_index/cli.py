@@ -777,7 +777,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "--T frames, the index's score, Gaussian smoothing), each LATENCY frames after "
                                    "its frame (55 at T 16, sigma 12; --causal: 7) (llsh_index.stream).")
     p.add_argument("--index", required=True, help="index file from `build`, on features from `extract` (same --T, --s)")
-    p.add_argument("--video", required=True, help="a frame folder or a video file")
+    p.add_argument("--video", required=True,
+                   help="a frame folder, a video file, or a stream URL (rtsp://camera/..., http://...: a live feed)")
     p.add_argument("--T", type=positive_int, default=16, help="frames per snippet (default 16)")
     p.add_argument("--s", type=positive_int, default=1, help="frame step inside a snippet (default 1)")
     p.add_argument("--sigma", type=nonnegative_float, default=12, help=SIGMA_HELP)

@@ -102,8 +102,13 @@ def _read_image(path: str) -> np.ndarray:
         raise DatasetFormatError(f"cannot read frame image {path}: {type(e).__name__}: {e}") from e
 
 
+def _is_url(source: Any) -> bool:
+    """rtsp://, http(s)://, file://...: a stream FFmpeg (PyAV) or OpenCV opens, e.g. a live camera."""
+    return isinstance(source, str) and "://" in source and not os.path.exists(source)
+
+
 def _iter_video_file(path: str) -> Iterator[np.ndarray]:
-    if not os.path.isfile(path):
+    if not _is_url(path) and not os.path.isfile(path):
         raise DatasetNotFoundError(f"video file not found: {path}", path)
     try:
         import av  # PyAV
@@ -151,6 +156,8 @@ def _resolve_source(source: FrameSource) -> Union[List[str], str, np.ndarray]:
         if source.ndim not in (3, 4):
             raise DatasetFormatError(f"a frame array must be (N, H, W) or (N, H, W, C); got {source.shape}")
         return source
+    if _is_url(source):
+        return source
     if isinstance(source, (str, os.PathLike)):
         p = Path(source)
         if p.is_dir():
@@ -173,8 +180,9 @@ def iter_frames(source: FrameSource) -> Iterator[np.ndarray]:
     """Yields the frames of ``source`` one by one as (H, W, 3) uint8 RGB arrays.
 
     ``source``: a folder of images (sorted naturally), a list of image paths, a video file
-    (decoded with PyAV, else OpenCV; both imported only here), an (N, H, W[, C]) uint8 array,
-    or a :class:`~llsh_index.datasets.Video`.
+    (decoded with PyAV, else OpenCV; both imported only here), a stream URL (``rtsp://``,
+    ``http://``, ``file://``...: a live camera is read as it delivers frames), an
+    (N, H, W[, C]) uint8 array, or a :class:`~llsh_index.datasets.Video`.
     """
     src = _resolve_source(source)
     if isinstance(src, np.ndarray):

@@ -609,3 +609,17 @@ def test_extract_dataset_uses_and_invalidates_cache(tmp_path):
     # a plain mapping of name -> frame source works too (no labels)
     f4, m4 = V.extract_dataset({"a": tmp_path / "frames" / "01"}, ex, T=2, progress=False)
     assert list(f4) == ["a"] and m4["videos"] == ["a"]
+
+
+def test_stream_urls_are_read_like_files(tmp_path):
+    """A URL (rtsp://, http://, file://: what a live camera gives) goes to FFmpeg as it is: file://
+    stands in for a camera here; an unreachable one is a typed error naming it."""
+    pytest.importorskip("av", reason="PyAV is not installed (the [test] extra installs it)")
+    frames = _clip(seed=3)
+    f = _write_lossless_video(tmp_path / "cam.mkv", frames)
+    url = "file://" + str(f)
+    np.testing.assert_array_equal(V.read_frames(url), frames)
+    assert V.count_frames(url) is None
+    missing = "file://" + str(tmp_path / "no_camera.mkv")
+    with pytest.raises(DatasetFormatError, match="no_camera.mkv"):
+        V.read_frames(missing)
