@@ -458,16 +458,21 @@ def cmd_stream(args) -> int:
         out.writelines(f"{f},{v:.6g},{r:.6g}\n" for f, v, r in zip(res.frames.tolist(), res.scores, res.raw))
         out.flush()  # a line as soon as its score is final: the command feeds a pipe
 
-    for frame in video.iter_frames(args.video):
-        write(scorer.push(frame))
-        n += 1
+    stopped = False
+    try:
+        for frame in video.iter_frames(args.video):
+            write(scorer.push(frame))
+            n += 1
+    except KeyboardInterrupt:  # Ctrl-C ends a live feed: its last frames are scored as a video's end
+        stopped = True
     if n == 0:
         raise InvalidInputError(f"--video {args.video}: expected at least one frame, got none")
+    latency = scorer.latency
     write(scorer.flush())
     dt = time.time() - t0
-    print(f"{n} frames in {dt:.1f}s ({n / max(dt, 1e-9):.1f} frames/s); each score final {scorer.latency} frames "
-          f"after its frame ({'causal' if args.causal else 'centred'} smoothing, sigma {args.sigma:g})",
-          file=sys.stderr)
+    print(f"{'stopped after ' if stopped else ''}{n} frames in {dt:.1f}s ({n / max(dt, 1e-9):.1f} frames/s); each "
+          f"score final {latency} frames after its frame ({'causal' if args.causal else 'centred'} smoothing, "
+          f"sigma {args.sigma:g})", file=sys.stderr)
     return 0
 
 

@@ -370,3 +370,34 @@ def test_the_baselines_stream_too(make):
     np.testing.assert_allclose(scores, want, rtol=1e-12, atol=1e-12)
     with pytest.raises(ConfigError, match="n_probes"):
         StreamScorer(scorer_model, GridMeans(), T=5, n_probes=4)
+
+
+def test_cli_stream_ctrl_c_ends_the_feed_with_every_score(tmp_path, capsys, monkeypatch):
+    """A live feed has no end: Ctrl-C stops the reading, and the frames read so far are all scored
+    (the last ones as a video's end), exit status 0."""
+    import llsh_index.video as video
+    from llsh_index.cli import main
+
+    frames = _video(np.random.default_rng(14), 40, shape=(224, 224))
+
+    def camera(source):
+        yield from frames[:25]
+        raise KeyboardInterrupt
+
+    class Tiny(GridMeansPerFrame):  # EfficientNetLite0Extractor's dim, the index's
+        dim = 24
+
+    monkeypatch.setattr(video, "iter_frames", camera)
+    monkeypatch.setattr(video, "EfficientNetLite0Extractor", lambda device="cpu": Tiny())
+    n = 30
+    idx = np.clip(np.arange(n)[:, None] - 8 + np.arange(16), 0, n - 1)
+    index = LearnableLSHIndex(24, n_tables=4, n_bits=6).add(GridMeans().extract(frames[:30][idx]))
+    index.save(str(tmp_path / "i.llsh"))
+    capsys.readouterr()
+    assert main(["stream", "--index", str(tmp_path / "i.llsh"), "--video", "rtsp://camera", "--sigma", "2"]) == 0
+    out, err = capsys.readouterr()
+    got = np.array([[float(v) for v in line.split(",")] for line in out.strip().splitlines()[1:]])
+    want, _ = oracle(index, GridMeans(), frames[:25], 16, 1, 2)
+    assert got[:, 0].tolist() == list(range(25))
+    np.testing.assert_allclose(got[:, 1], want, rtol=1e-5, atol=1e-6)
+    assert err.startswith("stopped after 25 frames") and "final 15 frames" in err
