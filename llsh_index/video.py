@@ -615,7 +615,7 @@ class EfficientNetLite0Extractor(FeatureExtractor):
         with self._threads():
             if workers == 1:
                 for c in chunks:
-                    out.append(self.frame_descriptors(c))
+                    out.append(self._batch_descriptors(c))
                     if progress is not None:
                         progress.update(len(c))
                 return out
@@ -626,7 +626,7 @@ class EfficientNetLite0Extractor(FeatureExtractor):
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lite0") as pool:
                 try:
                     for c in chunks:
-                        pending.append((pool.submit(self.frame_descriptors, c), len(c)))
+                        pending.append((pool.submit(self._batch_descriptors, c), len(c)))
                         while len(pending) > 2 * workers:  # bounded read-ahead
                             fut, n = pending.popleft()
                             out.append(fut.result())
@@ -644,14 +644,33 @@ class EfficientNetLite0Extractor(FeatureExtractor):
 
     # ------------------------------------------------------------------ per-frame stage
     def frame_descriptors(self, frames: np.ndarray) -> Dict[str, np.ndarray]:
-        """Per-frame descriptors of (N, H, W, 3) uint8 frames (one CNN batch):
-        ``{"app": (N, 1280 * rows * cols) float32, "grey": (N, h, w) float32 or absent}``."""
-        import torch
-        import torch.nn.functional as F
+        """Per-frame descriptors of (N, H, W, 3) uint8 frames:
+        ``{"app": (N, 1280 * rows * cols) float32, "grey": (N, h, w) float32 or absent}``.
+        Up to ``batch_size`` frames are one CNN batch; more are cut into batches run as the offline
+        extraction runs them (on the CPU, one worker a core), e.g. a stream's batch."""
+        frames = self._check_batch(frames)
+        bs = self.batch_size
+        if len(frames) <= bs:
+            # the extraction's thread setting, one torch thread on the CPU by default: two threads on
+            # one frame measured 0.7-10 frames/s on 2 busy cores against 15-20 for one (RESULTS.md)
+            with self._threads():
+                return self._batch_descriptors(frames)
+        descs = self._descriptors(frames[i:i + bs] for i in range(0, len(frames), bs))
+        return {k: np.concatenate([d[k] for d in descs]) for k in descs[0]}
 
+    @staticmethod
+    def _check_batch(frames) -> np.ndarray:
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
             raise DatasetFormatError(f"frames must be (N, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+        return frames
+
+    def _batch_descriptors(self, frames: np.ndarray) -> Dict[str, np.ndarray]:
+        """frame_descriptors of one CNN batch."""
+        import torch
+        import torch.nn.functional as F
+
+        frames = self._check_batch(frames)
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
             x = x.permute(0, 3, 1, 2).float()

@@ -623,3 +623,19 @@ def test_stream_urls_are_read_like_files(tmp_path):
     missing = "file://" + str(tmp_path / "no_camera.mkv")
     with pytest.raises(DatasetFormatError, match="no_camera.mkv"):
         V.read_frames(missing)
+
+
+def test_lite0_frame_descriptors_of_many_frames_run_in_batches(lite0, monkeypatch):
+    """More frames than batch_size (a stream's batch) are cut into CNN batches of batch_size, run as
+    the offline extraction runs them; the descriptors are those of the batches one by one."""
+    frames = np.random.default_rng(4).integers(0, 255, (19, 32, 48, 3), dtype=np.uint8)
+    want = np.concatenate([lite0.frame_descriptors(frames[i:i + 8])["app"] for i in range(0, 19, 8)])
+    seen = []
+    run_one = type(lite0)._batch_descriptors
+    monkeypatch.setattr(type(lite0), "_batch_descriptors", lambda self, f: seen.append(len(f)) or run_one(self, f))
+    got = lite0.frame_descriptors(frames)["app"]
+    assert seen == [8, 8, 3] and got.shape == (19, lite0.dim)
+    # one worker thread against torch's threads: another convolution algorithm, float rounding
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(DatasetFormatError, match=r"frames must be \(N, H, W, 3\) uint8"):
+        lite0.frame_descriptors(frames[0])
