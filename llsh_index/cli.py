@@ -451,24 +451,27 @@ def cmd_stream(args) -> int:
                           smoothing="causal" if args.causal else "centred", mode=args.mode_override,
                           n_probes=args.probes, miss_probes=args.miss_probes, reduce=args.reduce)
     out = sys.stdout
-    out.write("frame,score,raw\n")
-    t0, n = time.time(), 0
+    t0, started = time.time(), []
 
     def write(res) -> None:
+        if not started:  # the header once a frame was read: a source that fails writes nothing
+            out.write("frame,score,raw\n")
+            started.append(True)
         out.writelines(f"{f},{v:.6g},{r:.6g}\n" for f, v, r in zip(res.frames.tolist(), res.scores, res.raw))
         out.flush()  # a line as soon as its score is final: the command feeds a pipe
 
     stopped = False
-    try:
-        for frame in video.iter_frames(args.video):
-            write(scorer.push(frame))
-            n += 1
-    except KeyboardInterrupt:  # Ctrl-C ends a live feed: its last frames are scored as a video's end
-        stopped = True
-    if n == 0:
-        raise InvalidInputError(f"--video {args.video}: expected at least one frame, got none")
-    latency = scorer.latency
-    write(scorer.flush())
+    with scorer:  # stops the CNN worker threads
+        try:
+            for frame in video.iter_frames(args.video):
+                write(scorer.push(frame))
+        except KeyboardInterrupt:  # Ctrl-C ends a live feed: its last frames are scored as a video's end
+            stopped = True
+        n = scorer.frames_seen  # the frames read (a frame the interrupt caught with the workers is dropped)
+        if n == 0:
+            raise InvalidInputError(f"--video {args.video}: expected at least one frame, got none")
+        latency = scorer.latency
+        write(scorer.flush())
     dt = time.time() - t0
     print(f"{'stopped after ' if stopped else ''}{n} frames in {dt:.1f}s ({n / max(dt, 1e-9):.1f} frames/s); each "
           f"score final {latency} frames after its frame ({'causal' if args.causal else 'centred'} smoothing, "
@@ -780,7 +783,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Frames in, one CSV line (frame,score,raw) per frame on stdout as soon as its "
                                    "score is final: the offline pipeline's scores (EfficientNet-Lite0 snippets of "
                                    "--T frames, the index's score, Gaussian smoothing), each LATENCY frames after "
-                                   "its frame (55 at T 16, sigma 12; --causal: 7) (llsh_index.stream).")
+                                   "its frame (55 at T 16, sigma 12; --causal: 7; plus one per CNN worker thread beyond the first, one "
+                                   "a CPU core) (llsh_index.stream).")
     p.add_argument("--index", required=True, help="index file from `build`, on features from `extract` (same --T, --s)")
     p.add_argument("--video", required=True,
                    help="a frame folder, a video file, or a stream URL (rtsp://camera/..., http://...: a live feed)")

@@ -18,7 +18,8 @@ the video's ends), which is what ``llsh-index score`` writes and ``evaluate`` sm
 per-video min-max normalisation of micro-AUC needs the whole video and is an evaluation step, not
 a score.  Frame f's snippet reaches ``floor((T - 1) s / 2)`` frames ahead and the Gaussian
 ``int(4 sigma + 0.5)`` frames further, so its score is final that many frames after frame f
-arrives: ``latency`` frames (55 at T 16, s 1, sigma 12: 2.2 s at 25 frames/s).  At the video's end
+arrives: ``latency`` frames (55 at T 16, s 1, sigma 12: 2.2 s at 25 frames/s; one more per worker
+thread beyond the first, see ``workers``).  At the video's end
 ``flush()`` repeats the last frame and reflects the scores, as the offline pipeline does.
 
 ``smoothing="causal"`` trades the centred Gaussian for a one-sided one over the past scores
@@ -28,8 +29,9 @@ normalised over the frames that exist), so a score is final as soon as its snipp
 about 0.8 sigma and flattened), but it is what a monitor that must answer now can compute.
 
 The model runs once per frame when the extractor offers ``frame_descriptors`` and
-``pool_descriptors`` (EfficientNetLite0Extractor does), else once per snippet through
-``extract``; only the frames and scores a future snippet or window needs are kept.
+``pool_descriptors`` (EfficientNetLite0Extractor does), on ``workers`` threads, else once per
+snippet through ``extract``; only the frames and scores a future snippet or window needs are kept.
+Call ``close()`` (or use a ``with`` block) to stop the worker threads.
 """
 from __future__ import annotations
 
@@ -68,11 +70,18 @@ class StreamScorer:
     sigma : the Gaussian's width in frames (12, the protocol's); 0 or None: no smoothing.
     smoothing : "centred" (the offline protocol, exactly) or "causal" (past frames only).
     mode, n_probes, miss_probes, reduce : as ``index.score``.
+    workers : threads running the per-frame model at once (None: the extractor's
+        ``parallel_batches``, one a CPU core for EfficientNet-Lite0 on the CPU, else 1).  With W > 1
+        a push hands its frames to the workers and returns without waiting for the newest W - 1
+        batches of ``batch_size`` frames: one frame per push, a score is final W - 1 frames later
+        (``latency`` counts them), and the model keeps W cores busy (one torch thread each: two
+        threads on one frame collapse when another process holds a core).  ``close()`` (or a
+        ``with`` block) stops the threads.
     """
 
     def __init__(self, index, extractor: Optional[FeatureExtractor] = None, *, T: int = 16, s: int = 1,
                  sigma: Optional[float] = 12.0, smoothing: str = "centred", mode: Optional[str] = None,
-                 n_probes: int = 1, miss_probes: int = 0, reduce: str = "min"):
+                 n_probes: int = 1, miss_probes: int = 0, reduce: str = "min", workers: Optional[int] = None):
         from .index import check_mode, check_reduce
 
         if not callable(getattr(index, "score", None)):
@@ -117,6 +126,17 @@ class StreamScorer:
                               f"snippet features with {self._score_kw}, got: {exc}") from exc
         self._per_frame = callable(getattr(extractor, "frame_descriptors", None)) and \
             callable(getattr(extractor, "pool_descriptors", None))
+        if workers is None:
+            workers = int(getattr(extractor, "parallel_batches", 1)) if self._per_frame else 1
+        if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+            raise ConfigError(f"workers: expected an int >= 1 or None, got {workers!r}")
+        if workers > 1 and not self._per_frame:
+            raise ConfigError(f"workers: {workers} threads need an extractor with frame_descriptors / "
+                              f"pool_descriptors (the per-frame model), got {type(extractor).__name__}")
+        self.workers = int(workers)
+        # frames per job: the extractor's CNN batch (EfficientNet-Lite0 on the CPU: 1)
+        self._chunk = max(1, int(getattr(extractor, "batch_size", 1) or 1))
+        self._pool = None  # the workers' threads, started at the first push that needs them
         span = (self.T - 1) * self.s
         self._back = (span + 1) // 2  # frame f's snippet starts this many frames before f (snippet_frame_indices)
         self._ahead = span - self._back  # ... and ends this many after it
@@ -129,16 +149,34 @@ class StreamScorer:
 
     @property
     def latency(self) -> int:
-        """Frames between a frame's arrival and its final score (until flush())."""
-        return self._ahead + (self._radius if self.smoothing == "centred" else 0)
+        """Frames between a frame's arrival and its final score, one frame per push (until flush()):
+        the snippet's reach ahead, the Gaussian's (centred smoothing) and the frames still with the
+        workers."""
+        pipeline = (self.workers - 1) * self._chunk if self.workers > 1 else 0
+        return self._ahead + (self._radius if self.smoothing == "centred" else 0) + pipeline
 
     @property
     def frames_seen(self) -> int:
-        """Frames pushed since the video began (reset() / flush())."""
+        """Frames pushed since the video began (reset() / flush()), those still with the workers
+        included.  After push() raised, the frame to push next."""
         return self._n
+
+    def close(self) -> None:
+        """Stop the worker threads (a later push starts them again)."""
+        self._abandon()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def __enter__(self) -> "StreamScorer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def reset(self) -> None:
         """Forget the current video: the next push() is frame 0 of a new one."""
+        self._abandon()
         self._n = 0  # frames pushed
         self._shape = None
         self._store: deque = deque()  # per-frame descriptors (or the frames), from frame _store_base on
@@ -147,38 +185,79 @@ class StreamScorer:
         self._raw: deque = deque()  # raw snippet scores, from frame _raw_base on
         self._raw_base = 0
         self._next_emit = 0  # the first frame whose final score is not given yet
+        self._pending: deque = deque()  # the workers' jobs, oldest first: futures of descriptor dicts
 
     # ------------------------------------------------------------------ frames in
     def push(self, frames) -> StreamScores:
         """Add one frame (H, W, 3) or a batch (N, H, W, 3) of uint8 RGB frames (grey (H, W) and RGBA
-        are converted as the offline readers do); returns the frames whose score became final."""
+        are converted as the offline readers do); returns the frames whose score became final.
+
+        If it raises (the model or the index failed), the frames not yet scored-ready are dropped,
+        those still with the workers included: ``frames_seen`` is the frame to push next."""
         batch = self._check_frames(frames)
-        if len(batch):
-            if self._per_frame:
-                desc = self.extractor.frame_descriptors(np.stack(batch))
-                self._store.extend({k: v[i] for k, v in desc.items()} for i in range(len(batch)))
+        if not batch:
+            return self._emit(end=False)
+        stored = len(self._store)
+        self._n += len(batch)
+        try:
+            if self.workers > 1:
+                if self._pool is None:
+                    from concurrent.futures import ThreadPoolExecutor
+
+                    self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="llsh-stream")
+                arr = np.stack(batch)
+                for i in range(0, len(arr), self._chunk):
+                    self._pending.append(self._pool.submit(self.extractor.frame_descriptors, arr[i:i + self._chunk]))
+                self._drain(keep=self.workers - 1)
+            elif self._per_frame:
+                self._keep_descriptors(self.extractor.frame_descriptors(np.stack(batch)))
             else:  # copies: a camera loop may refill one buffer, and the next T - 1 snippets read this frame
                 self._store.extend(np.array(f) for f in batch)
-            self._n += len(batch)
-            try:
-                self._score_snippets(self._n - self._ahead)
-            except BaseException:  # the extractor or the index failed: as if these frames never came
-                for _ in batch:
-                    self._store.pop()
-                self._n -= len(batch)
-                if self._n == 0:
-                    self._shape = None
-                raise
+            self._score_snippets(self._stored() - self._ahead)
+        except BaseException:  # as if the frames not stored before this call never came
+            self._abandon()
+            while len(self._store) > stored:
+                self._store.pop()
+            self._n = self._stored()
+            if self._n == 0:
+                self._shape = None
+            raise
         return self._emit(end=False)
 
     def flush(self) -> StreamScores:
         """The video ended: score the last frames (their snippets repeat the last frame), give every
         remaining score, and reset for the next video."""
         try:
+            self._drain(keep=0)
             self._score_snippets(self._n)
             return self._emit(end=True)
         finally:
             self.reset()
+
+    def _stored(self) -> int:
+        """Frames whose descriptors (or frames) are in the store: the rest are with the workers."""
+        return self._store_base + len(self._store)
+
+    def _keep_descriptors(self, desc) -> None:
+        n = len(next(iter(desc.values())))
+        self._store.extend({k: v[i] for k, v in desc.items()} for i in range(n))
+
+    def _drain(self, keep: int) -> None:
+        """Wait for the workers' jobs but the newest `keep`, and store their descriptors in order."""
+        while len(self._pending) > keep:
+            self._keep_descriptors(self._pending[0].result())
+            self._pending.popleft()
+
+    def _abandon(self) -> None:
+        """Cancel the workers' jobs (those running finish; their results are dropped)."""
+        pending = getattr(self, "_pending", None)
+        if pending:
+            from concurrent.futures import wait
+
+            for fut in pending:
+                fut.cancel()
+            wait(pending)
+            pending.clear()
 
     def _check_frames(self, frames) -> list:
         """The frames as (H, W, 3) uint8 arrays: a list / tuple of frames, one frame ((H, W) grey or
@@ -226,7 +305,7 @@ class StreamScorer:
         if stop <= start:
             return
         frames = np.arange(start, stop, dtype=np.int64)
-        idx = np.clip(frames[:, None] - self._back + self.s * np.arange(self.T), 0, self._n - 1)
+        idx = np.clip(frames[:, None] - self._back + self.s * np.arange(self.T), 0, self._stored() - 1)
         local = idx - self._store_base
         if self._per_frame:
             keys = self._store[0].keys()

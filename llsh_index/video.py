@@ -595,6 +595,11 @@ class EfficientNetLite0Extractor(FeatureExtractor):
             self._model = m.to(self.device)
         return self._model
 
+    @property
+    def parallel_batches(self) -> int:
+        """CNN batches run at once, one thread each (StreamScorer's default workers)."""
+        return self._workers()
+
     def _workers(self) -> int:
         """Worker threads running CNN batches at once (1 on GPU or with cpu_parallel='intra_op')."""
         if self.device.type != "cpu" or self.cpu_parallel == "intra_op":

@@ -263,7 +263,8 @@ def test_cli_stream_prints_each_frame_once_final(tmp_path, capsys):
     outs = [scorer.push(np.stack(list(iter_frames(str(folder))))), scorer.flush()]
     np.testing.assert_allclose(got[:, 1], np.concatenate([o.scores for o in outs]), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(got[:, 2], np.concatenate([o.raw for o in outs]), rtol=1e-4, atol=1e-5)
-    assert "30 frames in" in err and "final 19 frames after its frame" in err  # 7 + int(4 * 3 + 0.5)
+    # 7 + int(4 * 3 + 0.5), and one frame per further CNN worker
+    assert "30 frames in" in err and f"final {19 + EfficientNetLite0Extractor().parallel_batches - 1} frames" in err
     LearnableLSHIndex(24).add(np.random.default_rng(0).standard_normal((30, 24))).save(str(tmp_path / "small.llsh"))
     assert main(["stream", "--index", str(tmp_path / "small.llsh"), "--video", str(folder)]) == 2
     assert "dimension 2560, the index's 24" in capsys.readouterr().err
@@ -401,3 +402,86 @@ def test_cli_stream_ctrl_c_ends_the_feed_with_every_score(tmp_path, capsys, monk
     assert got[:, 0].tolist() == list(range(25))
     np.testing.assert_allclose(got[:, 1], want, rtol=1e-5, atol=1e-6)
     assert err.startswith("stopped after 25 frames") and "final 15 frames" in err
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+@pytest.mark.parametrize("T,s,sigma,smoothing", [(5, 1, 12.0, "centred"), (4, 3, 2.5, "causal"), (1, 1, 0.0, "centred")])
+def test_workers_give_the_same_scores_a_few_frames_later(index, workers, T, s, sigma, smoothing):
+    """The per-frame model on W worker threads: the newest W - 1 jobs are not waited for, so one frame
+    per push a score is final W - 1 frames later; the scores are the oracle's, whatever the pushes."""
+    frames = _video(np.random.default_rng(15), 130)
+    want, want_raw = oracle(index, GridMeans(), frames, T, s, sigma, smoothing)
+    with StreamScorer(index, GridMeansPerFrame(), T=T, s=s, sigma=sigma, smoothing=smoothing,
+                      workers=workers) as scorer:
+        base = (T - 1) * s // 2 + (int(4 * sigma + 0.5) if sigma and smoothing == "centred" else 0)
+        assert scorer.latency == base + workers - 1
+        for sizes in ([1], [7, 1, 30, 2]):
+            scores, raw = run(scorer, frames, sizes) if sizes == [1] else _run_loose(scorer, frames, sizes)
+            np.testing.assert_array_equal(raw, want_raw)
+            np.testing.assert_allclose(scores, want, rtol=1e-12, atol=1e-12)
+        assert scorer._pool is not None
+    assert scorer._pool is None  # the with block closed the threads
+
+
+def _run_loose(scorer, frames, sizes):
+    """Push in batches, then flush: every frame once, in order (no timing asserted)."""
+    outs, i, k = [], 0, 0
+    while i < len(frames):
+        b = sizes[k % len(sizes)]
+        outs.append(scorer.push(frames[i:i + b]))
+        i, k = i + b, k + 1
+    outs.append(scorer.flush())
+    assert np.concatenate([o.frames for o in outs]).tolist() == list(range(len(frames)))
+    return np.concatenate([o.scores for o in outs]), np.concatenate([o.raw for o in outs])
+
+
+def test_a_worker_that_fails_drops_the_frames_after_the_last_stored(index):
+    """A job failing on a worker surfaces at a later push; the frames not yet stored (that job's and
+    newer) are dropped, frames_seen says where to push again, and the video then ends as the oracle."""
+    class Flaky(GridMeansPerFrame):
+        bad = None
+
+        def frame_descriptors(self, frames):
+            if self.bad is not None and (frames == self.bad).all():
+                self.bad = None  # once
+                raise RuntimeError("camera frame went bad")
+            return super().frame_descriptors(frames)
+
+    frames = _video(np.random.default_rng(16), 50)
+    ext = Flaky()
+    ext.bad = frames[20]
+    scorer = StreamScorer(index, ext, T=5, sigma=3, workers=2)
+    outs, i, raised = [], 0, 0
+    while i < len(frames):
+        try:
+            outs.append(scorer.push(frames[i]))
+            i += 1
+        except RuntimeError:
+            raised += 1
+            assert scorer.frames_seen == 20  # frame 20 and the one pushed after it are dropped
+            i = scorer.frames_seen
+    outs.append(scorer.flush())
+    scorer.close()
+    assert raised == 1
+    want, _ = oracle(index, GridMeans(), frames, 5, 1, 3)
+    assert np.concatenate([o.frames for o in outs]).tolist() == list(range(50))
+    np.testing.assert_allclose(np.concatenate([o.scores for o in outs]), want, rtol=1e-12, atol=1e-12)
+
+
+def test_workers_setting_is_checked(index):
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ConfigError, match="workers: expected an int >= 1"):
+            StreamScorer(index, GridMeansPerFrame(), workers=bad)
+    with pytest.raises(ConfigError, match="workers: 2 threads need an extractor with frame_descriptors"):
+        StreamScorer(index, GridMeans(), workers=2)
+
+
+def test_cli_stream_writes_nothing_on_stdout_for_a_missing_source(tmp_path, capsys):
+    from llsh_index.cli import main
+
+    LearnableLSHIndex(2560, n_tables=2, n_bits=4).add(np.random.default_rng(0).standard_normal((30, 2560))).save(
+        str(tmp_path / "i.llsh"))
+    capsys.readouterr()
+    assert main(["stream", "--index", str(tmp_path / "i.llsh"), "--video", str(tmp_path / "nowhere")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "error:" in err and "nowhere" in err
