@@ -484,7 +484,7 @@ def cmd_evaluate(args) -> int:
 
     scores = _load_scores(args.scores)
     labels = _load_labels(args.labels, scores)
-    res = metrics.evaluate(scores, labels, sigma=args.sigma)
+    res = metrics.evaluate(scores, labels, sigma=args.sigma, allow_subset=args.subset)
     print(f"micro-AUC {res.micro.auc:.4f}  macro-AUC {res.macro.auc:.4f}  "
           f"({res.macro.n_videos} videos, {res.macro.n_single_class} single-class skipped in macro; sigma {args.sigma})")
     if args.per_video:
@@ -807,6 +807,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", required=True, help=LABELS_HELP)
     p.add_argument("--sigma", type=float, default=12, help=SIGMA_HELP)
     p.add_argument("--per-video", action="store_true", help="also print every video's AUC")
+    p.add_argument("--subset", action="store_true",
+                   help="evaluate the scored videos only, where the labels cover more (e.g. after extract --videos)")
     p.add_argument("--json", default=None, help="also write the results (per-video AUCs included) to this file")
     p.set_defaults(fn=cmd_evaluate)
 

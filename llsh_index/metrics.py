@@ -253,7 +253,7 @@ def _match_videos(scores_by_video: Any, labels_by_video: Any, allow_subset: bool
             raise MissingVideoError(
                 f"expected scores for all {len(label_keys)} labelled videos, got {len(score_keys)}; "
                 f"missing scores for {extra[:5]}{' ...' if len(extra) > 5 else ''} "
-                "(pass allow_subset=True to evaluate only the scored videos)"
+                "(pass allow_subset=True, llsh-index evaluate --subset, to evaluate only the scored videos)"
             )
     return sorted(score_keys, key=str)
 
@@ -633,7 +633,9 @@ def load_ped2_labels(
 
     ``frame_counts``: the number of frames of each test video, either a sequence in video
     order (names become ``"01"``, ``"02"``, ...) or a mapping name -> count whose sorted
-    names are taken in video order (e.g. from :func:`ped2_frame_counts`).
+    names are taken in video order (e.g. from :func:`ped2_frame_counts`).  A mapping of fewer
+    videos than the file holds must name them by number (``{"01": 180, "03": 150}``, as
+    ``llsh-index extract --videos`` names them): those videos are labelled.
 
     Returns ``{name: uint8 array of length frame_count}``.
     """
@@ -662,13 +664,20 @@ def load_ped2_labels(
         raise MetricsTypeError(
             f"frame_counts: expected a sequence of ints or a mapping name -> int, got {type(frame_counts).__name__}"
         )
-    if len(counts) != len(entries):
+    numbered = isinstance(frame_counts, Mapping) and all(
+        isinstance(n, str) and n.isdigit() and 1 <= int(n) <= len(entries) for n in names)
+    if len(counts) < len(entries) and numbered:  # some videos, named by number: video NN is entry NN - 1
+        picked = [entries[int(n) - 1] for n in names]
+    elif len(counts) != len(entries):
         raise LengthMismatchError(
-            f"{mat_path}: expected frame counts for {len(entries)} videos, got {len(counts)}"
+            f"{mat_path}: expected frame counts for {len(entries)} videos (or for some of them named by "
+            f"number, '01' .. '{len(entries):02d}'), got {len(counts)}"
         )
+    else:
+        picked = entries
 
     out: dict[str, np.ndarray] = {}
-    for name, count, entry in zip(names, counts, entries):
+    for name, count, entry in zip(names, counts, picked):
         if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
             raise MetricsTypeError(f"frame count of video {name!r}: expected an int >= 1, got {count!r}")
         count = int(count)

@@ -421,10 +421,34 @@ def test_evaluate_with_ped2_mat(tmp_path, capsys):
     got = json.load(open(tmp_path / "e.json"))
     want = metrics.evaluate(scores, labels, sigma=12)
     assert got["micro_auc"] == pytest.approx(want.micro.auc) and got["macro_auc"] == pytest.approx(want.macro.auc)
-    np.savez(tmp_path / "few.npz", **{k: scores[k] for k in ("01", "02")})
+    # scores of some videos (extract --videos 01,03): labelled by number
+    np.savez(tmp_path / "few.npz", **{k: scores[k] for k in ("01", "03")})
+    assert main(["evaluate", "--scores", str(tmp_path / "few.npz"), "--labels", str(mat),
+                 "--json", str(tmp_path / "f.json")]) == 0
+    got = json.load(open(tmp_path / "f.json"))
+    want = metrics.evaluate({k: scores[k] for k in ("01", "03")}, {k: labels[k] for k in ("01", "03")}, sigma=12)
+    assert got["micro_auc"] == pytest.approx(want.micro.auc) and got["n_videos"] == 2
+    # names that are not video numbers cannot be matched to the file's entries
+    np.savez(tmp_path / "named.npz", a=scores["01"], b=scores["02"])
     capsys.readouterr()
-    assert main(["evaluate", "--scores", str(tmp_path / "few.npz"), "--labels", str(mat)]) == 2
+    assert main(["evaluate", "--scores", str(tmp_path / "named.npz"), "--labels", str(mat)]) == 2
     assert "12 videos" in capsys.readouterr().err
+
+
+def test_evaluate_subset_of_a_label_npz(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    labels = {v: (np.arange(40) >= 20 + i).astype(np.uint8) for i, v in enumerate(("a", "b", "c"))}
+    scores = {v: (labels[v] + rng.standard_normal(40)).astype(np.float32) for v in ("a", "c")}
+    np.savez(tmp_path / "gt.npz", **labels)
+    np.savez(tmp_path / "s.npz", **scores)
+    capsys.readouterr()
+    args = ["evaluate", "--scores", str(tmp_path / "s.npz"), "--labels", str(tmp_path / "gt.npz")]
+    assert main(args) == 2
+    assert "missing scores for ['b']" in capsys.readouterr().err
+    assert main(args + ["--subset", "--json", str(tmp_path / "e.json")]) == 0
+    got = json.load(open(tmp_path / "e.json"))
+    want = metrics.evaluate(scores, {v: labels[v] for v in scores}, sigma=12)
+    assert (got["micro_auc"], got["macro_auc"]) == (pytest.approx(want.micro.auc), pytest.approx(want.macro.auc))
 
 
 def test_argparse_types_for_scripts(tmp_path):

@@ -168,7 +168,7 @@ KILL_SCRIPT = textwrap.dedent(r"""
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork and SIGKILL")
 def test_sigkill_mid_save_leaves_the_old_file_intact(tmp_path):
-    """A process saving a ~50 MB index over an existing file is SIGKILLed at 10 moments spread over
+    """A process saving a ~23 MB index over an existing file is SIGKILLed at 10 moments spread over
     one save (and one after two saves), and at two points reached deterministically through hooks
     (half of the temp file written; the temp file complete but not renamed): the target is always
     the complete old file or the complete new one, never a partial file."""

@@ -358,8 +358,13 @@ def test_load_ped2_labels_synthetic_and_errors(tmp_path):
     labels = M.load_ped2_labels(p, [5, 6])
     assert labels["01"].tolist() == [0, 1, 1, 1, 0]
     assert labels["02"].tolist() == [1, 1, 0, 0, 1, 1]
-    with pytest.raises(M.LengthMismatchError, match="expected frame counts for 2 videos, got 3"):
+    with pytest.raises(M.LengthMismatchError, match="expected frame counts for 2 videos .*, got 3"):
         M.load_ped2_labels(p, [5, 6, 7])
+    # some of the videos, named by number: those are labelled
+    assert {k: v.tolist() for k, v in M.load_ped2_labels(p, {"02": 6}).items()} == {"02": [1, 1, 0, 0, 1, 1]}
+    for bad in ({"x": 6}, {"03": 6}, {"2": 6, "x": 5, "y": 1}):  # not numbers of the file's videos
+        with pytest.raises(M.LengthMismatchError, match="named by number"):
+            M.load_ped2_labels(p, bad)
     with pytest.raises(M.LengthMismatchError, match=r"\[2, 4\].*3 frames"):
         M.load_ped2_labels(p, [3, 6])
     scipy.io.savemat(tmp_path / "x.mat", {"other": np.zeros(3)})
