@@ -152,7 +152,8 @@ class StreamScorer:
         """Frames between a frame's arrival and its final score, one frame per push (until flush()):
         the snippet's reach ahead, the Gaussian's (centred smoothing) and the frames still with the
         workers."""
-        pipeline = (self.workers - 1) * self._chunk if self.workers > 1 else 0
+        # one frame per push, each job holds that one frame whatever the CNN batch: W - 1 frames wait
+        pipeline = self.workers - 1
         return self._ahead + (self._radius if self.smoothing == "centred" else 0) + pipeline
 
     @property

@@ -485,3 +485,19 @@ def test_cli_stream_writes_nothing_on_stdout_for_a_missing_source(tmp_path, caps
     assert main(["stream", "--index", str(tmp_path / "i.llsh"), "--video", str(tmp_path / "nowhere")]) == 2
     out, err = capsys.readouterr()
     assert out == "" and "error:" in err and "nowhere" in err
+
+
+def test_latency_with_a_cnn_batch_of_several_frames(index):
+    """One frame per push, each job holds that one frame whatever the extractor's batch_size: the
+    newest W - 1 jobs are W - 1 frames, not (W - 1) * batch_size."""
+    class Batch4(GridMeansPerFrame):
+        batch_size = 4
+
+    frames = _video(np.random.default_rng(17), 60)
+    want, want_raw = oracle(index, GridMeans(), frames, 5, 1, 3.0)
+    for workers in (2, 3):
+        with StreamScorer(index, Batch4(), T=5, sigma=3.0, workers=workers) as scorer:
+            assert scorer.latency == 2 + 12 + workers - 1
+            scores, raw = run(scorer, frames, [1])  # asserts each frame is given latency frames later
+            np.testing.assert_array_equal(raw, want_raw)
+            np.testing.assert_allclose(scores, want, rtol=1e-12, atol=1e-12)
