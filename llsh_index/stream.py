@@ -163,11 +163,23 @@ class StreamScorer:
         return self._n
 
     def close(self) -> None:
-        """Stop the worker threads (a later push starts them again)."""
-        self._abandon()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        """Stop the worker threads (a later push starts them again and goes on with the video).
+
+        The frames still with the workers are waited for and kept; if one of their jobs failed, its
+        error is raised and its frames and the newer ones are dropped, as after a failed push()."""
+        try:
+            # not _abandon(): _n counts these frames, so dropping them would shift every later frame
+            self._drain(keep=0)
+        except BaseException:
+            self._abandon()
+            self._n = self._stored()
+            if self._n == 0:
+                self._shape = None
+            raise
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
 
     def __enter__(self) -> "StreamScorer":
         return self

@@ -501,3 +501,48 @@ def test_latency_with_a_cnn_batch_of_several_frames(index):
             scores, raw = run(scorer, frames, [1])  # asserts each frame is given latency frames later
             np.testing.assert_array_equal(raw, want_raw)
             np.testing.assert_allclose(scores, want, rtol=1e-12, atol=1e-12)
+
+
+def test_close_mid_video_keeps_the_frames_with_the_workers(index):
+    """close() stops the threads, a later push starts them again: the video goes on as the oracle's
+    (the frames the workers held when close() came are kept, not silently skipped)."""
+    frames = _video(np.random.default_rng(18), 60)
+    want, want_raw = oracle(index, GridMeans(), frames, 5, 1, 3.0)
+    scorer = StreamScorer(index, GridMeansPerFrame(), T=5, sigma=3.0, workers=3)
+    outs = [scorer.push(f) for f in frames[:30]]
+    scorer.close()
+    assert scorer._pool is None and scorer.frames_seen == 30
+    outs += [scorer.push(f) for f in frames[30:]]
+    outs.append(scorer.flush())
+    scorer.close()
+    assert np.concatenate([o.frames for o in outs]).tolist() == list(range(60))
+    np.testing.assert_array_equal(np.concatenate([o.raw for o in outs]), want_raw)
+    np.testing.assert_allclose(np.concatenate([o.scores for o in outs]), want, rtol=1e-12, atol=1e-12)
+
+
+def test_close_with_a_failed_job_drops_its_frames(index):
+    """A job that failed before close(): close() raises its error, stops the threads, and frames_seen
+    is the frame to push next, as after a failed push."""
+    class Flaky(GridMeansPerFrame):
+        bad = None
+
+        def frame_descriptors(self, frames):
+            if self.bad is not None and (frames == self.bad).all():
+                self.bad = None
+                raise RuntimeError("camera frame went bad")
+            return super().frame_descriptors(frames)
+
+    frames = _video(np.random.default_rng(19), 40)
+    ext = Flaky()
+    ext.bad = frames[19]
+    scorer = StreamScorer(index, ext, T=5, sigma=3.0, workers=3)
+    outs = [scorer.push(f) for f in frames[:20]]  # frames 18, 19 still with the workers
+    with pytest.raises(RuntimeError, match="went bad"):
+        scorer.close()
+    assert scorer._pool is None and scorer.frames_seen == 19
+    outs += [scorer.push(f) for f in frames[19:]]
+    outs.append(scorer.flush())
+    scorer.close()
+    want, _ = oracle(index, GridMeans(), frames, 5, 1, 3.0)
+    assert np.concatenate([o.frames for o in outs]).tolist() == list(range(40))
+    np.testing.assert_allclose(np.concatenate([o.scores for o in outs]), want, rtol=1e-12, atol=1e-12)
