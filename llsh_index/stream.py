@@ -181,6 +181,19 @@ class StreamScorer:
                 self._pool.shutdown(wait=True)
                 self._pool = None
 
+    def __getstate__(self) -> dict:
+        # a thread pool and its futures cannot be pickled: the copy gets the frames still with the
+        # workers as stored descriptors (waited for, self untouched) and starts its own threads
+        state = self.__dict__.copy()
+        state["_pool"] = None
+        if self._pending:
+            store = deque(self._store)
+            for fut in self._pending:
+                desc = fut.result()
+                store.extend({k: v[i] for k, v in desc.items()} for i in range(len(next(iter(desc.values())))))
+            state["_store"], state["_pending"] = store, deque()
+        return state
+
     def __enter__(self) -> "StreamScorer":
         return self
 

@@ -546,3 +546,21 @@ def test_close_with_a_failed_job_drops_its_frames(index):
     want, _ = oracle(index, GridMeans(), frames, 5, 1, 3.0)
     assert np.concatenate([o.frames for o in outs]).tolist() == list(range(40))
     np.testing.assert_allclose(np.concatenate([o.scores for o in outs]), want, rtol=1e-12, atol=1e-12)
+
+
+def test_a_scorer_with_workers_pickles_and_copies_mid_video(index):
+    """A scorer holds a thread pool once it pushed (workers > 1): a copy (pickle, deepcopy) takes the
+    frames still with the workers as descriptors and starts its own threads; both go on as the oracle."""
+    import copy
+    import pickle
+
+    frames = _video(np.random.default_rng(20), 50)
+    want, _ = oracle(index, GridMeans(), frames, 5, 1, 3.0)
+    scorer = StreamScorer(index, GridMeansPerFrame(), T=5, sigma=3.0, workers=3)
+    head = [scorer.push(f) for f in frames[:25]]
+    for clone in (pickle.loads(pickle.dumps(scorer)), copy.deepcopy(scorer), scorer):
+        assert clone.frames_seen == 25
+        outs = head + [clone.push(f) for f in frames[25:]] + [clone.flush()]
+        clone.close()
+        assert np.concatenate([o.frames for o in outs]).tolist() == list(range(50))
+        np.testing.assert_allclose(np.concatenate([o.scores for o in outs]), want, rtol=1e-12, atol=1e-12)
