@@ -664,8 +664,9 @@ def load_ped2_labels(
         raise MetricsTypeError(
             f"frame_counts: expected a sequence of ints or a mapping name -> int, got {type(frame_counts).__name__}"
         )
+    # ASCII digits only: str.isdigit() also takes '\u00b2' (int() refuses it) and '\u0967' (int() reads 1)
     numbered = isinstance(frame_counts, Mapping) and all(
-        isinstance(n, str) and n.isdigit() and 1 <= int(n) <= len(entries) for n in names)
+        isinstance(n, str) and n.isascii() and n.isdigit() and 1 <= int(n) <= len(entries) for n in names)
     if len(counts) < len(entries) and numbered:  # some videos, named by number: video NN is entry NN - 1
         picked = [entries[int(n) - 1] for n in names]
     elif len(counts) != len(entries):

@@ -495,3 +495,30 @@ def test_check_frame_labels_is_the_label_check_of_every_reader():
                           ([], M.EmptyInputError, "clip: expected at least 1 frame label, got 0")):
         with pytest.raises(err, match=msg):
             M.check_frame_labels(bad, "clip")
+
+
+
+def _numbered_mat(tmp_path):
+    """12 videos; oracle: video k (1-based) is anomalous at frames k .. k + 1 (1-based)."""
+    import scipy.io
+
+    gt = np.empty((1, 12), dtype=object)
+    for i in range(12):
+        gt[0, i] = np.array([[i + 1], [i + 2]], dtype=np.uint8)
+    p = tmp_path / "gt.mat"
+    scipy.io.savemat(p, {"gt": gt})
+
+    def want(k, n=20):
+        lab = np.zeros(n, np.uint8)
+        lab[k - 1:k + 1] = 1
+        return lab.tolist()
+    return p, want
+
+
+def test_load_ped2_labels_numbers_are_ascii_digits(tmp_path):
+    """str.isdigit() takes superscript 2 (int() then raised a bare ValueError) and Devanagari 1 (read as
+    video 1): names that are not ASCII numbers of the file's videos are a typed error."""
+    p, _ = _numbered_mat(tmp_path)
+    for bad in ({"\u00b2": 20}, {"\u0967": 20}, {"00": 20}, {"013": 20}, {" 1": 20}):
+        with pytest.raises(M.LengthMismatchError, match="named by number"):
+            M.load_ped2_labels(p, bad)
