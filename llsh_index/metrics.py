@@ -635,7 +635,8 @@ def load_ped2_labels(
     order (names become ``"01"``, ``"02"``, ...) or a mapping name -> count whose sorted
     names are taken in video order (e.g. from :func:`ped2_frame_counts`).  A mapping of fewer
     videos than the file holds must name them by number (``{"01": 180, "03": 150}``, as
-    ``llsh-index extract --videos`` names them): those videos are labelled.
+    ``llsh-index extract --videos`` names them): those videos are labelled; names that number
+    every video once (``"1"`` .. ``"12"``) label them by number too.
 
     Returns ``{name: uint8 array of length frame_count}``.
     """
@@ -667,7 +668,9 @@ def load_ped2_labels(
     # ASCII digits only: str.isdigit() also takes '\u00b2' (int() refuses it) and '\u0967' (int() reads 1)
     numbered = isinstance(frame_counts, Mapping) and all(
         isinstance(n, str) and n.isascii() and n.isdigit() and 1 <= int(n) <= len(entries) for n in names)
-    if len(counts) < len(entries) and numbered:  # some videos, named by number: video NN is entry NN - 1
+    # some videos named by number, or all of them (each number once): video NN is entry NN - 1, not the
+    # name's place among the sorted names ('1' .. '12' sort '10' before '2')
+    if numbered and (len(counts) < len(entries) or len({int(n) for n in names}) == len(entries)):
         picked = [entries[int(n) - 1] for n in names]
     elif len(counts) != len(entries):
         raise LengthMismatchError(

@@ -515,6 +515,23 @@ def _numbered_mat(tmp_path):
     return p, want
 
 
+def test_load_ped2_labels_names_by_number(tmp_path):
+    """Names that are video numbers label that video, however padded, for some videos or all of them
+    (all 12 named 1 .. 12 sort as strings, '10' before '2', and were labelled by that order)."""
+    p, want = _numbered_mat(tmp_path)
+    for names in ([str(k) for k in range(1, 13)], [f"{k:02d}" for k in range(1, 13)], [f"{k:03d}" for k in range(1, 13)],
+                  ["1", "3", "10"], ["012", "2"]):
+        got = M.load_ped2_labels(p, {n: 20 for n in names})
+        assert {n: v.tolist() for n, v in got.items()} == {n: want(int(n)) for n in names}, names
+    # the sequence form: names 01 .. 12 in order
+    assert {n: v.tolist() for n, v in M.load_ped2_labels(p, [20] * 12).items()} == \
+        {f"{k:02d}": want(k) for k in range(1, 13)}
+    # a full mapping of other names: sorted names in video order, as before
+    names = [f"Test{k:03d}" for k in range(1, 13)]
+    assert {n: v.tolist() for n, v in M.load_ped2_labels(p, {n: 20 for n in names}).items()} == \
+        {n: want(int(n[4:])) for n in names}
+
+
 def test_load_ped2_labels_numbers_are_ascii_digits(tmp_path):
     """str.isdigit() takes superscript 2 (int() then raised a bare ValueError) and Devanagari 1 (read as
     video 1): names that are not ASCII numbers of the file's videos are a typed error."""
