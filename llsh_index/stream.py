@@ -77,6 +77,9 @@ class StreamScorer:
         (``latency`` counts them), and the model keeps W cores busy (one torch thread each: two
         threads on one frame collapse when another process holds a core).  ``close()`` (or a
         ``with`` block) stops the threads.
+
+    One scorer follows one video at a time and is fed from one thread (it takes no lock); score
+    several cameras with one scorer each (they may share the index, whose score() is thread-safe).
     """
 
     def __init__(self, index, extractor: Optional[FeatureExtractor] = None, *, T: int = 16, s: int = 1,
