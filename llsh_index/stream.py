@@ -233,6 +233,7 @@ class StreamScorer:
                 if self._pool is None:
                     from concurrent.futures import ThreadPoolExecutor
 
+                    getattr(self.extractor, "model", None)  # a lazily loaded model: once, before the workers
                     self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="llsh-stream")
                 arr = np.stack(batch)
                 for i in range(0, len(arr), self._chunk):

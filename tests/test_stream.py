@@ -564,3 +564,20 @@ def test_a_scorer_with_workers_pickles_and_copies_mid_video(index):
         clone.close()
         assert np.concatenate([o.frames for o in outs]).tolist() == list(range(50))
         np.testing.assert_allclose(np.concatenate([o.scores for o in outs]), want, rtol=1e-12, atol=1e-12)
+
+
+def test_a_lazily_loaded_model_is_loaded_once_before_the_workers(index):
+    class Lazy(GridMeansPerFrame):
+        loads = 0
+
+        @property
+        def model(self):
+            type(self).loads += 1
+            return "weights"
+
+    frames = _video(np.random.default_rng(17), 20)
+    with StreamScorer(index, Lazy(), T=5, sigma=2, workers=2) as scorer:
+        for f in frames:
+            scorer.push(f)
+        scorer.flush()
+    assert Lazy.loads == 1  # the main thread's touch; GridMeans' workers never ask for it again
