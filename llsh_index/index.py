@@ -1074,7 +1074,13 @@ def _require_cuda(device: str, what: str) -> None:
 
 
 def _to_numpy(v):
-    return v.cpu().numpy() if isinstance(v, torch.Tensor) else v
+    """A tensor on the host as numpy (uint64 through its int64 bits: torch copies few uint64 ops
+    across devices); anything else unchanged."""
+    if not isinstance(v, torch.Tensor):
+        return v
+    if v.dtype == torch.uint64:
+        return v.view(torch.int64).cpu().numpy().view(np.uint64)
+    return v.cpu().numpy()
 
 
 def _move(v, device: str):

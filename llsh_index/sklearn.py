@@ -37,6 +37,7 @@ from . import probing
 from ._validation import check_bool, check_video_ids
 from .errors import ConfigError, InvalidDTypeError, InvalidInputError, NotFittedError
 from .index import LearnableLSHIndex, _normalise_device, _to_numpy, check_reduce, probed_scores
+from .sharded import _send
 
 # fit(X, video_ids=...): offset_ is calibrated on scores from indexes built without whole videos, in
 # at most this many folds (video i, in order of first appearance, goes to fold i % n_folds)
@@ -201,7 +202,7 @@ class LLSHDetector(_TypedSetParams, OutlierMixin, BaseEstimator):
         X = _on_device(X, index.device)
         dev_codes, dev_keys = index.hash_queries(X)  # once: the probes below start from the same codes
         part = index.partial_scores(query_codes=dev_codes, query_keys=dev_keys)  # numpy, on any device
-        codes, keys = _host(dev_codes), _host(dev_keys)  # the leave-one-out arithmetic runs on the host
+        codes, keys = _to_numpy(dev_codes), _to_numpy(dev_keys)  # the leave-one-out arithmetic runs on the host
         part["count"] = part["count"] - 1  # this row, at distance 0, leaves its bucket
         if part["mode"] == "light":
             part["sum"] = part["sum"] - codes  # and its code leaves the bucket's sum
@@ -209,9 +210,12 @@ class LLSHDetector(_TypedSetParams, OutlierMixin, BaseEstimator):
             return index.combine_partial_scores([part], reduce=self.reduce, query_codes=codes)
         own = index.combine_partial_scores([part], return_distances=True, miss_value=math.inf, query_codes=codes)
 
+        dev = str(dev_codes.device) if isinstance(dev_codes, torch.Tensor) else None  # where the tables are
+
         def distances(c, k, rows):  # at probe keys k, +inf where the bucket is empty
             rows = slice(None) if rows is None else rows
-            p = index.partial_scores(query_codes=_to_device_like(c, dev_codes), query_keys=_to_device_like(k, dev_keys))
+            p = index.partial_scores(query_codes=c if dev is None else _send(c, dev),
+                                     query_keys=k if dev is None else _send(k, dev))
             d = index.combine_partial_scores([p], return_distances=True, query_codes=c, miss_value=math.inf)
             return np.where(k == keys[rows], own[rows], d)
 
@@ -278,22 +282,3 @@ def _on_device(X, device: str):
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             t = torch.from_numpy(X)
     return t if device == "cpu" else t.to(device)
-
-
-def _host(t):
-    """A tensor of hash_queries() on the host, as numpy (uint64 keys through their int64 bits: torch's
-    uint64 support is limited to a few ops); numpy passes through."""
-    if not isinstance(t, torch.Tensor):
-        return t
-    if t.dtype == torch.uint64:
-        return t.view(torch.int64).cpu().numpy().view(np.uint64)
-    return t.cpu().numpy()
-
-
-def _to_device_like(a: np.ndarray, like):
-    """Host codes / keys back where `like` (hash_queries()'s output) lives."""
-    if not isinstance(like, torch.Tensor):
-        return a
-    if a.dtype == np.uint64:
-        return torch.from_numpy(np.ascontiguousarray(a).view(np.int64)).to(like.device).view(torch.uint64)
-    return torch.from_numpy(np.ascontiguousarray(a)).to(like.device)
