@@ -43,6 +43,8 @@ from scipy.ndimage import gaussian_filter1d
 
 from . import metrics, probing
 from .errors import ConfigError, InvalidDTypeError, InvalidInputError, LLSHError, NotFittedError
+from .index import _to_numpy, check_mode, check_reduce
+from .sharded import _send
 from .video import FeatureExtractor, _check_ts, _to_rgb
 
 __all__ = ["StreamScorer", "StreamScores", "SMOOTHINGS"]
@@ -85,8 +87,6 @@ class StreamScorer:
     def __init__(self, index, extractor: Optional[FeatureExtractor] = None, *, T: int = 16, s: int = 1,
                  sigma: Optional[float] = 12.0, smoothing: str = "centred", mode: Optional[str] = None,
                  n_probes: int = 1, miss_probes: int = 0, reduce: str = "min", workers: Optional[int] = None):
-        from .index import check_mode, check_reduce
-
         if not callable(getattr(index, "score", None)):
             raise ConfigError(f"index: expected a LearnableLSHIndex (an object with score()), got "
                               f"{type(index).__name__}")
@@ -174,10 +174,7 @@ class StreamScorer:
             # not _abandon(): _n counts these frames, so dropping them would shift every later frame
             self._drain(keep=0)
         except BaseException:
-            self._abandon()
-            self._n = self._stored()
-            if self._n == 0:
-                self._shape = None
+            self._drop_unstored(len(self._store))
             raise
         finally:
             if self._pool is not None:
@@ -192,8 +189,7 @@ class StreamScorer:
         if self._pending:
             store = deque(self._store)
             for fut in self._pending:
-                desc = fut.result()
-                store.extend({k: v[i] for k, v in desc.items()} for i in range(len(next(iter(desc.values())))))
+                store.extend(self._per_frame_descriptors(fut.result()))
             state["_store"], state["_pending"] = store, deque()
         return state
 
@@ -245,12 +241,7 @@ class StreamScorer:
                 self._store.extend(np.array(f) for f in batch)
             self._score_snippets(self._stored() - self._ahead)
         except BaseException:  # as if the frames not stored before this call never came
-            self._abandon()
-            while len(self._store) > stored:
-                self._store.pop()
-            self._n = self._stored()
-            if self._n == 0:
-                self._shape = None
+            self._drop_unstored(stored)
             raise
         return self._emit(end=False)
 
@@ -268,9 +259,24 @@ class StreamScorer:
         """Frames whose descriptors (or frames) are in the store: the rest are with the workers."""
         return self._store_base + len(self._store)
 
-    def _keep_descriptors(self, desc) -> None:
+    def _drop_unstored(self, stored: int) -> None:
+        """After a failure: the workers' jobs and the store's frames beyond the first `stored` are
+        dropped, and frames_seen goes back to the frames kept (the frame to push next)."""
+        self._abandon()
+        while len(self._store) > stored:
+            self._store.pop()
+        self._n = self._stored()
+        if self._n == 0:
+            self._shape = None
+
+    @staticmethod
+    def _per_frame_descriptors(desc) -> list:
+        """frame_descriptors' {name: (N, ...)} as N per-frame {name: (...)} dicts, the store's entries."""
         n = len(next(iter(desc.values())))
-        self._store.extend({k: v[i] for k, v in desc.items()} for i in range(n))
+        return [{k: v[i] for k, v in desc.items()} for i in range(n)]
+
+    def _keep_descriptors(self, desc) -> None:
+        self._store.extend(self._per_frame_descriptors(desc))
 
     def _drain(self, keep: int) -> None:
         """Wait for the workers' jobs but the newest `keep`, and store their descriptors in order."""
@@ -362,24 +368,14 @@ class StreamScorer:
 
     def _score(self, feats: np.ndarray) -> np.ndarray:
         device = getattr(self.index, "device", "cpu")
-        x = feats
-        if isinstance(device, str) and device.startswith("cuda"):
-            import torch
-
-            x = torch.from_numpy(feats).to(device)
-        out = self.index.score(x, **self._score_kw)
-        if hasattr(out, "detach"):
-            out = out.detach().cpu().numpy()
-        return np.asarray(out, dtype=np.float64)
+        on_gpu = isinstance(device, str) and device.startswith("cuda")
+        out = self.index.score(_send(feats, device) if on_gpu else feats, **self._score_kw)
+        return np.asarray(_to_numpy(out), dtype=np.float64)
 
     def _emit(self, end: bool) -> StreamScores:
         n_raw = self._raw_base + len(self._raw)  # raw scores exist for frames < n_raw
-        if end:
-            stop = n_raw
-        elif self.smoothing == "centred":
-            stop = n_raw - self._radius
-        else:
-            stop = n_raw
+        # centred: a frame's window reaches `radius` scores ahead, until the video's end
+        stop = n_raw - (self._radius if self.smoothing == "centred" and not end else 0)
         first = self._next_emit
         frames = np.arange(first, max(stop, first), dtype=np.int64)
         raw = np.asarray(self._raw, dtype=np.float64)  # frames _raw_base ..
