@@ -45,6 +45,19 @@ class GridMeansPerFrame(GridMeans):
         return np.concatenate([d.mean(1), d.std(1)], 1).astype(np.float32)
 
 
+class FailsOnFrame(GridMeansPerFrame):
+    """The per-frame model failing once, on the job that holds exactly `bad` (a worker's job)."""
+
+    def __init__(self, bad):
+        self.bad = bad
+
+    def frame_descriptors(self, frames):
+        if self.bad is not None and (frames == self.bad).all():
+            self.bad = None  # once
+            raise RuntimeError("camera frame went bad")
+        return super().frame_descriptors(frames)
+
+
 def _video(rng, n, shape=(16, 20)):
     """A video with a slow drift and a bright blob passing through (the anomaly) from frame n // 2."""
     base = rng.integers(40, 200, shape + (3,)).astype(np.float64)
@@ -438,18 +451,8 @@ def _run_loose(scorer, frames, sizes):
 def test_a_worker_that_fails_drops_the_frames_after_the_last_stored(index):
     """A job failing on a worker surfaces at a later push; the frames not yet stored (that job's and
     newer) are dropped, frames_seen says where to push again, and the video then ends as the oracle."""
-    class Flaky(GridMeansPerFrame):
-        bad = None
-
-        def frame_descriptors(self, frames):
-            if self.bad is not None and (frames == self.bad).all():
-                self.bad = None  # once
-                raise RuntimeError("camera frame went bad")
-            return super().frame_descriptors(frames)
-
     frames = _video(np.random.default_rng(16), 50)
-    ext = Flaky()
-    ext.bad = frames[20]
+    ext = FailsOnFrame(frames[20])
     scorer = StreamScorer(index, ext, T=5, sigma=3, workers=2)
     outs, i, raised = [], 0, 0
     while i < len(frames):
@@ -523,18 +526,8 @@ def test_close_mid_video_keeps_the_frames_with_the_workers(index):
 def test_close_with_a_failed_job_drops_its_frames(index):
     """A job that failed before close(): close() raises its error, stops the threads, and frames_seen
     is the frame to push next, as after a failed push."""
-    class Flaky(GridMeansPerFrame):
-        bad = None
-
-        def frame_descriptors(self, frames):
-            if self.bad is not None and (frames == self.bad).all():
-                self.bad = None
-                raise RuntimeError("camera frame went bad")
-            return super().frame_descriptors(frames)
-
     frames = _video(np.random.default_rng(19), 40)
-    ext = Flaky()
-    ext.bad = frames[19]
+    ext = FailsOnFrame(frames[19])
     scorer = StreamScorer(index, ext, T=5, sigma=3.0, workers=3)
     outs = [scorer.push(f) for f in frames[:20]]  # frames 18, 19 still with the workers
     with pytest.raises(RuntimeError, match="went bad"):
