@@ -660,7 +660,11 @@ class EfficientNetLite0Extractor(FeatureExtractor):
             # one frame measured 0.7-10 frames/s on 2 busy cores against 15-20 for one (RESULTS.md)
             with self._threads():
                 return self._batch_descriptors(frames)
-        descs = self._descriptors(frames[i:i + bs] for i in range(0, len(frames), bs))
+        return self._join(self._descriptors(frames[i:i + bs] for i in range(0, len(frames), bs)))
+
+    @staticmethod
+    def _join(descs: List[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
+        """The descriptors of consecutive CNN batches as one {name: (N, ...)} dict."""
         return {k: np.concatenate([d[k] for d in descs]) for k in descs[0]}
 
     @staticmethod
@@ -724,9 +728,7 @@ class EfficientNetLite0Extractor(FeatureExtractor):
             raise DatasetFormatError(f"expected at least one snippet of frames of at least 1 x 1 pixels, "
                                      f"got {frames.shape}")
         flat = frames.reshape((B * T,) + frames.shape[2:])
-        descs = self._descriptors(flat[i:i + self.batch_size] for i in range(0, len(flat), self.batch_size))
-        desc = {k: np.concatenate([d[k] for d in descs]) for k in descs[0]}
-        feats = self.pool_descriptors(desc, np.arange(B * T).reshape(B, T))
+        feats = self.pool_descriptors(self.frame_descriptors(flat), np.arange(B * T).reshape(B, T))
         return feats[0] if single else feats
 
     def extract_video(self, frames: Iterable[np.ndarray], T: int, s: int = 1, *, clamp: bool = False,
@@ -757,8 +759,7 @@ class EfficientNetLite0Extractor(FeatureExtractor):
         idx = snippet_frame_indices(count, T, s, clamp=clamp)
         if count == 0 or len(idx) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        desc = {k: np.concatenate([d[k] for d in descs]) for k in descs[0]}
-        return self.pool_descriptors(desc, idx)
+        return self.pool_descriptors(self._join(descs), idx)
 
 
 def _l2n(x: np.ndarray) -> np.ndarray:
