@@ -328,7 +328,8 @@ def cmd_extract(args) -> int:
     from . import datasets, video
 
     loaders = {"ped2": datasets.load_ped2, "avenue": datasets.load_avenue,
-               "shanghaitech": datasets.load_shanghaitech, "folders": datasets.load_frame_folders}
+               "shanghaitech": datasets.load_shanghaitech, "corridor": datasets.load_corridor,
+               "folders": datasets.load_frame_folders}
     split = {"train": "training", "test": "testing"}[args.split]
     if args.dataset == "folders":
         labels = datasets.load_npz_labels(args.labels) if args.labels else None
@@ -716,13 +717,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_demo)
 
     p = sub.add_parser("extract", help="videos (frame folders) -> cached snippet features (.npz)")
-    p.add_argument("--dataset", choices=["ped2", "avenue", "shanghaitech", "folders"], required=True)
+    p.add_argument("--dataset", choices=["ped2", "avenue", "shanghaitech", "corridor", "folders"], required=True)
     p.add_argument("--root", required=True, help="dataset root (for 'folders': a folder of frame folders)")
     p.add_argument("--split", choices=["train", "test"], default="train")
     p.add_argument("--out", required=True, help="feature file to write (reused if it matches)")
     p.add_argument("--labels", default=None,
                    help="test labels kept in the feature file: ped2, the ped2.mat file; avenue / shanghaitech / "
-                        "folders, a label .npz (video -> per-frame 0/1, e.g. ../shared/data/vad_groundtruth/"
+                        "corridor / folders, a label .npz (video -> per-frame 0/1, e.g. ../shared/data/vad_groundtruth/"
                         "Avenue_gt.npz); default: looked for under --root (folders: none)")
     p.add_argument("--videos", default=None, help="comma-separated video names: extract only these (default: all)")
     p.add_argument("--T", type=int, default=16, help="frames per snippet (default 16)")

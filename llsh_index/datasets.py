@@ -24,6 +24,12 @@ CUHK Avenue (:func:`load_avenue`) and ShanghaiTech Campus (:func:`load_shanghait
     labels: an .npz file whose keys are the test video names and whose values are the
             per-frame 0/1 labels (the layout of the LLSH paper's ``Avenue_gt.npz`` / ``ST_gt.npz``)
 
+IITB Corridor (:func:`load_corridor`): as Avenue, or the original release::
+
+    root/Train/000001/000001.avi ...         208 normal videos (named "1" ...)
+    root/Test/000209/000209.avi ...          150 test videos ("209" ...), labels: Corridor_gt.npz
+                                             (each video's black first frame is skipped)
+
 Frames inside a folder are sorted naturally (``2.jpg`` before ``10.jpg``).  Missing folders or
 files raise :class:`DatasetNotFoundError` (a ``FileNotFoundError``) naming the path; labels that
 do not fit the frames raise :class:`DatasetFormatError` (a ``ValueError``).
@@ -56,7 +62,7 @@ __all__ = [
     "FRAME_EXTENSIONS", "VIDEO_EXTENSIONS", "DatasetError", "DatasetNotFoundError", "DatasetFormatError",
     "VideoNotFoundError",
     "Video", "VideoDataset", "natural_key", "list_frame_files", "load_frame_folders", "load_ped2",
-    "load_ped2_labels", "load_avenue", "load_shanghaitech", "load_npz_labels", "DemoFeatures", "load_ped2_demo",
+    "load_ped2_labels", "load_avenue", "load_shanghaitech", "load_corridor", "load_npz_labels", "DemoFeatures", "load_ped2_demo",
     "PED2_DEMO_PATH",
 ]
 
@@ -174,6 +180,14 @@ class Video:
     frame_paths: Tuple[str, ...] = ()
     video_path: Optional[str] = None
     labels: Optional[np.ndarray] = field(default=None, compare=False, repr=False)
+    # frames of the source before this one are not part of the video: IITB Corridor's videos
+    # open with a black frame that its labels (and the authors' extraction) leave out
+    first_frame: int = 0
+
+    def __post_init__(self):
+        if isinstance(self.first_frame, (bool, np.bool_)) or not isinstance(self.first_frame, (int, np.integer)) \
+                or self.first_frame < 0:
+            raise ConfigError(f"Video {self.name!r}: first_frame: expected an int >= 0, got {self.first_frame!r}")
 
     @property
     def source(self) -> Union[str, Tuple[str, ...]]:
@@ -184,7 +198,7 @@ class Video:
     def n_frames(self) -> Optional[int]:
         """Number of frames; for a video file only known from its labels (else None)."""
         if self.frame_paths:
-            return len(self.frame_paths)
+            return max(len(self.frame_paths) - int(self.first_frame), 0)
         return None if self.labels is None else int(self.labels.size)
 
 
@@ -395,6 +409,91 @@ def load_shanghaitech(root: PathLike, split: str = "testing", *, labels_path: Op
     the original training release) and labels from ``labels_path`` (default: ``root/ST_gt.npz``)."""
     return _load_npz_dataset("shanghaitech", ("ST_gt.npz", "st_gt.npz", "shanghaitech_gt.npz", "gt.npz"), root,
                              split, labels_path, with_labels)
+
+
+# --------------------------------------------------------------------------- IITB Corridor
+
+_ASCII_NUMBER = re.compile(r"[0-9]+")
+
+
+def _corridor_name(name: str) -> str:
+    # the release numbers its videos 000001 ...; Corridor_gt.npz names them 1 ... (209 ... for test)
+    return str(int(name)) if _ASCII_NUMBER.fullmatch(name) else name
+
+
+def _corridor_release_videos(folder: Path) -> List[Video]:
+    """The original release: ``Train/000001/000001.avi`` (a test folder may hold annotations too)."""
+    videos = []
+    for d in sorted((e for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")),
+                    key=lambda e: natural_key(e.name)):
+        files = sorted((e.name for e in os.scandir(d.path) if e.is_file() and e.name.lower().endswith(VIDEO_EXTENSIONS)),
+                       key=lambda n: (os.path.splitext(n)[0] != d.name, natural_key(n)))
+        if not files:
+            raise DatasetFormatError(f"corridor: no video file ({'/'.join(VIDEO_EXTENSIONS)}) in {d.path}")
+        videos.append(Video(d.name, (), os.path.join(d.path, files[0])))
+    if not videos:
+        raise DatasetFormatError(f"corridor: no video folders in {folder}")
+    return videos
+
+
+def load_corridor(root: PathLike, split: str = "testing", *, labels_path: Optional[PathLike] = None,
+                  with_labels: bool = True, skip_first_frame: Optional[bool] = None) -> VideoDataset:
+    """IITB Corridor, in either layout:
+
+    - extracted frames, as for Avenue: ``root/{training,testing}/frames/<video>/*.jpg`` (or
+      ``.../videos/<video>.avi``);
+    - the original release: ``root/{Train,Test}/000209/000209.avi``.
+
+    Videos are named by their number without leading zeros (``000209`` -> ``"209"``), as in the
+    labels of ``labels_path`` (default: ``root/Corridor_gt.npz``, the LLSH paper's file).
+
+    Every Corridor video opens with a black frame that the labels leave out (the authors extract
+    frames with ``--skip_first``). ``skip_first_frame=None`` (default) skips it in video files, and
+    in a labelled frame folder that holds one frame more than its labels; frame folders are
+    otherwise taken to be extracted without it. ``True`` / ``False`` skip it everywhere / nowhere.
+    """
+    root = _require_dir(Path(root), "IITB Corridor folder")
+    split = _split_name(split)
+    release = root / {"training": "Train", "testing": "Test"}[split]
+    if (root / split).is_dir():
+        ds = load_frame_folders(root / split / "frames", None, name="corridor", split=split, videos_dirname="videos")
+    elif release.is_dir():
+        ds = VideoDataset("corridor", split, str(release), _corridor_release_videos(release))
+    else:
+        raise DatasetNotFoundError(f"corridor {split} folder not found: {root / split} (nor {release})", root / split)
+    labels = None
+    if split == "testing" and with_labels:
+        path = Path(labels_path) if labels_path is not None else _find_label_file(
+            root, ("Corridor_gt.npz", "corridor_gt.npz", "gt.npz"))
+        labels = {_corridor_name(k): v for k, v in load_npz_labels(path).items()}
+        source = str(path)
+    names = [_corridor_name(v.name) for v in ds.videos]
+    if len(set(names)) < len(names):
+        twice = sorted({n for n in names if names.count(n) > 1}, key=natural_key)
+        raise DatasetFormatError(f"corridor {split}: two videos are numbered {twice[:5]} under {ds.root}")
+    if labels is not None:
+        no_lab = [n for n in names if n not in labels]
+        if no_lab:
+            raise DatasetFormatError(f"corridor {split}: no labels for videos {no_lab[:5]} (of {len(no_lab)}) in {source}")
+        extra = sorted(set(labels) - set(names), key=natural_key)
+        if extra:
+            raise DatasetNotFoundError(f"corridor {split}: labelled videos {extra[:5]} (of {len(extra)}) have no "
+                                       f"frames under {ds.root}", Path(ds.root) / extra[0])
+    videos = []
+    for v, name in zip(ds.videos, names):
+        lab = None if labels is None else labels[name]
+        if skip_first_frame is not None:
+            first = int(bool(skip_first_frame))
+        elif v.frame_paths:
+            first = int(lab is not None and len(v.frame_paths) == lab.size + 1)
+        else:
+            first = 1
+        n = len(v.frame_paths) - first if v.frame_paths else None
+        videos.append(Video(name, v.frame_paths, v.video_path,
+                            None if lab is None else _as_labels(lab, name, n, source), first))
+    ds.videos = videos
+    ds.root = str(root)
+    return ds
 
 
 # --------------------------------------------------------------------------- bundled demo features

@@ -24,6 +24,7 @@ with ``np.load(path)`` and no pickle; see :func:`save_features` for the layout.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 from collections import deque
@@ -182,17 +183,19 @@ def iter_frames(source: FrameSource) -> Iterator[np.ndarray]:
     ``source``: a folder of images (sorted naturally), a list of image paths, a video file
     (decoded with PyAV, else OpenCV; both imported only here), a stream URL (``rtsp://``,
     ``http://``, ``file://``...: a live camera is read as it delivers frames), an
-    (N, H, W[, C]) uint8 array, or a :class:`~llsh_index.datasets.Video`.
+    (N, H, W[, C]) uint8 array, or a :class:`~llsh_index.datasets.Video` (from its
+    ``first_frame`` on).
     """
+    skip = int(source.first_frame) if isinstance(source, Video) else 0
     src = _resolve_source(source)
     if isinstance(src, np.ndarray):
-        for f in src:
+        for f in src[skip:]:
             yield _to_rgb(f)
     elif isinstance(src, str):
-        for f in _iter_video_file(src):
+        for f in itertools.islice(_iter_video_file(src), skip, None):  # skipped frames are decoded, not converted
             yield _to_rgb(f)
     else:
-        for p in src:
+        for p in src[skip:]:
             yield _read_image(p)
 
 

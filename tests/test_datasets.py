@@ -250,3 +250,101 @@ def test_a_video_not_in_the_dataset_is_a_typed_key_and_index_error(tmp_path):
         assert isinstance(info.value, KeyError) and isinstance(info.value, IndexError) and isinstance(info.value, LLSHError)
     with pytest.raises(InvalidDTypeError, match="expected a name .* or a position .* got float"):
         ds[1.0]
+
+
+# ----------------------------------------------------------------------------- IITB Corridor
+
+
+def _corridor_release(root: Path, split: str, numbers, ext=".avi"):
+    for n in numbers:
+        folder = root / split / f"{int(n):06d}"
+        folder.mkdir(parents=True)
+        (folder / f"{int(n):06d}{ext}").write_bytes(b"")  # listed, never decoded here
+    return root
+
+
+def test_corridor_original_release_with_the_real_labels(tmp_path):
+    """The release's Test/000209/000209.avi folders, numbered from the real Corridor_gt.npz: every
+    label key finds its video, names drop the zeros, the black first frame is skipped in each."""
+    gt_path = shared("vad_groundtruth", "Corridor_gt.npz")
+    gt = np.load(gt_path)
+    root = _corridor_release(tmp_path / "corridor", "Test", gt.files)
+    (root / "Test" / "000209" / "000209.npy").write_bytes(b"")  # the release's annotation beside the video
+    _corridor_release(root, "Train", [1, 2, 10])
+    test = D.load_corridor(root, "test", labels_path=gt_path)
+    assert test.name == "corridor" and len(test) == 150
+    assert test.names == sorted(gt.files, key=int) and test.names[:2] == ["209", "210"]
+    assert test.n_frames == 181567 and sum(int(v.labels.sum()) for v in test) == 108278
+    assert all(v.first_frame == 1 and v.video_path.endswith(f"{int(v.name):06d}.avi") for v in test)
+    np.testing.assert_array_equal(test["300"].labels, gt["300"])
+    train = D.load_corridor(root, "train")
+    assert train.names == ["1", "2", "10"] and not train.has_labels and train.n_frames is None
+    assert [v.first_frame for v in train] == [1, 1, 1]
+    assert D.load_corridor(root, "train", skip_first_frame=False)["1"].first_frame == 0
+    # the label file is found under the root by default
+    (root / "Corridor_gt.npz").write_bytes(gt_path.read_bytes())
+    assert D.load_corridor(root).names == test.names
+
+
+def test_corridor_frame_folders_skip_the_black_frame_only_when_it_is_there(tmp_path):
+    root = tmp_path / "corridor"
+    _touch_frames(root / "testing" / "frames" / "000209", 6, "{:06d}.jpg")  # black first frame kept
+    _touch_frames(root / "testing" / "frames" / "000210", 4, "{:06d}.jpg")  # extracted with --skip_first
+    _touch_frames(root / "training" / "frames" / "000001", 3, "{:06d}.jpg")
+    np.savez(root / "Corridor_gt.npz", **{"209": np.array([0, 0, 1, 1, 0]), "210": np.array([1, 1, 0, 0])})
+    test = D.load_corridor(root)
+    assert test.names == ["209", "210"] and [v.first_frame for v in test] == [1, 0]
+    assert test.n_frames == 9 and test["209"].frame_paths[0].endswith("000000.jpg")
+    assert D.load_corridor(root, "training")["1"].first_frame == 0
+    assert D.load_corridor(root, "training", skip_first_frame=True)["1"].n_frames == 2
+    with pytest.raises(D.DatasetFormatError, match="5 labels for 6 frames"):
+        D.load_corridor(root, skip_first_frame=False)
+    with pytest.raises(D.DatasetFormatError, match="4 labels for 3 frames"):
+        D.load_corridor(root, skip_first_frame=True)
+
+
+def test_corridor_errors_name_what_is_wrong(tmp_path):
+    root = tmp_path / "corridor"
+    root.mkdir()
+    with pytest.raises(D.DatasetNotFoundError, match=r"testing.*Test"):
+        D.load_corridor(root)
+    (root / "Test" / "000209").mkdir(parents=True)
+    with pytest.raises(D.DatasetFormatError, match="no video file.*000209"):
+        D.load_corridor(root, with_labels=False)
+    (root / "Test" / "000209" / "000209.avi").write_bytes(b"")
+    with pytest.raises(D.DatasetNotFoundError, match="Corridor_gt.npz"):
+        D.load_corridor(root)
+    np.savez(tmp_path / "gt.npz", **{"209": np.zeros(3), "211": np.zeros(2)})
+    with pytest.raises(D.DatasetNotFoundError, match="211"):
+        D.load_corridor(root, labels_path=tmp_path / "gt.npz")
+    _corridor_release(root, "Test", [210])
+    np.savez(tmp_path / "gt2.npz", **{"209": np.zeros(3)})
+    with pytest.raises(D.DatasetFormatError, match=r"no labels for videos \['210'\]"):
+        D.load_corridor(root, labels_path=tmp_path / "gt2.npz")
+    (root / "Test" / "0210").mkdir()
+    (root / "Test" / "0210" / "0210.avi").write_bytes(b"")
+    with pytest.raises(D.DatasetFormatError, match=r"two videos are numbered \['210'\]"):
+        D.load_corridor(root, with_labels=False)
+    with pytest.raises(D.ConfigError, match="first_frame"):
+        D.Video("x", ("a.jpg",), first_frame=-1)
+
+
+def test_corridor_video_file_decodes_from_its_second_frame(tmp_path):
+    """Decoding a release-layout video: the frames after the black one, exactly, and the snippet
+    features of the dataset path equal the oracle's on those frames."""
+    from llsh_index import video as V
+    from test_video import MeanColour, _clip, _write_lossless_video
+
+    frames = _clip(n=9)
+    frames[0] = 0
+    folder = tmp_path / "corridor" / "Test" / "000209"
+    folder.mkdir(parents=True)
+    _write_lossless_video(folder / "000209.mkv", frames)
+    np.savez(tmp_path / "corridor" / "Corridor_gt.npz", **{"209": np.r_[np.zeros(4), np.ones(4)]})
+    ds = D.load_corridor(tmp_path / "corridor")
+    np.testing.assert_array_equal(V.read_frames(ds["209"]), frames[1:])
+    assert V.count_frames(ds["209"]) == 8
+    feats, _ = V.extract_dataset(ds, MeanColour(T=4), T=4, s=1)
+    idx = V.snippet_frame_indices(8, 4, 1, clamp=True)
+    expected = np.stack([frames[1:][r].astype(np.float32).mean(axis=(1, 2)).reshape(-1) for r in idx])
+    np.testing.assert_allclose(feats["209"], expected, rtol=1e-6)
