@@ -19,8 +19,8 @@ UCSD Ped2 (:func:`load_ped2`)::
 
 CUHK Avenue (:func:`load_avenue`) and ShanghaiTech Campus (:func:`load_shanghaitech`)::
 
-    root/training/frames/<video>/*.jpg       (or root/training/videos/<video>.avi|.mp4|...)
-    root/testing/frames/<video>/*.jpg
+    root/training/frames/<video>/*.jpg       (or root/training/videos/<video>.avi|.mp4|...;
+    root/testing/frames/<video>/*.jpg         Avenue's release: root/testing_videos/01.avi ...)
     labels: an .npz file whose keys are the test video names and whose values are the
             per-frame 0/1 labels (the layout of the LLSH paper's ``Avenue_gt.npz`` / ``ST_gt.npz``)
 
@@ -382,25 +382,32 @@ def _find_label_file(root: Path, names: Sequence[str]) -> Path:
 
 
 def _load_npz_dataset(dsname: str, label_names: Sequence[str], root: PathLike, split: str,
-                      labels_path: Optional[PathLike], with_labels: bool) -> VideoDataset:
+                      labels_path: Optional[PathLike], with_labels: bool, release_videos: bool = False) -> VideoDataset:
     root = _require_dir(Path(root), f"{dsname} folder")
     split = _split_name(split)
-    _require_dir(root / split, f"{dsname} {split} folder")
+    videos = "videos"
+    if not (root / split).is_dir():
+        release = root / f"{split}_videos"  # the release's own layout (Avenue: root/training_videos/01.avi)
+        if not (release_videos and release.is_dir()):
+            alt = f" (nor {release})" if release_videos else ""
+            raise DatasetNotFoundError(f"{dsname} {split} folder not found: {root / split}{alt}", root / split)
+        videos = os.path.abspath(release)  # an absolute name replaces the frames folder's parent
     labels = None
     if split == "testing" and with_labels:
         path = Path(labels_path) if labels_path is not None else _find_label_file(root, label_names)
         labels = load_npz_labels(path)
-    ds = load_frame_folders(root / split / "frames", labels, name=dsname, split=split, videos_dirname="videos")
+    ds = load_frame_folders(root / split / "frames", labels, name=dsname, split=split, videos_dirname=videos)
     ds.root = str(root)
     return ds
 
 
 def load_avenue(root: PathLike, split: str = "testing", *, labels_path: Optional[PathLike] = None,
                 with_labels: bool = True) -> VideoDataset:
-    """CUHK Avenue: ``root/{training,testing}/frames/<video>/`` (or ``.../videos/<video>.avi``) and
-    per-frame labels from ``labels_path`` (default: ``root/Avenue_gt.npz``)."""
+    """CUHK Avenue: ``root/{training,testing}/frames/<video>/`` (or ``.../videos/<video>.avi``, or
+    the release's ``root/{training,testing}_videos/<video>.avi``) and per-frame labels from
+    ``labels_path`` (default: ``root/Avenue_gt.npz``)."""
     return _load_npz_dataset("avenue", ("Avenue_gt.npz", "avenue_gt.npz", "gt.npz"), root, split,
-                             labels_path, with_labels)
+                             labels_path, with_labels, release_videos=True)
 
 
 def load_shanghaitech(root: PathLike, split: str = "testing", *, labels_path: Optional[PathLike] = None,

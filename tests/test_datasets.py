@@ -172,6 +172,27 @@ def test_avenue_layout(tmp_path):
         D.load_avenue(root, "test", labels_path=tmp_path / "vals.npz")
 
 
+def test_avenue_release_layout_with_the_real_labels(tmp_path):
+    """CUHK Avenue as released: root/{training,testing}_videos/01.avi, read without rearranging."""
+    gt_path = shared("vad_groundtruth", "Avenue_gt.npz")
+    root = tmp_path / "Avenue Dataset"
+    for split, n in (("training", 16), ("testing", 21)):
+        (root / f"{split}_videos").mkdir(parents=True)
+        for i in range(1, n + 1):
+            (root / f"{split}_videos" / f"{i:02d}.avi").write_bytes(b"")  # listed, never decoded here
+    (root / "testing_label_mask").mkdir()
+    test = D.load_avenue(root, labels_path=gt_path)
+    assert test.names == [f"{i:02d}" for i in range(1, 22)] and test.n_frames == 15324
+    assert test["07"].video_path == str((root / "testing_videos" / "07.avi").resolve())
+    np.testing.assert_array_equal(test["07"].labels, np.load(gt_path)["07"])
+    train = D.load_avenue(root, "train")
+    assert len(train) == 16 and not train.has_labels and train.n_frames is None
+    with pytest.raises(D.DatasetNotFoundError, match="testing_videos"):
+        D.load_avenue(tmp_path / "Avenue Dataset" / "testing_label_mask")
+    with pytest.raises(D.DatasetNotFoundError, match=r"shanghaitech testing folder not found: [^(]+testing$"):
+        D.load_shanghaitech(root)  # no release layout there: only the split folder is named
+
+
 def test_shanghaitech_layout_with_training_videos(tmp_path):
     root = tmp_path / "st"
     (root / "training" / "videos").mkdir(parents=True)
