@@ -8,6 +8,7 @@
     llsh-index score --index index.llsh --features test.npz --out scores.npz [--csv scores.csv]
     llsh-index evaluate --scores scores.npz --labels test.npz
     llsh-index plot --scores scores.npz --labels test.npz --out curves.png
+    llsh-index info --index index.llsh --features test.npz --plot tables.png   # buckets, active bits, hits
     llsh-index stream --index index.llsh --video clip.mp4 > live.csv   # frame by frame, as a live feed
 
 Feature files are the pickle-free .npz of llsh_index.video.save_features (per-video arrays, labels
@@ -509,17 +510,12 @@ def plot_curves(path: str, curves: Dict[str, Dict[str, np.ndarray]], labels: Dic
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.figure import Figure
     from matplotlib.patches import Patch
     from sklearn.metrics import roc_auc_score
 
     from .metrics import smooth_scores
 
-    fmt = os.path.splitext(path)[1][1:].lower()
-    formats = Figure().canvas.get_supported_filetypes()  # a detached figure: pyplot's are left alone
-    if fmt not in formats:
-        raise ConfigError(f"plot: {path!r} has no image extension matplotlib writes; expected one of "
-                          f"{', '.join(sorted('.' + k for k in formats))}")
+    fmt = _image_format(path)
     fig, axes = plt.subplots(len(videos), 1, figsize=(9, 1.35 + 1.6 * len(videos)), squeeze=False, sharey=True)
     for ax, v in zip(axes[:, 0], videos):
         lab = labels[v].astype(bool)
@@ -544,6 +540,24 @@ def plot_curves(path: str, curves: Dict[str, Dict[str, np.ndarray]], labels: Dic
     sub = f"scores smoothed (Gaussian, sigma {sigma:g} frames) and min-max normalised per video, as micro-AUC"
     axes[0, 0].set_title(f"{title}\n{sub}" if title else f"Anomaly score per frame\n{sub}", fontsize=9)
     fig.tight_layout()
+    _save_figure(fig, path, fmt)
+
+
+def _image_format(path: str) -> str:
+    """The matplotlib format of `path`'s extension, refused before any drawing when there is none."""
+    from matplotlib.figure import Figure
+
+    fmt = os.path.splitext(path)[1][1:].lower()
+    formats = Figure().canvas.get_supported_filetypes()  # a detached figure: pyplot's are left alone
+    if fmt not in formats:
+        raise ConfigError(f"plot: {path!r} has no image extension matplotlib writes; expected one of "
+                          f"{', '.join(sorted('.' + k for k in formats))}")
+    return fmt
+
+
+def _save_figure(fig, path: str, fmt: str) -> None:
+    import matplotlib.pyplot as plt
+
     from .io import atomic_write
 
     try:
@@ -582,6 +596,126 @@ def cmd_plot(args) -> int:
     plot_curves(args.out, curves, labels, videos, args.sigma, title=args.title)
     more = "" if args.videos else f" (the first {len(videos)} of {len(common)}; --videos all for every one)"
     print(f"{len(videos)} videos{more} -> {args.out}")
+    return 0
+
+
+def index_info(index, queries_by_video: Optional[Dict[str, np.ndarray]] = None) -> dict:
+    """What `llsh-index info` reports: the index's settings, its tables' occupancy
+    (LearnableLSHIndex.stats()) and, for the given snippets, how often their keys find a bucket."""
+    info = {"kind": "LLSH (trained hash layers)" if index.is_trained else "LSH (untrained hash layers)",
+            "dim": index.dim, "n_tables": index.n_tables, "n_bits": index.n_bits, "mode": index.mode,
+            "code_dtype": index.code_dtype if index.store_codes else None, "n_items": index.ntotal,
+            "memory_bytes": index.memory_bytes(), "miss_value": float(index.default_miss_value())}
+    if index.training_config_ is not None:
+        from dataclasses import asdict
+
+        info["training"] = asdict(index.training_config_)
+    if index.ntotal:
+        info["tables"] = index.stats()
+    if queries_by_video:
+        if not index.ntotal:
+            raise ConfigError("info --features: the index holds no items (a `fit` output), so every snippet misses; "
+                              "index the training features first (llsh-index build --model ...)")
+        sizes = np.concatenate([index.query_bucket_sizes(q) for q in queries_by_video.values()])
+        hit = sizes > 0
+        info["queries"] = {"n_snippets": int(len(sizes)), "n_videos": len(queries_by_video),
+                           "hit_rate": hit.mean(axis=0).tolist(), "miss_every_table": float((~hit.any(axis=1)).mean()),
+                           "mean_tables_hit": float(hit.sum(axis=1).mean()),
+                           "mean_bucket_hit": float(sizes[hit].mean()) if hit.any() else 0.0}
+    return info
+
+
+def plot_index_info(path: str, index, info: dict, features_name: str = "") -> None:
+    """Per table: the bucket sizes in decreasing order, the key bits that vary among the items and,
+    with queries, the share of them whose bucket exists."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fmt = _image_format(path)
+    tables, queries = info["tables"], info.get("queries")
+    b = index.n_tables
+    fig, axes = plt.subplots(1, 3 if queries else 2, figsize=(13 if queries else 9, 3.6))
+    ax = axes[0]
+    for j in range(b):
+        sizes = np.sort(index.bucket_sizes(j))[::-1]
+        ax.plot(np.arange(1, len(sizes) + 1), sizes, lw=1, color=plt.cm.viridis(j / max(b - 1, 1)),
+                label=f"table {j}" if b <= 10 else None)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("bucket rank")
+    ax.set_ylabel("items in the bucket")
+    ax.set_title(f"bucket sizes ({info['n_items']:,} items per table)", fontsize=9)
+    if b <= 10:
+        ax.legend(fontsize=7)
+    x = np.arange(b)
+    axes[1].bar(x, tables["active_bits"], color="tab:blue")
+    axes[1].axhline(index.n_bits, color="grey", ls="--", lw=1, label=f"n_bits = {index.n_bits}")
+    axes[1].set_xlabel("table")
+    axes[1].set_ylabel("key bits that vary among the items")
+    axes[1].set_title("active key bits (the others are constant)", fontsize=9)
+    axes[1].legend(fontsize=7)
+    if queries:
+        axes[2].bar(x, 100 * np.asarray(queries["hit_rate"]), color="tab:green")
+        axes[2].axhline(100 * (1 - queries["miss_every_table"]), color="tab:red", ls="--", lw=1,
+                        label=f"hit at least one table: {100 * (1 - queries['miss_every_table']):.1f}%")
+        axes[2].set_ylim(0, 105)
+        axes[2].set_xlabel("table")
+        axes[2].set_ylabel("% of snippets whose bucket exists")
+        axes[2].set_title(f"hits of {features_name or 'the queries'} ({queries['n_snippets']:,} snippets)", fontsize=9)
+        axes[2].legend(fontsize=7, loc="lower right")
+    for a in axes[1:]:
+        a.set_xticks(x if b <= 16 else x[:: max(b // 8, 1)])
+    fig.suptitle(f"{info['kind']}: {b} tables x {index.n_bits} bits, mode {index.mode}", fontsize=10)
+    fig.tight_layout()
+    _save_figure(fig, path, fmt)
+
+
+def cmd_info(args) -> int:
+    from . import LearnableLSHIndex
+
+    if args.plot:
+        _image_format(args.plot)  # before any work
+    index = LearnableLSHIndex.load(args.index)
+    queries = None
+    if args.features:
+        ff = _load_feature_file(args.features)
+        queries = {v: ff.features[v] for v in _select(ff, args.prefix)}
+    info = index_info(index, queries)
+    codes = f"codes {info['code_dtype']}" if info["code_dtype"] else "bucket statistics only"
+    print(f"{args.index}: {info['kind']}, dim {info['dim']}, {index.n_tables} tables x {index.n_bits} bits, "
+          f"mode {index.mode}, {codes}, {index.ntotal:,} items, {info['memory_bytes'] / 2 ** 20:.2f} MiB")
+    if "training" in info:
+        t = info["training"]
+        print("trained: " + ", ".join(f"{k} {t[k]}" for k in ("iterations", "epochs", "lr", "temperature", "queue_size",
+                                                               "max_offset", "project_pcs") if k in t))
+    if not index.ntotal:
+        print("no indexed items (a `fit` output): llsh-index build --model ... indexes the training features")
+        if args.plot:
+            raise ConfigError("info --plot: the index holds no items, there are no tables to draw")
+    else:
+        st, q = info["tables"], info.get("queries")
+        head = f"{'table':>5} {'buckets':>8} {'largest':>8} {'bucket of an item':>18} {'active bits':>12}"
+        print(head + (f" {'hits':>7}" if q else ""))
+        for j in range(index.n_tables):
+            line = (f"{j:>5} {st['n_buckets'][j]:>8,} {st['largest_bucket'][j]:>8,} "
+                    f"{st['mean_bucket_seen_by_item'][j]:>18.1f} {st['active_bits'][j]:>8} / {index.n_bits:<3}")
+            print(line + (f" {100 * q['hit_rate'][j]:>6.1f}%" if q else ""))
+        if q:
+            print(f"{args.features}: {q['n_snippets']:,} snippets of {q['n_videos']} videos hit "
+                  f"{q['mean_tables_hit']:.2f} of {index.n_tables} tables on average (a hit bucket holds "
+                  f"{q['mean_bucket_hit']:.1f} items); {100 * q['miss_every_table']:.1f}% miss every table and "
+                  f"score the miss value {info['miss_value']:g}")
+            if q["miss_every_table"] > 0.05:
+                print("hint: `score --miss-probes 32` looks those snippets up again in the buckets of nearby keys; "
+                      "an index with fewer --n-bits has coarser buckets")
+        if args.plot:
+            plot_index_info(args.plot, index, info, os.path.basename(args.features or ""))
+            print(f"-> {args.plot}")
+    if args.json:
+        _write_text(args.json, json.dumps(dict(info, index=os.path.abspath(args.index),
+                                               features=args.features and os.path.abspath(args.features)), indent=1))
     return 0
 
 
@@ -813,6 +947,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the results (per-video AUCs included) to this file")
     p.set_defaults(fn=cmd_evaluate)
 
+    p = sub.add_parser("info", help="an index's settings and tables (bucket sizes, active bits), and how "
+                                    "often given snippets find a bucket",
+                       description="Prints the index's settings and, per table, its buckets, the largest, the mean "
+                                   "bucket of an item, and the key bits that vary among the items. With --features, "
+                                   "the share of those snippets whose bucket exists in each table, and of those "
+                                   "that miss every table (they score the miss value).")
+    p.add_argument("--index", required=True, help="index file from `build` (or layers from `fit`)")
+    p.add_argument("--features", default=None, help="a feature file whose snippets are looked up (e.g. the test videos)")
+    p.add_argument("--prefix", default=None, help=PREFIX_HELP)
+    p.add_argument("--plot", default=None, help="also draw the tables (and the hits) to this image (.png, .pdf, ...)")
+    p.add_argument("--json", default=None, help="also write everything printed to this file")
+    p.set_defaults(fn=cmd_info)
+
     p = sub.add_parser("plot", help="score curves with the labelled anomalous frames shaded (PNG)")
     p.add_argument("--scores", required=True, nargs="+",
                    help="one or more score files (from `score`), drawn as one curve each, named after the file")
@@ -830,7 +977,7 @@ def _check_outputs(args) -> None:
     """Output files that can never be written (a folder, a device) fail before the command's work."""
     from .io import check_write_path
 
-    for name in ("out", "csv", "json"):
+    for name in ("out", "csv", "json", "plot"):
         path = getattr(args, name, None)
         if path is not None and not (args.command == "demo" and name == "out"):  # demo --out is a folder
             check_write_path(path)

@@ -808,12 +808,39 @@ class LearnableLSHIndex:
         return np.diff(off[ts[table]:ts[table + 1] + 1])
 
     def stats(self) -> dict:
+        """Per-table occupancy, lists of n_tables values: ``n_buckets``; ``largest_bucket``;
+        ``mean_bucket_seen_by_item`` (the mean size of an item's own bucket: the cost of a
+        hit); ``active_bits``, how many of the n_bits key bits take both values among the
+        indexed items (trained layers often keep few: the rest are constant, and a query
+        whose constant bit flips misses the table)."""
         tables = self._require_tables()
         ts = _to_numpy(tables["table_start"])
+        keys = np.asarray(_to_numpy(tables["keys"])).view(np.uint64)
         sizes = [self.bucket_sizes(j) for j in range(self.n_tables)]
+        varying = [np.bitwise_or.reduce(keys[ts[j]:ts[j + 1]] ^ keys[ts[j]]) for j in range(self.n_tables)]
         return {"n_items": self.ntotal, "n_buckets": np.diff(ts).tolist(),
                 "largest_bucket": [int(s.max()) for s in sizes],
-                "mean_bucket_seen_by_item": [float((s.astype(np.float64) ** 2).sum() / s.sum()) for s in sizes]}
+                "mean_bucket_seen_by_item": [float((s.astype(np.float64) ** 2).sum() / s.sum()) for s in sizes],
+                "active_bits": [bin(int(v)).count("1") for v in varying]}
+
+    def query_bucket_sizes(self, queries) -> np.ndarray:
+        """(M, n_tables) int64: the size of each query's bucket in each table, 0 where the table
+        has no bucket for its key (a miss: the paper's score takes miss_value there, and a query
+        with a row of zeros scores miss_value).  A diagnostic, NumPy on the host."""
+        tables = self._require_tables()  # one snapshot of the tables; an add() meanwhile swaps in new ones
+        qkeys = np.asarray(_to_numpy(self.hash_keys(queries))).view(np.uint64)  # a device's int64 bits too
+        keys = np.asarray(_to_numpy(tables["keys"])).view(np.uint64)
+        ts, off = _to_numpy(tables["table_start"]), _to_numpy(tables["offsets"])
+        out = np.zeros(qkeys.shape, np.int64)
+        for j in range(self.n_tables):
+            tk = keys[ts[j]:ts[j + 1]]
+            if not len(tk):
+                continue
+            pos = np.minimum(np.searchsorted(tk, qkeys[:, j]), len(tk) - 1)
+            hit = tk[pos] == qkeys[:, j]
+            u = ts[j] + pos[hit]
+            out[hit, j] = off[u + 1] - off[u]
+        return out
 
     def _require_tables(self) -> Dict:
         if self._tables is None:

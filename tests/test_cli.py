@@ -515,3 +515,49 @@ def test_plot_refuses_scores_of_another_length(feature_files, capsys):
                  "--out", str(tmp / "c.png")]) == 2
     err = capsys.readouterr().err
     assert "expected 60 per-frame scores" in err and "(55,)" in err and not (tmp / "c.png").exists()
+
+
+def test_info_reports_tables_and_hits_against_the_oracle(feature_files, capsys):
+    """info: each table's buckets, largest bucket and active bits, and the share of the test snippets
+    whose bucket exists (per table, and none at all), checked against the oracle's key dictionaries."""
+    pytest.importorskip("matplotlib")
+    from llsh_index import LearnableLSHIndex
+    from llsh_index.cli import _load_feature_file
+    from test_index import _bucket_oracle
+
+    tmp, _ = feature_files
+    p = lambda name: str(tmp / name)  # noqa: E731
+    assert main(["build", "--features", p("train.npz"), "--out", p("i.llsh"), "--n-tables", "3", "--n-bits", "10",
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["info", "--index", p("i.llsh"), "--features", p("test.npz"), "--json", p("info.json"),
+                 "--plot", p("tables.png")]) == 0
+    out = capsys.readouterr().out
+    index = LearnableLSHIndex.load(p("i.llsh"))
+    train, test = _load_feature_file(p("train.npz")), _load_feature_file(p("test.npz"))
+    x = np.concatenate([train.features[v] for v in sorted(train.videos)])
+    q = np.concatenate([test.features[v] for v in test.videos])
+    sizes, active = _bucket_oracle(index, x, q)
+    info = json.loads((tmp / "info.json").read_text())
+    assert info["n_items"] == 320 and info["kind"].startswith("LSH") and "training" not in info
+    assert info["tables"]["active_bits"] == active
+    assert info["tables"]["n_buckets"] == [len(np.unique(k)) for k in index.hash_keys(x).T]
+    np.testing.assert_allclose(info["queries"]["hit_rate"], (sizes > 0).mean(axis=0))
+    assert info["queries"]["miss_every_table"] == pytest.approx((sizes == 0).all(axis=1).mean())
+    assert info["queries"]["n_snippets"] == len(q) == 90 and info["queries"]["n_videos"] == 3
+    assert "3 tables x 10 bits" in out and f"{100 * (sizes[:, 1] > 0).mean():.1f}%" in out
+    assert (tmp / "tables.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # layers only (a fit output): settings, no tables; looking snippets up in it is refused
+    assert main(["fit", "--features", p("train.npz"), "--out", p("layers.llsh"), "--n-tables", "2", "--n-bits", "8",
+                 "--iterations", "3", "--batch-size", "32", "--queue-size", "64", "--max-offset", "10",
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["info", "--index", p("layers.llsh")]) == 0
+    out = capsys.readouterr().out
+    assert "LLSH (trained hash layers)" in out and "no indexed items" in out and "iterations 3" in out
+    assert main(["info", "--index", p("layers.llsh"), "--features", p("test.npz")]) == 2
+    assert "holds no items" in capsys.readouterr().err
+    assert main(["info", "--index", p("i.llsh"), "--plot", p("tables.txt")]) == 2
+    assert "no image extension" in capsys.readouterr().err
+    assert main(["info", "--index", p("nope.llsh")]) == 2
+    assert "nope.llsh" in capsys.readouterr().err

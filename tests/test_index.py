@@ -153,6 +153,57 @@ def test_stats_and_reset(rng):
     assert index.ntotal == 0
 
 
+def _bucket_oracle(index, x, q):
+    """Per table, the training items' keys as the oracle's tuples of bits -> counts; the queries'
+    bucket sizes (0 on a miss) and each table's number of bits that vary among the items."""
+    codes, qcodes = index.encode(x), index.encode(q)
+    sizes = np.zeros((len(q), index.n_tables), np.int64)
+    active = []
+    for j in range(index.n_tables):
+        counts = {}
+        for c in codes[:, j]:
+            counts[oracle.key_of(c)] = counts.get(oracle.key_of(c), 0) + 1
+        sizes[:, j] = [counts.get(oracle.key_of(c), 0) for c in qcodes[:, j]]
+        bits = codes[:, j] >= 0.5
+        active.append(int((bits.any(axis=0) & ~bits.all(axis=0)).sum()))
+    return sizes, active
+
+
+def test_query_bucket_sizes_and_active_bits_against_the_oracle(rng):
+    x = rng.standard_normal((600, 24)).astype(np.float32)
+    q = np.concatenate([x[:40], rng.standard_normal((160, 24)).astype(np.float32) * 3])
+    index = LearnableLSHIndex(24, n_tables=4, n_bits=10, seed=1)
+    with torch.no_grad():  # table 0 loses 3 bits: a zero row gives logit 0, sigmoid 0.5, bit 1 for every item
+        index.encoder.weight[:3].zero_()
+    index.add(x)
+    want_sizes, want_active = _bucket_oracle(index, x, q)
+    got = index.query_bucket_sizes(q)
+    assert got.dtype == np.int64 and got.shape == (200, 4)
+    np.testing.assert_array_equal(got, want_sizes)
+    assert (got[:40] > 0).all() and (got == 0).any()  # items hit their own buckets; some queries miss
+    st = index.stats()
+    assert st["active_bits"] == want_active and st["active_bits"][0] == 7
+    # a miss in every table is the paper's miss value
+    d = index.table_distances(q)
+    np.testing.assert_array_equal(d == index.default_miss_value(), got == 0)
+
+
+def test_query_bucket_sizes_on_the_device_path(rng, monkeypatch):
+    import fake_device
+
+    x = rng.standard_normal((400, 16)).astype(np.float32)
+    q = rng.standard_normal((100, 16)).astype(np.float32) * 2
+    ref = LearnableLSHIndex(16, n_tables=3, n_bits=63, seed=0).add(x[:5]).add(x)  # keys use bit 62
+    fake_device.install(monkeypatch)
+    dev = LearnableLSHIndex(16, n_tables=3, n_bits=63, seed=0).add(torch.from_numpy(x[:5])).add(torch.from_numpy(x))
+    assert isinstance(dev._tables["keys"], torch.Tensor)
+    got = dev.query_bucket_sizes(torch.from_numpy(q))
+    assert isinstance(got, np.ndarray)
+    np.testing.assert_array_equal(got, ref.query_bucket_sizes(q))
+    np.testing.assert_array_equal(dev.query_bucket_sizes(torch.from_numpy(x[:5])), ref.query_bucket_sizes(x[:5]))
+    assert (ref.query_bucket_sizes(x[:5]) >= 2).all() and dev.stats() == ref.stats()
+
+
 @pytest.mark.parametrize("offset", [0.0, 3.0, 1000.0])
 def test_folded_layernorm_matches_definition(rng, offset):
     """hash_logits() folds LayerNorm into the GEMM; rows far from zero mean take the explicit path."""
