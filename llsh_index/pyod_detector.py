@@ -48,7 +48,7 @@ class LLSHPyODDetector(_TypedSetParams, BaseDetector):
 
     Parameters: as llsh_index.sklearn.LLSHDetector (n_tables, n_bits, mode, miss_value,
     contamination, train, iterations, lr, batch_size, queue_size, max_offset, n_neighbors, seed,
-    n_probes, miss_probes, reduce, device).
+    n_probes, miss_probes, reduce, device, temperature, momentum, project_pcs, project_mean).
     fit(X, y=None, video_ids=None): y is ignored (a warning when it is given); video_ids give
     temporal positives and leave-videos-out calibration.
 

@@ -70,9 +70,11 @@ class LLSHDetector(_TypedSetParams, OutlierMixin, BaseEstimator):
         the same settings.
     contamination : expected fraction of outliers in the training data, in (0, 0.5].
     train : train the hash layers with MoCo before indexing (False = plain LSH).
-    iterations, lr, batch_size, queue_size, max_offset, n_neighbors : as LearnableLSHIndex.fit;
-        None (the default) takes fit()'s default: the paper's with video_ids, the static-data
-        fallback's (training.FALLBACK_DEFAULTS) without them.
+    iterations, lr, batch_size, queue_size, max_offset, n_neighbors, temperature, momentum,
+        project_pcs, project_mean : as LearnableLSHIndex.fit; None (the default) takes fit()'s
+        default: the paper's with video_ids, the static-data fallback's
+        (training.FALLBACK_DEFAULTS) without them.  The Ped2 demo's schedule is
+        ``LLSHDetector(**llsh_index.cli.DEMO_TRAINING)``.
     device : "cpu" (default), "cuda" or "cuda:N": where the index trains, holds its tables and
         scores (the CUDA engine; CudaUnavailableError from fit() where there is none).  X stays a
         numpy array: each call copies it to the device and the scores back.  The fitted index stays
@@ -98,7 +100,8 @@ class LLSHDetector(_TypedSetParams, OutlierMixin, BaseEstimator):
 
     def __init__(self, n_tables=8, n_bits=32, mode="mean", miss_value=None, contamination=0.1, train=True,
                  iterations=None, lr=None, batch_size=None, queue_size=None, max_offset=150, n_neighbors=None,
-                 seed=0, n_probes=1, miss_probes=0, reduce="min", device="cpu"):
+                 seed=0, n_probes=1, miss_probes=0, reduce="min", device="cpu", temperature=None, momentum=None,
+                 project_pcs=None, project_mean=None):
         self.n_tables = n_tables
         self.n_bits = n_bits
         self.mode = mode
@@ -116,6 +119,10 @@ class LLSHDetector(_TypedSetParams, OutlierMixin, BaseEstimator):
         self.miss_probes = miss_probes
         self.reduce = reduce
         self.device = device
+        self.temperature = temperature
+        self.momentum = momentum
+        self.project_pcs = project_pcs
+        self.project_mean = project_mean
 
     def fit(self, X, y=None, video_ids=None):
         before = self.__dict__.copy()  # a fit that fails leaves the fitted state it found, whole
@@ -145,7 +152,8 @@ class LLSHDetector(_TypedSetParams, OutlierMixin, BaseEstimator):
         if self.train:
             index.fit(Xd, video_ids=video_ids, iterations=self.iterations, lr=self.lr, batch_size=self.batch_size,
                       queue_size=self.queue_size, max_offset=self.max_offset, n_neighbors=self.n_neighbors,
-                      progress=False)
+                      temperature=self.temperature, momentum=self.momentum, project_pcs=self.project_pcs,
+                      project_mean=self.project_mean, progress=False)
         index.add(Xd)
         self.index_ = index
         if vid is not None and vid.max() >= 1:

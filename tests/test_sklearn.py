@@ -428,3 +428,26 @@ def test_held_out_scores_are_float64_on_both_calibrations(rng, video):
     x, labels = _videos(rng, 4)
     det = LLSHDetector(train=False, n_tables=3, n_bits=8).fit(x, video_ids=labels if video else None)
     assert det.held_out_scores_.dtype == np.float64 and det.held_out_scores_.shape == (len(x),)
+
+
+def test_training_settings_reach_fit(rng):
+    """temperature, momentum, project_pcs and project_mean are passed to LearnableLSHIndex.fit as
+    given: the detector's layers equal an index trained with the same settings (and differ from
+    the defaults'), and a bad value is fit()'s ConfigError."""
+    from sklearn.base import clone
+
+    from llsh_index import ConfigError
+
+    x, labels = _videos(rng, 4, lengths=(30, 40))
+    extra = dict(temperature=0.3, momentum=0.9, project_pcs=3, project_mean=True)
+    det = LLSHDetector(contamination=0.1, **FAST, **extra).fit(x, video_ids=labels)
+    ref = LearnableLSHIndex(12, n_tables=4, n_bits=8, seed=0)
+    ref.fit(x, video_ids=labels, iterations=2, batch_size=16, queue_size=32, n_neighbors=3, progress=False, **extra)
+    np.testing.assert_array_equal(det.index_.encoder.weight.detach().numpy(), ref.encoder.weight.detach().numpy())
+    cfg = det.index_.training_config_
+    assert (cfg.temperature, cfg.momentum, cfg.project_pcs, cfg.project_mean) == (0.3, 0.9, 3, True)
+    plain = LLSHDetector(contamination=0.1, **FAST).fit(x, video_ids=labels)
+    assert not np.array_equal(plain.index_.encoder.weight.detach().numpy(), ref.encoder.weight.detach().numpy())
+    assert clone(det).get_params()["project_pcs"] == 3
+    with pytest.raises(ConfigError, match="temperature"):
+        LLSHDetector(temperature=-1.0, **FAST).fit(x, video_ids=labels)
