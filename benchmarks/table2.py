@@ -75,6 +75,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -91,7 +92,10 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
+# The checkout's llsh_index only when none is installed (a checkout built in place): an installed one
+# (editable, or a wheel next to an unpacked sdist whose llsh_index/ has no built _C) comes first, in the
+# --worker subprocesses too.
+if importlib.util.find_spec("llsh_index") is None and ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from llsh_index import synthetic  # noqa: E402  (numpy-only import; torch/faiss load in the workers)

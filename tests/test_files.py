@@ -22,10 +22,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import llsh_index
 from llsh_index import IndexFormatError, LearnableLSHIndex
 from llsh_index import io as llsh_io
 
-ROOT = Path(__file__).resolve().parents[1]
+# The folder holding the llsh_index this process imported (the checkout for an editable install,
+# site-packages for an installed wheel): the child processes import that same package, not a
+# checkout's or an unpacked sdist's llsh_index/, which has no built _C next to an installed wheel.
+PKG_PARENT = Path(llsh_index.__file__).resolve().parents[1]
 KIND = "LearnableLSHIndex"
 TABLE_KEYS = ("keys", "table_start", "offsets", "ids", "codes", "bucket_sum", "bucket_sqnorm")
 
@@ -174,9 +178,9 @@ def test_sigkill_mid_save_leaves_the_old_file_intact(tmp_path):
     the complete old file or the complete new one, never a partial file."""
     target = tmp_path / "index.llsh"
     points = ["mid-write", "before-rename", "0.05", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.85", "1.0", "2.5"]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(PKG_PARENT), os.environ.get("PYTHONPATH", "")]))
     out = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(target), ",".join(points)],
-                         capture_output=True, text=True, timeout=300, env=env, cwd=str(ROOT))
+                         capture_output=True, text=True, timeout=300, env=env, cwd=str(PKG_PARENT))
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])
     states = [r["state"] for r in report["results"]]

@@ -26,9 +26,13 @@ import numpy as np
 import pytest
 import torch
 
+import llsh_index
 from llsh_index import LearnableLSHIndex
 
-ROOT = Path(__file__).resolve().parents[1]
+# The folder holding the llsh_index this process imported (the checkout for an editable install,
+# site-packages for an installed wheel): the child processes import that same package, not a
+# checkout's or an unpacked sdist's llsh_index/, which has no built _C next to an installed wheel.
+PKG_PARENT = Path(llsh_index.__file__).resolve().parents[1]
 TABLE_KEYS = ("keys", "table_start", "offsets", "ids", "codes", "bucket_sum", "bucket_sqnorm")
 
 
@@ -49,9 +53,9 @@ def same_tables(a, b):
 
 def run_script(script, *args, env=None, timeout=300):
     env = dict(os.environ, **(env or {}))
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(PKG_PARENT), env.get("PYTHONPATH", "")])
     out = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=timeout,
-                         env=env, cwd=str(ROOT))
+                         env=env, cwd=str(PKG_PARENT))
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -396,12 +396,13 @@ def test_ped2_option_fails_clearly_when_absent(tmp_path):
 
 
 def test_ped2_demo_features_convert(tmp_path):
-    path = ROOT / "llsh_index" / "data" / "ped2_demo.npz"
-    if not path.exists():
-        pytest.skip(f"Ped2 demo features not found at {path} (made by scripts/make_demo_features.py)")
     datasets = pytest.importorskip("llsh_index.datasets")
     if not hasattr(datasets, "load_ped2_demo"):
         pytest.skip("llsh_index.datasets.load_ped2_demo is not available")
+    # the imported package's own copy: site-packages for an installed wheel, not the checkout's
+    path = Path(getattr(datasets, "PED2_DEMO_PATH", ROOT / "llsh_index" / "data" / "ped2_demo.npz"))
+    if not path.exists():
+        pytest.skip(f"Ped2 demo features not found at {path} (made by scripts/make_demo_features.py)")
     demo = datasets.load_ped2_demo(path)
     b = S.open_bundle(T2.prepare_ped2(str(path), str(tmp_path / "ped2")))
     assert b.dim == demo.dim
