@@ -175,14 +175,14 @@ def test_video_file_read_with_opencv(tmp_path, monkeypatch):
 @pytest.mark.parametrize("backend", ["av", "cv2"])
 def test_damaged_video_file_names_itself(tmp_path, monkeypatch, backend):
     pytest.importorskip(backend, reason=f"{backend} is not installed")
+    frames = _clip(n=4)
+    data = _write_lossless_video(tmp_path / "whole.mkv", frames).read_bytes()  # written with PyAV, before hiding it
     if backend == "cv2":
         _no_backend(monkeypatch, "av")
     f = tmp_path / "broken.mp4"
     f.write_bytes(b"this is not a video" * 50)
     with pytest.raises(DatasetFormatError, match="broken.mp4"):
         V.read_frames(f)
-    frames = _clip(n=4)
-    data = _write_lossless_video(tmp_path / "whole.mkv", frames).read_bytes()
     cut = tmp_path / "truncated.mkv"
     cut.write_bytes(data[: len(data) // 3])  # a copy cut short: fewer frames or a typed error, never a crash
     try:
