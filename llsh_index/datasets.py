@@ -434,10 +434,16 @@ def _corridor_release_videos(folder: Path) -> List[Video]:
     for d in sorted((e for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")),
                     key=lambda e: natural_key(e.name)):
         files = sorted((e.name for e in os.scandir(d.path) if e.is_file() and e.name.lower().endswith(VIDEO_EXTENSIONS)),
-                       key=lambda n: (os.path.splitext(n)[0] != d.name, natural_key(n)))
+                       key=natural_key)
         if not files:
             raise DatasetFormatError(f"corridor: no video file ({'/'.join(VIDEO_EXTENSIONS)}) in {d.path}")
-        videos.append(Video(d.name, (), os.path.join(d.path, files[0])))
+        # the video is the file named after its folder, else the folder's only one: taking the first
+        # of several would index a video the labels do not describe
+        own = [n for n in files if os.path.splitext(n)[0] == d.name] if len(files) > 1 else files
+        if len(own) != 1:
+            raise DatasetFormatError(f"corridor: expected one video file named {d.name}.* (or a single video file) "
+                                     f"in {d.path}, got {files[:5]}")
+        videos.append(Video(d.name, (), os.path.join(d.path, own[0])))
     if not videos:
         raise DatasetFormatError(f"corridor: no video folders in {folder}")
     return videos

@@ -369,3 +369,21 @@ def test_corridor_video_file_decodes_from_its_second_frame(tmp_path):
     idx = V.snippet_frame_indices(8, 4, 1, clamp=True)
     expected = np.stack([frames[1:][r].astype(np.float32).mean(axis=(1, 2)).reshape(-1) for r in idx])
     np.testing.assert_allclose(feats["209"], expected, rtol=1e-6)
+
+
+def test_corridor_release_folder_with_several_video_files(tmp_path):
+    """A release folder holding several video files: the one named after the folder is the video
+    (beside it, e.g., a preview); without one, or with two, the folder is ambiguous and named."""
+    root = _corridor_release(tmp_path / "corridor", "Test", [209, 210])
+    (root / "Test" / "000209" / "000209_preview.mp4").write_bytes(b"")
+    for name in ("part1.avi", "part2.avi"):
+        (root / "Test" / "000211" / name).parent.mkdir(exist_ok=True)
+        (root / "Test" / "000211" / name).write_bytes(b"")
+    with pytest.raises(D.DatasetFormatError, match=r"000211.*part1\.avi.*part2\.avi"):
+        D.load_corridor(root, with_labels=False)
+    (root / "Test" / "000211" / "part2.avi").unlink()  # a single file, whatever its name, is the video
+    ds = D.load_corridor(root, with_labels=False)
+    assert [Path(v.video_path).name for v in ds] == ["000209.avi", "000210.avi", "part1.avi"]
+    (root / "Test" / "000210" / "000210.mkv").write_bytes(b"")  # two files named after the folder
+    with pytest.raises(D.DatasetFormatError, match=r"000210.*000210\.avi.*000210\.mkv"):
+        D.load_corridor(root, with_labels=False)
