@@ -465,6 +465,9 @@ def load_corridor(root: PathLike, split: str = "testing", *, labels_path: Option
     in a labelled frame folder that holds one frame more than its labels; frame folders are
     otherwise taken to be extracted without it. ``True`` / ``False`` skip it everywhere / nowhere.
     """
+    if skip_first_frame is not None and not isinstance(skip_first_frame, (bool, np.bool_)):  # bool("no") is True
+        raise ConfigError(f"skip_first_frame: expected None, True or False, got {type(skip_first_frame).__name__} "
+                          f"{skip_first_frame!r}")
     root = _require_dir(Path(root), "IITB Corridor folder")
     split = _split_name(split)
     release = root / {"training": "Train", "testing": "Test"}[split]
@@ -478,8 +481,13 @@ def load_corridor(root: PathLike, split: str = "testing", *, labels_path: Option
     if split == "testing" and with_labels:
         path = Path(labels_path) if labels_path is not None else _find_label_file(
             root, ("Corridor_gt.npz", "corridor_gt.npz", "gt.npz"))
-        labels = {_corridor_name(k): v for k, v in load_npz_labels(path).items()}
+        raw = load_npz_labels(path)
+        labels = {_corridor_name(k): v for k, v in raw.items()}
         source = str(path)
+        if len(labels) < len(raw):  # '209' and '0209' name one video: one of them would be dropped
+            twice = sorted((k for k in raw if sum(_corridor_name(o) == _corridor_name(k) for o in raw) > 1),
+                           key=natural_key)
+            raise DatasetFormatError(f"corridor {split}: label keys {twice[:6]} in {source} name the same videos")
     names = [_corridor_name(v.name) for v in ds.videos]
     if len(set(names)) < len(names):
         twice = sorted({n for n in names if names.count(n) > 1}, key=natural_key)

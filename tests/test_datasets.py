@@ -387,3 +387,22 @@ def test_corridor_release_folder_with_several_video_files(tmp_path):
     (root / "Test" / "000210" / "000210.mkv").write_bytes(b"")  # two files named after the folder
     with pytest.raises(D.DatasetFormatError, match=r"000210.*000210\.avi.*000210\.mkv"):
         D.load_corridor(root, with_labels=False)
+
+
+def test_corridor_label_keys_that_name_one_video_twice(tmp_path):
+    """'209' and '0209' in one label file name the same video: refused, not one of them dropped."""
+    root = _corridor_release(tmp_path / "corridor", "Test", [209])
+    np.savez(tmp_path / "gt.npz", **{"209": np.zeros(3), "0209": np.ones(5)})
+    with pytest.raises(D.DatasetFormatError, match=r"'0209'.*'209'.*gt\.npz"):
+        D.load_corridor(root, labels_path=tmp_path / "gt.npz")
+    np.savez(tmp_path / "gt1.npz", **{"0209": np.r_[np.zeros(2), np.ones(3)]})  # one key, zero-padded: fine
+    np.testing.assert_array_equal(D.load_corridor(root, labels_path=tmp_path / "gt1.npz")["209"].labels,
+                                  [0, 0, 1, 1, 1])
+
+
+def test_corridor_skip_first_frame_is_none_or_a_bool(tmp_path):
+    root = _corridor_release(tmp_path / "corridor", "Train", [1])
+    for bad in ("no", 0, 1.0):
+        with pytest.raises(D.ConfigError, match=rf"skip_first_frame: expected None, True or False, got .*{bad!r}"):
+            D.load_corridor(root, "train", skip_first_frame=bad)
+    assert D.load_corridor(root, "train", skip_first_frame=np.bool_(False))["1"].first_frame == 0
