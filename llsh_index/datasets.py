@@ -188,6 +188,9 @@ class Video:
         if isinstance(self.first_frame, (bool, np.bool_)) or not isinstance(self.first_frame, (int, np.integer)) \
                 or self.first_frame < 0:
             raise ConfigError(f"Video {self.name!r}: first_frame: expected an int >= 0, got {self.first_frame!r}")
+        if self.frame_paths and self.first_frame >= len(self.frame_paths):  # no frame left: an empty video
+            raise ConfigError(f"Video {self.name!r}: first_frame: expected an int in [0, {len(self.frame_paths)}) "
+                              f"for its {len(self.frame_paths)} frames, got {self.first_frame!r}")
 
     @property
     def source(self) -> Union[str, Tuple[str, ...]]:

@@ -192,7 +192,15 @@ def iter_frames(source: FrameSource) -> Iterator[np.ndarray]:
         for f in src[skip:]:
             yield _to_rgb(f)
     elif isinstance(src, str):
-        for f in itertools.islice(_iter_video_file(src), skip, None):  # skipped frames are decoded, not converted
+        frames = _iter_video_file(src)
+        skipped = sum(1 for _ in itertools.islice(frames, skip))  # decoded, not converted
+        first = next(frames, None)
+        if first is None and skip:  # the file ends before the video starts: not an empty video
+            raise DatasetFormatError(f"video file {src} holds {skipped} frames, none from the video's "
+                                     f"first_frame {skip} on")
+        if first is not None:
+            yield _to_rgb(first)
+        for f in frames:
             yield _to_rgb(f)
     else:
         for p in src[skip:]:

@@ -639,3 +639,28 @@ def test_lite0_frame_descriptors_of_many_frames_run_in_batches(lite0, monkeypatc
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     with pytest.raises(DatasetFormatError, match=r"frames must be \(N, H, W, 3\) uint8"):
         lite0.frame_descriptors(frames[0])
+
+
+def test_first_frame_past_the_last_frame_is_refused(tmp_path):
+    """A Video whose first_frame leaves no frame: refused when built from frame paths (their count is
+    known), and when decoding reaches the end of a video file before it; extraction never returns
+    an empty video.  A first_frame that leaves frames reads exactly those."""
+    from llsh_index import ConfigError
+
+    frames = _clip(n=3)
+    paths = []
+    for i, f in enumerate(frames):
+        PIL.fromarray(f).save(tmp_path / f"{i}.png")
+        paths.append(str(tmp_path / f"{i}.png"))
+    for first in (3, 7):
+        with pytest.raises(ConfigError, match=rf"first_frame: expected an int in \[0, 3\).*got {first}"):
+            Video("x", tuple(paths), first_frame=first)
+    np.testing.assert_array_equal(V.read_frames(Video("x", tuple(paths), first_frame=2)), frames[2:])
+    clip = _write_lossless_video(tmp_path / "clip.mkv", frames)
+    np.testing.assert_array_equal(V.read_frames(Video("y", (), str(clip), first_frame=2)), frames[2:])
+    for first in (3, 5):
+        v = Video("y", (), str(clip), first_frame=first)
+        with pytest.raises(DatasetFormatError, match=rf"clip\.mkv holds 3 frames.*first_frame {first}"):
+            V.extract_video(v, MeanColour(T=2), T=2)
+        with pytest.raises(DatasetFormatError, match=rf"clip\.mkv holds 3 frames.*first_frame {first}"):
+            V.extract_dataset([v], MeanColour(T=2), T=2, progress=False)
