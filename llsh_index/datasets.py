@@ -452,6 +452,21 @@ def _corridor_release_videos(folder: Path) -> List[Video]:
     return videos
 
 
+# the mean pixel value (of 255) below which a frame is the black frame that opens a Corridor video
+_BLACK_MEAN = 16.0
+
+
+def _check_black_first_frame(split: str, name: str, paths: Sequence[str], n_labels: int, source: str) -> None:
+    from .video import _read_image  # imported here: video imports this module
+
+    mean = float(_read_image(paths[0]).mean())
+    if mean >= _BLACK_MEAN:
+        raise DatasetFormatError(
+            f"corridor {split}: video {name!r} has {len(paths)} frames for {n_labels} labels in {source}, but its "
+            f"first frame {paths[0]} is not black (mean {mean:.0f} of 255), so it is not the frame the labels leave "
+            f"out; pass skip_first_frame=True to skip it anyway (or False to keep it)")
+
+
 def load_corridor(root: PathLike, split: str = "testing", *, labels_path: Optional[PathLike] = None,
                   with_labels: bool = True, skip_first_frame: Optional[bool] = None) -> VideoDataset:
     """IITB Corridor, in either layout:
@@ -465,8 +480,9 @@ def load_corridor(root: PathLike, split: str = "testing", *, labels_path: Option
 
     Every Corridor video opens with a black frame that the labels leave out (the authors extract
     frames with ``--skip_first``). ``skip_first_frame=None`` (default) skips it in video files, and
-    in a labelled frame folder that holds one frame more than its labels; frame folders are
-    otherwise taken to be extracted without it. ``True`` / ``False`` skip it everywhere / nowhere.
+    in a labelled frame folder that holds one frame more than its labels when that folder's first
+    frame is black (DatasetFormatError when it is not); frame folders are otherwise taken to be
+    extracted without it. ``True`` / ``False`` skip it everywhere / nowhere.
     """
     if skip_first_frame is not None and not isinstance(skip_first_frame, (bool, np.bool_)):  # bool("no") is True
         raise ConfigError(f"skip_first_frame: expected None, True or False, got {type(skip_first_frame).__name__} "
@@ -510,6 +526,8 @@ def load_corridor(root: PathLike, split: str = "testing", *, labels_path: Option
             first = int(bool(skip_first_frame))
         elif v.frame_paths:
             first = int(lab is not None and len(v.frame_paths) == lab.size + 1)
+            if first:  # any other frame too many would shift every label by one
+                _check_black_first_frame(split, name, v.frame_paths, lab.size, source)
         else:
             first = 1
         n = len(v.frame_paths) - first if v.frame_paths else None

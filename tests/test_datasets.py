@@ -310,6 +310,8 @@ def test_corridor_original_release_with_the_real_labels(tmp_path):
 def test_corridor_frame_folders_skip_the_black_frame_only_when_it_is_there(tmp_path):
     root = tmp_path / "corridor"
     _touch_frames(root / "testing" / "frames" / "000209", 6, "{:06d}.jpg")  # black first frame kept
+    PIL = pytest.importorskip("PIL.Image")  # that frame is read: it must be black to be skipped
+    PIL.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "testing" / "frames" / "000209" / "000000.jpg")
     _touch_frames(root / "testing" / "frames" / "000210", 4, "{:06d}.jpg")  # extracted with --skip_first
     _touch_frames(root / "training" / "frames" / "000001", 3, "{:06d}.jpg")
     np.savez(root / "Corridor_gt.npz", **{"209": np.array([0, 0, 1, 1, 0]), "210": np.array([1, 1, 0, 0])})
@@ -406,3 +408,31 @@ def test_corridor_skip_first_frame_is_none_or_a_bool(tmp_path):
         with pytest.raises(D.ConfigError, match=rf"skip_first_frame: expected None, True or False, got .*{bad!r}"):
             D.load_corridor(root, "train", skip_first_frame=bad)
     assert D.load_corridor(root, "train", skip_first_frame=np.bool_(False))["1"].first_frame == 0
+
+
+def test_corridor_extra_frame_is_skipped_only_when_it_is_black(tmp_path):
+    """A labelled frame folder with one frame more than its labels: the first frame is the one the
+    labels leave out only if it is Corridor's black frame. Otherwise skipping it would shift every
+    label by a frame: refused, naming the frame, unless skip_first_frame=True says to."""
+    PIL = pytest.importorskip("PIL.Image")
+    from llsh_index import video as V
+
+    rng = np.random.default_rng(3)
+    frames = rng.integers(40, 255, (6, 24, 32, 3), dtype=np.uint8)  # no frame is black
+    root = tmp_path / "corridor"
+    folder = root / "testing" / "frames" / "000209"
+    folder.mkdir(parents=True)
+    for i, f in enumerate(frames):
+        PIL.fromarray(f).save(folder / f"{i:06d}.png")
+    np.savez(root / "Corridor_gt.npz", **{"209": np.array([0, 0, 1, 1, 0])})
+    with pytest.raises(D.DatasetFormatError, match=r"'209'.*6 frames for 5 labels.*000000\.png.*not black.*"
+                                                     r"skip_first_frame=True"):
+        D.load_corridor(root)
+    ds = D.load_corridor(root, skip_first_frame=True)
+    np.testing.assert_array_equal(V.read_frames(ds["209"]), frames[1:])
+    black = frames.copy()
+    black[0] = rng.integers(0, 6, black[0].shape, dtype=np.uint8)  # black, with a little noise
+    PIL.fromarray(black[0]).save(folder / "000000.png")
+    ds = D.load_corridor(root)
+    assert ds["209"].first_frame == 1 and ds["209"].n_frames == 5
+    np.testing.assert_array_equal(V.read_frames(ds["209"]), frames[1:])
