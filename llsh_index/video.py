@@ -844,13 +844,16 @@ def extract_dataset(videos: Union[VideoDataset, Iterable[Video], Mapping[str, Fr
         dup = sorted({n for n in names if names.count(n) > 1})
         raise InvalidInputError(f"videos: expected unique video names, got {dup[:5]} more than once")
     counts = {n: count_frames(src) for n, src, _ in items}
+    # frames skipped at the start (Corridor's black one): a video file's length is unknown up front,
+    # so the cache must know them to tell features of another skip apart
+    first = {n: int(src.first_frame) for n, src, _ in items if isinstance(src, Video) and src.first_frame}
     want = dict(extractor.describe(), T=T, s=s, clamp=bool(clamp))
     if cache is not None and os.path.isfile(cache):
         try:
             ff = load_feature_file(cache)
         except FeatureFileError:
             ff = None
-        if ff is not None and _cache_matches(ff.meta, want, names, counts):
+        if ff is not None and _cache_matches(ff.meta, want, names, counts, first):
             given = {n: np.asarray(lab, dtype=np.uint8) for n, _, lab in items if lab is not None}
             held = ff.labels or {}
             if set(given) == set(held) and all(np.array_equal(given[n], held[n]) for n in given):
@@ -879,7 +882,7 @@ def extract_dataset(videos: Union[VideoDataset, Iterable[Video], Mapping[str, Fr
     finally:
         if close:
             bar.close()
-    meta = dict(want)
+    meta = dict(want, first_frames=first) if first else dict(want)
     if extra_meta:
         meta.update(dict(extra_meta))
     frame_index = {n: snippet_centres(n_frames[n], T, s, clamp=clamp) for n in names}
@@ -893,7 +896,9 @@ def extract_dataset(videos: Union[VideoDataset, Iterable[Video], Mapping[str, Fr
 
 
 def _cache_matches(meta: Mapping[str, Any], want: Mapping[str, Any], names: List[str],
-                   counts: Mapping[str, Optional[int]]) -> bool:
+                   counts: Mapping[str, Optional[int]], first_frames: Mapping[str, int]) -> bool:
+    if dict(meta.get("first_frames") or {}) != dict(first_frames):
+        return False
     for k, v in want.items():
         if json.loads(json.dumps(meta.get(k))) != json.loads(json.dumps(v)):
             return False

@@ -436,3 +436,29 @@ def test_corridor_extra_frame_is_skipped_only_when_it_is_black(tmp_path):
     ds = D.load_corridor(root)
     assert ds["209"].first_frame == 1 and ds["209"].n_frames == 5
     np.testing.assert_array_equal(V.read_frames(ds["209"]), frames[1:])
+
+
+def test_corridor_feature_cache_knows_the_skipped_frame(tmp_path):
+    """A video file's length is unknown before decoding, so the feature cache records each video's
+    first_frame: extracting again with another skip_first_frame re-extracts (it reused the features
+    of the other skip before), the same skip reuses the file."""
+    from llsh_index import video as V
+    from test_video import MeanColour, _clip, _write_lossless_video
+
+    frames = _clip(n=7)
+    frames[0] = 0
+    folder = tmp_path / "corridor" / "Train" / "000001"
+    folder.mkdir(parents=True)
+    _write_lossless_video(folder / "000001.mkv", frames)
+    cache = tmp_path / "train.npz"
+    skip = D.load_corridor(tmp_path / "corridor", "train")
+    got, meta = V.extract_dataset(skip, MeanColour(T=2), T=2, cache=cache, progress=False)
+    assert len(got["1"]) == 6 and meta["first_frames"] == {"1": 1}
+    keep = D.load_corridor(tmp_path / "corridor", "train", skip_first_frame=False)
+    got, meta = V.extract_dataset(keep, MeanColour(T=2), T=2, cache=cache, progress=False)
+    want = V.extract_video(frames, MeanColour(T=2), T=2)
+    assert len(got["1"]) == 7 and "first_frames" not in meta
+    np.testing.assert_allclose(got["1"], want, rtol=1e-6)
+    counter = MeanColour(T=2)
+    again, _ = V.extract_dataset(keep, counter, T=2, cache=cache, progress=False)
+    assert counter.calls == 0 and len(again["1"]) == 7  # the same skip: read from the cache
