@@ -432,10 +432,19 @@ def _corridor_name(name: str) -> str:
 
 
 def _corridor_release_videos(folder: Path) -> List[Video]:
-    """The original release: ``Train/000001/000001.avi`` (a test folder may hold annotations too)."""
+    """The original release: ``Train/000001/000001.avi`` (a test folder may hold annotations too), or
+    its videos moved up a level (``Train/000001.avi``, the authors' ``mvfile_corridor.py``)."""
+    flat = sorted((e.name for e in os.scandir(folder) if e.is_file() and e.name.lower().endswith(VIDEO_EXTENSIONS)
+                   and not e.name.startswith(".")), key=natural_key)
+    dirs = sorted((e for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")),
+                  key=lambda e: natural_key(e.name))
+    if flat and dirs:  # which of the two holds the videos the labels describe is not ours to guess
+        raise DatasetFormatError(f"corridor: expected video folders (000209/000209.avi) or video files (000209.avi) "
+                                 f"in {folder}, got both: {[d.name for d in dirs[:3]]} and {flat[:3]}")
+    if flat:
+        return [Video(os.path.splitext(n)[0], (), str(folder / n)) for n in flat]
     videos = []
-    for d in sorted((e for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")),
-                    key=lambda e: natural_key(e.name)):
+    for d in dirs:
         files = sorted((e.name for e in os.scandir(d.path) if e.is_file() and e.name.lower().endswith(VIDEO_EXTENSIONS)),
                        key=natural_key)
         if not files:
@@ -473,7 +482,8 @@ def load_corridor(root: PathLike, split: str = "testing", *, labels_path: Option
 
     - extracted frames, as for Avenue: ``root/{training,testing}/frames/<video>/*.jpg`` (or
       ``.../videos/<video>.avi``);
-    - the original release: ``root/{Train,Test}/000209/000209.avi``.
+    - the original release: ``root/{Train,Test}/000209/000209.avi``, or with the videos moved up
+      a level (``root/Test/000209.avi``, as the authors' ``mvfile_corridor.py`` leaves them).
 
     Videos are named by their number without leading zeros (``000209`` -> ``"209"``), as in the
     labels of ``labels_path`` (default: ``root/Corridor_gt.npz``, the LLSH paper's file).

@@ -462,3 +462,18 @@ def test_corridor_feature_cache_knows_the_skipped_frame(tmp_path):
     counter = MeanColour(T=2)
     again, _ = V.extract_dataset(keep, counter, T=2, cache=cache, progress=False)
     assert counter.calls == 0 and len(again["1"]) == 7  # the same skip: read from the cache
+
+
+def test_corridor_videos_moved_up_a_level(tmp_path):
+    """The authors' mvfile_corridor.py moves Test/000209/000209.avi to Test/000209.avi: read too."""
+    root = tmp_path / "corridor"
+    (root / "Test").mkdir(parents=True)
+    for n in (210, 209):
+        (root / "Test" / f"{n:06d}.avi").write_bytes(b"")
+    np.savez(root / "Corridor_gt.npz", **{"209": np.zeros(5), "210": np.ones(3)})
+    test = D.load_corridor(root)
+    assert test.names == ["209", "210"] and [v.first_frame for v in test] == [1, 1]
+    assert test["210"].video_path == str(root / "Test" / "000210.avi") and test.n_frames == 8
+    (root / "Test" / "000211").mkdir()
+    with pytest.raises(D.DatasetFormatError, match=r"video folders .* or video files .* got both"):
+        D.load_corridor(root)
