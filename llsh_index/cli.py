@@ -131,6 +131,17 @@ def _select(ff, prefix: Optional[str]) -> List[str]:
     return names
 
 
+def _select_scored(ff, prefix: Optional[str], path: str) -> List[str]:
+    """_select() for the commands that look every video's snippets up: a video without snippets
+    (a clip shorter than one, extracted unclamped) has nothing to score, named as such."""
+    names = _select(ff, prefix)
+    empty = [v for v in names if len(ff.features[v]) == 0]
+    if empty:
+        raise InvalidInputError(f"{path}: expected at least one snippet per video, got none for videos {empty[:5]} "
+                                f"(shorter than one snippet; extract with clamping, the default, keeps them)")
+    return names
+
+
 def _stack(ff, names: Sequence[str]):
     x = np.concatenate([ff.features[v] for v in names]).astype(np.float32)
     vids = np.concatenate([np.full(len(ff.features[v]), i) for i, v in enumerate(names)])
@@ -414,7 +425,7 @@ def cmd_build(args) -> int:
 def cmd_score(args) -> int:
     index = _load_built_index(args.index)
     ff = _load_feature_file(args.features)
-    names = _select(ff, args.prefix)
+    names = _select_scored(ff, args.prefix, args.features)
     out, t0, all_missed = {}, time.time(), True
     miss = np.float32(index.default_miss_value(args.mode_override))
     for v in names:
@@ -677,11 +688,13 @@ def cmd_info(args) -> int:
 
     if args.plot:
         _image_format(args.plot)  # before any work
+    if args.prefix is not None and not args.features:
+        raise ConfigError("info: --prefix selects videos of --features, and no --features was given")
     index = LearnableLSHIndex.load(args.index)
     queries = None
     if args.features:
         ff = _load_feature_file(args.features)
-        queries = {v: ff.features[v] for v in _select(ff, args.prefix)}
+        queries = {v: ff.features[v] for v in _select_scored(ff, args.prefix, args.features)}
     info = index_info(index, queries)
     codes = f"codes {info['code_dtype']}" if info["code_dtype"] else "bucket statistics only"
     print(f"{args.index}: {info['kind']}, dim {info['dim']}, {index.n_tables} tables x {index.n_bits} bits, "

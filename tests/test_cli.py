@@ -561,3 +561,27 @@ def test_info_reports_tables_and_hits_against_the_oracle(feature_files, capsys):
     assert "no image extension" in capsys.readouterr().err
     assert main(["info", "--index", p("nope.llsh")]) == 2
     assert "nope.llsh" in capsys.readouterr().err
+
+
+def test_score_and_info_name_a_video_without_snippets(feature_files, capsys):
+    """A video of no snippets (shorter than one, extracted unclamped) is named; the generic
+    'expected at least one row' came from deep inside before. info --prefix needs --features."""
+    from llsh_index.video import save_features
+
+    tmp, _ = feature_files
+    p = lambda name: str(tmp / name)  # noqa: E731
+    assert main(["build", "--features", p("train.npz"), "--out", p("i.llsh"), "--n-tables", "2", "--n-bits", "6",
+                 "--quiet"]) == 0
+    d = 32
+    save_features(tmp / "short.npz", {"ok": np.ones((4, d), np.float32), "short": np.zeros((0, d), np.float32)},
+                  {"extractor": "test"}, n_frames_by_video={"ok": 4, "short": 3},
+                  frame_index_by_video={"ok": np.arange(4), "short": np.zeros(0, np.int64)})
+    for cmd in (["score", "--index", p("i.llsh"), "--features", p("short.npz"), "--out", p("s.npz")],
+                ["info", "--index", p("i.llsh"), "--features", p("short.npz")]):
+        capsys.readouterr()
+        assert main(cmd) == 2
+        assert "at least one snippet per video, got none for videos ['short']" in capsys.readouterr().err
+    assert main(["score", "--index", p("i.llsh"), "--features", p("short.npz"), "--out", p("s.npz"),
+                 "--prefix", "ok"]) == 0  # the other video alone scores
+    assert main(["info", "--index", p("i.llsh"), "--prefix", "t"]) == 2
+    assert "--prefix selects videos of --features" in capsys.readouterr().err
