@@ -343,14 +343,19 @@ def cmd_extract(args) -> int:
                "shanghaitech": datasets.load_shanghaitech, "corridor": datasets.load_corridor,
                "folders": datasets.load_frame_folders}
     split = {"train": "training", "test": "testing"}[args.split]
+    if args.skip_first_frame != "auto" and args.dataset != "corridor":
+        raise ConfigError(f"extract: --skip-first-frame is for --dataset corridor (its black first frames), "
+                          f"got --dataset {args.dataset}")
+    kw = {} if args.dataset != "corridor" else {"skip_first_frame": {"auto": None, "yes": True, "no": False}[
+        args.skip_first_frame]}
     if args.dataset == "folders":
         labels = datasets.load_npz_labels(args.labels) if args.labels else None
         ds = datasets.load_frame_folders(args.root, labels)
     elif args.labels is None:
-        ds = loaders[args.dataset](args.root, split)
+        ds = loaders[args.dataset](args.root, split, **kw)
     else:  # the label file lies elsewhere (e.g. ../shared/data/vad_groundtruth)
         key = "mat_path" if args.dataset == "ped2" else "labels_path"
-        ds = loaders[args.dataset](args.root, split, **{key: args.labels})
+        ds = loaders[args.dataset](args.root, split, **{key: args.labels}, **kw)
     if args.videos:
         wanted = [v.strip() for v in args.videos.split(",") if v.strip()]
         unknown = [v for v in wanted if v not in ds.names]
@@ -873,6 +878,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "corridor / folders, a label .npz (video -> per-frame 0/1, e.g. ../shared/data/vad_groundtruth/"
                         "Avenue_gt.npz); default: looked for under --root (folders: none)")
     p.add_argument("--videos", default=None, help="comma-separated video names: extract only these (default: all)")
+    p.add_argument("--skip-first-frame", choices=["auto", "yes", "no"], default="auto",
+                   help="corridor: skip each video's black first frame, which its labels leave out (auto, the "
+                        "default: in video files, and in a frame folder one frame longer than its labels when that "
+                        "frame is black)")
     p.add_argument("--T", type=int, default=16, help="frames per snippet (default 16)")
     p.add_argument("--s", type=int, default=1, help="frame step inside a snippet (default 1)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")

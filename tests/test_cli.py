@@ -262,7 +262,7 @@ def test_extract_from_frame_folders(tmp_path, capsys):
     assert "nope" in capsys.readouterr().err  # the missing folder is named
 
 
-def test_extract_corridor_skips_the_black_first_frame(tmp_path):
+def test_extract_corridor_skips_the_black_first_frame(tmp_path, capsys):
     """extract --dataset corridor: a frame folder that still holds the black first frame gives the
     features of the folder without it (extracted as 'folders'), and the labels named as Corridor_gt."""
     PIL = pytest.importorskip("PIL.Image")
@@ -290,6 +290,24 @@ def test_extract_corridor_skips_the_black_first_frame(tmp_path):
     assert ff.videos == ["209"] and ff.n_frames["209"] == 5
     np.testing.assert_array_equal(ff.labels["209"], labels)
     np.testing.assert_allclose(ff.features["209"], want.features["209"], rtol=1e-5, atol=1e-6)
+    # --skip-first-frame no keeps the black frame: 6 frames for 5 labels, refused naming both counts
+    assert main(["extract", "--dataset", "corridor", "--root", str(tmp_path / "corridor"), "--split", "test",
+                 "--out", str(out), "--skip-first-frame", "no", "--quiet"]) == 2
+    assert "5 labels for 6 frames" in capsys.readouterr().err
+    # training folders (no labels) keep every frame unless told: yes skips it
+    train = tmp_path / "corridor" / "training" / "frames" / "000001"
+    train.mkdir(parents=True)
+    for i, f in enumerate(frames):
+        PIL.fromarray(f).save(train / f"{i:06d}.png")
+    for flag, n in (("auto", 6), ("yes", 5)):
+        assert main(["extract", "--dataset", "corridor", "--root", str(tmp_path / "corridor"), "--split", "train",
+                     "--out", str(tmp_path / f"train_{flag}.npz"), "--T", "2", "--skip-first-frame", flag,
+                     "--quiet"]) == 0
+        assert load_feature_file(tmp_path / f"train_{flag}.npz").n_frames["1"] == n
+    capsys.readouterr()
+    assert main(["extract", "--dataset", "avenue", "--root", str(tmp_path), "--out", str(out),
+                 "--skip-first-frame", "yes"]) == 2
+    assert "--skip-first-frame is for --dataset corridor" in capsys.readouterr().err
 
 
 def test_build_on_fitted_layers_honours_mode_and_code_dtype(feature_files, capsys):
