@@ -18,6 +18,7 @@ per video (np.load reads them, no pickle).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -522,41 +523,37 @@ def plot_curves(path: str, curves: Dict[str, Dict[str, np.ndarray]], labels: Dic
                 videos: Sequence[str], sigma: float = 12, title: str = "") -> None:
     """Per-video score curves (smoothed, min-max normalised) with the anomalous frames shaded, and
     each curve's frame-level AUC on that video in the legend (as the micro-AUC sees the curve)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
     from sklearn.metrics import roc_auc_score
 
     from .metrics import smooth_scores
 
     fmt = _image_format(path)
-    fig, axes = plt.subplots(len(videos), 1, figsize=(9, 1.35 + 1.6 * len(videos)), squeeze=False, sharey=True)
-    for ax, v in zip(axes[:, 0], videos):
-        lab = labels[v].astype(bool)
-        edges = np.flatnonzero(np.diff(np.r_[0, lab.astype(int), 0]))
-        for a, b in zip(edges[::2], edges[1::2]):
-            ax.axvspan(a, b - 1, color="tab:red", alpha=0.15, lw=0)
-        handles = []
-        for i, (name, per_video) in enumerate(curves.items()):
-            s = smooth_scores(per_video[v], sigma)
-            rng = s.max() - s.min()
-            s = (s - s.min()) / rng if rng > 0 else s * 0
-            auc = f"AUC {roc_auc_score(lab, s):.3f}" if lab.any() and not lab.all() else "one class"
-            handles += ax.plot(s, lw=1.3, color=f"C{i}", label=f"{name} ({auc})")
-        if lab.any():
-            handles.append(Patch(color="tab:red", alpha=0.15, label="labelled anomalous"))
-        ax.legend(handles=handles, loc="upper left", fontsize=7, ncol=min(len(handles), 4), framealpha=0.8)
-        ax.set_ylabel(f"video {v}", rotation=0, ha="right", va="center")
-        ax.set_xlim(0, len(lab) - 1)
-        ax.set_ylim(-0.05, 1.45)  # headroom for the legend
-        ax.set_yticks([0, 1])
-    axes[-1, 0].set_xlabel("frame")
-    sub = f"scores smoothed (Gaussian, sigma {sigma:g} frames) and min-max normalised per video, as micro-AUC"
-    axes[0, 0].set_title(f"{title}\n{sub}" if title else f"Anomaly score per frame\n{sub}", fontsize=9)
-    fig.tight_layout()
-    _save_figure(fig, path, fmt)
+    with _figure(len(videos), 1, figsize=(9, 1.35 + 1.6 * len(videos)), squeeze=False, sharey=True) as (fig, axes):
+        for ax, v in zip(axes[:, 0], videos):
+            lab = labels[v].astype(bool)
+            edges = np.flatnonzero(np.diff(np.r_[0, lab.astype(int), 0]))
+            for a, b in zip(edges[::2], edges[1::2]):
+                ax.axvspan(a, b - 1, color="tab:red", alpha=0.15, lw=0)
+            handles = []
+            for i, (name, per_video) in enumerate(curves.items()):
+                s = smooth_scores(per_video[v], sigma)
+                rng = s.max() - s.min()
+                s = (s - s.min()) / rng if rng > 0 else s * 0
+                auc = f"AUC {roc_auc_score(lab, s):.3f}" if lab.any() and not lab.all() else "one class"
+                handles += ax.plot(s, lw=1.3, color=f"C{i}", label=f"{name} ({auc})")
+            if lab.any():
+                handles.append(Patch(color="tab:red", alpha=0.15, label="labelled anomalous"))
+            ax.legend(handles=handles, loc="upper left", fontsize=7, ncol=min(len(handles), 4), framealpha=0.8)
+            ax.set_ylabel(f"video {v}", rotation=0, ha="right", va="center")
+            ax.set_xlim(0, len(lab) - 1)
+            ax.set_ylim(-0.05, 1.45)  # headroom for the legend
+            ax.set_yticks([0, 1])
+        axes[-1, 0].set_xlabel("frame")
+        sub = f"scores smoothed (Gaussian, sigma {sigma:g} frames) and min-max normalised per video, as micro-AUC"
+        axes[0, 0].set_title(f"{title}\n{sub}" if title else f"Anomaly score per frame\n{sub}", fontsize=9)
+        fig.tight_layout()
+        _save_figure(fig, path, fmt)
 
 
 def _image_format(path: str) -> str:
@@ -571,16 +568,26 @@ def _image_format(path: str) -> str:
     return fmt
 
 
-def _save_figure(fig, path: str, fmt: str) -> None:
+@contextlib.contextmanager
+def _figure(*args, **kwargs):
+    """plt.subplots(), closed however the drawing ends (pyplot keeps every open figure alive)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed, none opened
     import matplotlib.pyplot as plt
 
-    from .io import atomic_write
-
+    fig, axes = plt.subplots(*args, **kwargs)
     try:
-        with atomic_write(path) as f:
-            fig.savefig(f, format=fmt, dpi=110)
+        yield fig, axes
     finally:
         plt.close(fig)
+
+
+def _save_figure(fig, path: str, fmt: str) -> None:
+    from .io import atomic_write
+
+    with atomic_write(path) as f:
+        fig.savefig(f, format=fmt, dpi=110)
 
 
 def cmd_plot(args) -> int:
@@ -644,48 +651,45 @@ def index_info(index, queries_by_video: Optional[Dict[str, np.ndarray]] = None) 
 def plot_index_info(path: str, index, info: dict, features_name: str = "") -> None:
     """Per table: the bucket sizes in decreasing order, the key bits that vary among the items and,
     with queries, the share of them whose bucket exists."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib import cm
 
     fmt = _image_format(path)
     tables, queries = info["tables"], info.get("queries")
     b = index.n_tables
-    fig, axes = plt.subplots(1, 3 if queries else 2, figsize=(13 if queries else 9, 3.6))
-    ax = axes[0]
-    for j in range(b):
-        sizes = np.sort(index.bucket_sizes(j))[::-1]
-        ax.plot(np.arange(1, len(sizes) + 1), sizes, lw=1, color=plt.cm.viridis(j / max(b - 1, 1)),
-                label=f"table {j}" if b <= 10 else None)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("bucket rank")
-    ax.set_ylabel("items in the bucket")
-    ax.set_title(f"bucket sizes ({info['n_items']:,} items per table)", fontsize=9)
-    if b <= 10:
-        ax.legend(fontsize=7)
-    x = np.arange(b)
-    axes[1].bar(x, tables["active_bits"], color="tab:blue")
-    axes[1].axhline(index.n_bits, color="grey", ls="--", lw=1, label=f"n_bits = {index.n_bits}")
-    axes[1].set_xlabel("table")
-    axes[1].set_ylabel("key bits that vary among the items")
-    axes[1].set_title("active key bits (the others are constant)", fontsize=9)
-    axes[1].legend(fontsize=7)
-    if queries:
-        axes[2].bar(x, 100 * np.asarray(queries["hit_rate"]), color="tab:green")
-        axes[2].axhline(100 * (1 - queries["miss_every_table"]), color="tab:red", ls="--", lw=1,
-                        label=f"hit at least one table: {100 * (1 - queries['miss_every_table']):.1f}%")
-        axes[2].set_ylim(0, 105)
-        axes[2].set_xlabel("table")
-        axes[2].set_ylabel("% of snippets whose bucket exists")
-        axes[2].set_title(f"hits of {features_name or 'the queries'} ({queries['n_snippets']:,} snippets)", fontsize=9)
-        axes[2].legend(fontsize=7, loc="lower right")
-    for a in axes[1:]:
-        a.set_xticks(x if b <= 16 else x[:: max(b // 8, 1)])
-    fig.suptitle(f"{info['kind']}: {b} tables x {index.n_bits} bits, mode {index.mode}", fontsize=10)
-    fig.tight_layout()
-    _save_figure(fig, path, fmt)
+    with _figure(1, 3 if queries else 2, figsize=(13 if queries else 9, 3.6)) as (fig, axes):
+        ax = axes[0]
+        for j in range(b):
+            sizes = np.sort(index.bucket_sizes(j))[::-1]
+            ax.plot(np.arange(1, len(sizes) + 1), sizes, lw=1, color=cm.viridis(j / max(b - 1, 1)),
+                    label=f"table {j}" if b <= 10 else None)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("bucket rank")
+        ax.set_ylabel("items in the bucket")
+        ax.set_title(f"bucket sizes ({info['n_items']:,} items per table)", fontsize=9)
+        if b <= 10:
+            ax.legend(fontsize=7)
+        x = np.arange(b)
+        axes[1].bar(x, tables["active_bits"], color="tab:blue")
+        axes[1].axhline(index.n_bits, color="grey", ls="--", lw=1, label=f"n_bits = {index.n_bits}")
+        axes[1].set_xlabel("table")
+        axes[1].set_ylabel("key bits that vary among the items")
+        axes[1].set_title("active key bits (the others are constant)", fontsize=9)
+        axes[1].legend(fontsize=7)
+        if queries:
+            axes[2].bar(x, 100 * np.asarray(queries["hit_rate"]), color="tab:green")
+            axes[2].axhline(100 * (1 - queries["miss_every_table"]), color="tab:red", ls="--", lw=1,
+                            label=f"hit at least one table: {100 * (1 - queries['miss_every_table']):.1f}%")
+            axes[2].set_ylim(0, 105)
+            axes[2].set_xlabel("table")
+            axes[2].set_ylabel("% of snippets whose bucket exists")
+            axes[2].set_title(f"hits of {features_name or 'the queries'} ({queries['n_snippets']:,} snippets)", fontsize=9)
+            axes[2].legend(fontsize=7, loc="lower right")
+        for a in axes[1:]:
+            a.set_xticks(x if b <= 16 else x[:: max(b // 8, 1)])
+        fig.suptitle(f"{info['kind']}: {b} tables x {index.n_bits} bits, mode {index.mode}", fontsize=10)
+        fig.tight_layout()
+        _save_figure(fig, path, fmt)
 
 
 def cmd_info(args) -> int:

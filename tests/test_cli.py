@@ -603,3 +603,27 @@ def test_score_and_info_name_a_video_without_snippets(feature_files, capsys):
                  "--prefix", "ok"]) == 0  # the other video alone scores
     assert main(["info", "--index", p("i.llsh"), "--prefix", "t"]) == 2
     assert "--prefix selects videos of --features" in capsys.readouterr().err
+
+
+def test_a_plot_that_fails_while_drawing_closes_its_figure(tmp_path, monkeypatch):
+    """pyplot keeps every open figure alive: a drawing that raised left its figure open (a leak in a
+    long-lived process that plots in a loop); both plots close it now."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from llsh_index import LearnableLSHIndex, metrics
+    from llsh_index.cli import index_info, plot_curves, plot_index_info
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("drawing failed")
+
+    before = plt.get_fignums()
+    monkeypatch.setattr(metrics, "smooth_scores", boom)
+    with pytest.raises(RuntimeError, match="drawing failed"):
+        plot_curves(str(tmp_path / "c.png"), {"s": {"v": np.arange(5.0)}}, {"v": np.r_[0, 0, 1, 1, 0]}, ["v"])
+    index = LearnableLSHIndex(4, n_tables=2, n_bits=3).add(np.random.default_rng(0).standard_normal((20, 4)))
+    info = index_info(index)  # before the failure is planted: it is the drawing that must fail
+    monkeypatch.setattr(index, "bucket_sizes", boom)
+    with pytest.raises(RuntimeError, match="drawing failed"):
+        plot_index_info(str(tmp_path / "i.png"), index, info)
+    assert plt.get_fignums() == before and not (tmp_path / "c.png").exists() and not (tmp_path / "i.png").exists()

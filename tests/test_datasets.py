@@ -477,3 +477,14 @@ def test_corridor_videos_moved_up_a_level(tmp_path):
     (root / "Test" / "000211").mkdir()
     with pytest.raises(D.DatasetFormatError, match=r"video folders .* or video files .* got both"):
         D.load_corridor(root)
+
+
+@pytest.mark.parametrize("load", [D.load_ped2, D.load_avenue, D.load_shanghaitech, D.load_corridor])
+def test_with_labels_is_a_checked_switch(tmp_path, load):
+    """with_labels='no' loaded the labels (bool('no') is True); it is a ConfigError now, before any
+    folder is read."""
+    (tmp_path / "testing").mkdir()
+    with pytest.raises(D.ConfigError, match=r"with_labels: expected True or False, got str 'no'"):
+        load(tmp_path, "testing", with_labels="no")
+    with pytest.raises(D.ConfigError, match="require_labels"):
+        D.load_frame_folders(tmp_path, {}, require_labels=1)
