@@ -258,11 +258,11 @@ class LearnableLSHIndex:
         for i in range(0, t.shape[0], step):
             yield i, t[i:i + step]
 
-    def _encode_all(self, features, caller: str):
+    def _encode_all(self, features, caller: str, what: str = "features"):
         if self.encoder is None:  # as hash_queries: the layers come from dim=, fit() or add(), not from a probe
             raise NotFittedError(f"{caller}: the index has no hash layers yet (give dim=, or call fit() or add())")
-        t = self._features(features, "features")
-        parts = [self._encode_chunk(c, "features", i) for i, c in self._chunks(t)]
+        t = self._features(features, what)
+        parts = [self._encode_chunk(c, what, i) for i, c in self._chunks(t)]
         cat = torch.cat if _engine.on_device(t) else np.concatenate
         return cat([p[0] for p in parts]), cat([p[1] for p in parts])
 
@@ -828,7 +828,7 @@ class LearnableLSHIndex:
         has no bucket for its key (a miss: the paper's score takes miss_value there, and a query
         with a row of zeros scores miss_value).  A diagnostic, NumPy on the host."""
         tables = self._require_tables()  # one snapshot of the tables; an add() meanwhile swaps in new ones
-        qkeys = np.asarray(_to_numpy(self.hash_keys(queries))).view(np.uint64)  # a device's int64 bits too
+        qkeys = np.asarray(_to_numpy(self._encode_all(queries, "query_bucket_sizes", "queries")[1])).view(np.uint64)
         keys = np.asarray(_to_numpy(tables["keys"])).view(np.uint64)
         ts, off = _to_numpy(tables["table_start"]), _to_numpy(tables["offsets"])
         out = np.zeros(qkeys.shape, np.int64)

@@ -170,7 +170,7 @@ CATALOGUE = [
     ("stats-before-add", lambda: LearnableLSHIndex(D).stats(), NotFittedError, ["add"]),
     ("query-bucket-sizes-before-add", lambda: LearnableLSHIndex(D).query_bucket_sizes(X), NotFittedError, ["add"]),
     ("query-bucket-sizes-wrong-dim", lambda: fitted().query_bucket_sizes(X[:, :5]), InvalidInputError,
-     [f"dimension {D}", "(200, 5)"]),
+     ["queries", f"dimension {D}", "(200, 5)"]),
     ("score-after-reset", lambda: _reset(fitted()).score(X), NotFittedError, ["add"]),
     ("fit-after-load-with-items", lambda: _reload(fitted()).fit(X, progress=False), IndexStateError, ["reset"]),
     ("table-out-of-range", lambda: fitted().bucket_sizes(2), ConfigError, ["table", "0..1", "2"]),
