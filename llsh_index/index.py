@@ -814,33 +814,15 @@ class LearnableLSHIndex:
         indexed items (trained layers often keep few: the rest are constant, and a query
         whose constant bit flips misses the table)."""
         tables = self._require_tables()
-        ts = _to_numpy(tables["table_start"])
-        keys = np.asarray(_to_numpy(tables["keys"])).view(np.uint64)
-        sizes = [self.bucket_sizes(j) for j in range(self.n_tables)]
-        varying = [np.bitwise_or.reduce(keys[ts[j]:ts[j + 1]] ^ keys[ts[j]]) for j in range(self.n_tables)]
-        return {"n_items": self.ntotal, "n_buckets": np.diff(ts).tolist(),
-                "largest_bucket": [int(s.max()) for s in sizes],
-                "mean_bucket_seen_by_item": [float((s.astype(np.float64) ** 2).sum() / s.sum()) for s in sizes],
-                "active_bits": [bin(int(v)).count("1") for v in varying]}
+        return table_occupancy([[_keys_and_sizes(tables, j)] for j in range(self.n_tables)], self.ntotal)
 
     def query_bucket_sizes(self, queries) -> np.ndarray:
         """(M, n_tables) int64: the size of each query's bucket in each table, 0 where the table
         has no bucket for its key (a miss: the paper's score takes miss_value there, and a query
         with a row of zeros scores miss_value).  A diagnostic, NumPy on the host."""
         tables = self._require_tables()  # one snapshot of the tables; an add() meanwhile swaps in new ones
-        qkeys = np.asarray(_to_numpy(self._encode_all(queries, "query_bucket_sizes", "queries")[1])).view(np.uint64)
-        keys = np.asarray(_to_numpy(tables["keys"])).view(np.uint64)
-        ts, off = _to_numpy(tables["table_start"]), _to_numpy(tables["offsets"])
-        out = np.zeros(qkeys.shape, np.int64)
-        for j in range(self.n_tables):
-            tk = keys[ts[j]:ts[j + 1]]
-            if not len(tk):
-                continue
-            pos = np.minimum(np.searchsorted(tk, qkeys[:, j]), len(tk) - 1)
-            hit = tk[pos] == qkeys[:, j]
-            u = ts[j] + pos[hit]
-            out[hit, j] = off[u + 1] - off[u]
-        return out
+        qkeys = _to_numpy(self._encode_all(queries, "query_bucket_sizes", "queries")[1])
+        return bucket_sizes_of_keys([_keys_and_sizes(tables, j) for j in range(self.n_tables)], qkeys)
 
     def _require_tables(self) -> Dict:
         if self._tables is None:
@@ -1098,6 +1080,46 @@ def _require_cuda(device: str, what: str) -> None:
     n = torch.cuda.device_count()
     if device != "cuda" and int(device[5:]) >= n:
         raise CudaUnavailableError(f"{what}: {device} was asked for, but {n} CUDA device(s) are visible")
+
+
+def _keys_and_sizes(tables: Dict, table: int):
+    """Table `table`'s unique keys (ascending, uint64) and their buckets' sizes, on the host."""
+    ts, off = _to_numpy(tables["table_start"]), _to_numpy(tables["offsets"])
+    keys = np.asarray(_to_numpy(tables["keys"])).view(np.uint64)  # a device's int64 bits too
+    return keys[ts[table]:ts[table + 1]], np.diff(off[ts[table]:ts[table + 1] + 1])
+
+
+def table_occupancy(parts_per_table, n_items: int) -> dict:
+    """stats() of tables given per table as (keys, sizes) parts: one part per index, or one per
+    shard of a sharded index (a key in several shards is one bucket of their summed sizes)."""
+    out = {"n_items": int(n_items), "n_buckets": [], "largest_bucket": [], "mean_bucket_seen_by_item": [],
+           "active_bits": []}
+    for parts in parts_per_table:
+        keys = np.concatenate([k for k, _ in parts])
+        sizes = np.concatenate([z for _, z in parts]).astype(np.int64)
+        if len(parts) > 1:
+            keys, inverse = np.unique(keys, return_inverse=True)
+            sizes = np.bincount(inverse.ravel(), weights=sizes, minlength=len(keys)).astype(np.int64)
+        out["n_buckets"].append(int(len(keys)))
+        out["largest_bucket"].append(int(sizes.max()) if len(sizes) else 0)
+        out["mean_bucket_seen_by_item"].append(float((sizes.astype(np.float64) ** 2).sum() / max(sizes.sum(), 1)))
+        varying = np.bitwise_or.reduce(keys ^ keys[0]) if len(keys) else 0
+        out["active_bits"].append(bin(int(varying)).count("1"))
+    return out
+
+
+def bucket_sizes_of_keys(key_sizes, query_keys) -> np.ndarray:
+    """(M, b) sizes of the buckets of the query keys (M, b) in tables given as (keys, sizes) per
+    table; 0 where a table has no such key."""
+    qkeys = np.asarray(query_keys).view(np.uint64)
+    out = np.zeros(qkeys.shape, np.int64)
+    for j, (keys, sizes) in enumerate(key_sizes):
+        if not len(keys):
+            continue
+        pos = np.minimum(np.searchsorted(keys, qkeys[:, j]), len(keys) - 1)
+        hit = keys[pos] == qkeys[:, j]
+        out[hit, j] = sizes[pos[hit]]
+    return out
 
 
 def _to_numpy(v):

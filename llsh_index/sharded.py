@@ -41,7 +41,8 @@ import torch
 from . import probing
 from ._validation import PATH_TYPES, _is_cupy, _is_torch, as_list, check_features, check_int_range
 from .errors import ConfigError, CudaUnavailableError, NotFittedError, WritePathError
-from .index import LearnableLSHIndex, _check_indexes, _normalise_device, _to_numpy, check_reduce, probed_scores
+from .index import (LearnableLSHIndex, _check_indexes, _keys_and_sizes, _normalise_device, _to_numpy,
+                    bucket_sizes_of_keys, check_reduce, probed_scores, table_occupancy)
 
 __all__ = ["ShardedIndex"]
 
@@ -277,6 +278,30 @@ class ShardedIndex(_ShardScoring):
     def memory_bytes(self) -> List[int]:
         """Bytes of the tables of each shard, on its device."""
         return [s.memory_bytes() for s in self.shards]
+
+    def _filled(self, caller: str) -> List[LearnableLSHIndex]:
+        filled = [s for s in self.shards if s.ntotal]
+        if not filled:
+            raise NotFittedError(f"{caller}: the index is empty; call add(features) first")
+        return filled
+
+    def stats(self) -> dict:
+        """LearnableLSHIndex.stats() of all the shards together: what one index holding every item
+        would report (a key held by several shards is one bucket)."""
+        with self._lock.read():  # every shard as of one moment
+            filled = self._filled("stats")
+            parts = [[_keys_and_sizes(s._tables, j) for s in filled] for j in range(self._host.n_tables)]
+            return table_occupancy(parts, sum(s.ntotal for s in filled))
+
+    def query_bucket_sizes(self, queries) -> np.ndarray:
+        """LearnableLSHIndex.query_bucket_sizes() over all the shards: (M, n_tables) sizes of each
+        query's bucket summed over the shards, 0 where no shard has it.  Hashed once, on the CPU."""
+        keys = _to_numpy(self._host._encode_all(_to_numpy(self._host_rows(queries, "queries")),
+                                                "query_bucket_sizes", "queries")[1])
+        with self._lock.read():
+            filled = self._filled("query_bucket_sizes")
+            return sum(bucket_sizes_of_keys([_keys_and_sizes(s._tables, j) for j in range(self._host.n_tables)], keys)
+                       for s in filled)
 
     # ------------------------------------------------------------------ threads
     def _start(self, fn):

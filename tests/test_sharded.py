@@ -250,6 +250,35 @@ class FakeDevices(FakeDeviceEngine):
         return contextlib.nullcontext()
 
 
+@pytest.mark.parametrize("n_shards", [1, 3, 4000])
+def test_stats_and_query_bucket_sizes_are_those_of_one_index(data, n_shards):
+    """A key held by several shards is one bucket of their summed sizes: the sharded stats() and
+    query_bucket_sizes() equal the single index's (itself checked against the oracle in test_index).
+    4000 shards for 3000 rows leaves empty shards; the shared bucket of identical rows spans none."""
+    x, q, layers, single = data
+    sh = ShardedIndex(layers, devices=["cpu"], n_shards=n_shards).add(x)
+    assert sh.stats() == single.stats()
+    got = sh.query_bucket_sizes(q)
+    np.testing.assert_array_equal(got, single.query_bucket_sizes(q))
+    assert (got == 0).any() and (got > 1).any()
+    if n_shards == 3:  # buckets split across shards do occur, so the sums are exercised
+        per_shard = np.stack([s.query_bucket_sizes(q) for s in sh.shards])
+        assert ((per_shard > 0).sum(axis=0) > 1).any()
+    with pytest.raises(NotFittedError, match="stats: the index is empty"):
+        ShardedIndex(layers, devices=["cpu"], n_shards=2).stats()
+    with pytest.raises(InvalidInputError, match="queries"):
+        sh.query_bucket_sizes(q[:, :3])
+
+
+def test_fake_gpu_shards_stats_and_query_bucket_sizes(data, fake):
+    x, q, layers, single = data
+    fake(2)
+    sh = ShardedIndex(layers, n_shards=3).add(x)
+    assert isinstance(sh.shards[0]._tables["keys"], torch.Tensor)
+    assert sh.stats() == single.stats()
+    np.testing.assert_array_equal(sh.query_bucket_sizes(q), single.query_bucket_sizes(q))
+
+
 @pytest.fixture
 def fake(monkeypatch):
     import llsh_index._cuda_engine as ce
