@@ -884,8 +884,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--videos", default=None, help="comma-separated video names: extract only these (default: all)")
     p.add_argument("--skip-first-frame", choices=["auto", "yes", "no"], default="auto",
                    help="corridor: skip each video's black first frame, which its labels leave out (auto, the "
-                        "default: in video files, and in a frame folder one frame longer than its labels when that "
-                        "frame is black)")
+                        "default: in video files, and in a frame folder when its first frame is black and, with "
+                        "labels, it holds one frame more than they do)")
     p.add_argument("--T", type=int, default=16, help="frames per snippet (default 16)")
     p.add_argument("--s", type=int, default=1, help="frame step inside a snippet (default 1)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")

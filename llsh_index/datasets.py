@@ -474,10 +474,14 @@ def _corridor_release_videos(folder: Path) -> List[Video]:
 _BLACK_MEAN = 16.0
 
 
-def _check_black_first_frame(split: str, name: str, paths: Sequence[str], n_labels: int, source: str) -> None:
+def _first_frame_mean(paths: Sequence[str]) -> float:
     from .video import _read_image  # imported here: video imports this module
 
-    mean = float(_read_image(paths[0]).mean())
+    return float(_read_image(paths[0]).mean())
+
+
+def _check_black_first_frame(split: str, name: str, paths: Sequence[str], n_labels: int, source: str) -> None:
+    mean = _first_frame_mean(paths)
     if mean >= _BLACK_MEAN:
         raise DatasetFormatError(
             f"corridor {split}: video {name!r} has {len(paths)} frames for {n_labels} labels in {source}, but its "
@@ -498,10 +502,10 @@ def load_corridor(root: PathLike, split: str = "testing", *, labels_path: Option
     labels of ``labels_path`` (default: ``root/Corridor_gt.npz``, the LLSH paper's file).
 
     Every Corridor video opens with a black frame that the labels leave out (the authors extract
-    frames with ``--skip_first``). ``skip_first_frame=None`` (default) skips it in video files, and
-    in a labelled frame folder that holds one frame more than its labels when that folder's first
-    frame is black (DatasetFormatError when it is not); frame folders are otherwise taken to be
-    extracted without it. ``True`` / ``False`` skip it everywhere / nowhere.
+    frames with ``--skip_first``). ``skip_first_frame=None`` (default) skips it in video files; in
+    a labelled frame folder that holds one frame more than its labels, when that first frame is
+    black (DatasetFormatError when it is not); and in a folder without labels (training), when its
+    first frame is black (mean below 16 of 255). ``True`` / ``False`` skip it everywhere / nowhere.
     """
     if skip_first_frame is not None and not isinstance(skip_first_frame, (bool, np.bool_)):  # bool("no") is True
         raise ConfigError(f"skip_first_frame: expected None, True or False, got {type(skip_first_frame).__name__} "
@@ -544,8 +548,10 @@ def load_corridor(root: PathLike, split: str = "testing", *, labels_path: Option
         lab = None if labels is None else labels[name]
         if skip_first_frame is not None:
             first = int(bool(skip_first_frame))
+        elif v.frame_paths and lab is None:  # no count to compare: a black opening frame is Corridor's
+            first = int(len(v.frame_paths) > 1 and _first_frame_mean(v.frame_paths) < _BLACK_MEAN)
         elif v.frame_paths:
-            first = int(lab is not None and len(v.frame_paths) == lab.size + 1)
+            first = int(len(v.frame_paths) == lab.size + 1)
             if first:  # any other frame too many would shift every label by one
                 _check_black_first_frame(split, name, v.frame_paths, lab.size, source)
         else:

@@ -294,12 +294,12 @@ def test_extract_corridor_skips_the_black_first_frame(tmp_path, capsys):
     assert main(["extract", "--dataset", "corridor", "--root", str(tmp_path / "corridor"), "--split", "test",
                  "--out", str(out), "--skip-first-frame", "no", "--quiet"]) == 2
     assert "5 labels for 6 frames" in capsys.readouterr().err
-    # training folders (no labels) keep every frame unless told: yes skips it
+    # training folders (no labels): auto skips the first frame when it is black, no keeps it
     train = tmp_path / "corridor" / "training" / "frames" / "000001"
     train.mkdir(parents=True)
     for i, f in enumerate(frames):
         PIL.fromarray(f).save(train / f"{i:06d}.png")
-    for flag, n in (("auto", 6), ("yes", 5)):
+    for flag, n in (("auto", 5), ("no", 6), ("yes", 5)):
         assert main(["extract", "--dataset", "corridor", "--root", str(tmp_path / "corridor"), "--split", "train",
                      "--out", str(tmp_path / f"train_{flag}.npz"), "--T", "2", "--skip-first-frame", flag,
                      "--quiet"]) == 0

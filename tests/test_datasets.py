@@ -313,13 +313,18 @@ def test_corridor_frame_folders_skip_the_black_frame_only_when_it_is_there(tmp_p
     PIL = pytest.importorskip("PIL.Image")  # that frame is read: it must be black to be skipped
     PIL.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "testing" / "frames" / "000209" / "000000.jpg")
     _touch_frames(root / "testing" / "frames" / "000210", 4, "{:06d}.jpg")  # extracted with --skip_first
-    _touch_frames(root / "training" / "frames" / "000001", 3, "{:06d}.jpg")
+    # training folders have no labels to count against: their first frame is read, skipped when black
+    for folder, value in (("000001", 0), ("000002", 128)):
+        _touch_frames(root / "training" / "frames" / folder, 3, "{:06d}.jpg")
+        PIL.fromarray(np.full((8, 8, 3), value, np.uint8)).save(root / "training" / "frames" / folder / "000000.jpg")
     np.savez(root / "Corridor_gt.npz", **{"209": np.array([0, 0, 1, 1, 0]), "210": np.array([1, 1, 0, 0])})
     test = D.load_corridor(root)
     assert test.names == ["209", "210"] and [v.first_frame for v in test] == [1, 0]
     assert test.n_frames == 9 and test["209"].frame_paths[0].endswith("000000.jpg")
-    assert D.load_corridor(root, "training")["1"].first_frame == 0
-    assert D.load_corridor(root, "training", skip_first_frame=True)["1"].n_frames == 2
+    train = D.load_corridor(root, "training")
+    assert [v.first_frame for v in train] == [1, 0] and train.n_frames == 5
+    assert D.load_corridor(root, "training", skip_first_frame=True)["2"].n_frames == 2
+    assert D.load_corridor(root, "training", skip_first_frame=False)["1"].n_frames == 3
     with pytest.raises(D.DatasetFormatError, match="5 labels for 6 frames"):
         D.load_corridor(root, skip_first_frame=False)
     with pytest.raises(D.DatasetFormatError, match="4 labels for 3 frames"):
