@@ -241,3 +241,18 @@ def test_stream_scorer_on_the_gpu_equals_the_cpu(data):
         got.append(np.concatenate([o.scores for o in outs]))
         assert np.concatenate([o.frames for o in outs]).tolist() == list(range(120))
     np.testing.assert_allclose(got[1], got[0], rtol=1e-5, atol=1e-5)
+
+
+def test_gpu_occupancy_equals_the_cpu(data):
+    """stats() and query_bucket_sizes() of a GPU index (its tables and keys on the device) and of a
+    ShardedIndex of GPU shards equal the CPU index's on exact data."""
+    from llsh_index import ShardedIndex
+
+    x, q = data
+    cpu = exact_index().add(x)
+    gpu = exact_index().to("cuda").add(cuda(x))
+    assert gpu.stats() == cpu.stats()
+    np.testing.assert_array_equal(gpu.query_bucket_sizes(cuda(q)), cpu.query_bucket_sizes(q))
+    sh = ShardedIndex(exact_index(), devices=["cuda:0"], n_shards=3).add(x)
+    assert sh.stats() == cpu.stats()
+    np.testing.assert_array_equal(sh.query_bucket_sizes(q), cpu.query_bucket_sizes(q))
