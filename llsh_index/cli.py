@@ -601,7 +601,7 @@ def cmd_plot(args) -> int:
     first = curves[next(iter(curves))]
     labels = _load_labels(args.labels, first)
     common = [v for v in first if v in labels and all(v in c for c in curves.values())]
-    if args.videos == "all":
+    if args.videos == "all" or (args.roc and not args.videos):  # a ROC curve pools every video by default
         videos = common
     elif args.videos:
         videos = [v.strip() for v in args.videos.split(",") if v.strip()]
@@ -616,10 +616,43 @@ def cmd_plot(args) -> int:
             if np.asarray(per_video[v]).shape != labels[v].shape:
                 raise InvalidInputError(f"{name}: video {v!r}: expected {labels[v].shape[0]} per-frame scores "
                                         f"(its labels), got shape {np.asarray(per_video[v]).shape}")
+    if args.roc:
+        for name, auc in plot_roc(args.out, curves, labels, videos, args.sigma, title=args.title).items():
+            print(f"{name}: micro-AUC {auc:.4f}")
+        print(f"ROC over {len(videos)} videos -> {args.out}")
+        return 0
     plot_curves(args.out, curves, labels, videos, args.sigma, title=args.title)
     more = "" if args.videos else f" (the first {len(videos)} of {len(common)}; --videos all for every one)"
     print(f"{len(videos)} videos{more} -> {args.out}")
     return 0
+
+
+def plot_roc(path: str, curves: Dict[str, Dict[str, np.ndarray]], labels: Dict[str, np.ndarray],
+             videos: Sequence[str], sigma: float = 12, title: str = "") -> Dict[str, float]:
+    """The micro ROC curve of every score file (the curve whose area micro-AUC is), with that area in
+    the legend; returns {name: micro-AUC}."""
+    from sklearn.metrics import auc as area
+
+    from .metrics import micro_roc_curve
+
+    fmt = _image_format(path)
+    aucs = {}
+    with _figure(1, 1, figsize=(5.4, 5.2)) as (fig, ax):
+        for i, (name, per_video) in enumerate(curves.items()):
+            fpr, tpr, _ = micro_roc_curve({v: per_video[v] for v in videos}, {v: labels[v] for v in videos}, sigma)
+            aucs[name] = float(area(fpr, tpr))
+            ax.plot(fpr, tpr, lw=1.4, color=f"C{i}", label=f"{name} (micro-AUC {aucs[name]:.4f})")
+        ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=0.8, label="chance")
+        ax.set_xlabel("false positive rate (normal frames flagged)")
+        ax.set_ylabel("true positive rate (anomalous frames flagged)")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.01)
+        ax.legend(loc="lower right", fontsize=8)
+        sub = f"{len(videos)} videos, frames pooled; sigma {sigma:g}, each video min-max normalised"
+        ax.set_title(f"{title}\n{sub}" if title else f"Frame-level ROC\n{sub}", fontsize=9)
+        fig.tight_layout()
+        _save_figure(fig, path, fmt)
+    return aucs
 
 
 def index_info(index, queries_by_video: Optional[Dict[str, np.ndarray]] = None) -> dict:
@@ -995,6 +1028,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated video names, or 'all' (default: the first 6)")
     p.add_argument("--sigma", type=float, default=12, help=SIGMA_HELP)
     p.add_argument("--title", default="", help="a title above the curves")
+    p.add_argument("--roc", action="store_true",
+                   help="draw each file's frame-level ROC curve instead (the curve whose area is micro-AUC; "
+                        "over every video unless --videos)")
     p.set_defaults(fn=cmd_plot)
     return ap
 

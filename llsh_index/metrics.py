@@ -65,6 +65,7 @@ __all__ = [
     "AUCResult",
     "EvaluationResult",
     "smooth_scores",
+    "micro_roc_curve",
     "snippet_to_frame_scores",
     "macro_auc",
     "micro_auc",
@@ -525,29 +526,9 @@ def micro_auc(
     Single-class videos are included (they contribute frames); their number is reported.
     Raises :class:`SingleClassError` if the pooled frames contain a single class.
     """
-    if constant_fill is not None:
-        constant_fill = _finite_number(constant_fill, "constant_fill")
-    videos = _video_frames(scores_by_video, labels_by_video, sigma, align, pad, pad_value, allow_subset,
-                           normalise=True, constant_fill=constant_fill)
-
-    all_scores: list[np.ndarray] = []
-    all_labels: list[np.ndarray] = []
-    single: list[str] = []
-    n_constant = 0
-    for name, labels, frame_scores, constant in videos:
-        n_constant += int(constant)
-        if labels.min() == labels.max():
-            single.append(name)
-        all_scores.append(frame_scores)
-        all_labels.append(labels)
-
-    cat_labels = np.concatenate(all_labels)
-    if cat_labels.min() == cat_labels.max():
-        raise SingleClassError(
-            f"micro-AUC: expected both classes among the {cat_labels.size} pooled frames, "
-            f"got only label {int(cat_labels[0])}"
-        )
-    auc = float(roc_auc_score(cat_labels, np.concatenate(all_scores)))
+    cat_scores, cat_labels, videos, single, n_constant = _pooled_frames(
+        scores_by_video, labels_by_video, sigma, align, pad, pad_value, constant_fill, allow_subset, "micro-AUC")
+    auc = float(roc_auc_score(cat_labels, cat_scores))
     return AUCResult(
         auc=auc,
         kind="micro",
@@ -559,6 +540,47 @@ def micro_auc(
         n_constant=n_constant,
         n_frames=int(cat_labels.size),
     )
+
+
+def _pooled_frames(scores_by_video, labels_by_video, sigma, align, pad, pad_value, constant_fill, allow_subset,
+                   what: str):
+    """Every video's smoothed, min-max normalised frame scores and labels, concatenated in sorted name
+    order (micro-AUC's frames); also the videos, the single-class ones and the constant count."""
+    if constant_fill is not None:
+        constant_fill = _finite_number(constant_fill, "constant_fill")
+    videos = _video_frames(scores_by_video, labels_by_video, sigma, align, pad, pad_value, allow_subset,
+                           normalise=True, constant_fill=constant_fill)
+    single = [name for name, labels, _, _ in videos if labels.min() == labels.max()]
+    n_constant = sum(int(constant) for _, _, _, constant in videos)
+    cat_labels = np.concatenate([labels for _, labels, _, _ in videos])
+    if cat_labels.min() == cat_labels.max():
+        raise SingleClassError(
+            f"{what}: expected both classes among the {cat_labels.size} pooled frames, "
+            f"got only label {int(cat_labels[0])}"
+        )
+    return np.concatenate([f for _, _, f, _ in videos]), cat_labels, videos, single, n_constant
+
+
+def micro_roc_curve(
+    scores_by_video: Mapping[str, Any],
+    labels_by_video: Mapping[str, Any],
+    sigma: float | None = 12,
+    *,
+    align: AlignPolicy = "exact",
+    pad: PadMode = "constant",
+    pad_value: float = 0.0,
+    constant_fill: float | None = None,
+    allow_subset: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ROC curve whose area :func:`micro_auc` reports: ``(fpr, tpr, thresholds)`` of
+    ``sklearn.metrics.roc_curve`` over the same pooled, smoothed, per-video min-max
+    normalised frame scores (the same arguments and checks)."""
+    from sklearn.metrics import roc_curve
+
+    cat_scores, cat_labels, _, _, _ = _pooled_frames(
+        scores_by_video, labels_by_video, sigma, align, pad, pad_value, constant_fill, allow_subset, "micro ROC")
+    fpr, tpr, thresholds = roc_curve(cat_labels, cat_scores)
+    return fpr, tpr, thresholds
 
 
 def evaluate(

@@ -627,3 +627,28 @@ def test_a_plot_that_fails_while_drawing_closes_its_figure(tmp_path, monkeypatch
     with pytest.raises(RuntimeError, match="drawing failed"):
         plot_index_info(str(tmp_path / "i.png"), index, info)
     assert plt.get_fignums() == before and not (tmp_path / "c.png").exists() and not (tmp_path / "i.png").exists()
+
+
+def test_plot_roc_reports_each_files_micro_auc(feature_files, capsys):
+    """plot --roc: one ROC curve per score file over every video, each with the micro-AUC that
+    metrics.micro_auc gives the same file (printed, and in the legend)."""
+    pytest.importorskip("matplotlib")
+    from llsh_index import metrics
+
+    tmp, labels = feature_files
+    p = lambda name: str(tmp / name)  # noqa: E731
+    rng = np.random.default_rng(4)
+    good = {v: (lab + 0.8 * rng.standard_normal(lab.size)).astype(np.float32) for v, lab in labels.items()}
+    noise = {v: rng.standard_normal(lab.size).astype(np.float32) for v, lab in labels.items()}
+    np.savez(tmp / "good.npz", **good)
+    np.savez(tmp / "noise.npz", **noise)
+    assert main(["plot", "--roc", "--scores", p("good.npz"), p("noise.npz"), "--labels", p("test.npz"),
+                 "--out", p("roc.png")]) == 0
+    out = capsys.readouterr().out
+    for name, scores in (("good", good), ("noise", noise)):
+        assert f"{name}: micro-AUC {metrics.micro_auc(scores, labels).auc:.4f}" in out
+    assert f"ROC over {len(labels)} videos" in out and (tmp / "roc.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["plot", "--roc", "--scores", p("good.npz"), "--labels", p("test.npz"), "--out", p("roc1.png"),
+                 "--videos", "t0"]) == 0
+    assert f"good: micro-AUC {metrics.micro_auc({'t0': good['t0']}, {'t0': labels['t0']}).auc:.4f}" in \
+        capsys.readouterr().out

@@ -539,3 +539,39 @@ def test_load_ped2_labels_numbers_are_ascii_digits(tmp_path):
     for bad in ({"\u00b2": 20}, {"\u0967": 20}, {"00": 20}, {"013": 20}, {" 1": 20}):
         with pytest.raises(M.LengthMismatchError, match="named by number"):
             M.load_ped2_labels(p, bad)
+
+
+def roc_oracle(labels, scores):
+    """ROC points written out: one threshold per distinct score, from the highest down; (fpr, tpr)
+    at 'flag every frame scoring >= threshold', starting at (0, 0)."""
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, np.float64)
+    pts = [(0.0, 0.0)]
+    for t in np.unique(scores)[::-1]:
+        flagged = scores >= t
+        pts.append(((flagged & ~labels).sum() / (~labels).sum(), (flagged & labels).sum() / labels.sum()))
+    return np.array(pts)
+
+
+def test_micro_roc_curve_is_the_curve_of_micro_auc():
+    """Hand case of test_micro_normalises_each_video: the pooled, per-video normalised frames
+    give the oracle's ROC points, and the area under them is micro-AUC (14.5 / 15)."""
+    labels = {"A": [0, 0, 1, 1], "B": [0, 1, 1, 1]}
+    scores = {"A": [0.0, 1.0, 2.0, 3.0], "B": [10.0, 20.0, 30.0, 40.0]}
+    def area(x, y):
+        return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2))
+
+    fpr, tpr, _ = M.micro_roc_curve(scores, labels, sigma=0)
+    pooled = np.r_[[0, 1 / 3, 2 / 3, 1], [0, 1 / 3, 2 / 3, 1]]
+    want = roc_oracle(np.r_[labels["A"], labels["B"]], pooled)
+    # sklearn may drop collinear points: each of its points is one of the oracle's, with the same area
+    assert all(np.isclose(want, p).all(axis=1).any() for p in np.c_[fpr, tpr])
+    assert area(fpr, tpr) == pytest.approx(14.5 / 15, abs=1e-12)
+    assert area(want[:, 0], want[:, 1]) == pytest.approx(14.5 / 15, abs=1e-12)
+    rng = np.random.default_rng(5)
+    lab = {f"v{i}": (rng.random(80) < 0.3).astype(np.uint8) for i in range(4)}
+    sc = {v: rng.standard_normal(80) + 2 * lab[v] for v in lab}
+    fpr, tpr, _ = M.micro_roc_curve(sc, lab, sigma=3)
+    assert area(fpr, tpr) == pytest.approx(M.micro_auc(sc, lab, sigma=3).auc, abs=1e-12)
+    with pytest.raises(M.SingleClassError, match="micro ROC: expected both classes"):
+        M.micro_roc_curve({"A": [1.0, 2.0]}, {"A": [0, 0]}, sigma=0)
