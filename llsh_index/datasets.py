@@ -45,6 +45,7 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Uni
 import numpy as np
 
 try:  # typed errors of the package when it is importable; plain bases otherwise
+    from ._validation import check_bool
     from .errors import NPZ_READ_ERRORS, ConfigError, InvalidDTypeError, LLSHError as _BaseError
 except Exception:  # pragma: no cover - only when this file is loaded outside the package
     NPZ_READ_ERRORS = (Exception,)
@@ -57,6 +58,11 @@ except Exception:  # pragma: no cover - only when this file is loaded outside th
 
     class InvalidDTypeError(_BaseError, TypeError):
         pass
+
+    def check_bool(value, name: str) -> bool:
+        if not isinstance(value, (bool, np.bool_)):
+            raise ConfigError(f"{name}: expected True or False, got {type(value).__name__} {value!r}")
+        return bool(value)
 
 __all__ = [
     "FRAME_EXTENSIONS", "VIDEO_EXTENSIONS", "DatasetError", "DatasetNotFoundError", "DatasetFormatError",
@@ -148,12 +154,6 @@ def _split_name(split: str) -> str:
     if s in ("test", "testing"):
         return "testing"
     raise ConfigError(f"split: expected 'training'/'train' or 'testing'/'test', got {split!r}")
-
-
-def _check_switch(value, name: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):  # bool("no") is True: a string would switch it on
-        raise ConfigError(f"{name}: expected True or False, got {type(value).__name__} {value!r}")
-    return bool(value)
 
 
 def _as_labels(values, name: str, n_frames: Optional[int], source: str) -> np.ndarray:
@@ -291,7 +291,7 @@ def load_frame_folders(root: PathLike, labels: Optional[Mapping[str, np.ndarray]
     ``labels`` maps video names to per-frame 0/1 labels; each is checked against the frame count.
     With ``require_labels`` a video without labels (or labels without a video) is an error.
     """
-    require_labels = _check_switch(require_labels, "require_labels")
+    require_labels = check_bool(require_labels, "require_labels")
     root = Path(root)
     videos: List[Video] = []
     if root.is_dir():
@@ -352,7 +352,7 @@ def load_ped2(root: PathLike, split: str = "testing", *, mat_path: Optional[Path
     ``root/ped2.mat`` (or ``mat_path``).  Test videos get labels unless ``with_labels=False``."""
     root = _require_dir(Path(root), "UCSD Ped2 folder")
     split = _split_name(split)
-    with_labels = _check_switch(with_labels, "with_labels")
+    with_labels = check_bool(with_labels, "with_labels")
     frames_root = root / split / "frames"
     original = root / ("Train" if split == "training" else "Test")
     if not frames_root.is_dir() and original.is_dir():  # original UCSD layout
@@ -396,7 +396,7 @@ def _load_npz_dataset(dsname: str, label_names: Sequence[str], root: PathLike, s
                       labels_path: Optional[PathLike], with_labels: bool, release_videos: bool = False) -> VideoDataset:
     root = _require_dir(Path(root), f"{dsname} folder")
     split = _split_name(split)
-    with_labels = _check_switch(with_labels, "with_labels")
+    with_labels = check_bool(with_labels, "with_labels")
     videos = "videos"
     if not (root / split).is_dir():
         release = root / f"{split}_videos"  # the release's own layout (Avenue: root/training_videos/01.avi)
@@ -512,7 +512,7 @@ def load_corridor(root: PathLike, split: str = "testing", *, labels_path: Option
                           f"{skip_first_frame!r}")
     root = _require_dir(Path(root), "IITB Corridor folder")
     split = _split_name(split)
-    with_labels = _check_switch(with_labels, "with_labels")
+    with_labels = check_bool(with_labels, "with_labels")
     release = root / {"training": "Train", "testing": "Test"}[split]
     if (root / split).is_dir():
         ds = load_frame_folders(root / split / "frames", None, name="corridor", split=split, videos_dirname="videos")
