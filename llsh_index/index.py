@@ -814,7 +814,7 @@ class LearnableLSHIndex:
         indexed items (trained layers often keep few: the rest are constant, and a query
         whose constant bit flips misses the table)."""
         tables = self._require_tables()
-        return table_occupancy([[_keys_and_sizes(tables, j)] for j in range(self.n_tables)], self.ntotal)
+        return table_occupancy([[part] for part in _keys_and_sizes(tables)], self.ntotal)
 
     def query_bucket_sizes(self, queries) -> np.ndarray:
         """(M, n_tables) int64: the size of each query's bucket in each table, 0 where the table
@@ -822,7 +822,7 @@ class LearnableLSHIndex:
         with a row of zeros scores miss_value).  A diagnostic, NumPy on the host."""
         tables = self._require_tables()  # one snapshot of the tables; an add() meanwhile swaps in new ones
         qkeys = _to_numpy(self._encode_all(queries, "query_bucket_sizes", "queries")[1])
-        return bucket_sizes_of_keys([_keys_and_sizes(tables, j) for j in range(self.n_tables)], qkeys)
+        return bucket_sizes_of_keys(_keys_and_sizes(tables), qkeys)
 
     def _require_tables(self) -> Dict:
         if self._tables is None:
@@ -1082,11 +1082,13 @@ def _require_cuda(device: str, what: str) -> None:
         raise CudaUnavailableError(f"{what}: {device} was asked for, but {n} CUDA device(s) are visible")
 
 
-def _keys_and_sizes(tables: Dict, table: int):
-    """Table `table`'s unique keys (ascending, uint64) and their buckets' sizes, on the host."""
+def _keys_and_sizes(tables: Dict):
+    """Per table, its unique keys (ascending, uint64) and their buckets' sizes, on the host (one
+    copy of each array off a device, not one per table)."""
     ts, off = _to_numpy(tables["table_start"]), _to_numpy(tables["offsets"])
     keys = np.asarray(_to_numpy(tables["keys"])).view(np.uint64)  # a device's int64 bits too
-    return keys[ts[table]:ts[table + 1]], np.diff(off[ts[table]:ts[table + 1] + 1])
+    sizes = np.diff(off)
+    return [(keys[ts[j]:ts[j + 1]], sizes[ts[j]:ts[j + 1]]) for j in range(len(ts) - 1)]
 
 
 def table_occupancy(parts_per_table, n_items: int) -> dict:

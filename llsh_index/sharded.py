@@ -290,8 +290,8 @@ class ShardedIndex(_ShardScoring):
         would report (a key held by several shards is one bucket)."""
         with self._lock.read():  # every shard as of one moment
             filled = self._filled("stats")
-            parts = [[_keys_and_sizes(s._tables, j) for s in filled] for j in range(self._host.n_tables)]
-            return table_occupancy(parts, sum(s.ntotal for s in filled))
+            per_shard = [_keys_and_sizes(s._tables) for s in filled]
+            return table_occupancy(list(zip(*per_shard)), sum(s.ntotal for s in filled))
 
     def query_bucket_sizes(self, queries) -> np.ndarray:
         """LearnableLSHIndex.query_bucket_sizes() over all the shards: (M, n_tables) sizes of each
@@ -300,8 +300,7 @@ class ShardedIndex(_ShardScoring):
                                                 "query_bucket_sizes", "queries")[1])
         with self._lock.read():
             filled = self._filled("query_bucket_sizes")
-            return sum(bucket_sizes_of_keys([_keys_and_sizes(s._tables, j) for j in range(self._host.n_tables)], keys)
-                       for s in filled)
+            return sum(bucket_sizes_of_keys(_keys_and_sizes(s._tables), keys) for s in filled)
 
     # ------------------------------------------------------------------ threads
     def _start(self, fn):
