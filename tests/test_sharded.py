@@ -281,20 +281,23 @@ def test_fake_gpu_shards_stats_and_query_bucket_sizes(data, fake):
 
 @pytest.fixture
 def fake(monkeypatch):
+    return lambda n: install_fake_gpus(monkeypatch, n)
+
+
+def install_fake_gpus(monkeypatch, n):
+    """n fake GPUs for one test (tests/test_readme.py uses it too): FakeDevices behind the engine and
+    the sharded module's device helpers."""
     import llsh_index._cuda_engine as ce
 
-    def install(n):
-        f = FakeDevices(n)
-        monkeypatch.setattr(_engine, "on_device", lambda x: isinstance(x, torch.Tensor))
-        for name in ("binarize", "build_tables", "lookup"):
-            monkeypatch.setattr(ce, name, getattr(f, name))
-        monkeypatch.setattr(sharded_mod, "_visible_gpus", lambda: n)
-        monkeypatch.setattr(sharded_mod, "_place", f.place)
-        monkeypatch.setattr(sharded_mod, "_send", f.send)
-        monkeypatch.setattr(sharded_mod, "_device_scope", f.scope)
-        return f
-
-    return install
+    f = FakeDevices(n)
+    monkeypatch.setattr(_engine, "on_device", lambda x: isinstance(x, torch.Tensor))
+    for name in ("binarize", "build_tables", "lookup"):
+        monkeypatch.setattr(ce, name, getattr(f, name))
+    monkeypatch.setattr(sharded_mod, "_visible_gpus", lambda: n)
+    monkeypatch.setattr(sharded_mod, "_place", f.place)
+    monkeypatch.setattr(sharded_mod, "_send", f.send)
+    monkeypatch.setattr(sharded_mod, "_device_scope", f.scope)
+    return f
 
 
 def test_fake_gpus_round_robin_threads_and_codes_only(data, fake, monkeypatch):
