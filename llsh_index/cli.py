@@ -460,23 +460,57 @@ def cmd_score(args) -> int:
     return 0
 
 
+def _check_alert_args(args) -> None:
+    """stream's --threshold / --calibrate / --contamination / --held-out: one way to the threshold."""
+    if args.threshold is not None and args.calibrate is not None:
+        raise ConfigError(f"stream: expected either --threshold or --calibrate (a threshold given, or computed "
+                          f"from normal video), got both (--threshold {args.threshold:g}, --calibrate "
+                          f"{args.calibrate})")
+    if args.calibrate is None:
+        for flag, value in (("--contamination", args.contamination), ("--held-out", args.held_out or None)):
+            if value is not None:
+                raise ConfigError(f"stream: {flag} sets how --calibrate computes the threshold, got {flag} without "
+                                  f"--calibrate")
+
+
 def cmd_stream(args) -> int:
     from . import video
-    from .stream import StreamScorer
+    from .stream import StreamScorer, alert_intervals
 
+    _check_alert_args(args)
     index = _load_built_index(args.index, args.device or "cpu")
     extractor = video.EfficientNetLite0Extractor(device=args.device or "cpu")
     scorer = StreamScorer(index, extractor, T=args.T, s=args.s, sigma=args.sigma,
                           smoothing="causal" if args.causal else "centred", mode=args.mode_override,
-                          n_probes=args.probes, miss_probes=args.miss_probes, reduce=args.reduce)
+                          n_probes=args.probes, miss_probes=args.miss_probes, reduce=args.reduce,
+                          threshold=args.threshold)
+    if args.calibrate is not None:
+        ff = _load_feature_file(args.calibrate)
+        q = 0.01 if args.contamination is None else args.contamination
+        threshold = scorer.calibrate(ff, q, held_out=args.held_out)
+        n = sum(len(ff.features[v]) for v in ff.videos)
+        print(f"threshold {threshold:.6g}: the {1 - q:.4g} quantile of the smoothed scores of {n} frames of "
+              f"{len(ff.videos)} normal videos in {args.calibrate} "
+              f"({'held out of the index' if args.held_out else 'leave-videos-out'})", file=sys.stderr)
+    alerting = scorer.threshold is not None
     out = sys.stdout
-    t0, started = time.time(), []
+    t0, started, intervals, n_alerts = time.time(), [], [], [0]
 
     def write(res) -> None:
         if not started:  # the header once a frame was read: a source that fails writes nothing
-            out.write("frame,score,raw\n")
+            out.write("frame,score,raw,alert\n" if alerting else "frame,score,raw\n")
             started.append(True)
-        out.writelines(f"{f},{v:.6g},{r:.6g}\n" for f, v, r in zip(res.frames.tolist(), res.scores, res.raw))
+        if alerting:
+            flags = res.alerts
+            out.writelines(f"{f},{v:.6g},{r:.6g},{int(a)}\n"
+                           for f, v, r, a in zip(res.frames.tolist(), res.scores, res.raw, flags))
+            runs = alert_intervals(res.frames, flags)
+            n_alerts[0] += int(flags.sum())
+            if runs and intervals and runs[0][0] == intervals[-1][1] + 1:  # a run going on across calls
+                intervals[-1] = (intervals[-1][0], runs.pop(0)[1])
+            intervals.extend(runs)
+        else:
+            out.writelines(f"{f},{v:.6g},{r:.6g}\n" for f, v, r in zip(res.frames.tolist(), res.scores, res.raw))
         out.flush()  # a line as soon as its score is final: the command feeds a pipe
 
     stopped = False
@@ -495,6 +529,11 @@ def cmd_stream(args) -> int:
     print(f"{'stopped after ' if stopped else ''}{n} frames in {dt:.1f}s ({n / max(dt, 1e-9):.1f} frames/s); each "
           f"score final {latency} frames after its frame ({'causal' if args.causal else 'centred'} smoothing, "
           f"sigma {args.sigma:g})", file=sys.stderr)
+    if alerting:
+        spans = ", ".join(f"{a}-{b}" for a, b in intervals)
+        print(f"alerts: {n_alerts[0]} of {n} frames above threshold {scorer.threshold:.6g}, in {len(intervals)} "
+              f"interval{'' if len(intervals) == 1 else 's'}{' (frames ' + spans + ')' if intervals else ''}",
+              file=sys.stderr)
     return 0
 
 
@@ -978,7 +1017,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "score is final: the offline pipeline's scores (EfficientNet-Lite0 snippets of "
                                    "--T frames, the index's score, Gaussian smoothing), each LATENCY frames after "
                                    "its frame (55 at T 16, sigma 12; --causal: 7; plus one per CNN worker thread beyond the first, one "
-                                   "a CPU core) (llsh_index.stream).")
+                                   "a CPU core) (llsh_index.stream).  With --threshold (or --calibrate) a fourth "
+                                   "column, alert, is 1 where the smoothed score is strictly above the threshold, and "
+                                   "the alert intervals are printed on stderr at the end.")
     p.add_argument("--index", required=True, help="index file from `build`, on features from `extract` (same --T, --s)")
     p.add_argument("--video", required=True,
                    help="a frame folder, a video file, or a stream URL (rtsp://camera/..., http://...: a live feed)")
@@ -990,6 +1031,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "protocol)")
     _add_scoring_args(p)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cpu): the CNN and the index")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="alerts: a frame whose smoothed score is strictly above this is abnormal; adds an 'alert' "
+                        "column (0/1) and, at the end on stderr, the alert intervals (first-last frame)")
+    p.add_argument("--calibrate", default=None, metavar="FEATURES",
+                   help="alerts with a threshold computed from normal video instead: a feature file from `extract` "
+                        "(same --T, --s, default clamping) of the videos the index was built on, scored "
+                        "leave-videos-out (as LLSHDetector calibrates), or with --held-out of normal videos not in "
+                        "the index; the threshold is the (1 - --contamination) quantile of their frames' smoothed "
+                        "scores (the stream's smoothing)")
+    p.add_argument("--contamination", type=float, default=None,
+                   help="with --calibrate: the fraction of normal frames expected to alert, in (0, 0.5] "
+                        "(default 0.01)")
+    p.add_argument("--held-out", action="store_true",
+                   help="with --calibrate: its videos are not in the index (scored by the index itself)")
     p.set_defaults(fn=cmd_stream)
 
     p = sub.add_parser("evaluate", help="frame-level micro/macro AUC with the VAD protocol",

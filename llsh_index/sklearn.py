@@ -134,9 +134,7 @@ class LLSHDetector(_TypedSetParams, OutlierMixin, BaseEstimator):
             raise
 
     def _fit(self, X, video_ids):
-        c = self.contamination  # the settings first: a bad one fails before validate_data resets n_features_in_
-        if isinstance(c, (bool, np.bool_)) or not isinstance(c, numbers.Real) or not 0.0 < float(c) <= 0.5:
-            raise ConfigError(f"contamination: expected a number in (0, 0.5], got {c!r}")
+        c = check_contamination(self.contamination)  # the settings first: a bad one fails before validate_data
         probing.check_probes(self.n_probes, self.miss_probes)  # ConfigError
         check_reduce(self.reduce)
         check_bool(self.train, "train")
@@ -186,15 +184,8 @@ class LLSHDetector(_TypedSetParams, OutlierMixin, BaseEstimator):
         holds none of its fold's videos: video v (0.. in order of first appearance) is in fold
         v % min(CALIBRATION_FOLDS, n_videos).  Scored as score_samples scores (mode, miss_value,
         n_probes, miss_probes, reduce)."""
-        n_folds = min(CALIBRATION_FOLDS, int(vid.max()) + 1)
-        fold = vid % n_folds
-        out = np.empty(X.shape[0], dtype=np.float64)
-        for f in range(n_folds):
-            held = fold == f
-            index = self.index_.empty_like().add(_on_device(X[~held], self.index_.device))
-            out[held] = _to_numpy(index.score(_on_device(X[held], self.index_.device), n_probes=self.n_probes,
-                                              miss_probes=self.miss_probes, reduce=self.reduce))
-        return out
+        return leave_videos_out_scores(self.index_, X, vid, n_probes=self.n_probes, miss_probes=self.miss_probes,
+                                       reduce=self.reduce)
 
     def _leave_one_out_scores(self, X) -> np.ndarray:
         """Anomaly scores of the training rows with each row left out of its own buckets.
@@ -276,6 +267,30 @@ class LLSHDetector(_TypedSetParams, OutlierMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
         return tags
+
+
+def check_contamination(contamination) -> float:
+    """The expected fraction of outliers, a real number in (0, 0.5], as a float; else ConfigError."""
+    c = contamination
+    if isinstance(c, (bool, np.bool_)) or not isinstance(c, numbers.Real) or not 0.0 < float(c) <= 0.5:
+        raise ConfigError(f"contamination: expected a number in (0, 0.5], got {c!r}")
+    return float(c)
+
+
+def leave_videos_out_scores(index: LearnableLSHIndex, X: np.ndarray, vid: np.ndarray, **score_kw) -> np.ndarray:
+    """Held-out anomaly scores of rows X (numpy) of several videos: video v (vid, 0.. in order of first
+    appearance, at least two videos) is in fold v % min(CALIBRATION_FOLDS, n_videos), and each fold's
+    rows are scored, with index.score's ``score_kw``, by an index on `index`'s hash layers (and
+    settings) that holds only the other folds' rows.  float64, in the rows' order.  LLSHDetector's
+    calibration, and llsh_index.stream.StreamScorer.calibrate's."""
+    n_folds = min(CALIBRATION_FOLDS, int(vid.max()) + 1)
+    fold = vid % n_folds
+    out = np.empty(X.shape[0], dtype=np.float64)
+    for f in range(n_folds):
+        held = fold == f
+        fold_index = index.empty_like().add(_on_device(X[~held], index.device))
+        out[held] = _to_numpy(fold_index.score(_on_device(X[held], index.device), **score_kw))
+    return out
 
 
 def _on_device(X, device: str):

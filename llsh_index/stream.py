@@ -28,6 +28,21 @@ normalised over the frames that exist), so a score is final as soon as its snipp
 ``floor((T - 1) s / 2)`` frames (7 at T 16).  It is not the paper's protocol (a peak is delayed by
 about 0.8 sigma and flattened), but it is what a monitor that must answer now can compute.
 
+Alerts: ``StreamScorer(index, threshold=t)`` decides too: each ``StreamScores`` then has ``alerts``,
+``scores > t`` (strictly) for the same frames, and ``threshold``; without a threshold ``alerts`` is
+None.  ``scorer.calibrate(normal, contamination=0.01)`` sets the threshold to the (1 - contamination)
+quantile of the smoothed scores normal video gets, scored and smoothed as the stream does (same
+snippets' features, scoring options, smoothing and sigma), so about that fraction of new normal
+frames alert.  ``normal`` holds per-video features (one snippet per frame, ``extract`` with its
+default clamping, the stream's T and s): by default the videos the index was built on, scored
+leave-videos-out as LLSHDetector calibrates (each fold of videos by an index on the same hash layers
+holding only the other folds: a video's own snippets sit in the index at distance 0), or with
+``held_out=True`` normal videos that are not in the index, scored by it.
+
+    scorer = StreamScorer(index)
+    scorer.calibrate(load_feature_file("train.npz"), contamination=0.01)   # the index's own videos
+    out = scorer.push(frame)                      # out.alerts: (k,) bool, out.scores > scorer.threshold
+
 The model runs once per frame when the extractor offers ``frame_descriptors`` and
 ``pool_descriptors`` (EfficientNetLite0Extractor does), on ``workers`` threads, else once per
 snippet through ``extract``; only the frames and scores a future snippet or window needs are kept.
@@ -35,28 +50,77 @@ Call ``close()`` (or use a ``with`` block) to stop the worker threads.
 """
 from __future__ import annotations
 
+import math
+import warnings
 from collections import deque
+from collections.abc import Mapping
 from typing import NamedTuple, Optional
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
 from . import metrics, probing
+from ._validation import as_real, check_bool
 from .errors import ConfigError, InvalidDTypeError, InvalidInputError, LLSHError, NotFittedError
 from .index import _to_numpy, check_mode, check_reduce
 from .sharded import _send
 from .video import FeatureExtractor, _check_ts, _to_rgb
 
-__all__ = ["StreamScorer", "StreamScores", "SMOOTHINGS"]
+__all__ = ["StreamScorer", "StreamScores", "SMOOTHINGS", "alert_intervals"]
 
 SMOOTHINGS = ("centred", "causal")
 
 
-class StreamScores(NamedTuple):
-    """The frames whose scores became final in one push() / flush() call, in order."""
+class _StreamFields(NamedTuple):
     frames: np.ndarray  # (k,) int64 frame numbers, counted from the video's first frame
     scores: np.ndarray  # (k,) float64 smoothed anomaly scores (higher = more abnormal)
     raw: np.ndarray     # (k,) float64 unsmoothed scores of the same frames' snippets
+
+
+class StreamScores(_StreamFields):
+    """The frames whose scores became final in one push() / flush() call, in order: the named tuple
+    (frames, scores, raw), and, not among its fields, ``threshold`` (the scorer's, or None) and
+    ``alerts``.
+
+    ``alerts`` is ``scores > threshold`` ((k,) bool: strictly above is abnormal), or None when the
+    scorer has no threshold (no decision was asked for; not all False, which would say "normal").
+    It is a property, not a fourth field, so ``frames, scores, raw = out`` and ``out[:3]`` keep
+    working as before thresholds existed; ``threshold`` travels with copies, pickles and _replace().
+    """
+    threshold: Optional[float] = None  # set per instance (its __dict__) when the scorer has one
+
+    def __new__(cls, frames, scores, raw, threshold: Optional[float] = None):
+        self = super().__new__(cls, frames, scores, raw)
+        if threshold is not None:
+            self.threshold = threshold
+        return self
+
+    @property
+    def alerts(self) -> Optional[np.ndarray]:
+        """(k,) bool, True where the smoothed score is strictly above the threshold; None without one."""
+        return None if self.threshold is None else np.asarray(self.scores) > self.threshold
+
+    def _replace(self, **fields) -> "StreamScores":
+        out = super()._replace(**fields)
+        out.threshold = self.threshold
+        return out
+
+
+def alert_intervals(frames, alerts) -> list:
+    """The runs of consecutive alerting frames as inclusive (start, end) frame pairs, in order: e.g.
+    frames 0..9 with alerts at 2, 3, 4 and 7 give [(2, 4), (7, 7)].  ``frames``: (k,) increasing
+    frame numbers (one or more StreamScores' frames, joined); a gap in the numbers ends a run."""
+    frames = np.asarray(frames, dtype=np.int64).reshape(-1)
+    alerts = np.asarray(alerts, dtype=bool).reshape(-1)
+    if frames.shape != alerts.shape:
+        raise InvalidInputError(f"alerts: expected one flag per frame ({frames.size}), got {alerts.size}")
+    hit = frames[alerts]
+    if hit.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(hit) != 1)  # a run ends where the next alerting frame is not the next frame
+    starts = np.concatenate([hit[:1], hit[breaks + 1]])
+    ends = np.concatenate([hit[breaks], hit[-1:]])
+    return [(int(a), int(b)) for a, b in zip(starts, ends)]
 
 
 class StreamScorer:
@@ -72,6 +136,9 @@ class StreamScorer:
     sigma : the Gaussian's width in frames (12, the protocol's); 0 or None: no smoothing.
     smoothing : "centred" (the offline protocol, exactly) or "causal" (past frames only).
     mode, n_probes, miss_probes, reduce : as ``index.score``.
+    threshold : the smoothed score above which a frame is abnormal (a finite number), or None (the
+        default): no decision, ``alerts`` is None.  Settable later (``scorer.threshold = t``), or by
+        ``calibrate()`` from normal video.
     workers : threads running the per-frame model at once (None: the extractor's
         ``parallel_batches``, one a CPU core for EfficientNet-Lite0 on the CPU, else 1).  With W > 1
         a push hands its frames to the workers and returns without waiting for the newest W - 1
@@ -86,7 +153,8 @@ class StreamScorer:
 
     def __init__(self, index, extractor: Optional[FeatureExtractor] = None, *, T: int = 16, s: int = 1,
                  sigma: Optional[float] = 12.0, smoothing: str = "centred", mode: Optional[str] = None,
-                 n_probes: int = 1, miss_probes: int = 0, reduce: str = "min", workers: Optional[int] = None):
+                 n_probes: int = 1, miss_probes: int = 0, reduce: str = "min", workers: Optional[int] = None,
+                 threshold: Optional[float] = None):
         if not callable(getattr(index, "score", None)):
             raise ConfigError(f"index: expected a LearnableLSHIndex (an object with score()), got "
                               f"{type(index).__name__}")
@@ -113,6 +181,7 @@ class StreamScorer:
             check_mode(mode)
         probing.check_probes(n_probes, miss_probes)
         check_reduce(reduce)
+        self.threshold = threshold  # checked by the property's setter
         self.index = index
         self.extractor = extractor
         self.smoothing = smoothing
@@ -158,6 +227,142 @@ class StreamScorer:
         # one frame per push, each job holds that one frame whatever the CNN batch: W - 1 frames wait
         pipeline = self.workers - 1
         return self._ahead + (self._radius if self.smoothing == "centred" else 0) + pipeline
+
+    @property
+    def threshold(self) -> Optional[float]:
+        """The smoothed score above which a frame alerts (``StreamScores.alerts``), or None."""
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: Optional[float]) -> None:
+        if value is not None:
+            value = as_real(value, "threshold")
+            if not math.isfinite(value):
+                raise ConfigError(f"threshold: expected a finite number (the smoothed score above which a frame "
+                                  f"alerts) or None, got {value!r}")
+        self._threshold = value
+
+    def calibrate(self, videos, contamination: float = 0.01, *, held_out: bool = False) -> float:
+        """Set ``threshold`` from normal video and return it: the (1 - contamination) quantile
+        (numpy's linear interpolation) of the smoothed scores of every frame of ``videos``, each
+        video scored with this scorer's options and smoothed as the stream smooths (centred or
+        causal, its sigma; each video on its own), so about `contamination` of new normal frames
+        alert.
+
+        videos : per-video snippet features, one snippet per frame (``extract`` with its default
+            clamping, this scorer's T and s, its extractor): a FeatureFile (``load_feature_file``;
+            its T, s, clamping and extractor are checked), a mapping name -> (n_frames, dim) array,
+            or a list of such arrays.
+        contamination : the fraction of normal frames expected to alert, in (0, 0.5].
+        held_out : False (the default): ``videos`` are the ones the index holds (the features it
+            was built on; at least two videos, and as many snippets as the index holds), scored
+            leave-videos-out as LLSHDetector calibrates (the index's hash layers, each fold of
+            videos scored by an index holding only the others: scored by the index itself, a
+            video's snippets find themselves at distance 0, the quantile falls far too low).  The
+            index must offer ``empty_like()`` (LearnableLSHIndex).  True: normal videos that are
+            not in the index, scored by the index itself (any index).
+
+        When the quantile reaches the miss value (the frames' whole window missed every hash table)
+        the threshold is set just below it, so such frames alert (a UserWarning says that more
+        than `contamination` of new normal frames will), as LLSHPyODDetector does.
+        """
+        from .sklearn import check_contamination, leave_videos_out_scores
+
+        c = check_contamination(contamination)
+        held_out = check_bool(held_out, "held_out")
+        feats = self._calibration_videos(videos)
+        lengths = [len(f) for f in feats.values()]
+        x = np.concatenate(list(feats.values()))
+        if held_out:
+            raw = self._score(x)
+        else:
+            if not callable(getattr(self.index, "empty_like", None)):
+                raise ConfigError(f"calibrate: leave-videos-out needs an index with empty_like() (a "
+                                  f"LearnableLSHIndex), got {type(self.index).__name__}; give normal videos that "
+                                  f"are not in the index with held_out=True")
+            if len(feats) < 2:
+                raise InvalidInputError(f"calibrate: leave-videos-out needs at least 2 videos (one is held out while "
+                                        f"the others are indexed), got {len(feats)}; give normal videos that are not "
+                                        f"in the index with held_out=True")
+            ntotal = getattr(self.index, "ntotal", None)
+            if ntotal is not None and int(ntotal) != len(x):
+                raise InvalidInputError(f"calibrate: expected the features the index was built on ({int(ntotal)} "
+                                        f"snippets), got {len(x)} snippets of {len(feats)} videos; give the index's "
+                                        f"own videos, or normal videos that are not in it with held_out=True")
+            vid = np.repeat(np.arange(len(lengths)), lengths)
+            raw = leave_videos_out_scores(self.index, x, vid, **self._score_kw)
+        pieces = np.split(np.asarray(raw, dtype=np.float64), np.cumsum(lengths)[:-1])
+        smoothed = np.concatenate([self._smooth_video(r) for r in pieces])
+        threshold = float(np.quantile(smoothed, 1.0 - c))
+        mode = self._score_kw.get("mode")
+        if callable(getattr(self.index, "misses_score_above_hits", None)) and self.index.misses_score_above_hits(mode):
+            miss = float(np.float32(self.index.default_miss_value(mode)))  # as the float32 scores carry it
+            # a window of misses smooths to the miss value within rounding (a weighted mean): just below it
+            below = miss * (1.0 - 1e-9)
+            if threshold >= below:
+                at_miss = float(np.mean(smoothed >= below))
+                warnings.warn(f"StreamScorer.calibrate: {at_miss:.0%} of the calibration frames score the miss value "
+                              f"{miss:g} (their whole window missed every hash table; contamination {c:g}), so the "
+                              f"threshold is set just below it: every such frame alerts, and more than "
+                              f"`contamination` of new normal frames will; fewer n_bits, more videos or miss_probes "
+                              f"give finer scores", UserWarning, stacklevel=2)
+                threshold = below
+        self.threshold = threshold
+        return threshold
+
+    def _calibration_videos(self, videos) -> dict:
+        """calibrate()'s videos as {name: (n, dim) float32}, checked."""
+        if hasattr(videos, "features") and hasattr(videos, "meta"):  # a FeatureFile
+            meta = videos.meta
+            ours = {"T": self.T, "s": self.s, "clamp": True, "extractor": getattr(self.extractor, "name", None)}
+            for key, want in ours.items():
+                got = meta.get(key)
+                if got is not None and want is not None and got != want:
+                    raise ConfigError(f"calibrate: the features were extracted with {key} {got!r}, the stream "
+                                      f"scores with {key} {want!r}: extract them with the stream's settings "
+                                      f"(llsh-index extract, default clamping)")
+            names = [v for v in videos.videos if v in videos.features]
+            n_frames = getattr(videos, "n_frames", None) or {}
+            for v in names:
+                n = n_frames.get(v)
+                if n is not None and len(videos.features[v]) != n:
+                    raise InvalidInputError(f"calibrate: expected one snippet per frame, got {len(videos.features[v])} "
+                                            f"snippets for the {n} frames of video {v!r} (extract with clamping, "
+                                            f"the default)")
+            items = [(v, videos.features[v]) for v in names]
+        elif isinstance(videos, Mapping):
+            items = [(str(k), v) for k, v in videos.items()]
+        elif isinstance(videos, (list, tuple)):
+            items = [(f"#{i}", v) for i, v in enumerate(videos)]
+        else:
+            raise InvalidInputError(f"calibrate: expected per-video features (a FeatureFile, a mapping name -> "
+                                    f"(n_frames, dim) array, or a list of arrays; one video: [array]), got "
+                                    f"{type(videos).__name__}")
+        if not items:
+            raise InvalidInputError("calibrate: expected at least one video of normal features, got none")
+        out = {}
+        dim = self.extractor.dim
+        for name, f in items:
+            try:
+                a = np.asarray(f, dtype=np.float32)
+            except (TypeError, ValueError) as exc:
+                raise InvalidInputError(f"calibrate: expected a ({dim},)-wide float array for video {name}, got a "
+                                        f"{type(f).__name__} numpy cannot read ({exc})") from exc
+            if a.ndim != 2 or a.shape[1] != dim or len(a) == 0:
+                raise InvalidInputError(f"calibrate: expected (n_frames >= 1, {dim}) features for video {name} (the "
+                                        f"extractor's dimension), got shape {a.shape}")
+            if not np.isfinite(a).all():
+                raise InvalidInputError(f"calibrate: expected finite features, got NaN or inf in video {name}")
+            out[name] = a
+        return out
+
+    def _smooth_video(self, raw: np.ndarray) -> np.ndarray:
+        """A whole video's raw scores smoothed as the stream emits them: centred, the offline
+        protocol's Gaussian (metrics.smooth_scores, which the stream reproduces); causal, the
+        stream's own per-frame weighting."""
+        if self.smoothing == "centred" or self._radius == 0:
+            return metrics.smooth_scores(raw, self.sigma)
+        return np.array([self._smoothed(raw, f, len(raw)) for f in range(len(raw))], dtype=np.float64)
 
     @property
     def frames_seen(self) -> int:
@@ -388,7 +593,8 @@ class StreamScorer:
         while self._raw_base < keep and self._raw:
             self._raw.popleft()
             self._raw_base += 1
-        return StreamScores(frames, scores, raw[frames - (n_raw - len(raw))] if len(frames) else np.zeros(0))
+        return StreamScores(frames, scores, raw[frames - (n_raw - len(raw))] if len(frames) else np.zeros(0),
+                            self._threshold)
 
     def _smoothed(self, raw: np.ndarray, f: int, n_raw: int) -> float:
         base = n_raw - len(raw)  # the frame raw[0] belongs to

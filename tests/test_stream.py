@@ -86,15 +86,19 @@ def oracle(index, extractor, frames, T, s, sigma, smoothing="centred", **score_k
     back = ((T - 1) * s + 1) // 2
     idx = np.clip(np.arange(n)[:, None] - back + s * np.arange(T), 0, n - 1)
     raw = index.score(extractor.extract(frames[idx]), **score_kw).astype(np.float64)
+    return oracle_smooth(raw, sigma, smoothing), raw
+
+
+def oracle_smooth(raw, sigma, smoothing="centred"):
+    """One video's raw scores smoothed as the module docstring says (tests/test_stream_alerts.py too)."""
     if not sigma:
-        return raw, raw
+        return raw
     if smoothing == "centred":
-        return gaussian_filter1d(raw, sigma), raw
+        return gaussian_filter1d(raw, sigma)
     r = int(4 * sigma + 0.5)
     w = np.exp(-np.arange(r + 1) ** 2 / (2 * sigma ** 2))
-    out = np.array([sum(w[k] * raw[f - k] for k in range(min(f, r) + 1)) / w[:min(f, r) + 1].sum()
-                    for f in range(n)])
-    return out, raw
+    return np.array([sum(w[k] * raw[f - k] for k in range(min(f, r) + 1)) / w[:min(f, r) + 1].sum()
+                     for f in range(len(raw))])
 
 
 def run(scorer, frames, sizes):
