@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Tuple, Union
 
 from . import _C
-from .errors import (ConfigError, CudaUnavailableError, DeviceMismatchError, IndexFormatError, IndexStateError,
-                     InvalidDTypeError, InvalidInputError, LLSHError, NotFittedError, UndertrainedWarning,
-                     WritePathError)
+from .errors import (ConfigError, CudaUnavailableError, DeviceMismatchError, IndexFileNotFoundError,
+                     IndexFormatError, IndexStateError, InvalidDTypeError, InvalidInputError, LLSHError, NotFittedError,
+                     UndertrainedWarning, WritePathError)
 from .index import LearnableLSHIndex
 from .sharded import ShardedIndex
 
@@ -55,5 +55,5 @@ def cuda_available(verbose: bool = False) -> Union[bool, Tuple[bool, str]]:
 
 
 __all__ = ["LearnableLSHIndex", "ShardedIndex", "LLSHDetector", "StreamScorer", "cuda_available", "LLSHError", "InvalidInputError", "InvalidDTypeError",
-           "DeviceMismatchError", "NotFittedError", "ConfigError", "IndexFormatError", "IndexStateError",
+           "DeviceMismatchError", "NotFittedError", "ConfigError", "IndexFormatError", "IndexFileNotFoundError", "IndexStateError",
            "CudaUnavailableError", "WritePathError", "UndertrainedWarning", "__version__"]

@@ -319,12 +319,9 @@ def _read_file(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
     except FileNotFoundError:
         raise
     except NPZ_READ_ERRORS as exc:
+        why = llsh_io.npz_refusal(path, exc)
         if llsh_io.is_container(path):
-            why = "an llsh_index index file: load it with LearnableLSHIndex.load"
-        elif "pickle" in str(exc):  # numpy's reading of any file that is not .npy / .npz
-            why = "not an .npz archive, or one holding pickled objects"
-        else:
-            why = f"{type(exc).__name__}: {exc}"
+            why += ": load it with LearnableLSHIndex.load"
         raise ScorerFormatError(f"{path}: not a scorer file ({why})") from exc
     if not isinstance(z, np.lib.npyio.NpzFile):
         raise ScorerFormatError(f"{path}: expected an .npz archive, got a single array")

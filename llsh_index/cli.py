@@ -13,7 +13,8 @@
 
 Feature files are the pickle-free .npz of llsh_index.video.save_features (per-video arrays, labels
 and the frame each snippet is aligned to).  Score files are .npz with one per-frame float32 array
-per video (np.load reads them, no pickle).
+per video and a `__meta__` entry (the scoring settings as JSON); llsh_index.cli.load_scores reads
+the scores alone (np.load reads everything, no pickle).
 """
 from __future__ import annotations
 
@@ -29,14 +30,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from .errors import NPZ_READ_ERRORS, ConfigError, IndexFormatError, InvalidInputError, UndertrainedWarning
+from .training import DEMO_TRAINING  # the demo's schedule, beside the paper's defaults (imported here as before)
 
-# The demo's training schedule.  The paper's (lr 1e-3, 60 iterations per video) is sized for
-# ShanghaiTech's 330 long training videos; Ped2 has 16 short ones, so the bundled demo trains longer
-# with a larger step and a faster key encoder (chosen by measured micro-AUC on Ped2, README).  The
-# projection of the 30 main principal directions (and the mean's) is the static-data fallback's,
-# chosen on ADBench categories (benchmarks/RESULTS.md), not on Ped2.
-DEMO_TRAINING = dict(iterations=2000, lr=0.2, momentum=0.99, queue_size=2048, batch_size=256, max_offset=150,
-                     temperature=0.1, project_pcs=30, project_mean=True)
 DEMO_KNN_K = 1
 DEMO_PROBES = 32  # the multi-probe rows (ours): buckets probed per table (on a miss: of every table)
 DEMO_KMEANS_K = 32
@@ -193,7 +188,9 @@ def _open_npz(path: str, what: str):
     except FileNotFoundError:
         raise
     except NPZ_READ_ERRORS as exc:
-        raise IndexFormatError(f"{path}: not a readable {what} file (.npz): {exc}") from exc
+        from .io import npz_refusal
+
+        raise IndexFormatError(f"{path}: not a readable {what} file (.npz): {npz_refusal(path, exc)}") from exc
     if not isinstance(z, np.lib.npyio.NpzFile):
         raise IndexFormatError(f"{path}: expected an .npz {what} file, got a single .npy array")
     return z
@@ -204,7 +201,12 @@ def _is_feature_file(z) -> bool:
     return "meta" in z.files and "features_00000" in z.files
 
 
-def _load_scores(path: str) -> Dict[str, np.ndarray]:
+def load_scores(path: str) -> Dict[str, np.ndarray]:
+    """The per-frame scores of a score file from `llsh-index score`: {video: float32 array}, ready for
+    llsh_index.metrics.evaluate (its `__meta__` entry, the scoring settings as JSON, left out).
+
+    Raises FileNotFoundError for a missing file, IndexFormatError for one that is not a readable
+    .npz, InvalidInputError for a feature file or a file without scores."""
     with _open_npz(path, "score") as z:
         if _is_feature_file(z):
             raise InvalidInputError(f"{path}: a feature file, not a score file; run `llsh-index score` on it first")
@@ -318,11 +320,20 @@ def _add_scoring_args(p: argparse.ArgumentParser) -> None:
                    help="over the tables: min (default, the paper) or mean over the tables whose bucket exists (ours)")
 
 
+def _load_index(path: str, option: str, device: str = "cpu"):
+    """LearnableLSHIndex.load(path), a missing file named with the option that gave it."""
+    from . import LearnableLSHIndex
+    from .errors import IndexFileNotFoundError
+
+    try:
+        return LearnableLSHIndex.load(path, device=device)
+    except IndexFileNotFoundError as exc:
+        raise IndexFileNotFoundError(f"{option}: {exc}", exc.filename) from None
+
+
 def _load_built_index(path: str, device: str = "cpu"):
     """An index file from `build` (not the empty layers `fit` writes)."""
-    from . import LearnableLSHIndex
-
-    index = LearnableLSHIndex.load(path, device=device)
+    index = _load_index(path, "--index", device)
     if index.ntotal == 0:
         raise ConfigError(f"{path} holds hash layers but no indexed snippets (a `fit` output); index the "
                           f"training features first: llsh-index build --model {path} --features ... --out ...")
@@ -412,12 +423,10 @@ def cmd_fit(args) -> int:
 
 
 def cmd_build(args) -> int:
-    from . import LearnableLSHIndex
-
     ff = _load_feature_file(args.features)
     x, _ = _stack(ff, _select(ff, args.prefix))
     if args.model:
-        index = _index_like_model(LearnableLSHIndex.load(args.model), args)
+        index = _index_like_model(_load_index(args.model, "--model"), args)
     else:
         index = _index_from_args(args, x.shape[1])
     t0 = time.time()
@@ -540,7 +549,7 @@ def cmd_stream(args) -> int:
 def cmd_evaluate(args) -> int:
     from . import metrics
 
-    scores = _load_scores(args.scores)
+    scores = load_scores(args.scores)
     labels = _load_labels(args.labels, scores)
     res = metrics.evaluate(scores, labels, sigma=args.sigma, allow_subset=args.subset)
     print(f"micro-AUC {res.micro.auc:.4f}  macro-AUC {res.macro.auc:.4f}  "
@@ -636,7 +645,7 @@ def cmd_plot(args) -> int:
         name = os.path.splitext(os.path.basename(path))[0]
         while name in curves:  # two files of one name from different folders
             name += "'"
-        curves[name] = _load_scores(path)
+        curves[name] = load_scores(path)
     first = curves[next(iter(curves))]
     labels = _load_labels(args.labels, first)
     common = [v for v in first if v in labels and all(v in c for c in curves.values())]
@@ -765,13 +774,11 @@ def plot_index_info(path: str, index, info: dict, features_name: str = "") -> No
 
 
 def cmd_info(args) -> int:
-    from . import LearnableLSHIndex
-
     if args.plot:
         _image_format(args.plot)  # before any work
     if args.prefix is not None and not args.features:
         raise ConfigError("info: --prefix selects videos of --features, and no --features was given")
-    index = LearnableLSHIndex.load(args.index)
+    index = _load_index(args.index, "--index")
     queries = None
     if args.features:
         ff = _load_feature_file(args.features)
@@ -1008,7 +1015,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", required=True, help="feature file of the videos to score (from `extract`)")
     p.add_argument("--prefix", default=None, help=PREFIX_HELP)
     _add_scoring_args(p)
-    p.add_argument("--out", required=True, help="score file to write (.npz: video -> per-frame scores)")
+    p.add_argument("--out", required=True, help="score file to write (.npz: video -> per-frame scores, and `__meta__`: the settings as JSON; "
+                        "llsh_index.cli.load_scores reads the scores)")
     p.add_argument("--csv", default=None, help="also write the scores as CSV (video,frame,score)")
     p.set_defaults(fn=cmd_score)
 

@@ -294,12 +294,15 @@ def load_frame_folders(root: PathLike, labels: Optional[Mapping[str, np.ndarray]
     require_labels = check_bool(require_labels, "require_labels")
     root = Path(root)
     videos: List[Video] = []
+    what = " ".join(p for p in (name, split) if p and p != "custom")  # the default name says nothing
+    prefix = f"{what}: " if what else ""
     if root.is_dir():
         subdirs = sorted((e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")),
                          key=natural_key)
         for vname in subdirs:
             paths = list_frame_files(root / vname)
             videos.append(Video(vname, tuple(paths), None, None))
+        expected = "one folder of frames per video"
     elif videos_dirname is not None and (root.parent / videos_dirname).is_dir():
         vroot = root.parent / videos_dirname
         files = sorted((e.name for e in os.scandir(vroot) if e.is_file() and e.name.lower().endswith(VIDEO_EXTENSIONS)),
@@ -307,22 +310,23 @@ def load_frame_folders(root: PathLike, labels: Optional[Mapping[str, np.ndarray]
         for fname in files:
             videos.append(Video(os.path.splitext(fname)[0], (), str(vroot / fname), None))
         root = vroot
+        expected = f"video files: {', '.join(VIDEO_EXTENSIONS)}"
     else:
         where = f"{root}" + (f" (nor {root.parent / videos_dirname})" if videos_dirname else "")
-        raise DatasetNotFoundError(f"{name} {split} frames folder not found: {where}", root)
+        raise DatasetNotFoundError(f"{what + ' ' if what else ''}frames folder not found: {where}", root)
     if not videos:
-        raise DatasetFormatError(f"{name} {split}: no videos in {root}")
+        raise DatasetFormatError(f"{prefix}no videos found in {root} (expected {expected})")
     if labels is not None:
         have = set(labels)
         names = [v.name for v in videos]
         if require_labels:
             no_lab = [n for n in names if n not in have]
             if no_lab:
-                raise DatasetFormatError(f"{name} {split}: no labels for videos {no_lab[:5]} (of {len(no_lab)})")
+                raise DatasetFormatError(f"{prefix}no labels for videos {no_lab[:5]} (of {len(no_lab)})")
             extra = sorted(have - set(names), key=natural_key)
             if extra:
                 raise DatasetNotFoundError(
-                    f"{name} {split}: labelled videos {extra[:5]} (of {len(extra)}) have no frames under {root}",
+                    f"{prefix}labelled videos {extra[:5]} (of {len(extra)}) have no frames under {root}",
                     root / extra[0])
         videos = [Video(v.name, v.frame_paths, v.video_path,
                         None if v.name not in have else _as_labels(labels[v.name], v.name, v.n_frames, "labels"))

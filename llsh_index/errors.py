@@ -36,6 +36,18 @@ class IndexFormatError(LLSHError, ValueError):
     """A saved file is damaged, truncated, of a future version, or not an llsh_index file."""
 
 
+class IndexFileNotFoundError(LLSHError, FileNotFoundError):
+    """A file given to LearnableLSHIndex.load() does not exist (the message and ``filename`` name it).
+    A FileNotFoundError, so ``except FileNotFoundError`` keeps catching it."""
+
+    def __init__(self, message: str, path=None):
+        super().__init__(message)
+        self.filename = None if path is None else str(path)
+
+    def __str__(self) -> str:  # FileNotFoundError would otherwise print "None"
+        return str(self.args[0]) if self.args else ""
+
+
 class CudaUnavailableError(LLSHError, RuntimeError):
     """The CUDA backend was asked for but is not built or no device is present."""
 

@@ -404,7 +404,7 @@ class LearnableLSHIndex:
                     f"fit: {log.steps} SGD step{'' if log.steps == 1 else 's'} at lr {cfg.lr:g} barely move the hash layers from plain LSH "
                     f"({len(np.unique(vid)) if vid is not None else t.shape[0]} "
                     f"{'videos' if vid is not None else 'rows'}, iterations {cfg.iterations}, batch_size "
-                    f"{cfg.batch_size}); for a few short videos (such as Ped2) use llsh_index.cli.DEMO_TRAINING's "
+                    f"{cfg.batch_size}); for a few short videos (such as Ped2) use llsh_index.training.DEMO_TRAINING's "
                     f"settings, or raise iterations / epochs"), stacklevel=2)
             self.training_config_ = cfg  # the settings used, defaults resolved
             if old is not None:  # a further fit() continues from the trained layers: the log covers both

@@ -31,7 +31,7 @@ from typing import BinaryIO, Iterator, Dict, Tuple
 import numpy as np
 
 from ._validation import PATH_TYPES
-from .errors import IndexFormatError, InvalidInputError, WritePathError
+from .errors import IndexFileNotFoundError, IndexFormatError, InvalidInputError, WritePathError
 
 MAGIC = b"LLSHIDX\0"
 # 2: index files may store ids / offsets / keys narrowed and leave out the bucket statistics
@@ -155,6 +155,20 @@ def is_container(path) -> bool:
         return False
 
 
+def npz_refusal(path, exc: BaseException) -> str:
+    """Why np.load(path, allow_pickle=False) refused a file, in words for a reader's error: an
+    llsh_index index file, not an .npz archive at all, or one holding object arrays (numpy's own
+    message then suggests loading it with pickle, which no reader here ever does), or numpy's error."""
+    if is_container(path):
+        return "an llsh_index index file"
+    if "pickle" in str(exc):
+        import zipfile
+
+        return ("an .npz archive holding pickled (object) arrays, which are never loaded" if zipfile.is_zipfile(path)
+                else "not an .npz archive")
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -169,7 +183,7 @@ def _read_exact(f, n: int, path: str, what: str) -> bytes:
 def read_container(path: str, kind: str) -> Tuple[dict, Dict[str, np.ndarray]]:
     """Reads a file written by write_container; returns (meta, arrays) or raises IndexFormatError.
 
-    A missing file raises FileNotFoundError; anything else that is not a complete, undamaged
+    A missing file raises IndexFileNotFoundError (a FileNotFoundError) naming it; anything else that is not a complete, undamaged
     container of this `kind` (a folder, an empty, truncated or byte-flipped file, a future format
     version, a pickle or .npz) raises IndexFormatError.
     """
@@ -211,7 +225,9 @@ def read_container(path: str, kind: str) -> Tuple[dict, Dict[str, np.ndarray]]:
             raw = _read_exact(f, payload_bytes, path, "payload")
             if f.read(1):
                 raise IndexFormatError(f"{path}: trailing bytes after the payload (file changed while reading?)")
-    except (FileNotFoundError, IndexFormatError):
+    except FileNotFoundError:
+        raise IndexFileNotFoundError(f"index file not found: {os.fsdecode(path)}", os.fsdecode(path)) from None
+    except IndexFormatError:
         raise
     except (OSError, MemoryError, OverflowError) as exc:
         raise IndexFormatError(f"{path}: cannot read ({exc})") from exc

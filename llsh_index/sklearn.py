@@ -74,7 +74,7 @@ class LLSHDetector(_TypedSetParams, OutlierMixin, BaseEstimator):
         project_pcs, project_mean : as LearnableLSHIndex.fit; None (the default) takes fit()'s
         default: the paper's with video_ids, the static-data fallback's
         (training.FALLBACK_DEFAULTS) without them.  The Ped2 demo's schedule is
-        ``LLSHDetector(**llsh_index.cli.DEMO_TRAINING)``.
+        ``LLSHDetector(**llsh_index.training.DEMO_TRAINING)``.
     device : "cpu" (default), "cuda" or "cuda:N": where the index trains, holds its tables and
         scores (the CUDA engine; CudaUnavailableError from fit() where there is none).  X stays a
         numpy array: each call copies it to the device and the scores back.  The fitted index stays

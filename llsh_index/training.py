@@ -61,6 +61,14 @@ LR_SCHEDULES = ("constant", "cosine", "linear")
 FALLBACK_DEFAULTS = dict(iterations=3, batch_size=32, lr=1e-2, temperature=0.5, queue_size=64, momentum=0.99,
                          n_neighbors=5, project_mean=True, project_pcs=30)
 PAPER_DEFAULTS = {k: getattr(TrainingConfig, k) for k in FALLBACK_DEFAULTS}
+# The Ped2 demo's training schedule (`llsh-index demo`, `llsh-index fit --schedule demo`; e.g.
+# index.fit(x, video_ids=vids, **DEMO_TRAINING)).  The paper's (lr 1e-3, 60 iterations per video) is
+# sized for ShanghaiTech's 330 long training videos; Ped2 has 16 short ones, so the bundled demo
+# trains longer with a larger step and a faster key encoder (chosen by measured micro-AUC on Ped2,
+# README).  The projection of the 30 main principal directions (and the mean's) is the static-data
+# fallback's, chosen on ADBench categories (benchmarks/RESULTS.md), not on Ped2.
+DEMO_TRAINING = dict(iterations=2000, lr=0.2, momentum=0.99, queue_size=2048, batch_size=256, max_offset=150,
+                     temperature=0.1, project_pcs=30, project_mean=True)
 # below this many SGD steps at lr < FEW_STEPS_LR the layers stay where they started
 FEW_STEPS, FEW_STEPS_LR = 50, 0.01
 

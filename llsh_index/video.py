@@ -1068,7 +1068,8 @@ def load_feature_file(path: Union[str, os.PathLike]) -> FeatureFile:
     try:
         with np.load(path, allow_pickle=False) as z:
             if "meta" not in z.files:
-                raise FeatureFileError(f"{path}: not a feature file (no 'meta' entry)")
+                what = "a score file from `llsh-index score`" if "__meta__" in z.files else "no 'meta' entry"
+                raise FeatureFileError(f"{path}: not a feature file ({what})")
             meta = json.loads(str(z["meta"][()]))
             if meta.get("format") != FEATURE_FILE_FORMAT:
                 raise FeatureFileError(f"{path}: not a feature file (format {meta.get('format')!r})")
@@ -1120,7 +1121,12 @@ def load_feature_file(path: Union[str, os.PathLike]) -> FeatureFile:
     except (FeatureFileError, PermissionError):
         raise
     except Exception as e:  # BadZipFile, EOFError, KeyError, ValueError, zlib.error, JSON errors...
-        raise FeatureFileError(f"{path}: damaged or not a feature file ({type(e).__name__}: {e})") from e
+        from .io import npz_refusal
+
+        why = npz_refusal(path, e)
+        if why.startswith(("an llsh_index", "not an .npz", "an .npz")):
+            raise FeatureFileError(f"{path}: not a feature file ({why})") from e
+        raise FeatureFileError(f"{path}: damaged or not a feature file ({why})") from e
     return FeatureFile(feats, meta, labels or None, fidx, n_frames)
 
 

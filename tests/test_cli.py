@@ -218,6 +218,60 @@ def test_bad_files_and_targets_exit_2_with_one_line(feature_files, capsys):
     assert not (tmp / "c.png").exists() and not (tmp / "c.xyz").exists() and not (tmp / "demo").exists()
 
 
+def test_file_errors_name_the_file_and_the_option(feature_files, capsys):
+    """An index given as --features is named as one (never numpy's advice to load it with pickle); a
+    missing --model / --index names the option and the path; an empty folder to extract names what
+    was expected, without a stray 'custom :'."""
+    tmp, _ = feature_files
+    p = lambda name: str(tmp / name)  # noqa: E731
+    assert main(["build", "--features", p("train.npz"), "--out", p("index.llsh"), "--n-tables", "2",
+                 "--n-bits", "6", "--quiet"]) == 0
+    (tmp / "empty").mkdir()
+    capsys.readouterr()
+    cases = [
+        (["score", "--index", p("index.llsh"), "--features", p("index.llsh"), "--out", p("s.npz")],
+         f"error: {p('index.llsh')}: not a feature file (an llsh_index index file)"),
+        (["build", "--model", p("nothere.llsh"), "--features", p("train.npz"), "--out", p("i.llsh")],
+         f"error: --model: index file not found: {p('nothere.llsh')}"),
+        (["score", "--index", p("nothere.llsh"), "--features", p("test.npz"), "--out", p("s.npz")],
+         f"error: --index: index file not found: {p('nothere.llsh')}"),
+        (["info", "--index", p("nothere.llsh")], f"error: --index: index file not found: {p('nothere.llsh')}"),
+        (["extract", "--dataset", "folders", "--root", p("empty"), "--out", p("x.npz")],
+         f"error: no videos found in {p('empty')} (expected one folder of frames per video)"),
+    ]
+    for argv, line in cases:
+        assert main(argv) == 2, argv
+        assert capsys.readouterr().err == line + "\n"
+    assert not (tmp / "s.npz").exists() and not (tmp / "i.llsh").exists() and not (tmp / "x.npz").exists()
+
+
+def test_load_scores_reads_a_score_file_for_metrics(feature_files, capsys):
+    """cli.load_scores: every video's per-frame scores of a `score` output, without its __meta__
+    entry, so metrics.evaluate takes them as they are."""
+    from llsh_index import InvalidInputError
+    from llsh_index.cli import load_scores
+
+    tmp, labels = feature_files
+    p = lambda name: str(tmp / name)  # noqa: E731
+    assert main(["build", "--features", p("train.npz"), "--out", p("index.llsh"), "--n-tables", "4",
+                 "--n-bits", "8", "--quiet"]) == 0
+    assert main(["score", "--index", p("index.llsh"), "--features", p("test.npz"), "--out", p("s.npz")]) == 0
+    scores = load_scores(p("s.npz"))
+    with np.load(p("s.npz")) as z:
+        assert sorted(z.files) == ["__meta__", "t0", "t1", "t2"]
+        raw = {k: z[k] for k in ("t0", "t1", "t2")}
+    assert sorted(scores) == ["t0", "t1", "t2"]
+    for v in raw:
+        assert scores[v].dtype == np.float32 and scores[v].shape == (60,)
+        np.testing.assert_array_equal(scores[v], raw[v])
+    got, want = metrics.evaluate(scores, labels), metrics.evaluate(raw, labels)
+    assert (got.micro.auc, got.macro.auc) == (want.micro.auc, want.macro.auc)
+    with pytest.raises(InvalidInputError, match="a feature file, not a score file"):
+        load_scores(p("test.npz"))
+    with pytest.raises(FileNotFoundError, match="score file not found"):
+        load_scores(p("nothere.npz"))
+
+
 def test_demo_runs_on_the_bundled_features(tmp_path):
     from llsh_index.cli import run_demo
 
@@ -380,6 +434,9 @@ def test_fit_schedules(feature_files, capsys):
     schedule on a few short videos says that it barely trains."""
     from llsh_index import LearnableLSHIndex
     from llsh_index.cli import DEMO_TRAINING, PAPER_TRAINING, _training_kwargs, build_parser
+    from llsh_index import training
+
+    assert training.DEMO_TRAINING is DEMO_TRAINING  # defined beside the paper's defaults, still importable here
 
     parse = lambda *a: build_parser().parse_args(["fit", "--features", "f", "--out", "o", *a])  # noqa: E731
     assert _training_kwargs(parse()) == PAPER_TRAINING

@@ -138,6 +138,24 @@ def test_ped2_missing_paths_are_named(tmp_path):
         D.load_ped2(tmp_path / "p", "validation")
 
 
+def test_an_empty_folder_says_what_was_expected(tmp_path):
+    """No stray "custom :" (the default name and an empty split) before the message; a named dataset
+    and split are kept, and a video-file layout says which files it looked for."""
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(D.DatasetFormatError) as ei:
+        D.load_frame_folders(tmp_path / "empty")
+    assert str(ei.value) == f"no videos found in {tmp_path / 'empty'} (expected one folder of frames per video)"
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "notes.txt").write_text("not a video")
+    with pytest.raises(D.DatasetFormatError) as ei:
+        D.load_frame_folders(tmp_path / "frames", name="avenue", split="testing", videos_dirname="videos")
+    assert str(ei.value) == (f"avenue testing: no videos found in {tmp_path / 'videos'} (expected video files: "
+                             + ", ".join(D.VIDEO_EXTENSIONS) + ")")
+    with pytest.raises(D.DatasetNotFoundError) as ei:
+        D.load_frame_folders(tmp_path / "nowhere")
+    assert str(ei.value) == f"frames folder not found: {tmp_path / 'nowhere'}"
+
+
 # ----------------------------------------------------------------------------- Avenue / ShanghaiTech
 
 

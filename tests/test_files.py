@@ -365,8 +365,13 @@ def test_future_and_invalid_versions(scratch, saved):
 def test_empty_missing_and_directory(tmp_path):
     assert "empty" in must_reject(tmp_path / "empty.llsh", b"", "empty")
     assert "truncated" in must_reject(tmp_path / "magic.llsh", b"LLSHI", "magic prefix only")
-    with pytest.raises(FileNotFoundError):
-        LearnableLSHIndex.load(str(tmp_path / "missing.llsh"))
+    from llsh_index import IndexFileNotFoundError
+
+    missing = str(tmp_path / "missing.llsh")
+    with pytest.raises(IndexFileNotFoundError) as ei:  # typed, and still a FileNotFoundError
+        LearnableLSHIndex.load(missing)
+    assert isinstance(ei.value, FileNotFoundError) and isinstance(ei.value, llsh_index.LLSHError)
+    assert str(ei.value) == f"index file not found: {missing}" and ei.value.filename == missing
     (tmp_path / "folder.llsh").mkdir()
     with pytest.raises(IndexFormatError):
         LearnableLSHIndex.load(str(tmp_path / "folder.llsh"))

@@ -570,6 +570,25 @@ def test_damaged_or_foreign_files(tmp_path):
     assert zipfile.is_zipfile(path)
 
 
+def test_foreign_files_are_named_without_suggesting_pickle(tmp_path):
+    """An index file, a text file, a score file or an .npz of object arrays given as a feature file:
+    FeatureFileError saying what the file is; numpy's advice to load it with pickle never reaches the user."""
+    from llsh_index import LearnableLSHIndex
+
+    index = tmp_path / "index.llsh"
+    LearnableLSHIndex(4, n_tables=1, n_bits=2).add(np.eye(4, dtype=np.float32)).save(str(index))
+    (tmp_path / "notes.txt").write_text("hello")
+    np.savez(tmp_path / "scores.npz", __meta__=np.array("{}"), a=np.zeros(3, np.float32))
+    np.savez(tmp_path / "objects.npz", meta=np.array([{"a": 1}], dtype=object))
+    for name, what in (("index.llsh", "(an llsh_index index file)"), ("notes.txt", "(not an .npz archive)"),
+                       ("scores.npz", "(a score file from `llsh-index score`)"),
+                       ("objects.npz", "(an .npz archive holding pickled (object) arrays, which are never loaded)")):
+        with pytest.raises(V.FeatureFileError) as ei:
+            V.load_feature_file(tmp_path / name)
+        assert str(ei.value) == f"{tmp_path / name}: not a feature file {what}"
+        assert "allow_pickle" not in str(ei.value)
+
+
 def test_extract_dataset_uses_and_invalidates_cache(tmp_path):
     from llsh_index.datasets import load_frame_folders
 
