@@ -375,12 +375,19 @@ def cmd_extract(args) -> int:
             raise InvalidInputError(f"--videos: expected names from {args.dataset} {split} "
                                     f"({', '.join(ds.names[:8])}{', ...' if len(ds) > 8 else ''}), got {unknown or wanted}")
         ds.videos = [v for v in ds.videos if v.name in wanted]
-    extractor = video.EfficientNetLite0Extractor(device=args.device) if args.device else None
+    extractor = video.EfficientNetLite0Extractor(device=args.device or "cpu")
+    # the file at --out is reused when it holds these features, and never replaced unasked: extraction takes minutes
+    why = video.cache_mismatch(args.out, ds, extractor, T=args.T, s=args.s) if os.path.isfile(args.out) else ""
+    if why and not args.overwrite:
+        raise ConfigError(f"--out {args.out}: {why}; pass --overwrite to replace it, or choose another --out")
+    if why:
+        print(f"note: replacing {args.out} ({why})", file=sys.stderr)
     t0 = time.time()
     feats, meta = video.extract_dataset(ds, extractor, T=args.T, s=args.s, cache=args.out,
                                         progress=not args.quiet)
     n = sum(len(v) for v in feats.values())
-    print(f"{len(feats)} videos, {n} snippets, dim {meta.get('dim')} -> {args.out} ({time.time() - t0:.1f}s)")
+    how = "reused (it holds these features)" if why is None else f"({time.time() - t0:.1f}s)"
+    print(f"{len(feats)} videos, {n} snippets, dim {meta.get('dim')} -> {args.out} {how}")
     return 0
 
 
@@ -955,7 +962,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=["ped2", "avenue", "shanghaitech", "corridor", "folders"], required=True)
     p.add_argument("--root", required=True, help="dataset root (for 'folders': a folder of frame folders)")
     p.add_argument("--split", choices=["train", "test"], default="train")
-    p.add_argument("--out", required=True, help="feature file to write (reused if it matches)")
+    p.add_argument("--out", required=True,
+                   help="feature file to write; one there already is reused when it holds the features asked for "
+                        "(same videos, extractor, --T, --s), labels updated, and otherwise refused unless "
+                        "--overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a file at --out that holds anything else (other videos or settings, not a "
+                        "feature file)")
     p.add_argument("--labels", default=None,
                    help="test labels kept in the feature file: ped2, the ped2.mat file; avenue / shanghaitech / "
                         "corridor / folders, a label .npz (video -> per-frame 0/1, e.g. ../shared/data/vad_groundtruth/"

