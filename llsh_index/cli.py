@@ -340,6 +340,27 @@ def _load_built_index(path: str, device: str = "cpu"):
     return index
 
 
+def _check_feature_space(index, meta: dict, index_path: str, args, name: Optional[str] = None,
+                         option: Optional[str] = None) -> None:
+    """Features made otherwise than those the index records (its feature_space_: extractor, T, s...)
+    are refused, naming both, unless --allow-other-features.  name / option: where the features come
+    from (default: the --features file)."""
+    from .video import feature_space_mismatch
+
+    name = name or args.features
+    why = feature_space_mismatch(index.feature_space_, meta, (index_path, name))
+    if why and not args.allow_other_features:
+        raise InvalidInputError(f"{option or '--features ' + name}: expected features made like those {index_path} "
+                                f"was fitted or built on, got features made otherwise ({why}); make them with the "
+                                f"same settings, or pass --allow-other-features to use them anyway")
+
+
+def _record_feature_space(index, meta: dict) -> None:
+    from .video import feature_space
+
+    index.feature_space_ = feature_space(meta) or None
+
+
 def _training_kwargs(args) -> dict:
     """The schedule's settings, with each option given on the command line in place of its own."""
     out = dict(SCHEDULES[args.schedule])
@@ -419,6 +440,7 @@ def cmd_fit(args) -> int:
     with warnings.catch_warnings():  # the library's UndertrainedWarning becomes the one-line note below
         warnings.simplefilter("ignore", UndertrainedWarning)
         index.fit(x, video_ids=vids, progress=not args.quiet, **training)
+    _record_feature_space(index, ff.meta)
     size = index.save(args.out)
     log = index.training_log_
     print(f"trained on {len(x)} snippets of {len(names)} videos ({args.schedule} schedule): {log.steps} steps, loss "
@@ -434,8 +456,10 @@ def cmd_build(args) -> int:
     x, _ = _stack(ff, _select(ff, args.prefix))
     if args.model:
         index = _index_like_model(_load_index(args.model, "--model"), args)
+        _check_feature_space(index, ff.meta, args.model, args)
     else:
         index = _index_from_args(args, x.shape[1])
+    _record_feature_space(index, ff.meta)
     t0 = time.time()
     index.add(x, progress=not args.quiet)
     size = index.save(args.out)
@@ -447,6 +471,7 @@ def cmd_build(args) -> int:
 def cmd_score(args) -> int:
     index = _load_built_index(args.index)
     ff = _load_feature_file(args.features)
+    _check_feature_space(index, ff.meta, args.index, args)
     names = _select_scored(ff, args.prefix, args.features)
     out, t0, all_missed = {}, time.time(), True
     miss = np.float32(index.default_miss_value(args.mode_override))
@@ -496,6 +521,8 @@ def cmd_stream(args) -> int:
     _check_alert_args(args)
     index = _load_built_index(args.index, args.device or "cpu")
     extractor = video.EfficientNetLite0Extractor(device=args.device or "cpu")
+    _check_feature_space(index, dict(extractor.describe(), T=args.T, s=args.s, clamp=True), args.index, args,
+                         "the stream", "stream --T / --s")
     scorer = StreamScorer(index, extractor, T=args.T, s=args.s, sigma=args.sigma,
                           smoothing="causal" if args.causal else "centred", mode=args.mode_override,
                           n_probes=args.probes, miss_probes=args.miss_probes, reduce=args.reduce,
@@ -716,7 +743,8 @@ def index_info(index, queries_by_video: Optional[Dict[str, np.ndarray]] = None) 
     info = {"kind": "LLSH (trained hash layers)" if index.is_trained else "LSH (untrained hash layers)",
             "dim": index.dim, "n_tables": index.n_tables, "n_bits": index.n_bits, "mode": index.mode,
             "code_dtype": index.code_dtype if index.store_codes else None, "n_items": index.ntotal,
-            "memory_bytes": index.memory_bytes(), "miss_value": float(index.default_miss_value())}
+            "memory_bytes": index.memory_bytes(), "miss_value": float(index.default_miss_value()),
+            "feature_space": index.feature_space_}
     if index.training_config_ is not None:
         from dataclasses import asdict
 
@@ -789,6 +817,7 @@ def cmd_info(args) -> int:
     queries = None
     if args.features:
         ff = _load_feature_file(args.features)
+        _check_feature_space(index, ff.meta, args.index, args)
         queries = {v: ff.features[v] for v in _select_scored(ff, args.prefix, args.features)}
     info = index_info(index, queries)
     codes = f"codes {info['code_dtype']}" if info["code_dtype"] else "bucket statistics only"
@@ -798,6 +827,9 @@ def cmd_info(args) -> int:
         t = info["training"]
         print("trained: " + ", ".join(f"{k} {t[k]}" for k in ("iterations", "epochs", "lr", "temperature", "queue_size",
                                                                "max_offset", "project_pcs") if k in t))
+    if info["feature_space"]:
+        print("built on features of " + ", ".join(f"{k} {v}" for k, v in info["feature_space"].items()
+                                                  if not isinstance(v, dict)))
     if not index.ntotal:
         print("no indexed items (a `fit` output): llsh-index build --model ... indexes the training features")
         if args.plot:
@@ -940,6 +972,9 @@ def cmd_demo(args) -> int:
 LABELS_HELP = ("per-frame labels: a label .npz (video -> per-frame 0/1, e.g. ../shared/data/vad_groundtruth/"
                "Avenue_gt.npz), a feature file extracted with labels, or UCSD's ped2.mat")
 PREFIX_HELP = "only the videos whose name starts with this"
+ALLOW_OTHER_HELP = ("use features made otherwise than those the index (build: the --model layers) was built on "
+                    "(another extractor or extractor settings, T, s, clamping: the index records them), which "
+                    "are refused by default")
 SIGMA_HELP = "Gaussian smoothing of each video's scores, in frames (default 12, the paper's; 0: none)"
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1020,6 +1055,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="layers from `fit`; without it, untrained LSH layers")
     p.add_argument("--out", required=True, help="index file to write")
     _add_index_args(p)
+    p.add_argument("--allow-other-features", action="store_true", help=ALLOW_OTHER_HELP)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_build)
 
@@ -1031,6 +1067,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="score file to write (.npz: video -> per-frame scores, and `__meta__`: the settings as JSON; "
                         "llsh_index.cli.load_scores reads the scores)")
     p.add_argument("--csv", default=None, help="also write the scores as CSV (video,frame,score)")
+    p.add_argument("--allow-other-features", action="store_true", help=ALLOW_OTHER_HELP)
     p.set_defaults(fn=cmd_score)
 
     p = sub.add_parser("stream", help="score a video frame by frame, as a live feed (CSV lines on stdout)",
@@ -1066,6 +1103,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 0.01)")
     p.add_argument("--held-out", action="store_true",
                    help="with --calibrate: its videos are not in the index (scored by the index itself)")
+    p.add_argument("--allow-other-features", action="store_true", help=ALLOW_OTHER_HELP)
     p.set_defaults(fn=cmd_stream)
 
     p = sub.add_parser("evaluate", help="frame-level micro/macro AUC with the VAD protocol",
@@ -1092,6 +1130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", default=None, help="a feature file whose snippets are looked up (e.g. the test videos)")
     p.add_argument("--prefix", default=None, help=PREFIX_HELP)
     p.add_argument("--plot", default=None, help="also draw the tables (and the hits) to this image (.png, .pdf, ...)")
+    p.add_argument("--allow-other-features", action="store_true", help=ALLOW_OTHER_HELP)
     p.add_argument("--json", default=None, help="also write everything printed to this file")
     p.set_defaults(fn=cmd_info)
 

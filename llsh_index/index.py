@@ -97,6 +97,12 @@ class LearnableLSHIndex:
     batch_size : rows hashed per chunk in add()/score(); default from a 64 MiB working-set budget.
     n_threads : native threads (0 = all cores).
     device : "cpu" or "cuda[:N]".
+
+    feature_space_ (attribute, saved with the index): the feature space of the features the layers
+    were fitted / the items built on, as llsh_index.video.feature_space gives it from a feature
+    file's meta (extractor name, version and settings, T, s, clamp...); `llsh-index fit` / `build`
+    set it and `score` / `info` / `stream` check new features against it.  None (no check) for an
+    index made from arrays, or saved before it was recorded.
     """
 
     def __init__(self, dim: Optional[int] = None, n_tables: int = 8, n_bits: int = 32, *, mode: str = "mean",
@@ -125,6 +131,9 @@ class LearnableLSHIndex:
         self.encoder: Optional[HashEncoder] = None
         self.training_log_: Optional[TrainingLog] = None
         self.training_config_: Optional[TrainingConfig] = None  # the last fit()'s settings, defaults resolved
+        # the feature space of the features it was fitted / built on (llsh_index.video.feature_space of their
+        # feature file's meta: extractor, T, s...), which `llsh-index fit / build` record; None from arrays
+        self.feature_space_: Optional[dict] = None
         self.last_n_compared: Optional[int] = None
         self._tables: Optional[Dict] = None
         self._write_lock = threading.Lock()
@@ -602,6 +611,7 @@ class LearnableLSHIndex:
         out.encoder.weight.data.copy_(self.encoder.weight.detach().cpu())
         out.training_log_ = self.training_log_
         out.training_config_ = self.training_config_
+        out.feature_space_ = None if self.feature_space_ is None else dict(self.feature_space_)
         return out.to(self.device) if self.device != "cpu" else out
 
     @classmethod
@@ -866,7 +876,8 @@ class LearnableLSHIndex:
                 "trained": self.is_trained, "training_steps": 0 if self.training_log_ is None else
                 self.training_log_.steps, "positives": None if self.training_log_ is None else
                 self.training_log_.positives, "has_tables": self._tables is not None,
-                "training_config": None if self.training_config_ is None else dataclasses.asdict(self.training_config_)}
+                "training_config": None if self.training_config_ is None else dataclasses.asdict(self.training_config_),
+                "feature_space": self.feature_space_}
         arrays = {"weight": self.encoder.weight.detach().cpu().numpy()}
         if self.training_log_ is not None:
             arrays["losses"] = np.asarray(self.training_log_.losses, dtype=np.float64)
@@ -921,6 +932,11 @@ class LearnableLSHIndex:
                 index.training_log_ = TrainingLog(losses=losses.tolist(), steps=steps, positives=positives)
             if meta.get("training_config") is not None:  # absent from files written before it was saved
                 index.training_config_ = _training_config_from(meta["training_config"], path)
+            space = meta.get("feature_space")  # likewise; None: built from arrays
+            if space is not None and not isinstance(space, dict):
+                raise IndexFormatError(f"{path}: feature space: expected a JSON object or null, got "
+                                       f"{type(space).__name__}")
+            index.feature_space_ = space
             if not meta.get("has_tables") and any(k.startswith("t_") for k in arrays):
                 raise IndexFormatError(f"{path}: inconsistent index file (tables stored, but marked as having none)")
             if meta.get("has_tables"):

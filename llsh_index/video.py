@@ -46,13 +46,19 @@ except Exception:  # pragma: no cover - only when loaded outside the package
 __all__ = [
     "FeatureExtractor", "EfficientNetLite0Extractor", "VideoBackendError", "FeatureFileError",
     "iter_frames", "read_frames", "count_frames", "snippet_starts", "snippet_frame_indices", "snippet_centres",
-    "extract_video", "extract_dataset", "cache_mismatch", "save_features", "load_features", "load_feature_file", "FeatureFile",
+    "extract_video", "extract_dataset", "cache_mismatch", "save_features", "load_features", "load_feature_file",
+    "FeatureFile", "FEATURE_SPACE_KEYS", "feature_space", "feature_space_mismatch",
     "default_num_threads",
 ]
 
 FrameSource = Union[str, os.PathLike, Sequence[str], np.ndarray, Video]
 FEATURE_FILE_FORMAT = "llsh_index.video_features"
 FEATURE_FILE_VERSION = 1
+# The entries of a feature file's meta that define its feature space: the extractor (name, version,
+# settings), the snippets' T, s and clamping, and for imported features (llsh_index.feature_arrays)
+# the import and its crops.  An index built on one file's features scores another file's only where
+# they agree (`llsh-index build` records them in the index: LearnableLSHIndex.feature_space_).
+FEATURE_SPACE_KEYS = ("extractor", "extractor_version", "extractor_config", "T", "s", "clamp", "source", "crops")
 
 
 class VideoBackendError(_BaseError, ImportError):
@@ -1165,6 +1171,37 @@ def load_feature_file(path: Union[str, os.PathLike]) -> FeatureFile:
             raise FeatureFileError(f"{path}: not a feature file ({why})") from e
         raise FeatureFileError(f"{path}: damaged or not a feature file ({why})") from e
     return FeatureFile(feats, meta, labels or None, fidx, n_frames)
+
+
+def feature_space(meta: Mapping[str, Any]) -> Dict[str, Any]:
+    """The entries of a feature file's meta (FeatureFile.meta, or extract_dataset's) that define its
+    feature space (FEATURE_SPACE_KEYS), as JSON values: what LearnableLSHIndex.feature_space_ records."""
+    return {k: json.loads(json.dumps(meta[k])) for k in FEATURE_SPACE_KEYS if k in meta}
+
+
+def feature_space_mismatch(recorded: Optional[Mapping[str, Any]], meta: Mapping[str, Any],
+                           names: Tuple[str, str] = ("the index", "the features")) -> Optional[str]:
+    """How the feature space an index recorded differs from that of a feature file's ``meta``, e.g.
+    "T 16 for the index, 8 for the features", or None where they agree or either side records
+    none (an index built from arrays, a file saved without extractor settings): then nothing can
+    be told.  Settings of a dict entry (extractor_config) are compared one by one."""
+    here = feature_space(meta)
+    if not recorded or not here:
+        return None
+    recorded = feature_space(recorded)
+    diffs = []
+    for k in FEATURE_SPACE_KEYS:
+        a, b = recorded.get(k), here.get(k)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += [(f"{k}.{sub}", a.get(sub), b.get(sub)) for sub in sorted(set(a) | set(b))
+                      if a.get(sub) != b.get(sub)]
+        else:
+            diffs.append((k, a, b))
+    if not diffs:
+        return None
+    return "; ".join(f"{k} {a!r} for {names[0]}, {b!r} for {names[1]}" for k, a, b in diffs)
 
 
 def load_features(path: Union[str, os.PathLike]) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:

@@ -272,6 +272,75 @@ def test_load_scores_reads_a_score_file_for_metrics(feature_files, capsys):
         load_scores(p("nothere.npz"))
 
 
+def test_features_made_otherwise_than_the_index_are_refused(feature_files, capsys):
+    """fit / build record the feature file's extractor settings, T, s, clamp in the index; build
+    --model, score and info --features refuse features made otherwise, naming both sides, unless
+    --allow-other-features; an index without a record (old files, Python arrays) checks nothing."""
+    from llsh_index import InvalidInputError, LearnableLSHIndex
+    from llsh_index.cli import build_parser
+    from llsh_index.video import load_feature_file, save_features
+
+    tmp, _ = feature_files
+    p = lambda name: str(tmp / name)  # noqa: E731
+    space = {"extractor": "efficientnet_lite0", "extractor_version": "1", "extractor_config": {"grid": [2, 1]},
+             "T": 16, "s": 1, "clamp": True}
+    train, test = load_feature_file(p("train.npz")), load_feature_file(p("test.npz"))
+    save_features(tmp / "train16.npz", train.features, space)
+    save_features(tmp / "test16.npz", test.features, dict(space, dim=999), labels_by_video=test.labels,
+                  frame_index_by_video=test.frame_index, n_frames_by_video=test.n_frames)
+    save_features(tmp / "test8.npz", test.features, dict(space, T=8, extractor_config={"grid": [1, 1]}),
+                  frame_index_by_video=test.frame_index, n_frames_by_video=test.n_frames)
+    assert main(["fit", "--features", p("train16.npz"), "--out", p("layers.llsh"), "--n-tables", "4", "--n-bits", "8",
+                 "--iterations", "5", "--batch-size", "32", "--queue-size", "64", "--quiet"]) == 0
+    assert LearnableLSHIndex.load(p("layers.llsh")).feature_space_ == space
+    diff = (f"extractor_config.grid [2, 1] for {{index}}, [1, 1] for {p('test8.npz')}; "
+            f"T 16 for {{index}}, 8 for {p('test8.npz')}")
+    capsys.readouterr()
+    assert main(["build", "--model", p("layers.llsh"), "--features", p("test8.npz"), "--out", p("i.llsh")]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --features {p('test8.npz')}: expected features made like those {p('layers.llsh')} was fitted or "
+        f"built on, got features made otherwise ({diff.format(index=p('layers.llsh'))}); make them with the same "
+        f"settings, or pass --allow-other-features to use them anyway\n")
+    assert not (tmp / "i.llsh").exists()
+    assert main(["build", "--model", p("layers.llsh"), "--features", p("train16.npz"), "--out", p("i.llsh"),
+                 "--quiet"]) == 0
+    index = LearnableLSHIndex.load(p("i.llsh"))
+    assert index.feature_space_ == space
+    # the same space (other entries of the meta, such as dim, do not count): scored as before
+    assert main(["score", "--index", p("i.llsh"), "--features", p("test16.npz"), "--out", p("s.npz")]) == 0
+    for argv in (["score", "--index", p("i.llsh"), "--features", p("test8.npz"), "--out", p("s8.npz")],
+                 ["info", "--index", p("i.llsh"), "--features", p("test8.npz")]):
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert f"({diff.format(index=p('i.llsh'))})" in err and "--allow-other-features" in err, err
+        ns = build_parser().parse_args(argv)
+        with pytest.raises(InvalidInputError, match="got features made otherwise"):
+            ns.fn(ns)
+    assert not (tmp / "s8.npz").exists()
+    assert main(["score", "--index", p("i.llsh"), "--features", p("test8.npz"), "--out", p("s8.npz"),
+                 "--allow-other-features"]) == 0
+    with np.load(p("s8.npz")) as z:
+        for v in ("t0", "t1", "t2"):
+            np.testing.assert_array_equal(z[v], frame_scores(index.score(test.features[v]), test.frame_index[v], 60))
+    assert main(["info", "--index", p("i.llsh"), "--features", p("test8.npz"), "--allow-other-features"]) == 0
+    assert "built on features of extractor efficientnet_lite0, extractor_version 1, T 16, s 1, clamp True" in (
+        capsys.readouterr().out)
+    # no record: an index built from arrays, or the features of a file saved without extractor settings
+    plain = LearnableLSHIndex(32, n_tables=4, n_bits=8).add(np.concatenate(list(train.features.values())))
+    plain.save(p("plain.llsh"))
+    assert main(["score", "--index", p("plain.llsh"), "--features", p("test8.npz"), "--out", p("p.npz")]) == 0
+    save_features(tmp / "bare.npz", test.features, {}, frame_index_by_video=test.frame_index,
+                  n_frames_by_video=test.n_frames)
+    assert main(["score", "--index", p("i.llsh"), "--features", p("bare.npz"), "--out", p("p.npz")]) == 0
+    # stream: the features it makes itself (EfficientNet-Lite0 at --T, --s) against the index's, before any frame
+    capsys.readouterr()
+    assert main(["stream", "--index", p("i.llsh"), "--video", p("nowhere"), "--T", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: stream --T / --s: expected features made like those") and (
+        f"T 16 for {p('i.llsh')}, 8 for the stream" in err), err
+
+
 def test_demo_runs_on_the_bundled_features(tmp_path):
     from llsh_index.cli import run_demo
 

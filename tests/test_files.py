@@ -627,6 +627,7 @@ CRAFTED = [
     ("losses-2d", lambda m, a: (m.update(trained=True), a.__setitem__("losses", np.zeros((2, 2))))),
     ("training-steps-negative", lambda m, a: m.update(trained=True, training_steps=-3)),
     ("positives-not-a-string", lambda m, a: m.update(trained=True, positives=5)),
+    ("feature-space-not-a-mapping", lambda m, a: m.update(feature_space=["efficientnet_lite0", 16])),
 ]
 
 
@@ -690,6 +691,7 @@ def test_format1_files_still_load_and_score_as_before(name, kwargs, tmp_path):
     path = FIXTURES / f"index_v1_{name}.llsh"
     assert llsh_io._PREFIX.unpack_from(path.read_bytes())[1] == 1
     old = LearnableLSHIndex.load(str(path))
+    assert old.feature_space_ is None  # written before the feature space was recorded: nothing to check
     fresh = LearnableLSHIndex(16, n_tables=3, n_bits=6, seed=3, **kwargs).add(_fixture_features())
     q = np.random.default_rng(1).normal(size=(40, 16)).astype(np.float32)
     modes = ("light", "squared") if name == "stats" else ("mean", "light", "squared")
@@ -787,6 +789,24 @@ def test_unreadable_training_settings_load_without_them(tmp_path, parts, saved, 
     assert index.training_config_ is None and index.is_trained
     _, _, original, x = saved
     np.testing.assert_array_equal(index.score(x[:20]), original.score(x[:20]))
+
+
+def test_the_feature_space_is_saved_and_copied(tmp_path):
+    """feature_space_ (what `llsh-index build` records) survives save / load and empty_like; an index
+    made from arrays saves None."""
+    x = np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32)
+    index = LearnableLSHIndex(8, n_tables=2, n_bits=4).add(x)
+    index.save(str(tmp_path / "plain.llsh"))
+    assert LearnableLSHIndex.load(str(tmp_path / "plain.llsh")).feature_space_ is None
+    space = {"extractor": "efficientnet_lite0", "extractor_version": "1", "extractor_config": {"grid": [2, 1]},
+             "T": 16, "s": 1, "clamp": True}
+    index.feature_space_ = space
+    index.save(str(tmp_path / "f.llsh"))
+    loaded = LearnableLSHIndex.load(str(tmp_path / "f.llsh"))
+    assert loaded.feature_space_ == space
+    assert llsh_io.read_container(str(tmp_path / "f.llsh"), KIND)[0]["feature_space"] == space
+    copy_ = loaded.empty_like(mode="light", store_codes=False)
+    assert copy_.feature_space_ == space and copy_.feature_space_ is not loaded.feature_space_
 
 
 def test_training_settings_given_loosely_still_save_and_load(tmp_path):

@@ -259,7 +259,7 @@ def test_cli_stream_prints_each_frame_once_final(tmp_path, capsys):
     from conftest import shared_path
     from llsh_index.cli import main
     from llsh_index.datasets import load_ped2_demo
-    from llsh_index.video import EfficientNetLite0Extractor, iter_frames
+    from llsh_index.video import EfficientNetLite0Extractor, feature_space, iter_frames
 
     src = shared_path("ped2", "testing", "frames", "02")
     folder = tmp_path / "clip"
@@ -268,6 +268,7 @@ def test_cli_stream_prints_each_frame_once_final(tmp_path, capsys):
         shutil.copy(src / name, folder / name)
     demo = load_ped2_demo()
     index = LearnableLSHIndex(2560, n_tables=8, n_bits=16).add(np.concatenate(list(demo.train.values())))
+    index.feature_space_ = feature_space(demo.meta)  # as `build` records it: the stream's features match it
     index.save(str(tmp_path / "index.llsh"))
     capsys.readouterr()
     assert main(["stream", "--index", str(tmp_path / "index.llsh"), "--video", str(folder), "--sigma", "3"]) == 0
