@@ -320,6 +320,15 @@ def _add_scoring_args(p: argparse.ArgumentParser) -> None:
                    help="over the tables: min (default, the paper) or mean over the tables whose bucket exists (ours)")
 
 
+def _check_probe_args(args) -> None:
+    """score / stream --probes, --miss-probes: probing.check_probes's rules, named as options."""
+    if args.probes < 1:
+        raise ConfigError(f"--probes: expected an integer >= 1 (1: the paper's single lookup), got {args.probes}")
+    if args.miss_probes < 0 or 0 < args.miss_probes <= args.probes:
+        raise ConfigError(f"--miss-probes: expected 0 (off) or more than --probes ({args.probes}), got "
+                          f"{args.miss_probes}")
+
+
 def _load_index(path: str, option: str, device: str = "cpu"):
     """LearnableLSHIndex.load(path), a missing file named with the option that gave it."""
     from . import LearnableLSHIndex
@@ -469,6 +478,7 @@ def cmd_build(args) -> int:
 
 
 def cmd_score(args) -> int:
+    _check_probe_args(args)
     index = _load_built_index(args.index)
     ff = _load_feature_file(args.features)
     _check_feature_space(index, ff.meta, args.index, args)
@@ -519,6 +529,7 @@ def cmd_stream(args) -> int:
     from .stream import StreamScorer, alert_intervals
 
     _check_alert_args(args)
+    _check_probe_args(args)
     index = _load_built_index(args.index, args.device or "cpu")
     extractor = video.EfficientNetLite0Extractor(device=args.device or "cpu")
     _check_feature_space(index, dict(extractor.describe(), T=args.T, s=args.s, clamp=True), args.index, args,
@@ -585,17 +596,27 @@ def cmd_evaluate(args) -> int:
 
     scores = load_scores(args.scores)
     labels = _load_labels(args.labels, scores)
-    res = metrics.evaluate(scores, labels, sigma=args.sigma, allow_subset=args.subset)
+    res = metrics.evaluate(scores, labels, sigma=args.sigma, align=args.align, allow_subset=args.subset)
     print(f"micro-AUC {res.micro.auc:.4f}  macro-AUC {res.macro.auc:.4f}  "
           f"({res.macro.n_videos} videos, {res.macro.n_single_class} single-class skipped in macro; sigma {args.sigma})")
+    constant = res.micro.constant_videos
+    if constant:  # their AUC is 0.5 by construction, not a measurement
+        print(f"warning: {len(constant)} of {res.micro.n_videos} videos have constant scores after smoothing "
+              f"({', '.join(constant[:8])}{', ...' if len(constant) > 8 else ''}): they rank all their frames alike "
+              f"(an AUC of 0.5 within the video) and are not min-max normalised for micro-AUC", file=sys.stderr)
     if args.per_video:
-        for v, auc in res.macro.per_video.items():
-            print(f"  {v}  {auc:.4f}")
+        single = set(res.macro.single_class_videos)
+        for v in sorted(set(res.macro.per_video) | single, key=str):
+            if v in single:
+                print(f"  {v}  single-class (all {'anomalous' if labels[v][0] else 'normal'}), not in macro-AUC")
+            else:
+                print(f"  {v}  {res.macro.per_video[v]:.4f}{'  (constant scores)' if v in constant else ''}")
     if args.json:
         _write_text(args.json, json.dumps({
-            "micro_auc": res.micro.auc, "macro_auc": res.macro.auc, "sigma": args.sigma,
+            "micro_auc": res.micro.auc, "macro_auc": res.macro.auc, "sigma": args.sigma, "align": args.align,
             "n_videos": res.macro.n_videos, "n_single_class": res.macro.n_single_class,
-            "single_class_videos": list(res.macro.single_class_videos), "n_frames": res.micro.n_frames,
+            "single_class_videos": list(res.macro.single_class_videos), "n_constant": res.micro.n_constant,
+            "constant_videos": list(constant), "n_frames": res.micro.n_frames,
             "per_video_auc": res.macro.per_video, "scores": os.path.abspath(args.scores),
             "labels": os.path.abspath(args.labels)}, indent=1))
     return 0
@@ -673,6 +694,9 @@ def _save_figure(fig, path: str, fmt: str) -> None:
 
 
 def cmd_plot(args) -> int:
+    if args.align is not None and not args.roc:
+        raise ConfigError(f"plot: --align {args.align} applies to --roc (the score curves need one score per "
+                          f"labelled frame), got it without --roc")
     files = args.scores
     curves = {}
     for path in files:
@@ -695,11 +719,14 @@ def cmd_plot(args) -> int:
                                 f"{', ...' if len(common) > 8 else ''}), got {missing or videos}")
     for name, per_video in curves.items():  # one score per labelled frame, as evaluate requires
         for v in videos:
-            if np.asarray(per_video[v]).shape != labels[v].shape:
+            if np.asarray(per_video[v]).shape != labels[v].shape and args.align != "centre":
+                hint = " (--roc --align centre places fewer scores on the frames)" if (
+                    np.asarray(per_video[v]).size < labels[v].size) else ""
                 raise InvalidInputError(f"{name}: video {v!r}: expected {labels[v].shape[0]} per-frame scores "
-                                        f"(its labels), got shape {np.asarray(per_video[v]).shape}")
+                                        f"(its labels), got shape {np.asarray(per_video[v]).shape}{hint}")
     if args.roc:
-        for name, auc in plot_roc(args.out, curves, labels, videos, args.sigma, title=args.title).items():
+        for name, auc in plot_roc(args.out, curves, labels, videos, args.sigma, title=args.title,
+                                  align=args.align or "exact").items():
             print(f"{name}: micro-AUC {auc:.4f}")
         print(f"ROC over {len(videos)} videos -> {args.out}")
         return 0
@@ -710,9 +737,9 @@ def cmd_plot(args) -> int:
 
 
 def plot_roc(path: str, curves: Dict[str, Dict[str, np.ndarray]], labels: Dict[str, np.ndarray],
-             videos: Sequence[str], sigma: float = 12, title: str = "") -> Dict[str, float]:
+             videos: Sequence[str], sigma: float = 12, title: str = "", align: str = "exact") -> Dict[str, float]:
     """The micro ROC curve of every score file (the curve whose area micro-AUC is), with that area in
-    the legend; returns {name: micro-AUC}."""
+    the legend; returns {name: micro-AUC}.  align: as llsh_index.metrics.micro_auc's."""
     from sklearn.metrics import auc as area
 
     from .metrics import micro_roc_curve
@@ -721,7 +748,8 @@ def plot_roc(path: str, curves: Dict[str, Dict[str, np.ndarray]], labels: Dict[s
     aucs = {}
     with _figure(1, 1, figsize=(5.4, 5.2)) as (fig, ax):
         for i, (name, per_video) in enumerate(curves.items()):
-            fpr, tpr, _ = micro_roc_curve({v: per_video[v] for v in videos}, {v: labels[v] for v in videos}, sigma)
+            fpr, tpr, _ = micro_roc_curve({v: per_video[v] for v in videos}, {v: labels[v] for v in videos}, sigma,
+                                          align=align)
             aucs[name] = float(area(fpr, tpr))
             ax.plot(fpr, tpr, lw=1.4, color=f"C{i}", label=f"{name} (micro-AUC {aucs[name]:.4f})")
         ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=0.8, label="chance")
@@ -975,6 +1003,10 @@ PREFIX_HELP = "only the videos whose name starts with this"
 ALLOW_OTHER_HELP = ("use features made otherwise than those the index (build: the --model layers) was built on "
                     "(another extractor or extractor settings, T, s, clamping: the index records them), which "
                     "are refused by default")
+ALIGN_CHOICES = ("exact", "centre")  # llsh_index.metrics' align policies
+ALIGN_HELP = ("how scores meet the labels: exact (default), one score per labelled frame; centre, fewer scores "
+              "(one per snippet, as from the reference code) placed in the middle of the video's frames, the "
+              "frames left over scoring 0, as the reference does")
 SIGMA_HELP = "Gaussian smoothing of each video's scores, in frames (default 12, the paper's; 0: none)"
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1114,9 +1146,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores", required=True, help="score file from `score`")
     p.add_argument("--labels", required=True, help=LABELS_HELP)
     p.add_argument("--sigma", type=float, default=12, help=SIGMA_HELP)
-    p.add_argument("--per-video", action="store_true", help="also print every video's AUC")
+    p.add_argument("--per-video", action="store_true",
+                   help="also print every video's AUC (and which videos are single-class, left out of macro-AUC)")
     p.add_argument("--subset", action="store_true",
                    help="evaluate the scored videos only, where the labels cover more (e.g. after extract --videos)")
+    p.add_argument("--align", choices=ALIGN_CHOICES, default="exact", help=ALIGN_HELP)
     p.add_argument("--json", default=None, help="also write the results (per-video AUCs included) to this file")
     p.set_defaults(fn=cmd_evaluate)
 
@@ -1146,6 +1180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--roc", action="store_true",
                    help="draw each file's frame-level ROC curve instead (the curve whose area is micro-AUC; "
                         "over every video unless --videos)")
+    p.add_argument("--align", choices=ALIGN_CHOICES, default=None,
+                   help="with --roc: " + ALIGN_HELP + " (the score curves need one score per labelled frame)")
     p.set_defaults(fn=cmd_plot)
     return ap
 

@@ -146,8 +146,9 @@ class AUCResult:
         per_video: macro: AUC of every video that entered the mean (skipped videos are
             absent); micro: empty.
         n_constant: micro only: videos whose smoothed scores were constant (not normalised,
-            see ``constant_fill``).
+            see ``constant_fill``; within such a video every frame ranks alike, an AUC of 0.5).
         n_frames: number of frames that entered the AUC(s).
+        constant_videos: micro only: the names of those ``n_constant`` videos, sorted.
     """
 
     auc: float
@@ -159,6 +160,7 @@ class AUCResult:
     per_video: dict[str, float] = field(default_factory=dict)
     n_constant: int = 0
     n_frames: int = 0
+    constant_videos: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -396,7 +398,8 @@ def _frame_scores(
     if align == "exact" and scores.size != n_frames:
         raise LengthMismatchError(
             f"video {name!r}: expected {n_frames} scores (one per labelled frame), got {scores.size}"
-            " (pass align='centre' to place fewer snippet scores on the frames as the reference does)"
+            " (pass align='centre', llsh-index evaluate --align centre, to place fewer snippet scores on the"
+            " frames as the reference does)"
         )
     if scores.size > n_frames:
         raise LengthMismatchError(
@@ -526,7 +529,7 @@ def micro_auc(
     Single-class videos are included (they contribute frames); their number is reported.
     Raises :class:`SingleClassError` if the pooled frames contain a single class.
     """
-    cat_scores, cat_labels, videos, single, n_constant = _pooled_frames(
+    cat_scores, cat_labels, videos, single, constant = _pooled_frames(
         scores_by_video, labels_by_video, sigma, align, pad, pad_value, constant_fill, allow_subset, "micro-AUC")
     auc = float(roc_auc_score(cat_labels, cat_scores))
     return AUCResult(
@@ -537,28 +540,29 @@ def micro_auc(
         single_class="include",
         single_class_videos=tuple(single),
         per_video={},
-        n_constant=n_constant,
+        n_constant=len(constant),
         n_frames=int(cat_labels.size),
+        constant_videos=tuple(constant),
     )
 
 
 def _pooled_frames(scores_by_video, labels_by_video, sigma, align, pad, pad_value, constant_fill, allow_subset,
                    what: str):
     """Every video's smoothed, min-max normalised frame scores and labels, concatenated in sorted name
-    order (micro-AUC's frames); also the videos, the single-class ones and the constant count."""
+    order (micro-AUC's frames); also the videos, the single-class ones and the constant ones."""
     if constant_fill is not None:
         constant_fill = _finite_number(constant_fill, "constant_fill")
     videos = _video_frames(scores_by_video, labels_by_video, sigma, align, pad, pad_value, allow_subset,
                            normalise=True, constant_fill=constant_fill)
     single = [name for name, labels, _, _ in videos if labels.min() == labels.max()]
-    n_constant = sum(int(constant) for _, _, _, constant in videos)
+    constant = [name for name, _, _, is_constant in videos if is_constant]
     cat_labels = np.concatenate([labels for _, labels, _, _ in videos])
     if cat_labels.min() == cat_labels.max():
         raise SingleClassError(
             f"{what}: expected both classes among the {cat_labels.size} pooled frames, "
             f"got only label {int(cat_labels[0])}"
         )
-    return np.concatenate([f for _, _, f, _ in videos]), cat_labels, videos, single, n_constant
+    return np.concatenate([f for _, _, f, _ in videos]), cat_labels, videos, single, constant
 
 
 def micro_roc_curve(

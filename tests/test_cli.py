@@ -165,10 +165,14 @@ def test_score_with_probes(feature_files, capsys):
     capsys.readouterr()
     assert main(["score", "--index", p("lsh.llsh"), "--features", p("test.npz"), "--out", p("s.npz"),
                  "--probes", "0"]) == 2
-    assert "n_probes: expected >= 1, got 0" in capsys.readouterr().err
-    assert main(["score", "--index", p("lsh.llsh"), "--features", p("test.npz"), "--out", p("s.npz"),
-                 "--probes", "3", "--miss-probes", "2"]) == 2
-    assert "miss_probes: expected 0 (off) or more than n_probes (3), got 2" in capsys.readouterr().err
+    assert capsys.readouterr().err == "error: --probes: expected an integer >= 1 (1: the paper's single lookup), got 0\n"
+    for probes, miss in (("3", "2"), ("1", "1")):  # the options named, not the Python arguments
+        assert main(["score", "--index", p("lsh.llsh"), "--features", p("test.npz"), "--out", p("s.npz"),
+                     "--probes", probes, "--miss-probes", miss]) == 2
+        assert capsys.readouterr().err == (f"error: --miss-probes: expected 0 (off) or more than --probes ({probes}), "
+                                           f"got {miss}\n")
+    assert main(["stream", "--index", p("lsh.llsh"), "--video", p("nowhere"), "--miss-probes", "1"]) == 2
+    assert capsys.readouterr().err == "error: --miss-probes: expected 0 (off) or more than --probes (1), got 1\n"
 
 
 def test_errors_are_reported_not_raised(tmp_path, capsys):
@@ -673,6 +677,99 @@ def test_evaluate_subset_of_a_label_npz(tmp_path, capsys):
     got = json.load(open(tmp_path / "e.json"))
     want = metrics.evaluate(scores, {v: labels[v] for v in scores}, sigma=12)
     assert (got["micro_auc"], got["macro_auc"]) == (pytest.approx(want.micro.auc), pytest.approx(want.macro.auc))
+
+
+def _smoothed_oracle(x, sigma=12):
+    from scipy.ndimage import gaussian_filter1d
+
+    return gaussian_filter1d(np.asarray(x, np.float64), sigma)
+
+
+def test_evaluate_names_constant_and_single_class_videos(tmp_path, capsys):
+    """Constant scores (an AUC of 0.5 by construction) are warned about and written to --json;
+    --per-video has a row for every video, the single-class ones saying which class and that
+    macro-AUC leaves them out.  Values against scipy's smoothing and sklearn's AUC."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(5)
+    labels = {"a": (np.arange(50) >= 25).astype(np.uint8), "b": np.ones(40, np.uint8), "c": np.zeros(30, np.uint8),
+              "d": (np.arange(60) >= 10).astype(np.uint8)}
+    scores = {v: (labels[v] + rng.standard_normal(len(labels[v]))).astype(np.float32) for v in "abc"}
+    scores["d"] = np.full(60, 0.7, np.float32)
+    np.savez(tmp_path / "gt.npz", **labels)
+    np.savez(tmp_path / "s.npz", **scores)
+    capsys.readouterr()
+    assert main(["evaluate", "--scores", str(tmp_path / "s.npz"), "--labels", str(tmp_path / "gt.npz"), "--per-video",
+                 "--json", str(tmp_path / "e.json")]) == 0
+    out, err = capsys.readouterr()
+    auc_a = roc_auc_score(labels["a"], _smoothed_oracle(scores["a"]))
+    assert out.splitlines()[1:] == [f"  a  {auc_a:.4f}", "  b  single-class (all anomalous), not in macro-AUC",
+                                    "  c  single-class (all normal), not in macro-AUC", "  d  0.5000  (constant scores)"]
+    assert err == ("warning: 1 of 4 videos have constant scores after smoothing (d): they rank all their frames alike "
+                   "(an AUC of 0.5 within the video) and are not min-max normalised for micro-AUC\n")
+    got = json.load(open(tmp_path / "e.json"))
+    normalised = []
+    for v in "abcd":  # micro: each video min-max normalised, a constant one left at its value
+        sm = _smoothed_oracle(scores[v])
+        normalised.append((sm - sm.min()) / (sm.max() - sm.min()) if sm.max() > sm.min() else sm)
+    micro = roc_auc_score(np.concatenate([labels[v] for v in "abcd"]), np.concatenate(normalised))
+    assert got["micro_auc"] == pytest.approx(micro, abs=1e-9) and got["macro_auc"] == pytest.approx((auc_a + 0.5) / 2)
+    assert (got["n_constant"], got["constant_videos"]) == (1, ["d"])
+    assert got["single_class_videos"] == ["b", "c"] and got["align"] == "exact"
+
+
+def test_evaluate_and_plot_align_centre(tmp_path, capsys):
+    """Fewer scores than labelled frames: the error names the --align option that follows its hint;
+    evaluate --align centre / plot --roc --align centre place them as the reference (offset d // 2 + 1,
+    the rest 0); plot --align without --roc is refused."""
+    from sklearn.metrics import roc_auc_score
+
+    from llsh_index.metrics import LengthMismatchError
+
+    rng = np.random.default_rng(6)
+    labels = {"a": (np.arange(40) >= 20).astype(np.uint8), "b": (np.arange(50) < 15).astype(np.uint8)}
+    scores = {"a": rng.standard_normal(30).astype(np.float32) + np.r_[np.zeros(12), np.ones(18)].astype(np.float32),
+              "b": rng.standard_normal(46).astype(np.float32)}
+    np.savez(tmp_path / "gt.npz", **labels)
+    np.savez(tmp_path / "s.npz", **scores)
+    args = ["evaluate", "--scores", str(tmp_path / "s.npz"), "--labels", str(tmp_path / "gt.npz")]
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "expected 40 scores (one per labelled frame), got 30" in err and "llsh-index evaluate --align centre" in err
+    with pytest.raises(LengthMismatchError):
+        metrics.evaluate(scores, labels)
+    assert main(args + ["--align", "centre", "--json", str(tmp_path / "e.json")]) == 0
+    placed, normalised = {}, []
+    for v in ("a", "b"):
+        n, sm = len(labels[v]), _smoothed_oracle(scores[v], 12)
+        off = (n - sm.size) // 2 + 1
+        placed[v] = np.zeros(n)
+        placed[v][off:off + sm.size] = sm
+        norm = np.zeros(n)
+        norm[off:off + sm.size] = (sm - sm.min()) / (sm.max() - sm.min())
+        normalised.append(norm)
+    got = json.load(open(tmp_path / "e.json"))
+    micro = roc_auc_score(np.concatenate([labels["a"], labels["b"]]), np.concatenate(normalised))
+    macro = np.mean([roc_auc_score(labels[v], placed[v]) for v in ("a", "b")])
+    assert got["micro_auc"] == pytest.approx(micro, abs=1e-9) and got["macro_auc"] == pytest.approx(macro, abs=1e-9)
+    assert got["align"] == "centre"
+    plot = ["plot", "--scores", str(tmp_path / "s.npz"), "--labels", str(tmp_path / "gt.npz"),
+            "--out", str(tmp_path / "r.png")]
+    capsys.readouterr()
+    assert main(plot + ["--roc"]) == 2
+    assert "got shape (30,) (--roc --align centre places fewer scores on the frames)" in capsys.readouterr().err
+    assert main(plot + ["--roc", "--align", "centre"]) == 0
+    assert f"s: micro-AUC {micro:.4f}" in capsys.readouterr().out and (tmp_path / "r.png").stat().st_size > 10_000
+    (tmp_path / "r.png").unlink()
+    assert main(plot + ["--align", "centre"]) == 2
+    assert capsys.readouterr().err == ("error: plot: --align centre applies to --roc (the score curves need one score "
+                                       "per labelled frame), got it without --roc\n")
+    assert not (tmp_path / "r.png").exists()
+    from llsh_index.cli import ALIGN_CHOICES
+    from typing import get_args
+
+    assert ALIGN_CHOICES == get_args(metrics.AlignPolicy)
 
 
 def test_argparse_types_for_scripts(tmp_path):

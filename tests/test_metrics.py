@@ -122,7 +122,8 @@ def test_micro_constant_video_policy():
     # and tie B's negatives; A's positives (1.0) beat every negative.
     # positives {1, 1, .7, .7}, negatives {0, 0, .7, .7}: 4 + 4 + 2*(2 + 2*0.5) = 14 of 16
     r = M.micro_auc(scores, labels, sigma=0)
-    assert r.n_constant == 1
+    assert r.n_constant == 1 and r.constant_videos == ("B",)
+    assert M.macro_auc(scores, labels, sigma=0).per_video["B"] == 0.5  # what the constant video's own AUC is
     assert r.auc == pytest.approx(14 / 16)
     # constant_fill=0: B ties with A's negatives: 4 + 4 + 2 * (4 * 0.5) = 12 of 16
     assert M.micro_auc(scores, labels, sigma=0, constant_fill=0.0).auc == pytest.approx(12 / 16)
@@ -304,7 +305,7 @@ def test_real_labels_perfect_inverted_constant(real_labels):
     assert list(r.macro.single_class_videos) == single
     assert len(r.macro.per_video) == len(labels) - len(single)
     assert r.micro.n_frames == GT_TABLE[name][1]
-    assert r.micro.n_constant == len(single)
+    assert r.micro.n_constant == len(single) and list(r.micro.constant_videos) == single
 
     inverted = {k: 1.0 - v for k, v in perfect.items()}
     r = M.evaluate(inverted, labels, sigma=0)
@@ -313,7 +314,7 @@ def test_real_labels_perfect_inverted_constant(real_labels):
     const = {k: np.full(v.size, 0.25) for k, v in labels.items()}
     r = M.evaluate(const, labels)  # sigma=12: still constant
     assert r.macro.auc == 0.5 and r.micro.auc == 0.5
-    assert r.micro.n_constant == len(labels)
+    assert r.micro.n_constant == len(labels) and r.micro.constant_videos == tuple(sorted(labels))
 
 
 # ----------------------------------------------------------------------------- ped2
@@ -429,7 +430,8 @@ def test_input_errors():
         with pytest.raises(M.MissingVideoError, match=r"expected scores for all 2 labelled videos, got 1.*\['b'\]"):
             f({"a": good["a"]}, labels, sigma=0)
         assert f({"a": good["a"]}, labels, sigma=0, allow_subset=True).n_videos == 1
-        with pytest.raises(M.LengthMismatchError, match="'a'.*expected 4 scores.*got 3"):
+        with pytest.raises(M.LengthMismatchError, match="'a'.*expected 4 scores.*got 3 \\(pass align='centre', "
+                                                        "llsh-index evaluate --align centre, to place fewer"):
             f({**good, "a": [0.1, 0.2, 0.3]}, labels, sigma=0)
         with pytest.raises(M.LengthMismatchError, match="'a'.*at most 4.*got 5"):
             f({**good, "a": [0.1] * 5}, labels, sigma=0, align="centre")
