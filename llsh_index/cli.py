@@ -245,19 +245,31 @@ def _given_index_options(args) -> dict:
     given = {k: getattr(args, k) for k in ("n_tables", "n_bits", "mode", "code_dtype") if getattr(args, k) is not None}
     if "mode" in given:  # light and squared keep bucket statistics only
         given["store_codes"] = given["mode"] == "mean"
+        if "code_dtype" in given and given["mode"] != "mean":  # nothing would be stored in it
+            raise ConfigError(f"--code-dtype {given['code_dtype']}: the dtype of stored codes, which --mode "
+                              f"{given['mode']} does not keep (bucket statistics only); leave --code-dtype out, or use "
+                              f"--mode mean")
     return given
 
 
 def _index_from_args(args, dim: Optional[int] = None):
     from . import LearnableLSHIndex
 
-    return LearnableLSHIndex(dim, seed=args.seed, **_given_index_options(args))  # the rest: its defaults
+    seed = 0 if args.seed is None else args.seed
+    return LearnableLSHIndex(dim, seed=seed, **_given_index_options(args))  # the rest: its defaults
 
 
 def _index_like_model(model, args):
     """An empty index on the model's layers; --mode / --code-dtype given on the command line apply,
     --n-tables / --n-bits must agree with the layers (they cannot be changed without refitting)."""
     given = _given_index_options(args)
+    if args.seed is not None:  # the layers are the model's: nothing is drawn
+        raise ConfigError(f"--seed {args.seed}: the hash layers come from --model (`fit --seed` seeded them), so "
+                          f"there is nothing to seed; leave --seed out")
+    if "code_dtype" in given and "mode" not in given and not model.store_codes:
+        raise ConfigError(f"--code-dtype {given['code_dtype']}: the dtype of stored codes, which the model's mode "
+                          f"{model.mode} does not keep (bucket statistics only); leave --code-dtype out, or add "
+                          f"--mode mean")
     for name in ("n_tables", "n_bits"):
         value = given.pop(name, None)
         if value is not None and value != getattr(model, name):
@@ -266,7 +278,7 @@ def _index_like_model(model, args):
     return model.empty_like(**given)
 
 
-def _add_index_args(p: argparse.ArgumentParser) -> None:
+def _add_index_args(p: argparse.ArgumentParser, seed_help: str) -> None:
     p.add_argument("--n-tables", type=int, default=None,
                    help="b, number of hash tables (default 8; build --model: the layers')")
     p.add_argument("--n-bits", type=int, default=None,
@@ -275,15 +287,16 @@ def _add_index_args(p: argparse.ArgumentParser) -> None:
                    help="score: mean L2 to the bucket (LLSH, default), distance to its mean (light), mean squared "
                         "L2; light and squared keep bucket statistics only")
     p.add_argument("--code-dtype", choices=["float32", "float16"], default=None,
-                   help="stored codes (mean mode): float16 halves the index in memory and on disk (default float32)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the hash layers' initialisation and of training (default 0)")
+                   help="stored codes (mean mode only): float16 halves the index in memory and on disk (default "
+                        "float32)")
+    p.add_argument("--seed", type=int, default=None, help=seed_help)
 
 
 def _add_training_args(p: argparse.ArgumentParser) -> None:
     """Training options; each left out takes the value of --schedule."""
     demo = SCHEDULES["demo"]
     p.add_argument("--schedule", choices=sorted(SCHEDULES), default="paper",
-                   help="the settings every option below defaults to: 'paper' (lr 1e-3, tau 0.2, queue 8192, "
+                   help="the settings every option below defaults to (default: paper): 'paper' (lr 1e-3, tau 0.2, queue 8192, "
                         "60 iterations per video: sized for ShanghaiTech's 330 long videos) or 'demo' (lr "
                         f"{demo['lr']}, tau {demo['temperature']}, queue {demo['queue_size']}, {demo['iterations']} "
                         f"iterations per video, {demo['project_pcs']} principal directions projected out: the demo's, "
@@ -294,7 +307,7 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=None, help="SGD learning rate")
     p.add_argument("--momentum", type=float, default=None, help="key-encoder EMA")
     p.add_argument("--queue-size", type=int, default=None, help="negatives kept (FIFO of recent keys)")
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help=f"training pairs per SGD step (default {demo['batch_size']} in both schedules)")
     p.add_argument("--max-offset", type=int, default=None, help="positives within +-this many snippets")
     p.add_argument("--temperature", type=float, default=None, help="InfoNCE tau")
     p.add_argument("--project-pcs", type=int, default=None,
@@ -384,7 +397,10 @@ def cmd_extract(args) -> int:
     loaders = {"ped2": datasets.load_ped2, "avenue": datasets.load_avenue,
                "shanghaitech": datasets.load_shanghaitech, "corridor": datasets.load_corridor,
                "folders": datasets.load_frame_folders}
-    split = {"train": "training", "test": "testing"}[args.split]
+    if args.split is not None and args.dataset == "folders":
+        raise ConfigError(f"extract: --split selects a benchmark's training or test videos; --dataset folders takes "
+                          f"every folder under --root, got --split {args.split}")
+    split = {"train": "training", "test": "testing"}[args.split or "train"]
     if args.skip_first_frame != "auto" and args.dataset != "corridor":
         raise ConfigError(f"extract: --skip-first-frame is for --dataset corridor (its black first frames), "
                           f"got --dataset {args.dataset}")
@@ -443,6 +459,12 @@ def cmd_fit(args) -> int:
 
     ff = _load_feature_file(args.features)
     names = _select(ff, args.prefix)
+    anomalous = {v: int(ff.labels[v].sum()) for v in names if ff.labels and v in ff.labels and ff.labels[v].any()}
+    if anomalous:  # a test split given for training: its anomalies would be learned as normal
+        shown = ", ".join(f"{v} ({n})" for v, n in list(anomalous.items())[:5]) + (", ..." if len(anomalous) > 5 else "")
+        print(f"warning: {args.features}: the training features contain frames labelled anomalous "
+              f"({sum(anomalous.values())} frames in {len(anomalous)} of {len(names)} videos: {shown}); the layers "
+              f"learn them as normal; train on the normal (training split) videos", file=sys.stderr)
     x, vids = _stack(ff, names)
     index = _index_from_args(args, x.shape[1])
     training = _training_kwargs(args)
@@ -452,8 +474,10 @@ def cmd_fit(args) -> int:
     _record_feature_space(index, ff.meta)
     size = index.save(args.out)
     log = index.training_log_
+    last = min(10, log.steps)  # the bar shows each step's loss: the first one, then the last few averaged
     print(f"trained on {len(x)} snippets of {len(names)} videos ({args.schedule} schedule): {log.steps} steps, loss "
-          f"{log.losses[0]:.3f} -> {np.mean(log.losses[-10:]):.3f}; saved {args.out} ({size} bytes)")
+          f"{log.losses[0]:.4f} at the first step -> {np.mean(log.losses[-last:]):.4f} mean of the last {last} "
+          f"step{'' if last == 1 else 's'}; saved {args.out} ({size} bytes)")
     if barely_trains(log.steps, training["lr"]):
         print(f"note: {log.steps} SGD steps at lr {training['lr']:g} barely move the layers from plain LSH; "
               "for a few short videos (such as Ped2) try --schedule demo, or raise --iterations", file=sys.stderr)
@@ -1007,6 +1031,7 @@ ALIGN_CHOICES = ("exact", "centre")  # llsh_index.metrics' align policies
 ALIGN_HELP = ("how scores meet the labels: exact (default), one score per labelled frame; centre, fewer scores "
               "(one per snippet, as from the reference code) placed in the middle of the video's frames, the "
               "frames left over scoring 0, as the reference does")
+QUIET_HELP = "no progress bar (the summary line is still printed)"
 SIGMA_HELP = "Gaussian smoothing of each video's scores, in frames (default 12, the paper's; 0: none)"
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1022,13 +1047,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the LSH / LLSH layers and of training (default 0; the AUCs vary with it, "
                         "see benchmarks/RESULTS.md)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="print the table only (no per-method lines, no progress bar)")
     p.set_defaults(fn=cmd_demo)
 
     p = sub.add_parser("extract", help="videos (frame folders) -> cached snippet features (.npz)")
-    p.add_argument("--dataset", choices=["ped2", "avenue", "shanghaitech", "corridor", "folders"], required=True)
+    p.add_argument("--dataset", choices=["ped2", "avenue", "shanghaitech", "corridor", "folders"], required=True,
+                   help="the layout under --root: a benchmark's, or 'folders' (one folder of frames per video)")
     p.add_argument("--root", required=True, help="dataset root (for 'folders': a folder of frame folders)")
-    p.add_argument("--split", choices=["train", "test"], default="train")
+    p.add_argument("--split", choices=["train", "test"], default=None,
+                   help="the benchmark's training (normal) or test videos (default train; not for 'folders')")
     p.add_argument("--out", required=True,
                    help="feature file to write; one there already is reused when it holds the features asked for "
                         "(same videos, extractor, --T, --s), labels updated, and otherwise refused unless "
@@ -1048,7 +1075,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--T", type=int, default=16, help="frames per snippet (default 16)")
     p.add_argument("--s", type=int, default=1, help="frame step inside a snippet (default 1)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(fn=cmd_extract)
 
     p = sub.add_parser("import", help="pre-extracted per-video .npy features (I3D, ...) -> a feature file",
@@ -1069,16 +1096,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="file name ending before .npy that is not part of the video name (e.g. _i3d)")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32",
                    help="stored features (float16 halves the file)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(fn=cmd_import)
 
     p = sub.add_parser("fit", help="train the hash layers (MoCo) on training features")
     p.add_argument("--features", required=True, help="training feature file (from `extract`)")
     p.add_argument("--prefix", default=None, help=PREFIX_HELP)
     p.add_argument("--out", required=True, help="file for the trained layers (an empty index: `build --model` fills it)")
-    _add_index_args(p)
+    _add_index_args(p, "seed of the hash layers' initialisation and of training (default 0)")
     _add_training_args(p)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(fn=cmd_fit)
 
     p = sub.add_parser("build", help="index training features (with trained layers, or plain LSH)")
@@ -1086,9 +1113,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", default=None, help=PREFIX_HELP)
     p.add_argument("--model", default=None, help="layers from `fit`; without it, untrained LSH layers")
     p.add_argument("--out", required=True, help="index file to write")
-    _add_index_args(p)
+    _add_index_args(p, "seed of the untrained LSH layers (default 0); not with --model, whose layers are fixed")
     p.add_argument("--allow-other-features", action="store_true", help=ALLOW_OTHER_HELP)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(fn=cmd_build)
 
     p = sub.add_parser("score", help="per-video, per-frame anomaly scores (.npz, optional .csv)")

@@ -523,6 +523,104 @@ def test_build_on_fitted_layers_honours_mode_and_code_dtype(feature_files, capsy
     assert (k.n_tables, k.n_bits, k.code_dtype, k.mode, k.is_trained) == (3, 6, "float16", "mean", False)
 
 
+def test_ignored_option_combinations_are_refused(feature_files, capsys):
+    """build --model --seed (the layers are the model's), --code-dtype where no codes are stored
+    (--mode light / squared, or a light model) and extract --dataset folders --split were silently
+    ignored: each is a ConfigError naming the option, before any file is written; the combinations
+    that do act still do."""
+    from llsh_index import ConfigError, LearnableLSHIndex
+    from llsh_index.cli import build_parser
+    from llsh_index.video import load_feature_file
+
+    tmp, _ = feature_files
+    p = lambda name: str(tmp / name)  # noqa: E731
+    fit = ["fit", "--features", p("train.npz"), "--n-tables", "3", "--n-bits", "8", "--iterations", "5",
+           "--batch-size", "32", "--queue-size", "64", "--quiet"]
+    assert main(fit + ["--out", p("layers.llsh")]) == 0
+    assert main(fit + ["--out", p("light.llsh"), "--mode", "light"]) == 0
+    build = ["build", "--features", p("train.npz"), "--out", p("i.llsh"), "--quiet"]
+    capsys.readouterr()
+    cases = [
+        (build + ["--model", p("layers.llsh"), "--seed", "5"],
+         "--seed 5: the hash layers come from --model (`fit --seed` seeded them), so there is nothing to seed; "
+         "leave --seed out"),
+        (build + ["--mode", "light", "--code-dtype", "float16"],
+         "--code-dtype float16: the dtype of stored codes, which --mode light does not keep (bucket statistics "
+         "only); leave --code-dtype out, or use --mode mean"),
+        (build + ["--model", p("layers.llsh"), "--mode", "squared", "--code-dtype", "float32"],
+         "--code-dtype float32: the dtype of stored codes, which --mode squared does not keep"),
+        (build + ["--model", p("light.llsh"), "--code-dtype", "float16"],
+         "--code-dtype float16: the dtype of stored codes, which the model's mode light does not keep (bucket "
+         "statistics only); leave --code-dtype out, or add --mode mean"),
+        (fit + ["--out", p("l2.llsh"), "--mode", "light", "--code-dtype", "float16"],
+         "--code-dtype float16: the dtype of stored codes, which --mode light does not keep"),
+        (["extract", "--dataset", "folders", "--root", p("frames"), "--split", "test", "--out", p("f.npz")],
+         "extract: --split selects a benchmark's training or test videos; --dataset folders takes every folder "
+         "under --root, got --split test"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: " + message), (argv, err)
+        ns = build_parser().parse_args(argv)
+        with pytest.raises(ConfigError):
+            ns.fn(ns)
+    assert not any((tmp / n).exists() for n in ("i.llsh", "l2.llsh", "f.npz"))
+    # what does act: --seed without a model seeds the LSH layers; --mode mean with --code-dtype on a light model
+    x = np.concatenate(list(load_feature_file(p("train.npz")).features.values()))
+    assert main(build + ["--seed", "5", "--n-tables", "3", "--n-bits", "8"]) == 0
+    want = LearnableLSHIndex(x.shape[1], n_tables=3, n_bits=8, seed=5).encoder.weight.detach().numpy()
+    np.testing.assert_array_equal(LearnableLSHIndex.load(p("i.llsh")).encoder.weight.detach().numpy(), want)
+    assert main(build + ["--model", p("light.llsh"), "--mode", "mean", "--code-dtype", "float16"]) == 0
+    built = LearnableLSHIndex.load(p("i.llsh"))
+    assert (built.mode, built.store_codes, built.code_dtype) == ("mean", True, "float16")
+
+
+def test_help_texts(capsys):
+    """Every option of every command has a help text; fit --help states the default schedule, build
+    --help what --seed seeds; --split, --overwrite, --allow-other-features, --align are described."""
+    import argparse
+
+    from llsh_index.cli import build_parser
+
+    ap = build_parser()
+    sub = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [(name, a.option_strings) for name, p in sub.choices.items() for a in p._actions
+               if not a.help and a.option_strings != ["-h", "--help"]]
+    assert missing == []
+    helps = {name: {a.dest: a.help for a in p._actions} for name, p in sub.choices.items()}
+    assert "(default: paper)" in helps["fit"]["schedule"] and "256" in helps["fit"]["batch_size"]
+    assert "not with --model" in helps["build"]["seed"] and "training" not in helps["build"]["seed"]
+    assert "of training" in helps["fit"]["seed"]
+    assert "__meta__" in helps["score"]["out"] and "load_scores" in helps["score"]["out"]
+    assert "__meta__" in ap.description and "one per-frame float32 array per video and a `__meta__`" in (
+        " ".join(ap.description.split()))
+
+
+def test_fit_warns_of_anomalous_training_frames_and_labels_its_loss(feature_files, capsys):
+    """fit on a feature file whose labels mark anomalous frames (a test split) warns, counting them;
+    the summary's two losses are labelled and are the log's first step and mean of the last ten."""
+    from llsh_index import LearnableLSHIndex
+
+    tmp, labels = feature_files
+    p = lambda name: str(tmp / name)  # noqa: E731
+    args = ["--n-tables", "2", "--n-bits", "8", "--iterations", "100", "--batch-size", "16", "--queue-size", "32",
+            "--quiet"]
+    capsys.readouterr()
+    assert main(["fit", "--features", p("test.npz"), "--out", p("t.llsh")] + args) == 0
+    out, err = capsys.readouterr()
+    n = sum(int(v.sum()) for v in labels.values())
+    assert n == 45 and err.startswith(
+        f"warning: {p('test.npz')}: the training features contain frames labelled anomalous (45 frames in 3 of 3 "
+        f"videos: t0 (15), t1 (15), t2 (15)); the layers learn them as normal")
+    log = LearnableLSHIndex.load(p("t.llsh")).training_log_
+    assert log.steps == 18  # 3 videos x 100 pairs / 16 per step
+    assert (f"18 steps, loss {log.losses[0]:.4f} at the first step -> {np.mean(log.losses[-10:]):.4f} mean of the "
+            f"last 10 steps; saved") in out
+    assert main(["fit", "--features", p("train.npz"), "--out", p("n.llsh")] + args) == 0
+    assert "warning" not in capsys.readouterr().err  # no labels: nothing to warn of
+
+
 def test_extract_subset_and_label_file(tmp_path, capsys):
     """extract --videos keeps only the named videos; --labels reads the label .npz from elsewhere and
     stores its labels in the feature file; an unknown name is an error that lists the real ones."""
