@@ -668,7 +668,7 @@ def plot_curves(path: str, curves: Dict[str, Dict[str, np.ndarray]], labels: Dic
                 rng = s.max() - s.min()
                 s = (s - s.min()) / rng if rng > 0 else s * 0
                 auc = f"AUC {roc_auc_score(lab, s):.3f}" if lab.any() and not lab.all() else "one class"
-                handles += ax.plot(s, lw=1.3, color=f"C{i}", label=f"{name} ({auc})")
+                handles += ax.plot(s, lw=1.3, color=f"C{i}", ls=_line_style(i), label=f"{name} ({auc})")
             if lab.any():
                 handles.append(Patch(color="tab:red", alpha=0.15, label="labelled anomalous"))
             ax.legend(handles=handles, loc="upper left", fontsize=7, ncol=min(len(handles), 4), framealpha=0.8)
@@ -681,6 +681,12 @@ def plot_curves(path: str, curves: Dict[str, Dict[str, np.ndarray]], labels: Dic
         axes[0, 0].set_title(f"{title}\n{sub}" if title else f"Anomaly score per frame\n{sub}", fontsize=9)
         fig.tight_layout()
         _save_figure(fig, path, fmt)
+
+
+def _line_style(i: int) -> str:
+    """The i-th curve's line style: solid, then dashed, dotted, dash-dotted, so a curve drawn over an
+    equal one leaves it visible through its gaps."""
+    return ("-", "--", ":", "-.")[i % 4]
 
 
 def _image_format(path: str) -> str:
@@ -775,7 +781,8 @@ def plot_roc(path: str, curves: Dict[str, Dict[str, np.ndarray]], labels: Dict[s
             fpr, tpr, _ = micro_roc_curve({v: per_video[v] for v in videos}, {v: labels[v] for v in videos}, sigma,
                                           align=align)
             aucs[name] = float(area(fpr, tpr))
-            ax.plot(fpr, tpr, lw=1.4, color=f"C{i}", label=f"{name} (micro-AUC {aucs[name]:.4f})")
+            ax.plot(fpr, tpr, lw=1.4, color=f"C{i}", ls=_line_style(i),
+                    label=f"{name} (micro-AUC {aucs[name]:.4f})")
         ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=0.8, label="chance")
         ax.set_xlabel("false positive rate (normal frames flagged)")
         ax.set_ylabel("true positive rate (anomalous frames flagged)")
@@ -843,16 +850,18 @@ def plot_index_info(path: str, index, info: dict, features_name: str = "") -> No
         axes[1].set_xlabel("table")
         axes[1].set_ylabel("key bits that vary among the items")
         axes[1].set_title("active key bits (the others are constant)", fontsize=9)
-        axes[1].legend(fontsize=7)
+        axes[1].set_ylim(0, 1.25 * index.n_bits)  # the legend's band above the bars, as for the hits
+        axes[1].legend(fontsize=7, loc="upper center")
         if queries:
             axes[2].bar(x, 100 * np.asarray(queries["hit_rate"]), color="tab:green")
             axes[2].axhline(100 * (1 - queries["miss_every_table"]), color="tab:red", ls="--", lw=1,
                             label=f"hit at least one table: {100 * (1 - queries['miss_every_table']):.1f}%")
-            axes[2].set_ylim(0, 105)
+            axes[2].set_ylim(0, 125)  # the legend's band above the bars (which reach 100%), clear of them
+            axes[2].set_yticks(range(0, 101, 20))
             axes[2].set_xlabel("table")
             axes[2].set_ylabel("% of snippets whose bucket exists")
             axes[2].set_title(f"hits of {features_name or 'the queries'} ({queries['n_snippets']:,} snippets)", fontsize=9)
-            axes[2].legend(fontsize=7, loc="lower right")
+            axes[2].legend(fontsize=7, loc="upper center")
         for a in axes[1:]:
             a.set_xticks(x if b <= 16 else x[:: max(b // 8, 1)])
         fig.suptitle(f"{info['kind']}: {b} tables x {index.n_bits} bits, mode {index.mode}", fontsize=10)

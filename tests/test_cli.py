@@ -976,6 +976,51 @@ def test_score_and_info_name_a_video_without_snippets(feature_files, capsys):
     assert "--prefix selects videos of --features" in capsys.readouterr().err
 
 
+def _spy_figures(monkeypatch):
+    """Every figure the CLI saves, drawn, as [(figure's axes, renderer)], kept open for inspection."""
+    import llsh_index.cli as cli
+
+    seen, real = [], cli._save_figure
+
+    def spy(fig, path, fmt):
+        fig.canvas.draw()
+        seen.append((list(fig.axes), fig.canvas.get_renderer()))
+        real(fig, path, fmt)
+
+    monkeypatch.setattr(cli, "_save_figure", spy)
+    return seen
+
+
+def test_plots_keep_coinciding_curves_and_the_bars_visible(feature_files, monkeypatch, capsys):
+    """Two score files with equal scores: the second curve is dashed over the solid first, in the score
+    curves and the ROC plot; info --plot's legends sit above the bars, not over them."""
+    import shutil
+
+    tmp, _ = feature_files
+    p = lambda name: str(tmp / name)  # noqa: E731
+    assert main(["build", "--features", p("train.npz"), "--out", p("i.llsh"), "--n-tables", "4", "--n-bits", "4",
+                 "--quiet"]) == 0
+    assert main(["score", "--index", p("i.llsh"), "--features", p("test.npz"), "--out", p("a.npz")]) == 0
+    shutil.copy(p("a.npz"), p("b.npz"))
+    seen = _spy_figures(monkeypatch)
+    for extra in ([], ["--roc"]):
+        assert main(["plot", "--scores", p("a.npz"), p("b.npz"), "--labels", p("test.npz"), "--out", p("c.png")]
+                    + extra) == 0
+        axes, _ = seen.pop()
+        for ax in axes:
+            a, b = [ln for ln in ax.get_lines() if ln.get_label().startswith(("a ", "b "))]
+            np.testing.assert_array_equal(a.get_ydata(), b.get_ydata())  # they coincide...
+            assert (a.get_linestyle(), b.get_linestyle()) == ("-", "--")  # ...and the later one is dashed
+    assert main(["info", "--index", p("i.llsh"), "--features", p("test.npz"), "--plot", p("t.png"),
+                 "--json", p("t.json")]) == 0
+    assert max(json.load(open(p("t.json")))["queries"]["hit_rate"]) > 0.9  # bars up to the top of the axes
+    axes, renderer = seen.pop()
+    for ax in axes[1:]:  # active bits, hits
+        legend = ax.get_legend().get_window_extent(renderer)
+        bars = [patch.get_window_extent(renderer) for patch in ax.patches]
+        assert len(bars) == 4 and not any(legend.overlaps(bar) for bar in bars)
+
+
 def test_a_plot_that_fails_while_drawing_closes_its_figure(tmp_path, monkeypatch):
     """pyplot keeps every open figure alive: a drawing that raised left its figure open (a leak in a
     long-lived process that plots in a loop); both plots close it now."""
