@@ -1051,7 +1051,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole path on the bundled Ped2 features (no data needed)")
     p.add_argument("--out", type=output_folder, default="llsh_demo",
                    help="folder for the plot, table and index (default llsh_demo)")
-    p.add_argument("--features", default=None, help="another feature file in the demo layout")
+    p.add_argument("--features", default=None,
+                   help="another feature file in the demo layout (default: the bundled llsh_index/data/"
+                        "ped2_demo.npz): one file holding both splits, its videos named 'train/<video>' (normal) "
+                        "and 'test/<video>' (with per-frame labels), as scripts/make_demo_features.py writes; "
+                        "not an `extract` output (one split): run fit / build / score / evaluate on those")
     p.add_argument("--iterations", type=int, default=None, help="override the demo's training length")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the LSH / LLSH layers and of training (default 0; the AUCs vary with it, "

@@ -603,6 +603,11 @@ def load_ped2_demo(path: Optional[PathLike] = None) -> DemoFeatures:
     ff = load_feature_file(_require_file(path, "Ped2 demo feature file"))
     out: Dict[str, Dict[str, np.ndarray]] = {"train": {}, "test": {}}
     fidx: Dict[str, Dict[str, np.ndarray]] = {"train": {}, "test": {}}
+    if not any(key.startswith(("train/", "test/")) for key in ff.features):  # one split's videos
+        raise DatasetFormatError(f"{path}: a feature file of plain videos ({', '.join(list(ff.features)[:3])}"
+                                 f"{', ...' if len(ff.features) > 3 else ''}), as `llsh-index extract` writes, not "
+                                 f"a demo features file: that holds both splits, its videos named 'train/<video>' "
+                                 f"and 'test/<video>' (labelled), as scripts/make_demo_features.py writes")
     for key, f in ff.features.items():
         split, _, name = key.partition("/")
         if split not in out or not name:

@@ -890,6 +890,22 @@ def test_argparse_types_for_scripts(tmp_path):
         output_folder(str(tmp_path / "f.txt"))
 
 
+def test_demo_features_help_and_an_extract_file(feature_files, capsys):
+    """demo --help says what --features must hold (and which script makes it); an `extract` output
+    given instead is named as one."""
+    from llsh_index.cli import build_parser
+
+    tmp, _ = feature_files
+    sub = build_parser()._subparsers._group_actions[0].choices["demo"]
+    text = next(a.help for a in sub._actions if a.dest == "features")
+    assert "'train/<video>'" in text and "'test/<video>'" in text and "scripts/make_demo_features.py" in text
+    capsys.readouterr()
+    assert main(["demo", "--features", str(tmp / "test.npz"), "--out", str(tmp / "demo")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp / 'test.npz'}: a feature file of plain videos (t0, t1, t2), as `llsh-index "
+                          f"extract` writes, not a demo features file") and "unexpected entry" not in err
+
+
 def test_demo_out_that_is_a_file_exits_2(tmp_path, capsys):
     (tmp_path / "f.llsh").write_text("x")
     with pytest.raises(SystemExit) as exc:

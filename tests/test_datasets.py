@@ -274,6 +274,29 @@ def test_bundled_ped2_demo_features():
     np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=2e-3)
 
 
+def test_demo_features_of_another_layout_say_which(tmp_path):
+    """load_ped2_demo on an `extract` output (one split, plain names) says so and what the demo file
+    holds; a file that mixes the layouts names its entry; a file in the demo layout loads."""
+    from llsh_index.video import save_features
+
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    save_features(tmp_path / "test.npz", {"01": x, "02": x, "03": x, "04": x}, {"extractor": "efficientnet_lite0"})
+    with pytest.raises(D.DatasetFormatError) as ei:
+        D.load_ped2_demo(tmp_path / "test.npz")
+    assert str(ei.value) == (f"{tmp_path / 'test.npz'}: a feature file of plain videos (01, 02, 03, ...), as "
+                             "`llsh-index extract` writes, not a demo features file: that holds both splits, its "
+                             "videos named 'train/<video>' and 'test/<video>' (labelled), as "
+                             "scripts/make_demo_features.py writes")
+    save_features(tmp_path / "mixed.npz", {"train/01": x, "02": x}, {})
+    with pytest.raises(D.DatasetFormatError, match=r"unexpected entry '02' \(expected 'train/<video>'"):
+        D.load_ped2_demo(tmp_path / "mixed.npz")
+    labels = np.array([0, 0, 1, 1, 0], np.uint8)
+    save_features(tmp_path / "demo.npz", {"train/01": x, "test/01": x}, {}, labels_by_video={"test/01": labels})
+    demo = D.load_ped2_demo(tmp_path / "demo.npz")
+    np.testing.assert_array_equal(demo.train["01"], x)
+    np.testing.assert_array_equal(demo.test_labels["01"], labels)
+
+
 def test_a_video_not_in_the_dataset_is_a_typed_key_and_index_error(tmp_path):
     """ds["zz"] and ds[10] were a bare KeyError / IndexError: now VideoNotFoundError, which is both
     (so `except KeyError` / `except IndexError` still catch it) and names the videos there are."""
