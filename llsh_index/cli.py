@@ -475,9 +475,10 @@ def cmd_fit(args) -> int:
     size = index.save(args.out)
     log = index.training_log_
     last = min(10, log.steps)  # the bar shows each step's loss: the first one, then the last few averaged
-    print(f"trained on {len(x)} snippets of {len(names)} videos ({args.schedule} schedule): {log.steps} steps, loss "
-          f"{log.losses[0]:.4f} at the first step -> {np.mean(log.losses[-last:]):.4f} mean of the last {last} "
-          f"step{'' if last == 1 else 's'}; saved {args.out} ({size} bytes)")
+    loss = (f"loss {log.losses[0]:.4f}" if log.steps == 1 else f"loss {log.losses[0]:.4f} at the first step -> "
+            f"{np.mean(log.losses[-last:]):.4f} mean of the last {last} steps")
+    print(f"trained on {len(x)} snippets of {len(names)} videos ({args.schedule} schedule): {log.steps} steps, "
+          f"{loss}; saved {args.out} ({size} bytes)")
     if barely_trains(log.steps, training["lr"]):
         print(f"note: {log.steps} SGD steps at lr {training['lr']:g} barely move the layers from plain LSH; "
               "for a few short videos (such as Ped2) try --schedule demo, or raise --iterations", file=sys.stderr)

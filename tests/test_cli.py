@@ -673,6 +673,8 @@ def test_fit_schedules(feature_files, capsys):
                  "--quiet"]) == 0
     captured = capsys.readouterr()
     assert "(paper schedule): 1 steps" in captured.out  # 4 videos x 60 pairs / 256 per batch
+    first = LearnableLSHIndex.load(p("paper.llsh")).training_log_.losses[0]
+    assert f"1 steps, loss {first:.4f}; saved" in captured.out  # one step: one loss, nothing to average
     assert "--schedule demo" in captured.err
     assert main(["fit", "--features", p("train.npz"), "--out", p("demo.llsh"), "--n-tables", "2", "--n-bits", "8",
                  "--schedule", "demo", "--iterations", "200", "--queue-size", "64", "--quiet"]) == 0
