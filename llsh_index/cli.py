@@ -559,12 +559,14 @@ def cmd_stream(args) -> int:
     extractor = video.EfficientNetLite0Extractor(device=args.device or "cpu")
     _check_feature_space(index, dict(extractor.describe(), T=args.T, s=args.s, clamp=True), args.index, args,
                          "the stream", "stream --T / --s")
+    ff = None if args.calibrate is None else _load_feature_file(args.calibrate)
+    if ff is not None:
+        _check_feature_space(index, ff.meta, args.index, args, args.calibrate, f"--calibrate {args.calibrate}")
     scorer = StreamScorer(index, extractor, T=args.T, s=args.s, sigma=args.sigma,
                           smoothing="causal" if args.causal else "centred", mode=args.mode_override,
                           n_probes=args.probes, miss_probes=args.miss_probes, reduce=args.reduce,
                           threshold=args.threshold)
     if args.calibrate is not None:
-        ff = _load_feature_file(args.calibrate)
         q = 0.01 if args.contamination is None else args.contamination
         threshold = scorer.calibrate(ff, q, held_out=args.held_out)
         n = sum(len(ff.features[v]) for v in ff.videos)

@@ -282,17 +282,19 @@ def test_features_made_otherwise_than_the_index_are_refused(feature_files, capsy
     --allow-other-features; an index without a record (old files, Python arrays) checks nothing."""
     from llsh_index import InvalidInputError, LearnableLSHIndex
     from llsh_index.cli import build_parser
-    from llsh_index.video import load_feature_file, save_features
+    from llsh_index.video import EfficientNetLite0Extractor, feature_space, load_feature_file, save_features
 
     tmp, _ = feature_files
     p = lambda name: str(tmp / name)  # noqa: E731
-    space = {"extractor": "efficientnet_lite0", "extractor_version": "1", "extractor_config": {"grid": [2, 1]},
-             "T": 16, "s": 1, "clamp": True}
+    # what `extract` writes (the default extractor at T 16, s 1, clamped), so the stream's own features match it
+    space = feature_space(dict(EfficientNetLite0Extractor().describe(), T=16, s=1, clamp=True))
+    assert space["extractor"] == "efficientnet_lite0" and space["extractor_config"]["grid"] == [2, 1]
     train, test = load_feature_file(p("train.npz")), load_feature_file(p("test.npz"))
     save_features(tmp / "train16.npz", train.features, space)
     save_features(tmp / "test16.npz", test.features, dict(space, dim=999), labels_by_video=test.labels,
                   frame_index_by_video=test.frame_index, n_frames_by_video=test.n_frames)
-    save_features(tmp / "test8.npz", test.features, dict(space, T=8, extractor_config={"grid": [1, 1]}),
+    save_features(tmp / "test8.npz", test.features, dict(space, T=8, extractor_config=dict(space["extractor_config"],
+                                                                                          grid=[1, 1])),
                   frame_index_by_video=test.frame_index, n_frames_by_video=test.n_frames)
     assert main(["fit", "--features", p("train16.npz"), "--out", p("layers.llsh"), "--n-tables", "4", "--n-bits", "8",
                  "--iterations", "5", "--batch-size", "32", "--queue-size", "64", "--quiet"]) == 0
@@ -343,6 +345,10 @@ def test_features_made_otherwise_than_the_index_are_refused(feature_files, capsy
     err = capsys.readouterr().err
     assert err.startswith("error: stream --T / --s: expected features made like those") and (
         f"T 16 for {p('i.llsh')}, 8 for the stream" in err), err
+    assert main(["stream", "--index", p("i.llsh"), "--video", p("nowhere"), "--calibrate", p("test8.npz")]) == 2
+    err = capsys.readouterr().err  # the calibration file too (the stream's own features match the index here)
+    assert err.startswith(f"error: --calibrate {p('test8.npz')}: expected features made like those") and (
+        f"T 16 for {p('i.llsh')}, 8 for {p('test8.npz')}" in err), err
 
 
 def test_demo_runs_on_the_bundled_features(tmp_path):
