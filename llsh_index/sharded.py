@@ -10,6 +10,8 @@ Placement.  Shard i lives on ``devices[i % len(devices)]``: by default every vis
 (``cuda:0``, ``cuda:1``, ...), or ``["cpu"]`` when none is visible; pass ``devices=["cuda:0",
 "cuda:0"]`` (or ``n_shards=2``) for two shards on one GPU.  ``from_shards()`` takes indexes that
 already hold items (e.g. loaded from shard files) and moves them to the devices in place.
+``save_shards(folder)`` writes one file per shard there; ``ShardedIndex.load(folder)`` reads them back
+in shard order (``load`` also takes a list of shard files).
 
 Scoring.  The queries are hashed once, on the first shard's device (or on the device a CUDA query
 tensor already lives on, when a shard lives there too), and only the codes travel: b*r float32 +
@@ -29,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, wait as futures_wait
@@ -40,11 +43,14 @@ import torch
 
 from . import probing
 from ._validation import PATH_TYPES, _is_cupy, _is_torch, as_list, check_features, check_int_range
-from .errors import ConfigError, CudaUnavailableError, NotFittedError, WritePathError
+from .errors import (ConfigError, CudaUnavailableError, IndexFileNotFoundError, IndexFormatError, NotFittedError,
+                     WritePathError)
 from .index import (LearnableLSHIndex, _check_indexes, _keys_and_sizes, _normalise_device, _to_numpy,
                     bucket_sizes_of_keys, check_reduce, probed_scores, table_occupancy)
 
 __all__ = ["ShardedIndex"]
+
+_SHARD_NAME = re.compile(r"shard_([0-9]{5}|[1-9][0-9]{5,})\.llsh")  # save_shards(): shard_{i:05d}.llsh
 
 
 # ---------------------------------------------------------------------- device helpers
@@ -99,6 +105,35 @@ def _resolve_devices(devices) -> List[str]:
     if not out:
         raise ConfigError("devices: expected at least one device ('cpu' or 'cuda:N'), got an empty list")
     return out
+
+
+def _numbered_shards(folder: Path) -> List[tuple]:
+    """(number, path) of the shard_NNNNN.llsh files save_shards() writes in `folder`, by number."""
+    found = [(int(m.group(1)), folder / name) for name in os.listdir(folder)
+             for m in [_SHARD_NAME.fullmatch(name)] if m]
+    return sorted(found)
+
+
+def _shard_files(folder: Path) -> List[Path]:
+    """The shard files of the sharded index save_shards() wrote in `folder`, in shard order."""
+    found = _numbered_shards(folder)
+    if not found:
+        raise IndexFileNotFoundError(f"load: no shard files in the folder {folder} (expected shard_00000.llsh, ... "
+                                     f"as ShardedIndex.save_shards writes)", str(folder))
+    missing = sorted(set(range(found[-1][0] + 1)) - {n for n, _ in found})
+    if missing:
+        raise IndexFormatError(f"load: the shard files in {folder} are not complete: shard_{missing[0]:05d}.llsh "
+                               f"is missing ({len(missing)} of {found[-1][0] + 1} shards missing)")
+    return [path for _, path in found]
+
+
+def _check_same_layers(first: LearnableLSHIndex, other, caller: str) -> None:
+    """first._check_same_layers(other), its errors named after `caller` (it names merge)."""
+    try:
+        first._check_same_layers(other)
+    except (ConfigError, NotFittedError) as exc:
+        text = str(exc)
+        raise type(exc)(f"{caller}: {text[len('merge: '):] if text.startswith('merge: ') else text}") from None
 
 
 class _ReadWriteLock:
@@ -227,7 +262,7 @@ class ShardedIndex(_ShardScoring):
             raise ConfigError("from_shards: expected at least one index, got none")
         _check_indexes(shards, "from_shards")
         for s in shards[1:]:
-            shards[0]._check_same_layers(s)
+            _check_same_layers(shards[0], s, "from_shards")
             # the first shard's settings score for all: shards that differ would make the scores
             # depend on the order of the list
             if (s.mode, s.miss_value) != (shards[0].mode, shards[0].miss_value):
@@ -238,9 +273,12 @@ class ShardedIndex(_ShardScoring):
         return out
 
     @classmethod
-    def load(cls, paths: Sequence[str], devices: Optional[Sequence[str]] = None) -> "ShardedIndex":
-        """Shard files written by save_shards() (or any index files sharing their hash layers); one
-        path alone is one shard."""
+    def load(cls, paths, devices: Optional[Sequence[str]] = None) -> "ShardedIndex":
+        """The sharded index save_shards() wrote: its folder (the shard_NNNNN.llsh files there, in
+        their order), or a list of shard files (or any index files sharing their hash layers); one
+        file path alone is one shard."""
+        if isinstance(paths, PATH_TYPES) and os.path.isdir(os.fsdecode(paths)):
+            paths = _shard_files(Path(os.fsdecode(paths)))
         return cls.from_shards([LearnableLSHIndex.load(os.fspath(p)) for p in as_list(paths, "load", "shard file paths")],
                                devices)
 
@@ -442,7 +480,7 @@ class ShardedIndex(_ShardScoring):
 
     # ------------------------------------------------------------------ persistence
     def save_shards(self, folder) -> List[str]:
-        """Saves shard i to folder/shard_00000.llsh, ...; returns the paths (ShardedIndex.load reads them).
+        """Saves shard i to folder/shard_00000.llsh, ...; returns the paths (ShardedIndex.load reads them, or the folder).
 
         Shard files of an earlier, larger save in the same folder (shard_000NN.llsh beyond this
         index's count) are removed, so the folder holds this index and nothing else of the kind."""
@@ -451,14 +489,20 @@ class ShardedIndex(_ShardScoring):
         folder = Path(os.fsdecode(folder))
         if folder.exists() and not folder.is_dir():
             raise WritePathError(f"save_shards: {folder} exists and is not a folder")
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as exc:
+            raise WritePathError(f"save_shards: cannot create the folder {folder}: a part of that path is a "
+                                 f"file") from exc
+        except OSError as exc:
+            raise WritePathError(f"save_shards: cannot create the folder {folder}: {exc.strerror or exc}") from exc
         paths = []
         with self._lock.read():  # the files of one state, not halfway through an add()
             for i, s in enumerate(self.shards):
                 paths.append(str(folder / f"shard_{i:05d}.llsh"))
                 s.save(paths[-1])
-        for stale in folder.glob("shard_[0-9][0-9][0-9][0-9][0-9].llsh"):
-            if int(stale.name[6:11]) >= len(self.shards):
+        for number, stale in _numbered_shards(folder):
+            if number >= len(self.shards):
                 stale.unlink()
         return paths
 

@@ -136,7 +136,7 @@ def test_from_shards_refuses_shards_that_would_score_by_their_order(data, tmp_pa
         ShardedIndex.from_shards([b, layers.empty_like(mode="squared").add(x[:5])], devices="cpu")
     from llsh_index import NotFittedError
 
-    with pytest.raises(NotFittedError, match="without hash layers"):
+    with pytest.raises(NotFittedError, match="^from_shards: an index without hash layers"):
         ShardedIndex.from_shards([LearnableLSHIndex(), LearnableLSHIndex()], devices="cpu")
 
 
@@ -188,6 +188,39 @@ def test_save_shards_leaves_only_this_index_in_the_folder(data, tmp_path):
     for bad, message in ((tmp_path / "file", "is not a folder"), (None, "expected a folder path")):
         with pytest.raises(WritePathError, match=message):
             small.save_shards(bad)
+    # a folder below a file: WritePathError naming the path, as LearnableLSHIndex.save, not NotADirectoryError
+    below = tmp_path / "file" / "x"
+    with pytest.raises(WritePathError) as info:
+        small.save_shards(below)
+    assert str(info.value) == f"save_shards: cannot create the folder {below}: a part of that path is a file"
+    with pytest.raises(WritePathError, match="a part of that path is a file"):
+        small.save_shards(str(tmp_path / "file" / "x" / "y"))
+
+
+def test_load_reads_the_folder_save_shards_wrote(data, tmp_path):
+    """ShardedIndex.load(folder): the shard files save_shards wrote there, in shard order (not the
+    folder given to LearnableLSHIndex.load: 'Is a directory'); an empty or incomplete folder is named."""
+    from llsh_index import IndexFileNotFoundError, IndexFormatError
+
+    x, q, layers, single = data
+    sh = ShardedIndex.from_shards([layers.empty_like().add(p) for p in np.split(x, [700, 2500])], devices="cpu")
+    sh.save_shards(tmp_path / "shards")
+    (tmp_path / "shards" / "notes.txt").write_text("not ours")
+    for folder in (tmp_path / "shards", str(tmp_path / "shards")):
+        loaded = ShardedIndex.load(folder, devices="cpu")
+        assert loaded.shard_sizes == [700, 1800, 500]  # in shard order, not by size or listing order
+        np.testing.assert_array_equal(loaded.score(q), sh.score(q))
+        assert_equal_to(loaded, single, q, modes=("mean",))
+    # re-saved smaller: the stale shard files are gone, so the folder loads as the new index
+    ShardedIndex(layers, devices="cpu", n_shards=2).add(x[:50]).save_shards(tmp_path / "shards")
+    assert ShardedIndex.load(tmp_path / "shards", devices="cpu").shard_sizes == [25, 25]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(IndexFileNotFoundError, match="no shard files in the folder .*empty"):
+        ShardedIndex.load(tmp_path / "empty", devices="cpu")
+    sh.save_shards(tmp_path / "gap")
+    (tmp_path / "gap" / "shard_00001.llsh").unlink()
+    with pytest.raises(IndexFormatError, match="shard_00001.llsh is missing"):
+        ShardedIndex.load(tmp_path / "gap", devices="cpu")
 
 
 def test_from_shards_save_load_and_gather(data, tmp_path):
@@ -397,8 +430,10 @@ def test_errors(data):
     with pytest.raises(ConfigError, match="expected at least one index"):
         ShardedIndex.from_shards([])
     other = LearnableLSHIndex(DIM, n_tables=B, n_bits=R, seed=12).add(x[:10])
-    with pytest.raises(ConfigError, match="same hash layers"):
+    with pytest.raises(ConfigError, match="^from_shards: the indexes must share the same hash layers"):
         ShardedIndex.from_shards([single, other], devices="cpu")
+    with pytest.raises(ConfigError, match=r"^from_shards: expected an index with \(dim, n_tables, n_bits"):
+        ShardedIndex.from_shards([single, LearnableLSHIndex(DIM, n_tables=B, n_bits=R + 1).add(x[:10])], devices="cpu")
     sh = ShardedIndex(layers, devices="cpu", n_shards=2)
     with pytest.raises(NotFittedError, match="empty"):
         sh.score(q)
