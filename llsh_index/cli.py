@@ -458,16 +458,15 @@ def cmd_import(args) -> int:
 
 def cmd_fit(args) -> int:
     from .training import barely_trains
+    from .video import labelled_anomalous
 
     ff = _load_feature_file(args.features)
     names = _select(ff, args.prefix)
-    anomalous = {v: int(ff.labels[v].sum()) for v in names if ff.labels and v in ff.labels and ff.labels[v].any()}
+    anomalous = labelled_anomalous(ff.labels, names)
     if anomalous:  # a test split given for training: its anomalies would be learned as normal
-        shown = ", ".join(f"{v} ({n})" for v, n in list(anomalous.items())[:5])
-        shown += ", ..." if len(anomalous) > 5 else ""
         print(f"warning: {args.features}: the training features contain frames labelled anomalous "
-              f"({sum(anomalous.values())} frames in {len(anomalous)} of {len(names)} videos: {shown}); the layers "
-              f"learn them as normal; train on the normal (training split) videos", file=sys.stderr)
+              f"({anomalous}); the layers learn them as normal; train on the normal (training split) videos",
+              file=sys.stderr)
     x, vids = _stack(ff, names)
     index = _index_from_args(args, x.shape[1])
     training = _training_kwargs(args)
@@ -554,7 +553,7 @@ def _check_alert_args(args) -> None:
 
 def cmd_stream(args) -> int:
     from . import video
-    from .stream import StreamScorer, alert_intervals
+    from .stream import ANOMALOUS_CALIBRATION, StreamScorer, alert_intervals
 
     _check_alert_args(args)
     _check_probe_args(args)
@@ -571,7 +570,14 @@ def cmd_stream(args) -> int:
                           threshold=args.threshold)
     if args.calibrate is not None:
         q = 0.01 if args.contamination is None else args.contamination
-        threshold = scorer.calibrate(ff, q, held_out=args.held_out)
+        anomalous = video.labelled_anomalous(ff.labels, ff.videos)
+        if anomalous:  # a test split given as normal video: its anomalies would raise the threshold
+            print(f"warning: --calibrate {args.calibrate}: the calibration features contain frames labelled "
+                  f"anomalous ({anomalous}); the threshold counts them as normal; calibrate on normal (training "
+                  f"split) videos", file=sys.stderr)
+        with warnings.catch_warnings():  # calibrate()'s own warning of it: the line above
+            warnings.filterwarnings("ignore", ANOMALOUS_CALIBRATION, UserWarning)
+            threshold = scorer.calibrate(ff, q, held_out=args.held_out)
         n = sum(len(ff.features[v]) for v in ff.videos)
         print(f"threshold {threshold:.6g}: the {1 - q:.4g} quantile of the smoothed scores of {n} frames of "
               f"{len(ff.videos)} normal videos in {args.calibrate} "

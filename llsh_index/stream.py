@@ -64,11 +64,13 @@ from ._validation import as_real, check_bool
 from .errors import ConfigError, InvalidDTypeError, InvalidInputError, LLSHError, NotFittedError
 from .index import _to_numpy, check_mode, check_reduce
 from .sharded import _send
-from .video import FeatureExtractor, _check_ts, _to_rgb
+from .video import FeatureExtractor, _check_ts, _to_rgb, labelled_anomalous
 
 __all__ = ["StreamScorer", "StreamScores", "SMOOTHINGS", "alert_intervals"]
 
 SMOOTHINGS = ("centred", "causal")
+# the start of calibrate()'s warning that a feature file's labels mark frames of its videos anomalous
+ANOMALOUS_CALIBRATION = "StreamScorer.calibrate: the calibration videos contain frames labelled anomalous"
 
 
 class _StreamFields(NamedTuple):
@@ -264,13 +266,20 @@ class StreamScorer:
 
         When the quantile reaches the miss value (the frames' whole window missed every hash table)
         the threshold is set just below it, so such frames alert (a UserWarning says that more
-        than `contamination` of new normal frames will), as LLSHPyODDetector does.
+        than `contamination` of new normal frames will), as LLSHPyODDetector does.  A FeatureFile
+        whose labels mark frames anomalous (a test split) is used as given, with a UserWarning naming
+        its videos and their anomalous frame counts (as ``llsh-index fit`` warns).
         """
         from .sklearn import check_contamination, leave_videos_out_scores
 
         c = check_contamination(contamination)
         held_out = check_bool(held_out, "held_out")
         feats = self._calibration_videos(videos)
+        anomalous = labelled_anomalous(getattr(videos, "labels", None), list(feats)) \
+            if hasattr(videos, "features") and hasattr(videos, "meta") else None  # a FeatureFile's labels
+        if anomalous:
+            warnings.warn(f"{ANOMALOUS_CALIBRATION} ({anomalous}); the threshold counts them as normal; calibrate "
+                          f"on normal (training split) videos", UserWarning, stacklevel=2)
         lengths = [len(f) for f in feats.values()]
         x = np.concatenate(list(feats.values()))
         if held_out:

@@ -47,7 +47,7 @@ __all__ = [
     "FeatureExtractor", "EfficientNetLite0Extractor", "VideoBackendError", "FeatureFileError",
     "iter_frames", "read_frames", "count_frames", "snippet_starts", "snippet_frame_indices", "snippet_centres",
     "extract_video", "extract_dataset", "cache_mismatch", "save_features", "load_features", "load_feature_file",
-    "FeatureFile", "FEATURE_SPACE_KEYS", "feature_space", "feature_space_mismatch",
+    "FeatureFile", "FEATURE_SPACE_KEYS", "feature_space", "feature_space_mismatch", "labelled_anomalous",
     "default_num_threads",
 ]
 
@@ -1172,6 +1172,18 @@ def load_feature_file(path: Union[str, os.PathLike]) -> FeatureFile:
             raise FeatureFileError(f"{path}: not a feature file ({why})") from e
         raise FeatureFileError(f"{path}: damaged or not a feature file ({why})") from e
     return FeatureFile(feats, meta, labels or None, fidx, n_frames)
+
+
+def labelled_anomalous(labels: Optional[Mapping[str, np.ndarray]], names: Sequence[str]) -> Optional[str]:
+    """Which of the videos `names` hold frames `labels` (FeatureFile.labels) mark anomalous, e.g.
+    "120 frames in 1 of 16 videos: 01 (120)" (the first five named), or None where none does:
+    what fit and calibrate warn of when given test video as normal."""
+    counts = {v: int(np.sum(labels[v])) for v in names if labels and v in labels and np.any(labels[v])}
+    if not counts:
+        return None
+    shown = ", ".join(f"{v} ({n})" for v, n in list(counts.items())[:5])
+    shown += ", ..." if len(counts) > 5 else ""
+    return f"{sum(counts.values())} frames in {len(counts)} of {len(names)} videos: {shown}"
 
 
 def feature_space(meta: Mapping[str, Any]) -> Dict[str, Any]:

@@ -218,6 +218,33 @@ def test_calibrate_from_a_feature_file(tmp_path, normal, normal_index):
         scorer.calibrate(load_feature_file(path), held_out=True)
 
 
+def test_calibrate_warns_of_frames_labelled_anomalous(tmp_path, normal, normal_index):
+    """A feature file whose labels mark frames anomalous (a test split given as normal video) is used
+    as given, with a UserWarning naming the videos and counts (as `fit` warns); all-0 labels: none."""
+    import warnings
+
+    frames, feats = normal
+    names = [f"test_{i:02d}" for i in range(len(feats))]
+    labels = {v: np.zeros(len(f), np.uint8) for v, f in zip(names, feats)}
+    labels["test_01"][4:24] = 1
+    labels["test_07"][:3] = 1
+    meta = dict(GridMeans().describe(), T=T, s=1, clamp=True)
+    path = str(tmp_path / "test.npz")
+    save_features(path, dict(zip(names, feats)), meta, labels_by_video=labels)
+    scorer = StreamScorer(normal_index, GridMeans(), T=T, sigma=3.0)
+    want = scorer.calibrate(feats, 0.05)
+    with pytest.warns(UserWarning) as caught:
+        assert scorer.calibrate(load_feature_file(path), 0.05) == want
+    assert [str(w.message) for w in caught] == [
+        "StreamScorer.calibrate: the calibration videos contain frames labelled anomalous (23 frames in 2 of 12 "
+        "videos: test_01 (20), test_07 (3)); the threshold counts them as normal; calibrate on normal (training "
+        "split) videos"]
+    save_features(path, dict(zip(names, feats)), meta, labels_by_video={v: 0 * lab for v, lab in labels.items()})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert scorer.calibrate(load_feature_file(path), 0.05) == want
+
+
 def test_calibrate_at_the_miss_value_alerts_on_misses():
     """Normal videos that miss every table smooth to the miss value: the threshold goes just below it
     (with a warning), so a window of misses alerts rather than never."""
@@ -358,6 +385,33 @@ def test_cli_stream_calibrate(cli, normal, normal_index, capsys, held_out):
     _, _, alerts = _alert_csv(out)
     np.testing.assert_array_equal(alerts, want > threshold)
     assert lines[-1] == _summary(want > threshold, threshold)
+
+
+def test_cli_stream_calibrate_warns_of_frames_labelled_anomalous(cli, normal, normal_index, capsys):
+    """stream --calibrate on a file whose labels mark frames anomalous: a printed warning naming the
+    videos and counts (calibrate()'s UserWarning not printed too), then the same threshold as unlabelled."""
+    import warnings
+
+    stream, _, tmp_path = cli
+    _, feats = normal
+    names = [f"train_{i:02d}" for i in range(len(feats))]
+    labels = {v: np.zeros(len(f), np.uint8) for v, f in zip(names, feats)}
+    labels["train_03"][:15] = 1
+    labelled = str(tmp_path / "labelled.npz")
+    save_features(labelled, dict(zip(names, feats)), dict(GridMeans().describe(), T=T, s=1, clamp=True),
+                  labels_by_video=labels)
+    rc, out_plain, err_plain = stream("--calibrate", str(tmp_path / "train.npz"), capsys=capsys)
+    assert rc == 0 and "warning" not in err_plain
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rc, out, err = stream("--calibrate", labelled, capsys=capsys)
+    assert rc == 0, err
+    lines = err.strip().splitlines()
+    assert lines[0] == (f"warning: --calibrate {labelled}: the calibration features contain frames labelled anomalous "
+                        f"(15 frames in 1 of 12 videos: train_03 (15)); the threshold counts them as normal; calibrate "
+                        f"on normal (training split) videos")
+    assert lines[1] == err_plain.strip().splitlines()[0].replace(str(tmp_path / "train.npz"), labelled)
+    assert out == out_plain
 
 
 def test_cli_stream_alert_options_are_checked(cli, capsys):
