@@ -365,14 +365,18 @@ def _load_built_index(path: str, device: str = "cpu"):
 
 
 def _check_feature_space(index, meta: dict, index_path: str, args, name: Optional[str] = None,
-                         option: Optional[str] = None) -> None:
+                         option: Optional[str] = None, index_name: Optional[str] = None,
+                         dim: Optional[int] = None) -> None:
     """Features made otherwise than those the index records (its feature_space_: extractor, T, s...)
     are refused, naming both, unless --allow-other-features.  name / option: where the features come
-    from (default: the --features file)."""
+    from (default: the --features file); index_name: the index in the list of differences (default
+    index_path); dim: the features' dimension, named with the differences when not the index's."""
     from .video import feature_space_mismatch
 
     name = name or args.features
-    why = feature_space_mismatch(index.feature_space_, meta, (index_path, name))
+    why = feature_space_mismatch(index.feature_space_, meta, (index_name or index_path, name))
+    if why and dim is not None and dim != index.dim:
+        why = f"dim {index.dim} for {index_name or index_path}, {dim} for {name}; {why}"
     if why and not args.allow_other_features:
         raise InvalidInputError(f"{option or '--features ' + name}: expected features made like those {index_path} "
                                 f"was fitted or built on, got features made otherwise ({why}); make them with the "
@@ -551,6 +555,20 @@ def _check_alert_args(args) -> None:
                                   f"--calibrate")
 
 
+def _stream_differs(index, ours: dict) -> str:
+    """The stream's settings that differ from the features the index records, for the start of the
+    error: e.g. "stream --T 8", "stream extractor efficientnet_lite0 (1280-d), --T 16, --s 1"."""
+    from .video import feature_space
+
+    recorded, here = feature_space(index.feature_space_ or {}), feature_space(ours)
+    extractor_keys = ("extractor", "extractor_version", "extractor_config", "source", "crops")
+    parts = []
+    if any(recorded.get(k) != here.get(k) for k in extractor_keys) or ours["dim"] != index.dim:
+        parts.append(f"extractor {ours['extractor']} ({ours['dim']}-d)")
+    parts += [f"--{k} {ours[k]}" for k in ("T", "s") if recorded.get(k) != ours[k]]
+    return " ".join(["stream", ", ".join(parts)]) if parts else "stream"
+
+
 def cmd_stream(args) -> int:
     from . import video
     from .stream import ANOMALOUS_CALIBRATION, StreamScorer, alert_intervals
@@ -559,8 +577,9 @@ def cmd_stream(args) -> int:
     _check_probe_args(args)
     index = _load_built_index(args.index, args.device or "cpu")
     extractor = video.EfficientNetLite0Extractor(device=args.device or "cpu")
-    _check_feature_space(index, dict(extractor.describe(), T=args.T, s=args.s, clamp=True), args.index, args,
-                         "the stream", "stream --T / --s")
+    ours = dict(extractor.describe(), T=args.T, s=args.s, clamp=True)
+    _check_feature_space(index, ours, args.index, args, "the stream", _stream_differs(index, ours), "the index",
+                         extractor.dim)
     ff = None if args.calibrate is None else _load_feature_file(args.calibrate)
     if ff is not None:
         _check_feature_space(index, ff.meta, args.index, args, args.calibrate, f"--calibrate {args.calibrate}")

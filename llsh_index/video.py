@@ -1197,15 +1197,18 @@ def feature_space_mismatch(recorded: Optional[Mapping[str, Any]], meta: Mapping[
     """How the feature space an index recorded differs from that of a feature file's ``meta``, e.g.
     "T 16 for the index, 8 for the features", or None where they agree or either side records
     none (an index built from arrays, a file saved without extractor settings): then nothing can
-    be told.  Settings of a dict entry (extractor_config) are compared one by one."""
+    be told.  Settings of a dict entry (extractor_config) are compared one by one; those of two
+    different extractors (version, config) are not listed, and a whole dict or a long value is
+    shown shortened (``{9 settings}``)."""
     here = feature_space(meta)
     if not recorded or not here:
         return None
     recorded = feature_space(recorded)
+    other_extractor = recorded.get("extractor") != here.get("extractor")
     diffs = []
     for k in FEATURE_SPACE_KEYS:
         a, b = recorded.get(k), here.get(k)
-        if a == b:
+        if a == b or (other_extractor and k in ("extractor_version", "extractor_config")):
             continue
         if isinstance(a, dict) and isinstance(b, dict):
             diffs += [(f"{k}.{sub}", a.get(sub), b.get(sub)) for sub in sorted(set(a) | set(b))
@@ -1214,7 +1217,15 @@ def feature_space_mismatch(recorded: Optional[Mapping[str, Any]], meta: Mapping[
             diffs.append((k, a, b))
     if not diffs:
         return None
-    return "; ".join(f"{k} {a!r} for {names[0]}, {b!r} for {names[1]}" for k, a, b in diffs)
+    return "; ".join(f"{k} {_short(a)} for {names[0]}, {_short(b)} for {names[1]}" for k, a, b in diffs)
+
+
+def _short(value: Any, width: int = 40) -> str:
+    """repr(value) for a message: a dict as its number of settings, a long repr cut to `width`."""
+    if isinstance(value, dict):
+        return f"{{{len(value)} setting{'' if len(value) == 1 else 's'}}}"
+    text = repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def load_features(path: Union[str, os.PathLike]) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:

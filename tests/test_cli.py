@@ -344,12 +344,48 @@ def test_features_made_otherwise_than_the_index_are_refused(feature_files, capsy
     capsys.readouterr()
     assert main(["stream", "--index", p("i.llsh"), "--video", p("nowhere"), "--T", "8"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: stream --T / --s: expected features made like those") and (
-        f"T 16 for {p('i.llsh')}, 8 for the stream" in err), err
+    d = EfficientNetLite0Extractor().dim  # these features are 32-d: the dimension differs too
+    assert err == (f"error: stream extractor efficientnet_lite0 ({d}-d), --T 8: expected features made like those "
+                   f"{p('i.llsh')} was fitted or built on, got features made otherwise (dim 32 for the index, {d} for "
+                   f"the stream; T 16 for the index, 8 for the stream); make them with the same settings, or pass "
+                   f"--allow-other-features to use them anyway\n"), err
     assert main(["stream", "--index", p("i.llsh"), "--video", p("nowhere"), "--calibrate", p("test8.npz")]) == 2
     err = capsys.readouterr().err  # the calibration file too (the stream's own features match the index here)
     assert err.startswith(f"error: --calibrate {p('test8.npz')}: expected features made like those") and (
         f"T 16 for {p('i.llsh')}, 8 for {p('test8.npz')}" in err), err
+
+
+def test_stream_names_the_extractor_and_dimension_that_differ(tmp_path, rng, capsys):
+    """An index built on imported 512-d features (ResNet, no extractor of ours) against the stream's
+    EfficientNet-Lite0: the error names the extractor and dimension (and the T, s the import did not
+    record), briefly: no whole extractor config, the index named once."""
+    from llsh_index.video import EfficientNetLite0Extractor, feature_space_mismatch, save_features
+
+    p = lambda name: str(tmp_path / name)  # noqa: E731
+    save_features(p("resnet.npz"), {f"c{i}": rng.standard_normal((40, 512)).astype(np.float32) for i in range(3)},
+                  {"source": "import_feature_arrays", "folder": p("npy"), "crops": "mean"})
+    assert main(["build", "--features", p("resnet.npz"), "--out", p("r.llsh"), "--n-tables", "2", "--n-bits", "6",
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["stream", "--index", p("r.llsh"), "--video", p("nowhere")]) == 2
+    err, d = capsys.readouterr().err, EfficientNetLite0Extractor().dim
+    assert err == (
+        f"error: stream extractor efficientnet_lite0 ({d}-d), --T 16, --s 1: expected features made like those "
+        f"{p('r.llsh')} was fitted or built on, got features made otherwise (dim 512 for the index, {d} for the "
+        f"stream; extractor None for the index, 'efficientnet_lite0' for the stream; T None for the index, 16 for "
+        f"the stream; s None for the index, 1 for the stream; clamp None for the index, True for the stream; source "
+        f"'import_feature_arrays' for the index, None for the stream; crops 'mean' for the index, None for the "
+        f"stream); make them with the same settings, or pass --allow-other-features to use them anyway\n"), err
+    # the shared comparison: a whole config dict shortened; an other extractor's version / config not listed
+    lite0 = EfficientNetLite0Extractor().describe()
+    n = len(lite0["extractor_config"])
+    assert feature_space_mismatch({"extractor": "lite0"}, dict(lite0, extractor="lite0")) == (
+        f"extractor_version None for the index, '1' for the features; extractor_config None for the index, "
+        f"{{{n} settings}} for the features")
+    assert feature_space_mismatch({"extractor": "resnet", "extractor_config": {"a": 1}}, lite0) == (
+        "extractor 'resnet' for the index, 'efficientnet_lite0' for the features")
+    assert feature_space_mismatch({"source": "x" * 60}, {"source": "y"}) == (
+        f"source '{'x' * 36}... for the index, 'y' for the features")
 
 
 def test_demo_runs_on_the_bundled_features(tmp_path):
