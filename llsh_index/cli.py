@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from .errors import NPZ_READ_ERRORS, ConfigError, IndexFormatError, InvalidInputError, UndertrainedWarning
-from .training import DEMO_TRAINING  # the demo's schedule, beside the paper's defaults (imported here as before)
+from .training import DEMO_TRAINING, FALLBACK_DEFAULTS  # the demo's schedule, beside the paper's defaults (imported here as before)
 
 DEMO_KNN_K = 1
 DEMO_PROBES = 32  # the multi-probe rows (ours): buckets probed per table (on a miss: of every table)
@@ -295,7 +295,7 @@ def _add_index_args(p: argparse.ArgumentParser, seed_help: str) -> None:
 def _add_training_args(p: argparse.ArgumentParser) -> None:
     """Training options; each left out takes the value of --schedule."""
     demo = SCHEDULES["demo"]
-    p.add_argument("--schedule", choices=sorted(SCHEDULES), default="paper",
+    p.add_argument("--schedule", choices=sorted(SCHEDULES), default=None,
                    help="the settings every option below defaults to (default: paper): 'paper' (lr 1e-3, tau 0.2, "
                         "queue 8192, "
                         "60 iterations per video: sized for ShanghaiTech's 330 long videos) or 'demo' (lr "
@@ -390,8 +390,16 @@ def _record_feature_space(index, meta: dict) -> None:
 
 
 def _training_kwargs(args) -> dict:
-    """The schedule's settings, with each option given on the command line in place of its own."""
-    out = dict(SCHEDULES[args.schedule])
+    """The schedule's settings, with each option given on the command line in place of its own;
+    fit --static: only the options given (the rest: fit()'s static-data fallback, FALLBACK_DEFAULTS)."""
+    if getattr(args, "static", False):
+        for flag, value in (("--schedule", args.schedule), ("--max-offset", args.max_offset)):
+            if value is not None:
+                raise ConfigError(f"fit --static: {flag} is for video training (static rows take the static-data "
+                                  f"fallback's settings, each option below --schedule overriding its own), got "
+                                  f"{flag} {value}")
+        return {k: getattr(args, k) for k in PAPER_TRAINING if getattr(args, k, None) is not None}
+    out = dict(SCHEDULES[args.schedule or "paper"])
     out.update({k: getattr(args, k) for k in out if getattr(args, k, None) is not None})
     return out
 
@@ -476,16 +484,17 @@ def cmd_fit(args) -> int:
     training = _training_kwargs(args)
     with warnings.catch_warnings():  # the library's UndertrainedWarning becomes the one-line note below
         warnings.simplefilter("ignore", UndertrainedWarning)
-        index.fit(x, video_ids=vids, progress=not args.quiet, **training)
+        index.fit(x, video_ids=None if args.static else vids, progress=not args.quiet, **training)
     _record_feature_space(index, ff.meta)
     size = index.save(args.out)
     log = index.training_log_
     last = min(10, log.steps)  # the bar shows each step's loss: the first one, then the last few averaged
     loss = (f"loss {log.losses[0]:.4f}" if log.steps == 1 else f"loss {log.losses[0]:.4f} at the first step -> "
             f"{np.mean(log.losses[-last:]):.4f} mean of the last {last} steps")
-    print(f"trained on {len(x)} snippets of {len(names)} videos ({args.schedule} schedule): {log.steps} steps, "
+    how = "static: rows as independent samples" if args.static else f"{args.schedule or 'paper'} schedule"
+    print(f"trained on {len(x)} snippets of {len(names)} videos ({how}): {log.steps} steps, "
           f"{loss}; saved {args.out} ({size} bytes)")
-    if barely_trains(log.steps, training["lr"]):
+    if not args.static and barely_trains(log.steps, training["lr"]):
         print(f"note: {log.steps} SGD steps at lr {training['lr']:g} barely move the layers from plain LSH; "
               "for a few short videos (such as Ped2) try --schedule demo, or raise --iterations", file=sys.stderr)
     return 0
@@ -1149,6 +1158,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="file for the trained layers (an empty index: `build --model` fills it)")
     _add_index_args(p, "seed of the hash layers' initialisation and of training (default 0)")
     _add_training_args(p)
+    static = FALLBACK_DEFAULTS
+    p.add_argument("--static", action="store_true",
+                   help="static data, such as imported image embeddings (one 'video' per category): no video ids, "
+                        "the rows are independent samples, each one's positive one of its nearest rows (Python: "
+                        "index.fit(x) without video_ids); the static-data fallback's settings (iterations "
+                        f"{static['iterations']} per "
+                        f"row, batch {static['batch_size']}, lr {static['lr']:g}, tau {static['temperature']:g}, queue "
+                        f"{static['queue_size']}, momentum {static['momentum']:g}, {static['project_pcs']} principal "
+                        "directions and the mean projected out: training.FALLBACK_DEFAULTS) apply unless the options "
+                        "above override them; not with --schedule or --max-offset")
     p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(fn=cmd_fit)
 

@@ -719,6 +719,52 @@ def test_fit_schedules(feature_files, capsys):
     assert LearnableLSHIndex.load(p("demo.llsh")).training_log_.steps == 3
 
 
+def test_fit_static_is_the_python_fit_without_video_ids(feature_files, capsys):
+    """fit --static passes no video ids: the layers are those of LearnableLSHIndex(...).fit(x) (the
+    static-data fallback's defaults, options given overriding them), not those of a video fit;
+    --schedule / --max-offset (video training) are refused with it."""
+    import torch
+
+    from llsh_index import LearnableLSHIndex
+    from llsh_index.cli import _stack, build_parser, _training_kwargs
+    from llsh_index.training import FALLBACK_DEFAULTS
+    from llsh_index.video import load_feature_file
+
+    tmp, _ = feature_files
+    p = lambda name: str(tmp / name)  # noqa: E731
+    ff = load_feature_file(p("train.npz"))
+    x, vids = _stack(ff, ff.videos)
+    common = ["--features", p("train.npz"), "--n-tables", "4", "--n-bits", "8", "--seed", "3", "--quiet"]
+    capsys.readouterr()
+    assert main(["fit", *common, "--out", p("static.llsh"), "--static"]) == 0
+    out = capsys.readouterr().out
+    got = LearnableLSHIndex.load(p("static.llsh"))
+    want = LearnableLSHIndex(32, n_tables=4, n_bits=8, seed=3).fit(x, progress=False)
+    assert torch.equal(got.encoder.weight, want.encoder.weight)
+    steps = want.training_log_.steps
+    assert got.training_log_.steps == steps == -(-len(x) * FALLBACK_DEFAULTS["iterations"] // 32)
+    assert f"trained on {len(x)} snippets of 4 videos (static: rows as independent samples): {steps} steps" in out
+    video = LearnableLSHIndex(32, n_tables=4, n_bits=8, seed=3).fit(x, video_ids=vids, progress=False)
+    assert not torch.equal(got.encoder.weight, video.encoder.weight)
+    # options given override the fallback's defaults, as keyword arguments of fit()
+    assert main(["fit", *common, "--out", p("static2.llsh"), "--static", "--iterations", "2", "--lr", "0.05",
+                 "--no-project-mean", "--project-pcs", "3"]) == 0
+    want = LearnableLSHIndex(32, n_tables=4, n_bits=8, seed=3).fit(x, progress=False, iterations=2, lr=0.05,
+                                                                   project_mean=False, project_pcs=3)
+    assert torch.equal(LearnableLSHIndex.load(p("static2.llsh")).encoder.weight, want.encoder.weight)
+    parse = lambda *a: build_parser().parse_args(["fit", "--features", "f", "--out", "o", *a])  # noqa: E731
+    assert _training_kwargs(parse("--static")) == {}
+    assert _training_kwargs(parse("--static", "--epochs", "2")) == {"epochs": 2}
+    for extra, flag in ((["--schedule", "demo"], "--schedule demo"), (["--max-offset", "5"], "--max-offset 5")):
+        capsys.readouterr()
+        assert main(["fit", *common, "--out", p("bad.llsh"), "--static", *extra]) == 2
+        assert capsys.readouterr().err == (
+            f"error: fit --static: {flag.split()[0]} is for video training (static rows take the static-data "
+            f"fallback's settings, each option below --schedule overriding its own), got {flag}\n")
+    assert not (tmp / "bad.llsh").exists()
+    assert "--static" in build_parser()._subparsers._group_actions[0].choices["fit"].format_help()
+
+
 def test_score_evaluate_plot_guidance(feature_files, capsys):
     """A `fit` output given to score, a feature file given as scores, unknown videos to plot: each an
     error line that says what to do; evaluate --json / --per-video carry each video's AUC."""
