@@ -54,7 +54,8 @@ class LLSHPyODDetector(_TypedSetParams, BaseDetector):
 
     Attributes after fit: decision_scores_ (held-out anomaly scores of the training rows),
     threshold_, labels_ (0 / 1), detector_ (the LLSHDetector it wraps), index_ (its
-    LearnableLSHIndex, e.g. for index_.save), calibration_ ("leave-one-out" or "leave-videos-out"),
+    LearnableLSHIndex, e.g. for index_.save), calibration_ ("leave-one-out", "leave-videos-out",
+    or with train=True "cross-fitted" / "cross-fitted-videos": LLSHDetector's calibration_folds),
     n_features_in_.
     """
 

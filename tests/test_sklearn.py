@@ -8,7 +8,9 @@ from llsh_index.sklearn import LLSHDetector
 
 # The small fits here leave many held-out rows missing every table: the calibration warning that says
 # so is asserted where it is the subject (pytest.warns sees it whatever this filter); elsewhere it is noise.
-pytestmark = pytest.mark.filterwarnings("ignore:LLSHDetector.fit. .* miss every hash table:UserWarning")
+# scikit-learn's estimator checks call fit(X, y): the warning that y is ignored is asserted where it is the subject.
+pytestmark = [pytest.mark.filterwarnings("ignore:LLSHDetector.fit. .* miss every hash table:UserWarning"),
+              pytest.mark.filterwarnings("ignore:LLSHDetector.fit. y is ignored:UserWarning")]
 
 FAST = dict(n_tables=4, n_bits=8, iterations=2, batch_size=16, queue_size=32, n_neighbors=3)
 
@@ -122,8 +124,9 @@ def test_bad_input_and_settings_are_the_package_typed_errors(rng):
     x = rng.standard_normal((30, 6))
     bad_nan = x.copy()
     bad_nan[3, 2] = np.nan
-    for X, message in ((bad_nan, "NaN"), (np.full((30, 6), np.inf), "infinity"), (x[:1], "minimum of 2"),
-                       (x[:, :1], "minimum of 2 is required"), (x[:, 0], "Expected 2D array, got 1D"),
+    for X, message in ((bad_nan, "NaN"), (np.full((30, 6), np.inf), "NaN or inf in X .row 0."),
+                       (x[:1], "minimum of 2"), (x[:, :1], "minimum of 2 is required"),
+                       (x[:, 0], "expected a 2-D array .n_samples, n_features., got shape .30,."),
                        (np.array([["a", "b"], ["c", "d"]]), "could not convert|dtype")):
         with pytest.raises(InvalidInputError, match=message):
             LLSHDetector(train=False, n_tables=2, n_bits=4).fit(X)
@@ -380,7 +383,7 @@ def test_device_path_gives_the_cpu_paths_values(rng, monkeypatch, video, mode, p
     dev = LLSHDetector(**kw).fit(x, **fit_kw)
     assert isinstance(dev.index_._tables["keys"], torch.Tensor)  # the device path was taken
     assert not isinstance(ref.index_._tables["keys"], torch.Tensor)
-    assert dev.calibration_ == ref.calibration_ == ("leave-videos-out" if video else "leave-one-out")
+    assert dev.calibration_ == ref.calibration_ == ("cross-fitted-videos" if video else "leave-one-out")
     np.testing.assert_array_equal(dev.held_out_scores_, ref.held_out_scores_)
     assert isinstance(dev.held_out_scores_, np.ndarray) and dev.offset_ == ref.offset_
     got = dev.score_samples(q)
@@ -451,3 +454,126 @@ def test_training_settings_reach_fit(rng):
     assert clone(det).get_params()["project_pcs"] == 3
     with pytest.raises(ConfigError, match="temperature"):
         LLSHDetector(temperature=-1.0, **FAST).fit(x, video_ids=labels)
+
+
+def _low_rank(rng, mixing, n):
+    """Non-negative rows near an 8-dimensional subspace of R^64 (as CNN features: a few main directions)."""
+    z = rng.standard_normal((n, mixing.shape[0]))
+    return np.abs(z @ mixing + 0.3 * rng.standard_normal((n, mixing.shape[1]))).astype(np.float32)
+
+
+def test_trained_calibration_is_cross_fitted_and_flags_contamination_of_new_normal_rows():
+    """With train=True the layers (and the projection's principal directions) are fitted on the training
+    rows, so even their leave-one-out scores are in-sample: calibration_folds=0 flags about twice
+    `contamination` of new normal rows here (on MVTec-AD 41-70% at 0.1).  Cross-fitted: near 0.1."""
+    rng = np.random.default_rng(0)
+    mixing = rng.standard_normal((8, 64))
+    x, fresh = _low_rank(rng, mixing, 300), _low_rank(rng, mixing, 4000)
+    det = LLSHDetector(contamination=0.1, n_bits=8).fit(x)
+    assert det.calibration_ == "cross-fitted"
+    rate = (det.predict(fresh) == -1).mean()
+    # offset_ is the 0.1 quantile of 300 held-out scores: its flag rate has sd sqrt(0.1 * 0.9 / 300) = 0.017,
+    # the 4000 fresh rows add 0.005: 0.05 is about three of them
+    assert abs(rate - 0.1) <= 0.05
+    with pytest.warns(UserWarning, match="calibrated on layers trained on the same rows .calibration_folds=0"):
+        in_sample = LLSHDetector(contamination=0.1, n_bits=8, calibration_folds=0).fit(x)
+    assert in_sample.calibration_ == "leave-one-out"
+    assert (in_sample.predict(fresh) == -1).mean() > rate + 0.05
+
+
+@pytest.mark.parametrize("video", [False, True])
+def test_cross_fitted_calibration_is_the_by_hand_quantile(rng, video):
+    """offset_ recomputed independently: folds (rows shuffled by default_rng(seed), or videos v % k), layers
+    trained on the other folds with the same settings and seed, those folds indexed, the held-out fold
+    scored; the contamination quantile of the negated scores."""
+    import warnings
+
+    from llsh_index.training import FALLBACK_DEFAULTS
+
+    if video:
+        x, labels = _videos(rng, 7, lengths=(20, 30))
+    else:
+        x, labels = np.abs(rng.standard_normal((90, 12))).astype(np.float32), None
+    kw = dict(n_tables=4, n_bits=8, seed=3, iterations=2, batch_size=16, queue_size=32, n_neighbors=3)
+    det = LLSHDetector(contamination=0.15, calibration_folds=3, n_probes=2, **kw).fit(x, video_ids=labels)
+    assert det.calibration_ == ("cross-fitted-videos" if video else "cross-fitted")
+    n = len(x)
+    if video:
+        _, first, inv = np.unique(labels, return_index=True, return_inverse=True)
+        order = np.argsort(np.argsort(first))  # video ids by first appearance
+        fold = order[inv] % 3
+    else:
+        fold = np.random.default_rng(3).permutation(np.arange(n) % 3)
+    want = np.empty(n)
+    train_kw = {} if video else {k: v for k, v in FALLBACK_DEFAULTS.items() if k not in ("iterations", "batch_size",
+                                                                                         "queue_size", "n_neighbors")}
+    for f in range(3):
+        held = fold == f
+        idx = LearnableLSHIndex(12, n_tables=4, n_bits=8, seed=3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            idx.fit(x[~held], video_ids=None if labels is None else np.asarray(labels)[~held], iterations=2,
+                    batch_size=16, queue_size=32, n_neighbors=3, progress=False, **train_kw)
+        idx.add(x[~held])
+        want[held] = idx.score(x[held], n_probes=2)
+    np.testing.assert_allclose(det.held_out_scores_, want, rtol=1e-6)
+    assert det.offset_ == pytest.approx(np.percentile(-want, 15.0), rel=1e-6)
+    # the final index is trained on all rows, as without cross-fitting
+    ref = LLSHDetector(contamination=0.15, calibration_folds=0, n_probes=2, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref.fit(x, video_ids=labels)
+    np.testing.assert_array_equal(det.score_samples(x[:20]), ref.score_samples(x[:20]))
+
+
+def test_calibration_folds_is_checked(rng):
+    from llsh_index.errors import ConfigError
+
+    x = np.abs(rng.standard_normal((20, 4))).astype(np.float32)
+    for bad in (1, -2, 2.5, True, "5"):
+        with pytest.raises(ConfigError, match="calibration_folds"):
+            LLSHDetector(calibration_folds=bad).fit(x)
+
+
+def test_standardised_features_warn_that_raw_features_should_be_given(rng):
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x = np.abs(rng.standard_normal((200, 64)) + 2).astype(np.float32)
+    with pytest.warns(UserWarning, match=r"miss every hash table.*X has negative values: centred or standardised "
+                                         r"features \(e.g. StandardScaler\) cause this.*give the raw \(non-negative\) "
+                                         r"CNN features as they are"):
+        make_pipeline(StandardScaler(), LLSHDetector(train=False, contamination=0.1)).fit(x)
+    assert "StandardScaler" in LLSHDetector.__doc__ and "raw (non-negative) CNN features" in LLSHDetector.__doc__
+
+
+def test_video_ids_passed_as_y_warn(rng):
+    x, labels = _videos(rng, 4, lengths=(10, 12))
+    with pytest.warns(UserWarning, match=r"y is ignored.*fit\(X, video_ids=vids\)"):
+        det = LLSHDetector(train=False, n_tables=4, n_bits=8).fit(x, labels)
+    assert det.calibration_ == "leave-one-out"  # the ids were not used
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*y is ignored")
+        LLSHDetector(train=False, n_tables=4, n_bits=8).fit(x, video_ids=labels)
+
+
+def test_input_errors_are_short_and_ours(rng):
+    from llsh_index.errors import InvalidInputError
+
+    x = np.abs(rng.standard_normal((50, 512))).astype(np.float32)
+    det = LLSHDetector(train=False, n_tables=4, n_bits=8).fit(x)
+    with pytest.raises(InvalidInputError) as info:
+        det.predict(x[0])
+    assert str(info.value) == ("X: expected a 2-D array (n_samples, n_features), got shape (512,).  Reshape your "
+                               "data: X.reshape(1, -1) for a single sample, X.reshape(-1, 1) for a single feature")
+    bad = x[:4].copy()
+    bad[2, 7] = np.nan
+    for method in (det.predict, det.score_samples, det.fit):
+        with pytest.raises(InvalidInputError) as info:
+            method(bad)
+        assert str(info.value) == "X: expected finite values, got NaN or inf in X (row 2)"
+    bad[2, 7], bad[3, 0] = 1.0, np.inf
+    with pytest.raises(InvalidInputError, match=r"^X: expected finite values, got NaN or inf in X \(row 3\)$"):
+        det.decision_function(bad)
