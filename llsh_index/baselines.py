@@ -76,6 +76,7 @@ FORMAT_NAME = "llsh_index.baselines"
 FORMAT_VERSION = 2  # 2: an l2 KNNScorer file also holds the shift its features were stored minus
 #: Largest k that faiss GPU brute-force search supports (faiss-cpu has no such limit).
 GPU_MAX_K = 2048
+KNN_DEFAULT_K = 1024  # the reference evaluates k in 1, 32, ..., 1024, 2048
 
 _NORMALISE_CHUNK = 65536
 _SHIFT_CHUNK = 1 << 22  # elements per float64 temporary of _minus_shift
@@ -395,7 +396,7 @@ class KNNScorer:
     _SCORER = "KNNScorer"
     _METRICS = ("cosine", "l2")
 
-    def __init__(self, k: int = 1024, metric: str = "cosine", batch_size: int = 1024, *, use_gpu: bool | None = None):
+    def __init__(self, k: int = KNN_DEFAULT_K, metric: str = "cosine", batch_size: int = 1024, *, use_gpu: bool | None = None):
         self.k = _check_positive_int(k, "k")
         if metric not in self._METRICS:
             raise ConfigError(f"metric: expected one of {list(self._METRICS)}, got {metric!r}")
@@ -454,7 +455,8 @@ class KNNScorer:
         x = self._rows(features, "features")
         _check_video_ids(video_ids, x.shape[0])
         if x.shape[0] < self.k:
-            raise ConfigError(f"features: expected at least k={self.k} rows, got {x.shape[0]}")
+            raise ConfigError(f"features: expected at least k={self.k} rows, got {x.shape[0]} (KNNScorer(k=...) sets "
+                              f"k; the default {KNN_DEFAULT_K} is the reference's, for large training sets)")
         self._shift = None if self.metric == "cosine" else x.mean(axis=0, dtype=np.float64)
         self._index, self._res = _make_flat_index(x.shape[1], self.metric == "cosine", self._use_gpu)
         self._dim, self._held_sum, self._held_sumsq = x.shape[1], np.zeros(x.shape[1]), 0.0

@@ -508,6 +508,9 @@ def test_knn_specific_errors(data):
     train, _ = data
     with pytest.raises(B.ConfigError, match="at least k=1024 rows, got 100"):
         B.KNNScorer(k=1024).fit(train[:100])
+    with pytest.raises(B.ConfigError, match=r"at least k=1024 rows, got 100 \(KNNScorer\(k=...\) sets k; the "
+                                            r"default 1024 is the reference's"):
+        B.KNNScorer().fit(train[:100])  # the default k, on a small training set: the message says what to do
     with pytest.raises(B.ConfigError, match=r"metric: expected one of \['cosine', 'l2'\], got 'ip'"):
         B.KNNScorer(metric="ip")
     with pytest.raises(B.ConfigError, match="k: expected >= 1, got 0"):
