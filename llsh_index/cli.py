@@ -607,9 +607,10 @@ def cmd_stream(args) -> int:
             warnings.filterwarnings("ignore", ANOMALOUS_CALIBRATION, UserWarning)
             threshold = scorer.calibrate(ff, q, held_out=args.held_out)
         n = sum(len(ff.features[v]) for v in ff.videos)
+        how = ("held out of the index" if args.held_out else "leave-videos-out" if
+               getattr(index, "training_config_", None) is None else "cross-fitted: layers retrained without each fold")
         print(f"threshold {threshold:.6g}: the {1 - q:.4g} quantile of the smoothed scores of {n} frames of "
-              f"{len(ff.videos)} normal videos in {args.calibrate} "
-              f"({'held out of the index' if args.held_out else 'leave-videos-out'})", file=sys.stderr)
+              f"{len(ff.videos)} normal videos in {args.calibrate} ({how})", file=sys.stderr)
     alerting = scorer.threshold is not None
     out = sys.stdout
     t0, started, intervals, n_alerts = time.time(), [], [], [0]
@@ -1218,7 +1219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibrate", default=None, metavar="FEATURES",
                    help="alerts with a threshold computed from normal video instead: a feature file from `extract` "
                         "(same --T, --s, default clamping) of the videos the index was built on, scored "
-                        "leave-videos-out (as LLSHDetector calibrates), or with --held-out of normal videos not in "
+                        "leave-videos-out (as LLSHDetector calibrates; trained layers are retrained without each "
+                        "fold of videos, one fit more per fold), or with --held-out of normal videos not in "
                         "the index; the threshold is the (1 - --contamination) quantile of their frames' smoothed "
                         "scores (the stream's smoothing)")
     p.add_argument("--contamination", type=float, default=None,

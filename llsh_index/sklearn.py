@@ -23,9 +23,11 @@ flagged.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import warnings
+from typing import Optional
 
 import numpy as np
 import torch
@@ -241,19 +243,14 @@ class LLSHDetector(_TypedSetParams, OutlierMixin, BaseEstimator):
         Folds: with video ids, video v (0.. in order of first appearance) in fold v % n_folds; without,
         the rows in fold_ids(n, n_folds, seed)."""
         fold = vid % n_folds if vid is not None else cross_fit_folds(X.shape[0], n_folds, self.seed)
-        out = np.empty(X.shape[0], dtype=np.float64)
-        for f in range(n_folds):
-            held = fold == f
-            rest = np.ascontiguousarray(X[~held])
-            with warnings.catch_warnings():  # the settings' warnings were given once, by the full fit
-                warnings.simplefilter("ignore")
-                idx = self._new_index(X.shape[1], device)
-                self._train(idx, _on_device(rest, device), None if vid is None else vid[~held])
-            idx.add(_on_device(rest, device))
-            out[held] = _to_numpy(idx.score(_on_device(np.ascontiguousarray(X[held]), device),
-                                            n_probes=self.n_probes, miss_probes=self.miss_probes,
-                                            reduce=self.reduce))
-        return out
+
+        def trained(rest, rest_vid):
+            idx = self._new_index(X.shape[1], device)
+            self._train(idx, _on_device(rest, device), rest_vid)
+            return idx
+
+        return cross_fitted_scores(trained, X, vid, fold, device, n_probes=self.n_probes,
+                                   miss_probes=self.miss_probes, reduce=self.reduce)
 
     def _leave_videos_out_scores(self, X, vid) -> np.ndarray:
         """Anomaly scores of the training rows, each row scored by an index (same hash layers) that
@@ -390,6 +387,39 @@ def cross_fit_folds(n: int, n_folds: int, seed: int) -> np.ndarray:
     """The fold (0..n_folds-1) of each of n rows in LLSHDetector's cross-fitted calibration without
     video ids: arange(n) % n_folds, shuffled by numpy's default_rng(seed mod 2**64)."""
     return np.random.default_rng(int(seed) % 2 ** 64).permutation(np.arange(n) % n_folds)
+
+
+def cross_fitted_scores(trained, X: np.ndarray, vid: Optional[np.ndarray], fold: np.ndarray, device: str,
+                        **score_kw) -> np.ndarray:
+    """Held-out anomaly scores of rows X (numpy): fold f's rows (fold == f) scored, with index.score's
+    ``score_kw``, by ``trained(rows, their video ids or None)`` -- an index whose layers were trained on
+    the other folds' rows only -- once it holds those rows.  float64, in the rows' order.  LLSHDetector's
+    cross-fitted calibration, and StreamScorer.calibrate's for a trained index."""
+    out = np.empty(X.shape[0], dtype=np.float64)
+    for f in np.unique(fold):
+        held = fold == f
+        rest = np.ascontiguousarray(X[~held])
+        with warnings.catch_warnings():  # the settings' warnings were given once, by the full fit
+            warnings.simplefilter("ignore")
+            idx = trained(rest, None if vid is None else vid[~held])
+        idx.add(_on_device(rest, device))
+        out[held] = _to_numpy(idx.score(_on_device(np.ascontiguousarray(X[held]), device), **score_kw))
+    return out
+
+
+def retrained_like(index: LearnableLSHIndex):
+    """``trained(rows, video_ids)`` for cross_fitted_scores: a new index with `index`'s settings and
+    initial (seeded) layers, trained on those rows as `index`'s last fit() was (its training_config_)."""
+    config = dataclasses.asdict(index.training_config_)
+    config["progress"] = False
+
+    def trained(rows, video_ids):
+        fresh = LearnableLSHIndex(index.dim, index.n_tables, index.n_bits, mode=index.mode,
+                                  miss_value=index.miss_value, code_dtype=index.code_dtype,
+                                  store_codes=index.store_codes, seed=index.seed, device=index.device)
+        return fresh.fit(_on_device(rows, index.device), video_ids=video_ids, **config)
+
+    return trained
 
 
 def leave_videos_out_scores(index: LearnableLSHIndex, X: np.ndarray, vid: np.ndarray, **score_kw) -> np.ndarray:

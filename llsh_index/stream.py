@@ -260,9 +260,14 @@ class StreamScorer:
             was built on; at least two videos, and as many snippets as the index holds), scored
             leave-videos-out as LLSHDetector calibrates (the index's hash layers, each fold of
             videos scored by an index holding only the others: scored by the index itself, a
-            video's snippets find themselves at distance 0, the quantile falls far too low).  The
-            index must offer ``empty_like()`` (LearnableLSHIndex).  True: normal videos that are
-            not in the index, scored by the index itself (any index).
+            video's snippets find themselves at distance 0, the quantile falls far too low).  A
+            trained index (``training_config_`` set, as fit() leaves it) is cross-fitted instead:
+            the videos in min(5, n_videos) folds, each scored by an index whose layers are trained
+            afresh (its initial layers, its last fit()'s settings and seed) on the other folds'
+            videos only, since layers trained on a video score it too low even where its snippets
+            are not indexed (the fit runs once more a fold).  The index must offer ``empty_like()``
+            (LearnableLSHIndex).  True: normal videos that are not in the index, scored by the
+            index itself (any index).
 
         When the quantile reaches the miss value (the frames' whole window missed every hash table)
         the threshold is set just below it, so such frames alert (a UserWarning says that more
@@ -270,7 +275,8 @@ class StreamScorer:
         whose labels mark frames anomalous (a test split) is used as given, with a UserWarning naming
         its videos and their anomalous frame counts (as ``llsh-index fit`` warns).
         """
-        from .sklearn import check_contamination, leave_videos_out_scores
+        from .sklearn import (CROSS_FIT_FOLDS, check_contamination, cross_fitted_scores, leave_videos_out_scores,
+                              retrained_like)
 
         c = check_contamination(contamination)
         held_out = check_bool(held_out, "held_out")
@@ -299,7 +305,15 @@ class StreamScorer:
                                         f"snippets), got {len(x)} snippets of {len(feats)} videos; give the index's "
                                         f"own videos, or normal videos that are not in it with held_out=True")
             vid = np.repeat(np.arange(len(lengths)), lengths)
-            raw = leave_videos_out_scores(self.index, x, vid, **self._score_kw)
+            if getattr(self.index, "training_config_", None) is not None:
+                # trained layers (their projection of the principal directions above all) have seen these
+                # videos, which puts them closer together than new video: a held-out index alone is still
+                # in-sample (LLSHDetector's calibration, measured), so each fold's layers are retrained too
+                fold = vid % min(CROSS_FIT_FOLDS, len(lengths))
+                raw = cross_fitted_scores(retrained_like(self.index), x, vid, fold, self.index.device,
+                                          **self._score_kw)
+            else:
+                raw = leave_videos_out_scores(self.index, x, vid, **self._score_kw)
         pieces = np.split(np.asarray(raw, dtype=np.float64), np.cumsum(lengths)[:-1])
         smoothed = np.concatenate([self._smooth_video(r) for r in pieces])
         threshold = float(np.quantile(smoothed, 1.0 - c))

@@ -430,3 +430,29 @@ def test_cli_stream_alert_options_are_checked(cli, capsys):
     for args, msg in cases:
         rc, out, err = stream(*args, capsys=capsys)
         assert rc == 2 and out == "" and re.search(msg, err), (args, err)
+
+
+def test_calibrate_trained_index_is_cross_fitted(normal):
+    """A trained index's layers have seen its videos: each fold of videos is scored by layers trained
+    afresh (the same initial layers, settings and seed) on the other videos only, as LLSHDetector does."""
+    frames, feats = normal
+    train = dict(iterations=20, lr=0.1, batch_size=32, queue_size=64, temperature=0.2, project_pcs=4, progress=False)
+    x = np.concatenate(feats)
+    vid = np.repeat(np.arange(len(feats)), [len(f) for f in feats])
+    trained = LearnableLSHIndex(24, n_tables=4, n_bits=6, seed=3).fit(x, video_ids=vid, **train).add(x)
+    scorer = StreamScorer(trained, GridMeansPerFrame(), T=T, sigma=3.0)
+    got = scorer.calibrate(feats, 0.1)
+    raw = [None] * len(feats)
+    for fold in range(5):  # min(5 folds, 12 videos): video v in fold v % 5
+        keep = [v for v in range(len(feats)) if v % 5 != fold]
+        rest = np.concatenate([feats[v] for v in keep])
+        rest_vid = np.repeat(keep, [len(feats[v]) for v in keep])
+        by_hand = LearnableLSHIndex(24, n_tables=4, n_bits=6, seed=3).fit(rest, video_ids=rest_vid, **train).add(rest)
+        for v in range(fold, len(feats), 5):
+            raw[v] = by_hand.score(feats[v]).astype(np.float64)
+    want = np.quantile(np.concatenate([oracle_smooth(r, 3.0) for r in raw]), 0.9)
+    assert got == pytest.approx(want, rel=1e-12)
+    # not the trained layers' own leave-videos-out quantile
+    in_sample = np.quantile(np.concatenate([oracle_smooth(r, 3.0) for r in leave_videos_out_oracle(trained, feats)]),
+                            0.9)
+    assert got != pytest.approx(in_sample, rel=1e-6)
