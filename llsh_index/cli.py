@@ -501,6 +501,9 @@ def cmd_fit(args) -> int:
 
 
 def cmd_build(args) -> int:
+    if args.allow_other_features and not args.model:
+        raise ConfigError("build: --allow-other-features lets --features differ from the feature space --model "
+                          "recorded, and no --model was given (new layers take the features' own)")
     ff = _load_feature_file(args.features)
     x, _ = _stack(ff, _select(ff, args.prefix))
     if args.model:
@@ -915,6 +918,9 @@ def cmd_info(args) -> int:
         _image_format(args.plot)  # before any work
     if args.prefix is not None and not args.features:
         raise ConfigError("info: --prefix selects videos of --features, and no --features was given")
+    if args.allow_other_features and not args.features:
+        raise ConfigError("info: --allow-other-features lets --features differ from the index's feature space, and "
+                          "no --features was given")
     index = _load_index(args.index, "--index")
     queries = None
     if args.features:

@@ -47,6 +47,9 @@ class IndexFileNotFoundError(LLSHError, FileNotFoundError):
     def __str__(self) -> str:  # FileNotFoundError would otherwise print "None"
         return str(self.args[0]) if self.args else ""
 
+    def __reduce__(self):  # pickled (a worker's error): rebuilt with its path, not OSError's (errno, strerror)
+        return type(self), (str(self), self.filename)
+
 
 class CudaUnavailableError(LLSHError, RuntimeError):
     """The CUDA backend was asked for but is not built or no device is present."""

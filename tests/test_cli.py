@@ -599,6 +599,12 @@ def test_ignored_option_combinations_are_refused(feature_files, capsys):
         (["extract", "--dataset", "folders", "--root", p("frames"), "--split", "test", "--out", p("f.npz")],
          "extract: --split selects a benchmark's training or test videos; --dataset folders takes every folder "
          "under --root, got --split test"),
+        (build + ["--allow-other-features"],
+         "build: --allow-other-features lets --features differ from the feature space --model recorded, and no "
+         "--model was given"),
+        (["info", "--index", p("layers.llsh"), "--allow-other-features"],
+         "info: --allow-other-features lets --features differ from the index's feature space, and no --features "
+         "was given"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv

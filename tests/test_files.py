@@ -372,6 +372,8 @@ def test_empty_missing_and_directory(tmp_path):
         LearnableLSHIndex.load(missing)
     assert isinstance(ei.value, FileNotFoundError) and isinstance(ei.value, llsh_index.LLSHError)
     assert str(ei.value) == f"index file not found: {missing}" and ei.value.filename == missing
+    back = pickle.loads(pickle.dumps(ei.value))  # e.g. raised in a worker process: the path survives the trip
+    assert type(back) is IndexFileNotFoundError and str(back) == str(ei.value) and back.filename == missing
     (tmp_path / "folder.llsh").mkdir()
     with pytest.raises(IndexFormatError):
         LearnableLSHIndex.load(str(tmp_path / "folder.llsh"))

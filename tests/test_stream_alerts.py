@@ -261,7 +261,7 @@ def test_calibrate_at_the_miss_value_alerts_on_misses():
 
 def test_calibrate_errors_are_typed(normal, normal_index):
     _, feats = normal
-    scorer = StreamScorer(normal_index, GridMeans(), T=T, sigma=3.0)
+    scorer = StreamScorer(normal_index, GridMeans(), T=T, sigma=3.0, threshold=0.25)
     for bad in (0, 0.6, -0.1, float("nan"), True, "0.1"):
         with pytest.raises(ConfigError, match=r"contamination: expected a number in \(0, 0.5\], got"):
             scorer.calibrate(feats, bad)
@@ -285,7 +285,7 @@ def test_calibrate_errors_are_typed(normal, normal_index):
         scorer.calibrate(feats[0], held_out=True)
     with pytest.raises(InvalidInputError, match="at least one video"):
         scorer.calibrate([], held_out=True)
-    assert scorer.threshold is None  # nothing was set by the refused calls
+    assert scorer.threshold == 0.25  # a refused call keeps the threshold the scorer had
 
     class Norms:  # a scorer without empty_like (as the baselines): held-out videos only
         def score(self, x):
