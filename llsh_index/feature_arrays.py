@@ -23,7 +23,7 @@ wrong ``snippet_frames``) are refused.  Without ``snippet_frames`` every snippet
 from __future__ import annotations
 
 import os
-from typing import Dict, Mapping, Optional, Union
+from typing import Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
@@ -55,7 +55,8 @@ def snippet_frame_index(n_snippets: int, snippet_frames: int, n_frames: int, nam
     return np.minimum(starts + snippet_frames // 2, n_frames - 1).astype(np.int32)
 
 
-def _read_array(path: str, crops: Union[str, int]) -> np.ndarray:
+def _read_array(path: str, crops: Union[str, int]) -> Tuple[np.ndarray, bool]:
+    """(float32 (n_snippets, dim) features, whether the file held crops that `crops` reduced)."""
     try:
         a = np.load(path, allow_pickle=False, mmap_mode="r")
     except Exception as exc:  # pickled object arrays, damaged headers (ValueError, TokenError...), truncated files
@@ -64,7 +65,8 @@ def _read_array(path: str, crops: Union[str, int]) -> np.ndarray:
         raise InvalidInputError(f"{path}: expected a .npy array, got {type(a).__name__}")
     if a.dtype.kind not in "fiu":
         raise InvalidInputError(f"{path}: expected numeric features, got dtype {a.dtype}")
-    if a.ndim == 3:  # (n_snippets, n_crops, dim)
+    cropped = a.ndim == 3
+    if cropped:  # (n_snippets, n_crops, dim)
         if a.shape[1] == 0:
             raise InvalidInputError(f"{path}: expected at least one crop, got shape {a.shape}")
         if crops == "mean":
@@ -85,7 +87,7 @@ def _read_array(path: str, crops: Union[str, int]) -> np.ndarray:
     peak, limit = float(np.abs(a).max()), float(np.finfo(np.float32).max)
     if peak > limit:
         raise InvalidInputError(f"{path}: expected values within float32's range ({limit:.6g}), got {peak:.3g}")
-    return np.asarray(a, dtype=np.float32)
+    return np.asarray(a, dtype=np.float32), cropped
 
 
 def import_feature_arrays(folder: PathLike, out: Optional[PathLike] = None, *,
@@ -147,9 +149,10 @@ def import_feature_arrays(folder: PathLike, out: Optional[PathLike] = None, *,
 
     from tqdm.auto import tqdm
 
-    features, frame_index, n_frames, kept = {}, {}, {}, {}
+    features, frame_index, n_frames, kept, any_crops = {}, {}, {}, {}, False
     for f, name in tqdm(list(zip(files, names)), desc="import", unit="video", disable=not progress):
-        x = _read_array(os.path.join(folder, f), crops)
+        x, cropped = _read_array(os.path.join(folder, f), crops)
+        any_crops = any_crops or cropped
         features[name] = x
         lab = label_map.get(name)
         if lab is not None:
@@ -159,7 +162,8 @@ def import_feature_arrays(folder: PathLike, out: Optional[PathLike] = None, *,
             n = n_frames.setdefault(name, int(snippet_frames) * len(x))
             frame_index[name] = snippet_frame_index(len(x), int(snippet_frames), n, name)
     meta = {"source": "import_feature_arrays", "folder": os.path.abspath(folder), "suffix": suffix,
-            "crops": crops if isinstance(crops, str) else int(crops),
+            # part of the recorded feature space: only where some file had crops for it to choose among
+            "crops": (crops if isinstance(crops, str) else int(crops)) if any_crops else None,
             "snippet_frames": None if snippet_frames is None else int(snippet_frames),
             "videos_without_labels": sorted(set(features) - set(kept)) if label_map else None,
             "labels_left_out": len(set(label_map) - set(features))}

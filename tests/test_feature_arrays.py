@@ -52,6 +52,7 @@ def test_ten_crop_features_with_labels(rng, tmp_path):
                                 dtype="float16", progress=False)
     for v, a in arrays.items():
         np.testing.assert_array_equal(one.features[v], a[:, 3].astype(np.float16).astype(np.float32))
+    assert (ff.meta["crops"], one.meta["crops"]) == ("mean", 3)  # recorded: it chose among the crops
 
 
 def test_frame_level_features_need_one_snippet_per_frame(rng, tmp_path):
@@ -59,6 +60,10 @@ def test_frame_level_features_need_one_snippet_per_frame(rng, tmp_path):
     folder = _write_folder(tmp_path, arrays, suffix="")
     ff = import_feature_arrays(folder, labels={"a": np.zeros(30), "b": np.ones(12)}, progress=False)
     assert ff.n_frames == {"a": 30, "b": 12} and not ff.frame_index
+    # no file had crops: `crops` did nothing, and the recorded feature space says so whatever it was
+    other = import_feature_arrays(folder, labels={"a": np.zeros(30), "b": np.ones(12)}, crops=2, progress=False)
+    assert ff.meta["crops"] is None and other.meta["crops"] is None
+    np.testing.assert_array_equal(other.features["a"], ff.features["a"])
     np.testing.assert_allclose(ff.features["a"], arrays["a"].astype(np.float32))
     with pytest.raises(InvalidInputError, match="one snippet per frame"):
         import_feature_arrays(folder, labels={"a": np.zeros(31)}, progress=False)
