@@ -555,6 +555,13 @@ class LearnableLSHIndex:
                 self.encoder.weight.detach().cpu(), other.encoder.weight.detach().cpu()):
             raise ConfigError("merge: the indexes must share the same hash layers (train once, then copy the "
                               "layers to every shard, e.g. with save()/load() before add())")
+        if self.feature_space_ is not None and other.feature_space_ is not None:
+            from .video import feature_space_mismatch  # video imports this module
+
+            why = feature_space_mismatch(self.feature_space_, other.feature_space_, ("this index", "the other"))
+            if why:
+                raise ConfigError(f"merge: expected items of features made alike, got indexes built on features "
+                                  f"made otherwise ({why})")
 
     def merge(self, other: "LearnableLSHIndex") -> "LearnableLSHIndex":
         """Appends the items of `other` (same hash layers) after this index's items, in place.

@@ -115,3 +115,19 @@ def test_merge_refuses_other_layers(data):
         a.merge(b)
     with pytest.raises(ConfigError, match="n_tables"):
         a.merge(LearnableLSHIndex(24, n_tables=2, n_bits=10, seed=1))
+
+
+def test_merge_refuses_items_of_other_features(data):
+    """Indexes whose recorded feature spaces (llsh-index build's) differ hold items of features made
+    otherwise: merging them is refused, naming the difference; an index without a record (built from
+    arrays) merges with any, and equal records merge."""
+    x, _ = data
+    space = {"extractor": "efficientnet_lite0", "extractor_version": "3", "T": 16, "s": 1, "clamp": True}
+    a = LearnableLSHIndex(24, n_tables=4, n_bits=10, seed=1).add(x[:10])
+    b, c, plain = a.empty_like().add(x[10:20]), a.empty_like().add(x[20:30]), a.empty_like().add(x[30:40])
+    a.feature_space_, b.feature_space_, c.feature_space_ = dict(space), dict(space, T=8), dict(space)
+    with pytest.raises(ConfigError, match=r"merge: expected items of features made alike, got indexes built on "
+                                          r"features made otherwise \(T 16 for this index, 8 for the other\)"):
+        a.merge(b)
+    assert a.ntotal == 10  # nothing merged
+    assert a.merge(c).ntotal == 20 and a.merge(plain).ntotal == 30
