@@ -393,8 +393,8 @@ def cross_fitted_scores(trained, X: np.ndarray, vid: Optional[np.ndarray], fold:
                         **score_kw) -> np.ndarray:
     """Held-out anomaly scores of rows X (numpy): fold f's rows (fold == f) scored, with index.score's
     ``score_kw``, by ``trained(rows, their video ids or None)`` -- an index whose layers were trained on
-    the other folds' rows only -- once it holds those rows.  float64, in the rows' order.  LLSHDetector's
-    cross-fitted calibration, and StreamScorer.calibrate's for a trained index."""
+    the other folds' rows only (or, for leave_videos_out_scores, the same layers) -- once it holds those
+    rows.  float64, in the rows' order.  LLSHDetector's and StreamScorer.calibrate's calibrations."""
     out = np.empty(X.shape[0], dtype=np.float64)
     for f in np.unique(fold):
         held = fold == f
@@ -428,14 +428,8 @@ def leave_videos_out_scores(index: LearnableLSHIndex, X: np.ndarray, vid: np.nda
     rows are scored, with index.score's ``score_kw``, by an index on `index`'s hash layers (and
     settings) that holds only the other folds' rows.  float64, in the rows' order.  LLSHDetector's
     calibration, and llsh_index.stream.StreamScorer.calibrate's."""
-    n_folds = min(CALIBRATION_FOLDS, int(vid.max()) + 1)
-    fold = vid % n_folds
-    out = np.empty(X.shape[0], dtype=np.float64)
-    for f in range(n_folds):
-        held = fold == f
-        fold_index = index.empty_like().add(_on_device(X[~held], index.device))
-        out[held] = _to_numpy(fold_index.score(_on_device(X[held], index.device), **score_kw))
-    return out
+    fold = vid % min(CALIBRATION_FOLDS, int(vid.max()) + 1)
+    return cross_fitted_scores(lambda rows, video_ids: index.empty_like(), X, vid, fold, index.device, **score_kw)
 
 
 def _on_device(X, device: str):
