@@ -113,13 +113,14 @@ def fill_misses(d, miss_value: float):
     return d
 
 
-def check_probes(n_probes, miss_probes):
+def check_probes(n_probes, miss_probes, names=("n_probes", "miss_probes")):
     """(n_probes, miss_probes) as ints: n_probes >= 1; miss_probes 0 (off) or above n_probes (fewer
-    probes than the first lookup would find nothing new)."""
-    n_probes = check_int_range(n_probes, "n_probes", 1)
-    p = check_int_range(miss_probes, "miss_probes", 0)
+    probes than the first lookup would find nothing new).  names: what the errors call them (the
+    command line's --probes / --miss-probes)."""
+    n_probes = check_int_range(n_probes, names[0], 1)
+    p = check_int_range(miss_probes, names[1], 0)
     if 0 < p <= n_probes:
-        raise ConfigError(f"miss_probes: expected 0 (off) or more than n_probes ({n_probes}), got {p}")
+        raise ConfigError(f"{names[1]}: expected 0 (off) or more than {names[0]} ({n_probes}), got {p}")
     return n_probes, p
 
 
