@@ -70,6 +70,13 @@ def check_features(x: Any, name: str = "features", dim: Optional[int] = None, de
         shape = tuple(x.shape)
         src_device = array_device(x)
     else:
+        if isinstance(x, np.ma.MaskedArray):
+            # np.asarray and the engine read the data under the mask: masked entries would be scored
+            n_masked = int(np.ma.count_masked(x))
+            if n_masked:
+                raise InvalidInputError(f"{name}: expected no masked values, got a masked array with {n_masked} "
+                                        "masked; fill them (x.filled(value)) or drop their rows first")
+            x = np.ma.getdata(x)
         if not isinstance(x, np.ndarray):
             try:
                 x = np.asarray(x)

@@ -127,6 +127,11 @@ def _require_dir(path: Path, what: str) -> Path:
 
 
 def _require_file(path: Path, what: str) -> Path:
+    from .io import not_regular_file
+
+    special = not_regular_file(path)
+    if special:  # open() of a FIFO would block
+        raise DatasetFormatError(f"{what} {path}: expected a regular file, got {special}")
     if not path.is_file():
         raise DatasetNotFoundError(f"{what} not found: {path}", path)
     return path

@@ -61,7 +61,8 @@ class IndexStateError(LLSHError, RuntimeError):
 
 class WritePathError(LLSHError, OSError):
     """A file cannot be written where asked: the path is a folder, a device or another non-file,
-    a component of its folder is a file, or the folder cannot be created or written."""
+    a component of its folder is a file, the folder cannot be created or written, or the write
+    itself fails (a full disk)."""
 
 
 class UndertrainedWarning(UserWarning):

@@ -23,7 +23,9 @@ is the paper) averages the distances of the tables that hit instead of taking th
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import math
 import numbers
 import threading
@@ -37,7 +39,7 @@ import torch.nn.functional as F
 
 from . import _engine, probing
 from ._validation import as_real, check_bool, check_features, check_int_range, check_video_ids
-from .encoder import MIN_GEMM_ROWS, HashEncoder, pad_to_gemm_rows
+from .encoder import MIN_GEMM_ROWS, HashEncoder, float32_rows, pad_to_gemm_rows
 from .errors import ConfigError, CudaUnavailableError, DeviceMismatchError, IndexFormatError, IndexStateError, \
     InvalidDTypeError, InvalidInputError, NotFittedError, UndertrainedWarning
 from .io import read_container, write_container
@@ -137,6 +139,7 @@ class LearnableLSHIndex:
         self.last_n_compared: Optional[int] = None
         self._tables: Optional[Dict] = None
         self._write_lock = threading.Lock()
+        self._layers_lock = threading.Lock()  # the first call's lazy layers (_features), taken inside _write_lock
         if self.dim is not None:
             self._make_encoder(self.dim)
 
@@ -144,12 +147,12 @@ class LearnableLSHIndex:
     def __getstate__(self):
         # in-memory pickling (multiprocessing, joblib, Ray); files use save(), which never pickles
         state = self.__dict__.copy()
-        del state["_write_lock"]
+        del state["_write_lock"], state["_layers_lock"]
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._write_lock = threading.Lock()
+        self._write_lock, self._layers_lock = threading.Lock(), threading.Lock()
 
     @property
     def ntotal(self) -> int:
@@ -192,8 +195,26 @@ class LearnableLSHIndex:
             if t.shape[1] < 2:
                 raise InvalidInputError(f"{name}: expected at least 2 features per row (LayerNorm of one feature "
                                         f"is 0 whatever it is), got {t.shape[1]}")
-            self._make_encoder(int(t.shape[1]))
+            with self._layers_lock:  # two first calls at once: one sets the dimension, the other is checked
+                if self.encoder is None:
+                    self._make_encoder(int(t.shape[1]))
+                elif t.shape[1] != self.dim:
+                    raise InvalidInputError(f"{name}: expected dimension {self.dim}, got shape {tuple(t.shape)}")
         return t
+
+    @contextlib.contextmanager
+    def _first_layers_undone_on_error(self):
+        """Around add() / fit() (under _write_lock): if the call fails on an index whose layers it
+        created (no dim given, nothing added or trained yet), they go again, so a failed first call
+        leaves the dimension open as it found it."""
+        fresh = self.encoder is None
+        try:
+            yield
+        except BaseException:
+            if fresh and self._tables is None and self.training_log_ is None:
+                with self._layers_lock:
+                    self.encoder, self.dim = None, None
+            raise
 
     def _chunk_rows(self, t: Optional[torch.Tensor] = None, probes: int = 1) -> int:
         if self.batch_size is not None:
@@ -226,7 +247,7 @@ class LearnableLSHIndex:
         buf (CPU): a float32 tensor of at least (rows, b*r) that receives the GEMM output and so the
         returned codes (see _chunk_buffer): valid until the next call with the same buffer.
         """
-        source, x = x, x.to(torch.float32).contiguous()
+        source, x = x, float32_rows(x).contiguous()
         n = x.shape[0]
         if n < MIN_GEMM_ROWS:
             # BLAS takes another kernel (gemv) for a handful of rows, whose rounding differs; padding
@@ -331,7 +352,7 @@ class LearnableLSHIndex:
         """
         # the write lock: add() or another fit() waits, so tables are never hashed with half-trained
         # layers and two trainings never interleave their steps
-        with self._write_lock:
+        with self._write_lock, self._first_layers_undone_on_error():
             if self._tables is not None:
                 raise IndexStateError(f"fit: the index already holds {self.ntotal} items hashed with the current "
                                       "layers; call reset() first (it keeps the layers: fit() then trains them "
@@ -385,7 +406,7 @@ class LearnableLSHIndex:
             elif t.shape[0] < 2:
                 raise InvalidInputError(f"features: training needs at least 2 rows, got {t.shape[0]}")
             # training reads random rows: one float32 copy on the index's device
-            feats = t.to(torch.float32)
+            feats = float32_rows(t)
             for r0 in range(0, feats.shape[0], 1 << 16):  # rows whose float32 LayerNorm is NaN: NaN layers
                 with torch.no_grad():
                     ok = torch.isfinite(F.layer_norm(feats[r0:r0 + (1 << 16)], feats.shape[1:])).all(dim=1)
@@ -432,53 +453,58 @@ class LearnableLSHIndex:
         up to float64 summation order).  (_first_row: where these rows start in a
         caller's larger array, for the row numbers of errors; ShardedIndex.add.)
         """
+        # the write lock: another add() or fit() waits; the input is checked (and on a first call the
+        # layers made) under it too, so a failed first call can undo its layers before anyone uses them
+        with self._write_lock, self._first_layers_undone_on_error():
+            return self._add_locked(features, progress, _first_row)
+
+    def _add_locked(self, features, progress: bool, _first_row: int) -> "LearnableLSHIndex":
         from tqdm.auto import tqdm
 
         t = self._features(features, "features")
         n, b, r = int(t.shape[0]), self.n_tables, self.n_bits
         on_gpu = _engine.on_device(t)
         store = torch.float16 if self.code_dtype == "float16" else torch.float32
-        with self._write_lock:
-            old = self._tables
-            n_old = 0 if old is None else int(old["n_items"])
-            if on_gpu:
-                keys = torch.empty((b, n), dtype=torch.uint64, device=t.device)
-                codes = torch.empty((b, n, r), dtype=store, device=t.device)
-            else:
-                keys = np.empty((b, n), dtype=np.uint64)
-                codes = np.empty((b, n, r), dtype=np.float16 if self.code_dtype == "float16" else np.float32)
-            bar = tqdm(total=n, desc="LLSH indexing", unit="row", disable=not progress, leave=False)
-            # float32 on the CPU: the epilogue writes the staging arrays itself (no transposing copy)
-            stage_direct = not on_gpu and codes.dtype == np.float32
-            buf = self._chunk_buffer(t)  # each chunk's codes are staged before the next overwrites them
-            for i, chunk in self._chunks(t):
-                out = self._encode_chunk(chunk, "features", _first_row + i,
-                                         stage=(keys, codes, i) if stage_direct else None, buf=buf)
-                if out is not None:
-                    c, k = out
-                    rows = slice(i, i + c.shape[0])
-                    keys[:, rows] = k.T
-                    codes[:, rows] = c.transpose(0, 1).to(store) if on_gpu else c.transpose(1, 0, 2)
-                bar.update(chunk.shape[0])
-            bar.close()
-            if on_gpu:
-                ids = torch.arange(n_old, n_old + n, dtype=torch.int64, device=t.device).expand(b, n).contiguous()
-            else:
-                ids = np.broadcast_to(np.arange(n_old, n_old + n, dtype=np.int64), (b, n)).copy()
-            if old is not None and self.store_codes:
-                keys, codes, ids = _concat_rows(old, keys, codes, ids)
-            # keys/codes/ids are this call's own buffers: the engine may sort the codes in place.  With
-            # codes stored, the bucket statistics wait until a "light"/"squared" lookup or to() needs
-            # them (_engine.ensure_statistics; save() writes the codes only): they double the memory add() writes.
-            new = _engine.build_tables(keys, codes, ids, keep_codes=self.store_codes, n_threads=self.n_threads,
-                                       in_place=True, with_stats=not self.store_codes)
-            if not self.store_codes:
-                # statistics only: no per-item ids either (memory and disk of the buckets alone, and
-                # the same tables whether the rows came in one add() or several)
-                new["ids"] = None
-                if old is not None:
-                    new = _merge_statistics(old, new)
-            self._tables = new  # one reference swap: concurrent score() sees old or new, never a mix
+        old = self._tables
+        n_old = 0 if old is None else int(old["n_items"])
+        if on_gpu:
+            keys = torch.empty((b, n), dtype=torch.uint64, device=t.device)
+            codes = torch.empty((b, n, r), dtype=store, device=t.device)
+        else:
+            keys = np.empty((b, n), dtype=np.uint64)
+            codes = np.empty((b, n, r), dtype=np.float16 if self.code_dtype == "float16" else np.float32)
+        bar = tqdm(total=n, desc="LLSH indexing", unit="row", disable=not progress, leave=False)
+        # float32 on the CPU: the epilogue writes the staging arrays itself (no transposing copy)
+        stage_direct = not on_gpu and codes.dtype == np.float32
+        buf = self._chunk_buffer(t)  # each chunk's codes are staged before the next overwrites them
+        for i, chunk in self._chunks(t):
+            out = self._encode_chunk(chunk, "features", _first_row + i,
+                                     stage=(keys, codes, i) if stage_direct else None, buf=buf)
+            if out is not None:
+                c, k = out
+                rows = slice(i, i + c.shape[0])
+                keys[:, rows] = k.T
+                codes[:, rows] = c.transpose(0, 1).to(store) if on_gpu else c.transpose(1, 0, 2)
+            bar.update(chunk.shape[0])
+        bar.close()
+        if on_gpu:
+            ids = torch.arange(n_old, n_old + n, dtype=torch.int64, device=t.device).expand(b, n).contiguous()
+        else:
+            ids = np.broadcast_to(np.arange(n_old, n_old + n, dtype=np.int64), (b, n)).copy()
+        if old is not None and self.store_codes:
+            keys, codes, ids = _concat_rows(old, keys, codes, ids)
+        # keys/codes/ids are this call's own buffers: the engine may sort the codes in place.  With
+        # codes stored, the bucket statistics wait until a "light"/"squared" lookup or to() needs
+        # them (_engine.ensure_statistics; save() writes the codes only): they double the memory add() writes.
+        new = _engine.build_tables(keys, codes, ids, keep_codes=self.store_codes, n_threads=self.n_threads,
+                                   in_place=True, with_stats=not self.store_codes)
+        if not self.store_codes:
+            # statistics only: no per-item ids either (memory and disk of the buckets alone, and
+            # the same tables whether the rows came in one add() or several)
+            new["ids"] = None
+            if old is not None:
+                new = _merge_statistics(old, new)
+        self._tables = new  # one reference swap: concurrent score() sees old or new, never a mix
         return self
 
     # ------------------------------------------------------------------ scoring
@@ -877,6 +903,7 @@ class LearnableLSHIndex:
         """Saves hash layers, tables and settings (no pickle, atomic).  Returns the file size."""
         if self.encoder is None:
             raise NotFittedError("save: the index has no hash layers yet (no fit() or add())")
+        _check_feature_space(self.feature_space_)
         meta = {"dim": self.dim, "n_tables": self.n_tables, "n_bits": self.n_bits, "mode": self.mode,
                 "miss_value": self.miss_value, "code_dtype": self.code_dtype, "store_codes": self.store_codes,
                 "seed": self.seed, "batch_size": self.batch_size, "n_threads": self.n_threads,
@@ -1145,6 +1172,30 @@ def bucket_sizes_of_keys(key_sizes, query_keys) -> np.ndarray:
         hit = keys[pos] == qkeys[:, j]
         out[hit, j] = sizes[pos[hit]]
     return out
+
+
+def _check_feature_space(space) -> None:
+    """feature_space_ is saved in the file's JSON header: a dict of JSON values (numpy scalars, NaN
+    and other objects would fail or write non-standard JSON), refused before anything is written."""
+    if space is None:
+        return
+    if not isinstance(space, dict):
+        raise ConfigError(f"feature_space_: expected a dict or None, got {type(space).__name__}")
+    try:
+        json.dumps(space, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        bad = next((k for k, v in space.items() if not _json_value(v)), None)
+        raise ConfigError(f"feature_space_: expected JSON values (str, int, float, bool, None, lists and dicts "
+                          f"of them; no NaN/Inf), got {'' if bad is None else f'{bad!r}: '}"
+                          f"{exc}") from exc
+
+
+def _json_value(v) -> bool:
+    try:
+        json.dumps(v, allow_nan=False)
+        return True
+    except (TypeError, ValueError):
+        return False
 
 
 def _to_numpy(v):

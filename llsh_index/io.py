@@ -24,14 +24,15 @@ import json
 import math
 import os
 import secrets
+import stat
 import struct
 import zlib
-from typing import BinaryIO, Iterator, Dict, Tuple
+from typing import BinaryIO, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
 from ._validation import PATH_TYPES
-from .errors import IndexFileNotFoundError, IndexFormatError, InvalidInputError, WritePathError
+from .errors import IndexFileNotFoundError, IndexFormatError, InvalidInputError, LLSHError, WritePathError
 
 MAGIC = b"LLSHIDX\0"
 # 2: index files may store ids / offsets / keys narrowed and leave out the bucket statistics
@@ -100,11 +101,14 @@ def atomic_write(path) -> Iterator[BinaryIO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, resolved)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError) and not isinstance(exc, LLSHError):
+            # a full disk or quota, an I/O error mid-write: the target named (the old file is intact)
+            raise WritePathError(f"{given}: cannot write: {exc.strerror or exc} (a file already there is unchanged)") from exc
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(folder, os.O_RDONLY)
@@ -146,8 +150,27 @@ def write_container(path: str, kind: str, meta: dict, arrays: Dict[str, np.ndarr
     return os.path.getsize(path)
 
 
+def not_regular_file(path) -> Optional[str]:
+    """What `path` is when it exists but is neither a regular file nor a folder ("a FIFO", "a device",
+    "a socket"), else None.  Readers refuse these before open(): reading a FIFO blocks until a writer
+    comes, which may be never."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError, TypeError):
+        return None  # missing (the reader's own not-found error) or not a path
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
+
+
 def is_container(path) -> bool:
     """Whether `path` starts with this format's magic (for telling another reader which file it got)."""
+    if not_regular_file(path):
+        return False
     try:
         with open(path, "rb") as f:
             return f.read(len(MAGIC)) == MAGIC
@@ -191,6 +214,9 @@ def read_container(path: str, kind: str) -> Tuple[dict, Dict[str, np.ndarray]]:
         # open() would take an int as a file descriptor: read the caller's fd, then close it
         raise InvalidInputError(f"path: expected a file path (str or os.PathLike), got {type(path).__name__} "
                                 f"{path!r}")
+    special = not_regular_file(path)
+    if special:
+        raise IndexFormatError(f"{os.fsdecode(path)}: expected an llsh_index file, got {special}")
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size

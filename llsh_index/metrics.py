@@ -618,6 +618,11 @@ def load_labels(path: str | os.PathLike) -> dict[str, np.ndarray]:
     between files (uint8, int64, float64); every array is checked to be 1-D with values
     in {0, 1} and returned as ``uint8``.  Keys are returned in sorted order.
     """
+    from .io import not_regular_file
+
+    special = not_regular_file(path)
+    if special:  # np.load of a FIFO would block
+        raise LabelFileError(f"{os.fspath(path)}: expected a label .npz, got {special}")
     try:
         z = np.load(os.fspath(path), allow_pickle=False)
         if not isinstance(z, np.lib.npyio.NpzFile):

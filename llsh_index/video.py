@@ -51,7 +51,7 @@ __all__ = [
     "default_num_threads",
 ]
 
-FrameSource = Union[str, os.PathLike, Sequence[str], np.ndarray, Video]
+FrameSource = Union[str, os.PathLike, Sequence[str], Sequence[np.ndarray], np.ndarray, Video]
 FEATURE_FILE_FORMAT = "llsh_index.video_features"
 FEATURE_FILE_VERSION = 1
 # The entries of a feature file's meta that define its feature space: the extractor (name, version,
@@ -177,7 +177,18 @@ def _resolve_source(source: FrameSource) -> Union[List[str], str, np.ndarray]:
     if isinstance(source, (bytes, Mapping)) or not isinstance(source, Iterable):
         raise InvalidDTypeError(f"frame source: expected a frame folder, a video file, a list of image paths, an "
                                 f"(N, H, W[, C]) array or a Video, got {type(source).__name__} {source!r:.60}")
-    paths = [str(x) for x in source]
+    items = list(source)
+    if any(isinstance(x, np.ndarray) for x in items):  # a list of decoded frames (cv2.read()'s)
+        shapes = {x.shape if isinstance(x, np.ndarray) else type(x).__name__ for x in items}
+        if len(shapes) > 1 or not all(isinstance(x, np.ndarray) and x.ndim in (2, 3) for x in items):
+            raise DatasetFormatError(f"a list of frames: expected (H, W) or (H, W, C) arrays of one shape, got "
+                                     f"{', '.join(sorted(map(str, shapes)))[:200]}")
+        return _resolve_source(np.stack(items))
+    if not all(isinstance(x, (str, os.PathLike)) for x in items):
+        bad = next(x for x in items if not isinstance(x, (str, os.PathLike)))
+        raise InvalidDTypeError(f"frame source: expected a list of image paths or of (H, W[, C]) frame arrays, got "
+                                f"an item of type {type(bad).__name__}")
+    paths = [str(x) for x in items]
     if not paths:
         raise DatasetFormatError("empty list of frame paths")
     return paths
@@ -189,7 +200,7 @@ def iter_frames(source: FrameSource) -> Iterator[np.ndarray]:
     ``source``: a folder of images (sorted naturally), a list of image paths, a video file
     (decoded with PyAV, else OpenCV; both imported only here), a stream URL (``rtsp://``,
     ``http://``, ``file://``...: a live camera is read as it delivers frames), an
-    (N, H, W[, C]) uint8 array, or a :class:`~llsh_index.datasets.Video` (from its
+    (N, H, W[, C]) uint8 array or a list of (H, W[, C]) frames, or a :class:`~llsh_index.datasets.Video` (from its
     ``first_frame`` on).
     """
     skip = int(source.first_frame) if isinstance(source, Video) else 0
@@ -1106,7 +1117,12 @@ def save_features(path: Union[str, os.PathLike], features_by_video: Mapping[str,
 
 def load_feature_file(path: Union[str, os.PathLike]) -> FeatureFile:
     """Reads a file written by :func:`save_features` (features as float32)."""
+    from .io import not_regular_file
+
     path = os.fspath(path)
+    special = not_regular_file(path)
+    if special:  # np.load of a FIFO would block
+        raise FeatureFileError(f"{path}: expected a feature file, got {special}")
     if not os.path.isfile(path):
         raise DatasetNotFoundError(f"feature file not found: {path}", path)
     try:

@@ -819,3 +819,68 @@ def test_training_settings_given_loosely_still_save_and_load(tmp_path):
     index.save(str(tmp_path / "p.llsh"))
     loaded = LearnableLSHIndex.load(str(tmp_path / "p.llsh"))
     assert loaded.training_config_ == index.training_config_ and loaded.training_config_.progress is False
+
+
+def test_readers_refuse_a_fifo_instead_of_blocking(tmp_path):
+    """open() of a FIFO blocks until a writer comes; every reader names it and raises a typed error.
+    The calls run in a thread under a watchdog, so a reader that blocks fails the test, not the run."""
+    from llsh_index import baselines, datasets, metrics, video
+    from llsh_index.cli import load_scores
+
+    fifo = str(tmp_path / "pipe")
+    os.mkfifo(fifo)
+    readers = [(LearnableLSHIndex.load, IndexFormatError), (metrics.load_labels, metrics.LabelFileError),
+               (datasets.load_npz_labels, datasets.DatasetFormatError), (video.load_feature_file, video.FeatureFileError),
+               (baselines.KNNScorer.load, baselines.ScorerFormatError), (load_scores, IndexFormatError)]
+    import threading
+
+    for read, error in readers:
+        done = {}
+
+        def call():
+            try:
+                read(fifo)
+            except Exception as exc:  # noqa: BLE001 - checked below
+                done["exc"] = exc
+
+        t = threading.Thread(target=call, daemon=True)
+        t.start()
+        t.join(20)
+        if t.is_alive():  # unblock it (a writer that closes at once), then fail
+            open(fifo, "wb").close()
+            pytest.fail(f"{read} blocked on a FIFO")
+        assert isinstance(done.get("exc"), error), (read, done)
+        assert "FIFO" in str(done["exc"]) and "pipe" in str(done["exc"]), str(done["exc"])
+
+
+def test_a_failed_write_names_the_target_and_keeps_the_old_file(tmp_path, monkeypatch):
+    """A full disk mid-save (ENOSPC from the write or fsync) is a WritePathError naming the path; the
+    old file stays whole and no temporary file is left (it was a bare OSError without the path)."""
+    import errno
+
+    path = str(tmp_path / "i.llsh")
+    small = LearnableLSHIndex(8, n_tables=2, n_bits=4).add(np.random.default_rng(0).random((10, 8)))
+    small.save(path)
+    before = open(path, "rb").read()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(llsh_io.os, "fsync", full)
+    with pytest.raises(llsh_index.WritePathError, match="i.llsh: cannot write: No space left on device"):
+        LearnableLSHIndex(8, n_tables=2, n_bits=4).add(np.random.default_rng(1).random((50, 8))).save(path)
+    monkeypatch.undo()
+    assert open(path, "rb").read() == before
+    assert sorted(os.listdir(tmp_path)) == ["i.llsh"]
+
+
+@pytest.mark.parametrize("space", [{"a": np.int64(3)}, {"a": float("nan")}, {"a": object()}, ["not", "a dict"]])
+def test_feature_space_that_json_cannot_hold_is_refused_before_writing(tmp_path, space):
+    index = LearnableLSHIndex(8, n_tables=2, n_bits=4).add(np.random.default_rng(0).random((10, 8)))
+    index.feature_space_ = space
+    with pytest.raises(llsh_index.ConfigError, match="feature_space_: expected"):
+        index.save(str(tmp_path / "i.llsh"))
+    assert os.listdir(tmp_path) == []
+    index.feature_space_ = {"extractor": "x", "T": 16, "crops": None, "nested": {"a": [1, 2.5]}}
+    index.save(str(tmp_path / "i.llsh"))
+    assert LearnableLSHIndex.load(str(tmp_path / "i.llsh")).feature_space_ == index.feature_space_

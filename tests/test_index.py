@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+import llsh_index
 import oracle
 from llsh_index import LearnableLSHIndex
 
@@ -268,3 +269,65 @@ def test_a_rows_code_does_not_depend_on_its_batch(rng):
     index.add(x)
     full = index.score(x)
     np.testing.assert_array_equal(np.concatenate([index.score(x[i:i + 1]) for i in range(40)]), full)
+
+
+@pytest.mark.parametrize("offset", [1e5, 1e7])
+def test_float64_rows_far_from_zero_keep_their_precision(rng, offset):
+    """float64 input is centred in float64 before the float32 cast where the offset would swamp it:
+    the keys and codes are those of the float64 LayerNorm (the oracle, in float64).  Cast first,
+    3.6% (1e5) and 92% (1e7) of the keys differed."""
+    x = rng.random((200, 64)) + offset
+    index = LearnableLSHIndex(64, n_tables=4, n_bits=8, seed=3)
+    w = index.encoder.weight.detach().numpy().astype(np.float64)
+    want = oracle.encode(x, w, 4, 8)
+    np.testing.assert_allclose(index.encode(x), want, atol=1e-5)
+    want_keys = np.array([[oracle.pack(want[i, j]) for j in range(4)] for i in range(len(x))], dtype=np.uint64)
+    np.testing.assert_array_equal(np.asarray(index.hash_keys(x)), want_keys)
+    index.add(x)
+    np.testing.assert_allclose(index.score(x[:20]), oracle.scores(oracle.build(want), want[:20]), atol=1e-5)
+
+
+def test_a_failed_first_call_leaves_the_dimension_open(rng):
+    """add() / fit() that fail on an index without dim leave it as they found it (no layers, dim None)."""
+    bad = rng.random((10, 16), dtype=np.float32)
+    bad[3, 2] = np.nan
+    calls = [lambda ix: ix.add(bad), lambda ix: ix.fit(bad[:3] * 0 + 1, lr=-1.0),
+             lambda ix: ix.fit(rng.random((10, 16), dtype=np.float32), video_ids=np.arange(10))]
+    for call in calls:
+        index = LearnableLSHIndex(n_tables=4, n_bits=8)
+        with pytest.raises(llsh_index.LLSHError):
+            call(index)
+        assert index.dim is None and index.encoder is None
+        with pytest.raises(llsh_index.NotFittedError):
+            index.save("unused.llsh")
+        x = rng.random((20, 32), dtype=np.float32)
+        index.add(x)  # another dimension is now fine
+        np.testing.assert_array_equal(index.score(x), LearnableLSHIndex(32, n_tables=4, n_bits=8).add(x).score(x))
+
+
+def test_racing_first_adds_of_two_dimensions_accept_one(rng):
+    """Two first add() calls at once with different dimensions: one sets the layers, the other is
+    refused with a typed error (both were accepted, one hashed by replaced layers)."""
+    import threading
+
+    a, b = rng.random((20000, 16), dtype=np.float32), rng.random((20000, 32), dtype=np.float32)
+    for _ in range(10):
+        index = LearnableLSHIndex(n_tables=4, n_bits=8)
+        barrier, outcome = threading.Barrier(2), {}
+
+        def go(x):
+            barrier.wait()
+            try:
+                index.add(x)
+                outcome[x.shape[1]] = "ok"
+            except llsh_index.InvalidInputError:
+                outcome[x.shape[1]] = "refused"
+
+        threads = [threading.Thread(target=go, args=(x,)) for x in (a, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(outcome.values()) == ["ok", "refused"]
+        winner = next(d for d, o in outcome.items() if o == "ok")
+        assert index.dim == winner and index.ntotal == 20000

@@ -644,3 +644,16 @@ def test_to_the_same_device_changes_nothing():
     before, scores = index.memory_bytes(), index.score(X[:20])
     assert index.to("cpu") is index and index.memory_bytes() == before
     np.testing.assert_array_equal(index.score(X[:20]), scores)
+
+
+def test_masked_arrays_are_refused_where_something_is_masked():
+    """np.asarray reads the data under a mask: masked entries would be scored as data (silently)."""
+    index = fitted()
+    q = X[:5].copy()
+    masked = np.ma.masked_array(q, mask=np.zeros_like(q, dtype=bool))
+    masked.mask[1, 3] = True
+    masked.data[1, 3] = 1e6
+    for call in (index.score, index.encode, lambda a: llsh_index.LearnableLSHIndex(n_tables=2, n_bits=4).add(a)):
+        with pytest.raises(InvalidInputError, match="expected no masked values, got a masked array with 1 masked"):
+            call(masked)
+    np.testing.assert_array_equal(index.score(np.ma.masked_array(q)), index.score(q))  # nothing masked: its data

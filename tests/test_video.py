@@ -712,3 +712,18 @@ def test_first_frame_past_the_last_frame_is_refused(tmp_path):
             V.extract_video(v, MeanColour(T=2), T=2)
         with pytest.raises(DatasetFormatError, match=rf"clip\.mkv holds 3 frames.*first_frame {first}"):
             V.extract_dataset([v], MeanColour(T=2), T=2, progress=False)
+
+
+def test_a_list_of_frame_arrays_is_a_frame_source():
+    """A list of decoded frames (what a cv2 loop collects) reads as the stacked array; mixed shapes
+    or items get a typed error (the list was taken for paths: 'frame not found: [[[ 95 130 ...')."""
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (8, 12, 3), dtype=np.uint8) for _ in range(5)]
+    np.testing.assert_array_equal(V.read_frames(frames), np.stack(frames))
+    assert V.count_frames(frames) == 5
+    grey = [f[..., 0] for f in frames]
+    np.testing.assert_array_equal(V.read_frames(grey), V.read_frames(np.stack(grey)))
+    with pytest.raises(DatasetFormatError, match=r"one shape, got \(4, 12, 3\), \(8, 12, 3\)"):
+        V.read_frames([frames[0], frames[1][:4]])
+    with pytest.raises(V.InvalidDTypeError, match="an item of type int"):
+        V.read_frames(["a.png", 3])
