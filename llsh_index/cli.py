@@ -234,6 +234,17 @@ def _load_labels(path: str, scores: Optional[Dict[str, np.ndarray]] = None) -> D
             raise FileNotFoundError(f"label file not found: {path}")
         if not scores:
             raise InvalidInputError(f"{path}: a .mat label file needs per-frame scores to count the frames")
+        numbers = {v: int(v) for v in scores if v.isascii() and v.isdigit()}
+        if len(numbers) == len(scores) and len(set(numbers.values())) == len(numbers):
+            # videos named by number: UCSD Ped2's own frame counts, so scores of another length are
+            # refused (or placed, with --align centre) instead of labelled as that many frames
+            try:
+                every = metrics.load_ped2_labels(path)
+            except metrics.LengthMismatchError:  # not Ped2's 12 videos: the scores' lengths count the frames
+                pass
+            else:
+                if all(1 <= n <= len(every) for n in numbers.values()):
+                    return {v: every[f"{n:02d}"] for v, n in numbers.items()}
         return metrics.load_ped2_labels(path, {v: len(scores[v]) for v in sorted(scores)})
     with _open_npz(path, "label") as z:
         is_feature_file = _is_feature_file(z)
@@ -667,11 +678,19 @@ def cmd_stream(args) -> int:
 def cmd_evaluate(args) -> int:
     from . import metrics
 
-    scores = load_scores(args.scores)
+    scores = load_scores(args.scores)  # first: it names a feature file given as --scores
+    if os.path.isfile(args.labels) and os.path.samefile(args.scores, args.labels):
+        raise InvalidInputError(f"--scores and --labels: expected a score file and a label file, got the same file "
+                                f"twice ({args.scores})")
     labels = _load_labels(args.labels, scores)
-    res = metrics.evaluate(scores, labels, sigma=args.sigma, align=args.align, allow_subset=args.subset)
+    if all(np.isin(v, (0, 1)).all() for v in scores.values()):  # labels scored against labels: an AUC near 1
+        print(f"warning: every score in {args.scores} is 0 or 1, as in a label file; is it the score file "
+              f"`llsh-index score` wrote?", file=sys.stderr)
+    res = metrics.evaluate(scores, labels, sigma=args.sigma, align=args.align, allow_subset=args.subset,
+                           single_class=args.single_class)
+    how = "skipped in" if args.single_class == "skip" else "in, frame 0's label flipped, as the authors' code does, for"
     print(f"micro-AUC {res.micro.auc:.4f}  macro-AUC {res.macro.auc:.4f}  "
-          f"({res.macro.n_videos} videos, {res.macro.n_single_class} single-class skipped in macro; sigma {args.sigma})")
+          f"({res.macro.n_videos} videos, {res.macro.n_single_class} single-class {how} macro; sigma {args.sigma})")
     constant = res.micro.constant_videos
     if constant:  # their AUC is 0.5 by construction, not a measurement
         print(f"warning: {len(constant)} of {res.micro.n_videos} videos have constant scores after smoothing "
@@ -680,14 +699,18 @@ def cmd_evaluate(args) -> int:
     if args.per_video:
         single = set(res.macro.single_class_videos)
         for v in sorted(set(res.macro.per_video) | single, key=str):
-            if v in single:
+            if v in single and v not in res.macro.per_video:
                 print(f"  {v}  single-class (all {'anomalous' if labels[v][0] else 'normal'}), not in macro-AUC")
+            elif v in single:
+                print(f"  {v}  {res.macro.per_video[v]:.4f}  (single-class, all "
+                      f"{'anomalous' if labels[v][0] else 'normal'}: frame 0's label flipped)")
             else:
                 print(f"  {v}  {res.macro.per_video[v]:.4f}{'  (constant scores)' if v in constant else ''}")
     if args.json:
         _write_text(args.json, json.dumps({
             "micro_auc": res.micro.auc, "macro_auc": res.macro.auc, "sigma": args.sigma, "align": args.align,
             "n_videos": res.macro.n_videos, "n_single_class": res.macro.n_single_class,
+            "single_class": args.single_class,
             "single_class_videos": list(res.macro.single_class_videos), "n_constant": res.micro.n_constant,
             "constant_videos": list(constant), "n_frames": res.micro.n_frames,
             "per_video_auc": res.macro.per_video, "scores": os.path.abspath(args.scores),
@@ -1243,15 +1266,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_stream)
 
     p = sub.add_parser("evaluate", help="frame-level micro/macro AUC with the VAD protocol",
-                       description="Frame-level AUC as the LLSH paper reports it: each video's scores are smoothed "
-                                   "with a Gaussian (--sigma); macro-AUC is the mean of the per-video AUCs (videos "
-                                   "with one class only are skipped), micro-AUC is one AUC over all frames after "
-                                   "each video's smoothed scores are min-max normalised to [0, 1].")
+                       description="Frame-level AUC with the LLSH paper's protocol: each video's scores are smoothed "
+                                   "with a Gaussian (--sigma); macro-AUC is the mean of the per-video AUCs, micro-AUC "
+                                   "is one AUC over all frames after each video's smoothed scores are min-max "
+                                   "normalised to [0, 1]. A video with one class only has no AUC: by default it is "
+                                   "left out of macro-AUC and counted; --single-class flip keeps it with frame 0's "
+                                   "label flipped, as the authors' code does (their published macro figures; it "
+                                   "matters where such videos exist: ShanghaiTech 1, Corridor 16, Ped2 4).")
     p.add_argument("--scores", required=True, help="score file from `score`")
     p.add_argument("--labels", required=True, help=LABELS_HELP)
     p.add_argument("--sigma", type=float, default=12, help=SIGMA_HELP)
     p.add_argument("--per-video", action="store_true",
-                   help="also print every video's AUC (and which videos are single-class, left out of macro-AUC)")
+                   help="also print every video's AUC (and which videos are single-class)")
+    p.add_argument("--single-class", choices=["skip", "flip"], default="skip",
+                   help="macro-AUC of a video with one label class only: skip it (default; counted and named), or "
+                        "flip frame 0's label and keep it, as the authors' code does")
     p.add_argument("--subset", action="store_true",
                    help="evaluate the scored videos only, where the labels cover more (e.g. after extract --videos)")
     p.add_argument("--align", choices=ALIGN_CHOICES, default="exact", help=ALIGN_HELP)

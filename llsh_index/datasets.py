@@ -283,18 +283,21 @@ def load_npz_labels(path: PathLike) -> Dict[str, np.ndarray]:
     except NPZ_READ_ERRORS as e:
         if isinstance(e, _BaseError):  # the package's own (DatasetFormatError of a bad label...)
             raise
-        raise DatasetFormatError(f"cannot read label file {path}: {type(e).__name__}: {e}") from e
+        from .io import npz_refusal
+
+        raise DatasetFormatError(f"cannot read label file {path}: {npz_refusal(path, e)}") from e
 
 
 def load_frame_folders(root: PathLike, labels: Optional[Mapping[str, np.ndarray]] = None, *,
                        name: str = "custom", split: str = "", videos_dirname: Optional[str] = None,
-                       require_labels: bool = True) -> VideoDataset:
+                       require_labels: bool = True, labels_source: str = "labels") -> VideoDataset:
     """One video per sub-folder of ``root`` (frames inside, naturally sorted) and, if
     ``videos_dirname`` is given, one per video file in ``root.parent / videos_dirname`` when
     ``root`` is absent.
 
     ``labels`` maps video names to per-frame 0/1 labels; each is checked against the frame count.
     With ``require_labels`` a video without labels (or labels without a video) is an error.
+    ``labels_source`` names the labels in errors (the label file they came from).
     """
     require_labels = check_bool(require_labels, "require_labels")
     root = Path(root)
@@ -334,7 +337,7 @@ def load_frame_folders(root: PathLike, labels: Optional[Mapping[str, np.ndarray]
                     f"{prefix}labelled videos {extra[:5]} (of {len(extra)}) have no frames under {root}",
                     root / extra[0])
         videos = [Video(v.name, v.frame_paths, v.video_path,
-                        None if v.name not in have else _as_labels(labels[v.name], v.name, v.n_frames, "labels"))
+                        None if v.name not in have else _as_labels(labels[v.name], v.name, v.n_frames, labels_source))
                   for v in videos]
     return VideoDataset(name, split, str(root), videos)
 
@@ -417,7 +420,8 @@ def _load_npz_dataset(dsname: str, label_names: Sequence[str], root: PathLike, s
     if split == "testing" and with_labels:
         path = Path(labels_path) if labels_path is not None else _find_label_file(root, label_names)
         labels = load_npz_labels(path)
-    ds = load_frame_folders(root / split / "frames", labels, name=dsname, split=split, videos_dirname=videos)
+    ds = load_frame_folders(root / split / "frames", labels, name=dsname, split=split, videos_dirname=videos,
+                            labels_source=str(path) if labels is not None else "labels")
     ds.root = str(root)
     return ds
 

@@ -635,7 +635,9 @@ def load_labels(path: str | os.PathLike) -> dict[str, np.ndarray]:
     except NPZ_READ_ERRORS as exc:
         if isinstance(exc, (LLSHError, FileNotFoundError)):
             raise
-        raise LabelFileError(f"{os.fspath(path)}: not a readable label npz ({type(exc).__name__}: {exc})") from exc
+        from .io import npz_refusal
+
+        raise LabelFileError(f"{os.fspath(path)}: not a readable label npz ({npz_refusal(path, exc)})") from exc
 
 
 def ped2_frame_counts(frames_dir: str | os.PathLike, ext: str = ".jpg") -> dict[str, int]:
@@ -651,9 +653,13 @@ def ped2_frame_counts(frames_dir: str | os.PathLike, ext: str = ".jpg") -> dict[
     return counts
 
 
+# Frames of UCSD Ped2's 12 test videos (Test001 .. Test012), in order: what ped2.mat's ranges index.
+UCSD_PED2_TEST_FRAMES = (180, 180, 150, 180, 150, 180, 180, 180, 120, 150, 180, 180)
+
+
 def load_ped2_labels(
     mat_path: str | os.PathLike,
-    frame_counts: Sequence[int] | Mapping[str, int],
+    frame_counts: Sequence[int] | Mapping[str, int] | None = None,
 ) -> dict[str, np.ndarray]:
     """Frame labels of UCSD Ped2 test videos from ``ped2.mat``.
 
@@ -667,7 +673,8 @@ def load_ped2_labels(
     names are taken in video order (e.g. from :func:`ped2_frame_counts`).  A mapping of fewer
     videos than the file holds must name them by number (``{"01": 180, "03": 150}``, as
     ``llsh-index extract --videos`` names them): those videos are labelled; names that number
-    every video once (``"1"`` .. ``"12"``) label them by number too.
+    every video once (``"1"`` .. ``"12"``) label them by number too.  ``None``: UCSD Ped2's own
+    counts (:data:`UCSD_PED2_TEST_FRAMES`; the file must hold 12 videos).
 
     Returns ``{name: uint8 array of length frame_count}``.
     """
@@ -686,6 +693,11 @@ def load_ped2_labels(
         raise LabelFileError(f"{mat_path}: expected 'gt' to be a (1, V) cell array, got {gt.dtype} {gt.shape}")
     entries = list(gt.ravel())
 
+    if frame_counts is None:
+        if len(entries) != len(UCSD_PED2_TEST_FRAMES):
+            raise LengthMismatchError(f"{mat_path}: UCSD Ped2's frame counts are for its {len(UCSD_PED2_TEST_FRAMES)} "
+                                      f"test videos, the file holds {len(entries)}; pass frame_counts")
+        frame_counts = UCSD_PED2_TEST_FRAMES
     if isinstance(frame_counts, Mapping):
         names = sorted(frame_counts)
         counts = [frame_counts[n] for n in names]

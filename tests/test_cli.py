@@ -1175,3 +1175,85 @@ def test_plot_roc_reports_each_files_micro_auc(feature_files, capsys):
                  "--videos", "t0"]) == 0
     assert f"good: micro-AUC {metrics.micro_auc({'t0': good['t0']}, {'t0': labels['t0']}).auc:.4f}" in \
         capsys.readouterr().out
+
+
+def test_evaluate_single_class_flip_is_the_authors_macro(tmp_path, capsys):
+    """--single-class flip keeps a one-class video with frame 0's label flipped, as the authors'
+    cal_macro_auc does; the oracle is that formula with scipy's smoothing and sklearn's AUC."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(8)
+    labels = {"a": (np.arange(50) >= 25).astype(np.uint8), "b": np.ones(40, np.uint8), "c": np.zeros(30, np.uint8)}
+    scores = {v: (labels[v] + rng.standard_normal(len(labels[v]))).astype(np.float32) for v in labels}
+    np.savez(tmp_path / "gt.npz", **labels)
+    np.savez(tmp_path / "s.npz", **scores)
+    per_video = {}
+    for v in labels:
+        lab = labels[v].copy()
+        if lab.min() == lab.max():
+            lab[0] = 1 - lab[0]
+        per_video[v] = roc_auc_score(lab, _smoothed_oracle(scores[v]))
+    base = ["evaluate", "--scores", str(tmp_path / "s.npz"), "--labels", str(tmp_path / "gt.npz")]
+    capsys.readouterr()
+    assert main(base + ["--single-class", "flip", "--per-video", "--json", str(tmp_path / "f.json")]) == 0
+    out = capsys.readouterr().out
+    got = json.load(open(tmp_path / "f.json"))
+    assert got["macro_auc"] == pytest.approx(np.mean(list(per_video.values())), abs=1e-12)
+    assert got["single_class"] == "flip" and got["single_class_videos"] == ["b", "c"]
+    assert "2 single-class in, frame 0's label flipped" in out
+    assert f"  b  {per_video['b']:.4f}  (single-class, all anomalous: frame 0's label flipped)" in out
+    assert main(base + ["--json", str(tmp_path / "s.json")]) == 0  # the default skips them
+    assert json.load(open(tmp_path / "s.json"))["macro_auc"] == pytest.approx(per_video["a"], abs=1e-12)
+    assert "2 single-class skipped in macro" in capsys.readouterr().out
+
+
+def test_evaluate_label_file_given_as_scores(tmp_path, capsys):
+    """The same file twice is refused; 0/1 'scores' (a label file by mistake) are warned about."""
+    labels = {"a": (np.arange(50) >= 25).astype(np.uint8), "b": (np.arange(40) < 5).astype(np.uint8)}
+    np.savez(tmp_path / "gt.npz", **labels)
+    np.savez(tmp_path / "gt2.npz", **labels)
+    capsys.readouterr()
+    assert main(["evaluate", "--scores", str(tmp_path / "gt.npz"), "--labels", str(tmp_path / "gt.npz")]) == 2
+    assert "got the same file twice" in capsys.readouterr().err
+    assert main(["evaluate", "--scores", str(tmp_path / "gt2.npz"), "--labels", str(tmp_path / "gt.npz")]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: every score in {tmp_path / 'gt2.npz'} is 0 or 1, as in a label file" in err
+    scores = {v: lab + np.float32(0.5) * np.random.default_rng(0).random(len(lab)) for v, lab in labels.items()}
+    np.savez(tmp_path / "s.npz", **scores)
+    assert main(["evaluate", "--scores", str(tmp_path / "s.npz"), "--labels", str(tmp_path / "gt.npz")]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_evaluate_ped2_mat_counts_ped2s_own_frames(tmp_path, capsys):
+    """With ped2.mat, videos named by number take UCSD Ped2's frame counts: scores of another length
+    are refused under --align exact (they were labelled as that many frames), and --align centre
+    places snippet scores on the real frames (the labels' length was the snippet count)."""
+    import scipy.io
+
+    from conftest import shared_path
+
+    mat = shared_path("ped2", "ped2.mat")
+    gt = scipy.io.loadmat(mat)["gt"].ravel()
+    counts = metrics.UCSD_PED2_TEST_FRAMES
+    labels = {}
+    for i, (n, ranges) in enumerate(zip(counts, gt)):
+        lab = np.zeros(n, np.uint8)
+        for first, last in np.asarray(ranges, np.int64).T:
+            lab[first - 1:last] = 1
+        labels[f"{i + 1:02d}"] = lab
+    assert metrics.load_ped2_labels(mat).keys() == labels.keys()
+    for v, lab in metrics.load_ped2_labels(mat).items():
+        np.testing.assert_array_equal(lab, labels[v])
+    rng = np.random.default_rng(2)
+    long = {"02": rng.standard_normal(210).astype(np.float32), "03": rng.standard_normal(150).astype(np.float32)}
+    np.savez(tmp_path / "long.npz", **long)
+    capsys.readouterr()
+    assert main(["evaluate", "--scores", str(tmp_path / "long.npz"), "--labels", str(mat)]) == 2
+    assert "02" in capsys.readouterr().err
+    snippets = {v: rng.standard_normal(len(labels[v]) - 15).astype(np.float32) for v in ("01", "04")}
+    np.savez(tmp_path / "snip.npz", **snippets)
+    assert main(["evaluate", "--scores", str(tmp_path / "snip.npz"), "--labels", str(mat), "--align", "centre",
+                 "--json", str(tmp_path / "c.json")]) == 0
+    want = metrics.evaluate(snippets, {v: labels[v] for v in snippets}, sigma=12, align="centre")
+    got = json.load(open(tmp_path / "c.json"))
+    assert got["micro_auc"] == pytest.approx(want.micro.auc) and got["n_frames"] == 360

@@ -228,6 +228,24 @@ def test_shanghaitech_layout_with_training_videos(tmp_path):
     np.savez(tmp_path / "more.npz", **{"01_0014": np.zeros(4), "01_0015": np.zeros(3)})
     with pytest.raises(D.DatasetNotFoundError, match="01_0015"):
         D.load_shanghaitech(root, labels_path=tmp_path / "more.npz")
+    # labels of the wrong length name the label file they came from (they said 'in labels')
+    np.savez(tmp_path / "short.npz", **{"01_0014": np.zeros(3)})
+    with pytest.raises(D.DatasetFormatError, match=r"labels of video '01_0014' in \S*short\.npz: 3 labels for 4 frames"):
+        D.load_shanghaitech(root, labels_path=tmp_path / "short.npz")
+
+
+def test_a_mat_file_as_label_npz_is_named_without_pickle_advice(tmp_path):
+    """numpy's advice to load a non-.npz with allow_pickle is not passed on (a MATLAB file is not one)."""
+    import scipy.io
+
+    from llsh_index import metrics
+
+    mat = tmp_path / "ped2.mat"
+    scipy.io.savemat(mat, {"gt": np.array([[np.array([[61], [180]])]], dtype=object)})
+    for load, error in ((metrics.load_labels, metrics.LabelFileError), (D.load_npz_labels, D.DatasetFormatError)):
+        with pytest.raises(error, match="not an .npz archive") as ei:
+            load(mat)
+        assert "pickle" not in str(ei.value)
 
 
 def test_npz_missing_pieces(tmp_path):
