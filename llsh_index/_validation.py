@@ -46,6 +46,18 @@ def array_device(x: Any) -> str:
     return "cpu"
 
 
+def unmasked(x: Any, name: str) -> Any:
+    """x itself, or a masked array's data when nothing is masked.  np.asarray (and every engine) reads
+    the data under a mask, so masked entries would be scored as data: refused, typed."""
+    if isinstance(x, np.ma.MaskedArray):
+        n_masked = int(np.ma.count_masked(x))
+        if n_masked:
+            raise InvalidInputError(f"{name}: expected no masked values, got a masked array with {n_masked} "
+                                    "masked; fill them (x.filled(value)) or drop their rows first")
+        return np.ma.getdata(x)
+    return x
+
+
 def check_features(x: Any, name: str = "features", dim: Optional[int] = None, device: str = "cpu"):
     """Validate a 2-D float feature batch and return it as a torch tensor on `device`.
 
@@ -70,13 +82,7 @@ def check_features(x: Any, name: str = "features", dim: Optional[int] = None, de
         shape = tuple(x.shape)
         src_device = array_device(x)
     else:
-        if isinstance(x, np.ma.MaskedArray):
-            # np.asarray and the engine read the data under the mask: masked entries would be scored
-            n_masked = int(np.ma.count_masked(x))
-            if n_masked:
-                raise InvalidInputError(f"{name}: expected no masked values, got a masked array with {n_masked} "
-                                        "masked; fill them (x.filled(value)) or drop their rows first")
-            x = np.ma.getdata(x)
+        x = unmasked(x, name)
         if not isinstance(x, np.ndarray):
             try:
                 x = np.asarray(x)

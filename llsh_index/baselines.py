@@ -46,7 +46,7 @@ except ImportError as exc:  # faiss is an optional dependency (extra "baselines"
     ) from exc
 
 from . import io as llsh_io
-from ._validation import PATH_TYPES
+from ._validation import PATH_TYPES, unmasked
 from .errors import (NPZ_READ_ERRORS, ConfigError, CudaUnavailableError, IndexFormatError, IndexStateError, InvalidDTypeError,
                      InvalidInputError, LLSHError, NotFittedError)
 
@@ -183,6 +183,7 @@ def _resolve_use_gpu(use_gpu: bool | None) -> bool:
 
 def _as_features(x: Any, what: str, dim: int | None = None) -> np.ndarray:
     """Validate and convert to a C-contiguous float32 ``(n, d)`` matrix (numpy or torch)."""
+    x = unmasked(x, what)
     if hasattr(x, "detach") and type(x).__module__.split(".")[0] == "torch":
         if str(x.layout) != "torch.strided":  # sparse: .numpy() raises a bare TypeError
             raise InvalidDTypeError(f"{what}: expected a dense tensor, got layout {x.layout} (call .to_dense())")

@@ -36,7 +36,7 @@ from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from . import probing
-from ._validation import check_bool, check_video_ids
+from ._validation import check_bool, check_video_ids, unmasked
 from .errors import ConfigError, InvalidDTypeError, InvalidInputError, NotFittedError
 from .index import LearnableLSHIndex, _normalise_device, _to_numpy, check_reduce, probed_scores
 from .sharded import _send
@@ -298,6 +298,7 @@ class LLSHDetector(_TypedSetParams, OutlierMixin, BaseEstimator):
         """scikit-learn's input checks, raised as the package's typed errors (still ValueError /
         TypeError), with short messages of ours where scikit-learn's dump the array (1-D input) or
         give advice for other estimators (NaN / inf)."""
+        X = unmasked(X, "X")
         try:
             return validate_data(self, X, dtype=[np.float32, np.float64], **kwargs)
         except TypeError as exc:  # sparse input, unsupported dtypes

@@ -653,7 +653,13 @@ def test_masked_arrays_are_refused_where_something_is_masked():
     masked = np.ma.masked_array(q, mask=np.zeros_like(q, dtype=bool))
     masked.mask[1, 3] = True
     masked.data[1, 3] = 1e6
-    for call in (index.score, index.encode, lambda a: llsh_index.LearnableLSHIndex(n_tables=2, n_bits=4).add(a)):
+    from llsh_index.baselines import KNNScorer
+    from llsh_index.sklearn import LLSHDetector
+
+    knn = KNNScorer(k=1).fit(X)
+    detector = LLSHDetector(n_tables=2, n_bits=4, train=False, calibration_folds=5).fit(X)
+    for call in (index.score, index.encode, lambda a: llsh_index.LearnableLSHIndex(n_tables=2, n_bits=4).add(a),
+                 knn.score, knn.fit, detector.score_samples, detector.predict):
         with pytest.raises(InvalidInputError, match="expected no masked values, got a masked array with 1 masked"):
             call(masked)
     np.testing.assert_array_equal(index.score(np.ma.masked_array(q)), index.score(q))  # nothing masked: its data
