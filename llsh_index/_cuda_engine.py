@@ -51,7 +51,7 @@ def _native():
         why = _C.cuda_status()[2] if hasattr(_C, "cuda_status") else "no CUDA functions in llsh_index._C"
         raise CudaUnavailableError(
             f"llsh_index CUDA engine unavailable: {why}. Rebuild with LLSH_WITH_CUDA=ON "
-            "(e.g. `LLSH_WITH_CUDA=ON pip install --no-build-isolation -e .`).")
+            "(e.g. `LLSH_WITH_CUDA=ON pip install -e .`).")
     return _C
 
 

@@ -1,5 +1,9 @@
 """The one small dispatcher: numpy arrays go to the C++ engine, CUDA tensors to the CUDA engine.
 
+It routes the table operations (binarize, build, lookup, statistics).  Hashing keeps its own two
+paths in encoder.py (on the CPU one native pass fuses LayerNorm's fold, the sigmoid and the keys;
+on a GPU torch's GEMM, then sigmoid_binarize here); both ask on_device() which path to take.
+
 Tables are a dict of the six arrays of csrc/include/llsh/sorted_tables.h plus "ids" and
 "n_items"; on the CPU they are numpy arrays, on a GPU torch tensors.
 """
@@ -16,7 +20,7 @@ MODES = {"mean": 0, "light": 1, "squared": 2}
 
 
 def on_device(x) -> bool:
-    """True for data the CUDA engine handles (torch CUDA tensors); the one place the path is chosen."""
+    """True for data the CUDA engine handles (torch CUDA tensors): the test every CPU / GPU choice uses."""
     return hasattr(x, "is_cuda") and x.is_cuda
 
 

@@ -64,11 +64,43 @@ def test_sdist_holds_what_a_wheel_build_and_the_tests_need(monkeypatch):
 @in_checkout
 def test_wheel_holds_the_package_only_with_its_data():
     tool = pyproject()["tool"]["setuptools"]
-    assert tool["packages"] == ["llsh_index"]  # tests/ and benchmarks/ stay out of the wheel
-    patterns = tool["package-data"]["llsh_index"]
-    assert "py.typed" in patterns and "data/*.npz" in patterns
-    for pattern in patterns:
-        assert list((ROOT / "llsh_index").glob(pattern)), f"package-data {pattern!r} matches no file"
+    # tests/ and benchmarks/ stay out of the wheel; the data folder is listed (setuptools warned that it
+    # was "absent from the packages configuration" while shipping it through package-data)
+    assert tool["packages"] == ["llsh_index", "llsh_index.data"]
+    data = tool["package-data"]
+    assert data["llsh_index"] == ["py.typed"] and data["llsh_index.data"] == ["*.npz"]
+    for package, patterns in data.items():
+        for pattern in patterns:
+            folder = ROOT.joinpath(*package.split("."))
+            assert list(folder.glob(pattern)), f"package-data {package}: {pattern!r} matches no file"
+
+
+@in_checkout
+def test_setup_switches_read_off_as_off():
+    """LLSH_SANITIZE=0 built a sanitizer module (any non-empty string was on), which does not import."""
+    import ast
+
+    source = (ROOT / "setup.py").read_text()
+    node = next(n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == "_switch")
+    import os
+
+    scope = {"os": os}
+    exec(compile(ast.Module(body=[node], type_ignores=[]), "setup.py", "exec"), scope)
+    switch = scope["_switch"]
+    for value, want in (("", False), ("0", False), ("off", False), ("OFF", False), ("false", False), ("no", False),
+                        ("1", True), ("ON", True), ("true", True), ("yes", True)):
+        os.environ["LLSH_TEST_SWITCH"] = value
+        try:
+            assert switch("LLSH_TEST_SWITCH") is want, value
+        finally:
+            del os.environ["LLSH_TEST_SWITCH"]
+    assert switch("LLSH_TEST_SWITCH") is False  # unset
+    os.environ["LLSH_TEST_SWITCH"] = "maybe"
+    try:
+        with pytest.raises(SystemExit, match="LLSH_TEST_SWITCH: expected ON or OFF"):
+            switch("LLSH_TEST_SWITCH")
+    finally:
+        del os.environ["LLSH_TEST_SWITCH"]
 
 
 def test_imported_package_has_its_data_files():

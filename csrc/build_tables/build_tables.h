@@ -107,10 +107,6 @@ template <typename CodeT>
 CudaBuildState build_tables_cuda_sort(const CudaBuildArgs<CodeT>& args, void* stream);
 template <typename CodeT>
 void build_tables_cuda_finish(const CudaBuildArgs<CodeT>& args, const CudaBuildState& state, void* stream);
-// Both phases in one call, for C++ callers whose outputs have capacity b*n (keys, offsets (+1),
-// bucket_sum, bucket_sqnorm): returns U.
-template <typename CodeT>
-int64_t build_tables_cuda(const CudaBuildArgs<CodeT>& args, void* stream);
 #endif
 
 }  // namespace llsh

@@ -573,18 +573,9 @@ void build_tables_cuda_finish(const CudaBuildArgs<CodeT>& a, const CudaBuildStat
   }
 }
 
-template <typename CodeT>
-int64_t build_tables_cuda(const CudaBuildArgs<CodeT>& args, void* stream) {
-  const CudaBuildState st = build_tables_cuda_sort(args, stream);
-  build_tables_cuda_finish(args, st, stream);
-  return st.n_unique;
-}
-
 template CudaBuildState build_tables_cuda_sort<float>(const CudaBuildArgs<float>&, void*);
 template CudaBuildState build_tables_cuda_sort<uint16_t>(const CudaBuildArgs<uint16_t>&, void*);
 template void build_tables_cuda_finish<float>(const CudaBuildArgs<float>&, const CudaBuildState&, void*);
 template void build_tables_cuda_finish<uint16_t>(const CudaBuildArgs<uint16_t>&, const CudaBuildState&, void*);
-template int64_t build_tables_cuda<float>(const CudaBuildArgs<float>&, void*);
-template int64_t build_tables_cuda<uint16_t>(const CudaBuildArgs<uint16_t>&, void*);
 
 }  // namespace llsh

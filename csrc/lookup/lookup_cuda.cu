@@ -1,7 +1,7 @@
 // lookup_cuda: device twin of lookup_cpu.
 //
 // lookup_warp_kernel   one warp per (query, table) pair (grid-stride): binary search of the key with
-//                      llsh::find_key (hand-written, shared with the CPU engine; no thrust::lower_bound,
+//                      llsh::find_key (hand-written in sorted_tables.h, a device function; no thrust::lower_bound,
 //                      NVIDIA/thrust#1734), then
 //                        mean    : lanes in groups of G (G = next pow2 >= r/4, so <= 4 components per
 //                                  lane, coalesced along the row), 32/G rows per step and two steps in
