@@ -1146,11 +1146,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the benchmark's training (normal) or test videos (default train; not for 'folders')")
     p.add_argument("--out", required=True,
                    help="feature file to write; one there already is reused when it holds the features asked for "
-                        "(same videos, extractor, --T, --s), labels updated, and otherwise refused unless "
-                        "--overwrite")
+                        "(the same videos, read from the same folders or files, extractor, --T, --s, labels), and "
+                        "otherwise refused unless --overwrite")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace a file at --out that holds anything else (other videos or settings, not a "
-                        "feature file)")
+                   help="replace a file at --out that holds anything else (other videos or settings, videos read "
+                        "from elsewhere, other labels, an older file that does not record where its videos were "
+                        "read from, not a feature file); with only other labels, the features are kept")
     p.add_argument("--labels", default=None,
                    help="test labels kept in the feature file: ped2, the ped2.mat file; avenue / shanghaitech / "
                         "corridor / folders, a label .npz (video -> per-frame 0/1, e.g. ../shared/data/vad_groundtruth/"

