@@ -1,8 +1,9 @@
 """The one small dispatcher: numpy arrays go to the C++ engine, CUDA tensors to the CUDA engine.
 
 It routes the table operations (binarize, build, lookup, statistics).  Hashing keeps its own two
-paths in encoder.py (on the CPU one native pass fuses LayerNorm's fold, the sigmoid and the keys;
-on a GPU torch's GEMM, then sigmoid_binarize here); both ask on_device() which path to take.
+paths in encoder.py: a CPU tensor takes one native pass that fuses LayerNorm's fold, the sigmoid and
+the keys (it reads CPU memory, so it tests the tensor's device), a GPU tensor torch's GEMM and then
+sigmoid_binarize here.
 
 Tables are a dict of the six arrays of csrc/include/llsh/sorted_tables.h plus "ids" and
 "n_items"; on the CPU they are numpy arrays, on a GPU torch tensors.
@@ -20,7 +21,7 @@ MODES = {"mean": 0, "light": 1, "squared": 2}
 
 
 def on_device(x) -> bool:
-    """True for data the CUDA engine handles (torch CUDA tensors): the test every CPU / GPU choice uses."""
+    """True for data the CUDA engine handles (torch CUDA tensors): the test of every table operation's path."""
     return hasattr(x, "is_cuda") and x.is_cuda
 
 
