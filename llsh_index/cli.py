@@ -226,11 +226,12 @@ def load_scores(path: str) -> Dict[str, np.ndarray]:
 
 def _load_labels(path: str, scores: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
     """Per-frame labels from a label .npz (vad_groundtruth layout), a feature file with labels, or
-    UCSD's ped2.mat (its ranges need each video's frame count: the per-frame scores' lengths)."""
+    UCSD's ped2.mat (its ranges need each video's frame count: UCSD Ped2's own for videos named by
+    number, else the per-frame scores' lengths)."""
     from . import metrics
 
     if path.lower().endswith(".mat"):
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             raise FileNotFoundError(f"label file not found: {path}")
         if not scores:
             raise InvalidInputError(f"{path}: a .mat label file needs per-frame scores to count the frames")

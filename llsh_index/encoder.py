@@ -32,18 +32,23 @@ def float32_rows(x: torch.Tensor) -> torch.Tensor:
     """x as the float32 rows the hash layers take.
 
     float64 rows whose mean lies far from 0 against their spread (|mu| > FOLD_MAX_MEAN_RATIO * sigma)
-    lose that mean in float64 first: LayerNorm ignores a row's offset, and a cast first would keep
-    only float32's ~7 digits of offset plus variation (offsets of 1e5 changed 3.6% of the keys, 1e7
-    92%).  Every other row is cast as it is, bit for bit (float64 copies of float32 data hash as the
-    float32 data does).
+    and whose values float32 cannot hold exactly lose that mean in float64 first: LayerNorm ignores a
+    row's offset, and a cast first would keep only float32's ~7 digits of offset plus variation
+    (offsets of 1e5 changed 3.6% of the keys, 1e7 92%).  Every other row is cast as it is, bit for
+    bit: float64 copies of float32 data hash exactly as the float32 data does, and a value beyond
+    float32's range stays one (refused by the caller, as documented).
     """
     if x.dtype != torch.float64:
         return x.to(torch.float32)
     std, mean = torch.std_mean(x, dim=1, correction=0, keepdim=True)
     far = mean.abs() > HashEncoder.FOLD_MAX_MEAN_RATIO * std  # NaN rows: False, cast and refused as before
-    if bool(far.any()):
-        x = torch.where(far, x - mean, x)
-    return x.to(torch.float32)
+    if not bool(far.any()):
+        return x.to(torch.float32)
+    cast = x.to(torch.float32)
+    lossy = (cast.to(torch.float64) != x).any(dim=1, keepdim=True)
+    in_range = (x.abs() <= float(torch.finfo(torch.float32).max)).all(dim=1, keepdim=True)
+    centre = far & lossy & in_range
+    return torch.where(centre, (x - mean).to(torch.float32), cast) if bool(centre.any()) else cast
 
 
 class HashEncoder(nn.Module):

@@ -238,7 +238,7 @@ class LearnableLSHIndex:
 
     # ------------------------------------------------------------------ hashing
     @torch.no_grad()
-    def _encode_chunk(self, x: torch.Tensor, name: str, row0: int, stage=None, buf=None):
+    def _encode_chunk(self, x: torch.Tensor, name: str, row0: int, stage=None, buf=None, encoder=None):
         """One chunk -> (codes (n, b, r) float32, keys (n, b) uint64), numpy on the CPU.
 
         stage (CPU): (keys (b, n_total) uint64, codes (b, n_total, r) float32, row) staging arrays
@@ -246,7 +246,10 @@ class LearnableLSHIndex:
         native epilogue.  Returns whether it did (it does not for padded chunks).
         buf (CPU): a float32 tensor of at least (rows, b*r) that receives the GEMM output and so the
         returned codes (see _chunk_buffer): valid until the next call with the same buffer.
+        encoder: the layers (default self.encoder); the read paths without tables pass the one they
+        checked, since a failing first add()/fit() may drop self.encoder meanwhile.
         """
+        encoder = self.encoder if encoder is None else encoder
         source, x = x, float32_rows(x).contiguous()
         n = x.shape[0]
         if n < MIN_GEMM_ROWS:
@@ -258,8 +261,7 @@ class LearnableLSHIndex:
             # one native epilogue: fold, sigmoid, keys and the NaN check (a NaN/Inf anywhere in a row
             # reaches its logits) in a single pass over the GEMM output
             table_keys, table_codes, stage_row = stage if stage is not None else (None, None, 0)
-            codes, keys, bad = self.encoder.hash_codes_cpu(x, self.n_threads, table_codes, table_keys, stage_row,
-                                                           out=buf)
+            codes, keys, bad = encoder.hash_codes_cpu(x, self.n_threads, table_codes, table_keys, stage_row, out=buf)
             if 0 <= bad < n:
                 raise _bad_row_error(name, x[bad], row0 + bad, source[bad])
             if stage is not None:
@@ -267,7 +269,7 @@ class LearnableLSHIndex:
             return codes[:n], keys[:n]
         if stage is not None:
             raise ValueError("_encode_chunk: stage is for the CPU engine")
-        logits = self.encoder.hash_logits(x)[:n].contiguous()
+        logits = encoder.hash_logits(x)[:n].contiguous()
         bad = torch.isnan(logits).flatten(1).any(dim=1)  # a NaN/Inf anywhere in a row reaches its logits
         if bool(bad.any()):
             i = int(torch.nonzero(bad)[0, 0])
@@ -288,11 +290,18 @@ class LearnableLSHIndex:
         for i in range(0, t.shape[0], step):
             yield i, t[i:i + step]
 
-    def _encode_all(self, features, caller: str, what: str = "features"):
-        if self.encoder is None:  # as hash_queries: the layers come from dim=, fit() or add(), not from a probe
+    def _layers_and_features(self, features, caller: str, what: str):
+        """(layers, checked features) for the read paths that need no tables (encode, hash_keys,
+        hash_queries): the layers come from dim=, fit() or add(), never from a read, and are taken
+        once, so a failing first add()/fit() that drops them meanwhile cannot leave a read half done."""
+        encoder = self.encoder
+        if encoder is None:
             raise NotFittedError(f"{caller}: the index has no hash layers yet (give dim=, or call fit() or add())")
-        t = self._features(features, what)
-        parts = [self._encode_chunk(c, what, i) for i, c in self._chunks(t)]
+        return encoder, check_features(features, what, encoder.dim, self.device)
+
+    def _encode_all(self, features, caller: str, what: str = "features"):
+        encoder, t = self._layers_and_features(features, caller, what)
+        parts = [self._encode_chunk(c, what, i, encoder=encoder) for i, c in self._chunks(t)]
         cat = torch.cat if _engine.on_device(t) else np.concatenate
         return cat([p[0] for p in parts]), cat([p[1] for p in parts])
 
@@ -668,10 +677,8 @@ class LearnableLSHIndex:
         The hashed form partial_scores(query_codes=..., query_keys=...) takes: hash once, then send
         b*r floats + b keys per query to every shard instead of the d features.
         """
-        if self.encoder is None:
-            raise NotFittedError("hash_queries: the index has no hash layers yet (no fit() or add())")
-        t = self._features(queries, "queries")
-        parts = [self._encode_chunk(c, "queries", i) for i, c in self._chunks(t)]
+        encoder, t = self._layers_and_features(queries, "hash_queries", "queries")
+        parts = [self._encode_chunk(c, "queries", i, encoder=encoder) for i, c in self._chunks(t)]
         if len(parts) == 1:
             return parts[0]
         if _engine.on_device(t):  # keys joined as int64 bits: torch's uint64 support is limited to a few ops

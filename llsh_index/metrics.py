@@ -680,7 +680,12 @@ def load_ped2_labels(
     """
     import scipy.io
 
+    from .io import not_regular_file
+
     mat_path = os.fspath(mat_path)
+    special = not_regular_file(mat_path)
+    if special:  # loadmat of a FIFO would block
+        raise LabelFileError(f"{mat_path}: expected a MATLAB label file, got {special}")
     try:
         mat = scipy.io.loadmat(mat_path)
     except Exception as exc:

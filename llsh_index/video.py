@@ -339,7 +339,8 @@ def _snippet_features(extractor: "FeatureExtractor", out: Any, idx: np.ndarray, 
         a = np.asarray(out, dtype=np.float32)
     except (TypeError, ValueError, RuntimeError) as e:
         raise ConfigError(f"{name}: expected an array of features, got {type(out).__name__} ({e})") from e
-    if n == 0 or a.size % n:
+    if n == 0 or a.size % n or (a.ndim == 2 and a.shape != (n, dim) and a.size == n * dim):
+        # a 2-D output must be (snippets, dim) itself: a transposed one has the right size and scrambled rows
         if a.size == 0 and n == 0:
             return np.zeros((0, dim), np.float32)
         raise ConfigError(f"{name}: expected {n} snippets of {dim} features (the extractor's dim), got shape "

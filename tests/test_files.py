@@ -831,7 +831,8 @@ def test_readers_refuse_a_fifo_instead_of_blocking(tmp_path):
     os.mkfifo(fifo)
     readers = [(LearnableLSHIndex.load, IndexFormatError), (metrics.load_labels, metrics.LabelFileError),
                (datasets.load_npz_labels, datasets.DatasetFormatError), (video.load_feature_file, video.FeatureFileError),
-               (baselines.KNNScorer.load, baselines.ScorerFormatError), (load_scores, IndexFormatError)]
+               (baselines.KNNScorer.load, baselines.ScorerFormatError), (load_scores, IndexFormatError),
+               (lambda p: metrics.load_ped2_labels(p, [180] * 12), metrics.LabelFileError)]
     import threading
 
     for read, error in readers:
@@ -851,6 +852,19 @@ def test_readers_refuse_a_fifo_instead_of_blocking(tmp_path):
             pytest.fail(f"{read} blocked on a FIFO")
         assert isinstance(done.get("exc"), error), (read, done)
         assert "FIFO" in str(done["exc"]) and "pipe" in str(done["exc"]), str(done["exc"])
+    from llsh_index.cli import main
+
+    os.mkfifo(tmp_path / "gt.mat")  # evaluate --labels x.mat: named, not "not found", and no block
+    np.savez(tmp_path / "s.npz", **{"01": np.zeros(180, np.float32)})
+    done = {}
+    t = threading.Thread(target=lambda: done.setdefault(
+        "rc", main(["evaluate", "--scores", str(tmp_path / "s.npz"), "--labels", str(tmp_path / "gt.mat")])), daemon=True)
+    t.start()
+    t.join(20)
+    if t.is_alive():
+        open(tmp_path / "gt.mat", "wb").close()
+        pytest.fail("evaluate blocked on a FIFO .mat")
+    assert done["rc"] == 2
 
 
 def test_a_failed_write_names_the_target_and_keeps_the_old_file(tmp_path, monkeypatch):

@@ -331,3 +331,48 @@ def test_racing_first_adds_of_two_dimensions_accept_one(rng):
         assert sorted(outcome.values()) == ["ok", "refused"]
         winner = next(d for d, o in outcome.items() if o == "ok")
         assert index.dim == winner and index.ntotal == 20000
+
+
+@pytest.mark.parametrize("offset", [0.0, 10.0, 1e3, 1e4])
+def test_float64_copies_of_float32_data_hash_as_the_float32_data(rng, offset):
+    """The float64 centring is for values float32 cannot hold: a float64 copy of float32 rows far from
+    zero mean (the explicit float32 LayerNorm's rows) gives the float32 rows' keys, codes and scores
+    bit for bit (centring them too moved 129 of 4,000 keys at offset 1e4)."""
+    x32 = (rng.standard_normal((4000, 128)) + offset).astype(np.float32)
+    x64 = x32.astype(np.float64)
+    index = LearnableLSHIndex(128, n_tables=8, n_bits=16, seed=1).add(x32[:2000])
+    np.testing.assert_array_equal(index.hash_keys(x64), index.hash_keys(x32))
+    np.testing.assert_array_equal(index.encode(x64), index.encode(x32))
+    np.testing.assert_array_equal(index.score(x64[2000:2500]), index.score(x32[2000:2500]))
+
+
+def test_reads_during_a_failing_first_add_are_typed(rng):
+    """encode() racing a first add() that fails and drops its layers: a result or NotFittedError, never
+    an AttributeError from layers that went away between the check and the use."""
+    import threading
+
+    x = rng.random((60000, 16), dtype=np.float32)
+    x[-1, 3] = np.nan
+    q = rng.random((3000, 16), dtype=np.float32)
+    for _ in range(5):
+        index = LearnableLSHIndex(n_tables=4, n_bits=8, batch_size=64)
+        stop, errors = threading.Event(), []
+
+        def reader():
+            while not stop.is_set():
+                try:
+                    index.encode(q)
+                except llsh_index.NotFittedError:
+                    pass
+                except Exception as exc:  # noqa: BLE001 - the test's subject
+                    errors.append(exc)
+                    return
+
+        t = threading.Thread(target=reader)
+        t.start()
+        with pytest.raises(llsh_index.InvalidInputError):
+            index.add(x)
+        stop.set()
+        t.join()
+        assert not errors, errors
+        assert index.dim is None and index.encoder is None

@@ -619,3 +619,13 @@ def test_plugin_faults_in_the_stream_are_checked_as_offline(index):
         s = StreamScorer(index, Wide(), T=5, sigma=3)
         s.push(frames)
         s.flush()
+
+    class Transposed(GridMeansPerFrame):  # (dim, n): the right size, scrambled rows
+        def pool_descriptors(self, desc, idx):
+            return np.ascontiguousarray(super().pool_descriptors(desc, idx).T)
+
+    with pytest.raises(ConfigError, match=r"expected 26 snippets of 24 features \(the extractor's dim\), got shape "
+                                          r"\(24, 26\)"):
+        s = StreamScorer(index, Transposed(), T=5, sigma=3)
+        s.push(frames[:28])
+        s.flush()
