@@ -345,9 +345,9 @@ def test_fake_gpus_round_robin_threads_and_codes_only(data, fake, monkeypatch):
     calls = {}
     encode = LearnableLSHIndex._encode_chunk
 
-    def counting(self, x, name, row0):
+    def counting(self, x, name, row0, **kw):
         calls[id(self)] = calls.get(id(self), 0) + x.shape[0]
-        return encode(self, x, name, row0)
+        return encode(self, x, name, row0, **kw)
 
     want = {mode: single.table_distances(q, mode) for mode in ("mean", "light", "squared")}
     monkeypatch.setattr(LearnableLSHIndex, "_encode_chunk", counting)
