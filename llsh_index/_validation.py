@@ -136,10 +136,14 @@ def check_int_range(value: Any, name: str, low: int, high: Optional[int] = None)
     return int(value)
 
 
-def check_bool(value: Any, name: str) -> bool:
-    """A switch as bool: ConfigError for anything but True / False (bool("no") is True)."""
+def check_bool(value: Any, name: str, allow_01: bool = False) -> bool:
+    """A switch as bool: ConfigError for anything but True / False (bool("no") is True); allow_01: the
+    integers 0 and 1 too (progress=0, an idiom the tests keep)."""
+    if allow_01 and isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value in (0, 1):
+        return bool(value)
     if not isinstance(value, (bool, np.bool_)):
-        raise ConfigError(f"{name}: expected True or False, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{name}: expected True or False{' (or 0 / 1)' if allow_01 else ''}, got "
+                          f"{type(value).__name__} {value!r}")
     return bool(value)
 
 

@@ -511,7 +511,7 @@ def cmd_fit(args) -> int:
     how = "static: rows as independent samples" if args.static else f"{args.schedule or 'paper'} schedule"
     print(f"trained on {len(x)} snippets of {len(names)} videos ({how}): {log.steps} steps, "
           f"{loss}; saved {args.out} ({size} bytes)")
-    if not args.static and barely_trains(log.steps, training["lr"]):
+    if not args.static and barely_trains(log.steps, training["lr"], log.projected_pcs, index.training_config_.centre_layers):
         print(f"note: {log.steps} SGD steps at lr {training['lr']:g} barely move the layers from plain LSH; "
               "for a few short videos (such as Ped2) try --schedule demo, or raise --iterations", file=sys.stderr)
     return 0

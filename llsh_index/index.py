@@ -386,7 +386,7 @@ class LearnableLSHIndex:
                 max_offset=check_int_range(max_offset, "max_offset", 0, big),
                 n_neighbors=check_int_range(n_neighbors, "n_neighbors", 1, big),
                 seed=self.seed if seed is None else check_int_range(seed, "seed", -(2 ** 63), 2 ** 64 - 1),
-                progress=bool(progress),
+                progress=check_bool(progress, "progress", allow_01=True),
                 lr_schedule=lr_schedule,
                 warmup_steps=check_int_range(warmup_steps, "warmup_steps", 0, big), grad_clip=as_real(grad_clip, "grad_clip"),
                 project_mean=check_bool(project_mean, "project_mean"),
@@ -430,15 +430,16 @@ class LearnableLSHIndex:
                 with torch.no_grad():
                     self.encoder.weight.copy_(before)
                 raise
-            if not bool(torch.isfinite(self.encoder.weight).all()):  # diverged: keep the layers it started from
+            if not _usable_layers(self.encoder.weight):  # diverged: keep the layers it started from
                 with torch.no_grad():
                     self.encoder.weight.copy_(before)
                 step = next((i for i, v in enumerate(log.losses) if not math.isfinite(v)), None)
-                raise ConfigError(f"fit: training diverged (the hash layers became NaN/Inf"
+                raise ConfigError(f"fit: training diverged (the hash layers became NaN/Inf or too large for float32 "
+                                  f"logits"
                                   f"{'' if step is None else f'; loss not finite from logged step {step}'}); lower lr "
-                                  f"(got {cfg.lr:g}) or raise the temperature (got {cfg.temperature:g}); the layers "
-                                  f"are left as they were before fit()")
-            if barely_trains(log.steps, cfg.lr):
+                                  f"(got {cfg.lr:g}) or weight_decay (got {cfg.weight_decay:g}), or raise the "
+                                  f"temperature (got {cfg.temperature:g}); the layers are left as they were before fit()")
+            if barely_trains(log.steps, cfg.lr, log.projected_pcs, cfg.centre_layers, continued=old is not None):
                 warnings.warn(UndertrainedWarning(
                     f"fit: {log.steps} SGD step{'' if log.steps == 1 else 's'} at lr {cfg.lr:g} barely move the hash layers from plain LSH "
                     f"({len(np.unique(vid)) if vid is not None else t.shape[0]} "
@@ -916,12 +917,14 @@ class LearnableLSHIndex:
                 "seed": self.seed, "batch_size": self.batch_size, "n_threads": self.n_threads,
                 "trained": self.is_trained, "training_steps": 0 if self.training_log_ is None else
                 self.training_log_.steps, "positives": None if self.training_log_ is None else
-                self.training_log_.positives, "has_tables": self._tables is not None,
+                self.training_log_.positives, "projected_pcs": None if self.training_log_ is None else
+                self.training_log_.projected_pcs, "has_tables": self._tables is not None,
                 "training_config": None if self.training_config_ is None else dataclasses.asdict(self.training_config_),
                 "feature_space": self.feature_space_}
         arrays = {"weight": self.encoder.weight.detach().cpu().numpy()}
         if self.training_log_ is not None:
             arrays["losses"] = np.asarray(self.training_log_.losses, dtype=np.float64)
+            arrays["lrs"] = np.asarray(self.training_log_.lrs, dtype=np.float64)
         tables = self._tables
         if tables is not None:
             meta["n_items"] = int(tables["n_items"])
@@ -970,7 +973,16 @@ class LearnableLSHIndex:
                 if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0 or not isinstance(positives, str):
                     raise IndexFormatError(f"{path}: training record: expected training_steps an integer >= 0 and "
                                            f"positives a string, got {steps!r} and {positives!r}")
-                index.training_log_ = TrainingLog(losses=losses.tolist(), steps=steps, positives=positives)
+                # lrs and projected_pcs: absent from files written before they were saved (empty, 0)
+                lrs, pcs = arrays.get("lrs", np.zeros(0)), meta.get("projected_pcs") or 0
+                if lrs.ndim != 1 or lrs.dtype.kind != "f" or (lrs.size and lrs.size != losses.size):
+                    raise IndexFormatError(f"{path}: training learning rates: expected a 1-D float array of one per "
+                                           f"logged loss ({losses.size}), got {lrs.dtype} of shape {lrs.shape}")
+                if isinstance(pcs, bool) or not isinstance(pcs, int) or pcs < 0:
+                    raise IndexFormatError(f"{path}: training record: expected projected_pcs an integer >= 0, got "
+                                           f"{pcs!r}")
+                index.training_log_ = TrainingLog(losses=losses.tolist(), lrs=lrs.tolist(), steps=steps,
+                                                  positives=positives, projected_pcs=pcs)
             if meta.get("training_config") is not None:  # absent from files written before it was saved
                 index.training_config_ = _training_config_from(meta["training_config"], path)
             space = meta.get("feature_space")  # likewise; None: built from arrays
@@ -1179,6 +1191,16 @@ def bucket_sizes_of_keys(key_sizes, query_keys) -> np.ndarray:
         hit = keys[pos] == qkeys[:, j]
         out[hit, j] = sizes[pos[hit]]
     return out
+
+
+def _usable_layers(weight: torch.Tensor) -> bool:
+    """Finite layers whose logits cannot overflow float32: |w . LN(x)| <= |w| |LN(x)| <= |w| sqrt(d)
+    (a LayerNorm'd row has norm <= sqrt(d)), kept 1e6 below float32's largest value.  Finite but
+    larger layers (an extreme weight decay) made every later add() fail, blaming the features."""
+    if not bool(torch.isfinite(weight).all()):
+        return False
+    largest = float(weight.detach().double().norm(dim=1).max()) * math.sqrt(weight.shape[1])
+    return largest <= float(np.finfo(np.float32).max) * 1e-6
 
 
 def _check_feature_space(space) -> None:

@@ -73,8 +73,13 @@ DEMO_TRAINING = dict(iterations=2000, lr=0.2, momentum=0.99, queue_size=2048, ba
 FEW_STEPS, FEW_STEPS_LR = 50, 0.01
 
 
-def barely_trains(steps: int, lr: float) -> bool:
-    """Whether `steps` SGD steps at `lr` leave the layers at plain LSH (fit() warns, the CLI notes it)."""
+def barely_trains(steps: int, lr: float, projected_pcs: int = 0, centre_layers: bool = False,
+                  continued: bool = False) -> bool:
+    """Whether a fit() of `steps` SGD steps at `lr` leaves the layers at plain LSH (fit() warns, the CLI
+    notes it).  Not when it projected (projected_pcs > 0) or centred the layers, which changes them
+    whatever the steps, nor when it continued from trained layers (continued)."""
+    if continued or projected_pcs > 0 or centre_layers:
+        return False
     return steps < FEW_STEPS and lr < FEW_STEPS_LR
 
 
@@ -327,7 +332,8 @@ def train_moco(encoder: HashEncoder, features: torch.Tensor, video_ids: Optional
     for epoch in range(cfg.epochs):
         try:
             pairs = sampler.epoch()
-        except MemoryError as exc:  # an epoch's pairs are groups x iterations x 2 int64
+        except (MemoryError, ValueError) as exc:  # an epoch's pairs are groups x iterations x 2 int64 (numpy says
+            # ValueError "array is too big" past what it can address, MemoryError below that)
             raise ConfigError(f"iterations: {cfg.iterations} per video (or row) make {n_pairs} training pairs "
                               f"({n_pairs * 16 / 2 ** 30:.3g} GiB of indices) that cannot be allocated") from exc
         bar = tqdm(range(n_steps), desc=f"LLSH training {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,

@@ -313,7 +313,7 @@ def test_header_has_magic_version_and_checksums(saved):
     assert zlib.crc32(payload) == header["payload_crc32"]
     names = {e["name"] for e in header["arrays"]}
     # format 2: with the codes stored, the bucket statistics are derived on load, not saved
-    assert {"weight", "losses"} | {"t_" + k for k in TABLE_KEYS if not k.startswith("bucket_")} == names
+    assert {"weight", "losses", "lrs"} | {"t_" + k for k in TABLE_KEYS if not k.startswith("bucket_")} == names
     dtypes = {e["name"]: e["dtype"] for e in header["arrays"]}
     assert dtypes["t_ids"] == dtypes["t_offsets"] == dtypes["t_table_start"] == "int32"
     assert dtypes["t_keys"] == "uint32" and header["meta"]["narrowed"]["t_ids"] == "int64"
@@ -629,6 +629,11 @@ CRAFTED = [
     ("losses-2d", lambda m, a: (m.update(trained=True), a.__setitem__("losses", np.zeros((2, 2))))),
     ("training-steps-negative", lambda m, a: m.update(trained=True, training_steps=-3)),
     ("positives-not-a-string", lambda m, a: m.update(trained=True, positives=5)),
+    ("lrs-2d", lambda m, a: (m.update(trained=True), a.__setitem__("lrs", np.zeros((2, 2))))),
+    ("lrs-not-one-per-loss", lambda m, a: (m.update(trained=True), a.__setitem__("losses", np.zeros(3)),
+                                           a.__setitem__("lrs", np.zeros(2)))),
+    ("projected-pcs-negative", lambda m, a: m.update(trained=True, projected_pcs=-1)),
+    ("projected-pcs-a-bool", lambda m, a: m.update(trained=True, projected_pcs=True)),
     ("feature-space-not-a-mapping", lambda m, a: m.update(feature_space=["efficientnet_lite0", 16])),
 ]
 

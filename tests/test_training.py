@@ -522,3 +522,86 @@ def test_a_queue_shorter_than_the_batch_keeps_the_batch_last_keys(data, monkeypa
         fifo[i % 5] = z_k1[i]
     want = (z_q2 @ torch.stack(fifo).T) / 0.2
     torch.testing.assert_close(seen[1][:, 1:], want, rtol=1e-5, atol=1e-5)
+
+
+def _three_videos():
+    x = np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)
+    return x, np.repeat(np.arange(3), 100)
+
+
+def test_pair_counts_numpy_cannot_address_are_a_config_error():
+    """iterations within the documented bound (< 2**62) but pairs numpy cannot address raised numpy's
+    bare ValueError ("array is too big"); the layers stay as they were."""
+    from llsh_index.errors import ConfigError
+
+    x, vid = _three_videos()
+    index = LearnableLSHIndex(16, n_tables=2, n_bits=4)
+    before = index.encoder.weight.detach().clone()
+    for kw in (dict(video_ids=vid, iterations=2 ** 61), dict(video_ids=vid, iterations=2 ** 62 - 1),
+               dict(iterations=2 ** 59)):
+        with pytest.raises(ConfigError, match="training pairs .* cannot be allocated"):
+            index.fit(x, progress=False, **kw)
+        assert torch.equal(index.encoder.weight, before)
+
+
+def test_save_load_keeps_the_whole_training_log(tmp_path):
+    """lrs and projected_pcs survive save/load (they came back empty and 0), so a fit continued from the
+    file logs one lr per loss, as one continued in memory."""
+    x, vid = _three_videos()
+    kw = dict(iterations=20, batch_size=8, lr=0.05, progress=False, lr_schedule="cosine")
+    index = LearnableLSHIndex(16, n_tables=2, n_bits=4).fit(x, vid, project_pcs=5, **kw)
+    assert index.training_log_.projected_pcs == 5 and len(index.training_log_.lrs) == 7
+    index.save(str(tmp_path / "t.llsh"))
+    loaded = LearnableLSHIndex.load(str(tmp_path / "t.llsh"))
+    for field in ("losses", "lrs", "steps", "positives", "projected_pcs"):
+        assert getattr(loaded.training_log_, field) == getattr(index.training_log_, field), field
+    loaded.fit(x, vid, **kw)
+    index.fit(x, vid, **kw)
+    assert loaded.training_log_ == index.training_log_ and len(loaded.training_log_.lrs) == 14
+    assert torch.equal(loaded.encoder.weight, index.encoder.weight)
+
+
+def test_undertrained_warning_only_where_the_layers_stay_plain_lsh(recwarn):
+    """A projection or centring changes the layers whatever the steps, and a continued fit starts from
+    trained layers: no 'barely move the hash layers from plain LSH' then (it warned)."""
+    import warnings
+
+    from llsh_index.errors import UndertrainedWarning
+
+    x, vid = _three_videos()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UndertrainedWarning)
+        index = LearnableLSHIndex(16, n_tables=2, n_bits=4)
+        w0 = index.encoder.weight.detach().clone()
+        index.fit(x, vid, project_pcs=7, progress=False)
+        assert float((index.encoder.weight - w0).norm() / w0.norm()) > 0.5  # it did move them
+        LearnableLSHIndex(16, n_tables=2, n_bits=4).fit(x, vid, centre_layers=True, progress=False)
+        trained = LearnableLSHIndex(16, n_tables=2, n_bits=4).fit(x, vid, iterations=400, batch_size=8, lr=0.005,
+                                                                  progress=False)
+        trained.fit(x, vid, iterations=1, batch_size=100, lr=0.005, progress=False)  # continued
+    with pytest.warns(UndertrainedWarning, match="barely move the hash layers from plain LSH"):
+        LearnableLSHIndex(16, n_tables=2, n_bits=4).fit(x, vid, progress=False)  # the paper's 1e-3, 1 step
+
+
+def test_finite_layers_too_large_for_float32_logits_are_divergence():
+    """An extreme weight decay left finite layers of ~1e38 that fit() accepted; every add() then failed
+    blaming the features.  Now fit() refuses them as a divergence and keeps the layers it started from."""
+    from llsh_index.errors import ConfigError
+
+    x, vid = _three_videos()
+    index = LearnableLSHIndex(16, n_tables=2, n_bits=4)
+    before = index.encoder.weight.detach().clone()
+    with pytest.raises(ConfigError, match="too large for float32 logits.*weight_decay \\(got 3e\\+38\\)"):
+        index.fit(x, vid, iterations=1, batch_size=8, lr=1.0, weight_decay=3e38, progress=False)
+    assert torch.equal(index.encoder.weight, before)
+    index.add(x)  # usable as it was
+
+
+@pytest.mark.parametrize("value", ["no", "", 2, None, 0.5])
+def test_progress_must_be_a_bool(value):
+    """bool(progress) showed the bar for progress="no"; True / False (and 0 / 1) only now."""
+    from llsh_index.errors import ConfigError
+
+    x, vid = _three_videos()
+    with pytest.raises(ConfigError, match="progress: expected True or False"):
+        LearnableLSHIndex(16, n_tables=2, n_bits=4).fit(x, vid, progress=value)
