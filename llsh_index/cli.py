@@ -1321,26 +1321,82 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _check_outputs(args) -> None:
-    """Output files that can never be written (a folder, a device) fail before the command's work."""
-    from .io import check_write_path
+# the options that name files a command reads, and those it writes
+_INPUT_OPTIONS = ("features", "index", "model", "scores", "labels", "calibrate", "video")
+_OUTPUT_OPTIONS = ("out", "csv", "json", "plot")
 
-    for name in ("out", "csv", "json", "plot"):
+
+def _check_outputs(args) -> Optional[str]:
+    """Before the command's work: output files that can never be written (a folder, a device, a path
+    under a file) fail, and so does an output that is one of the command's own inputs, or another
+    of its outputs (score --out f.npz --features f.npz replaced the features with the scores).
+    Returns the folder it made (demo --out), which main() removes again if the command fails."""
+    from .errors import WritePathError
+    from .io import check_folder_path, check_write_path
+
+    made = None
+    if args.command == "demo":  # demo --out is a folder it fills: made now, so a bad place fails before training
+        check_folder_path(args.out)
+        if not os.path.isdir(args.out):
+            try:
+                os.makedirs(args.out)
+            except OSError as exc:
+                raise WritePathError(f"--out {args.out}: cannot create the folder: {exc.strerror or exc}") from exc
+            made = args.out
+    inputs = []
+    for name in _INPUT_OPTIONS:
+        value = getattr(args, name, None)
+        for path in (value if isinstance(value, list) else [value]):
+            if isinstance(path, str) and os.path.isfile(path):
+                inputs.append((name, path))
+    written = []
+    for name in _OUTPUT_OPTIONS:
         path = getattr(args, name, None)
-        if path is not None and not (args.command == "demo" and name == "out"):  # demo --out is a folder
-            check_write_path(path)
+        if path is None or (args.command == "demo" and name == "out"):
+            continue
+        check_write_path(path)
+        if os.path.isfile(path):
+            for other, source in inputs + written:
+                if os.path.samefile(path, source):
+                    raise WritePathError(f"--{name} {path}: it is the --{other.replace('_', '-')} file this command "
+                                         f"{'reads' if (other, source) in inputs else 'also writes'}; writing it "
+                                         f"would replace it: give another path")
+        written.append((name, path))
+        for other, source in written[:-1]:  # outputs that do not exist yet, named twice
+            if not os.path.exists(path) and os.path.abspath(path) == os.path.abspath(source):
+                raise WritePathError(f"--{name} {path}: it is the --{other} file this command also writes; give "
+                                     f"another path")
+    return made
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from .errors import LLSHError
 
+    made = None
     try:
-        _check_outputs(args)
-        return args.fn(args)
+        made = _check_outputs(args)
+        status = args.fn(args)
+        made = None if status == 0 else made
+        return status
     except (LLSHError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback (outputs are written atomically: none is partial)
+        print(f"interrupted: llsh-index {args.command} stopped; nothing was written that was not complete",
+              file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader of stdout went away (`| head`): stop quietly, as a Unix filter does
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not raise again
+        except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (captured)
+            pass
+        return 141  # 128 + SIGPIPE, a shell's status for a filter cut off by `head`
+    finally:
+        if made is not None:  # the folder this call made for a command that then failed: not left behind
+            with contextlib.suppress(OSError):
+                os.rmdir(made)  # only if still empty
 
 
 if __name__ == "__main__":

@@ -64,7 +64,22 @@ def check_write_path(path) -> str:
     if os.path.lexists(resolved) and not os.path.isfile(resolved):
         what = "a folder" if os.path.isdir(resolved) else "not a regular file (a device, FIFO or socket)"
         raise WritePathError(f"{given}: expected a file path, but it is {what}")
+    check_folder_path(os.path.dirname(resolved), given)
     return resolved
+
+
+def check_folder_path(folder, given=None) -> None:
+    """WritePathError when `folder` can never be made: a part of it that exists is a file (the
+    write would fail only after the work, in os.makedirs)."""
+    part = os.fsdecode(folder)
+    while part and not os.path.exists(part):
+        parent = os.path.dirname(part)
+        if parent == part:
+            break
+        part = parent
+    if part and os.path.exists(part) and not os.path.isdir(part):
+        raise WritePathError(f"{os.fsdecode(given if given is not None else folder)}: cannot create its folder "
+                             f"{os.fsdecode(folder)}: a part of that path is a file ({part})")
 
 
 @contextlib.contextmanager

@@ -1306,3 +1306,86 @@ def test_evaluate_ped2_mat_counts_ped2s_own_frames(tmp_path, capsys):
     want = metrics.evaluate(snippets, {v: labels[v] for v in snippets}, sigma=12, align="centre")
     got = json.load(open(tmp_path / "c.json"))
     assert got["micro_auc"] == pytest.approx(want.micro.auc) and got["n_frames"] == 360
+
+
+def test_outputs_never_replace_the_commands_inputs(feature_files, capsys):
+    """An output naming one of the command's own inputs (or another of its outputs) is refused before
+    the work, and the input is left as it was (score --out test.npz replaced the features)."""
+    tmp, _ = feature_files
+    p = lambda name: str(tmp / name)  # noqa: E731
+    assert main(["build", "--features", p("train.npz"), "--out", p("i.llsh"), "--n-tables", "2"]) == 0
+    assert main(["score", "--index", p("i.llsh"), "--features", p("test.npz"), "--out", p("s.npz")]) == 0
+    before = {f: (tmp / f).read_bytes() for f in ("train.npz", "test.npz", "i.llsh", "s.npz")}
+    capsys.readouterr()
+    cases = [
+        (["score", "--index", p("i.llsh"), "--features", p("test.npz"), "--out", p("test.npz")], "--out", "--features"),
+        (["build", "--features", p("train.npz"), "--out", p("train.npz")], "--out", "--features"),
+        (["info", "--index", p("i.llsh"), "--json", p("i.llsh")], "--json", "--index"),
+        (["evaluate", "--scores", p("s.npz"), "--labels", p("test.npz"), "--json", p("s.npz")], "--json", "--scores"),
+        (["score", "--index", p("i.llsh"), "--features", p("test.npz"), "--out", p("s2.npz"), "--csv", p("i.llsh")],
+         "--csv", "--index"),
+    ]
+    for argv, out, inp in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert f"error: {out} " in err and f"it is the {inp} file this command reads" in err, err
+    assert main(["score", "--index", p("i.llsh"), "--features", p("test.npz"), "--out", p("s3.npz"),
+                 "--csv", p("s3.npz")]) == 2
+    assert "it is the --out file this command also writes" in capsys.readouterr().err
+    assert not (tmp / "s2.npz").exists() and not (tmp / "s3.npz").exists()
+    assert {f: (tmp / f).read_bytes() for f in before} == before
+
+
+def test_outputs_under_a_file_fail_before_the_work(feature_files, capsys, monkeypatch):
+    """fit --out file/x.llsh trained first and failed at the write; demo --out file/sub after training;
+    score wrote --out, then failed on --csv under a file.  All fail up front now."""
+    import llsh_index
+    import llsh_index.cli as cli
+
+    tmp, _ = feature_files
+    p = lambda name: str(tmp / name)  # noqa: E731
+
+    def never(*a, **k):
+        raise AssertionError("the work ran before the output path was checked")
+
+    monkeypatch.setattr(llsh_index.LearnableLSHIndex, "fit", never)
+    monkeypatch.setattr(cli, "run_demo", never)
+    capsys.readouterr()
+    assert main(["fit", "--features", p("train.npz"), "--out", p("train.npz") + "/x.llsh"]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert main(["demo", "--out", p("train.npz") + "/sub", "--quiet"]) == 2
+    assert "cannot create its folder" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert main(["build", "--features", p("train.npz"), "--out", p("i.llsh"), "--n-tables", "2"]) == 0
+    assert main(["score", "--index", p("i.llsh"), "--features", p("test.npz"), "--out", p("ok.npz"),
+                 "--csv", p("train.npz") + "/x.csv"]) == 2
+    assert not (tmp / "ok.npz").exists()
+
+
+def test_ctrl_c_and_a_closed_pipe_end_without_a_traceback(feature_files, capsys, monkeypatch):
+    import llsh_index.cli as cli
+
+    tmp, _ = feature_files
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    def cut_off(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    for fn, rc, said in ((interrupted, 130, "interrupted: llsh-index info stopped"), (cut_off, 141, "")):
+        parser = cli.build_parser()
+        original = parser.parse_args
+
+        def parse(argv=None, _fn=fn, _original=original):
+            args = _original(argv)
+            args.fn = _fn
+            return args
+
+        monkeypatch.setattr(parser, "parse_args", parse)
+        monkeypatch.setattr(cli, "build_parser", lambda _p=parser: _p)
+        capsys.readouterr()
+        assert main(["info", "--index", str(tmp / "train.npz")]) == rc
+        err = capsys.readouterr().err
+        assert (said in err if said else err == ""), err
+        assert "Traceback" not in err
