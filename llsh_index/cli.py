@@ -479,9 +479,9 @@ def cmd_import(args) -> int:
     unlabelled, left_out = ff.meta.get("videos_without_labels"), ff.meta.get("labels_left_out", 0)
     if unlabelled:
         print(f"note: {len(unlabelled)} videos have no labels in {args.labels} ({', '.join(unlabelled[:5])}"
-              f"{', ...' if len(unlabelled) > 5 else ''})")
+              f"{', ...' if len(unlabelled) > 5 else ''})", file=sys.stderr)  # notes on stderr, as every command's
     if left_out:
-        print(f"note: {left_out} videos of {args.labels} have no features in {args.folder} (left out)")
+        print(f"note: {left_out} videos of {args.labels} have no features in {args.folder} (left out)", file=sys.stderr)
     return 0
 
 
@@ -582,6 +582,13 @@ def _check_alert_args(args) -> None:
             if value is not None:
                 raise ConfigError(f"stream: {flag} sets how --calibrate computes the threshold, got {flag} without "
                                   f"--calibrate")
+    elif args.contamination is not None:  # before the features load (and warn): calibrate() checks it alike
+        from .sklearn import check_contamination
+
+        try:
+            check_contamination(args.contamination)
+        except ConfigError as exc:
+            raise ConfigError(f"--{exc}") from None
 
 
 def _stream_differs(index, ours: dict) -> str:
@@ -816,6 +823,11 @@ def cmd_plot(args) -> int:
         videos = [v.strip() for v in args.videos.split(",") if v.strip()]
     else:
         videos = common[:6]
+    if not common:  # nothing to draw: say which names each file has, not an empty list
+        raise InvalidInputError(f"--scores / --labels: expected videos named in both, got none in common (scores: "
+                                f"{', '.join(list(first)[:5])}{', ...' if len(first) > 5 else ''}; labels: "
+                                f"{', '.join(list(labels)[:5])}{', ...' if len(labels) > 5 else ''})")
+    videos = list(dict.fromkeys(videos))  # a name given twice is one panel
     missing = [v for v in videos if v not in common]
     if missing or not videos:
         raise InvalidInputError(f"--videos: expected names with scores and labels ({', '.join(common[:8])}"
@@ -1124,7 +1136,11 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="the whole path on the bundled Ped2 features (no data needed)")
+    p = sub.add_parser("demo", help="the whole path on the bundled Ped2 features (no data needed)",
+                       description="Trains LLSH on the bundled Ped2 features (16 normal training videos), indexes "
+                                   "them, scores the 12 test videos and prints micro- and macro-AUC with the times "
+                                   "for LSH, LLSH, light-LLSH, multi-probe, exact KNN and K-means; writes the table "
+                                   "(JSON), the trained index and a plot of score curves to --out.")
     p.add_argument("--out", type=output_folder, default="llsh_demo",
                    help="folder for the plot, table and index (default llsh_demo)")
     p.add_argument("--features", default=None,
@@ -1303,7 +1319,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write everything printed to this file")
     p.set_defaults(fn=cmd_info)
 
-    p = sub.add_parser("plot", help="score curves with the labelled anomalous frames shaded (PNG)")
+    p = sub.add_parser("plot", help="score curves with the labelled anomalous frames shaded (an image)",
+                       description="Draws each video's smoothed, min-max normalised score curve, one line per score "
+                                   "file, with the labelled anomalous frames shaded and each file's AUC on that "
+                                   "video (like the LLSH paper's Fig. 5); --roc draws frame-level ROC curves "
+                                   "instead. The format follows --out's extension (.png, .pdf, .svg, ...).")
     p.add_argument("--scores", required=True, nargs="+",
                    help="one or more score files (from `score`), drawn as one curve each, named after the file")
     p.add_argument("--labels", required=True, help=LABELS_HELP)

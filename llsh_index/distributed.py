@@ -74,15 +74,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence, Union
 
 import numpy as np
 
-from ._validation import as_list, check_int_range
-from .errors import ConfigError, InvalidInputError, NotFittedError
+from ._validation import as_list, check_features, check_int_range
+from .errors import NPZ_READ_ERRORS, ConfigError, IndexFormatError, InvalidInputError, LLSHError, NotFittedError
 from .index import LearnableLSHIndex
-from .sharded import _ShardScoring
+from .sharded import _ShardScoring, check_shards_folder
 
 __all__ = ["build_distributed", "load_distributed", "DistributedIndex", "ShardPool", "main"]
 
@@ -360,12 +359,18 @@ class DistributedIndex(_ShardScoring):
     def save_shards(self, folder) -> List[str]:
         """Each worker saves its shard to folder/shard_00000.llsh, ...; returns the paths.
 
-        On a cluster `folder` must be a path every worker can write (a shared filesystem).
+        On a cluster `folder` must be a path every worker can write (a shared filesystem).  As
+        ShardedIndex.save_shards: a path that is not a folder is WritePathError, and shard files of
+        an earlier, larger save there are removed (ShardedIndex.load(folder) would read them too).
         """
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        from .sharded import _numbered_shards, make_shards_folder
+
+        folder = make_shards_folder(folder)
         paths = [str((folder / f"shard_{i:05d}.llsh").resolve()) for i in range(self.n_shards)]
         _ray().get([a.save.remote(p) for a, p in zip(self._actors, paths)])
+        for number, stale in _numbered_shards(folder):
+            if number >= self.n_shards:
+                stale.unlink()
         return paths
 
     def gather(self) -> LearnableLSHIndex:
@@ -665,26 +670,31 @@ def load_distributed(paths: Sequence[str], *, num_cpus_per_shard: Optional[float
 # ---------------------------------------------------------------------- entry point
 def main(argv=None) -> int:
     from .cli import nonnegative_float, nonnegative_int, positive_float, positive_int
-    from .errors import LLSHError
 
     p = argparse.ArgumentParser(prog="python -m llsh_index.distributed",
                                 description="Build an LLSH index over Ray workers and score queries.")
     p.add_argument("--address", default="local", help="'auto' (existing cluster), 'local' (start Ray here) "
-                                                       "or a ray:// / host:port address")
+                                                       "or a ray:// / host:port address (default local)")
     p.add_argument("--train", required=True, help="comma-separated .npy files, one shard each (read by the workers)")
     p.add_argument("--test", required=True, help=".npy of (M, d) queries (read by the driver)")
     p.add_argument("--out", required=True, help="output .npy of (M,) scores (.npy is added if missing, as np.save does)")
     p.add_argument("--layers", help="a .llsh file whose hash layers (e.g. trained by `llsh-index fit`) are used; "
                                     "else untrained LSH")
-    p.add_argument("--n-tables", type=positive_int, default=8, help="b, without --layers (default 8)")
-    p.add_argument("--n-bits", type=positive_int, default=32, help="r, without --layers (default 32)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the untrained layers, without --layers (default 0)")
+    # None when left out, so a value contradicting --layers is refused (as `llsh-index build --model`)
+    p.add_argument("--n-tables", type=positive_int, default=None,
+                   help="b (default 8); with --layers: the layers' (a different value is refused)")
+    p.add_argument("--n-bits", type=positive_int, default=None,
+                   help="r (default 32); with --layers: the layers' (a different value is refused)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the untrained layers (default 0); not with --layers, whose layers are fixed")
     p.add_argument("--mode", choices=["mean", "light", "squared"],
-                   help="scoring mode; light and squared keep bucket statistics only (store_codes=False)")
+                   help="scoring mode (default: the layers', else mean); light and squared keep bucket statistics "
+                        "only (store_codes=False)")
     p.add_argument("--probes", type=positive_int, default=1,
                    help="buckets probed per table (default 1, the paper; as `llsh-index score --probes`)")
     p.add_argument("--miss-probes", type=nonnegative_int, default=0,
-                   help="probes per table for a query that misses every table (default 0, off)")
+                   help="probes per table for a query that misses every table (default 0, off; else more than "
+                        "--probes)")
     p.add_argument("--reduce", choices=["min", "mean"], default="min",
                    help="over the tables: min (default, the paper) or mean over the tables whose bucket exists")
     p.add_argument("--cpus-per-shard", type=positive_float, default=None,
@@ -692,7 +702,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-resource-check", action="store_true",
                    help="start the actors even if the cluster as it stands cannot hold them (an autoscaler adds nodes)")
     p.add_argument("--ready-timeout", type=nonnegative_float, default=READY_TIMEOUT,
-                   help="seconds the shard actors get to start (0: no limit)")
+                   help=f"seconds the shard actors get to start (default {READY_TIMEOUT:g}; 0: no limit)")
     p.add_argument("--save-shards", help="folder where each worker saves its shard")
     a = p.parse_args(argv)
     try:
@@ -707,31 +717,73 @@ def main(argv=None) -> int:
         return 2
 
 
+def _read_npy(path: str, option: str, mmap_mode: Optional[str] = None) -> np.ndarray:
+    """The array of a .npy file given as `option`; InvalidInputError naming the file otherwise."""
+    try:
+        x = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except FileNotFoundError:
+        raise
+    except NPZ_READ_ERRORS as exc:  # numpy's words for a file that is no .npy do not name it
+        raise InvalidInputError(f"{option} {path}: expected a readable .npy array, got a file numpy cannot load "
+                                f"({type(exc).__name__}: {exc})") from exc
+    if not isinstance(x, np.ndarray):  # an .npz archive: np.load gives an NpzFile
+        names = ", ".join(x.files)
+        x.close()
+        raise InvalidInputError(f"{option} {path}: expected a .npy array, got an .npz archive (arrays: {names}); "
+                                "save the array alone with np.save")
+    return x
+
+
+def _layers_from_args(a, dim: int) -> LearnableLSHIndex:
+    """The empty index every shard copies: --layers' hash layers (loaded and checked on the driver,
+    before Ray starts) or untrained ones, with --mode applied."""
+    # light and squared keep bucket statistics only; mean needs the codes (a light file's too)
+    settings = {} if a.mode is None else {"mode": a.mode, "store_codes": a.mode == "mean"}
+    if not a.layers:
+        given = {k: v for k, v in (("n_tables", a.n_tables), ("n_bits", a.n_bits)) if v is not None}
+        return LearnableLSHIndex(dim, seed=0 if a.seed is None else a.seed, **given, **settings)
+    # as `llsh-index build --model`: the file fixes the layers, so there is nothing to seed and b, r must agree
+    if a.seed is not None:
+        raise ConfigError(f"--seed {a.seed}: the hash layers come from --layers {a.layers}, so there is nothing "
+                          "to seed; leave --seed out")
+    try:
+        layers = LearnableLSHIndex.load(a.layers)
+    except IndexFormatError as exc:  # a file that is no index: say which option gave it
+        raise IndexFormatError(f"--layers {exc}") from None
+    for option, value, have in (("--n-tables", a.n_tables, layers.n_tables), ("--n-bits", a.n_bits, layers.n_bits)):
+        if value is not None and value != have:
+            raise ConfigError(f"{option} {value} does not match --layers {a.layers} ({have}); leave it out, or "
+                              "fit layers of that size")
+    if layers.dim != dim:
+        raise InvalidInputError(f"--layers {a.layers}: expected hash layers of the --train features' dimension "
+                                f"{dim}, got layers of dimension {layers.dim}")
+    return layers.empty_like(**settings)
+
+
 def _run_main(a) -> int:
     from .io import atomic_write, check_write_path
+    from .probing import check_probes
 
+    # Every check here comes before Ray starts and the shards build: a mistake costs no time
     if os.path.isdir(a.out):  # not a sibling "<folder>.npy" written beside it
         raise InvalidInputError(f"--out {a.out}: is a folder; expected the path of the .npy score file")
     if not a.out.endswith(".npy"):  # as np.save names it
         a.out += ".npy"
     check_write_path(a.out)  # before any work: a folder or a device is refused now, not after the build
+    if a.save_shards:
+        check_shards_folder(a.save_shards, "--save-shards")
+    check_probes(a.probes, a.miss_probes, ("--probes", "--miss-probes"))
     train = [s for s in a.train.split(",") if s]
     if a.layers and not os.path.isfile(a.layers):
         raise FileNotFoundError(f"--layers: expected a .llsh index file, not found: {a.layers}")
     missing = [s for s in train + [a.test] if not os.path.isfile(s)]
     if missing or not train:
         raise FileNotFoundError(f"expected .npy files, not found: {missing or '(no --train file)'}")
-    try:
-        queries = np.load(a.test, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:  # numpy's words for a file that is no .npy do not name it
-        raise InvalidInputError(f"--test {a.test}: not a readable .npy array ({exc})") from exc
+    queries = _read_npy(a.test, "--test")
     # the partitions' headers, read here: a worker's error would come back as a Ray traceback not naming the file
     dims = {}
     for s in train:
-        try:
-            head = np.load(s, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise InvalidInputError(f"--train {s}: not a readable .npy array ({exc})") from exc
+        head = _read_npy(s, "--train", mmap_mode="r")
         if head.ndim != 2 or head.dtype.kind != "f":
             raise InvalidInputError(f"--train {s}: expected a 2-D float array (rows, d), got {head.dtype} of shape "
                                     f"{head.shape}")
@@ -739,20 +791,21 @@ def _run_main(a) -> int:
     if len(set(dims.values())) > 1 or (queries.ndim == 2 and queries.shape[1] not in dims.values()):
         raise InvalidInputError(f"expected one feature dimension for --train and --test, got "
                                 f"{dims} and --test {a.test} of shape {queries.shape}")
+    dim = dims[train[0]]
+    check_features(queries, f"--test {a.test}", dim)  # 1-D, integer or empty: refused as score() would, later
+    layers = _layers_from_args(a, dim)
     ray = _ray()
     started = not ray.is_initialized()
     if started:
-        ray.init() if a.address == "local" else ray.init(address=a.address)
+        try:
+            ray.init() if a.address == "local" else ray.init(address=a.address)
+        except (ConnectionError, ValueError) as exc:  # Ray's: no cluster there (a built-in error), a bad address
+            raise ConfigError(f"--address {a.address}: expected a running Ray cluster there ('local' starts one), "
+                              f"got {type(exc).__name__}: {exc}") from exc
     dist = None
     try:
-        if a.layers:
-            layers = LearnableLSHIndex.load(a.layers).empty_like()
-        else:
-            layers = LearnableLSHIndex(dims[train[0]], n_tables=a.n_tables, n_bits=a.n_bits, seed=a.seed)
         # absolute paths: the workers may not share the driver's working directory
-        stats_only = a.mode in ("light", "squared")
-        dist = build_distributed(layers, [os.path.abspath(s) for s in train], mode=a.mode,
-                                 store_codes=False if stats_only else None, num_cpus_per_shard=a.cpus_per_shard,
+        dist = build_distributed(layers, [os.path.abspath(s) for s in train], num_cpus_per_shard=a.cpus_per_shard,
                                  check_resources=not a.no_resource_check, ready_timeout=a.ready_timeout or None)
         print(f"built {dist}", file=sys.stderr)
         if a.save_shards:

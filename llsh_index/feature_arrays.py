@@ -120,6 +120,8 @@ def import_feature_arrays(folder: PathLike, out: Optional[PathLike] = None, *,
         raise ConfigError(f"labels: expected None, a label .npz path or a mapping video -> per-frame 0/1, "
                           f"got {type(labels).__name__}")
     folder = os.fspath(folder)
+    if os.path.exists(folder) and not os.path.isdir(folder):  # "not found" would send the user looking for it
+        raise InvalidInputError(f"{folder}: expected a folder of per-video .npy arrays, got a file")
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"feature folder not found: {folder}")
     ending = f"{suffix}.npy"

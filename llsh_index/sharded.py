@@ -227,6 +227,34 @@ class _ShardScoring:
         return out[0] if len(out) == 1 else np.concatenate(out)
 
 
+def check_shards_folder(folder, what: str = "save_shards") -> Path:
+    """`folder` as a Path, or WritePathError if save_shards could not write there: not a path, an
+    existing non-folder, a part of the path that is a file, a folder it may not write in.  Nothing
+    is created (the distributed command line calls it before its build, so a bad folder fails at once)."""
+    if not isinstance(folder, PATH_TYPES):
+        raise WritePathError(f"{what}: expected a folder path, got {type(folder).__name__} {folder!r}")
+    folder = Path(os.fsdecode(folder))
+    if folder.exists() and not folder.is_dir():
+        raise WritePathError(f"{what}: expected a folder for the shard files, but {folder} exists and is not a folder")
+    # mkdir(parents=True) starts from the nearest existing ancestor: that one must be a folder it may write in
+    existing = next(p for p in [folder, *folder.absolute().parents] if p.exists())
+    if not existing.is_dir():
+        raise WritePathError(f"{what}: cannot create the folder {folder}: a part of that path is a file ({existing})")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise WritePathError(f"{what}: cannot write in {existing} (permission denied)")
+    return folder
+
+
+def make_shards_folder(folder, what: str = "save_shards") -> Path:
+    """check_shards_folder, then the folder made (WritePathError if that still fails)."""
+    folder = check_shards_folder(folder, what)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # changed since the check (a file put there meanwhile), a read-only file system
+        raise WritePathError(f"{what}: cannot create the folder {folder}: {exc.strerror or exc}") from exc
+    return folder
+
+
 class ShardedIndex(_ShardScoring):
     """Shards of one index on the devices of this host; see the module docstring.
 
@@ -484,18 +512,7 @@ class ShardedIndex(_ShardScoring):
 
         Shard files of an earlier, larger save in the same folder (shard_000NN.llsh beyond this
         index's count) are removed, so the folder holds this index and nothing else of the kind."""
-        if not isinstance(folder, PATH_TYPES):
-            raise WritePathError(f"save_shards: expected a folder path, got {type(folder).__name__} {folder!r}")
-        folder = Path(os.fsdecode(folder))
-        if folder.exists() and not folder.is_dir():
-            raise WritePathError(f"save_shards: {folder} exists and is not a folder")
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError) as exc:
-            raise WritePathError(f"save_shards: cannot create the folder {folder}: a part of that path is a "
-                                 f"file") from exc
-        except OSError as exc:
-            raise WritePathError(f"save_shards: cannot create the folder {folder}: {exc.strerror or exc}") from exc
+        folder = make_shards_folder(folder)
         paths = []
         with self._lock.read():  # the files of one state, not halfway through an add()
             for i, s in enumerate(self.shards):

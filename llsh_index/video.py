@@ -184,6 +184,11 @@ def _resolve_source(source: FrameSource) -> Union[List[str], str, np.ndarray]:
             if p.suffix.lower() in FRAME_EXTENSIONS:
                 return [str(p)]
             return str(p)
+        from .io import not_regular_file
+
+        special = not_regular_file(p)
+        if special:  # it exists: "not found" would mislead (and a decoder would block on a FIFO)
+            raise DatasetFormatError(f"{p}: expected a frame folder or a video file, got {special}")
         raise DatasetNotFoundError(f"frame folder or video file not found: {p}", p)
     if isinstance(source, (bytes, Mapping)) or not isinstance(source, Iterable):
         raise InvalidDTypeError(f"frame source: expected a frame folder, a video file, a list of image paths, an "

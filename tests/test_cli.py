@@ -1389,3 +1389,41 @@ def test_ctrl_c_and_a_closed_pipe_end_without_a_traceback(feature_files, capsys,
         err = capsys.readouterr().err
         assert (said in err if said else err == ""), err
         assert "Traceback" not in err
+
+
+def test_small_cli_messages_from_the_power_user_walkthrough(feature_files, tmp_path, capsys, monkeypatch):
+    """Paths that exist are not "not found"; --contamination is checked before the features load;
+    plot names each file's videos when none are common and draws a name given twice once."""
+    import llsh_index.cli as cli
+
+    tmp, labels = feature_files
+    p = lambda name: str(tmp / name)  # noqa: E731
+    assert main(["build", "--features", p("train.npz"), "--out", p("i.llsh"), "--n-tables", "2"]) == 0
+    capsys.readouterr()
+    from llsh_index import video
+
+    with pytest.raises(video.DatasetFormatError, match="/dev/null: expected a frame folder or a video file, got a device"):
+        video.read_frames("/dev/null")  # stream --video /dev/null said "frame folder or video file not found"
+    assert main(["import", "--folder", p("train.npz"), "--out", p("x.npz")]) == 2
+    assert "expected a folder of per-video .npy arrays, got a file" in capsys.readouterr().err
+
+    def never(*a, **k):
+        raise AssertionError("the calibration features were loaded before --contamination was checked")
+
+    monkeypatch.setattr(cli, "_load_feature_file", never)
+    assert main(["stream", "--index", p("i.llsh"), "--video", "/dev/null", "--calibrate", p("train.npz"),
+                 "--contamination", "0.7"]) == 2
+    assert "error: --contamination: expected a number in (0, 0.5], got 0.7" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert main(["score", "--index", p("i.llsh"), "--features", p("test.npz"), "--out", p("s.npz")]) == 0
+    np.savez(tmp_path / "other_labels.npz", **{"x1": np.zeros(5, np.uint8)})
+    capsys.readouterr()
+    assert main(["plot", "--scores", p("s.npz"), "--labels", str(tmp_path / "other_labels.npz"),
+                 "--out", p("c.png")]) == 2
+    assert "got none in common (scores: t0, t1, t2; labels: x1)" in capsys.readouterr().err
+    pytest.importorskip("matplotlib")
+    drawn = {}
+    monkeypatch.setattr(cli, "plot_curves", lambda path, curves, lab, videos, *a, **kw: drawn.setdefault("v", videos))
+    assert main(["plot", "--scores", p("s.npz"), "--labels", p("test.npz"), "--videos", "t1,t1,t0",
+                 "--out", p("c.png")]) == 0
+    assert list(drawn["v"]) == ["t1", "t0"]

@@ -227,6 +227,110 @@ def test_entry_point_errors_are_one_line(tmp_path, capsys):
         main(["--train", q, "--test", q, "--out", str(tmp_path / "s.npy"), "--probes", "0"])
 
 
+@pytest.fixture
+def cli_files(tmp_path, monkeypatch):
+    """Small inputs for the entry point's argument checks, and a `_ray` that fails the test: the
+    checks come before Ray (and the build) is reached."""
+    import llsh_index.distributed as distributed
+
+    def no_ray():
+        raise AssertionError("Ray was reached before the arguments were checked")
+
+    monkeypatch.setattr(distributed, "_ray", no_ray)
+    np.save(tmp_path / "q.npy", np.zeros((3, 4), np.float32))
+    np.save(tmp_path / "q1.npy", np.zeros(4, np.float32))
+    np.savez(tmp_path / "q.npz", x=np.zeros((3, 4), np.float32))
+    (tmp_path / "file").write_bytes(b"x")
+    LearnableLSHIndex(6, n_tables=2, n_bits=4).save(str(tmp_path / "d6.llsh"))
+    LearnableLSHIndex(4, n_tables=2, n_bits=4).save(str(tmp_path / "d4.llsh"))
+    LearnableLSHIndex(4, n_tables=2, n_bits=4, mode="light", store_codes=False).save(str(tmp_path / "light.llsh"))
+    return tmp_path
+
+
+BASE = ["--train", "{d}/q.npy", "--test", "{d}/q.npy", "--out", "{d}/s.npy"]
+
+
+@pytest.mark.parametrize("argv, named", [
+    # np.load gives an NpzFile: AttributeError 'ndim'
+    (["--train", "{d}/q.npy", "--test", "{d}/q.npz", "--out", "{d}/s.npy"],
+     "--test {d}/q.npz: expected a .npy array, got an .npz archive"),
+    (["--train", "{d}/q.npz", "--test", "{d}/q.npy", "--out", "{d}/s.npy"], "--train {d}/q.npz: expected a .npy array"),
+    # FileExistsError after the build
+    (BASE + ["--save-shards", "{d}/file"], "{d}/file exists and is not a folder"),
+    (BASE + ["--save-shards", "{d}/file/sub"], "a part of that path is a file ({d}/file)"),
+    # a remote traceback after the build; IndexFormatError not naming the option, after Ray started
+    (BASE + ["--layers", "{d}/d6.llsh"], "dimension 4, got layers of dimension 6"),
+    (BASE + ["--layers", "{d}/q.npy"], "--layers {d}/q.npy: not an llsh_index file"),
+    # ConfigError / InvalidInputError only after the build
+    (BASE + ["--miss-probes", "1"], "--miss-probes: expected 0 (off) or more than --probes (1), got 1"),
+    (["--train", "{d}/q.npy", "--test", "{d}/q1.npy", "--out", "{d}/s.npy"], "q1.npy: expected a 2-D array"),
+    # silently ignored: the file's layers were used
+    (BASE + ["--layers", "{d}/d4.llsh", "--n-tables", "4"], "--n-tables 4 does not match --layers"),
+    (BASE + ["--layers", "{d}/d4.llsh", "--n-bits", "7"], "--n-bits 7 does not match --layers"),
+    (BASE + ["--layers", "{d}/d4.llsh", "--seed", "3"], "--seed 3: the hash layers come from --layers"),
+])
+def test_entry_point_checks_before_ray(cli_files, capsys, argv, named):
+    d = str(cli_files)
+    assert main([s.format(d=d) for s in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and named.format(d=d) in err, err
+    assert not (cli_files / "s.npy").exists() and not (cli_files / "file").is_dir()
+
+
+@pytest.mark.parametrize("extra, want", [
+    (["--layers", "{d}/d4.llsh", "--n-tables", "2", "--n-bits", "4"], (2, 4, "mean", True, 0)),  # the layers' own
+    (["--n-bits", "7"], (8, 7, "mean", True, 0)),  # untrained: the defaults for the rest
+    # mean on statistics-only layers keeps the codes (ConfigError from build_distributed, after Ray started)
+    (["--layers", "{d}/light.llsh", "--mode", "mean"], (2, 4, "mean", True, 0)),
+])
+def test_entry_point_layers_agreeing_options(cli_files, monkeypatch, extra, want):
+    import llsh_index.distributed as distributed
+
+    seen, layers_from_args = [], distributed._layers_from_args
+    monkeypatch.setattr(distributed, "_layers_from_args", lambda a, dim: seen.append(layers_from_args(a, dim)) or seen[-1])
+    with pytest.raises(AssertionError, match="Ray was reached"):
+        main([s.format(d=cli_files) for s in BASE + extra])
+    (layers,) = seen
+    assert (layers.n_tables, layers.n_bits, layers.mode, layers.store_codes, layers.seed) == want
+
+
+def test_entry_point_address_without_cluster(tmp_path, capsys, monkeypatch):
+    """--address auto with no running cluster: Ray raises the built-in ConnectionError, which was a traceback."""
+    np.save(tmp_path / "q.npy", np.zeros((3, 4), np.float32))
+
+    def no_cluster(*_, **__):  # Ray's own error and words (ray/_private/services.py)
+        raise ConnectionError("Could not find any running Ray instance. Please specify the one to connect to by "
+                              "setting `--address` flag or `RAY_ADDRESS` environment variable.")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", no_cluster)
+    q = str(tmp_path / "q.npy")
+    assert main(["--address", "auto", "--train", q, "--test", q, "--out", str(tmp_path / "s.npy")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --address auto: ") and err.count("\n") == 1 and "Could not find" in err, err
+
+
+def test_entry_point_help_states_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "address (default local)" in out and "(default 120; 0: no limit)" in out, out
+
+
+def test_save_shards_refuses_a_file_and_drops_stale_shards(built, tmp_path):
+    """As ShardedIndex.save_shards: WritePathError for a file (FileExistsError before), and a smaller
+    save over a larger one leaves no shard of the old one (ShardedIndex.load(folder) read it too)."""
+    from llsh_index import ShardedIndex, WritePathError
+
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(WritePathError, match="exists and is not a folder"):
+        built[2].save_shards(tmp_path / "file")
+    built[3].save_shards(tmp_path / "s")
+    assert len(built[2].save_shards(tmp_path / "s")) == 2
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["shard_00000.llsh", "shard_00001.llsh"]
+    assert ShardedIndex.load(str(tmp_path / "s")).ntotal == built[2].ntotal
+
+
 def test_shards_receive_codes_hashed_once(data, built, monkeypatch):
     """The driver hashes each round of queries once; the shards get (M, b, r) float32 codes and
     (M, b) uint64 keys, never the (M, d) features."""

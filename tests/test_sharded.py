@@ -192,7 +192,8 @@ def test_save_shards_leaves_only_this_index_in_the_folder(data, tmp_path):
     below = tmp_path / "file" / "x"
     with pytest.raises(WritePathError) as info:
         small.save_shards(below)
-    assert str(info.value) == f"save_shards: cannot create the folder {below}: a part of that path is a file"
+    assert str(info.value) == (f"save_shards: cannot create the folder {below}: a part of that path is a file "
+                               f"({below.parent})")
     with pytest.raises(WritePathError, match="a part of that path is a file"):
         small.save_shards(str(tmp_path / "file" / "x" / "y"))
 
