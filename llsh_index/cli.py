@@ -1346,23 +1346,26 @@ _INPUT_OPTIONS = ("features", "index", "model", "scores", "labels", "calibrate",
 _OUTPUT_OPTIONS = ("out", "csv", "json", "plot")
 
 
-def _check_outputs(args) -> Optional[str]:
+def _check_outputs(args) -> List[str]:
     """Before the command's work: output files that can never be written (a folder, a device, a path
     under a file) fail, and so does an output that is one of the command's own inputs, or another
     of its outputs (score --out f.npz --features f.npz replaced the features with the scores).
-    Returns the folder it made (demo --out), which main() removes again if the command fails."""
+    Returns the folders it made (demo --out and any missing parents, deepest first), which main()
+    removes again if the command fails."""
     from .errors import WritePathError
     from .io import check_folder_path, check_write_path
 
-    made = None
+    made = []
     if args.command == "demo":  # demo --out is a folder it fills: made now, so a bad place fails before training
         check_folder_path(args.out)
-        if not os.path.isdir(args.out):
-            try:
-                os.makedirs(args.out)
-            except OSError as exc:
-                raise WritePathError(f"--out {args.out}: cannot create the folder: {exc.strerror or exc}") from exc
-            made = args.out
+        part = os.path.abspath(args.out)
+        while not os.path.isdir(part):  # the folders makedirs will create, deepest first
+            made.append(part)
+            part = os.path.dirname(part)
+        try:
+            os.makedirs(args.out, exist_ok=True)
+        except OSError as exc:
+            raise WritePathError(f"--out {args.out}: cannot create the folder: {exc.strerror or exc}") from exc
     inputs = []
     for name in _INPUT_OPTIONS:
         value = getattr(args, name, None)
@@ -1382,8 +1385,8 @@ def _check_outputs(args) -> Optional[str]:
                                          f"{'reads' if (other, source) in inputs else 'also writes'}; writing it "
                                          f"would replace it: give another path")
         written.append((name, path))
-        for other, source in written[:-1]:  # outputs that do not exist yet, named twice
-            if not os.path.exists(path) and os.path.abspath(path) == os.path.abspath(source):
+        for other, source in written[:-1]:  # outputs that do not exist yet, named twice (through links too)
+            if not os.path.exists(path) and os.path.realpath(path) == os.path.realpath(source):
                 raise WritePathError(f"--{name} {path}: it is the --{other} file this command also writes; give "
                                      f"another path")
     return made
@@ -1393,11 +1396,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from .errors import LLSHError
 
-    made = None
+    made: List[str] = []
     try:
         made = _check_outputs(args)
         status = args.fn(args)
-        made = None if status == 0 else made
+        made = [] if status == 0 else made
         return status
     except (LLSHError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -1414,9 +1417,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             pass
         return 141  # 128 + SIGPIPE, a shell's status for a filter cut off by `head`
     finally:
-        if made is not None:  # the folder this call made for a command that then failed: not left behind
-            with contextlib.suppress(OSError):
-                os.rmdir(made)  # only if still empty
+        for folder in made:  # the folders this call made for a command that then failed: not left behind
+            try:
+                os.rmdir(folder)  # only if still empty; its parent then only if that one is
+            except OSError:
+                break
 
 
 if __name__ == "__main__":

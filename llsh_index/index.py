@@ -973,9 +973,10 @@ class LearnableLSHIndex:
                 if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0 or not isinstance(positives, str):
                     raise IndexFormatError(f"{path}: training record: expected training_steps an integer >= 0 and "
                                            f"positives a string, got {steps!r} and {positives!r}")
-                # lrs and projected_pcs: absent from files written before they were saved (empty, 0)
-                lrs, pcs = arrays.get("lrs", np.zeros(0)), meta.get("projected_pcs") or 0
-                if lrs.ndim != 1 or lrs.dtype.kind != "f" or (lrs.size and lrs.size != losses.size):
+                # lrs and projected_pcs: absent from files written before they were saved (lrs unknown: NaN,
+                # one per loss, so a continued fit's log and its file keep one lr per loss; pcs 0)
+                lrs, pcs = arrays.get("lrs", np.full(losses.shape[:1], np.nan)), meta.get("projected_pcs") or 0
+                if lrs.ndim != 1 or lrs.dtype.kind != "f" or lrs.size != losses.size:
                     raise IndexFormatError(f"{path}: training learning rates: expected a 1-D float array of one per "
                                            f"logged loss ({losses.size}), got {lrs.dtype} of shape {lrs.shape}")
                 if isinstance(pcs, bool) or not isinstance(pcs, int) or pcs < 0:

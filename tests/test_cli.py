@@ -1427,3 +1427,23 @@ def test_small_cli_messages_from_the_power_user_walkthrough(feature_files, tmp_p
     assert main(["plot", "--scores", p("s.npz"), "--labels", p("test.npz"), "--videos", "t1,t1,t0",
                  "--out", p("c.png")]) == 0
     assert list(drawn["v"]) == ["t1", "t0"]
+
+
+def test_output_checks_follow_links_and_a_failed_demo_leaves_no_folders(feature_files, tmp_path, capsys):
+    """Two outputs naming one new file through a symlinked folder are refused (abspath missed it); a
+    demo that fails removes every folder it made for --out, parents included, and no folder it found."""
+    tmp, _ = feature_files
+    p = lambda name: str(tmp / name)  # noqa: E731
+    assert main(["build", "--features", p("train.npz"), "--out", p("i.llsh"), "--n-tables", "2"]) == 0
+    (tmp / "real").mkdir()
+    (tmp / "link").symlink_to(tmp / "real")
+    capsys.readouterr()
+    assert main(["score", "--index", p("i.llsh"), "--features", p("test.npz"), "--out", p("link/n.npz"),
+                 "--csv", p("real/n.npz")]) == 2
+    assert "it is the --out file this command also writes" in capsys.readouterr().err
+    assert not (tmp / "real" / "n.npz").exists()
+    (tmp / "kept").mkdir()
+    for out, gone, stays in ((tmp / "d1" / "d2", tmp / "d1", tmp), (tmp / "kept" / "new", tmp / "kept" / "new",
+                                                                     tmp / "kept")):
+        assert main(["demo", "--out", str(out), "--features", p("missing.npz"), "--quiet"]) == 2
+        assert not gone.exists() and stays.is_dir()

@@ -605,3 +605,29 @@ def test_progress_must_be_a_bool(value):
     x, vid = _three_videos()
     with pytest.raises(ConfigError, match="progress: expected True or False"):
         LearnableLSHIndex(16, n_tables=2, n_bits=4).fit(x, vid, progress=value)
+
+
+def test_a_fit_continued_from_a_file_without_learning_rates_saves_a_loadable_file(tmp_path):
+    """Files written before the lrs were saved load with one NaN (unknown) lr per loss, so a fit continued
+    from one keeps one lr per loss and its file loads (it was refused: 4 losses, 2 lrs)."""
+    import math
+
+    from llsh_index import io as llsh_io
+
+    x, vid = _three_videos()
+    kw = dict(iterations=20, batch_size=8, lr=0.05, progress=False)
+    index = LearnableLSHIndex(16, n_tables=2, n_bits=4).fit(x, vid, **kw)
+    index.save(str(tmp_path / "new.llsh"))
+    meta, arrays = llsh_io.read_container(str(tmp_path / "new.llsh"), "LearnableLSHIndex")
+    del arrays["lrs"]
+    meta.pop("projected_pcs")
+    llsh_io.write_container(str(tmp_path / "old.llsh"), "LearnableLSHIndex", meta, arrays)  # as older versions wrote
+    old = LearnableLSHIndex.load(str(tmp_path / "old.llsh"))
+    n = len(index.training_log_.losses)
+    assert len(old.training_log_.lrs) == n and all(math.isnan(v) for v in old.training_log_.lrs)
+    assert old.training_log_.projected_pcs == 0
+    old.fit(x, vid, **kw)
+    old.save(str(tmp_path / "continued.llsh"))
+    again = LearnableLSHIndex.load(str(tmp_path / "continued.llsh"))
+    assert len(again.training_log_.lrs) == len(again.training_log_.losses) == 2 * n
+    assert again.training_log_.lrs[n:] == index.training_log_.lrs  # the continued fit's own lrs, as logged
