@@ -316,9 +316,7 @@ def _read_file(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
     if not isinstance(path, PATH_TYPES):  # np.load would take an int as an open file descriptor
         raise ScorerFormatError(f"expected a file path (str or os.PathLike), got {type(path).__name__} {path!r}")
     path = os.fsdecode(path)
-    special = llsh_io.not_regular_file(path)
-    if special:  # np.load of a FIFO would block
-        raise ScorerFormatError(f"{path}: expected a scorer file, got {special}")
+    llsh_io.refuse_non_regular(path, ScorerFormatError, "a scorer file")
     try:
         z = np.load(path, allow_pickle=False)
     except FileNotFoundError:

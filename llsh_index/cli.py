@@ -181,11 +181,9 @@ def _write_text(path: str, text: str) -> None:
 
 def _open_npz(path: str, what: str):
     """np.load of an .npz the command reads, with a missing, damaged or foreign file named as such."""
-    from .io import not_regular_file
+    from .io import refuse_non_regular
 
-    special = not_regular_file(path)
-    if special:  # np.load of a FIFO would block
-        raise IndexFormatError(f"{path}: expected a {what} file (.npz), got {special}")
+    refuse_non_regular(path, IndexFormatError, f"a {what} file (.npz)")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} file not found: {path}")
     try:

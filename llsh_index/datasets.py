@@ -127,11 +127,9 @@ def _require_dir(path: Path, what: str) -> Path:
 
 
 def _require_file(path: Path, what: str) -> Path:
-    from .io import not_regular_file
+    from .io import refuse_non_regular
 
-    special = not_regular_file(path)
-    if special:  # open() of a FIFO would block
-        raise DatasetFormatError(f"{what} {path}: expected a regular file, got {special}")
+    refuse_non_regular(path, DatasetFormatError, f"a {what} (a regular file)")
     if not path.is_file():
         raise DatasetNotFoundError(f"{what} not found: {path}", path)
     return path

@@ -182,6 +182,14 @@ def not_regular_file(path) -> Optional[str]:
     return "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
 
 
+def refuse_non_regular(path, error, expected: str) -> None:
+    """Raises error("PATH: expected EXPECTED, got a FIFO") (a device, a socket) for a path that exists but
+    is neither a regular file nor a folder: every reader calls it before open() or np.load."""
+    special = not_regular_file(path)
+    if special:
+        raise error(f"{os.fsdecode(path)}: expected {expected}, got {special}")
+
+
 def is_container(path) -> bool:
     """Whether `path` starts with this format's magic (for telling another reader which file it got)."""
     if not_regular_file(path):
@@ -229,9 +237,7 @@ def read_container(path: str, kind: str) -> Tuple[dict, Dict[str, np.ndarray]]:
         # open() would take an int as a file descriptor: read the caller's fd, then close it
         raise InvalidInputError(f"path: expected a file path (str or os.PathLike), got {type(path).__name__} "
                                 f"{path!r}")
-    special = not_regular_file(path)
-    if special:
-        raise IndexFormatError(f"{os.fsdecode(path)}: expected an llsh_index file, got {special}")
+    refuse_non_regular(path, IndexFormatError, "an llsh_index file")
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size

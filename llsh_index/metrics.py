@@ -618,11 +618,9 @@ def load_labels(path: str | os.PathLike) -> dict[str, np.ndarray]:
     between files (uint8, int64, float64); every array is checked to be 1-D with values
     in {0, 1} and returned as ``uint8``.  Keys are returned in sorted order.
     """
-    from .io import not_regular_file
+    from .io import refuse_non_regular
 
-    special = not_regular_file(path)
-    if special:  # np.load of a FIFO would block
-        raise LabelFileError(f"{os.fspath(path)}: expected a label .npz, got {special}")
+    refuse_non_regular(path, LabelFileError, "a label .npz")
     try:
         z = np.load(os.fspath(path), allow_pickle=False)
         if not isinstance(z, np.lib.npyio.NpzFile):
@@ -680,12 +678,10 @@ def load_ped2_labels(
     """
     import scipy.io
 
-    from .io import not_regular_file
+    from .io import refuse_non_regular
 
     mat_path = os.fspath(mat_path)
-    special = not_regular_file(mat_path)
-    if special:  # loadmat of a FIFO would block
-        raise LabelFileError(f"{mat_path}: expected a MATLAB label file, got {special}")
+    refuse_non_regular(mat_path, LabelFileError, "a MATLAB label file")
     try:
         mat = scipy.io.loadmat(mat_path)
     except Exception as exc:
