@@ -184,11 +184,10 @@ def _resolve_source(source: FrameSource) -> Union[List[str], str, np.ndarray]:
             if p.suffix.lower() in FRAME_EXTENSIONS:
                 return [str(p)]
             return str(p)
-        from .io import not_regular_file
+        from .io import refuse_non_regular
 
-        special = not_regular_file(p)
-        if special:  # it exists: "not found" would mislead (and a decoder would block on a FIFO)
-            raise DatasetFormatError(f"{p}: expected a frame folder or a video file, got {special}")
+        # it exists: "not found" would mislead (and a decoder would block on a FIFO)
+        refuse_non_regular(p, DatasetFormatError, "a frame folder or a video file")
         raise DatasetNotFoundError(f"frame folder or video file not found: {p}", p)
     if isinstance(source, (bytes, Mapping)) or not isinstance(source, Iterable):
         raise InvalidDTypeError(f"frame source: expected a frame folder, a video file, a list of image paths, an "
@@ -254,12 +253,14 @@ def read_frames(source: FrameSource) -> np.ndarray:
 
 def count_frames(source: FrameSource) -> Optional[int]:
     """Number of frames without decoding them, or None for a video file (not known up front)."""
+    return _count_of(source, None if isinstance(source, Video) else _resolve_source(source))
+
+
+def _count_of(source: FrameSource, resolved: Union[List[str], str, np.ndarray, None]) -> Optional[int]:
+    """count_frames of a source already resolved (_resolve_source; not read for a Video)."""
     if isinstance(source, Video):
         return source.n_frames
-    src = _resolve_source(source)
-    if isinstance(src, str):
-        return None
-    return len(src)
+    return None if isinstance(resolved, str) else len(resolved)
 
 
 # =========================================================================== snippet sampling
@@ -1094,8 +1095,8 @@ def _request(videos, extractor, T, s, clamp) -> _Request:
     counts, sources, files = {}, {}, []
     for n, src, _ in items:
         with _naming_video(n):
-            counts[n] = count_frames(src)
-            resolved = _resolve_source(src)
+            resolved = _resolve_source(src)  # once: a frame folder is listed here, not again to count it
+            counts[n] = _count_of(src, resolved)
         sources[n] = _source_record(resolved)
         if isinstance(resolved, str) and not _is_url(resolved):
             files.append(n)
@@ -1355,12 +1356,10 @@ def save_features(path: Union[str, os.PathLike], features_by_video: Mapping[str,
 
 def load_feature_file(path: Union[str, os.PathLike]) -> FeatureFile:
     """Reads a file written by :func:`save_features` (features as float32)."""
-    from .io import not_regular_file
+    from .io import refuse_non_regular
 
     path = os.fspath(path)
-    special = not_regular_file(path)
-    if special:  # np.load of a FIFO would block
-        raise FeatureFileError(f"{path}: expected a feature file, got {special}")
+    refuse_non_regular(path, FeatureFileError, "a feature file")
     if not os.path.isfile(path):
         raise DatasetNotFoundError(f"feature file not found: {path}", path)
     try:
