@@ -136,6 +136,16 @@ def check_int_range(value: Any, name: str, low: int, high: Optional[int] = None)
     return int(value)
 
 
+SEED_MAX = 2 ** 32 - 1  # torch's CPU generator keeps 32 bits: seed 2**32 would draw seed 0's layers
+
+
+def check_seed(value: Any, name: str = "seed") -> int:
+    """A seed of the hash layers and training: 0..2**32 - 1, every one of which draws its own layers
+    (torch.manual_seed accepts wider seeds but keeps only their low 32 bits, so 2**32 and -2**32
+    would silently repeat seed 0)."""
+    return check_int_range(value, name, 0, SEED_MAX)
+
+
 def check_bool(value: Any, name: str, allow_01: bool = False) -> bool:
     """A switch as bool: ConfigError for anything but True / False (bool("no") is True); allow_01: the
     integers 0 and 1 too (progress=0, an idiom the tests keep)."""

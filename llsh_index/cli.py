@@ -5,6 +5,7 @@
     llsh-index import --folder i3d_test --labels ST_gt.npz --snippet-frames 16 --out test.npz  # own features
     llsh-index fit --features train.npz --out layers.llsh
     llsh-index build --model layers.llsh --features train.npz --out index.llsh
+    llsh-index merge --index cam1.llsh cam2.llsh --out both.llsh   # indexes built on the same layers
     llsh-index score --index index.llsh --features test.npz --out scores.npz [--csv scores.csv]
     llsh-index evaluate --scores scores.npz --labels test.npz
     llsh-index plot --scores scores.npz --labels test.npz --out curves.png
@@ -532,6 +533,25 @@ def cmd_build(args) -> int:
     size = index.save(args.out)
     print(f"indexed {index.ntotal} snippets in {time.time() - t0:.2f}s; buckets per table "
           f"{index.stats()['n_buckets']}; saved {args.out} ({size} bytes)")
+    return 0
+
+
+def cmd_merge(args) -> int:
+    """Index files built on the same layers (`build --model` on several feature files, e.g. one per
+    camera or per machine) -> one index holding all their items, in the order given."""
+    from .errors import LLSHError
+
+    indexes = [_load_index(path, "--index") for path in args.index]
+    merged = indexes[0].empty_like()
+    for path, index in zip(args.index, indexes):
+        try:
+            merged.merge(index)
+        except LLSHError as exc:  # named with the file: "this index / the other" means little here
+            raise type(exc)(f"--index {path} against {args.index[0]}: {exc}") from None
+    size = merged.save(args.out)
+    print(f"merged {len(indexes)} indexes: {merged.ntotal} snippets "
+          f"({' + '.join(str(i.ntotal) for i in indexes)}); buckets per table {merged.stats()['n_buckets']}; "
+          f"saved {args.out} ({size} bytes)")
     return 0
 
 
@@ -1302,6 +1322,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--align", choices=ALIGN_CHOICES, default="exact", help=ALIGN_HELP)
     p.add_argument("--json", default=None, help="also write the results (per-video AUCs included) to this file")
     p.set_defaults(fn=cmd_evaluate)
+
+    p = sub.add_parser("merge", help="index files built on the same layers -> one index of all their items",
+                       description="Appends the items of each --index file, in the order given, into one index (the "
+                                   "first file's settings: mode, miss value). The files must share their hash layers "
+                                   "(`build --model` with one `fit` output) and, where they record it, the feature "
+                                   "space. The result scores exactly as one `build` of all the features would.")
+    p.add_argument("--index", required=True, nargs="+", help="two or more index files from `build`")
+    p.add_argument("--out", required=True, help="index file to write")
+    p.set_defaults(fn=cmd_merge)
 
     p = sub.add_parser("info", help="an index's settings and tables (bucket sizes, active bits), and how "
                                     "often given snippets find a bucket",

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _engine, probing
-from ._validation import as_real, check_bool, check_features, check_int_range, check_video_ids
+from ._validation import as_real, check_bool, check_features, check_int_range, check_seed, check_video_ids, SEED_MAX
 from .encoder import MIN_GEMM_ROWS, HashEncoder, float32_rows, pad_to_gemm_rows
 from .errors import ConfigError, CudaUnavailableError, DeviceMismatchError, IndexFormatError, IndexStateError, \
     InvalidDTypeError, InvalidInputError, NotFittedError, UndertrainedWarning
@@ -95,7 +95,8 @@ class LearnableLSHIndex:
     code_dtype : "float32" or "float16" storage of the per-item codes.
     store_codes : keep per-item codes (needed by "mean"); False keeps only per-bucket statistics,
         which is all "light" and "squared" need (light-LLSH's memory and disk footprint).
-    seed : seeds the Xavier init and the training sampler.
+    seed : seeds the Xavier init and the training sampler; 0..2**32 - 1 (torch keeps 32 bits of a seed,
+        so a wider one would repeat a smaller one's layers).
     batch_size : rows hashed per chunk in add()/score(); default from a 64 MiB working-set budget.
     n_threads : native threads (0 = all cores).
     device : "cpu" or "cuda[:N]".
@@ -125,7 +126,7 @@ class LearnableLSHIndex:
         self.miss_value = _check_miss_value(miss_value)
         self.code_dtype = code_dtype
         self.store_codes = bool(store_codes)
-        self.seed = check_int_range(seed, "seed", -(2 ** 63), 2 ** 64 - 1)  # what torch.manual_seed takes
+        self.seed = check_seed(seed)
         self.batch_size = None if batch_size is None else check_int_range(batch_size, "batch_size", 1)
         self.n_threads = check_int_range(n_threads, "n_threads", 0, 2 ** 16)
         self.device = _normalise_device(device)
@@ -385,7 +386,7 @@ class LearnableLSHIndex:
                 queue_size=check_int_range(queue_size, "queue_size", 1, big), momentum=as_real(momentum, "momentum"),
                 max_offset=check_int_range(max_offset, "max_offset", 0, big),
                 n_neighbors=check_int_range(n_neighbors, "n_neighbors", 1, big),
-                seed=self.seed if seed is None else check_int_range(seed, "seed", -(2 ** 63), 2 ** 64 - 1),
+                seed=self.seed if seed is None else check_seed(seed),
                 progress=check_bool(progress, "progress", allow_01=True),
                 lr_schedule=lr_schedule,
                 warmup_steps=check_int_range(warmup_steps, "warmup_steps", 0, big), grad_clip=as_real(grad_clip, "grad_clip"),
@@ -952,9 +953,12 @@ class LearnableLSHIndex:
             if "weight" not in arrays or arrays["weight"].shape != shape:
                 raise IndexFormatError(f"{path}: hash weight of shape {arrays.get('weight', np.zeros(0)).shape} "
                                        f"does not match the settings {shape}")
+            seed = meta["seed"]
+            if isinstance(seed, int) and not isinstance(seed, bool) and -(2 ** 63) <= seed < 2 ** 64:
+                seed %= SEED_MAX + 1  # older versions took torch's wider range, of which torch keeps these bits
             index = cls(meta["dim"], meta["n_tables"], meta["n_bits"], mode=meta["mode"],
                         miss_value=meta["miss_value"], code_dtype=meta["code_dtype"],
-                        store_codes=meta["store_codes"], seed=meta["seed"], batch_size=meta["batch_size"],
+                        store_codes=meta["store_codes"], seed=seed, batch_size=meta["batch_size"],
                         n_threads=meta["n_threads"])
             weight = arrays["weight"]
             if weight.shape != (index.n_tables * index.n_bits, index.dim):

@@ -1447,3 +1447,44 @@ def test_output_checks_follow_links_and_a_failed_demo_leaves_no_folders(feature_
                                                                      tmp / "kept")):
         assert main(["demo", "--out", str(out), "--features", p("missing.npz"), "--quiet"]) == 2
         assert not gone.exists() and stays.is_dir()
+
+
+def test_merge_joins_indexes_built_on_one_fit(feature_files, capsys):
+    """`merge` of indexes built on the same layers scores as the oracle's tables of all their items;
+    other layers, a bad file and an output that is an input are refused with one line."""
+    import oracle
+    from llsh_index import LearnableLSHIndex
+    from llsh_index.video import load_feature_file, save_features
+
+    tmp, _ = feature_files
+    p = lambda name: str(tmp / name)  # noqa: E731
+    train = load_feature_file(p("train.npz"))
+    for part, names in (("a", ["v0", "v1"]), ("b", ["v2", "v3"])):
+        save_features(tmp / f"train_{part}.npz", {v: train.features[v] for v in names}, {"extractor": "test"})
+    assert main(["fit", "--features", p("train.npz"), "--out", p("layers.llsh"), "--n-tables", "3", "--n-bits", "6",
+                 "--iterations", "5", "--batch-size", "32", "--queue-size", "64", "--quiet"]) == 0
+    for part in "ab":
+        assert main(["build", "--model", p("layers.llsh"), "--features", p(f"train_{part}.npz"),
+                     "--out", p(f"index_{part}.llsh"), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["merge", "--index", p("index_a.llsh"), p("index_b.llsh"), "--out", p("all.llsh")]) == 0
+    assert "merged 2 indexes: 320 snippets (160 + 160)" in capsys.readouterr().out
+    merged = LearnableLSHIndex.load(p("all.llsh"))
+    weight = merged.encoder.weight.detach().numpy()
+    x = np.concatenate([train.features[v] for v in ["v0", "v1", "v2", "v3"]])
+    q = load_feature_file(p("test.npz")).features["t1"]
+    tables = oracle.build(oracle.encode(x, weight, 3, 6))
+    expected = oracle.scores(tables, oracle.encode(q, weight, 3, 6), miss_value=merged.default_miss_value())
+    np.testing.assert_allclose(merged.score(q), expected, rtol=1e-4, atol=1e-5)
+    assert merged.feature_space_ == {"extractor": "test"}
+
+    assert main(["build", "--features", p("train_b.npz"), "--out", p("other.llsh"), "--n-tables", "3",
+                 "--n-bits", "6", "--seed", "9", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["merge", "--index", p("index_a.llsh"), p("other.llsh"), "--out", p("x.llsh")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "other.llsh against" in err and "same hash layers" in err
+    assert main(["merge", "--index", p("index_a.llsh"), p("index_b.llsh"), "--out", p("index_b.llsh")]) == 2
+    assert "it is the --index file" in capsys.readouterr().err
+    assert main(["merge", "--index", p("index_a.llsh"), p("test.npz"), "--out", p("x.llsh")]) == 2
+    assert "test.npz" in capsys.readouterr().err and not (tmp / "x.llsh").exists()

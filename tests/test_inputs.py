@@ -624,17 +624,36 @@ def test_short_videos_and_a_positive_offset_beyond_them():
     assert index.is_trained and np.isfinite(index.training_log_.losses).all()
 
 
-def test_negative_seeds_train_and_repeat():
-    """The constructor takes seeds down to -2**63 (torch's range); training with one works (numpy's
-    generator takes no negative seed) and is repeatable, and differs from another seed."""
-    def trained(seed):
-        index = LearnableLSHIndex(16, n_tables=2, n_bits=8, seed=seed)
-        index.fit(X, video_ids=VIDS, iterations=20, batch_size=32, queue_size=64, lr=0.5, progress=False)
-        return index.encoder.weight.detach().numpy().copy()
+def test_seeds_outside_32_bits_are_refused():
+    """torch's CPU generator keeps 32 bits of a seed: 2**32 drew seed 0's layers and -1 seed
+    2**32 - 1's. Such seeds are refused (constructor and fit) instead of silently repeating another."""
+    import torch
+    f = lambda s: torch.rand(3, generator=torch.Generator().manual_seed(s)).numpy()
+    np.testing.assert_array_equal(f(2 ** 32), f(0))  # the aliasing the check prevents
+    for seed in (2 ** 32, -1, 2 ** 64 - 1):
+        with pytest.raises(ConfigError, match=rf"seed: expected 0\.\.4294967295, got {seed}"):
+            LearnableLSHIndex(16, seed=seed)
+        with pytest.raises(ConfigError, match="seed: expected 0..4294967295"):
+            LearnableLSHIndex(16, n_tables=2, n_bits=8).fit(X, video_ids=VIDS, iterations=1, seed=seed, progress=False)
+    top = LearnableLSHIndex(16, n_tables=2, n_bits=8, seed=2 ** 32 - 1)
+    assert not np.array_equal(top.encoder.weight.detach().numpy(),
+                              LearnableLSHIndex(16, n_tables=2, n_bits=8, seed=0).encoder.weight.detach().numpy())
 
-    a, b = trained(-1), trained(-1)
-    np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(a, trained(-2)) and np.isfinite(a).all()
+
+def test_an_older_file_with_a_wide_seed_loads(tmp_path):
+    """Older versions saved seeds such as -1: the file loads, with the seed torch actually used."""
+    from llsh_index.io import read_container, write_container
+    from llsh_index.index import _FILE_KIND
+
+    index = LearnableLSHIndex(16, n_tables=2, n_bits=8, seed=5).add(X)
+    path = str(tmp_path / "a.llsh")
+    index.save(path)
+    meta, arrays = read_container(path, _FILE_KIND)
+    meta["seed"] = -1
+    write_container(path, _FILE_KIND, meta, arrays)
+    loaded = LearnableLSHIndex.load(path)
+    assert loaded.seed == 2 ** 32 - 1
+    np.testing.assert_array_equal(loaded.score(X[:7]), index.score(X[:7]))
 
 
 def test_to_the_same_device_changes_nothing():
