@@ -378,4 +378,5 @@ def train_moco(encoder: HashEncoder, features: torch.Tensor, video_ids: Optional
             bar.set_postfix(loss=f"{log.losses[-1]:.4f}")
         bar.close()
     encoder.eval()
+    encoder.weight.grad = None  # a (b*r, d) buffer that scoring never reads (d 9216: 9 MiB at b 8, r 32)
     return log

@@ -631,3 +631,12 @@ def test_a_fit_continued_from_a_file_without_learning_rates_saves_a_loadable_fil
     again = LearnableLSHIndex.load(str(tmp_path / "continued.llsh"))
     assert len(again.training_log_.lrs) == len(again.training_log_.losses) == 2 * n
     assert again.training_log_.lrs[n:] == index.training_log_.lrs  # the continued fit's own lrs, as logged
+
+
+def test_fit_frees_the_gradient_buffer():
+    """The layers' .grad (as large as the layers) is not kept after fit(): scoring never reads it."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((60, 12)).astype(np.float32)
+    index = LearnableLSHIndex(12, n_tables=2, n_bits=4).fit(x, video_ids=np.repeat([0, 1, 2], 20), iterations=4,
+                                                            batch_size=8, queue_size=16, progress=False)
+    assert index.training_log_.steps > 0 and index.encoder.weight.grad is None
