@@ -153,8 +153,12 @@ class _Shard:
     def partial_scores(self, codes, keys, mode: Optional[str]):
         return self.index.partial_scores(mode=mode, query_codes=codes, query_keys=keys)
 
-    def save(self, path: str) -> int:
-        return self.index.save(path)
+    def save(self, path: str) -> str:
+        """Writes the shard; its SHA-256, computed where it was written (the driver's shards.json)."""
+        from .sharded import file_sha256
+
+        self.index.save(path)
+        return file_sha256(path)
 
     def get_index(self) -> LearnableLSHIndex:
         return self.index
@@ -360,14 +364,14 @@ class DistributedIndex(_ShardScoring):
         """Each worker saves its shard to folder/shard_00000.llsh, ...; returns the paths.
 
         On a cluster `folder` must be a path every worker can write (a shared filesystem).  As
-        ShardedIndex.save_shards: a path that is not a folder is WritePathError, and shard files of
-        an earlier, larger save there are removed (ShardedIndex.load(folder) would read them too).
+        ShardedIndex.save_shards: a path that is not a folder is WritePathError, shards.json (the files
+        and their SHA-256) is written last, and shard files of an earlier, larger save there are removed.
         """
-        from .sharded import _numbered_shards, make_shards_folder
+        from .sharded import _numbered_shards, make_shards_folder, write_manifest
 
         folder = make_shards_folder(folder)
         paths = [str((folder / f"shard_{i:05d}.llsh").resolve()) for i in range(self.n_shards)]
-        _ray().get([a.save.remote(p) for a, p in zip(self._actors, paths)])
+        write_manifest(folder, _ray().get([a.save.remote(p) for a, p in zip(self._actors, paths)]))
         for number, stale in _numbered_shards(folder):
             if number >= self.n_shards:
                 stale.unlink()

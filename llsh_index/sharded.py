@@ -10,8 +10,10 @@ Placement.  Shard i lives on ``devices[i % len(devices)]``: by default every vis
 (``cuda:0``, ``cuda:1``, ...), or ``["cpu"]`` when none is visible; pass ``devices=["cuda:0",
 "cuda:0"]`` (or ``n_shards=2``) for two shards on one GPU.  ``from_shards()`` takes indexes that
 already hold items (e.g. loaded from shard files) and moves them to the devices in place.
-``save_shards(folder)`` writes one file per shard there; ``ShardedIndex.load(folder)`` reads them back
-in shard order (``load`` also takes a list of shard files).
+``save_shards(folder)`` writes one file per shard there, then ``shards.json``, the list of those
+files with their SHA-256; ``ShardedIndex.load(folder)`` reads them back in shard order, and refuses
+a folder whose files are not those the list names (a save that was interrupted halfway: the new
+files of some shards beside the old files of others).  ``load`` also takes a list of shard files.
 
 Scoring.  The queries are hashed once, on the first shard's device (or on the device a CUDA query
 tensor already lives on, when a shard lives there too), and only the codes travel: b*r float32 +
@@ -29,6 +31,8 @@ items yet answers nothing (all its counts are 0).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 import os
 import re
@@ -51,6 +55,10 @@ from .index import (LearnableLSHIndex, _check_indexes, _keys_and_sizes, _normali
 __all__ = ["ShardedIndex"]
 
 _SHARD_NAME = re.compile(r"shard_([0-9]{5}|[1-9][0-9]{5,})\.llsh")  # save_shards(): shard_{i:05d}.llsh
+# written last by save_shards: which files make up the index.  Each shard file is written atomically,
+# the set is not; without the list, a save interrupted after shard 0 loaded as new shard 0 + old shard 1
+MANIFEST_NAME, _MANIFEST_FORMAT, _MANIFEST_VERSION = "shards.json", "llsh-shards", 1
+_MANIFEST_MAX_BYTES = 64 << 20
 
 
 # ---------------------------------------------------------------------- device helpers
@@ -115,7 +123,11 @@ def _numbered_shards(folder: Path) -> List[tuple]:
 
 
 def _shard_files(folder: Path) -> List[Path]:
-    """The shard files of the sharded index save_shards() wrote in `folder`, in shard order."""
+    """The shard files of the sharded index save_shards() wrote in `folder`, in shard order: those
+    its shards.json lists (checked against their SHA-256), or, in a folder without one (written
+    before the list existed), every shard_NNNNN.llsh there."""
+    if (folder / MANIFEST_NAME).exists():
+        return _manifest_files(folder)
     found = _numbered_shards(folder)
     if not found:
         raise IndexFileNotFoundError(f"load: no shard files in the folder {folder} (expected shard_00000.llsh, ... "
@@ -125,6 +137,62 @@ def _shard_files(folder: Path) -> List[Path]:
         raise IndexFormatError(f"load: the shard files in {folder} are not complete: shard_{missing[0]:05d}.llsh "
                                f"is missing ({len(missing)} of {found[-1][0] + 1} shards missing)")
     return [path for _, path in found]
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path, digests: Sequence[str]) -> None:
+    """folder/shards.json naming shard_00000.llsh, ... with their SHA-256 (atomically: the last step of
+    a save, so a save that stops before it leaves the previous list, which its new files then fail)."""
+    from .io import atomic_write
+
+    body = {"format": _MANIFEST_FORMAT, "version": _MANIFEST_VERSION,
+            "shards": [{"file": f"shard_{i:05d}.llsh", "sha256": d} for i, d in enumerate(digests)]}
+    with atomic_write(str(folder / MANIFEST_NAME)) as f:
+        f.write(json.dumps(body, indent=1).encode())
+
+
+def _manifest_files(folder: Path) -> List[Path]:
+    manifest = folder / MANIFEST_NAME
+    bad = f"load: {manifest} is damaged or not a shard list"
+    try:
+        if not manifest.is_file() or manifest.stat().st_size > _MANIFEST_MAX_BYTES:
+            raise IndexFormatError(f"{bad} (expected a JSON file of at most {_MANIFEST_MAX_BYTES >> 20} MiB)")
+        body = json.loads(manifest.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        if isinstance(exc, IndexFormatError):
+            raise
+        raise IndexFormatError(f"{bad} ({exc})") from None
+    if not isinstance(body, dict) or body.get("format") != _MANIFEST_FORMAT:
+        raise IndexFormatError(f"{bad} (expected format {_MANIFEST_FORMAT!r})")
+    version = body.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise IndexFormatError(f"{bad} (expected a version number, got {version!r})")
+    if version > _MANIFEST_VERSION:
+        raise IndexFormatError(f"load: {manifest} is of version {version}, newer than this llsh_index reads "
+                               f"({_MANIFEST_VERSION}); upgrade llsh_index")
+    entries = body.get("shards")
+    if not isinstance(entries, list) or not entries or not all(
+            isinstance(e, dict) and e.get("file") == f"shard_{i:05d}.llsh" and isinstance(e.get("sha256"), str)
+            for i, e in enumerate(entries)):
+        raise IndexFormatError(f"{bad} (expected 'shards': shard_00000.llsh, ... in order, each with its sha256)")
+    paths = []
+    for e in entries:
+        path = folder / e["file"]
+        if not path.is_file():
+            raise IndexFormatError(f"load: {path} is missing: {MANIFEST_NAME} lists {len(entries)} shard files")
+        if file_sha256(path) != e["sha256"]:
+            raise IndexFormatError(f"load: {path} is not the file {MANIFEST_NAME} lists (its SHA-256 differs): the "
+                                   f"folder mixes two saves (a save_shards that did not finish?) or the file was "
+                                   f"changed; save the index again")
+        paths.append(path)
+    return paths
 
 
 def _check_same_layers(first: LearnableLSHIndex, other, caller: str) -> None:
@@ -510,6 +578,8 @@ class ShardedIndex(_ShardScoring):
     def save_shards(self, folder) -> List[str]:
         """Saves shard i to folder/shard_00000.llsh, ...; returns the paths (ShardedIndex.load reads them, or the folder).
 
+        Then shards.json, the list of these files with their SHA-256, which load() checks: a save
+        stopped halfway (some shards new, some old) is refused at load, not read as one index.
         Shard files of an earlier, larger save in the same folder (shard_000NN.llsh beyond this
         index's count) are removed, so the folder holds this index and nothing else of the kind."""
         folder = make_shards_folder(folder)
@@ -518,6 +588,7 @@ class ShardedIndex(_ShardScoring):
             for i, s in enumerate(self.shards):
                 paths.append(str(folder / f"shard_{i:05d}.llsh"))
                 s.save(paths[-1])
+        write_manifest(folder, [file_sha256(p) for p in paths])
         for number, stale in _numbered_shards(folder):
             if number >= len(self.shards):
                 stale.unlink()

@@ -327,7 +327,7 @@ def test_save_shards_refuses_a_file_and_drops_stale_shards(built, tmp_path):
         built[2].save_shards(tmp_path / "file")
     built[3].save_shards(tmp_path / "s")
     assert len(built[2].save_shards(tmp_path / "s")) == 2
-    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["shard_00000.llsh", "shard_00001.llsh"]
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["shard_00000.llsh", "shard_00001.llsh", "shards.json"]
     assert ShardedIndex.load(str(tmp_path / "s")).ntotal == built[2].ntotal
 
 

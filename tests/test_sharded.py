@@ -8,6 +8,7 @@ at the end run the same paths on real devices (two shards on one GPU; several GP
 """
 import contextlib
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -180,7 +181,8 @@ def test_save_shards_leaves_only_this_index_in_the_folder(data, tmp_path):
     (tmp_path / "s" / "notes.txt").write_text("not ours")
     small = ShardedIndex(layers, devices="cpu", n_shards=2).add(x[:50])
     paths = small.save_shards(tmp_path / "s")
-    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["notes.txt", "shard_00000.llsh", "shard_00001.llsh"]
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["notes.txt", "shard_00000.llsh", "shard_00001.llsh",
+                                                                  "shards.json"]
     loaded = ShardedIndex.load(sorted(str(p) for p in (tmp_path / "s").glob("shard_*.llsh")), devices="cpu")
     assert loaded.ntotal == 50 and paths == sorted(paths)
     np.testing.assert_array_equal(loaded.score(q), small.score(q))
@@ -222,6 +224,62 @@ def test_load_reads_the_folder_save_shards_wrote(data, tmp_path):
     (tmp_path / "gap" / "shard_00001.llsh").unlink()
     with pytest.raises(IndexFormatError, match="shard_00001.llsh is missing"):
         ShardedIndex.load(tmp_path / "gap", devices="cpu")
+
+
+def test_a_save_stopped_halfway_is_refused_at_load(data, tmp_path, monkeypatch):
+    """Each shard file is written atomically, the set was not: a save interrupted after shard 0
+    loaded as the new shard 0 beside the old shard 1 (a mixed index, no error). shards.json, written
+    last with every file's SHA-256, makes that an IndexFormatError; a folder saved before the list
+    existed still loads; a damaged or future list is named."""
+    import hashlib
+    import json
+
+    from llsh_index import IndexFormatError, LearnableLSHIndex
+
+    x, q, layers, _ = data
+    folder = tmp_path / "s"
+    old = ShardedIndex(layers, devices="cpu", n_shards=2).add(x[:100])
+    old.save_shards(folder)
+    body = json.loads((folder / "shards.json").read_text())
+    assert body["format"] == "llsh-shards" and body["version"] == 1
+    assert [e["file"] for e in body["shards"]] == ["shard_00000.llsh", "shard_00001.llsh"]
+    assert body["shards"][1]["sha256"] == hashlib.sha256((folder / "shard_00001.llsh").read_bytes()).hexdigest()
+    new = ShardedIndex(layers, devices="cpu", n_shards=2).add(x)
+    real_save, calls = LearnableLSHIndex.save, []
+
+    def interrupted(self, path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_save(self, path)
+
+    monkeypatch.setattr(LearnableLSHIndex, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        new.save_shards(folder)
+    monkeypatch.setattr(LearnableLSHIndex, "save", real_save)
+    with pytest.raises(IndexFormatError, match=r"shard_00000.llsh is not the file shards.json lists"):
+        ShardedIndex.load(folder, devices="cpu")
+    # a smaller save stopped after its list, before the stale shards went: the list decides
+    new.save_shards(folder)
+    three = ShardedIndex(layers, devices="cpu", n_shards=3).add(x[:90])
+    three.save_shards(tmp_path / "t")
+    monkeypatch.setattr(Path, "unlink", lambda self, *a, **k: None)
+    new.save_shards(tmp_path / "t")
+    monkeypatch.undo()
+    assert (tmp_path / "t" / "shard_00002.llsh").exists()
+    loaded = ShardedIndex.load(tmp_path / "t", devices="cpu")
+    assert loaded.ntotal == len(x) and loaded.shard_sizes == new.shard_sizes
+    np.testing.assert_array_equal(loaded.score(q), new.score(q))
+    # written before shards.json existed: every shard_NNNNN.llsh, as before
+    (folder / "shards.json").unlink()
+    assert ShardedIndex.load(folder, devices="cpu").shard_sizes == new.shard_sizes
+    for text, message in (("{", "damaged or not a shard list"), ('{"format": "other"}', "expected format"),
+                          ('{"format": "llsh-shards", "version": 9, "shards": []}', "version 9, newer"),
+                          ('{"format": "llsh-shards", "version": 1, "shards": [{"file": "../x", "sha256": "0"}]}',
+                           "expected 'shards'")):
+        (folder / "shards.json").write_text(text)
+        with pytest.raises(IndexFormatError, match=message):
+            ShardedIndex.load(folder, devices="cpu")
 
 
 def test_from_shards_save_load_and_gather(data, tmp_path):
