@@ -5,6 +5,8 @@
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <limits>
 #include <stdexcept>
 #include <string>
 
@@ -257,14 +259,36 @@ py::tuple lookup_cpu_py(const py::array& keys, const py::array& table_start, con
   }
   // keys are uint64, and the lookup's per-row scratch holds 64 values
   require(r >= 1 && r <= 64, "tables: n_bits must be 1..64, got " + std::to_string(r));
+  // The lookup reads keys[table_start[j] .. table_start[j + 1]) and, for a bucket u found there, the
+  // rows offsets[u] .. offsets[u + 1] of the codes: within their arrays, or a damaged table reads (and
+  // crashes) outside them.  O(b) per call: the offsets' monotonicity (O(U), milliseconds per call at
+  // millions of buckets, too slow for one streamed query) is checked where tables come from outside,
+  // when a file is loaded (index._check_tables); add() and merge() build them sorted.
+  require(b >= 1, "table_start: expected n_tables + 1 >= 2 entries, got " + std::to_string(table_start.size()));
+  require(n_items >= 0, "n_items: expected >= 0, got " + std::to_string(n_items));
+  const int64_t* ts = cptr<int64_t>(table_start, "table_start", 1);
+  const int64_t* off = cptr<int64_t>(offsets, "offsets", 1);
+  cptr<uint64_t>(keys, "keys", 1);
+  const int64_t U = keys.size();
+  require(offsets.size() == U + 1, "tables: inconsistent array sizes (offsets must have len(keys) + 1 entries, got " +
+                                       std::to_string(offsets.size()) + " for " + std::to_string(U) + " keys)");
+  require(ts[0] == 0, "table_start: must start at 0, got " + std::to_string(ts[0]));
+  for (int64_t j = 0; j < b; ++j)
+    if (ts[j] > ts[j + 1])  // (the message only built on failure: this runs on every lookup)
+      throw std::invalid_argument("table_start: must be non-decreasing, got " + std::to_string(ts[j]) + " then " +
+                                  std::to_string(ts[j + 1]) + " at table " + std::to_string(j));
+  require(ts[b] <= U, "table_start: ends at " + std::to_string(ts[b]) + ", beyond the " + std::to_string(U) + " keys");
+  require(off[0] == 0, "offsets: must start at 0, got " + std::to_string(off[0]));
+  // every row a bucket names must exist in the codes ([b * n_items, r], checked below when given)
+  require(codes.is_none() || (n_items <= std::numeric_limits<int64_t>::max() / b && off[U] <= b * n_items),
+          "offsets: end at row " + std::to_string(off[U]) + ", beyond the codes' n_tables * n_items rows");
   auto fill = [&](auto& t) {
     t.n_tables = b;
     t.n_bits = r;
     t.n_items = n_items;
     t.keys = cptr<uint64_t>(keys, "keys", 1);
-    t.table_start = cptr<int64_t>(table_start, "table_start", 1);
-    t.offsets = cptr<int64_t>(offsets, "offsets", 1);
-    require(offsets.size() == keys.size() + 1, "tables: inconsistent array sizes");
+    t.table_start = ts;
+    t.offsets = off;
     if (!directory.is_none()) {
       const py::array dir = array_arg(directory, "directory");
       t.directory = cptr<int64_t>(dir, "directory", 2);

@@ -171,6 +171,9 @@ def as_real(value: Any, name: str) -> float:
 def check_video_ids(video_ids: Any, n: int) -> np.ndarray:
     """Per-row video labels -> int64 group ids (0..n_videos-1) in order of first appearance."""
     ids = np.asarray(video_ids)
+    if ids.ndim == 0:  # a generator, a set, a scalar: np.asarray wraps it whole, so its shape () says nothing
+        raise InvalidInputError(f"video_ids: expected a sequence or array of {n} video ids (one per feature row), "
+                                f"got {type(video_ids).__name__}")
     if ids.ndim != 1 or ids.shape[0] != n:
         raise InvalidInputError(f"video_ids: expected {n} labels (one per feature row), got shape {ids.shape}")
     if ids.dtype.kind in "fc" and not np.isfinite(ids).all():  # NaN ids would make one silent "video"

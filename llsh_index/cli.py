@@ -14,8 +14,8 @@
 
 Feature files are the pickle-free .npz of llsh_index.video.save_features (per-video arrays, labels
 and the frame each snippet is aligned to).  Score files are .npz with one per-frame float32 array
-per video and a `__meta__` entry (the scoring settings as JSON); llsh_index.cli.load_scores reads
-the scores alone (np.load reads everything, no pickle).
+per video and a `__meta__` entry (the scoring settings as JSON, with the file's format and
+format_version); llsh_index.cli.load_scores reads the scores alone (np.load reads everything, no pickle).
 """
 from __future__ import annotations
 
@@ -116,8 +116,11 @@ def _crops(text: str):
 
 
 def _load_feature_file(path: str):
-    from .video import load_feature_file
+    from .video import FeatureFileError, load_feature_file
 
+    if os.path.isdir(path):  # the loader's "not found" would send one looking for a missing file
+        raise FeatureFileError(f"{path}: expected a feature file (.npz from `llsh-index extract` or `import`), got a "
+                               "folder")
     return load_feature_file(path)
 
 
@@ -165,11 +168,53 @@ def frame_scores(snippet_scores: np.ndarray, frame_index: Optional[np.ndarray], 
     return np.interp(np.arange(n_frames), np.asarray(frame_index, np.float64), s).astype(np.float32)
 
 
+# The score file's own entry, and its format: "format_version" in the `__meta__` JSON since
+# 2026-12-01 (files without it, written before, have the same layout and read as version 1).
+SCORES_META = "__meta__"
+SCORE_FILE_FORMAT = "llsh_index.scores"
+SCORE_FILE_VERSION = 1
+
+
+def _check_score_names(names: Sequence[str], path: str) -> None:
+    """Video names a score file cannot hold, refused before the scoring: `__meta__` (the settings'
+    entry), and names a zip member name would change or cannot encode (a NUL byte, which zipfile
+    cuts the name at; a lone surrogate from an undecodable file name)."""
+    for name in names:
+        if name == SCORES_META:
+            why = f"{SCORES_META!r} is the name of the score file's settings entry"
+        elif not _zip_keeps(name + ".npy"):
+            why = "a score file entry (a zip member name) cannot hold it unchanged"
+        else:
+            continue
+        raise InvalidInputError(f"{path}: expected video names a score file can hold, got {name!r}: {why}; "
+                                "rename that video in the feature file (save_features)")
+
+
+def _zip_keeps(member: str) -> bool:
+    import zipfile
+
+    try:
+        member.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return zipfile.ZipInfo(member).filename == member
+
+
 def _save_scores(path: str, scores: Dict[str, np.ndarray], meta: dict) -> None:
+    """np.savez's layout (one NAME.npy per video, SCORES_META.npy), written member by member: through
+    np.savez(f, **scores) a video named `file` clashed with its first argument and one named
+    `allow_pickle` was taken as that option and left out."""
+    import zipfile
+
     from .io import atomic_write
 
-    with atomic_write(path) as f:
-        np.savez(f, __meta__=np.array(json.dumps(meta)), **scores)
+    _check_score_names(list(scores), path)
+    meta = {"format": SCORE_FILE_FORMAT, "format_version": SCORE_FILE_VERSION, **meta}
+    entries = {SCORES_META: np.array(json.dumps(meta)), **scores}
+    with atomic_write(path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, arr in entries.items():
+            with zf.open(name + ".npy", "w", force_zip64=True) as member:  # force_zip64: as np.savez (numpy gh-10776)
+                np.lib.format.write_array(member, np.asanyarray(arr), allow_pickle=False)
 
 
 def _write_text(path: str, text: str) -> None:
@@ -185,6 +230,8 @@ def _open_npz(path: str, what: str):
     from .io import refuse_non_regular
 
     refuse_non_regular(path, IndexFormatError, f"a {what} file (.npz)")
+    if os.path.isdir(path):
+        raise IndexFormatError(f"{path}: expected a {what} file (.npz), got a folder")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} file not found: {path}")
     try:
@@ -210,17 +257,42 @@ def load_scores(path: str) -> Dict[str, np.ndarray]:
     llsh_index.metrics.evaluate (its `__meta__` entry, the scoring settings as JSON, left out).
 
     Raises FileNotFoundError for a missing file, IndexFormatError for one that is not a readable
-    .npz, InvalidInputError for a feature file or a file without scores."""
+    .npz or of a future format version, InvalidInputError for a feature file or a file without scores."""
     with _open_npz(path, "score") as z:
         if _is_feature_file(z):
             raise InvalidInputError(f"{path}: a feature file, not a score file; run `llsh-index score` on it first")
         try:
-            scores = {k: z[k] for k in z.files if k != "__meta__"}
+            if SCORES_META in z.files:
+                _check_score_meta(z[SCORES_META], path)
+            # by zip member, not z.files: videos named `x` and `x.npy` both strip to a key `x.npy`
+            scores = {member[:-4] if member.endswith(".npy") else member: z[member]
+                      for member in z.zip.namelist() if member != SCORES_META + ".npy"}
+        except IndexFormatError:
+            raise
         except NPZ_READ_ERRORS as exc:
             raise IndexFormatError(f"{path}: damaged score file: {exc}") from exc
     if not scores:
         raise InvalidInputError(f"{path}: holds no per-video scores")
     return scores
+
+
+def _check_score_meta(entry, path: str) -> None:
+    """A score file's `__meta__` JSON: IndexFormatError for another format or a newer version."""
+    try:
+        meta = json.loads(str(entry[()]))
+    except (ValueError, IndexError, TypeError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        raise IndexFormatError(f"{path}: damaged score file (its {SCORES_META} entry is not JSON: {exc})") from exc
+    if not isinstance(meta, dict):
+        raise IndexFormatError(f"{path}: damaged score file (expected a JSON object in {SCORES_META}, got "
+                               f"{type(meta).__name__})")
+    if meta.get("format", SCORE_FILE_FORMAT) != SCORE_FILE_FORMAT:
+        raise IndexFormatError(f"{path}: expected format {SCORE_FILE_FORMAT!r}, got {meta['format']!r}")
+    version = meta.get("format_version", 1)  # files written before the version was recorded: version 1
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise IndexFormatError(f"{path}: expected an integer format_version >= 1, got {version!r}")
+    if version > SCORE_FILE_VERSION:
+        raise IndexFormatError(f"{path}: score file format version {version} was written by a newer llsh_index; "
+                               f"this one reads versions up to {SCORE_FILE_VERSION}")
 
 
 def _load_labels(path: str, scores: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
@@ -561,6 +633,7 @@ def cmd_score(args) -> int:
     ff = _load_feature_file(args.features)
     _check_feature_space(index, ff.meta, args.index, args)
     names = _select_scored(ff, args.prefix, args.features)
+    _check_score_names(names, args.features)  # before the work, not at the write
     out, t0, all_missed = {}, time.time(), True
     miss = np.float32(index.default_miss_value(args.mode_override))
     for v in names:

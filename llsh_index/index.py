@@ -839,6 +839,13 @@ class LearnableLSHIndex:
             if q.shape != total.shape:
                 raise InvalidInputError(f"combine_partial_scores: query_codes of shape {q.shape}, expected "
                                         f"{total.shape}")
+            # as partial_scores(query_codes=) checks them: NaN or codes beyond [0, 1] gave NaN or distances
+            # far above the miss value, silently (NaN fails both comparisons)
+            if q.size and not (q.min() >= 0 and q.max() <= 1):
+                n_nan = int(np.isnan(q).sum())
+                raise InvalidInputError("combine_partial_scores: query_codes: expected sigmoid codes in [0, 1] (as "
+                                        "hash_queries() returns), got "
+                                        + (f"{n_nan} NaN" if n_nan else f"values from {q.min():g} to {q.max():g}"))
             mean_code = total[hit] / count[hit][:, None]
             dist[hit] = np.sqrt(((q[hit] - mean_code) ** 2).sum(axis=1))
         else:
@@ -967,6 +974,10 @@ class LearnableLSHIndex:
                 raise IndexFormatError(f"{path}: hash weight: expected float32, got {weight.dtype}")
             if not np.isfinite(weight).all():  # every score would be NaN, blamed on the queries
                 raise IndexFormatError(f"{path}: the hash weight holds NaN or Inf")
+            if not _usable_layers(torch.from_numpy(weight)):  # fit()'s check: saturated codes, overflowing logits
+                norm = float(np.linalg.norm(weight.astype(np.float64), axis=1).max())
+                raise IndexFormatError(f"{path}: the hash weight is finite but too large for float32 logits (row "
+                                       f"norm up to {norm:.3g}); expected layers as fit() leaves them")
             index.encoder.weight.data.copy_(torch.from_numpy(weight))
             if meta.get("trained"):
                 losses, steps = arrays.get("losses", np.zeros(0)), meta.get("training_steps", 0)
@@ -1092,12 +1103,18 @@ def _check_miss_value(miss_value, allow_inf: bool = False) -> Optional[float]:
     for a distance: a negative one would rank a query that misses a table below every hit."""
     if miss_value is None:
         return None
-    if not (isinstance(miss_value, numbers.Real) and not isinstance(miss_value, (bool, np.bool_))
-            and ((math.isfinite(miss_value) and 0 <= miss_value <= float(np.finfo(np.float32).max))
-                 or (allow_inf and miss_value == math.inf))):
-        raise ConfigError(f"miss_value: expected a finite number >= 0 (a distance) within float32 range"
-                          f"{' or +inf' if allow_inf else ''}, got {miss_value!r}")
-    return float(miss_value)
+    expected = f"a finite number >= 0 (a distance) within float32 range{' or +inf' if allow_inf else ''}"
+    if not isinstance(miss_value, numbers.Real) or isinstance(miss_value, (bool, np.bool_)):
+        raise ConfigError(f"miss_value: expected {expected}, got {miss_value!r}")
+    try:
+        value = float(miss_value)
+    except OverflowError:  # an int beyond float64 (math.isfinite would raise it untyped)
+        raise ConfigError(f"miss_value: expected {expected}, got an integer of {len(str(abs(int(miss_value))))} "
+                          f"digits") from None
+    if not ((math.isfinite(value) and 0 <= value <= float(np.finfo(np.float32).max))
+            or (allow_inf and value == math.inf)):
+        raise ConfigError(f"miss_value: expected {expected}, got {miss_value!r}")
+    return value
 
 
 def reduce_tables(d, reduce: str, miss_value: float):
@@ -1447,3 +1464,15 @@ def _check_tables(t: Dict, index: LearnableLSHIndex, path: str) -> None:
             either = np.packbits(c == 0.5, axis=1, bitorder="little")
             if ((bits ^ owner[i:i + step]) & ~either).any():
                 raise IndexFormatError(f"{path}: stored codes do not match the keys of their buckets")
+    # statistics stored beside the codes (format 1) must be the codes' own: "light" / "squared" read
+    # them, "mean" the codes, so edited ones scored wrong in two modes only.  Derived again (what
+    # format 2 does lazily, bit for bit the build's values) and kept in place of the stored ones.
+    if t["codes"] is not None and t["bucket_sum"] is not None:
+        derived = _engine.ensure_statistics({"codes": t["codes"], "offsets": off, "bucket_sum": None},
+                                            index.n_threads)
+        for name in _STATISTICS:
+            if not np.allclose(t[name], derived[name], rtol=1e-9, atol=1e-9):
+                worst = float(np.abs(t[name] - derived[name]).max())
+                raise IndexFormatError(f"{path}: stored {name} does not match the stored codes (off by up to "
+                                       f"{worst:.3g}); expected the codes' per-bucket sums")
+            t[name] = derived[name]

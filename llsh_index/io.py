@@ -20,6 +20,7 @@ load() at a large foreign file costs one 24-byte read.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -57,21 +58,37 @@ def check_write_path(path) -> str:
     given = os.fsdecode(path)
     if not given:
         raise WritePathError("expected a file path, got ''")
+    if "\0" in given:  # os calls raise an untyped ValueError on it
+        raise WritePathError(f"{given!r}: expected a file path, got one that contains a NUL byte")
     # A symlink is followed: the file it names is replaced and the link keeps pointing at it (a
     # rename over the link itself would cut it off).  Anything else that is not a plain file (a
     # folder, /dev/null, a FIFO) is refused: the rename would replace it with a file.
     resolved = os.path.realpath(given)
     if os.path.lexists(resolved) and not os.path.isfile(resolved):
+        if _is_link_loop(resolved):  # realpath stops at a loop without a word: the link itself is left
+            raise WritePathError(f"{given}: expected a file path, but it is a symbolic link loop (the links never "
+                                 "reach a file)")
         what = "a folder" if os.path.isdir(resolved) else "not a regular file (a device, FIFO or socket)"
         raise WritePathError(f"{given}: expected a file path, but it is {what}")
     check_folder_path(os.path.dirname(resolved), given)
     return resolved
 
 
+def _is_link_loop(path: str) -> bool:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
+
+
 def check_folder_path(folder, given=None) -> None:
     """WritePathError when `folder` can never be made: a part of it that exists is a file (the
     write would fail only after the work, in os.makedirs)."""
     part = os.fsdecode(folder)
+    if "\0" in part:  # os.makedirs would raise an untyped ValueError
+        raise WritePathError(f"{os.fsdecode(given if given is not None else folder)!r}: expected a folder path, "
+                             f"got one that contains a NUL byte")
     while part and not os.path.exists(part):
         parent = os.path.dirname(part)
         if parent == part:
@@ -184,7 +201,10 @@ def not_regular_file(path) -> Optional[str]:
 
 def refuse_non_regular(path, error, expected: str) -> None:
     """Raises error("PATH: expected EXPECTED, got a FIFO") (a device, a socket) for a path that exists but
-    is neither a regular file nor a folder: every reader calls it before open() or np.load."""
+    is neither a regular file nor a folder: every reader calls it before open() or np.load.  A path
+    with a NUL byte, which no file has and on which open() raises an untyped ValueError, is refused too."""
+    if isinstance(path, PATH_TYPES) and "\0" in os.fsdecode(path):
+        raise error(f"{os.fsdecode(path)!r}: expected {expected}, got a path that contains a NUL byte")
     special = not_regular_file(path)
     if special:
         raise error(f"{os.fsdecode(path)}: expected {expected}, got {special}")

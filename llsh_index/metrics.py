@@ -279,6 +279,10 @@ def _check_sigma(sigma: float | None) -> float:
         raise MetricsTypeError(f"sigma: expected a number >= 0 or None, got {sigma!r}")
     try:
         s = float(sigma)
+    except OverflowError:  # an int beyond float64: a value out of range, not an untyped OverflowError
+        digits = len(str(abs(int(sigma))))
+        raise MetricsError(f"sigma: expected a number from 0 to {_MAX_SIGMA:g} (a kernel of 8 sigma + 1 taps), got "
+                           f"a{' negative' if sigma < 0 else 'n'} integer of {digits} digits") from None
     except (TypeError, ValueError) as exc:
         raise MetricsTypeError(f"sigma: expected a number >= 0 or None, got {sigma!r}") from exc
     if not math.isfinite(s) or s < 0:

@@ -176,7 +176,10 @@ class StreamScorer:
                               f"the index on this extractor's features (e.g. llsh-index extract with the same "
                               f"settings)")
         self.T, self.s = _check_ts(T, s)
-        self.sigma = metrics._check_sigma(sigma)
+        try:
+            self.sigma = metrics._check_sigma(sigma)
+        except metrics.MetricsError as exc:  # out of range: here a constructor setting, typed as threshold's
+            raise ConfigError(str(exc)) from exc
         if smoothing not in SMOOTHINGS:
             raise ConfigError(f"smoothing: expected one of {SMOOTHINGS}, got {smoothing!r}")
         if mode is not None:

@@ -266,11 +266,24 @@ def _count_of(source: FrameSource, resolved: Union[List[str], str, np.ndarray, N
 # =========================================================================== snippet sampling
 
 
+# The most frames one snippet may span, (T - 1) * s + 1: an hour of video at 25 frames/s, far beyond any
+# snippet a model takes (the paper's T is 16).  Unbounded, a huge T or s failed deep inside numpy (an
+# OverflowError, "need at least one array to stack", a MemoryError of (frames, T) indices).
+MAX_SNIPPET_SPAN = 100_000
+
+
 def _check_ts(T: int, s: int) -> Tuple[int, int]:
     for name, v in (("T", T), ("s", s)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ConfigError(f"{name}: expected an int >= 1, got {v!r}")
-    return int(T), int(s)
+        if v > MAX_SNIPPET_SPAN:  # s too, though T = 1 does not use it
+            raise ConfigError(f"{name}: expected at most {MAX_SNIPPET_SPAN} (frames in a snippet's span), got {v}")
+    T, s = int(T), int(s)  # Python ints: numpy's int64 product could wrap
+    span = (T - 1) * s + 1
+    if span > MAX_SNIPPET_SPAN:
+        raise ConfigError(f"T, s: a snippet spans (T - 1) * s + 1 frames, expected at most {MAX_SNIPPET_SPAN}, got "
+                          f"{span} (T {T}, s {s})")
+    return T, s
 
 
 def snippet_starts(n_frames: int, T: int, s: int = 1) -> np.ndarray:

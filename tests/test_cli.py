@@ -277,6 +277,124 @@ def test_load_scores_reads_a_score_file_for_metrics(feature_files, capsys):
         load_scores(p("nothere.npz"))
 
 
+def test_every_video_name_round_trips_through_a_score_file(feature_files, capsys):
+    """np.savez(f, __meta__=..., **scores) took a video named `allow_pickle` as its option (left out of
+    the file without a word) and one named `file` as its first argument (a TypeError traceback)."""
+    from llsh_index import LearnableLSHIndex
+    from llsh_index.cli import SCORE_FILE_FORMAT, SCORE_FILE_VERSION, load_scores
+    from llsh_index.video import load_feature_file, save_features
+
+    tmp, _ = feature_files
+    p = lambda name: str(tmp / name)  # noqa: E731
+    assert main(["build", "--features", p("train.npz"), "--out", p("index.llsh"), "--n-tables", "4",
+                 "--n-bits", "8", "--quiet"]) == 0
+    test = load_feature_file(p("test.npz"))
+    # `x` and `x.npy`: np.load's z["x.npy"] is the member of video `x`, so load_scores reads by member
+    names = ["allow_pickle", "file", "a,b", "x", "x.npy", "t0"]
+    src = [f"t{i % 3}" for i in range(len(names))]
+    save_features(tmp / "named.npz", {n: test.features[v] for n, v in zip(names, src)}, {"extractor": "test"},
+                  labels_by_video={n: test.labels[v] for n, v in zip(names, src)},
+                  frame_index_by_video={n: test.frame_index[v] for n, v in zip(names, src)},
+                  n_frames_by_video={n: 60 for n in names})
+    assert main(["score", "--index", p("index.llsh"), "--features", p("named.npz"), "--out", p("s.npz")]) == 0
+    scores = load_scores(p("s.npz"))
+    assert sorted(scores) == sorted(names)
+    index = LearnableLSHIndex.load(p("index.llsh"))
+    for n, v in zip(names, src):
+        want = frame_scores(index.score(test.features[v]), test.frame_index[v], 60)
+        assert scores[n].dtype == np.float32 and scores[n].shape == (60,)
+        np.testing.assert_array_equal(scores[n], want)
+    with np.load(p("s.npz")) as z:  # np.savez's layout still: np.load reads it by name
+        meta = json.loads(str(z["__meta__"]))
+        np.testing.assert_array_equal(z["allow_pickle"], scores["allow_pickle"])
+        np.testing.assert_array_equal(z["file"], scores["file"])
+    assert (meta["format"], meta["format_version"]) == (SCORE_FILE_FORMAT, SCORE_FILE_VERSION) == (
+        "llsh_index.scores", 1)
+    assert meta["mode"] == "mean" and meta["n_probes"] == 1
+    assert main(["evaluate", "--scores", p("s.npz"), "--labels", p("named.npz"), "--json", p("auc.json")]) == 0
+    got = json.load(open(p("auc.json")))
+    want = metrics.evaluate(scores, {n: test.labels[v] for n, v in zip(names, src)}, sigma=12)
+    assert sorted(got["per_video_auc"]) == sorted(names)
+    assert got["per_video_auc"] == pytest.approx(want.macro.per_video)
+    assert got["micro_auc"] == pytest.approx(want.micro.auc) and got["macro_auc"] == pytest.approx(want.macro.auc)
+    assert got["micro_auc"] > 0.8
+
+
+def test_score_refuses_video_names_a_score_file_cannot_hold(feature_files, capsys):
+    """A video named `__meta__` (the settings' entry) or one with a NUL byte (zipfile cuts a member
+    name at it) is refused before the scoring, named; nothing is written."""
+    from llsh_index import InvalidInputError
+    from llsh_index.cli import _save_scores
+    from llsh_index.video import save_features
+
+    tmp, _ = feature_files
+    p = lambda name: str(tmp / name)  # noqa: E731
+    assert main(["build", "--features", p("train.npz"), "--out", p("index.llsh"), "--n-tables", "4",
+                 "--n-bits", "8", "--quiet"]) == 0
+    with np.load(p("train.npz")) as z:
+        near = z["features_00000"][:5]
+    for name, why in (("__meta__", "'__meta__' is the name of the score file's settings entry"),
+                      ("a\0b", "a score file entry (a zip member name) cannot hold it unchanged")):
+        save_features(tmp / "bad.npz", {"ok": near, name: near}, {"extractor": "test"})
+        capsys.readouterr()
+        assert main(["score", "--index", p("index.llsh"), "--features", p("bad.npz"), "--out", p("s.npz")]) == 2
+        assert capsys.readouterr().err == (f"error: {p('bad.npz')}: expected video names a score file can hold, got "
+                                           f"{name!r}: {why}; rename that video in the feature file (save_features)\n")
+        assert not (tmp / "s.npz").exists()
+        with pytest.raises(InvalidInputError, match="expected video names a score file can hold"):
+            _save_scores(p("s.npz"), {name: np.zeros(3, np.float32)}, {})
+        assert not (tmp / "s.npz").exists()
+
+
+def test_load_scores_reads_unversioned_files_and_refuses_future_ones(tmp_path):
+    """Score files carry a format_version in __meta__; files written before it (no version) read as
+    before, a newer version or another format is refused, naming both versions."""
+    from llsh_index import IndexFormatError
+    from llsh_index.cli import load_scores
+
+    a, b = np.arange(4, dtype=np.float32), np.ones(3, np.float32)
+    old = {"mode": "mean", "n_probes": 1}  # the __meta__ of a file from before the version
+    np.savez(tmp_path / "old.npz", __meta__=np.array(json.dumps(old)), v1=a, v2=b)
+    got = load_scores(str(tmp_path / "old.npz"))
+    assert sorted(got) == ["v1", "v2"]
+    np.testing.assert_array_equal(got["v1"], a)
+    np.testing.assert_array_equal(got["v2"], b)
+    np.savez(tmp_path / "v1.npz", __meta__=np.array(json.dumps(dict(old, format="llsh_index.scores",
+                                                                      format_version=1))), v1=a)
+    np.testing.assert_array_equal(load_scores(str(tmp_path / "v1.npz"))["v1"], a)
+    for meta, message in (
+            (dict(format="llsh_index.scores", format_version=2),
+             "score file format version 2 was written by a newer llsh_index; this one reads versions up to 1"),
+            (dict(format="llsh_index.scores", format_version="1"), "expected an integer format_version >= 1, got '1'"),
+            (dict(format="other"), "expected format 'llsh_index.scores', got 'other'"),
+            ([1, 2], "expected a JSON object in __meta__, got list")):
+        np.savez(tmp_path / "bad.npz", __meta__=np.array(json.dumps(meta)), v1=a)
+        with pytest.raises(IndexFormatError) as info:
+            load_scores(str(tmp_path / "bad.npz"))
+        assert str(info.value) == f"{tmp_path / 'bad.npz'}: {message}" or (
+            str(info.value) == f"{tmp_path / 'bad.npz'}: damaged score file ({message})"), str(info.value)
+
+
+def test_a_folder_given_as_a_feature_or_score_file_is_named_a_folder(feature_files, capsys):
+    """`score --features DIR` said "feature file not found: DIR", sending one looking for a missing
+    file; --scores / --labels DIR likewise said "score file not found"."""
+    tmp, _ = feature_files
+    p = lambda name: str(tmp / name)  # noqa: E731
+    (tmp / "feats").mkdir()
+    assert main(["build", "--features", p("train.npz"), "--out", p("index.llsh"), "--n-tables", "4",
+                 "--n-bits", "8", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["score", "--index", p("index.llsh"), "--features", p("feats"), "--out", p("s.npz")]) == 2
+    assert capsys.readouterr().err == (f"error: {p('feats')}: expected a feature file (.npz from `llsh-index "
+                                       f"extract` or `import`), got a folder\n")
+    assert main(["score", "--index", p("index.llsh"), "--features", p("test.npz"), "--out", p("s.npz")]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--scores", p("feats"), "--labels", p("test.npz")]) == 2
+    assert capsys.readouterr().err == f"error: {p('feats')}: expected a score file (.npz), got a folder\n"
+    assert main(["evaluate", "--scores", p("s.npz"), "--labels", p("feats")]) == 2
+    assert capsys.readouterr().err == f"error: {p('feats')}: expected a label file (.npz), got a folder\n"
+
+
 def test_features_made_otherwise_than_the_index_are_refused(feature_files, capsys):
     """fit / build record the feature file's extractor settings, T, s, clamp in the index; build
     --model, score and info --features refuse features made otherwise, naming both sides, unless

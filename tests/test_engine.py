@@ -432,3 +432,42 @@ def test_native_entry_points_refuse_what_they_cannot_hold():
     with pytest.raises(ValueError, match="n_bits must be 1..64, got 65"):
         _C.lookup_cpu(one, np.array([0, 1]), np.array([0, 3]), np.zeros((3, 65), np.float32), None, None, 3,
                       np.zeros((1, 1, 65), np.float32), np.zeros((1, 1), np.uint64), 0, 1e10, 0, False, None)
+
+
+@pytest.mark.parametrize("name, edit, msg", [
+    ("table_start", lambda t, U: np.array([0, 10 ** 12, 10 ** 12 + 5]), r"table_start: ends at 1000000000005, beyond"),
+    ("table_start", lambda t, U: np.array([0, 3, U + 1]), rf"table_start: ends at {{U1}}, beyond the {{U}} keys"),
+    ("table_start", lambda t, U: np.array([0, U, U - 3]), r"table_start: must be non-decreasing, got \d+ then \d+ at "
+                                                          r"table 1"),
+    ("table_start", lambda t, U: np.array([-5, 3, U]), "table_start: must start at 0, got -5"),
+    ("table_start", lambda t, U: np.array([0]), r"table_start: expected n_tables \+ 1 >= 2 entries, got 1"),
+    ("offsets", lambda t, U: np.r_[t["offsets"][:-1], t["offsets"][-1] + 10 ** 9],
+     r"offsets: end at row \d+, beyond the codes' n_tables \* n_items rows"),
+    ("offsets", lambda t, U: np.r_[-(10 ** 9), t["offsets"][1:]], r"offsets: must start at 0, got -1000000000"),
+    ("offsets", lambda t, U: t["offsets"][:-1],
+     r"tables: inconsistent array sizes \(offsets must have len\(keys\) \+ 1"),
+], ids=["ts-far-beyond", "ts-one-beyond", "ts-decreasing", "ts-negative-start", "ts-no-table",
+        "offsets-beyond-codes", "offsets-negative-start", "offsets-short"])
+def test_lookup_refuses_table_start_and_offsets_outside_the_arrays(rng, name, edit, msg):
+    """lookup_cpu read keys[table_start[j] ..] and codes[offsets[u] ..] unchecked: table_start
+    [0, 10**12, 10**12 + 5] segfaulted.  Both are now checked (table_start monotone, both within their
+    arrays), a ValueError.  The offsets' monotonicity, O(U) per call, is checked where tables come from
+    outside: at load (index._check_tables, tests/test_files.py)."""
+    from llsh_index import _C
+
+    keys = rng.integers(0, 32, (2, 60)).astype(np.uint64)
+    t = _tables_with_keys(rng, keys, 8)
+    U = len(t["keys"])
+    q = rng.random((4, 2, 8)).astype(np.float32)
+    qk = np.ascontiguousarray(keys[:, :4].T)
+    for mode in ("mean", "light"):
+        want = _lookup(t, q, qk, mode, None, 8)
+        assert (want[0] < 1e10).all()  # control: stored keys hit
+        bad = dict(t, **{name: np.ascontiguousarray(edit(t, U), dtype=np.int64)})
+        with pytest.raises(ValueError, match=msg.replace("{U1}", str(U + 1)).replace("{U}", str(U))):
+            _lookup(bad, q, qk, mode, None, 8)
+        again = _lookup(t, q, qk, mode, None, 8)
+        np.testing.assert_array_equal(again[0], want[0])
+    # the offsets of a statistics-only table are counts only: no codes to stay within
+    stats = dict(t, codes=None)
+    np.testing.assert_array_equal(_lookup(stats, q, qk, "light", None, 8)[0], _lookup(t, q, qk, "light", None, 8)[0])

@@ -276,6 +276,42 @@ def test_save_refuses_targets_that_are_not_files(tmp_path, saved):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "file", "folder"]
 
 
+def test_save_to_a_symlink_loop_says_it_is_one(tmp_path, saved):
+    """realpath() stops at a loop and returns the link, which was then reported as "not a regular
+    file (a device, FIFO or socket)"."""
+    from llsh_index import WritePathError
+
+    _, _, index, _ = saved
+    (tmp_path / "a.llsh").symlink_to(tmp_path / "b.llsh")
+    (tmp_path / "b.llsh").symlink_to(tmp_path / "a.llsh")
+    with pytest.raises(WritePathError) as info:
+        index.save(str(tmp_path / "a.llsh"))
+    assert str(info.value) == (f"{tmp_path / 'a.llsh'}: expected a file path, but it is a symbolic link loop "
+                               "(the links never reach a file)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.llsh", "b.llsh"]
+    assert (tmp_path / "a.llsh").is_symlink() and (tmp_path / "b.llsh").is_symlink()
+
+
+def test_a_path_with_a_nul_byte_is_a_typed_error(tmp_path, saved):
+    """os calls raise an untyped ValueError ("embedded null byte") on it: saving raises WritePathError,
+    loading IndexFormatError (the readers' error for a path that names no readable file)."""
+    from llsh_index import WritePathError
+
+    _, _, index, _ = saved
+    bad = str(tmp_path / "a\0b.llsh")
+    for target in (bad, bad.encode(), str(tmp_path / "d\0ir" / "i.llsh")):
+        with pytest.raises(WritePathError) as info:
+            index.save(target)
+        assert "contains a NUL byte" in str(info.value) and "\\x00" in str(info.value)
+    assert str(info.value).startswith(repr(str(tmp_path / "d\0ir" / "i.llsh")))
+    with pytest.raises(IndexFormatError) as info:
+        LearnableLSHIndex.load(bad)
+    assert str(info.value) == f"{bad!r}: expected an llsh_index file, got a path that contains a NUL byte"
+    with pytest.raises(WritePathError, match="contains a NUL byte"):
+        llsh_io.check_folder_path(str(tmp_path / "x\0y"))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_save_into_an_unwritable_folder_names_the_target(tmp_path, saved, monkeypatch):
     """A read-only file system or folder (simulated: root may write anywhere) is reported against
     the target path, not the temporary file's name."""
@@ -903,3 +939,60 @@ def test_feature_space_that_json_cannot_hold_is_refused_before_writing(tmp_path,
     index.feature_space_ = {"extractor": "x", "T": 16, "crops": None, "nested": {"a": [1, 2.5]}}
     index.save(str(tmp_path / "i.llsh"))
     assert LearnableLSHIndex.load(str(tmp_path / "i.llsh")).feature_space_ == index.feature_space_
+
+
+def _file_with_statistics(tmp_path, code_dtype="float32"):
+    """An index saved, and its file as format 1 wrote it: the codes and their bucket statistics."""
+    from llsh_index import _engine
+
+    x = np.random.default_rng(11).normal(size=(400, 16)).astype(np.float32)
+    index = LearnableLSHIndex(16, n_tables=3, n_bits=6, seed=4, code_dtype=code_dtype).add(x)
+    path = str(tmp_path / "i.llsh")
+    index.save(path)
+    meta, arrays = llsh_io.read_container(path, KIND)
+    stats = _engine.ensure_statistics(dict(index._tables))
+    arrays["t_bucket_sum"], arrays["t_bucket_sqnorm"] = stats["bucket_sum"].copy(), stats["bucket_sqnorm"].copy()
+    return index, x, path, meta, arrays
+
+
+@pytest.mark.parametrize("code_dtype", ["float32", "float16"])
+@pytest.mark.parametrize("tamper", ["sum-halved", "sum-one-bucket", "sqnorm-scaled"])
+def test_stored_statistics_that_disagree_with_the_codes_are_refused(tmp_path, code_dtype, tamper):
+    """Statistics stored beside the codes were loaded as they were: edited ones (within the buckets'
+    sizes) scored "light" / "squared" wrong while "mean" read the right codes."""
+    index, x, path, meta, arrays = _file_with_statistics(tmp_path, code_dtype)
+    llsh_io.write_container(path, KIND, meta, arrays)  # control: the true statistics load, same scores
+    loaded = LearnableLSHIndex.load(path)
+    for mode in ("mean", "light", "squared"):
+        np.testing.assert_array_equal(loaded.score(x[:50], mode), index.score(x[:50], mode))
+    name = "bucket_sqnorm" if tamper == "sqnorm-scaled" else "bucket_sum"
+    if tamper == "sum-halved":
+        arrays["t_bucket_sum"] = arrays["t_bucket_sum"] * 0.5
+    elif tamper == "sum-one-bucket":
+        assert arrays["t_bucket_sum"][7, 2] > 1e-3
+        arrays["t_bucket_sum"][7, 2] *= 0.5  # one number of one bucket
+    else:
+        arrays["t_bucket_sqnorm"] = arrays["t_bucket_sqnorm"] * 0.9
+    llsh_io.write_container(path, KIND, meta, arrays)
+    with pytest.raises(IndexFormatError, match=rf"i.llsh: stored {name} does not match the stored codes \(off by up to "
+                                               r"[\d.e-]+\)"):
+        LearnableLSHIndex.load(path)
+
+
+def test_finite_hash_weights_too_large_for_float32_logits_are_refused(tmp_path):
+    """fit() refuses layers whose logits can overflow float32 (_usable_layers); load() took them: every
+    code saturated (or NaN), the scores garbage blamed on the queries."""
+    x = np.random.default_rng(12).normal(size=(200, 16)).astype(np.float32)
+    index = LearnableLSHIndex(16, n_tables=2, n_bits=6, seed=1).add(x)
+    path = str(tmp_path / "w.llsh")
+    index.save(path)
+    meta, arrays = llsh_io.read_container(path, KIND)
+    for scale, ok in ((np.float32(1e6), True), (np.float32(1e33), False)):
+        edited = dict(arrays, weight=arrays["weight"] * scale)
+        llsh_io.write_container(path, KIND, meta, edited)
+        if ok:  # large but usable (a sign-only hash): loads
+            assert LearnableLSHIndex.load(path).encoder.weight.abs().max() > 1e5
+            continue
+        with pytest.raises(IndexFormatError, match=r"w.llsh: the hash weight is finite but too large for float32 logits "
+                                                   r"\(row norm up to [\d.]+e\+33\)"):
+            LearnableLSHIndex.load(path)

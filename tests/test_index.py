@@ -376,3 +376,43 @@ def test_reads_during_a_failing_first_add_are_typed(rng):
         t.join()
         assert not errors, errors
         assert index.dim is None and index.encoder is None
+
+
+@pytest.mark.parametrize("edit, got", [
+    (lambda c: np.where(np.arange(c.size).reshape(c.shape) == 4, np.nan, c), "got 1 NaN"),
+    (lambda c: np.where(np.arange(c.size).reshape(c.shape) == 9, 282.5, c), r"got values from [\d.e-]+ to 282.5$"),
+    (lambda c: np.where(np.arange(c.size).reshape(c.shape) == 9, -0.75, c), r"got values from -0.75 to 0\.\d+$"),
+], ids=["nan", "above-one", "negative"])
+def test_combine_partial_scores_refuses_query_codes_outside_0_1(rng, edit, got):
+    """combine_partial_scores(query_codes=...) ("light") checked their dtype and shape only: a NaN
+    code scored NaN, codes scaled by 100 a distance of ~280 against a miss value of 2.83."""
+    x = clustered(rng, 400, 16)
+    index = LearnableLSHIndex(16, n_tables=3, n_bits=8, mode="light").add(x)
+    codes, keys = index.hash_queries(x[:6])
+    part = index.partial_scores(query_codes=codes, query_keys=keys)
+    np.testing.assert_allclose(index.combine_partial_scores([part], query_codes=codes), index.score(x[:6]),
+                               rtol=1e-6, atol=1e-6)  # control: the codes as hash_queries() gives them
+    bad = edit(codes.copy())
+    with pytest.raises(llsh_index.InvalidInputError,
+                       match=rf"combine_partial_scores: query_codes: expected sigmoid codes in \[0, 1\].* {got}"):
+        index.combine_partial_scores([part], query_codes=bad)
+    with pytest.raises(llsh_index.InvalidInputError, match="query_codes: expected sigmoid codes in"):
+        index.combine_partial_scores([part], query_codes=torch.from_numpy(bad))  # a tensor, as partial_scores takes
+
+
+@pytest.mark.parametrize("value", [10 ** 400, -(10 ** 400)], ids=["huge", "huge-negative"])
+def test_miss_value_beyond_float64_is_a_config_error(rng, value):
+    """A Python int beyond float64 raised an untyped OverflowError (math.isfinite / float) from the
+    constructor and combine_partial_scores."""
+    digits = f"an integer of {len(str(abs(value)))} digits"
+    with pytest.raises(llsh_index.ConfigError, match=f"miss_value: expected a finite number >= 0 .*got {digits}"):
+        LearnableLSHIndex(16, miss_value=value)
+    x = clustered(rng, 200, 16)
+    index = LearnableLSHIndex(16, n_tables=2, n_bits=6, mode="squared").add(x)
+    part = index.partial_scores(x[:4])
+    with pytest.raises(llsh_index.ConfigError, match=f"miss_value: .* or \\+inf, got {digits}"):
+        index.combine_partial_scores([part], miss_value=value)
+    # the largest accepted values still work: float32's largest and +inf (combine)
+    big = float(np.finfo(np.float32).max)
+    assert LearnableLSHIndex(16, miss_value=int(big)).miss_value == big
+    np.testing.assert_array_equal(index.combine_partial_scores([part], miss_value=math.inf), index.score(x[:4]))

@@ -193,6 +193,11 @@ CATALOGUE = [
      ["200", "(200, 1)"]),
     ("video-ids-too-long", lambda: LearnableLSHIndex().fit(X, video_ids=np.zeros(201)), InvalidInputError,
      ["(201,)"]),
+    # np.asarray wraps a generator (or a set) whole: its shape () named nothing; the type is named now
+    ("video-ids-generator", lambda: LearnableLSHIndex().fit(X, video_ids=(i // 10 for i in range(200))),
+     InvalidInputError, ["expected a sequence or array of 200 video ids", "got generator"]),
+    ("video-ids-set", lambda: LearnableLSHIndex().fit(X, video_ids=set(range(200))), InvalidInputError,
+     ["expected a sequence or array of 200 video ids", "got set"]),
     ("every-video-one-snippet", lambda: LearnableLSHIndex().fit(X, video_ids=np.arange(200), progress=False),
      InvalidInputError, ["at least 2 snippets"]),
     ("fit-one-row", lambda: LearnableLSHIndex().fit(X[:1], progress=False), InvalidInputError, ["at least 2 rows"]),
@@ -682,3 +687,49 @@ def test_masked_arrays_are_refused_where_something_is_masked():
         with pytest.raises(InvalidInputError, match="expected no masked values, got a masked array with 1 masked"):
             call(masked)
     np.testing.assert_array_equal(index.score(np.ma.masked_array(q)), index.score(q))  # nothing masked: its data
+
+
+def test_snippet_length_and_step_are_bounded_everywhere_they_are_taken(tmp_path):
+    """T and s had no upper bound: T=10**30 an OverflowError (np.arange), T=2**63 "need at least one
+    array to stack", T=10**9 a MemoryError of (frames, T) indices.  One bound, in video._check_ts, for
+    the snippet helpers, extract_video, extract_dataset and StreamScorer: a snippet spans at most
+    MAX_SNIPPET_SPAN = 100000 frames."""
+    from llsh_index import video
+
+    class Means(video.FeatureExtractor):
+        name, version, dim = "means", "1", 3
+
+        def extract(self, snippets):
+            return np.asarray(snippets, np.float32).mean(axis=(1, 2, 3))
+
+    frames = np.random.default_rng(0).integers(0, 255, (6, 4, 4, 3)).astype(np.uint8)
+    cache = tmp_path / "f.npz"
+    for T, s, msg in ((10 ** 30, 1, "T: expected at most 100000 "), (2 ** 63, 1, "T: expected at most 100000 "),
+                      (10 ** 9, 1, "T: expected at most 100000 "), (3, 10 ** 30, "s: expected at most 100000 "),
+                      (1001, 100, r"T, s: a snippet spans \(T - 1\) \* s \+ 1 frames, expected at most 100000, got "
+                                  r"100001 \(T 1001, s 100\)")):
+        for call in (lambda: video.snippet_starts(10, T, s), lambda: video.snippet_centres(10, T, s, clamp=True),
+                     lambda: video.snippet_frame_indices(10, T, s, clamp=True),
+                     lambda: video.extract_video(frames, Means(), T=T, s=s, progress=False),
+                     lambda: video.extract_dataset({"a": frames}, Means(), T=T, s=s, cache=str(cache),
+                                                   progress=False)):
+            with pytest.raises(ConfigError, match=msg):
+                call()
+    assert not cache.exists()  # refused before anything was extracted or written
+    # the bound itself is taken: every frame's snippet, the ends repeated
+    idx = video.snippet_frame_indices(3, 100_000, 1, clamp=True)
+    assert idx.shape == (3, 100_000) and idx.min() == 0 and idx.max() == 2
+    assert (idx[:, :49_999] == 0).all() and (idx[:, -49_998:] == 2).all()
+    feats, meta = video.extract_dataset({"a": frames}, Means(), T=2, s=99_999, progress=False)
+    np.testing.assert_allclose(feats["a"][0], frames[[0, 5]].astype(np.float32).mean(axis=(0, 1, 2)), rtol=1e-6)
+    assert meta["T"] == 2 and meta["s"] == 99_999
+
+
+def test_detector_miss_value_beyond_float64_is_a_config_error():
+    """LLSHDetector(miss_value=10**400).fit raised an untyped OverflowError (the index's check)."""
+    from llsh_index.sklearn import LLSHDetector
+
+    with pytest.raises(ConfigError, match="miss_value: expected a finite number >= 0 .*got an integer of 401 digits"):
+        LLSHDetector(n_tables=2, n_bits=4, miss_value=10 ** 400, train=False).fit(X)
+    big = LLSHDetector(n_tables=2, n_bits=4, miss_value=10 ** 30, train=False, calibration_folds=2).fit(X)
+    assert big.index_.miss_value == 1e30

@@ -577,3 +577,13 @@ def test_micro_roc_curve_is_the_curve_of_micro_auc():
     assert area(fpr, tpr) == pytest.approx(M.micro_auc(sc, lab, sigma=3).auc, abs=1e-12)
     with pytest.raises(M.SingleClassError, match="micro ROC: expected both classes"):
         M.micro_roc_curve({"A": [1.0, 2.0]}, {"A": [0, 0]}, sigma=0)
+
+
+def test_sigma_beyond_float64_is_a_metrics_error():
+    """A Python int beyond float64 raised an untyped OverflowError (float(sigma) caught only TypeError
+    and ValueError); it is out of range like sigma=1e12."""
+    for sigma, sign in ((10 ** 400, "an"), (-(10 ** 400), "a negative")):
+        with pytest.raises(M.MetricsError, match=rf"sigma: expected a number from 0 to 1e\+06 .*got {sign} integer "
+                                                 r"of 401 digits"):
+            M.smooth_scores([1.0, 2.0, 3.0], sigma)
+    np.testing.assert_array_equal(M.smooth_scores([1.0, 2.0, 3.0], 10 ** 6), M.smooth_scores([1.0, 2.0, 3.0], 1e6))

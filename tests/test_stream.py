@@ -629,3 +629,35 @@ def test_plugin_faults_in_the_stream_are_checked_as_offline(index):
         s = StreamScorer(index, Transposed(), T=5, sigma=3)
         s.push(frames[:28])
         s.flush()
+
+
+def test_sigma_t_and_s_out_of_range_are_config_errors(index):
+    """sigma=10**400 raised an untyped OverflowError; T and s had no upper bound: T=10**30 an
+    OverflowError, 2**63 "need at least one array to stack", 10**9 a MemoryError in flush().  A
+    snippet may span at most video.MAX_SNIPPET_SPAN frames ((T - 1) * s + 1)."""
+    from llsh_index.video import MAX_SNIPPET_SPAN
+
+    assert MAX_SNIPPET_SPAN == 100_000
+    with pytest.raises(ConfigError, match=r"sigma: expected a number from 0 to 1e\+06 .*got an integer of 401 digits"):
+        StreamScorer(index, GridMeans(), sigma=10 ** 400)
+    with pytest.raises(ConfigError, match=r"sigma: expected at most 1e\+06"):  # a range error here, as threshold's
+        StreamScorer(index, GridMeans(), sigma=1e7)
+    for T in (10 ** 30, 2 ** 63, 10 ** 9, MAX_SNIPPET_SPAN + 1):
+        with pytest.raises(ConfigError, match=rf"T: expected at most 100000 \(frames in a snippet's span\), got {T}"):
+            StreamScorer(index, GridMeans(), T=T)
+    with pytest.raises(ConfigError, match=r"s: expected at most 100000 .*got 1000000000000000000000000000000"):
+        StreamScorer(index, GridMeans(), T=2, s=10 ** 30)
+    with pytest.raises(ConfigError, match=r"T, s: a snippet spans \(T - 1\) \* s \+ 1 frames, expected at most 100000, "
+                                          r"got 100001 \(T 50001, s 2\)"):
+        StreamScorer(index, GridMeans(), T=50_001, s=2)
+    with pytest.raises(ConfigError, match="got 100001"):  # int64 inputs: the product taken in Python ints
+        StreamScorer(index, GridMeans(), T=np.int64(25_001), s=np.int64(4))
+    # the limit itself is accepted, and a video shorter than the snippet is scored (its ends repeated)
+    assert StreamScorer(index, GridMeans(), T=MAX_SNIPPET_SPAN).T == MAX_SNIPPET_SPAN
+    wide = StreamScorer(index, GridMeansPerFrame(), T=50_000, s=2, sigma=0)
+    frames = _video(np.random.default_rng(1), 3)
+    got = np.concatenate([wide.push(frames).scores, wide.flush().scores])
+    # frame f's snippet: 50_000 frames clipped to the 3 there are, f - 49_999 + 2k
+    idx = np.clip(np.arange(3)[:, None] - 49_999 + 2 * np.arange(50_000), 0, 2)
+    want = index.score(GridMeansPerFrame().pool_descriptors({"cells": GridMeans._frame(frames)}, idx))
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
