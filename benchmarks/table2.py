@@ -3,7 +3,7 @@ light-LLSH (and our exact squared-L2 mode), all measured in one run on the same 
 
     python benchmarks/table2.py --quick                          # synthetic, tiny scale, < 2 min on CPU
     python benchmarks/table2.py --synthetic --scale 0.2          # the full CPU run (3-13 min on 2 cores, with the load)
-    python benchmarks/table2.py --features DIR [--labels L.npz]  # your own features (layout below)
+    python benchmarks/table2.py --features DIR [--labels L.npz] [--snippet-frames K]  # your own features (layout below)
     python benchmarks/table2.py --ped2-features [PATH]           # Ped2 demo features (llsh_index/data/ped2_demo.npz)
 
 Outputs (in --out, default benchmarks/out/table2[_ped2|_features][_quick]): table2.md (also printed), table2.json,
@@ -57,16 +57,24 @@ allocations (faiss, torch, the C++ engine) and the pages of the feature memmaps 
 method's own heap without the memmapped features; it can miss spikes shorter than 5 ms.  The
 score phase still holds the built model, so its peak includes the model.
 
-AUC: llsh_index.metrics.evaluate, sigma 12 (snippets), snippet scores placed on frames with the
-reference's centred placement (align="centre", padding 0) when a video has fewer snippets than
-frames.  Single-class videos: macro-AUC skips them (single_class="skip", the count is reported;
+AUC: llsh_index.metrics.evaluate, sigma 12.  Snippet scores meet the frames one of two ways:
+  --snippet-frames K (with --features): snippet i covers frames [K i, K i + K) and is aligned to its
+      middle frame K i + K // 2 (llsh_index.feature_arrays.snippet_frame_index); each frame takes the
+      linear interpolation of its two nearest snippets' scores (llsh_index.cli.frame_scores), the
+      per-frame scores `llsh-index import --snippet-frames K` + `score` give; sigma is then in frames.
+  otherwise: the reference's centred placement (align="centre", padding 0) when a video has fewer
+      snippets than frames, for one snippet per start position (sigma in snippets).  Features of one
+      snippet per K frames without --snippet-frames are refused before any method runs (most frames
+      would be padding: metrics.check_centre_alignment).
+Single-class videos: macro-AUC skips them (single_class="skip", the count is reported;
 ShanghaiTech has one, 04_0011, all normal); micro-AUC pools every frame of every video.
 
 --features DIR layout (either):
   (a) per video:  DIR/train/*.npy  one (n_i, d) array per training video (time order; video = file),
                   DIR/test/*.npy   one (m_j, d) array per test video, file stem = video name,
                   DIR/labels.npz   frame labels, video name -> 0/1 per frame (or --labels PATH);
-                  m_j may be smaller than the video's frame count (snippets, centred placement).
+                  m_j may be smaller than the video's frame count: one snippet per start position
+                  (centred placement), or one per K frames with --snippet-frames K (I3D: 16).
                   Converted once, streaming, into a feature bundle under --out.
   (b) a feature bundle as written by llsh_index.synthetic (manifest.json, train_features.npy, ...).
 """
@@ -480,8 +488,8 @@ def run_table2(bundle_dir: str, out_dir: str, settings: Optional[Settings] = Non
         log(f"[table2] {sp['name']} ...")
         res = _dispatch(dict(base_job, task="method", spec=sp), sp["key"], out_dir, s.isolate)
         scores = np.load(os.path.join(out_dir, "scores", f"{sp['key']}.npy"))
-        per_video = bundle.split_scores(scores)
-        align = "exact" if all(v["count"] == bundle.labels[v["name"]].size for v in bundle.test_videos) else "centre"
+        per_video = _frame_scores_of(bundle, scores)
+        align = "exact" if all(per_video[v].size == bundle.labels[v].size for v in per_video) else "centre"
         subset = len(bundle.test_videos) < len(bundle.labels)
         ev = evaluate(per_video, bundle.labels, s.sigma, single_class=s.single_class, align=align,
                       allow_subset=subset)
@@ -518,7 +526,10 @@ def run_table2(bundle_dir: str, out_dir: str, settings: Optional[Settings] = Non
         "started": started.isoformat(timespec="seconds"), "finished": finished.isoformat(timespec="seconds"),
         "wall_s": (finished - started).total_seconds(),
         "machine": dict(machine0, loadavg_end=_machine()["loadavg"]),
-        "auc_protocol": {"sigma": s.sigma, "single_class": s.single_class, "align": "centre (when counts differ)",
+        "auc_protocol": {"sigma": s.sigma, "single_class": s.single_class,
+                         "align": (f"per frame: snippets of {_snippet_frames(bundle)} frames, scores interpolated "
+                                   "between their middle frames" if _snippet_frames(bundle)
+                                   else "centre (when counts differ)"),
                          "pad": "constant 0 (reference)"},
     }
     md = render_markdown(result)
@@ -530,6 +541,28 @@ def run_table2(bundle_dir: str, out_dir: str, settings: Optional[Settings] = Non
     result["files"] = {k: os.path.join(out_dir, f"table2.{k}") for k in ("md", "json", "png")}
     log(md)
     return result
+
+
+def _snippet_frames(bundle) -> Optional[int]:
+    """K of a bundle converted with --snippet-frames K (recorded per test video), else None."""
+    ks = {v.get("snippet_frames") for v in bundle.test_videos}
+    return ks.pop() if len(ks) == 1 else None
+
+
+def _frame_scores_of(bundle, scores: np.ndarray) -> Dict[str, np.ndarray]:
+    """Each test video's scores as evaluate takes them: its snippet scores, or with --snippet-frames K
+    per-frame scores made as `llsh-index import --snippet-frames K` + `score` make them."""
+    from llsh_index.cli import frame_scores
+    from llsh_index.feature_arrays import snippet_frame_index
+
+    per_video = bundle.split_scores(scores)
+    for v in bundle.test_videos:
+        k = v.get("snippet_frames")
+        if k:
+            n_frames = int(v["n_frames"])
+            per_video[v["name"]] = frame_scores(per_video[v["name"]],
+                                                snippet_frame_index(v["count"], int(k), n_frames, v["name"]), n_frames)
+    return per_video
 
 
 def _json_default(o):
@@ -680,9 +713,13 @@ def _natural(name: str):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
-def prepare_features_dir(src: str, cache_dir: str, labels_path: Optional[str] = None) -> str:
-    """A bundle from --features DIR: used as is if it is one, else converted (streaming) into cache_dir."""
+def prepare_features_dir(src: str, cache_dir: str, labels_path: Optional[str] = None,
+                         snippet_frames: Optional[int] = None) -> str:
+    """A bundle from --features DIR: used as is if it is one, else converted (streaming) into cache_dir.
+    snippet_frames: K frames per test snippet (recorded with each test video; scores become per-frame)."""
     if os.path.exists(os.path.join(src, "manifest.json")):
+        if snippet_frames is not None:  # a bundle's test rows are placed as it was written
+            raise SystemExit(f"--snippet-frames: applies to a train/ + test/ folder, got a feature bundle ({src})")
         return src
     train_dir, test_dir = os.path.join(src, "train"), os.path.join(src, "test")
     if not (os.path.isdir(train_dir) and os.path.isdir(test_dir)):
@@ -700,7 +737,8 @@ def prepare_features_dir(src: str, cache_dir: str, labels_path: Optional[str] = 
         raise SystemExit(f"--features {src}: expected .npy files in train/ and test/, got {len(trains)} and {len(tests)}")
     sig = {"src": os.path.abspath(src), "labels": os.path.abspath(labels_path),
            "files": [[f, os.path.getsize(os.path.join(train_dir, f)), os.path.getmtime(os.path.join(train_dir, f))]
-                     for f in trains] + [[f, os.path.getsize(os.path.join(test_dir, f))] for f in tests]}
+                     for f in trains] + [[f, os.path.getsize(os.path.join(test_dir, f))] for f in tests],
+           "snippet_frames": snippet_frames}
     mpath = os.path.join(cache_dir, "manifest.json")
     if os.path.exists(mpath):
         with open(mpath) as f:
@@ -722,11 +760,26 @@ def prepare_features_dir(src: str, cache_dir: str, labels_path: Optional[str] = 
         raise SystemExit(f"--features {src}: every array must have the same dimension, got {sorted(dims)}")
     d = dims.pop()
     names = [os.path.splitext(f)[0] for f in tests]
+    from llsh_index.errors import InvalidInputError
+    from llsh_index.feature_arrays import snippet_frame_index
+    from llsh_index.metrics import LengthMismatchError, check_centre_alignment
+
     for nm, sh in zip(names, te_shapes):
         if nm not in labels:
             raise SystemExit(f"--features {src}: test video {nm!r} has no labels in {labels_path}")
-        if sh[0] > labels[nm].size:
+        if snippet_frames is not None:  # the snippets must be the video's: refused as import refuses them
+            try:
+                snippet_frame_index(sh[0], snippet_frames, int(labels[nm].size), nm)
+            except InvalidInputError as exc:
+                raise SystemExit(f"--features {src} --snippet-frames {snippet_frames}: {exc}")
+        elif sh[0] > labels[nm].size:
             raise SystemExit(f"test video {nm!r}: {sh[0]} snippets for {labels[nm].size} labelled frames")
+    if snippet_frames is None:  # before the conversion and the runs: evaluate would refuse it after them
+        try:
+            check_centre_alignment({nm: sh[0] for nm, sh in zip(names, te_shapes)},
+                                   {nm: labels[nm].size for nm in names})
+        except LengthMismatchError as exc:
+            raise SystemExit(f"--features {src}: {exc}; here: pass --snippet-frames K")
     os.makedirs(cache_dir, exist_ok=True)
     n, m = sum(s[0] for s in tr_shapes), sum(s[0] for s in te_shapes)
     tr = np.lib.format.open_memmap(os.path.join(cache_dir, "train_features.npy"), "w+", np.float32, (n, d))
@@ -746,7 +799,8 @@ def prepare_features_dir(src: str, cache_dir: str, labels_path: Optional[str] = 
     test_videos, start = [], 0
     for nm, f, sh in zip(names, tests, te_shapes):
         te[start:start + sh[0]] = np.load(os.path.join(test_dir, f), mmap_mode="r")
-        test_videos.append({"name": nm, "start": start, "count": int(sh[0]), "n_frames": int(labels[nm].size)})
+        test_videos.append({"name": nm, "start": start, "count": int(sh[0]), "n_frames": int(labels[nm].size),
+                            **({"snippet_frames": int(snippet_frames)} if snippet_frames is not None else {})})
         start += sh[0]
     te.flush()
     del te
@@ -826,6 +880,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     ap.add_argument("--dim", type=positive_int, default=512, help="synthetic feature dimension")
     ap.add_argument("--labels", help="frame-label npz for --features (default DIR/labels.npz); for --synthetic the "
                                      "test layout (default ../shared/data/vad_groundtruth/ST_gt.npz)")
+    ap.add_argument("--snippet-frames", type=positive_int, default=None, metavar="K",
+                    help="with --features: each test snippet covers K frames (I3D: 16); its score is spread over "
+                         "them as `llsh-index import --snippet-frames K` + `score` do (the AUC then on per-frame "
+                         "scores); without it, fewer snippets than frames are placed centred, one per start position")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=output_folder, default=None, help="output folder (default benchmarks/out/table2[_ped2|_features][_quick])")
     ap.add_argument("--data-dir", default=None, help="where the synthetic / converted bundle is cached")
@@ -870,6 +928,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         _worker_main(args.worker)
         return {}
 
+    if args.snippet_frames is not None and not args.features:
+        ap.error("--snippet-frames applies to --features DIR (the synthetic and Ped2 demo test sets have one "
+                 "snippet per start position / frame)")
     command = "python benchmarks/table2.py " + " ".join(sys.argv[1:] if argv is None else argv)
     quick = args.quick
     suffix = "_ped2" if args.ped2_features else "_features" if args.features else ""
@@ -888,7 +949,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     progress = not args.no_progress
     if args.features:
         bundle = prepare_features_dir(args.features, args.data_dir or os.path.join(out, "data", "features"),
-                                      args.labels)
+                                      args.labels, args.snippet_frames)
         dataset = f"features from {args.features}"
     elif args.ped2_features:
         bundle = prepare_ped2(args.ped2_features, args.data_dir or os.path.join(out, "data", "ped2"))

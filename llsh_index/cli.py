@@ -276,8 +276,22 @@ def load_scores(path: str) -> Dict[str, np.ndarray]:
     return scores
 
 
-def _check_score_meta(entry, path: str) -> None:
-    """A score file's `__meta__` JSON: IndexFormatError for another format or a newer version."""
+def load_score_meta(path: str) -> Optional[dict]:
+    """The scoring settings a score file's `__meta__` entry records (index, features, mode, probes...,
+    format and format_version), or None for a file without one (e.g. written by np.savez); checked
+    as load_scores checks it."""
+    with _open_npz(path, "score") as z:
+        if SCORES_META not in z.files:
+            return None
+        try:
+            entry = z[SCORES_META]
+        except NPZ_READ_ERRORS as exc:
+            raise IndexFormatError(f"{path}: damaged score file: {exc}") from exc
+    return _check_score_meta(entry, path)
+
+
+def _check_score_meta(entry, path: str) -> dict:
+    """A score file's `__meta__` JSON, returned: IndexFormatError for another format or a newer version."""
     try:
         meta = json.loads(str(entry[()]))
     except (ValueError, IndexError, TypeError, RecursionError) as exc:  # JSONDecodeError is a ValueError
@@ -293,12 +307,16 @@ def _check_score_meta(entry, path: str) -> None:
     if version > SCORE_FILE_VERSION:
         raise IndexFormatError(f"{path}: score file format version {version} was written by a newer llsh_index; "
                                f"this one reads versions up to {SCORE_FILE_VERSION}")
+    return meta
 
 
-def _load_labels(path: str, scores: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
+def _load_labels(path: str, scores: Optional[Dict[str, np.ndarray]] = None,
+                 allow_subset: bool = True) -> Dict[str, np.ndarray]:
     """Per-frame labels from a label .npz (vad_groundtruth layout), a feature file with labels, or
     UCSD's ped2.mat (its ranges need each video's frame count: UCSD Ped2's own for videos named by
-    number, else the per-frame scores' lengths)."""
+    number, else the per-frame scores' lengths).  A .mat's labels are those of the scored videos,
+    matched by the number their names end in (metrics.load_ped2_labels); allow_subset=False refuses
+    scores of fewer videos than the file holds, as evaluate refuses them against a label .npz."""
     from . import metrics
 
     if path.lower().endswith(".mat"):
@@ -306,18 +324,19 @@ def _load_labels(path: str, scores: Optional[Dict[str, np.ndarray]] = None) -> D
             raise FileNotFoundError(f"label file not found: {path}")
         if not scores:
             raise InvalidInputError(f"{path}: a .mat label file needs per-frame scores to count the frames")
-        numbers = {v: int(v) for v in scores if v.isascii() and v.isdigit()}
-        if len(numbers) == len(scores) and len(set(numbers.values())) == len(numbers):
+        numbers = metrics._video_numbers(list(scores), len(metrics.UCSD_PED2_TEST_FRAMES))
+        if numbers is not None:
             # videos named by number: UCSD Ped2's own frame counts, so scores of another length are
             # refused (or placed, with --align centre) instead of labelled as that many frames
             try:
-                every = metrics.load_ped2_labels(path)
+                metrics.load_ped2_labels(path)
             except metrics.LengthMismatchError:  # not Ped2's 12 videos: the scores' lengths count the frames
                 pass
             else:
-                if all(1 <= n <= len(every) for n in numbers.values()):
-                    return {v: every[f"{n:02d}"] for v, n in numbers.items()}
-        return metrics.load_ped2_labels(path, {v: len(scores[v]) for v in sorted(scores)})
+                return metrics.load_ped2_labels(
+                    path, {v: metrics.UCSD_PED2_TEST_FRAMES[n - 1] for v, n in numbers.items()},
+                    allow_subset=allow_subset)
+        return metrics.load_ped2_labels(path, {v: len(scores[v]) for v in sorted(scores)}, allow_subset=allow_subset)
     with _open_npz(path, "label") as z:
         is_feature_file = _is_feature_file(z)
     if is_feature_file:
@@ -781,14 +800,21 @@ def cmd_evaluate(args) -> int:
     if os.path.isfile(args.labels) and os.path.samefile(args.scores, args.labels):
         raise InvalidInputError(f"--scores and --labels: expected a score file and a label file, got the same file "
                                 f"twice ({args.scores})")
-    labels = _load_labels(args.labels, scores)
+    labels = _load_labels(args.labels, scores, allow_subset=args.subset)
     if all(np.isin(v, (0, 1)).all() for v in scores.values()):  # labels scored against labels: an AUC near 1
         print(f"warning: every score in {args.scores} is 0 or 1, as in a label file; is it the score file "
               f"`llsh-index score` wrote?", file=sys.stderr)
     res = metrics.evaluate(scores, labels, sigma=args.sigma, align=args.align, allow_subset=args.subset,
                            single_class=args.single_class)
     how = "skipped in" if args.single_class == "skip" else "in, frame 0's label flipped, as the authors' code does, for"
-    print(f"micro-AUC {res.micro.auc:.4f}  macro-AUC {res.macro.auc:.4f}  "
+    # under flip, a one-frame video has no second class to flip to: skipped, and said so
+    unflipped = [v for v in res.macro.single_class_videos if v not in res.macro.per_video] \
+        if args.single_class == "flip" else []
+    if unflipped:
+        how = f"in ({len(unflipped)} of one frame skipped), frame 0's label flipped, as the authors' code does, for"
+    macro = f"macro-AUC {res.macro.auc:.4f}" if res.macro.auc is not None else \
+        f"macro-AUC undefined ({res.macro.undefined})"
+    print(f"micro-AUC {res.micro.auc:.4f}  {macro}  "
           f"({res.macro.n_videos} videos, {res.macro.n_single_class} single-class {how} macro; sigma {args.sigma})")
     constant = res.micro.constant_videos
     if constant:  # their AUC is 0.5 by construction, not a measurement
@@ -799,7 +825,8 @@ def cmd_evaluate(args) -> int:
         single = set(res.macro.single_class_videos)
         for v in sorted(set(res.macro.per_video) | single, key=str):
             if v in single and v not in res.macro.per_video:
-                print(f"  {v}  single-class (all {'anomalous' if labels[v][0] else 'normal'}), not in macro-AUC")
+                print(f"  {v}  single-class (all {'anomalous' if labels[v][0] else 'normal'}"
+                      f"{', one frame: nothing to flip against' if v in unflipped else ''}), not in macro-AUC")
             elif v in single:
                 print(f"  {v}  {res.macro.per_video[v]:.4f}  (single-class, all "
                       f"{'anomalous' if labels[v][0] else 'normal'}: frame 0's label flipped)")
@@ -807,13 +834,16 @@ def cmd_evaluate(args) -> int:
                 print(f"  {v}  {res.macro.per_video[v]:.4f}{'  (constant scores)' if v in constant else ''}")
     if args.json:
         _write_text(args.json, json.dumps({
-            "micro_auc": res.micro.auc, "macro_auc": res.macro.auc, "sigma": args.sigma, "align": args.align,
+            "micro_auc": res.micro.auc, "macro_auc": res.macro.auc,  # null where undefined, and why:
+            **({"macro_undefined": res.macro.undefined} if res.macro.auc is None else {}),
+            "sigma": args.sigma, "align": args.align,
             "n_videos": res.macro.n_videos, "n_single_class": res.macro.n_single_class,
             "single_class": args.single_class,
             "single_class_videos": list(res.macro.single_class_videos), "n_constant": res.micro.n_constant,
             "constant_videos": list(constant), "n_frames": res.micro.n_frames,
             "per_video_auc": res.macro.per_video, "scores": os.path.abspath(args.scores),
-            "labels": os.path.abspath(args.labels)}, indent=1))
+            "labels": os.path.abspath(args.labels),
+            "scoring": load_score_meta(args.scores)}, indent=1))  # provenance: how the scores were made
     return 0
 
 
@@ -898,6 +928,11 @@ def cmd_plot(args) -> int:
     if args.align is not None and not args.roc:
         raise ConfigError(f"plot: --align {args.align} applies to --roc (the score curves need one score per "
                           f"labelled frame), got it without --roc")
+    if args.subset and not (args.roc and not args.videos):
+        raise ConfigError("plot: --subset applies to --roc over every video (--videos names the videos itself), "
+                          f"got it {'with --videos' if args.roc else 'without --roc'}")
+    from .metrics import MissingVideoError
+
     files = args.scores
     curves = {}
     for path in files:
@@ -906,7 +941,31 @@ def cmd_plot(args) -> int:
             name += "'"
         curves[name] = load_scores(path)
     first = curves[next(iter(curves))]
-    labels = _load_labels(args.labels, first)
+    # --roc over every video pools each file's videos as evaluate does: files of other videos would be
+    # pooled over their common videos only (a micro-AUC evaluate does not give), and a file short of
+    # labelled videos needs --subset there
+    pooled = args.roc and not args.videos
+    if pooled:
+        every = set().union(*curves.values())
+        lacking = {name: sorted(every - set(c), key=str) for name, c in curves.items() if every - set(c)}
+        if lacking:
+            raise MissingVideoError(
+                "--roc: expected score files of the same videos (each file's frames are pooled, as evaluate pools "
+                "them), got files that lack some: " + "; ".join(
+                    f"{name} lacks {', '.join(map(str, vs[:5]))}{', ...' if len(vs) > 5 else ''}"
+                    for name, vs in lacking.items()) + " (--videos names the videos to pool in every file)")
+    labels = _load_labels(args.labels, first, allow_subset=args.subset or not pooled)
+    if pooled:
+        unlabelled = sorted(set(first) - set(labels), key=str)
+        unscored = [] if args.subset else sorted(set(labels) - set(first), key=str)
+        if unlabelled or unscored:
+            raise MissingVideoError(
+                f"--roc: expected scores for all {len(labels)} labelled videos and labels for every scored one, as "
+                f"evaluate does, got " + ("; ".join(
+                    ([f"{len(unlabelled)} scored video(s) without labels: {unlabelled[:5]}"
+                      f"{' ...' if len(unlabelled) > 5 else ''}"] if unlabelled else [])
+                    + ([f"no scores for {unscored[:5]}{' ...' if len(unscored) > 5 else ''} (--subset pools the "
+                        f"scored videos only)"] if unscored else []))))
     common = [v for v in first if v in labels and all(v in c for c in curves.values())]
     if args.videos == "all" or (args.roc and not args.videos):  # a ROC curve pools every video by default
         videos = common
@@ -1217,8 +1276,9 @@ ALLOW_OTHER_HELP = ("use features made otherwise than those the index (build: th
                     "are refused by default")
 ALIGN_CHOICES = ("exact", "centre")  # llsh_index.metrics' align policies
 ALIGN_HELP = ("how scores meet the labels: exact (default), one score per labelled frame; centre, fewer scores "
-              "(one per snippet, as from the reference code) placed in the middle of the video's frames, the "
-              "frames left over scoring 0, as the reference does")
+              "(one per snippet start position, as from the reference code) placed in the middle of the video's "
+              "frames, the frames left over scoring 0, as the reference does (scores of one snippet per K frames, "
+              "leaving most frames over, are refused: `import --snippet-frames K` + `score` make per-frame ones)")
 QUIET_HELP = "no progress bar (the summary line is still printed)"
 SIGMA_HELP = "Gaussian smoothing of each video's scores, in frames (default 12, the paper's; 0: none)"
 
@@ -1437,6 +1497,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "over every video unless --videos)")
     p.add_argument("--align", choices=ALIGN_CHOICES, default=None,
                    help="with --roc: " + ALIGN_HELP + " (the score curves need one score per labelled frame)")
+    p.add_argument("--subset", action="store_true",
+                   help="with --roc: pool the scored videos only, where the labels cover more (as evaluate --subset); "
+                        "without it every labelled video needs scores in every file")
     p.set_defaults(fn=cmd_plot)
     return ap
 

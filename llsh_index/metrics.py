@@ -27,7 +27,10 @@ Differences from the reference, all deliberate and documented:
 * The reference places snippet scores on frames whenever the lengths differ, silently.
   Here the default ``align="exact"`` requires one score per frame and raises
   :class:`LengthMismatchError` otherwise; ``align="centre"`` opts in to the reference
-  placement.
+  placement, which is for one score per snippet *start position* (the frames left over are
+  one snippet span per video).  Scores of one snippet per K frames (I3D: K = 16) would leave
+  most frames padded and measure chance; when the padded frames outnumber the covered ones
+  over all videos, :class:`LengthMismatchError` says so (:func:`check_centre_alignment`).
 * Micro: a video whose smoothed scores are constant cannot be min-max normalised.  The
   reference then falls back to the raw, unsmoothed scores (``3-KMeans``; the ``2-KNN``
   copy of the code indexes a dict there and would fail), i.e. in practice the video keeps
@@ -36,12 +39,17 @@ Differences from the reference, all deliberate and documented:
   count is reported (``AUCResult.n_constant``).
 * Bad input (missing videos, length mismatches, NaN/inf scores, labels other than 0/1,
   empty input) raises typed errors instead of ``assert``/``KeyError``.
+* :func:`evaluate` reports a macro-AUC that is undefined (no video with both classes) as
+  ``macro.auc = None`` with the reason in ``macro.undefined``, and still returns micro-AUC;
+  :func:`macro_auc` alone raises :class:`EmptyInputError` there.  No AUC is ever NaN.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -64,9 +72,11 @@ __all__ = [
     "LabelFileError",
     "AUCResult",
     "EvaluationResult",
+    "CentreAlignmentWarning",
     "smooth_scores",
     "micro_roc_curve",
     "snippet_to_frame_scores",
+    "check_centre_alignment",
     "macro_auc",
     "micro_auc",
     "evaluate",
@@ -128,6 +138,12 @@ class LabelFileError(MetricsError):
     """A label file does not have the expected layout."""
 
 
+class CentreAlignmentWarning(UserWarning):
+    """:func:`snippet_to_frame_scores` was given so few scores that most of the video's frames are
+    padding: scores of one snippet per K frames, not one per start position (see
+    :func:`check_centre_alignment`)."""
+
+
 # --------------------------------------------------------------------------- results
 
 
@@ -136,7 +152,8 @@ class AUCResult:
     """Outcome of :func:`macro_auc` or :func:`micro_auc`.
 
     Attributes:
-        auc: the AUC in [0, 1].
+        auc: the AUC in [0, 1]; ``None`` where it is undefined (only in :func:`evaluate`'s macro
+            result, when no video has both classes; ``undefined`` says why).
         kind: ``"macro"`` or ``"micro"``.
         n_videos: number of videos evaluated (all videos given, including single-class ones).
         n_single_class: how many of them have a single label class (all 0 or all 1).
@@ -144,14 +161,16 @@ class AUCResult:
             single-class video simply contributes its frames to the pooled AUC.
         single_class_videos: names of the single-class videos, sorted.
         per_video: macro: AUC of every video that entered the mean (skipped videos are
-            absent); micro: empty.
+            absent: every single-class video under ``"skip"``, a single-class video of one
+            frame under ``"flip"``); micro: empty.
         n_constant: micro only: videos whose smoothed scores were constant (not normalised,
             see ``constant_fill``; within such a video every frame ranks alike, an AUC of 0.5).
         n_frames: number of frames that entered the AUC(s).
         constant_videos: micro only: the names of those ``n_constant`` videos, sorted.
+        undefined: why ``auc`` is ``None``; empty when it is a number.
     """
 
-    auc: float
+    auc: float | None
     kind: str
     n_videos: int
     n_single_class: int
@@ -161,11 +180,12 @@ class AUCResult:
     n_constant: int = 0
     n_frames: int = 0
     constant_videos: tuple[str, ...] = ()
+    undefined: str = ""
 
 
 @dataclass(frozen=True)
 class EvaluationResult:
-    """Both AUCs of :func:`evaluate`."""
+    """Both AUCs of :func:`evaluate` (``macro.auc`` is ``None`` where macro-AUC is undefined)."""
 
     macro: AUCResult
     micro: AUCResult
@@ -357,6 +377,13 @@ def snippet_to_frame_scores(
     ``n == n_frames`` returns the scores unchanged (the reference's slice would overrun
     here and fail); ``n > n_frames`` raises :class:`LengthMismatchError`.
 
+    The placement is for one score per snippet start position (``d`` is one snippet span).
+    Scores of one snippet per K frames (I3D: K = 16) are not that: their ``n`` is about
+    ``n_frames / K`` and most frames would be padding.  One video cannot tell that from a short
+    video with a long snippet span, so here padding beyond the covered frames (``d > n``) is a
+    :class:`CentreAlignmentWarning`; the AUC functions refuse it over all their videos
+    (:func:`check_centre_alignment`).  Expand such scores over their frames instead.
+
     Returns a new float64 array of length ``n_frames``.
     """
     arr = _as_score_array(snippet_scores, "snippet_scores")
@@ -371,6 +398,15 @@ def snippet_to_frame_scores(
         raise LengthMismatchError(
             f"expected at most n_frames={n_frames} snippet scores, got {n}"
         )
+    if n_frames - n > n:
+        warnings.warn(f"snippet_to_frame_scores: {n} scores for {n_frames} frames leave {n_frames - n} frames padded, "
+                      f"more than they cover; {_EXPAND_HINT}", CentreAlignmentWarning, stacklevel=2)
+    return _place(arr, n_frames, pad, pad_value)
+
+
+def _place(arr: np.ndarray, n_frames: int, pad: str, pad_value: float) -> np.ndarray:
+    """snippet_to_frame_scores' placement, on checked arguments (n <= n_frames)."""
+    n = arr.size
     if n == n_frames:
         return arr
     d = n_frames - n
@@ -395,8 +431,8 @@ def _frame_scores(
     pad_value: float,
     normalise: bool,
     constant_fill: float | None = None,
-) -> tuple[np.ndarray, bool]:
-    """Smooth (-> normalise) -> align one video's scores; returns (frame scores, was_constant)."""
+) -> tuple[np.ndarray, bool, int]:
+    """Smooth (-> normalise) -> align one video's scores; returns (frame scores, was_constant, score count)."""
     scores = _as_score_array(raw, f"scores of video {name!r}")
     n_frames = labels.size
     if align == "exact" and scores.size != n_frames:
@@ -419,7 +455,46 @@ def _frame_scores(
             constant = True
             if constant_fill is not None:
                 smoothed = np.full_like(smoothed, constant_fill)  # checked by micro_auc
-    return snippet_to_frame_scores(smoothed, n_frames, pad=pad, pad_value=pad_value), constant
+    # placed without snippet_to_frame_scores' one-video warning: _video_frames checks all videos together
+    return _place(smoothed, n_frames, pad, pad_value), constant, scores.size
+
+
+_EXPAND_HINT = ("centre alignment is for one score per snippet start position (the frames left over are one "
+                "snippet span); for one score per K frames (I3D: K = 16) expand each score over its frames: "
+                "`llsh-index import --snippet-frames K` then `llsh-index score` writes per-frame scores (evaluate "
+                "them with --align exact), or repeat each score K times (np.repeat(scores, K)[:n_frames])")
+
+
+def check_centre_alignment(n_scores: Mapping[str, int], n_frames: Mapping[str, int]) -> None:
+    """Refuse ``align="centre"`` for scores that are not one per snippet start position.
+
+    ``n_scores`` / ``n_frames``: each video's score count and labelled frame count.  The reference
+    placement leaves one snippet span of frames per video as padding (15 for 16-frame snippets),
+    a small share of any real video; scores of one snippet per K frames leave ``1 - 1/K`` of them
+    (94% for I3D's K = 16), whose constant padding makes the AUC chance.  Rule: over all videos
+    together, more padded frames than covered ones raises :class:`LengthMismatchError`.  Pooled,
+    not per video: the real label files hold short videos (Avenue 36 frames, Corridor 94) that a
+    legitimately long span (e.g. 31) leaves mostly padded, while over a dataset the span is a few
+    percent of the frames; one score per 2 frames (half padded) is not caught.
+
+    An error, not a warning: the AUC it would give is meaningless (about 0.5, chance, whatever the
+    detector), a warning scrolls by in a benchmark's log, and the fix is one expansion.
+    """
+    if set(n_scores) != set(n_frames):
+        raise MissingVideoError(f"n_scores / n_frames: expected the same videos, got "
+                                f"{sorted(set(n_scores) ^ set(n_frames), key=str)[:5]} in only one of them")
+    padded = sum(max(int(n_frames[v]) - int(n_scores[v]), 0) for v in n_frames)
+    covered = sum(min(int(n_scores[v]), int(n_frames[v])) for v in n_frames)
+    if padded <= covered:
+        return
+    short = max(n_frames, key=lambda v: int(n_frames[v]) - int(n_scores[v]))  # the worst video, as an example
+    raise LengthMismatchError(
+        f"align='centre': expected scores covering most frames (one per snippet start position), got "
+        f"{covered} covered and {padded} padded frames of {padded + covered} in {len(n_frames)} video(s), "
+        f"about {(padded + covered) / max(covered, 1):.1f} frames per score (e.g. video {short!r}: "
+        f"{int(n_scores[short])} scores for {int(n_frames[short])} frames); the padding would score as one "
+        f"value and the AUC measure little else; {_EXPAND_HINT}"
+    )
 
 
 def _video_frames(scores_by_video, labels_by_video, sigma, align, pad, pad_value, allow_subset, normalise,
@@ -429,12 +504,15 @@ def _video_frames(scores_by_video, labels_by_video, sigma, align, pad, pad_value
     s = _check_sigma(sigma)
     _check_choice(align, _ALIGN_POLICIES, "align")
     _check_choice(pad, _PAD_MODES, "pad")
-    out = []
+    out, counts = [], {}
     for name in _match_videos(scores_by_video, labels_by_video, allow_subset):
         labels = check_frame_labels(labels_by_video[name], f"labels of video {name!r}")
-        frame_scores, constant = _frame_scores(name, scores_by_video[name], labels, s, align, pad, pad_value,
-                                               normalise=normalise, constant_fill=constant_fill)
+        frame_scores, constant, counts[name] = _frame_scores(name, scores_by_video[name], labels, s, align, pad,
+                                                             pad_value, normalise=normalise,
+                                                             constant_fill=constant_fill)
         out.append((name, labels, frame_scores, constant))
+    if align == "centre":
+        check_centre_alignment(counts, {name: labels.size for name, labels, _, _ in out})
     return out
 
 
@@ -462,26 +540,42 @@ def macro_auc(
       and the AUC computed anyway.  Beware: the result then depends only on how the score
       of frame 0 ranks, which with ``align="centre"`` is always a padded frame (score
       ``pad_value``); e.g. an all-anomalous video with positive scores and zero padding
-      gets an AUC close to 1.0 whatever the detector does.
+      gets an AUC close to 1.0 whatever the detector does.  A video of one frame keeps one
+      class after the flip (the reference's ``roc_auc_score`` returns NaN, which became its
+      macro-AUC): it is skipped as under ``"skip"`` (named in ``single_class_videos``,
+      absent from ``per_video``).
     * ``"error"``: raise :class:`SingleClassError`.
 
     Videos: every key of ``scores_by_video`` must be in ``labels_by_video``; unless
     ``allow_subset=True`` the converse is required as well (the reference evaluates the
     scored videos only).
 
-    Raises :class:`EmptyInputError` when no video is left to average.
+    Raises :class:`EmptyInputError` when no video is left to average (:func:`evaluate` reports
+    macro-AUC as undefined there instead).
     """
     _check_choice(single_class, _SINGLE_CLASS_POLICIES, "single_class")
     videos = _video_frames(scores_by_video, labels_by_video, sigma, align, pad, pad_value, allow_subset,
                            normalise=False)
+    result = _macro(videos, single_class)
+    if result.auc is None:
+        raise EmptyInputError(
+            f"macro-AUC: expected at least 1 video with both classes, got 0 of {len(videos)} "
+            f"({result.n_single_class} single-class video(s) skipped"
+            f"{', of one frame: no class to flip against' if single_class == 'flip' else ''})"
+        )
+    return result
 
+
+def _macro(videos, single_class: str) -> AUCResult:
+    """macro_auc's result on prepared videos; ``auc=None`` with the reason when no video has an AUC."""
     per_video: dict[str, float] = {}
     single: list[str] = []
     n_frames = 0
     for name, labels, frame_scores, _ in videos:
         if labels.min() == labels.max():
             single.append(name)
-            if single_class == "skip":
+            # one frame: flipping frame 0 leaves one class again (roc_auc_score: NaN), so no AUC either way
+            if single_class == "skip" or (single_class == "flip" and labels.size == 1):
                 continue
             if single_class == "error":
                 raise SingleClassError(
@@ -493,13 +587,12 @@ def macro_auc(
         per_video[name] = float(roc_auc_score(labels, frame_scores))
         n_frames += labels.size
 
+    undefined = ""
     if not per_video:
-        raise EmptyInputError(
-            f"macro-AUC: expected at least 1 video with both classes, got 0 of {len(videos)} "
-            f"({len(single)} single-class video(s) skipped)"
-        )
+        undefined = (f"no video has both normal and anomalous frames: all {len(videos)} single-class, skipped"
+                     f"{' (one frame each: no class to flip against)' if single_class == 'flip' else ''}")
     return AUCResult(
-        auc=float(np.mean(list(per_video.values()))),
+        auc=float(np.mean(list(per_video.values()))) if per_video else None,
         kind="macro",
         n_videos=len(videos),
         n_single_class=len(single),
@@ -507,6 +600,7 @@ def macro_auc(
         single_class_videos=tuple(single),
         per_video=per_video,
         n_frames=n_frames,
+        undefined=undefined,
     )
 
 
@@ -603,12 +697,20 @@ def evaluate(
     constant_fill: float | None = None,
     allow_subset: bool = False,
 ) -> EvaluationResult:
-    """Macro- and micro-AUC with the same settings (see :func:`macro_auc`, :func:`micro_auc`)."""
+    """Macro- and micro-AUC with the same settings (see :func:`macro_auc`, :func:`micro_auc`).
+
+    Where no video has both classes (e.g. ``allow_subset=True`` with one all-normal and one
+    all-anomalous video) macro-AUC is undefined: ``macro.auc`` is ``None`` and ``macro.undefined``
+    says why, while micro-AUC, defined on the pooled frames, is still returned.
+    """
+    _check_choice(single_class, _SINGLE_CLASS_POLICIES, "single_class")
     common = dict(align=align, pad=pad, pad_value=pad_value, allow_subset=allow_subset)
-    return EvaluationResult(
-        macro=macro_auc(scores_by_video, labels_by_video, sigma, single_class=single_class, **common),
-        micro=micro_auc(scores_by_video, labels_by_video, sigma, constant_fill=constant_fill, **common),
-    )
+    videos = _video_frames(scores_by_video, labels_by_video, sigma, align, pad, pad_value, allow_subset,
+                           normalise=False)
+    macro = _macro(videos, single_class)
+    # micro raises where the pooled frames hold one class: then neither AUC is defined
+    micro = micro_auc(scores_by_video, labels_by_video, sigma, constant_fill=constant_fill, **common)
+    return EvaluationResult(macro=macro, micro=micro)
 
 
 # --------------------------------------------------------------------------- label files
@@ -659,9 +761,23 @@ def ped2_frame_counts(frames_dir: str | os.PathLike, ext: str = ".jpg") -> dict[
 UCSD_PED2_TEST_FRAMES = (180, 180, 150, 180, 150, 180, 180, 180, 120, 150, 180, 180)
 
 
+def _video_numbers(names: Sequence[Any], n_videos: int) -> dict[Any, int] | None:
+    """name -> video number (1-based) when every name ends in an ASCII number from 1 to `n_videos`
+    ('7', '07', 'Test007', 'video_7'), each number once; else None."""
+    numbers = {}
+    for name in names:
+        m = re.search(r"[0-9]+\Z", name) if isinstance(name, str) else None  # [0-9]: ASCII, not str.isdigit()
+        if m is None or not 1 <= int(m.group()) <= n_videos:
+            return None
+        numbers[name] = int(m.group())
+    return numbers if len(set(numbers.values())) == len(numbers) else None
+
+
 def load_ped2_labels(
     mat_path: str | os.PathLike,
     frame_counts: Sequence[int] | Mapping[str, int] | None = None,
+    *,
+    allow_subset: bool = True,
 ) -> dict[str, np.ndarray]:
     """Frame labels of UCSD Ped2 test videos from ``ped2.mat``.
 
@@ -671,12 +787,16 @@ def load_ped2_labels(
     file ``f:03d.jpg``) is anomalous iff ``first - 1 <= f <= last - 1``.
 
     ``frame_counts``: the number of frames of each test video, either a sequence in video
-    order (names become ``"01"``, ``"02"``, ...) or a mapping name -> count whose sorted
-    names are taken in video order (e.g. from :func:`ped2_frame_counts`).  A mapping of fewer
-    videos than the file holds must name them by number (``{"01": 180, "03": 150}``, as
-    ``llsh-index extract --videos`` names them): those videos are labelled; names that number
-    every video once (``"1"`` .. ``"12"``) label them by number too.  ``None``: UCSD Ped2's own
-    counts (:data:`UCSD_PED2_TEST_FRAMES`; the file must hold 12 videos).
+    order (names become ``"01"``, ``"02"``, ...) or a mapping name -> count (e.g. from
+    :func:`ped2_frame_counts`) whose names are matched to the file's videos by the number they
+    end in: ``"01"``, ``"1"``, ``"Test001"`` and ``"video_1"`` are video 1 (natural order:
+    ``"video_10"`` is video 10, not the second name in string order).  Every name must end in
+    the number of a video of the file, each number once; other names are refused
+    (:class:`LengthMismatchError`: a sequence gives the order instead).  A mapping may name some
+    of the videos (``{"01": 180, "03": 150}``, as ``llsh-index extract --videos`` names them):
+    those are labelled, or with ``allow_subset=False`` refused with
+    :class:`MissingVideoError` naming the videos left out.  ``None``: UCSD Ped2's own counts
+    (:data:`UCSD_PED2_TEST_FRAMES`; the file must hold 12 videos).
 
     Returns ``{name: uint8 array of length frame_count}``.
     """
@@ -704,29 +824,42 @@ def load_ped2_labels(
                                       f"test videos, the file holds {len(entries)}; pass frame_counts")
         frame_counts = UCSD_PED2_TEST_FRAMES
     if isinstance(frame_counts, Mapping):
-        names = sorted(frame_counts)
+        names = sorted(frame_counts, key=str)
         counts = [frame_counts[n] for n in names]
+        # by the number a name ends in, never by its place among the sorted names: 'video_1' ..
+        # 'video_12' sort 'video_10' second, and were labelled with video 2's ranges
+        numbers = _video_numbers(names, len(entries))
+        if numbers is None:
+            unmatched = [n for n in names if _video_numbers([n], len(entries)) is None]
+            raise LengthMismatchError(
+                f"{mat_path}: expected videos named by number: names are matched to the file's {len(entries)} "
+                f"videos by the number they end in ('01', '1', 'Test001', 'video_1' are video 1), each from 1 to "
+                f"{len(entries)} and each once; got {len(names)} names"
+                + (f", {len(unmatched)} not ending in such a number ({unmatched[:5]}"
+                   f"{' ...' if len(unmatched) > 5 else ''})" if unmatched else ", a number used twice")
+                + " (or pass the frame counts as a sequence, in video order)"
+            )
+        if not allow_subset and len(names) < len(entries):
+            left_out = [f"{k:02d}" for k in sorted(set(range(1, len(entries) + 1)) - set(numbers.values()))]
+            raise MissingVideoError(
+                f"{mat_path}: expected scores for all {len(entries)} labelled videos, got {len(names)}; missing "
+                f"scores for video(s) {', '.join(left_out[:8])}{' ...' if len(left_out) > 8 else ''}"
+                " (pass allow_subset=True, --subset on the command line, to evaluate only the scored videos)"
+            )
+        picked = [entries[numbers[n] - 1] for n in names]
     elif isinstance(frame_counts, (Sequence, np.ndarray)) and not isinstance(frame_counts, str):
         counts = list(frame_counts)
         names = [f"{i + 1:02d}" for i in range(len(counts))]
+        if len(counts) != len(entries):
+            raise LengthMismatchError(
+                f"{mat_path}: expected frame counts for {len(entries)} videos (or a mapping for some of them "
+                f"named by number, '01' .. '{len(entries):02d}'), got {len(counts)}"
+            )
+        picked = entries
     else:
         raise MetricsTypeError(
             f"frame_counts: expected a sequence of ints or a mapping name -> int, got {type(frame_counts).__name__}"
         )
-    # ASCII digits only: str.isdigit() also takes '\u00b2' (int() refuses it) and '\u0967' (int() reads 1)
-    numbered = isinstance(frame_counts, Mapping) and all(
-        isinstance(n, str) and n.isascii() and n.isdigit() and 1 <= int(n) <= len(entries) for n in names)
-    # some videos named by number, or all of them (each number once): video NN is entry NN - 1, not the
-    # name's place among the sorted names ('1' .. '12' sort '10' before '2')
-    if numbered and (len(counts) < len(entries) or len({int(n) for n in names}) == len(entries)):
-        picked = [entries[int(n) - 1] for n in names]
-    elif len(counts) != len(entries):
-        raise LengthMismatchError(
-            f"{mat_path}: expected frame counts for {len(entries)} videos (or for some of them named by "
-            f"number, '01' .. '{len(entries):02d}'), got {len(counts)}"
-        )
-    else:
-        picked = entries
 
     out: dict[str, np.ndarray] = {}
     for name, count, entry in zip(names, counts, picked):

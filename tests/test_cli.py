@@ -58,6 +58,10 @@ def test_fit_build_score_evaluate_plot(feature_files, capsys):
     got = json.load(open(p("auc.json")))
     expected = metrics.evaluate(scores, labels, sigma=12)
     assert got["micro_auc"] == pytest.approx(expected.micro.auc) and got["micro_auc"] > 0.8
+    # provenance: the score file's settings, as `score` recorded them
+    assert {k: got["scoring"][k] for k in ("index", "features", "mode", "n_probes", "miss_probes", "reduce")} == \
+        {"index": str(tmp / "index.llsh"), "features": str(tmp / "test.npz"), "mode": "mean", "n_probes": 1,
+         "miss_probes": 0, "reduce": "min"}
     assert main(["plot", "--scores", p("scores.npz"), "--labels", p("test.npz"), "--out", p("curves.png")]) == 0
     assert (tmp / "curves.png").stat().st_size > 10_000
     assert "micro-AUC" in capsys.readouterr().out
@@ -1004,9 +1008,9 @@ def test_evaluate_with_ped2_mat(tmp_path, capsys):
     got = json.load(open(tmp_path / "e.json"))
     want = metrics.evaluate(scores, labels, sigma=12)
     assert got["micro_auc"] == pytest.approx(want.micro.auc) and got["macro_auc"] == pytest.approx(want.macro.auc)
-    # scores of some videos (extract --videos 01,03): labelled by number
+    # scores of some videos (extract --videos 01,03): labelled by number, with --subset as for a label npz
     np.savez(tmp_path / "few.npz", **{k: scores[k] for k in ("01", "03")})
-    assert main(["evaluate", "--scores", str(tmp_path / "few.npz"), "--labels", str(mat),
+    assert main(["evaluate", "--scores", str(tmp_path / "few.npz"), "--labels", str(mat), "--subset",
                  "--json", str(tmp_path / "f.json")]) == 0
     got = json.load(open(tmp_path / "f.json"))
     want = metrics.evaluate({k: scores[k] for k in ("01", "03")}, {k: labels[k] for k in ("01", "03")}, sigma=12)
@@ -1014,7 +1018,7 @@ def test_evaluate_with_ped2_mat(tmp_path, capsys):
     # names that are not video numbers cannot be matched to the file's entries
     np.savez(tmp_path / "named.npz", a=scores["01"], b=scores["02"])
     capsys.readouterr()
-    assert main(["evaluate", "--scores", str(tmp_path / "named.npz"), "--labels", str(mat)]) == 2
+    assert main(["evaluate", "--scores", str(tmp_path / "named.npz"), "--labels", str(mat), "--subset"]) == 2
     assert "12 videos" in capsys.readouterr().err
 
 
@@ -1415,12 +1419,12 @@ def test_evaluate_ped2_mat_counts_ped2s_own_frames(tmp_path, capsys):
     long = {"02": rng.standard_normal(210).astype(np.float32), "03": rng.standard_normal(150).astype(np.float32)}
     np.savez(tmp_path / "long.npz", **long)
     capsys.readouterr()
-    assert main(["evaluate", "--scores", str(tmp_path / "long.npz"), "--labels", str(mat)]) == 2
+    assert main(["evaluate", "--scores", str(tmp_path / "long.npz"), "--labels", str(mat), "--subset"]) == 2
     assert "02" in capsys.readouterr().err
     snippets = {v: rng.standard_normal(len(labels[v]) - 15).astype(np.float32) for v in ("01", "04")}
     np.savez(tmp_path / "snip.npz", **snippets)
     assert main(["evaluate", "--scores", str(tmp_path / "snip.npz"), "--labels", str(mat), "--align", "centre",
-                 "--json", str(tmp_path / "c.json")]) == 0
+                 "--subset", "--json", str(tmp_path / "c.json")]) == 0
     want = metrics.evaluate(snippets, {v: labels[v] for v in snippets}, sigma=12, align="centre")
     got = json.load(open(tmp_path / "c.json"))
     assert got["micro_auc"] == pytest.approx(want.micro.auc) and got["n_frames"] == 360
@@ -1606,3 +1610,177 @@ def test_merge_joins_indexes_built_on_one_fit(feature_files, capsys):
     assert "it is the --index file" in capsys.readouterr().err
     assert main(["merge", "--index", p("index_a.llsh"), p("test.npz"), "--out", p("x.llsh")]) == 2
     assert "test.npz" in capsys.readouterr().err and not (tmp / "x.llsh").exists()
+
+
+# ---------------------------------------------------------------------- audit fixes
+# Oracles: scipy's gaussian_filter1d and sklearn's roc_auc_score on the protocol written out.
+
+
+def _oracle_micro(scores, labels):
+    from sklearn.metrics import roc_auc_score
+
+    cat_s, cat_l = [], []
+    for v in sorted(scores):
+        sm = _smoothed_oracle(scores[v])
+        cat_s.append((sm - sm.min()) / (sm.max() - sm.min()) if sm.max() > sm.min() else sm)
+        cat_l.append(labels[v])
+    return roc_auc_score(np.concatenate(cat_l), np.concatenate(cat_s))
+
+
+def test_evaluate_prints_micro_when_macro_is_undefined(tmp_path, capsys):
+    """--subset of an all-normal and an all-anomalous video: no macro-AUC (it failed the whole
+    command); micro-AUC is printed, macro is said to be undefined and why, --json holds null."""
+    rng = np.random.default_rng(21)
+    labels = {"a": np.zeros(40, np.uint8), "b": np.ones(30, np.uint8), "c": (np.arange(50) >= 20).astype(np.uint8)}
+    scores = {"a": rng.random(40).astype(np.float32), "b": (rng.random(30) + 0.2).astype(np.float32)}
+    np.savez(tmp_path / "gt.npz", **labels)
+    np.savez(tmp_path / "s.npz", **scores)
+    capsys.readouterr()
+    assert main(["evaluate", "--scores", str(tmp_path / "s.npz"), "--labels", str(tmp_path / "gt.npz"), "--subset",
+                 "--json", str(tmp_path / "e.json")]) == 0
+    out = capsys.readouterr().out
+    micro = _oracle_micro(scores, labels)
+    assert out.startswith(f"micro-AUC {micro:.4f}  macro-AUC undefined (no video has both normal and anomalous "
+                          "frames: all 2 single-class, skipped)")
+    got = json.load(open(tmp_path / "e.json"))
+    assert got["macro_auc"] is None and got["macro_undefined"].startswith("no video has both")
+    assert got["micro_auc"] == pytest.approx(micro, abs=1e-9) and got["single_class_videos"] == ["a", "b"]
+
+
+def test_evaluate_flip_skips_a_one_frame_video(tmp_path, capsys):
+    """--single-class flip with a video of one frame: the flip leaves it one class (macro-AUC was NaN,
+    written to --json as NaN); it is skipped and said so, the others flipped as the authors do."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(22)
+    labels = {"a": np.ones(1, np.uint8), "b": (np.arange(40) >= 25).astype(np.uint8), "c": np.zeros(30, np.uint8)}
+    scores = {v: (labels[v] + rng.standard_normal(len(labels[v]))).astype(np.float32) for v in labels}
+    np.savez(tmp_path / "gt.npz", **labels)
+    np.savez(tmp_path / "s.npz", **scores)
+    flipped_c = labels["c"].copy()
+    flipped_c[0] = 1
+    want = {"b": roc_auc_score(labels["b"], _smoothed_oracle(scores["b"])),
+            "c": roc_auc_score(flipped_c, _smoothed_oracle(scores["c"]))}
+    capsys.readouterr()
+    assert main(["evaluate", "--scores", str(tmp_path / "s.npz"), "--labels", str(tmp_path / "gt.npz"),
+                 "--single-class", "flip", "--per-video", "--json", str(tmp_path / "e.json")]) == 0
+    out = capsys.readouterr().out
+    macro = np.mean(list(want.values()))
+    assert f"macro-AUC {macro:.4f}  (3 videos, 2 single-class in (1 of one frame skipped), frame 0's label" in out
+    assert "  a  single-class (all anomalous, one frame: nothing to flip against), not in macro-AUC" in out
+    got = json.loads(open(tmp_path / "e.json").read())  # json.loads reads NaN: check it is a number
+    assert got["macro_auc"] == pytest.approx(macro, abs=1e-9) and got["per_video_auc"].keys() == {"b", "c"}
+
+
+def test_evaluate_align_centre_refuses_one_score_per_16_frames(tmp_path, capsys):
+    """I3D-style scores (one per 16 frames) under --align centre left 94% of the frames at 0 and
+    printed a chance-level AUC; refused, naming the expansion to do."""
+    rng = np.random.default_rng(23)
+    labels = {f"v{i}": (np.arange(160 + 16 * i) >= 80).astype(np.uint8) for i in range(3)}
+    scores = {v: (lab[::16] + 0.3 * rng.random(-(-lab.size // 16))).astype(np.float32) for v, lab in labels.items()}
+    np.savez(tmp_path / "gt.npz", **labels)
+    np.savez(tmp_path / "s.npz", **scores)
+    capsys.readouterr()
+    assert main(["evaluate", "--scores", str(tmp_path / "s.npz"), "--labels", str(tmp_path / "gt.npz"),
+                 "--align", "centre"]) == 2
+    err = capsys.readouterr().err
+    assert "align='centre'" in err and "llsh-index import --snippet-frames K" in err
+    assert main(["plot", "--roc", "--align", "centre", "--scores", str(tmp_path / "s.npz"), "--labels",
+                 str(tmp_path / "gt.npz"), "--out", str(tmp_path / "r.png")]) == 2
+    assert "--snippet-frames K" in capsys.readouterr().err and not (tmp_path / "r.png").exists()
+    # the expansion the message names: per-frame scores, evaluated exactly
+    np.savez(tmp_path / "x.npz", **{v: np.repeat(s, 16)[:labels[v].size] for v, s in scores.items()})
+    assert main(["evaluate", "--scores", str(tmp_path / "x.npz"), "--labels", str(tmp_path / "gt.npz"),
+                 "--json", str(tmp_path / "e.json")]) == 0
+    want = _oracle_micro({v: np.repeat(s, 16)[:labels[v].size] for v, s in scores.items()}, labels)
+    assert json.load(open(tmp_path / "e.json"))["micro_auc"] == pytest.approx(want, abs=1e-6) and want > 0.9
+
+
+def test_plot_roc_is_as_strict_as_evaluate(feature_files, capsys):
+    """plot --roc pooled the videos common to all files (a micro-AUC evaluate does not give) and took a
+    file short of labelled videos; now files must hold the same videos, all labelled ones unless
+    --subset, and each printed micro-AUC is evaluate's (oracle: scipy + sklearn)."""
+    pytest.importorskip("matplotlib")
+    tmp, labels = feature_files
+    p = lambda name: str(tmp / name)  # noqa: E731
+    rng = np.random.default_rng(24)
+    full = {v: (lab + rng.standard_normal(lab.size)).astype(np.float32) for v, lab in labels.items()}
+    np.savez(tmp / "full.npz", **full)
+    np.savez(tmp / "two.npz", **{v: full[v] for v in ("t0", "t1")})
+    roc = ["plot", "--roc", "--labels", p("test.npz"), "--out", p("roc.png")]
+    capsys.readouterr()
+    assert main(roc + ["--scores", p("full.npz"), p("two.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "expected score files of the same videos" in err and "two lacks t2" in err
+    assert main(roc + ["--scores", p("two.npz")]) == 2
+    assert "no scores for ['t2'] (--subset pools the scored videos only)" in capsys.readouterr().err
+    assert not (tmp / "roc.png").exists()
+    assert main(roc + ["--scores", p("two.npz"), "--subset"]) == 0
+    out = capsys.readouterr().out
+    want = _oracle_micro({v: full[v] for v in ("t0", "t1")}, labels)
+    assert f"two: micro-AUC {want:.4f}" in out and "ROC over 2 videos" in out
+    assert main(["evaluate", "--scores", p("two.npz"), "--labels", p("test.npz"), "--subset",
+                 "--json", p("e.json")]) == 0
+    assert f"{json.load(open(p('e.json')))['micro_auc']:.4f}" == f"{want:.4f}"
+    # --videos names the pooled videos itself; --subset is refused where it does nothing
+    assert main(roc + ["--scores", p("full.npz"), p("two.npz"), "--videos", "t0,t1"]) == 0
+    capsys.readouterr()
+    assert main(["plot", "--scores", p("two.npz"), "--labels", p("test.npz"), "--out", p("c.png"), "--subset"]) == 2
+    assert "--subset applies to --roc over every video" in capsys.readouterr().err
+
+
+def test_evaluate_ped2_mat_refuses_missing_videos_and_matches_names_by_number(tmp_path, capsys):
+    """ped2.mat as --labels: scores of 3 of its 12 videos were evaluated without --subset (refused with
+    a label npz); names video_1 .. video_12 were matched in string order (video_10 took entry 2). Labels
+    of the oracle read with scipy.io.loadmat (1-based inclusive ranges)."""
+    import scipy.io
+    from sklearn.metrics import roc_auc_score
+
+    from conftest import shared_path
+
+    mat = shared_path("ped2", "ped2.mat")
+    gt = scipy.io.loadmat(mat)["gt"].ravel()
+    labels = {}
+    for i, (n, ranges) in enumerate(zip(metrics.UCSD_PED2_TEST_FRAMES, gt)):
+        lab = np.zeros(n, np.uint8)
+        for first, last in np.asarray(ranges, np.int64).T:
+            lab[first - 1:last] = 1
+        labels[i + 1] = lab
+    rng = np.random.default_rng(25)
+    scores = {k: (lab + rng.standard_normal(lab.size)).astype(np.float32) for k, lab in labels.items()}
+    np.savez(tmp_path / "partial.npz", **{f"{k:02d}": scores[k] for k in (1, 3, 10)})
+    base = ["--labels", str(mat)]
+    capsys.readouterr()
+    assert main(["evaluate", "--scores", str(tmp_path / "partial.npz")] + base) == 2
+    err = capsys.readouterr().err
+    assert "expected scores for all 12 labelled videos, got 3; missing scores for video(s) 02, 04" in err
+    assert "--subset" in err
+    assert main(["evaluate", "--scores", str(tmp_path / "partial.npz"), "--subset"] + base) == 0
+    assert "(3 videos," in capsys.readouterr().out
+    np.savez(tmp_path / "named.npz", **{f"video_{k}": s for k, s in scores.items()})
+    assert main(["evaluate", "--scores", str(tmp_path / "named.npz"), "--json", str(tmp_path / "e.json")] + base) == 0
+    got = json.load(open(tmp_path / "e.json"))
+    per = {f"video_{k}": roc_auc_score(labels[k], _smoothed_oracle(scores[k])) for k in labels
+           if 0 < labels[k].sum() < labels[k].size}
+    assert got["per_video_auc"] == pytest.approx(per, abs=1e-9)
+    assert got["micro_auc"] == pytest.approx(_oracle_micro(scores, labels), abs=1e-9)
+    np.savez(tmp_path / "letters.npz", **{chr(96 + k): s for k, s in scores.items()})
+    assert main(["evaluate", "--scores", str(tmp_path / "letters.npz")] + base) == 2
+    assert "by the number they end in" in capsys.readouterr().err
+
+
+def test_evaluate_json_carries_the_score_files_settings(tmp_path, capsys):
+    """--json records the score file's __meta__ under "scoring" (null for a file without one)."""
+    from llsh_index.cli import _save_scores, load_score_meta
+
+    labels = {"a": (np.arange(30) >= 15).astype(np.uint8)}
+    np.savez(tmp_path / "gt.npz", **labels)
+    meta = {"index": "/x/index.llsh", "features": "/x/test.npz", "mode": "light", "n_probes": 4,
+            "miss_probes": 32, "reduce": "mean"}
+    _save_scores(str(tmp_path / "s.npz"), {"a": np.linspace(0, 1, 30, dtype=np.float32)}, meta)
+    np.savez(tmp_path / "plain.npz", a=np.linspace(0, 1, 30, dtype=np.float32))
+    for name, want in (("s", {"format": "llsh_index.scores", "format_version": 1, **meta}), ("plain", None)):
+        assert main(["evaluate", "--scores", str(tmp_path / f"{name}.npz"), "--labels", str(tmp_path / "gt.npz"),
+                     "--json", str(tmp_path / f"{name}.json")]) == 0
+        assert json.load(open(tmp_path / f"{name}.json"))["scoring"] == want
+        assert load_score_meta(str(tmp_path / f"{name}.npz")) == want

@@ -4,6 +4,7 @@ rank-sum AUC, an explicit Gaussian convolution) and the real label files."""
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -188,8 +189,9 @@ def test_snippet_to_frame_hand_cases():
     np.testing.assert_array_equal(M.snippet_to_frame_scores(s, 8), [0, 1, 2, 3, 4, 5, 6, 7])
     # d = 2: offset 2, no trailing pad
     np.testing.assert_array_equal(M.snippet_to_frame_scores([5.0, 6.0, 7.0], 5), [0, 0, 5, 6, 7])
-    # d = 4: offset 3, trailing 1
-    np.testing.assert_array_equal(M.snippet_to_frame_scores([5.0, 6.0], 6), [0, 0, 0, 5, 6, 0])
+    # d = 4: offset 3, trailing 1 (more padding than scores: warned, see the centre-alignment tests)
+    with pytest.warns(M.CentreAlignmentWarning):
+        np.testing.assert_array_equal(M.snippet_to_frame_scores([5.0, 6.0], 6), [0, 0, 0, 5, 6, 0])
     # padding options
     np.testing.assert_array_equal(
         M.snippet_to_frame_scores(s, 10, pad_value=-1.0), [-1, -1, 1, 2, 3, 4, 5, 6, 7, -1]
@@ -206,7 +208,9 @@ def test_snippet_to_frame_matches_reference_placement(d):
     rng = np.random.default_rng(d)
     n_frames = 120
     s = rng.random(n_frames - d) + 0.1
-    np.testing.assert_array_equal(M.snippet_to_frame_scores(s, n_frames), reference_place(s, n_frames))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", M.CentreAlignmentWarning)  # d = 62 pads more frames than it covers
+        np.testing.assert_array_equal(M.snippet_to_frame_scores(s, n_frames), reference_place(s, n_frames))
 
 
 def test_centre_alignment_and_flip_reproduce_reference_on_real_labels():
@@ -538,7 +542,7 @@ def test_load_ped2_labels_numbers_are_ascii_digits(tmp_path):
     """str.isdigit() takes superscript 2 (int() then raised a bare ValueError) and Devanagari 1 (read as
     video 1): names that are not ASCII numbers of the file's videos are a typed error."""
     p, _ = _numbered_mat(tmp_path)
-    for bad in ({"\u00b2": 20}, {"\u0967": 20}, {"00": 20}, {"013": 20}, {" 1": 20}):
+    for bad in ({"\u00b2": 20}, {"\u0967": 20}, {"00": 20}, {"013": 20}, {"1 ": 20}):
         with pytest.raises(M.LengthMismatchError, match="named by number"):
             M.load_ped2_labels(p, bad)
 
@@ -587,3 +591,140 @@ def test_sigma_beyond_float64_is_a_metrics_error():
                                                  r"of 401 digits"):
             M.smooth_scores([1.0, 2.0, 3.0], sigma)
     np.testing.assert_array_equal(M.smooth_scores([1.0, 2.0, 3.0], 10 ** 6), M.smooth_scores([1.0, 2.0, 3.0], 1e6))
+
+
+# ----------------------------------------------------------------------------- audit fixes
+# Oracles: scipy's gaussian_filter1d and sklearn's roc_auc_score, called here on the protocol written out.
+
+
+def _sk_smooth(x, sigma=12):
+    from scipy.ndimage import gaussian_filter1d
+
+    return gaussian_filter1d(np.asarray(x, np.float64), sigma)
+
+
+def _sk_auc(labels, scores):
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(np.asarray(labels), np.asarray(scores, np.float64)))
+
+
+def _sk_micro(scores, labels, place=None):
+    """Micro-AUC written out: smooth, min-max normalise each video, place (default: as is), pool."""
+    cat_s, cat_l = [], []
+    for v in sorted(scores):
+        sm = _sk_smooth(scores[v])
+        sm = (sm - sm.min()) / (sm.max() - sm.min()) if sm.max() > sm.min() else sm
+        cat_s.append(place(sm, len(labels[v])) if place else sm)
+        cat_l.append(np.asarray(labels[v]))
+    return _sk_auc(np.concatenate(cat_l), np.concatenate(cat_s))
+
+
+def test_flip_skips_a_video_of_one_frame_instead_of_nan():
+    """single_class='flip' on a one-frame video: the flip leaves one class (roc_auc_score warned and
+    returned NaN, which became the macro-AUC); the video is skipped as 'skip' skips, and reported so."""
+    scores = {"a": np.array([0.3]), "b": np.array([0.1, 0.9, 0.2]), "c": np.array([0.5, 0.2, 0.9, 0.4])}
+    labels = {"a": np.array([1]), "b": np.array([0, 1, 0]), "c": np.ones(4, np.uint8)}
+    flipped_c = np.r_[0, 1, 1, 1]  # the reference's flip of frame 0
+    want = np.mean([_sk_auc(labels["b"], _sk_smooth(scores["b"])), _sk_auc(flipped_c, _sk_smooth(scores["c"]))])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # sklearn's UndefinedMetricWarning included
+        r = M.macro_auc(scores, labels, single_class="flip")
+        e = M.evaluate(scores, labels, single_class="flip")
+    for res in (r, e.macro):
+        assert res.auc == pytest.approx(want, abs=1e-12) and not np.isnan(res.auc)
+        assert set(res.per_video) == {"b", "c"} and res.single_class_videos == ("a", "c")
+        assert res.n_single_class == 2 and res.n_frames == 7
+    # only one-frame single-class videos: no AUC, as under skip
+    with pytest.raises(M.EmptyInputError, match="0 of 1 .*of one frame: no class to flip against"):
+        M.macro_auc({"a": [0.3]}, {"a": [1]}, single_class="flip")
+
+
+def test_evaluate_reports_an_undefined_macro_and_still_returns_micro():
+    """Two single-class videos (allow_subset): macro-AUC has no video to average; evaluate says so
+    (auc None, the reason) and returns micro-AUC, which macro's EmptyInputError used to lose."""
+    rng = np.random.default_rng(11)
+    labels = {"normal": np.zeros(40, np.uint8), "anomalous": np.ones(30, np.uint8),
+              "mixed": (np.arange(50) >= 20).astype(np.uint8)}
+    scores = {"normal": rng.random(40), "anomalous": rng.random(30) + 0.2}
+    r = M.evaluate(scores, labels, allow_subset=True)
+    assert r.macro.auc is None and r.macro.per_video == {}
+    assert r.macro.undefined.startswith("no video has both normal and anomalous frames")
+    assert (r.macro.n_videos, r.macro.n_single_class) == (2, 2)
+    assert r.micro.auc == pytest.approx(_sk_micro(scores, labels), abs=1e-12)
+    assert r.micro.auc == M.micro_auc(scores, labels, allow_subset=True).auc
+    with pytest.raises(M.EmptyInputError, match="0 of 2"):  # macro_auc alone still refuses
+        M.macro_auc(scores, labels, allow_subset=True)
+    d = M.evaluate({"mixed": rng.random(50)}, labels, allow_subset=True)  # a defined macro has no reason
+    assert d.macro.undefined == "" and d.macro.auc is not None
+
+
+def _i3d_like(labels, k, rng):
+    """One score per k frames (the mean label of the chunk plus noise): what a 16-frame I3D gives."""
+    return {v: np.array([lab[i:i + k].mean() for i in range(0, lab.size, k)]) + 0.3 * rng.random(-(-lab.size // k))
+            for v, lab in labels.items()}
+
+
+def test_centre_alignment_refuses_one_score_per_k_frames_on_real_labels():
+    """Avenue's labels with one score per 16 frames: centre placement pads 94% of the frames with 0
+    and gave a chance-level AUC silently; it is refused, saying how to expand the scores, and the
+    expansion the message names gives the oracle's AUC."""
+    labels = M.load_labels(_gt_path("Avenue"))
+    rng = np.random.default_rng(12)
+    scores = _i3d_like(labels, 16, rng)
+    for f in (M.evaluate, M.macro_auc, M.micro_auc, M.micro_roc_curve):
+        with pytest.raises(M.LengthMismatchError, match=r"align='centre'.*padded.*--snippet-frames K"):
+            f(scores, labels, align="centre")
+    expanded = {v: np.repeat(s, 16)[:labels[v].size] for v, s in scores.items()}
+    r = M.evaluate(expanded, labels)
+    assert r.micro.auc == pytest.approx(_sk_micro(expanded, labels), abs=1e-12) and r.micro.auc > 0.8
+    per = [_sk_auc(labels[v], _sk_smooth(expanded[v])) for v in sorted(labels) if 0 < labels[v].sum() < labels[v].size]
+    assert r.macro.auc == pytest.approx(np.mean(per), abs=1e-12)
+    # one video on its own: the placement warns (it cannot tell a short video with a long span)
+    with pytest.warns(M.CentreAlignmentWarning, match="more than they cover.*--snippet-frames K"):
+        M.snippet_to_frame_scores(scores["01"], labels["01"].size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        M.snippet_to_frame_scores(np.ones(labels["01"].size - 15), labels["01"].size)
+
+
+@pytest.mark.parametrize("name", sorted(GT_TABLE))
+def test_centre_alignment_keeps_long_snippet_spans_on_real_labels(name):
+    """The rule pools the videos: a span of 31 or 63 frames leaves Avenue's 36-frame video (and
+    Corridor's 94-frame one) mostly padding, yet is a legitimate reference layout, accepted with the
+    reference placement's AUC (oracle: placement written out, scipy smoothing, sklearn AUC)."""
+    labels = M.load_labels(_gt_path(name))
+    rng = np.random.default_rng(13)
+    for span in (15, 31, 63):
+        scores = {v: rng.random(max(lab.size - span, 1)) + 0.5 * lab[: max(lab.size - span, 1)]
+                  for v, lab in labels.items()}
+        r = M.micro_auc(scores, labels, align="centre")
+        assert r.auc == pytest.approx(_sk_micro(scores, labels, reference_place), abs=1e-9), (name, span)
+
+
+def test_check_centre_alignment_boundary():
+    """More padded frames than covered ones over all videos is refused; equal is accepted."""
+    M.check_centre_alignment({"a": 50, "b": 10}, {"a": 100, "b": 20})       # 60 padded, 60 covered
+    with pytest.raises(M.LengthMismatchError, match=r"60 covered and 61 padded frames of 121 in 2 video"):
+        M.check_centre_alignment({"a": 50, "b": 10}, {"a": 101, "b": 20})
+    M.check_centre_alignment({"short": 1, "long": 900}, {"short": 36, "long": 931})  # one short video: accepted
+
+
+def test_load_ped2_labels_matches_names_by_their_trailing_number(tmp_path):
+    """Mapping names are matched by the number they end in ('video_10' is video 10; string order put it
+    second); names without such a number, or a number twice, are refused saying how names are matched;
+    allow_subset=False names the videos left out."""
+    p, want = _numbered_mat(tmp_path)
+    for names in ([f"video_{k}" for k in range(1, 13)], [f"Test{k}" for k in range(1, 13)], ["cam_2", "cam_10"]):
+        got = M.load_ped2_labels(p, {n: 20 for n in names})
+        number = {n: int("".join(c for c in n if c.isdigit())) for n in names}  # one digit run per name here
+        assert {n: v.tolist() for n, v in got.items()} == {n: want(number[n]) for n in names}, names
+    for bad, why in (({c: 20 for c in "abcdefghijkl"}, r"12 names, 12 not ending in such a number \(\['a', 'b'"),
+                     ({"a_1": 20, "b_1": 20}, "a number used twice"), ({"video_13": 20}, "not ending in such")):
+        with pytest.raises(M.LengthMismatchError, match=rf"named by number: names are matched .*by the number they "
+                                                        rf"end in.*{why}"):
+            M.load_ped2_labels(p, bad)
+    with pytest.raises(M.MissingVideoError, match=r"all 12 labelled videos, got 2; missing scores for video\(s\) "
+                                                  r"01, 03, 04, 05, 06, 07, 08, 09 \.\.\."):
+        M.load_ped2_labels(p, {"video_2": 20, "video_10": 20}, allow_subset=False)
+    assert len(M.load_ped2_labels(p, {f"video_{k}": 20 for k in range(1, 13)}, allow_subset=False)) == 12

@@ -412,3 +412,63 @@ def test_ped2_demo_features_convert(tmp_path):
     for v in b.test_videos:
         np.testing.assert_array_equal(b.labels[v["name"]], demo.test_labels[v["name"]])
         np.testing.assert_allclose(b.test[v["start"]:v["start"] + v["count"]], demo.test[v["name"]], rtol=1e-6)
+
+
+def _i3d_layout(tmp_path, rng, k=16):
+    """--features DIR of one snippet per k frames (I3D-style): test snippet i covers frames [k i, k i + k)
+    and its features move with the labels there."""
+    src = tmp_path / "feats"
+    (src / "train").mkdir(parents=True)
+    (src / "test").mkdir()
+    base, away = 3 * rng.standard_normal(8), 3 * rng.standard_normal(8)  # normal: near base; anomalous: moved away
+    for i in range(3):
+        np.save(src / "train" / f"v{i}.npy", (base + 0.3 * rng.standard_normal((40, 8))).astype(np.float32))
+    labels = {"t1": (np.arange(200) >= 120).astype(np.uint8),
+              "t2": ((np.arange(150) >= 30) & (np.arange(150) < 70)).astype(np.uint8), "t3": np.zeros(90, np.uint8)}
+    for v, lab in labels.items():
+        chunks = -(-lab.size // k)
+        share = np.array([lab[i * k:i * k + k].mean() for i in range(chunks)])  # anomalous share of each snippet
+        x = base + 0.3 * rng.standard_normal((chunks, 8)) + np.outer(share, away)
+        np.save(src / "test" / f"{v}.npy", x.astype(np.float32))
+    np.savez(src / "labels.npz", **labels)
+    return src, labels
+
+
+def test_features_dir_snippet_frames_expands_snippet_scores(tmp_path):
+    """--features DIR of one snippet per 16 frames: centred placement padded ~94% of the frames with 0
+    (chance-level AUC); it is refused before any method runs, and --snippet-frames 16 spreads each
+    snippet's score over its frames as `import --snippet-frames 16` + `score` do (snippet i at its
+    middle frame 16 i + 8, frames between interpolated).  Oracle: that expansion written out, scipy's
+    smoothing (sigma 12 frames), sklearn's AUC, on the KNN row's saved snippet scores."""
+    from scipy.ndimage import gaussian_filter1d
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(31)
+    src, labels = _i3d_layout(tmp_path, rng)
+    with pytest.raises(SystemExit, match=r"align='centre'.*padded.*pass --snippet-frames K"):
+        T2.prepare_features_dir(str(src), str(tmp_path / "b0"))
+    with pytest.raises(SystemExit, match=r"--snippet-frames 8: video 't1': 13 snippets of 8 frames cover 104"):
+        T2.prepare_features_dir(str(src), str(tmp_path / "b8"), snippet_frames=8)  # a wrong K: refused as import does
+    root = T2.prepare_features_dir(str(src), str(tmp_path / "b16"), snippet_frames=16)
+    b = S.open_bundle(root)
+    assert [(v["name"], v["count"], v["n_frames"], v["snippet_frames"]) for v in b.test_videos] == \
+        [("t1", 13, 200, 16), ("t2", 10, 150, 16), ("t3", 6, 90, 16)]
+    res = T2.run_table2(root, str(tmp_path / "out"), tiny_settings(methods=("knn",), knn_k=4), progress=False,
+                        log=lambda *a, **k: None)
+    snippet_scores = b.split_scores(np.load(tmp_path / "out" / "scores" / "knn.npy"))
+    per, cat_s, cat_l = {}, [], []
+    for v, lab in labels.items():
+        s = snippet_scores[v].astype(np.float64)
+        middle = np.minimum(16 * np.arange(s.size) + 8, lab.size - 1)
+        frames = np.interp(np.arange(lab.size), middle, s).astype(np.float32)  # as `score` writes them
+        sm = gaussian_filter1d(frames.astype(np.float64), 12)
+        if 0 < lab.sum() < lab.size:
+            per[v] = roc_auc_score(lab, sm)
+        cat_s.append((sm - sm.min()) / (sm.max() - sm.min()))
+        cat_l.append(lab)
+    (row,) = res["rows"]
+    assert row["macro_auc"] == pytest.approx(np.mean(list(per.values())), abs=1e-9)
+    assert row["micro_auc"] == pytest.approx(roc_auc_score(np.concatenate(cat_l), np.concatenate(cat_s)), abs=1e-9)
+    assert row["micro_auc"] > 0.8 and res["auc_protocol"]["align"].startswith("per frame: snippets of 16 frames")
+    with pytest.raises(SystemExit):  # only --features DIR has snippets of K frames to spread
+        T2.main(["--quick", "--snippet-frames", "16", "--out", str(tmp_path / "q")])
