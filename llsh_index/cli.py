@@ -632,6 +632,9 @@ def cmd_merge(args) -> int:
     camera or per machine) -> one index holding all their items, in the order given."""
     from .errors import LLSHError
 
+    if len(args.index) < 2:
+        raise ConfigError(f"merge: expected two or more --index files, got {len(args.index)} ({args.index[0]}); "
+                          f"a copy of one index is the file itself")
     indexes = [_load_index(path, "--index") for path in args.index]
     merged = indexes[0].empty_like()
     for path, index in zip(args.index, indexes):
@@ -639,6 +642,9 @@ def cmd_merge(args) -> int:
             merged.merge(index)
         except LLSHError as exc:  # named with the file: "this index / the other" means little here
             raise type(exc)(f"--index {path} against {args.index[0]}: {exc}") from None
+    if merged.ntotal == 0:  # fit outputs only: layers, no items
+        raise ConfigError(f"merge: the --index files hold hash layers but no indexed snippets (`fit` outputs); "
+                          f"merge the indexes `build --model` makes from them")
     size = merged.save(args.out)
     print(f"merged {len(indexes)} indexes: {merged.ntotal} snippets "
           f"({' + '.join(str(i.ntotal) for i in indexes)}); buckets per table {merged.stats()['n_buckets']}; "
@@ -1301,7 +1307,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "not an `extract` output (one split): run fit / build / score / evaluate on those")
     p.add_argument("--iterations", type=int, default=None, help="override the demo's training length")
     p.add_argument("--seed", type=int, default=0,
-                   help="seed of the LSH / LLSH layers and of training (default 0; the AUCs vary with it, "
+                   help="seed of the LSH / LLSH layers and of training, 0..2**32-1 (default 0; the AUCs vary with it, "
                         "see benchmarks/RESULTS.md)")
     p.add_argument("--quiet", action="store_true", help="print the table only (no per-method lines, no progress bar)")
     p.set_defaults(fn=cmd_demo)
@@ -1360,7 +1366,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", required=True, help="training feature file (from `extract`)")
     p.add_argument("--prefix", default=None, help=PREFIX_HELP)
     p.add_argument("--out", required=True, help="file for the trained layers (an empty index: `build --model` fills it)")
-    _add_index_args(p, "seed of the hash layers' initialisation and of training (default 0)")
+    _add_index_args(p, "seed of the hash layers' initialisation and of training, 0..2**32-1 (default 0)")
     _add_training_args(p)
     static = FALLBACK_DEFAULTS
     p.add_argument("--static", action="store_true",
@@ -1380,7 +1386,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", default=None, help=PREFIX_HELP)
     p.add_argument("--model", default=None, help="layers from `fit`; without it, untrained LSH layers")
     p.add_argument("--out", required=True, help="index file to write")
-    _add_index_args(p, "seed of the untrained LSH layers (default 0); not with --model, whose layers are fixed")
+    _add_index_args(p, "seed of the untrained LSH layers, 0..2**32-1 (default 0); not with --model, whose layers "
+                       "are fixed")
     p.add_argument("--allow-other-features", action="store_true", help=ALLOW_OTHER_HELP)
     p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(fn=cmd_build)
@@ -1459,8 +1466,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("merge", help="index files built on the same layers -> one index of all their items",
                        description="Appends the items of each --index file, in the order given, into one index (the "
                                    "first file's settings: mode, miss value). The files must share their hash layers "
-                                   "(`build --model` with one `fit` output) and, where they record it, the feature "
-                                   "space. The result scores exactly as one `build` of all the features would.")
+                                   "(`build --model` with one `fit` output, or plain `build`s with one --seed), code "
+                                   "dtype and storage (light / squared indexes without codes merge only with each "
+                                   "other) and, where they record it, the feature space. The result scores exactly "
+                                   "as one `build` of all the features would.")
     p.add_argument("--index", required=True, nargs="+", help="two or more index files from `build`")
     p.add_argument("--out", required=True, help="index file to write")
     p.set_defaults(fn=cmd_merge)

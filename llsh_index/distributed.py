@@ -74,14 +74,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence, Union
 
 import numpy as np
 
-from ._validation import as_list, check_features, check_int_range
+from ._validation import PATH_TYPES, as_list, check_features, check_int_range
 from .errors import NPZ_READ_ERRORS, ConfigError, IndexFormatError, InvalidInputError, LLSHError, NotFittedError
 from .index import LearnableLSHIndex
-from .sharded import _ShardScoring, check_shards_folder
+from .sharded import _ShardScoring, _shard_files, check_shards_folder
 
 __all__ = ["build_distributed", "load_distributed", "DistributedIndex", "ShardPool", "main"]
 
@@ -640,10 +641,13 @@ def build_distributed(layers: LearnableLSHIndex, partitions: Sequence[Partition]
 def load_distributed(paths: Sequence[str], *, num_cpus_per_shard: Optional[float] = None,
                      resources: Optional[dict] = None, pool: Optional[ShardPool] = None,
                      check_resources: bool = True, ready_timeout: Optional[float] = READY_TIMEOUT) -> DistributedIndex:
-    """Shard actors that each load one file written by save_shards() (paths readable by the workers);
-    with `pool`, free actors of that ShardPool load them.  num_cpus_per_shard, resources,
+    """Shard actors that each load one file written by save_shards() (paths readable by the workers),
+    or those of the folder save_shards() wrote (its shards.json checked, as ShardedIndex.load(folder)
+    does); with `pool`, free actors of that ShardPool load them.  num_cpus_per_shard, resources,
     check_resources, ready_timeout: as for build_distributed."""
     ray = _ray()
+    if isinstance(paths, PATH_TYPES) and os.path.isdir(os.fsdecode(paths)):
+        paths = [str(p.resolve()) for p in _shard_files(Path(os.fsdecode(paths)))]
     paths = [os.fspath(p) for p in as_list(paths, "load_distributed", "shard files")]
     if not paths:
         raise ConfigError("load_distributed: expected at least one shard file, got none")
@@ -690,7 +694,8 @@ def main(argv=None) -> int:
     p.add_argument("--n-bits", type=positive_int, default=None,
                    help="r (default 32); with --layers: the layers' (a different value is refused)")
     p.add_argument("--seed", type=int, default=None,
-                   help="seed of the untrained layers (default 0); not with --layers, whose layers are fixed")
+                   help="seed of the untrained layers, 0..2**32-1 (default 0); not with --layers, whose layers "
+                        "are fixed")
     p.add_argument("--mode", choices=["mean", "light", "squared"],
                    help="scoring mode (default: the layers', else mean); light and squared keep bucket statistics "
                         "only (store_codes=False)")

@@ -1610,6 +1610,11 @@ def test_merge_joins_indexes_built_on_one_fit(feature_files, capsys):
     assert "it is the --index file" in capsys.readouterr().err
     assert main(["merge", "--index", p("index_a.llsh"), p("test.npz"), "--out", p("x.llsh")]) == 2
     assert "test.npz" in capsys.readouterr().err and not (tmp / "x.llsh").exists()
+    assert main(["merge", "--index", p("index_a.llsh"), "--out", p("x.llsh")]) == 2
+    assert "expected two or more --index files, got 1" in capsys.readouterr().err
+    assert main(["merge", "--index", p("layers.llsh"), p("layers.llsh"), "--out", p("x.llsh")]) == 2
+    err = capsys.readouterr().err
+    assert "no indexed snippets (`fit` outputs)" in err and not (tmp / "x.llsh").exists()
 
 
 # ---------------------------------------------------------------------- audit fixes

@@ -121,11 +121,19 @@ def test_partitions_as_paths_refs_and_callables(data, tmp_path):
         paths = dist.save_shards(tmp_path / "shards")
     finally:
         dist.shutdown()
-    loaded = load_distributed(paths)
+    loaded = load_distributed(tmp_path / "shards")  # the folder: the files its shards.json lists
     try:
+        assert loaded.shard_sizes == [len(a), len(b), len(c)]
         np.testing.assert_allclose(loaded.score(q, "squared"), single.score(q, "squared"), rtol=1e-6, atol=1e-6)
     finally:
         loaded.shutdown()
+    import shutil
+
+    from llsh_index import IndexFormatError
+
+    shutil.copy(paths[0], paths[1])  # a folder mixing files: refused before any actor starts
+    with pytest.raises(IndexFormatError, match="shard_00001.llsh is not the file shards.json lists"):
+        load_distributed(tmp_path / "shards")
 
 
 def test_statistics_only_shards(data):
