@@ -29,6 +29,10 @@ def __getattr__(name):
         from .pyod_detector import LLSHPyODDetector
 
         return LLSHPyODDetector
+    if name in ("load_scores", "save_scores", "load_score_meta"):  # score files, as the command line writes them
+        from . import cli
+
+        return getattr(cli, name)
     if name == "StreamScorer":  # scipy and the video readers, when asked for
         from .stream import StreamScorer
 

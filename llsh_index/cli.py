@@ -26,7 +26,8 @@ import os
 import sys
 import time
 import warnings
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Mapping
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -250,6 +251,38 @@ def _open_npz(path: str, what: str):
 def _is_feature_file(z) -> bool:
     """An open .npz written by video.save_features (its meta and first video's features)."""
     return "meta" in z.files and "features_00000" in z.files
+
+
+def save_scores(path: str, scores: Mapping[str, Any], meta: Optional[dict] = None) -> None:
+    """Writes {video: per-frame scores} as a score file (what `llsh-index score` writes and `evaluate`,
+    `plot` and load_scores read), atomically; `meta`: JSON settings kept with them (e.g. how the
+    scores were made), returned by load_score_meta.  Scores of your own method can so be evaluated
+    and plotted beside LLSH's with the command line.
+
+    InvalidInputError for names a score file cannot hold (`__meta__`), scores that are not 1-D
+    finite numbers, or none; ConfigError for meta that is not a JSON object."""
+    if not isinstance(scores, Mapping) or not scores:
+        raise InvalidInputError(f"save_scores: expected a non-empty mapping of video name -> per-frame scores, got "
+                                f"{type(scores).__name__}{' (empty)' if isinstance(scores, Mapping) else ''}")
+    out = {}
+    for name, value in scores.items():
+        if not isinstance(name, str):
+            raise InvalidInputError(f"save_scores: expected video names as str, got {type(name).__name__} {name!r}")
+        arr = np.asarray(value)
+        if arr.ndim != 1 or arr.size == 0 or arr.dtype.kind not in "biuf" or arr.dtype.kind == "b":
+            raise InvalidInputError(f"save_scores: video {name!r}: expected a non-empty 1-D array of numbers (one "
+                                    f"score per frame), got {arr.dtype} of shape {arr.shape}")
+        if not np.isfinite(arr).all():
+            raise InvalidInputError(f"save_scores: video {name!r}: expected finite scores, got NaN or Inf")
+        out[name] = arr.astype(np.float32)
+    meta = {} if meta is None else meta
+    try:
+        if not isinstance(meta, dict):
+            raise TypeError(type(meta).__name__)
+        json.dumps(meta, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"save_scores: meta: expected a JSON object (dict of JSON values), got {exc}") from None
+    _save_scores(path, out, meta)
 
 
 def load_scores(path: str) -> Dict[str, np.ndarray]:
@@ -643,8 +676,8 @@ def cmd_merge(args) -> int:
         except LLSHError as exc:  # named with the file: "this index / the other" means little here
             raise type(exc)(f"--index {path} against {args.index[0]}: {exc}") from None
     if merged.ntotal == 0:  # fit outputs only: layers, no items
-        raise ConfigError(f"merge: the --index files hold hash layers but no indexed snippets (`fit` outputs); "
-                          f"merge the indexes `build --model` makes from them")
+        raise ConfigError("merge: the --index files hold hash layers but no indexed snippets (`fit` outputs); "
+                          "merge the indexes `build --model` makes from them")
     size = merged.save(args.out)
     print(f"merged {len(indexes)} indexes: {merged.ntotal} snippets "
           f"({' + '.join(str(i.ntotal) for i in indexes)}); buckets per table {merged.stats()['n_buckets']}; "

@@ -1789,3 +1789,42 @@ def test_evaluate_json_carries_the_score_files_settings(tmp_path, capsys):
                      "--json", str(tmp_path / f"{name}.json")]) == 0
         assert json.load(open(tmp_path / f"{name}.json"))["scoring"] == want
         assert load_score_meta(str(tmp_path / f"{name}.npz")) == want
+
+
+def test_save_scores_writes_a_score_file_the_command_line_evaluates(tmp_path, capsys, rng):
+    """Scores of one's own method, saved with llsh_index.save_scores, are read back unchanged and
+    evaluated by `llsh-index evaluate` as by metrics.evaluate (sklearn + scipy oracle below)."""
+    from scipy.ndimage import gaussian_filter1d
+    from sklearn.metrics import roc_auc_score
+
+    import llsh_index
+    from llsh_index import ConfigError, InvalidInputError
+
+    labels = {f"v{i}": np.r_[np.zeros(40), np.ones(20), np.zeros(40)].astype(np.uint8) for i in range(3)}
+    scores = {v: (lab * 0.5 + rng.random(100)).astype(np.float64) for v, lab in labels.items()}
+    path = str(tmp_path / "mine.npz")
+    llsh_index.save_scores(path, scores, {"method": "mine", "k": 3})
+    back = llsh_index.load_scores(path)
+    assert set(back) == set(scores) and all(back[v].dtype == np.float32 for v in back)
+    for v in scores:
+        np.testing.assert_array_equal(back[v], scores[v].astype(np.float32))
+    meta = llsh_index.load_score_meta(path)
+    assert meta["method"] == "mine" and meta["k"] == 3 and meta["format_version"] == 1
+    np.savez(tmp_path / "labels.npz", **labels)
+    assert main(["evaluate", "--scores", path, "--labels", str(tmp_path / "labels.npz"), "--json",
+                 str(tmp_path / "auc.json")]) == 0
+    got = json.load(open(tmp_path / "auc.json"))
+    smooth = {v: gaussian_filter1d(back[v].astype(np.float64), 12) for v in back}
+    macro = np.mean([roc_auc_score(labels[v], smooth[v]) for v in sorted(labels)])
+    assert got["macro_auc"] == pytest.approx(macro, abs=1e-9)
+    assert got["scoring"]["method"] == "mine"
+    for bad, err, message in (({}, InvalidInputError, "non-empty mapping"),
+                              ({"a": np.zeros((2, 2))}, InvalidInputError, "1-D array"),
+                              ({"a": np.array([1.0, np.nan])}, InvalidInputError, "finite"),
+                              ({"__meta__": np.zeros(3)}, InvalidInputError, "__meta__"),
+                              ({1: np.zeros(3)}, InvalidInputError, "as str")):
+        with pytest.raises(err, match=message):
+            llsh_index.save_scores(str(tmp_path / "bad.npz"), bad)
+    with pytest.raises(ConfigError, match="meta: expected a JSON object"):
+        llsh_index.save_scores(str(tmp_path / "bad.npz"), scores, {"x": object()})
+    assert not (tmp_path / "bad.npz").exists()
