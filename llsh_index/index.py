@@ -98,7 +98,7 @@ class LearnableLSHIndex:
     seed : seeds the Xavier init and the training sampler; 0..2**32 - 1 (torch keeps 32 bits of a seed,
         so a wider one would repeat a smaller one's layers).
     batch_size : rows hashed per chunk in add()/score(); default from a 64 MiB working-set budget.
-    n_threads : native threads (0 = all cores).
+    n_threads : native threads (0 = the CPUs this process may run on).
     device : "cpu" or "cuda[:N]".
 
     feature_space_ (attribute, saved with the index): the feature space of the features the layers

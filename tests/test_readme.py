@@ -196,6 +196,31 @@ def check_pyod(code, rng, monkeypatch):
     assert s[40:].mean() > s[:40].mean()  # higher = more abnormal, as the comment says
 
 
+@case("ff = load_feature_file(\"train.npz\")")
+def check_files(code, rng, monkeypatch):
+    from llsh_index import metrics
+    from llsh_index.cli import main
+    from llsh_index.training import DEMO_TRAINING
+    from llsh_index.video import save_features
+
+    train, vids, test = normal_and_test(rng)
+    save_features("train.npz", {f"v{i}": train[vids == i] for i in range(3)})
+    labels = {"t0": np.repeat([0, 1], 40).astype(np.uint8)}  # the block's test.npz: 40 normal rows, then 40 far ones
+    save_features("test.npz", {"t0": test}, labels_by_video=labels)
+    LearnableLSHIndex(train.shape[1], seed=0).add(train).save("index.llsh")
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["score", "--index", "index.llsh", "--features", "test.npz", "--out", "scores.npz"]) == 0
+        ns = run(code, {})
+    np.testing.assert_array_equal(ns["train"], train)  # the videos back in order, as one array
+    np.testing.assert_array_equal(ns["vids"], vids)
+    want = LearnableLSHIndex(seed=0).fit(train, video_ids=vids, progress=False, **DEMO_TRAINING)
+    np.testing.assert_array_equal(ns["index"].encoder.weight.detach().numpy(), want.encoder.weight.detach().numpy())
+    scores = LearnableLSHIndex.load("index.llsh").score(test)
+    expected = metrics.evaluate({"t0": scores}, labels)
+    assert ns["result"].micro.auc == expected.micro.auc and ns["result"].macro.auc == expected.macro.auc
+    assert ns["result"].micro.auc > 0.9  # the far half scores higher
+
+
 def test_every_python_block_has_a_case():
     found = blocks("python")
     assert found, "README: no python blocks found (the fence pattern no longer matches?)"
