@@ -506,8 +506,8 @@ def run_table2(bundle_dir: str, out_dir: str, settings: Optional[Settings] = Non
         if "n_compared" in res:
             row["compared_per_query"] = n_pq
         rows.append(row)
-        log(f"[table2]   macro {row['macro_auc']:.4f} micro {row['micro_auc']:.4f} | build {res['build_s']:.1f} s "
-            f"score {res['score_s']:.2f} s | disk {_fmt_bytes(res['disk_bytes'])}")
+        log(f"[table2]   macro {_fmt_auc(row['macro_auc'])} micro {_fmt_auc(row['micro_auc'])} | build "
+            f"{res['build_s']:.1f} s score {res['score_s']:.2f} s | disk {_fmt_bytes(res['disk_bytes'])}")
     knn = next((r for r in rows if r["key"] == "knn"), None)
     for r in rows:
         r["mults_formula_pct_of_knn"] = None if knn is None else 100 * r["mults_formula_per_query"] / knn["mults_formula_per_query"]
@@ -591,18 +591,21 @@ def evaluate_targets(rows: List[dict]) -> List[dict]:
         out.append({"target": "LLSH score time <= 1% of faiss KNN's",
                     "value": f"{100 * tr:.2f}% ({llsh['score_s']:.2f} s vs {knn['score_s']:.1f} s)",
                     "pass": bool(tr <= 0.01)})
-        dm = llsh["macro_auc"] - knn["macro_auc"]
+        defined = llsh["macro_auc"] is not None and knn["macro_auc"] is not None  # None: no two-class video
+        dm = llsh["macro_auc"] - knn["macro_auc"] if defined else None
         out.append({"target": "LLSH macro-AUC within 1 point of KNN (>= KNN - 0.01)",
-                    "value": f"{llsh['macro_auc']:.4f} vs {knn['macro_auc']:.4f} ({100 * dm:+.2f} points)",
-                    "pass": bool(dm >= -0.01)})
+                    "value": f"{_fmt_auc(llsh['macro_auc'])} vs {_fmt_auc(knn['macro_auc'])}"
+                             + (f" ({100 * dm:+.2f} points)" if defined else ""),
+                    "pass": bool(dm >= -0.01) if defined else None})
     if "llsh" in by:
         llsh = by["llsh"]
         others = [r for r in rows if r["key"].startswith("kmeans") or r["key"] == "lsh"]
         if others:
-            worst = [f"{r['name']} {r['macro_auc']:.4f}" for r in others]
+            worst = [f"{r['name']} {_fmt_auc(r['macro_auc'])}" for r in others]
+            defined = all(r["macro_auc"] is not None for r in [llsh, *others])
             out.append({"target": "LLSH macro-AUC above both K-means rows and untrained LSH",
-                        "value": f"LLSH {llsh['macro_auc']:.4f} vs " + ", ".join(worst),
-                        "pass": bool(all(llsh["macro_auc"] > r["macro_auc"] for r in others))})
+                        "value": f"LLSH {_fmt_auc(llsh['macro_auc'])} vs " + ", ".join(worst),
+                        "pass": bool(all(llsh["macro_auc"] > r["macro_auc"] for r in others)) if defined else None})
     if "knn" in by and "llsh" in by and "light" in by:
         knn, llsh, light = by["knn"], by["llsh"], by["light"]
         # the paper's light-LLSH file against its KNN features (316 MB / 28 GB); the ratio depends on d
@@ -613,6 +616,12 @@ def evaluate_targets(rows: List[dict]) -> List[dict]:
                              f"{light['disk_pct_of_knn']:.3f}%",
                     "pass": bool(llsh["disk_bytes"] <= PAPER["disk_ratio"] * knn["disk_bytes"])})
     return out
+
+
+def _fmt_auc(x: Optional[float], digits: int = 4) -> str:
+    """An AUC for the log and the tables: metrics.evaluate's macro-AUC is None (undefined) where no
+    test video has both classes, which the :.4f format refused with a TypeError."""
+    return "undefined" if x is None else f"{x:.{digits}f}"
 
 
 def _fmt_bytes(x: float) -> str:
@@ -646,8 +655,9 @@ def render_markdown(res: dict) -> str:
     for r in res["rows"]:
         pct = "" if r["mults_formula_pct_of_knn"] is None else f"{r['mults_formula_pct_of_knn']:.3g}%"
         lines.append(
-            f"| {r['name']} | {r['macro_auc']:.4f} | {r['micro_auc']:.4f} | {_fmt_mult(r['mults_formula_per_query'])} "
-            f"| {_fmt_mult(r['mults_counted_per_query'])} | {pct} | {_fmt_bytes(r['disk_bytes'])} "
+            f"| {r['name']} | {_fmt_auc(r['macro_auc'])} | {_fmt_auc(r['micro_auc'])} "
+            f"| {_fmt_mult(r['mults_formula_per_query'])} | {_fmt_mult(r['mults_counted_per_query'])} | {pct} "
+            f"| {_fmt_bytes(r['disk_bytes'])} "
             f"| {r['train_s']:.1f} | {r['build_s']:.1f} | {r['score_s']:.2f} "
             f"| {r['build_mem']['peak_rss_mb']:.0f} / {r['score_mem']['peak_rss_mb']:.0f} "
             f"| {r['build_mem']['peak_anon_mb']:.0f} / {r['score_mem']['peak_anon_mb']:.0f} |")
@@ -687,9 +697,11 @@ def plot(rows: List[dict], path: str, title: str = "") -> None:
     for ax, (key, xlabel) in zip(axes, panels):
         xs = [r[key] for r in rows]
         for i, r in enumerate(rows):  # distinct marker + legend: near-identical points stay identifiable
+            if r["macro_auc"] is None:  # undefined: no point to draw (the tables say "undefined")
+                continue
             ax.scatter([xs[i]], [r["macro_auc"]], s=60, color=f"C{i}", marker=markers[i % len(markers)],
                        zorder=3, alpha=0.85, edgecolors="k", linewidths=0.5,
-                       label=f"{r['name']} ({r['macro_auc']:.3f})")
+                       label=f"{r['name']} ({_fmt_auc(r['macro_auc'], 3)})")
         ax.set_xscale("log")
         ax.set_xlim(min(xs) / 3, max(xs) * 3)
         ax.set_xlabel(xlabel)

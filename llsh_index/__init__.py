@@ -61,4 +61,5 @@ def cuda_available(verbose: bool = False) -> Union[bool, Tuple[bool, str]]:
 __all__ = ["LearnableLSHIndex", "ShardedIndex", "LLSHDetector", "StreamScorer", "cuda_available", "LLSHError", "InvalidInputError", "InvalidDTypeError",
            "DeviceMismatchError", "NotFittedError", "ConfigError", "IndexFormatError", "IndexFileNotFoundError",
            "IndexStateError",
-           "CudaUnavailableError", "WritePathError", "UndertrainedWarning", "__version__"]
+           "CudaUnavailableError", "WritePathError", "UndertrainedWarning", "save_scores", "load_scores",
+           "load_score_meta", "__version__"]

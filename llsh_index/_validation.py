@@ -4,6 +4,7 @@ Every check raises a typed error (llsh_index.errors) naming what was expected an
 """
 from __future__ import annotations
 
+import math
 import numbers
 import os
 import warnings
@@ -157,6 +158,26 @@ def check_bool(value: Any, name: str, allow_01: bool = False) -> bool:
     return bool(value)
 
 
+# Up to this many bits the digit count of a huge int is exact (one power of ten, microseconds);
+# beyond, it is estimated from the bit length (a 10**7-digit power of ten would take seconds).
+_EXACT_DIGITS_BITS = 1 << 17
+
+
+def huge_int_words(value: Any, signed: bool = True) -> str:
+    """'an integer of 401 digits' ('a negative integer ...' when signed) for an error about an int beyond
+    float64.  Counted from int.bit_length(): len(str(n)) raises ValueError past 4300 digits (Python's
+    int-to-str limit), which turned the typed error into an untyped one."""
+    n = abs(int(value))
+    bits = n.bit_length()
+    digits = int((bits - 1) * math.log10(2)) + 1 if bits else 1  # 2**(bits-1) has this many digits
+    if bits <= _EXACT_DIGITS_BITS:
+        digits += n >= 10 ** digits  # n in [2**(bits-1), 2**bits) has that many digits or one more
+        size = f"{digits} digits"
+    else:
+        size = f"about {digits} digits ({bits} bits)"
+    return f"{'a negative' if signed and value < 0 else 'an'} integer of {size}"
+
+
 def as_real(value: Any, name: str) -> float:
     """A real-valued setting as float: ConfigError for a string, None, bool or complex, not float()'s ValueError."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -164,8 +185,7 @@ def as_real(value: Any, name: str) -> float:
     try:
         return float(value)
     except OverflowError:  # an int beyond float64
-        raise ConfigError(f"{name}: expected a number within float64's range, got an integer of "
-                          f"{len(str(abs(int(value))))} digits") from None
+        raise ConfigError(f"{name}: expected a number within float64's range, got {huge_int_words(value)}") from None
 
 
 def check_video_ids(video_ids: Any, n: int) -> np.ndarray:

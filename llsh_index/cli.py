@@ -122,7 +122,7 @@ def _load_feature_file(path: str):
     if os.path.isdir(path):  # the loader's "not found" would send one looking for a missing file
         raise FeatureFileError(f"{path}: expected a feature file (.npz from `llsh-index extract` or `import`), got a "
                                "folder")
-    return load_feature_file(path)
+    return load_feature_file(path)  # a NUL byte, a link loop: refused there (io.refuse_non_regular)
 
 
 def _select(ff, prefix: Optional[str]) -> List[str]:
@@ -176,10 +176,12 @@ SCORE_FILE_FORMAT = "llsh_index.scores"
 SCORE_FILE_VERSION = 1
 
 
-def _check_score_names(names: Sequence[str], path: str) -> None:
+def _check_score_names(names: Sequence[str], path: str, from_feature_file: bool = True) -> None:
     """Video names a score file cannot hold, refused before the scoring: `__meta__` (the settings'
     entry), and names a zip member name would change or cannot encode (a NUL byte, which zipfile
-    cuts the name at; a lone surrogate from an undecodable file name)."""
+    cuts the name at; a lone surrogate from an undecodable file name).  from_feature_file: the names
+    come from a feature file (`llsh-index score`), so the fix is made there; from save_scores, the
+    caller's own mapping, they are renamed in it."""
     for name in names:
         if name == SCORES_META:
             why = f"{SCORES_META!r} is the name of the score file's settings entry"
@@ -187,8 +189,8 @@ def _check_score_names(names: Sequence[str], path: str) -> None:
             why = "a score file entry (a zip member name) cannot hold it unchanged"
         else:
             continue
-        raise InvalidInputError(f"{path}: expected video names a score file can hold, got {name!r}: {why}; "
-                                "rename that video in the feature file (save_features)")
+        fix = "rename that video in the feature file (save_features)" if from_feature_file else "rename that video"
+        raise InvalidInputError(f"{path}: expected video names a score file can hold, got {name!r}: {why}; {fix}")
 
 
 def _zip_keeps(member: str) -> bool:
@@ -209,8 +211,11 @@ def _save_scores(path: str, scores: Dict[str, np.ndarray], meta: dict) -> None:
 
     from .io import atomic_write
 
-    _check_score_names(list(scores), path)
-    meta = {"format": SCORE_FILE_FORMAT, "format_version": SCORE_FILE_VERSION, **meta}
+    # cmd_score has checked its names (with the feature-file advice) before the scoring: only
+    # save_scores' own mapping can fail here
+    _check_score_names(list(scores), path, from_feature_file=False)
+    # the format fields last, so no settings entry can stand in for them (a file load_scores refuses)
+    meta = {**meta, "format": SCORE_FILE_FORMAT, "format_version": SCORE_FILE_VERSION}
     entries = {SCORES_META: np.array(json.dumps(meta)), **scores}
     with atomic_write(path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
         for name, arr in entries.items():
@@ -230,7 +235,7 @@ def _open_npz(path: str, what: str):
     """np.load of an .npz the command reads, with a missing, damaged or foreign file named as such."""
     from .io import refuse_non_regular
 
-    refuse_non_regular(path, IndexFormatError, f"a {what} file (.npz)")
+    refuse_non_regular(path, IndexFormatError, f"a {what} file (.npz)")  # a NUL byte, a link loop, a FIFO
     if os.path.isdir(path):
         raise IndexFormatError(f"{path}: expected a {what} file (.npz), got a folder")
     if not os.path.isfile(path):
@@ -256,11 +261,12 @@ def _is_feature_file(z) -> bool:
 def save_scores(path: str, scores: Mapping[str, Any], meta: Optional[dict] = None) -> None:
     """Writes {video: per-frame scores} as a score file (what `llsh-index score` writes and `evaluate`,
     `plot` and load_scores read), atomically; `meta`: JSON settings kept with them (e.g. how the
-    scores were made), returned by load_score_meta.  Scores of your own method can so be evaluated
-    and plotted beside LLSH's with the command line.
+    scores were made), returned by load_score_meta with the file's "format" and "format_version".
+    Scores of your own method can so be evaluated and plotted beside LLSH's with the command line.
 
     InvalidInputError for names a score file cannot hold (`__meta__`), scores that are not 1-D
-    finite numbers, or none; ConfigError for meta that is not a JSON object."""
+    finite numbers within float32's range, or none; ConfigError for meta that is not a JSON object or
+    that holds the file's own keys "format" / "format_version"."""
     if not isinstance(scores, Mapping) or not scores:
         raise InvalidInputError(f"save_scores: expected a non-empty mapping of video name -> per-frame scores, got "
                                 f"{type(scores).__name__}{' (empty)' if isinstance(scores, Mapping) else ''}")
@@ -274,7 +280,14 @@ def save_scores(path: str, scores: Mapping[str, Any], meta: Optional[dict] = Non
                                     f"score per frame), got {arr.dtype} of shape {arr.shape}")
         if not np.isfinite(arr).all():
             raise InvalidInputError(f"save_scores: video {name!r}: expected finite scores, got NaN or Inf")
-        out[name] = arr.astype(np.float32)
+        with np.errstate(over="ignore"):  # beyond float32's range, refused below
+            stored = arr.astype(np.float32)
+        if not np.isfinite(stored).all():  # a finite float64 above float32's largest was stored as inf
+            frame = int(np.flatnonzero(~np.isfinite(stored))[0])
+            raise InvalidInputError(f"save_scores: video {name!r}: expected scores within float32's range (|score| "
+                                    f"<= {float(np.finfo(np.float32).max):.4g}: score files store float32), got "
+                                    f"{arr[frame]} at frame {frame}")
+        out[name] = stored
     meta = {} if meta is None else meta
     try:
         if not isinstance(meta, dict):
@@ -282,6 +295,10 @@ def save_scores(path: str, scores: Mapping[str, Any], meta: Optional[dict] = Non
         json.dumps(meta, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"save_scores: meta: expected a JSON object (dict of JSON values), got {exc}") from None
+    reserved = sorted(k for k in ("format", "format_version") if k in meta)
+    if reserved:  # the file's own format fields: another value would write a file load_scores refuses
+        raise ConfigError(f"save_scores: meta: expected settings without the keys 'format' and 'format_version' "
+                          f"(the score file's own, written by save_scores), got {reserved}")
     _save_scores(path, out, meta)
 
 
@@ -351,8 +368,11 @@ def _load_labels(path: str, scores: Optional[Dict[str, np.ndarray]] = None,
     matched by the number their names end in (metrics.load_ped2_labels); allow_subset=False refuses
     scores of fewer videos than the file holds, as evaluate refuses them against a label .npz."""
     from . import metrics
+    from .io import refuse_non_regular
 
     if path.lower().endswith(".mat"):
+        # a NUL byte or a link loop: os.path.exists says False for both, which read "label file not found"
+        refuse_non_regular(path, metrics.LabelFileError, "a MATLAB label file")
         if not os.path.exists(path):
             raise FileNotFoundError(f"label file not found: {path}")
         if not scores:
@@ -369,7 +389,18 @@ def _load_labels(path: str, scores: Optional[Dict[str, np.ndarray]] = None,
                 return metrics.load_ped2_labels(
                     path, {v: metrics.UCSD_PED2_TEST_FRAMES[n - 1] for v, n in numbers.items()},
                     allow_subset=allow_subset)
-        return metrics.load_ped2_labels(path, {v: len(scores[v]) for v in sorted(scores)}, allow_subset=allow_subset)
+        try:
+            return metrics.load_ped2_labels(path, {v: len(scores[v]) for v in sorted(scores)},
+                                            allow_subset=allow_subset)
+        except metrics.LengthMismatchError as exc:
+            # the Python API's way out, frame counts as a sequence, is none on the command line
+            hint = metrics._PED2_SEQUENCE_HINT
+            if not str(exc).endswith(hint):
+                raise
+            raise metrics.LengthMismatchError(
+                str(exc)[:-len(hint)] + " (rename the videos to end in their video number, in the feature file "
+                "before `llsh-index score` or in save_scores' mapping, or give --labels a label .npz instead)"
+            ) from None
     with _open_npz(path, "label") as z:
         is_feature_file = _is_feature_file(z)
     if is_feature_file:
@@ -1197,6 +1228,11 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _fmt_auc(auc: Optional[float]) -> str:
+    """An AUC for a table: metrics.evaluate's macro-AUC is None where no video has both classes."""
+    return "undefined" if auc is None else f"{auc:.4f}"
+
+
 def run_demo(out_dir: str, features: Optional[str] = None, training: Optional[dict] = None,
              quiet: bool = False, seed: int = 0) -> dict:
     """LSH / LLSH / light-LLSH / KNN / K-means on the bundled Ped2 features; returns the table."""
@@ -1226,7 +1262,7 @@ def run_demo(out_dir: str, features: Optional[str] = None, training: Optional[di
                      "build_s": build_s, "score_s": score_s})
         curves[name] = scores
         if not quiet:
-            print(f"  {name:<26s} micro {res.micro.auc:.4f}  macro {res.macro.auc:.4f}", flush=True)
+            print(f"  {name:<26s} micro {res.micro.auc:.4f}  macro {_fmt_auc(res.macro.auc)}", flush=True)
 
     if not quiet:
         print(f"Ped2 demo features: {len(x)} training snippets of {len(train_names)} videos, "
@@ -1277,7 +1313,7 @@ def run_demo(out_dir: str, features: Optional[str] = None, training: Optional[di
 
     table = ["| method | micro-AUC | macro-AUC | train s | build s | score s |", "|---|---|---|---|---|---|"]
     for r in rows:
-        table.append(f"| {r['method']} | {r['micro_auc']:.4f} | {r['macro_auc']:.4f} | {r['train_s']:.2f} | "
+        table.append(f"| {r['method']} | {r['micro_auc']:.4f} | {_fmt_auc(r['macro_auc'])} | {r['train_s']:.2f} | "
                      f"{r['build_s']:.3f} | {r['score_s']:.3f} |")
     plot_path = os.path.join(out_dir, "ped2_scores.png")
     try:

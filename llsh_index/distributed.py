@@ -155,11 +155,12 @@ class _Shard:
         return self.index.partial_scores(mode=mode, query_codes=codes, query_keys=keys)
 
     def save(self, path: str) -> str:
-        """Writes the shard; its SHA-256, computed where it was written (the driver's shards.json)."""
-        from .sharded import file_sha256
+        """Writes the shard; the SHA-256 of the bytes it wrote (the driver's shards.json)."""
+        import hashlib
 
-        self.index.save(path)
-        return file_sha256(path)
+        digest = hashlib.sha256()
+        self.index._save(path, digest)
+        return digest.hexdigest()
 
     def get_index(self) -> LearnableLSHIndex:
         return self.index

@@ -28,6 +28,7 @@ import dataclasses
 import json
 import math
 import numbers
+import sys
 import threading
 import warnings
 from collections.abc import Iterable, Mapping
@@ -319,7 +320,7 @@ class LearnableLSHIndex:
             batch_size: Optional[int] = None, lr: Optional[float] = None, sgd_momentum: float = 0.9,
             weight_decay: float = 1e-4, temperature: Optional[float] = None, queue_size: Optional[int] = None,
             momentum: Optional[float] = None, max_offset: int = 150, n_neighbors: Optional[int] = None,
-            progress: bool = True, seed: Optional[int] = None, lr_schedule: str = "constant",
+            progress: Optional[bool] = None, seed: Optional[int] = None, lr_schedule: str = "constant",
             warmup_steps: int = 0, grad_clip: float = 0.0, project_mean: Optional[bool] = None,
             project_pcs: Optional[int] = None, centre_layers: bool = False) -> "LearnableLSHIndex":
         """Trains the hash layers with MoCo (see llsh_index.training).
@@ -387,7 +388,8 @@ class LearnableLSHIndex:
                 max_offset=check_int_range(max_offset, "max_offset", 0, big),
                 n_neighbors=check_int_range(n_neighbors, "n_neighbors", 1, big),
                 seed=self.seed if seed is None else check_seed(seed),
-                progress=check_bool(progress, "progress", allow_01=True),
+                # None: a bar only on a terminal (a service's log would fill with its carriage returns)
+                progress=sys.stderr.isatty() if progress is None else check_bool(progress, "progress", allow_01=True),
                 lr_schedule=lr_schedule,
                 warmup_steps=check_int_range(warmup_steps, "warmup_steps", 0, big), grad_clip=as_real(grad_clip, "grad_clip"),
                 project_mean=check_bool(project_mean, "project_mean"),
@@ -917,6 +919,10 @@ class LearnableLSHIndex:
     # ------------------------------------------------------------------ persistence
     def save(self, path: str) -> int:
         """Saves hash layers, tables and settings (no pickle, atomic).  Returns the file size."""
+        return self._save(path)
+
+    def _save(self, path: str, digest=None) -> int:
+        """save(); digest: a hashlib object fed the bytes written (shard lists, llsh_index.sharded)."""
         if self.encoder is None:
             raise NotFittedError("save: the index has no hash layers yet (no fit() or add())")
         _check_feature_space(self.feature_space_)
@@ -948,7 +954,7 @@ class LearnableLSHIndex:
                     narrowed["t_" + k] = a.dtype.name
                 arrays["t_" + k] = small
             meta["narrowed"] = narrowed
-        return write_container(path, _FILE_KIND, meta, arrays)
+        return write_container(path, _FILE_KIND, meta, arrays, digest=digest)
 
     @classmethod
     def load(cls, path: str, device: str = "cpu") -> "LearnableLSHIndex":
@@ -1109,8 +1115,9 @@ def _check_miss_value(miss_value, allow_inf: bool = False) -> Optional[float]:
     try:
         value = float(miss_value)
     except OverflowError:  # an int beyond float64 (math.isfinite would raise it untyped)
-        raise ConfigError(f"miss_value: expected {expected}, got an integer of {len(str(abs(int(miss_value))))} "
-                          f"digits") from None
+        from ._validation import huge_int_words  # here: this function is the only part of index.py that needs it
+
+        raise ConfigError(f"miss_value: expected {expected}, got {huge_int_words(miss_value, signed=False)}") from None
     if not ((math.isfinite(value) and 0 <= value <= float(np.finfo(np.float32).max))
             or (allow_inf and value == math.inf)):
         raise ConfigError(f"miss_value: expected {expected}, got {miss_value!r}")

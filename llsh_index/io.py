@@ -126,7 +126,7 @@ def atomic_write(path) -> Iterator[BinaryIO]:
         except FileExistsError:
             continue
         except OSError as exc:  # read-only or full file system, no permission: name the target, not tmp
-            raise WritePathError(f"{given}: cannot write in {folder}: {exc.strerror or exc}") from exc
+            raise _with_errno(WritePathError(f"{given}: cannot write in {folder}: {exc.strerror or exc}"), exc) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -140,7 +140,8 @@ def atomic_write(path) -> Iterator[BinaryIO]:
             pass
         if isinstance(exc, OSError) and not isinstance(exc, LLSHError):
             # a full disk or quota, an I/O error mid-write: the target named (the old file is intact)
-            raise WritePathError(f"{given}: cannot write: {exc.strerror or exc} (a file already there is unchanged)") from exc
+            raise _with_errno(WritePathError(f"{given}: cannot write: {exc.strerror or exc} (a file already there is "
+                                             f"unchanged)"), exc) from exc
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(folder, os.O_RDONLY)
@@ -152,8 +153,17 @@ def atomic_write(path) -> Iterator[BinaryIO]:
         pass
 
 
-def write_container(path: str, kind: str, meta: dict, arrays: Dict[str, np.ndarray]) -> int:
-    """Atomically writes `arrays` + JSON `meta` to `path`; returns the file size in bytes."""
+def _with_errno(error: OSError, cause: OSError) -> OSError:
+    """error with the cause's errno (ENOSPC, EACCES...), so `except OSError as e: e.errno` works on it
+    (errno only: with strerror set too, str(error) would become "[Errno 28] ..." without the path)."""
+    error.errno = cause.errno
+    return error
+
+
+def write_container(path: str, kind: str, meta: dict, arrays: Dict[str, np.ndarray], digest=None) -> int:
+    """Atomically writes `arrays` + JSON `meta` to `path`; returns the file size in bytes.  digest: a
+    hashlib object fed the bytes as they are written (a shard list's SHA-256 of what this call wrote,
+    not of what the file holds by the time it is read again)."""
     entries, blobs, offset = [], [], 0
     for name, arr in arrays.items():
         arr = np.ascontiguousarray(arr)
@@ -175,10 +185,10 @@ def write_container(path: str, kind: str, meta: dict, arrays: Dict[str, np.ndarr
     header = json.dumps({"kind": kind, "meta": meta, "arrays": entries, "payload_bytes": offset,
                          "payload_crc32": payload_crc & 0xFFFFFFFF}).encode("utf-8")
     with atomic_write(path) as f:
-        f.write(_PREFIX.pack(MAGIC, FORMAT_VERSION, len(header), _crc(header)))
-        f.write(header)
-        for blob in blobs:
-            f.write(blob)
+        for chunk in (_PREFIX.pack(MAGIC, FORMAT_VERSION, len(header), _crc(header)), header, *blobs):
+            f.write(chunk)
+            if digest is not None:
+                digest.update(chunk)
     return os.path.getsize(path)
 
 
@@ -205,6 +215,8 @@ def refuse_non_regular(path, error, expected: str) -> None:
     with a NUL byte, which no file has and on which open() raises an untyped ValueError, is refused too."""
     if isinstance(path, PATH_TYPES) and "\0" in os.fsdecode(path):
         raise error(f"{os.fsdecode(path)!r}: expected {expected}, got a path that contains a NUL byte")
+    if isinstance(path, PATH_TYPES) and _is_link_loop(os.fsdecode(path)):  # else "not found": it is there
+        raise error(f"{os.fsdecode(path)}: expected {expected}, got a symbolic link loop (the links never reach a file)")
     special = not_regular_file(path)
     if special:
         raise error(f"{os.fsdecode(path)}: expected {expected}, got {special}")

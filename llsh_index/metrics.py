@@ -58,6 +58,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 from sklearn.metrics import roc_auc_score
 
+from ._validation import huge_int_words
 from .errors import NPZ_READ_ERRORS, InvalidDTypeError, InvalidInputError, LLSHError
 
 __all__ = [
@@ -300,9 +301,8 @@ def _check_sigma(sigma: float | None) -> float:
     try:
         s = float(sigma)
     except OverflowError:  # an int beyond float64: a value out of range, not an untyped OverflowError
-        digits = len(str(abs(int(sigma))))
         raise MetricsError(f"sigma: expected a number from 0 to {_MAX_SIGMA:g} (a kernel of 8 sigma + 1 taps), got "
-                           f"a{' negative' if sigma < 0 else 'n'} integer of {digits} digits") from None
+                           f"{huge_int_words(sigma)}") from None
     except (TypeError, ValueError) as exc:
         raise MetricsTypeError(f"sigma: expected a number >= 0 or None, got {sigma!r}") from exc
     if not math.isfinite(s) or s < 0:
@@ -761,6 +761,11 @@ def ped2_frame_counts(frames_dir: str | os.PathLike, ext: str = ".jpg") -> dict[
 UCSD_PED2_TEST_FRAMES = (180, 180, 150, 180, 150, 180, 180, 180, 120, 150, 180, 180)
 
 
+# The end of load_ped2_labels' error for names without a video number: the Python API's way out (the
+# command line, which has no such argument, swaps it for its own).
+_PED2_SEQUENCE_HINT = " (or pass the frame counts as a sequence, in video order)"
+
+
 def _video_numbers(names: Sequence[Any], n_videos: int) -> dict[Any, int] | None:
     """name -> video number (1-based) when every name ends in an ASCII number from 1 to `n_videos`
     ('7', '07', 'Test007', 'video_7'), each number once; else None."""
@@ -837,7 +842,7 @@ def load_ped2_labels(
                 f"{len(entries)} and each once; got {len(names)} names"
                 + (f", {len(unmatched)} not ending in such a number ({unmatched[:5]}"
                    f"{' ...' if len(unmatched) > 5 else ''})" if unmatched else ", a number used twice")
-                + " (or pass the frame counts as a sequence, in video order)"
+                + _PED2_SEQUENCE_HINT
             )
         if not allow_subset and len(names) < len(entries):
             left_out = [f"{k:02d}" for k in sorted(set(range(1, len(entries) + 1)) - set(numbers.values()))]

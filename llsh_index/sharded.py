@@ -301,6 +301,8 @@ def check_shards_folder(folder, what: str = "save_shards") -> Path:
     is created (the distributed command line calls it before its build, so a bad folder fails at once)."""
     if not isinstance(folder, PATH_TYPES):
         raise WritePathError(f"{what}: expected a folder path, got {type(folder).__name__} {folder!r}")
+    if "\0" in os.fsdecode(folder):  # Path.mkdir would raise an untyped ValueError
+        raise WritePathError(f"{what}: expected a folder path, got {os.fsdecode(folder)!r}, which contains a NUL byte")
     folder = Path(os.fsdecode(folder))
     if folder.exists() and not folder.is_dir():
         raise WritePathError(f"{what}: expected a folder for the shard files, but {folder} exists and is not a folder")
@@ -584,11 +586,13 @@ class ShardedIndex(_ShardScoring):
         index's count) are removed, so the folder holds this index and nothing else of the kind."""
         folder = make_shards_folder(folder)
         paths = []
+        digests = []
         with self._lock.read():  # the files of one state, not halfway through an add()
             for i, s in enumerate(self.shards):
                 paths.append(str(folder / f"shard_{i:05d}.llsh"))
-                s.save(paths[-1])
-        write_manifest(folder, [file_sha256(p) for p in paths])
+                digests.append(hashlib.sha256())
+                s._save(paths[-1], digests[-1])  # the digest of what this save wrote, even if another replaces it
+        write_manifest(folder, [d.hexdigest() for d in digests])
         for number, stale in _numbered_shards(folder):
             if number >= len(self.shards):
                 stale.unlink()

@@ -1,5 +1,6 @@
 """The llsh-index command line: the fit -> build -> score -> evaluate -> plot chain, and the demo."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -1828,3 +1829,158 @@ def test_save_scores_writes_a_score_file_the_command_line_evaluates(tmp_path, ca
     with pytest.raises(ConfigError, match="meta: expected a JSON object"):
         llsh_index.save_scores(str(tmp_path / "bad.npz"), scores, {"x": object()})
     assert not (tmp_path / "bad.npz").exists()
+
+
+# ----------------------------------------------------------------------------- review fixes: score files
+
+
+def test_save_scores_refuses_meta_that_names_the_files_own_format_fields(tmp_path):
+    """meta={"format_version": 2} overrode the file's own field: save_scores wrote a file load_scores
+    then refused as "written by a newer llsh_index".  Refused, typed; the private writer puts the
+    format fields last, so they win whatever meta holds."""
+    import llsh_index
+    from llsh_index import ConfigError
+    from llsh_index.cli import _save_scores
+
+    path = str(tmp_path / "s.npz")
+    for meta in ({"format_version": 2}, {"format": "mine"}, {"format": "mine", "format_version": 1, "k": 3}):
+        with pytest.raises(ConfigError, match=r"save_scores: meta: expected settings without the keys 'format' and "
+                                              r"'format_version' .*got \["):
+            llsh_index.save_scores(path, {"a": np.arange(5.0)}, meta)
+        assert not (tmp_path / "s.npz").exists()
+    _save_scores(path, {"a": np.arange(5, dtype=np.float32)}, {"format": "mine", "format_version": 2, "k": 3})
+    assert llsh_index.load_score_meta(path) == {"format": "llsh_index.scores", "format_version": 1, "k": 3}
+    np.testing.assert_array_equal(llsh_index.load_scores(path)["a"], np.arange(5, dtype=np.float32))
+
+
+def test_save_scores_refuses_scores_beyond_float32(tmp_path):
+    """1e300 is finite in float64 but inf in the float32 the file stores: it was written as inf (a
+    file that evaluate then refused as non-finite).  Refused, naming the video, value and frame;
+    float32's largest value itself is kept."""
+    import llsh_index
+    from llsh_index import InvalidInputError
+
+    path = str(tmp_path / "s.npz")
+    for value in (1e300, -1e300, 3.5e38):
+        with pytest.raises(InvalidInputError, match=r"save_scores: video 'a': expected scores within float32's range "
+                                                    r"\(\|score\| <= 3\.403e\+38: score files store float32\), got "
+                                                    + re.escape(f"{value:g}") + " at frame 1"):
+            llsh_index.save_scores(path, {"ok": np.zeros(3), "a": np.array([1.0, value, 3.0])})
+        assert not (tmp_path / "s.npz").exists()
+    top = float(np.finfo(np.float32).max)
+    llsh_index.save_scores(path, {"a": np.array([-top, 0.0, top])})
+    np.testing.assert_array_equal(llsh_index.load_scores(path)["a"], np.array([-top, 0.0, top], np.float32))
+
+
+def test_save_scores_bad_name_advice_names_no_feature_file(tmp_path):
+    """save_scores' own mapping holds the names: its error told one to rename the video "in the feature
+    file (save_features)", which it never came from.  `llsh-index score` keeps that advice."""
+    import llsh_index
+    from llsh_index import InvalidInputError
+
+    path = str(tmp_path / "s.npz")
+    for name, why in (("__meta__", "'__meta__' is the name of the score file's settings entry"),
+                      ("a\0b", "a score file entry (a zip member name) cannot hold it unchanged")):
+        with pytest.raises(InvalidInputError) as info:
+            llsh_index.save_scores(path, {name: np.zeros(3)})
+        assert str(info.value) == (f"{path}: expected video names a score file can hold, got {name!r}: {why}; "
+                                   "rename that video")
+    assert not (tmp_path / "s.npz").exists()
+
+
+def test_score_readers_name_a_symlink_loop_and_a_nul_byte(tmp_path, capsys):
+    """A symbolic link loop was reported as "score file not found" (load_scores, evaluate), "feature
+    file not found" and "label file not found"; a .mat label path with a NUL byte as "label file
+    not found".  Each is named, with the error type the reader uses for a bad file."""
+    import llsh_index
+    from llsh_index import IndexFormatError
+    from llsh_index.cli import _load_feature_file, _load_labels
+    from llsh_index.video import FeatureFileError
+
+    for name in ("loop.npz", "loop.mat"):
+        (tmp_path / name).symlink_to(tmp_path / name)  # a link to itself: stat() fails with ELOOP
+    loop, loop_mat = str(tmp_path / "loop.npz"), str(tmp_path / "loop.mat")
+    scores = {"01": np.zeros(3, np.float32)}
+    cases = ((lambda: llsh_index.load_scores(loop), IndexFormatError, "a score file (.npz)"),
+             (lambda: llsh_index.load_score_meta(loop), IndexFormatError, "a score file (.npz)"),
+             (lambda: _load_labels(loop, scores), IndexFormatError, "a label file (.npz)"),
+             (lambda: _load_labels(loop_mat, scores), metrics.LabelFileError, "a MATLAB label file"),
+             (lambda: _load_feature_file(loop), FeatureFileError, "a feature file"))
+    for call, error, expected in cases:
+        with pytest.raises(error, match=rf"loop\.(npz|mat): expected {re.escape(expected)}.*, got a symbolic link "
+                                        r"loop \(the links never reach a file\)"):
+            call()
+    with pytest.raises(metrics.LabelFileError, match=r"'a\\x00b\.mat': expected a MATLAB label file, got a path that "
+                                                     r"contains a NUL byte"):
+        _load_labels("a\0b.mat", scores)
+    llsh_index.save_scores(str(tmp_path / "s.npz"), scores)
+    capsys.readouterr()
+    assert main(["evaluate", "--scores", loop, "--labels", loop_mat]) == 2
+    assert capsys.readouterr().err == (f"error: {loop}: expected a score file (.npz), got a symbolic link loop (the "
+                                       "links never reach a file)\n")
+    assert main(["evaluate", "--scores", str(tmp_path / "s.npz"), "--labels", loop_mat]) == 2
+    assert capsys.readouterr().err == (f"error: {loop_mat}: expected a MATLAB label file, got a symbolic link loop "
+                                       "(the links never reach a file)\n")
+
+
+def test_evaluate_mat_labels_give_the_command_line_its_own_hint(tmp_path, capsys):
+    """A .mat label file and videos whose names end in no video number: the error ended "(or pass the
+    frame counts as a sequence, in video order)", which the command line cannot do.  It says what can
+    be done there; the Python API keeps its hint."""
+    import scipy.io
+
+    gt = np.empty((1, 2), dtype=object)
+    gt[0, 0], gt[0, 1] = np.array([[3], [5]]), np.array([[1], [2]])  # 1-based inclusive ranges per video
+    mat = tmp_path / "gt.mat"
+    scipy.io.savemat(mat, {"gt": gt})
+    np.savez(tmp_path / "named.npz", a=np.arange(8, dtype=np.float32), b=np.arange(6, dtype=np.float32))
+    capsys.readouterr()
+    assert main(["evaluate", "--scores", str(tmp_path / "named.npz"), "--labels", str(mat)]) == 2
+    err = capsys.readouterr().err
+    assert "got 2 names, 2 not ending in such a number (['a', 'b'])" in err
+    assert err.endswith("(rename the videos to end in their video number, in the feature file before `llsh-index "
+                        "score` or in save_scores' mapping, or give --labels a label .npz instead)\n")
+    assert "as a sequence" not in err
+    with pytest.raises(metrics.LengthMismatchError, match=r"\(or pass the frame counts as a sequence, in video "
+                                                          r"order\)$"):
+        metrics.load_ped2_labels(mat, {"a": 8, "b": 6})
+    # control: names that end in the video numbers are labelled from the same file
+    np.savez(tmp_path / "numbered.npz", v1=np.arange(8, dtype=np.float32), v2=np.arange(6, dtype=np.float32))
+    assert main(["evaluate", "--scores", str(tmp_path / "numbered.npz"), "--labels", str(mat)]) == 0
+
+
+def test_demo_table_formats_an_undefined_macro_auc(tmp_path, monkeypatch, capsys):
+    """metrics.evaluate returns macro.auc None where no video has both classes; run_demo's record()
+    and table formatted it with :.4f, a TypeError.  They say "undefined"; the JSON keeps null."""
+    import dataclasses
+
+    from llsh_index.cli import run_demo
+
+    real = metrics.evaluate
+
+    def undefined_macro(*args, **kwargs):  # the demo's Ped2 videos all have both classes: made undefined here
+        res = real(*args, **kwargs)
+        return dataclasses.replace(res, macro=dataclasses.replace(res.macro, auc=None, undefined="no two-class video"))
+
+    monkeypatch.setattr(metrics, "evaluate", undefined_macro)
+    summary = run_demo(str(tmp_path), training={"iterations": 1}, quiet=False, seed=0)
+    out = capsys.readouterr().out
+    for r in summary["rows"]:
+        assert r["macro_auc"] is None and 0.0 <= r["micro_auc"] <= 1.0
+        assert f"  {r['method']:<26s} micro {r['micro_auc']:.4f}  macro undefined\n" in out
+        assert f"| {r['method']} | {r['micro_auc']:.4f} | undefined | " in summary["table"]
+    saved = json.load(open(tmp_path / "ped2_demo.json"))
+    assert [r["macro_auc"] for r in saved["rows"]] == [None] * len(summary["rows"])
+
+
+def test_star_import_exports_the_score_file_functions():
+    """save_scores, load_scores and load_score_meta are lazy attributes of llsh_index; a star import
+    left them out (not in __all__)."""
+    import llsh_index
+    from llsh_index import cli
+
+    namespace = {}
+    exec("from llsh_index import *", namespace)
+    for name in ("save_scores", "load_scores", "load_score_meta"):
+        assert name in llsh_index.__all__
+        assert namespace[name] is getattr(cli, name)

@@ -996,3 +996,28 @@ def test_finite_hash_weights_too_large_for_float32_logits_are_refused(tmp_path):
         with pytest.raises(IndexFormatError, match=r"w.llsh: the hash weight is finite but too large for float32 logits "
                                                    r"\(row norm up to [\d.]+e\+33\)"):
             LearnableLSHIndex.load(path)
+
+
+def test_a_failed_write_carries_the_errno(tmp_path, monkeypatch):
+    """WritePathError is an OSError: a full disk's ENOSPC is on the error itself (e.errno), not only on
+    its __cause__, and the file already there is unchanged."""
+    import errno
+
+    import llsh_index.io as io_mod
+    from llsh_index import LearnableLSHIndex, WritePathError
+
+    index = LearnableLSHIndex(8, n_tables=2, n_bits=4).add(np.random.default_rng(0).standard_normal((20, 8)))
+    path = tmp_path / "a.llsh"
+    index.save(str(path))
+    before = path.read_bytes()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io_mod.os, "fsync", full)
+    with pytest.raises(WritePathError) as info:
+        index.save(str(path))
+    assert info.value.errno == errno.ENOSPC
+    assert "a.llsh: cannot write: No space left on device" in str(info.value)
+    monkeypatch.undo()
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["a.llsh"]

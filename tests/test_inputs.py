@@ -733,3 +733,38 @@ def test_detector_miss_value_beyond_float64_is_a_config_error():
         LLSHDetector(n_tables=2, n_bits=4, miss_value=10 ** 400, train=False).fit(X)
     big = LLSHDetector(n_tables=2, n_bits=4, miss_value=10 ** 30, train=False, calibration_folds=2).fit(X)
     assert big.index_.miss_value == 1e30
+
+
+# ----------------------------------------------------------------------------- review fixes: huge ints
+
+
+def test_ints_beyond_the_str_limit_are_config_errors():
+    """miss_value=10**5000 and as_real(10**5000): their messages counted digits with len(str(int)),
+    which raises ValueError past Python's 4300-digit int-to-str limit.  Counted from bit_length now,
+    exactly (checked here against str with the limit lifted), and estimated for the very largest."""
+    import sys
+
+    from llsh_index._validation import as_real, huge_int_words
+    from llsh_index.index import _check_miss_value
+
+    with pytest.raises(ConfigError, match=r"miss_value: expected a finite number >= 0 .*got an integer of 5001 "
+                                          r"digits$"):
+        LearnableLSHIndex(4, miss_value=10 ** 5000)
+    with pytest.raises(ConfigError, match=r"miss_value: .* or \+inf, got an integer of 5001 digits$"):
+        _check_miss_value(-(10 ** 5000), allow_inf=True)
+    with pytest.raises(ConfigError, match=r"lr: expected a number within float64's range, got a negative integer of "
+                                          r"5001 digits$"):
+        as_real(-(10 ** 5000), "lr")
+    limit = sys.get_int_max_str_digits() if hasattr(sys, "get_int_max_str_digits") else 0
+    try:
+        if limit:
+            sys.set_int_max_str_digits(0)
+        for k in (1, 2, 308, 400, 4300, 4301, 5000, 39_000):
+            for n in (10 ** k - 1, 10 ** k, 2 ** int(k * 3.33), 7 * 10 ** k):
+                assert huge_int_words(n) == f"an integer of {len(str(n))} digits"
+                assert huge_int_words(-n) == f"a negative integer of {len(str(n))} digits"
+                assert huge_int_words(-n, signed=False) == f"an integer of {len(str(n))} digits"
+    finally:
+        if limit:
+            sys.set_int_max_str_digits(limit)
+    assert huge_int_words(2 ** 400_000) == "an integer of about 120412 digits (400001 bits)"

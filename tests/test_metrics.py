@@ -728,3 +728,12 @@ def test_load_ped2_labels_matches_names_by_their_trailing_number(tmp_path):
                                                   r"01, 03, 04, 05, 06, 07, 08, 09 \.\.\."):
         M.load_ped2_labels(p, {"video_2": 20, "video_10": 20}, allow_subset=False)
     assert len(M.load_ped2_labels(p, {f"video_{k}": 20 for k in range(1, 13)}, allow_subset=False)) == 12
+
+
+def test_sigma_beyond_str_limit_is_a_metrics_error():
+    """sigma=10**5000: the message counted digits with len(str(int)), which raises ValueError ("Exceeds
+    the limit (4300 digits)") past Python's int-to-str limit: an untyped error in place of the typed one."""
+    for sigma, sign in ((10 ** 5000, "an"), (-(10 ** 5000), "a negative")):
+        with pytest.raises(M.MetricsError, match=rf"sigma: expected a number from 0 to 1e\+06 .*got {sign} integer "
+                                                 r"of 5001 digits$"):
+            M.smooth_scores([1.0, 2.0, 3.0], sigma)

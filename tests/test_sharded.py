@@ -245,18 +245,18 @@ def test_a_save_stopped_halfway_is_refused_at_load(data, tmp_path, monkeypatch):
     assert [e["file"] for e in body["shards"]] == ["shard_00000.llsh", "shard_00001.llsh"]
     assert body["shards"][1]["sha256"] == hashlib.sha256((folder / "shard_00001.llsh").read_bytes()).hexdigest()
     new = ShardedIndex(layers, devices="cpu", n_shards=2).add(x)
-    real_save, calls = LearnableLSHIndex.save, []
+    real_save, calls = LearnableLSHIndex._save, []
 
-    def interrupted(self, path):
+    def interrupted(self, path, digest=None):
         calls.append(path)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real_save(self, path)
+        return real_save(self, path, digest)
 
-    monkeypatch.setattr(LearnableLSHIndex, "save", interrupted)
+    monkeypatch.setattr(LearnableLSHIndex, "_save", interrupted)
     with pytest.raises(KeyboardInterrupt):
         new.save_shards(folder)
-    monkeypatch.setattr(LearnableLSHIndex, "save", real_save)
+    monkeypatch.setattr(LearnableLSHIndex, "_save", real_save)
     with pytest.raises(IndexFormatError, match=r"shard_00000.llsh is not the file shards.json lists"):
         ShardedIndex.load(folder, devices="cpu")
     # a smaller save stopped after its list, before the stale shards went: the list decides
@@ -644,3 +644,62 @@ def test_multi_gpu_shards(data, poisoned):
     np.testing.assert_allclose(sh.score(q1), sh.score(q), rtol=1e-6, atol=1e-6)
     assert "cuda:1" in sh._hashers
     sh.close()
+
+
+def test_two_saves_racing_into_one_folder_are_refused_at_load(data, tmp_path, monkeypatch):
+    """The shard list records the digest of the bytes each save wrote: when another save replaces
+    shard 0 between this save's shard 0 and its list, the folder mixes two saves and load refuses it
+    (hashing the files after writing them listed the other save's shard 0 as this one's)."""
+    from llsh_index import IndexFormatError, LearnableLSHIndex
+
+    x, _, layers, _ = data
+    a = ShardedIndex(layers, devices="cpu", n_shards=2).add(x[:40])
+    b = ShardedIndex(layers, devices="cpu", n_shards=2).add(x[:100])
+    real, done = LearnableLSHIndex._save, []
+
+    def save(self, path, digest=None):
+        out = real(self, path, digest)
+        if self is b.shards[0] and not done:  # b has written its shard 0: a saves the whole folder now
+            done.append(1)
+            a.save_shards(tmp_path / "s")
+        return out
+
+    monkeypatch.setattr(LearnableLSHIndex, "_save", save)
+    b.save_shards(tmp_path / "s")
+    monkeypatch.undo()
+    with pytest.raises(IndexFormatError, match="shard_00000.llsh is not the file shards.json lists"):
+        ShardedIndex.load(tmp_path / "s", devices="cpu")
+
+
+def test_shard_folders_with_a_nul_byte_or_a_link_loop_are_named(data, tmp_path):
+    from llsh_index import IndexFormatError, WritePathError
+
+    x, _, layers, _ = data
+    sh = ShardedIndex(layers, devices="cpu", n_shards=2).add(x[:40])
+    with pytest.raises(WritePathError, match="contains a NUL byte"):
+        sh.save_shards(str(tmp_path / "a\0b"))
+    sh.save_shards(tmp_path / "s")
+    loop = tmp_path / "s" / "loop.llsh"
+    loop.symlink_to(loop)
+    with pytest.raises(IndexFormatError, match="symbolic link loop"):
+        ShardedIndex.load([str(tmp_path / "s" / "shard_00000.llsh"), str(loop)], devices="cpu")
+
+
+def test_a_recent_shard_takes_small_adds_and_scores_as_one_index(data):
+    """README, "Growing an index": a small second index takes the frequent small adds (each add()
+    rebuilds only its own tables) and the pair scores exactly as one index of all the rows; merging
+    the recent rows into the main index gives that index."""
+    from llsh_index import LearnableLSHIndex
+
+    x, q, layers, _ = data
+    main = layers.empty_like().add(x[:2000])
+    live = ShardedIndex.from_shards([main, main.empty_like()], devices=["cpu"])
+    for start in range(2000, len(x), 150):
+        live.shards[1].add(x[start:start + 150])
+    one = layers.empty_like().add(x)
+    for mode in ("mean", "light", "squared"):
+        np.testing.assert_array_equal(live.score(q, mode), one.score(q, mode))
+    assert live.ntotal == one.ntotal == len(x)
+    merged = main.merge(live.shards[1])
+    np.testing.assert_array_equal(merged.score(q), one.score(q))
+    assert isinstance(merged, LearnableLSHIndex) and merged.ntotal == len(x)

@@ -472,3 +472,31 @@ def test_features_dir_snippet_frames_expands_snippet_scores(tmp_path):
     assert row["micro_auc"] > 0.8 and res["auc_protocol"]["align"].startswith("per frame: snippets of 16 frames")
     with pytest.raises(SystemExit):  # only --features DIR has snippets of K frames to spread
         T2.main(["--quick", "--snippet-frames", "16", "--out", str(tmp_path / "q")])
+
+
+def test_run_table2_reports_an_undefined_macro_auc(tmp_path):
+    """Test videos that are each all normal or all anomalous: metrics.evaluate's macro-AUC is None
+    (undefined), which the log line, the Markdown table and the targets formatted with :.4f (a
+    TypeError after the scoring).  They say "undefined", the JSON holds null and the macro-AUC
+    targets are reported without a verdict; micro-AUC, defined on the pooled frames, is kept."""
+    labels = {"01_0000": np.zeros(120, np.uint8), "02_0001": np.ones(110, np.uint8)}
+    S.generate(str(tmp_path / "data"), labels, tiny_config())
+    logged = []
+    res = T2.run_table2(str(tmp_path / "data"), str(tmp_path / "out"), tiny_settings(methods=("knn", "lsh", "llsh")),
+                        progress=False, log=lambda *a, **k: logged.append(" ".join(map(str, a))))
+    assert [r["key"] for r in res["rows"]] == ["knn", "lsh", "llsh"]
+    for row in res["rows"]:
+        assert row["macro_auc"] is None and 0.0 <= row["micro_auc"] <= 1.0
+        assert f"| {row['name']} | undefined | {row['micro_auc']:.4f} |" in (tmp_path / "out" / "table2.md").read_text()
+    assert sum(line.startswith("[table2]   macro undefined micro ") for line in logged) == 3
+    js = json.loads((tmp_path / "out" / "table2.json").read_text())
+    assert [r["macro_auc"] for r in js["rows"]] == [None, None, None]
+    macro = {t["target"]: t for t in res["targets"] if "macro-AUC" in t["target"]}
+    assert [(t["value"], t["pass"]) for t in macro.values()] == [
+        ("undefined vs undefined", None), ("LLSH undefined vs LSH (untrained) undefined", None)]
+    assert (tmp_path / "out" / "table2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # one defined AUC beside an undefined one: no difference is taken, the defined one is shown
+    rows = [dict(r) for r in res["rows"]]
+    rows[0]["macro_auc"] = 0.75
+    within = next(t for t in T2.evaluate_targets(rows) if "within 1 point" in t["target"])
+    assert within["value"] == "undefined vs 0.7500" and within["pass"] is None

@@ -597,9 +597,10 @@ def test_finite_layers_too_large_for_float32_logits_are_divergence():
     index.add(x)  # usable as it was
 
 
-@pytest.mark.parametrize("value", ["no", "", 2, None, 0.5])
+@pytest.mark.parametrize("value", ["no", "", 2, 0.5])
 def test_progress_must_be_a_bool(value):
-    """bool(progress) showed the bar for progress="no"; True / False (and 0 / 1) only now."""
+    """bool(progress) showed the bar for progress="no"; True / False (and 0 / 1), or None (a bar on a
+    terminal), only now."""
     from llsh_index.errors import ConfigError
 
     x, vid = _three_videos()
@@ -640,3 +641,18 @@ def test_fit_frees_the_gradient_buffer():
     index = LearnableLSHIndex(12, n_tables=2, n_bits=4).fit(x, video_ids=np.repeat([0, 1, 2], 20), iterations=4,
                                                             batch_size=8, queue_size=16, progress=False)
     assert index.training_log_.steps > 0 and index.encoder.weight.grad is None
+
+
+def test_fit_shows_its_bar_on_a_terminal_only_by_default(capsys, monkeypatch):
+    """progress=None (the default): a bar where stderr is a terminal, none in a service's log (a long
+    fit wrote kilobytes of carriage-return updates there); True / False force it either way."""
+    import sys
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((60, 12)).astype(np.float32)
+    vids = np.repeat([0, 1, 2], 20)
+    kw = dict(iterations=4, batch_size=8, queue_size=16)
+    for tty, progress, shown in ((False, None, False), (True, None, True), (False, True, True), (True, False, False)):
+        monkeypatch.setattr(sys.stderr, "isatty", lambda: tty, raising=False)
+        LearnableLSHIndex(12, n_tables=2, n_bits=4).fit(x, video_ids=vids, progress=progress, **kw)
+        assert ("LLSH training" in capsys.readouterr().err) == shown, (tty, progress)

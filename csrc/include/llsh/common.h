@@ -88,8 +88,8 @@ void parallel_for(int64_t n, int n_threads, Fn&& fn, int64_t min_per_worker = 1)
     if (b >= e) break;
     try {
       pool.emplace_back(guarded, b, e);
-    } catch (const std::system_error&) {  // no more threads (limits, no memory for a stack)
-      break;
+    } catch (...) {  // no more threads (std::system_error: limits, no stack) or no memory for one
+      break;         // (std::bad_alloc from its state): leaving here would destroy running threads
     }
   }
   for (; w < workers; ++w) {  // the chunks no thread took, with the same boundaries
