@@ -54,6 +54,15 @@ _MAX_TABLES = 1 << 16
 
 
 
+def _stderr_is_terminal() -> bool:
+    """Whether progress bars would reach a person: False for a log file, a pipe, or no stderr at all
+    (pythonw, daemons: sys.stderr None, or closed)."""
+    try:
+        return bool(sys.stderr.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
 def _training_config_from(saved, path) -> Optional[TrainingConfig]:
     """The TrainingConfig a file stores, or None with a warning when it does not read as one (a
     file from another version, an edited one): it is a record of the settings, the index loads
@@ -388,8 +397,9 @@ class LearnableLSHIndex:
                 max_offset=check_int_range(max_offset, "max_offset", 0, big),
                 n_neighbors=check_int_range(n_neighbors, "n_neighbors", 1, big),
                 seed=self.seed if seed is None else check_seed(seed),
-                # None: a bar only on a terminal (a service's log would fill with its carriage returns)
-                progress=sys.stderr.isatty() if progress is None else check_bool(progress, "progress", allow_01=True),
+                # None (a bar on a terminal only) is recorded as False: a saved file must not depend on
+                # where stderr went; train_moco gets the bar decided below
+                progress=False if progress is None else check_bool(progress, "progress", allow_01=True),
                 lr_schedule=lr_schedule,
                 warmup_steps=check_int_range(warmup_steps, "warmup_steps", 0, big), grad_clip=as_real(grad_clip, "grad_clip"),
                 project_mean=check_bool(project_mean, "project_mean"),
@@ -428,7 +438,8 @@ class LearnableLSHIndex:
             before = self.encoder.weight.detach().clone()
             old = self.training_log_
             try:
-                log = train_moco(self.encoder, feats, vid, cfg, stream=0 if old is None else max(old.steps, 1))
+                shown = cfg if progress is not None else dataclasses.replace(cfg, progress=_stderr_is_terminal())
+                log = train_moco(self.encoder, feats, vid, shown, stream=0 if old is None else max(old.steps, 1))
             except BaseException:  # an allocation refused, an interrupt: the layers as they were (not half-projected)
                 with torch.no_grad():
                     self.encoder.weight.copy_(before)
@@ -1117,7 +1128,7 @@ def _check_miss_value(miss_value, allow_inf: bool = False) -> Optional[float]:
     except OverflowError:  # an int beyond float64 (math.isfinite would raise it untyped)
         from ._validation import huge_int_words  # here: this function is the only part of index.py that needs it
 
-        raise ConfigError(f"miss_value: expected {expected}, got {huge_int_words(miss_value, signed=False)}") from None
+        raise ConfigError(f"miss_value: expected {expected}, got {huge_int_words(miss_value)}") from None
     if not ((math.isfinite(value) and 0 <= value <= float(np.finfo(np.float32).max))
             or (allow_inf and value == math.inf)):
         raise ConfigError(f"miss_value: expected {expected}, got {miss_value!r}")

@@ -303,6 +303,11 @@ def check_shards_folder(folder, what: str = "save_shards") -> Path:
         raise WritePathError(f"{what}: expected a folder path, got {type(folder).__name__} {folder!r}")
     if "\0" in os.fsdecode(folder):  # Path.mkdir would raise an untyped ValueError
         raise WritePathError(f"{what}: expected a folder path, got {os.fsdecode(folder)!r}, which contains a NUL byte")
+    from .io import _is_link_loop
+
+    if _is_link_loop(os.fsdecode(folder)):  # Path.exists() says False, and mkdir then "File exists"
+        raise WritePathError(f"{what}: expected a folder for the shard files, but {os.fsdecode(folder)} is a "
+                             f"symbolic link loop (the links never reach a folder)")
     folder = Path(os.fsdecode(folder))
     if folder.exists() and not folder.is_dir():
         raise WritePathError(f"{what}: expected a folder for the shard files, but {folder} exists and is not a folder")
@@ -489,10 +494,19 @@ class ShardedIndex(_ShardScoring):
             return check_features(x, name, self._host.dim, dev)
         return check_features(x, name, self._host.dim, "cpu")
 
-    def add(self, features) -> "ShardedIndex":
+    def add(self, features, *, shard: Optional[int] = None) -> "ShardedIndex":
         """Splits the rows into n_shards contiguous parts (sizes differ by at most 1) and adds part i
-        to shard i, every device at once; each part is hashed on its shard's device."""
+        to shard i, every device at once; each part is hashed on its shard's device.
+
+        shard=i: every row to shard i (a small shard of recent rows beside a large one: an add
+        rebuilds the tables of its shard only), under the same lock, so a score() never sees it
+        halfway (adding to ``shards[i]`` directly would not take it)."""
         t = self._host_rows(features, "features")
+        if shard is not None:
+            i = check_int_range(shard, "shard", 0, self.n_shards - 1)
+            with self._lock.write(), _device_scope(self.devices[i]):
+                self.shards[i].add(_send(t, self.devices[i]))
+            return self
         bounds = np.linspace(0, t.shape[0], self.n_shards + 1).round().astype(np.int64)
 
         def run(dev, idx):

@@ -404,7 +404,7 @@ def test_combine_partial_scores_refuses_query_codes_outside_0_1(rng, edit, got):
 def test_miss_value_beyond_float64_is_a_config_error(rng, value):
     """A Python int beyond float64 raised an untyped OverflowError (math.isfinite / float) from the
     constructor and combine_partial_scores."""
-    digits = f"an integer of {len(str(abs(value)))} digits"
+    digits = f"{'a negative' if value < 0 else 'an'} integer of {len(str(abs(value)))} digits"
     with pytest.raises(llsh_index.ConfigError, match=f"miss_value: expected a finite number >= 0 .*got {digits}"):
         LearnableLSHIndex(16, miss_value=value)
     x = clustered(rng, 200, 16)

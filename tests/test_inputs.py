@@ -750,7 +750,7 @@ def test_ints_beyond_the_str_limit_are_config_errors():
     with pytest.raises(ConfigError, match=r"miss_value: expected a finite number >= 0 .*got an integer of 5001 "
                                           r"digits$"):
         LearnableLSHIndex(4, miss_value=10 ** 5000)
-    with pytest.raises(ConfigError, match=r"miss_value: .* or \+inf, got an integer of 5001 digits$"):
+    with pytest.raises(ConfigError, match=r"miss_value: .* or \+inf, got a negative integer of 5001 digits$"):
         _check_miss_value(-(10 ** 5000), allow_inf=True)
     with pytest.raises(ConfigError, match=r"lr: expected a number within float64's range, got a negative integer of "
                                           r"5001 digits$"):

@@ -678,6 +678,9 @@ def test_shard_folders_with_a_nul_byte_or_a_link_loop_are_named(data, tmp_path):
     sh = ShardedIndex(layers, devices="cpu", n_shards=2).add(x[:40])
     with pytest.raises(WritePathError, match="contains a NUL byte"):
         sh.save_shards(str(tmp_path / "a\0b"))
+    (tmp_path / "folder_loop").symlink_to(tmp_path / "folder_loop")
+    with pytest.raises(WritePathError, match="folder_loop is a symbolic link loop"):
+        sh.save_shards(tmp_path / "folder_loop")
     sh.save_shards(tmp_path / "s")
     loop = tmp_path / "s" / "loop.llsh"
     loop.symlink_to(loop)
@@ -686,20 +689,41 @@ def test_shard_folders_with_a_nul_byte_or_a_link_loop_are_named(data, tmp_path):
 
 
 def test_a_recent_shard_takes_small_adds_and_scores_as_one_index(data):
-    """README, "Growing an index": a small second index takes the frequent small adds (each add()
-    rebuilds only its own tables) and the pair scores exactly as one index of all the rows; merging
-    the recent rows into the main index gives that index."""
-    from llsh_index import LearnableLSHIndex
+    """README, "Growing an index": a small second shard takes the frequent small adds (add(rows,
+    shard=1) rebuilds only its tables) and the pair scores exactly as one index of all the rows; a
+    score running meanwhile sees each add whole or not at all, in every query round of one call;
+    gather() then makes the next pair's large index."""
+    import threading
+
+    from llsh_index import ConfigError
 
     x, q, layers, _ = data
     main = layers.empty_like().add(x[:2000])
     live = ShardedIndex.from_shards([main, main.empty_like()], devices=["cpu"])
-    for start in range(2000, len(x), 150):
-        live.shards[1].add(x[start:start + 150])
+    starts = list(range(2000, len(x), 150))
+    states = [layers.empty_like().add(x[:s]).score(q) for s in starts + [len(x)]]
+    seen, stop = [], []
+
+    def scorer():
+        while not stop:
+            seen.append(live.score(q, query_batch=7))  # many rounds per call
+
+    thread = threading.Thread(target=scorer)
+    thread.start()
+    for start in starts:
+        live.add(x[start:start + 150], shard=1)
+    stop.append(1)
+    thread.join()
+    assert live.shard_sizes == [2000, len(x) - 2000]
+    assert seen and all(any(np.array_equal(s, st) for st in states) for s in seen)
     one = layers.empty_like().add(x)
     for mode in ("mean", "light", "squared"):
         np.testing.assert_array_equal(live.score(q, mode), one.score(q, mode))
-    assert live.ntotal == one.ntotal == len(x)
-    merged = main.merge(live.shards[1])
+    merged = live.gather()  # the next pair: all the items in one index, and an empty recent shard
+    assert live.shard_sizes == [2000, len(x) - 2000]  # gather leaves the pair as it is
     np.testing.assert_array_equal(merged.score(q), one.score(q))
-    assert isinstance(merged, LearnableLSHIndex) and merged.ntotal == len(x)
+    nxt = ShardedIndex.from_shards([merged, merged.empty_like()], devices=["cpu"])
+    np.testing.assert_array_equal(nxt.score(q), one.score(q))
+    for bad in (2, -1, 1.0):
+        with pytest.raises(ConfigError, match="shard"):
+            live.add(x[:3], shard=bad)

@@ -643,7 +643,7 @@ def test_fit_frees_the_gradient_buffer():
     assert index.training_log_.steps > 0 and index.encoder.weight.grad is None
 
 
-def test_fit_shows_its_bar_on_a_terminal_only_by_default(capsys, monkeypatch):
+def test_fit_shows_its_bar_on_a_terminal_only_by_default(capsys, monkeypatch, tmp_path):
     """progress=None (the default): a bar where stderr is a terminal, none in a service's log (a long
     fit wrote kilobytes of carriage-return updates there); True / False force it either way."""
     import sys
@@ -656,3 +656,14 @@ def test_fit_shows_its_bar_on_a_terminal_only_by_default(capsys, monkeypatch):
         monkeypatch.setattr(sys.stderr, "isatty", lambda: tty, raising=False)
         LearnableLSHIndex(12, n_tables=2, n_bits=4).fit(x, video_ids=vids, progress=progress, **kw)
         assert ("LLSH training" in capsys.readouterr().err) == shown, (tty, progress)
+    # the saved file does not depend on where stderr goes (the default is recorded as progress False)
+    files = []
+    for tty in (True, False):
+        monkeypatch.setattr(sys.stderr, "isatty", lambda: tty, raising=False)
+        index = LearnableLSHIndex(12, n_tables=2, n_bits=4).fit(x, video_ids=vids, **kw)
+        assert index.training_config_.progress is False
+        index.save(str(tmp_path / f"{tty}.llsh"))
+        files.append((tmp_path / f"{tty}.llsh").read_bytes())
+    assert files[0] == files[1]
+    monkeypatch.setattr(sys, "stderr", None)  # pythonw, a daemon: no stderr at all
+    LearnableLSHIndex(12, n_tables=2, n_bits=4).fit(x, video_ids=vids, **kw)
