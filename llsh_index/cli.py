@@ -516,11 +516,18 @@ def _check_probe_args(args) -> None:
 
 
 def _load_index(path: str, option: str, device: str = "cpu"):
-    """LearnableLSHIndex.load(path), a missing file named with the option that gave it."""
+    """LearnableLSHIndex.load(path), a missing file named with the option that gave it.  A folder
+    of shard files (ShardedIndex.save_shards, `python -m llsh_index.distributed --save-shards`) is
+    read as the one index of all its shards' items (gather(): the same scores, exactly)."""
     from . import LearnableLSHIndex
     from .errors import IndexFileNotFoundError
 
     try:
+        if os.path.isdir(path):
+            from .sharded import ShardedIndex
+
+            index = ShardedIndex.load(path, devices=["cpu"]).gather()
+            return index if device == "cpu" else index.to(device)
         return LearnableLSHIndex.load(path, device=device)
     except IndexFileNotFoundError as exc:
         raise IndexFileNotFoundError(f"{option}: {exc}", exc.filename) from None
@@ -1462,7 +1469,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_build)
 
     p = sub.add_parser("score", help="per-video, per-frame anomaly scores (.npz, optional .csv)")
-    p.add_argument("--index", required=True, help="index file from `build`")
+    p.add_argument("--index", required=True, help="index file from `build` (or a folder of shard files)")
     p.add_argument("--features", required=True, help="feature file of the videos to score (from `extract`)")
     p.add_argument("--prefix", default=None, help=PREFIX_HELP)
     _add_scoring_args(p)
@@ -1481,7 +1488,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "a CPU core) (llsh_index.stream).  With --threshold (or --calibrate) a fourth "
                                    "column, alert, is 1 where the smoothed score is strictly above the threshold, and "
                                    "the alert intervals are printed on stderr at the end.")
-    p.add_argument("--index", required=True, help="index file from `build`, on features from `extract` (same --T, --s)")
+    p.add_argument("--index", required=True, help="index file from `build` (or a folder of shard files), on features "
+                                                  "from `extract` (same --T, --s)")
     p.add_argument("--video", required=True,
                    help="a frame folder, a video file, or a stream URL (rtsp://camera/..., http://...: a live feed)")
     p.add_argument("--T", type=positive_int, default=16, help="frames per snippet (default 16)")
@@ -1539,7 +1547,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "dtype and storage (light / squared indexes without codes merge only with each "
                                    "other) and, where they record it, the feature space. The result scores exactly "
                                    "as one `build` of all the features would.")
-    p.add_argument("--index", required=True, nargs="+", help="two or more index files from `build`")
+    p.add_argument("--index", required=True, nargs="+",
+                   help="two or more index files from `build` (or folders of shard files)")
     p.add_argument("--out", required=True, help="index file to write")
     p.set_defaults(fn=cmd_merge)
 
@@ -1549,7 +1558,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "bucket of an item, and the key bits that vary among the items. With --features, "
                                    "the share of those snippets whose bucket exists in each table, and of those "
                                    "that miss every table (they score the miss value).")
-    p.add_argument("--index", required=True, help="index file from `build` (or layers from `fit`)")
+    p.add_argument("--index", required=True,
+                   help="index file from `build` (or layers from `fit`, or a folder of shard files)")
     p.add_argument("--features", default=None, help="a feature file whose snippets are looked up (e.g. the test videos)")
     p.add_argument("--prefix", default=None, help=PREFIX_HELP)
     p.add_argument("--plot", default=None, help="also draw the tables (and the hits) to this image (.png, .pdf, ...)")

@@ -1984,3 +1984,38 @@ def test_star_import_exports_the_score_file_functions():
     for name in ("save_scores", "load_scores", "load_score_meta"):
         assert name in llsh_index.__all__
         assert namespace[name] is getattr(cli, name)
+
+
+def test_a_folder_of_shard_files_is_an_index_for_score_info_and_merge(feature_files, capsys):
+    """`--index FOLDER` (what save_shards and `distributed --save-shards` write): the one index of all
+    the shards' items, scoring exactly as the index file of the same items."""
+    from llsh_index import LearnableLSHIndex, ShardedIndex
+
+    tmp, _ = feature_files
+    p = lambda name: str(tmp / name)  # noqa: E731
+    assert main(["build", "--features", p("train.npz"), "--out", p("index.llsh"), "--n-tables", "4",
+                 "--n-bits", "8", "--quiet"]) == 0
+    index = LearnableLSHIndex.load(p("index.llsh"))
+    rows = np.concatenate(_train_rows(p("train.npz")))
+    sharded = ShardedIndex.from_shards([index.empty_like().add(part) for part in np.array_split(rows, 3)],
+                                       devices=["cpu"])  # empty_like keeps the recorded feature space
+    sharded.save_shards(p("shards"))
+    for name, idx in (("one.npz", p("index.llsh")), ("many.npz", p("shards"))):
+        assert main(["score", "--index", idx, "--features", p("test.npz"), "--out", p(name)]) == 0
+    from llsh_index.cli import load_scores
+
+    one, many = load_scores(p("one.npz")), load_scores(p("many.npz"))
+    assert set(one) == set(many) and all(np.array_equal(one[v], many[v]) for v in one)
+    capsys.readouterr()
+    assert main(["info", "--index", p("shards")]) == 0
+    assert f"{index.ntotal:,} items" in capsys.readouterr().out
+    (tmp / "empty").mkdir()
+    assert main(["score", "--index", p("empty"), "--features", p("test.npz"), "--out", p("x.npz")]) == 2
+    assert "no shard files in the folder" in capsys.readouterr().err
+
+
+def _train_rows(path):
+    from llsh_index.video import load_feature_file
+
+    ff = load_feature_file(path)
+    return [ff.features[v] for v in ff.videos]
