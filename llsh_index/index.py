@@ -888,6 +888,21 @@ class LearnableLSHIndex:
         tables = self._require_tables()
         return table_occupancy([[part] for part in _keys_and_sizes(tables)], self.ntotal)
 
+    def largest_hit_distance(self, rows, mode: Optional[str] = None) -> float:
+        """The largest distance `rows` have in a table where their bucket exists (misses left out): with
+        the training rows, the edge of what normal data scores.  As miss_value (ours, not the paper's
+        "large value"; index.empty_like(miss_value=...)) it keeps a query that misses every table from
+        scoring 15-20 times any hit, a peak that squashed the rest of its video in micro-AUC's per-video
+        min-max normalisation: +4 points micro-AUC on the Ped2 demo over 10 seeds, LSH and LLSH alike
+        (benchmarks/RESULTS.md, "the miss value").  mode: as score()'s."""
+        with self._write_lock:  # distances and bucket sizes of one state of the tables
+            d = self.table_distances(rows, mode)
+            hit = self.query_bucket_sizes(rows) > 0
+        if not hit.any():
+            raise InvalidInputError(f"largest_hit_distance: expected rows that find a bucket in some table, got "
+                                    f"{len(d)} rows that miss every table")
+        return float(d[hit].max())
+
     def query_bucket_sizes(self, queries) -> np.ndarray:
         """(M, n_tables) int64: the size of each query's bucket in each table, 0 where the table
         has no bucket for its key (a miss: the paper's score takes miss_value there, and a query

@@ -416,3 +416,29 @@ def test_miss_value_beyond_float64_is_a_config_error(rng, value):
     big = float(np.finfo(np.float32).max)
     assert LearnableLSHIndex(16, miss_value=int(big)).miss_value == big
     np.testing.assert_array_equal(index.combine_partial_scores([part], miss_value=math.inf), index.score(x[:4]))
+
+
+def test_largest_hit_distance_is_the_oracles_edge_of_the_hits(rng):
+    """The largest per-table distance over the tables where the rows' buckets exist (tests/oracle.py's
+    tables), in each mode; as miss_value it scores a query that misses every table at that edge."""
+    import oracle
+
+    x = clustered(rng, 400, 16)
+    index = LearnableLSHIndex(16, n_tables=3, n_bits=10).add(x)
+    w = index.encoder.weight.detach().numpy()
+    tables = oracle.build(oracle.encode(x, w, 3, 10))
+    q = np.concatenate([x[:50], 5 * rng.standard_normal((30, 16)).astype(np.float32)])
+    codes = oracle.encode(q, w, 3, 10)
+    for mode in ("mean", "light", "squared"):
+        d = oracle.table_distances(tables, codes, mode=mode, miss_value=np.inf)
+        want = d[np.isfinite(d)].max()
+        assert index.largest_hit_distance(q, mode) == pytest.approx(want, rel=1e-5, abs=1e-6)
+    edge = index.largest_hit_distance(x)
+    edged = index.empty_like(miss_value=edge).add(x)
+    far = 50 * rng.standard_normal((200, 16)).astype(np.float32)
+    missed = edged.query_bucket_sizes(far).sum(axis=1) == 0
+    assert missed.any() and np.all(edged.score(far)[missed] == np.float32(edge))
+    with pytest.raises(llsh_index.InvalidInputError, match="miss every table"):
+        index.largest_hit_distance(far[missed][:3])
+    with pytest.raises(llsh_index.NotFittedError):
+        LearnableLSHIndex(16).largest_hit_distance(x)
