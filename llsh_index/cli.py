@@ -518,7 +518,8 @@ def _check_probe_args(args) -> None:
 def _load_index(path: str, option: str, device: str = "cpu"):
     """LearnableLSHIndex.load(path), a missing file named with the option that gave it.  A folder
     of shard files (ShardedIndex.save_shards, `python -m llsh_index.distributed --save-shards`) is
-    read as the one index of all its shards' items (gather(): the same scores, exactly)."""
+    read as the one index of all its shards' items (gather(): the scores of the shards scored together;
+    exactly with codes, to float64 summation order for statistics-only shards)."""
     from . import LearnableLSHIndex
     from .errors import IndexFileNotFoundError
 
@@ -703,9 +704,9 @@ def cmd_merge(args) -> int:
     camera or per machine) -> one index holding all their items, in the order given."""
     from .errors import LLSHError
 
-    if len(args.index) < 2:
-        raise ConfigError(f"merge: expected two or more --index files, got {len(args.index)} ({args.index[0]}); "
-                          f"a copy of one index is the file itself")
+    if len(args.index) < 2 and not os.path.isdir(args.index[0]):  # a folder of shards alone: one file of them
+        raise ConfigError(f"merge: expected two or more --index files (or a folder of shard files), got "
+                          f"{len(args.index)} ({args.index[0]}); a copy of one index is the file itself")
     indexes = [_load_index(path, "--index") for path in args.index]
     merged = indexes[0].empty_like()
     for path, index in zip(args.index, indexes):
@@ -1554,7 +1555,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "other) and, where they record it, the feature space. The result scores exactly "
                                    "as one `build` of all the features would.")
     p.add_argument("--index", required=True, nargs="+",
-                   help="two or more index files from `build` (or folders of shard files)")
+                   help="two or more index files from `build` (or folders of shard files; one folder alone "
+                        "becomes one index file)")
     p.add_argument("--out", required=True, help="index file to write")
     p.set_defaults(fn=cmd_merge)
 

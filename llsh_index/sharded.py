@@ -31,6 +31,7 @@ items yet answers nothing (all its counts are 0).
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import math
@@ -613,11 +614,18 @@ class ShardedIndex(_ShardScoring):
         return paths
 
     def gather(self) -> LearnableLSHIndex:
-        """One CPU index holding every shard's items (merge_all in shard order): tests and small data."""
+        """One CPU index holding every shard's items (merge_all in shard order), and the first feature
+        space a shard records."""
         out = self._host.empty_like()
-        with self._lock.read():  # every shard as of one moment, not halfway through an add()
-            for s in self.shards:
-                out.merge(s)  # merge() brings a device shard's rows onto this CPU index
+        # every shard as of one moment, not halfway through an add(): their tables taken under the lock
+        # (an add swaps a shard's tables, never changes them), merged after it, so a waiting add and the
+        # scores queued behind it are not held for the whole rebuild
+        with self._lock.read():
+            frozen = [copy.copy(s) for s in self.shards]
+        for s in frozen:
+            out.merge(s)  # merge() brings a device shard's rows onto this CPU index
+        if out.feature_space_ is None:
+            out.feature_space_ = next((dict(s.feature_space_) for s in frozen if s.feature_space_), None)
         return out
 
     def __repr__(self) -> str:

@@ -1612,7 +1612,7 @@ def test_merge_joins_indexes_built_on_one_fit(feature_files, capsys):
     assert main(["merge", "--index", p("index_a.llsh"), p("test.npz"), "--out", p("x.llsh")]) == 2
     assert "test.npz" in capsys.readouterr().err and not (tmp / "x.llsh").exists()
     assert main(["merge", "--index", p("index_a.llsh"), "--out", p("x.llsh")]) == 2
-    assert "expected two or more --index files, got 1" in capsys.readouterr().err
+    assert "expected two or more --index files (or a folder of shard files), got 1" in capsys.readouterr().err
     assert main(["merge", "--index", p("layers.llsh"), p("layers.llsh"), "--out", p("x.llsh")]) == 2
     err = capsys.readouterr().err
     assert "no indexed snippets (`fit` outputs)" in err and not (tmp / "x.llsh").exists()
@@ -2012,6 +2012,13 @@ def test_a_folder_of_shard_files_is_an_index_for_score_info_and_merge(feature_fi
     (tmp / "empty").mkdir()
     assert main(["score", "--index", p("empty"), "--features", p("test.npz"), "--out", p("x.npz")]) == 2
     assert "no shard files in the folder" in capsys.readouterr().err
+    # merge: a folder alone becomes one index file; a folder beside a file appends the file's items
+    assert main(["merge", "--index", p("shards"), "--out", p("joined.llsh")]) == 0
+    assert main(["merge", "--index", p("shards"), p("index.llsh"), "--out", p("twice.llsh")]) == 0
+    joined, twice = LearnableLSHIndex.load(p("joined.llsh")), LearnableLSHIndex.load(p("twice.llsh"))
+    test_rows = np.concatenate(_train_rows(p("test.npz")))
+    np.testing.assert_array_equal(joined.score(test_rows), index.score(test_rows))
+    assert twice.ntotal == 2 * index.ntotal and joined.feature_space_ == index.feature_space_
 
 
 def _train_rows(path):

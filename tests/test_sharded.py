@@ -727,3 +727,27 @@ def test_a_recent_shard_takes_small_adds_and_scores_as_one_index(data):
     for bad in (2, -1, 1.0):
         with pytest.raises(ConfigError, match="shard"):
             live.add(x[:3], shard=bad)
+
+
+def test_gather_keeps_a_feature_space_any_shard_records_and_frees_the_lock_early(data, monkeypatch):
+    """gather(): the first feature space a shard records (the host is shard 0's, which may have none);
+    the shards' tables are taken under the read lock and merged after it (a waiting add, and the
+    scores queued behind it, were held for the whole rebuild)."""
+    from llsh_index import LearnableLSHIndex
+
+    x, q, layers, single = data
+    a, b = layers.empty_like().add(x[:100]), layers.empty_like().add(x[100:])
+    a.feature_space_, b.feature_space_ = None, {"extractor": "x", "T": 16}
+    sh = ShardedIndex.from_shards([a, b], devices=["cpu"])
+    readers, real = [], LearnableLSHIndex.merge
+
+    def merge(self, other):
+        readers.append(sh._lock._readers)
+        return real(self, other)
+
+    monkeypatch.setattr(LearnableLSHIndex, "merge", merge)
+    out = sh.gather()
+    monkeypatch.undo()
+    assert readers == [0, 0]  # no read lock held while merging
+    assert out.feature_space_ == {"extractor": "x", "T": 16}
+    np.testing.assert_array_equal(out.score(q), single.score(q))
