@@ -895,9 +895,8 @@ class LearnableLSHIndex:
         scoring 15-20 times any hit, a peak that squashed the rest of its video in micro-AUC's per-video
         min-max normalisation: +4 points micro-AUC on the Ped2 demo over 10 seeds, LSH and LLSH alike
         (benchmarks/RESULTS.md, "the miss value").  mode: as score()'s."""
-        with self._write_lock:  # distances and bucket sizes of one state of the tables
-            d = self.table_distances(rows, mode)
-            hit = self.query_bucket_sizes(rows) > 0
+        d = _to_numpy(self._table_distances(rows, mode, 1, 0, math.inf))  # one state of the tables; a miss: inf
+        hit = np.isfinite(d)  # codes lie in [0, 1]^r: every hit's distance is finite
         if not hit.any():
             raise InvalidInputError(f"largest_hit_distance: expected rows that find a bucket in some table, got "
                                     f"{len(d)} rows that miss every table")
