@@ -52,6 +52,7 @@ from .errors import (ConfigError, CudaUnavailableError, IndexFileNotFoundError, 
                      WritePathError)
 from .index import (LearnableLSHIndex, _check_indexes, _keys_and_sizes, _normalise_device, _to_numpy,
                     bucket_sizes_of_keys, check_reduce, probed_scores, table_occupancy)
+from .io import _is_link_loop, atomic_write, file_sha256
 
 __all__ = ["ShardedIndex"]
 
@@ -140,19 +141,9 @@ def _shard_files(folder: Path) -> List[Path]:
     return [path for _, path in found]
 
 
-def file_sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_manifest(folder: Path, digests: Sequence[str]) -> None:
     """folder/shards.json naming shard_00000.llsh, ... with their SHA-256 (atomically: the last step of
     a save, so a save that stops before it leaves the previous list, which its new files then fail)."""
-    from .io import atomic_write
-
     body = {"format": _MANIFEST_FORMAT, "version": _MANIFEST_VERSION,
             "shards": [{"file": f"shard_{i:05d}.llsh", "sha256": d} for i, d in enumerate(digests)]}
     with atomic_write(str(folder / MANIFEST_NAME)) as f:
@@ -304,8 +295,6 @@ def check_shards_folder(folder, what: str = "save_shards") -> Path:
         raise WritePathError(f"{what}: expected a folder path, got {type(folder).__name__} {folder!r}")
     if "\0" in os.fsdecode(folder):  # Path.mkdir would raise an untyped ValueError
         raise WritePathError(f"{what}: expected a folder path, got {os.fsdecode(folder)!r}, which contains a NUL byte")
-    from .io import _is_link_loop
-
     if _is_link_loop(os.fsdecode(folder)):  # Path.exists() says False, and mkdir then "File exists"
         raise WritePathError(f"{what}: expected a folder for the shard files, but {os.fsdecode(folder)} is a "
                              f"symbolic link loop (the links never reach a folder)")

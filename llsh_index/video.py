@@ -569,12 +569,10 @@ def _lite0_weights_path() -> str:
 
 @functools.lru_cache(maxsize=8)
 def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    """SHA-256 of a file (size and mtime in the key: a rewritten file is hashed again)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """io.file_sha256, cached (size and mtime in the key: a rewritten file is hashed again)."""
+    from .io import file_sha256
+
+    return file_sha256(path)
 
 
 def _weights_identity(path: Optional[str]) -> Optional[str]:
