@@ -107,7 +107,8 @@ if importlib.util.find_spec("llsh_index") is None and ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from llsh_index import synthetic  # noqa: E402  (numpy-only import; torch/faiss load in the workers)
-from llsh_index.cli import int_list, nonnegative_int, output_folder, positive_float, positive_int  # noqa: E402
+from llsh_index.cli import (_fmt_auc, int_list, nonnegative_int, output_folder, positive_float,  # noqa: E402
+                            positive_int)
 
 DEFAULT_PED2 = os.path.join(ROOT, "llsh_index", "data", "ped2_demo.npz")
 PAPER = {"llsh_mult_ratio": 0.0026, "llsh_disk": "316 MB", "knn_disk": "28 GB", "disk_ratio": 316e6 / 28e9}
@@ -616,12 +617,6 @@ def evaluate_targets(rows: List[dict]) -> List[dict]:
                              f"{light['disk_pct_of_knn']:.3f}%",
                     "pass": bool(llsh["disk_bytes"] <= PAPER["disk_ratio"] * knn["disk_bytes"])})
     return out
-
-
-def _fmt_auc(x: Optional[float], digits: int = 4) -> str:
-    """An AUC for the log and the tables: metrics.evaluate's macro-AUC is None (undefined) where no
-    test video has both classes, which the :.4f format refused with a TypeError."""
-    return "undefined" if x is None else f"{x:.{digits}f}"
 
 
 def _fmt_bytes(x: float) -> str:

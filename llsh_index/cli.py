@@ -1236,9 +1236,10 @@ def cmd_info(args) -> int:
     return 0
 
 
-def _fmt_auc(auc: Optional[float]) -> str:
-    """An AUC for a table: metrics.evaluate's macro-AUC is None where no video has both classes."""
-    return "undefined" if auc is None else f"{auc:.4f}"
+def _fmt_auc(auc: Optional[float], digits: int = 4) -> str:
+    """An AUC for a table or a log (the demo, benchmarks/table2.py): metrics.evaluate's macro-AUC is None
+    where no video has both classes, which a :.4f format refused with a TypeError."""
+    return "undefined" if auc is None else f"{auc:.{digits}f}"
 
 
 def run_demo(out_dir: str, features: Optional[str] = None, training: Optional[dict] = None,
