@@ -223,10 +223,21 @@ def _save_scores(path: str, scores: Dict[str, np.ndarray], meta: dict) -> None:
                 np.lib.format.write_array(member, np.asanyarray(arr), allow_pickle=False)
 
 
+STDOUT = "-"  # --json - / --csv -: the file goes to standard output, and what the command prints to stderr
+_STDOUT_OPTIONS = ("json", "csv")
+_real_stdout = None  # the process's stdout while main() sends the command's own prints to stderr
+
+
 def _write_text(path: str, text: str) -> None:
-    """A CSV / JSON output, written like every other file of the package (atomically, checked path)."""
+    """A CSV / JSON output, written like every other file of the package (atomically, checked path),
+    or to standard output for "-"."""
     from .io import atomic_write
 
+    if path == STDOUT:
+        out = _real_stdout or sys.stdout
+        out.write(text if text.endswith("\n") else text + "\n")
+        out.flush()
+        return
     with atomic_write(path) as f:
         f.write(text.encode("utf-8"))
 
@@ -1484,7 +1495,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True,
                    help="score file to write (.npz: video -> per-frame scores, and `__meta__`: the settings as "
                         "JSON; llsh_index.cli.load_scores reads the scores)")
-    p.add_argument("--csv", default=None, help="also write the scores as CSV (video,frame,score)")
+    p.add_argument("--csv", default=None, help="also write the scores as CSV (video,frame,score); - for standard output (the "
+                        "command's own lines then go to stderr)")
     p.add_argument("--allow-other-features", action="store_true", help=ALLOW_OTHER_HELP)
     p.set_defaults(fn=cmd_score)
 
@@ -1545,7 +1557,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", action="store_true",
                    help="evaluate the scored videos only, where the labels cover more (e.g. after extract --videos)")
     p.add_argument("--align", choices=ALIGN_CHOICES, default="exact", help=ALIGN_HELP)
-    p.add_argument("--json", default=None, help="also write the results (per-video AUCs included) to this file")
+    p.add_argument("--json", default=None, help="also write the results (per-video AUCs included) to this JSON file; - for standard "
+                        "output (the printed lines then go to stderr), e.g. `--json - | jq .micro_auc`")
     p.set_defaults(fn=cmd_evaluate)
 
     p = sub.add_parser("merge", help="index files built on the same layers -> one index of all their items",
@@ -1573,7 +1586,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", default=None, help=PREFIX_HELP)
     p.add_argument("--plot", default=None, help="also draw the tables (and the hits) to this image (.png, .pdf, ...)")
     p.add_argument("--allow-other-features", action="store_true", help=ALLOW_OTHER_HELP)
-    p.add_argument("--json", default=None, help="also write everything printed to this file")
+    p.add_argument("--json", default=None, help="also write everything printed to this JSON file; - for standard output (the "
+                        "printed lines then go to stderr)")
     p.set_defaults(fn=cmd_info)
 
     p = sub.add_parser("plot", help="score curves with the labelled anomalous frames shaded (an image)",
@@ -1635,7 +1649,7 @@ def _check_outputs(args) -> List[str]:
     written = []
     for name in _OUTPUT_OPTIONS:
         path = getattr(args, name, None)
-        if path is None or (args.command == "demo" and name == "out"):
+        if path is None or (args.command == "demo" and name == "out") or (name in _STDOUT_OPTIONS and path == STDOUT):
             continue
         check_write_path(path)
         if os.path.isfile(path):
@@ -1657,9 +1671,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .errors import LLSHError
 
     made: List[str] = []
+    global _real_stdout
+    to_stdout = any(getattr(args, n, None) == STDOUT for n in _STDOUT_OPTIONS)  # one such option per command
     try:
         made = _check_outputs(args)
-        status = args.fn(args)
+        with contextlib.ExitStack() as stack:
+            if to_stdout:  # stdout carries the file alone (for a pipe); the command's own lines go to stderr
+                _real_stdout = sys.stdout
+                stack.callback(lambda: globals().update(_real_stdout=None))
+                stack.enter_context(contextlib.redirect_stdout(sys.stderr))
+            status = args.fn(args)
         made = [] if status == 0 else made
         return status
     except (LLSHError, FileNotFoundError) as exc:

@@ -2026,3 +2026,36 @@ def _train_rows(path):
 
     ff = load_feature_file(path)
     return [ff.features[v] for v in ff.videos]
+
+
+def test_json_and_csv_to_standard_output(feature_files, capsys, monkeypatch):
+    """`--json -` / `--csv -` write the file to stdout alone (for a pipe) and the command's own lines
+    to stderr; the content is the file the same command writes to a path, and no file named "-" is made."""
+    tmp, labels = feature_files
+    monkeypatch.chdir(tmp)
+    p = lambda name: str(tmp / name)  # noqa: E731
+    assert main(["build", "--features", p("train.npz"), "--out", p("i.llsh"), "--n-tables", "3", "--n-bits", "8",
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["score", "--index", p("i.llsh"), "--features", p("test.npz"), "--out", p("s.npz"),
+                 "--csv", p("s.csv")]) == 0
+    capsys.readouterr()
+    assert main(["score", "--index", p("i.llsh"), "--features", p("test.npz"), "--out", p("s2.npz"),
+                 "--csv", "-"]) == 0
+    cap = capsys.readouterr()
+    assert cap.out == (tmp / "s.csv").read_text() and cap.out.count("\n") == 1 + 3 * 60
+    assert main(["evaluate", "--scores", p("s.npz"), "--labels", p("test.npz"), "--json", p("e.json")]) == 0
+    printed = capsys.readouterr().out
+    assert main(["evaluate", "--scores", p("s.npz"), "--labels", p("test.npz"), "--json", "-"]) == 0
+    cap = capsys.readouterr()
+    got, want = json.loads(cap.out), json.loads((tmp / "e.json").read_text())
+    with np.load(p("s.npz")) as z:
+        scores = {k: z[k] for k in z.files if k != "__meta__"}
+    assert got == want and got["micro_auc"] == pytest.approx(metrics.evaluate(scores, labels, sigma=12).micro.auc)
+    assert "micro-AUC" in printed and cap.err.startswith(printed.splitlines()[0])  # the printed line, on stderr
+    assert main(["info", "--index", p("i.llsh"), "--json", "-"]) == 0
+    cap = capsys.readouterr()
+    assert json.loads(cap.out)["n_items"] == 320 and "3 tables x 8 bits" in cap.err
+    assert not (tmp / "-").exists()
+    print("after")  # stdout is the process's own again
+    assert capsys.readouterr().out == "after\n"
