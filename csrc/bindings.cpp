@@ -186,6 +186,73 @@ py::dict build_tables_cpu_py(const py::array& keys, const py::array& codes, cons
   return build_impl<float>(keys, codes, ids, keep_codes, n_threads, in_place, with_stats);
 }
 
+// One side of merge_tables_cpu from a tables dict (keys, table_start, offsets, codes, ids), its
+// layout checked so that the merge's walks stay inside the arrays: O(U) on top of an O(rows) merge.
+template <typename CodeT>
+StoredTables<CodeT> stored_side(const py::dict& t, const char* side, int64_t id_shift) {
+  const std::string name(side);
+  auto arr = [&](const char* key) { return array_arg(t[key], (name + "['" + key + "']").c_str()); };
+  py::array keys = arr("keys"), start = arr("table_start"), offsets = arr("offsets"), codes = arr("codes"),
+            ids = arr("ids");
+  StoredTables<CodeT> s;
+  s.keys = cptr<uint64_t>(keys, (name + " keys").c_str(), 1);
+  s.table_start = cptr<int64_t>(start, (name + " table_start").c_str(), 1);
+  s.offsets = cptr<int64_t>(offsets, (name + " offsets").c_str(), 1);
+  s.codes = cptr<CodeT>(codes, (name + " codes").c_str(), 2);
+  s.ids = cptr<int64_t>(ids, (name + " ids").c_str(), 1);
+  s.id_shift = id_shift;
+  const int64_t b = start.shape(0) - 1, U = keys.shape(0), rows = codes.shape(0);
+  require(b >= 1 && rows % b == 0, name + ": table_start must have b + 1 entries and the codes b * n rows");
+  s.n_items = rows / b;
+  require(offsets.shape(0) == U + 1 && ids.shape(0) == rows, name + ": offsets must have U + 1 entries, ids b * n");
+  require(s.table_start[0] == 0 && s.table_start[b] == U && s.offsets[0] == 0 && s.offsets[U] == rows,
+          name + ": table_start must run from 0 to U and offsets from 0 to b * n");
+  bool rows_ok = true, buckets_ok = true;  // messages built only on failure: this loop is O(U)
+  for (int64_t j = 0; j < b && rows_ok; ++j) {
+    const int64_t u0 = s.table_start[j], u1 = s.table_start[j + 1];
+    rows_ok = u0 <= u1 && u1 <= U && s.offsets[u0] == j * s.n_items;
+    for (int64_t u = u0; rows_ok && u < u1; ++u)
+      buckets_ok &= s.offsets[u] < s.offsets[u + 1] && (u == u0 || s.keys[u - 1] < s.keys[u]);
+  }
+  require(rows_ok, name + ": table j must own rows j * n .. (j + 1) * n");
+  require(buckets_ok, name + ": buckets must be non-empty and keys ascending within a table");
+  return s;
+}
+
+template <typename CodeT>
+py::dict merge_impl(const py::dict& a, const py::dict& b, int64_t b_id_shift, int n_threads) {
+  const StoredTables<CodeT> sa = stored_side<CodeT>(a, "a", 0), sb = stored_side<CodeT>(b, "b", b_id_shift);
+  const py::array ca = array_arg(a["codes"], "a['codes']"), cb = array_arg(b["codes"], "b['codes']");
+  const int64_t nt = (int64_t)py::len(a["table_start"]) - 1, r = ca.shape(1);
+  require((int64_t)py::len(b["table_start"]) - 1 == nt && cb.shape(1) == r,
+          "a, b: expected tables of the same n_tables and n_bits");
+  require(r >= 1 && r <= 64, "codes: n_bits must be 1..64, got " + std::to_string(r));
+  BuiltTables<CodeT> out;
+  {
+    py::gil_scoped_release nogil;
+    merge_tables_cpu<CodeT>(sa, sb, nt, r, n_threads, out);
+  }
+  const auto U = (py::ssize_t)out.keys.size(), rows = (py::ssize_t)(nt * (sa.n_items + sb.n_items));
+  py::dict d;
+  d["keys"] = to_numpy(std::move(out.keys), {U});
+  d["table_start"] = to_numpy(std::move(out.table_start), {(py::ssize_t)nt + 1});
+  d["offsets"] = to_numpy(std::move(out.offsets), {U + 1});
+  d["ids"] = to_numpy(std::move(out.ids), {rows});
+  d["codes"] = to_numpy(std::move(out.codes), {rows, (py::ssize_t)r});
+  d["bucket_sum"] = py::none();
+  d["bucket_sqnorm"] = py::none();
+  return d;
+}
+
+// Two tables dicts that keep codes (float32, or float16 viewed as uint16, the same on both sides)
+// -> their union as one build of all the rows gives; b's ids are shifted by b_id_shift.
+py::dict merge_tables_cpu_py(const py::dict& a, const py::dict& b, int64_t b_id_shift, int n_threads) {
+  const py::array ca = array_arg(a["codes"], "a['codes']"), cb = array_arg(b["codes"], "b['codes']");
+  const bool half = py::isinstance<py::array_t<uint16_t>>(ca);
+  require(half == py::isinstance<py::array_t<uint16_t>>(cb), "a, b: expected codes of the same dtype");
+  return half ? merge_impl<uint16_t>(a, b, b_id_shift, n_threads) : merge_impl<float>(a, b, b_id_shift, n_threads);
+}
+
 // (bucket_sum [U, r], bucket_sqnorm [U]) float64 of built tables, from offsets [U + 1] and the codes
 // [offsets[U], r] (float32, or float16 viewed as uint16).
 py::tuple bucket_stats_cpu_py(const py::array& offsets, const py::array& codes, int n_threads) {
@@ -564,6 +631,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("build_tables_cpu", &build_tables_cpu_py, py::arg("keys"), py::arg("codes"), py::arg("ids"),
         py::arg("keep_codes") = true, py::arg("n_threads") = 0, py::arg("in_place") = false,
         py::arg("with_stats") = true);
+  m.def("merge_tables_cpu", &merge_tables_cpu_py, py::arg("a"), py::arg("b"), py::arg("b_id_shift") = 0,
+        py::arg("n_threads") = 0,
+        "Union of two built tables (dicts with codes and ids) by merging their sorted runs: the tables one "
+        "build of all the rows gives, without sorting again; b's ids are shifted by b_id_shift.");
   m.def("bucket_stats_cpu", &bucket_stats_cpu_py, py::arg("offsets"), py::arg("codes"), py::arg("n_threads") = 0);
   m.def("lookup_cpu", &lookup_cpu_py, py::arg("keys"), py::arg("table_start"), py::arg("offsets"), py::arg("codes"),
         py::arg("bucket_sum"), py::arg("bucket_sqnorm"), py::arg("n_items"), py::arg("query_codes"),

@@ -48,7 +48,7 @@ def sigmoid_binarize(logits):
 
 
 def build_tables(keys, codes, ids, keep_codes: bool = True, n_threads: int = 0, in_place: bool = False,
-                 with_stats: bool = True) -> Dict:
+                 with_stats: bool = True, with_directory: bool = True) -> Dict:
     """keys (b, n) uint64, codes (b, n, r) float32|float16, ids (b, n) int64 -> sorted tables.
 
     in_place (CPU): the caller hands `codes` over; the engine sorts its rows in place and returns
@@ -69,8 +69,26 @@ def build_tables(keys, codes, ids, keep_codes: bool = True, n_threads: int = 0, 
         if half and tables["codes"] is not None:
             tables["codes"] = tables["codes"].view(np.float16)
     tables["n_items"] = int(keys.shape[1])
-    if not on_device(codes):
-        directory(tables, int(codes.shape[2]), n_threads)  # with the build, not on the first lookup
+    if not on_device(codes) and with_directory:  # with the build, not on the first lookup (a batch about
+        directory(tables, int(codes.shape[2]), n_threads)  # to be merged into larger tables needs none)
+    return tables
+
+
+def merge_tables(a: Dict, b: Dict, b_id_shift: int = 0, n_threads: int = 0) -> Dict:
+    """The union of two CPU tables that keep their codes, as one build_tables of all their rows
+    gives (b's ids shifted by b_id_shift), by merging the sorted runs: no sort of the whole index.
+    Statistics are left None (ensure_statistics derives them), as a build with with_stats=False."""
+    half = a["codes"].dtype == np.float16
+
+    def side(t):
+        return {k: (t[k].view(np.uint16) if half and k == "codes" else t[k])
+                for k in ("keys", "table_start", "offsets", "codes", "ids")}
+
+    tables = _C.merge_tables_cpu(side(a), side(b), int(b_id_shift), n_threads)
+    if half:
+        tables["codes"] = tables["codes"].view(np.float16)
+    tables["n_items"] = int(a["n_items"]) + int(b["n_items"])
+    directory(tables, int(tables["codes"].shape[1]), n_threads)
     return tables
 
 

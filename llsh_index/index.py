@@ -515,13 +515,19 @@ class LearnableLSHIndex:
             ids = torch.arange(n_old, n_old + n, dtype=torch.int64, device=t.device).expand(b, n).contiguous()
         else:
             ids = np.broadcast_to(np.arange(n_old, n_old + n, dtype=np.int64), (b, n)).copy()
-        if old is not None and self.store_codes:
+        # on the CPU the batch is sorted alone and merged into the sorted tables (O(total) copies, no
+        # sort of the whole index); the GPU sorts everything again (CUB), its tables being device arrays
+        merge_into = old if old is not None and self.store_codes and not on_gpu else None
+        if old is not None and self.store_codes and on_gpu:
             keys, codes, ids = _concat_rows(old, keys, codes, ids)
         # keys/codes/ids are this call's own buffers: the engine may sort the codes in place.  With
         # codes stored, the bucket statistics wait until a "light"/"squared" lookup or to() needs
         # them (_engine.ensure_statistics; save() writes the codes only): they double the memory add() writes.
         new = _engine.build_tables(keys, codes, ids, keep_codes=self.store_codes, n_threads=self.n_threads,
-                                   in_place=True, with_stats=not self.store_codes)
+                                   in_place=True, with_stats=not self.store_codes,
+                                   with_directory=merge_into is None)
+        if merge_into is not None:
+            new = _engine.merge_tables(merge_into, new, n_threads=self.n_threads)
         if not self.store_codes:
             # statistics only: no per-item ids either (memory and disk of the buckets alone, and
             # the same tables whether the rows came in one add() or several)
@@ -617,7 +623,8 @@ class LearnableLSHIndex:
         """Appends the items of `other` (same hash layers) after this index's items, in place.
 
         The result is exactly the index that one add() of this index's data followed by other's
-        would give: other's item ids are shifted by self.ntotal and rows are re-sorted by (key, id).
+        would give: other's item ids are shifted by self.ntotal and the two sorted tables merged by
+        (key, id).
         """
         self._check_same_layers(other)
         theirs = other._tables
@@ -636,13 +643,10 @@ class LearnableLSHIndex:
             if not self.store_codes:
                 self._tables = _merge_statistics(mine, theirs)
                 return self
-            # merging is not a hot path: rebuild on the host, then place the tables on this index's device
-            b, r = self.n_tables, self.n_bits
+            # merged on the host (the sorted runs of both, no sort), then placed on this index's device
             host = {k: _to_numpy(v) for k, v in mine.items()}
-            keys, codes, ids = _table_rows(theirs, b, r)
-            keys, codes, ids = _concat_rows(host, keys, codes, ids + int(mine["n_items"]))
-            merged = _engine.build_tables(keys, codes, ids, keep_codes=True, n_threads=self.n_threads,
-                                          in_place=True, with_stats=False)  # statistics as after add()
+            merged = _engine.merge_tables(host, {k: _to_numpy(v) for k, v in theirs.items()},
+                                          b_id_shift=int(mine["n_items"]), n_threads=self.n_threads)
             if self.device != "cpu":
                 _engine.ensure_statistics(merged, self.n_threads)
             self._tables = {k: _move(v, self.device) for k, v in merged.items()}
@@ -1302,7 +1306,7 @@ def _move(v, device: str):
 
 def _rows_of(tables: Dict, b: int):
     """The per-row keys (b, n) of sorted tables, in their sorted order (aligned with the stored codes
-    and ids; all three: _table_rows)."""
+    and ids)."""
     n = int(tables["n_items"])
     ts = _to_numpy(tables["table_start"])
     off = _to_numpy(tables["offsets"])
@@ -1312,13 +1316,6 @@ def _rows_of(tables: Dict, b: int):
         u0, u1 = ts[j], ts[j + 1]
         row_keys[j] = np.repeat(keys[u0:u1], np.diff(off[u0:u1 + 1]))
     return row_keys
-
-
-def _table_rows(tables: Dict, b: int, r: int):
-    """(keys, codes, ids) rows of sorted tables, table-major, as numpy arrays."""
-    n = int(tables["n_items"])
-    return (_rows_of(tables, b), _to_numpy(tables["codes"]).reshape(b, n, r),
-            _to_numpy(tables["ids"]).reshape(b, n))
 
 
 def _bucket_code_sums(tables: Dict, query_keys):
@@ -1349,18 +1346,14 @@ def _bucket_code_sums(tables: Dict, query_keys):
 
 
 def _concat_rows(old: Dict, keys, codes, ids):
+    """GPU tables' rows followed by a batch's (tensors), for a device build of all of them."""
     b = keys.shape[0]
     n_old = int(old["n_items"])
     r = codes.shape[2]
-    old_keys = _rows_of(old, b)
-    if isinstance(codes, torch.Tensor):
-        dev = codes.device
-        return (torch.cat([torch.from_numpy(old_keys).to(dev), keys], dim=1),
-                torch.cat([old["codes"].view(b, n_old, r), codes], dim=1),
-                torch.cat([old["ids"].view(b, n_old), ids], dim=1))
-    return (np.concatenate([old_keys, keys], axis=1),
-            np.concatenate([old["codes"].reshape(b, n_old, r), codes], axis=1),
-            np.concatenate([old["ids"].reshape(b, n_old), ids], axis=1))
+    dev = codes.device
+    return (torch.cat([torch.from_numpy(_rows_of(old, b)).to(dev), keys], dim=1),
+            torch.cat([old["codes"].view(b, n_old, r), codes], dim=1),
+            torch.cat([old["ids"].view(b, n_old), ids], dim=1))
 
 
 def _merge_statistics(old: Dict, new: Dict) -> Dict:

@@ -469,3 +469,94 @@ def test_lookup_refuses_table_start_and_offsets_outside_the_arrays(rng, name, ed
     # the offsets of a statistics-only table are counts only: no codes to stay within
     stats = dict(t, codes=None)
     np.testing.assert_array_equal(_lookup(stats, q, qk, "light", None, 8)[0], _lookup(t, q, qk, "light", None, 8)[0])
+
+
+def _layout_oracle(keys, codes, ids):
+    """The sorted layout of sorted_tables.h in plain NumPy: per table, rows ordered by (key, id)."""
+    b, n, r = codes.shape
+    out_keys, starts, offsets, out_codes, out_ids = [], [0], [], [], []
+    for j in range(b):
+        order = np.lexsort((ids[j], keys[j]))
+        k = keys[j][order]
+        first = np.r_[True, k[1:] != k[:-1]]
+        out_keys.append(k[first])
+        offsets.append(j * n + np.flatnonzero(first))
+        starts.append(starts[-1] + int(first.sum()))
+        out_codes.append(codes[j][order])
+        out_ids.append(ids[j][order])
+    return {"keys": np.concatenate(out_keys), "table_start": np.array(starts),
+            "offsets": np.r_[np.concatenate(offsets), b * n], "codes": np.concatenate(out_codes).reshape(b * n, r),
+            "ids": np.concatenate(out_ids)}
+
+
+def _built(rng, n, b, r, ids, dtype=np.float32):
+    codes = random_codes(rng, n, b, r, spread=0.5).astype(np.float32)
+    keys = np.ascontiguousarray(_engine.binarize(codes).T)
+    stored = np.ascontiguousarray(codes.transpose(1, 0, 2).astype(dtype))
+    ids = np.broadcast_to(np.asarray(ids, dtype=np.int64), (b, n)).copy()
+    return _engine.build_tables(keys, stored.copy(), ids, with_stats=False), keys, stored, ids
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("b,r", [(4, 3), (3, 10), (2, 64)])
+@pytest.mark.parametrize("how", ["append", "interleaved", "before"])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_merge_tables_equals_the_layout_of_all_rows(rng, dtype, b, r, how, n_threads):
+    """merge_tables (add() / merge() on the CPU) against the oracle's sort of both sides' rows: b's
+    ids after a's (add), interleaved with them within buckets (the row-by-row merge), or before
+    them; small r puts many rows of both sides in one bucket."""
+    na, nb = 300, 170
+    ids_a = {"append": np.arange(na), "interleaved": 2 * np.arange(na), "before": 1000 + np.arange(na)}[how]
+    ids_b = {"append": np.arange(nb), "interleaved": 2 * np.arange(nb) + 1, "before": np.arange(nb)}[how]
+    shift = na if how == "append" else 0
+    ta, ka, ca, ia = _built(rng, na, b, r, ids_a, dtype)
+    tb, kb, cb, ib = _built(rng, nb, b, r, ids_b, dtype)
+    got = _engine.merge_tables(ta, tb, b_id_shift=shift, n_threads=n_threads)
+    want = _layout_oracle(np.concatenate([ka, kb], 1), np.concatenate([ca, cb], 1),
+                          np.concatenate([ia, ib + shift], 1))
+    for k in ("keys", "table_start", "offsets", "ids", "codes"):
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    assert got["codes"].dtype == dtype and got["n_items"] == na + nb and got["bucket_sum"] is None
+    # and the merged tables score as one build of every row (statistics derived on demand)
+    q = random_codes(rng, 30, b, r, spread=0.5).astype(np.float32)
+    qk = _engine.binarize(q)
+    plain = _engine.build_tables(np.concatenate([ka, kb], 1), np.ascontiguousarray(np.concatenate([ca, cb], 1)),
+                                 np.concatenate([ia, ib + shift], 1))
+    for mode in MODES:
+        np.testing.assert_array_equal(_engine.lookup(_engine.ensure_statistics(got), q, qk, _engine.MODES[mode], 9.0)[0],
+                                      _engine.lookup(plain, q, qk, _engine.MODES[mode], 9.0)[0])
+
+
+def test_merge_tables_checks_the_layouts(rng):
+    """The native merge walks offsets and table starts: a malformed side is a ValueError, not a read
+    out of bounds."""
+    from llsh_index import _C
+
+    ta = _built(rng, 50, 3, 6, np.arange(50))[0]
+    tb = _built(rng, 40, 3, 6, np.arange(40))[0]
+    side = lambda t, **kw: dict({k: t[k] for k in ("keys", "table_start", "offsets", "codes", "ids")}, **kw)  # noqa
+    ok = _C.merge_tables_cpu(side(ta), side(tb), 50)
+    assert len(ok["ids"]) == 3 * 90
+    bad_offsets = ta["offsets"].copy()
+    bad_offsets[2] = 10 ** 9
+    desc = ta["keys"].copy()
+    desc[[0, 1]] = desc[[1, 0]]
+    start = ta["table_start"].copy()
+    start[1] += 1
+    other = _built(rng, 40, 2, 6, np.arange(40))[0]
+    wide = _built(rng, 40, 3, 7, np.arange(40))[0]
+    half = _built(rng, 40, 3, 6, np.arange(40), np.float16)[0]
+    cases = [
+        (side(ta, offsets=bad_offsets), side(tb), "offsets|buckets"),
+        (side(ta, keys=desc), side(tb), "ascending"),
+        (side(ta, table_start=start), side(tb), "table j must own rows|ascending|non-empty"),
+        (side(ta, ids=ta["ids"][:-1].copy()), side(tb), "ids b \\* n"),
+        (side(ta), side(other), "same n_tables and n_bits"),
+        (side(ta), side(wide), "same n_tables and n_bits"),
+        (side(ta), side(half, codes=half["codes"].view(np.uint16)), "same dtype"),
+        (side(ta, codes=ta["codes"].astype(np.float64)), side(tb), "wrong dtype"),
+        (side(ta, keys=list(ta["keys"])), side(tb), "expected a NumPy array"),
+    ]
+    for a, b_, match in cases:
+        with pytest.raises(ValueError, match=match):
+            _C.merge_tables_cpu(a, b_, 50)

@@ -66,6 +66,29 @@ template <typename CodeT>
 void bucket_stats_cpu(const CodeT* codes, const int64_t* offsets, int64_t n_buckets, int64_t n_bits, double* sum,
                       double* sqnorm, int n_threads);
 
+// One side of merge_tables_cpu: built tables that keep their codes and ids (sorted_tables.h's
+// arrays; n_items rows per table).  id_shift is added to this side's ids in the output.
+template <typename CodeT>
+struct StoredTables {
+  const uint64_t* keys = nullptr;        // [U]
+  const int64_t* table_start = nullptr;  // [b + 1]
+  const int64_t* offsets = nullptr;      // [U + 1]
+  const CodeT* codes = nullptr;          // [b * n_items, r]
+  const int64_t* ids = nullptr;          // [b * n_items]
+  int64_t n_items = 0;
+  int64_t id_shift = 0;
+};
+
+// The union of two built tables of the same b and r, ordered by (key, id): exactly the tables one
+// build_tables_cpu of all their rows gives (ids must differ between the sides within a table).
+// It merges the already sorted runs -- O(total rows) copies and no sort -- which is what lets
+// add() and merge() append a batch to a large index without sorting the whole index again.
+// Codes and ids only: the statistics are derived on demand (bucket_stats_cpu), as after a build
+// with with_stats=false.  The caller checks the layouts (the bindings do).
+template <typename CodeT>
+void merge_tables_cpu(const StoredTables<CodeT>& a, const StoredTables<CodeT>& b, int64_t n_tables, int64_t n_bits,
+                      int n_threads, BuiltTables<CodeT>& out);
+
 #ifdef LLSH_WITH_CUDA
 // Device build, on `stream` (a cudaStream_t), in two phases so that the caller allocates every
 // output at its exact size from its own allocator (no cudaMalloc, no managed memory here):

@@ -179,6 +179,116 @@ void bucket_stats_cpu(const CodeT* codes, const int64_t* offsets, int64_t n_buck
   });
 }
 
+namespace {
+
+// Copies rows [r0, r1) of one side (codes and shifted ids) to the output at row `dst`.
+template <typename CodeT>
+inline void copy_rows(const StoredTables<CodeT>& t, int64_t r0, int64_t r1, int64_t r, int64_t dst,
+                      BuiltTables<CodeT>& out) {
+  std::memcpy(out.codes.data() + dst * r, t.codes + r0 * r, (r1 - r0) * r * sizeof(CodeT));
+  for (int64_t i = r0; i < r1; ++i) out.ids[dst++] = t.ids[i] + t.id_shift;
+}
+
+// Buckets [i0, i1) of one side, whose keys the other side lacks, as one block (their rows are
+// contiguous): keys, moved offsets, codes and ids.  Returns the next output row.
+template <typename CodeT>
+int64_t copy_buckets(const StoredTables<CodeT>& t, int64_t i0, int64_t i1, int64_t r, int64_t u, int64_t dst,
+                     BuiltTables<CodeT>& out) {
+  if (i0 == i1) return dst;
+  const int64_t r0 = t.offsets[i0], r1 = t.offsets[i1], delta = dst - r0;
+  std::memcpy(out.keys.data() + u, t.keys + i0, (i1 - i0) * sizeof(uint64_t));
+  for (int64_t x = i0; x < i1; ++x) out.offsets[u + (x - i0)] = t.offsets[x] + delta;
+  copy_rows(t, r0, r1, r, dst, out);
+  return dst + (r1 - r0);
+}
+
+// One bucket present on both sides: its rows of a [a0, a1) and of b [b0, b1), merged by id.  An
+// append (every id of b after a's, the case of add()) is two block copies.
+template <typename CodeT>
+int64_t merge_bucket(const StoredTables<CodeT>& a, int64_t a0, int64_t a1, const StoredTables<CodeT>& b, int64_t b0,
+                     int64_t b1, int64_t r, int64_t dst, BuiltTables<CodeT>& out) {
+  if (a.ids[a1 - 1] + a.id_shift < b.ids[b0] + b.id_shift) {
+    copy_rows(a, a0, a1, r, dst, out);
+    copy_rows(b, b0, b1, r, dst + (a1 - a0), out);
+    return dst + (a1 - a0) + (b1 - b0);
+  }
+  while (a0 < a1 || b0 < b1) {
+    const bool take_a = b0 == b1 || (a0 < a1 && a.ids[a0] + a.id_shift <= b.ids[b0] + b.id_shift);
+    if (take_a) copy_rows(a, a0, a0 + 1, r, dst++, out), ++a0;
+    else copy_rows(b, b0, b0 + 1, r, dst++, out), ++b0;
+  }
+  return dst;
+}
+
+// First index in [lo, hi) of ascending keys whose key is >= `key` (hi if none), by galloping from
+// lo: O(log distance), so a small batch skips the large side's long runs in a few steps.
+inline int64_t gallop(const uint64_t* keys, int64_t lo, int64_t hi, uint64_t key) {
+  int64_t prev = lo, step = 1;
+  while (lo < hi && keys[lo] < key) {
+    prev = lo + 1;
+    lo += step;
+    step <<= 1;
+  }
+  return std::lower_bound(keys + prev, keys + std::min(lo, hi), key) - keys;
+}
+
+// Walks table j of both sides in key order: runs of buckets only one side has, then a shared key.
+// Write=false counts the union's buckets; Write=true fills the output from bucket u and row dst.
+template <bool Write, typename CodeT>
+int64_t merge_table(const StoredTables<CodeT>& a, const StoredTables<CodeT>& b, int64_t j, int64_t r, int64_t u,
+                    int64_t dst, BuiltTables<CodeT>* out) {
+  int64_t i = a.table_start[j], ie = a.table_start[j + 1], k = b.table_start[j], ke = b.table_start[j + 1];
+  const int64_t u0 = u;
+  while (i < ie || k < ke) {
+    const int64_t i2 = k < ke ? gallop(a.keys, i, ie, b.keys[k]) : ie;  // a's buckets before b's next key
+    if (Write) dst = copy_buckets(a, i, i2, r, u, dst, *out);
+    u += i2 - i;
+    i = i2;
+    const int64_t k2 = i < ie ? gallop(b.keys, k, ke, a.keys[i]) : ke;  // then b's before a's next key
+    if (Write) dst = copy_buckets(b, k, k2, r, u, dst, *out);
+    u += k2 - k;
+    k = k2;
+    if (i < ie && k < ke && a.keys[i] == b.keys[k]) {
+      if (Write) {
+        out->keys[u] = a.keys[i];
+        out->offsets[u] = dst;
+        dst = merge_bucket(a, a.offsets[i], a.offsets[i + 1], b, b.offsets[k], b.offsets[k + 1], r, dst, *out);
+      }
+      ++u, ++i, ++k;
+    }
+  }
+  return u - u0;
+}
+
+}  // namespace
+
+template <typename CodeT>
+void merge_tables_cpu(const StoredTables<CodeT>& a, const StoredTables<CodeT>& b, int64_t n_tables, int64_t n_bits,
+                      int n_threads, BuiltTables<CodeT>& out) {
+  const int64_t n = a.n_items + b.n_items;
+  std::vector<int64_t> n_unique(n_tables);
+  parallel_for(n_tables, n_threads, [&](int64_t begin, int64_t end) {  // pass 1: each table's buckets
+    for (int64_t j = begin; j < end; ++j) n_unique[j] = merge_table<false>(a, b, j, n_bits, 0, 0, &out);
+  });
+  out.table_start.assign(n_tables + 1, 0);
+  for (int64_t j = 0; j < n_tables; ++j) out.table_start[j + 1] = out.table_start[j] + n_unique[j];
+  const int64_t U = out.table_start[n_tables];
+  out.keys.resize(U);
+  out.offsets.resize(U + 1);
+  out.offsets[U] = n_tables * n;
+  out.ids.resize(n_tables * n);
+  out.codes.resize(n_tables * n * n_bits);
+  // pass 2: every output element written once, by the thread that owns its table
+  parallel_for(n_tables, n_threads, [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) merge_table<true>(a, b, j, n_bits, out.table_start[j], j * n, &out);
+  });
+}
+
+template void merge_tables_cpu<float>(const StoredTables<float>&, const StoredTables<float>&, int64_t, int64_t, int,
+                                      BuiltTables<float>&);
+template void merge_tables_cpu<uint16_t>(const StoredTables<uint16_t>&, const StoredTables<uint16_t>&, int64_t,
+                                         int64_t, int, BuiltTables<uint16_t>&);
+
 template void bucket_stats_cpu<float>(const float*, const int64_t*, int64_t, int64_t, double*, double*, int);
 template void bucket_stats_cpu<uint16_t>(const uint16_t*, const int64_t*, int64_t, int64_t, double*, double*, int);
 
