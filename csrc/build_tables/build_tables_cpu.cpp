@@ -127,6 +127,21 @@ void fill_table(const std::vector<Record>& rec, const CodeT* codes, const CodeT*
   }
 }
 
+// Sizes the layout from each table's bucket count: table_start filled, keys / offsets / ids
+// allocated for `rows` rows in all and left uninitialised (a second pass writes every element).
+template <typename CodeT>
+int64_t size_layout(const std::vector<int64_t>& n_unique, int64_t rows, BuiltTables<CodeT>& out) {
+  const int64_t n_tables = (int64_t)n_unique.size();
+  out.table_start.assign(n_tables + 1, 0);
+  for (int64_t j = 0; j < n_tables; ++j) out.table_start[j + 1] = out.table_start[j] + n_unique[j];
+  const int64_t U = out.table_start[n_tables];
+  out.keys.resize(U);
+  out.offsets.resize(U + 1);
+  out.offsets[U] = rows;
+  out.ids.resize(rows);
+  return U;
+}
+
 }  // namespace
 
 template <typename CodeT>
@@ -144,15 +159,9 @@ void build_tables_cpu(const uint64_t* keys, const CodeT* codes, const int64_t* i
     std::vector<Record> tmp;
     for (int64_t j = begin; j < end; ++j) n_unique[j] = sort_table(keys + j * n, ids + j * n, n, sorted[j], tmp);
   });
-  out.table_start.assign(n_tables + 1, 0);
-  for (int64_t j = 0; j < n_tables; ++j) out.table_start[j + 1] = out.table_start[j] + n_unique[j];
-  const int64_t U = out.table_start[n_tables];
-  out.keys.resize(U);
-  out.offsets.resize(U + 1);
-  out.offsets[U] = n_tables * n;
+  const int64_t U = size_layout(n_unique, n_tables * n, out);
   out.bucket_sum.resize(with_stats ? U * n_bits : 0);
   out.bucket_sqnorm.resize(with_stats ? U : 0);
-  out.ids.resize(n_tables * n);
   out.codes.resize(keep_codes && !codes_in_place ? n_tables * n * n_bits : 0);
   parallel_for(n_tables, n_threads, [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) {
@@ -270,13 +279,7 @@ void merge_tables_cpu(const StoredTables<CodeT>& a, const StoredTables<CodeT>& b
   parallel_for(n_tables, n_threads, [&](int64_t begin, int64_t end) {  // pass 1: each table's buckets
     for (int64_t j = begin; j < end; ++j) n_unique[j] = merge_table<false>(a, b, j, n_bits, 0, 0, &out);
   });
-  out.table_start.assign(n_tables + 1, 0);
-  for (int64_t j = 0; j < n_tables; ++j) out.table_start[j + 1] = out.table_start[j] + n_unique[j];
-  const int64_t U = out.table_start[n_tables];
-  out.keys.resize(U);
-  out.offsets.resize(U + 1);
-  out.offsets[U] = n_tables * n;
-  out.ids.resize(n_tables * n);
+  size_layout(n_unique, n_tables * n, out);
   out.codes.resize(n_tables * n * n_bits);
   // pass 2: every output element written once, by the thread that owns its table
   parallel_for(n_tables, n_threads, [&](int64_t begin, int64_t end) {
