@@ -677,13 +677,36 @@ def load_distributed(paths: Sequence[str], *, num_cpus_per_shard: Optional[float
 
 
 # ---------------------------------------------------------------------- entry point
+CONNECT_TIMEOUT_S = 5.0
+
+
+def _check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """A host:port (or ray://host:port) address must answer a TCP connection within `timeout` seconds:
+    with nothing listening there, ray.init waits for its own timeouts (minutes) instead of failing.
+    'local' and 'auto' are Ray's to resolve; an address without a port is Ray's to refuse."""
+    import socket
+
+    if address in ("local", "auto"):
+        return
+    host_port = address.split("://", 1)[1] if "://" in address else address
+    host, sep, port = host_port.rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as exc:  # refused, unreachable, a name that does not resolve, timed out
+        raise ConfigError(f"--address {address}: expected a running Ray cluster there ('local' starts one), got no "
+                          f"connection to {host}:{port} within {timeout:g} s ({exc})") from None
+
+
 def main(argv=None) -> int:
     from .cli import nonnegative_float, nonnegative_int, positive_float, positive_int
 
     p = argparse.ArgumentParser(prog="python -m llsh_index.distributed",
                                 description="Build an LLSH index over Ray workers and score queries.")
     p.add_argument("--address", default="local", help="'auto' (existing cluster), 'local' (start Ray here) "
-                                                       "or a ray:// / host:port address (default local)")
+                                                       "or a ray:// / host:port address, refused at once where "
+                                                       "nothing accepts a connection within 5 s (default local)")
     p.add_argument("--train", required=True, help="comma-separated .npy files, one shard each (read by the workers)")
     p.add_argument("--test", required=True, help=".npy of (M, d) queries (read by the driver)")
     p.add_argument("--out", required=True, help="output .npy of (M,) scores (.npy is added if missing, as np.save does)")
@@ -807,6 +830,7 @@ def _run_main(a) -> int:
     ray = _ray()
     started = not ray.is_initialized()
     if started:
+        _check_reachable(a.address)
         try:
             ray.init() if a.address == "local" else ray.init(address=a.address)
         except (ConnectionError, ValueError) as exc:  # Ray's: no cluster there (a built-in error), a bad address

@@ -318,6 +318,38 @@ def test_entry_point_address_without_cluster(tmp_path, capsys, monkeypatch):
     assert err.startswith("error: --address auto: ") and err.count("\n") == 1 and "Could not find" in err, err
 
 
+def test_entry_point_address_with_nothing_listening(tmp_path, capsys, monkeypatch):
+    """A host:port with nothing listening: ray.init waited minutes on its own timeouts; the address is
+    now refused at once, naming it, before ray.init is called."""
+    import socket
+    import time
+
+    np.save(tmp_path / "q.npy", np.zeros((3, 4), np.float32))
+    with socket.socket() as s:  # a port nobody listens on: bound, then closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    called = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda *a, **k: called.append(a or k))
+    q = str(tmp_path / "q.npy")
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        t0 = time.perf_counter()
+        assert main(["--address", address, "--train", q, "--test", q, "--out", str(tmp_path / "s.npy")]) == 2
+        assert time.perf_counter() - t0 < 10
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --address {address}: expected a running Ray cluster there") and \
+            f"no connection to 127.0.0.1:{port} within 5 s" in err and err.count("\n") == 1, err
+    assert not called and not (tmp_path / "s.npy").exists()
+    with socket.socket() as s:  # something listening: the check passes and ray.init is called
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        from llsh_index.distributed import _check_reachable
+
+        _check_reachable(f"127.0.0.1:{s.getsockname()[1]}")
+        _check_reachable("auto")
+        _check_reachable("local")
+
+
 def test_entry_point_help_states_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
