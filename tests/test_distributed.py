@@ -354,7 +354,7 @@ def test_entry_point_help_states_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "address (default local)" in out and "(default 120; 0: no limit)" in out, out
+    assert "within 5 s (default local)" in out and "(default 120; 0: no limit)" in out, out
 
 
 def test_save_shards_refuses_a_file_and_drops_stale_shards(built, tmp_path):
