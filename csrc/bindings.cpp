@@ -186,25 +186,37 @@ py::dict build_tables_cpu_py(const py::array& keys, const py::array& codes, cons
   return build_impl<float>(keys, codes, ids, keep_codes, n_threads, in_place, with_stats);
 }
 
-// One side of merge_tables_cpu from a tables dict (keys, table_start, offsets, codes, ids), its
-// layout checked so that the merge's walks stay inside the arrays: O(U) on top of an O(rows) merge.
+// One side of merge_tables_cpu: its five arrays, each looked up in the dict once and held here for
+// the whole call (the GIL is released while the merge reads them: another thread may replace the
+// dict's entries meanwhile), and the raw view of them whose layout was checked.
+struct MergeSide {
+  py::array keys, table_start, offsets, codes, ids;
+  MergeSide(const py::dict& t, const std::string& name) {
+    auto arr = [&](const char* key) {
+      require(t.contains(key), name + ": expected the tables' '" + key + "' array");
+      return array_arg(t[key], (name + "['" + key + "']").c_str());
+    };
+    keys = arr("keys"), table_start = arr("table_start"), offsets = arr("offsets"), codes = arr("codes");
+    ids = arr("ids");
+  }
+};
+
+// The layout checks that keep the merge's walks inside the arrays: O(U) (and O(rows) for a shifted
+// side's ids) on top of an O(rows) merge.
 template <typename CodeT>
-StoredTables<CodeT> stored_side(const py::dict& t, const char* side, int64_t id_shift) {
-  const std::string name(side);
-  auto arr = [&](const char* key) { return array_arg(t[key], (name + "['" + key + "']").c_str()); };
-  py::array keys = arr("keys"), start = arr("table_start"), offsets = arr("offsets"), codes = arr("codes"),
-            ids = arr("ids");
+StoredTables<CodeT> stored_side(const MergeSide& m, const std::string& name, int64_t id_shift) {
   StoredTables<CodeT> s;
-  s.keys = cptr<uint64_t>(keys, (name + " keys").c_str(), 1);
-  s.table_start = cptr<int64_t>(start, (name + " table_start").c_str(), 1);
-  s.offsets = cptr<int64_t>(offsets, (name + " offsets").c_str(), 1);
-  s.codes = cptr<CodeT>(codes, (name + " codes").c_str(), 2);
-  s.ids = cptr<int64_t>(ids, (name + " ids").c_str(), 1);
+  s.keys = cptr<uint64_t>(m.keys, (name + " keys").c_str(), 1);
+  s.table_start = cptr<int64_t>(m.table_start, (name + " table_start").c_str(), 1);
+  s.offsets = cptr<int64_t>(m.offsets, (name + " offsets").c_str(), 1);
+  s.codes = cptr<CodeT>(m.codes, (name + " codes").c_str(), 2);
+  s.ids = cptr<int64_t>(m.ids, (name + " ids").c_str(), 1);
   s.id_shift = id_shift;
-  const int64_t b = start.shape(0) - 1, U = keys.shape(0), rows = codes.shape(0);
+  const int64_t b = m.table_start.shape(0) - 1, U = m.keys.shape(0), rows = m.codes.shape(0);
   require(b >= 1 && rows % b == 0, name + ": table_start must have b + 1 entries and the codes b * n rows");
   s.n_items = rows / b;
-  require(offsets.shape(0) == U + 1 && ids.shape(0) == rows, name + ": offsets must have U + 1 entries, ids b * n");
+  require(m.offsets.shape(0) == U + 1 && m.ids.shape(0) == rows,
+          name + ": offsets must have U + 1 entries, ids b * n");
   require(s.table_start[0] == 0 && s.table_start[b] == U && s.offsets[0] == 0 && s.offsets[U] == rows,
           name + ": table_start must run from 0 to U and offsets from 0 to b * n");
   bool rows_ok = true, buckets_ok = true;  // messages built only on failure: this loop is O(U)
@@ -216,20 +228,25 @@ StoredTables<CodeT> stored_side(const py::dict& t, const char* side, int64_t id_
   }
   require(rows_ok, name + ": table j must own rows j * n .. (j + 1) * n");
   require(buckets_ok, name + ": buckets must be non-empty and keys ascending within a table");
+  if (id_shift != 0 && rows > 0) {  // shifted ids must stay int64 (signed overflow is undefined)
+    const auto [lo, hi] = std::minmax_element(s.ids, s.ids + rows);
+    const int64_t top = std::numeric_limits<int64_t>::max(), bottom = std::numeric_limits<int64_t>::min();
+    require(id_shift > 0 ? *hi <= top - id_shift : *lo >= bottom - id_shift,
+            name + ": ids shifted by b_id_shift must stay within int64");
+  }
   return s;
 }
 
 template <typename CodeT>
-py::dict merge_impl(const py::dict& a, const py::dict& b, int64_t b_id_shift, int n_threads) {
-  const StoredTables<CodeT> sa = stored_side<CodeT>(a, "a", 0), sb = stored_side<CodeT>(b, "b", b_id_shift);
-  const py::array ca = array_arg(a["codes"], "a['codes']"), cb = array_arg(b["codes"], "b['codes']");
-  const int64_t nt = (int64_t)py::len(a["table_start"]) - 1, r = ca.shape(1);
-  require((int64_t)py::len(b["table_start"]) - 1 == nt && cb.shape(1) == r,
+py::dict merge_impl(const MergeSide& ma, const MergeSide& mb, int64_t b_id_shift, int n_threads) {
+  const StoredTables<CodeT> sa = stored_side<CodeT>(ma, "a", 0), sb = stored_side<CodeT>(mb, "b", b_id_shift);
+  const int64_t nt = ma.table_start.shape(0) - 1, r = ma.codes.shape(1);
+  require(mb.table_start.shape(0) - 1 == nt && mb.codes.shape(1) == r,
           "a, b: expected tables of the same n_tables and n_bits");
   require(r >= 1 && r <= 64, "codes: n_bits must be 1..64, got " + std::to_string(r));
   BuiltTables<CodeT> out;
   {
-    py::gil_scoped_release nogil;
+    py::gil_scoped_release nogil;  // ma / mb hold every array read here
     merge_tables_cpu<CodeT>(sa, sb, nt, r, n_threads, out);
   }
   const auto U = (py::ssize_t)out.keys.size(), rows = (py::ssize_t)(nt * (sa.n_items + sb.n_items));
@@ -247,10 +264,10 @@ py::dict merge_impl(const py::dict& a, const py::dict& b, int64_t b_id_shift, in
 // Two tables dicts that keep codes (float32, or float16 viewed as uint16, the same on both sides)
 // -> their union as one build of all the rows gives; b's ids are shifted by b_id_shift.
 py::dict merge_tables_cpu_py(const py::dict& a, const py::dict& b, int64_t b_id_shift, int n_threads) {
-  const py::array ca = array_arg(a["codes"], "a['codes']"), cb = array_arg(b["codes"], "b['codes']");
-  const bool half = py::isinstance<py::array_t<uint16_t>>(ca);
-  require(half == py::isinstance<py::array_t<uint16_t>>(cb), "a, b: expected codes of the same dtype");
-  return half ? merge_impl<uint16_t>(a, b, b_id_shift, n_threads) : merge_impl<float>(a, b, b_id_shift, n_threads);
+  const MergeSide ma(a, "a"), mb(b, "b");
+  const bool half = py::isinstance<py::array_t<uint16_t>>(ma.codes);
+  require(half == py::isinstance<py::array_t<uint16_t>>(mb.codes), "a, b: expected codes of the same dtype");
+  return half ? merge_impl<uint16_t>(ma, mb, b_id_shift, n_threads) : merge_impl<float>(ma, mb, b_id_shift, n_threads);
 }
 
 // (bucket_sum [U, r], bucket_sqnorm [U]) float64 of built tables, from offsets [U + 1] and the codes

@@ -560,3 +560,71 @@ def test_merge_tables_checks_the_layouts(rng):
     for a, b_, match in cases:
         with pytest.raises(ValueError, match=match):
             _C.merge_tables_cpu(a, b_, 50)
+
+
+_MERGE_RACES = r'''
+import sys, threading, time
+import numpy as np
+from llsh_index import _C
+
+def side(ids, codes):
+    n = len(ids)  # one table, one bucket: interleaved ids make the row-by-row merge (the slow path)
+    return {"keys": np.zeros(1, np.uint64), "table_start": np.array([0, 1], np.int64),
+            "offsets": np.array([0, n], np.int64), "codes": codes, "ids": ids}
+
+n = int(sys.argv[1])
+# 1. another thread drops the dicts' arrays while the merge runs without the GIL
+a = side(np.arange(0, 2 * n, 2, dtype=np.int64), np.zeros((n, 1), np.float32))
+b = side(np.arange(1, 2 * n, 2, dtype=np.int64), np.ones((n, 1), np.float32))
+def drop():
+    time.sleep(0.005)
+    for t in (a, b):
+        for k in list(t):
+            t[k] = None
+th = threading.Thread(target=drop)
+th.start()
+out = _C.merge_tables_cpu(a, b, 0, 1)
+th.join()
+assert np.array_equal(out["ids"], np.arange(2 * n)) and np.array_equal(out["codes"][:, 0], np.arange(2 * n) % 2)
+
+# 2. a mapping that answers a second lookup with another array (n_bits 64 instead of 1)
+class Shifty(dict):
+    seen = 0
+    def __getitem__(self, k):
+        if k == "codes":
+            Shifty.seen += 1
+            if Shifty.seen > 2:
+                return np.zeros((2, 64), np.float32)
+        return dict.__getitem__(self, k)
+m = 200_000
+make = lambda: Shifty(side(np.arange(m, dtype=np.int64), np.zeros((m, 1), np.float32)))
+out = _C.merge_tables_cpu(make(), make(), m, 1)
+assert out["codes"].shape == (2 * m, 1) and np.array_equal(out["ids"], np.arange(2 * m))
+print("ok")
+'''
+
+
+def test_merge_tables_holds_what_it_reads(tmp_path):
+    """The merge runs without the GIL: another thread replacing the dicts' arrays meanwhile freed
+    them under the native reads (a segfault), and an entry looked up twice could differ between the
+    checks and the copy.  In a subprocess, so that a crash is a failed test."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "races.py"
+    script.write_text(_MERGE_RACES)
+    proc = subprocess.run([sys.executable, str(script), "3000000"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", (proc.returncode, proc.stderr[-2000:])
+
+
+def test_merge_tables_refuses_ids_beyond_int64(rng):
+    from llsh_index import _C
+
+    ta = _built(rng, 20, 2, 4, np.arange(20))[0]
+    tb = _built(rng, 10, 2, 4, np.arange(10))[0]
+    side = lambda t: {k: t[k] for k in ("keys", "table_start", "offsets", "codes", "ids")}  # noqa: E731
+    top = np.iinfo(np.int64).max
+    assert _C.merge_tables_cpu(side(ta), side(tb), top - 9)["ids"].max() == top
+    for shift in (top - 8, top):
+        with pytest.raises(ValueError, match="ids shifted by b_id_shift must stay within int64"):
+            _C.merge_tables_cpu(side(ta), side(tb), shift)
