@@ -19,6 +19,15 @@ from . import _C
 # Row count below which a batch is padded before its GEMM: BLAS takes other kernels for a handful of
 # rows (gemv for one), whose rounding differs, and a row's code must not depend on its batch.
 MIN_GEMM_ROWS = 16
+# Likewise for the GEMM's output columns (b * r): with 1, 2, 4 or 8 of them MKL's rounding depended on
+# the number of rows, so the CPU GEMM takes zero weight rows up to this many (n_tables * n_bits < 16).
+MIN_GEMM_COLS = 16
+
+
+def pad_gemm_weight(weight: torch.Tensor) -> torch.Tensor:
+    """The (b*r, d) weight with zero rows appended up to MIN_GEMM_COLS (the same weight when wider)."""
+    n = weight.shape[0]
+    return weight if n >= MIN_GEMM_COLS else torch.cat([weight, weight.new_zeros(MIN_GEMM_COLS - n, weight.shape[1])])
 
 
 def pad_to_gemm_rows(x: torch.Tensor) -> torch.Tensor:
@@ -75,7 +84,8 @@ class HashEncoder(nn.Module):
         """logits() of the rows the fold leaves out, padded (by repeating the first) to MIN_GEMM_ROWS:
         BLAS rounds a one-row product (gemv) differently, so a far row's code would otherwise depend on
         how many far rows share its batch."""
-        return self.logits(pad_to_gemm_rows(rows))[:rows.shape[0]]
+        x = F.layer_norm(pad_to_gemm_rows(rows), (self.dim,))
+        return F.linear(x, pad_gemm_weight(self.weight))[:rows.shape[0], :self.weight.shape[0]]
 
     @torch.no_grad()
     def hash_logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -154,8 +164,14 @@ class HashEncoder(nn.Module):
             far = (np.abs(mean) * rstd > self.FOLD_MAX_MEAN_RATIO) | (rstd > self.FLAT_ROW_RSTD)  # NaN: stays
         # in place into the bias (the same addmm kernel, bit for bit): no second (M, b*r) array to fault in
         # and copy the bias into (~4% of the GEMM's time at M = 20,000)
-        out = torch.empty((x.shape[0], wsum.shape[0])) if out is None else out[:x.shape[0]]
-        raw = torch.mul(torch.from_numpy(mean).unsqueeze(1), -wsum, out=out).addmm_(x, self.weight.t())
+        width = wsum.shape[0]
+        if width < MIN_GEMM_COLS:  # narrow layers: a GEMM of MIN_GEMM_COLS columns, the first `width` kept
+            raw = torch.mul(torch.from_numpy(mean).unsqueeze(1), -pad_gemm_weight(wsum.unsqueeze(1))[:, 0])
+            raw = raw.addmm_(x, pad_gemm_weight(self.weight).t())[:, :width]
+            raw = raw.contiguous() if out is None else out[:x.shape[0]].copy_(raw)
+        else:
+            out = torch.empty((x.shape[0], width)) if out is None else out[:x.shape[0]]
+            raw = torch.mul(torch.from_numpy(mean).unsqueeze(1), -wsum, out=out).addmm_(x, self.weight.t())
         if far.any():
             rows = torch.from_numpy(np.flatnonzero(far))
             raw[rows] = self._explicit_logits(x[rows])

@@ -253,22 +253,30 @@ def test_native_epilogue_is_hash_logits_then_sigmoid(rng):
         np.testing.assert_allclose(codes, torch.sigmoid(torch.from_numpy(logits)).numpy(), rtol=0, atol=1e-6)
 
 
-def test_a_rows_code_does_not_depend_on_its_batch(rng):
-    """Small batches are padded to a GEMM's row count (BLAS rounds a one-row product differently):
-    codes and keys of every row, alone or in batches of 2-17, equal the large batch's bit for bit,
-    also for rows that take the explicit LayerNorm (far from the origin, constant)."""
+@pytest.mark.parametrize("b,r", [(3, 20), (1, 1), (1, 2), (2, 2), (1, 8), (2, 4), (3, 5)])
+def test_a_rows_code_does_not_depend_on_its_batch(rng, b, r):
+    """Small batches are padded to a GEMM's row count (BLAS rounds a one-row product differently),
+    and narrow layers (b * r < 16) to a GEMM's column count (MKL's rounding for 1, 2, 4 or 8 output
+    columns depended on the rows): codes and keys of every row, alone or in batches of 2-17, equal
+    the large batch's bit for bit, also for rows that take the explicit LayerNorm (far from the
+    origin, constant)."""
     x = (rng.standard_normal((40, 48)) * rng.uniform(0.1, 10, (40, 1))).astype(np.float32)
     x[3] += 100.0  # far: |mean| >> std
     x[5] = 0.25  # constant
-    index = LearnableLSHIndex(48, n_tables=3, n_bits=20, seed=2)
+    index = LearnableLSHIndex(48, n_tables=b, n_bits=r, seed=2)
     codes, keys = index.encode(x), index.hash_keys(x)
-    for size in (1, 2, 3, 15, 16, 17):
+    for size in (1, 2, 3, 15, 16, 17, 23):
         for i in [*range(0, 40 - size + 1, 7), 2, 3, 4, 5]:
             np.testing.assert_array_equal(index.encode(x[i:i + size]), codes[i:i + size])
             np.testing.assert_array_equal(index.hash_keys(x[i:i + size]), keys[i:i + size])
     index.add(x)
     full = index.score(x)
     np.testing.assert_array_equal(np.concatenate([index.score(x[i:i + 1]) for i in range(40)]), full)
+    many = index.empty_like()
+    for part in np.split(x, [1, 3, 20, 21]):
+        many.add(part)
+    for k in ("keys", "table_start", "offsets", "ids", "codes"):
+        np.testing.assert_array_equal(many._tables[k], index._tables[k], err_msg=k)
 
 
 @pytest.mark.parametrize("offset", [1e5, 1e7])
