@@ -1455,6 +1455,10 @@ def _check_tables(t: Dict, index: LearnableLSHIndex, path: str) -> None:
             ids = t["ids"]
             ok = (ids.shape == (b * n,) and ids.dtype == np.int64 and (not n or (ids.min() >= 0 and ids.max() < n))
                   and all(bool((np.bincount(ids[j * n:(j + 1) * n], minlength=n) == 1).all()) for j in range(b)))
+            if ok:  # and in (key, id) order: ascending within each bucket (add() / merge() merge these runs)
+                first = np.zeros(b * n, dtype=bool)
+                first[off[:-1]] = True
+                ok = bool(np.all((ids[1:] > ids[:-1]) | first[1:]))
     except (KeyError, AttributeError, IndexError) as exc:
         raise IndexFormatError(f"{path}: inconsistent tables ({exc})") from exc
     if not ok:

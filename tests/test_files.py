@@ -658,6 +658,9 @@ CRAFTED = [
     ("ids-beyond-n-items", _arr("t_ids", lambda i: np.r_[i[:-1], 10 ** 6].astype(i.dtype))),
     ("ids-negative", _arr("t_ids", lambda i: np.r_[-1, i[1:]].astype(i.dtype))),
     ("ids-repeated", _arr("t_ids", lambda i: np.r_[i[1], i[1:]].astype(i.dtype))),
+    # (twenty-first session) each table holds every item once, but not in (key, id) order: add() and
+    # merge() merge the sorted runs as they are now, instead of sorting every row again
+    ("ids-out-of-order-in-a-bucket", lambda m, a: _swap_in_a_bucket(a)),
     ("code-in-another-bucket", _arr("t_codes", lambda c: np.r_[np.where(c[:1] < 0.5, 0.9, 0.1).astype(c.dtype),
                                                                  c[1:]])),
     ("bucket-sum-above-size", _with_stats(_arr("t_bucket_sum", lambda s: s + 1e3))),
@@ -673,6 +676,15 @@ CRAFTED = [
     ("feature-space-not-a-mapping", lambda m, a: m.update(feature_space=["efficientnet_lite0", 16])),
 ]
 
+
+
+def _swap_in_a_bucket(arrays):
+    """The ids of the first two rows of the first bucket holding two or more, swapped."""
+    off, ids = arrays["t_offsets"], arrays["t_ids"].copy()
+    u = int(np.flatnonzero(np.diff(off) >= 2)[0])
+    i = int(off[u])
+    ids[[i, i + 1]] = ids[[i + 1, i]]
+    arrays["t_ids"] = ids
 
 @pytest.fixture(scope="module")
 def parts(saved):
