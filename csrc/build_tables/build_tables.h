@@ -1,6 +1,8 @@
 // build_tables: (key, code, id) rows of every table -> the sorted layout of llsh/sorted_tables.h.
 // Steps: sort rows by (key, id), segment runs of equal keys, gather codes into bucket order,
 // and reduce per-bucket sufficient statistics (sum of codes, sum of squared norms).
+// merge_tables (CPU): two such layouts -> the layout of all their rows, by merging the sorted runs
+// (what add() does with a batch built alone, and merge() with another index's tables).
 #pragma once
 #include <cstdint>
 #include <memory>
