@@ -43,11 +43,24 @@ def knn_method(per_method):
     return next((m for m in per_method if m.startswith("KNN")), None)
 
 
+def _defined(values):
+    """The AUCs that exist: metrics.evaluate gives a macro-AUC of None where no video has both classes."""
+    return [v for v in values if v is not None]
+
+
+def _cell(values):
+    got = _defined(values)
+    if not got:
+        return "undefined"
+    missing = len(values) - len(got)
+    return (f"{np.mean(got):.4f} ({min(got):.4f}-{max(got):.4f})"
+            + (f", undefined for {missing} of {len(values)} seeds" if missing else ""))
+
+
 def table(per_method, seeds):
     lines = ["| method | micro-AUC mean (min-max) | macro-AUC mean (min-max) |", "|---|---|---|"]
     for method, v in per_method.items():
-        cells = [f"{np.mean(v[k]):.4f} ({min(v[k]):.4f}-{max(v[k]):.4f})" for k in ("micro", "macro")]
-        lines.append(f"| {method} | {cells[0]} | {cells[1]} |")
+        lines.append(f"| {method} | {_cell(v['micro'])} | {_cell(v['macro'])} |")
     knn = knn_method(per_method)
     if knn is not None:
         target = np.mean(per_method[knn]["micro"]) - 0.01
@@ -67,11 +80,12 @@ def plot(per_method, path, seeds):
     fig, axes = plt.subplots(1, 2, figsize=(12, 0.45 * len(methods) + 1.8), sharey=True)
     for ax, kind in zip(axes, ("micro", "macro")):
         for i, m in enumerate(methods):
-            vals = per_method[m][kind]
+            vals = _defined(per_method[m][kind])
             ax.scatter(vals, [i] * len(vals), s=28, color="C0", alpha=0.6, zorder=3,
                        label="one seed" if i == 0 else None)
-            ax.scatter([np.mean(vals)], [i], s=120, marker="|", color="k", zorder=4,
-                       label="mean over seeds" if i == 0 else None)
+            if vals:
+                ax.scatter([np.mean(vals)], [i], s=120, marker="|", color="k", zorder=4,
+                           label="mean over seeds" if i == 0 else None)
         if knn is not None:
             ref = np.mean(per_method[knn][kind])
             ax.axvline(ref, color="C2", lw=1, ls="--", label=f"{knn} ({ref:.3f})")

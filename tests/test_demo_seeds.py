@@ -77,6 +77,19 @@ def test_table_without_knn_has_no_target(mod, tmp_path):
     assert "target" not in mod.table(per, [0])
 
 
+def test_an_undefined_macro_auc_is_said_not_averaged(mod, tmp_path):
+    """metrics.evaluate's macro-AUC is None where no video has both classes: the table averages the
+    seeds that have one and says how many do not (a TypeError before), and the figure draws the rest."""
+    per = {"LLSH": {"micro": [0.7, 0.8, 0.9], "macro": [0.6, None, 0.8]},
+           "LSH": {"micro": [0.5, 0.6, 0.7], "macro": [None, None, None]}}
+    lines = mod.table(per, [0, 1, 2]).splitlines()
+    assert lines[2] == "| LLSH | 0.8000 (0.7000-0.9000) | 0.7000 (0.6000-0.8000), undefined for 1 of 3 seeds |"
+    assert lines[3] == "| LSH | 0.6000 (0.5000-0.7000) | undefined |"
+    pytest.importorskip("matplotlib")
+    mod.plot(per, str(tmp_path / "f.png"), [0, 1, 2])
+    assert (tmp_path / "f.png").stat().st_size > 5_000
+
+
 def test_main_writes_json_table_and_figure(mod, tmp_path):
     from PIL import Image
 
