@@ -86,8 +86,8 @@ def plot(per_method, path, seeds):
             if vals:
                 ax.scatter([np.mean(vals)], [i], s=120, marker="|", color="k", zorder=4,
                            label="mean over seeds" if i == 0 else None)
-        if knn is not None:
-            ref = np.mean(per_method[knn][kind])
+        if knn is not None and _defined(per_method[knn][kind]):
+            ref = np.mean(_defined(per_method[knn][kind]))
             ax.axvline(ref, color="C2", lw=1, ls="--", label=f"{knn} ({ref:.3f})")
             if kind == "micro":  # the target is on micro-AUC only
                 ax.axvline(ref - 0.01, color="C3", lw=1, label=f"issue 5 target ({ref - 0.01:.3f})")

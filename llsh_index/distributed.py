@@ -692,9 +692,11 @@ def _check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     host, sep, port = host_port.rpartition(":")
     if not sep or not port.isdigit():
         return
+    if not 0 < int(port) < 65536:
+        raise ConfigError(f"--address {address}: expected a port 1..65535, got {port}")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
-    except (OSError, ValueError) as exc:  # refused, unreachable, a name that does not resolve, timed out
+    except (OSError, ValueError, OverflowError) as exc:  # refused, unreachable, no such name, timed out
         raise ConfigError(f"--address {address}: expected a running Ray cluster there ('local' starts one), got no "
                           f"connection to {host}:{port} within {timeout:g} s ({exc})") from None
 

@@ -81,13 +81,17 @@ def test_an_undefined_macro_auc_is_said_not_averaged(mod, tmp_path):
     """metrics.evaluate's macro-AUC is None where no video has both classes: the table averages the
     seeds that have one and says how many do not (a TypeError before), and the figure draws the rest."""
     per = {"LLSH": {"micro": [0.7, 0.8, 0.9], "macro": [0.6, None, 0.8]},
-           "LSH": {"micro": [0.5, 0.6, 0.7], "macro": [None, None, None]}}
+           "LSH": {"micro": [0.5, 0.6, 0.7], "macro": [None, None, None]},
+           "KNN k=1": {"micro": [0.8, 0.8, 0.8], "macro": [0.9, None, 0.9]}}
     lines = mod.table(per, [0, 1, 2]).splitlines()
     assert lines[2] == "| LLSH | 0.8000 (0.7000-0.9000) | 0.7000 (0.6000-0.8000), undefined for 1 of 3 seeds |"
     assert lines[3] == "| LSH | 0.6000 (0.5000-0.7000) | undefined |"
     pytest.importorskip("matplotlib")
     mod.plot(per, str(tmp_path / "f.png"), [0, 1, 2])
     assert (tmp_path / "f.png").stat().st_size > 5_000
+    per["KNN k=1"]["macro"] = [None, None, None]  # no reference line to draw where it has none
+    mod.plot(per, str(tmp_path / "g.png"), [0, 1, 2])
+    assert (tmp_path / "g.png").stat().st_size > 5_000
 
 
 def test_main_writes_json_table_and_figure(mod, tmp_path):

@@ -348,6 +348,11 @@ def test_entry_point_address_with_nothing_listening(tmp_path, capsys, monkeypatc
         _check_reachable(f"127.0.0.1:{s.getsockname()[1]}")
         _check_reachable("auto")
         _check_reachable("local")
+    from llsh_index import ConfigError
+
+    for port in ("0", "70000", "99999999999999999999"):  # an OverflowError traceback before
+        with pytest.raises(ConfigError, match=f"expected a port 1..65535, got {port}"):
+            _check_reachable(f"127.0.0.1:{port}")
 
 
 def test_entry_point_help_states_defaults(capsys):
