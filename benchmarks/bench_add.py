@@ -7,8 +7,12 @@ add() on the CPU hashes the batch, sorts it alone and merges it into the index's
 again (_engine.build_tables: radix sort, permutation, segmentation).  Both give the same tables,
 checked here on every size; the median wall time of each, alternating calls, and their ratio.
 
+Second table: LearnableLSHIndex.merge_all of S shards (as ShardedIndex.gather() and `llsh-index merge`),
+which merges neighbours pairwise level by level, against merging them one after another into one index
+(merge() in turn), same run, same tables checked.
+
     python benchmarks/bench_add.py                          # d 64, b 8, r 32; 10k, 100k, 300k, 1M items
-    python benchmarks/bench_add.py --sizes 10000,100000 --batch 1000
+    python benchmarks/bench_add.py --sizes 10000,100000 --batch 1000 --shards 2,8
 """
 from __future__ import annotations
 
@@ -66,6 +70,9 @@ def main():
                     help="items in the index before the adds (comma-separated)")
     ap.add_argument("--batch", type=positive_int, default=100, help="rows per add()")
     ap.add_argument("--repeat", type=positive_int, default=5, help="timed adds per method and size")
+    ap.add_argument("--shards", type=int_list(2), default=[2, 4, 8, 16, 32],
+                    help="shard counts for the merge_all table (comma-separated)")
+    ap.add_argument("--shard-items", type=positive_int, default=1_000_000, help="items over all shards")
     ap.add_argument("--n-tables", type=positive_int, default=8)
     ap.add_argument("--n-bits", type=positive_int, default=32)
     args = ap.parse_args()
@@ -98,6 +105,36 @@ def main():
         m, r_ = float(np.median(merge_s)), float(np.median(rebuild_s))
         print(f"| {size:,} | {1e3 * m:.1f} ms | {1e3 * r_:.1f} ms | {m / r_:.3f} | "
               f"{np.median(merge_mb):,.0f} / {np.median(rebuild_mb):,.0f} |", flush=True)
+        index = None  # freed before the next size (not del: the lambdas above name it)
+
+    print(f"\n# merge_all of S shards, {args.shard_items:,} items in all, median of {args.repeat}")
+    print("| shards | merge_all (pairwise levels) | merge() in turn | ratio |")
+    print("|---|---|---|---|")
+    x = rng.standard_normal((args.shard_items, args.dim), dtype=np.float32)
+    base = LearnableLSHIndex(args.dim, args.n_tables, args.n_bits, seed=0)
+    base.add(x[:1])
+    for n_shards in args.shards:
+        shards = [base.empty_like().add(part) for part in np.array_split(x, n_shards)]
+
+        def in_turn():
+            out = shards[0].empty_like()
+            for s in shards:
+                out.merge(s)
+            return out
+
+        tree_s, turn_s = [], []
+        for _ in range(args.repeat):
+            t, _, turn = timed(in_turn)
+            turn_s.append(t)
+            t, _, tree = timed(lambda: LearnableLSHIndex.merge_all(shards))
+            tree_s.append(t)
+            for k in ("keys", "table_start", "offsets", "codes", "ids"):
+                if not np.array_equal(tree._tables[k], turn._tables[k]):
+                    raise SystemExit(f"{n_shards} shards: the two merges' tables differ in {k}")
+            del tree, turn
+        a, b_ = float(np.median(tree_s)), float(np.median(turn_s))
+        print(f"| {n_shards} | {a:.2f} s | {b_:.2f} s | {a / b_:.3f} |", flush=True)
+        shards = None  # freed before the next count (not del: in_turn names it)
 
 
 if __name__ == "__main__":

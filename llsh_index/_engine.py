@@ -74,7 +74,7 @@ def build_tables(keys, codes, ids, keep_codes: bool = True, n_threads: int = 0, 
     return tables
 
 
-def merge_tables(a: Dict, b: Dict, b_id_shift: int = 0, n_threads: int = 0) -> Dict:
+def merge_tables(a: Dict, b: Dict, b_id_shift: int = 0, n_threads: int = 0, with_directory: bool = True) -> Dict:
     """The union of two CPU tables that keep their codes, as one build_tables of all their rows
     gives (b's ids shifted by b_id_shift), by merging the sorted runs: no sort of the whole index.
     Statistics are left None (ensure_statistics derives them), as a build with with_stats=False."""
@@ -88,7 +88,8 @@ def merge_tables(a: Dict, b: Dict, b_id_shift: int = 0, n_threads: int = 0) -> D
     if half:
         tables["codes"] = tables["codes"].view(np.float16)
     tables["n_items"] = int(a["n_items"]) + int(b["n_items"])
-    directory(tables, int(tables["codes"].shape[1]), n_threads)
+    if with_directory:
+        directory(tables, int(tables["codes"].shape[1]), n_threads)
     return tables
 
 

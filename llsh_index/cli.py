@@ -722,9 +722,10 @@ def cmd_merge(args) -> int:
     merged = indexes[0].empty_like()
     for path, index in zip(args.index, indexes):
         try:
-            merged.merge(index)
+            merged._check_same_layers(index)  # what merge() checks, first, for every file
         except LLSHError as exc:  # named with the file: "this index / the other" means little here
             raise type(exc)(f"--index {path} against {args.index[0]}: {exc}") from None
+    merged._merge_many(indexes)
     if merged.ntotal == 0:  # fit outputs only: layers, no items
         raise ConfigError("merge: the --index files hold hash layers but no indexed snippets (`fit` outputs); "
                           "merge the indexes `build --model` makes from them")

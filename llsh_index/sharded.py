@@ -611,8 +611,7 @@ class ShardedIndex(_ShardScoring):
         # scores queued behind it are not held for the whole rebuild
         with self._lock.read():
             frozen = [copy.copy(s) for s in self.shards]
-        for s in frozen:
-            out.merge(s)  # merge() brings a device shard's rows onto this CPU index
+        out._merge_many(frozen)  # brings device shards' rows onto this CPU index
         if out.feature_space_ is None:
             out.feature_space_ = next((dict(s.feature_space_) for s in frozen if s.feature_space_), None)
         return out

@@ -33,6 +33,32 @@ def test_merge_equals_one_add(data):
     np.testing.assert_array_equal(merged.score(q), single.score(q))
 
 
+@pytest.mark.parametrize("code_dtype", ["float32", "float16"])
+@pytest.mark.parametrize("n_shards", [3, 5, 8])
+def test_merge_all_of_many_shards_equals_one_add(data, code_dtype, n_shards):
+    """merge_all (and gather, and `llsh-index merge`) merges many shards pairwise, level by level:
+    with an odd count, empty shards among them, and into an index that holds items already, the
+    tables are those of one add() of every row, bit for bit."""
+    x, q = data
+    cuts = np.linspace(0, len(x), n_shards + 1).astype(int)[1:-1]
+    cuts[0] = 0  # the first shard empty
+    base = LearnableLSHIndex(x.shape[1], n_tables=4, n_bits=10, seed=5, code_dtype=code_dtype)
+    base.add(x[:1])  # the layers; then an empty copy per shard
+    shards = []
+    for part in np.split(x, cuts):
+        s = base.empty_like()
+        shards.append(s.add(part) if len(part) else s)
+    single = base.empty_like().add(x)
+    merged = LearnableLSHIndex.merge_all(shards)
+    grown = base.empty_like().add(x[:cuts[1]])._merge_many(shards[2:])
+    for got in (merged, grown):
+        assert got.ntotal == len(x)
+        for k in ("keys", "table_start", "offsets", "ids", "codes"):
+            np.testing.assert_array_equal(got._tables[k], single._tables[k], err_msg=k)
+        np.testing.assert_array_equal(got.score(q), single.score(q))
+        np.testing.assert_array_equal(got.score(q, "light"), single.score(q, "light"))
+
+
 @pytest.mark.parametrize("mode", ["mean", "light", "squared"])
 def test_partial_scores_combine_exactly(data, mode):
     x, q = data
