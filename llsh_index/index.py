@@ -657,14 +657,17 @@ class LearnableLSHIndex:
         pairwise, level by level: O(total x log S) copies for S indexes, where S merges one after another
         copy O(total x S).  Exactly the tables of the merges in turn (the layout is canonical)."""
         indexes = list(indexes)
-        filled = [i for i in indexes if i._tables is not None]
-        if not self.store_codes or len(filled) + (self._tables is not None) < 3:
+        tables = [i._tables if isinstance(i, LearnableLSHIndex) else None for i in indexes]  # each read once
+        filled = [t for t in tables if t is not None]
+        # self in the list: in turn, it merges itself as grown by then; merge() one by one does that
+        if (not self.store_codes or len(filled) + (self._tables is not None) < 3
+                or any(i is self for i in indexes)):
             for index in indexes:
                 self.merge(index)
             return self
         for index in indexes:
             self._check_same_layers(index)
-        parts = [{k: _to_numpy(v) for k, v in i._tables.items()} for i in filled]
+        parts = [{k: _to_numpy(v) for k, v in t.items()} for t in filled]
         with self._write_lock:
             if self._tables is not None:
                 parts.insert(0, {k: _to_numpy(v) for k, v in self._tables.items()})

@@ -51,6 +51,15 @@ def test_merge_all_of_many_shards_equals_one_add(data, code_dtype, n_shards):
     single = base.empty_like().add(x)
     merged = LearnableLSHIndex.merge_all(shards)
     grown = base.empty_like().add(x[:cuts[1]])._merge_many(shards[2:])
+    # in turn, an index in its own list merges itself as grown by then
+    again = base.empty_like().add(x[:cuts[1]])
+    want = again.empty_like().add(x[:cuts[1]])
+    for s_ in shards[2:]:
+        want.merge(s_)
+    want.merge(want)
+    again._merge_many(shards[2:] + [again])
+    for k in ("keys", "table_start", "offsets", "ids", "codes"):
+        np.testing.assert_array_equal(again._tables[k], want._tables[k], err_msg=k)
     for got in (merged, grown):
         assert got.ntotal == len(x)
         for k in ("keys", "table_start", "offsets", "ids", "codes"):
