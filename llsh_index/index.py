@@ -643,14 +643,24 @@ class LearnableLSHIndex:
             if not self.store_codes:
                 self._tables = _merge_statistics(mine, theirs)
                 return self
-            # merged on the host (the sorted runs of both, no sort), then placed on this index's device
-            host = {k: _to_numpy(v) for k, v in mine.items()}
-            merged = _engine.merge_tables(host, {k: _to_numpy(v) for k, v in theirs.items()},
-                                          b_id_shift=int(mine["n_items"]), n_threads=self.n_threads)
-            if self.device != "cpu":
-                _engine.ensure_statistics(merged, self.n_threads)
-            self._tables = {k: _move(v, self.device) for k, v in merged.items()}
+            self._set_merged_tables([mine, theirs])
         return self
+
+    def _set_merged_tables(self, parts) -> None:
+        """self._tables = the union of `parts` (tables that keep codes, in item order), merged on the host
+        (sorted runs, no sort) neighbour with neighbour, level by level, then placed on this index's
+        device.  Under the write lock."""
+        parts = [{k: _to_numpy(v) for k, v in t.items()} for t in parts]
+        while len(parts) > 1:
+            last = len(parts) == 2  # only the final tables are looked up: the others need no directory
+            nxt = [_engine.merge_tables(parts[k], parts[k + 1], b_id_shift=int(parts[k]["n_items"]),
+                                        n_threads=self.n_threads, with_directory=last)
+                   for k in range(0, len(parts) - 1, 2)]
+            parts = nxt + parts[len(nxt) * 2:]
+        merged = parts[0]
+        if self.device != "cpu":
+            _engine.ensure_statistics(merged, self.n_threads)
+        self._tables = {k: _move(v, self.device) for k, v in merged.items()}
 
     def _merge_many(self, indexes: Iterable["LearnableLSHIndex"]) -> "LearnableLSHIndex":
         """merge() of each index in turn, in one step.  With codes stored, neighbours' tables are merged
@@ -667,20 +677,8 @@ class LearnableLSHIndex:
             return self
         for index in indexes:
             self._check_same_layers(index)
-        parts = [{k: _to_numpy(v) for k, v in t.items()} for t in filled]
         with self._write_lock:
-            if self._tables is not None:
-                parts.insert(0, {k: _to_numpy(v) for k, v in self._tables.items()})
-            while len(parts) > 1:
-                last = len(parts) == 2  # only the final tables are looked up: the others need no directory
-                nxt = [_engine.merge_tables(parts[k], parts[k + 1], b_id_shift=int(parts[k]["n_items"]),
-                                            n_threads=self.n_threads, with_directory=last)
-                       for k in range(0, len(parts) - 1, 2)]
-                parts = nxt + parts[len(nxt) * 2:]
-            merged = parts[0]
-            if self.device != "cpu":
-                _engine.ensure_statistics(merged, self.n_threads)
-            self._tables = {k: _move(v, self.device) for k, v in merged.items()}
+            self._set_merged_tables(filled if self._tables is None else [self._tables] + filled)
         return self
 
     def empty_like(self, **overrides) -> "LearnableLSHIndex":
