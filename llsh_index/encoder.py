@@ -166,7 +166,7 @@ class HashEncoder(nn.Module):
         # and copy the bias into (~4% of the GEMM's time at M = 20,000)
         width = wsum.shape[0]
         if width < MIN_GEMM_COLS:  # narrow layers: a GEMM of MIN_GEMM_COLS columns, the first `width` kept
-            raw = torch.mul(torch.from_numpy(mean).unsqueeze(1), -pad_gemm_weight(wsum.unsqueeze(1))[:, 0])
+            raw = torch.mul(torch.from_numpy(mean).unsqueeze(1), -F.pad(wsum, (0, MIN_GEMM_COLS - width)))
             raw = raw.addmm_(x, pad_gemm_weight(self.weight).t())[:, :width]
             raw = raw.contiguous() if out is None else out[:x.shape[0]].copy_(raw)
         else:
