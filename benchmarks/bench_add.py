@@ -27,6 +27,7 @@ import torch
 from llsh_index import LearnableLSHIndex, _engine
 from llsh_index.cli import int_list, positive_int
 from llsh_index.index import _rows_of
+from table2 import _proc_status  # /proc/self/status in bytes (the benchmarks' folder is on sys.path)
 
 
 def rebuild_tables(index, rows):
@@ -42,24 +43,19 @@ def rebuild_tables(index, rows):
                                 in_place=True, with_stats=False)
 
 
-def _status_kib(field):
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-
 def timed(fn):
     """(seconds, transient memory in MiB above the resident size before the call, result); the
     transient memory is Linux's peak resident size (VmHWM, reset through clear_refs), 0 elsewhere."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # resets VmHWM to the current resident size
-        before = _status_kib("VmRSS")
+        before = _proc_status().get("VmRSS")
     except OSError:
         before = None
     t0 = time.perf_counter()
     out = fn()
     seconds = time.perf_counter() - t0
-    peak = 0.0 if before is None else (_status_kib("VmHWM") - before) / 1024
+    peak = 0.0 if before is None else (_proc_status()["VmHWM"] - before) / 2 ** 20
     return seconds, peak, out
 
 
