@@ -11,6 +11,10 @@ Second table: LearnableLSHIndex.merge_all of S shards (as ShardedIndex.gather() 
 which merges neighbours pairwise level by level, against merging them one after another into one index
 (merge() in turn), same run, same tables checked.
 
+Third table: remove_ids() of the oldest share of the items (a sliding window of normal video), which
+compacts the sorted tables with masks and prefix sums, against what a user had to do without it:
+a new index built by add() from the remaining rows' features.  Same run, same tables checked.
+
     python benchmarks/bench_add.py                          # d 64, b 8, r 32; 10k, 100k, 300k, 1M items
     python benchmarks/bench_add.py --sizes 10000,100000 --batch 1000 --shards 2,8
 """
@@ -59,6 +63,22 @@ def timed(fn):
     return seconds, peak, out
 
 
+def alternate(repeat: int, ours, before, what: str):
+    """Median seconds of ours() and before() (each returns an index), called in turn `repeat` times,
+    after checking each time that both built the same tables."""
+    ours_s, before_s = [], []
+    for _ in range(repeat):
+        t, _, want = timed(before)
+        before_s.append(t)
+        t, _, got = timed(ours)
+        ours_s.append(t)
+        for k in ("keys", "table_start", "offsets", "codes", "ids"):
+            if not np.array_equal(got._tables[k], want._tables[k]):
+                raise SystemExit(f"{what} differ in {k}")
+        del got, want
+    return float(np.median(ours_s)), float(np.median(before_s))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dim", type=positive_int, default=64)
@@ -69,6 +89,8 @@ def main():
     ap.add_argument("--shards", type=int_list(2), default=[2, 4, 8, 16, 32],
                     help="shard counts for the merge_all table (comma-separated)")
     ap.add_argument("--shard-items", type=positive_int, default=1_000_000, help="items over all shards")
+    ap.add_argument("--remove", type=str, default="0.01,0.1,0.5",
+                    help="shares of the --shard-items items removed by remove_ids (comma-separated)")
     ap.add_argument("--n-tables", type=positive_int, default=8)
     ap.add_argument("--n-bits", type=positive_int, default=32)
     args = ap.parse_args()
@@ -118,19 +140,27 @@ def main():
                 out.merge(s)
             return out
 
-        tree_s, turn_s = [], []
-        for _ in range(args.repeat):
-            t, _, turn = timed(in_turn)
-            turn_s.append(t)
-            t, _, tree = timed(lambda: LearnableLSHIndex.merge_all(shards))
-            tree_s.append(t)
-            for k in ("keys", "table_start", "offsets", "codes", "ids"):
-                if not np.array_equal(tree._tables[k], turn._tables[k]):
-                    raise SystemExit(f"{n_shards} shards: the two merges' tables differ in {k}")
-            del tree, turn
-        a, b_ = float(np.median(tree_s)), float(np.median(turn_s))
+        a, b_ = alternate(args.repeat, lambda: LearnableLSHIndex.merge_all(shards), in_turn,
+                          f"{n_shards} shards: the two merges' tables")
         print(f"| {n_shards} | {a:.2f} s | {b_:.2f} s | {a / b_:.3f} |", flush=True)
         shards = None  # freed before the next count (not del: in_turn names it)
+
+    print(f"\n# remove_ids of the oldest items, {args.shard_items:,} items, median of {args.repeat}")
+    print("| removed | remove_ids | add() of the rest into a new index | ratio |")
+    print("|---|---|---|---|")
+    full = base.empty_like().add(x)
+    for share in [float(v) for v in args.remove.split(",")]:
+        k = int(round(share * len(x)))
+
+        def remove():
+            window = base.empty_like()
+            window._tables = full._tables  # tables are never modified in place: sharing them is safe
+            window.remove_ids(np.arange(k))
+            return window
+
+        a, b_ = alternate(args.repeat, remove, lambda: base.empty_like().add(x[k:]),
+                          f"remove_ids of {k} items and the rebuild: the tables")
+        print(f"| {k:,} ({share:.0%}) | {a:.2f} s | {b_:.2f} s | {a / b_:.3f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -237,6 +237,22 @@ StoredTables<CodeT> stored_side(const MergeSide& m, const std::string& name, int
   return s;
 }
 
+// Merged or compacted tables (codes and ids, statistics left to ensure_statistics) as the dict of
+// sorted_tables.h's arrays.
+template <typename CodeT>
+py::dict tables_dict(BuiltTables<CodeT>&& out, int64_t nt, py::ssize_t rows, int64_t r) {
+  const auto U = (py::ssize_t)out.keys.size();
+  py::dict d;
+  d["keys"] = to_numpy(std::move(out.keys), {U});
+  d["table_start"] = to_numpy(std::move(out.table_start), {(py::ssize_t)nt + 1});
+  d["offsets"] = to_numpy(std::move(out.offsets), {U + 1});
+  d["ids"] = to_numpy(std::move(out.ids), {rows});
+  d["codes"] = to_numpy(std::move(out.codes), {rows, (py::ssize_t)r});
+  d["bucket_sum"] = py::none();
+  d["bucket_sqnorm"] = py::none();
+  return d;
+}
+
 template <typename CodeT>
 py::dict merge_impl(const MergeSide& ma, const MergeSide& mb, int64_t b_id_shift, int n_threads) {
   const StoredTables<CodeT> sa = stored_side<CodeT>(ma, "a", 0), sb = stored_side<CodeT>(mb, "b", b_id_shift);
@@ -249,16 +265,7 @@ py::dict merge_impl(const MergeSide& ma, const MergeSide& mb, int64_t b_id_shift
     py::gil_scoped_release nogil;  // ma / mb hold every array read here
     merge_tables_cpu<CodeT>(sa, sb, nt, r, n_threads, out);
   }
-  const auto U = (py::ssize_t)out.keys.size(), rows = (py::ssize_t)(nt * (sa.n_items + sb.n_items));
-  py::dict d;
-  d["keys"] = to_numpy(std::move(out.keys), {U});
-  d["table_start"] = to_numpy(std::move(out.table_start), {(py::ssize_t)nt + 1});
-  d["offsets"] = to_numpy(std::move(out.offsets), {U + 1});
-  d["ids"] = to_numpy(std::move(out.ids), {rows});
-  d["codes"] = to_numpy(std::move(out.codes), {rows, (py::ssize_t)r});
-  d["bucket_sum"] = py::none();
-  d["bucket_sqnorm"] = py::none();
-  return d;
+  return tables_dict(std::move(out), nt, (py::ssize_t)(nt * (sa.n_items + sb.n_items)), r);
 }
 
 // Two tables dicts that keep codes (float32, or float16 viewed as uint16, the same on both sides)
@@ -268,6 +275,36 @@ py::dict merge_tables_cpu_py(const py::dict& a, const py::dict& b, int64_t b_id_
   const bool half = py::isinstance<py::array_t<uint16_t>>(ma.codes);
   require(half == py::isinstance<py::array_t<uint16_t>>(mb.codes), "a, b: expected codes of the same dtype");
   return half ? merge_impl<uint16_t>(ma, mb, b_id_shift, n_threads) : merge_impl<float>(ma, mb, b_id_shift, n_threads);
+}
+
+template <typename CodeT>
+py::dict remove_impl(const MergeSide& m, const uint8_t* keep, int n_threads) {
+  const StoredTables<CodeT> st = stored_side<CodeT>(m, "tables", 0);
+  const int64_t nt = m.table_start.shape(0) - 1, r = m.codes.shape(1), rows = m.ids.shape(0);
+  require(r >= 1 && r <= 64, "codes: n_bits must be 1..64, got " + std::to_string(r));
+  bool ids_ok = true;  // the walk reads keep[id]: every id must be an item of the tables
+  for (int64_t i = 0; i < rows; ++i) ids_ok &= st.ids[i] >= 0 && st.ids[i] < st.n_items;
+  require(ids_ok, "tables: ids must lie in 0 .. n_items - 1");
+  BuiltTables<CodeT> out;
+  {
+    py::gil_scoped_release nogil;  // m holds every array read here
+    remove_items_cpu<CodeT>(st, keep, nt, r, n_threads, out);
+  }
+  const auto kept_rows = (py::ssize_t)out.ids.size();
+  return tables_dict(std::move(out), nt, kept_rows, r);
+}
+
+// A tables dict that keeps codes and ids (float32, or float16 viewed as uint16) without the items
+// whose keep[id] is false, the kept ones renumbered in order: the tables one build of them gives.
+py::dict remove_items_cpu_py(const py::dict& tables, const py::array& keep, int n_threads) {
+  const MergeSide m(tables, "tables");
+  const int64_t nt = m.table_start.shape(0) - 1;
+  const bool* k = cptr<bool>(keep, "keep", 1);
+  require(nt >= 1 && m.ids.shape(0) % nt == 0 && keep.shape(0) == m.ids.shape(0) / nt,
+          "keep: expected one value per item of the tables");
+  const auto* k8 = reinterpret_cast<const uint8_t*>(k);
+  return py::isinstance<py::array_t<uint16_t>>(m.codes) ? remove_impl<uint16_t>(m, k8, n_threads)
+                                                        : remove_impl<float>(m, k8, n_threads);
 }
 
 // (bucket_sum [U, r], bucket_sqnorm [U]) float64 of built tables, from offsets [U + 1] and the codes
@@ -652,6 +689,9 @@ PYBIND11_MODULE(_C, m) {
         py::arg("n_threads") = 0,
         "Union of two built tables (dicts with codes and ids) by merging their sorted runs: the tables one "
         "build of all the rows gives, without sorting again; b's ids are shifted by b_id_shift.");
+  m.def("remove_items_cpu", &remove_items_cpu_py, py::arg("tables"), py::arg("keep"), py::arg("n_threads") = 0,
+        "Built tables (a dict with codes and ids) without the items whose keep[id] is false, the kept ones "
+        "renumbered in order: the tables one build of the kept rows gives, without sorting again.");
   m.def("bucket_stats_cpu", &bucket_stats_cpu_py, py::arg("offsets"), py::arg("codes"), py::arg("n_threads") = 0);
   m.def("lookup_cpu", &lookup_cpu_py, py::arg("keys"), py::arg("table_start"), py::arg("offsets"), py::arg("codes"),
         py::arg("bucket_sum"), py::arg("bucket_sqnorm"), py::arg("n_items"), py::arg("query_codes"),

@@ -80,14 +80,29 @@ def merge_tables(a: Dict, b: Dict, b_id_shift: int = 0, n_threads: int = 0, with
     Statistics are left None (ensure_statistics derives them), as a build with with_stats=False."""
     half = a["codes"].dtype == np.float16
 
-    def side(t):
-        return {k: (t[k].view(np.uint16) if half and k == "codes" else t[k])
-                for k in ("keys", "table_start", "offsets", "codes", "ids")}
+    tables = _C.merge_tables_cpu(_stored_side(a, half), _stored_side(b, half), int(b_id_shift), n_threads)
+    return _finish_stored(tables, half, int(a["n_items"]) + int(b["n_items"]), n_threads, with_directory)
 
-    tables = _C.merge_tables_cpu(side(a), side(b), int(b_id_shift), n_threads)
+
+def remove_items(t: Dict, keep: np.ndarray, n_threads: int = 0, with_directory: bool = True) -> Dict:
+    """CPU tables that keep their codes, without the items where keep (n_items,) bool is False; the
+    kept items renumbered 0.. in order: the tables one build of the kept rows gives, by copying
+    the kept runs (no sort).  Statistics are left None, as after merge_tables."""
+    half = t["codes"].dtype == np.float16
+    tables = _C.remove_items_cpu(_stored_side(t, half), np.ascontiguousarray(keep, dtype=bool), n_threads)
+    return _finish_stored(tables, half, int(np.count_nonzero(keep)), n_threads, with_directory)
+
+
+def _stored_side(t: Dict, half: bool) -> Dict:
+    """The five arrays the native merge / removal read (float16 codes viewed as uint16)."""
+    return {k: (t[k].view(np.uint16) if half and k == "codes" else t[k])
+            for k in ("keys", "table_start", "offsets", "codes", "ids")}
+
+
+def _finish_stored(tables: Dict, half: bool, n_items: int, n_threads: int, with_directory: bool) -> Dict:
     if half:
         tables["codes"] = tables["codes"].view(np.float16)
-    tables["n_items"] = int(a["n_items"]) + int(b["n_items"])
+    tables["n_items"] = n_items
     if with_directory:
         directory(tables, int(tables["codes"].shape[1]), n_threads)
     return tables

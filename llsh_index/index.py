@@ -715,6 +715,43 @@ class LearnableLSHIndex:
         _check_indexes(indexes, "merge_all")
         return indexes[0].empty_like()._merge_many(indexes)
 
+    def remove_ids(self, ids) -> int:
+        """Removes items from the index; returns how many it removed.
+
+        ids: item ids (an item's id is its row in the order of add(): 0 .. ntotal - 1), as integers,
+        or a boolean mask of ntotal values (True = remove).  Repeated ids count once.  The items left
+        keep their order and are renumbered 0 .. ntotal - removed - 1, as faiss's flat indexes do, so
+        the tables are exactly those one add() of the remaining rows gives (a sliding window of
+        normal video: ``index.remove_ids(range(k))`` forgets the k oldest rows).  Needs the stored
+        codes: a statistics-only index (store_codes=False) cannot take a removed item's code out of
+        its bucket's sums.
+        """
+        with self._write_lock:
+            tables = self._tables
+            n = 0 if tables is None else int(tables["n_items"])
+            drop = _removal_mask(ids, n)
+            if not drop.any():
+                return 0
+            if not self.store_codes:
+                raise IndexStateError("remove_ids: this index keeps bucket statistics only (store_codes=False), "
+                                      "so a removed item's code cannot be taken out of its bucket; build it with "
+                                      "store_codes=True to remove items")
+            removed = int(drop.sum())
+            if removed == n:
+                self._tables = None
+                return removed
+            on_device = isinstance(tables["codes"], torch.Tensor)
+            # on the host: the native engine copies the kept runs (a device copy goes back below)
+            host = _engine.remove_items({k: _to_numpy(v) for k, v in tables.items()}, ~drop, self.n_threads,
+                                        with_directory=not on_device)
+            if on_device:  # device tables go back where they were
+                _engine.ensure_statistics(host, self.n_threads)  # every engine off the CPU expects them
+                device = tables["codes"].device
+                host = {k: (torch.from_numpy(v).to(device) if isinstance(v, np.ndarray) else v)
+                        for k, v in host.items()}
+            self._tables = host  # one swap, as add(): a concurrent score sees the old tables or these
+            return removed
+
     @torch.no_grad()
     def hash_queries(self, queries):
         """(codes (M, b, r) float32, keys (M, b) uint64) of `queries`, on this index's device.
@@ -1380,6 +1417,37 @@ def _concat_rows(old: Dict, keys, codes, ids):
     return (torch.cat([torch.from_numpy(_rows_of(old, b)).to(dev), keys], dim=1),
             torch.cat([old["codes"].view(b, n_old, r), codes], dim=1),
             torch.cat([old["ids"].view(b, n_old), ids], dim=1))
+
+
+def _removal_mask(ids, n: int) -> np.ndarray:
+    """remove_ids()'s argument as a boolean mask of the n items (True = remove), checked."""
+    if isinstance(ids, torch.Tensor):
+        ids = ids.detach().cpu().numpy()
+    try:
+        a = np.asarray(list(ids) if isinstance(ids, (range, set, frozenset)) else ids)
+    except (TypeError, ValueError) as exc:
+        raise InvalidDTypeError(f"remove_ids: expected integer item ids or a boolean mask, got "
+                                f"{type(ids).__name__} ({exc})") from exc
+    if a.ndim > 1:
+        raise InvalidInputError(f"remove_ids: expected a 1-D array of item ids or a boolean mask, got shape {a.shape}")
+    a = a.reshape(-1)
+    if a.dtype == np.bool_:
+        if a.shape[0] != n:
+            raise InvalidInputError(f"remove_ids: a boolean mask needs one value per item ({n}), got {a.shape[0]}")
+        return a.copy()
+    if a.size == 0:  # an empty list reads as float64
+        return np.zeros(n, dtype=bool)
+    if a.dtype.kind not in "iu":
+        raise InvalidDTypeError(f"remove_ids: expected integer item ids or a boolean mask, got dtype {a.dtype}")
+    if n == 0:
+        raise NotFittedError(f"remove_ids: the index holds no items (nothing added), got {a.size} id(s) to remove")
+    lo, hi = a.min(), a.max()
+    if lo < 0 or hi >= n:
+        bad = lo if lo < 0 else hi
+        raise InvalidInputError(f"remove_ids: expected item ids in 0..{n - 1} (the index holds {n} items), got {bad}")
+    mask = np.zeros(n, dtype=bool)
+    mask[a] = True
+    return mask
 
 
 def _merge_statistics(old: Dict, new: Dict) -> Dict:

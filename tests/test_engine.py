@@ -628,3 +628,56 @@ def test_merge_tables_refuses_ids_beyond_int64(rng):
     for shift in (top - 8, top):
         with pytest.raises(ValueError, match="ids shifted by b_id_shift must stay within int64"):
             _C.merge_tables_cpu(side(ta), side(tb), shift)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("b,r", [(4, 3), (3, 10), (2, 64)])
+@pytest.mark.parametrize("drop", ["oldest", "random", "runs", "none"])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_remove_items_equals_the_layout_of_the_kept_rows(rng, dtype, b, r, drop, n_threads):
+    """remove_items (remove_ids on the CPU) against the oracle's sort of the kept rows, renumbered
+    0.. in order; ids that came interleaved (a merge) keep their relative order."""
+    n = 400
+    ids = rng.permutation(n)  # tables hold a permutation of 0..n-1 in (key, id) order
+    t, keys, codes, ids_b = _built(rng, n, b, r, ids, dtype)
+    keep = np.ones(n, bool)
+    if drop == "oldest":
+        keep[:120] = False
+    elif drop == "random":
+        keep[rng.choice(n, 170, replace=False)] = False
+    elif drop == "runs":
+        keep[50:90] = keep[200:201] = keep[300:] = False
+    before = {k: t[k].copy() for k in ("keys", "table_start", "offsets", "ids", "codes")}
+    got = _engine.remove_items(t, keep, n_threads=n_threads)
+    rows = keep[ids]  # the kept rows of the staging arrays, and their new ids
+    new_id = np.cumsum(keep) - 1
+    want = _layout_oracle(keys[:, rows], codes[:, rows], new_id[ids_b[:, rows]])
+    for k in ("keys", "table_start", "offsets", "ids", "codes"):
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    assert got["codes"].dtype == dtype and got["n_items"] == keep.sum() and got["bucket_sum"] is None
+    for k, v in before.items():  # the input tables are left as they were (a score may still read them)
+        np.testing.assert_array_equal(t[k], v, err_msg=k)
+
+
+def test_remove_items_checks_its_input(rng):
+    """The native removal reads keep[id]: ids outside the items, a keep of another length or dtype
+    are a ValueError, not a read out of bounds."""
+    from llsh_index import _C
+
+    t = _built(rng, 60, 3, 6, np.arange(60))[0]
+    side = {k: t[k] for k in ("keys", "table_start", "offsets", "codes", "ids")}
+    keep = np.ones(60, bool)
+    assert len(_C.remove_items_cpu(side, keep)["ids"]) == 3 * 60
+    far = t["ids"].copy()
+    far[7] = 60
+    cases = [
+        (dict(side, ids=far), keep, "ids must lie in 0 .. n_items - 1"),
+        (dict(side, ids=np.where(far == 60, -1, far)), keep, "ids must lie in 0 .. n_items - 1"),
+        (side, keep[:-1], "one value per item"),
+        (side, keep.astype(np.uint8), "keep: wrong dtype"),
+        (side, keep[::-1], "keep: must be C-contiguous"),
+        (dict(side, offsets=np.r_[t["offsets"][:-1], 10 ** 9]), keep, "offsets"),
+    ]
+    for tables, k, match in cases:
+        with pytest.raises(ValueError, match=match):
+            _C.remove_items_cpu(tables, k)

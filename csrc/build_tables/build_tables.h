@@ -91,6 +91,16 @@ template <typename CodeT>
 void merge_tables_cpu(const StoredTables<CodeT>& a, const StoredTables<CodeT>& b, int64_t n_tables, int64_t n_bits,
                       int n_threads, BuiltTables<CodeT>& out);
 
+// The tables without the items whose keep[id] is 0 (keep: [n_items]); the kept items renumbered
+// 0 .. n_kept - 1 in their order (an id's new id is the number of kept ids below it), as one build
+// of the kept rows would number them.  Renumbering is monotone, so the rows keep their (key, id)
+// order and each bucket stays a run: one pass per table copying kept runs, no sort.  Buckets left
+// empty go.  Codes and ids only, as merge_tables_cpu.  Every id must lie in [0, n_items) (the
+// bindings check it).
+template <typename CodeT>
+void remove_items_cpu(const StoredTables<CodeT>& t, const uint8_t* keep, int64_t n_tables, int64_t n_bits,
+                      int n_threads, BuiltTables<CodeT>& out);
+
 #ifdef LLSH_WITH_CUDA
 // Device build, on `stream` (a cudaStream_t), in two phases so that the caller allocates every
 // output at its exact size from its own allocator (no cudaMalloc, no managed memory here):

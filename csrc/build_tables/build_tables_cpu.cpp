@@ -287,6 +287,64 @@ void merge_tables_cpu(const StoredTables<CodeT>& a, const StoredTables<CodeT>& b
   });
 }
 
+namespace {
+
+// Walks table j's buckets.  Write=false counts the buckets that keep a row; Write=true fills the
+// output from bucket u and row dst, copying each run of kept rows as one block.
+template <bool Write, typename CodeT>
+int64_t remove_from_table(const StoredTables<CodeT>& t, const uint8_t* keep, const int64_t* new_id, int64_t j,
+                          int64_t r, int64_t u, int64_t dst, BuiltTables<CodeT>* out) {
+  const int64_t u0 = u;
+  for (int64_t x = t.table_start[j]; x < t.table_start[j + 1]; ++x) {
+    const int64_t start = dst;
+    for (int64_t i = t.offsets[x], end = t.offsets[x + 1]; i < end;) {
+      if (!keep[t.ids[i]]) {
+        ++i;
+        continue;
+      }
+      int64_t k = i + 1;
+      while (k < end && keep[t.ids[k]]) ++k;
+      if (Write) {
+        std::memcpy(out->codes.data() + dst * r, t.codes + i * r, (k - i) * r * sizeof(CodeT));
+        for (int64_t y = i; y < k; ++y) out->ids[dst + (y - i)] = new_id[t.ids[y]];
+      }
+      dst += k - i;
+      i = k;
+    }
+    if (dst > start) {
+      if (Write) out->keys[u] = t.keys[x], out->offsets[u] = start;
+      ++u;
+    }
+  }
+  return u - u0;
+}
+
+}  // namespace
+
+template <typename CodeT>
+void remove_items_cpu(const StoredTables<CodeT>& t, const uint8_t* keep, int64_t n_tables, int64_t n_bits,
+                      int n_threads, BuiltTables<CodeT>& out) {
+  std::vector<int64_t> new_id(t.n_items);
+  int64_t n = 0;
+  for (int64_t i = 0; i < t.n_items; ++i) new_id[i] = n, n += keep[i] != 0;
+  std::vector<int64_t> n_unique(n_tables);
+  parallel_for(n_tables, n_threads, [&](int64_t begin, int64_t end) {  // pass 1: each table's buckets left
+    for (int64_t j = begin; j < end; ++j)
+      n_unique[j] = remove_from_table<false>(t, keep, new_id.data(), j, n_bits, 0, 0, &out);
+  });
+  size_layout(n_unique, n_tables * n, out);
+  out.codes.resize(n_tables * n * n_bits);
+  parallel_for(n_tables, n_threads, [&](int64_t begin, int64_t end) {  // pass 2: each table's own rows
+    for (int64_t j = begin; j < end; ++j)
+      remove_from_table<true>(t, keep, new_id.data(), j, n_bits, out.table_start[j], j * n, &out);
+  });
+}
+
+template void remove_items_cpu<float>(const StoredTables<float>&, const uint8_t*, int64_t, int64_t, int,
+                                      BuiltTables<float>&);
+template void remove_items_cpu<uint16_t>(const StoredTables<uint16_t>&, const uint8_t*, int64_t, int64_t, int,
+                                         BuiltTables<uint16_t>&);
+
 template void merge_tables_cpu<float>(const StoredTables<float>&, const StoredTables<float>&, int64_t, int64_t, int,
                                       BuiltTables<float>&);
 template void merge_tables_cpu<uint16_t>(const StoredTables<uint16_t>&, const StoredTables<uint16_t>&, int64_t,
