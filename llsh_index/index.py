@@ -595,6 +595,28 @@ class LearnableLSHIndex:
         d = self._table_distances(queries, mode, n_probes, miss_probes, math.inf)
         return reduce_tables(d, reduce, self.default_miss_value(self.mode if mode is None else mode))
 
+    @torch.no_grad()
+    def search(self, queries, k: int = 1):
+        """The k nearest stored items of each query among its LSH candidates (ours: the paper scores
+        a bucket as a whole; this names its items, e.g. the normal snippets closest to an anomalous
+        one).  Candidates are the items that share the query's bucket in at least one table, at the
+        L2 distance between the query's and the item's real-valued codes in such a table (the
+        paper's per-table distance; the smallest over the tables they share).
+
+        Returns (distances (M, k) float32, ascending, ids (M, k) int64): item ids as remove_ids()
+        takes them (rows in the order of add()); ties go to the smaller id; a query with fewer than k
+        candidates is padded with inf / -1, as faiss pads.  numpy on the CPU, tensors on a GPU.
+        Needs the stored codes (store_codes=True)."""
+        k = check_int_range(k, "k", 1)
+        tables = self._require_tables()
+        if tables["codes"] is None:
+            raise IndexStateError("search: this index keeps bucket statistics only (store_codes=False), no "
+                                  "per-item codes to rank; build it with store_codes=True")
+        codes, keys = self.hash_queries(queries)
+        on_device = isinstance(codes, torch.Tensor)
+        dist, ids = _nearest_candidates(tables, _as_tensor(codes), _as_tensor(keys), k, int(tables["n_items"]))
+        return (dist, ids) if on_device else (dist.numpy(), ids.numpy())
+
     # ------------------------------------------------------------------ shards
     def _check_same_layers(self, other: "LearnableLSHIndex") -> None:
         if not isinstance(other, LearnableLSHIndex):
@@ -1386,26 +1408,92 @@ def _bucket_code_sums(tables: Dict, query_keys):
     whose statistics exist.  Numpy tables and keys give numpy; tensors (a GPU shard) give tensors on
     their device.  One searchsorted per table."""
     as_numpy = isinstance(query_keys, np.ndarray)
-    tensor = (lambda a: torch.from_numpy(np.ascontiguousarray(a))) if as_numpy else (lambda a: a)
+    u, hit = _find_buckets(tables, _as_tensor(query_keys))
+    off, bsum = _as_tensor(tables["offsets"]), _as_tensor(tables["bucket_sum"])
+    count = torch.where(hit, off[u + 1] - off[u], 0)
+    total = torch.where(hit[..., None], bsum[u], 0.0)
+    return (count.numpy(), total.numpy()) if as_numpy else (count, total)
+
+
+def _as_tensor(a):
+    """A host array as a tensor sharing its memory (read only here: a read-only array, such as a
+    memory-mapped file's, is viewed without torch's warning); a tensor unchanged."""
+    if isinstance(a, torch.Tensor):
+        return a
+    a = np.ascontiguousarray(a)
+    if a.flags.writeable:
+        return torch.from_numpy(a)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(a)
+
+
+def _find_buckets(tables: Dict, query_keys: torch.Tensor):
+    """(u, hit), (M, b) each, on the keys' device: the index of each (query, table)'s bucket in the
+    flat arrays of sorted_tables.h and whether it exists (where it does not, u is some bucket of the
+    table, or 0 for a table without any).  One searchsorted per table."""
     flip = torch.iinfo(torch.int64).min  # uint64 order == int64 order after flipping the top bit
-    keys = tensor(tables["keys"]).view(torch.int64) ^ flip
-    qk = tensor(query_keys).view(torch.int64) ^ flip
+    keys = _as_tensor(tables["keys"]).view(torch.int64) ^ flip
+    qk = query_keys.view(torch.int64) ^ flip
     ts = _to_numpy(tables["table_start"]).tolist()
-    off, bsum = tensor(tables["offsets"]), tensor(tables["bucket_sum"])
     m, b = qk.shape
-    count = torch.zeros((m, b), dtype=torch.int64, device=qk.device)
-    total = torch.zeros((m, b, bsum.shape[1]), dtype=torch.float64, device=qk.device)
+    u = torch.zeros((m, b), dtype=torch.int64, device=qk.device)
+    hit = torch.zeros((m, b), dtype=torch.bool, device=qk.device)
     for j in range(b):
         kj = keys[ts[j]:ts[j + 1]]
         if kj.numel() == 0:
             continue
         col = qk[:, j].contiguous()
         pos = torch.searchsorted(kj, col).clamp_(max=kj.numel() - 1)
-        hit = kj[pos] == col
-        u = ts[j] + pos
-        count[:, j] = torch.where(hit, off[u + 1] - off[u], 0)
-        total[:, j] = torch.where(hit[:, None], bsum[u], 0.0)
-    return (count.numpy(), total.numpy()) if as_numpy else (count, total)
+        hit[:, j] = kj[pos] == col
+        u[:, j] = ts[j] + pos
+    return u, hit
+
+
+def _nearest_candidates(tables: Dict, codes: torch.Tensor, keys: torch.Tensor, k: int, n_items: int):
+    """search()'s work on tensors (host or device): (distances (M, k) float32, ids (M, k) int64)."""
+    m, b, r = codes.shape
+    u, hit = _find_buckets(tables, keys)
+    off, ids, stored = _as_tensor(tables["offsets"]), _as_tensor(tables["ids"]), _as_tensor(tables["codes"])
+    start = off[u]
+    size = torch.where(hit, off[u + 1] - start, 0)
+    dist_out = torch.full((m, k), math.inf, dtype=torch.float32, device=codes.device)
+    id_out = torch.full((m, k), -1, dtype=torch.int64, device=codes.device)
+    # queries in chunks of a bounded number of candidates: each takes r floats of its difference
+    per_query = size.sum(dim=1).cpu().numpy()
+    budget = max(1, _CHUNK_BYTES // (4 * r + 64))
+    i0 = 0
+    while i0 < m:
+        i1 = i0 + max(1, int(np.searchsorted(np.cumsum(per_query[i0:]), budget, side="right")))
+        s, st = size[i0:i1].reshape(-1), start[i0:i1].reshape(-1)
+        pair = torch.nonzero(s).squeeze(1)  # (query, table) pairs whose bucket exists
+        i_chunk, i0 = i0, i1
+        if pair.numel() == 0:
+            continue
+        s, st = s[pair], st[pair]
+        q, tab = pair // b, pair % b
+        first_row = torch.cumsum(s, 0) - s
+        rows = st.repeat_interleave(s) + torch.arange(int(s.sum()), device=s.device) - first_row.repeat_interleave(s)
+        q, tab = q.repeat_interleave(s), tab.repeat_interleave(s)
+        dist = (stored[rows].float() - codes[i_chunk + q, tab]).square_().sum(dim=1).sqrt_()
+        item = ids[rows]
+        # one candidate per (query, item), at its smallest distance over the tables they share
+        order = torch.argsort(dist, stable=True)
+        order = order[torch.argsort((q * n_items + item)[order], stable=True)]
+        pair_key = (q * n_items + item)[order]
+        once = torch.ones_like(pair_key, dtype=torch.bool)
+        once[1:] = pair_key[1:] != pair_key[:-1]
+        order = order[once]  # in (query, item) order
+        # each query's k nearest: by (query, distance), ties by item id (the order they came in)
+        order = order[torch.argsort(dist[order], stable=True)]
+        order = order[torch.argsort(q[order], stable=True)]
+        qo = q[order]
+        group = torch.bincount(qo, minlength=i1 - i_chunk)
+        rank = torch.arange(qo.numel(), device=qo.device) - (torch.cumsum(group, 0) - group)[qo]
+        keep = rank < k
+        dist_out[i_chunk + qo[keep], rank[keep]] = dist[order][keep]
+        id_out[i_chunk + qo[keep], rank[keep]] = item[order][keep]
+    return dist_out, id_out
 
 
 def _concat_rows(old: Dict, keys, codes, ids):

@@ -1,0 +1,138 @@
+"""LearnableLSHIndex.search: the k nearest items among the query's LSH candidates, checked against a
+brute-force NumPy oracle of its definition (tests/oracle.py's codes and keys)."""
+import numpy as np
+import pytest
+import torch
+
+import oracle
+from llsh_index import LearnableLSHIndex
+from llsh_index.errors import ConfigError, IndexStateError, InvalidInputError, NotFittedError
+
+
+def oracle_search(index, rows, queries, k):
+    """Items sharing the query's key in some table, at the smallest per-table code distance over the
+    tables they share; ascending, ties by id; padded with inf / -1."""
+    w = index.encoder.weight.detach().numpy()
+    b, r = index.n_tables, index.n_bits
+    items = oracle.encode(rows, w, b, r)
+    if index.code_dtype == "float16":
+        stored = items.astype(np.float16).astype(np.float64)
+    else:
+        stored = items
+    q = oracle.encode(queries, w, b, r)
+    dist = np.full((len(q), k), np.inf)
+    ids = np.full((len(q), k), -1)
+    for i in range(len(q)):
+        best = {}
+        for j in range(b):
+            key = oracle.key_of(q[i, j])
+            for t in range(len(items)):
+                if oracle.key_of(items[t, j]) == key:
+                    d = np.sqrt(((stored[t, j] - q[i, j]) ** 2).sum())
+                    best[t] = min(best.get(t, np.inf), d)
+        ranked = sorted(best.items(), key=lambda kv: (kv[1], kv[0]))[:k]
+        for c, (t, d) in enumerate(ranked):
+            dist[i, c], ids[i, c] = d, t
+    return dist, ids
+
+
+def check(index, rows, queries, k, got=None):
+    dist, ids = index.search(queries, k) if got is None else got
+    want_d, want_i = oracle_search(index, rows, queries, k)
+    assert dist.dtype == np.float32 and ids.dtype == np.int64 and dist.shape == ids.shape == (len(queries), k)
+    np.testing.assert_allclose(dist, want_d, rtol=1e-5, atol=1e-6)
+    # ids agree except where two candidates are within float32 rounding of each other
+    padded = np.where(np.isinf(want_d), 1e30, want_d)  # inf - inf would be NaN
+    close = np.abs(np.diff(np.concatenate([padded, np.full((len(queries), 1), 2e30)], 1), axis=1)) < 1e-5
+    tie = close | np.roll(close, 1, axis=1)
+    assert ((ids == want_i) | tie).all()
+    return dist, ids
+
+
+@pytest.mark.parametrize("code_dtype", ["float32", "float16"])
+@pytest.mark.parametrize("n_tables,n_bits", [(1, 4), (4, 6), (3, 12)])
+@pytest.mark.parametrize("k", [1, 5, 40])
+def test_search_against_the_oracle(rng, code_dtype, n_tables, n_bits, k):
+    x = rng.standard_normal((150, 10)).astype(np.float32)
+    q = np.concatenate([rng.standard_normal((25, 10)), x[:5] + 0.01 * rng.standard_normal((5, 10))]).astype(np.float32)
+    index = LearnableLSHIndex(10, n_tables=n_tables, n_bits=n_bits, code_dtype=code_dtype, seed=4).add(x)
+    dist, ids = check(index, x, q, k)
+    if code_dtype == "float32":  # a stored row finds itself at distance 0 first
+        d0, i0 = index.search(x[:20], 1)
+        np.testing.assert_array_equal(d0[:, 0], 0)
+        assert (i0[:, 0] == np.arange(20)).all() or np.unique(x[:20], axis=0).shape[0] < 20
+
+
+def test_candidates_are_the_buckets_the_score_reads(rng):
+    """The nearest candidate in a table never lies farther than the paper's mean distance there: the
+    nearest distance is at most the minimum over the tables of the bucket means (the score)."""
+    x = rng.standard_normal((300, 12)).astype(np.float32)
+    q = rng.standard_normal((80, 12)).astype(np.float32)
+    index = LearnableLSHIndex(12, n_tables=4, n_bits=5, seed=1).add(x)
+    dist, ids = index.search(q, 1)
+    score = index.score(q)
+    hits = ids[:, 0] >= 0
+    assert hits.sum() > 40
+    assert (dist[hits, 0] <= score[hits] + 1e-6).all()
+    np.testing.assert_array_equal(hits, score < index.default_miss_value())  # no candidate: a miss everywhere
+
+
+def test_ids_follow_removal_and_padding(rng):
+    x = rng.standard_normal((120, 8)).astype(np.float32)
+    index = LearnableLSHIndex(8, n_tables=2, n_bits=10, seed=0).add(x)
+    index.remove_ids(range(30))
+    check(index, x[30:], x[25:45], 3)  # the rows removed are no candidates; ids are the new numbering
+    d, i = index.search(x[30:40], 200)  # more than the 90 items: every row is padded
+    np.testing.assert_array_equal(i == -1, np.isinf(d))
+    assert ((i == -1).sum(axis=1) >= 110).all()
+    np.testing.assert_array_equal(i[:, 0], np.arange(10))  # a stored row is its own nearest, at 0
+    np.testing.assert_array_equal(d[:, 0], 0)
+    finite = np.where(np.isinf(d), 1e30, d)
+    assert (np.diff(finite, axis=1) >= 0).all()  # ascending, the padding last
+
+
+def test_query_chunks_give_the_same_result(rng, monkeypatch):
+    import llsh_index.index as index_module
+
+    x = rng.standard_normal((200, 8)).astype(np.float32)
+    q = rng.standard_normal((60, 8)).astype(np.float32)
+    index = LearnableLSHIndex(8, n_tables=3, n_bits=3, seed=2).add(x)  # large buckets
+    whole = index.search(q, 7)
+    monkeypatch.setattr(index_module, "_CHUNK_BYTES", 4000)  # a few queries per chunk, then one at a time
+    part = index.search(q, 7)
+    np.testing.assert_array_equal(whole[0], part[0])
+    np.testing.assert_array_equal(whole[1], part[1])
+
+
+def test_search_on_the_device_path(rng, monkeypatch):
+    import fake_device
+
+    x = rng.standard_normal((150, 10)).astype(np.float32)
+    q = rng.standard_normal((30, 10)).astype(np.float32)
+    ref = LearnableLSHIndex(10, n_tables=3, n_bits=6, seed=3).add(x)
+    fake_device.install(monkeypatch)
+    dev = LearnableLSHIndex(10, n_tables=3, n_bits=6, seed=3).add(torch.from_numpy(x))
+    d, i = dev.search(torch.from_numpy(q), 4)
+    assert isinstance(d, torch.Tensor) and isinstance(i, torch.Tensor)
+    want = ref.search(q, 4)
+    np.testing.assert_allclose(d.numpy(), want[0], rtol=1e-6)
+    np.testing.assert_array_equal(i.numpy(), want[1])
+
+
+def test_search_refuses_what_it_cannot_answer(rng):
+    x = rng.standard_normal((50, 8)).astype(np.float32)
+    with pytest.raises(NotFittedError):
+        LearnableLSHIndex(8).search(x, 1)
+    index = LearnableLSHIndex(8, n_tables=2, n_bits=6).add(x)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ConfigError, match="k"):
+            index.search(x, bad)
+    with pytest.raises(InvalidInputError):
+        index.search(x[:, :5], 1)
+    bad = x[:3].copy()
+    bad[1, 2] = np.nan
+    with pytest.raises(InvalidInputError):
+        index.search(bad, 1)
+    light = LearnableLSHIndex(8, n_tables=2, n_bits=6, mode="light", store_codes=False).add(x)
+    with pytest.raises(IndexStateError, match="store_codes=True"):
+        light.search(x, 1)
