@@ -31,6 +31,7 @@ import numbers
 import sys
 import threading
 import warnings
+import weakref
 from collections.abc import Iterable, Mapping
 from typing import Dict, Optional
 
@@ -598,10 +599,11 @@ class LearnableLSHIndex:
     @torch.no_grad()
     def search(self, queries, k: int = 1):
         """The k nearest stored items of each query among its LSH candidates (ours: the paper scores
-        a bucket as a whole; this names its items, e.g. the normal snippets closest to an anomalous
-        one).  Candidates are the items that share the query's bucket in at least one table, at the
-        L2 distance between the query's and the item's real-valued codes in such a table (the
-        paper's per-table distance; the smallest over the tables they share).
+        a bucket as a whole; this names items, e.g. the normal snippets closest to an anomalous one).
+        Candidates are the items that share the query's bucket in at least one table; they are
+        ranked by the L2 distance between the query's and the item's whole real-valued codes (all
+        n_tables * n_bits values, the space MoCo trains), which ranks neighbours far better than one
+        table's n_bits values do (benchmarks/RESULTS.md, "Nearest stored items").
 
         Returns (distances (M, k) float32, ascending, ids (M, k) int64): item ids as remove_ids()
         takes them (rows in the order of add()); ties go to the smaller id; a query with fewer than k
@@ -614,7 +616,7 @@ class LearnableLSHIndex:
                                   "per-item codes to rank; build it with store_codes=True")
         codes, keys = self.hash_queries(queries)
         on_device = isinstance(codes, torch.Tensor)
-        dist, ids = _nearest_candidates(tables, _as_tensor(codes), _as_tensor(keys), k, int(tables["n_items"]))
+        dist, ids = _nearest_candidates(tables, _as_tensor(codes), _as_tensor(keys), k)
         return (dist, ids) if on_device else (dist.numpy(), ids.numpy())
 
     # ------------------------------------------------------------------ shards
@@ -1071,9 +1073,27 @@ class LearnableLSHIndex:
         return write_container(path, _FILE_KIND, meta, arrays, digest=digest)
 
     @classmethod
-    def load(cls, path: str, device: str = "cpu") -> "LearnableLSHIndex":
-        """Loads a file written by save(), on either device."""
-        meta, arrays = read_container(path, _FILE_KIND)
+    def load(cls, path: str, device: str = "cpu", *, mmap: bool = False) -> "LearnableLSHIndex":
+        """Loads a file written by save(), on either device.
+
+        mmap=True (CPU only): the stored codes, the bulk of an index (b x N x r values), stay a
+        read-only view of a memory map of the file, shared through the page cache by every process
+        that maps it, instead of a private copy.  The other arrays (ids, keys, offsets, hash layers;
+        the bucket statistics of a store_codes=False index, which has no codes) are read into memory
+        as by a normal load.  Every check of a normal load runs (the checksums and table checks read
+        the file through the page cache).  The index then works as a loaded one, bit for bit (add()
+        and merge() build new tables beside the mapped ones).  The file must not be modified in place
+        while mapped; save() never does (it writes a new file and renames it over the old one, so
+        saving to the very path it is mapped from is safe).  A file written before llsh_index aligned
+        its arrays may hold codes unaligned for their dtype: they are copied, with a warning.
+        """
+        mmap = check_bool(mmap, "mmap")
+        if mmap and _normalise_device(device) != "cpu":
+            raise ConfigError(f"load: mmap=True maps the file into this host's memory; expected device='cpu', got "
+                              f"{device!r} (load with mmap=False to copy the index to {device!r})")
+        meta, arrays = read_container(path, _FILE_KIND, mmap=mmap)
+        if mmap:  # layers and training record: copied into the index anyway (and torch wants writeable arrays)
+            arrays = {k: (v if k.startswith("t_") else np.array(v)) for k, v in arrays.items()}
         try:
             # the stored weight must match the settings before anything is allocated from them
             shape = (int(meta["n_tables"]) * int(meta["n_bits"]), int(meta["dim"]))
@@ -1134,6 +1154,8 @@ class LearnableLSHIndex:
                 for k in ("codes", "ids") + _STATISTICS:
                     tables.setdefault(k, None)
                 tables["n_items"] = int(meta["n_items"])
+                if mmap:
+                    _copy_all_but_codes(tables, path)
                 _check_tables(tables, index, path)
                 index._tables = tables
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
@@ -1450,42 +1472,84 @@ def _find_buckets(tables: Dict, query_keys: torch.Tensor):
     return u, hit
 
 
-def _nearest_candidates(tables: Dict, codes: torch.Tensor, keys: torch.Tensor, k: int, n_items: int):
+# id(ids array) -> (weak reference to it, the row of each item in each table): search()'s map from
+# an item to its codes, derived from the ids and kept beside the tables as the lookup directory is
+_ITEM_ROWS: Dict[int, tuple] = {}
+
+
+def _item_rows(tables: Dict) -> torch.Tensor:
+    """(b, n_items) int64 on the tables' device: row of item i in table j's part of the codes."""
+    ids = tables["ids"]
+    entry = _ITEM_ROWS.get(id(ids))
+    if entry is not None and entry[0]() is ids:
+        return entry[1]
+    t = _as_tensor(ids)
+    n = int(tables["n_items"])
+    b = t.numel() // n
+    rows = torch.empty((b, n), dtype=torch.int64, device=t.device)
+    rows.scatter_(1, t.view(b, n), torch.arange(b * n, device=t.device).view(b, n))
+    key = id(ids)
+
+    def forget(ref):
+        if _ITEM_ROWS.get(key, (None,))[0] is ref:
+            _ITEM_ROWS.pop(key, None)
+
+    _ITEM_ROWS[key] = (weakref.ref(ids, forget), rows)
+    return rows
+
+
+def _nearest_candidates(tables: Dict, codes: torch.Tensor, keys: torch.Tensor, k: int):
     """search()'s work on tensors (host or device): (distances (M, k) float32, ids (M, k) int64)."""
     m, b, r = codes.shape
+    n_items = int(tables["n_items"])
     u, hit = _find_buckets(tables, keys)
     off, ids, stored = _as_tensor(tables["offsets"]), _as_tensor(tables["ids"]), _as_tensor(tables["codes"])
+    item_rows = _item_rows(tables)
     start = off[u]
     size = torch.where(hit, off[u + 1] - start, 0)
     dist_out = torch.full((m, k), math.inf, dtype=torch.float32, device=codes.device)
     id_out = torch.full((m, k), -1, dtype=torch.int64, device=codes.device)
-    # queries in chunks of a bounded number of candidates: each takes r floats of its difference
+    flat_codes = codes.reshape(m, b * r)
+
+    def full_codes(items):  # the items' codes in every table, (len, b*r)
+        return stored[item_rows[:, items].T].float().reshape(-1, b * r)
+
+    def exact(q, items):  # float32 L2 between the queries' and the items' whole codes
+        return (full_codes(items) - flat_codes[q]).square_().sum(dim=1).sqrt_()
+
+    # queries in chunks: a bounded number of candidates (each gathers b*r values), and a bounded
+    # dense block of queries x distinct candidate items (float64) for the GEMM path below
     per_query = size.sum(dim=1).cpu().numpy()
-    budget = max(1, _CHUNK_BYTES // (4 * r + 64))
+    gathered, dense = max(1, _CHUNK_BYTES // (4 * b * r + 64)), max(1, _CHUNK_BYTES // 8)
     i0 = 0
     while i0 < m:
-        i1 = i0 + max(1, int(np.searchsorted(np.cumsum(per_query[i0:]), budget, side="right")))
+        total = np.cumsum(per_query[i0:])
+        cost = np.arange(1, m - i0 + 1) * np.minimum(total, n_items)
+        i1 = i0 + max(1, min(int(np.searchsorted(total, gathered, side="right")),
+                             int(np.searchsorted(cost, dense, side="right"))))
         s, st = size[i0:i1].reshape(-1), start[i0:i1].reshape(-1)
         pair = torch.nonzero(s).squeeze(1)  # (query, table) pairs whose bucket exists
         i_chunk, i0 = i0, i1
         if pair.numel() == 0:
             continue
         s, st = s[pair], st[pair]
-        q, tab = pair // b, pair % b
         first_row = torch.cumsum(s, 0) - s
         rows = st.repeat_interleave(s) + torch.arange(int(s.sum()), device=s.device) - first_row.repeat_interleave(s)
-        q, tab = q.repeat_interleave(s), tab.repeat_interleave(s)
-        dist = (stored[rows].float() - codes[i_chunk + q, tab]).square_().sum(dim=1).sqrt_()
-        item = ids[rows]
-        # one candidate per (query, item), at its smallest distance over the tables they share
-        order = torch.argsort(dist, stable=True)
-        order = order[torch.argsort((q * n_items + item)[order], stable=True)]
-        pair_key = (q * n_items + item)[order]
-        once = torch.ones_like(pair_key, dtype=torch.bool)
-        once[1:] = pair_key[1:] != pair_key[:-1]
-        order = order[once]  # in (query, item) order
+        # each (query, item) once, whichever tables they share: sorted by query, then item id
+        pair_key = torch.unique((pair // b).repeat_interleave(s) * n_items + ids[rows])
+        q, item = pair_key // n_items, pair_key % n_items
+        distinct, which = torch.unique(item, return_inverse=True)
+        if q.numel() * 8 >= (i1 - i_chunk) * distinct.numel():
+            # dense candidates (coarse trained tables: most queries share most items): one float64 GEMM
+            # of the chunk's queries against the distinct items, read at the candidate pairs; cheaper
+            # than gathering b*r values per pair.  The k kept are measured exactly again below.
+            fq, fi = flat_codes[i_chunk:i1].double(), full_codes(distinct).double()
+            sq = (fq.square().sum(1)[:, None] + fi.square().sum(1)[None, :] - 2.0 * fq @ fi.T).clamp_(min=0)
+            dist = sq[q, which].sqrt_().float()
+        else:
+            dist = exact(i_chunk + q, item)
         # each query's k nearest: by (query, distance), ties by item id (the order they came in)
-        order = order[torch.argsort(dist[order], stable=True)]
+        order = torch.argsort(dist, stable=True)
         order = order[torch.argsort(q[order], stable=True)]
         qo = q[order]
         group = torch.bincount(qo, minlength=i1 - i_chunk)
@@ -1493,6 +1557,15 @@ def _nearest_candidates(tables: Dict, codes: torch.Tensor, keys: torch.Tensor, k
         keep = rank < k
         dist_out[i_chunk + qo[keep], rank[keep]] = dist[order][keep]
         id_out[i_chunk + qo[keep], rank[keep]] = item[order][keep]
+    # the kept distances exactly as exact() gives them (the GEMM's expansion rounds), re-sorted
+    found = id_out >= 0
+    if bool(found.any()):
+        rows_q = torch.arange(m, device=codes.device)[:, None].expand(m, k)[found]
+        dist_out[found] = exact(rows_q, id_out[found])
+        key = torch.where(found, dist_out, math.inf)
+        order = torch.argsort(id_out.masked_fill(~found, n_items), dim=1, stable=True)
+        order = order.gather(1, torch.argsort(key.gather(1, order), dim=1, stable=True))
+        dist_out, id_out = dist_out.gather(1, order), id_out.gather(1, order)
     return dist_out, id_out
 
 
@@ -1606,6 +1679,21 @@ def _widen(arrays: Dict[str, np.ndarray], narrowed: dict, path: str) -> None:
             raise IndexFormatError(f"{path}: inconsistent index file (array {name!r} marked narrowed from "
                                    f"{dtype!r}, stored as {None if a is None else a.dtype.name})")
         arrays[name] = a.astype(wide)
+
+
+def _copy_all_but_codes(tables: Dict, path: str) -> None:
+    """load(mmap=True): the table arrays other than the codes that are still views of the map, copied
+    into memory (in place).  They are small beside the codes, and some reach torch.from_numpy on the
+    CPU (keys, offsets, bucket sums: "light" partial scores), which warns about read-only arrays.
+    Codes that read_container had to copy (not aligned in an older file) are reported."""
+    for k, v in tables.items():
+        if k != "codes" and isinstance(v, np.ndarray) and not v.flags.writeable:
+            tables[k] = v.copy()
+    codes = tables.get("codes")
+    if codes is not None and codes.flags.writeable:
+        warnings.warn(f"{path}: the stored codes are not aligned for {codes.dtype} in this file (written before "
+                      f"llsh_index aligned them), so load(mmap=True) copied them into memory; save the index "
+                      f"again to map them", UserWarning, stacklevel=3)
 
 
 def _check_tables(t: Dict, index: LearnableLSHIndex, path: str) -> None:

@@ -9,6 +9,12 @@ Layout (little-endian):
                           "payload_bytes", "payload_crc32"}
     payload    raw array bytes, each array 64-byte aligned, offsets relative to the payload start
 
+The writer pads the JSON header with spaces (JSON's own whitespace: every reader parses it as before)
+so that the payload, and so every array, also starts 64-byte aligned in the file: read_container(...,
+mmap=True) can then hand out each array as a view of one read-only memory map, without a copy.
+Files written before that padding load mapped too, their arrays that are not aligned for their
+dtype copied (saving the file again aligns them).
+
 Files are written to a temporary file in the same folder (created with the process umask, like
 any new file), fsynced, then renamed over the target and the folder fsynced, so a crash mid-save
 leaves the old file intact (and at worst a stray ".llsh-*.tmp" file next to it).  Reading checks
@@ -24,6 +30,7 @@ import errno
 import hashlib
 import json
 import math
+import mmap as _mmap
 import os
 import secrets
 import stat
@@ -194,6 +201,9 @@ def write_container(path: str, kind: str, meta: dict, arrays: Dict[str, np.ndarr
         payload_crc = zlib.crc32(blob, payload_crc)
     header = json.dumps({"kind": kind, "meta": meta, "arrays": entries, "payload_bytes": offset,
                          "payload_crc32": payload_crc & 0xFFFFFFFF}).encode("utf-8")
+    # spaces after the JSON (which it allows) up to a 64-byte boundary: the payload starts aligned in
+    # the file, so the arrays of a memory-mapped load (read_container(mmap=True)) are aligned views
+    header += b" " * ((-(_PREFIX.size + len(header))) % _ALIGN)
     with atomic_write(path) as f:
         for chunk in (_PREFIX.pack(MAGIC, FORMAT_VERSION, len(header), _crc(header)), header, *blobs):
             f.write(chunk)
@@ -268,18 +278,27 @@ def _read_exact(f, n: int, path: str, what: str) -> bytes:
     return buf
 
 
-def read_container(path: str, kind: str) -> Tuple[dict, Dict[str, np.ndarray]]:
+def read_container(path: str, kind: str, mmap: bool = False) -> Tuple[dict, Dict[str, np.ndarray]]:
     """Reads a file written by write_container; returns (meta, arrays) or raises IndexFormatError.
 
     A missing file raises IndexFileNotFoundError (a FileNotFoundError) naming it; anything else that
     is not a complete, undamaged container of this `kind` (a folder, an empty, truncated or
     byte-flipped file, a future format version, a pickle or .npz) raises IndexFormatError.
+
+    mmap=True: the arrays are read-only views of one read-only memory map of the file (shared with
+    every process mapping it, through the page cache) instead of private copies.  The same checks
+    run first, the checksums over the mapping, so a damaged or truncated file raises as above before
+    any array is handed out.  The file must not be changed in place while mapped (truncating it makes
+    a later access fault with SIGBUS); replacing it by rename, as every writer here does, is safe: the
+    mapping keeps the old file.  Arrays that are not aligned for their dtype in the file (files
+    written before the header was padded) or not in the host's byte order are copied (writeable).
     """
     if not isinstance(path, PATH_TYPES) or not os.fspath(path):
         # open() would take an int as a file descriptor: read the caller's fd, then close it
         raise InvalidInputError(f"path: expected a file path (str or os.PathLike), got {type(path).__name__} "
                                 f"{path!r}")
     refuse_non_regular(path, IndexFormatError, "an llsh_index file")
+    mapped = None
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -311,16 +330,43 @@ def read_container(path: str, kind: str) -> Tuple[dict, Dict[str, np.ndarray]]:
             if have != payload_bytes:
                 raise IndexFormatError(f"{path}: truncated or padded payload: expected {payload_bytes} bytes, "
                                        f"got {have}")
-            raw = _read_exact(f, payload_bytes, path, "payload")
-            if f.read(1):
-                raise IndexFormatError(f"{path}: trailing bytes after the payload (file changed while reading?)")
+            if mmap:
+                # the whole file, read-only; its length is taken from the mapping itself (the file may
+                # have changed since fstat): no view below reaches past its end, so no access faults
+                mapped = _mmap.mmap(f.fileno(), 0, access=_mmap.ACCESS_READ)
+                start = _PREFIX.size + hdr_len
+                if len(mapped) != start + payload_bytes:
+                    raise IndexFormatError(f"{path}: truncated or padded payload: expected {payload_bytes} bytes, "
+                                           f"got {len(mapped) - start} (file changed while reading?)")
+                if mapped[:start] != prefix + header_bytes:
+                    raise IndexFormatError(f"{path}: the header changed while reading (file changed while reading?)")
+                payload = memoryview(mapped)[start:]
+            else:
+                raw = _read_exact(f, payload_bytes, path, "payload")
+                if f.read(1):
+                    raise IndexFormatError(f"{path}: trailing bytes after the payload (file changed while reading?)")
+                payload = memoryview(raw)
     except FileNotFoundError:
         raise IndexFileNotFoundError(f"index file not found: {os.fsdecode(path)}", os.fsdecode(path)) from None
-    except IndexFormatError:
-        raise
-    except (OSError, MemoryError, OverflowError) as exc:
+    except BaseException as exc:
+        _unmap(mapped)
+        if isinstance(exc, IndexFormatError) or not isinstance(exc, (OSError, MemoryError, OverflowError, ValueError)):
+            raise
+        # ValueError: mmap refuses what cannot be mapped (an empty or special file changed meanwhile)
         raise IndexFormatError(f"{path}: cannot read ({exc})") from exc
-    payload = memoryview(raw)
+    try:
+        arrays = _arrays_of(payload, header, path, view=mapped is not None)
+    except BaseException:
+        payload.release()
+        _unmap(mapped)
+        raise
+    return header["meta"], arrays
+
+
+def _arrays_of(payload: memoryview, header: dict, path, view: bool) -> Dict[str, np.ndarray]:
+    """The header's arrays out of the payload, every checksum checked first.  view (a memory map's
+    payload): each one is a read-only view of it when it is aligned for its dtype and in the host's
+    byte order, else a copy; otherwise always a (writeable) copy."""
     if _crc(payload) != header["payload_crc32"]:
         raise IndexFormatError(f"{path}: payload checksum mismatch (damaged file)")
     arrays = {}
@@ -330,8 +376,20 @@ def read_container(path: str, kind: str) -> Tuple[dict, Dict[str, np.ndarray]]:
         blob = payload[off:off + nbytes]
         if _crc(blob) != e["crc32"]:
             raise IndexFormatError(f"{path}: checksum mismatch in array {e['name']!r}")
-        arrays[e["name"]] = np.frombuffer(blob, dtype=dtype).reshape(e["shape"]).astype(dtype.newbyteorder("="))
-    return header["meta"], arrays
+        a = np.frombuffer(blob, dtype=dtype).reshape(e["shape"])
+        if not (view and a.flags.aligned and a.dtype.isnative):
+            a = a.astype(dtype.newbyteorder("="))
+        arrays[e["name"]] = a
+    return arrays
+
+
+def _unmap(mapped) -> None:
+    """Closes a map no array was handed out of (views still exported: left to the garbage collector)."""
+    if mapped is not None:
+        try:
+            mapped.close()
+        except BufferError:
+            pass
 
 
 def _parse_header(header_bytes: bytes, path: str, kind: str) -> dict:

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from . import probing
-from ._validation import PATH_TYPES, _is_cupy, _is_torch, as_list, check_features, check_int_range
+from ._validation import PATH_TYPES, _is_cupy, _is_torch, as_list, check_bool, check_features, check_int_range
 from .errors import (ConfigError, CudaUnavailableError, IndexFileNotFoundError, IndexFormatError, NotFittedError,
                      WritePathError)
 from .index import (LearnableLSHIndex, _check_indexes, _keys_and_sizes, _normalise_device, _to_numpy,
@@ -366,14 +366,26 @@ class ShardedIndex(_ShardScoring):
         return out
 
     @classmethod
-    def load(cls, paths, devices: Optional[Sequence[str]] = None) -> "ShardedIndex":
+    def load(cls, paths, devices: Optional[Sequence[str]] = None, *, mmap: bool = False) -> "ShardedIndex":
         """The sharded index save_shards() wrote: its folder (the shard_NNNNN.llsh files there, in
         their order), or a list of shard files (or any index files sharing their hash layers); one
-        file path alone is one shard."""
+        file path alone is one shard.
+
+        mmap=True: each shard is loaded with LearnableLSHIndex.load(mmap=True), its codes left mapped
+        from its file; the shards then stay on the CPU (devices None means ["cpu"] here, and any other
+        device is refused: moving a shard there would copy its codes anyway)."""
+        if check_bool(mmap, "mmap"):  # checked before any file is read or device looked for
+            devices = ["cpu"] if devices is None else [devices] if isinstance(devices, (str, torch.device)) else devices
+            devices = list(devices) if isinstance(devices, Iterable) else devices  # else _resolve_devices' error
+            others = [str(d) for d in devices if _normalise_device(d) != "cpu"] if isinstance(devices, list) else []
+            if others:
+                raise ConfigError(f"load: mmap=True keeps the shards' codes mapped in this host's memory; expected "
+                                  f"devices ['cpu'] (or None), got {others[0]!r} among them (load with mmap=False to "
+                                  f"place shards on a GPU)")
         if isinstance(paths, PATH_TYPES) and os.path.isdir(os.fsdecode(paths)):
             paths = _shard_files(Path(os.fsdecode(paths)))
-        return cls.from_shards([LearnableLSHIndex.load(os.fspath(p)) for p in as_list(paths, "load", "shard file paths")],
-                               devices)
+        return cls.from_shards([LearnableLSHIndex.load(os.fspath(p), mmap=mmap)
+                                for p in as_list(paths, "load", "shard file paths")], devices)
 
     def _init(self, host: LearnableLSHIndex, shards: List[LearnableLSHIndex], devs: List[str]) -> None:
         self._host = host  # hash layers and settings, on the CPU, no tables: combines the partial sums
