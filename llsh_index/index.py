@@ -611,13 +611,15 @@ class LearnableLSHIndex:
         Needs the stored codes (store_codes=True)."""
         k = check_int_range(k, "k", 1)
         tables = self._require_tables()
-        if tables["codes"] is None:
-            raise IndexStateError("search: this index keeps bucket statistics only (store_codes=False), no "
-                                  "per-item codes to rank; build it with store_codes=True")
+        _require_codes(self, "search")
         codes, keys = self.hash_queries(queries)
-        on_device = isinstance(codes, torch.Tensor)
+        return self._search_hashed(tables, codes, keys, k)
+
+    def _search_hashed(self, tables, codes, keys, k: int):
+        """search() of queries hashed already (hash_queries' output on the tables' device), against
+        `tables` (read once by the caller); ShardedIndex.search runs it per shard."""
         dist, ids = _nearest_candidates(tables, _as_tensor(codes), _as_tensor(keys), k)
-        return (dist, ids) if on_device else (dist.numpy(), ids.numpy())
+        return (dist, ids) if isinstance(codes, torch.Tensor) else (dist.numpy(), ids.numpy())
 
     # ------------------------------------------------------------------ shards
     def _check_same_layers(self, other: "LearnableLSHIndex") -> None:
@@ -756,10 +758,7 @@ class LearnableLSHIndex:
             drop = _removal_mask(ids, n)
             if not drop.any():
                 return 0
-            if not self.store_codes:
-                raise IndexStateError("remove_ids: this index keeps bucket statistics only (store_codes=False), "
-                                      "so a removed item's code cannot be taken out of its bucket; build it with "
-                                      "store_codes=True to remove items")
+            _require_codes(self, "remove_ids")
             removed = int(drop.sum())
             if removed == n:
                 self._tables = None
@@ -1578,6 +1577,15 @@ def _concat_rows(old: Dict, keys, codes, ids):
     return (torch.cat([torch.from_numpy(_rows_of(old, b)).to(dev), keys], dim=1),
             torch.cat([old["codes"].view(b, n_old, r), codes], dim=1),
             torch.cat([old["ids"].view(b, n_old), ids], dim=1))
+
+
+def _require_codes(index, caller: str) -> None:
+    """IndexStateError for a statistics-only index (store_codes=False), which has no per-item codes."""
+    if not index.store_codes:
+        why = {"remove_ids": "a removed item's code cannot be taken out of its bucket's sums",
+               "search": "there are no per-item codes to rank"}[caller]
+        raise IndexStateError(f"{caller}: this index keeps bucket statistics only (store_codes=False), so {why}; "
+                              f"build it with store_codes=True")
 
 
 def _removal_mask(ids, n: int) -> np.ndarray:

@@ -50,8 +50,8 @@ from . import probing
 from ._validation import PATH_TYPES, _is_cupy, _is_torch, as_list, check_bool, check_features, check_int_range
 from .errors import (ConfigError, CudaUnavailableError, IndexFileNotFoundError, IndexFormatError, NotFittedError,
                      WritePathError)
-from .index import (LearnableLSHIndex, _check_indexes, _keys_and_sizes, _normalise_device, _to_numpy,
-                    bucket_sizes_of_keys, check_reduce, probed_scores, table_occupancy)
+from .index import (LearnableLSHIndex, _check_indexes, _keys_and_sizes, _normalise_device, _removal_mask,
+                    _require_codes, _to_numpy, bucket_sizes_of_keys, check_reduce, probed_scores, table_occupancy)
 from .io import _is_link_loop, atomic_write, file_sha256
 
 __all__ = ["ShardedIndex"]
@@ -591,6 +591,60 @@ class ShardedIndex(_ShardScoring):
         mean over tables; 1, 0 and "min" are the paper).
         """
         return self._run(queries, mode, False, query_batch, n_probes, miss_probes, reduce)
+
+    def search(self, queries, k: int = 1):
+        """LearnableLSHIndex.search over all the shards: (distances (M, k) float32, ids (M, k) int64),
+        numpy, what one index of every shard's items gives, with gather()'s numbering (shard i's ids
+        after the items of shards 0 .. i-1), ties to the smaller id.  Hashed once; each device
+        searches its shards at once; the k nearest of every shard are merged on the host."""
+        k = check_int_range(k, "k", 1)
+        _require_codes(self._host, "search")
+        codes, keys = self._hash(self._host_rows(queries, "queries"))
+
+        def run(dev, idx):
+            with _device_scope(dev):
+                qc, qk = _send(codes, dev), _send(keys, dev)  # one copy per device, shared by its shards
+                out = []
+                for i in idx:
+                    tables = self.shards[i]._tables
+                    if tables is not None:
+                        d, j = self.shards[i]._search_hashed(tables, qc, qk, k)
+                        out.append((i, _to_numpy(d), _to_numpy(j)))
+                return out
+
+        with self._lock.read():  # every shard as of one moment, and their sizes with them
+            self._filled("search")
+            first = np.concatenate([[0], np.cumsum(self.shard_sizes)])
+            found = sorted(r for group in self._start(run)() for r in group)
+        dist = np.concatenate([d for _, d, _ in found], axis=1)
+        ids = np.concatenate([np.where(j >= 0, j + first[i], -1) for i, _, j in found], axis=1)
+        order = np.lexsort((np.where(ids >= 0, ids, np.iinfo(np.int64).max), dist))[:, :k]  # per row
+        return np.take_along_axis(dist, order, 1), np.take_along_axis(ids, order, 1)
+
+    def remove_ids(self, ids) -> int:
+        """LearnableLSHIndex.remove_ids over all the shards, with gather()'s numbering (shard i's items
+        after those of shards 0 .. i-1); every shard's items left are renumbered, so the numbering stays
+        gather()'s.  All or nothing, under the lock add() takes.  Returns how many it removed."""
+        with self._lock.write():
+            sizes = self.shard_sizes
+            drop = _removal_mask(ids, sum(sizes))
+            if not drop.any():
+                return 0
+            _require_codes(self._host, "remove_ids")
+            bounds = np.concatenate([[0], np.cumsum(sizes)])
+            before = [s._tables for s in self.shards]  # each remove swaps in new tables: the old ones undo it
+            removed = 0
+            try:
+                for i, shard in enumerate(self.shards):
+                    part = drop[bounds[i]:bounds[i + 1]]
+                    if part.any():
+                        with _device_scope(self.devices[i]):
+                            removed += shard.remove_ids(part)
+            except BaseException:
+                for shard, tables in zip(self.shards, before):
+                    shard._tables = tables
+                raise
+            return removed
 
     # ------------------------------------------------------------------ persistence
     def save_shards(self, folder) -> List[str]:

@@ -162,3 +162,28 @@ def test_remove_on_the_device_path(data, monkeypatch):
     assert isinstance(dev._tables["codes"], torch.Tensor) and dev._tables["bucket_sum"] is not None
     assert_same_tables(dev, ref)
     np.testing.assert_allclose(dev.score(torch.from_numpy(q)), ref.score(q), rtol=1e-6)
+
+
+def test_sharded_remove_equals_one_index(data):
+    """ShardedIndex.remove_ids with gather()'s numbering: the shards left hold what one index of
+    the remaining rows holds, and a refused call leaves every shard as it was."""
+    from llsh_index import ShardedIndex
+
+    x, q = data
+    layers = LearnableLSHIndex(12, n_tables=3, n_bits=6, seed=4)
+    sharded = ShardedIndex(layers, devices=["cpu"] * 3)
+    sharded.add(x)  # 80 rows per shard
+    drop = np.r_[0:10, 75:95, 200:240]
+    assert sharded.remove_ids(drop) == len(drop)
+    keep = np.ones(len(x), bool)
+    keep[drop] = False
+    assert sharded.shard_sizes == [65, 65, 40]  # rows 0..79 | 80..159 | 160..239
+    assert_same_tables(sharded.gather(), layers.empty_like().add(x[keep]))
+    np.testing.assert_allclose(sharded.score(q), oracle_scores(layers, x[keep], q), rtol=2e-5, atol=2e-6)
+    before = [s._tables for s in sharded.shards]
+    with pytest.raises(InvalidInputError):
+        sharded.remove_ids([5, len(x[keep])])
+    assert [s._tables for s in sharded.shards] == before
+    light = ShardedIndex(layers.empty_like(mode="light", store_codes=False), devices=["cpu"] * 2).add(x)
+    with pytest.raises(IndexStateError, match="store_codes=True"):
+        light.remove_ids([1])

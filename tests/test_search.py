@@ -162,3 +162,24 @@ def test_search_on_a_memory_mapped_index(rng, tmp_path):
     want = index.search(q, 6)
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_array_equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("k", [1, 4, 300])
+def test_sharded_search_equals_one_index(rng, k):
+    """ShardedIndex.search: the neighbours one index of every shard's items gives, with gather()'s
+    ids; a shard left empty answers nothing."""
+    from llsh_index import ShardedIndex
+
+    x = rng.standard_normal((250, 10)).astype(np.float32)
+    q = np.concatenate([rng.standard_normal((20, 10)), x[200:210]]).astype(np.float32)
+    layers = LearnableLSHIndex(10, n_tables=3, n_bits=5, seed=7)
+    sharded = ShardedIndex(layers, devices=["cpu"] * 4)
+    sharded.add(x[:100], shard=0)
+    sharded.add(x[100:180], shard=2)
+    sharded.add(x[180:], shard=3)  # shard 1 stays empty
+    got = sharded.search(q, k)
+    whole = layers.empty_like().add(np.concatenate([x[:100], x[100:180], x[180:]]))
+    want = whole.search(q, k)
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+    check(whole, x, q, k, got)
