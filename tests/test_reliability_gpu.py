@@ -256,3 +256,25 @@ def test_gpu_occupancy_equals_the_cpu(data):
     sh = ShardedIndex(exact_index(), devices=["cuda:0"], n_shards=3).add(x)
     assert sh.stats() == cpu.stats()
     np.testing.assert_array_equal(sh.query_bucket_sizes(q), cpu.query_bucket_sizes(q))
+
+
+@pytest.mark.parametrize("n_bits", [3, 16])  # coarse tables take search()'s dense path, finer ones its gathers
+def test_gpu_search_and_remove_ids_equal_the_cpu(data, n_bits):
+    """search() (torch ops on the device) and remove_ids() (host compaction, tables sent back) give
+    on the GPU what they give on the CPU; the results stay on the device."""
+    x, q = data
+    cpu = exact_index(n_bits=n_bits).add(x)
+    gpu = exact_index(n_bits=n_bits).to("cuda").add(cuda(x))
+    d, i = gpu.search(cuda(q), 5)
+    assert d.is_cuda and i.is_cuda
+    want = cpu.search(q, 5)
+    np.testing.assert_allclose(d.cpu().numpy(), want[0], rtol=1e-5, atol=1e-6)
+    # ids agree but where two candidates are within the devices' rounding (sigmoid ulps) of each other
+    gap = np.diff(np.where(np.isinf(want[0]), 1e30, want[0]), axis=1) > 1e-4
+    sure = np.c_[gap, np.ones((len(q), 1), bool)] & np.c_[np.ones((len(q), 1), bool), gap]
+    np.testing.assert_array_equal(i.cpu().numpy()[sure], want[1][sure])
+    drop = np.r_[0:200, 1000:1500]
+    assert gpu.remove_ids(drop) == cpu.remove_ids(drop) == 700
+    assert gpu._tables["codes"].is_cuda and gpu._tables["bucket_sum"] is not None
+    np.testing.assert_allclose(gpu.score(cuda(q)).cpu().numpy(), cpu.score(q), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(gpu.search(cuda(q), 3)[0].cpu().numpy(), cpu.search(q, 3)[0], rtol=1e-5, atol=1e-6)
