@@ -11,7 +11,10 @@ snippets), for plain LSH and the demo's trained LLSH (seed 0, b 8, r 32):
     (search(k = every item)), the bound on that recall;
   - the share of test snippets with no candidate at all (they miss every table);
   - the time of search(k=10) over all test snippets against faiss's exact search on the features.
-A synthetic half: N random items (d 64) and 1,000 queries near them, untrained layers, timing only.
+A synthetic half: N random items (d 64) and 1,000 queries near them, untrained layers, timing only;
+and coarse buckets (50,000 rows round one point: every table keeps one or two buckets, as coarse
+trained tables do, so every item is a candidate of every query) against exact brute force over the
+whole codes (torch.cdist + topk, float64), which is then the same answer.
 
     python benchmarks/bench_search.py                # the Ped2 demo's features, then N = 1M
     python benchmarks/bench_search.py --items 200000
@@ -112,6 +115,21 @@ def main():
     print("| search(k=10) s | faiss flat (exact) s | ratio | recall@1 of the exact NN |")
     print("|---|---|---|---|")
     print(f"| {t_search:.3f} | {t_flat:.3f} | {t_search / t_flat:.3f} | {(ids[:, 0] == nn[:, 0]).mean():.3f} |")
+
+    n, m = 50_000, 200
+    centre = rng.standard_normal(d).astype(np.float32)
+    rows = (centre + 1e-3 * rng.standard_normal((n, d))).astype(np.float32)
+    qs = (centre + 1e-3 * rng.standard_normal((m, d))).astype(np.float32)
+    coarse = LearnableLSHIndex(d, seed=0).add(rows)
+    t_search, (_, ids) = timed(lambda: coarse.search(qs, 10))
+    cx = torch.from_numpy(coarse.encode(rows).reshape(n, -1)).double()
+    cq = torch.from_numpy(coarse.encode(qs).reshape(m, -1)).double()
+    t_brute, (_, nn) = timed(lambda: torch.cdist(cq, cx).topk(10, largest=False))
+    print(f"\n## coarse buckets: {n:,} rows round one point, {m} queries, buckets per table "
+          f"{np.diff(coarse._tables['table_start']).tolist()}")
+    print("| search(k=10) s | brute force (cdist + topk) s | ratio | recall@1 of the brute force's NN |")
+    print("|---|---|---|---|")
+    print(f"| {t_search:.3f} | {t_brute:.3f} | {t_search / t_brute:.2f} | {(ids[:, 0] == nn[:, 0].numpy()).mean():.3f} |")
 
 
 if __name__ == "__main__":

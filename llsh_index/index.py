@@ -1001,17 +1001,19 @@ class LearnableLSHIndex:
         return bucket_sizes_of_keys(_keys_and_sizes(tables), qkeys)
 
     def _require_tables(self) -> Dict:
-        if self._tables is None:
+        tables = self._tables  # read once: a concurrent reset() / remove_ids() may drop them meanwhile
+        if tables is None:
             raise NotFittedError("the index is empty; call add(features) first")
-        return self._tables
+        return tables
 
     def memory_bytes(self) -> int:
         """Bytes held by the tables (not counting the hash layers), with the CPU lookup directory
-        derived from the keys (built with the tables, or on the first lookup after load())."""
+        derived from the keys (built with the tables, or on the first lookup after load()) and the
+        item-to-row map the first search() derives from the ids."""
         t = self._tables
         if t is None:
             return 0
-        return _engine.directory_nbytes(t) + sum(
+        return _engine.directory_nbytes(t) + _item_rows_nbytes(t) + sum(
             int(v.nbytes) if isinstance(v, np.ndarray) else int(v.numel() * v.element_size())
             for k, v in t.items() if k != "n_items" and v is not None)
 
@@ -1497,74 +1499,114 @@ def _item_rows(tables: Dict) -> torch.Tensor:
     return rows
 
 
+def _candidate_rows(size, start, queries, b: int):
+    """(position in `queries`, stored row) of every candidate row of those queries, an item once per
+    table it shares with the query; None when they have none."""
+    s, st = size[queries].reshape(-1), start[queries].reshape(-1)
+    pair = torch.nonzero(s).squeeze(1)  # (query, table) pairs whose bucket exists
+    if pair.numel() == 0:
+        return None
+    s, st = s[pair], st[pair]
+    first = torch.cumsum(s, 0) - s
+    rows = st.repeat_interleave(s) + torch.arange(int(s.sum()), device=s.device) - first.repeat_interleave(s)
+    return (pair // b).repeat_interleave(s), rows
+
+
+def _chunks_by(cost: np.ndarray, budget: float) -> list:
+    """Consecutive runs of positions whose summed cost stays within budget (at least one each)."""
+    total = np.cumsum(cost, dtype=np.float64)
+    out, i0 = [], 0
+    while i0 < len(cost):
+        base = total[i0 - 1] if i0 else 0.0
+        i1 = max(i0 + 1, int(np.searchsorted(total, base + budget, side="right")))
+        out.append((i0, i1))
+        i0 = i1
+    return out
+
+
+def _item_rows_nbytes(tables: Dict) -> int:
+    """Bytes of the item-to-row map cached for these tables (0 before a search())."""
+    ids = tables.get("ids")
+    entry = None if ids is None else _ITEM_ROWS.get(id(ids))
+    if entry is None or entry[0]() is not ids:
+        return 0
+    return int(entry[1].numel() * entry[1].element_size())
+
+
 def _nearest_candidates(tables: Dict, codes: torch.Tensor, keys: torch.Tensor, k: int):
-    """search()'s work on tensors (host or device): (distances (M, k) float32, ids (M, k) int64)."""
+    """search()'s work on tensors (host or device): (distances (M, k) float32, ids (M, k) int64).
+
+    Two paths give the same answer.  A query whose candidates are a small part of the items gathers
+    each candidate's b*r values (after taking each (query, item) pair once).  A query whose buckets
+    hold much of the index (coarse trained tables) takes a float64 GEMM against every item's code,
+    masked to its candidates; the GEMM's rounding only chooses a shortlist, every candidate within a
+    margin of its k-th distance, and the shortlist is measured exactly like the gathered ones, so
+    equal distances (identical rows) stay ties and go to the smaller id on both paths."""
     m, b, r = codes.shape
+    dim = b * r
     n_items = int(tables["n_items"])
     u, hit = _find_buckets(tables, keys)
     off, ids, stored = _as_tensor(tables["offsets"]), _as_tensor(tables["ids"]), _as_tensor(tables["codes"])
     item_rows = _item_rows(tables)
     start = off[u]
     size = torch.where(hit, off[u + 1] - start, 0)
-    dist_out = torch.full((m, k), math.inf, dtype=torch.float32, device=codes.device)
-    id_out = torch.full((m, k), -1, dtype=torch.int64, device=codes.device)
-    flat_codes = codes.reshape(m, b * r)
+    dev = codes.device
+    dist_out = torch.full((m, k), math.inf, dtype=torch.float32, device=dev)
+    id_out = torch.full((m, k), -1, dtype=torch.int64, device=dev)
+    flat_codes = codes.reshape(m, dim)
 
-    def full_codes(items):  # the items' codes in every table, (len, b*r)
-        return stored[item_rows[:, items].T].float().reshape(-1, b * r)
+    def full_codes(items):  # the items' codes in every table, (len, b*r) float32
+        return stored[item_rows[:, items].T].float().reshape(-1, dim)
 
-    def exact(q, items):  # float32 L2 between the queries' and the items' whole codes
-        return (full_codes(items) - flat_codes[q]).square_().sum(dim=1).sqrt_()
-
-    # queries in chunks: a bounded number of candidates (each gathers b*r values), and a bounded
-    # dense block of queries x distinct candidate items (float64) for the GEMM path below
-    per_query = size.sum(dim=1).cpu().numpy()
-    gathered, dense = max(1, _CHUNK_BYTES // (4 * b * r + 64)), max(1, _CHUNK_BYTES // 8)
-    i0 = 0
-    while i0 < m:
-        total = np.cumsum(per_query[i0:])
-        cost = np.arange(1, m - i0 + 1) * np.minimum(total, n_items)
-        i1 = i0 + max(1, min(int(np.searchsorted(total, gathered, side="right")),
-                             int(np.searchsorted(cost, dense, side="right"))))
-        s, st = size[i0:i1].reshape(-1), start[i0:i1].reshape(-1)
-        pair = torch.nonzero(s).squeeze(1)  # (query, table) pairs whose bucket exists
-        i_chunk, i0 = i0, i1
-        if pair.numel() == 0:
-            continue
-        s, st = s[pair], st[pair]
-        first_row = torch.cumsum(s, 0) - s
-        rows = st.repeat_interleave(s) + torch.arange(int(s.sum()), device=s.device) - first_row.repeat_interleave(s)
-        # each (query, item) once, whichever tables they share: sorted by query, then item id
-        pair_key = torch.unique((pair // b).repeat_interleave(s) * n_items + ids[rows])
-        q, item = pair_key // n_items, pair_key % n_items
-        distinct, which = torch.unique(item, return_inverse=True)
-        if q.numel() * 8 >= (i1 - i_chunk) * distinct.numel():
-            # dense candidates (coarse trained tables: most queries share most items): one float64 GEMM
-            # of the chunk's queries against the distinct items, read at the candidate pairs; cheaper
-            # than gathering b*r values per pair.  The k kept are measured exactly again below.
-            fq, fi = flat_codes[i_chunk:i1].double(), full_codes(distinct).double()
-            sq = (fq.square().sum(1)[:, None] + fi.square().sum(1)[None, :] - 2.0 * fq @ fi.T).clamp_(min=0)
-            dist = sq[q, which].sqrt_().float()
-        else:
-            dist = exact(i_chunk + q, item)
-        # each query's k nearest: by (query, distance), ties by item id (the order they came in)
+    def keep_nearest(queries, q, item):
+        """Writes the k nearest of the (q, item) pairs (q: positions in `queries`, sorted by q then
+        item) at exact float32 distances, ties to the smaller id."""
+        dist = (full_codes(item) - flat_codes[queries[q]]).square_().sum(dim=1).sqrt_()
         order = torch.argsort(dist, stable=True)
         order = order[torch.argsort(q[order], stable=True)]
         qo = q[order]
-        group = torch.bincount(qo, minlength=i1 - i_chunk)
-        rank = torch.arange(qo.numel(), device=qo.device) - (torch.cumsum(group, 0) - group)[qo]
-        keep = rank < k
-        dist_out[i_chunk + qo[keep], rank[keep]] = dist[order][keep]
-        id_out[i_chunk + qo[keep], rank[keep]] = item[order][keep]
-    # the kept distances exactly as exact() gives them (the GEMM's expansion rounds), re-sorted
-    found = id_out >= 0
-    if bool(found.any()):
-        rows_q = torch.arange(m, device=codes.device)[:, None].expand(m, k)[found]
-        dist_out[found] = exact(rows_q, id_out[found])
-        key = torch.where(found, dist_out, math.inf)
-        order = torch.argsort(id_out.masked_fill(~found, n_items), dim=1, stable=True)
-        order = order.gather(1, torch.argsort(key.gather(1, order), dim=1, stable=True))
-        dist_out, id_out = dist_out.gather(1, order), id_out.gather(1, order)
+        group = torch.bincount(qo, minlength=queries.numel())
+        rank = torch.arange(qo.numel(), device=dev) - (torch.cumsum(group, 0) - group)[qo]
+        kept = rank < k
+        dist_out[queries[qo[kept]], rank[kept]] = dist[order][kept]
+        id_out[queries[qo[kept]], rank[kept]] = item[order][kept]
+
+    per_query = size.sum(dim=1).cpu().numpy()  # candidate rows, an item once per table it shares
+    # the dense path holds every item's code in float64 (and float32 on the way): within 4 chunks
+    dense_fits = n_items * dim * 12 <= 4 * _CHUNK_BYTES
+    dense = per_query * 8 >= n_items if dense_fits else np.zeros(m, bool)
+    everything = None
+    for where, on in ((np.flatnonzero(~dense), False), (np.flatnonzero(dense), True)):
+        if not where.size:
+            continue
+        if on and everything is None:
+            everything = full_codes(torch.arange(n_items, device=dev)).double()
+            norms = everything.square().sum(dim=1)
+            # each item's bucket in each table (b, N): a query's candidates are the items sharing one
+            bucket_of = torch.searchsorted(off, item_rows, right=True) - 1
+        # gathered: a bounded number of candidate rows per chunk; dense: a bounded block of
+        # queries x items (float64 distances, the candidate mask and the shortlist)
+        cost = np.full(where.size, n_items * 12.0) if on else per_query[where].astype(np.float64) * (4 * dim + 64)
+        for i0, i1 in _chunks_by(cost, _CHUNK_BYTES):
+            queries = torch.from_numpy(where[i0:i1]).to(dev)
+            if not on:
+                found = _candidate_rows(size, start, queries, b)
+                if found is not None:
+                    q, rows = found
+                    pair = torch.unique(q * n_items + ids[rows])  # each (query, item) once, sorted
+                    keep_nearest(queries, pair // n_items, pair % n_items)
+                continue
+            mask = torch.zeros((queries.numel(), n_items), dtype=torch.bool, device=dev)
+            for j in range(b):  # no per-row pairs: the dense queries' buckets hold much of the index
+                mask |= (bucket_of[j][None, :] == u[queries, j][:, None]) & hit[queries, j][:, None]
+            fq = flat_codes[queries].double()
+            qn = fq.square().sum(dim=1)
+            sq = (qn[:, None] + norms[None, :] - 2.0 * fq @ everything.T).clamp_(min=0).masked_fill_(~mask, math.inf)
+            kth = torch.topk(sq, min(k, n_items), dim=1, largest=False).values[:, -1]
+            # float64 rounding of the expansion is ~1e-16 x the norms per term: a margin far above it
+            margin = 1e-9 * (qn + norms.max()) + 1e-12
+            q, item = torch.nonzero((sq <= (kth + margin)[:, None]) & mask, as_tuple=True)
+            keep_nearest(queries, q, item)
     return dist_out, id_out
 
 

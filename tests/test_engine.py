@@ -678,6 +678,11 @@ def test_remove_items_checks_its_input(rng):
         (side, keep[::-1], "keep: must be C-contiguous"),
         (dict(side, offsets=np.r_[t["offsets"][:-1], 10 ** 9]), keep, "offsets"),
     ]
+    # a table holding an id twice (and missing another) keeps more rows than the output has: refused
+    twice = t["ids"].copy()
+    twice[:60][twice[:60] == 3] = 4
+    cases.append((dict(side, ids=twice), np.r_[np.zeros(4, bool), True, np.zeros(55, bool)],
+                  "keeps 2 rows for 1 kept items"))
     for tables, k, match in cases:
         with pytest.raises(ValueError, match=match):
             _C.remove_items_cpu(tables, k)

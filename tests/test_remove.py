@@ -107,7 +107,7 @@ def test_removing_every_item_empties_the_index(data):
     assert_same_tables(index, index.empty_like().add(x[:10]))
 
 
-def test_a_concurrent_reader_keeps_the_old_tables(data):
+def test_remove_ids_swaps_tables_and_leaves_the_old_ones_intact(data):
     """remove_ids swaps in new tables: a reference taken before (a score in flight) is left intact."""
     x, q = data
     index = LearnableLSHIndex(12, n_tables=2, n_bits=5, seed=0).add(x)
@@ -187,3 +187,54 @@ def test_sharded_remove_equals_one_index(data):
     light = ShardedIndex(layers.empty_like(mode="light", store_codes=False), devices=["cpu"] * 2).add(x)
     with pytest.raises(IndexStateError, match="store_codes=True"):
         light.remove_ids([1])
+
+
+def test_scores_during_removals_see_the_index_before_or_after(data):
+    """score() in other threads while remove_ids() runs: each result is the index's scores before
+    that removal or after it, never a mix (the tables are swapped whole)."""
+    import threading
+
+    x, q = data
+    index = LearnableLSHIndex(12, n_tables=4, n_bits=6, seed=2).add(x)
+    steps = [np.arange(0, 40), np.arange(0, 30), np.arange(50, 90)]
+    states = [index.empty_like().add(x)]
+    keep = np.arange(len(x))
+    for ids in steps:
+        keep = np.delete(keep, ids)
+        states.append(index.empty_like().add(x[keep]))
+    allowed = [s.score(q) for s in states]
+    seen, errors, stop = [], [], threading.Event()
+
+    def reader():
+        try:
+            while not stop.is_set():
+                seen.append(index.score(q))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for ids in steps:
+        index.remove_ids(ids)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors and seen
+    for got in seen:
+        assert any(np.array_equal(got, a) for a in allowed)
+    np.testing.assert_array_equal(index.score(q), allowed[-1])
+
+
+def test_remove_ids_on_a_memory_mapped_index(data, tmp_path):
+    """A mapped load's read-only codes are read, never written: the new tables are the kept rows',
+    and the file is unchanged."""
+    x, q = data
+    index = LearnableLSHIndex(12, n_tables=3, n_bits=6, seed=1).add(x)
+    path = tmp_path / "a.llsh"
+    index.save(path)
+    raw = path.read_bytes()
+    mapped = LearnableLSHIndex.load(path, mmap=True)
+    assert mapped.remove_ids(np.arange(0, len(x), 2)) == len(x) // 2
+    assert_same_tables(mapped, index.empty_like().add(x[1::2]))
+    assert path.read_bytes() == raw

@@ -56,10 +56,41 @@ def test_search_against_the_oracle(rng, code_dtype, n_tables, n_bits, k):
     q = np.concatenate([rng.standard_normal((25, 10)), x[:5] + 0.01 * rng.standard_normal((5, 10))]).astype(np.float32)
     index = LearnableLSHIndex(10, n_tables=n_tables, n_bits=n_bits, code_dtype=code_dtype, seed=4).add(x)
     dist, ids = check(index, x, q, k)
-    if code_dtype == "float32":  # a stored row finds itself at distance 0 first
+    if code_dtype == "float32":  # a stored row (all distinct here) finds itself at distance 0 first
         d0, i0 = index.search(x[:20], 1)
         np.testing.assert_array_equal(d0[:, 0], 0)
-        assert (i0[:, 0] == np.arange(20)).all() or np.unique(x[:20], axis=0).shape[0] < 20
+        np.testing.assert_array_equal(i0[:, 0], np.arange(20))
+
+
+@pytest.mark.parametrize("n_bits", [64, 2])
+def test_identical_rows_tie_to_the_smaller_id_whatever_the_batch(rng, n_bits):
+    """A static scene stores identical rows: their distances are equal and the smaller ids come first,
+    on the dense path (coarse tables, or a query alone) and the gathered one, alone or in a batch."""
+    x = rng.standard_normal((30, 12)).astype(np.float32)
+    x[20:25] = x[10]
+    index = LearnableLSHIndex(12, n_tables=2, n_bits=n_bits, seed=1).add(x)
+    batch = np.concatenate([x[10:11], rng.standard_normal((40, 12)).astype(np.float32)])
+    for queries in (x[10:11], batch):
+        d, i = index.search(queries, 3)
+        np.testing.assert_array_equal(i[0], [10, 20, 21])
+        np.testing.assert_array_equal(d[0], 0)
+    check(index, x, batch, 7)
+
+
+@pytest.mark.parametrize("n_tables,n_bits,dense", [(3, 3, True), (8, 2, True), (3, 12, False)])
+def test_each_path_is_taken_where_expected(rng, monkeypatch, n_tables, n_bits, dense):
+    """Coarse tables send every query to the dense path (no per-row candidate pairs), fine ones to
+    the gathered path; both against the oracle."""
+    import llsh_index.index as index_module
+
+    calls = []
+    real = index_module._candidate_rows
+    monkeypatch.setattr(index_module, "_candidate_rows", lambda *a: calls.append(1) or real(*a))
+    x = rng.standard_normal((150, 10)).astype(np.float32)
+    q = rng.standard_normal((30, 10)).astype(np.float32)
+    index = LearnableLSHIndex(10, n_tables=n_tables, n_bits=n_bits, seed=4).add(x)
+    check(index, x, q, 5)
+    assert (not calls) == dense
 
 
 def test_a_query_has_candidates_exactly_when_the_score_hits_a_table(rng):
@@ -106,10 +137,13 @@ def test_query_chunks_give_the_same_result(rng, monkeypatch):
     q = rng.standard_normal((60, 8)).astype(np.float32)
     index = LearnableLSHIndex(8, n_tables=3, n_bits=3, seed=2).add(x)  # large buckets
     whole = index.search(q, 7)
-    monkeypatch.setattr(index_module, "_CHUNK_BYTES", 4000)  # a few queries per chunk, then one at a time
-    part = index.search(q, 7)
-    np.testing.assert_array_equal(whole[0], part[0])
-    np.testing.assert_array_equal(whole[1], part[1])
+    # 20,000: dense chunks of 8 queries; 4,000: too small to hold every item's code, so the gathered
+    # path, a few queries per chunk, then one at a time
+    for budget in (20_000, 4000):
+        monkeypatch.setattr(index_module, "_CHUNK_BYTES", budget)
+        part = check(index, x, q, 7)
+        np.testing.assert_array_equal(whole[0], part[0])
+        np.testing.assert_array_equal(whole[1], part[1])
 
 
 def test_search_on_the_device_path(rng, monkeypatch):
@@ -183,3 +217,13 @@ def test_sharded_search_equals_one_index(rng, k):
     np.testing.assert_array_equal(got[1], want[1])
     np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
     check(whole, x, q, k, got)
+
+
+def test_memory_bytes_counts_the_item_rows_map(rng):
+    x = rng.standard_normal((100, 8)).astype(np.float32)
+    index = LearnableLSHIndex(8, n_tables=3, n_bits=6, seed=0).add(x)
+    before = index.memory_bytes()
+    index.search(x[:5], 2)
+    assert index.memory_bytes() == before + 3 * 100 * 8  # one int64 row number per item and table
+    light = LearnableLSHIndex(8, n_tables=3, n_bits=6, mode="light", store_codes=False).add(x)
+    assert light.memory_bytes() > 0  # no ids, no map: nothing to look up

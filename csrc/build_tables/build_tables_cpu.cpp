@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 
 #include "llsh/common.h"
 
@@ -291,10 +293,11 @@ namespace {
 
 // Walks table j's buckets.  Write=false counts the buckets that keep a row; Write=true fills the
 // output from bucket u and row dst, copying each run of kept rows as one block.
+// kept_rows (Write=false): the rows the table keeps, which must be the n_kept items once each.
 template <bool Write, typename CodeT>
 int64_t remove_from_table(const StoredTables<CodeT>& t, const uint8_t* keep, const int64_t* new_id, int64_t j,
-                          int64_t r, int64_t u, int64_t dst, BuiltTables<CodeT>* out) {
-  const int64_t u0 = u;
+                          int64_t r, int64_t u, int64_t dst, BuiltTables<CodeT>* out, int64_t* kept_rows = nullptr) {
+  const int64_t u0 = u, dst0 = dst;
   for (int64_t x = t.table_start[j]; x < t.table_start[j + 1]; ++x) {
     const int64_t start = dst;
     for (int64_t i = t.offsets[x], end = t.offsets[x + 1]; i < end;) {
@@ -316,6 +319,7 @@ int64_t remove_from_table(const StoredTables<CodeT>& t, const uint8_t* keep, con
       ++u;
     }
   }
+  if (kept_rows) *kept_rows = dst - dst0;
   return u - u0;
 }
 
@@ -327,11 +331,18 @@ void remove_items_cpu(const StoredTables<CodeT>& t, const uint8_t* keep, int64_t
   std::vector<int64_t> new_id(t.n_items);
   int64_t n = 0;
   for (int64_t i = 0; i < t.n_items; ++i) new_id[i] = n, n += keep[i] != 0;
-  std::vector<int64_t> n_unique(n_tables);
+  std::vector<int64_t> n_unique(n_tables), kept_rows(n_tables);
   parallel_for(n_tables, n_threads, [&](int64_t begin, int64_t end) {  // pass 1: each table's buckets left
     for (int64_t j = begin; j < end; ++j)
-      n_unique[j] = remove_from_table<false>(t, keep, new_id.data(), j, n_bits, 0, 0, &out);
+      n_unique[j] = remove_from_table<false>(t, keep, new_id.data(), j, n_bits, 0, 0, &out, &kept_rows[j]);
   });
+  // the output holds n rows per table: a table holding an id twice (and so missing another) would
+  // keep another count and write past it
+  for (int64_t j = 0; j < n_tables; ++j)
+    if (kept_rows[j] != n)
+      throw std::invalid_argument("tables: table " + std::to_string(j) + " keeps " + std::to_string(kept_rows[j]) +
+                                  " rows for " + std::to_string(n) + " kept items (each table must hold every "
+                                  "item once)");
   size_layout(n_unique, n_tables * n, out);
   out.codes.resize(n_tables * n * n_bits);
   parallel_for(n_tables, n_threads, [&](int64_t begin, int64_t end) {  // pass 2: each table's own rows
