@@ -1560,8 +1560,11 @@ def _nearest_candidates(tables: Dict, codes: torch.Tensor, keys: torch.Tensor, k
 
     def keep_nearest(queries, q, item):
         """Writes the k nearest of the (q, item) pairs (q: positions in `queries`, sorted by q then
-        item) at exact float32 distances, ties to the smaller id."""
-        dist = (full_codes(item) - flat_codes[queries[q]]).square_().sum(dim=1).sqrt_()
+        item) at their exact distances (float32), ties to the smaller id."""
+        # float64: products of float32 differences are exact there, and torch's float32 row sums depend
+        # on a row's position in the block (small rows are vectorised across rows), which broke ties
+        # between identical items; rounded to float32 once, equal rows give equal distances
+        dist = (full_codes(item) - flat_codes[queries[q]]).double().square_().sum(dim=1).sqrt_().float()
         order = torch.argsort(dist, stable=True)
         order = order[torch.argsort(q[order], stable=True)]
         qo = q[order]

@@ -227,3 +227,22 @@ def test_memory_bytes_counts_the_item_rows_map(rng):
     assert index.memory_bytes() == before + 3 * 100 * 8  # one int64 row number per item and table
     light = LearnableLSHIndex(8, n_tables=3, n_bits=6, mode="light", store_codes=False).add(x)
     assert light.memory_bytes() > 0  # no ids, no map: nothing to look up
+
+
+@pytest.mark.parametrize("n_tables,n_bits,code_dtype", [(16, 1, "float16"), (2, 16, "float32"), (4, 8, "float32")])
+def test_identical_rows_at_a_distance_tie_whatever_their_place(rng, n_tables, n_bits, code_dtype):
+    """Identical stored rows at a nonzero distance from the query: the smallest id first, alone or
+    after other queries (torch's float32 row sums of short rows depended on the row's position)."""
+    x = rng.standard_normal((400, 12)).astype(np.float32)
+    x[100:140] = x[10]
+    index = LearnableLSHIndex(12, n_tables=n_tables, n_bits=n_bits, code_dtype=code_dtype, seed=1).add(x)
+    for _ in range(3):
+        q = (x[10] + 1e-3 * rng.standard_normal(12)).astype(np.float32)[None]
+        d, i = index.search(q, 3)
+        np.testing.assert_array_equal(i[0], [10, 100, 101])
+        assert d[0, 0] > 0 and d[0, 0] == d[0, 2]
+        for extra in (3, 6, 9, 20):
+            batch = np.concatenate([x[200:200 + extra] + 0.01, q]).astype(np.float32)
+            db, ib = index.search(batch, 3)
+            np.testing.assert_array_equal(ib[-1], i[0])
+            np.testing.assert_array_equal(db[-1], d[0])
