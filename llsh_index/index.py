@@ -1555,8 +1555,8 @@ def _nearest_candidates(tables: Dict, codes: torch.Tensor, keys: torch.Tensor, k
     id_out = torch.full((m, k), -1, dtype=torch.int64, device=dev)
     flat_codes = codes.reshape(m, dim)
 
-    def full_codes(items):  # the items' codes in every table, (len, b*r) float32
-        return stored[item_rows[:, items].T].float().reshape(-1, dim)
+    def full_codes(items):  # the items' codes in every table, (len, b*r) float32, row-major
+        return stored[item_rows[:, items].T].float().reshape(-1, dim).contiguous()
 
     def keep_nearest(queries, q, item):
         """Writes the k nearest of the (q, item) pairs (q: positions in `queries`, sorted by q then
@@ -1575,21 +1575,32 @@ def _nearest_candidates(tables: Dict, codes: torch.Tensor, keys: torch.Tensor, k
         id_out[queries[qo[kept]], rank[kept]] = item[order][kept]
 
     per_query = size.sum(dim=1).cpu().numpy()  # candidate rows, an item once per table it shares
-    # the dense path holds every item's code in float64 (and float32 on the way): within 4 chunks
-    dense_fits = n_items * dim * 12 <= 4 * _CHUNK_BYTES
-    dense = per_query * 8 >= n_items if dense_fits else np.zeros(m, bool)
-    everything = None
+    dense = per_query * 8 >= n_items
+    # the dense path's items in blocks whose codes (float32 on the way, float64) fit in 4 chunks:
+    # one block (built once per call) up to about 87k items at b*r = 256, more blocks beyond
+    block = max(1, min(n_items, 4 * _CHUNK_BYTES // (dim * 12)))
+    blocks = [(lo, min(n_items, lo + block)) for lo in range(0, n_items, block)]
+    cached = {}
+
+    def block_codes(lo, hi):  # (float64 codes, squared norms) of items lo..hi
+        if (lo, hi) in cached:
+            return cached[(lo, hi)]
+        f = full_codes(torch.arange(lo, hi, device=dev)).double()
+        out = (f, f.square().sum(dim=1))
+        if len(blocks) == 1:
+            cached[(lo, hi)] = out
+        return out
+
+    bucket_of = None
     for where, on in ((np.flatnonzero(~dense), False), (np.flatnonzero(dense), True)):
         if not where.size:
             continue
-        if on and everything is None:
-            everything = full_codes(torch.arange(n_items, device=dev)).double()
-            norms = everything.square().sum(dim=1)
+        if on and bucket_of is None:
             # each item's bucket in each table (b, N): a query's candidates are the items sharing one
             bucket_of = torch.searchsorted(off, item_rows, right=True) - 1
         # gathered: a bounded number of candidate rows per chunk; dense: a bounded block of
         # queries x items (float64 distances, the candidate mask and the shortlist)
-        cost = np.full(where.size, n_items * 12.0) if on else per_query[where].astype(np.float64) * (4 * dim + 64)
+        cost = np.full(where.size, block * 12.0) if on else per_query[where].astype(np.float64) * (4 * dim + 64)
         for i0, i1 in _chunks_by(cost, _CHUNK_BYTES):
             queries = torch.from_numpy(where[i0:i1]).to(dev)
             if not on:
@@ -1599,17 +1610,38 @@ def _nearest_candidates(tables: Dict, codes: torch.Tensor, keys: torch.Tensor, k
                     pair = torch.unique(q * n_items + ids[rows])  # each (query, item) once, sorted
                     keep_nearest(queries, pair // n_items, pair % n_items)
                 continue
-            mask = torch.zeros((queries.numel(), n_items), dtype=torch.bool, device=dev)
-            for j in range(b):  # no per-row pairs: the dense queries' buckets hold much of the index
-                mask |= (bucket_of[j][None, :] == u[queries, j][:, None]) & hit[queries, j][:, None]
             fq = flat_codes[queries].double()
             qn = fq.square().sum(dim=1)
-            sq = (qn[:, None] + norms[None, :] - 2.0 * fq @ everything.T).clamp_(min=0).masked_fill_(~mask, math.inf)
-            kth = torch.topk(sq, min(k, n_items), dim=1, largest=False).values[:, -1]
-            # float64 rounding of the expansion is ~1e-16 x the norms per term: a margin far above it
-            margin = 1e-9 * (qn + norms.max()) + 1e-12
-            q, item = torch.nonzero((sq <= (kth + margin)[:, None]) & mask, as_tuple=True)
-            keep_nearest(queries, q, item)
+
+            def block_distances(lo, hi):  # squared distances to items lo..hi, inf off the candidates
+                mask = torch.zeros((queries.numel(), hi - lo), dtype=torch.bool, device=dev)
+                for j in range(b):  # no per-row pairs: the dense queries' buckets hold much of the index
+                    mask |= (bucket_of[j, lo:hi][None, :] == u[queries, j][:, None]) & hit[queries, j][:, None]
+                f, norms = block_codes(lo, hi)
+                sq = (qn[:, None] + norms[None, :] - 2.0 * fq @ f.T).clamp_(min=0).masked_fill_(~mask, math.inf)
+                # float64 rounding of the expansion is ~1e-16 x the norms per term: a margin far above it
+                return sq, mask, 1e-9 * (qn + norms.max()) + 1e-12
+
+            # the k-th smallest over every block (one block: no second GEMM below)
+            best, first = None, None
+            for lo, hi in blocks:
+                sq, mask, margin = block_distances(lo, hi)
+                first = (sq, mask, margin) if len(blocks) == 1 else None
+                part = torch.topk(sq, min(k, hi - lo), dim=1, largest=False).values
+                best = part if best is None else torch.topk(torch.cat([best, part], 1), min(k, best.shape[1] +
+                                                                                          part.shape[1]),
+                                                            dim=1, largest=False).values
+            kth = best[:, -1] if best.shape[1] >= k else torch.full_like(qn, math.inf)
+            # the shortlist: every candidate within the margin of the k-th, measured exactly
+            qs, items = [], []
+            for lo, hi in blocks:
+                sq, mask, margin = first if first is not None else block_distances(lo, hi)
+                q, item = torch.nonzero((sq <= (kth + margin)[:, None]) & mask, as_tuple=True)
+                qs.append(q)
+                items.append(item + lo)
+            q, item = torch.cat(qs), torch.cat(items)
+            pair = torch.unique(q * n_items + item)  # sorted by query, then item
+            keep_nearest(queries, pair // n_items, pair % n_items)
     return dist_out, id_out
 
 

@@ -137,8 +137,8 @@ def test_query_chunks_give_the_same_result(rng, monkeypatch):
     q = rng.standard_normal((60, 8)).astype(np.float32)
     index = LearnableLSHIndex(8, n_tables=3, n_bits=3, seed=2).add(x)  # large buckets
     whole = index.search(q, 7)
-    # 20,000: dense chunks of 8 queries; 4,000: too small to hold every item's code, so the gathered
-    # path, a few queries per chunk, then one at a time
+    # 20,000: dense chunks of 8 queries against one block of items; 4,000: the items' codes in four
+    # blocks (two GEMM passes: the k-th distance over every block, then the shortlist)
     for budget in (20_000, 4000):
         monkeypatch.setattr(index_module, "_CHUNK_BYTES", budget)
         part = check(index, x, q, 7)

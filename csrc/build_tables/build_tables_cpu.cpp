@@ -331,18 +331,29 @@ void remove_items_cpu(const StoredTables<CodeT>& t, const uint8_t* keep, int64_t
   std::vector<int64_t> new_id(t.n_items);
   int64_t n = 0;
   for (int64_t i = 0; i < t.n_items; ++i) new_id[i] = n, n += keep[i] != 0;
-  std::vector<int64_t> n_unique(n_tables), kept_rows(n_tables);
+  std::vector<int64_t> n_unique(n_tables), kept_rows(n_tables), repeated(n_tables, -1);
   parallel_for(n_tables, n_threads, [&](int64_t begin, int64_t end) {  // pass 1: each table's buckets left
-    for (int64_t j = begin; j < end; ++j)
-      n_unique[j] = remove_from_table<false>(t, keep, new_id.data(), j, n_bits, 0, 0, &out, &kept_rows[j]);
+    std::vector<uint8_t> seen(t.n_items);
+    for (int64_t j = begin; j < end; ++j) {
+      // each table must hold every item once (n_items rows: no id twice); else the kept rows would
+      // not fit the output's n rows per table, or would come back as broken tables
+      std::fill(seen.begin(), seen.end(), uint8_t{0});
+      for (int64_t i = j * t.n_items; i < (j + 1) * t.n_items && repeated[j] < 0; ++i) {
+        if (seen[t.ids[i]]) repeated[j] = t.ids[i];
+        seen[t.ids[i]] = 1;
+      }
+      if (repeated[j] < 0)
+        n_unique[j] = remove_from_table<false>(t, keep, new_id.data(), j, n_bits, 0, 0, &out, &kept_rows[j]);
+    }
   });
-  // the output holds n rows per table: a table holding an id twice (and so missing another) would
-  // keep another count and write past it
-  for (int64_t j = 0; j < n_tables; ++j)
-    if (kept_rows[j] != n)
+  for (int64_t j = 0; j < n_tables; ++j) {
+    if (repeated[j] >= 0)
+      throw std::invalid_argument("tables: table " + std::to_string(j) + " holds id " + std::to_string(repeated[j]) +
+                                  " twice (each table must hold every item once)");
+    if (kept_rows[j] != n)  // cannot happen once every id is there once; kept as the output's bound
       throw std::invalid_argument("tables: table " + std::to_string(j) + " keeps " + std::to_string(kept_rows[j]) +
-                                  " rows for " + std::to_string(n) + " kept items (each table must hold every "
-                                  "item once)");
+                                  " rows for " + std::to_string(n) + " kept items");
+  }
   size_layout(n_unique, n_tables * n, out);
   out.codes.resize(n_tables * n * n_bits);
   parallel_for(n_tables, n_threads, [&](int64_t begin, int64_t end) {  // pass 2: each table's own rows
