@@ -280,14 +280,11 @@ py::dict merge_tables_cpu_py(const py::dict& a, const py::dict& b, int64_t b_id_
 template <typename CodeT>
 py::dict remove_impl(const MergeSide& m, const uint8_t* keep, int n_threads) {
   const StoredTables<CodeT> st = stored_side<CodeT>(m, "tables", 0);
-  const int64_t nt = m.table_start.shape(0) - 1, r = m.codes.shape(1), rows = m.ids.shape(0);
+  const int64_t nt = m.table_start.shape(0) - 1, r = m.codes.shape(1);
   require(r >= 1 && r <= 64, "codes: n_bits must be 1..64, got " + std::to_string(r));
-  bool ids_ok = true;  // the walk reads keep[id]: every id must be an item of the tables
-  for (int64_t i = 0; i < rows; ++i) ids_ok &= st.ids[i] >= 0 && st.ids[i] < st.n_items;
-  require(ids_ok, "tables: ids must lie in 0 .. n_items - 1");
   BuiltTables<CodeT> out;
   {
-    py::gil_scoped_release nogil;  // m holds every array read here
+    py::gil_scoped_release nogil;  // m holds every array read here; the ids are checked there
     remove_items_cpu<CodeT>(st, keep, nt, r, n_threads, out);
   }
   const auto kept_rows = (py::ssize_t)out.ids.size();

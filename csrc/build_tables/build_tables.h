@@ -95,8 +95,8 @@ void merge_tables_cpu(const StoredTables<CodeT>& a, const StoredTables<CodeT>& b
 // 0 .. n_kept - 1 in their order (an id's new id is the number of kept ids below it), as one build
 // of the kept rows would number them.  Renumbering is monotone, so the rows keep their (key, id)
 // order and each bucket stays a run: one pass per table copying kept runs, no sort.  Buckets left
-// empty go.  Codes and ids only, as merge_tables_cpu.  Every id must lie in [0, n_items) (the
-// bindings check it).
+// empty go.  Codes and ids only, as merge_tables_cpu.  Each table must hold every item once
+// (std::invalid_argument otherwise, checked before anything is written).
 template <typename CodeT>
 void remove_items_cpu(const StoredTables<CodeT>& t, const uint8_t* keep, int64_t n_tables, int64_t n_bits,
                       int n_threads, BuiltTables<CodeT>& out);

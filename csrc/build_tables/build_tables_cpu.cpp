@@ -293,11 +293,10 @@ namespace {
 
 // Walks table j's buckets.  Write=false counts the buckets that keep a row; Write=true fills the
 // output from bucket u and row dst, copying each run of kept rows as one block.
-// kept_rows (Write=false): the rows the table keeps, which must be the n_kept items once each.
 template <bool Write, typename CodeT>
 int64_t remove_from_table(const StoredTables<CodeT>& t, const uint8_t* keep, const int64_t* new_id, int64_t j,
-                          int64_t r, int64_t u, int64_t dst, BuiltTables<CodeT>* out, int64_t* kept_rows = nullptr) {
-  const int64_t u0 = u, dst0 = dst;
+                          int64_t r, int64_t u, int64_t dst, BuiltTables<CodeT>* out) {
+  const int64_t u0 = u;
   for (int64_t x = t.table_start[j]; x < t.table_start[j + 1]; ++x) {
     const int64_t start = dst;
     for (int64_t i = t.offsets[x], end = t.offsets[x + 1]; i < end;) {
@@ -319,7 +318,6 @@ int64_t remove_from_table(const StoredTables<CodeT>& t, const uint8_t* keep, con
       ++u;
     }
   }
-  if (kept_rows) *kept_rows = dst - dst0;
   return u - u0;
 }
 
@@ -331,28 +329,33 @@ void remove_items_cpu(const StoredTables<CodeT>& t, const uint8_t* keep, int64_t
   std::vector<int64_t> new_id(t.n_items);
   int64_t n = 0;
   for (int64_t i = 0; i < t.n_items; ++i) new_id[i] = n, n += keep[i] != 0;
-  std::vector<int64_t> n_unique(n_tables), kept_rows(n_tables), repeated(n_tables, -1);
-  parallel_for(n_tables, n_threads, [&](int64_t begin, int64_t end) {  // pass 1: each table's buckets left
+  // each table must hold every item 0 .. n_items - 1 once in its n_items rows: the walk reads keep[]
+  // at each id, and the output holds the n kept items' rows per table.  bad[j]: table j's first row
+  // whose id is outside the items or seen before, -1 if none
+  std::vector<int64_t> n_unique(n_tables), bad(n_tables, -1);
+  parallel_for(n_tables, n_threads, [&](int64_t begin, int64_t end) {  // pass 1: checks, buckets left
     std::vector<uint8_t> seen(t.n_items);
     for (int64_t j = begin; j < end; ++j) {
-      // each table must hold every item once (n_items rows: no id twice); else the kept rows would
-      // not fit the output's n rows per table, or would come back as broken tables
       std::fill(seen.begin(), seen.end(), uint8_t{0});
-      for (int64_t i = j * t.n_items; i < (j + 1) * t.n_items && repeated[j] < 0; ++i) {
-        if (seen[t.ids[i]]) repeated[j] = t.ids[i];
-        seen[t.ids[i]] = 1;
+      for (int64_t i = j * t.n_items; i < (j + 1) * t.n_items; ++i) {
+        const int64_t id = t.ids[i];
+        if (id < 0 || id >= t.n_items || seen[id]) {
+          bad[j] = i;
+          break;
+        }
+        seen[id] = 1;
       }
-      if (repeated[j] < 0)
-        n_unique[j] = remove_from_table<false>(t, keep, new_id.data(), j, n_bits, 0, 0, &out, &kept_rows[j]);
+      if (bad[j] < 0) n_unique[j] = remove_from_table<false>(t, keep, new_id.data(), j, n_bits, 0, 0, &out);
     }
   });
   for (int64_t j = 0; j < n_tables; ++j) {
-    if (repeated[j] >= 0)
-      throw std::invalid_argument("tables: table " + std::to_string(j) + " holds id " + std::to_string(repeated[j]) +
-                                  " twice (each table must hold every item once)");
-    if (kept_rows[j] != n)  // cannot happen once every id is there once; kept as the output's bound
-      throw std::invalid_argument("tables: table " + std::to_string(j) + " keeps " + std::to_string(kept_rows[j]) +
-                                  " rows for " + std::to_string(n) + " kept items");
+    if (bad[j] < 0) continue;
+    const int64_t id = t.ids[bad[j]];
+    if (id < 0 || id >= t.n_items)
+      throw std::invalid_argument("tables: ids must lie in 0 .. n_items - 1, got " + std::to_string(id) +
+                                  " in table " + std::to_string(j));
+    throw std::invalid_argument("tables: table " + std::to_string(j) + " holds id " + std::to_string(id) +
+                                " twice (each table must hold every item once)");
   }
   size_layout(n_unique, n_tables * n, out);
   out.codes.resize(n_tables * n * n_bits);
