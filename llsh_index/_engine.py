@@ -108,36 +108,52 @@ def _finish_stored(tables: Dict, half: bool, n_items: int, n_threads: int, with_
     return tables
 
 
-# id(keys array) -> (weak reference to it, its lookup directory).  The directory is derived from the
-# keys (build_directory in csrc/lookup/lookup.h), so it lives beside the tables rather than in their
-# dict: files and copies to a device see the six arrays of the layout only (memory_bytes() adds it).  Tables
-# are never modified in place (add() swaps in a new dict), so a keys array keeps one directory.
-_DIRECTORIES: Dict[int, tuple] = {}
+class DerivedArrays:
+    """Arrays derived from one array of the tables, kept beside the tables rather than in their dict:
+    files and copies to a device see the six arrays of the layout only (memory_bytes() adds these).
+    Keyed by the source array's identity, with a weak reference so an entry goes with its array.
+    Tables are never modified in place (add() swaps in a new dict), so a source keeps one value."""
+
+    def __init__(self):
+        self._entries: Dict[int, tuple] = {}  # id(source) -> (weak reference to it, derived value)
+
+    def get(self, source, build):
+        """The value derived from `source`, built by build() on the first call."""
+        entry = self._entries.get(id(source))
+        if entry is not None and entry[0]() is source:
+            return entry[1]
+        value = build()
+        key = id(source)
+
+        def forget(ref):
+            if self._entries.get(key, (None,))[0] is ref:
+                self._entries.pop(key, None)
+
+        self._entries[key] = (weakref.ref(source, forget), value)
+        return value
+
+    def nbytes(self, source) -> int:
+        """Bytes of the value derived from `source` (0 when none was built, or it is None)."""
+        entry = None if source is None else self._entries.get(id(source))
+        if entry is None or entry[0]() is not source or entry[1] is None:
+            return 0
+        value = entry[1]
+        return int(value.nbytes) if isinstance(value, np.ndarray) else int(value.numel() * value.element_size())
+
+
+# the lookup directory of each keys array (build_directory in csrc/lookup/lookup.h)
+_DIRECTORIES = DerivedArrays()
 
 
 def directory(tables: Dict, n_bits: int, n_threads: int = 0):
     """The lookup directory of CPU tables (int64 [b, 2^bits + 1]), or None for small tables."""
-    keys = tables["keys"]
-    entry = _DIRECTORIES.get(id(keys))
-    if entry is not None and entry[0]() is keys:
-        return entry[1]
-    built = _C.build_directory_cpu(keys, tables["table_start"], n_bits, n_threads)
-    key = id(keys)
-
-    def forget(ref):
-        if _DIRECTORIES.get(key, (None,))[0] is ref:
-            _DIRECTORIES.pop(key, None)
-
-    _DIRECTORIES[key] = (weakref.ref(keys, forget), built)
-    return built
+    return _DIRECTORIES.get(tables["keys"], lambda: _C.build_directory_cpu(tables["keys"], tables["table_start"],
+                                                                           n_bits, n_threads))
 
 
 def directory_nbytes(tables: Dict) -> int:
     """Bytes of the lookup directory cached for these tables (0 when none was built)."""
-    entry = _DIRECTORIES.get(id(tables["keys"]))
-    if entry is None or entry[0]() is not tables["keys"] or entry[1] is None:
-        return 0
-    return int(entry[1].nbytes)
+    return _DIRECTORIES.nbytes(tables["keys"])
 
 
 def ensure_statistics(tables: Dict, n_threads: int = 0) -> Dict:

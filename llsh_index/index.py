@@ -31,7 +31,6 @@ import numbers
 import sys
 import threading
 import warnings
-import weakref
 from collections.abc import Iterable, Mapping
 from typing import Dict, Optional
 
@@ -1013,7 +1012,7 @@ class LearnableLSHIndex:
         t = self._tables
         if t is None:
             return 0
-        return _engine.directory_nbytes(t) + _item_rows_nbytes(t) + sum(
+        return _engine.directory_nbytes(t) + _ITEM_ROWS.nbytes(t.get("ids")) + sum(
             int(v.nbytes) if isinstance(v, np.ndarray) else int(v.numel() * v.element_size())
             for k, v in t.items() if k != "n_items" and v is not None)
 
@@ -1473,30 +1472,20 @@ def _find_buckets(tables: Dict, query_keys: torch.Tensor):
     return u, hit
 
 
-# id(ids array) -> (weak reference to it, the row of each item in each table): search()'s map from
-# an item to its codes, derived from the ids and kept beside the tables as the lookup directory is
-_ITEM_ROWS: Dict[int, tuple] = {}
+# search()'s map from an item to its codes, derived from each ids array (kept as the lookup directory is)
+_ITEM_ROWS = _engine.DerivedArrays()
 
 
 def _item_rows(tables: Dict) -> torch.Tensor:
     """(b, n_items) int64 on the tables' device: row of item i in table j's part of the codes."""
-    ids = tables["ids"]
-    entry = _ITEM_ROWS.get(id(ids))
-    if entry is not None and entry[0]() is ids:
-        return entry[1]
-    t = _as_tensor(ids)
-    n = int(tables["n_items"])
-    b = t.numel() // n
-    rows = torch.empty((b, n), dtype=torch.int64, device=t.device)
-    rows.scatter_(1, t.view(b, n), torch.arange(b * n, device=t.device).view(b, n))
-    key = id(ids)
+    def build():
+        t = _as_tensor(tables["ids"])
+        n = int(tables["n_items"])
+        b = t.numel() // n
+        rows = torch.empty((b, n), dtype=torch.int64, device=t.device)
+        return rows.scatter_(1, t.view(b, n), torch.arange(b * n, device=t.device).view(b, n))
 
-    def forget(ref):
-        if _ITEM_ROWS.get(key, (None,))[0] is ref:
-            _ITEM_ROWS.pop(key, None)
-
-    _ITEM_ROWS[key] = (weakref.ref(ids, forget), rows)
-    return rows
+    return _ITEM_ROWS.get(tables["ids"], build)
 
 
 def _candidate_rows(size, start, queries, b: int):
@@ -1522,15 +1511,6 @@ def _chunks_by(cost: np.ndarray, budget: float) -> list:
         out.append((i0, i1))
         i0 = i1
     return out
-
-
-def _item_rows_nbytes(tables: Dict) -> int:
-    """Bytes of the item-to-row map cached for these tables (0 before a search())."""
-    ids = tables.get("ids")
-    entry = None if ids is None else _ITEM_ROWS.get(id(ids))
-    if entry is None or entry[0]() is not ids:
-        return 0
-    return int(entry[1].numel() * entry[1].element_size())
 
 
 def _nearest_candidates(tables: Dict, codes: torch.Tensor, keys: torch.Tensor, k: int):
