@@ -518,17 +518,24 @@ class ShardedIndex(_ShardScoring):
                         self.shards[i].add(_send(t[bounds[i]:bounds[i + 1]], dev), _first_row=int(bounds[i]))
 
         # all or nothing: a bad row in one part must not leave the other parts added (a retry would
-        # add them twice); each shard's add() swaps in new tables, so the old ones are the undo.  The
-        # write lock keeps scores and other adds out meanwhile (the undo must not drop their rows).
+        # add them twice)
+        with self._all_or_nothing():
+            self._start(run)()
+        return self
+
+    @contextlib.contextmanager
+    def _all_or_nothing(self):
+        """The write lock, and every shard's tables as before if the body raises: each shard's add()
+        or remove_ids() swaps in new tables, so the old ones are the undo.  The lock keeps scores and
+        other writes out meanwhile (the undo must not drop their rows)."""
         with self._lock.write():
             before = [s._tables for s in self.shards]
             try:
-                self._start(run)()
+                yield
             except BaseException:
                 for s, tables in zip(self.shards, before):
                     s._tables = tables
                 raise
-        return self
 
     # ------------------------------------------------------------------ scoring
     def _hasher(self, device: str) -> LearnableLSHIndex:
@@ -625,25 +632,19 @@ class ShardedIndex(_ShardScoring):
         """LearnableLSHIndex.remove_ids over all the shards, with gather()'s numbering (shard i's items
         after those of shards 0 .. i-1); every shard's items left are renumbered, so the numbering stays
         gather()'s.  All or nothing, under the lock add() takes.  Returns how many it removed."""
-        with self._lock.write():
+        with self._all_or_nothing():
             sizes = self.shard_sizes
             drop = _removal_mask(ids, sum(sizes))
             if not drop.any():
                 return 0
             _require_codes(self._host, "remove_ids")
             bounds = np.concatenate([[0], np.cumsum(sizes)])
-            before = [s._tables for s in self.shards]  # each remove swaps in new tables: the old ones undo it
             removed = 0
-            try:
-                for i, shard in enumerate(self.shards):
-                    part = drop[bounds[i]:bounds[i + 1]]
-                    if part.any():
-                        with _device_scope(self.devices[i]):
-                            removed += shard.remove_ids(part)
-            except BaseException:
-                for shard, tables in zip(self.shards, before):
-                    shard._tables = tables
-                raise
+            for i, shard in enumerate(self.shards):
+                part = drop[bounds[i]:bounds[i + 1]]
+                if part.any():
+                    with _device_scope(self.devices[i]):
+                        removed += shard.remove_ids(part)
             return removed
 
     # ------------------------------------------------------------------ persistence
